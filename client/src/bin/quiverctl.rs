@@ -1,0 +1,218 @@
+//! `quiverctl`: operate a quiver node from the shell.
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use quiver_client::{Client, EntityKey, Lookup, LookupResult};
+use quiver_proto::v1::value::Kind;
+use quiver_proto::v1::FeatureStatus;
+use serde_json::{json, Value as Json};
+
+#[derive(Parser)]
+#[command(name = "quiverctl", version, about = "Operate a quiver feature-store node")]
+struct Cli {
+    /// Node gRPC endpoint.
+    #[arg(long, global = true, env = "QUIVER_ADDR", default_value = "http://127.0.0.1:7070")]
+    addr: String,
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Feature-view registry.
+    View {
+        #[command(subcommand)]
+        command: ViewCommand,
+    },
+    /// Look up features for entity keys.
+    Get {
+        /// Feature references `view:feature` or `view:*`, comma separated.
+        #[arg(long, value_delimiter = ',', conflicts_with = "service")]
+        features: Vec<String>,
+        /// A feature service name instead of --features.
+        #[arg(long)]
+        service: Option<String>,
+        /// Entity keys, comma separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        keys: Vec<String>,
+        /// The entity's keys are int64.
+        #[arg(long)]
+        int_keys: bool,
+    },
+    /// Shards, offsets and lag of the node.
+    Status,
+}
+
+#[derive(Subcommand)]
+enum ViewCommand {
+    /// Apply a definition file (TOML).
+    Apply {
+        /// File to apply.
+        file: std::path::PathBuf,
+        /// Validate only.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// List views, entities and feature services.
+    List,
+    /// Show one view's definition.
+    Describe {
+        /// View name.
+        name: String,
+    },
+}
+
+fn kind_json(k: Option<&Kind>) -> Json {
+    match k {
+        None => Json::Null,
+        Some(Kind::BoolValue(b)) => json!(b),
+        Some(Kind::Int64Value(i)) => json!(i),
+        Some(Kind::Float64Value(f)) => json!(f),
+        Some(Kind::StringValue(s)) => json!(s),
+        Some(Kind::BytesValue(b)) => json!(b.iter().map(|x| format!("{x:02x}")).collect::<String>()),
+        Some(Kind::Float32Vector(v)) => json!(v.values),
+        Some(Kind::Int64List(v)) => json!(v.values),
+        Some(Kind::Float64List(v)) => json!(v.values),
+        Some(Kind::StringList(v)) => json!(v.values),
+    }
+}
+
+fn status_name(s: FeatureStatus) -> &'static str {
+    match s {
+        FeatureStatus::Present => "PRESENT",
+        FeatureStatus::NotFound => "NOT_FOUND",
+        FeatureStatus::Expired => "EXPIRED",
+        FeatureStatus::Unspecified => "UNSPECIFIED",
+    }
+}
+
+fn print_rows(keys: &[String], r: &LookupResult, output: Output) -> anyhow::Result<()> {
+    let names: Vec<&str> = r.feature_names().collect();
+    if output == Output::Json {
+        let rows: Vec<Json> = keys
+            .iter()
+            .enumerate()
+            .map(|(row, key)| {
+                let features: serde_json::Map<String, Json> = names
+                    .iter()
+                    .enumerate()
+                    .map(|(col, n)| {
+                        let v = json!({
+                            "value": kind_json(r.value(row, col)),
+                            "status": status_name(r.status(row, col)),
+                            "event_time_micros": r.event_time_micros(row, col),
+                        });
+                        ((*n).to_owned(), v)
+                    })
+                    .collect();
+                json!({ "key": key, "features": features })
+            })
+            .collect();
+        let watermarks: Vec<Json> = r
+            .watermarks()
+            .iter()
+            .map(|w| json!({"shard": w.shard, "offsets": w.offsets.iter().map(|o| json!({"topic": o.topic, "next_offset": o.next_offset})).collect::<Vec<_>>()}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&json!({ "rows": rows, "watermarks": watermarks }))?);
+        return Ok(());
+    }
+    print!("{:<20}", "key");
+    for n in &names {
+        print!(" {n:>24}");
+    }
+    println!();
+    for (row, key) in keys.iter().enumerate() {
+        print!("{key:<20}");
+        for col in 0..names.len() {
+            let cell = match r.status(row, col) {
+                FeatureStatus::Present => kind_json(r.value(row, col)).to_string(),
+                other => status_name(other).to_owned(),
+            };
+            print!(" {cell:>24}");
+        }
+        println!();
+    }
+    Ok(())
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let mut client = Client::connect(cli.addr.clone()).await?;
+    match cli.command {
+        Command::View { command: ViewCommand::Apply { file, dry_run } } => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("read {}", file.display()))?;
+            let changes = client.apply_definitions(text, dry_run).await?;
+            if changes.is_empty() {
+                println!("no changes");
+            }
+            for c in changes {
+                println!("{}{c}", if dry_run { "(dry run) " } else { "" });
+            }
+        }
+        Command::View { command: ViewCommand::List } => {
+            let l = client.list_views().await?;
+            if cli.output == Output::Json {
+                let views: Vec<Json> = l
+                    .views
+                    .iter()
+                    .map(|v| json!({"name": v.name, "version": v.version, "entity": v.entity, "topic": v.topic, "features": v.feature_count, "owner": v.owner}))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&json!({"views": views, "entities": l.entities, "feature_services": l.feature_services}))?);
+            } else {
+                println!("{:<28} {:>7} {:<16} {:<28} {:>8}  owner", "view", "version", "entity", "topic", "features");
+                for v in &l.views {
+                    println!("{:<28} {:>7} {:<16} {:<28} {:>8}  {}", v.name, v.version, v.entity, v.topic, v.feature_count, v.owner);
+                }
+                println!("entities: {}", l.entities.join(", "));
+                println!("feature services: {}", l.feature_services.join(", "));
+            }
+        }
+        Command::View { command: ViewCommand::Describe { name } } => println!("{}", client.describe_view(name).await?),
+        Command::Get { features, service, keys, int_keys } => {
+            let lookup = match service {
+                Some(s) => Lookup::feature_service(s),
+                None => Lookup::features(features),
+            };
+            let entity_keys: Vec<EntityKey> = if int_keys {
+                keys.iter().map(|k| k.parse::<i64>().map(EntityKey::from).with_context(|| format!("key {k:?} is not an int64"))).collect::<anyhow::Result<_>>()?
+            } else {
+                keys.iter().map(|k| EntityKey::from(k.as_str())).collect()
+            };
+            let result = client.get_online_features(lookup.keys(entity_keys)).await?;
+            print_rows(&keys, &result, cli.output)?;
+        }
+        Command::Status => {
+            let s = client.status().await?;
+            if cli.output == Output::Json {
+                let shards: Vec<Json> = s
+                    .shards
+                    .iter()
+                    .map(|sh| json!({"shard": sh.shard, "rows_estimate": sh.row_count_estimate, "partitions": sh.partitions.iter().map(|p| json!({
+                        "topic": p.topic, "next_offset": p.next_offset, "high_watermark": p.high_watermark, "lag": p.lag,
+                        "consumed": p.records_consumed, "applied": p.records_applied, "malformed": p.records_malformed, "reached_end": p.reached_end
+                    })).collect::<Vec<_>>()}))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&json!({"node_id": s.node_id, "shard_count": s.shard_count, "partitioner": s.partitioner, "shards": shards}))?);
+            } else {
+                println!("node {}  shards {}  partitioner {}", s.node_id, s.shard_count, s.partitioner);
+                println!("{:>5} {:<24} {:>12} {:>12} {:>8} {:>12} {:>10}  caught-up", "shard", "topic", "next_offset", "high_wm", "lag", "consumed", "malformed");
+                for sh in &s.shards {
+                    for p in &sh.partitions {
+                        println!("{:>5} {:<24} {:>12} {:>12} {:>8} {:>12} {:>10}  {}", sh.shard, p.topic, p.next_offset, p.high_watermark, p.lag, p.records_consumed, p.records_malformed, p.reached_end);
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}

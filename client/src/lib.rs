@@ -1,0 +1,107 @@
+//! quiver-client: talk to a quiver node.
+//!
+//! This first form connects to one node; cluster-aware routing, fan-out, failover and
+//! hedging come with the smart client. It already speaks the node's error model
+//! ([`ClientError::code`], [`ClientError::is_retryable`]) and reads results without
+//! copying them ([`LookupResult`]).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), quiver_client::ClientError> {
+//! use quiver_client::{Client, EntityKey, Lookup};
+//! let mut client = Client::connect("http://127.0.0.1:7070").await?;
+//! let result = client
+//!     .get_online_features(Lookup::features(["user_txn:txn_count_1h"]).keys([EntityKey::from("user-1")]))
+//!     .await?;
+//! for row in 0..result.row_count() {
+//!     println!("{:?}", result.value(row, 0));
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//! - [`error`]: [`ClientError`].
+//! - [`lookup`]: request builder [`Lookup`] and the columnar [`LookupResult`].
+
+pub mod error;
+pub mod lookup;
+
+use std::time::Duration;
+
+pub use error::ClientError;
+pub use lookup::{Lookup, LookupResult};
+pub use quiver_proto::v1::EntityKey;
+use quiver_proto::v1::admin_service_client::AdminServiceClient;
+use quiver_proto::v1::feature_service_client::FeatureServiceClient;
+use quiver_proto::v1::{
+    ApplyDefinitionsRequest, DescribeViewRequest, GetStatusRequest, GetStatusResponse, ListViewsRequest,
+    ListViewsResponse,
+};
+use tonic::transport::{Channel, Endpoint};
+
+/// A connection to one quiver node. Cheap to clone (the channel is shared).
+#[derive(Clone)]
+pub struct Client {
+    features: FeatureServiceClient<Channel>,
+    admin: AdminServiceClient<Channel>,
+}
+
+impl Client {
+    /// Connects to `endpoint` (e.g. `http://127.0.0.1:7070`).
+    ///
+    /// # Errors
+    /// [`ClientError::Connect`] if the address is invalid or unreachable.
+    pub async fn connect(endpoint: impl Into<String>) -> Result<Self, ClientError> {
+        let endpoint = endpoint.into();
+        let ep = Endpoint::from_shared(endpoint.clone())
+            .map_err(|e| ClientError::Connect { endpoint: endpoint.clone(), message: e.to_string() })?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true);
+        let channel = ep.connect().await.map_err(|e| ClientError::Connect { endpoint, message: e.to_string() })?;
+        Ok(Client {
+            features: FeatureServiceClient::new(channel.clone()).max_decoding_message_size(256 << 20),
+            admin: AdminServiceClient::new(channel),
+        })
+    }
+
+    /// Looks up features for a batch of entity keys.
+    ///
+    /// # Errors
+    /// [`ClientError::Rpc`] with the node's error code.
+    pub async fn get_online_features(&mut self, lookup: Lookup) -> Result<LookupResult, ClientError> {
+        let resp = self.features.get_online_features(lookup.into_request()).await?;
+        Ok(LookupResult::new(resp.into_inner()))
+    }
+
+    /// Applies registry definitions (TOML text); returns the list of changes.
+    ///
+    /// # Errors
+    /// [`ClientError::Rpc`]; invalid definitions are `INVALID_ARGUMENT`.
+    pub async fn apply_definitions(&mut self, toml: impl Into<String>, dry_run: bool) -> Result<Vec<String>, ClientError> {
+        let resp = self.admin.apply_definitions(ApplyDefinitionsRequest { toml: toml.into(), dry_run }).await?;
+        Ok(resp.into_inner().changes)
+    }
+
+    /// Lists registered views, entities and feature services.
+    ///
+    /// # Errors
+    /// [`ClientError::Rpc`].
+    pub async fn list_views(&mut self) -> Result<ListViewsResponse, ClientError> {
+        Ok(self.admin.list_views(ListViewsRequest {}).await?.into_inner())
+    }
+
+    /// Returns a view's definition as JSON.
+    ///
+    /// # Errors
+    /// [`ClientError::Rpc`] (`NOT_FOUND` for an unknown view).
+    pub async fn describe_view(&mut self, name: impl Into<String>) -> Result<String, ClientError> {
+        Ok(self.admin.describe_view(DescribeViewRequest { name: name.into() }).await?.into_inner().definition_json)
+    }
+
+    /// Returns the node's shards, offsets and lag.
+    ///
+    /// # Errors
+    /// [`ClientError::Rpc`].
+    pub async fn status(&mut self) -> Result<GetStatusResponse, ClientError> {
+        Ok(self.admin.get_status(GetStatusRequest {}).await?.into_inner())
+    }
+}

@@ -1,0 +1,58 @@
+//! Ingest: each shard replica consumes partition *s* of every source topic straight into
+//! its RocksDB database.
+//!
+//! One consumer per shard replica, with manual assignment (no consumer group) starting at
+//! the offsets stored in the shard's database. Each poll cycle gathers up to
+//! `max_batch_records` records, decodes them per view ([`decode`]), and applies rows and
+//! offsets in one atomic write ([`crate::storage::ShardStore::apply`]). A malformed record
+//! is counted, logged with its coordinates, optionally copied to a dead-letter topic and
+//! skipped; it never stops the replica.
+//!
+//! librdkafka's poll is blocking, so each loop runs on its own named OS thread, not on the
+//! async runtime; it checks the cancellation token between polls (at most
+//! `poll_timeout` apart) and exits after finishing the batch in hand.
+
+pub mod decode;
+mod shard_ingest;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+pub use shard_ingest::{spawn_shard_ingest, IngestHandle, IngestStatus, TopicIngestStatus};
+
+/// Settings of the ingest loops.
+#[derive(Debug, Clone)]
+pub struct IngestConfig {
+    /// Kafka bootstrap servers.
+    pub bootstrap_servers: String,
+    /// Extra librdkafka properties for consumers and the dead-letter producer
+    /// (security settings, fetch sizes, ...).
+    pub kafka_properties: BTreeMap<String, String>,
+    /// Most records applied in one write batch.
+    pub max_batch_records: usize,
+    /// Longest wait for records in one poll; also bounds shutdown latency.
+    pub poll_timeout: Duration,
+    /// How often the broker's high watermark is fetched for the lag metric.
+    pub lag_refresh_interval: Duration,
+    /// Topic that malformed records are copied to, if any.
+    pub dead_letter_topic: Option<String>,
+    /// Used in the (otherwise unused) consumer `group.id`, which librdkafka requires.
+    pub node_id: u64,
+}
+
+/// Errors that stop an ingest loop from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// librdkafka refused the configuration.
+    #[error("kafka client for shard {shard}: {source}")]
+    Kafka {
+        /// Shard involved.
+        shard: u32,
+        /// Cause.
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    /// The ingest thread could not be spawned.
+    #[error("spawning ingest thread: {0}")]
+    Spawn(#[source] std::io::Error),
+}

@@ -1,0 +1,384 @@
+//! The per-shard consume → decode → apply loop.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use metrics::{counter, gauge, histogram};
+use quiver_proto::ShardId;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use super::decode::{decode_record, RawRecord};
+use super::{IngestConfig, IngestError};
+use crate::metrics as m;
+use crate::registry::{FeatureView, KeyType, Registry, RegistrySnapshot};
+use crate::storage::row_codec::encode_row;
+use crate::storage::{keys, IngestBatch, RowWrite, ShardStore, TopicProgress};
+
+/// Observed ingest state of one topic's partition, for status and readiness.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TopicIngestStatus {
+    /// Broker high watermark as last fetched; -1 if not known yet.
+    pub high_watermark: i64,
+    /// The consumer reached the end of the partition and has consumed nothing since.
+    pub reached_end: bool,
+}
+
+/// Shared, observed ingest state of a shard.
+#[derive(Debug, Default)]
+pub struct IngestStatus {
+    topics: Mutex<BTreeMap<String, TopicIngestStatus>>,
+}
+
+impl IngestStatus {
+    /// A copy of the per-topic state.
+    pub fn topics(&self) -> BTreeMap<String, TopicIngestStatus> {
+        self.topics.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut BTreeMap<String, TopicIngestStatus>)) {
+        f(&mut self.topics.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+}
+
+/// Owner of a running ingest loop: cancel it, then [`IngestHandle::join`].
+pub struct IngestHandle {
+    shard: ShardId,
+    cancel: CancellationToken,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// Observed state.
+    pub status: Arc<IngestStatus>,
+}
+
+impl IngestHandle {
+    /// Asks the loop to stop after the batch in hand.
+    pub fn cancel(&self) {
+        self.cancel.cancel();
+    }
+
+    /// Waits for the loop to finish (its last batch is then durable in RocksDB's WAL).
+    pub async fn join(mut self) {
+        self.cancel.cancel();
+        if let Some(t) = self.thread.take() {
+            let shard = self.shard;
+            if tokio::task::spawn_blocking(move || t.join()).await.map(|r| r.is_err()).unwrap_or(true) {
+                error!(shard_id = %shard, "ingest thread panicked");
+            }
+        }
+    }
+}
+
+/// Starts the ingest loop of `store` on its own thread.
+///
+/// # Errors
+/// [`IngestError::Kafka`] if the consumer cannot be created from the configuration.
+pub fn spawn_shard_ingest(
+    store: Arc<ShardStore>,
+    registry: Registry,
+    config: IngestConfig,
+    dead_letters: Option<Arc<ThreadedProducer<DefaultProducerContext>>>,
+    cancel: CancellationToken,
+) -> Result<IngestHandle, IngestError> {
+    let shard = store.shard();
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", &config.bootstrap_servers)
+        // librdkafka requires a group.id for assign(); no group protocol is used.
+        .set("group.id", format!("quiver-node-{}", config.node_id))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "true")
+        .set("auto.offset.reset", "earliest")
+        .set("client.id", format!("quiver-node-{}-shard-{}", config.node_id, shard));
+    for (k, v) in &config.kafka_properties {
+        cc.set(k, v);
+    }
+    let consumer: BaseConsumer = cc.create().map_err(|source| IngestError::Kafka { shard: shard.0, source })?;
+    let status = Arc::new(IngestStatus::default());
+    let mut ingest = ShardIngest {
+        shard,
+        shard_label: shard.0.to_string(),
+        store,
+        registry,
+        config,
+        consumer,
+        dead_letters,
+        status: status.clone(),
+        routes: HashMap::new(),
+        topics: Vec::new(),
+        generation: None,
+        last_lag_refresh: None,
+    };
+    let loop_cancel = cancel.clone();
+    let thread = std::thread::Builder::new()
+        .name(format!("ingest-{shard}"))
+        .spawn(move || ingest.run(&loop_cancel))
+        .map_err(IngestError::Spawn)?;
+    Ok(IngestHandle { shard, cancel, thread: Some(thread), status })
+}
+
+struct Route {
+    view: Arc<FeatureView>,
+    key_type: KeyType,
+}
+
+struct ShardIngest {
+    shard: ShardId,
+    shard_label: String,
+    store: Arc<ShardStore>,
+    registry: Registry,
+    config: IngestConfig,
+    consumer: BaseConsumer,
+    dead_letters: Option<Arc<ThreadedProducer<DefaultProducerContext>>>,
+    status: Arc<IngestStatus>,
+    /// Views per source topic.
+    routes: HashMap<String, Vec<Route>>,
+    topics: Vec<String>,
+    generation: Option<u64>,
+    last_lag_refresh: Option<Instant>,
+}
+
+impl ShardIngest {
+    fn run(&mut self, cancel: &CancellationToken) {
+        let _span = tracing::info_span!("ingest", shard_id = %self.shard).entered();
+        info!("ingest loop started");
+        while !cancel.is_cancelled() {
+            self.refresh_routes();
+            if self.topics.is_empty() {
+                std::thread::sleep(self.config.poll_timeout);
+                continue;
+            }
+            let batch = self.poll_batch();
+            if !batch.progress.is_empty() {
+                self.apply_with_retry(&batch, cancel);
+            }
+            self.maybe_refresh_lag();
+        }
+        info!("ingest loop stopped");
+    }
+
+    /// Re-reads the registry; on a topic change, reassigns from the stored offsets.
+    fn refresh_routes(&mut self) {
+        let snap = self.registry.snapshot();
+        if self.generation == Some(snap.generation) {
+            return;
+        }
+        self.generation = Some(snap.generation);
+        self.routes = build_routes(&snap);
+        let topics = snap.topics();
+        if topics == self.topics {
+            return;
+        }
+        let offsets = self.store.offsets();
+        let mut tpl = TopicPartitionList::new();
+        for t in &topics {
+            let start = match offsets.get(t) {
+                Some(r) => Offset::Offset(r.next_offset),
+                None => Offset::Beginning,
+            };
+            if let Err(e) = tpl.add_partition_offset(t, self.shard.0 as i32, start) {
+                error!(topic = %t, error = %e, "cannot add partition to assignment");
+            }
+        }
+        match self.consumer.assign(&tpl) {
+            Ok(()) => {
+                info!(topics = ?topics, "assigned source partitions");
+                self.status.update(|s| {
+                    s.retain(|t, _| topics.contains(t));
+                    for t in &topics {
+                        s.entry(t.clone()).or_insert(TopicIngestStatus { high_watermark: -1, reached_end: false });
+                    }
+                });
+                self.topics = topics;
+                self.last_lag_refresh = None;
+            }
+            // Retried on the next cycle: the generation is forgotten.
+            Err(e) => {
+                error!(error = %e, "assigning source partitions failed");
+                self.generation = None;
+            }
+        }
+    }
+
+    /// Gathers up to `max_batch_records` records: waits up to `poll_timeout` for the first,
+    /// then takes whatever is already fetched.
+    fn poll_batch(&mut self) -> IngestBatch {
+        let mut batch = IngestBatch::default();
+        let mut topic_index: HashMap<String, usize> = HashMap::new();
+        let mut row_buf = Vec::new();
+        let mut timeout = self.config.poll_timeout;
+        let mut eof = false;
+        while batch.writes.len() < self.config.max_batch_records {
+            let Some(item) = self.consumer.poll(timeout) else { break };
+            timeout = Duration::ZERO;
+            let msg = match item {
+                Ok(msg) => msg,
+                Err(KafkaError::PartitionEOF(_)) => {
+                    eof = true;
+                    continue;
+                }
+                Err(e) => {
+                    warn!(error = %e, "kafka consumer error");
+                    counter!(m::INGEST_CONSUMER_ERRORS, "shard" => self.shard_label.clone()).increment(1);
+                    continue;
+                }
+            };
+            let topic = msg.topic();
+            let idx = *topic_index.entry(topic.to_owned()).or_insert_with(|| {
+                batch.progress.push(TopicProgress { topic: topic.to_owned(), ..Default::default() });
+                batch.progress.len() - 1
+            });
+            let progress = &mut batch.progress[idx];
+            progress.next_offset = msg.offset() + 1;
+            progress.consumed += 1;
+            let raw = RawRecord { key: msg.key(), payload: msg.payload(), timestamp_millis: msg.timestamp().to_millis() };
+            let routes = self.routes.get(topic).map(Vec::as_slice).unwrap_or_default();
+            let mut malformed = false;
+            for route in routes {
+                match decode_record(&route.view, route.key_type, &raw) {
+                    Ok(rec) => {
+                        let value = rec.values.map(|vals| {
+                            encode_row(rec.event_time_micros, &vals, &mut row_buf);
+                            row_buf.clone()
+                        });
+                        batch.writes.push(RowWrite {
+                            topic: idx,
+                            key: keys::row_key(&route.view.name, route.view.version, &rec.entity_key),
+                            event_time_micros: rec.event_time_micros,
+                            value,
+                        });
+                    }
+                    Err(e) => {
+                        malformed = true;
+                        counter!(m::INGEST_MALFORMED, "shard" => self.shard_label.clone(), "reason" => e.reason())
+                            .increment(1);
+                        warn!(topic, partition = msg.partition(), offset = msg.offset(), view = %route.view.name,
+                            error = %e, "skipping malformed record");
+                        self.dead_letter(&msg, &route.view.name, &e.to_string());
+                    }
+                }
+            }
+            if malformed {
+                batch.progress[idx].malformed += 1;
+            }
+        }
+        let consumed: HashMap<&str, ()> = batch.progress.iter().map(|p| (p.topic.as_str(), ())).collect();
+        let single_topic = self.topics.len() == 1;
+        self.status.update(|s| {
+            for (t, st) in s.iter_mut() {
+                if consumed.contains_key(t.as_str()) {
+                    st.reached_end = false;
+                }
+                // EOF events do not name the topic; exact for the common single-topic case,
+                // otherwise the lag refresh decides.
+                if eof && single_topic && !consumed.contains_key(t.as_str()) {
+                    st.reached_end = true;
+                }
+            }
+        });
+        batch
+    }
+
+    fn dead_letter(&self, msg: &rdkafka::message::BorrowedMessage<'_>, view: &str, error: &str) {
+        let (Some(producer), Some(topic)) = (&self.dead_letters, &self.config.dead_letter_topic) else { return };
+        let partition = msg.partition().to_string();
+        let offset = msg.offset().to_string();
+        let headers = OwnedHeaders::new()
+            .insert(Header { key: "quiver-error", value: Some(error) })
+            .insert(Header { key: "quiver-view", value: Some(view) })
+            .insert(Header { key: "quiver-source-topic", value: Some(msg.topic()) })
+            .insert(Header { key: "quiver-source-partition", value: Some(&partition) })
+            .insert(Header { key: "quiver-source-offset", value: Some(&offset) });
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).headers(headers);
+        if let Some(k) = msg.key() {
+            record = record.key(k);
+        }
+        if let Some(p) = msg.payload() {
+            record = record.payload(p);
+        }
+        let result = match producer.send(record) {
+            Ok(()) => "queued",
+            Err((e, _)) => {
+                warn!(error = %e, "dead-letter produce failed");
+                "failed"
+            }
+        };
+        counter!(m::INGEST_DEAD_LETTERS, "result" => result).increment(1);
+    }
+
+    /// Applies a batch, retrying storage failures until they succeed or the loop is
+    /// cancelled: skipping a batch would lose records, and its offsets are not stored.
+    fn apply_with_retry(&mut self, batch: &IngestBatch, cancel: &CancellationToken) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let started = Instant::now();
+            match self.store.apply(batch) {
+                Ok(outcome) => {
+                    let l = self.shard_label.clone();
+                    let consumed: u64 = batch.progress.iter().map(|p| p.consumed).sum();
+                    counter!(m::INGEST_RECORDS, "shard" => l.clone()).increment(consumed);
+                    counter!(m::INGEST_APPLIED, "shard" => l.clone()).increment(outcome.applied);
+                    counter!(m::INGEST_SUPERSEDED, "shard" => l.clone()).increment(outcome.superseded);
+                    histogram!(m::INGEST_BATCH_DURATION).record(started.elapsed().as_secs_f64());
+                    debug!(consumed, applied = outcome.applied, "applied batch");
+                    return;
+                }
+                Err(e) => {
+                    counter!(m::INGEST_APPLY_ERRORS, "shard" => self.shard_label.clone()).increment(1);
+                    error!(error = %e, "applying ingest batch failed; retrying");
+                    if cancel.is_cancelled() {
+                        return;
+                    }
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    fn maybe_refresh_lag(&mut self) {
+        if self.last_lag_refresh.is_some_and(|t| t.elapsed() < self.config.lag_refresh_interval) {
+            return;
+        }
+        self.last_lag_refresh = Some(Instant::now());
+        let offsets = self.store.offsets();
+        let mut total_lag = 0i64;
+        for topic in &self.topics {
+            match self.consumer.fetch_watermarks(topic, self.shard.0 as i32, Duration::from_millis(500)) {
+                Ok((_low, high)) => {
+                    let next = offsets.get(topic).map_or(0, |r| r.next_offset);
+                    let lag = (high - next).max(0);
+                    total_lag += lag;
+                    self.status.update(|s| {
+                        if let Some(st) = s.get_mut(topic) {
+                            st.high_watermark = high;
+                            if lag == 0 && self.topics.len() > 1 {
+                                st.reached_end = true;
+                            }
+                        }
+                    });
+                }
+                Err(e) => debug!(topic = %topic, error = %e, "fetching watermarks failed"),
+            }
+        }
+        gauge!(m::INGEST_LAG_RECORDS, "shard" => self.shard_label.clone()).set(total_lag as f64);
+    }
+}
+
+fn build_routes(snap: &RegistrySnapshot) -> HashMap<String, Vec<Route>> {
+    let mut routes: HashMap<String, Vec<Route>> = HashMap::new();
+    for view in snap.views.values() {
+        let Some(entity) = snap.entities.get(&view.entity) else { continue };
+        routes
+            .entry(view.source.topic.clone())
+            .or_default()
+            .push(Route { view: view.clone(), key_type: entity.key_type });
+    }
+    routes
+}

@@ -1,0 +1,26 @@
+//! quiver-node: a shard replica server of the quiver feature store.
+//!
+//! A node owns shards (= Kafka partitions of every source topic), consumes them directly
+//! into RocksDB (offsets stored with the data) and serves batched feature lookups over
+//! gRPC. See `docs/ARCHITECTURE.md`.
+//!
+//! # Layout
+//! - [`config`]: the config file format and the validated [`config::NodeConfig`].
+//! - [`registry`]: entities, feature views, feature services; validation and persistence.
+//! - [`storage`]: one RocksDB per shard replica; key layout, row codec, LWW apply, TTL.
+//! - [`ingest`]: per-shard Kafka consume → decode → atomic apply loops.
+//! - [`serve`]: gRPC services (feature lookups, admin, health, reflection).
+//! - [`node`]: assembly, start-up and ordered shutdown ([`run`]).
+//! - [`metrics`]: every exported metric name.
+
+pub mod config;
+pub mod ingest;
+pub mod kafka_meta;
+pub mod metrics;
+pub mod node;
+pub mod registry;
+pub mod serve;
+pub mod storage;
+pub mod telemetry;
+
+pub use node::{run, Listeners, Node, NodeError};

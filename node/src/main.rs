@@ -1,0 +1,215 @@
+//! `quiver-node`: runs a node, or (`quiver-node demo`) the embedded demo.
+//!
+//! Configuration layering: compiled defaults < `--config` TOML file < `QUIVER_*`
+//! environment < flags. See `docs/CONFIG.md`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use quiver_node::config::NodeConfigFile;
+use quiver_node::{telemetry, Listeners};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+mod demo;
+
+#[derive(Parser)]
+#[command(name = "quiver-node", version, about = "quiver feature-serving node")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs the embedded demo: an in-process mock Kafka cluster, nodes, sample data, lookups.
+    Demo(demo::DemoArgs),
+}
+
+/// Overrides of config-file keys. Each flag also reads a `QUIVER_*` environment variable.
+#[derive(Args)]
+struct NodeArgs {
+    /// TOML config file.
+    #[arg(long, env = "QUIVER_CONFIG")]
+    config: Option<PathBuf>,
+    /// node_id
+    #[arg(long, env = "QUIVER_NODE_ID")]
+    node_id: Option<u64>,
+    /// data_dir
+    #[arg(long, env = "QUIVER_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// server.grpc_addr
+    #[arg(long, env = "QUIVER_GRPC_ADDR")]
+    grpc_addr: Option<String>,
+    /// server.metrics_addr ("" disables)
+    #[arg(long, env = "QUIVER_METRICS_ADDR")]
+    metrics_addr: Option<String>,
+    /// server.shutdown_grace, e.g. "10s"
+    #[arg(long, env = "QUIVER_SHUTDOWN_GRACE", value_parser = humantime::parse_duration)]
+    shutdown_grace: Option<Duration>,
+    /// cluster.shard_count
+    #[arg(long, env = "QUIVER_SHARD_COUNT")]
+    shard_count: Option<u32>,
+    /// cluster.partitioner: murmur2 | crc32
+    #[arg(long, env = "QUIVER_PARTITIONER")]
+    partitioner: Option<String>,
+    /// cluster.shards, comma separated (empty: all)
+    #[arg(long, env = "QUIVER_SHARDS", value_delimiter = ',')]
+    shards: Option<Vec<u32>>,
+    /// kafka.bootstrap_servers
+    #[arg(long, env = "QUIVER_KAFKA_BOOTSTRAP_SERVERS")]
+    kafka_bootstrap_servers: Option<String>,
+    /// kafka.properties entry KEY=VALUE (repeatable)
+    #[arg(long = "kafka-property", env = "QUIVER_KAFKA_PROPERTIES", value_delimiter = ';')]
+    kafka_properties: Vec<String>,
+    /// kafka.dead_letter_topic ("" disables)
+    #[arg(long, env = "QUIVER_DEAD_LETTER_TOPIC")]
+    dead_letter_topic: Option<String>,
+    /// ingest.max_batch_records
+    #[arg(long, env = "QUIVER_INGEST_MAX_BATCH_RECORDS")]
+    ingest_max_batch_records: Option<usize>,
+    /// ingest.poll_timeout, e.g. "100ms"
+    #[arg(long, env = "QUIVER_INGEST_POLL_TIMEOUT", value_parser = humantime::parse_duration)]
+    ingest_poll_timeout: Option<Duration>,
+    /// ingest.lag_refresh_interval
+    #[arg(long, env = "QUIVER_INGEST_LAG_REFRESH_INTERVAL", value_parser = humantime::parse_duration)]
+    ingest_lag_refresh_interval: Option<Duration>,
+    /// storage.block_cache_mib
+    #[arg(long, env = "QUIVER_BLOCK_CACHE_MIB")]
+    block_cache_mib: Option<usize>,
+    /// storage.write_buffer_mib
+    #[arg(long, env = "QUIVER_WRITE_BUFFER_MIB")]
+    write_buffer_mib: Option<usize>,
+    /// storage.tombstone_retention
+    #[arg(long, env = "QUIVER_TOMBSTONE_RETENTION", value_parser = humantime::parse_duration)]
+    tombstone_retention: Option<Duration>,
+    /// storage.ttl_sweep_interval ("0s" disables)
+    #[arg(long, env = "QUIVER_TTL_SWEEP_INTERVAL", value_parser = humantime::parse_duration)]
+    ttl_sweep_interval: Option<Duration>,
+    /// limits.max_batch_keys
+    #[arg(long, env = "QUIVER_MAX_BATCH_KEYS")]
+    max_batch_keys: Option<usize>,
+    /// limits.max_features_per_request
+    #[arg(long, env = "QUIVER_MAX_FEATURES_PER_REQUEST")]
+    max_features_per_request: Option<usize>,
+    /// limits.max_request_bytes
+    #[arg(long, env = "QUIVER_MAX_REQUEST_BYTES")]
+    max_request_bytes: Option<usize>,
+    /// limits.max_concurrent_lookups
+    #[arg(long, env = "QUIVER_MAX_CONCURRENT_LOOKUPS")]
+    max_concurrent_lookups: Option<usize>,
+    /// limits.max_watermark_wait
+    #[arg(long, env = "QUIVER_MAX_WATERMARK_WAIT", value_parser = humantime::parse_duration)]
+    max_watermark_wait: Option<Duration>,
+    /// registry.definition_files (repeatable; replaces the file's list)
+    #[arg(long = "definitions", env = "QUIVER_DEFINITIONS", value_delimiter = ',')]
+    definitions: Vec<PathBuf>,
+    /// log.format: plain | json
+    #[arg(long, env = "QUIVER_LOG_FORMAT")]
+    log_format: Option<String>,
+    /// log.level (RUST_LOG wins)
+    #[arg(long, env = "QUIVER_LOG_LEVEL")]
+    log_level: Option<String>,
+}
+
+/// Applies every given override to the file's values (the one place layering happens).
+fn apply_overrides(f: &mut NodeConfigFile, a: NodeArgs) -> anyhow::Result<()> {
+    fn set<T>(slot: &mut T, v: Option<T>) {
+        if let Some(v) = v {
+            *slot = v;
+        }
+    }
+    set(&mut f.node_id, a.node_id);
+    set(&mut f.data_dir, a.data_dir);
+    set(&mut f.server.grpc_addr, a.grpc_addr);
+    set(&mut f.server.metrics_addr, a.metrics_addr);
+    set(&mut f.server.shutdown_grace, a.shutdown_grace);
+    set(&mut f.cluster.shard_count, a.shard_count);
+    set(&mut f.cluster.partitioner, a.partitioner);
+    set(&mut f.cluster.shards, a.shards);
+    set(&mut f.kafka.bootstrap_servers, a.kafka_bootstrap_servers);
+    for kv in a.kafka_properties {
+        let (k, v) = kv.split_once('=').with_context(|| format!("--kafka-property {kv:?} is not KEY=VALUE"))?;
+        f.kafka.properties.insert(k.trim().to_owned(), v.trim().to_owned());
+    }
+    set(&mut f.kafka.dead_letter_topic, a.dead_letter_topic);
+    set(&mut f.ingest.max_batch_records, a.ingest_max_batch_records);
+    set(&mut f.ingest.poll_timeout, a.ingest_poll_timeout);
+    set(&mut f.ingest.lag_refresh_interval, a.ingest_lag_refresh_interval);
+    set(&mut f.storage.block_cache_mib, a.block_cache_mib);
+    set(&mut f.storage.write_buffer_mib, a.write_buffer_mib);
+    set(&mut f.storage.tombstone_retention, a.tombstone_retention);
+    set(&mut f.storage.ttl_sweep_interval, a.ttl_sweep_interval);
+    set(&mut f.limits.max_batch_keys, a.max_batch_keys);
+    set(&mut f.limits.max_features_per_request, a.max_features_per_request);
+    set(&mut f.limits.max_request_bytes, a.max_request_bytes);
+    set(&mut f.limits.max_concurrent_lookups, a.max_concurrent_lookups);
+    set(&mut f.limits.max_watermark_wait, a.max_watermark_wait);
+    if !a.definitions.is_empty() {
+        f.registry.definition_files = a.definitions;
+    }
+    set(&mut f.log.format, a.log_format);
+    set(&mut f.log.level, a.log_level);
+    Ok(())
+}
+
+async fn shutdown_signal(cancel: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                error!(error = %e, "cannot install SIGTERM handler");
+                std::future::pending::<()>().await
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => info!("SIGINT received, shutting down"),
+        () = term => info!("SIGTERM received, shutting down"),
+        () = cancel.cancelled() => {}
+    }
+    cancel.cancel();
+}
+
+async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
+    let mut file = match &args.config {
+        Some(path) => NodeConfigFile::load(path)?,
+        None => NodeConfigFile::default(),
+    };
+    apply_overrides(&mut file, args)?;
+    let config = file.validate()?;
+    telemetry::init_logging(&config.log.format, &config.log.level);
+    if let Some(addr) = config.metrics_addr {
+        telemetry::init_metrics(addr, config.node_id).with_context(|| format!("start metrics exporter on {addr}"))?;
+        info!(%addr, "prometheus metrics on /metrics");
+    }
+    let grpc = tokio::net::TcpListener::bind(config.grpc_addr)
+        .await
+        .with_context(|| format!("bind gRPC address {}", config.grpc_addr))?;
+    let cancel = CancellationToken::new();
+    tokio::spawn(shutdown_signal(cancel.clone()));
+    quiver_node::run(config, Listeners { grpc }, cancel).await.context("node failed")?;
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("start tokio runtime")?;
+    match cli.command {
+        Some(Command::Demo(args)) => {
+            telemetry::init_logging("plain", "warn");
+            runtime.block_on(demo::run_demo(args))
+        }
+        None => runtime.block_on(run_node(cli.node)),
+    }
+}

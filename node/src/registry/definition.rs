@@ -1,0 +1,126 @@
+//! The definition file format (TOML), as written by users. See `docs/REGISTRY.md`.
+//!
+//! These structs mirror the file one to one; [`super::validate`] turns them into the
+//! typed model and reports every problem with the object it belongs to.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// A whole definition file: any number of entities, views and feature services.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DefinitionFile {
+    /// `[[entity]]` tables.
+    #[serde(default, rename = "entity")]
+    pub entities: Vec<EntityDef>,
+    /// `[[view]]` tables.
+    #[serde(default, rename = "view")]
+    pub views: Vec<ViewDef>,
+    /// `[[feature_service]]` tables.
+    #[serde(default, rename = "feature_service")]
+    pub feature_services: Vec<FeatureServiceDef>,
+}
+
+/// `[[entity]]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntityDef {
+    /// Entity name.
+    pub name: String,
+    /// `"string"` or `"int64"`.
+    pub key_type: String,
+    /// Optional description.
+    #[serde(default)]
+    pub description: String,
+}
+
+/// `[[view]]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ViewDef {
+    /// View name.
+    pub name: String,
+    /// Version, default 1.
+    #[serde(default)]
+    pub version: Option<u32>,
+    /// Entity name.
+    pub entity: String,
+    /// TTL as a duration such as `"7d"` or `"90m"`; absent or `"0s"` never expires.
+    #[serde(default)]
+    pub ttl: Option<String>,
+    /// Owner.
+    #[serde(default)]
+    pub owner: String,
+    /// Description.
+    #[serde(default)]
+    pub description: String,
+    /// Tags.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    /// `[view.source]`
+    pub source: SourceDef,
+    /// `[[view.feature]]`
+    #[serde(default, rename = "feature")]
+    pub features: Vec<FeatureDef>,
+}
+
+/// `[view.source]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceDef {
+    /// Kafka topic.
+    pub topic: String,
+    /// `"json"` (default) or `"protobuf"`.
+    #[serde(default)]
+    pub format: Option<String>,
+    /// Field with the event time; absent uses the Kafka record timestamp.
+    #[serde(default)]
+    pub event_time_field: Option<String>,
+    /// `"seconds"`, `"millis"` (default) or `"micros"` for numeric event times.
+    #[serde(default)]
+    pub event_time_unit: Option<String>,
+}
+
+/// `[[view.feature]]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeatureDef {
+    /// Feature name.
+    pub name: String,
+    /// Type name, e.g. `"float64"`.
+    #[serde(rename = "type")]
+    pub value_type: String,
+    /// Source field, default the feature name.
+    #[serde(default)]
+    pub source_field: Option<String>,
+    /// Description.
+    #[serde(default)]
+    pub description: String,
+}
+
+/// `[[feature_service]]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeatureServiceDef {
+    /// Service name.
+    pub name: String,
+    /// References `view:feature` or `view:*`.
+    pub features: Vec<String>,
+    /// Description.
+    #[serde(default)]
+    pub description: String,
+    /// Owner.
+    #[serde(default)]
+    pub owner: String,
+}
+
+impl DefinitionFile {
+    /// Parses TOML text.
+    ///
+    /// # Errors
+    /// Returns the TOML parser's message, which names the line and the offending key.
+    pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+}

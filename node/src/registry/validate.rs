@@ -1,0 +1,315 @@
+//! Validation of definition files against the current registry.
+//!
+//! Every rule reports the object it belongs to, so a user can fix a file from the message
+//! alone. Validation is pure: nothing changes until the whole file passes.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use super::definition::{DefinitionFile, EntityDef, FeatureDef, FeatureServiceDef, ViewDef};
+use super::model::{
+    Entity, Feature, FeatureService, FeatureType, FeatureView, KeyType, RecordFormat, Source,
+    TimeUnit,
+};
+use super::{RegistryError, RegistrySnapshot};
+
+const MAX_NAME_LEN: usize = 64;
+/// Upper bound of features per view; keeps rows and responses bounded.
+pub const MAX_FEATURES_PER_VIEW: usize = 1024;
+
+/// Checks that `name` is `[a-z][a-z0-9_]*` and at most 64 characters.
+pub(crate) fn check_name(kind: &str, name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_lowercase());
+    if !first_ok
+        || name.len() > MAX_NAME_LEN
+        || !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    {
+        return Err(format!(
+            "{kind} name {name:?} is invalid: use 1-{MAX_NAME_LEN} characters [a-z0-9_], starting with a letter"
+        ));
+    }
+    Ok(())
+}
+
+fn check_topic(topic: &str) -> Result<(), String> {
+    // Kafka's legal topic characters and length.
+    if topic.is_empty()
+        || topic.len() > 249
+        || topic == "."
+        || topic == ".."
+        || !topic.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        return Err(format!(
+            "source topic {topic:?} is not a valid Kafka topic name ([a-zA-Z0-9._-], 1-249 characters)"
+        ));
+    }
+    Ok(())
+}
+
+fn entity_from_def(def: &EntityDef) -> Result<Entity, String> {
+    check_name("entity", &def.name)?;
+    let key_type = match def.key_type.as_str() {
+        "string" => KeyType::String,
+        "int64" => KeyType::Int64,
+        other => {
+            return Err(format!(
+                "entity {:?}: key_type {other:?} is not supported (expected \"string\" or \"int64\")",
+                def.name
+            ));
+        }
+    };
+    Ok(Entity { name: def.name.clone(), key_type, description: def.description.clone() })
+}
+
+fn feature_from_def(view: &str, def: &FeatureDef) -> Result<Feature, String> {
+    check_name("feature", &def.name).map_err(|e| format!("view {view:?}: {e}"))?;
+    let value_type = FeatureType::parse(&def.value_type).ok_or_else(|| {
+        let known: Vec<_> = FeatureType::ALL.iter().map(|t| t.as_str()).collect();
+        format!(
+            "view {view:?}, feature {:?}: type {:?} is unknown (expected one of {})",
+            def.name,
+            def.value_type,
+            known.join(", ")
+        )
+    })?;
+    let source_field = def.source_field.clone().unwrap_or_else(|| def.name.clone());
+    if source_field.is_empty() {
+        return Err(format!("view {view:?}, feature {:?}: source_field is empty", def.name));
+    }
+    Ok(Feature {
+        name: def.name.clone(),
+        value_type,
+        source_field,
+        description: def.description.clone(),
+    })
+}
+
+fn parse_ttl(view: &str, ttl: Option<&str>) -> Result<Option<Duration>, String> {
+    let Some(text) = ttl else { return Ok(None) };
+    let d = humantime::parse_duration(text)
+        .map_err(|e| format!("view {view:?}: ttl {text:?} is not a duration like \"7d\" or \"90m\": {e}"))?;
+    Ok((!d.is_zero()).then_some(d))
+}
+
+fn view_from_def(
+    def: &ViewDef,
+    entities: &BTreeMap<String, Entity>,
+) -> Result<FeatureView, String> {
+    check_name("view", &def.name)?;
+    let name = def.name.as_str();
+    if !entities.contains_key(&def.entity) {
+        return Err(format!("view {name:?}: entity {:?} is not defined", def.entity));
+    }
+    let version = def.version.unwrap_or(1);
+    if version == 0 {
+        return Err(format!("view {name:?}: version must be 1 or greater"));
+    }
+    check_topic(&def.source.topic).map_err(|e| format!("view {name:?}: {e}"))?;
+    let format = match def.source.format.as_deref().unwrap_or("json") {
+        "json" => RecordFormat::Json,
+        "protobuf" => RecordFormat::Protobuf,
+        other => {
+            return Err(format!(
+                "view {name:?}: source format {other:?} is not supported (expected \"json\" or \"protobuf\")"
+            ));
+        }
+    };
+    let event_time_unit = match def.source.event_time_unit.as_deref().unwrap_or("millis") {
+        "seconds" => TimeUnit::Seconds,
+        "millis" => TimeUnit::Millis,
+        "micros" => TimeUnit::Micros,
+        other => {
+            return Err(format!(
+                "view {name:?}: event_time_unit {other:?} is not supported (expected \"seconds\", \"millis\" or \"micros\")"
+            ));
+        }
+    };
+    if format == RecordFormat::Protobuf && def.source.event_time_field.is_some() {
+        return Err(format!(
+            "view {name:?}: event_time_field does not apply to protobuf sources (FeatureRow.event_time_micros carries it)"
+        ));
+    }
+    if def.features.is_empty() {
+        return Err(format!("view {name:?}: a view needs at least one [[view.feature]]"));
+    }
+    if def.features.len() > MAX_FEATURES_PER_VIEW {
+        return Err(format!(
+            "view {name:?}: {} features exceed the limit of {MAX_FEATURES_PER_VIEW}",
+            def.features.len()
+        ));
+    }
+    let mut seen = HashSet::new();
+    let mut features = Vec::with_capacity(def.features.len());
+    for f in &def.features {
+        if !seen.insert(f.name.as_str()) {
+            return Err(format!("view {name:?}: feature {:?} is defined twice", f.name));
+        }
+        features.push(feature_from_def(name, f)?);
+    }
+    Ok(FeatureView {
+        name: def.name.clone(),
+        version,
+        entity: def.entity.clone(),
+        features,
+        ttl: parse_ttl(name, def.ttl.as_deref())?,
+        owner: def.owner.clone(),
+        description: def.description.clone(),
+        tags: def.tags.clone(),
+        source: Source {
+            topic: def.source.topic.clone(),
+            format,
+            event_time_field: def.source.event_time_field.clone(),
+            event_time_unit,
+        },
+    })
+}
+
+/// Checks that `new` may replace `old` in place: same version, entity and source, and the
+/// old features as an unchanged prefix (rows are stored positionally).
+fn check_compatible(old: &FeatureView, new: &FeatureView) -> Result<(), String> {
+    let name = &new.name;
+    if new.version != old.version {
+        return Err(format!(
+            "view {name:?}: version {} → {} would need a re-ingest of topic {:?} into a new key space; \
+             versioned re-ingest is not supported yet, so keep version {} and make a compatible change, \
+             or register the new schema under a new view name",
+            old.version, new.version, new.source.topic, old.version
+        ));
+    }
+    let bump = "is an incompatible change; apply it as a new view version";
+    if new.entity != old.entity {
+        return Err(format!("view {name:?}: changing the entity from {:?} to {:?} {bump}", old.entity, new.entity));
+    }
+    if new.source.topic != old.source.topic || new.source.format != old.source.format {
+        return Err(format!("view {name:?}: changing the source topic or format {bump}"));
+    }
+    if new.source.event_time_field != old.source.event_time_field
+        || new.source.event_time_unit != old.source.event_time_unit
+    {
+        return Err(format!("view {name:?}: changing the event-time field or unit {bump}"));
+    }
+    for (i, f) in old.features.iter().enumerate() {
+        match new.features.get(i) {
+            Some(n) if n.name == f.name && n.value_type == f.value_type && n.source_field == f.source_field => {}
+            Some(n) if n.name == f.name => {
+                return Err(format!(
+                    "view {name:?}: feature {:?} changes type or source field ({} → {}); this {bump}",
+                    f.name,
+                    f.value_type.as_str(),
+                    n.value_type.as_str()
+                ));
+            }
+            _ => {
+                return Err(format!(
+                    "view {name:?}: feature {:?} is removed or moved; features may only be appended, anything else {bump}",
+                    f.name
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn service_from_def(
+    def: &FeatureServiceDef,
+    views: &BTreeMap<String, std::sync::Arc<FeatureView>>,
+) -> Result<FeatureService, String> {
+    check_name("feature service", &def.name)?;
+    if def.features.is_empty() {
+        return Err(format!("feature service {:?}: it lists no features", def.name));
+    }
+    let mut refs = Vec::new();
+    for r in &def.features {
+        let resolved = super::resolve_reference(views, r)
+            .map_err(|e| format!("feature service {:?}: {e}", def.name))?;
+        refs.extend(resolved.into_iter().map(|(v, f)| (v.name.clone(), v.features[f].name.clone())));
+    }
+    Ok(FeatureService {
+        name: def.name.clone(),
+        features: refs,
+        description: def.description.clone(),
+        owner: def.owner.clone(),
+    })
+}
+
+/// Validates `file` on top of `current` and returns the resulting snapshot plus a
+/// human-readable list of changes. `current` is not modified.
+pub(crate) fn apply_to(
+    current: &RegistrySnapshot,
+    file: &DefinitionFile,
+) -> Result<(RegistrySnapshot, Vec<String>), RegistryError> {
+    let invalid = RegistryError::Invalid;
+    let mut next = current.clone();
+    let mut changes = Vec::new();
+
+    let mut names = HashSet::new();
+    for def in &file.entities {
+        if !names.insert(def.name.as_str()) {
+            return Err(invalid(format!("entity {:?} is defined twice in the file", def.name)));
+        }
+        let entity = entity_from_def(def).map_err(invalid)?;
+        match next.entities.get(&entity.name) {
+            Some(old) if old.key_type != entity.key_type => {
+                return Err(RegistryError::Incompatible(format!(
+                    "entity {:?}: key_type cannot change from {} to {}",
+                    entity.name,
+                    old.key_type.as_str(),
+                    entity.key_type.as_str()
+                )));
+            }
+            Some(old) if *old == entity => {}
+            Some(_) => changes.push(format!("entity {}: updated", entity.name)),
+            None => changes.push(format!("entity {}: created", entity.name)),
+        }
+        next.entities.insert(entity.name.clone(), entity);
+    }
+
+    let mut names = HashSet::new();
+    for def in &file.views {
+        if !names.insert(def.name.as_str()) {
+            return Err(invalid(format!("view {:?} is defined twice in the file", def.name)));
+        }
+        let view = view_from_def(def, &next.entities).map_err(invalid)?;
+        match next.views.get(&view.name) {
+            Some(old) if **old == view => {}
+            Some(old) => {
+                check_compatible(old, &view).map_err(RegistryError::Incompatible)?;
+                changes.push(format!("view {} v{}: updated (compatible)", view.name, view.version));
+            }
+            None => changes.push(format!("view {} v{}: created", view.name, view.version)),
+        }
+        next.views.insert(view.name.clone(), std::sync::Arc::new(view));
+    }
+
+    let mut names = HashSet::new();
+    for def in &file.feature_services {
+        if !names.insert(def.name.as_str()) {
+            return Err(invalid(format!("feature service {:?} is defined twice in the file", def.name)));
+        }
+        let svc = service_from_def(def, &next.views).map_err(invalid)?;
+        match next.feature_services.get(&svc.name) {
+            Some(old) if **old == svc => {}
+            Some(_) => changes.push(format!("feature service {}: updated", svc.name)),
+            None => changes.push(format!("feature service {}: created", svc.name)),
+        }
+        next.feature_services.insert(svc.name.clone(), std::sync::Arc::new(svc));
+    }
+
+    // A feature service defined earlier must still resolve after view changes.
+    for svc in next.feature_services.values() {
+        for (v, f) in &svc.features {
+            let ok = next.views.get(v).is_some_and(|view| view.feature_index(f).is_some());
+            if !ok {
+                return Err(RegistryError::Incompatible(format!(
+                    "feature service {:?} references {v}:{f}, which would no longer exist",
+                    svc.name
+                )));
+            }
+        }
+    }
+    if !changes.is_empty() {
+        next.generation = current.generation + 1;
+    }
+    Ok((next, changes))
+}

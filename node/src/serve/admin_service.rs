@@ -1,0 +1,173 @@
+//! `quiver.v1.AdminService`: registry changes and node status.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use metrics::{counter, histogram};
+use quiver_proto::v1::admin_service_server::AdminService;
+use quiver_proto::v1::{
+    ApplyDefinitionsRequest, ApplyDefinitionsResponse, DescribeViewRequest, DescribeViewResponse, GetStatusRequest,
+    GetStatusResponse, ListViewsRequest, ListViewsResponse, PartitionStatus, ShardStatus, ViewSummary,
+};
+use tonic::{Request, Response, Status};
+use tracing::info;
+
+use super::{ServeError, ServeState};
+use crate::kafka_meta::TopicCheckError;
+use crate::metrics as m;
+use crate::registry::{DefinitionFile, RegistryError};
+
+/// The admin service.
+pub struct AdminServiceImpl {
+    state: Arc<ServeState>,
+}
+
+impl AdminServiceImpl {
+    /// Creates the service over shared node state.
+    pub fn new(state: Arc<ServeState>) -> Self {
+        AdminServiceImpl { state }
+    }
+}
+
+fn registry_error(e: RegistryError) -> ServeError {
+    match e {
+        RegistryError::Parse(m) => ServeError::InvalidArgument(format!("definition file is not valid: {m}")),
+        RegistryError::Invalid(m) => ServeError::InvalidArgument(m),
+        RegistryError::Incompatible(m) => ServeError::FailedPrecondition(m),
+        RegistryError::NotFound(m) => ServeError::NotFound(m),
+        e @ RegistryError::Io { .. } => ServeError::Storage(e.to_string()),
+    }
+}
+
+fn record(rpc: &'static str, started: Instant, result: &Result<impl Sized, ServeError>) {
+    let code = result.as_ref().map_or_else(|e| e.code().as_str(), |_| "ok");
+    counter!(m::SERVE_REQUESTS, "rpc" => rpc, "code" => code).increment(1);
+    histogram!(m::SERVE_REQUEST_DURATION, "rpc" => rpc).record(started.elapsed().as_secs_f64());
+}
+
+impl AdminServiceImpl {
+    async fn apply(&self, req: ApplyDefinitionsRequest) -> Result<ApplyDefinitionsResponse, ServeError> {
+        let file = DefinitionFile::from_toml(&req.toml)
+            .map_err(|e| ServeError::InvalidArgument(format!("definition file is not valid: {e}")))?;
+        // Validate first (dry run), so bad definitions fail fast without broker round trips.
+        self.state.registry.apply(&file, true).map_err(registry_error)?;
+        if let Some(kafka) = &self.state.kafka {
+            let kafka = kafka.clone();
+            let p = self.state.shard_count;
+            let mut topics: Vec<String> = file.views.iter().map(|v| v.source.topic.clone()).collect();
+            topics.sort();
+            topics.dedup();
+            let checked = tokio::task::spawn_blocking(move || {
+                topics.iter().try_for_each(|t| kafka.check_topic(t, p, Duration::from_secs(5)))
+            })
+            .await
+            .map_err(|e| ServeError::Storage(format!("topic check task failed: {e}")))?;
+            match checked {
+                Ok(()) => {}
+                Err(e @ TopicCheckError::Unreachable { .. }) => return Err(ServeError::Unavailable(e.to_string())),
+                Err(e) => return Err(ServeError::FailedPrecondition(e.to_string())),
+            }
+        }
+        let changes = self.state.registry.apply(&file, req.dry_run).map_err(registry_error)?;
+        if !req.dry_run && !changes.is_empty() {
+            info!(changes = ?changes, "registry changed");
+        }
+        Ok(ApplyDefinitionsResponse { changes })
+    }
+
+    fn status(&self) -> GetStatusResponse {
+        let mut shards: Vec<ShardStatus> = self
+            .state
+            .shards
+            .iter()
+            .map(|(id, store)| {
+                let observed = self.state.ingest_status.get(id).map(|s| s.topics()).unwrap_or_default();
+                let partitions = store
+                    .offsets()
+                    .into_iter()
+                    .map(|(topic, rec)| {
+                        let obs = observed.get(&topic).cloned();
+                        let high = obs.as_ref().map_or(-1, |o| o.high_watermark);
+                        let reached_end = obs.is_some_and(|o| o.reached_end);
+                        PartitionStatus {
+                            lag: if high >= 0 { (high - rec.next_offset).max(0) } else { 0 },
+                            topic,
+                            next_offset: rec.next_offset,
+                            high_watermark: high,
+                            records_consumed: rec.consumed,
+                            records_applied: rec.applied,
+                            records_malformed: rec.malformed,
+                            reached_end,
+                        }
+                    })
+                    .collect();
+                ShardStatus { shard: id.0, partitions, row_count_estimate: store.estimate_rows() }
+            })
+            .collect();
+        shards.sort_by_key(|s| s.shard);
+        GetStatusResponse {
+            node_id: self.state.node_id,
+            shard_count: self.state.shard_count,
+            partitioner: self.state.partitioner.as_str().to_owned(),
+            shards,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl AdminService for AdminServiceImpl {
+    async fn apply_definitions(
+        &self,
+        request: Request<ApplyDefinitionsRequest>,
+    ) -> Result<Response<ApplyDefinitionsResponse>, Status> {
+        let started = Instant::now();
+        let result = self.apply(request.into_inner()).await;
+        record("apply_definitions", started, &result);
+        result.map(Response::new).map_err(Status::from)
+    }
+
+    async fn list_views(&self, _request: Request<ListViewsRequest>) -> Result<Response<ListViewsResponse>, Status> {
+        let snap = self.state.registry.snapshot();
+        let views = snap
+            .views
+            .values()
+            .map(|v| ViewSummary {
+                name: v.name.clone(),
+                version: v.version,
+                entity: v.entity.clone(),
+                topic: v.source.topic.clone(),
+                feature_count: v.features.len() as u32,
+                owner: v.owner.clone(),
+            })
+            .collect();
+        Ok(Response::new(ListViewsResponse {
+            views,
+            entities: snap.entities.keys().cloned().collect(),
+            feature_services: snap.feature_services.keys().cloned().collect(),
+        }))
+    }
+
+    async fn describe_view(&self, request: Request<DescribeViewRequest>) -> Result<Response<DescribeViewResponse>, Status> {
+        let name = request.into_inner().name;
+        let snap = self.state.registry.snapshot();
+        let view = snap
+            .views
+            .get(&name)
+            .ok_or_else(|| Status::from(ServeError::NotFound(format!("view {name:?} is not registered"))))?;
+        let used_by: Vec<&str> = snap
+            .feature_services
+            .values()
+            .filter(|s| s.features.iter().any(|(v, _)| *v == name))
+            .map(|s| s.name.as_str())
+            .collect();
+        let mut json = serde_json::to_value(view.as_ref()).map_err(|e| Status::internal(e.to_string()))?;
+        json["used_by_feature_services"] = serde_json::json!(used_by);
+        Ok(Response::new(DescribeViewResponse {
+            definition_json: serde_json::to_string_pretty(&json).map_err(|e| Status::internal(e.to_string()))?,
+        }))
+    }
+
+    async fn get_status(&self, _request: Request<GetStatusRequest>) -> Result<Response<GetStatusResponse>, Status> {
+        Ok(Response::new(self.status()))
+    }
+}

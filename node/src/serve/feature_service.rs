@@ -1,0 +1,96 @@
+//! `quiver.v1.FeatureService`: batched online lookups.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use metrics::{counter, histogram};
+use prost::Message as _;
+use quiver_proto::v1::feature_service_server::FeatureService;
+use quiver_proto::v1::{GetOnlineFeaturesRequest, GetOnlineFeaturesResponse};
+use tonic::{Request, Response, Status};
+
+use super::lookup::{execute_lookup, plan_lookup, watermark_reached, LookupPlan};
+use super::{ServeError, ServeState};
+use crate::metrics as m;
+
+/// The public feature service.
+pub struct FeatureServiceImpl {
+    state: Arc<ServeState>,
+}
+
+impl FeatureServiceImpl {
+    /// Creates the service over shared node state.
+    pub fn new(state: Arc<ServeState>) -> Self {
+        FeatureServiceImpl { state }
+    }
+
+    /// Waits (bounded) until every shard the plan reads has reached the requested minimum
+    /// watermark.
+    async fn await_watermarks(&self, plan: &LookupPlan) -> Result<(), ServeError> {
+        let max_wait = self.state.limits.max_watermark_wait;
+        let deadline = tokio::time::Instant::now() + max_wait;
+        for (shard, want) in plan.min_watermarks() {
+            let store = self.state.shards.get(shard).ok_or(ServeError::WrongShard { shard: *shard })?;
+            let mut rx = store.subscribe_watermark();
+            let reached = tokio::time::timeout_at(deadline, rx.wait_for(|have| watermark_reached(have, want))).await;
+            match reached {
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) => return Err(ServeError::Unavailable(format!("shard {shard} is closing"))),
+                Err(_) => return Err(ServeError::Behind { shard: *shard, waited: max_wait }),
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_online_features_inner(&self, req: GetOnlineFeaturesRequest) -> Result<GetOnlineFeaturesResponse, ServeError> {
+        let limits = &self.state.limits;
+        let size = req.encoded_len();
+        if size > limits.max_request_bytes {
+            return Err(ServeError::InvalidArgument(format!(
+                "request of {size} bytes exceeds the limit max_request_bytes = {}",
+                limits.max_request_bytes
+            )));
+        }
+        let registry = self.state.registry.snapshot();
+        let plan = plan_lookup(&req, &registry, limits, self.state.partitioner, self.state.shard_count)?;
+        if let Some(shard) = plan.shards().find(|s| !self.state.shards.contains_key(s)) {
+            return Err(ServeError::WrongShard { shard });
+        }
+        self.await_watermarks(&plan).await?;
+        counter!(m::SERVE_KEYS).increment(plan.key_count() as u64);
+        let permit = self
+            .state
+            .lookup_permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ServeError::Unavailable("node is shutting down".into()))?;
+        let state = self.state.clone();
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_micros() as i64;
+        // RocksDB reads block; keep them off the async workers.
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            execute_lookup(&plan, &state.shards, now)
+        })
+        .await
+        .map_err(|e| ServeError::Storage(format!("lookup task failed: {e}")))?
+    }
+}
+
+#[tonic::async_trait]
+impl FeatureService for FeatureServiceImpl {
+    async fn get_online_features(
+        &self,
+        request: Request<GetOnlineFeaturesRequest>,
+    ) -> Result<Response<GetOnlineFeaturesResponse>, Status> {
+        let started = Instant::now();
+        let result = self.get_online_features_inner(request.into_inner()).await;
+        let code = match &result {
+            Ok(_) => "ok",
+            Err(e) => e.code().as_str(),
+        };
+        counter!(m::SERVE_REQUESTS, "rpc" => "get_online_features", "code" => code).increment(1);
+        histogram!(m::SERVE_REQUEST_DURATION, "rpc" => "get_online_features").record(started.elapsed().as_secs_f64());
+        result.map(Response::new).map_err(Status::from)
+    }
+}

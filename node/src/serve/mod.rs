@@ -1,0 +1,162 @@
+//! gRPC serving: the public feature service, the admin service, the standard health
+//! service and reflection, all on one port.
+
+mod admin_service;
+mod feature_service;
+pub mod lookup;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use admin_service::AdminServiceImpl;
+pub use feature_service::FeatureServiceImpl;
+use quiver_proto::v1::admin_service_server::AdminServiceServer;
+use quiver_proto::v1::feature_service_server::FeatureServiceServer;
+use quiver_proto::{ErrorCode, Partitioner, ShardId};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tonic::codec::CompressionEncoding;
+use tracing::info;
+
+use crate::config::Limits;
+use crate::ingest::IngestStatus;
+use crate::kafka_meta::KafkaMetadata;
+use crate::registry::Registry;
+use crate::storage::ShardStore;
+
+/// Errors of request handling; each maps to one [`ErrorCode`].
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Malformed request or exceeded limit.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// Unknown view, feature, entity or feature service.
+    #[error("{0}")]
+    NotFound(String),
+    /// A change conflicts with the current state.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// A key's shard is not replicated on this node.
+    #[error("shard {shard} is not replicated on this node")]
+    WrongShard {
+        /// The shard asked for.
+        shard: ShardId,
+    },
+    /// The replica has not reached the requested watermark in time.
+    #[error("shard {shard} has not reached the requested watermark within {waited:?}")]
+    Behind {
+        /// The lagging shard.
+        shard: ShardId,
+        /// How long the node waited.
+        waited: Duration,
+    },
+    /// Overloaded, shutting down, or a dependency (Kafka) is unreachable.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Storage read failure or a bug.
+    #[error("storage: {0}")]
+    Storage(String),
+}
+
+impl ServeError {
+    /// The wire error code.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ServeError::InvalidArgument(_) => ErrorCode::InvalidArgument,
+            ServeError::NotFound(_) => ErrorCode::NotFound,
+            ServeError::FailedPrecondition(_) => ErrorCode::FailedPrecondition,
+            ServeError::WrongShard { .. } => ErrorCode::WrongShard,
+            ServeError::Behind { .. } => ErrorCode::Behind,
+            ServeError::Unavailable(_) => ErrorCode::Unavailable,
+            ServeError::Storage(_) => ErrorCode::Internal,
+        }
+    }
+}
+
+impl From<ServeError> for tonic::Status {
+    fn from(e: ServeError) -> Self {
+        e.code().to_status(e.to_string())
+    }
+}
+
+/// What the gRPC services share.
+pub struct ServeState {
+    /// This node's id.
+    pub node_id: u64,
+    /// Shard count P.
+    pub shard_count: u32,
+    /// key → shard function.
+    pub partitioner: Partitioner,
+    /// The registry.
+    pub registry: Registry,
+    /// Local shard replicas.
+    pub shards: HashMap<ShardId, Arc<ShardStore>>,
+    /// Observed ingest state per shard.
+    pub ingest_status: HashMap<ShardId, Arc<IngestStatus>>,
+    /// Request limits.
+    pub limits: Limits,
+    /// Bounds lookups executing at once (admission control on the blocking pool).
+    pub lookup_permits: Arc<Semaphore>,
+    /// Checks source topics' partition counts.
+    pub kafka: Option<Arc<KafkaMetadata>>,
+}
+
+/// Serves gRPC on `listener` until `cancel` fires, then drains in-flight RPCs for at most
+/// `grace`.
+///
+/// # Errors
+/// A transport error if the server fails.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<ServeState>,
+    grace: Duration,
+    cancel: CancellationToken,
+) -> Result<(), tonic::transport::Error> {
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<FeatureServiceServer<FeatureServiceImpl>>().await;
+    health_reporter.set_serving::<AdminServiceServer<AdminServiceImpl>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(quiver_proto::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("embedded descriptor sets are valid");
+    // tonic rejects messages above this before our handler sees them; the handler enforces
+    // the configured limit with a clear INVALID_ARGUMENT below it.
+    let hard_limit = state.limits.max_request_bytes.saturating_mul(2).max(1 << 20);
+    let features = FeatureServiceServer::new(FeatureServiceImpl::new(state.clone()))
+        .max_decoding_message_size(hard_limit)
+        .max_encoding_message_size(256 << 20)
+        .accept_compressed(CompressionEncoding::Zstd)
+        .send_compressed(CompressionEncoding::Zstd);
+    let admin = AdminServiceServer::new(AdminServiceImpl::new(state.clone())).max_decoding_message_size(hard_limit);
+    let addr = listener.local_addr().ok();
+    info!(addr = ?addr, "grpc server listening");
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let shutdown = {
+        let cancel = cancel.clone();
+        let reporter = health_reporter.clone();
+        async move {
+            cancel.cancelled().await;
+            // Readiness first, so load balancers stop sending before we stop accepting.
+            reporter.set_not_serving::<FeatureServiceServer<FeatureServiceImpl>>().await;
+            reporter.set_not_serving::<AdminServiceServer<AdminServiceImpl>>().await;
+        }
+    };
+    let server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(features)
+        .add_service(admin)
+        .serve_with_incoming_shutdown(incoming, shutdown);
+    tokio::pin!(server);
+    tokio::select! {
+        res = &mut server => res,
+        () = async { cancel.cancelled().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(?grace, "in-flight requests did not finish within the shutdown grace period");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! Resources shared by every shard database of a node, and the TTL compaction filter.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use quiver_proto::{Partitioner, ShardId};
+use rocksdb::compaction_filter::Decision;
+use rocksdb::{BlockBasedOptions, Cache, DBCompressionType, Options, WriteBufferManager};
+
+use super::shard_store::ShardStore;
+use super::{keys, row_codec, ShardIdentity, StorageError};
+
+/// Static storage settings of a node.
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    /// Root data directory; shards live in `<data_dir>/shards/<shard>`.
+    pub data_dir: PathBuf,
+    /// Block cache shared by all shards.
+    pub block_cache_bytes: usize,
+    /// Memtable budget shared by all shards (charged to the block cache).
+    pub write_buffer_bytes: usize,
+    /// How long a tombstone marker is kept so out-of-order older events cannot resurrect a
+    /// deleted row.
+    pub tombstone_retention: Duration,
+}
+
+impl StorageConfig {
+    /// Small settings for tests.
+    pub fn for_test(data_dir: PathBuf) -> Self {
+        StorageConfig {
+            data_dir,
+            block_cache_bytes: 16 << 20,
+            write_buffer_bytes: 16 << 20,
+            tombstone_retention: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// TTL per `(view, version)`, read by the compaction filters of every shard.
+///
+/// Refreshed from the registry whenever it changes. Views missing from the table are
+/// kept (never dropped by the filter), so a registry race can only delay removal.
+#[derive(Clone, Default)]
+pub struct TtlTable {
+    inner: Arc<RwLock<HashMap<(String, u32), Option<Duration>>>>,
+}
+
+impl TtlTable {
+    /// Replaces the table.
+    pub fn replace(&self, entries: impl IntoIterator<Item = ((String, u32), Option<Duration>)>) {
+        let map = entries.into_iter().collect();
+        *self.inner.write().unwrap_or_else(|p| p.into_inner()) = map;
+    }
+
+    fn get(&self, view: &str, version: u32) -> Option<Option<Duration>> {
+        let map = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        // Allocation-free lookup would need a borrowed key type; compactions are not hot.
+        map.get(&(view.to_owned(), version)).copied()
+    }
+}
+
+fn now_micros() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
+}
+
+/// The compaction-filter decision for one stored row: drop rows older than their view's
+/// TTL and tombstones older than the retention; keep anything it cannot parse.
+pub fn ttl_decision(ttls: &TtlTable, tombstone_retention: Duration, key: &[u8], value: &[u8]) -> Decision {
+    let (Some(k), Ok(h)) = (keys::parse_row_key(key), row_codec::decode_header(value)) else {
+        return Decision::Keep;
+    };
+    let age_micros = now_micros().saturating_sub(h.event_time_micros);
+    let ttl = ttls.get(k.view, k.version);
+    let limit = if h.tombstone {
+        // A tombstone must outlive the retention, and the TTL, since an older event within
+        // the TTL would otherwise resurrect the row as present.
+        Some(match ttl.flatten() {
+            Some(t) => t.max(tombstone_retention),
+            None => tombstone_retention,
+        })
+    } else {
+        ttl.flatten()
+    };
+    match limit {
+        Some(limit) if age_micros > limit.as_micros() as i64 => Decision::Remove,
+        _ => Decision::Keep,
+    }
+}
+
+/// Opens shard databases with shared caches and options.
+pub struct StorageEngine {
+    config: StorageConfig,
+    cache: Cache,
+    write_buffers: WriteBufferManager,
+    ttls: TtlTable,
+}
+
+impl StorageEngine {
+    /// Creates the engine and the shards directory.
+    ///
+    /// # Errors
+    /// [`StorageError::Io`] if the directory cannot be created.
+    pub fn new(config: StorageConfig) -> Result<Self, StorageError> {
+        let dir = config.data_dir.join("shards");
+        std::fs::create_dir_all(&dir).map_err(|source| StorageError::Io { path: dir, source })?;
+        let cache = Cache::new_lru_cache(config.block_cache_bytes);
+        let write_buffers =
+            WriteBufferManager::new_write_buffer_manager_with_cache(config.write_buffer_bytes, false, cache.clone());
+        Ok(StorageEngine { config, cache, write_buffers, ttls: TtlTable::default() })
+    }
+
+    /// The TTL table the compaction filters consult.
+    pub fn ttls(&self) -> &TtlTable {
+        &self.ttls
+    }
+
+    /// Bytes currently held by the shared block cache.
+    pub fn block_cache_usage(&self) -> usize {
+        self.cache.get_usage()
+    }
+
+    /// Directory of `shard`.
+    pub fn shard_dir(&self, shard: ShardId) -> PathBuf {
+        self.config.data_dir.join("shards").join(format!("{:05}", shard.0))
+    }
+
+    pub(super) fn db_options(&self) -> Options {
+        let mut o = Options::default();
+        o.create_if_missing(true);
+        o.create_missing_column_families(true);
+        o.set_write_buffer_manager(&self.write_buffers);
+        o.enable_statistics();
+        // Background threads are process-wide (the default Env); keep the pool small.
+        o.set_max_background_jobs(2);
+        o.set_keep_log_file_num(3);
+        o
+    }
+
+    pub(super) fn rows_options(&self) -> Options {
+        let mut bbo = BlockBasedOptions::default();
+        bbo.set_block_cache(&self.cache);
+        bbo.set_bloom_filter(10.0, false);
+        bbo.set_cache_index_and_filter_blocks(true);
+        bbo.set_pin_l0_filter_and_index_blocks_in_cache(true);
+        bbo.set_block_size(16 * 1024);
+        bbo.set_format_version(6);
+        let mut o = Options::default();
+        o.set_block_based_table_factory(&bbo);
+        o.set_compression_type(DBCompressionType::Lz4);
+        o.set_bottommost_compression_type(DBCompressionType::Zstd);
+        o.set_level_compaction_dynamic_level_bytes(true);
+        // Cold files would otherwise never meet the TTL filter.
+        o.set_periodic_compaction_seconds(24 * 3600);
+        let ttls = self.ttls.clone();
+        let retention = self.config.tombstone_retention;
+        o.set_compaction_filter("quiver_ttl", move |_level: u32, key: &[u8], value: &[u8]| {
+            ttl_decision(&ttls, retention, key, value)
+        });
+        o
+    }
+
+    /// Opens (or creates) the database of `shard` and checks its identity.
+    ///
+    /// # Errors
+    /// [`StorageError::IdentityMismatch`] if the directory belongs to another configuration;
+    /// [`StorageError::Rocks`] on RocksDB failure.
+    pub fn open_shard(
+        &self,
+        shard: ShardId,
+        shard_count: u32,
+        partitioner: Partitioner,
+    ) -> Result<ShardStore, StorageError> {
+        ShardStore::open(self, shard, ShardIdentity::new(shard, shard_count, partitioner))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_decision_rules() {
+        let ttls = TtlTable::default();
+        ttls.replace([(("v".to_owned(), 1), Some(Duration::from_secs(60))), (("forever".to_owned(), 1), None)]);
+        let retention = Duration::from_secs(3600);
+        let now = now_micros();
+        let mut row = Vec::new();
+        let decide = |view: &str, et: i64, tomb: bool, buf: &mut Vec<u8>| {
+            if tomb {
+                row_codec::encode_tombstone(et, buf)
+            } else {
+                row_codec::encode_row(et, &[None], buf)
+            }
+            ttl_decision(&ttls, retention, &keys::row_key(view, 1, b"k"), buf)
+        };
+        let min = 60_000_000;
+        assert!(matches!(decide("v", now - 2 * min, false, &mut row), Decision::Remove));
+        assert!(matches!(decide("v", now - min / 2, false, &mut row), Decision::Keep));
+        assert!(matches!(decide("forever", 0, false, &mut row), Decision::Keep));
+        // Tombstones live for the retention even when the TTL is shorter.
+        assert!(matches!(decide("v", now - 2 * min, true, &mut row), Decision::Keep));
+        assert!(matches!(decide("v", now - 61 * min, true, &mut row), Decision::Remove));
+        assert!(matches!(decide("forever", now - 61 * min, true, &mut row), Decision::Remove));
+        // Unknown views and unparsable values are kept.
+        assert!(matches!(decide("unknown", 0, false, &mut row), Decision::Keep));
+        assert!(matches!(ttl_decision(&ttls, retention, b"junk", b"junk"), Decision::Keep));
+    }
+}

@@ -1,0 +1,284 @@
+//! One shard replica's database: atomic ingest batches with event-time last-write-wins,
+//! batched point reads, and the watermark (applied offsets) readers can wait on.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use quiver_proto::ShardId;
+use rocksdb::statistics::Ticker;
+use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DBPinnableSlice, Direction, IteratorMode, Options, WriteBatch, DB};
+use tokio::sync::watch;
+
+use super::engine::StorageEngine;
+use super::{keys, row_codec, OffsetRecord, ShardIdentity, StorageError};
+
+const CF_ROWS: &str = "rows";
+const CF_META: &str = "meta";
+
+/// Applied offsets of a shard: source topic → next offset to apply.
+pub type Watermark = Arc<BTreeMap<String, i64>>;
+
+/// One row change decoded from a record.
+#[derive(Debug, Clone)]
+pub struct RowWrite {
+    /// Index into [`IngestBatch::progress`] of the topic the record came from.
+    pub topic: usize,
+    /// Storage key ([`keys::row_key`]).
+    pub key: Vec<u8>,
+    /// Event time; decides last-write-wins.
+    pub event_time_micros: i64,
+    /// Encoded row, or `None` for a tombstone.
+    pub value: Option<Vec<u8>>,
+}
+
+/// Consumption progress of one topic within a batch.
+#[derive(Debug, Clone, Default)]
+pub struct TopicProgress {
+    /// Topic name.
+    pub topic: String,
+    /// Next offset to consume after this batch.
+    pub next_offset: i64,
+    /// Records consumed in this batch.
+    pub consumed: u64,
+    /// Records skipped as malformed in this batch.
+    pub malformed: u64,
+}
+
+/// Everything one ingest step writes, atomically.
+#[derive(Debug, Clone, Default)]
+pub struct IngestBatch {
+    /// Row changes in consumption order.
+    pub writes: Vec<RowWrite>,
+    /// Per-topic progress; `RowWrite::topic` indexes this.
+    pub progress: Vec<TopicProgress>,
+}
+
+/// What [`ShardStore::apply`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ApplyOutcome {
+    /// Writes that changed a row.
+    pub applied: u64,
+    /// Writes older than the stored row, ignored.
+    pub superseded: u64,
+}
+
+/// A shard replica's RocksDB database.
+pub struct ShardStore {
+    shard: ShardId,
+    db: DB,
+    /// Kept for its statistics object.
+    db_options: Options,
+    offsets: Mutex<BTreeMap<String, OffsetRecord>>,
+    watermark: watch::Sender<Watermark>,
+}
+
+impl ShardStore {
+    pub(super) fn open(
+        engine: &StorageEngine,
+        shard: ShardId,
+        identity: ShardIdentity,
+    ) -> Result<Self, StorageError> {
+        let path = engine.shard_dir(shard);
+        let db_options = engine.db_options();
+        let cfs = vec![
+            ColumnFamilyDescriptor::new(CF_ROWS, engine.rows_options()),
+            ColumnFamilyDescriptor::new(CF_META, Options::default()),
+        ];
+        let rocks = |source| StorageError::Rocks { shard, source };
+        let db = DB::open_cf_descriptors(&db_options, &path, cfs).map_err(rocks)?;
+        let store = ShardStore {
+            shard,
+            db,
+            db_options,
+            offsets: Mutex::new(BTreeMap::new()),
+            watermark: watch::channel(Arc::new(BTreeMap::new())).0,
+        };
+        store.check_identity(&identity)?;
+        let offsets = store.load_offsets()?;
+        store.watermark.send_replace(Arc::new(offsets.iter().map(|(t, r)| (t.clone(), r.next_offset)).collect()));
+        *store.offsets.lock().unwrap_or_else(|p| p.into_inner()) = offsets;
+        Ok(store)
+    }
+
+    fn rocks(&self, source: rocksdb::Error) -> StorageError {
+        StorageError::Rocks { shard: self.shard, source }
+    }
+
+    fn cf(&self, name: &str) -> &ColumnFamily {
+        self.db.cf_handle(name).expect("column families are created at open")
+    }
+
+    fn check_identity(&self, identity: &ShardIdentity) -> Result<(), StorageError> {
+        let meta = self.cf(CF_META);
+        let configured = serde_json::to_string(identity).expect("identity serialises");
+        match self.db.get_cf(meta, keys::SHARD_IDENTITY_KEY).map_err(|e| self.rocks(e))? {
+            Some(stored) if stored == configured.as_bytes() => Ok(()),
+            Some(stored) => Err(StorageError::IdentityMismatch {
+                shard: self.shard,
+                stored: String::from_utf8_lossy(&stored).into_owned(),
+                configured,
+            }),
+            None => self.db.put_cf(meta, keys::SHARD_IDENTITY_KEY, configured).map_err(|e| self.rocks(e)),
+        }
+    }
+
+    fn load_offsets(&self) -> Result<BTreeMap<String, OffsetRecord>, StorageError> {
+        let mut out = BTreeMap::new();
+        let iter = self.db.iterator_cf(self.cf(CF_META), IteratorMode::From(keys::OFFSET_PREFIX, Direction::Forward));
+        for item in iter {
+            let (k, v) = item.map_err(|e| self.rocks(e))?;
+            let Some(topic) = k.strip_prefix(keys::OFFSET_PREFIX) else { break };
+            let topic = String::from_utf8_lossy(topic).into_owned();
+            let rec = OffsetRecord::decode(&v).ok_or_else(|| StorageError::Corrupt {
+                shard: self.shard,
+                what: "offset record",
+                detail: format!("topic {topic}: {} bytes", v.len()),
+            })?;
+            out.insert(topic, rec);
+        }
+        Ok(out)
+    }
+
+    /// The shard this database holds.
+    pub fn shard(&self) -> ShardId {
+        self.shard
+    }
+
+    /// Stored offset records by topic.
+    pub fn offsets(&self) -> BTreeMap<String, OffsetRecord> {
+        self.offsets.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The current watermark.
+    pub fn watermark(&self) -> Watermark {
+        self.watermark.borrow().clone()
+    }
+
+    /// Subscribes to watermark changes (after every applied batch).
+    pub fn subscribe_watermark(&self) -> watch::Receiver<Watermark> {
+        self.watermark.subscribe()
+    }
+
+    /// Applies one ingest batch atomically: rows by event-time last-write-wins (ties go to
+    /// the later record) plus the new offsets and counters.
+    ///
+    /// # Errors
+    /// [`StorageError::Rocks`] if the read or the write fails; nothing is written then.
+    pub fn apply(&self, batch: &IngestBatch) -> Result<ApplyOutcome, StorageError> {
+        let rows = self.cf(CF_ROWS);
+        // Event time of the current row per key, seeded from the database once per key.
+        let mut current: HashMap<&[u8], Option<i64>> = HashMap::with_capacity(batch.writes.len());
+        let mut missing: Vec<&[u8]> = Vec::new();
+        for w in &batch.writes {
+            if current.insert(&w.key, None).is_none() {
+                missing.push(&w.key);
+            }
+        }
+        let stored = self.db.batched_multi_get_cf(rows, missing.iter().copied(), false);
+        for (key, res) in missing.iter().zip(stored) {
+            let et = match res.map_err(|e| self.rocks(e))? {
+                // A corrupt stored row is overwritten by the next write rather than
+                // blocking the partition forever.
+                Some(v) => row_codec::decode_header(&v).ok().map(|h| h.event_time_micros),
+                None => None,
+            };
+            current.insert(key, et);
+        }
+
+        let mut wb = WriteBatch::default();
+        let mut outcome = ApplyOutcome::default();
+        let mut per_topic = vec![ApplyOutcome::default(); batch.progress.len()];
+        let mut tombstone = Vec::new();
+        for w in &batch.writes {
+            let slot = current.get_mut(w.key.as_slice()).expect("seeded above");
+            let wins = slot.is_none_or(|cur| w.event_time_micros >= cur);
+            let counter = &mut per_topic[w.topic];
+            if wins {
+                *slot = Some(w.event_time_micros);
+                match &w.value {
+                    Some(v) => wb.put_cf(rows, &w.key, v),
+                    None => {
+                        row_codec::encode_tombstone(w.event_time_micros, &mut tombstone);
+                        wb.put_cf(rows, &w.key, &tombstone);
+                    }
+                }
+                counter.applied += 1;
+                outcome.applied += 1;
+            } else {
+                counter.superseded += 1;
+                outcome.superseded += 1;
+            }
+        }
+
+        let meta = self.cf(CF_META);
+        let mut offsets = self.offsets.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next = offsets.clone();
+        for (p, counts) in batch.progress.iter().zip(&per_topic) {
+            let rec = next.entry(p.topic.clone()).or_default();
+            rec.next_offset = p.next_offset;
+            rec.consumed += p.consumed;
+            rec.malformed += p.malformed;
+            rec.applied += counts.applied;
+            rec.superseded += counts.superseded;
+            wb.put_cf(meta, keys::offset_key(&p.topic), rec.encode());
+        }
+        self.db.write(wb).map_err(|e| self.rocks(e))?;
+        let wm: BTreeMap<String, i64> = next.iter().map(|(t, r)| (t.clone(), r.next_offset)).collect();
+        *offsets = next;
+        drop(offsets);
+        self.watermark.send_replace(Arc::new(wm));
+        Ok(outcome)
+    }
+
+    /// Reads rows by storage key in one batched multi-get; results are in `keys` order.
+    pub fn get_rows<'a, K: AsRef<[u8]> + 'a>(
+        &self,
+        keys: impl IntoIterator<Item = &'a K>,
+    ) -> Vec<Result<Option<DBPinnableSlice<'_>>, rocksdb::Error>> {
+        self.db.batched_multi_get_cf(self.cf(CF_ROWS), keys, false)
+    }
+
+    /// Runs a full compaction of the rows, which drops expired rows and old tombstones
+    /// through the TTL filter (a "sweep"; RocksDB also compacts on its own schedule).
+    pub fn compact_rows(&self) {
+        self.db.compact_range_cf(self.cf(CF_ROWS), None::<&[u8]>, None::<&[u8]>);
+    }
+
+    /// Counts stored rows (including tombstone markers) with a prefix scan. For tests and
+    /// tools; it reads the whole key space.
+    pub fn count_raw_rows(&self) -> Result<u64, StorageError> {
+        let mut n = 0;
+        for item in self.db.iterator_cf(self.cf(CF_ROWS), IteratorMode::Start) {
+            item.map_err(|e| self.rocks(e))?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// RocksDB's estimate of the number of stored rows.
+    pub fn estimate_rows(&self) -> u64 {
+        self.db.property_int_value_cf(self.cf(CF_ROWS), "rocksdb.estimate-num-keys").ok().flatten().unwrap_or(0)
+    }
+
+    /// Block-cache hits and misses of this database since it opened.
+    pub fn block_cache_stats(&self) -> (u64, u64) {
+        (
+            self.db_options.get_ticker_count(Ticker::BlockCacheHit),
+            self.db_options.get_ticker_count(Ticker::BlockCacheMiss),
+        )
+    }
+
+    /// Flushes memtables and syncs the WAL; called on graceful shutdown so the next start
+    /// does not replay the WAL.
+    ///
+    /// # Errors
+    /// [`StorageError::Rocks`] if the flush fails.
+    pub fn flush(&self) -> Result<(), StorageError> {
+        self.db.flush_cf(self.cf(CF_ROWS)).map_err(|e| self.rocks(e))?;
+        self.db.flush_cf(self.cf(CF_META)).map_err(|e| self.rocks(e))?;
+        self.db.flush_wal(true).map_err(|e| self.rocks(e))
+    }
+}
+
+#[cfg(test)]
+mod tests;

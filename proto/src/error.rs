@@ -1,0 +1,121 @@
+//! The closed set of error codes on quiver's wire.
+//!
+//! The node maps every error to one code; the code determines the gRPC status and whether
+//! a client should retry elsewhere. The code's name travels in the `quiver-error-code`
+//! metadata entry so clients branch on it rather than on message text.
+
+use std::fmt;
+
+/// Metadata key carrying [`ErrorCode::as_str`] on error responses.
+pub const ERROR_CODE_METADATA_KEY: &str = "quiver-error-code";
+
+/// A wire-level error classification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// The request is malformed or violates a limit; retrying it unchanged cannot succeed.
+    InvalidArgument,
+    /// A named view, feature, entity or feature service does not exist.
+    NotFound,
+    /// The object exists and the change conflicts with it (e.g. incompatible view change).
+    FailedPrecondition,
+    /// This node does not hold a replica of the shard asked for.
+    WrongShard,
+    /// The replica is behind the watermark the request requires.
+    Behind,
+    /// The node is overloaded or shutting down; retry elsewhere.
+    Unavailable,
+    /// A bug or storage failure on the node.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The gRPC status code this error is sent with.
+    pub fn grpc_code(self) -> tonic::Code {
+        match self {
+            ErrorCode::InvalidArgument => tonic::Code::InvalidArgument,
+            ErrorCode::NotFound => tonic::Code::NotFound,
+            ErrorCode::FailedPrecondition => tonic::Code::FailedPrecondition,
+            ErrorCode::WrongShard => tonic::Code::FailedPrecondition,
+            ErrorCode::Behind => tonic::Code::Unavailable,
+            ErrorCode::Unavailable => tonic::Code::Unavailable,
+            ErrorCode::Internal => tonic::Code::Internal,
+        }
+    }
+
+    /// Whether the same request may succeed on another replica or later.
+    pub fn is_retryable(self) -> bool {
+        matches!(self, ErrorCode::WrongShard | ErrorCode::Behind | ErrorCode::Unavailable)
+    }
+
+    /// Stable name used in metadata and metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidArgument => "invalid_argument",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::FailedPrecondition => "failed_precondition",
+            ErrorCode::WrongShard => "wrong_shard",
+            ErrorCode::Behind => "behind",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Internal => "internal",
+        }
+    }
+
+    /// Parses [`ErrorCode::as_str`] output.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "invalid_argument" => ErrorCode::InvalidArgument,
+            "not_found" => ErrorCode::NotFound,
+            "failed_precondition" => ErrorCode::FailedPrecondition,
+            "wrong_shard" => ErrorCode::WrongShard,
+            "behind" => ErrorCode::Behind,
+            "unavailable" => ErrorCode::Unavailable,
+            "internal" => ErrorCode::Internal,
+            _ => return None,
+        })
+    }
+
+    /// Builds a `tonic::Status` carrying this code in metadata.
+    pub fn to_status(self, message: impl Into<String>) -> tonic::Status {
+        let mut status = tonic::Status::new(self.grpc_code(), message);
+        status.metadata_mut().insert(
+            ERROR_CODE_METADATA_KEY,
+            tonic::metadata::MetadataValue::from_static(self.as_str()),
+        );
+        status
+    }
+
+    /// Reads the code from a status returned by a quiver node, if it carries one.
+    pub fn from_status(status: &tonic::Status) -> Option<Self> {
+        let v = status.metadata().get(ERROR_CODE_METADATA_KEY)?;
+        Self::parse(v.to_str().ok()?)
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_round_trip_keeps_code() {
+        for code in [
+            ErrorCode::InvalidArgument,
+            ErrorCode::NotFound,
+            ErrorCode::FailedPrecondition,
+            ErrorCode::WrongShard,
+            ErrorCode::Behind,
+            ErrorCode::Unavailable,
+            ErrorCode::Internal,
+        ] {
+            let status = code.to_status("boom");
+            assert_eq!(status.code(), code.grpc_code());
+            assert_eq!(ErrorCode::from_status(&status), Some(code));
+            assert_eq!(status.message(), "boom");
+        }
+    }
+}
