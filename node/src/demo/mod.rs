@@ -33,7 +33,7 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 20_000)]
     users: usize,
     /// Events per user (out of order for some users).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 3)]
     events_per_user: usize,
     /// Cards (entities of the protobuf view).
     #[arg(long, default_value_t = 5_000)]
@@ -134,6 +134,9 @@ async fn start_nodes(args: &DemoArgs, dir: &std::path::Path, bootstrap: &str, ca
 }
 
 /// Records per topic across all partitions, from the broker.
+///
+/// Fails if the broker already dropped records: librdkafka's mock cluster keeps at most
+/// 5 MiB per partition, and the demo must verify every record it produced.
 fn produced_totals(bootstrap: &str, topics: &[&str], shards: u32) -> anyhow::Result<BTreeMap<String, i64>> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).create()?;
@@ -141,7 +144,13 @@ fn produced_totals(bootstrap: &str, topics: &[&str], shards: u32) -> anyhow::Res
     for t in topics {
         let mut total = 0;
         for p in 0..shards {
-            total += c.fetch_watermarks(t, p as i32, Duration::from_secs(5))?.1;
+            let (low, high) = c.fetch_watermarks(t, p as i32, Duration::from_secs(5))?;
+            ensure!(
+                low == 0,
+                "the mock broker's retention (5 MiB per partition) dropped the first {low} records of {t}/{p}; \
+                 use fewer --users/--events-per-user or more --shards"
+            );
+            total += high;
         }
         out.insert((*t).to_owned(), total);
     }

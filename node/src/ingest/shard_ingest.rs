@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 use metrics::{counter, gauge, histogram};
 use quiver_proto::ShardId;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
@@ -21,6 +22,23 @@ use crate::metrics as m;
 use crate::registry::{FeatureView, KeyType, Registry, RegistrySnapshot};
 use crate::storage::row_codec::encode_row;
 use crate::storage::{keys, IngestBatch, RowWrite, ShardStore, TopicProgress};
+
+/// Consumer context that logs through `tracing` and treats partition EOF (our "caught
+/// up" signal, enabled on purpose) as the non-event it is.
+pub(crate) struct IngestContext;
+
+impl ClientContext for IngestContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        match error {
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF) => {
+                debug!(reason, "partition end reached")
+            }
+            e => warn!(error = %e, reason, "kafka client error"),
+        }
+    }
+}
+
+impl ConsumerContext for IngestContext {}
 
 /// Observed ingest state of one topic's partition, for status and readiness.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -99,7 +117,7 @@ pub fn spawn_shard_ingest(
     for (k, v) in &config.kafka_properties {
         cc.set(k, v);
     }
-    let consumer: BaseConsumer = cc.create().map_err(|source| IngestError::Kafka { shard: shard.0, source })?;
+    let consumer: BaseConsumer<IngestContext> = cc.create_with_context(IngestContext).map_err(|source| IngestError::Kafka { shard: shard.0, source })?;
     let status = Arc::new(IngestStatus::default());
     let mut ingest = ShardIngest {
         shard,
@@ -134,7 +152,7 @@ struct ShardIngest {
     store: Arc<ShardStore>,
     registry: Registry,
     config: IngestConfig,
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<IngestContext>,
     dead_letters: Option<Arc<ThreadedProducer<DefaultProducerContext>>>,
     status: Arc<IngestStatus>,
     /// Views per source topic.
