@@ -41,7 +41,10 @@ impl ClientError {
             ClientError::Connect { .. } => true,
             ClientError::Rpc(s) => match ErrorCode::from_status(s) {
                 Some(code) => code.is_retryable(),
-                None => matches!(s.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded),
+                None => matches!(
+                    s.code(),
+                    tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+                ),
             },
         }
     }

@@ -19,8 +19,8 @@
 //! ```
 //!
 //! # Layout
-//! - [`error`]: [`ClientError`].
-//! - [`lookup`]: request builder [`Lookup`] and the columnar [`LookupResult`].
+//! - [`error`]: the error type, [`ClientError`].
+//! - [`lookup`]: the request builder [`Lookup`] and the columnar [`LookupResult`].
 
 pub mod error;
 pub mod lookup;
@@ -33,8 +33,8 @@ pub use quiver_proto::v1::EntityKey;
 use quiver_proto::v1::admin_service_client::AdminServiceClient;
 use quiver_proto::v1::feature_service_client::FeatureServiceClient;
 use quiver_proto::v1::{
-    ApplyDefinitionsRequest, DescribeViewRequest, GetStatusRequest, GetStatusResponse, ListViewsRequest,
-    ListViewsResponse,
+    ApplyDefinitionsRequest, DescribeViewRequest, GetStatusRequest, GetStatusResponse,
+    ListViewsRequest, ListViewsResponse,
 };
 use tonic::transport::{Channel, Endpoint};
 
@@ -53,12 +53,19 @@ impl Client {
     pub async fn connect(endpoint: impl Into<String>) -> Result<Self, ClientError> {
         let endpoint = endpoint.into();
         let ep = Endpoint::from_shared(endpoint.clone())
-            .map_err(|e| ClientError::Connect { endpoint: endpoint.clone(), message: e.to_string() })?
+            .map_err(|e| ClientError::Connect {
+                endpoint: endpoint.clone(),
+                message: e.to_string(),
+            })?
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true);
-        let channel = ep.connect().await.map_err(|e| ClientError::Connect { endpoint, message: e.to_string() })?;
+        let channel = ep.connect().await.map_err(|e| ClientError::Connect {
+            endpoint,
+            message: e.to_string(),
+        })?;
         Ok(Client {
-            features: FeatureServiceClient::new(channel.clone()).max_decoding_message_size(256 << 20),
+            features: FeatureServiceClient::new(channel.clone())
+                .max_decoding_message_size(256 << 20),
             admin: AdminServiceClient::new(channel),
         })
     }
@@ -67,8 +74,14 @@ impl Client {
     ///
     /// # Errors
     /// [`ClientError::Rpc`] with the node's error code.
-    pub async fn get_online_features(&mut self, lookup: Lookup) -> Result<LookupResult, ClientError> {
-        let resp = self.features.get_online_features(lookup.into_request()).await?;
+    pub async fn get_online_features(
+        &mut self,
+        lookup: Lookup,
+    ) -> Result<LookupResult, ClientError> {
+        let resp = self
+            .features
+            .get_online_features(lookup.into_request())
+            .await?;
         Ok(LookupResult::new(resp.into_inner()))
     }
 
@@ -76,8 +89,18 @@ impl Client {
     ///
     /// # Errors
     /// [`ClientError::Rpc`]; invalid definitions are `INVALID_ARGUMENT`.
-    pub async fn apply_definitions(&mut self, toml: impl Into<String>, dry_run: bool) -> Result<Vec<String>, ClientError> {
-        let resp = self.admin.apply_definitions(ApplyDefinitionsRequest { toml: toml.into(), dry_run }).await?;
+    pub async fn apply_definitions(
+        &mut self,
+        toml: impl Into<String>,
+        dry_run: bool,
+    ) -> Result<Vec<String>, ClientError> {
+        let resp = self
+            .admin
+            .apply_definitions(ApplyDefinitionsRequest {
+                toml: toml.into(),
+                dry_run,
+            })
+            .await?;
         Ok(resp.into_inner().changes)
     }
 
@@ -86,7 +109,11 @@ impl Client {
     /// # Errors
     /// [`ClientError::Rpc`].
     pub async fn list_views(&mut self) -> Result<ListViewsResponse, ClientError> {
-        Ok(self.admin.list_views(ListViewsRequest {}).await?.into_inner())
+        Ok(self
+            .admin
+            .list_views(ListViewsRequest {})
+            .await?
+            .into_inner())
     }
 
     /// Returns a view's definition as JSON.
@@ -94,7 +121,12 @@ impl Client {
     /// # Errors
     /// [`ClientError::Rpc`] (`NOT_FOUND` for an unknown view).
     pub async fn describe_view(&mut self, name: impl Into<String>) -> Result<String, ClientError> {
-        Ok(self.admin.describe_view(DescribeViewRequest { name: name.into() }).await?.into_inner().definition_json)
+        Ok(self
+            .admin
+            .describe_view(DescribeViewRequest { name: name.into() })
+            .await?
+            .into_inner()
+            .definition_json)
     }
 
     /// Returns the node's shards, offsets and lag.
@@ -102,6 +134,10 @@ impl Client {
     /// # Errors
     /// [`ClientError::Rpc`].
     pub async fn status(&mut self) -> Result<GetStatusResponse, ClientError> {
-        Ok(self.admin.get_status(GetStatusRequest {}).await?.into_inner())
+        Ok(self
+            .admin
+            .get_status(GetStatusRequest {})
+            .await?
+            .into_inner())
     }
 }

@@ -14,12 +14,22 @@ pub struct Lookup {
 impl Lookup {
     /// Looks up explicit references `view:feature` (or `view:*`).
     pub fn features<S: Into<String>>(refs: impl IntoIterator<Item = S>) -> Self {
-        Lookup { req: GetOnlineFeaturesRequest { features: refs.into_iter().map(Into::into).collect(), ..Default::default() } }
+        Lookup {
+            req: GetOnlineFeaturesRequest {
+                features: refs.into_iter().map(Into::into).collect(),
+                ..Default::default()
+            },
+        }
     }
 
     /// Looks up every feature of a feature service.
     pub fn feature_service(name: impl Into<String>) -> Self {
-        Lookup { req: GetOnlineFeaturesRequest { feature_service: name.into(), ..Default::default() } }
+        Lookup {
+            req: GetOnlineFeaturesRequest {
+                feature_service: name.into(),
+                ..Default::default()
+            },
+        }
     }
 
     /// Sets the entity keys, in the order results are wanted.
@@ -69,7 +79,13 @@ impl LookupResult {
 
     /// The value at (`row`, `column`), `None` if null or not PRESENT.
     pub fn value(&self, row: usize, column: usize) -> Option<&Kind> {
-        self.resp.columns.get(column)?.values.get(row)?.kind.as_ref()
+        self.resp
+            .columns
+            .get(column)?
+            .values
+            .get(row)?
+            .kind
+            .as_ref()
     }
 
     /// The status at (`row`, `column`).
@@ -84,7 +100,12 @@ impl LookupResult {
 
     /// Event time (µs since the epoch) of the value at (`row`, `column`); 0 if NOT_FOUND.
     pub fn event_time_micros(&self, row: usize, column: usize) -> i64 {
-        self.resp.columns.get(column).and_then(|c| c.event_times_micros.get(row)).copied().unwrap_or(0)
+        self.resp
+            .columns
+            .get(column)
+            .and_then(|c| c.event_times_micros.get(row))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// An int64 value, if present and of that type.

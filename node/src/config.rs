@@ -198,7 +198,11 @@ impl Default for ServerSection {
 
 impl Default for ClusterSection {
     fn default() -> Self {
-        ClusterSection { shard_count: 8, partitioner: "murmur2".into(), shards: Vec::new() }
+        ClusterSection {
+            shard_count: 8,
+            partitioner: "murmur2".into(),
+            shards: Vec::new(),
+        }
     }
 }
 
@@ -247,7 +251,10 @@ impl Default for LimitsSection {
 
 impl Default for LogSection {
     fn default() -> Self {
-        LogSection { format: "plain".into(), level: "info".into() }
+        LogSection {
+            format: "plain".into(),
+            level: "info".into(),
+        }
     }
 }
 
@@ -305,8 +312,14 @@ impl NodeConfigFile {
     /// # Errors
     /// [`ConfigError::Read`] or [`ConfigError::Parse`].
     pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            message: e.to_string(),
+        })
     }
 
     /// Validates into a [`NodeConfig`].
@@ -316,23 +329,29 @@ impl NodeConfigFile {
     pub fn validate(&self) -> Result<NodeConfig, ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         if self.version != 1 {
-            return bad(format!("version = {} is not supported (expected 1)", self.version));
+            return bad(format!(
+                "version = {} is not supported (expected 1)",
+                self.version
+            ));
         }
-        let grpc_addr = self
-            .server
-            .grpc_addr
-            .parse()
-            .map_err(|e| ConfigError::Invalid(format!("server.grpc_addr {:?}: {e}", self.server.grpc_addr)))?;
+        let grpc_addr = self.server.grpc_addr.parse().map_err(|e| {
+            ConfigError::Invalid(format!("server.grpc_addr {:?}: {e}", self.server.grpc_addr))
+        })?;
         let metrics_addr = if self.server.metrics_addr.is_empty() {
             None
         } else {
             Some(self.server.metrics_addr.parse().map_err(|e| {
-                ConfigError::Invalid(format!("server.metrics_addr {:?}: {e}", self.server.metrics_addr))
+                ConfigError::Invalid(format!(
+                    "server.metrics_addr {:?}: {e}",
+                    self.server.metrics_addr
+                ))
             })?)
         };
         let p = self.cluster.shard_count;
         if p == 0 || p > 4096 {
-            return bad(format!("cluster.shard_count = {p} is out of range (1..=4096)"));
+            return bad(format!(
+                "cluster.shard_count = {p} is out of range (1..=4096)"
+            ));
         }
         let partitioner: Partitioner = self
             .cluster
@@ -345,7 +364,9 @@ impl NodeConfigFile {
             self.cluster.shards.iter().map(|&s| ShardId(s)).collect()
         };
         if let Some(s) = shards.iter().find(|s| s.0 >= p) {
-            return bad(format!("cluster.shards contains {s}, but shard_count is {p} (shards are 0..{p})"));
+            return bad(format!(
+                "cluster.shards contains {s}, but shard_count is {p} (shards are 0..{p})"
+            ));
         }
         shards.sort();
         shards.dedup();
@@ -355,7 +376,10 @@ impl NodeConfigFile {
         let l = &self.limits;
         for (name, v) in [
             ("limits.max_batch_keys", l.max_batch_keys),
-            ("limits.max_features_per_request", l.max_features_per_request),
+            (
+                "limits.max_features_per_request",
+                l.max_features_per_request,
+            ),
             ("limits.max_request_bytes", l.max_request_bytes),
             ("limits.max_concurrent_lookups", l.max_concurrent_lookups),
             ("ingest.max_batch_records", self.ingest.max_batch_records),
@@ -367,15 +391,23 @@ impl NodeConfigFile {
             }
         }
         if l.max_request_bytes > 256 << 20 {
-            return bad(format!("limits.max_request_bytes = {} exceeds 256 MiB", l.max_request_bytes));
+            return bad(format!(
+                "limits.max_request_bytes = {} exceeds 256 MiB",
+                l.max_request_bytes
+            ));
         }
-        if self.ingest.poll_timeout.is_zero() || self.ingest.poll_timeout > Duration::from_secs(10) {
+        if self.ingest.poll_timeout.is_zero() || self.ingest.poll_timeout > Duration::from_secs(10)
+        {
             return bad("ingest.poll_timeout must be between 1ms and 10s".into());
         }
         if !matches!(self.log.format.as_str(), "plain" | "json") {
-            return bad(format!("log.format {:?} is not \"plain\" or \"json\"", self.log.format));
+            return bad(format!(
+                "log.format {:?} is not \"plain\" or \"json\"",
+                self.log.format
+            ));
         }
-        let dead_letter_topic = (!self.kafka.dead_letter_topic.is_empty()).then(|| self.kafka.dead_letter_topic.clone());
+        let dead_letter_topic = (!self.kafka.dead_letter_topic.is_empty())
+            .then(|| self.kafka.dead_letter_topic.clone());
         Ok(NodeConfig {
             node_id: self.node_id,
             data_dir: self.data_dir.clone(),
@@ -400,7 +432,8 @@ impl NodeConfigFile {
                 write_buffer_bytes: self.storage.write_buffer_mib << 20,
                 tombstone_retention: self.storage.tombstone_retention,
             },
-            ttl_sweep_interval: (!self.storage.ttl_sweep_interval.is_zero()).then_some(self.storage.ttl_sweep_interval),
+            ttl_sweep_interval: (!self.storage.ttl_sweep_interval.is_zero())
+                .then_some(self.storage.ttl_sweep_interval),
             limits: Limits {
                 max_batch_keys: l.max_batch_keys,
                 max_features_per_request: l.max_features_per_request,
@@ -417,7 +450,10 @@ impl NodeConfigFile {
 impl NodeConfig {
     /// A configuration for in-process tests: small caches, fast timers, the given broker.
     pub fn for_test(data_dir: PathBuf, bootstrap_servers: &str, shard_count: u32) -> Self {
-        let mut file = NodeConfigFile { data_dir, ..Default::default() };
+        let mut file = NodeConfigFile {
+            data_dir,
+            ..Default::default()
+        };
         file.cluster.shard_count = shard_count;
         file.kafka.bootstrap_servers = bootstrap_servers.to_owned();
         file.storage.block_cache_mib = 16;
@@ -476,14 +512,21 @@ definition_files = ["a.toml"]
         assert_eq!(c.metrics_addr, None);
         assert_eq!(c.ingest.dead_letter_topic.as_deref(), Some("dlq"));
         assert_eq!(c.limits.max_batch_keys, 5);
-        assert_eq!(c.limits.max_features_per_request, 1000, "unset keys keep defaults");
+        assert_eq!(
+            c.limits.max_features_per_request, 1000,
+            "unset keys keep defaults"
+        );
     }
 
     #[test]
     fn rejects_bad_values_by_name() {
-        let cases: Vec<(fn(&mut NodeConfigFile), &str)> = vec![
+        type Mutation = fn(&mut NodeConfigFile);
+        let cases: Vec<(Mutation, &str)> = vec![
             (|f| f.cluster.shard_count = 0, "cluster.shard_count"),
-            (|f| f.cluster.partitioner = "fnv".into(), "cluster.partitioner"),
+            (
+                |f| f.cluster.partitioner = "fnv".into(),
+                "cluster.partitioner",
+            ),
             (|f| f.cluster.shards = vec![9], "cluster.shards contains 9"),
             (|f| f.server.grpc_addr = "nope".into(), "server.grpc_addr"),
             (|f| f.limits.max_batch_keys = 0, "limits.max_batch_keys"),
@@ -496,7 +539,9 @@ definition_files = ["a.toml"]
             let err = f.validate().unwrap_err().to_string();
             assert!(err.contains(needle), "{err:?} should mention {needle:?}");
         }
-        let err = toml::from_str::<NodeConfigFile>("bogus = 1").unwrap_err().to_string();
+        let err = toml::from_str::<NodeConfigFile>("bogus = 1")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("bogus"), "{err}");
     }
 }

@@ -25,7 +25,9 @@ pub enum TopicCheckError {
         expected: u32,
     },
     /// Partition count differs from the shard count.
-    #[error("source topic {topic:?} has {actual} partitions, but the cluster has {expected} shards; they must be equal")]
+    #[error(
+        "source topic {topic:?} has {actual} partitions, but the cluster has {expected} shards; they must be equal"
+    )]
     WrongPartitionCount {
         /// Topic.
         topic: String,
@@ -49,33 +51,57 @@ impl KafkaMetadata {
     ///
     /// # Errors
     /// If librdkafka rejects the configuration.
-    pub fn new(bootstrap_servers: &str, properties: &BTreeMap<String, String>) -> Result<Self, KafkaError> {
+    pub fn new(
+        bootstrap_servers: &str,
+        properties: &BTreeMap<String, String>,
+    ) -> Result<Self, KafkaError> {
         let mut cc = ClientConfig::new();
-        cc.set("bootstrap.servers", bootstrap_servers).set("allow.auto.create.topics", "false");
+        cc.set("bootstrap.servers", bootstrap_servers)
+            .set("allow.auto.create.topics", "false");
         for (k, v) in properties {
             cc.set(k, v);
         }
-        Ok(KafkaMetadata { consumer: cc.create()? })
+        Ok(KafkaMetadata {
+            consumer: cc.create()?,
+        })
     }
 
     /// Checks that `topic` has exactly `shard_count` partitions. Blocking.
     ///
     /// # Errors
     /// A [`TopicCheckError`] naming the topic and what is wrong.
-    pub fn check_topic(&self, topic: &str, shard_count: u32, timeout: Duration) -> Result<(), TopicCheckError> {
-        let md = self.consumer.fetch_metadata(Some(topic), timeout).map_err(|e| TopicCheckError::Unreachable {
-            topic: topic.to_owned(),
-            error: e.to_string(),
-        })?;
+    pub fn check_topic(
+        &self,
+        topic: &str,
+        shard_count: u32,
+        timeout: Duration,
+    ) -> Result<(), TopicCheckError> {
+        let md = self
+            .consumer
+            .fetch_metadata(Some(topic), timeout)
+            .map_err(|e| TopicCheckError::Unreachable {
+                topic: topic.to_owned(),
+                error: e.to_string(),
+            })?;
         let Some(t) = md.topics().iter().find(|t| t.name() == topic) else {
-            return Err(TopicCheckError::Missing { topic: topic.to_owned(), expected: shard_count });
+            return Err(TopicCheckError::Missing {
+                topic: topic.to_owned(),
+                expected: shard_count,
+            });
         };
         if t.error().is_some() || t.partitions().is_empty() {
-            return Err(TopicCheckError::Missing { topic: topic.to_owned(), expected: shard_count });
+            return Err(TopicCheckError::Missing {
+                topic: topic.to_owned(),
+                expected: shard_count,
+            });
         }
         let actual = t.partitions().len();
         if actual != shard_count as usize {
-            return Err(TopicCheckError::WrongPartitionCount { topic: topic.to_owned(), actual, expected: shard_count });
+            return Err(TopicCheckError::WrongPartitionCount {
+                topic: topic.to_owned(),
+                actual,
+                expected: shard_count,
+            });
         }
         Ok(())
     }

@@ -23,4 +23,4 @@ pub mod serve;
 pub mod storage;
 pub mod telemetry;
 
-pub use node::{run, Listeners, Node, NodeError};
+pub use node::{Listeners, Node, NodeError, run};

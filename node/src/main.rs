@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use quiver_node::config::NodeConfigFile;
-use quiver_node::{telemetry, Listeners};
+use quiver_node::{Listeners, telemetry};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
@@ -64,7 +64,11 @@ struct NodeArgs {
     #[arg(long, env = "QUIVER_KAFKA_BOOTSTRAP_SERVERS")]
     kafka_bootstrap_servers: Option<String>,
     /// kafka.properties entry KEY=VALUE (repeatable)
-    #[arg(long = "kafka-property", env = "QUIVER_KAFKA_PROPERTIES", value_delimiter = ';')]
+    #[arg(
+        long = "kafka-property",
+        env = "QUIVER_KAFKA_PROPERTIES",
+        value_delimiter = ';'
+    )]
     kafka_properties: Vec<String>,
     /// kafka.dead_letter_topic ("" disables)
     #[arg(long, env = "QUIVER_DEAD_LETTER_TOPIC")]
@@ -106,7 +110,11 @@ struct NodeArgs {
     #[arg(long, env = "QUIVER_MAX_WATERMARK_WAIT", value_parser = humantime::parse_duration)]
     max_watermark_wait: Option<Duration>,
     /// registry.definition_files (repeatable; replaces the file's list)
-    #[arg(long = "definitions", env = "QUIVER_DEFINITIONS", value_delimiter = ',')]
+    #[arg(
+        long = "definitions",
+        env = "QUIVER_DEFINITIONS",
+        value_delimiter = ','
+    )]
     definitions: Vec<PathBuf>,
     /// log.format: plain | json
     #[arg(long, env = "QUIVER_LOG_FORMAT")]
@@ -133,21 +141,34 @@ fn apply_overrides(f: &mut NodeConfigFile, a: NodeArgs) -> anyhow::Result<()> {
     set(&mut f.cluster.shards, a.shards);
     set(&mut f.kafka.bootstrap_servers, a.kafka_bootstrap_servers);
     for kv in a.kafka_properties {
-        let (k, v) = kv.split_once('=').with_context(|| format!("--kafka-property {kv:?} is not KEY=VALUE"))?;
-        f.kafka.properties.insert(k.trim().to_owned(), v.trim().to_owned());
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("--kafka-property {kv:?} is not KEY=VALUE"))?;
+        f.kafka
+            .properties
+            .insert(k.trim().to_owned(), v.trim().to_owned());
     }
     set(&mut f.kafka.dead_letter_topic, a.dead_letter_topic);
     set(&mut f.ingest.max_batch_records, a.ingest_max_batch_records);
     set(&mut f.ingest.poll_timeout, a.ingest_poll_timeout);
-    set(&mut f.ingest.lag_refresh_interval, a.ingest_lag_refresh_interval);
+    set(
+        &mut f.ingest.lag_refresh_interval,
+        a.ingest_lag_refresh_interval,
+    );
     set(&mut f.storage.block_cache_mib, a.block_cache_mib);
     set(&mut f.storage.write_buffer_mib, a.write_buffer_mib);
     set(&mut f.storage.tombstone_retention, a.tombstone_retention);
     set(&mut f.storage.ttl_sweep_interval, a.ttl_sweep_interval);
     set(&mut f.limits.max_batch_keys, a.max_batch_keys);
-    set(&mut f.limits.max_features_per_request, a.max_features_per_request);
+    set(
+        &mut f.limits.max_features_per_request,
+        a.max_features_per_request,
+    );
     set(&mut f.limits.max_request_bytes, a.max_request_bytes);
-    set(&mut f.limits.max_concurrent_lookups, a.max_concurrent_lookups);
+    set(
+        &mut f.limits.max_concurrent_lookups,
+        a.max_concurrent_lookups,
+    );
     set(&mut f.limits.max_watermark_wait, a.max_watermark_wait);
     if !a.definitions.is_empty() {
         f.registry.definition_files = a.definitions;
@@ -190,7 +211,8 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     let config = file.validate()?;
     telemetry::init_logging(&config.log.format, &config.log.level);
     if let Some(addr) = config.metrics_addr {
-        telemetry::init_metrics(addr, config.node_id).with_context(|| format!("start metrics exporter on {addr}"))?;
+        telemetry::init_metrics(addr, config.node_id)
+            .with_context(|| format!("start metrics exporter on {addr}"))?;
         info!(%addr, "prometheus metrics on /metrics");
     }
     let grpc = tokio::net::TcpListener::bind(config.grpc_addr)
@@ -198,13 +220,18 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("bind gRPC address {}", config.grpc_addr))?;
     let cancel = CancellationToken::new();
     tokio::spawn(shutdown_signal(cancel.clone()));
-    quiver_node::run(config, Listeners { grpc }, cancel).await.context("node failed")?;
+    quiver_node::run(config, Listeners { grpc }, cancel)
+        .await
+        .context("node failed")?;
     Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("start tokio runtime")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start tokio runtime")?;
     match cli.command {
         Some(Command::Demo(args)) => {
             // Malformed-record warnings are expected in the demo; it reports their count.

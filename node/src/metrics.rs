@@ -2,7 +2,7 @@
 //! `quiver_<subsystem>_<name>_<unit>`; labels are bounded (`shard`, `rpc`, `code`,
 //! `reason`, `result`), never entity keys.
 
-use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 
 /// Requests by `rpc` and result `code`.
 pub const SERVE_REQUESTS: &str = "quiver_serve_requests_total";
@@ -40,19 +40,53 @@ pub const STORAGE_ROWS: &str = "quiver_storage_rows_estimate";
 /// Registers descriptions with the installed recorder; call once at start-up.
 pub fn describe() {
     describe_counter!(SERVE_REQUESTS, "gRPC requests by rpc and result code");
-    describe_histogram!(SERVE_REQUEST_DURATION, Unit::Seconds, "server-side request latency by rpc");
+    describe_histogram!(
+        SERVE_REQUEST_DURATION,
+        Unit::Seconds,
+        "server-side request latency by rpc"
+    );
     describe_counter!(SERVE_KEYS, "entity keys looked up");
     describe_counter!(INGEST_RECORDS, "records consumed from Kafka by shard");
     describe_counter!(INGEST_APPLIED, "records that changed a row by shard");
-    describe_counter!(INGEST_SUPERSEDED, "records ignored as older than the stored row by shard");
-    describe_counter!(INGEST_MALFORMED, "malformed records skipped by shard and reason");
-    describe_counter!(INGEST_DEAD_LETTERS, "malformed records copied to the dead-letter topic by result");
+    describe_counter!(
+        INGEST_SUPERSEDED,
+        "records ignored as older than the stored row by shard"
+    );
+    describe_counter!(
+        INGEST_MALFORMED,
+        "malformed records skipped by shard and reason"
+    );
+    describe_counter!(
+        INGEST_DEAD_LETTERS,
+        "malformed records copied to the dead-letter topic by result"
+    );
     describe_counter!(INGEST_CONSUMER_ERRORS, "kafka consumer errors by shard");
-    describe_counter!(INGEST_APPLY_ERRORS, "failed (retried) ingest batch writes by shard");
-    describe_gauge!(INGEST_LAG_RECORDS, Unit::Count, "records behind the broker high watermark by shard");
-    describe_histogram!(INGEST_BATCH_DURATION, Unit::Seconds, "time to write one ingest batch");
-    describe_counter!(STORAGE_BLOCK_CACHE_HITS, "RocksDB block cache hits over all shards");
-    describe_counter!(STORAGE_BLOCK_CACHE_MISSES, "RocksDB block cache misses over all shards");
-    describe_gauge!(STORAGE_BLOCK_CACHE_USAGE, Unit::Bytes, "bytes held by the shared block cache");
+    describe_counter!(
+        INGEST_APPLY_ERRORS,
+        "failed (retried) ingest batch writes by shard"
+    );
+    describe_gauge!(
+        INGEST_LAG_RECORDS,
+        Unit::Count,
+        "records behind the broker high watermark by shard"
+    );
+    describe_histogram!(
+        INGEST_BATCH_DURATION,
+        Unit::Seconds,
+        "time to write one ingest batch"
+    );
+    describe_counter!(
+        STORAGE_BLOCK_CACHE_HITS,
+        "RocksDB block cache hits over all shards"
+    );
+    describe_counter!(
+        STORAGE_BLOCK_CACHE_MISSES,
+        "RocksDB block cache misses over all shards"
+    );
+    describe_gauge!(
+        STORAGE_BLOCK_CACHE_USAGE,
+        Unit::Bytes,
+        "bytes held by the shared block cache"
+    );
     describe_gauge!(STORAGE_ROWS, Unit::Count, "estimated stored rows by shard");
 }

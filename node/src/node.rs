@@ -16,11 +16,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::NodeConfig;
-use crate::ingest::{spawn_shard_ingest, IngestError, IngestHandle};
+use crate::ingest::{IngestError, IngestHandle, spawn_shard_ingest};
 use crate::kafka_meta::{KafkaMetadata, TopicCheckError};
 use crate::metrics as m;
 use crate::registry::{Registry, RegistryError, RegistrySnapshot};
-use crate::serve::{serve, ServeState};
+use crate::serve::{ServeState, serve};
 use crate::storage::{ShardStore, StorageEngine, StorageError, TtlTable};
 
 /// Errors that stop a node from starting or running.
@@ -75,7 +75,11 @@ pub struct Node {
 }
 
 fn refresh_ttls(ttls: &TtlTable, snap: &RegistrySnapshot) {
-    ttls.replace(snap.views.values().map(|v| ((v.name.clone(), v.version), v.ttl)));
+    ttls.replace(
+        snap.views
+            .values()
+            .map(|v| ((v.name.clone(), v.version), v.ttl)),
+    );
 }
 
 impl Node {
@@ -83,18 +87,30 @@ impl Node {
     ///
     /// # Errors
     /// A [`NodeError`] if any part cannot start; nothing is left running then.
-    pub async fn start(config: NodeConfig, listeners: Listeners, cancel: CancellationToken) -> Result<Node, NodeError> {
-        std::fs::create_dir_all(&config.data_dir)
-            .map_err(|source| StorageError::Io { path: config.data_dir.clone(), source })?;
+    pub async fn start(
+        config: NodeConfig,
+        listeners: Listeners,
+        cancel: CancellationToken,
+    ) -> Result<Node, NodeError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| StorageError::Io {
+            path: config.data_dir.clone(),
+            source,
+        })?;
         let registry = Registry::open(&config.data_dir.join("registry.json"))?;
         for path in &config.definition_files {
-            let text = std::fs::read_to_string(path)
-                .map_err(|source| NodeError::DefinitionFile { path: path.clone(), source })?;
+            let text =
+                std::fs::read_to_string(path).map_err(|source| NodeError::DefinitionFile {
+                    path: path.clone(),
+                    source,
+                })?;
             let changes = registry.apply_toml(&text, false)?;
             info!(file = %path.display(), changes = ?changes, "applied definition file");
         }
 
-        let kafka = Arc::new(KafkaMetadata::new(&config.ingest.bootstrap_servers, &config.ingest.kafka_properties)?);
+        let kafka = Arc::new(KafkaMetadata::new(
+            &config.ingest.bootstrap_servers,
+            &config.ingest.kafka_properties,
+        )?);
         check_topics(&kafka, &registry.snapshot(), config.shard_count).await?;
 
         let engine = Arc::new(StorageEngine::new(config.storage.clone())?);
@@ -103,11 +119,17 @@ impl Node {
         let shard_ids = config.shards.clone();
         let opener = engine.clone();
         let stores: Vec<ShardStore> = tokio::task::spawn_blocking(move || {
-            shard_ids.iter().map(|&s| opener.open_shard(s, shard_count, partitioner)).collect::<Result<Vec<_>, _>>()
+            shard_ids
+                .iter()
+                .map(|&s| opener.open_shard(s, shard_count, partitioner))
+                .collect::<Result<Vec<_>, _>>()
         })
         .await
         .map_err(|e| NodeError::Task(e.to_string()))??;
-        let shards: HashMap<ShardId, Arc<ShardStore>> = stores.into_iter().map(|s| (s.shard(), Arc::new(s))).collect();
+        let shards: HashMap<ShardId, Arc<ShardStore>> = stores
+            .into_iter()
+            .map(|s| (s.shard(), Arc::new(s)))
+            .collect();
         info!(shards = shards.len(), shard_count, %partitioner, "opened shard stores");
 
         let dead_letters = match &config.ingest.dead_letter_topic {
@@ -117,7 +139,9 @@ impl Node {
                 for (k, v) in &config.ingest.kafka_properties {
                     cc.set(k, v);
                 }
-                Some(Arc::new(cc.create::<ThreadedProducer<DefaultProducerContext>>()?))
+                Some(Arc::new(
+                    cc.create::<ThreadedProducer<DefaultProducerContext>>()?,
+                ))
             }
             None => None,
         };
@@ -157,16 +181,40 @@ impl Node {
             lookup_permits: Arc::new(Semaphore::new(config.limits.max_concurrent_lookups)),
             kafka: Some(kafka),
         });
-        let server = tokio::spawn(serve(listeners.grpc, state.clone(), config.shutdown_grace, cancel.clone()));
+        let server = tokio::spawn(serve(
+            listeners.grpc,
+            state.clone(),
+            config.shutdown_grace,
+            cancel.clone(),
+        ));
         let mut background = vec![
-            tokio::spawn(run_ttl_refresh_loop(registry, engine.clone(), cancel.clone())),
-            tokio::spawn(run_storage_metrics_loop(state.clone(), engine.clone(), cancel.clone())),
+            tokio::spawn(run_ttl_refresh_loop(
+                registry,
+                engine.clone(),
+                cancel.clone(),
+            )),
+            tokio::spawn(run_storage_metrics_loop(
+                state.clone(),
+                engine.clone(),
+                cancel.clone(),
+            )),
         ];
         if let Some(every) = config.ttl_sweep_interval {
-            background.push(tokio::spawn(run_ttl_sweep_loop(state.clone(), every, cancel.clone())));
+            background.push(tokio::spawn(run_ttl_sweep_loop(
+                state.clone(),
+                every,
+                cancel.clone(),
+            )));
         }
         info!(node_id = config.node_id, "node started");
-        Ok(Node { state, ingest, server, background, dead_letters, cancel })
+        Ok(Node {
+            state,
+            ingest,
+            server,
+            background,
+            dead_letters,
+            cancel,
+        })
     }
 
     /// The local replica of `shard`, if this node has one.
@@ -185,7 +233,14 @@ impl Node {
     /// # Errors
     /// [`NodeError::Server`] if the gRPC server failed while running.
     pub async fn wait(self) -> Result<(), NodeError> {
-        let Node { state, ingest, server, background, dead_letters, cancel } = self;
+        let Node {
+            state,
+            ingest,
+            server,
+            background,
+            dead_letters,
+            cancel,
+        } = self;
         let served = tokio::select! {
             res = server => Some(res),
             () = cancel.cancelled() => None,
@@ -231,15 +286,26 @@ impl Node {
 ///
 /// # Errors
 /// As [`Node::start`] and [`Node::wait`].
-pub async fn run(config: NodeConfig, listeners: Listeners, cancel: CancellationToken) -> Result<(), NodeError> {
+pub async fn run(
+    config: NodeConfig,
+    listeners: Listeners,
+    cancel: CancellationToken,
+) -> Result<(), NodeError> {
     Node::start(config, listeners, cancel).await?.wait().await
 }
 
-async fn check_topics(kafka: &Arc<KafkaMetadata>, snap: &RegistrySnapshot, shard_count: u32) -> Result<(), NodeError> {
+async fn check_topics(
+    kafka: &Arc<KafkaMetadata>,
+    snap: &RegistrySnapshot,
+    shard_count: u32,
+) -> Result<(), NodeError> {
     let topics = snap.topics();
     let kafka = kafka.clone();
     let results = tokio::task::spawn_blocking(move || {
-        topics.iter().map(|t| kafka.check_topic(t, shard_count, Duration::from_secs(5))).collect::<Vec<_>>()
+        topics
+            .iter()
+            .map(|t| kafka.check_topic(t, shard_count, Duration::from_secs(5)))
+            .collect::<Vec<_>>()
     })
     .await
     .map_err(|e| NodeError::Task(e.to_string()))?;
@@ -247,14 +313,20 @@ async fn check_topics(kafka: &Arc<KafkaMetadata>, snap: &RegistrySnapshot, shard
         match r {
             Ok(()) => {}
             // Serving what is stored beats refusing to start while the broker is down.
-            Err(e @ TopicCheckError::Unreachable { .. }) => warn!(error = %e, "cannot verify source topic at start"),
+            Err(e @ TopicCheckError::Unreachable { .. }) => {
+                warn!(error = %e, "cannot verify source topic at start")
+            }
             Err(e) => return Err(e.into()),
         }
     }
     Ok(())
 }
 
-async fn run_ttl_refresh_loop(registry: Registry, engine: Arc<StorageEngine>, cancel: CancellationToken) {
+async fn run_ttl_refresh_loop(
+    registry: Registry,
+    engine: Arc<StorageEngine>,
+    cancel: CancellationToken,
+) {
     let mut changes = registry.subscribe();
     loop {
         tokio::select! {
@@ -265,7 +337,11 @@ async fn run_ttl_refresh_loop(registry: Registry, engine: Arc<StorageEngine>, ca
     }
 }
 
-async fn run_storage_metrics_loop(state: Arc<ServeState>, engine: Arc<StorageEngine>, cancel: CancellationToken) {
+async fn run_storage_metrics_loop(
+    state: Arc<ServeState>,
+    engine: Arc<StorageEngine>,
+    cancel: CancellationToken,
+) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     loop {
         tokio::select! {

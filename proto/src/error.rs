@@ -44,7 +44,10 @@ impl ErrorCode {
 
     /// Whether the same request may succeed on another replica or later.
     pub fn is_retryable(self) -> bool {
-        matches!(self, ErrorCode::WrongShard | ErrorCode::Behind | ErrorCode::Unavailable)
+        matches!(
+            self,
+            ErrorCode::WrongShard | ErrorCode::Behind | ErrorCode::Unavailable
+        )
     }
 
     /// Stable name used in metadata and metrics labels.

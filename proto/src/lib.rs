@@ -22,18 +22,24 @@ pub use partition::{Partitioner, ShardId};
 
 impl From<&str> for v1::EntityKey {
     fn from(s: &str) -> Self {
-        v1::EntityKey { kind: Some(v1::entity_key::Kind::StringValue(s.to_owned())) }
+        v1::EntityKey {
+            kind: Some(v1::entity_key::Kind::StringValue(s.to_owned())),
+        }
     }
 }
 
 impl From<String> for v1::EntityKey {
     fn from(s: String) -> Self {
-        v1::EntityKey { kind: Some(v1::entity_key::Kind::StringValue(s)) }
+        v1::EntityKey {
+            kind: Some(v1::entity_key::Kind::StringValue(s)),
+        }
     }
 }
 
 impl From<i64> for v1::EntityKey {
     fn from(i: i64) -> Self {
-        v1::EntityKey { kind: Some(v1::entity_key::Kind::Int64Value(i)) }
+        v1::EntityKey {
+            kind: Some(v1::entity_key::Kind::Int64Value(i)),
+        }
     }
 }

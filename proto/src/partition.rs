@@ -67,7 +67,9 @@ impl fmt::Display for Partitioner {
 
 /// Error for an unrecognised partitioner name.
 #[derive(Debug, thiserror::Error)]
-#[error("unknown partitioner {0:?}: expected \"murmur2\" (alias \"murmur2_random\") or \"crc32\" (alias \"consistent_random\")")]
+#[error(
+    "unknown partitioner {0:?}: expected \"murmur2\" (alias \"murmur2_random\") or \"crc32\" (alias \"consistent_random\")"
+)]
 pub struct UnknownPartitioner(pub String);
 
 impl FromStr for Partitioner {
@@ -136,7 +138,12 @@ mod tests {
             (b"", 0x106e08d9),
         ];
         for (key, want) in cases {
-            assert_eq!(kafka_murmur2(key), *want, "key {:?}", String::from_utf8_lossy(key));
+            assert_eq!(
+                kafka_murmur2(key),
+                *want,
+                "key {:?}",
+                String::from_utf8_lossy(key)
+            );
         }
     }
 
@@ -151,7 +158,10 @@ mod tests {
     fn crc32_matches_ieee_reference() {
         // CRC-32/ISO-HDLC check value.
         assert_eq!(crc32fast::hash(b"123456789"), 0xcbf43926);
-        assert_eq!(Partitioner::Crc32.shard_for_key(b"123456789", 7), ShardId(0xcbf43926 % 7));
+        assert_eq!(
+            Partitioner::Crc32.shard_for_key(b"123456789", 7),
+            ShardId(0xcbf43926 % 7)
+        );
     }
 
     #[test]

@@ -3,15 +3,24 @@
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use quiver_client::{Client, EntityKey, Lookup, LookupResult};
-use quiver_proto::v1::value::Kind;
 use quiver_proto::v1::FeatureStatus;
-use serde_json::{json, Value as Json};
+use quiver_proto::v1::value::Kind;
+use serde_json::{Value as Json, json};
 
 #[derive(Parser)]
-#[command(name = "quiverctl", version, about = "Operate a quiver feature-store node")]
+#[command(
+    name = "quiverctl",
+    version,
+    about = "Operate a quiver feature-store node"
+)]
 struct Cli {
     /// Node gRPC endpoint.
-    #[arg(long, global = true, env = "QUIVER_ADDR", default_value = "http://127.0.0.1:7070")]
+    #[arg(
+        long,
+        global = true,
+        env = "QUIVER_ADDR",
+        default_value = "http://127.0.0.1:7070"
+    )]
     addr: String,
     /// Output format.
     #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
@@ -78,7 +87,9 @@ fn kind_json(k: Option<&Kind>) -> Json {
         Some(Kind::Int64Value(i)) => json!(i),
         Some(Kind::Float64Value(f)) => json!(f),
         Some(Kind::StringValue(s)) => json!(s),
-        Some(Kind::BytesValue(b)) => json!(b.iter().map(|x| format!("{x:02x}")).collect::<String>()),
+        Some(Kind::BytesValue(b)) => {
+            json!(b.iter().map(|x| format!("{x:02x}")).collect::<String>())
+        }
         Some(Kind::Float32Vector(v)) => json!(v.values),
         Some(Kind::Int64List(v)) => json!(v.values),
         Some(Kind::Float64List(v)) => json!(v.values),
@@ -122,7 +133,10 @@ fn print_rows(keys: &[String], r: &LookupResult, output: Output) -> anyhow::Resu
             .iter()
             .map(|w| json!({"shard": w.shard, "offsets": w.offsets.iter().map(|o| json!({"topic": o.topic, "next_offset": o.next_offset})).collect::<Vec<_>>()}))
             .collect();
-        println!("{}", serde_json::to_string_pretty(&json!({ "rows": rows, "watermarks": watermarks }))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({ "rows": rows, "watermarks": watermarks }))?
+        );
         return Ok(());
     }
     print!("{:<20}", "key");
@@ -149,8 +163,11 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let mut client = Client::connect(cli.addr.clone()).await?;
     match cli.command {
-        Command::View { command: ViewCommand::Apply { file, dry_run } } => {
-            let text = std::fs::read_to_string(&file).with_context(|| format!("read {}", file.display()))?;
+        Command::View {
+            command: ViewCommand::Apply { file, dry_run },
+        } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("read {}", file.display()))?;
             let changes = client.apply_definitions(text, dry_run).await?;
             if changes.is_empty() {
                 println!("no changes");
@@ -159,7 +176,9 @@ async fn main() -> anyhow::Result<()> {
                 println!("{}{c}", if dry_run { "(dry run) " } else { "" });
             }
         }
-        Command::View { command: ViewCommand::List } => {
+        Command::View {
+            command: ViewCommand::List,
+        } => {
             let l = client.list_views().await?;
             if cli.output == Output::Json {
                 let views: Vec<Json> = l
@@ -167,24 +186,48 @@ async fn main() -> anyhow::Result<()> {
                     .iter()
                     .map(|v| json!({"name": v.name, "version": v.version, "entity": v.entity, "topic": v.topic, "features": v.feature_count, "owner": v.owner}))
                     .collect();
-                println!("{}", serde_json::to_string_pretty(&json!({"views": views, "entities": l.entities, "feature_services": l.feature_services}))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &json!({"views": views, "entities": l.entities, "feature_services": l.feature_services})
+                    )?
+                );
             } else {
-                println!("{:<28} {:>7} {:<16} {:<28} {:>8}  owner", "view", "version", "entity", "topic", "features");
+                println!(
+                    "{:<28} {:>7} {:<16} {:<28} {:>8}  owner",
+                    "view", "version", "entity", "topic", "features"
+                );
                 for v in &l.views {
-                    println!("{:<28} {:>7} {:<16} {:<28} {:>8}  {}", v.name, v.version, v.entity, v.topic, v.feature_count, v.owner);
+                    println!(
+                        "{:<28} {:>7} {:<16} {:<28} {:>8}  {}",
+                        v.name, v.version, v.entity, v.topic, v.feature_count, v.owner
+                    );
                 }
                 println!("entities: {}", l.entities.join(", "));
                 println!("feature services: {}", l.feature_services.join(", "));
             }
         }
-        Command::View { command: ViewCommand::Describe { name } } => println!("{}", client.describe_view(name).await?),
-        Command::Get { features, service, keys, int_keys } => {
+        Command::View {
+            command: ViewCommand::Describe { name },
+        } => println!("{}", client.describe_view(name).await?),
+        Command::Get {
+            features,
+            service,
+            keys,
+            int_keys,
+        } => {
             let lookup = match service {
                 Some(s) => Lookup::feature_service(s),
                 None => Lookup::features(features),
             };
             let entity_keys: Vec<EntityKey> = if int_keys {
-                keys.iter().map(|k| k.parse::<i64>().map(EntityKey::from).with_context(|| format!("key {k:?} is not an int64"))).collect::<anyhow::Result<_>>()?
+                keys.iter()
+                    .map(|k| {
+                        k.parse::<i64>()
+                            .map(EntityKey::from)
+                            .with_context(|| format!("key {k:?} is not an int64"))
+                    })
+                    .collect::<anyhow::Result<_>>()?
             } else {
                 keys.iter().map(|k| EntityKey::from(k.as_str())).collect()
             };
@@ -202,13 +245,34 @@ async fn main() -> anyhow::Result<()> {
                         "consumed": p.records_consumed, "applied": p.records_applied, "malformed": p.records_malformed, "reached_end": p.reached_end
                     })).collect::<Vec<_>>()}))
                     .collect();
-                println!("{}", serde_json::to_string_pretty(&json!({"node_id": s.node_id, "shard_count": s.shard_count, "partitioner": s.partitioner, "shards": shards}))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &json!({"node_id": s.node_id, "shard_count": s.shard_count, "partitioner": s.partitioner, "shards": shards})
+                    )?
+                );
             } else {
-                println!("node {}  shards {}  partitioner {}", s.node_id, s.shard_count, s.partitioner);
-                println!("{:>5} {:<24} {:>12} {:>12} {:>8} {:>12} {:>10}  caught-up", "shard", "topic", "next_offset", "high_wm", "lag", "consumed", "malformed");
+                println!(
+                    "node {}  shards {}  partitioner {}",
+                    s.node_id, s.shard_count, s.partitioner
+                );
+                println!(
+                    "{:>5} {:<24} {:>12} {:>12} {:>8} {:>12} {:>10}  caught-up",
+                    "shard", "topic", "next_offset", "high_wm", "lag", "consumed", "malformed"
+                );
                 for sh in &s.shards {
                     for p in &sh.partitions {
-                        println!("{:>5} {:<24} {:>12} {:>12} {:>8} {:>12} {:>10}  {}", sh.shard, p.topic, p.next_offset, p.high_watermark, p.lag, p.records_consumed, p.records_malformed, p.reached_end);
+                        println!(
+                            "{:>5} {:<24} {:>12} {:>12} {:>8} {:>12} {:>10}  {}",
+                            sh.shard,
+                            p.topic,
+                            p.next_offset,
+                            p.high_watermark,
+                            p.lag,
+                            p.records_consumed,
+                            p.records_malformed,
+                            p.reached_end
+                        );
                     }
                 }
             }

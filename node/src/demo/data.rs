@@ -156,7 +156,16 @@ pub struct Dataset {
 }
 
 const COUNTRIES: [&str; 8] = ["DE", "FR", "GB", "US", "BR", "IN", "NG", "JP"];
-const CATEGORIES: [&str; 8] = ["grocery", "fuel", "travel", "electronics", "gaming", "pharmacy", "dining", "crypto"];
+const CATEGORIES: [&str; 8] = [
+    "grocery",
+    "fuel",
+    "travel",
+    "electronics",
+    "gaming",
+    "pharmacy",
+    "dining",
+    "crypto",
+];
 
 fn money(rng: &mut Rng, max_cents: u64) -> f64 {
     // Two decimals, so JSON round trips are exact.
@@ -165,8 +174,12 @@ fn money(rng: &mut Rng, max_cents: u64) -> f64 {
 
 fn user_values(rng: &mut Rng) -> Vec<Option<Kind>> {
     let n_cat = 1 + rng.below(3) as usize;
-    let cats: Vec<String> = (0..n_cat).map(|_| CATEGORIES[rng.below(8) as usize].to_owned()).collect();
-    let emb: Vec<f32> = (0..8).map(|_| (rng.below(2001) as f32 - 1000.0) / 1000.0).collect();
+    let cats: Vec<String> = (0..n_cat)
+        .map(|_| CATEGORIES[rng.below(8) as usize].to_owned())
+        .collect();
+    let emb: Vec<f32> = (0..8)
+        .map(|_| (rng.below(2001) as f32 - 1000.0) / 1000.0)
+        .collect();
     vec![
         Some(Kind::Int64Value(rng.below(20) as i64)),
         Some(Kind::Int64Value(rng.below(200) as i64)),
@@ -174,7 +187,9 @@ fn user_values(rng: &mut Rng) -> Vec<Option<Kind>> {
         Some(Kind::Float64Value(money(rng, 20_000))),
         Some(Kind::Float64Value(money(rng, 300_000))),
         Some(Kind::Int64Value(rng.below(40) as i64)),
-        Some(Kind::StringValue(COUNTRIES[rng.below(8) as usize].to_owned())),
+        Some(Kind::StringValue(
+            COUNTRIES[rng.below(8) as usize].to_owned(),
+        )),
         Some(Kind::BoolValue(rng.chance(0.05))),
         Some(Kind::StringList(StringList { values: cats })),
         Some(Kind::Float32Vector(FloatVector { values: emb })),
@@ -208,20 +223,44 @@ fn card_values(rng: &mut Rng) -> Vec<Option<Kind>> {
     vec![
         Some(Kind::Int64Value(rng.below(4) as i64)),
         Some(Kind::Float64Value(rng.below(1000) as f64 / 1000.0)),
-        Some(Kind::StringValue(COUNTRIES[rng.below(8) as usize].to_owned())),
-        Some(Kind::Float64List(DoubleList { values: (0..n).map(|_| money(rng, 100_000)).collect() })),
+        Some(Kind::StringValue(
+            COUNTRIES[rng.below(8) as usize].to_owned(),
+        )),
+        Some(Kind::Float64List(DoubleList {
+            values: (0..n).map(|_| money(rng, 100_000)).collect(),
+        })),
     ]
 }
 
 fn card_proto(event_time_micros: i64, v: &[Option<Kind>]) -> Vec<u8> {
-    let names = ["chargebacks_90d", "risk_score", "issuer_country", "recent_amounts"];
-    let features = names.iter().zip(v).map(|(n, k)| ((*n).to_owned(), Value { kind: k.clone() })).collect();
-    FeatureRow { event_time_micros, features }.encode_to_vec()
+    let names = [
+        "chargebacks_90d",
+        "risk_score",
+        "issuer_country",
+        "recent_amounts",
+    ];
+    let features = names
+        .iter()
+        .zip(v)
+        .map(|(n, k)| ((*n).to_owned(), Value { kind: k.clone() }))
+        .collect();
+    FeatureRow {
+        event_time_micros,
+        features,
+    }
+    .encode_to_vec()
 }
 
 /// Generates `users` users with `events_per_user` events each, `cards` cards with two
 /// events each, and `malformed` broken records, relative to `now_millis`.
-pub fn generate(seed: u64, users: usize, events_per_user: usize, cards: usize, malformed: usize, now_millis: i64) -> Dataset {
+pub fn generate(
+    seed: u64,
+    users: usize,
+    events_per_user: usize,
+    cards: usize,
+    malformed: usize,
+    now_millis: i64,
+) -> Dataset {
     let mut rng = Rng::new(seed);
     let mut records = Vec::with_capacity(users * events_per_user + cards * 2 + malformed);
     let mut expected_users = HashMap::with_capacity(users);
@@ -230,22 +269,44 @@ pub fn generate(seed: u64, users: usize, events_per_user: usize, cards: usize, m
         let key = format!("user-{u:06}");
         // 2% of users went quiet three days ago: their rows are past the 2-day TTL.
         let dormant = rng.chance(0.02);
-        let base = if dormant { now_millis - 3 * 86_400_000 } else { now_millis - 3_600_000 };
+        let base = if dormant {
+            now_millis - 3 * 86_400_000
+        } else {
+            now_millis - 3_600_000
+        };
         let mut events: Vec<(i64, Vec<Option<Kind>>)> = (0..events_per_user)
-            .map(|i| (base + (i as i64) * 60_000 + rng.below(59_000) as i64, user_values(&mut rng)))
+            .map(|i| {
+                (
+                    base + (i as i64) * 60_000 + rng.below(59_000) as i64,
+                    user_values(&mut rng),
+                )
+            })
             .collect();
         // Out-of-order delivery: swap neighbours for 20% of users.
         if events.len() > 1 && rng.chance(0.2) {
             let i = rng.below(events.len() as u64 - 1) as usize;
             events.swap(i, i + 1);
         }
-        let latest = events.iter().max_by_key(|(t, _)| *t).expect("events_per_user > 0");
-        expected_users.insert(key.clone(), Expected { event_time_micros: latest.0 * 1000, values: latest.1.clone() });
+        let latest = events
+            .iter()
+            .max_by_key(|(t, _)| *t)
+            .expect("events_per_user > 0");
+        expected_users.insert(
+            key.clone(),
+            Expected {
+                event_time_micros: latest.0 * 1000,
+                values: latest.1.clone(),
+            },
+        );
         if dormant {
             dormant_users.push(key.clone());
         }
         for (t, v) in &events {
-            records.push(Record { topic: "user_txn_features", key: key.clone().into_bytes(), payload: Some(user_json(*t, v)) });
+            records.push(Record {
+                topic: "user_txn_features",
+                key: key.clone().into_bytes(),
+                payload: Some(user_json(*t, v)),
+            });
         }
     }
     let mut expected_cards = HashMap::with_capacity(cards);
@@ -255,20 +316,56 @@ pub fn generate(seed: u64, users: usize, events_per_user: usize, cards: usize, m
         let t2 = t1 + 1_000_000 + rng.below(1_000_000) as i64;
         let (v1, v2) = (card_values(&mut rng), card_values(&mut rng));
         // The newer event is produced first for every card: LWW must keep it.
-        records.push(Record { topic: "card_risk", key: id.to_string().into_bytes(), payload: Some(card_proto(t2, &v2)) });
-        records.push(Record { topic: "card_risk", key: id.to_string().into_bytes(), payload: Some(card_proto(t1, &v1)) });
-        expected_cards.insert(id, Expected { event_time_micros: t2, values: v2 });
+        records.push(Record {
+            topic: "card_risk",
+            key: id.to_string().into_bytes(),
+            payload: Some(card_proto(t2, &v2)),
+        });
+        records.push(Record {
+            topic: "card_risk",
+            key: id.to_string().into_bytes(),
+            payload: Some(card_proto(t1, &v1)),
+        });
+        expected_cards.insert(
+            id,
+            Expected {
+                event_time_micros: t2,
+                values: v2,
+            },
+        );
     }
     // Malformed records: a type error, truncated JSON, a missing key, a garbage protobuf.
     for i in 0..malformed {
         let r = match i % 4 {
-            0 => Record { topic: "user_txn_features", key: b"user-bad".to_vec(), payload: Some(br#"{"event_time": 1, "txn_count_1h": "many"}"#.to_vec()) },
-            1 => Record { topic: "user_txn_features", key: b"user-bad".to_vec(), payload: Some(br#"{"event_time": 1, "#.to_vec()) },
-            2 => Record { topic: "user_txn_features", key: Vec::new(), payload: Some(br#"{"event_time": 1}"#.to_vec()) },
-            _ => Record { topic: "card_risk", key: b"17".to_vec(), payload: Some(vec![0xff; 7]) },
+            0 => Record {
+                topic: "user_txn_features",
+                key: b"user-bad".to_vec(),
+                payload: Some(br#"{"event_time": 1, "txn_count_1h": "many"}"#.to_vec()),
+            },
+            1 => Record {
+                topic: "user_txn_features",
+                key: b"user-bad".to_vec(),
+                payload: Some(br#"{"event_time": 1, "#.to_vec()),
+            },
+            2 => Record {
+                topic: "user_txn_features",
+                key: Vec::new(),
+                payload: Some(br#"{"event_time": 1}"#.to_vec()),
+            },
+            _ => Record {
+                topic: "card_risk",
+                key: b"17".to_vec(),
+                payload: Some(vec![0xff; 7]),
+            },
         };
         let at = rng.below(records.len() as u64 + 1) as usize;
         records.insert(at, r);
     }
-    Dataset { records, users: expected_users, cards: expected_cards, dormant_users, malformed }
+    Dataset {
+        records,
+        users: expected_users,
+        cards: expected_cards,
+        dormant_users,
+        malformed,
+    }
 }

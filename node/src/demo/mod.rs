@@ -11,13 +11,15 @@ mod data;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{bail, ensure, Context as _};
+use anyhow::{Context as _, bail, ensure};
 use quiver_node::config::NodeConfigFile;
 use quiver_node::{Listeners, Node};
 use quiver_proto::v1::admin_service_client::AdminServiceClient;
 use quiver_proto::v1::feature_service_client::FeatureServiceClient;
 use quiver_proto::v1::value::Kind;
-use quiver_proto::v1::{entity_key, EntityKey, FeatureStatus, GetOnlineFeaturesRequest, GetStatusRequest};
+use quiver_proto::v1::{
+    EntityKey, FeatureStatus, GetOnlineFeaturesRequest, GetStatusRequest, entity_key,
+};
 use quiver_proto::{Partitioner, ShardId};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -65,7 +67,10 @@ struct DemoNode {
 }
 
 fn now_millis() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -99,18 +104,29 @@ fn produce(bootstrap: &str, records: &[data::Record]) -> anyhow::Result<()> {
             }
         }
     }
-    producer.flush(Duration::from_secs(60)).context("flush producer")?;
+    producer
+        .flush(Duration::from_secs(60))
+        .context("flush producer")?;
     Ok(())
 }
 
-async fn start_nodes(args: &DemoArgs, dir: &std::path::Path, bootstrap: &str, cancel: &CancellationToken) -> anyhow::Result<(Vec<Node>, Vec<DemoNode>)> {
+async fn start_nodes(
+    args: &DemoArgs,
+    dir: &std::path::Path,
+    bootstrap: &str,
+    cancel: &CancellationToken,
+) -> anyhow::Result<(Vec<Node>, Vec<DemoNode>)> {
     let defs = dir.join("definitions.toml");
     std::fs::write(&defs, data::DEFINITIONS)?;
     let mut nodes = Vec::new();
     let mut clients = Vec::new();
     for n in 0..args.nodes {
         let shards: Vec<u32> = (0..args.shards).filter(|s| s % args.nodes == n).collect();
-        let mut file = NodeConfigFile { node_id: u64::from(n) + 1, data_dir: dir.join(format!("node-{}", n + 1)), ..Default::default() };
+        let mut file = NodeConfigFile {
+            node_id: u64::from(n) + 1,
+            data_dir: dir.join(format!("node-{}", n + 1)),
+            ..Default::default()
+        };
         file.cluster.shard_count = args.shards;
         file.cluster.shards = shards.clone();
         file.kafka.bootstrap_servers = bootstrap.to_owned();
@@ -122,8 +138,15 @@ async fn start_nodes(args: &DemoArgs, dir: &std::path::Path, bootstrap: &str, ca
         let config = file.validate()?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        nodes.push(Node::start(config, Listeners { grpc: listener }, cancel.clone()).await.context("start node")?);
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.tcp_nodelay(true).connect().await?;
+        nodes.push(
+            Node::start(config, Listeners { grpc: listener }, cancel.clone())
+                .await
+                .context("start node")?,
+        );
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+            .tcp_nodelay(true)
+            .connect()
+            .await?;
         clients.push(DemoNode {
             shards,
             features: FeatureServiceClient::new(channel.clone()),
@@ -137,9 +160,15 @@ async fn start_nodes(args: &DemoArgs, dir: &std::path::Path, bootstrap: &str, ca
 ///
 /// Fails if the broker already dropped records: librdkafka's mock cluster keeps at most
 /// 5 MiB per partition, and the demo must verify every record it produced.
-fn produced_totals(bootstrap: &str, topics: &[&str], shards: u32) -> anyhow::Result<BTreeMap<String, i64>> {
+fn produced_totals(
+    bootstrap: &str,
+    topics: &[&str],
+    shards: u32,
+) -> anyhow::Result<BTreeMap<String, i64>> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
-    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).create()?;
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?;
     let mut out = BTreeMap::new();
     for t in topics {
         let mut total = 0;
@@ -157,7 +186,10 @@ fn produced_totals(bootstrap: &str, topics: &[&str], shards: u32) -> anyhow::Res
     Ok(out)
 }
 
-async fn wait_caught_up(clients: &mut [DemoNode], want: &BTreeMap<String, i64>) -> anyhow::Result<u64> {
+async fn wait_caught_up(
+    clients: &mut [DemoNode],
+    want: &BTreeMap<String, i64>,
+) -> anyhow::Result<u64> {
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let mut have: BTreeMap<String, i64> = BTreeMap::new();
@@ -171,10 +203,16 @@ async fn wait_caught_up(clients: &mut [DemoNode], want: &BTreeMap<String, i64>) 
                 }
             }
         }
-        if want.iter().all(|(t, n)| have.get(t).copied().unwrap_or(0) >= *n) {
+        if want
+            .iter()
+            .all(|(t, n)| have.get(t).copied().unwrap_or(0) >= *n)
+        {
             return Ok(malformed);
         }
-        ensure!(Instant::now() < deadline, "ingest did not catch up within 300 s: have {have:?}, want {want:?}");
+        ensure!(
+            Instant::now() < deadline,
+            "ingest did not catch up within 300 s: have {have:?}, want {want:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -194,15 +232,24 @@ async fn lookup(
         let ShardId(s) = Partitioner::Murmur2.shard_for_key(k, shards);
         per_node[owner[&s]].push(i);
     }
-    let calls = per_node.iter().enumerate().filter(|(_, idx)| !idx.is_empty()).map(|(n, idx)| {
-        let mut client = clients[n].features.clone();
-        let req = GetOnlineFeaturesRequest {
-            features: features.to_vec(),
-            entity_keys: idx.iter().map(|&i| keys[i].clone()).collect(),
-            ..Default::default()
-        };
-        async move { client.get_online_features(req).await.map(|r| (idx, r.into_inner())) }
-    });
+    let calls = per_node
+        .iter()
+        .enumerate()
+        .filter(|(_, idx)| !idx.is_empty())
+        .map(|(n, idx)| {
+            let mut client = clients[n].features.clone();
+            let req = GetOnlineFeaturesRequest {
+                features: features.to_vec(),
+                entity_keys: idx.iter().map(|&i| keys[i].clone()).collect(),
+                ..Default::default()
+            };
+            async move {
+                client
+                    .get_online_features(req)
+                    .await
+                    .map(|r| (idx, r.into_inner()))
+            }
+        });
     let mut out = vec![Vec::new(); keys.len()];
     for res in futures::future::join_all(calls).await {
         let (idx, resp) = res.context("lookup rpc")?;
@@ -210,7 +257,13 @@ async fn lookup(
             out[row] = resp
                 .columns
                 .iter()
-                .map(|c| (c.statuses[pos], c.values[pos].kind.clone(), c.event_times_micros[pos]))
+                .map(|c| {
+                    (
+                        c.statuses[pos],
+                        c.values[pos].kind.clone(),
+                        c.event_times_micros[pos],
+                    )
+                })
                 .collect();
         }
     }
@@ -231,28 +284,50 @@ fn fmt_kind(k: &Option<Kind>) -> String {
 
 /// Runs the demo; fails if any served value differs from what was produced.
 pub async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
-    ensure!(args.nodes >= 1 && args.shards >= args.nodes, "need 1 <= nodes <= shards");
-    println!("quiver embedded demo: mock Kafka + {} node(s), {} shards, seed {}", args.nodes, args.shards, args.seed);
+    ensure!(
+        args.nodes >= 1 && args.shards >= args.nodes,
+        "need 1 <= nodes <= shards"
+    );
+    println!(
+        "quiver embedded demo: mock Kafka + {} node(s), {} shards, seed {}",
+        args.nodes, args.shards, args.seed
+    );
     let mock = MockCluster::new(1).context("start librdkafka mock cluster")?;
     let bootstrap = mock.bootstrap_servers();
     for t in ["user_txn_features", "card_risk"] {
-        mock.create_topic(t, args.shards as i32, 1).with_context(|| format!("create topic {t}"))?;
+        mock.create_topic(t, args.shards as i32, 1)
+            .with_context(|| format!("create topic {t}"))?;
     }
-    let ds = data::generate(args.seed, args.users, args.events_per_user.max(1), args.cards, args.malformed, now_millis());
+    let ds = data::generate(
+        args.seed,
+        args.users,
+        args.events_per_user.max(1),
+        args.cards,
+        args.malformed,
+        now_millis(),
+    );
     let n_records = ds.records.len();
     let t = Instant::now();
     let records = ds.records;
     let bs = bootstrap.clone();
-    let records = tokio::task::spawn_blocking(move || produce(&bs, &records).map(|()| records)).await??;
+    let records =
+        tokio::task::spawn_blocking(move || produce(&bs, &records).map(|()| records)).await??;
     println!(
         "produced {n_records} records ({} users × {} events, {} cards × 2, {} malformed) in {:.2?}",
-        args.users, args.events_per_user, args.cards, ds.malformed, t.elapsed()
+        args.users,
+        args.events_per_user,
+        args.cards,
+        ds.malformed,
+        t.elapsed()
     );
     drop(records);
     let want = {
         let bs = bootstrap.clone();
         let shards = args.shards;
-        tokio::task::spawn_blocking(move || produced_totals(&bs, &["user_txn_features", "card_risk"], shards)).await??
+        tokio::task::spawn_blocking(move || {
+            produced_totals(&bs, &["user_txn_features", "card_risk"], shards)
+        })
+        .await??
     };
 
     let dir = tempfile::tempdir()?;
@@ -268,31 +343,59 @@ pub async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
         total as f64 / ingest_secs
     );
 
-    let owner: HashMap<u32, usize> = clients.iter().enumerate().flat_map(|(i, c)| c.shards.iter().map(move |&s| (s, i))).collect();
+    let owner: HashMap<u32, usize> = clients
+        .iter()
+        .enumerate()
+        .flat_map(|(i, c)| c.shards.iter().map(move |&s| (s, i)))
+        .collect();
     let user_features: Vec<String> = [
-        "txn_count_1h", "txn_count_24h", "amount_sum_24h", "amount_avg_7d", "amount_max_7d",
-        "distinct_merchants_24h", "last_country", "is_new_device", "merchant_categories_7d", "spend_embedding",
+        "txn_count_1h",
+        "txn_count_24h",
+        "amount_sum_24h",
+        "amount_avg_7d",
+        "amount_max_7d",
+        "distinct_merchants_24h",
+        "last_country",
+        "is_new_device",
+        "merchant_categories_7d",
+        "spend_embedding",
     ]
     .iter()
     .map(|f| format!("user_txn_features:{f}"))
     .collect();
 
     // Sample table: three active users, a dormant one (past TTL) and an unknown one.
-    let mut sample: Vec<String> = (0..3).map(|i| format!("user-{:06}", i * 7 % args.users.max(1))).collect();
+    let mut sample: Vec<String> = (0..3)
+        .map(|i| format!("user-{:06}", i * 7 % args.users.max(1)))
+        .collect();
     if let Some(d) = ds.dormant_users.first() {
         sample.push(d.clone());
     }
     sample.push("user-unknown".into());
-    let keys: Vec<EntityKey> = sample.iter().map(|k| EntityKey { kind: Some(entity_key::Kind::StringValue(k.clone())) }).collect();
+    let keys: Vec<EntityKey> = sample
+        .iter()
+        .map(|k| EntityKey {
+            kind: Some(entity_key::Kind::StringValue(k.clone())),
+        })
+        .collect();
     let kb: Vec<Vec<u8>> = sample.iter().map(|k| k.clone().into_bytes()).collect();
     let rows = lookup(&clients, &owner, args.shards, &user_features, &keys, &kb).await?;
     println!();
-    println!("{:<14} {:>10} {:>8} {:>14} {:>8} {:>8}  {}", "user", "status", "cnt_1h", "sum_24h", "country", "new_dev", "categories_7d");
+    println!(
+        "{:<14} {:>10} {:>8} {:>14} {:>8} {:>8}  categories_7d",
+        "user", "status", "cnt_1h", "sum_24h", "country", "new_dev"
+    );
     for (key, row) in sample.iter().zip(&rows) {
-        let status = FeatureStatus::try_from(row[0].0).map(|s| s.as_str_name()).unwrap_or("?");
+        let status = FeatureStatus::try_from(row[0].0)
+            .map(|s| s.as_str_name())
+            .unwrap_or("?");
         println!(
             "{key:<14} {status:>10} {:>8} {:>14} {:>8} {:>8}  {}",
-            fmt_kind(&row[0].1), fmt_kind(&row[2].1), fmt_kind(&row[6].1), fmt_kind(&row[7].1), fmt_kind(&row[8].1)
+            fmt_kind(&row[0].1),
+            fmt_kind(&row[2].1),
+            fmt_kind(&row[6].1),
+            fmt_kind(&row[7].1),
+            fmt_kind(&row[8].1)
         );
     }
     println!();
@@ -303,8 +406,15 @@ pub async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     let mut latencies = Vec::with_capacity(args.lookups);
     let (mut checked, mut mismatches) = (0usize, 0usize);
     for _ in 0..args.lookups {
-        let batch: Vec<&String> = (0..args.batch).map(|_| user_keys[rng.below(user_keys.len() as u64) as usize]).collect();
-        let keys: Vec<EntityKey> = batch.iter().map(|k| EntityKey { kind: Some(entity_key::Kind::StringValue((*k).clone())) }).collect();
+        let batch: Vec<&String> = (0..args.batch)
+            .map(|_| user_keys[rng.below(user_keys.len() as u64) as usize])
+            .collect();
+        let keys: Vec<EntityKey> = batch
+            .iter()
+            .map(|k| EntityKey {
+                kind: Some(entity_key::Kind::StringValue((*k).clone())),
+            })
+            .collect();
         let kb: Vec<Vec<u8>> = batch.iter().map(|k| k.as_bytes().to_vec()).collect();
         let started = Instant::now();
         let rows = lookup(&clients, &owner, args.shards, &user_features, &keys, &kb).await?;
@@ -316,7 +426,9 @@ pub async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
                 if dormant {
                     *status == FeatureStatus::Expired as i32 && value.is_none()
                 } else {
-                    *status == FeatureStatus::Present as i32 && *value == exp.values[i] && *et == exp.event_time_micros
+                    *status == FeatureStatus::Present as i32
+                        && *value == exp.values[i]
+                        && *et == exp.event_time_micros
                 }
             });
             checked += 1;
@@ -329,15 +441,35 @@ pub async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
         }
     }
     // Every card through the protobuf view.
-    let card_features: Vec<String> = ["chargebacks_90d", "risk_score", "issuer_country", "recent_amounts"].iter().map(|f| format!("card_risk:{f}")).collect();
+    let card_features: Vec<String> = [
+        "chargebacks_90d",
+        "risk_score",
+        "issuer_country",
+        "recent_amounts",
+    ]
+    .iter()
+    .map(|f| format!("card_risk:{f}"))
+    .collect();
     let cards: Vec<(&i64, &data::Expected)> = ds.cards.iter().collect();
     for chunk in cards.chunks(500) {
-        let keys: Vec<EntityKey> = chunk.iter().map(|(id, _)| EntityKey { kind: Some(entity_key::Kind::Int64Value(**id)) }).collect();
-        let kb: Vec<Vec<u8>> = chunk.iter().map(|(id, _)| id.to_string().into_bytes()).collect();
+        let keys: Vec<EntityKey> = chunk
+            .iter()
+            .map(|(id, _)| EntityKey {
+                kind: Some(entity_key::Kind::Int64Value(**id)),
+            })
+            .collect();
+        let kb: Vec<Vec<u8>> = chunk
+            .iter()
+            .map(|(id, _)| id.to_string().into_bytes())
+            .collect();
         let rows = lookup(&clients, &owner, args.shards, &card_features, &keys, &kb).await?;
         for ((_, exp), row) in chunk.iter().zip(&rows) {
             checked += 1;
-            let ok = row.iter().enumerate().all(|(i, (s, v, et))| *s == FeatureStatus::Present as i32 && *v == exp.values[i] && *et == exp.event_time_micros);
+            let ok = row.iter().enumerate().all(|(i, (s, v, et))| {
+                *s == FeatureStatus::Present as i32
+                    && *v == exp.values[i]
+                    && *et == exp.event_time_micros
+            });
             if !ok {
                 mismatches += 1;
             }
@@ -346,8 +478,13 @@ pub async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     latencies.sort();
     println!(
         "{} lookups of {} keys × {} features over gRPC (client-measured, {} node(s)): p50 {:.2?}  p99 {:.2?}  max {:.2?}",
-        latencies.len(), args.batch, user_features.len(), args.nodes,
-        percentile(&latencies, 0.5), percentile(&latencies, 0.99), latencies.last().copied().unwrap_or_default()
+        latencies.len(),
+        args.batch,
+        user_features.len(),
+        args.nodes,
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        latencies.last().copied().unwrap_or_default()
     );
     println!("verified {checked} rows against the produced data: {mismatches} mismatches");
 
@@ -356,8 +493,15 @@ pub async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
         n.wait().await?;
     }
     drop(mock);
-    ensure!(malformed_seen as usize == ds.malformed, "expected {} malformed records to be skipped, saw {malformed_seen}", ds.malformed);
-    ensure!(mismatches == 0, "{mismatches} served rows differ from the produced data");
+    ensure!(
+        malformed_seen as usize == ds.malformed,
+        "expected {} malformed records to be skipped, saw {malformed_seen}",
+        ds.malformed
+    );
+    ensure!(
+        mismatches == 0,
+        "{mismatches} served rows differ from the produced data"
+    );
     println!("demo OK");
     Ok(())
 }

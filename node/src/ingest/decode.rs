@@ -101,15 +101,25 @@ pub struct RawRecord<'a> {
 /// # Errors
 /// [`DecodeError::MissingKey`] or [`DecodeError::BadKey`].
 pub fn validate_entity_key(key: Option<&[u8]>, key_type: KeyType) -> Result<&[u8], DecodeError> {
-    let key = key.filter(|k| !k.is_empty()).ok_or(DecodeError::MissingKey)?;
-    let bad = |detail: String| DecodeError::BadKey { expected: key_type.as_str(), detail };
+    let key = key
+        .filter(|k| !k.is_empty())
+        .ok_or(DecodeError::MissingKey)?;
+    let bad = |detail: String| DecodeError::BadKey {
+        expected: key_type.as_str(),
+        detail,
+    };
     if key.len() > MAX_KEY_BYTES {
-        return Err(bad(format!("{} bytes exceed the limit of {MAX_KEY_BYTES}", key.len())));
+        return Err(bad(format!(
+            "{} bytes exceed the limit of {MAX_KEY_BYTES}",
+            key.len()
+        )));
     }
     let text = std::str::from_utf8(key).map_err(|_| bad("not UTF-8".into()))?;
     if key_type == KeyType::Int64 {
         // Only the canonical form, or lookups (which print the integer) would miss it.
-        let n: i64 = text.parse().map_err(|_| bad(format!("{text:?} is not an integer")))?;
+        let n: i64 = text
+            .parse()
+            .map_err(|_| bad(format!("{text:?} is not an integer")))?;
         if n.to_string() != text {
             return Err(bad(format!("{text:?} is not in canonical decimal form")));
         }
@@ -121,17 +131,31 @@ fn kafka_time(raw: &RawRecord<'_>) -> Result<i64, DecodeError> {
     raw.timestamp_millis
         .filter(|t| *t >= 0)
         .map(|t| t.saturating_mul(1000))
-        .ok_or_else(|| DecodeError::EventTime("no event-time field configured and the record has no Kafka timestamp".into()))
+        .ok_or_else(|| {
+            DecodeError::EventTime(
+                "no event-time field configured and the record has no Kafka timestamp".into(),
+            )
+        })
 }
 
 /// Decodes `raw` for `view`, whose entity has key type `key_type`.
 ///
 /// # Errors
 /// A [`DecodeError`] naming what is wrong; the record is then skipped as malformed.
-pub fn decode_record(view: &FeatureView, key_type: KeyType, raw: &RawRecord<'_>) -> Result<DecodedRecord, DecodeError> {
+pub fn decode_record(
+    view: &FeatureView,
+    key_type: KeyType,
+    raw: &RawRecord<'_>,
+) -> Result<DecodedRecord, DecodeError> {
     let entity_key = validate_entity_key(raw.key, key_type)?.to_vec();
     let payload = match raw.payload {
-        None => return Ok(DecodedRecord { entity_key, event_time_micros: kafka_time(raw)?, values: None }),
+        None => {
+            return Ok(DecodedRecord {
+                entity_key,
+                event_time_micros: kafka_time(raw)?,
+                values: None,
+            });
+        }
         Some(p) => p,
     };
     match view.source.format {
@@ -160,19 +184,24 @@ fn json_event_time(field: &str, unit: TimeUnit, v: Option<&Json>) -> Result<i64,
                 TimeUnit::Millis => 1_000.0,
                 TimeUnit::Micros => 1.0,
             };
-            let f = n.as_f64().ok_or_else(|| DecodeError::EventTime(format!("field {field:?}: {n} is out of range")))?;
+            let f = n.as_f64().ok_or_else(|| {
+                DecodeError::EventTime(format!("field {field:?}: {n} is out of range"))
+            })?;
             let micros = f * micros_per;
             if !micros.is_finite() || micros.abs() > 9.0e18 {
-                return Err(DecodeError::EventTime(format!("field {field:?}: {n} is out of range")));
+                return Err(DecodeError::EventTime(format!(
+                    "field {field:?}: {n} is out of range"
+                )));
             }
             Ok(micros as i64)
         }
         Json::String(s) => {
-            let t = humantime::parse_rfc3339_weak(s)
-                .map_err(|e| DecodeError::EventTime(format!("field {field:?}: {s:?} is not RFC 3339: {e}")))?;
-            let d = t
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_err(|_| DecodeError::EventTime(format!("field {field:?}: {s:?} is before 1970")))?;
+            let t = humantime::parse_rfc3339_weak(s).map_err(|e| {
+                DecodeError::EventTime(format!("field {field:?}: {s:?} is not RFC 3339: {e}"))
+            })?;
+            let d = t.duration_since(std::time::UNIX_EPOCH).map_err(|_| {
+                DecodeError::EventTime(format!("field {field:?}: {s:?} is before 1970"))
+            })?;
             Ok(d.as_micros() as i64)
         }
         other => Err(DecodeError::EventTime(format!(
@@ -183,7 +212,11 @@ fn json_event_time(field: &str, unit: TimeUnit, v: Option<&Json>) -> Result<i64,
 }
 
 fn json_value(field: &str, ty: FeatureType, v: &Json) -> Result<Option<Kind>, DecodeError> {
-    let mismatch = || DecodeError::FieldType { field: field.to_owned(), expected: ty.as_str(), found: json_type_name(v) };
+    let mismatch = || DecodeError::FieldType {
+        field: field.to_owned(),
+        expected: ty.as_str(),
+        found: json_type_name(v),
+    };
     if v.is_null() {
         return Ok(None);
     }
@@ -194,44 +227,78 @@ fn json_value(field: &str, ty: FeatureType, v: &Json) -> Result<Option<Kind>, De
         FeatureType::String => Kind::StringValue(v.as_str().ok_or_else(mismatch)?.to_owned()),
         FeatureType::Bytes => {
             let s = v.as_str().ok_or_else(mismatch)?;
-            let b = base64::engine::general_purpose::STANDARD.decode(s).map_err(|_| DecodeError::FieldType {
-                field: field.to_owned(),
-                expected: "bytes (base64)",
-                found: "a string that is not base64".into(),
-            })?;
+            let b = base64::engine::general_purpose::STANDARD
+                .decode(s)
+                .map_err(|_| DecodeError::FieldType {
+                    field: field.to_owned(),
+                    expected: "bytes (base64)",
+                    found: "a string that is not base64".into(),
+                })?;
             Kind::BytesValue(b)
         }
         FeatureType::Float32Vector => {
             let a = v.as_array().ok_or_else(mismatch)?;
-            let values = a.iter().map(|x| x.as_f64().map(|f| f as f32)).collect::<Option<Vec<_>>>().ok_or_else(mismatch)?;
+            let values = a
+                .iter()
+                .map(|x| x.as_f64().map(|f| f as f32))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(mismatch)?;
             Kind::Float32Vector(FloatVector { values })
         }
         FeatureType::Int64List => {
             let a = v.as_array().ok_or_else(mismatch)?;
-            let values = a.iter().map(Json::as_i64).collect::<Option<Vec<_>>>().ok_or_else(mismatch)?;
+            let values = a
+                .iter()
+                .map(Json::as_i64)
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(mismatch)?;
             Kind::Int64List(Int64List { values })
         }
         FeatureType::Float64List => {
             let a = v.as_array().ok_or_else(mismatch)?;
-            let values = a.iter().map(Json::as_f64).collect::<Option<Vec<_>>>().ok_or_else(mismatch)?;
+            let values = a
+                .iter()
+                .map(Json::as_f64)
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(mismatch)?;
             Kind::Float64List(DoubleList { values })
         }
         FeatureType::StringList => {
             let a = v.as_array().ok_or_else(mismatch)?;
-            let values =
-                a.iter().map(|x| x.as_str().map(str::to_owned)).collect::<Option<Vec<_>>>().ok_or_else(mismatch)?;
+            let values = a
+                .iter()
+                .map(|x| x.as_str().map(str::to_owned))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(mismatch)?;
             Kind::StringList(StringList { values })
         }
     };
     Ok(Some(kind))
 }
 
-fn decode_json(view: &FeatureView, raw: &RawRecord<'_>, entity_key: Vec<u8>, payload: &[u8]) -> Result<DecodedRecord, DecodeError> {
-    let doc: Json = serde_json::from_slice(payload).map_err(|e| DecodeError::Json(e.to_string()))?;
+fn decode_json(
+    view: &FeatureView,
+    raw: &RawRecord<'_>,
+    entity_key: Vec<u8>,
+    payload: &[u8],
+) -> Result<DecodedRecord, DecodeError> {
+    let doc: Json =
+        serde_json::from_slice(payload).map_err(|e| DecodeError::Json(e.to_string()))?;
     let obj = match doc {
-        Json::Null => return Ok(DecodedRecord { entity_key, event_time_micros: kafka_time(raw)?, values: None }),
+        Json::Null => {
+            return Ok(DecodedRecord {
+                entity_key,
+                event_time_micros: kafka_time(raw)?,
+                values: None,
+            });
+        }
         Json::Object(o) => o,
-        other => return Err(DecodeError::Json(format!("found {}", json_type_name(&other)))),
+        other => {
+            return Err(DecodeError::Json(format!(
+                "found {}",
+                json_type_name(&other)
+            )));
+        }
     };
     let event_time_micros = match &view.source.event_time_field {
         Some(f) => json_event_time(f, view.source.event_time_unit, obj.get(f))?,
@@ -244,7 +311,11 @@ fn decode_json(view: &FeatureView, raw: &RawRecord<'_>, entity_key: Vec<u8>, pay
             Some(v) => json_value(&f.source_field, f.value_type, v)?,
         });
     }
-    Ok(DecodedRecord { entity_key, event_time_micros, values: Some(values) })
+    Ok(DecodedRecord {
+        entity_key,
+        event_time_micros,
+        values: Some(values),
+    })
 }
 
 fn kind_matches(ty: FeatureType, k: &Kind) -> bool {
@@ -276,9 +347,18 @@ fn kind_name(k: &Kind) -> &'static str {
     }
 }
 
-fn decode_protobuf(view: &FeatureView, raw: &RawRecord<'_>, entity_key: Vec<u8>, payload: &[u8]) -> Result<DecodedRecord, DecodeError> {
+fn decode_protobuf(
+    view: &FeatureView,
+    raw: &RawRecord<'_>,
+    entity_key: Vec<u8>,
+    payload: &[u8],
+) -> Result<DecodedRecord, DecodeError> {
     let mut row = FeatureRow::decode(payload).map_err(|e| DecodeError::Protobuf(e.to_string()))?;
-    let event_time_micros = if row.event_time_micros == 0 { kafka_time(raw)? } else { row.event_time_micros };
+    let event_time_micros = if row.event_time_micros == 0 {
+        kafka_time(raw)?
+    } else {
+        row.event_time_micros
+    };
     let mut values = Vec::with_capacity(view.features.len());
     for f in &view.features {
         let kind = row.features.remove(&f.source_field).and_then(|v| v.kind);
@@ -293,7 +373,11 @@ fn decode_protobuf(view: &FeatureView, raw: &RawRecord<'_>, entity_key: Vec<u8>,
         }
         values.push(kind);
     }
-    Ok(DecodedRecord { entity_key, event_time_micros, values: Some(values) })
+    Ok(DecodedRecord {
+        entity_key,
+        event_time_micros,
+        values: Some(values),
+    })
 }
 
 #[cfg(test)]

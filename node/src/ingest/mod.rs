@@ -18,7 +18,7 @@ mod shard_ingest;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-pub use shard_ingest::{spawn_shard_ingest, IngestHandle, IngestStatus, TopicIngestStatus};
+pub use shard_ingest::{IngestHandle, IngestStatus, TopicIngestStatus, spawn_shard_ingest};
 
 /// Settings of the ingest loops.
 #[derive(Debug, Clone)]

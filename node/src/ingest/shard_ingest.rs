@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use metrics::{counter, gauge, histogram};
 use quiver_proto::ShardId;
-use rdkafka::config::ClientConfig;
 use rdkafka::client::ClientContext;
+use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders};
@@ -16,12 +16,12 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use super::decode::{decode_record, RawRecord};
+use super::decode::{RawRecord, decode_record};
 use super::{IngestConfig, IngestError};
 use crate::metrics as m;
 use crate::registry::{FeatureView, KeyType, Registry, RegistrySnapshot};
 use crate::storage::row_codec::encode_row;
-use crate::storage::{keys, IngestBatch, RowWrite, ShardStore, TopicProgress};
+use crate::storage::{IngestBatch, RowWrite, ShardStore, TopicProgress, keys};
 
 /// Consumer context that logs through `tracing` and treats partition EOF (our "caught
 /// up" signal, enabled on purpose) as the non-event it is.
@@ -58,7 +58,10 @@ pub struct IngestStatus {
 impl IngestStatus {
     /// A copy of the per-topic state.
     pub fn topics(&self) -> BTreeMap<String, TopicIngestStatus> {
-        self.topics.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.topics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn update(&self, f: impl FnOnce(&mut BTreeMap<String, TopicIngestStatus>)) {
@@ -86,7 +89,11 @@ impl IngestHandle {
         self.cancel.cancel();
         if let Some(t) = self.thread.take() {
             let shard = self.shard;
-            if tokio::task::spawn_blocking(move || t.join()).await.map(|r| r.is_err()).unwrap_or(true) {
+            if tokio::task::spawn_blocking(move || t.join())
+                .await
+                .map(|r| r.is_err())
+                .unwrap_or(true)
+            {
                 error!(shard_id = %shard, "ingest thread panicked");
             }
         }
@@ -113,11 +120,19 @@ pub fn spawn_shard_ingest(
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "earliest")
-        .set("client.id", format!("quiver-node-{}-shard-{}", config.node_id, shard));
+        .set(
+            "client.id",
+            format!("quiver-node-{}-shard-{}", config.node_id, shard),
+        );
     for (k, v) in &config.kafka_properties {
         cc.set(k, v);
     }
-    let consumer: BaseConsumer<IngestContext> = cc.create_with_context(IngestContext).map_err(|source| IngestError::Kafka { shard: shard.0, source })?;
+    let consumer: BaseConsumer<IngestContext> =
+        cc.create_with_context(IngestContext)
+            .map_err(|source| IngestError::Kafka {
+                shard: shard.0,
+                source,
+            })?;
     let status = Arc::new(IngestStatus::default());
     let mut ingest = ShardIngest {
         shard,
@@ -138,7 +153,12 @@ pub fn spawn_shard_ingest(
         .name(format!("ingest-{shard}"))
         .spawn(move || ingest.run(&loop_cancel))
         .map_err(IngestError::Spawn)?;
-    Ok(IngestHandle { shard, cancel, thread: Some(thread), status })
+    Ok(IngestHandle {
+        shard,
+        cancel,
+        thread: Some(thread),
+        status,
+    })
 }
 
 struct Route {
@@ -210,7 +230,10 @@ impl ShardIngest {
                 self.status.update(|s| {
                     s.retain(|t, _| topics.contains(t));
                     for t in &topics {
-                        s.entry(t.clone()).or_insert(TopicIngestStatus { high_watermark: -1, reached_end: false });
+                        s.entry(t.clone()).or_insert(TopicIngestStatus {
+                            high_watermark: -1,
+                            reached_end: false,
+                        });
                     }
                 });
                 self.topics = topics;
@@ -233,7 +256,9 @@ impl ShardIngest {
         let mut timeout = self.config.poll_timeout;
         let mut eof = false;
         while batch.writes.len() < self.config.max_batch_records {
-            let Some(item) = self.consumer.poll(timeout) else { break };
+            let Some(item) = self.consumer.poll(timeout) else {
+                break;
+            };
             timeout = Duration::ZERO;
             let msg = match item {
                 Ok(msg) => msg,
@@ -243,20 +268,32 @@ impl ShardIngest {
                 }
                 Err(e) => {
                     warn!(error = %e, "kafka consumer error");
-                    counter!(m::INGEST_CONSUMER_ERRORS, "shard" => self.shard_label.clone()).increment(1);
+                    counter!(m::INGEST_CONSUMER_ERRORS, "shard" => self.shard_label.clone())
+                        .increment(1);
                     continue;
                 }
             };
             let topic = msg.topic();
             let idx = *topic_index.entry(topic.to_owned()).or_insert_with(|| {
-                batch.progress.push(TopicProgress { topic: topic.to_owned(), ..Default::default() });
+                batch.progress.push(TopicProgress {
+                    topic: topic.to_owned(),
+                    ..Default::default()
+                });
                 batch.progress.len() - 1
             });
             let progress = &mut batch.progress[idx];
             progress.next_offset = msg.offset() + 1;
             progress.consumed += 1;
-            let raw = RawRecord { key: msg.key(), payload: msg.payload(), timestamp_millis: msg.timestamp().to_millis() };
-            let routes = self.routes.get(topic).map(Vec::as_slice).unwrap_or_default();
+            let raw = RawRecord {
+                key: msg.key(),
+                payload: msg.payload(),
+                timestamp_millis: msg.timestamp().to_millis(),
+            };
+            let routes = self
+                .routes
+                .get(topic)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
             let mut malformed = false;
             for route in routes {
                 match decode_record(&route.view, route.key_type, &raw) {
@@ -267,7 +304,11 @@ impl ShardIngest {
                         });
                         batch.writes.push(RowWrite {
                             topic: idx,
-                            key: keys::row_key(&route.view.name, route.view.version, &rec.entity_key),
+                            key: keys::row_key(
+                                &route.view.name,
+                                route.view.version,
+                                &rec.entity_key,
+                            ),
                             event_time_micros: rec.event_time_micros,
                             value,
                         });
@@ -286,7 +327,11 @@ impl ShardIngest {
                 batch.progress[idx].malformed += 1;
             }
         }
-        let consumed: HashMap<&str, ()> = batch.progress.iter().map(|p| (p.topic.as_str(), ())).collect();
+        let consumed: HashMap<&str, ()> = batch
+            .progress
+            .iter()
+            .map(|p| (p.topic.as_str(), ()))
+            .collect();
         let single_topic = self.topics.len() == 1;
         self.status.update(|s| {
             for (t, st) in s.iter_mut() {
@@ -304,15 +349,33 @@ impl ShardIngest {
     }
 
     fn dead_letter(&self, msg: &rdkafka::message::BorrowedMessage<'_>, view: &str, error: &str) {
-        let (Some(producer), Some(topic)) = (&self.dead_letters, &self.config.dead_letter_topic) else { return };
+        let (Some(producer), Some(topic)) = (&self.dead_letters, &self.config.dead_letter_topic)
+        else {
+            return;
+        };
         let partition = msg.partition().to_string();
         let offset = msg.offset().to_string();
         let headers = OwnedHeaders::new()
-            .insert(Header { key: "quiver-error", value: Some(error) })
-            .insert(Header { key: "quiver-view", value: Some(view) })
-            .insert(Header { key: "quiver-source-topic", value: Some(msg.topic()) })
-            .insert(Header { key: "quiver-source-partition", value: Some(&partition) })
-            .insert(Header { key: "quiver-source-offset", value: Some(&offset) });
+            .insert(Header {
+                key: "quiver-error",
+                value: Some(error),
+            })
+            .insert(Header {
+                key: "quiver-view",
+                value: Some(view),
+            })
+            .insert(Header {
+                key: "quiver-source-topic",
+                value: Some(msg.topic()),
+            })
+            .insert(Header {
+                key: "quiver-source-partition",
+                value: Some(&partition),
+            })
+            .insert(Header {
+                key: "quiver-source-offset",
+                value: Some(&offset),
+            });
         let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).headers(headers);
         if let Some(k) = msg.key() {
             record = record.key(k);
@@ -342,13 +405,15 @@ impl ShardIngest {
                     let consumed: u64 = batch.progress.iter().map(|p| p.consumed).sum();
                     counter!(m::INGEST_RECORDS, "shard" => l.clone()).increment(consumed);
                     counter!(m::INGEST_APPLIED, "shard" => l.clone()).increment(outcome.applied);
-                    counter!(m::INGEST_SUPERSEDED, "shard" => l.clone()).increment(outcome.superseded);
+                    counter!(m::INGEST_SUPERSEDED, "shard" => l.clone())
+                        .increment(outcome.superseded);
                     histogram!(m::INGEST_BATCH_DURATION).record(started.elapsed().as_secs_f64());
                     debug!(consumed, applied = outcome.applied, "applied batch");
                     return;
                 }
                 Err(e) => {
-                    counter!(m::INGEST_APPLY_ERRORS, "shard" => self.shard_label.clone()).increment(1);
+                    counter!(m::INGEST_APPLY_ERRORS, "shard" => self.shard_label.clone())
+                        .increment(1);
                     error!(error = %e, "applying ingest batch failed; retrying");
                     if cancel.is_cancelled() {
                         return;
@@ -361,14 +426,21 @@ impl ShardIngest {
     }
 
     fn maybe_refresh_lag(&mut self) {
-        if self.last_lag_refresh.is_some_and(|t| t.elapsed() < self.config.lag_refresh_interval) {
+        if self
+            .last_lag_refresh
+            .is_some_and(|t| t.elapsed() < self.config.lag_refresh_interval)
+        {
             return;
         }
         self.last_lag_refresh = Some(Instant::now());
         let offsets = self.store.offsets();
         let mut total_lag = 0i64;
         for topic in &self.topics {
-            match self.consumer.fetch_watermarks(topic, self.shard.0 as i32, Duration::from_millis(500)) {
+            match self.consumer.fetch_watermarks(
+                topic,
+                self.shard.0 as i32,
+                Duration::from_millis(500),
+            ) {
                 Ok((_low, high)) => {
                     let next = offsets.get(topic).map_or(0, |r| r.next_offset);
                     let lag = (high - next).max(0);
@@ -392,11 +464,16 @@ impl ShardIngest {
 fn build_routes(snap: &RegistrySnapshot) -> HashMap<String, Vec<Route>> {
     let mut routes: HashMap<String, Vec<Route>> = HashMap::new();
     for view in snap.views.values() {
-        let Some(entity) = snap.entities.get(&view.entity) else { continue };
+        let Some(entity) = snap.entities.get(&view.entity) else {
+            continue;
+        };
         routes
             .entry(view.source.topic.clone())
             .or_default()
-            .push(Route { view: view.clone(), key_type: entity.key_type });
+            .push(Route {
+                view: view.clone(),
+                key_type: entity.key_type,
+            });
     }
     routes
 }

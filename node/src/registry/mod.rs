@@ -65,13 +65,20 @@ pub struct RegistrySnapshot {
 
 impl RegistrySnapshot {
     /// Returns the views that read `topic`.
-    pub fn views_for_topic<'a>(&'a self, topic: &'a str) -> impl Iterator<Item = &'a Arc<FeatureView>> {
+    pub fn views_for_topic<'a>(
+        &'a self,
+        topic: &'a str,
+    ) -> impl Iterator<Item = &'a Arc<FeatureView>> {
         self.views.values().filter(move |v| v.source.topic == topic)
     }
 
     /// Returns every source topic, sorted and without duplicates.
     pub fn topics(&self) -> Vec<String> {
-        let mut t: Vec<String> = self.views.values().map(|v| v.source.topic.clone()).collect();
+        let mut t: Vec<String> = self
+            .views
+            .values()
+            .map(|v| v.source.topic.clone())
+            .collect();
         t.sort();
         t.dedup();
         t
@@ -84,11 +91,13 @@ pub(crate) fn resolve_reference<'a>(
     reference: &str,
 ) -> Result<Vec<(&'a Arc<FeatureView>, usize)>, String> {
     let Some((view_name, feature)) = reference.split_once(':') else {
-        return Err(format!("feature reference {reference:?} must look like \"view:feature\" or \"view:*\""));
+        return Err(format!(
+            "feature reference {reference:?} must look like \"view:feature\" or \"view:*\""
+        ));
     };
-    let view = views
-        .get(view_name)
-        .ok_or_else(|| format!("feature reference {reference:?}: view {view_name:?} is not registered"))?;
+    let view = views.get(view_name).ok_or_else(|| {
+        format!("feature reference {reference:?}: view {view_name:?} is not registered")
+    })?;
     if feature == "*" {
         return Ok((0..view.features.len()).map(|i| (view, i)).collect());
     }
@@ -135,7 +144,10 @@ impl Registry {
     /// # Errors
     /// Fails if the file exists but cannot be read or no longer validates.
     pub fn open(path: &Path) -> Result<Self, RegistryError> {
-        let io = |source| RegistryError::Io { path: path.to_owned(), source };
+        let io = |source| RegistryError::Io {
+            path: path.to_owned(),
+            source,
+        };
         let (snap, applied) = match std::fs::read(path) {
             Ok(bytes) => {
                 let file: DefinitionFile = serde_json::from_slice(&bytes)
@@ -153,7 +165,11 @@ impl Registry {
 
     /// Returns the current snapshot.
     pub fn snapshot(&self) -> Arc<RegistrySnapshot> {
-        self.inner.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.inner
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Subscribes to the generation number, which changes on every effective change.
@@ -166,7 +182,8 @@ impl Registry {
     /// # Errors
     /// As [`Registry::apply`], plus [`RegistryError::Parse`].
     pub fn apply_toml(&self, text: &str, dry_run: bool) -> Result<Vec<String>, RegistryError> {
-        let file = DefinitionFile::from_toml(text).map_err(|e| RegistryError::Parse(e.to_string()))?;
+        let file =
+            DefinitionFile::from_toml(text).map_err(|e| RegistryError::Parse(e.to_string()))?;
         self.apply(&file, dry_run)
     }
 
@@ -176,7 +193,11 @@ impl Registry {
     /// # Errors
     /// [`RegistryError::Invalid`] / [`RegistryError::Incompatible`] name the offending
     /// object; [`RegistryError::Io`] if persisting fails (the change is then not applied).
-    pub fn apply(&self, file: &DefinitionFile, dry_run: bool) -> Result<Vec<String>, RegistryError> {
+    pub fn apply(
+        &self,
+        file: &DefinitionFile,
+        dry_run: bool,
+    ) -> Result<Vec<String>, RegistryError> {
         // One writer at a time; readers keep using the old snapshot meanwhile.
         let mut applied = self.inner.applied.lock().unwrap_or_else(|p| p.into_inner());
         let current = self.snapshot();
@@ -190,7 +211,11 @@ impl Registry {
         }
         *applied = merged;
         let generation = next.generation;
-        *self.inner.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+        *self
+            .inner
+            .current
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
         self.inner.changes.send_replace(generation);
         Ok(changes)
     }
@@ -208,12 +233,17 @@ fn merge(base: &DefinitionFile, update: &DefinitionFile) -> DefinitionFile {
     let mut out = base.clone();
     upsert(&mut out.entities, &update.entities, |e| &e.name);
     upsert(&mut out.views, &update.views, |v| &v.name);
-    upsert(&mut out.feature_services, &update.feature_services, |s| &s.name);
+    upsert(&mut out.feature_services, &update.feature_services, |s| {
+        &s.name
+    });
     out
 }
 
 fn persist(path: &Path, file: &DefinitionFile) -> Result<(), RegistryError> {
-    let io = |source| RegistryError::Io { path: path.to_owned(), source };
+    let io = |source| RegistryError::Io {
+        path: path.to_owned(),
+        source,
+    };
     let bytes = serde_json::to_vec_pretty(file).map_err(|e| io(std::io::Error::other(e)))?;
     let tmp = path.with_extension("json.tmp");
     {

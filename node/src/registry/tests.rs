@@ -57,17 +57,31 @@ fn reapplying_the_same_file_changes_nothing() {
 fn expect_err(r: &Registry, text: &str, needle: &str) {
     let before = r.snapshot();
     let err = r.apply_toml(text, false).unwrap_err().to_string();
-    assert!(err.contains(needle), "error {err:?} should contain {needle:?}");
+    assert!(
+        err.contains(needle),
+        "error {err:?} should contain {needle:?}"
+    );
     let after = r.snapshot();
-    assert_eq!(before.generation, after.generation, "a rejected change must change nothing");
+    assert_eq!(
+        before.generation, after.generation,
+        "a rejected change must change nothing"
+    );
     assert_eq!(before.views.len(), after.views.len());
 }
 
 #[test]
 fn rejects_bad_definitions_with_named_errors() {
     let r = registry();
-    expect_err(&r, "[[entity]]\nname = \"Bad Name\"\nkey_type = \"string\"", "entity name \"Bad Name\"");
-    expect_err(&r, "[[entity]]\nname = \"e\"\nkey_type = \"uuid\"", "key_type \"uuid\"");
+    expect_err(
+        &r,
+        "[[entity]]\nname = \"Bad Name\"\nkey_type = \"string\"",
+        "entity name \"Bad Name\"",
+    );
+    expect_err(
+        &r,
+        "[[entity]]\nname = \"e\"\nkey_type = \"uuid\"",
+        "key_type \"uuid\"",
+    );
     expect_err(
         &r,
         "[[view]]\nname = \"v\"\nentity = \"nobody\"\n[view.source]\ntopic = \"t\"\n[[view.feature]]\nname = \"f\"\ntype = \"int64\"",
@@ -88,7 +102,11 @@ fn rejects_bad_definitions_with_named_errors() {
         "[[view]]\nname = \"v\"\nentity = \"user\"\n[view.source]\ntopic = \"bad topic\"\n[[view.feature]]\nname = \"f\"\ntype = \"int64\"",
         "not a valid Kafka topic",
     );
-    expect_err(&r, "[[feature_service]]\nname = \"s\"\nfeatures = [\"user_stats:nope\"]", "has no feature \"nope\"");
+    expect_err(
+        &r,
+        "[[feature_service]]\nname = \"s\"\nfeatures = [\"user_stats:nope\"]",
+        "has no feature \"nope\"",
+    );
     expect_err(&r, "[[view]]\nnam = 1", "definition file is not valid");
 }
 
@@ -101,12 +119,27 @@ fn compatible_and_incompatible_view_changes() {
         "[[view.feature]]\nname = \"last_country\"\ntype = \"string\"\n\n[[feature_service]]",
     );
     let changes = r.apply_toml(&text, false).unwrap();
-    assert!(changes.iter().any(|c| c.contains("updated (compatible)")), "{changes:?}");
+    assert!(
+        changes.iter().any(|c| c.contains("updated (compatible)")),
+        "{changes:?}"
+    );
     assert_eq!(r.snapshot().views["user_stats"].features.len(), 3);
 
-    expect_err(&r, &BASE.replace("type = \"int64\"", "type = \"string\""), "changes type");
-    expect_err(&r, &BASE.replace("topic = \"user-stats\"", "topic = \"other\""), "incompatible change");
-    expect_err(&r, &BASE.replace("ttl = \"7d\"", "ttl = \"7d\"\nversion = 2"), "versioned re-ingest is not supported");
+    expect_err(
+        &r,
+        &BASE.replace("type = \"int64\"", "type = \"string\""),
+        "changes type",
+    );
+    expect_err(
+        &r,
+        &BASE.replace("topic = \"user-stats\"", "topic = \"other\""),
+        "incompatible change",
+    );
+    expect_err(
+        &r,
+        &BASE.replace("ttl = \"7d\"", "ttl = \"7d\"\nversion = 2"),
+        "versioned re-ingest is not supported",
+    );
 }
 
 #[test]

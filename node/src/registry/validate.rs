@@ -23,7 +23,9 @@ pub(crate) fn check_name(kind: &str, name: &str) -> Result<(), String> {
     let first_ok = chars.next().is_some_and(|c| c.is_ascii_lowercase());
     if !first_ok
         || name.len() > MAX_NAME_LEN
-        || !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
     {
         return Err(format!(
             "{kind} name {name:?} is invalid: use 1-{MAX_NAME_LEN} characters [a-z0-9_], starting with a letter"
@@ -38,7 +40,9 @@ fn check_topic(topic: &str) -> Result<(), String> {
         || topic.len() > 249
         || topic == "."
         || topic == ".."
-        || !topic.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        || !topic
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
     {
         return Err(format!(
             "source topic {topic:?} is not a valid Kafka topic name ([a-zA-Z0-9._-], 1-249 characters)"
@@ -59,7 +63,11 @@ fn entity_from_def(def: &EntityDef) -> Result<Entity, String> {
             ));
         }
     };
-    Ok(Entity { name: def.name.clone(), key_type, description: def.description.clone() })
+    Ok(Entity {
+        name: def.name.clone(),
+        key_type,
+        description: def.description.clone(),
+    })
 }
 
 fn feature_from_def(view: &str, def: &FeatureDef) -> Result<Feature, String> {
@@ -75,7 +83,10 @@ fn feature_from_def(view: &str, def: &FeatureDef) -> Result<Feature, String> {
     })?;
     let source_field = def.source_field.clone().unwrap_or_else(|| def.name.clone());
     if source_field.is_empty() {
-        return Err(format!("view {view:?}, feature {:?}: source_field is empty", def.name));
+        return Err(format!(
+            "view {view:?}, feature {:?}: source_field is empty",
+            def.name
+        ));
     }
     Ok(Feature {
         name: def.name.clone(),
@@ -87,8 +98,9 @@ fn feature_from_def(view: &str, def: &FeatureDef) -> Result<Feature, String> {
 
 fn parse_ttl(view: &str, ttl: Option<&str>) -> Result<Option<Duration>, String> {
     let Some(text) = ttl else { return Ok(None) };
-    let d = humantime::parse_duration(text)
-        .map_err(|e| format!("view {view:?}: ttl {text:?} is not a duration like \"7d\" or \"90m\": {e}"))?;
+    let d = humantime::parse_duration(text).map_err(|e| {
+        format!("view {view:?}: ttl {text:?} is not a duration like \"7d\" or \"90m\": {e}")
+    })?;
     Ok((!d.is_zero()).then_some(d))
 }
 
@@ -99,7 +111,10 @@ fn view_from_def(
     check_name("view", &def.name)?;
     let name = def.name.as_str();
     if !entities.contains_key(&def.entity) {
-        return Err(format!("view {name:?}: entity {:?} is not defined", def.entity));
+        return Err(format!(
+            "view {name:?}: entity {:?} is not defined",
+            def.entity
+        ));
     }
     let version = def.version.unwrap_or(1);
     if version == 0 {
@@ -131,7 +146,9 @@ fn view_from_def(
         ));
     }
     if def.features.is_empty() {
-        return Err(format!("view {name:?}: a view needs at least one [[view.feature]]"));
+        return Err(format!(
+            "view {name:?}: a view needs at least one [[view.feature]]"
+        ));
     }
     if def.features.len() > MAX_FEATURES_PER_VIEW {
         return Err(format!(
@@ -143,7 +160,10 @@ fn view_from_def(
     let mut features = Vec::with_capacity(def.features.len());
     for f in &def.features {
         if !seen.insert(f.name.as_str()) {
-            return Err(format!("view {name:?}: feature {:?} is defined twice", f.name));
+            return Err(format!(
+                "view {name:?}: feature {:?} is defined twice",
+                f.name
+            ));
         }
         features.push(feature_from_def(name, f)?);
     }
@@ -179,19 +199,29 @@ fn check_compatible(old: &FeatureView, new: &FeatureView) -> Result<(), String> 
     }
     let bump = "is an incompatible change; apply it as a new view version";
     if new.entity != old.entity {
-        return Err(format!("view {name:?}: changing the entity from {:?} to {:?} {bump}", old.entity, new.entity));
+        return Err(format!(
+            "view {name:?}: changing the entity from {:?} to {:?} {bump}",
+            old.entity, new.entity
+        ));
     }
     if new.source.topic != old.source.topic || new.source.format != old.source.format {
-        return Err(format!("view {name:?}: changing the source topic or format {bump}"));
+        return Err(format!(
+            "view {name:?}: changing the source topic or format {bump}"
+        ));
     }
     if new.source.event_time_field != old.source.event_time_field
         || new.source.event_time_unit != old.source.event_time_unit
     {
-        return Err(format!("view {name:?}: changing the event-time field or unit {bump}"));
+        return Err(format!(
+            "view {name:?}: changing the event-time field or unit {bump}"
+        ));
     }
     for (i, f) in old.features.iter().enumerate() {
         match new.features.get(i) {
-            Some(n) if n.name == f.name && n.value_type == f.value_type && n.source_field == f.source_field => {}
+            Some(n)
+                if n.name == f.name
+                    && n.value_type == f.value_type
+                    && n.source_field == f.source_field => {}
             Some(n) if n.name == f.name => {
                 return Err(format!(
                     "view {name:?}: feature {:?} changes type or source field ({} → {}); this {bump}",
@@ -217,13 +247,20 @@ fn service_from_def(
 ) -> Result<FeatureService, String> {
     check_name("feature service", &def.name)?;
     if def.features.is_empty() {
-        return Err(format!("feature service {:?}: it lists no features", def.name));
+        return Err(format!(
+            "feature service {:?}: it lists no features",
+            def.name
+        ));
     }
     let mut refs = Vec::new();
     for r in &def.features {
         let resolved = super::resolve_reference(views, r)
             .map_err(|e| format!("feature service {:?}: {e}", def.name))?;
-        refs.extend(resolved.into_iter().map(|(v, f)| (v.name.clone(), v.features[f].name.clone())));
+        refs.extend(
+            resolved
+                .into_iter()
+                .map(|(v, f)| (v.name.clone(), v.features[f].name.clone())),
+        );
     }
     Ok(FeatureService {
         name: def.name.clone(),
@@ -246,7 +283,10 @@ pub(crate) fn apply_to(
     let mut names = HashSet::new();
     for def in &file.entities {
         if !names.insert(def.name.as_str()) {
-            return Err(invalid(format!("entity {:?} is defined twice in the file", def.name)));
+            return Err(invalid(format!(
+                "entity {:?} is defined twice in the file",
+                def.name
+            )));
         }
         let entity = entity_from_def(def).map_err(invalid)?;
         match next.entities.get(&entity.name) {
@@ -268,24 +308,34 @@ pub(crate) fn apply_to(
     let mut names = HashSet::new();
     for def in &file.views {
         if !names.insert(def.name.as_str()) {
-            return Err(invalid(format!("view {:?} is defined twice in the file", def.name)));
+            return Err(invalid(format!(
+                "view {:?} is defined twice in the file",
+                def.name
+            )));
         }
         let view = view_from_def(def, &next.entities).map_err(invalid)?;
         match next.views.get(&view.name) {
             Some(old) if **old == view => {}
             Some(old) => {
                 check_compatible(old, &view).map_err(RegistryError::Incompatible)?;
-                changes.push(format!("view {} v{}: updated (compatible)", view.name, view.version));
+                changes.push(format!(
+                    "view {} v{}: updated (compatible)",
+                    view.name, view.version
+                ));
             }
             None => changes.push(format!("view {} v{}: created", view.name, view.version)),
         }
-        next.views.insert(view.name.clone(), std::sync::Arc::new(view));
+        next.views
+            .insert(view.name.clone(), std::sync::Arc::new(view));
     }
 
     let mut names = HashSet::new();
     for def in &file.feature_services {
         if !names.insert(def.name.as_str()) {
-            return Err(invalid(format!("feature service {:?} is defined twice in the file", def.name)));
+            return Err(invalid(format!(
+                "feature service {:?} is defined twice in the file",
+                def.name
+            )));
         }
         let svc = service_from_def(def, &next.views).map_err(invalid)?;
         match next.feature_services.get(&svc.name) {
@@ -293,13 +343,17 @@ pub(crate) fn apply_to(
             Some(_) => changes.push(format!("feature service {}: updated", svc.name)),
             None => changes.push(format!("feature service {}: created", svc.name)),
         }
-        next.feature_services.insert(svc.name.clone(), std::sync::Arc::new(svc));
+        next.feature_services
+            .insert(svc.name.clone(), std::sync::Arc::new(svc));
     }
 
     // A feature service defined earlier must still resolve after view changes.
     for svc in next.feature_services.values() {
         for (v, f) in &svc.features {
-            let ok = next.views.get(v).is_some_and(|view| view.feature_index(f).is_some());
+            let ok = next
+                .views
+                .get(v)
+                .is_some_and(|view| view.feature_index(f).is_some());
             if !ok {
                 return Err(RegistryError::Incompatible(format!(
                     "feature service {:?} references {v}:{f}, which would no longer exist",

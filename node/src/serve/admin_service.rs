@@ -6,8 +6,9 @@ use std::time::{Duration, Instant};
 use metrics::{counter, histogram};
 use quiver_proto::v1::admin_service_server::AdminService;
 use quiver_proto::v1::{
-    ApplyDefinitionsRequest, ApplyDefinitionsResponse, DescribeViewRequest, DescribeViewResponse, GetStatusRequest,
-    GetStatusResponse, ListViewsRequest, ListViewsResponse, PartitionStatus, ShardStatus, ViewSummary,
+    ApplyDefinitionsRequest, ApplyDefinitionsResponse, DescribeViewRequest, DescribeViewResponse,
+    GetStatusRequest, GetStatusResponse, ListViewsRequest, ListViewsResponse, PartitionStatus,
+    ShardStatus, ViewSummary,
 };
 use tonic::{Request, Response, Status};
 use tracing::info;
@@ -31,7 +32,9 @@ impl AdminServiceImpl {
 
 fn registry_error(e: RegistryError) -> ServeError {
     match e {
-        RegistryError::Parse(m) => ServeError::InvalidArgument(format!("definition file is not valid: {m}")),
+        RegistryError::Parse(m) => {
+            ServeError::InvalidArgument(format!("definition file is not valid: {m}"))
+        }
         RegistryError::Invalid(m) => ServeError::InvalidArgument(m),
         RegistryError::Incompatible(m) => ServeError::FailedPrecondition(m),
         RegistryError::NotFound(m) => ServeError::NotFound(m),
@@ -46,29 +49,45 @@ fn record(rpc: &'static str, started: Instant, result: &Result<impl Sized, Serve
 }
 
 impl AdminServiceImpl {
-    async fn apply(&self, req: ApplyDefinitionsRequest) -> Result<ApplyDefinitionsResponse, ServeError> {
-        let file = DefinitionFile::from_toml(&req.toml)
-            .map_err(|e| ServeError::InvalidArgument(format!("definition file is not valid: {e}")))?;
+    async fn apply(
+        &self,
+        req: ApplyDefinitionsRequest,
+    ) -> Result<ApplyDefinitionsResponse, ServeError> {
+        let file = DefinitionFile::from_toml(&req.toml).map_err(|e| {
+            ServeError::InvalidArgument(format!("definition file is not valid: {e}"))
+        })?;
         // Validate first (dry run), so bad definitions fail fast without broker round trips.
-        self.state.registry.apply(&file, true).map_err(registry_error)?;
+        self.state
+            .registry
+            .apply(&file, true)
+            .map_err(registry_error)?;
         if let Some(kafka) = &self.state.kafka {
             let kafka = kafka.clone();
             let p = self.state.shard_count;
-            let mut topics: Vec<String> = file.views.iter().map(|v| v.source.topic.clone()).collect();
+            let mut topics: Vec<String> =
+                file.views.iter().map(|v| v.source.topic.clone()).collect();
             topics.sort();
             topics.dedup();
             let checked = tokio::task::spawn_blocking(move || {
-                topics.iter().try_for_each(|t| kafka.check_topic(t, p, Duration::from_secs(5)))
+                topics
+                    .iter()
+                    .try_for_each(|t| kafka.check_topic(t, p, Duration::from_secs(5)))
             })
             .await
             .map_err(|e| ServeError::Storage(format!("topic check task failed: {e}")))?;
             match checked {
                 Ok(()) => {}
-                Err(e @ TopicCheckError::Unreachable { .. }) => return Err(ServeError::Unavailable(e.to_string())),
+                Err(e @ TopicCheckError::Unreachable { .. }) => {
+                    return Err(ServeError::Unavailable(e.to_string()));
+                }
                 Err(e) => return Err(ServeError::FailedPrecondition(e.to_string())),
             }
         }
-        let changes = self.state.registry.apply(&file, req.dry_run).map_err(registry_error)?;
+        let changes = self
+            .state
+            .registry
+            .apply(&file, req.dry_run)
+            .map_err(registry_error)?;
         if !req.dry_run && !changes.is_empty() {
             info!(changes = ?changes, "registry changed");
         }
@@ -81,7 +100,12 @@ impl AdminServiceImpl {
             .shards
             .iter()
             .map(|(id, store)| {
-                let observed = self.state.ingest_status.get(id).map(|s| s.topics()).unwrap_or_default();
+                let observed = self
+                    .state
+                    .ingest_status
+                    .get(id)
+                    .map(|s| s.topics())
+                    .unwrap_or_default();
                 let partitions = store
                     .offsets()
                     .into_iter()
@@ -90,7 +114,11 @@ impl AdminServiceImpl {
                         let high = obs.as_ref().map_or(-1, |o| o.high_watermark);
                         let reached_end = obs.is_some_and(|o| o.reached_end);
                         PartitionStatus {
-                            lag: if high >= 0 { (high - rec.next_offset).max(0) } else { 0 },
+                            lag: if high >= 0 {
+                                (high - rec.next_offset).max(0)
+                            } else {
+                                0
+                            },
                             topic,
                             next_offset: rec.next_offset,
                             high_watermark: high,
@@ -101,7 +129,11 @@ impl AdminServiceImpl {
                         }
                     })
                     .collect();
-                ShardStatus { shard: id.0, partitions, row_count_estimate: store.estimate_rows() }
+                ShardStatus {
+                    shard: id.0,
+                    partitions,
+                    row_count_estimate: store.estimate_rows(),
+                }
             })
             .collect();
         shards.sort_by_key(|s| s.shard);
@@ -126,7 +158,10 @@ impl AdminService for AdminServiceImpl {
         result.map(Response::new).map_err(Status::from)
     }
 
-    async fn list_views(&self, _request: Request<ListViewsRequest>) -> Result<Response<ListViewsResponse>, Status> {
+    async fn list_views(
+        &self,
+        _request: Request<ListViewsRequest>,
+    ) -> Result<Response<ListViewsResponse>, Status> {
         let snap = self.state.registry.snapshot();
         let views = snap
             .views
@@ -147,27 +182,36 @@ impl AdminService for AdminServiceImpl {
         }))
     }
 
-    async fn describe_view(&self, request: Request<DescribeViewRequest>) -> Result<Response<DescribeViewResponse>, Status> {
+    async fn describe_view(
+        &self,
+        request: Request<DescribeViewRequest>,
+    ) -> Result<Response<DescribeViewResponse>, Status> {
         let name = request.into_inner().name;
         let snap = self.state.registry.snapshot();
-        let view = snap
-            .views
-            .get(&name)
-            .ok_or_else(|| Status::from(ServeError::NotFound(format!("view {name:?} is not registered"))))?;
+        let view = snap.views.get(&name).ok_or_else(|| {
+            Status::from(ServeError::NotFound(format!(
+                "view {name:?} is not registered"
+            )))
+        })?;
         let used_by: Vec<&str> = snap
             .feature_services
             .values()
             .filter(|s| s.features.iter().any(|(v, _)| *v == name))
             .map(|s| s.name.as_str())
             .collect();
-        let mut json = serde_json::to_value(view.as_ref()).map_err(|e| Status::internal(e.to_string()))?;
+        let mut json =
+            serde_json::to_value(view.as_ref()).map_err(|e| Status::internal(e.to_string()))?;
         json["used_by_feature_services"] = serde_json::json!(used_by);
         Ok(Response::new(DescribeViewResponse {
-            definition_json: serde_json::to_string_pretty(&json).map_err(|e| Status::internal(e.to_string()))?,
+            definition_json: serde_json::to_string_pretty(&json)
+                .map_err(|e| Status::internal(e.to_string()))?,
         }))
     }
 
-    async fn get_status(&self, _request: Request<GetStatusRequest>) -> Result<Response<GetStatusResponse>, Status> {
+    async fn get_status(
+        &self,
+        _request: Request<GetStatusRequest>,
+    ) -> Result<Response<GetStatusResponse>, Status> {
         Ok(Response::new(self.status()))
     }
 }

@@ -9,7 +9,7 @@ use quiver_proto::v1::feature_service_server::FeatureService;
 use quiver_proto::v1::{GetOnlineFeaturesRequest, GetOnlineFeaturesResponse};
 use tonic::{Request, Response, Status};
 
-use super::lookup::{execute_lookup, plan_lookup, watermark_reached, LookupPlan};
+use super::lookup::{LookupPlan, execute_lookup, plan_lookup, watermark_reached};
 use super::{ServeError, ServeState};
 use crate::metrics as m;
 
@@ -30,19 +30,37 @@ impl FeatureServiceImpl {
         let max_wait = self.state.limits.max_watermark_wait;
         let deadline = tokio::time::Instant::now() + max_wait;
         for (shard, want) in plan.min_watermarks() {
-            let store = self.state.shards.get(shard).ok_or(ServeError::WrongShard { shard: *shard })?;
+            let store = self
+                .state
+                .shards
+                .get(shard)
+                .ok_or(ServeError::WrongShard { shard: *shard })?;
             let mut rx = store.subscribe_watermark();
-            let reached = tokio::time::timeout_at(deadline, rx.wait_for(|have| watermark_reached(have, want))).await;
+            let reached = tokio::time::timeout_at(
+                deadline,
+                rx.wait_for(|have| watermark_reached(have, want)),
+            )
+            .await;
             match reached {
                 Ok(Ok(_)) => {}
-                Ok(Err(_)) => return Err(ServeError::Unavailable(format!("shard {shard} is closing"))),
-                Err(_) => return Err(ServeError::Behind { shard: *shard, waited: max_wait }),
+                Ok(Err(_)) => {
+                    return Err(ServeError::Unavailable(format!("shard {shard} is closing")));
+                }
+                Err(_) => {
+                    return Err(ServeError::Behind {
+                        shard: *shard,
+                        waited: max_wait,
+                    });
+                }
             }
         }
         Ok(())
     }
 
-    async fn get_online_features_inner(&self, req: GetOnlineFeaturesRequest) -> Result<GetOnlineFeaturesResponse, ServeError> {
+    async fn get_online_features_inner(
+        &self,
+        req: GetOnlineFeaturesRequest,
+    ) -> Result<GetOnlineFeaturesResponse, ServeError> {
         let limits = &self.state.limits;
         let size = req.encoded_len();
         if size > limits.max_request_bytes {
@@ -52,7 +70,13 @@ impl FeatureServiceImpl {
             )));
         }
         let registry = self.state.registry.snapshot();
-        let plan = plan_lookup(&req, &registry, limits, self.state.partitioner, self.state.shard_count)?;
+        let plan = plan_lookup(
+            &req,
+            &registry,
+            limits,
+            self.state.partitioner,
+            self.state.shard_count,
+        )?;
         if let Some(shard) = plan.shards().find(|s| !self.state.shards.contains_key(s)) {
             return Err(ServeError::WrongShard { shard });
         }
@@ -66,7 +90,10 @@ impl FeatureServiceImpl {
             .await
             .map_err(|_| ServeError::Unavailable("node is shutting down".into()))?;
         let state = self.state.clone();
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_micros() as i64;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO)
+            .as_micros() as i64;
         // RocksDB reads block; keep them off the async workers.
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
@@ -90,7 +117,8 @@ impl FeatureService for FeatureServiceImpl {
             Err(e) => e.code().as_str(),
         };
         counter!(m::SERVE_REQUESTS, "rpc" => "get_online_features", "code" => code).increment(1);
-        histogram!(m::SERVE_REQUEST_DURATION, "rpc" => "get_online_features").record(started.elapsed().as_secs_f64());
+        histogram!(m::SERVE_REQUEST_DURATION, "rpc" => "get_online_features")
+            .record(started.elapsed().as_secs_f64());
         result.map(Response::new).map_err(Status::from)
     }
 }

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use quiver_proto::v1::entity_key::Kind as KeyKind;
 use quiver_proto::v1::{
-    FeatureColumn, FeatureStatus, GetOnlineFeaturesRequest, GetOnlineFeaturesResponse, ShardWatermark, TopicOffset, Value,
+    FeatureColumn, FeatureStatus, GetOnlineFeaturesRequest, GetOnlineFeaturesResponse,
+    ShardWatermark, TopicOffset, Value,
 };
 use quiver_proto::{Partitioner, ShardId};
 
@@ -18,7 +19,7 @@ use super::ServeError;
 use crate::config::Limits;
 use crate::ingest::decode::MAX_KEY_BYTES;
 use crate::registry::{FeatureView, KeyType, RegistrySnapshot};
-use crate::storage::{keys, row_codec, ShardStore};
+use crate::storage::{ShardStore, keys, row_codec};
 
 /// The features of one view a request wants.
 #[derive(Debug)]
@@ -63,11 +64,20 @@ impl LookupPlan {
 }
 
 /// Serialises an entity key the way producers key their records.
-fn key_bytes(index: usize, key: &quiver_proto::v1::EntityKey, entity: &str, key_type: KeyType) -> Result<Vec<u8>, ServeError> {
+fn key_bytes(
+    index: usize,
+    key: &quiver_proto::v1::EntityKey,
+    entity: &str,
+    key_type: KeyType,
+) -> Result<Vec<u8>, ServeError> {
     let bytes = match (&key.kind, key_type) {
         (Some(KeyKind::StringValue(s)), KeyType::String) => s.as_bytes().to_vec(),
         (Some(KeyKind::Int64Value(i)), KeyType::Int64) => i.to_string().into_bytes(),
-        (None, _) => return Err(ServeError::InvalidArgument(format!("entity_keys[{index}] has no value"))),
+        (None, _) => {
+            return Err(ServeError::InvalidArgument(format!(
+                "entity_keys[{index}] has no value"
+            )));
+        }
         (Some(k), _) => {
             let got = match k {
                 KeyKind::StringValue(_) => "string",
@@ -111,8 +121,16 @@ pub fn plan_lookup(
     // Resolve references to (view, feature index), in request order.
     let mut wanted: Vec<(Arc<FeatureView>, usize)> = Vec::new();
     match (req.features.is_empty(), req.feature_service.is_empty()) {
-        (true, true) => return Err(invalid("request names no features: set `features` or `feature_service`".into())),
-        (false, false) => return Err(invalid("set either `features` or `feature_service`, not both".into())),
+        (true, true) => {
+            return Err(invalid(
+                "request names no features: set `features` or `feature_service`".into(),
+            ));
+        }
+        (false, false) => {
+            return Err(invalid(
+                "set either `features` or `feature_service`, not both".into(),
+            ));
+        }
         (false, true) => {
             if req.features.len() > limits.max_features_per_request {
                 return Err(invalid(format!(
@@ -123,9 +141,12 @@ pub fn plan_lookup(
             }
             for r in &req.features {
                 if !r.contains(':') {
-                    return Err(invalid(format!("feature reference {r:?} must look like \"view:feature\" or \"view:*\"")));
+                    return Err(invalid(format!(
+                        "feature reference {r:?} must look like \"view:feature\" or \"view:*\""
+                    )));
                 }
-                let resolved = crate::registry::resolve_reference(&registry.views, r).map_err(ServeError::NotFound)?;
+                let resolved = crate::registry::resolve_reference(&registry.views, r)
+                    .map_err(ServeError::NotFound)?;
                 wanted.extend(resolved.into_iter().map(|(v, i)| (v.clone(), i)));
             }
         }
@@ -133,10 +154,20 @@ pub fn plan_lookup(
             let svc = registry
                 .feature_services
                 .get(&req.feature_service)
-                .ok_or_else(|| ServeError::NotFound(format!("feature service {:?} is not registered", req.feature_service)))?;
+                .ok_or_else(|| {
+                    ServeError::NotFound(format!(
+                        "feature service {:?} is not registered",
+                        req.feature_service
+                    ))
+                })?;
             for (v, f) in &svc.features {
-                let view = registry.views.get(v).ok_or_else(|| ServeError::NotFound(format!("view {v:?} is not registered")))?;
-                let idx = view.feature_index(f).ok_or_else(|| ServeError::NotFound(format!("view {v:?} has no feature {f:?}")))?;
+                let view = registry
+                    .views
+                    .get(v)
+                    .ok_or_else(|| ServeError::NotFound(format!("view {v:?} is not registered")))?;
+                let idx = view.feature_index(f).ok_or_else(|| {
+                    ServeError::NotFound(format!("view {v:?} has no feature {f:?}"))
+                })?;
                 wanted.push((view.clone(), idx));
             }
         }
@@ -169,7 +200,12 @@ pub fn plan_lookup(
             Some(i) => &mut views[i],
             None => {
                 let n = view.features.len();
-                views.push(ViewPlan { view, slots: vec![None; n], slot_count: 0, outputs: Vec::new() });
+                views.push(ViewPlan {
+                    view,
+                    slots: vec![None; n],
+                    slot_count: 0,
+                    outputs: Vec::new(),
+                });
                 views.last_mut().expect("just pushed")
             }
         };
@@ -190,18 +226,31 @@ pub fn plan_lookup(
     let mut by_shard: BTreeMap<ShardId, Vec<usize>> = BTreeMap::new();
     for (i, k) in req.entity_keys.iter().enumerate() {
         let bytes = key_bytes(i, k, &entity, key_type)?;
-        by_shard.entry(partitioner.shard_for_key(&bytes, shard_count)).or_default().push(i);
+        by_shard
+            .entry(partitioner.shard_for_key(&bytes, shard_count))
+            .or_default()
+            .push(i);
         keys.push(bytes);
     }
     let mut min_watermarks = BTreeMap::new();
     for wm in &req.min_watermarks {
         let shard = ShardId(wm.shard);
         if by_shard.contains_key(&shard) {
-            let offsets: BTreeMap<String, i64> = wm.offsets.iter().map(|o| (o.topic.clone(), o.next_offset)).collect();
+            let offsets: BTreeMap<String, i64> = wm
+                .offsets
+                .iter()
+                .map(|o| (o.topic.clone(), o.next_offset))
+                .collect();
             min_watermarks.insert(shard, offsets);
         }
     }
-    Ok(LookupPlan { column_names, views, keys, by_shard, min_watermarks })
+    Ok(LookupPlan {
+        column_names,
+        views,
+        keys,
+        by_shard,
+        min_watermarks,
+    })
 }
 
 /// The watermark of `store` on the wire.
@@ -209,13 +258,20 @@ pub fn shard_watermark(store: &ShardStore) -> ShardWatermark {
     let wm = store.watermark();
     ShardWatermark {
         shard: store.shard().0,
-        offsets: wm.iter().map(|(t, o)| TopicOffset { topic: t.clone(), next_offset: *o }).collect(),
+        offsets: wm
+            .iter()
+            .map(|(t, o)| TopicOffset {
+                topic: t.clone(),
+                next_offset: *o,
+            })
+            .collect(),
     }
 }
 
 /// Whether `have` has reached every offset in `want` (topics it does not know count as 0).
 pub fn watermark_reached(have: &BTreeMap<String, i64>, want: &BTreeMap<String, i64>) -> bool {
-    want.iter().all(|(t, o)| have.get(t).copied().unwrap_or(0) >= *o)
+    want.iter()
+        .all(|(t, o)| have.get(t).copied().unwrap_or(0) >= *o)
 }
 
 /// Executes `plan` against the local shard stores at time `now_micros`.
@@ -242,23 +298,33 @@ pub fn execute_lookup(
     let mut watermarks = Vec::with_capacity(plan.by_shard.len());
     let mut storage_keys: Vec<Vec<u8>> = Vec::new();
     for (shard, rows) in &plan.by_shard {
-        let store = shards.get(shard).ok_or(ServeError::WrongShard { shard: *shard })?;
+        let store = shards
+            .get(shard)
+            .ok_or(ServeError::WrongShard { shard: *shard })?;
         // Read the watermark first: the rows returned are at least this fresh.
         watermarks.push(shard_watermark(store));
         for vp in &plan.views {
             storage_keys.clear();
-            storage_keys.extend(rows.iter().map(|&r| keys::row_key(&vp.view.name, vp.view.version, &plan.keys[r])));
+            storage_keys.extend(
+                rows.iter()
+                    .map(|&r| keys::row_key(&vp.view.name, vp.view.version, &plan.keys[r])),
+            );
             let ttl_micros = vp.view.ttl.map(|t: Duration| t.as_micros() as i64);
             let mut decoded = vec![None; vp.slot_count];
             for (&row, res) in rows.iter().zip(store.get_rows(storage_keys.iter())) {
-                let Some(bytes) = res.map_err(|e| ServeError::Storage(format!("shard {shard}: {e}")))? else { continue };
+                let Some(bytes) =
+                    res.map_err(|e| ServeError::Storage(format!("shard {shard}: {e}")))?
+                else {
+                    continue;
+                };
                 decoded.iter_mut().for_each(|d| *d = None);
                 let header = row_codec::decode_selected(&bytes, &vp.slots, &mut decoded)
                     .map_err(|e| ServeError::Storage(format!("shard {shard}: corrupt row: {e}")))?;
                 if header.tombstone {
                     continue;
                 }
-                let expired = ttl_micros.is_some_and(|ttl| now_micros.saturating_sub(header.event_time_micros) > ttl);
+                let expired = ttl_micros
+                    .is_some_and(|ttl| now_micros.saturating_sub(header.event_time_micros) > ttl);
                 for &(slot, col) in &vp.outputs {
                     let c = &mut columns[col];
                     c.event_times_micros[row] = header.event_time_micros;
@@ -275,5 +341,8 @@ pub fn execute_lookup(
             }
         }
     }
-    Ok(GetOnlineFeaturesResponse { columns, watermarks })
+    Ok(GetOnlineFeaturesResponse {
+        columns,
+        watermarks,
+    })
 }

@@ -115,8 +115,12 @@ pub async fn serve(
     cancel: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<FeatureServiceServer<FeatureServiceImpl>>().await;
-    health_reporter.set_serving::<AdminServiceServer<AdminServiceImpl>>().await;
+    health_reporter
+        .set_serving::<FeatureServiceServer<FeatureServiceImpl>>()
+        .await;
+    health_reporter
+        .set_serving::<AdminServiceServer<AdminServiceImpl>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(quiver_proto::v1::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -124,13 +128,18 @@ pub async fn serve(
         .expect("embedded descriptor sets are valid");
     // tonic rejects messages above this before our handler sees them; the handler enforces
     // the configured limit with a clear INVALID_ARGUMENT below it.
-    let hard_limit = state.limits.max_request_bytes.saturating_mul(2).max(1 << 20);
+    let hard_limit = state
+        .limits
+        .max_request_bytes
+        .saturating_mul(2)
+        .max(1 << 20);
     let features = FeatureServiceServer::new(FeatureServiceImpl::new(state.clone()))
         .max_decoding_message_size(hard_limit)
         .max_encoding_message_size(256 << 20)
         .accept_compressed(CompressionEncoding::Zstd)
         .send_compressed(CompressionEncoding::Zstd);
-    let admin = AdminServiceServer::new(AdminServiceImpl::new(state.clone())).max_decoding_message_size(hard_limit);
+    let admin = AdminServiceServer::new(AdminServiceImpl::new(state.clone()))
+        .max_decoding_message_size(hard_limit);
     let addr = listener.local_addr().ok();
     info!(addr = ?addr, "grpc server listening");
     // serve_with_incoming does not apply Server::tcp_nodelay; without it Nagle's algorithm
@@ -144,8 +153,12 @@ pub async fn serve(
         async move {
             cancel.cancelled().await;
             // Readiness first, so load balancers stop sending before we stop accepting.
-            reporter.set_not_serving::<FeatureServiceServer<FeatureServiceImpl>>().await;
-            reporter.set_not_serving::<AdminServiceServer<AdminServiceImpl>>().await;
+            reporter
+                .set_not_serving::<FeatureServiceServer<FeatureServiceImpl>>()
+                .await;
+            reporter
+                .set_not_serving::<AdminServiceServer<AdminServiceImpl>>()
+                .await;
         }
     };
     let server = tonic::transport::Server::builder()

@@ -10,7 +10,7 @@ use rocksdb::compaction_filter::Decision;
 use rocksdb::{BlockBasedOptions, Cache, DBCompressionType, Options, WriteBufferManager};
 
 use super::shard_store::ShardStore;
-use super::{keys, row_codec, ShardIdentity, StorageError};
+use super::{ShardIdentity, StorageError, keys, row_codec};
 
 /// Static storage settings of a node.
 #[derive(Debug, Clone)]
@@ -44,8 +44,11 @@ impl StorageConfig {
 /// kept (never dropped by the filter), so a registry race can only delay removal.
 #[derive(Clone, Default)]
 pub struct TtlTable {
-    inner: Arc<RwLock<HashMap<(String, u32), Option<Duration>>>>,
+    inner: Arc<RwLock<TtlMap>>,
 }
+
+/// `(view, version)` → TTL (`None`: never expires).
+type TtlMap = HashMap<(String, u32), Option<Duration>>;
 
 impl TtlTable {
     /// Replaces the table.
@@ -62,12 +65,20 @@ impl TtlTable {
 }
 
 fn now_micros() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
 }
 
 /// The compaction-filter decision for one stored row: drop rows older than their view's
 /// TTL and tombstones older than the retention; keep anything it cannot parse.
-pub fn ttl_decision(ttls: &TtlTable, tombstone_retention: Duration, key: &[u8], value: &[u8]) -> Decision {
+pub fn ttl_decision(
+    ttls: &TtlTable,
+    tombstone_retention: Duration,
+    key: &[u8],
+    value: &[u8],
+) -> Decision {
     let (Some(k), Ok(h)) = (keys::parse_row_key(key), row_codec::decode_header(value)) else {
         return Decision::Keep;
     };
@@ -106,9 +117,17 @@ impl StorageEngine {
         let dir = config.data_dir.join("shards");
         std::fs::create_dir_all(&dir).map_err(|source| StorageError::Io { path: dir, source })?;
         let cache = Cache::new_lru_cache(config.block_cache_bytes);
-        let write_buffers =
-            WriteBufferManager::new_write_buffer_manager_with_cache(config.write_buffer_bytes, false, cache.clone());
-        Ok(StorageEngine { config, cache, write_buffers, ttls: TtlTable::default() })
+        let write_buffers = WriteBufferManager::new_write_buffer_manager_with_cache(
+            config.write_buffer_bytes,
+            false,
+            cache.clone(),
+        );
+        Ok(StorageEngine {
+            config,
+            cache,
+            write_buffers,
+            ttls: TtlTable::default(),
+        })
     }
 
     /// The TTL table the compaction filters consult.
@@ -123,7 +142,10 @@ impl StorageEngine {
 
     /// Directory of `shard`.
     pub fn shard_dir(&self, shard: ShardId) -> PathBuf {
-        self.config.data_dir.join("shards").join(format!("{:05}", shard.0))
+        self.config
+            .data_dir
+            .join("shards")
+            .join(format!("{:05}", shard.0))
     }
 
     pub(super) fn db_options(&self) -> Options {
@@ -155,9 +177,10 @@ impl StorageEngine {
         o.set_periodic_compaction_seconds(24 * 3600);
         let ttls = self.ttls.clone();
         let retention = self.config.tombstone_retention;
-        o.set_compaction_filter("quiver_ttl", move |_level: u32, key: &[u8], value: &[u8]| {
-            ttl_decision(&ttls, retention, key, value)
-        });
+        o.set_compaction_filter(
+            "quiver_ttl",
+            move |_level: u32, key: &[u8], value: &[u8]| ttl_decision(&ttls, retention, key, value),
+        );
         o
     }
 
@@ -172,7 +195,11 @@ impl StorageEngine {
         shard_count: u32,
         partitioner: Partitioner,
     ) -> Result<ShardStore, StorageError> {
-        ShardStore::open(self, shard, ShardIdentity::new(shard, shard_count, partitioner))
+        ShardStore::open(
+            self,
+            shard,
+            ShardIdentity::new(shard, shard_count, partitioner),
+        )
     }
 }
 
@@ -183,7 +210,10 @@ mod tests {
     #[test]
     fn ttl_decision_rules() {
         let ttls = TtlTable::default();
-        ttls.replace([(("v".to_owned(), 1), Some(Duration::from_secs(60))), (("forever".to_owned(), 1), None)]);
+        ttls.replace([
+            (("v".to_owned(), 1), Some(Duration::from_secs(60))),
+            (("forever".to_owned(), 1), None),
+        ]);
         let retention = Duration::from_secs(3600);
         let now = now_micros();
         let mut row = Vec::new();
@@ -196,15 +226,39 @@ mod tests {
             ttl_decision(&ttls, retention, &keys::row_key(view, 1, b"k"), buf)
         };
         let min = 60_000_000;
-        assert!(matches!(decide("v", now - 2 * min, false, &mut row), Decision::Remove));
-        assert!(matches!(decide("v", now - min / 2, false, &mut row), Decision::Keep));
-        assert!(matches!(decide("forever", 0, false, &mut row), Decision::Keep));
+        assert!(matches!(
+            decide("v", now - 2 * min, false, &mut row),
+            Decision::Remove
+        ));
+        assert!(matches!(
+            decide("v", now - min / 2, false, &mut row),
+            Decision::Keep
+        ));
+        assert!(matches!(
+            decide("forever", 0, false, &mut row),
+            Decision::Keep
+        ));
         // Tombstones live for the retention even when the TTL is shorter.
-        assert!(matches!(decide("v", now - 2 * min, true, &mut row), Decision::Keep));
-        assert!(matches!(decide("v", now - 61 * min, true, &mut row), Decision::Remove));
-        assert!(matches!(decide("forever", now - 61 * min, true, &mut row), Decision::Remove));
+        assert!(matches!(
+            decide("v", now - 2 * min, true, &mut row),
+            Decision::Keep
+        ));
+        assert!(matches!(
+            decide("v", now - 61 * min, true, &mut row),
+            Decision::Remove
+        ));
+        assert!(matches!(
+            decide("forever", now - 61 * min, true, &mut row),
+            Decision::Remove
+        ));
         // Unknown views and unparsable values are kept.
-        assert!(matches!(decide("unknown", 0, false, &mut row), Decision::Keep));
-        assert!(matches!(ttl_decision(&ttls, retention, b"junk", b"junk"), Decision::Keep));
+        assert!(matches!(
+            decide("unknown", 0, false, &mut row),
+            Decision::Keep
+        ));
+        assert!(matches!(
+            ttl_decision(&ttls, retention, b"junk", b"junk"),
+            Decision::Keep
+        ));
     }
 }

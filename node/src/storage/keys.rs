@@ -26,7 +26,10 @@ pub const OFFSET_PREFIX: &[u8] = b"o/";
 
 /// Appends the row key of `(view, version, entity_key)` to `out`.
 pub fn encode_row_key(view: &str, version: u32, entity_key: &[u8], out: &mut Vec<u8>) {
-    debug_assert!(view.len() <= usize::from(u16::MAX), "view names are validated to 64 bytes");
+    debug_assert!(
+        view.len() <= usize::from(u16::MAX),
+        "view names are validated to 64 bytes"
+    );
     out.reserve(1 + 2 + view.len() + 4 + entity_key.len());
     out.push(ROW_TAG);
     out.extend_from_slice(&(view.len() as u16).to_be_bytes());
@@ -71,7 +74,11 @@ pub fn parse_row_key(key: &[u8]) -> Option<RowKey<'_>> {
     }
     let view = std::str::from_utf8(&rest[..len]).ok()?;
     let version = u32::from_be_bytes(rest[len..len + 4].try_into().ok()?);
-    Some(RowKey { view, version, entity_key: &rest[len + 4..] })
+    Some(RowKey {
+        view,
+        version,
+        entity_key: &rest[len + 4..],
+    })
 }
 
 /// Meta key of the offset record of `topic`.
@@ -89,7 +96,14 @@ mod tests {
     fn row_key_round_trips() {
         let k = row_key("user_stats", 3, b"user-42");
         let parsed = parse_row_key(&k).unwrap();
-        assert_eq!(parsed, RowKey { view: "user_stats", version: 3, entity_key: b"user-42" });
+        assert_eq!(
+            parsed,
+            RowKey {
+                view: "user_stats",
+                version: 3,
+                entity_key: b"user-42"
+            }
+        );
         assert!(k.starts_with(&row_prefix("user_stats", 3)));
     }
 

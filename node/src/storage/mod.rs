@@ -149,7 +149,13 @@ mod tests {
 
     #[test]
     fn offset_record_round_trips() {
-        let r = OffsetRecord { next_offset: 77, consumed: 80, applied: 60, superseded: 15, malformed: 5 };
+        let r = OffsetRecord {
+            next_offset: 77,
+            consumed: 80,
+            applied: 60,
+            superseded: 15,
+            malformed: 5,
+        };
         assert_eq!(OffsetRecord::decode(&r.encode()), Some(r));
         assert_eq!(OffsetRecord::decode(&[1, 2, 3]), None);
     }

@@ -65,8 +65,12 @@ pub fn decode_header(value: &[u8]) -> Result<RowHeader, CodecError> {
     if value[0] != ROW_FORMAT_V1 {
         return Err(CodecError::UnknownFormat(value[0]));
     }
-    let event_time_micros = i64::from_le_bytes(value[2..10].try_into().map_err(|_| CodecError::Truncated)?);
-    Ok(RowHeader { event_time_micros, tombstone: value[1] & FLAG_TOMBSTONE != 0 })
+    let event_time_micros =
+        i64::from_le_bytes(value[2..10].try_into().map_err(|_| CodecError::Truncated)?);
+    Ok(RowHeader {
+        event_time_micros,
+        tombstone: value[1] & FLAG_TOMBSTONE != 0,
+    })
 }
 
 fn put_header(out: &mut Vec<u8>, event_time_micros: i64, tombstone: bool) {
@@ -212,11 +216,17 @@ impl<'a> Reader<'a> {
     fn string(&mut self) -> Result<String, CodecError> {
         let n = self.len(1)?;
         let b = self.take(n)?;
-        std::str::from_utf8(b).map(str::to_owned).map_err(|_| CodecError::InvalidUtf8)
+        std::str::from_utf8(b)
+            .map(str::to_owned)
+            .map_err(|_| CodecError::InvalidUtf8)
     }
 
     fn f64(&mut self) -> Result<f64, CodecError> {
-        Ok(f64::from_le_bytes(self.take(8)?.try_into().map_err(|_| CodecError::Truncated)?))
+        Ok(f64::from_le_bytes(
+            self.take(8)?
+                .try_into()
+                .map_err(|_| CodecError::Truncated)?,
+        ))
     }
 
     fn value(&mut self) -> Result<Option<Kind>, CodecError> {
@@ -328,7 +338,9 @@ pub struct DecodedRow {
 /// Any [`CodecError`] on corrupt input.
 pub fn decode_row(value: &[u8]) -> Result<DecodedRow, CodecError> {
     let header = decode_header(value)?;
-    let mut r = Reader { buf: &value[HEADER_LEN..] };
+    let mut r = Reader {
+        buf: &value[HEADER_LEN..],
+    };
     let n = r.len(1)?;
     let mut values = Vec::with_capacity(n);
     for _ in 0..n {
@@ -351,10 +363,14 @@ pub fn decode_selected(
     out: &mut [Option<Kind>],
 ) -> Result<RowHeader, CodecError> {
     let header = decode_header(value)?;
-    let mut r = Reader { buf: &value[HEADER_LEN..] };
+    let mut r = Reader {
+        buf: &value[HEADER_LEN..],
+    };
     let n = r.len(1)?;
     let last_wanted = slots.iter().rposition(Option::is_some);
-    let Some(last_wanted) = last_wanted else { return Ok(header) };
+    let Some(last_wanted) = last_wanted else {
+        return Ok(header);
+    };
     for slot in slots.iter().take(n.min(last_wanted + 1)) {
         match slot {
             Some(pos) => {
@@ -380,10 +396,18 @@ mod tests {
             Some(Kind::Float64Value(3.25)),
             Some(Kind::StringValue("héllo".into())),
             Some(Kind::BytesValue(vec![0, 255, 7])),
-            Some(Kind::Float32Vector(FloatVector { values: vec![0.5, -1.0, 1e-3] })),
-            Some(Kind::Int64List(Int64List { values: vec![i64::MIN, 0, i64::MAX] })),
-            Some(Kind::Float64List(DoubleList { values: vec![f64::MAX, -0.0] })),
-            Some(Kind::StringList(StringList { values: vec!["a".into(), String::new()] })),
+            Some(Kind::Float32Vector(FloatVector {
+                values: vec![0.5, -1.0, 1e-3],
+            })),
+            Some(Kind::Int64List(Int64List {
+                values: vec![i64::MIN, 0, i64::MAX],
+            })),
+            Some(Kind::Float64List(DoubleList {
+                values: vec![f64::MAX, -0.0],
+            })),
+            Some(Kind::StringList(StringList {
+                values: vec!["a".into(), String::new()],
+            })),
             None,
         ]
     }
@@ -393,7 +417,13 @@ mod tests {
         let mut buf = Vec::new();
         encode_row(1_700_000_000_000_000, &sample(), &mut buf);
         let row = decode_row(&buf).unwrap();
-        assert_eq!(row.header, RowHeader { event_time_micros: 1_700_000_000_000_000, tombstone: false });
+        assert_eq!(
+            row.header,
+            RowHeader {
+                event_time_micros: 1_700_000_000_000_000,
+                tombstone: false
+            }
+        );
         assert_eq!(row.values, sample());
     }
 

@@ -6,11 +6,14 @@ use std::sync::{Arc, Mutex};
 
 use quiver_proto::ShardId;
 use rocksdb::statistics::Ticker;
-use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DBPinnableSlice, Direction, IteratorMode, Options, WriteBatch, DB};
+use rocksdb::{
+    ColumnFamily, ColumnFamilyDescriptor, DB, DBPinnableSlice, Direction, IteratorMode, Options,
+    WriteBatch,
+};
 use tokio::sync::watch;
 
 use super::engine::StorageEngine;
-use super::{keys, row_codec, OffsetRecord, ShardIdentity, StorageError};
+use super::{OffsetRecord, ShardIdentity, StorageError, keys, row_codec};
 
 const CF_ROWS: &str = "rows";
 const CF_META: &str = "meta";
@@ -95,39 +98,61 @@ impl ShardStore {
         };
         store.check_identity(&identity)?;
         let offsets = store.load_offsets()?;
-        store.watermark.send_replace(Arc::new(offsets.iter().map(|(t, r)| (t.clone(), r.next_offset)).collect()));
+        store.watermark.send_replace(Arc::new(
+            offsets
+                .iter()
+                .map(|(t, r)| (t.clone(), r.next_offset))
+                .collect(),
+        ));
         *store.offsets.lock().unwrap_or_else(|p| p.into_inner()) = offsets;
         Ok(store)
     }
 
     fn rocks(&self, source: rocksdb::Error) -> StorageError {
-        StorageError::Rocks { shard: self.shard, source }
+        StorageError::Rocks {
+            shard: self.shard,
+            source,
+        }
     }
 
     fn cf(&self, name: &str) -> &ColumnFamily {
-        self.db.cf_handle(name).expect("column families are created at open")
+        self.db
+            .cf_handle(name)
+            .expect("column families are created at open")
     }
 
     fn check_identity(&self, identity: &ShardIdentity) -> Result<(), StorageError> {
         let meta = self.cf(CF_META);
         let configured = serde_json::to_string(identity).expect("identity serialises");
-        match self.db.get_cf(meta, keys::SHARD_IDENTITY_KEY).map_err(|e| self.rocks(e))? {
+        match self
+            .db
+            .get_cf(meta, keys::SHARD_IDENTITY_KEY)
+            .map_err(|e| self.rocks(e))?
+        {
             Some(stored) if stored == configured.as_bytes() => Ok(()),
             Some(stored) => Err(StorageError::IdentityMismatch {
                 shard: self.shard,
                 stored: String::from_utf8_lossy(&stored).into_owned(),
                 configured,
             }),
-            None => self.db.put_cf(meta, keys::SHARD_IDENTITY_KEY, configured).map_err(|e| self.rocks(e)),
+            None => self
+                .db
+                .put_cf(meta, keys::SHARD_IDENTITY_KEY, configured)
+                .map_err(|e| self.rocks(e)),
         }
     }
 
     fn load_offsets(&self) -> Result<BTreeMap<String, OffsetRecord>, StorageError> {
         let mut out = BTreeMap::new();
-        let iter = self.db.iterator_cf(self.cf(CF_META), IteratorMode::From(keys::OFFSET_PREFIX, Direction::Forward));
+        let iter = self.db.iterator_cf(
+            self.cf(CF_META),
+            IteratorMode::From(keys::OFFSET_PREFIX, Direction::Forward),
+        );
         for item in iter {
             let (k, v) = item.map_err(|e| self.rocks(e))?;
-            let Some(topic) = k.strip_prefix(keys::OFFSET_PREFIX) else { break };
+            let Some(topic) = k.strip_prefix(keys::OFFSET_PREFIX) else {
+                break;
+            };
             let topic = String::from_utf8_lossy(topic).into_owned();
             let rec = OffsetRecord::decode(&v).ok_or_else(|| StorageError::Corrupt {
                 shard: self.shard,
@@ -146,7 +171,10 @@ impl ShardStore {
 
     /// Stored offset records by topic.
     pub fn offsets(&self) -> BTreeMap<String, OffsetRecord> {
-        self.offsets.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.offsets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The current watermark.
@@ -174,12 +202,16 @@ impl ShardStore {
                 missing.push(&w.key);
             }
         }
-        let stored = self.db.batched_multi_get_cf(rows, missing.iter().copied(), false);
+        let stored = self
+            .db
+            .batched_multi_get_cf(rows, missing.iter().copied(), false);
         for (key, res) in missing.iter().zip(stored) {
             let et = match res.map_err(|e| self.rocks(e))? {
                 // A corrupt stored row is overwritten by the next write rather than
                 // blocking the partition forever.
-                Some(v) => row_codec::decode_header(&v).ok().map(|h| h.event_time_micros),
+                Some(v) => row_codec::decode_header(&v)
+                    .ok()
+                    .map(|h| h.event_time_micros),
                 None => None,
             };
             current.insert(key, et);
@@ -223,7 +255,10 @@ impl ShardStore {
             wb.put_cf(meta, keys::offset_key(&p.topic), rec.encode());
         }
         self.db.write(wb).map_err(|e| self.rocks(e))?;
-        let wm: BTreeMap<String, i64> = next.iter().map(|(t, r)| (t.clone(), r.next_offset)).collect();
+        let wm: BTreeMap<String, i64> = next
+            .iter()
+            .map(|(t, r)| (t.clone(), r.next_offset))
+            .collect();
         *offsets = next;
         drop(offsets);
         self.watermark.send_replace(Arc::new(wm));
@@ -241,7 +276,8 @@ impl ShardStore {
     /// Runs a full compaction of the rows, which drops expired rows and old tombstones
     /// through the TTL filter (a "sweep"; RocksDB also compacts on its own schedule).
     pub fn compact_rows(&self) {
-        self.db.compact_range_cf(self.cf(CF_ROWS), None::<&[u8]>, None::<&[u8]>);
+        self.db
+            .compact_range_cf(self.cf(CF_ROWS), None::<&[u8]>, None::<&[u8]>);
     }
 
     /// Counts stored rows (including tombstone markers) with a prefix scan. For tests and
@@ -257,7 +293,11 @@ impl ShardStore {
 
     /// RocksDB's estimate of the number of stored rows.
     pub fn estimate_rows(&self) -> u64 {
-        self.db.property_int_value_cf(self.cf(CF_ROWS), "rocksdb.estimate-num-keys").ok().flatten().unwrap_or(0)
+        self.db
+            .property_int_value_cf(self.cf(CF_ROWS), "rocksdb.estimate-num-keys")
+            .ok()
+            .flatten()
+            .unwrap_or(0)
     }
 
     /// Block-cache hits and misses of this database since it opened.
@@ -274,8 +314,12 @@ impl ShardStore {
     /// # Errors
     /// [`StorageError::Rocks`] if the flush fails.
     pub fn flush(&self) -> Result<(), StorageError> {
-        self.db.flush_cf(self.cf(CF_ROWS)).map_err(|e| self.rocks(e))?;
-        self.db.flush_cf(self.cf(CF_META)).map_err(|e| self.rocks(e))?;
+        self.db
+            .flush_cf(self.cf(CF_ROWS))
+            .map_err(|e| self.rocks(e))?;
+        self.db
+            .flush_cf(self.cf(CF_META))
+            .map_err(|e| self.rocks(e))?;
         self.db.flush_wal(true).map_err(|e| self.rocks(e))
     }
 }

@@ -1,19 +1,24 @@
 //! Process-level tests: a real Tansu broker process, a real librdkafka producer and real
 //! `quiver-node` processes (killed with SIGKILL mid-ingest, stopped with SIGTERM).
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 mod procs;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use quiver_proto::Partitioner;
 use quiver_proto::v1::admin_service_client::AdminServiceClient;
 use quiver_proto::v1::feature_service_client::FeatureServiceClient;
 use quiver_proto::v1::value::Kind;
-use quiver_proto::v1::{EntityKey, FeatureStatus, GetOnlineFeaturesRequest, GetStatusRequest, GetStatusResponse};
-use quiver_proto::Partitioner;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use quiver_proto::v1::{
+    EntityKey, FeatureStatus, GetOnlineFeaturesRequest, GetStatusRequest, GetStatusResponse,
+};
 use rdkafka::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use procs::{Broker, NodeProcess};
 
@@ -57,7 +62,11 @@ async fn produce(bootstrap: &str, topic: &str, partitioner: Partitioner) -> Prod
         .set("linger.ms", "5")
         .create()
         .unwrap();
-    let base = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64 - 3_600_000;
+    let base = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+        - 3_600_000;
     let mut produced = Produced::default();
     for chunk in (0..RECORDS).collect::<Vec<_>>().chunks(2_000) {
         let sends = chunk.iter().map(|&i| {
@@ -68,13 +77,23 @@ async fn produce(bootstrap: &str, topic: &str, partitioner: Partitioner) -> Prod
             let producer = producer.clone();
             let topic = topic.to_owned();
             async move {
-                let rec = FutureRecord::to(&topic).key(key.as_bytes()).payload(payload.as_bytes());
-                let d = producer.send(rec, Duration::from_secs(30)).await.map_err(|(e, _)| e).expect("delivered");
+                let rec = FutureRecord::to(&topic)
+                    .key(key.as_bytes())
+                    .payload(payload.as_bytes());
+                let d = producer
+                    .send(rec, Duration::from_secs(30))
+                    .await
+                    .map_err(|(e, _)| e)
+                    .expect("delivered");
                 (key, ts, i as i64, d.partition, d.offset)
             }
         });
         for (key, ts, seq, partition, offset) in futures::future::join_all(sends).await {
-            assert_eq!(partition as u32, partitioner.shard_for_key(key.as_bytes(), SHARDS).0, "{partitioner}: {key}");
+            assert_eq!(
+                partition as u32,
+                partitioner.shard_for_key(key.as_bytes(), SHARDS).0,
+                "{partitioner}: {key}"
+            );
             let end = produced.end_offsets.entry(partition).or_default();
             *end = (*end).max(offset + 1);
             let slot = produced.latest.entry(key).or_insert((i64::MIN, 0));
@@ -86,7 +105,12 @@ async fn produce(bootstrap: &str, topic: &str, partitioner: Partitioner) -> Prod
     produced
 }
 
-fn write_config(dir: &std::path::Path, bootstrap: &str, topic: &str, partitioner: Partitioner) -> std::path::PathBuf {
+fn write_config(
+    dir: &std::path::Path,
+    bootstrap: &str,
+    topic: &str,
+    partitioner: Partitioner,
+) -> std::path::PathBuf {
     let defs = dir.join("defs.toml");
     std::fs::write(&defs, DEFS.replace("TOPIC", topic)).unwrap();
     let cfg = dir.join("node.toml");
@@ -116,12 +140,24 @@ definition_files = ["{defs}"]
 }
 
 async fn status(endpoint: &str) -> Option<GetStatusResponse> {
-    let mut admin = AdminServiceClient::connect(endpoint.to_owned()).await.ok()?;
-    Some(admin.get_status(GetStatusRequest {}).await.ok()?.into_inner())
+    let mut admin = AdminServiceClient::connect(endpoint.to_owned())
+        .await
+        .ok()?;
+    Some(
+        admin
+            .get_status(GetStatusRequest {})
+            .await
+            .ok()?
+            .into_inner(),
+    )
 }
 
 fn consumed(s: &GetStatusResponse) -> u64 {
-    s.shards.iter().flat_map(|s| &s.partitions).map(|p| p.records_consumed).sum()
+    s.shards
+        .iter()
+        .flat_map(|s| &s.partitions)
+        .map(|p| p.records_consumed)
+        .sum()
 }
 
 /// Waits until every partition's next offset reached what was produced (partition EOF and
@@ -133,20 +169,34 @@ async fn wait_all_consumed(node: &NodeProcess, produced: &Produced) -> GetStatus
             let next: BTreeMap<i32, i64> = s
                 .shards
                 .iter()
-                .flat_map(|sh| sh.partitions.iter().map(move |p| (sh.shard as i32, p.next_offset)))
+                .flat_map(|sh| {
+                    sh.partitions
+                        .iter()
+                        .map(move |p| (sh.shard as i32, p.next_offset))
+                })
                 .collect();
-            if produced.end_offsets.iter().all(|(p, end)| next.get(p).copied().unwrap_or(0) >= *end) {
+            if produced
+                .end_offsets
+                .iter()
+                .all(|(p, end)| next.get(p).copied().unwrap_or(0) >= *end)
+            {
                 return s;
             }
         }
-        assert!(Instant::now() < deadline, "node did not consume everything:\n{}", node.log_tail());
+        assert!(
+            Instant::now() < deadline,
+            "node did not consume everything:\n{}",
+            node.log_tail()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 /// Checks that every key is served with exactly its latest-by-event-time value.
 async fn verify_all_keys(node: &NodeProcess, produced: &Produced) {
-    let mut client = FeatureServiceClient::connect(node.endpoint()).await.unwrap();
+    let mut client = FeatureServiceClient::connect(node.endpoint())
+        .await
+        .unwrap();
     let keys: Vec<&String> = produced.latest.keys().collect();
     assert_eq!(keys.len(), KEYS);
     for chunk in keys.chunks(1_000) {
@@ -158,9 +208,21 @@ async fn verify_all_keys(node: &NodeProcess, produced: &Produced) {
         let resp = client.get_online_features(req).await.unwrap().into_inner();
         for (row, key) in chunk.iter().enumerate() {
             let (ts, seq) = produced.latest[*key];
-            assert_eq!(resp.columns[0].statuses[row], FeatureStatus::Present as i32, "{key}");
-            assert_eq!(resp.columns[0].values[row].kind, Some(Kind::Int64Value(seq)), "{key}");
-            assert_eq!(resp.columns[1].values[row].kind, Some(Kind::StringValue(format!("v{seq}"))), "{key}");
+            assert_eq!(
+                resp.columns[0].statuses[row],
+                FeatureStatus::Present as i32,
+                "{key}"
+            );
+            assert_eq!(
+                resp.columns[0].values[row].kind,
+                Some(Kind::Int64Value(seq)),
+                "{key}"
+            );
+            assert_eq!(
+                resp.columns[1].values[row].kind,
+                Some(Kind::StringValue(format!("v{seq}"))),
+                "{key}"
+            );
             assert_eq!(resp.columns[0].event_times_micros[row], ts * 1000, "{key}");
         }
     }
@@ -168,7 +230,8 @@ async fn verify_all_keys(node: &NodeProcess, produced: &Produced) {
 
 fn scrape_metrics(port: u16) -> String {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out
@@ -179,12 +242,18 @@ async fn murmur2_ingest_survives_kill_9_mid_ingest_exactly() {
     let broker = Broker::start();
     broker.create_topic("accounts", SHARDS);
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path(), &broker.bootstrap(), "accounts", Partitioner::Murmur2);
+    let cfg = write_config(
+        dir.path(),
+        &broker.bootstrap(),
+        "accounts",
+        Partitioner::Murmur2,
+    );
     let node = NodeProcess::start(&cfg, dir.path(), 1);
 
     // Produce while the node ingests, and kill it with SIGKILL part-way.
     let bootstrap = broker.bootstrap();
-    let producing = tokio::spawn(async move { produce(&bootstrap, "accounts", Partitioner::Murmur2).await });
+    let producing =
+        tokio::spawn(async move { produce(&bootstrap, "accounts", Partitioner::Murmur2).await });
     let deadline = Instant::now() + Duration::from_secs(120);
     let at_kill = loop {
         if let Some(s) = status(&node.endpoint()).await
@@ -192,37 +261,77 @@ async fn murmur2_ingest_survives_kill_9_mid_ingest_exactly() {
         {
             break consumed(&s);
         }
-        assert!(Instant::now() < deadline, "node did not ingest:\n{}", node.log_tail());
+        assert!(
+            Instant::now() < deadline,
+            "node did not ingest:\n{}",
+            node.log_tail()
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
     node.kill_9();
     eprintln!("killed quiver-node with SIGKILL after {at_kill} of {RECORDS} records");
-    assert!(at_kill < RECORDS as u64, "the kill must land mid-ingest (consumed {at_kill})");
+    assert!(
+        at_kill < RECORDS as u64,
+        "the kill must land mid-ingest (consumed {at_kill})"
+    );
 
     let node = NodeProcess::start(&cfg, dir.path(), 2);
     let produced = producing.await.unwrap();
     let s = wait_all_consumed(&node, &produced).await;
-    eprintln!("after restart: consumed {} records, end offsets {:?}", consumed(&s), produced.end_offsets);
+    eprintln!(
+        "after restart: consumed {} records, end offsets {:?}",
+        consumed(&s),
+        produced.end_offsets
+    );
     // Offsets are stored in the same write batch as the rows: every record counted once.
-    assert_eq!(consumed(&s), RECORDS as u64, "no record lost, none applied twice");
-    let applied: u64 = s.shards.iter().flat_map(|s| &s.partitions).map(|p| p.records_applied).sum();
-    let malformed: u64 = s.shards.iter().flat_map(|s| &s.partitions).map(|p| p.records_malformed).sum();
+    assert_eq!(
+        consumed(&s),
+        RECORDS as u64,
+        "no record lost, none applied twice"
+    );
+    let applied: u64 = s
+        .shards
+        .iter()
+        .flat_map(|s| &s.partitions)
+        .map(|p| p.records_applied)
+        .sum();
+    let malformed: u64 = s
+        .shards
+        .iter()
+        .flat_map(|s| &s.partitions)
+        .map(|p| p.records_malformed)
+        .sum();
     assert_eq!(malformed, 0);
-    assert!(applied < RECORDS as u64, "out-of-order events must have been superseded");
+    assert!(
+        applied < RECORDS as u64,
+        "out-of-order events must have been superseded"
+    );
     verify_all_keys(&node, &produced).await;
 
     // A running node process answers the standard health check and exports metrics.
-    let channel = tonic::transport::Endpoint::from_shared(node.endpoint()).unwrap().connect().await.unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(node.endpoint())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
     let h = health
-        .check(tonic_health::pb::HealthCheckRequest { service: "quiver.v1.FeatureService".into() })
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "quiver.v1.FeatureService".into(),
+        })
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(h.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    assert_eq!(
+        h.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
     let metrics = scrape_metrics(node.metrics_port);
     assert!(metrics.contains("quiver_ingest_records_total"), "{metrics}");
-    assert!(metrics.contains("quiver_serve_request_duration_seconds_bucket"), "{metrics}");
+    assert!(
+        metrics.contains("quiver_serve_request_duration_seconds_bucket"),
+        "{metrics}"
+    );
     node.terminate();
 }
 
@@ -232,7 +341,12 @@ async fn crc32_partitioner_end_to_end() {
     broker.create_topic("accounts_crc", SHARDS);
     let dir = tempfile::tempdir().unwrap();
     let produced = produce(&broker.bootstrap(), "accounts_crc", Partitioner::Crc32).await;
-    let cfg = write_config(dir.path(), &broker.bootstrap(), "accounts_crc", Partitioner::Crc32);
+    let cfg = write_config(
+        dir.path(),
+        &broker.bootstrap(),
+        "accounts_crc",
+        Partitioner::Crc32,
+    );
     let node = NodeProcess::start(&cfg, dir.path(), 1);
     let s = wait_all_consumed(&node, &produced).await;
     assert_eq!(consumed(&s), RECORDS as u64);

