@@ -17,56 +17,8 @@ use quiver_proto::{Partitioner, ShardId};
 /// Shard count of the fixtures.
 pub const SHARDS: u32 = 4;
 
-/// A view of ten features (JSON source) and the same view from a protobuf source.
-pub const DEFINITIONS: &str = r#"
-[[entity]]
-name = "user"
-key_type = "string"
-
-[[view]]
-name = "stats"
-entity = "user"
-ttl = "30d"
-[view.source]
-topic = "stats"
-event_time_field = "ts"
-[[view.feature]]
-name = "c1h"
-type = "int64"
-[[view.feature]]
-name = "c24h"
-type = "int64"
-[[view.feature]]
-name = "sum24h"
-type = "float64"
-[[view.feature]]
-name = "avg7d"
-type = "float64"
-[[view.feature]]
-name = "max7d"
-type = "float64"
-[[view.feature]]
-name = "merchants"
-type = "int64"
-[[view.feature]]
-name = "country"
-type = "string"
-[[view.feature]]
-name = "new_device"
-type = "bool"
-[[view.feature]]
-name = "categories"
-type = "string_list"
-[[view.feature]]
-name = "embedding"
-type = "float32_vector"
-
-[[view]]
-name = "stats_pb"
-entity = "user"
-[view.source]
-topic = "stats_pb"
-format = "protobuf"
+/// The ten features, as `[[view.feature]]` tables.
+const FEATURES: &str = r#"
 [[view.feature]]
 name = "c1h"
 type = "int64"
@@ -99,10 +51,36 @@ name = "embedding"
 type = "float32_vector"
 "#;
 
+/// A view of ten features from a JSON source and the same features from a protobuf source.
+pub fn definitions() -> String {
+    format!(
+        r#"
+[[entity]]
+name = "user"
+key_type = "string"
+
+[[view]]
+name = "stats"
+entity = "user"
+ttl = "30d"
+[view.source]
+topic = "stats"
+event_time_field = "ts"
+{FEATURES}
+[[view]]
+name = "stats_pb"
+entity = "user"
+[view.source]
+topic = "stats_pb"
+format = "protobuf"
+{FEATURES}"#
+    )
+}
+
 /// The fixture registry.
 pub fn registry() -> Registry {
     let r = Registry::in_memory();
-    r.apply_toml(DEFINITIONS, false)
+    r.apply_toml(&definitions(), false)
         .expect("fixture definitions are valid");
     r
 }

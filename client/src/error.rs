@@ -14,8 +14,16 @@ pub enum ClientError {
         message: String,
     },
     /// The node answered with an error.
-    #[error("{}: {}", .0.code(), .0.message())]
+    #[error("{}: {}", rpc_code_name(.0), .0.message())]
     Rpc(#[from] tonic::Status),
+}
+
+/// The quiver error code's name if the node sent one, else the gRPC code's.
+fn rpc_code_name(status: &tonic::Status) -> String {
+    match ErrorCode::from_status(status) {
+        Some(code) => code.as_str().to_owned(),
+        None => format!("{:?}", status.code()),
+    }
 }
 
 impl ClientError {

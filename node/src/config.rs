@@ -479,6 +479,24 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_is_valid() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/examples/node.toml");
+        let c = NodeConfigFile::load(&path).unwrap().validate().unwrap();
+        assert_eq!(
+            c.ingest.dead_letter_topic.as_deref(),
+            Some("quiver-dead-letters")
+        );
+        let views =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/examples/views.toml");
+        let registry = crate::registry::Registry::in_memory();
+        registry
+            .apply_toml(&std::fs::read_to_string(views).unwrap(), false)
+            .unwrap();
+        assert_eq!(registry.snapshot().views.len(), 2);
+    }
+
+    #[test]
     fn parses_a_full_file() {
         let text = r#"
 version = 1

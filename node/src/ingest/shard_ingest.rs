@@ -255,7 +255,10 @@ impl ShardIngest {
         let mut row_buf = Vec::new();
         let mut timeout = self.config.poll_timeout;
         let mut eof = false;
-        while batch.writes.len() < self.config.max_batch_records {
+        // Bounded by records, not row writes, so a run of malformed records (no writes)
+        // still commits its offsets every `max_batch_records`.
+        let mut records = 0;
+        while records < self.config.max_batch_records {
             let Some(item) = self.consumer.poll(timeout) else {
                 break;
             };
@@ -273,6 +276,7 @@ impl ShardIngest {
                     continue;
                 }
             };
+            records += 1;
             let topic = msg.topic();
             let idx = *topic_index.entry(topic.to_owned()).or_insert_with(|| {
                 batch.progress.push(TopicProgress {

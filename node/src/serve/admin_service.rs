@@ -83,10 +83,12 @@ impl AdminServiceImpl {
                 Err(e) => return Err(ServeError::FailedPrecondition(e.to_string())),
             }
         }
-        let changes = self
-            .state
-            .registry
-            .apply(&file, req.dry_run)
+        // Persisting the registry fsyncs a file: keep it off the async workers.
+        let registry = self.state.registry.clone();
+        let dry_run = req.dry_run;
+        let changes = tokio::task::spawn_blocking(move || registry.apply(&file, dry_run))
+            .await
+            .map_err(|e| ServeError::Storage(format!("registry apply task failed: {e}")))?
             .map_err(registry_error)?;
         if !req.dry_run && !changes.is_empty() {
             info!(changes = ?changes, "registry changed");

@@ -347,8 +347,14 @@ async fn crc32_partitioner_end_to_end() {
         "accounts_crc",
         Partitioner::Crc32,
     );
+    let started = Instant::now();
     let node = NodeProcess::start(&cfg, dir.path(), 1);
     let s = wait_all_consumed(&node, &produced).await;
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "quiver-node process ingested {RECORDS} records from Tansu in {secs:.2} s ({:.0} records/s, incl. start-up)",
+        RECORDS as f64 / secs
+    );
     assert_eq!(consumed(&s), RECORDS as u64);
     assert_eq!(s.partitioner, "crc32");
     verify_all_keys(&node, &produced).await;
