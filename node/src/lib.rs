@@ -14,6 +14,7 @@
 //! - [`metrics`]: every exported metric name.
 
 pub mod config;
+pub mod control;
 pub mod ingest;
 pub mod kafka_meta;
 pub mod metrics;
