@@ -1,4 +1,8 @@
 //! The control plane: cluster membership, shard assignment and the registry, replicated
 //! with openraft. See `docs/ARCHITECTURE.md`.
 
+pub mod log_store;
 pub mod placement;
+pub mod state;
+pub mod state_machine;
+pub mod types;

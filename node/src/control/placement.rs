@@ -53,7 +53,11 @@ impl Hash for ShardPoint {
 
 /// Desired replicas per shard: `shard → node ids` (at most R, distinct, first is no leader:
 /// replicas are peers). Shards get `min(R, nodes)` replicas.
-pub fn place(nodes: &[PlacementNode], shard_count: u32, replication_factor: usize) -> BTreeMap<u32, Vec<u64>> {
+pub fn place(
+    nodes: &[PlacementNode],
+    shard_count: u32,
+    replication_factor: usize,
+) -> BTreeMap<u32, Vec<u64>> {
     let mut out = BTreeMap::new();
     if nodes.is_empty() {
         for s in 0..shard_count {
@@ -72,7 +76,9 @@ pub fn place(nodes: &[PlacementNode], shard_count: u32, replication_factor: usiz
     let want = replication_factor.min(nodes.len());
     for s in 0..shard_count {
         // The whole ring, rotated to start at the shard's point.
-        let walk = ring.get_with_replicas(&ShardPoint(s), ring.len() - 1).unwrap_or_default();
+        let walk = ring
+            .get_with_replicas(&ShardPoint(s), ring.len() - 1)
+            .unwrap_or_default();
         let mut hosts: Vec<u64> = Vec::with_capacity(nodes.len());
         for v in walk {
             if !hosts.contains(&v.node) {
@@ -121,7 +127,12 @@ mod tests {
     use super::*;
 
     fn nodes(ids: impl IntoIterator<Item = u64>) -> Vec<PlacementNode> {
-        ids.into_iter().map(|id| PlacementNode { id, zone: String::new() }).collect()
+        ids.into_iter()
+            .map(|id| PlacementNode {
+                id,
+                zone: String::new(),
+            })
+            .collect()
     }
 
     /// Deterministic pseudo-random cases (splitmix64).
@@ -157,7 +168,11 @@ mod tests {
             for (s, reps) in &placed {
                 let distinct: BTreeSet<_> = reps.iter().collect();
                 assert_eq!(reps.len(), r.min(ids.len()), "shard {s} of {ids:?} r={r}");
-                assert_eq!(distinct.len(), reps.len(), "replicas of shard {s} repeat a node");
+                assert_eq!(
+                    distinct.len(),
+                    reps.len(),
+                    "replicas of shard {s} repeat a node"
+                );
                 assert!(reps.iter().all(|n| ids.contains(n)));
             }
         }
@@ -183,7 +198,10 @@ mod tests {
             let n = ids.len() as f64;
             let ideal = (r.min(ids.len() + 1)) as f64 * f64::from(p) / (n + 1.0);
             let bound = (1.5 * ideal + r as f64).ceil() as usize;
-            assert!(moved <= bound, "{ids:?} P={p} R={r}: moved {moved} > bound {bound} (ideal {ideal:.1})");
+            assert!(
+                moved <= bound,
+                "{ids:?} P={p} R={r}: moved {moved} > bound {bound} (ideal {ideal:.1})"
+            );
             for (s, reps) in &after {
                 for node in reps {
                     if !before[s].contains(node) {
@@ -205,10 +223,16 @@ mod tests {
             let after = place(&nodes(ids[1..].iter().copied()), p, r);
             for (s, reps) in &before {
                 if !reps.contains(&gone) {
-                    assert_eq!(&after[s], reps, "shard {s} did not hold node {gone} but changed");
+                    assert_eq!(
+                        &after[s], reps,
+                        "shard {s} did not hold node {gone} but changed"
+                    );
                 } else {
                     let kept: Vec<_> = reps.iter().filter(|n| **n != gone).collect();
-                    assert!(kept.iter().all(|n| after[s].contains(n)), "shard {s}: surviving replicas must stay");
+                    assert!(
+                        kept.iter().all(|n| after[s].contains(n)),
+                        "shard {s}: surviving replicas must stay"
+                    );
                 }
             }
         }
@@ -217,13 +241,34 @@ mod tests {
     #[test]
     fn zones_spread_replicas_when_possible() {
         let zoned = vec![
-            PlacementNode { id: 1, zone: "a".into() },
-            PlacementNode { id: 2, zone: "a".into() },
-            PlacementNode { id: 3, zone: "b".into() },
-            PlacementNode { id: 4, zone: "b".into() },
-            PlacementNode { id: 5, zone: "c".into() },
+            PlacementNode {
+                id: 1,
+                zone: "a".into(),
+            },
+            PlacementNode {
+                id: 2,
+                zone: "a".into(),
+            },
+            PlacementNode {
+                id: 3,
+                zone: "b".into(),
+            },
+            PlacementNode {
+                id: 4,
+                zone: "b".into(),
+            },
+            PlacementNode {
+                id: 5,
+                zone: "c".into(),
+            },
         ];
-        let zone = |id: u64| zoned.iter().find(|n| n.id == id).map(|n| n.zone.clone()).unwrap();
+        let zone = |id: u64| {
+            zoned
+                .iter()
+                .find(|n| n.id == id)
+                .map(|n| n.zone.clone())
+                .unwrap()
+        };
         for (s, reps) in place(&zoned, 64, 3) {
             let zones: BTreeSet<_> = reps.iter().map(|n| zone(*n)).collect();
             assert_eq!(zones.len(), 3, "shard {s}: {reps:?}");
@@ -246,7 +291,10 @@ mod tests {
         }
         let ideal = 256.0 * 2.0 / 5.0;
         for (n, c) in per_node {
-            assert!((c as f64) < 1.5 * ideal && (c as f64) > 0.5 * ideal, "node {n} holds {c} (ideal {ideal})");
+            assert!(
+                (c as f64) < 1.5 * ideal && (c as f64) > 0.5 * ideal,
+                "node {n} holds {c} (ideal {ideal})"
+            );
         }
     }
 }

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// A whole definition file: any number of entities, views and feature services.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DefinitionFile {
     /// `[[entity]]` tables.
@@ -23,7 +23,7 @@ pub struct DefinitionFile {
 }
 
 /// `[[entity]]`
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EntityDef {
     /// Entity name.
@@ -36,7 +36,7 @@ pub struct EntityDef {
 }
 
 /// `[[view]]`
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ViewDef {
     /// View name.
@@ -66,7 +66,7 @@ pub struct ViewDef {
 }
 
 /// `[view.source]`
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceDef {
     /// Kafka topic.
@@ -83,7 +83,7 @@ pub struct SourceDef {
 }
 
 /// `[[view.feature]]`
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FeatureDef {
     /// Feature name.
@@ -100,7 +100,7 @@ pub struct FeatureDef {
 }
 
 /// `[[feature_service]]`
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FeatureServiceDef {
     /// Service name.

@@ -221,6 +221,44 @@ impl Registry {
     }
 }
 
+/// Validates `update` on top of the registry `base` describes, without any handle: the
+/// deterministic step the replicated state machine runs. Returns the merged definitions,
+/// the resulting snapshot and the list of changes (empty: nothing changed).
+///
+/// # Errors
+/// As [`Registry::apply`].
+pub fn validate_merge(
+    base: &DefinitionFile,
+    update: &DefinitionFile,
+) -> Result<(DefinitionFile, RegistrySnapshot, Vec<String>), RegistryError> {
+    let (current, _) = validate::apply_to(&RegistrySnapshot::default(), base)?;
+    let (next, changes) = validate::apply_to(&current, update)?;
+    Ok((merge(base, update), next, changes))
+}
+
+impl Registry {
+    /// Replaces the whole registry with `file`, as committed by the control plane, and
+    /// publishes it. Not persisted locally: the Raft state is the source of truth.
+    ///
+    /// # Errors
+    /// If `file` does not validate (it always does when it came from the state machine).
+    pub fn replace(&self, file: DefinitionFile) -> Result<(), RegistryError> {
+        let mut applied = self.inner.applied.lock().unwrap_or_else(|p| p.into_inner());
+        let (mut next, _) = validate::apply_to(&RegistrySnapshot::default(), &file)?;
+        let current = self.snapshot();
+        next.generation = current.generation + 1;
+        *applied = file;
+        let generation = next.generation;
+        *self
+            .inner
+            .current
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+        self.inner.changes.send_replace(generation);
+        Ok(())
+    }
+}
+
 fn merge(base: &DefinitionFile, update: &DefinitionFile) -> DefinitionFile {
     fn upsert<T: Clone>(list: &mut Vec<T>, items: &[T], name: impl Fn(&T) -> &str) {
         for item in items {

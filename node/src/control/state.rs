@@ -1,0 +1,480 @@
+//! The replicated cluster state and the commands that change it.
+//!
+//! [`ClusterState::apply`] is the state machine's transition function: deterministic,
+//! no I/O, no clock (times travel inside commands), so every member computes the same
+//! state from the same log. Commands that would be invalid are rejected with a reason
+//! (and change nothing) rather than failing the log.
+//!
+//! The **epoch** increases on every change of the shard assignment (a replica added or
+//! removed, or its state changed); clients and nodes compare epochs to know whether their
+//! view of the assignment is current.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::registry::{DefinitionFile, validate_merge};
+
+/// Cluster-wide settings, fixed when the cluster is initialised.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterSettings {
+    /// Shard count P (= partitions of every source topic).
+    pub shard_count: u32,
+    /// Partitioner name (`murmur2` | `crc32`).
+    pub partitioner: String,
+    /// Replicas per shard R.
+    pub replication_factor: u32,
+}
+
+/// A member's lifecycle state as decided by the control plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MemberStatus {
+    /// Live and placeable.
+    Active,
+    /// Asked to leave: its replicas move elsewhere first.
+    Draining,
+    /// Missed heartbeats beyond the grace period; its replicas are re-placed.
+    Dead,
+}
+
+/// A cluster member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// Node id.
+    pub id: u64,
+    /// gRPC address (`host:port`) for clients and peers.
+    pub addr: String,
+    /// Failure zone; empty if unknown.
+    pub zone: String,
+    /// Lifecycle state.
+    pub status: MemberStatus,
+}
+
+/// State of one replica of a shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReplicaState {
+    /// Catching up with its partitions; not served to clients.
+    Bootstrapping,
+    /// Caught up; serves reads.
+    Serving,
+    /// Being replaced; still serves until its successor is Serving, then removed.
+    Draining,
+}
+
+/// One replica of a shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replica {
+    /// Node holding it.
+    pub node: u64,
+    /// Its state.
+    pub state: ReplicaState,
+}
+
+/// Who changed a view and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViewLineage {
+    /// Principal that applied the current definition.
+    pub applied_by: String,
+    /// When (ms since the epoch, leader clock).
+    pub applied_at_ms: i64,
+    /// Log of changes to this view, oldest first.
+    pub history: Vec<String>,
+}
+
+/// The whole replicated state.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterState {
+    /// Increases on every assignment change.
+    pub epoch: u64,
+    /// Set once by [`Command::Initialize`].
+    pub settings: Option<ClusterSettings>,
+    /// Members by id.
+    pub members: BTreeMap<u64, Member>,
+    /// Shard → replicas.
+    pub assignment: BTreeMap<u32, Vec<Replica>>,
+    /// The merged registry definitions.
+    pub registry: DefinitionFile,
+    /// Lineage per view name.
+    pub lineage: BTreeMap<String, ViewLineage>,
+}
+
+/// A change to the cluster state (the Raft log's payload).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// Sets the cluster settings; only once (re-sending the same settings is a no-op).
+    Initialize(ClusterSettings),
+    /// Adds a member or updates its address and zone; it becomes Active.
+    UpsertMember {
+        /// Node id.
+        id: u64,
+        /// gRPC address.
+        addr: String,
+        /// Zone.
+        zone: String,
+    },
+    /// Changes a member's status.
+    SetMemberStatus {
+        /// Node id.
+        id: u64,
+        /// New status.
+        status: MemberStatus,
+    },
+    /// Adds a Bootstrapping replica of `shard` on `node`.
+    AddReplica {
+        /// Shard.
+        shard: u32,
+        /// Node.
+        node: u64,
+    },
+    /// Removes the replica of `shard` on `node`.
+    RemoveReplica {
+        /// Shard.
+        shard: u32,
+        /// Node.
+        node: u64,
+    },
+    /// Sets the state of an existing replica.
+    SetReplicaState {
+        /// Shard.
+        shard: u32,
+        /// Node.
+        node: u64,
+        /// New state.
+        state: ReplicaState,
+    },
+    /// Validates and merges registry definitions.
+    ApplyDefinitions {
+        /// The definitions.
+        file: DefinitionFile,
+        /// Principal applying them.
+        applied_by: String,
+        /// Leader clock at proposal time, ms since the epoch.
+        applied_at_ms: i64,
+    },
+}
+
+/// The outcome of applying one command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandResult {
+    /// Applied (possibly a no-op). `changes` lists what changed, for registry commands.
+    Applied {
+        /// Epoch after the command.
+        epoch: u64,
+        /// Human-readable changes.
+        changes: Vec<String>,
+    },
+    /// Rejected; nothing changed.
+    Rejected {
+        /// Whether the input was invalid (`true`) or conflicts with the state (`false`).
+        invalid: bool,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl CommandResult {
+    fn rejected(reason: impl Into<String>) -> Self {
+        CommandResult::Rejected {
+            invalid: false,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl ClusterState {
+    /// Applies `cmd`, returning its outcome. Never panics on any command.
+    pub fn apply(&mut self, cmd: &Command) -> CommandResult {
+        let applied = |s: &ClusterState, changes: Vec<String>| CommandResult::Applied {
+            epoch: s.epoch,
+            changes,
+        };
+        match cmd {
+            Command::Initialize(settings) => match &self.settings {
+                Some(current) if current == settings => applied(self, vec![]),
+                Some(current) => CommandResult::rejected(format!(
+                    "cluster already initialised with {current:?}; settings cannot change"
+                )),
+                None => {
+                    if settings.shard_count == 0 || settings.replication_factor == 0 {
+                        return CommandResult::Rejected {
+                            invalid: true,
+                            reason: "shard_count and replication_factor must be positive".into(),
+                        };
+                    }
+                    self.settings = Some(settings.clone());
+                    for s in 0..settings.shard_count {
+                        self.assignment.entry(s).or_default();
+                    }
+                    applied(self, vec!["cluster initialised".into()])
+                }
+            },
+            Command::UpsertMember { id, addr, zone } => {
+                let m = Member {
+                    id: *id,
+                    addr: addr.clone(),
+                    zone: zone.clone(),
+                    status: MemberStatus::Active,
+                };
+                let changed = self.members.get(id) != Some(&m);
+                self.members.insert(*id, m);
+                applied(
+                    self,
+                    if changed {
+                        vec![format!("member {id} active at {addr}")]
+                    } else {
+                        vec![]
+                    },
+                )
+            }
+            Command::SetMemberStatus { id, status } => match self.members.get_mut(id) {
+                None => CommandResult::rejected(format!("node {id} is not a member")),
+                Some(m) => {
+                    m.status = *status;
+                    applied(self, vec![])
+                }
+            },
+            Command::AddReplica { shard, node } => {
+                if !self.members.contains_key(node) {
+                    return CommandResult::rejected(format!("node {node} is not a member"));
+                }
+                let Some(reps) = self.assignment.get_mut(shard) else {
+                    return CommandResult::rejected(format!("shard {shard} does not exist"));
+                };
+                if reps.iter().any(|r| r.node == *node) {
+                    return applied(self, vec![]);
+                }
+                reps.push(Replica {
+                    node: *node,
+                    state: ReplicaState::Bootstrapping,
+                });
+                self.epoch += 1;
+                applied(self, vec![])
+            }
+            Command::RemoveReplica { shard, node } => {
+                let Some(reps) = self.assignment.get_mut(shard) else {
+                    return CommandResult::rejected(format!("shard {shard} does not exist"));
+                };
+                let before = reps.len();
+                reps.retain(|r| r.node != *node);
+                if reps.len() != before {
+                    self.epoch += 1;
+                }
+                applied(self, vec![])
+            }
+            Command::SetReplicaState { shard, node, state } => {
+                let Some(r) = self
+                    .assignment
+                    .get_mut(shard)
+                    .and_then(|reps| reps.iter_mut().find(|r| r.node == *node))
+                else {
+                    return CommandResult::rejected(format!(
+                        "node {node} holds no replica of shard {shard}"
+                    ));
+                };
+                if r.state != *state {
+                    r.state = *state;
+                    self.epoch += 1;
+                }
+                applied(self, vec![])
+            }
+            Command::ApplyDefinitions {
+                file,
+                applied_by,
+                applied_at_ms,
+            } => match validate_merge(&self.registry, file) {
+                Err(e) => {
+                    let invalid = matches!(
+                        e,
+                        crate::registry::RegistryError::Invalid(_)
+                            | crate::registry::RegistryError::Parse(_)
+                    );
+                    CommandResult::Rejected {
+                        invalid,
+                        reason: e.to_string(),
+                    }
+                }
+                Ok((merged, _, changes)) => {
+                    if !changes.is_empty() {
+                        self.registry = merged;
+                        for v in &file.views {
+                            let mine: Vec<String> = changes
+                                .iter()
+                                .filter(|c| c.starts_with(&format!("view {} ", v.name)))
+                                .cloned()
+                                .collect();
+                            if mine.is_empty() {
+                                continue;
+                            }
+                            let l =
+                                self.lineage
+                                    .entry(v.name.clone())
+                                    .or_insert_with(|| ViewLineage {
+                                        applied_by: String::new(),
+                                        applied_at_ms: 0,
+                                        history: Vec::new(),
+                                    });
+                            l.applied_by = applied_by.clone();
+                            l.applied_at_ms = *applied_at_ms;
+                            l.history.extend(
+                                mine.into_iter()
+                                    .map(|c| format!("{c} by {applied_by} at {applied_at_ms}")),
+                            );
+                        }
+                    }
+                    applied(self, changes)
+                }
+            },
+        }
+    }
+
+    /// Members that may receive new replicas.
+    pub fn placeable_members(&self) -> impl Iterator<Item = &Member> {
+        self.members
+            .values()
+            .filter(|m| m.status == MemberStatus::Active)
+    }
+
+    /// Shards with a replica on `node`, with that replica's state.
+    pub fn replicas_on(&self, node: u64) -> BTreeMap<u32, ReplicaState> {
+        self.assignment
+            .iter()
+            .filter_map(|(s, reps)| reps.iter().find(|r| r.node == node).map(|r| (*s, r.state)))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn init() -> ClusterState {
+        let mut s = ClusterState::default();
+        let settings = ClusterSettings {
+            shard_count: 4,
+            partitioner: "murmur2".into(),
+            replication_factor: 2,
+        };
+        assert!(matches!(
+            s.apply(&Command::Initialize(settings)),
+            CommandResult::Applied { .. }
+        ));
+        for id in 1..=3 {
+            s.apply(&Command::UpsertMember {
+                id,
+                addr: format!("127.0.0.1:{id}"),
+                zone: String::new(),
+            });
+        }
+        s
+    }
+
+    #[test]
+    fn initialise_once() {
+        let mut s = init();
+        let other = ClusterSettings {
+            shard_count: 8,
+            partitioner: "murmur2".into(),
+            replication_factor: 2,
+        };
+        assert!(matches!(
+            s.apply(&Command::Initialize(other)),
+            CommandResult::Rejected { .. }
+        ));
+        assert_eq!(s.assignment.len(), 4);
+    }
+
+    #[test]
+    fn assignment_changes_bump_the_epoch() {
+        let mut s = init();
+        let e0 = s.epoch;
+        s.apply(&Command::AddReplica { shard: 0, node: 1 });
+        assert_eq!(s.epoch, e0 + 1);
+        // Idempotent re-add: no change, no bump.
+        s.apply(&Command::AddReplica { shard: 0, node: 1 });
+        assert_eq!(s.epoch, e0 + 1);
+        s.apply(&Command::SetReplicaState {
+            shard: 0,
+            node: 1,
+            state: ReplicaState::Serving,
+        });
+        assert_eq!(s.epoch, e0 + 2);
+        assert_eq!(s.replicas_on(1)[&0], ReplicaState::Serving);
+        s.apply(&Command::RemoveReplica { shard: 0, node: 1 });
+        assert_eq!(s.epoch, e0 + 3);
+        assert!(s.replicas_on(1).is_empty());
+        // Invalid targets are rejected and change nothing.
+        let before = s.clone();
+        assert!(matches!(
+            s.apply(&Command::AddReplica { shard: 0, node: 99 }),
+            CommandResult::Rejected { .. }
+        ));
+        assert!(matches!(
+            s.apply(&Command::AddReplica { shard: 77, node: 1 }),
+            CommandResult::Rejected { .. }
+        ));
+        assert!(matches!(
+            s.apply(&Command::SetReplicaState {
+                shard: 1,
+                node: 1,
+                state: ReplicaState::Serving
+            }),
+            CommandResult::Rejected { .. }
+        ));
+        assert_eq!(s, before);
+    }
+
+    #[test]
+    fn registry_changes_are_validated_and_keep_lineage() {
+        let mut s = init();
+        let file = DefinitionFile::from_toml(
+            "[[entity]]\nname = \"user\"\nkey_type = \"string\"\n[[view]]\nname = \"v\"\nentity = \"user\"\n[view.source]\ntopic = \"t\"\n[[view.feature]]\nname = \"f\"\ntype = \"int64\"\n",
+        )
+        .unwrap();
+        let cmd = Command::ApplyDefinitions {
+            file: file.clone(),
+            applied_by: "alice".into(),
+            applied_at_ms: 7,
+        };
+        let CommandResult::Applied { changes, .. } = s.apply(&cmd) else {
+            panic!()
+        };
+        assert_eq!(changes.len(), 2);
+        assert_eq!(s.lineage["v"].applied_by, "alice");
+        assert_eq!(
+            s.lineage["v"].history,
+            vec!["view v v1: created by alice at 7"]
+        );
+        // Incompatible: a type change without a new version.
+        let mut bad = file.clone();
+        bad.views[0].features[0].value_type = "string".into();
+        let before = s.clone();
+        let res = s.apply(&Command::ApplyDefinitions {
+            file: bad,
+            applied_by: "bob".into(),
+            applied_at_ms: 8,
+        });
+        let CommandResult::Rejected { invalid, reason } = res else {
+            panic!()
+        };
+        assert!(!invalid && reason.contains("changes type"), "{reason}");
+        assert_eq!(s, before);
+        // Compatible: append a feature.
+        let mut good = file;
+        good.views[0]
+            .features
+            .push(crate::registry::definition::FeatureDef {
+                name: "g".into(),
+                value_type: "float64".into(),
+                source_field: None,
+                description: String::new(),
+            });
+        let res = s.apply(&Command::ApplyDefinitions {
+            file: good,
+            applied_by: "carol".into(),
+            applied_at_ms: 9,
+        });
+        assert!(matches!(res, CommandResult::Applied { .. }));
+        assert_eq!(s.lineage["v"].history.len(), 2);
+        assert_eq!(s.registry.views[0].features.len(), 2);
+    }
+}
