@@ -3,6 +3,9 @@
 //! write that openraft requires to be durable (append, vote) is written with a synced WAL
 //! before it is acknowledged; RocksDB calls run on the blocking pool.
 
+// openraft's trait methods dictate `StorageError` (large); helpers return the same type.
+#![allow(clippy::result_large_err)]
+
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;

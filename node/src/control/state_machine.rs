@@ -6,6 +6,9 @@
 //! Every applied change is published on a `watch` channel, which is how the rest of the
 //! node (shard manager, registry, serving) follows the committed state.
 
+// openraft's trait methods dictate `StorageError` (large); helpers return the same type.
+#![allow(clippy::result_large_err)]
+
 use std::io::Cursor;
 use std::sync::{Arc, Mutex};
 
