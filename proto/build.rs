@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "protos/quiver/v1/types.proto",
         "protos/quiver/v1/feature_service.proto",
         "protos/quiver/v1/admin_service.proto",
+        "protos/quiver/v1/control_service.proto",
     ];
     let fds = protox::compile(protos, ["protos"])?;
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);

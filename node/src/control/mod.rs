@@ -2,7 +2,9 @@
 //! with openraft. See `docs/ARCHITECTURE.md`.
 
 pub mod log_store;
+pub mod network;
 pub mod placement;
+pub mod raft_service;
 pub mod state;
 pub mod state_machine;
 pub mod types;
