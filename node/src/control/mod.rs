@@ -1,9 +1,11 @@
 //! The control plane: cluster membership, shard assignment and the registry, replicated
 //! with openraft. See `docs/ARCHITECTURE.md`.
 
+pub mod control_service;
 pub mod log_store;
 pub mod network;
 pub mod placement;
+pub mod plane;
 pub mod raft_service;
 pub mod state;
 pub mod state_machine;

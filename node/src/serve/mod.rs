@@ -2,6 +2,7 @@
 //! service and reflection, all on one port.
 
 mod admin_service;
+pub mod cluster_service;
 mod feature_service;
 pub mod lookup;
 

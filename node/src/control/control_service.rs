@@ -1,0 +1,88 @@
+//! `quiver.v1.ControlService`: member → leader calls (proposals, joins, heartbeats).
+//! Internal: only cluster members call it.
+
+use std::sync::Arc;
+
+use quiver_proto::v1::control_service_server::ControlService;
+use quiver_proto::v1::{
+    JoinRequest, JoinResponse, ProposeRequest, ProposeResponse, ReportRequest, ReportResponse,
+};
+use tonic::{Request, Response, Status};
+
+use super::plane::{ControlError, ControlPlane};
+use super::state::{Command, CommandResult};
+
+/// Serves the control RPCs of one node.
+pub struct ControlServiceImpl {
+    plane: Arc<ControlPlane>,
+}
+
+impl ControlServiceImpl {
+    /// Serves `plane`.
+    pub fn new(plane: Arc<ControlPlane>) -> Self {
+        ControlServiceImpl { plane }
+    }
+}
+
+fn status(e: ControlError) -> Status {
+    match e {
+        ControlError::Rejected { reason, .. } => Status::failed_precondition(reason),
+        other => Status::unavailable(other.to_string()),
+    }
+}
+
+#[tonic::async_trait]
+impl ControlService for ControlServiceImpl {
+    async fn propose(
+        &self,
+        request: Request<ProposeRequest>,
+    ) -> Result<Response<ProposeResponse>, Status> {
+        let cmd: Command = serde_json::from_slice(&request.into_inner().command_json)
+            .map_err(|e| Status::invalid_argument(format!("bad command: {e}")))?;
+        // One hop only: the caller already forwarded to who it believed leads.
+        let result = match self.plane.propose_local(cmd).await {
+            Ok(r) => r,
+            Err(ControlError::Rejected { invalid, reason }) => {
+                CommandResult::Rejected { invalid, reason }
+            }
+            Err(e) => return Err(status(e)),
+        };
+        let result_json =
+            serde_json::to_vec(&result).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(ProposeResponse { result_json }))
+    }
+
+    async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
+        let req = request.into_inner();
+        if req.node_id == 0 || req.addr.is_empty() {
+            return Err(Status::invalid_argument(
+                "join needs a non-zero node_id and an address",
+            ));
+        }
+        if self.plane.leader() != Some(self.plane.node_id()) {
+            return Err(Status::unavailable(format!(
+                "not the leader; leader is {:?}",
+                self.plane.leader()
+            )));
+        }
+        self.plane
+            .handle_join(req.node_id, req.addr, req.zone)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(JoinResponse {
+            leader_id: self.plane.node_id(),
+        }))
+    }
+
+    async fn report(
+        &self,
+        request: Request<ReportRequest>,
+    ) -> Result<Response<ReportResponse>, Status> {
+        let req = request.into_inner();
+        if self.plane.leader() != Some(self.plane.node_id()) {
+            return Err(Status::unavailable("not the leader"));
+        }
+        let epoch = self.plane.handle_report(req.node_id, req.replicas);
+        Ok(Response::new(ReportResponse { epoch }))
+    }
+}

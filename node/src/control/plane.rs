@@ -1,0 +1,577 @@
+//! [`ControlPlane`]: the node's handle on the Raft group — start-up (initialise or join),
+//! proposals (forwarded to the leader when this node is a follower), heartbeats with the
+//! observed replica states, and, while this node leads, the reconciler.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::{BasicNode, ChangeMembers, ServerState};
+use quiver_proto::v1::control_service_client::ControlServiceClient;
+use quiver_proto::v1::{JoinRequest, ProposeRequest, ReplicaReport, ReportRequest};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::log_store::LogStore;
+use super::network::{Channels, NetworkFactory};
+use super::placement::{PlacementNode, place};
+use super::state::{
+    ClusterSettings, ClusterState, Command, CommandResult, MemberStatus, ReplicaState,
+};
+use super::state_machine::{StateMachineStore, open_raft_db};
+use super::types::Raft;
+
+/// Static control-plane settings of a node.
+#[derive(Debug, Clone)]
+pub struct ControlConfig {
+    /// This node's id (non-zero).
+    pub node_id: u64,
+    /// Address peers and clients reach this node's gRPC port at (`host:port`).
+    pub advertise_addr: String,
+    /// Failure zone; empty if unknown.
+    pub zone: String,
+    /// The cluster's initial voters (`id → address`); a node listed here initialises the
+    /// cluster together with the others. Others join through `seeds`.
+    pub initial_voters: BTreeMap<u64, String>,
+    /// Addresses of existing members to join through.
+    pub seeds: Vec<String>,
+    /// Cluster settings proposed when the cluster is first initialised.
+    pub settings: ClusterSettings,
+    /// Voters to keep (3 or 5); further members are learners.
+    pub voters: usize,
+    /// Heartbeat and reconcile period.
+    pub heartbeat_interval: Duration,
+    /// Missing heartbeats for this long makes a node Dead and its replicas re-placed.
+    pub dead_after: Duration,
+}
+
+/// Errors of control-plane operations.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// The Raft database could not be opened.
+    #[error("raft storage: {0}")]
+    Storage(String),
+    /// Raft failed to start.
+    #[error("raft: {0}")]
+    Raft(String),
+    /// No leader is known yet, or it could not be reached.
+    #[error("no reachable control-plane leader: {0}")]
+    NoLeader(String),
+    /// The command was rejected by the state machine.
+    #[error("{reason}")]
+    Rejected {
+        /// Input was invalid (vs. conflicting with the state).
+        invalid: bool,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Last heartbeat of a member, as seen by the leader.
+#[derive(Debug, Clone)]
+struct Seen {
+    at: Instant,
+    replicas: HashMap<u32, ReplicaReport>,
+}
+
+/// The control-plane handle; cheap to clone through `Arc`.
+pub struct ControlPlane {
+    config: ControlConfig,
+    raft: Raft,
+    sm: StateMachineStore,
+    channels: Channels,
+    /// Leader-side liveness table.
+    seen: Mutex<HashMap<u64, Seen>>,
+    /// This node's replica reports, published by the shard manager.
+    local_reports: watch::Sender<Vec<ReplicaReport>>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl ControlPlane {
+    /// Opens the Raft storage under `dir`, starts Raft and the background loops.
+    ///
+    /// # Errors
+    /// [`ControlError`] if storage or Raft cannot start.
+    pub async fn start(
+        config: ControlConfig,
+        dir: &std::path::Path,
+        cancel: CancellationToken,
+    ) -> Result<Arc<Self>, ControlError> {
+        let db = open_raft_db(dir).map_err(|e| ControlError::Storage(e.to_string()))?;
+        let sm = StateMachineStore::open(db.clone())
+            .map_err(|e| ControlError::Storage(e.to_string()))?;
+        let raft_config = openraft::Config {
+            cluster_name: "quiver".into(),
+            heartbeat_interval: 100,
+            election_timeout_min: 400,
+            election_timeout_max: 800,
+            install_snapshot_timeout: 5_000,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(1_000),
+            max_in_snapshot_log_to_keep: 1_000,
+            ..Default::default()
+        };
+        let raft_config = Arc::new(
+            raft_config
+                .validate()
+                .map_err(|e| ControlError::Raft(e.to_string()))?,
+        );
+        let channels = Channels::default();
+        let raft = Raft::new(
+            config.node_id,
+            raft_config,
+            NetworkFactory::new(channels.clone()),
+            LogStore::new(db),
+            sm.clone(),
+        )
+        .await
+        .map_err(|e| ControlError::Raft(e.to_string()))?;
+        if config.initial_voters.contains_key(&config.node_id) {
+            let members: BTreeMap<u64, BasicNode> = config
+                .initial_voters
+                .iter()
+                .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
+                .collect();
+            match raft.initialize(members).await {
+                Ok(()) => {
+                    info!(voters = ?config.initial_voters.keys().collect::<Vec<_>>(), "raft group initialised")
+                }
+                // Already initialised (restart, or another initial voter was first).
+                Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+                Err(e) => return Err(ControlError::Raft(e.to_string())),
+            }
+        }
+        let (local_reports, _) = watch::channel(Vec::new());
+        let plane = Arc::new(ControlPlane {
+            config,
+            raft,
+            sm,
+            channels,
+            seen: Mutex::new(HashMap::new()),
+            local_reports,
+        });
+        tokio::spawn(plane.clone().run_member_loop(cancel.clone()));
+        tokio::spawn(plane.clone().run_reconciler_loop(cancel));
+        Ok(plane)
+    }
+
+    /// The Raft handle (for the gRPC service and metrics).
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> u64 {
+        self.config.node_id
+    }
+
+    /// Subscribes to the committed cluster state.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<ClusterState>> {
+        self.sm.subscribe()
+    }
+
+    /// The committed cluster state as applied locally.
+    pub fn state(&self) -> Arc<ClusterState> {
+        self.sm.state()
+    }
+
+    /// Publishes this node's replica states (sent with the next heartbeat).
+    pub fn set_local_reports(&self, reports: Vec<ReplicaReport>) {
+        self.local_reports.send_replace(reports);
+    }
+
+    /// The current leader's id, if known.
+    pub fn leader(&self) -> Option<u64> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    fn leader_addr(&self) -> Option<(u64, String)> {
+        let m = self.raft.metrics().borrow().clone();
+        let leader = m.current_leader?;
+        let addr = m
+            .membership_config
+            .membership()
+            .get_node(&leader)?
+            .addr
+            .clone();
+        Some((leader, addr))
+    }
+
+    /// Proposes `cmd` through Raft, forwarding it to the leader if this node is not it.
+    ///
+    /// # Errors
+    /// [`ControlError::Rejected`] if the state machine rejected it;
+    /// [`ControlError::NoLeader`] if no leader could take it.
+    pub async fn propose(&self, cmd: Command) -> Result<CommandResult, ControlError> {
+        match self.propose_local(cmd.clone()).await {
+            Err(ControlError::NoLeader(_)) => {}
+            other => return other,
+        }
+        let (leader, addr) = self
+            .leader_addr()
+            .ok_or_else(|| ControlError::NoLeader("no leader elected yet".into()))?;
+        if leader == self.config.node_id {
+            return Err(ControlError::NoLeader("leadership is changing".into()));
+        }
+        let channel = self
+            .channels
+            .get(&addr)
+            .map_err(|e| ControlError::NoLeader(e.to_string()))?;
+        let json = serde_json::to_vec(&cmd).map_err(|e| ControlError::Raft(e.to_string()))?;
+        let resp = ControlServiceClient::new(channel)
+            .propose(ProposeRequest { command_json: json })
+            .await
+            .map_err(|s| {
+                ControlError::NoLeader(format!("leader {leader} at {addr}: {}", s.message()))
+            })?;
+        let result: CommandResult = serde_json::from_slice(&resp.into_inner().result_json)
+            .map_err(|e| ControlError::Raft(e.to_string()))?;
+        into_result(result)
+    }
+
+    /// Proposes `cmd` on this node only; fails with [`ControlError::NoLeader`] if it does
+    /// not lead.
+    ///
+    /// # Errors
+    /// As [`ControlPlane::propose`].
+    pub async fn propose_local(&self, cmd: Command) -> Result<CommandResult, ControlError> {
+        match self.raft.client_write(cmd).await {
+            Ok(resp) => into_result(resp.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(
+                ControlError::NoLeader(format!("forward to leader {:?}", f.leader_id)),
+            ),
+            Err(e) => Err(ControlError::NoLeader(e.to_string())),
+        }
+    }
+
+    /// Leader side of `Join`: adds the node as a learner and a member.
+    ///
+    /// # Errors
+    /// [`ControlError::NoLeader`] if this node does not lead.
+    pub async fn handle_join(
+        &self,
+        node_id: u64,
+        addr: String,
+        zone: String,
+    ) -> Result<(), ControlError> {
+        let voters_or_learners: BTreeSet<u64> = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, _)| *id)
+            .collect();
+        if !voters_or_learners.contains(&node_id) {
+            self.raft
+                .add_learner(node_id, BasicNode { addr: addr.clone() }, false)
+                .await
+                .map_err(|e| ControlError::NoLeader(e.to_string()))?;
+            info!(node_id, %addr, "added learner");
+        }
+        self.propose_local(Command::UpsertMember {
+            id: node_id,
+            addr,
+            zone,
+        })
+        .await?;
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            node_id,
+            Seen {
+                at: Instant::now(),
+                replicas: HashMap::new(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Leader side of `Report`: records the heartbeat.
+    pub fn handle_report(&self, node_id: u64, replicas: Vec<ReplicaReport>) -> u64 {
+        let replicas = replicas.into_iter().map(|r| (r.shard, r)).collect();
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            node_id,
+            Seen {
+                at: Instant::now(),
+                replicas,
+            },
+        );
+        self.state().epoch
+    }
+
+    /// Joins (or re-joins) the cluster and sends heartbeats, forever.
+    async fn run_member_loop(self: Arc<Self>, cancel: CancellationToken) {
+        let mut tick = tokio::time::interval(self.config.heartbeat_interval);
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let state = self.state();
+            let me = state.members.get(&self.config.node_id);
+            let registered = me.is_some_and(|m| {
+                m.addr == self.config.advertise_addr && m.status != MemberStatus::Dead
+            });
+            if !registered {
+                if let Err(e) = self.join().await {
+                    debug!(error = %e, "joining the cluster");
+                }
+                continue;
+            }
+            let reports = self.local_reports.borrow().clone();
+            if let Err(e) = self.heartbeat(reports).await {
+                debug!(error = %e, "heartbeat failed");
+            }
+        }
+    }
+
+    async fn join(&self) -> Result<(), ControlError> {
+        let req = JoinRequest {
+            node_id: self.config.node_id,
+            addr: self.config.advertise_addr.clone(),
+            zone: self.config.zone.clone(),
+        };
+        // Prefer the known leader; otherwise any seed or initial voter forwards it.
+        let mut targets: Vec<String> = self.leader_addr().map(|(_, a)| vec![a]).unwrap_or_default();
+        targets.extend(self.config.seeds.iter().cloned());
+        targets.extend(self.config.initial_voters.values().cloned());
+        for addr in targets {
+            if addr == self.config.advertise_addr && self.leader() != Some(self.config.node_id) {
+                continue;
+            }
+            let Ok(channel) = self.channels.get(&addr) else {
+                continue;
+            };
+            match ControlServiceClient::new(channel).join(req.clone()).await {
+                Ok(_) => return Ok(()),
+                Err(s) => debug!(%addr, error = %s.message(), "join attempt failed"),
+            }
+        }
+        Err(ControlError::NoLeader("no member accepted the join".into()))
+    }
+
+    async fn heartbeat(&self, replicas: Vec<ReplicaReport>) -> Result<(), ControlError> {
+        let (leader, addr) = self
+            .leader_addr()
+            .ok_or_else(|| ControlError::NoLeader("unknown".into()))?;
+        if leader == self.config.node_id {
+            self.handle_report(leader, replicas);
+            return Ok(());
+        }
+        let channel = self
+            .channels
+            .get(&addr)
+            .map_err(|e| ControlError::NoLeader(e.to_string()))?;
+        ControlServiceClient::new(channel)
+            .report(ReportRequest {
+                node_id: self.config.node_id,
+                replicas,
+            })
+            .await
+            .map_err(|s| ControlError::NoLeader(s.message().to_owned()))?;
+        Ok(())
+    }
+
+    async fn run_reconciler_loop(self: Arc<Self>, cancel: CancellationToken) {
+        let mut tick = tokio::time::interval(self.config.heartbeat_interval);
+        let mut was_leader = false;
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let is_leader = self.raft.metrics().borrow().state == ServerState::Leader;
+            if is_leader && !was_leader {
+                // A new leader has no heartbeat history: give every member a full grace period.
+                let state = self.state();
+                let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+                for id in state.members.keys() {
+                    seen.entry(*id).or_insert(Seen {
+                        at: Instant::now(),
+                        replicas: HashMap::new(),
+                    });
+                }
+                info!("became control-plane leader");
+            }
+            was_leader = is_leader;
+            if !is_leader {
+                continue;
+            }
+            if let Err(e) = self.reconcile_once().await {
+                debug!(error = %e, "reconcile step failed");
+            }
+        }
+    }
+
+    /// One reconciliation step on the leader: settings, liveness, voters, placement.
+    async fn reconcile_once(&self) -> Result<(), ControlError> {
+        let state = self.state();
+        if state.settings.is_none() {
+            self.propose_local(Command::Initialize(self.config.settings.clone()))
+                .await?;
+            return Ok(());
+        }
+        // The leader is alive by definition.
+        self.handle_report(self.config.node_id, self.local_reports.borrow().clone());
+        let now = Instant::now();
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for m in state.members.values() {
+            let fresh = seen
+                .get(&m.id)
+                .is_some_and(|s| now.duration_since(s.at) < self.config.dead_after);
+            match (m.status, fresh) {
+                (MemberStatus::Active | MemberStatus::Draining, false) => {
+                    warn!(
+                        node_id = m.id,
+                        "no heartbeat within the grace period: declaring node dead"
+                    );
+                    self.propose_local(Command::SetMemberStatus {
+                        id: m.id,
+                        status: MemberStatus::Dead,
+                    })
+                    .await?;
+                }
+                (MemberStatus::Dead, true) => {
+                    info!(node_id = m.id, "node is back");
+                    self.propose_local(Command::SetMemberStatus {
+                        id: m.id,
+                        status: MemberStatus::Active,
+                    })
+                    .await?;
+                }
+                _ => {}
+            }
+        }
+        self.manage_voters(&state).await;
+        let state = self.state();
+        let settings = state.settings.clone().expect("checked above");
+        let nodes: Vec<PlacementNode> = state
+            .placeable_members()
+            .map(|m| PlacementNode {
+                id: m.id,
+                zone: m.zone.clone(),
+            })
+            .collect();
+        let desired = place(
+            &nodes,
+            settings.shard_count,
+            settings.replication_factor as usize,
+        );
+        for (shard, want) in &desired {
+            let current = state.assignment.get(shard).cloned().unwrap_or_default();
+            for node in want {
+                if !current.iter().any(|r| r.node == *node) {
+                    self.propose_local(Command::AddReplica {
+                        shard: *shard,
+                        node: *node,
+                    })
+                    .await?;
+                }
+            }
+            for r in &current {
+                let caught_up = seen
+                    .get(&r.node)
+                    .and_then(|s| s.replicas.get(shard))
+                    .is_some_and(|rep| rep.caught_up);
+                if r.state == ReplicaState::Bootstrapping && caught_up {
+                    self.propose_local(Command::SetReplicaState {
+                        shard: *shard,
+                        node: r.node,
+                        state: ReplicaState::Serving,
+                    })
+                    .await?;
+                }
+            }
+            // Make before break: a replica leaves only once every desired one serves, or
+            // at once if its node is dead.
+            let all_desired_serving = want.iter().all(|n| {
+                current
+                    .iter()
+                    .any(|r| r.node == *n && r.state == ReplicaState::Serving)
+            });
+            for r in &current {
+                if want.contains(&r.node) {
+                    continue;
+                }
+                let dead = state
+                    .members
+                    .get(&r.node)
+                    .is_none_or(|m| m.status == MemberStatus::Dead);
+                if dead || all_desired_serving {
+                    self.propose_local(Command::RemoveReplica {
+                        shard: *shard,
+                        node: r.node,
+                    })
+                    .await?;
+                } else if r.state != ReplicaState::Draining {
+                    self.propose_local(Command::SetReplicaState {
+                        shard: *shard,
+                        node: r.node,
+                        state: ReplicaState::Draining,
+                    })
+                    .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps `voters` live voters when enough members exist: promotes live learners and
+    /// replaces dead voters with them.
+    async fn manage_voters(&self, state: &ClusterState) {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let alive = |id: &u64| {
+            state
+                .members
+                .get(id)
+                .is_some_and(|m| m.status != MemberStatus::Dead)
+        };
+        let live_voters: BTreeSet<u64> = voters.iter().copied().filter(alive).collect();
+        let learners: Vec<u64> = membership.learner_ids().filter(alive).collect();
+        if live_voters.len() >= self.config.voters || learners.is_empty() {
+            return;
+        }
+        let mut next = live_voters.clone();
+        for l in learners {
+            if next.len() >= self.config.voters {
+                break;
+            }
+            next.insert(l);
+        }
+        // Dead voters are dropped only when replaced, keeping the voter count odd-or-same.
+        if next.len() <= live_voters.len() {
+            return;
+        }
+        info!(voters = ?next, "changing raft voters");
+        if let Err(e) = self
+            .raft
+            .change_membership(ChangeMembers::ReplaceAllVoters(next), true)
+            .await
+        {
+            warn!(error = %e, "changing voters failed");
+        }
+    }
+}
+
+fn into_result(result: CommandResult) -> Result<CommandResult, ControlError> {
+    match result {
+        CommandResult::Rejected { invalid, reason } => {
+            Err(ControlError::Rejected { invalid, reason })
+        }
+        ok => Ok(ok),
+    }
+}
+
+/// Milliseconds since the epoch, for commands that carry a time.
+pub fn wall_clock_ms() -> i64 {
+    now_ms()
+}
