@@ -64,6 +64,51 @@ pub struct NodeConfigFile {
     pub registry: RegistrySection,
     /// `[log]`
     pub log: LogSection,
+    /// `[control]`
+    pub control: ControlSection,
+}
+
+/// `[control]`: cluster mode (openraft control plane). Off: a static node serving
+/// `cluster.shards` with a node-local registry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlSection {
+    /// Run as a member of a cluster.
+    pub enabled: bool,
+    /// Address peers and clients reach this node at; default `server.grpc_addr`.
+    pub advertise_addr: String,
+    /// Failure zone, for zone-aware placement.
+    pub zone: String,
+    /// Initial voters as `"id@host:port"`; nodes listed form the cluster together.
+    pub initial_voters: Vec<String>,
+    /// Members to join through (`host:port`).
+    pub seeds: Vec<String>,
+    /// Replicas per shard (set when the cluster is first initialised).
+    pub replication_factor: u32,
+    /// Raft voters to keep (3 or 5); other members are learners.
+    pub voters: usize,
+    /// Heartbeat and reconcile period.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// Grace period before a silent node is declared dead and its replicas re-placed.
+    #[serde(with = "humantime_serde")]
+    pub dead_after: Duration,
+}
+
+impl Default for ControlSection {
+    fn default() -> Self {
+        ControlSection {
+            enabled: false,
+            advertise_addr: String::new(),
+            zone: String::new(),
+            initial_voters: Vec::new(),
+            seeds: Vec::new(),
+            replication_factor: 2,
+            voters: 3,
+            heartbeat_interval: Duration::from_millis(500),
+            dead_after: Duration::from_secs(10),
+        }
+    }
 }
 
 /// `[server]`
@@ -182,6 +227,7 @@ impl Default for NodeConfigFile {
             limits: LimitsSection::default(),
             registry: RegistrySection::default(),
             log: LogSection::default(),
+            control: ControlSection::default(),
         }
     }
 }
@@ -304,9 +350,69 @@ pub struct NodeConfig {
     pub definition_files: Vec<PathBuf>,
     /// Log format and level.
     pub log: LogSection,
+    /// Cluster mode settings; `None` runs a static node.
+    pub control: Option<crate::control::plane::ControlConfig>,
 }
 
 impl NodeConfigFile {
+    fn control_config(
+        &self,
+        grpc_addr: SocketAddr,
+        partitioner: Partitioner,
+    ) -> Result<Option<crate::control::plane::ControlConfig>, ConfigError> {
+        let c = &self.control;
+        if !c.enabled {
+            return Ok(None);
+        }
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.node_id == 0 {
+            return bad("node_id must be non-zero in cluster mode".into());
+        }
+        let mut initial_voters = std::collections::BTreeMap::new();
+        for v in &c.initial_voters {
+            let Some((id, addr)) = v.split_once('@') else {
+                return bad(format!(
+                    "control.initial_voters entry {v:?} is not \"id@host:port\""
+                ));
+            };
+            let id: u64 = id.parse().map_err(|_| {
+                ConfigError::Invalid(format!("control.initial_voters entry {v:?}: bad id"))
+            })?;
+            initial_voters.insert(id, addr.to_owned());
+        }
+        if initial_voters.is_empty() && c.seeds.is_empty() {
+            return bad(
+                "control: set initial_voters (to form a cluster) or seeds (to join one)".into(),
+            );
+        }
+        if !matches!(c.voters, 1 | 3 | 5) {
+            return bad(format!("control.voters = {} must be 1, 3 or 5", c.voters));
+        }
+        if c.replication_factor == 0 {
+            return bad("control.replication_factor must be at least 1".into());
+        }
+        let advertise_addr = if c.advertise_addr.is_empty() {
+            grpc_addr.to_string()
+        } else {
+            c.advertise_addr.clone()
+        };
+        Ok(Some(crate::control::plane::ControlConfig {
+            node_id: self.node_id,
+            advertise_addr,
+            zone: c.zone.clone(),
+            initial_voters,
+            seeds: c.seeds.clone(),
+            settings: crate::control::state::ClusterSettings {
+                shard_count: self.cluster.shard_count,
+                partitioner: partitioner.as_str().to_owned(),
+                replication_factor: c.replication_factor,
+            },
+            voters: c.voters,
+            heartbeat_interval: c.heartbeat_interval,
+            dead_after: c.dead_after,
+        }))
+    }
+
     /// Reads and parses a config file.
     ///
     /// # Errors
@@ -408,6 +514,7 @@ impl NodeConfigFile {
         }
         let dead_letter_topic = (!self.kafka.dead_letter_topic.is_empty())
             .then(|| self.kafka.dead_letter_topic.clone());
+        let control = self.control_config(grpc_addr, partitioner)?;
         Ok(NodeConfig {
             node_id: self.node_id,
             data_dir: self.data_dir.clone(),
@@ -443,6 +550,7 @@ impl NodeConfigFile {
             },
             definition_files: self.registry.definition_files.clone(),
             log: self.log.clone(),
+            control,
         })
     }
 }

@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod node;
 pub mod registry;
 pub mod serve;
+pub mod shards;
 pub mod storage;
 pub mod telemetry;
 

@@ -1,7 +1,7 @@
 //! Node assembly: opens storage, starts one ingest loop per shard and the gRPC server, and
 //! shuts them down in order.
 
-use std::collections::HashMap;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,11 +16,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::NodeConfig;
-use crate::ingest::{IngestError, IngestHandle, spawn_shard_ingest};
+use crate::control::plane::{ControlError, ControlPlane, wall_clock_ms};
+use crate::control::state::Command;
+use crate::ingest::IngestError;
 use crate::kafka_meta::{KafkaMetadata, TopicCheckError};
 use crate::metrics as m;
 use crate::registry::{Registry, RegistryError, RegistrySnapshot};
 use crate::serve::{ServeState, serve};
+use crate::shards::ShardManager;
 use crate::storage::{ShardStore, StorageEngine, StorageError, TtlTable};
 
 /// Errors that stop a node from starting or running.
@@ -53,6 +56,9 @@ pub enum NodeError {
     /// The gRPC server failed.
     #[error("grpc server: {0}")]
     Server(#[from] tonic::transport::Error),
+    /// The control plane failed.
+    #[error("control plane: {0}")]
+    Control(ControlError),
     /// A startup task panicked or was cancelled.
     #[error("startup task failed: {0}")]
     Task(String),
@@ -67,7 +73,7 @@ pub struct Listeners {
 /// A running node. Cancel its token to stop it, then [`Node::wait`].
 pub struct Node {
     state: Arc<ServeState>,
-    ingest: Vec<IngestHandle>,
+    shards: Arc<ShardManager>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     background: Vec<JoinHandle<()>>,
     dead_letters: Option<Arc<ThreadedProducer<DefaultProducerContext>>>,
@@ -83,10 +89,11 @@ fn refresh_ttls(ttls: &TtlTable, snap: &RegistrySnapshot) {
 }
 
 impl Node {
-    /// Starts a node: registry, storage, ingest loops, gRPC server.
+    /// Starts a node: control plane (cluster mode), registry, storage, shard replicas,
+    /// gRPC server.
     ///
     /// # Errors
-    /// A [`NodeError`] if any part cannot start; nothing is left running then.
+    /// A [`NodeError`] if any part cannot start.
     pub async fn start(
         config: NodeConfig,
         listeners: Listeners,
@@ -96,42 +103,47 @@ impl Node {
             path: config.data_dir.clone(),
             source,
         })?;
-        let registry = Registry::open(&config.data_dir.join("registry.json"))?;
-        for path in &config.definition_files {
-            let text =
-                std::fs::read_to_string(path).map_err(|source| NodeError::DefinitionFile {
-                    path: path.clone(),
-                    source,
-                })?;
-            let changes = registry.apply_toml(&text, false)?;
-            info!(file = %path.display(), changes = ?changes, "applied definition file");
-        }
-
+        let control = match &config.control {
+            Some(cc) => Some(
+                ControlPlane::start(
+                    cc.clone(),
+                    &config.data_dir.join("raft"),
+                    cancel.child_token(),
+                )
+                .await
+                .map_err(NodeError::Control)?,
+            ),
+            None => None,
+        };
+        // In cluster mode the registry follows the replicated state; otherwise it is
+        // node-local and persisted next to the data.
+        let registry = match &control {
+            Some(c) => {
+                let r = Registry::in_memory();
+                r.replace(c.state().registry.clone())?;
+                r
+            }
+            None => Registry::open(&config.data_dir.join("registry.json"))?,
+        };
         let kafka = Arc::new(KafkaMetadata::new(
             &config.ingest.bootstrap_servers,
             &config.ingest.kafka_properties,
         )?);
-        check_topics(&kafka, &registry.snapshot(), config.shard_count).await?;
+        if control.is_none() {
+            for path in &config.definition_files {
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| NodeError::DefinitionFile {
+                        path: path.clone(),
+                        source,
+                    })?;
+                let changes = registry.apply_toml(&text, false)?;
+                info!(file = %path.display(), changes = ?changes, "applied definition file");
+            }
+            check_topics(&kafka, &registry.snapshot(), config.shard_count).await?;
+        }
 
         let engine = Arc::new(StorageEngine::new(config.storage.clone())?);
         refresh_ttls(engine.ttls(), &registry.snapshot());
-        let (shard_count, partitioner) = (config.shard_count, config.partitioner);
-        let shard_ids = config.shards.clone();
-        let opener = engine.clone();
-        let stores: Vec<ShardStore> = tokio::task::spawn_blocking(move || {
-            shard_ids
-                .iter()
-                .map(|&s| opener.open_shard(s, shard_count, partitioner))
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .await
-        .map_err(|e| NodeError::Task(e.to_string()))??;
-        let shards: HashMap<ShardId, Arc<ShardStore>> = stores
-            .into_iter()
-            .map(|s| (s.shard(), Arc::new(s)))
-            .collect();
-        info!(shards = shards.len(), shard_count, %partitioner, "opened shard stores");
-
         let dead_letters = match &config.ingest.dead_letter_topic {
             Some(_) => {
                 let mut cc = ClientConfig::new();
@@ -145,51 +157,30 @@ impl Node {
             }
             None => None,
         };
-
-        let mut ingest = Vec::new();
-        let mut ingest_status = HashMap::new();
-        for (id, store) in &shards {
-            let handle = spawn_shard_ingest(
-                store.clone(),
-                registry.clone(),
-                config.ingest.clone(),
-                dead_letters.clone(),
-                cancel.child_token(),
-            );
-            match handle {
-                Ok(h) => {
-                    ingest_status.insert(*id, h.status.clone());
-                    ingest.push(h);
-                }
-                Err(e) => {
-                    for h in ingest {
-                        h.join().await;
-                    }
-                    return Err(e.into());
-                }
-            }
-        }
-
         let state = Arc::new(ServeState {
             node_id: config.node_id,
             shard_count: config.shard_count,
             partitioner: config.partitioner,
             registry: registry.clone(),
-            shards,
-            ingest_status,
+            local: Default::default(),
+            control: control.clone(),
             limits: config.limits.clone(),
             lookup_permits: Arc::new(Semaphore::new(config.limits.max_concurrent_lookups)),
             kafka: Some(kafka),
         });
-        let server = tokio::spawn(serve(
-            listeners.grpc,
+        let shards = Arc::new(ShardManager::new(
+            engine.clone(),
+            registry.clone(),
+            config.ingest.clone(),
+            dead_letters.clone(),
+            config.shard_count,
+            config.partitioner,
             state.clone(),
-            config.shutdown_grace,
             cancel.clone(),
         ));
         let mut background = vec![
             tokio::spawn(run_ttl_refresh_loop(
-                registry,
+                registry.clone(),
                 engine.clone(),
                 cancel.clone(),
             )),
@@ -199,6 +190,41 @@ impl Node {
                 cancel.clone(),
             )),
         ];
+        match &control {
+            None => {
+                let desired: BTreeSet<ShardId> = config.shards.iter().copied().collect();
+                if let Err(e) = shards.reconcile(&desired, false).await {
+                    shards.shutdown().await;
+                    return Err(e);
+                }
+                info!(
+                    shards = desired.len(),
+                    shard_count = config.shard_count,
+                    "opened shard replicas (static mode)"
+                );
+            }
+            Some(c) => {
+                background.push(tokio::spawn(run_follow_loop(
+                    c.clone(),
+                    registry.clone(),
+                    shards.clone(),
+                    cancel.clone(),
+                )));
+                if !config.definition_files.is_empty() {
+                    background.push(tokio::spawn(apply_files_loop(
+                        c.clone(),
+                        config.definition_files.clone(),
+                        cancel.clone(),
+                    )));
+                }
+            }
+        }
+        let server = tokio::spawn(serve(
+            listeners.grpc,
+            state.clone(),
+            config.shutdown_grace,
+            cancel.clone(),
+        ));
         if let Some(every) = config.ttl_sweep_interval {
             background.push(tokio::spawn(run_ttl_sweep_loop(
                 state.clone(),
@@ -206,10 +232,14 @@ impl Node {
                 cancel.clone(),
             )));
         }
-        info!(node_id = config.node_id, "node started");
+        info!(
+            node_id = config.node_id,
+            cluster_mode = control.is_some(),
+            "node started"
+        );
         Ok(Node {
             state,
-            ingest,
+            shards,
             server,
             background,
             dead_letters,
@@ -219,7 +249,12 @@ impl Node {
 
     /// The local replica of `shard`, if this node has one.
     pub fn shard(&self, shard: ShardId) -> Option<Arc<ShardStore>> {
-        self.state.shards.get(&shard).cloned()
+        self.state.local().stores.get(&shard).cloned()
+    }
+
+    /// The shards this node holds now.
+    pub fn local_shards(&self) -> BTreeSet<ShardId> {
+        self.state.local().stores.keys().copied().collect()
     }
 
     /// The registry.
@@ -227,15 +262,21 @@ impl Node {
         &self.state.registry
     }
 
+    /// The control plane, in cluster mode.
+    pub fn control(&self) -> Option<&Arc<ControlPlane>> {
+        self.state.control.as_ref()
+    }
+
     /// Waits until the node's token is cancelled, then shuts down in order: stop accepting
-    /// and drain RPCs, stop ingest loops (their last batches are written), flush storage.
+    /// and drain RPCs, stop ingest loops (their last batches are written), flush storage,
+    /// stop Raft.
     ///
     /// # Errors
     /// [`NodeError::Server`] if the gRPC server failed while running.
     pub async fn wait(self) -> Result<(), NodeError> {
         let Node {
             state,
-            ingest,
+            shards,
             server,
             background,
             dead_letters,
@@ -252,23 +293,14 @@ impl Node {
             None => Ok(Ok(())),
         };
         info!("shutting down: stopping ingest");
-        for h in ingest {
-            h.join().await;
-        }
         for t in background {
             let _ = t.await;
         }
-        let stores: Vec<Arc<ShardStore>> = state.shards.values().cloned().collect();
-        let flushed = tokio::task::spawn_blocking(move || {
-            for s in stores {
-                if let Err(e) = s.flush() {
-                    error!(error = %e, "flushing shard failed");
-                }
-            }
-        })
-        .await;
-        if let Err(e) = flushed {
-            error!(error = %e, "flush task failed");
+        shards.shutdown().await;
+        if let Some(c) = &state.control
+            && let Err(e) = c.raft().shutdown().await
+        {
+            error!(error = %e, "raft shutdown failed");
         }
         if let Some(p) = dead_letters {
             let _ = tokio::task::spawn_blocking(move || p.flush(Duration::from_secs(5))).await;
@@ -292,6 +324,81 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> Result<(), NodeError> {
     Node::start(config, listeners, cancel).await?.wait().await
+}
+
+/// Cluster mode: follows the committed state (registry, this node's replicas) and
+/// publishes the replicas' observed states for the heartbeats.
+async fn run_follow_loop(
+    control: Arc<ControlPlane>,
+    registry: Registry,
+    shards: Arc<ShardManager>,
+    cancel: CancellationToken,
+) {
+    let mut rx = control.subscribe();
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let mut applied_registry = None;
+    loop {
+        let state = rx.borrow_and_update().clone();
+        if applied_registry.as_ref() != Some(&state.registry) {
+            match registry.replace(state.registry.clone()) {
+                Ok(()) => applied_registry = Some(state.registry.clone()),
+                Err(e) => error!(error = %e, "committed registry does not validate"),
+            }
+        }
+        let desired: BTreeSet<ShardId> = state
+            .replicas_on(control.node_id())
+            .keys()
+            .map(|s| ShardId(*s))
+            .collect();
+        if let Err(e) = shards.reconcile(&desired, true).await {
+            warn!(error = %e, "shard reconcile failed; retrying");
+        }
+        control.set_local_reports(shards.reports().await);
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            res = rx.changed() => if res.is_err() { return },
+            _ = tick.tick() => {}
+        }
+    }
+}
+
+/// Cluster mode: applies the configured definition files through Raft once a leader exists.
+async fn apply_files_loop(
+    control: Arc<ControlPlane>,
+    files: Vec<std::path::PathBuf>,
+    cancel: CancellationToken,
+) {
+    for path in files {
+        let file = match std::fs::read_to_string(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|t| crate::registry::DefinitionFile::from_toml(&t).map_err(|e| e.to_string()))
+        {
+            Ok(f) => f,
+            Err(e) => {
+                error!(file = %path.display(), error = %e, "cannot read definition file");
+                continue;
+            }
+        };
+        loop {
+            let cmd = Command::ApplyDefinitions {
+                file: file.clone(),
+                applied_by: "config".into(),
+                applied_at_ms: wall_clock_ms(),
+            };
+            match control.propose(cmd).await {
+                Ok(_) => break,
+                Err(ControlError::Rejected { reason, .. }) => {
+                    error!(file = %path.display(), %reason, "definition file rejected");
+                    break;
+                }
+                Err(_) => {}
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+        }
+    }
 }
 
 async fn check_topics(
@@ -349,7 +456,7 @@ async fn run_storage_metrics_loop(
             _ = tick.tick() => {}
         }
         let (mut hits, mut misses) = (0, 0);
-        for (id, store) in &state.shards {
+        for (id, store) in &state.local().stores {
             let (h, mi) = store.block_cache_stats();
             hits += h;
             misses += mi;
@@ -369,7 +476,7 @@ async fn run_ttl_sweep_loop(state: Arc<ServeState>, every: Duration, cancel: Can
             () = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        for store in state.shards.values() {
+        for store in state.local().stores.values() {
             let store = store.clone();
             // A full compaction runs the TTL filter over every file of the shard.
             if let Err(e) = tokio::task::spawn_blocking(move || store.compact_rows()).await {

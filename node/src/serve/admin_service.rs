@@ -14,6 +14,8 @@ use tonic::{Request, Response, Status};
 use tracing::info;
 
 use super::{ServeError, ServeState};
+use crate::control::plane::{ControlError, wall_clock_ms};
+use crate::control::state::{Command, CommandResult};
 use crate::kafka_meta::TopicCheckError;
 use crate::metrics as m;
 use crate::registry::{DefinitionFile, RegistryError};
@@ -83,6 +85,34 @@ impl AdminServiceImpl {
                 Err(e) => return Err(ServeError::FailedPrecondition(e.to_string())),
             }
         }
+        if let Some(control) = &self.state.control {
+            if req.dry_run {
+                let (_, _, changes) =
+                    crate::registry::validate_merge(&control.state().registry, &file)
+                        .map_err(registry_error)?;
+                return Ok(ApplyDefinitionsResponse { changes });
+            }
+            let cmd = Command::ApplyDefinitions {
+                file,
+                applied_by: "admin-rpc".into(),
+                applied_at_ms: wall_clock_ms(),
+            };
+            return match control.propose(cmd).await {
+                Ok(CommandResult::Applied { changes, .. }) => {
+                    if !changes.is_empty() {
+                        info!(changes = ?changes, "registry changed (replicated)");
+                    }
+                    Ok(ApplyDefinitionsResponse { changes })
+                }
+                Ok(CommandResult::Rejected { invalid, reason })
+                | Err(ControlError::Rejected { invalid, reason }) => Err(if invalid {
+                    ServeError::InvalidArgument(reason)
+                } else {
+                    ServeError::FailedPrecondition(reason)
+                }),
+                Err(e) => Err(ServeError::Unavailable(e.to_string())),
+            };
+        }
         // Persisting the registry fsyncs a file: keep it off the async workers.
         let registry = self.state.registry.clone();
         let dry_run = req.dry_run;
@@ -97,17 +127,12 @@ impl AdminServiceImpl {
     }
 
     fn status(&self) -> GetStatusResponse {
-        let mut shards: Vec<ShardStatus> = self
-            .state
-            .shards
+        let local = self.state.local();
+        let mut shards: Vec<ShardStatus> = local
+            .stores
             .iter()
             .map(|(id, store)| {
-                let observed = self
-                    .state
-                    .ingest_status
-                    .get(id)
-                    .map(|s| s.topics())
-                    .unwrap_or_default();
+                let observed = local.status.get(id).map(|s| s.topics()).unwrap_or_default();
                 let partitions = store
                     .offsets()
                     .into_iter()

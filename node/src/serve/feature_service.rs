@@ -32,8 +32,10 @@ impl FeatureServiceImpl {
         for (shard, want) in plan.min_watermarks() {
             let store = self
                 .state
-                .shards
+                .local()
+                .stores
                 .get(shard)
+                .cloned()
                 .ok_or(ServeError::WrongShard { shard: *shard })?;
             let mut rx = store.subscribe_watermark();
             let reached = tokio::time::timeout_at(
@@ -77,7 +79,8 @@ impl FeatureServiceImpl {
             self.state.partitioner,
             self.state.shard_count,
         )?;
-        if let Some(shard) = plan.shards().find(|s| !self.state.shards.contains_key(s)) {
+        let local = self.state.local();
+        if let Some(shard) = plan.shards().find(|s| !local.stores.contains_key(s)) {
             return Err(ServeError::WrongShard { shard });
         }
         self.await_watermarks(&plan).await?;
@@ -89,7 +92,6 @@ impl FeatureServiceImpl {
             .acquire_owned()
             .await
             .map_err(|_| ServeError::Unavailable("node is shutting down".into()))?;
-        let state = self.state.clone();
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or(Duration::ZERO)
@@ -97,7 +99,7 @@ impl FeatureServiceImpl {
         // RocksDB reads block; keep them off the async workers.
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            execute_lookup(&plan, &state.shards, now)
+            execute_lookup(&plan, &local.stores, now)
         })
         .await
         .map_err(|e| ServeError::Storage(format!("lookup task failed: {e}")))?

@@ -92,16 +92,37 @@ pub struct ServeState {
     pub partitioner: Partitioner,
     /// The registry.
     pub registry: Registry,
-    /// Local shard replicas.
-    pub shards: HashMap<ShardId, Arc<ShardStore>>,
-    /// Observed ingest state per shard.
-    pub ingest_status: HashMap<ShardId, Arc<IngestStatus>>,
+    /// Local shard replicas and their ingest state; replaced as replicas come and go.
+    pub local: std::sync::RwLock<Arc<LocalShards>>,
+    /// The control plane, in cluster mode.
+    pub control: Option<Arc<crate::control::plane::ControlPlane>>,
     /// Request limits.
     pub limits: Limits,
     /// Bounds lookups executing at once (admission control on the blocking pool).
     pub lookup_permits: Arc<Semaphore>,
     /// Checks source topics' partition counts.
     pub kafka: Option<Arc<KafkaMetadata>>,
+}
+
+/// The shard replicas a node holds right now.
+#[derive(Default)]
+pub struct LocalShards {
+    /// Open shard databases.
+    pub stores: HashMap<ShardId, Arc<ShardStore>>,
+    /// Observed ingest state per shard.
+    pub status: HashMap<ShardId, Arc<IngestStatus>>,
+}
+
+impl ServeState {
+    /// A snapshot of the local shard set.
+    pub fn local(&self) -> Arc<LocalShards> {
+        self.local.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces the local shard set.
+    pub fn set_local(&self, local: LocalShards) {
+        *self.local.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(local);
+    }
 }
 
 /// Serves gRPC on `listener` until `cancel` fires, then drains in-flight RPCs for at most
@@ -162,13 +183,31 @@ pub async fn serve(
                 .await;
         }
     };
-    let server = tonic::transport::Server::builder()
+    let control = state.control.clone();
+    let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(features)
         .add_service(admin)
-        .serve_with_incoming_shutdown(incoming, shutdown);
+        .add_optional_service(control.as_ref().map(|c| {
+            quiver_proto::v1::raft_service_server::RaftServiceServer::new(
+                crate::control::raft_service::RaftServiceImpl::new(c.raft().clone()),
+            )
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20)
+        }))
+        .add_optional_service(control.as_ref().map(|c| {
+            quiver_proto::v1::control_service_server::ControlServiceServer::new(
+                crate::control::control_service::ControlServiceImpl::new(c.clone()),
+            )
+        }))
+        .add_optional_service(control.as_ref().map(|c| {
+            quiver_proto::v1::cluster_service_server::ClusterServiceServer::new(
+                cluster_service::ClusterServiceImpl::new(c.clone()),
+            )
+        }));
+    let server = router.serve_with_incoming_shutdown(incoming, shutdown);
     tokio::pin!(server);
     tokio::select! {
         res = &mut server => res,
