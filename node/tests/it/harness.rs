@@ -107,6 +107,13 @@ pub struct TestNode {
 impl TestNode {
     pub async fn start(config: NodeConfig) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_with_listener(config, listener).await
+    }
+
+    pub async fn start_with_listener(
+        config: NodeConfig,
+        listener: tokio::net::TcpListener,
+    ) -> Self {
         let addr = listener.local_addr().unwrap();
         let cancel = CancellationToken::new();
         let node = Node::start(config, Listeners { grpc: listener }, cancel.clone())

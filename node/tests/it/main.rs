@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod admin;
+mod cluster;
 mod harness;
 mod ingest;
 mod lifecycle;

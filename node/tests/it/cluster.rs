@@ -1,0 +1,241 @@
+//! In-process clusters: real nodes with the openraft control plane over loopback gRPC,
+//! real RocksDB, librdkafka's mock cluster.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use quiver_node::config::NodeConfigFile;
+use quiver_proto::Partitioner;
+use quiver_proto::v1::cluster_service_client::ClusterServiceClient;
+use quiver_proto::v1::value::Kind;
+use quiver_proto::v1::{
+    ApplyDefinitionsRequest, ClusterMap, GetClusterMapRequest, ReplicaStateProto,
+};
+use serde_json::json;
+
+use crate::harness::{Kafka, TestNode, eventually};
+use crate::ingest::{key, now_ms};
+
+const SHARDS: u32 = 4;
+
+const VIEWS: &str = r#"
+[[entity]]
+name = "user"
+key_type = "string"
+[[view]]
+name = "scores"
+entity = "user"
+[view.source]
+topic = "scores"
+event_time_field = "ts"
+[[view.feature]]
+name = "score"
+type = "int64"
+"#;
+
+struct Cluster {
+    nodes: BTreeMap<u64, TestNode>,
+    addrs: BTreeMap<u64, String>,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+async fn start_cluster(bootstrap: &str, n: u64) -> Cluster {
+    let mut listeners = BTreeMap::new();
+    for id in 1..=n {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listeners.insert(id, l);
+    }
+    let addrs: BTreeMap<u64, String> = listeners
+        .iter()
+        .map(|(id, l)| (*id, l.local_addr().unwrap().to_string()))
+        .collect();
+    let voters: Vec<String> = addrs.iter().map(|(id, a)| format!("{id}@{a}")).collect();
+    let mut nodes = BTreeMap::new();
+    let mut dirs = Vec::new();
+    for (id, listener) in listeners {
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = NodeConfigFile {
+            node_id: id,
+            data_dir: dir.path().join("data"),
+            ..Default::default()
+        };
+        f.server.grpc_addr = addrs[&id].clone();
+        f.server.metrics_addr = String::new();
+        f.server.shutdown_grace = Duration::from_secs(2);
+        f.cluster.shard_count = SHARDS;
+        f.kafka.bootstrap_servers = bootstrap.to_owned();
+        f.storage.block_cache_mib = 8;
+        f.storage.write_buffer_mib = 8;
+        f.ingest.poll_timeout = Duration::from_millis(20);
+        f.ingest.lag_refresh_interval = Duration::from_millis(300);
+        f.control.enabled = true;
+        f.control.initial_voters = voters.clone();
+        f.control.replication_factor = 2;
+        f.control.heartbeat_interval = Duration::from_millis(100);
+        f.control.dead_after = Duration::from_secs(2);
+        let node = TestNode::start_with_listener(f.validate().unwrap(), listener).await;
+        nodes.insert(id, node);
+        dirs.push(dir);
+    }
+    Cluster {
+        nodes,
+        addrs,
+        _dirs: dirs,
+    }
+}
+
+async fn cluster_map(node: &TestNode) -> ClusterMap {
+    ClusterServiceClient::new(node.channel.clone())
+        .get_cluster_map(GetClusterMapRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Every shard has `r` Serving replicas, all on `on`, and the map is the same everywhere.
+async fn wait_placed(cluster: &Cluster, r: usize, on: &BTreeSet<u64>) -> ClusterMap {
+    eventually(
+        Duration::from_secs(60),
+        "every shard has R serving replicas",
+        || async {
+            let first = cluster.nodes.values().next().unwrap();
+            let map = cluster_map(first).await;
+            let ok = map.shard_count == SHARDS
+                && map.shards.len() == SHARDS as usize
+                && map.shards.iter().all(|s| {
+                    s.replicas.len() == r
+                        && s.replicas.iter().all(|x| {
+                            x.state == ReplicaStateProto::Serving as i32 && on.contains(&x.node_id)
+                        })
+                });
+            if !ok {
+                return None;
+            }
+            for n in cluster.nodes.values() {
+                if cluster_map(n).await.epoch != map.epoch {
+                    return None;
+                }
+            }
+            Some(map)
+        },
+    )
+    .await
+}
+
+async fn assert_every_replica_serves(
+    cluster: &Cluster,
+    map: &ClusterMap,
+    keys: &BTreeMap<String, i64>,
+) {
+    for (k, v) in keys {
+        let shard = Partitioner::Murmur2.shard_for_key(k.as_bytes(), SHARDS).0;
+        let replicas = &map
+            .shards
+            .iter()
+            .find(|s| s.shard == shard)
+            .unwrap()
+            .replicas;
+        for r in replicas {
+            let node = &cluster.nodes[&r.node_id];
+            let want = Some(Kind::Int64Value(*v));
+            eventually(
+                Duration::from_secs(30),
+                &format!("{k} served by node {}", r.node_id),
+                || async {
+                    let resp = node.lookup(&["scores:score"], vec![key(k)]).await.ok()?;
+                    (resp.columns[0].values[0].kind == want).then_some(())
+                },
+            )
+            .await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_node_cluster_replicates_registry_and_serves_from_every_replica() {
+    let kafka = Kafka::new(&[("scores", SHARDS as i32)]);
+    let mut cluster = start_cluster(&kafka.bootstrap, 3).await;
+    let all: BTreeSet<u64> = cluster.nodes.keys().copied().collect();
+    let map = wait_placed(&cluster, 2, &all).await;
+    assert_eq!(map.members.len(), 3);
+    assert_eq!(
+        map.members
+            .iter()
+            .filter(|m| m.raft_role == "voter")
+            .count(),
+        3
+    );
+    assert!(map.leader_id != 0);
+
+    // Applied on a follower, forwarded to the leader, replicated to every node.
+    let follower = *all.iter().find(|id| **id != map.leader_id).unwrap();
+    let changes = cluster.nodes[&follower]
+        .admin
+        .clone()
+        .apply_definitions(ApplyDefinitionsRequest {
+            toml: VIEWS.into(),
+            dry_run: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .changes;
+    assert_eq!(changes.len(), 2, "{changes:?}");
+    // An incompatible change is rejected by the replicated state machine.
+    let err = cluster.nodes[&map.leader_id]
+        .admin
+        .clone()
+        .apply_definitions(ApplyDefinitionsRequest {
+            toml: VIEWS.replace("int64", "string"),
+            dry_run: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        tonic::Code::FailedPrecondition,
+        "{}",
+        err.message()
+    );
+
+    let t = now_ms();
+    let mut keys = BTreeMap::new();
+    for i in 0..60 {
+        let k = format!("u{i}");
+        kafka
+            .send_json("scores", &k, json!({"ts": t + i, "score": i}))
+            .await;
+        keys.insert(k, i);
+    }
+    assert_every_replica_serves(&cluster, &map, &keys).await;
+
+    // Each node holds exactly its assigned shards.
+    for (id, node) in &cluster.nodes {
+        let assigned: BTreeSet<u32> = map
+            .shards
+            .iter()
+            .filter(|s| s.replicas.iter().any(|r| r.node_id == *id))
+            .map(|s| s.shard)
+            .collect();
+        let local: BTreeSet<u32> = node
+            .node()
+            .local_shards()
+            .into_iter()
+            .map(|s| s.0)
+            .collect();
+        assert_eq!(local, assigned, "node {id}");
+    }
+
+    // Stop node 3: after the grace period its replicas are re-placed and R is restored.
+    let stopped = 3;
+    cluster.nodes.remove(&stopped).unwrap().stop().await;
+    let _ = &cluster.addrs;
+    let alive: BTreeSet<u64> = cluster.nodes.keys().copied().collect();
+    let map = wait_placed(&cluster, 2, &alive).await;
+    let dead = map.members.iter().find(|m| m.node_id == stopped).unwrap();
+    assert_eq!(dead.status, "dead");
+    assert_every_replica_serves(&cluster, &map, &keys).await;
+    for node in std::mem::take(&mut cluster.nodes).into_values() {
+        node.stop().await;
+    }
+}
