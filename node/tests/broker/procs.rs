@@ -114,8 +114,16 @@ pub struct NodeProcess {
 
 impl NodeProcess {
     pub fn start(config: &Path, dir: &Path, run: u32) -> Self {
-        let grpc_port = free_port();
-        let metrics_port = free_port();
+        Self::start_on(config, dir, run, free_port(), free_port())
+    }
+
+    pub fn start_on(
+        config: &Path,
+        dir: &Path,
+        run: u32,
+        grpc_port: u16,
+        metrics_port: u16,
+    ) -> Self {
         let log = dir.join(format!("node-{run}.log"));
         let child = Command::new(env!("CARGO_BIN_EXE_quiver-node"))
             .arg("--config")
