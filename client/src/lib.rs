@@ -31,11 +31,13 @@ pub use error::ClientError;
 pub use lookup::{Lookup, LookupResult};
 pub use quiver_proto::v1::EntityKey;
 use quiver_proto::v1::admin_service_client::AdminServiceClient;
+use quiver_proto::v1::cluster_service_client::ClusterServiceClient;
 use quiver_proto::v1::feature_service_client::FeatureServiceClient;
 use quiver_proto::v1::{
     ApplyDefinitionsRequest, DescribeViewRequest, GetStatusRequest, GetStatusResponse,
     ListViewsRequest, ListViewsResponse,
 };
+use quiver_proto::v1::{ClusterMap, DrainNodeRequest, GetClusterMapRequest};
 use tonic::transport::{Channel, Endpoint};
 
 /// A connection to one quiver node. Cheap to clone (the channel is shared).
@@ -43,6 +45,7 @@ use tonic::transport::{Channel, Endpoint};
 pub struct Client {
     features: FeatureServiceClient<Channel>,
     admin: AdminServiceClient<Channel>,
+    cluster: ClusterServiceClient<Channel>,
 }
 
 impl Client {
@@ -66,7 +69,8 @@ impl Client {
         Ok(Client {
             features: FeatureServiceClient::new(channel.clone())
                 .max_decoding_message_size(256 << 20),
-            admin: AdminServiceClient::new(channel),
+            admin: AdminServiceClient::new(channel.clone()),
+            cluster: ClusterServiceClient::new(channel),
         })
     }
 
@@ -127,6 +131,31 @@ impl Client {
             .await?
             .into_inner()
             .definition_json)
+    }
+
+    /// Returns the cluster map (members, shard → replicas, epoch).
+    ///
+    /// # Errors
+    /// [`ClientError::Rpc`] (`UNIMPLEMENTED` from a node not running in cluster mode).
+    pub async fn cluster_map(&mut self) -> Result<ClusterMap, ClientError> {
+        Ok(self
+            .cluster
+            .get_cluster_map(GetClusterMapRequest {})
+            .await?
+            .into_inner())
+    }
+
+    /// Drains a node: its replicas move elsewhere before it stops holding them.
+    ///
+    /// # Errors
+    /// [`ClientError::Rpc`] (`NOT_FOUND` for an unknown node).
+    pub async fn drain_node(&mut self, node_id: u64) -> Result<u64, ClientError> {
+        Ok(self
+            .cluster
+            .drain_node(DrainNodeRequest { node_id })
+            .await?
+            .into_inner()
+            .epoch)
     }
 
     /// Returns the node's shards, offsets and lag.

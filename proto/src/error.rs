@@ -8,6 +8,20 @@ use std::fmt;
 
 /// Metadata key carrying [`ErrorCode::as_str`] on error responses.
 pub const ERROR_CODE_METADATA_KEY: &str = "quiver-error-code";
+/// Metadata key carrying the node's current cluster-map epoch on `wrong_shard` errors, so
+/// a client knows whether to refresh its map.
+pub const EPOCH_METADATA_KEY: &str = "quiver-epoch";
+
+/// Reads the epoch a node attached to an error, if any.
+pub fn epoch_from_status(status: &tonic::Status) -> Option<u64> {
+    status
+        .metadata()
+        .get(EPOCH_METADATA_KEY)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
 
 /// A wire-level error classification.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

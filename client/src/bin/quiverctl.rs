@@ -57,8 +57,22 @@ enum Command {
         #[arg(long)]
         int_keys: bool,
     },
-    /// Shards, offsets and lag of the node.
+    /// Cluster members and shard map (cluster mode), and this node's shards, offsets, lag.
     Status,
+    /// Cluster membership.
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// Move a node's replicas to other nodes (they serve before the old ones are dropped).
+    Drain {
+        /// Node id.
+        id: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -95,6 +109,63 @@ fn kind_json(k: Option<&Kind>) -> Json {
         Some(Kind::Float64List(v)) => json!(v.values),
         Some(Kind::StringList(v)) => json!(v.values),
     }
+}
+
+fn replica_state_name(state: i32) -> &'static str {
+    match quiver_proto::v1::ReplicaStateProto::try_from(state) {
+        Ok(quiver_proto::v1::ReplicaStateProto::Bootstrapping) => "bootstrapping",
+        Ok(quiver_proto::v1::ReplicaStateProto::Serving) => "serving",
+        Ok(quiver_proto::v1::ReplicaStateProto::Draining) => "draining",
+        _ => "unknown",
+    }
+}
+
+fn print_cluster(map: &quiver_proto::v1::ClusterMap, output: Output) {
+    if output == Output::Json {
+        let members: Vec<Json> = map
+            .members
+            .iter()
+            .map(|m| json!({"node_id": m.node_id, "addr": m.addr, "zone": m.zone, "status": m.status, "raft_role": m.raft_role, "leader": m.is_leader}))
+            .collect();
+        let shards: Vec<Json> = map
+            .shards
+            .iter()
+            .map(|s| json!({"shard": s.shard, "replicas": s.replicas.iter().map(|r| json!({"node_id": r.node_id, "state": replica_state_name(r.state)})).collect::<Vec<_>>()}))
+            .collect();
+        println!(
+            "{}",
+            json!({"cluster": {"epoch": map.epoch, "shard_count": map.shard_count, "partitioner": map.partitioner, "replication_factor": map.replication_factor, "leader_id": map.leader_id, "members": members, "shards": shards}})
+        );
+        return;
+    }
+    println!(
+        "cluster epoch {}  shards {}  R {}  partitioner {}  leader {}",
+        map.epoch, map.shard_count, map.replication_factor, map.partitioner, map.leader_id
+    );
+    println!(
+        "{:>6} {:<22} {:<8} {:<9} {:<8} leader",
+        "node", "addr", "zone", "status", "raft"
+    );
+    for m in &map.members {
+        println!(
+            "{:>6} {:<22} {:<8} {:<9} {:<8} {}",
+            m.node_id,
+            m.addr,
+            m.zone,
+            m.status,
+            m.raft_role,
+            if m.is_leader { "*" } else { "" }
+        );
+    }
+    for s in &map.shards {
+        let reps: Vec<String> = s
+            .replicas
+            .iter()
+            .map(|r| format!("{}:{}", r.node_id, replica_state_name(r.state)))
+            .collect();
+        println!("shard {:>4}: {}", s.shard, reps.join("  "));
+    }
+    println!();
 }
 
 fn status_name(s: FeatureStatus) -> &'static str {
@@ -253,7 +324,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let result = client.get_online_features(lookup.keys(entity_keys)).await?;
             print_rows(&keys, &result, cli.output)?;
         }
+        Command::Node {
+            command: NodeCommand::Drain { id },
+        } => {
+            let epoch = client.drain_node(id).await?;
+            println!("node {id} draining (epoch {epoch})");
+        }
         Command::Status => {
+            // Cluster mode adds members and the shard map; a static node has neither.
+            let map = client.cluster_map().await.ok();
+            if let Some(map) = &map {
+                print_cluster(map, cli.output);
+            }
             let s = client.status().await?;
             if cli.output == Output::Json {
                 let shards: Vec<Json> = s

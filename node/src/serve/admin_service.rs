@@ -229,6 +229,12 @@ impl AdminService for AdminServiceImpl {
         let mut json =
             serde_json::to_value(view.as_ref()).map_err(|e| Status::internal(e.to_string()))?;
         json["used_by_feature_services"] = serde_json::json!(used_by);
+        if let Some(control) = &self.state.control
+            && let Some(lineage) = control.state().lineage.get(&name)
+        {
+            json["lineage"] =
+                serde_json::to_value(lineage).map_err(|e| Status::internal(e.to_string()))?;
+        }
         Ok(Response::new(DescribeViewResponse {
             definition_json: serde_json::to_string_pretty(&json)
                 .map_err(|e| Status::internal(e.to_string()))?,

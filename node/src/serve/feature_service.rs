@@ -30,13 +30,16 @@ impl FeatureServiceImpl {
         let max_wait = self.state.limits.max_watermark_wait;
         let deadline = tokio::time::Instant::now() + max_wait;
         for (shard, want) in plan.min_watermarks() {
-            let store = self
-                .state
-                .local()
-                .stores
-                .get(shard)
-                .cloned()
-                .ok_or(ServeError::WrongShard { shard: *shard })?;
+            let store =
+                self.state
+                    .local()
+                    .stores
+                    .get(shard)
+                    .cloned()
+                    .ok_or(ServeError::WrongShard {
+                        shard: *shard,
+                        epoch: self.state.epoch(),
+                    })?;
             let mut rx = store.subscribe_watermark();
             let reached = tokio::time::timeout_at(
                 deadline,
@@ -81,7 +84,10 @@ impl FeatureServiceImpl {
         )?;
         let local = self.state.local();
         if let Some(shard) = plan.shards().find(|s| !local.stores.contains_key(s)) {
-            return Err(ServeError::WrongShard { shard });
+            return Err(ServeError::WrongShard {
+                shard,
+                epoch: self.state.epoch(),
+            });
         }
         self.await_watermarks(&plan).await?;
         counter!(m::SERVE_KEYS).increment(plan.key_count() as u64);

@@ -298,9 +298,10 @@ pub fn execute_lookup(
     let mut watermarks = Vec::with_capacity(plan.by_shard.len());
     let mut storage_keys: Vec<Vec<u8>> = Vec::new();
     for (shard, rows) in &plan.by_shard {
-        let store = shards
-            .get(shard)
-            .ok_or(ServeError::WrongShard { shard: *shard })?;
+        let store = shards.get(shard).ok_or(ServeError::WrongShard {
+            shard: *shard,
+            epoch: 0,
+        })?;
         // Read the watermark first: the rows returned are at least this fresh.
         watermarks.push(shard_watermark(store));
         for vp in &plan.views {

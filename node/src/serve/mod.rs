@@ -40,10 +40,12 @@ pub enum ServeError {
     #[error("{0}")]
     FailedPrecondition(String),
     /// A key's shard is not replicated on this node.
-    #[error("shard {shard} is not replicated on this node")]
+    #[error("shard {shard} is not replicated on this node (cluster map epoch {epoch})")]
     WrongShard {
         /// The shard asked for.
         shard: ShardId,
+        /// This node's current cluster-map epoch (0 in static mode).
+        epoch: u64,
     },
     /// The replica has not reached the requested watermark in time.
     #[error("shard {shard} has not reached the requested watermark within {waited:?}")]
@@ -78,7 +80,22 @@ impl ServeError {
 
 impl From<ServeError> for tonic::Status {
     fn from(e: ServeError) -> Self {
-        e.code().to_status(e.to_string())
+        let mut status = e.code().to_status(e.to_string());
+        if let ServeError::WrongShard { epoch, .. } = e
+            && let Ok(v) = epoch.to_string().parse()
+        {
+            status
+                .metadata_mut()
+                .insert(quiver_proto::error::EPOCH_METADATA_KEY, v);
+        }
+        status
+    }
+}
+
+impl ServeState {
+    /// The cluster-map epoch this node has applied (0 in static mode).
+    pub fn epoch(&self) -> u64 {
+        self.control.as_ref().map_or(0, |c| c.state().epoch)
     }
 }
 

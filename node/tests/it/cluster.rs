@@ -209,6 +209,31 @@ async fn three_node_cluster_replicates_registry_and_serves_from_every_replica() 
     }
     assert_every_replica_serves(&cluster, &map, &keys).await;
 
+    // A node asked for a shard it does not hold answers WRONG_SHARD with its epoch.
+    let shard = Partitioner::Murmur2.shard_for_key(b"u1", SHARDS).0;
+    let holders: Vec<u64> = map
+        .shards
+        .iter()
+        .find(|s| s.shard == shard)
+        .unwrap()
+        .replicas
+        .iter()
+        .map(|r| r.node_id)
+        .collect();
+    let other = all.iter().find(|id| !holders.contains(id)).unwrap();
+    let err = cluster.nodes[other]
+        .lookup(&["scores:score"], vec![key("u1")])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        quiver_proto::ErrorCode::from_status(&err),
+        Some(quiver_proto::ErrorCode::WrongShard)
+    );
+    assert_eq!(
+        quiver_proto::error::epoch_from_status(&err),
+        Some(map.epoch)
+    );
+
     // Each node holds exactly its assigned shards.
     for (id, node) in &cluster.nodes {
         let assigned: BTreeSet<u32> = map
