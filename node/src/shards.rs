@@ -207,7 +207,7 @@ impl ShardManager {
                     shard: id.0,
                     caught_up,
                     lag,
-                    newest_event_time_micros: 0,
+                    newest_event_time_micros: r.store.newest_event_time_micros(),
                 }
             })
             .collect()

@@ -111,6 +111,18 @@ fn kind_json(k: Option<&Kind>) -> Json {
     }
 }
 
+/// Seconds since the newest applied event (the replica's freshness), if any was applied.
+fn freshness(newest_event_time_micros: i64) -> Option<f64> {
+    if newest_event_time_micros <= 0 {
+        return None;
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_micros() as i64;
+    Some((now - newest_event_time_micros) as f64 / 1e6)
+}
+
 fn replica_state_name(state: i32) -> &'static str {
     match quiver_proto::v1::ReplicaStateProto::try_from(state) {
         Ok(quiver_proto::v1::ReplicaStateProto::Bootstrapping) => "bootstrapping",
@@ -341,7 +353,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 let shards: Vec<Json> = s
                     .shards
                     .iter()
-                    .map(|sh| json!({"shard": sh.shard, "rows_estimate": sh.row_count_estimate, "partitions": sh.partitions.iter().map(|p| json!({
+                    .map(|sh| json!({"shard": sh.shard, "rows_estimate": sh.row_count_estimate, "replica_state": sh.replica_state, "freshness_seconds": freshness(sh.newest_event_time_micros), "partitions": sh.partitions.iter().map(|p| json!({
                         "topic": p.topic, "next_offset": p.next_offset, "high_watermark": p.high_watermark, "lag": p.lag,
                         "consumed": p.records_consumed, "applied": p.records_applied, "malformed": p.records_malformed, "reached_end": p.reached_end
                     })).collect::<Vec<_>>()}))
@@ -358,14 +370,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     s.node_id, s.shard_count, s.partitioner
                 );
                 println!(
-                    "{:>5} {:<24} {:>12} {:>12} {:>8} {:>12} {:>10}  caught-up",
-                    "shard", "topic", "next_offset", "high_wm", "lag", "consumed", "malformed"
+                    "{:>5} {:<13} {:>9} {:<24} {:>12} {:>12} {:>8} {:>12} {:>10}  caught-up",
+                    "shard",
+                    "replica",
+                    "fresh_s",
+                    "topic",
+                    "next_offset",
+                    "high_wm",
+                    "lag",
+                    "consumed",
+                    "malformed"
                 );
                 for sh in &s.shards {
+                    let fresh = freshness(sh.newest_event_time_micros)
+                        .map_or_else(|| "-".to_owned(), |f| format!("{f:.1}"));
                     for p in &sh.partitions {
                         println!(
-                            "{:>5} {:<24} {:>12} {:>12} {:>8} {:>12} {:>10}  {}",
+                            "{:>5} {:<13} {:>9} {:<24} {:>12} {:>12} {:>8} {:>12} {:>10}  {}",
                             sh.shard,
+                            sh.replica_state,
+                            fresh,
                             p.topic,
                             p.next_offset,
                             p.high_watermark,

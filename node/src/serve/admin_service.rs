@@ -156,10 +156,25 @@ impl AdminServiceImpl {
                         }
                     })
                     .collect();
+                let replica_state = match &self.state.control {
+                    None => "static".to_owned(),
+                    Some(c) => match c.state().replicas_on(c.node_id()).get(&id.0) {
+                        Some(crate::control::state::ReplicaState::Bootstrapping) => {
+                            "bootstrapping".to_owned()
+                        }
+                        Some(crate::control::state::ReplicaState::Serving) => "serving".to_owned(),
+                        Some(crate::control::state::ReplicaState::Draining) => {
+                            "draining".to_owned()
+                        }
+                        None => "unassigned".to_owned(),
+                    },
+                };
                 ShardStatus {
                     shard: id.0,
                     partitions,
                     row_count_estimate: store.estimate_rows(),
+                    newest_event_time_micros: store.newest_event_time_micros(),
+                    replica_state,
                 }
             })
             .collect();

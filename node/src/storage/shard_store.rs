@@ -73,6 +73,8 @@ pub struct ShardStore {
     db_options: Options,
     offsets: Mutex<BTreeMap<String, OffsetRecord>>,
     watermark: watch::Sender<Watermark>,
+    /// Newest event time applied since open (freshness), µs; 0 if none.
+    newest_event_micros: std::sync::atomic::AtomicI64,
 }
 
 impl ShardStore {
@@ -95,6 +97,7 @@ impl ShardStore {
             db_options,
             offsets: Mutex::new(BTreeMap::new()),
             watermark: watch::channel(Arc::new(BTreeMap::new())).0,
+            newest_event_micros: std::sync::atomic::AtomicI64::new(0),
         };
         store.check_identity(&identity)?;
         let offsets = store.load_offsets()?;
@@ -182,6 +185,13 @@ impl ShardStore {
         self.watermark.borrow().clone()
     }
 
+    /// Event time (µs) of the newest row applied since the store opened; 0 if none.
+    pub fn newest_event_time_micros(&self) -> i64 {
+        self.newest_event_micros
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .max(0)
+    }
+
     /// Subscribes to watermark changes (after every applied batch).
     pub fn subscribe_watermark(&self) -> watch::Receiver<Watermark> {
         self.watermark.subscribe()
@@ -221,6 +231,7 @@ impl ShardStore {
         let mut outcome = ApplyOutcome::default();
         let mut per_topic = vec![ApplyOutcome::default(); batch.progress.len()];
         let mut tombstone = Vec::new();
+        let mut newest = i64::MIN;
         for w in &batch.writes {
             let slot = current.get_mut(w.key.as_slice()).expect("seeded above");
             let wins = slot.is_none_or(|cur| w.event_time_micros >= cur);
@@ -236,6 +247,7 @@ impl ShardStore {
                 }
                 counter.applied += 1;
                 outcome.applied += 1;
+                newest = newest.max(w.event_time_micros);
             } else {
                 counter.superseded += 1;
                 outcome.superseded += 1;
@@ -262,6 +274,8 @@ impl ShardStore {
         *offsets = next;
         drop(offsets);
         self.watermark.send_replace(Arc::new(wm));
+        self.newest_event_micros
+            .fetch_max(newest, std::sync::atomic::Ordering::Relaxed);
         Ok(outcome)
     }
 

@@ -20,7 +20,7 @@ use crate::procs::{Broker, NodeProcess, free_port};
 
 const P: u32 = 16;
 const R: usize = 2;
-const KEYS: usize = 2_000;
+const KEYS: usize = 10_000;
 
 const VIEWS: &str = r#"
 [[entity]]
@@ -356,6 +356,7 @@ async fn cluster_survives_leader_kill_restart_and_scale_out() {
     port_of.insert(4, m4.grpc);
     let four: BTreeSet<u64> = port_of.keys().copied().collect();
     let started = Instant::now();
+    let mut node4_serving: Option<Duration> = None;
     let map4 = loop {
         let current = map_from(survivor).await.unwrap();
         let unserved = unserved_keys(&current, &port_of, &keys).await;
@@ -365,6 +366,24 @@ async fn cluster_survives_leader_kill_restart_and_scale_out() {
             unserved.len(),
             &unserved[..unserved.len().min(3)]
         );
+        let on4: Vec<i32> = current
+            .shards
+            .iter()
+            .flat_map(|s| {
+                s.replicas
+                    .iter()
+                    .filter(|r| r.node_id == 4)
+                    .map(|r| r.state)
+            })
+            .collect();
+        if node4_serving.is_none()
+            && !on4.is_empty()
+            && on4
+                .iter()
+                .all(|st| *st == ReplicaStateProto::Serving as i32)
+        {
+            node4_serving = Some(started.elapsed());
+        }
         let done = current.shards.iter().all(|s| {
             s.replicas.len() == R
                 && s.replicas.iter().all(|r| {
@@ -389,6 +408,15 @@ async fn cluster_survives_leader_kill_restart_and_scale_out() {
         "3 → 4 nodes moved {moved} of {} replicas (bound {bound}) in {:?}",
         P as usize * R,
         started.elapsed()
+    );
+    eprintln!(
+        "node 4's new replicas ({} records per partition) went from process start through Bootstrapping to Serving in {:?}",
+        KEYS / P as usize,
+        node4_serving
+    );
+    assert!(
+        node4_serving.is_some(),
+        "node 4's replicas never all served"
     );
     assert!(moved <= bound);
     assert!(unserved_keys(&map4, &port_of, &keys).await.is_empty());
