@@ -605,6 +605,29 @@ mod tests {
     }
 
     #[test]
+    fn cluster_mode_settings() {
+        let mut f = NodeConfigFile::default();
+        f.control.enabled = true;
+        f.control.initial_voters = vec!["1@127.0.0.1:7070".into(), "2@127.0.0.1:7071".into()];
+        f.control.replication_factor = 3;
+        let c = f.validate().unwrap().control.unwrap();
+        assert_eq!(c.initial_voters.len(), 2);
+        assert_eq!(
+            c.advertise_addr, "127.0.0.1:7070",
+            "defaults to the gRPC address"
+        );
+        assert_eq!(c.settings.replication_factor, 3);
+        assert_eq!(c.settings.shard_count, 8);
+        assert!(
+            NodeConfigFile::default()
+                .validate()
+                .unwrap()
+                .control
+                .is_none()
+        );
+    }
+
+    #[test]
     fn parses_a_full_file() {
         let text = r#"
 version = 1
@@ -658,6 +681,22 @@ definition_files = ["a.toml"]
             (|f| f.limits.max_batch_keys = 0, "limits.max_batch_keys"),
             (|f| f.log.format = "xml".into(), "log.format"),
             (|f| f.version = 2, "version = 2"),
+            (
+                |f| {
+                    f.control.enabled = true;
+                    f.control.initial_voters = vec!["nope".into()];
+                },
+                "control.initial_voters entry \"nope\"",
+            ),
+            (|f| f.control.enabled = true, "set initial_voters"),
+            (
+                |f| {
+                    f.control.enabled = true;
+                    f.control.seeds = vec!["127.0.0.1:7070".into()];
+                    f.control.voters = 2;
+                },
+                "control.voters = 2",
+            ),
         ];
         for (mutate, needle) in cases {
             let mut f = NodeConfigFile::default();

@@ -116,6 +116,33 @@ struct NodeArgs {
         value_delimiter = ','
     )]
     definitions: Vec<PathBuf>,
+    /// control.enabled: run in cluster mode
+    #[arg(long, env = "QUIVER_CONTROL_ENABLED")]
+    control_enabled: Option<bool>,
+    /// control.advertise_addr
+    #[arg(long, env = "QUIVER_ADVERTISE_ADDR")]
+    advertise_addr: Option<String>,
+    /// control.zone
+    #[arg(long, env = "QUIVER_ZONE")]
+    zone: Option<String>,
+    /// control.initial_voters, comma separated "id@host:port"
+    #[arg(long, env = "QUIVER_INITIAL_VOTERS", value_delimiter = ',')]
+    initial_voters: Option<Vec<String>>,
+    /// control.seeds, comma separated "host:port"
+    #[arg(long, env = "QUIVER_SEEDS", value_delimiter = ',')]
+    seeds: Option<Vec<String>>,
+    /// control.replication_factor
+    #[arg(long, env = "QUIVER_REPLICATION_FACTOR")]
+    replication_factor: Option<u32>,
+    /// control.voters (1, 3 or 5)
+    #[arg(long, env = "QUIVER_VOTERS")]
+    voters: Option<usize>,
+    /// control.heartbeat_interval
+    #[arg(long, env = "QUIVER_HEARTBEAT_INTERVAL", value_parser = humantime::parse_duration)]
+    heartbeat_interval: Option<Duration>,
+    /// control.dead_after
+    #[arg(long, env = "QUIVER_DEAD_AFTER", value_parser = humantime::parse_duration)]
+    dead_after: Option<Duration>,
     /// log.format: plain | json
     #[arg(long, env = "QUIVER_LOG_FORMAT")]
     log_format: Option<String>,
@@ -173,6 +200,15 @@ fn apply_overrides(f: &mut NodeConfigFile, a: NodeArgs) -> anyhow::Result<()> {
     if !a.definitions.is_empty() {
         f.registry.definition_files = a.definitions;
     }
+    set(&mut f.control.enabled, a.control_enabled);
+    set(&mut f.control.advertise_addr, a.advertise_addr);
+    set(&mut f.control.zone, a.zone);
+    set(&mut f.control.initial_voters, a.initial_voters);
+    set(&mut f.control.seeds, a.seeds);
+    set(&mut f.control.replication_factor, a.replication_factor);
+    set(&mut f.control.voters, a.voters);
+    set(&mut f.control.heartbeat_interval, a.heartbeat_interval);
+    set(&mut f.control.dead_after, a.dead_after);
     set(&mut f.log.format, a.log_format);
     set(&mut f.log.level, a.log_level);
     Ok(())
