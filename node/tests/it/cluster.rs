@@ -251,12 +251,58 @@ async fn three_node_cluster_replicates_registry_and_serves_from_every_replica() 
         assert_eq!(local, assigned, "node {id}");
     }
 
+    // Watch the map while draining node 1: its replicas move to nodes 2 and 3 (which
+    // serve before node 1 lets go), and the stream reports every new epoch.
+    let mut watch = ClusterServiceClient::new(cluster.nodes[&2].channel.clone())
+        .watch_cluster_map(GetClusterMapRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.message().await.unwrap().unwrap();
+    assert_eq!(first.epoch, cluster_map(&cluster.nodes[&2]).await.epoch);
+    ClusterServiceClient::new(cluster.nodes[&3].channel.clone())
+        .drain_node(quiver_proto::v1::DrainNodeRequest { node_id: 1 })
+        .await
+        .unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(30), watch.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(next.epoch > first.epoch, "the stream sends newer epochs");
+    let rest: BTreeSet<u64> = [2, 3].into();
+    let drained = wait_placed(&cluster, 2, &rest).await;
+    assert_eq!(
+        drained
+            .members
+            .iter()
+            .find(|m| m.node_id == 1)
+            .unwrap()
+            .status,
+        "draining"
+    );
+    assert_every_replica_serves(&cluster, &drained, &keys).await;
+    eventually(
+        Duration::from_secs(30),
+        "node 1 released its shards",
+        || async {
+            cluster.nodes[&1]
+                .node()
+                .local_shards()
+                .is_empty()
+                .then_some(())
+        },
+    )
+    .await;
+
     // Stop node 3: after the grace period its replicas are re-placed and R is restored.
     let stopped = 3;
     cluster.nodes.remove(&stopped).unwrap().stop().await;
     let _ = &cluster.addrs;
-    let alive: BTreeSet<u64> = cluster.nodes.keys().copied().collect();
-    let map = wait_placed(&cluster, 2, &alive).await;
+    // Node 1 is draining, so only node 2 is placeable: every shard keeps its one
+    // replica there (R cannot be met with one placeable node).
+    let alive: BTreeSet<u64> = [2].into();
+    let map = wait_placed(&cluster, 1, &alive).await;
     let dead = map.members.iter().find(|m| m.node_id == stopped).unwrap();
     assert_eq!(dead.status, "dead");
     assert_every_replica_serves(&cluster, &map, &keys).await;
