@@ -37,6 +37,17 @@ pub const STORAGE_BLOCK_CACHE_USAGE: &str = "quiver_storage_block_cache_usage_by
 /// Estimated rows by `shard`.
 pub const STORAGE_ROWS: &str = "quiver_storage_rows_estimate";
 
+/// Current Raft term of the control-plane group.
+pub const CONTROL_RAFT_TERM: &str = "quiver_control_raft_term";
+/// 1 while this node leads the control plane.
+pub const CONTROL_IS_LEADER: &str = "quiver_control_is_leader";
+/// Last log index applied to the control-plane state machine.
+pub const CONTROL_APPLIED_INDEX: &str = "quiver_control_applied_index";
+/// Leader changes observed by this node.
+pub const CONTROL_LEADER_CHANGES: &str = "quiver_control_leader_changes_total";
+/// Cluster-map epoch applied on this node.
+pub const CONTROL_EPOCH: &str = "quiver_control_shard_epoch";
+
 /// Registers descriptions with the installed recorder; call once at start-up.
 pub fn describe() {
     describe_counter!(SERVE_REQUESTS, "gRPC requests by rpc and result code");
@@ -89,4 +100,28 @@ pub fn describe() {
         "bytes held by the shared block cache"
     );
     describe_gauge!(STORAGE_ROWS, Unit::Count, "estimated stored rows by shard");
+    describe_gauge!(
+        CONTROL_RAFT_TERM,
+        Unit::Count,
+        "current raft term of the control plane"
+    );
+    describe_gauge!(
+        CONTROL_IS_LEADER,
+        Unit::Count,
+        "1 while this node leads the control plane"
+    );
+    describe_gauge!(
+        CONTROL_APPLIED_INDEX,
+        Unit::Count,
+        "last applied control-plane log index"
+    );
+    describe_counter!(
+        CONTROL_LEADER_CHANGES,
+        "control-plane leader changes seen by this node"
+    );
+    describe_gauge!(
+        CONTROL_EPOCH,
+        Unit::Count,
+        "cluster-map epoch applied on this node"
+    );
 }

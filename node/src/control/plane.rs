@@ -158,6 +158,7 @@ impl ControlPlane {
             local_reports,
         });
         tokio::spawn(plane.clone().run_member_loop(cancel.clone()));
+        tokio::spawn(plane.clone().run_metrics_loop(cancel.clone()));
         tokio::spawn(plane.clone().run_reconciler_loop(cancel));
         Ok(plane)
     }
@@ -377,6 +378,33 @@ impl ControlPlane {
             .await
             .map_err(|s| ControlError::NoLeader(s.message().to_owned()))?;
         Ok(())
+    }
+
+    /// Exports Raft term, leadership, applied index and the epoch as metrics.
+    async fn run_metrics_loop(self: Arc<Self>, cancel: CancellationToken) {
+        use crate::metrics as m;
+        let mut rx = self.raft.metrics();
+        let mut leader = None;
+        loop {
+            let snapshot = rx.borrow_and_update().clone();
+            metrics::gauge!(m::CONTROL_RAFT_TERM).set(snapshot.current_term as f64);
+            metrics::gauge!(m::CONTROL_IS_LEADER)
+                .set(f64::from(u8::from(snapshot.state == ServerState::Leader)));
+            metrics::gauge!(m::CONTROL_APPLIED_INDEX)
+                .set(snapshot.last_applied.map_or(0, |l| l.index) as f64);
+            metrics::gauge!(m::CONTROL_EPOCH).set(self.state().epoch as f64);
+            if snapshot.current_leader != leader {
+                if leader.is_some() || snapshot.current_leader.is_some() {
+                    metrics::counter!(m::CONTROL_LEADER_CHANGES).increment(1);
+                    info!(leader = ?snapshot.current_leader, term = snapshot.current_term, "control-plane leader changed");
+                }
+                leader = snapshot.current_leader;
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                res = rx.changed() => if res.is_err() { return },
+            }
+        }
     }
 
     async fn run_reconciler_loop(self: Arc<Self>, cancel: CancellationToken) {

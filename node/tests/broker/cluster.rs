@@ -421,6 +421,17 @@ async fn cluster_survives_leader_kill_restart_and_scale_out() {
     assert!(moved <= bound);
     assert!(unserved_keys(&map4, &port_of, &keys).await.is_empty());
 
+    // Control-plane metrics are exported by every member.
+    let metrics = crate::scrape_metrics(m4.metrics);
+    for name in [
+        "quiver_control_raft_term",
+        "quiver_control_is_leader",
+        "quiver_control_applied_index",
+        "quiver_control_shard_epoch",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from /metrics");
+    }
+
     for (_, p) in procs {
         p.terminate();
     }
