@@ -421,6 +421,53 @@ async fn cluster_survives_leader_kill_restart_and_scale_out() {
     assert!(moved <= bound);
     assert!(unserved_keys(&map4, &port_of, &keys).await.is_empty());
 
+    // Node 4 joined as a learner. Kill -9 a voter that does not lead: after the grace
+    // period the leader promotes the live learner, keeping three voters.
+    assert_eq!(
+        map4.members
+            .iter()
+            .find(|m| m.node_id == 4)
+            .unwrap()
+            .raft_role,
+        "learner"
+    );
+    let victim = map4
+        .members
+        .iter()
+        .find(|m| m.raft_role == "voter" && !m.is_leader)
+        .unwrap()
+        .node_id;
+    procs.remove(&victim).unwrap().kill_9();
+    port_of.remove(&victim);
+    let killed_at = Instant::now();
+    let leader_port = port_of[&map4.leader_id];
+    loop {
+        if let Some(m) = map_from(leader_port).await {
+            let role = |id: u64| {
+                m.members
+                    .iter()
+                    .find(|x| x.node_id == id)
+                    .map(|x| x.raft_role.clone())
+                    .unwrap_or_default()
+            };
+            if role(4) == "voter" && role(victim) != "voter" {
+                break;
+            }
+        }
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(30),
+            "learner 4 was not promoted after voter {victim} died"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "voter {victim} killed; learner 4 promoted to voter after {:?}",
+        killed_at.elapsed()
+    );
+    let three: BTreeSet<u64> = port_of.keys().copied().collect();
+    let map5 = wait_placed(leader_port, &three, Duration::from_secs(60)).await;
+    assert!(unserved_keys(&map5, &port_of, &keys).await.is_empty());
+
     // Control-plane metrics are exported by every member.
     let metrics = crate::scrape_metrics(m4.metrics);
     for name in [
