@@ -202,6 +202,10 @@ impl Node {
                     shard_count = config.shard_count,
                     "opened shard replicas (static mode)"
                 );
+                background.push(tokio::spawn(run_promotion_loop(
+                    state.clone(),
+                    cancel.clone(),
+                )));
             }
             Some(c) => {
                 background.push(tokio::spawn(run_follow_loop(
@@ -358,6 +362,41 @@ async fn run_follow_loop(
             () = cancel.cancelled() => return,
             res = rx.changed() => if res.is_err() { return },
             _ = tick.tick() => {}
+        }
+    }
+}
+
+/// Static mode: promotes a pending view version once every local replica re-ingested it
+/// (in cluster mode the leader does this for the whole cluster).
+async fn run_promotion_loop(state: Arc<ServeState>, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let snap = state.registry.snapshot();
+        let local = state.local();
+        for view in snap.pending.values() {
+            let ready = !local.stores.is_empty()
+                && local.stores.iter().all(|(id, store)| {
+                    local
+                        .status
+                        .get(id)
+                        .is_some_and(|st| crate::shards::pending_caught_up(store, st, view))
+                });
+            if !ready {
+                continue;
+            }
+            let registry = state.registry.clone();
+            let (name, version) = (view.name.clone(), view.version);
+            match tokio::task::spawn_blocking(move || registry.promote(&name, version)).await {
+                Ok(Ok(())) => {
+                    info!(view = %view.name, version = view.version, "new view version re-ingested: promoted to serving")
+                }
+                Ok(Err(e)) => warn!(view = %view.name, error = %e, "promoting view version failed"),
+                Err(e) => warn!(error = %e, "promotion task failed"),
+            }
         }
     }
 }

@@ -17,8 +17,11 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::ingest::{IngestConfig, IngestHandle, spawn_shard_ingest};
+use crate::ingest::{
+    IngestConfig, IngestHandle, IngestStatus, pending_stream_key, spawn_shard_ingest,
+};
 use crate::node::NodeError;
+use crate::registry::FeatureView;
 use crate::registry::Registry;
 use crate::serve::{LocalShards, ServeState};
 use crate::storage::{ShardStore, StorageEngine};
@@ -26,6 +29,23 @@ use crate::storage::{ShardStore, StorageEngine};
 struct Replica {
     store: Arc<ShardStore>,
     ingest: IngestHandle,
+}
+
+/// Whether the pending `view` has re-ingested its topic up to the serving stream on this
+/// replica. From then on both streams advance in lockstep (one consumer, one batch), so a
+/// promotion at any later batch boundary leaves no gap.
+pub fn pending_caught_up(store: &ShardStore, status: &IngestStatus, view: &FeatureView) -> bool {
+    let offsets = store.offsets();
+    let topic = &view.source.topic;
+    let key = pending_stream_key(topic, &view.name, view.version);
+    let main = offsets.get(topic).map_or(0, |r| r.next_offset);
+    let pending = offsets.get(&key).map_or(0, |r| r.next_offset);
+    if main > 0 {
+        pending >= main
+    } else {
+        // Nothing consumed yet: caught up once the partition is known to be empty.
+        status.topics().get(topic).is_some_and(|t| t.reached_end)
+    }
 }
 
 /// Owns the local shard replicas.
@@ -183,7 +203,9 @@ impl ShardManager {
     /// partition reached its end (or had nothing to consume).
     pub async fn reports(&self) -> Vec<ReplicaReport> {
         let replicas = self.replicas.lock().await;
-        let topics = self.registry.snapshot().topics();
+        let snap = self.registry.snapshot();
+        let topics = snap.topics();
+        let pending: Vec<Arc<FeatureView>> = snap.pending.values().cloned().collect();
         replicas
             .iter()
             .map(|(id, r)| {
@@ -203,11 +225,17 @@ impl ShardManager {
                         if high < 0 { 0 } else { (high - next).max(0) }
                     })
                     .sum();
+                let caught_up_pending = pending
+                    .iter()
+                    .filter(|v| pending_caught_up(&r.store, &r.ingest.status, v))
+                    .map(|v| format!("{}@{}", v.name, v.version))
+                    .collect();
                 ReplicaReport {
                     shard: id.0,
                     caught_up,
                     lag,
                     newest_event_time_micros: r.store.newest_event_time_micros(),
+                    caught_up_pending,
                 }
             })
             .collect()

@@ -478,6 +478,27 @@ impl ControlPlane {
             }
         }
         self.manage_voters(&state).await;
+        // Promote pending view versions every replica has re-ingested.
+        for def in &state.registry.pending_views {
+            let version = def.version.unwrap_or(1);
+            let tag = format!("{}@{version}", def.name);
+            let everywhere = state.assignment.iter().all(|(shard, reps)| {
+                !reps.is_empty()
+                    && reps.iter().all(|r| {
+                        seen.get(&r.node)
+                            .and_then(|s| s.replicas.get(shard))
+                            .is_some_and(|rep| rep.caught_up_pending.contains(&tag))
+                    })
+            });
+            if everywhere {
+                info!(view = %def.name, version, "every replica re-ingested the new version: promoting it");
+                self.propose_local(Command::PromoteView {
+                    view: def.name.clone(),
+                    version,
+                })
+                .await?;
+            }
+        }
         let state = self.state();
         let settings = state.settings.clone().expect("checked above");
         let nodes: Vec<PlacementNode> = state

@@ -142,6 +142,13 @@ pub enum Command {
         /// New state.
         state: ReplicaState,
     },
+    /// Makes the pending `version` of `view` the serving one (every replica re-ingested it).
+    PromoteView {
+        /// View name.
+        view: String,
+        /// The pending version.
+        version: u32,
+    },
     /// Validates and merges registry definitions.
     ApplyDefinitions {
         /// The definitions.
@@ -276,6 +283,19 @@ impl ClusterState {
                     self.epoch += 1;
                 }
                 applied(self, vec![])
+            }
+            Command::PromoteView { view, version } => {
+                match crate::registry::promote_definition(&self.registry, view, *version) {
+                    Err(e) => CommandResult::rejected(e.to_string()),
+                    Ok(promoted) => {
+                        self.registry = promoted;
+                        let change = format!("view {view} v{version}: promoted to serving");
+                        if let Some(l) = self.lineage.get_mut(view) {
+                            l.history.push(change.clone());
+                        }
+                        applied(self, vec![change])
+                    }
+                }
             }
             Command::ApplyDefinitions {
                 file,

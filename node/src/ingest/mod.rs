@@ -18,7 +18,9 @@ mod shard_ingest;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-pub use shard_ingest::{IngestHandle, IngestStatus, TopicIngestStatus, spawn_shard_ingest};
+pub use shard_ingest::{
+    IngestHandle, IngestStatus, TopicIngestStatus, pending_stream_key, spawn_shard_ingest,
+};
 
 /// Settings of the ingest loops.
 #[derive(Debug, Clone)]

@@ -143,7 +143,8 @@ pub fn spawn_shard_ingest(
         consumer,
         dead_letters,
         status: status.clone(),
-        routes: HashMap::new(),
+        streams: HashMap::new(),
+        assigned: Vec::new(),
         topics: Vec::new(),
         generation: None,
         last_lag_refresh: None,
@@ -161,6 +162,21 @@ pub fn spawn_shard_ingest(
     })
 }
 
+/// A sequence of offsets of one topic applied to a set of views, with its own resume
+/// position (stored under `key` in the shard's meta column family).
+struct Stream {
+    /// The topic name for serving views; `topic#view@version` for a pending version.
+    key: String,
+    routes: Vec<Route>,
+    /// Next offset this stream applies.
+    next: i64,
+}
+
+/// The offset-stream key of a pending view version on `topic`.
+pub fn pending_stream_key(topic: &str, view: &str, version: u32) -> String {
+    format!("{topic}#{view}@{version}")
+}
+
 struct Route {
     view: Arc<FeatureView>,
     key_type: KeyType,
@@ -175,8 +191,11 @@ struct ShardIngest {
     consumer: BaseConsumer<IngestContext>,
     dead_letters: Option<Arc<ThreadedProducer<DefaultProducerContext>>>,
     status: Arc<IngestStatus>,
-    /// Views per source topic.
-    routes: HashMap<String, Vec<Route>>,
+    /// Offset streams per source topic: the serving views share the topic's stream; each
+    /// pending view version has its own (it re-reads the topic from the start).
+    streams: HashMap<String, Vec<Stream>>,
+    /// Stream keys per topic at the last assignment.
+    assigned: Vec<(String, Vec<String>)>,
     topics: Vec<String>,
     generation: Option<u64>,
     last_lag_refresh: Option<Instant>,
@@ -201,24 +220,31 @@ impl ShardIngest {
         info!("ingest loop stopped");
     }
 
-    /// Re-reads the registry; on a topic change, reassigns from the stored offsets.
+    /// Re-reads the registry; when the topics or streams change, reassigns each topic from
+    /// the lowest stored offset of its streams (a stream skips records below its own).
     fn refresh_routes(&mut self) {
         let snap = self.registry.snapshot();
         if self.generation == Some(snap.generation) {
             return;
         }
         self.generation = Some(snap.generation);
-        self.routes = build_routes(&snap);
-        let topics = snap.topics();
-        if topics == self.topics {
+        let offsets = self.store.offsets();
+        self.streams = build_streams(&snap, &offsets);
+        let mut assigned: Vec<(String, Vec<String>)> = self
+            .streams
+            .iter()
+            .map(|(t, ss)| (t.clone(), ss.iter().map(|s| s.key.clone()).collect()))
+            .collect();
+        assigned.sort();
+        if assigned == self.assigned {
             return;
         }
-        let offsets = self.store.offsets();
+        let topics: Vec<String> = assigned.iter().map(|(t, _)| t.clone()).collect();
         let mut tpl = TopicPartitionList::new();
-        for t in &topics {
-            let start = match offsets.get(t) {
-                Some(r) => Offset::Offset(r.next_offset),
-                None => Offset::Beginning,
+        for (t, streams) in &self.streams {
+            let start = match streams.iter().map(|s| s.next).min() {
+                Some(n) if n > 0 => Offset::Offset(n),
+                _ => Offset::Beginning,
             };
             if let Err(e) = tpl.add_partition_offset(t, self.shard.0 as i32, start) {
                 error!(topic = %t, error = %e, "cannot add partition to assignment");
@@ -226,7 +252,7 @@ impl ShardIngest {
         }
         match self.consumer.assign(&tpl) {
             Ok(()) => {
-                info!(topics = ?topics, "assigned source partitions");
+                info!(streams = ?assigned, "assigned source partitions");
                 self.status.update(|s| {
                     s.retain(|t, _| topics.contains(t));
                     for t in &topics {
@@ -237,6 +263,7 @@ impl ShardIngest {
                     }
                 });
                 self.topics = topics;
+                self.assigned = assigned;
                 self.last_lag_refresh = None;
             }
             // Retried on the next cycle: the generation is forgotten.
@@ -251,7 +278,11 @@ impl ShardIngest {
     /// then takes whatever is already fetched.
     fn poll_batch(&mut self) -> IngestBatch {
         let mut batch = IngestBatch::default();
-        let mut topic_index: HashMap<String, usize> = HashMap::new();
+        let mut stream_index: HashMap<String, usize> = HashMap::new();
+        let mut seen_topics: std::collections::HashSet<String> = std::collections::HashSet::new();
+        let mut dead_letters: Vec<(rdkafka::message::OwnedMessage, String, String)> = Vec::new();
+        // Taken out so records (which borrow the consumer) can update stream positions.
+        let mut streams = std::mem::take(&mut self.streams);
         let mut row_buf = Vec::new();
         let mut timeout = self.config.poll_timeout;
         let mut eof = false;
@@ -278,64 +309,75 @@ impl ShardIngest {
             };
             records += 1;
             let topic = msg.topic();
-            let idx = *topic_index.entry(topic.to_owned()).or_insert_with(|| {
-                batch.progress.push(TopicProgress {
-                    topic: topic.to_owned(),
-                    ..Default::default()
-                });
-                batch.progress.len() - 1
-            });
-            let progress = &mut batch.progress[idx];
-            progress.next_offset = msg.offset() + 1;
-            progress.consumed += 1;
+            let offset = msg.offset();
+            seen_topics.insert(topic.to_owned());
             let raw = RawRecord {
                 key: msg.key(),
                 payload: msg.payload(),
                 timestamp_millis: msg.timestamp().to_millis(),
             };
-            let routes = self
-                .routes
-                .get(topic)
-                .map(Vec::as_slice)
-                .unwrap_or_default();
-            let mut malformed = false;
-            for route in routes {
-                match decode_record(&route.view, route.key_type, &raw) {
-                    Ok(rec) => {
-                        let value = rec.values.map(|vals| {
-                            encode_row(rec.event_time_micros, &vals, &mut row_buf);
-                            row_buf.clone()
-                        });
-                        batch.writes.push(RowWrite {
-                            topic: idx,
-                            key: keys::row_key(
-                                &route.view.name,
-                                route.view.version,
-                                &rec.entity_key,
-                            ),
-                            event_time_micros: rec.event_time_micros,
-                            value,
-                        });
-                    }
-                    Err(e) => {
-                        malformed = true;
-                        counter!(m::INGEST_MALFORMED, "shard" => self.shard_label.clone(), "reason" => e.reason())
-                            .increment(1);
-                        warn!(topic, partition = msg.partition(), offset = msg.offset(), view = %route.view.name,
-                            error = %e, "skipping malformed record");
-                        self.dead_letter(&msg, &route.view.name, &e.to_string());
+            let Some(topic_streams) = streams.get_mut(topic) else {
+                continue;
+            };
+            for stream in topic_streams.iter_mut() {
+                // Below a stream's position: already applied for its views.
+                if offset < stream.next {
+                    continue;
+                }
+                stream.next = offset + 1;
+                let idx = *stream_index.entry(stream.key.clone()).or_insert_with(|| {
+                    batch.progress.push(TopicProgress {
+                        topic: stream.key.clone(),
+                        ..Default::default()
+                    });
+                    batch.progress.len() - 1
+                });
+                let progress = &mut batch.progress[idx];
+                progress.next_offset = offset + 1;
+                progress.consumed += 1;
+                let mut malformed = false;
+                for route in &stream.routes {
+                    match decode_record(&route.view, route.key_type, &raw) {
+                        Ok(rec) => {
+                            let value = rec.values.map(|vals| {
+                                encode_row(rec.event_time_micros, &vals, &mut row_buf);
+                                row_buf.clone()
+                            });
+                            batch.writes.push(RowWrite {
+                                topic: idx,
+                                key: keys::row_key(
+                                    &route.view.name,
+                                    route.view.version,
+                                    &rec.entity_key,
+                                ),
+                                event_time_micros: rec.event_time_micros,
+                                value,
+                            });
+                        }
+                        Err(e) => {
+                            malformed = true;
+                            counter!(m::INGEST_MALFORMED, "shard" => self.shard_label.clone(), "reason" => e.reason())
+                                .increment(1);
+                            warn!(topic, partition = msg.partition(), offset, view = %route.view.name,
+                                version = route.view.version, error = %e, "skipping malformed record");
+                            dead_letters.push((
+                                msg.detach(),
+                                route.view.name.clone(),
+                                e.to_string(),
+                            ));
+                        }
                     }
                 }
-            }
-            if malformed {
-                batch.progress[idx].malformed += 1;
+                if malformed {
+                    batch.progress[idx].malformed += 1;
+                }
             }
         }
-        let consumed: HashMap<&str, ()> = batch
-            .progress
-            .iter()
-            .map(|p| (p.topic.as_str(), ()))
-            .collect();
+        self.streams = streams;
+        for (msg, view, error) in &dead_letters {
+            self.dead_letter(msg, view, error);
+        }
+        let consumed: HashMap<&str, ()> = seen_topics.iter().map(|t| (t.as_str(), ())).collect();
         let single_topic = self.topics.len() == 1;
         self.status.update(|s| {
             for (t, st) in s.iter_mut() {
@@ -352,7 +394,7 @@ impl ShardIngest {
         batch
     }
 
-    fn dead_letter(&self, msg: &rdkafka::message::BorrowedMessage<'_>, view: &str, error: &str) {
+    fn dead_letter(&self, msg: &rdkafka::message::OwnedMessage, view: &str, error: &str) {
         let (Some(producer), Some(topic)) = (&self.dead_letters, &self.config.dead_letter_topic)
         else {
             return;
@@ -465,19 +507,39 @@ impl ShardIngest {
     }
 }
 
-fn build_routes(snap: &RegistrySnapshot) -> HashMap<String, Vec<Route>> {
-    let mut routes: HashMap<String, Vec<Route>> = HashMap::new();
-    for view in snap.views.values() {
-        let Some(entity) = snap.entities.get(&view.entity) else {
-            continue;
-        };
-        routes
-            .entry(view.source.topic.clone())
-            .or_default()
-            .push(Route {
-                view: view.clone(),
-                key_type: entity.key_type,
+fn build_streams(
+    snap: &RegistrySnapshot,
+    offsets: &std::collections::BTreeMap<String, crate::storage::OffsetRecord>,
+) -> HashMap<String, Vec<Stream>> {
+    let next = |key: &str| offsets.get(key).map_or(0, |r| r.next_offset);
+    let route = |view: &Arc<FeatureView>| {
+        snap.entities.get(&view.entity).map(|e| Route {
+            view: view.clone(),
+            key_type: e.key_type,
+        })
+    };
+    let mut streams: HashMap<String, Vec<Stream>> = HashMap::new();
+    for topic in snap.topics() {
+        let serving: Vec<Route> = snap
+            .views
+            .values()
+            .filter(|v| v.source.topic == topic)
+            .filter_map(route)
+            .collect();
+        let mut list = vec![Stream {
+            key: topic.clone(),
+            routes: serving,
+            next: next(&topic),
+        }];
+        for view in snap.pending.values().filter(|v| v.source.topic == topic) {
+            let key = pending_stream_key(&topic, &view.name, view.version);
+            list.push(Stream {
+                next: next(&key),
+                routes: route(view).into_iter().collect(),
+                key,
             });
+        }
+        streams.insert(topic, list);
     }
-    routes
+    streams
 }

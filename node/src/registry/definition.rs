@@ -20,6 +20,15 @@ pub struct DefinitionFile {
     /// `[[feature_service]]` tables.
     #[serde(default, rename = "feature_service")]
     pub feature_services: Vec<FeatureServiceDef>,
+    /// New view versions being built (re-ingested) while the previous version serves.
+    /// Written by the node, not by users: applying a `[[view]]` with a higher version
+    /// puts it here until it is promoted.
+    #[serde(
+        default,
+        rename = "pending_view",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub pending_views: Vec<ViewDef>,
 }
 
 /// `[[entity]]`

@@ -59,6 +59,9 @@ pub struct RegistrySnapshot {
     pub entities: BTreeMap<String, Entity>,
     /// Feature views by name (the serving version).
     pub views: BTreeMap<String, Arc<FeatureView>>,
+    /// New versions being re-ingested, by view name; they replace the serving version when
+    /// promoted.
+    pub pending: BTreeMap<String, Arc<FeatureView>>,
     /// Feature services by name.
     pub feature_services: BTreeMap<String, Arc<FeatureService>>,
 }
@@ -77,6 +80,7 @@ impl RegistrySnapshot {
         let mut t: Vec<String> = self
             .views
             .values()
+            .chain(self.pending.values())
             .map(|v| v.source.topic.clone())
             .collect();
         t.sort();
@@ -259,22 +263,79 @@ impl Registry {
     }
 }
 
-fn merge(base: &DefinitionFile, update: &DefinitionFile) -> DefinitionFile {
-    fn upsert<T: Clone>(list: &mut Vec<T>, items: &[T], name: impl Fn(&T) -> &str) {
-        for item in items {
-            match list.iter_mut().find(|x| name(x) == name(item)) {
-                Some(slot) => *slot = item.clone(),
-                None => list.push(item.clone()),
-            }
+fn upsert<T: Clone>(list: &mut Vec<T>, items: &[T], name: impl Fn(&T) -> &str) {
+    for item in items {
+        match list.iter_mut().find(|x| name(x) == name(item)) {
+            Some(slot) => *slot = item.clone(),
+            None => list.push(item.clone()),
         }
     }
+}
+
+fn merge(base: &DefinitionFile, update: &DefinitionFile) -> DefinitionFile {
     let mut out = base.clone();
     upsert(&mut out.entities, &update.entities, |e| &e.name);
-    upsert(&mut out.views, &update.views, |v| &v.name);
+    // A higher version of a serving view is built first: it goes to pending.
+    let (newer, same): (Vec<_>, Vec<_>) = update.views.iter().cloned().partition(|v| {
+        base.views
+            .iter()
+            .any(|b| b.name == v.name && v.version.unwrap_or(1) > b.version.unwrap_or(1))
+    });
+    upsert(&mut out.views, &same, |v| &v.name);
+    upsert(&mut out.pending_views, &newer, |v| &v.name);
+    upsert(&mut out.pending_views, &update.pending_views, |v| &v.name);
     upsert(&mut out.feature_services, &update.feature_services, |s| {
         &s.name
     });
     out
+}
+
+/// Promotes the pending `version` of view `name` to serving in `file`.
+///
+/// # Errors
+/// [`RegistryError::NotFound`] if no such pending version exists.
+pub fn promote_definition(
+    file: &DefinitionFile,
+    name: &str,
+    version: u32,
+) -> Result<DefinitionFile, RegistryError> {
+    let pos = file
+        .pending_views
+        .iter()
+        .position(|v| v.name == name && v.version.unwrap_or(1) == version)
+        .ok_or_else(|| {
+            RegistryError::NotFound(format!("view {name:?} has no pending version {version}"))
+        })?;
+    let mut out = file.clone();
+    let def = out.pending_views.remove(pos);
+    upsert(&mut out.views, std::slice::from_ref(&def), |v| &v.name);
+    Ok(out)
+}
+
+impl Registry {
+    /// Promotes a pending view version to serving (static mode; cluster mode promotes
+    /// through the replicated state) and persists the registry.
+    ///
+    /// # Errors
+    /// [`RegistryError::NotFound`] if no such pending version exists, or an I/O error.
+    pub fn promote(&self, name: &str, version: u32) -> Result<(), RegistryError> {
+        let mut applied = self.inner.applied.lock().unwrap_or_else(|p| p.into_inner());
+        let promoted = promote_definition(&applied, name, version)?;
+        let (mut next, _) = validate::apply_to(&RegistrySnapshot::default(), &promoted)?;
+        if let Some(path) = &self.inner.path {
+            persist(path, &promoted)?;
+        }
+        next.generation = self.snapshot().generation + 1;
+        *applied = promoted;
+        let generation = next.generation;
+        *self
+            .inner
+            .current
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+        self.inner.changes.send_replace(generation);
+        Ok(())
+    }
 }
 
 fn persist(path: &Path, file: &DefinitionFile) -> Result<(), RegistryError> {

@@ -135,11 +135,35 @@ fn compatible_and_incompatible_view_changes() {
         &BASE.replace("topic = \"user-stats\"", "topic = \"other\""),
         "incompatible change",
     );
-    expect_err(
-        &r,
-        &BASE.replace("ttl = \"7d\"", "ttl = \"7d\"\nversion = 2"),
-        "versioned re-ingest is not supported",
+    // Incompatible changes are accepted as a new version, built while v1 serves.
+    let v2 = BASE
+        .replace("ttl = \"7d\"", "ttl = \"7d\"\nversion = 2")
+        .replace("type = \"int64\"", "type = \"string\"");
+    let changes = r.apply_toml(&v2, false).unwrap();
+    assert!(
+        changes
+            .iter()
+            .any(|c| c.contains("user_stats v2: building")),
+        "{changes:?}"
     );
+    let snap = r.snapshot();
+    assert_eq!(snap.views["user_stats"].version, 1, "v1 keeps serving");
+    assert_eq!(snap.pending["user_stats"].version, 2);
+    assert!(
+        r.apply_toml(&v2, false).unwrap().is_empty(),
+        "re-applying the pending version changes nothing"
+    );
+    expect_err(&r, BASE, "is an incompatible change");
+    r.promote("user_stats", 2).unwrap();
+    let snap = r.snapshot();
+    assert_eq!(snap.views["user_stats"].version, 2);
+    assert!(snap.pending.is_empty());
+    assert_eq!(
+        snap.views["user_stats"].features[0].value_type,
+        FeatureType::String
+    );
+    expect_err(&r, BASE, "older than the serving version 2");
+    assert!(r.promote("user_stats", 3).is_err());
 }
 
 #[test]

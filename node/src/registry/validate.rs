@@ -189,14 +189,10 @@ fn view_from_def(
 /// old features as an unchanged prefix (rows are stored positionally).
 fn check_compatible(old: &FeatureView, new: &FeatureView) -> Result<(), String> {
     let name = &new.name;
-    if new.version != old.version {
-        return Err(format!(
-            "view {name:?}: version {} → {} would need a re-ingest of topic {:?} into a new key space; \
-             versioned re-ingest is not supported yet, so keep version {} and make a compatible change, \
-             or register the new schema under a new view name",
-            old.version, new.version, new.source.topic, old.version
-        ));
-    }
+    debug_assert_eq!(
+        new.version, old.version,
+        "other versions are handled by the caller"
+    );
     let bump = "is an incompatible change; apply it as a new view version";
     if new.entity != old.entity {
         return Err(format!(
@@ -316,6 +312,25 @@ pub(crate) fn apply_to(
         let view = view_from_def(def, &next.entities).map_err(invalid)?;
         match next.views.get(&view.name) {
             Some(old) if **old == view => {}
+            Some(old) if view.version > old.version => {
+                // A new version: re-ingested into its own key space while `old` serves.
+                if next.pending.get(&view.name).is_some_and(|p| **p == view) {
+                    continue;
+                }
+                changes.push(format!(
+                    "view {} v{}: building (re-ingesting topic {:?} from the start; v{} serves until every replica has caught up)",
+                    view.name, view.version, view.source.topic, old.version
+                ));
+                next.pending
+                    .insert(view.name.clone(), std::sync::Arc::new(view));
+                continue;
+            }
+            Some(old) if view.version < old.version => {
+                return Err(RegistryError::Incompatible(format!(
+                    "view {:?}: version {} is older than the serving version {}",
+                    view.name, view.version, old.version
+                )));
+            }
             Some(old) => {
                 check_compatible(old, &view).map_err(RegistryError::Incompatible)?;
                 changes.push(format!(
@@ -326,6 +341,12 @@ pub(crate) fn apply_to(
             None => changes.push(format!("view {} v{}: created", view.name, view.version)),
         }
         next.views
+            .insert(view.name.clone(), std::sync::Arc::new(view));
+    }
+    // Pending versions recorded by the node (persisted registry, replicated state).
+    for def in &file.pending_views {
+        let view = view_from_def(def, &next.entities).map_err(invalid)?;
+        next.pending
             .insert(view.name.clone(), std::sync::Arc::new(view));
     }
 

@@ -122,10 +122,12 @@ async fn wait_placed(cluster: &Cluster, r: usize, on: &BTreeSet<u64>) -> Cluster
     .await
 }
 
+/// Every replica of each key's shard serves `kind(value)` for it.
 async fn assert_every_replica_serves(
     cluster: &Cluster,
     map: &ClusterMap,
     keys: &BTreeMap<String, i64>,
+    kind: impl Fn(i64) -> Kind,
 ) {
     for (k, v) in keys {
         let shard = Partitioner::Murmur2.shard_for_key(k.as_bytes(), SHARDS).0;
@@ -137,7 +139,7 @@ async fn assert_every_replica_serves(
             .replicas;
         for r in replicas {
             let node = &cluster.nodes[&r.node_id];
-            let want = Some(Kind::Int64Value(*v));
+            let want = Some(kind(*v));
             eventually(
                 Duration::from_secs(30),
                 &format!("{k} served by node {}", r.node_id),
@@ -207,7 +209,65 @@ async fn three_node_cluster_replicates_registry_and_serves_from_every_replica() 
             .await;
         keys.insert(k, i);
     }
-    assert_every_replica_serves(&cluster, &map, &keys).await;
+    assert_every_replica_serves(&cluster, &map, &keys, Kind::Int64Value).await;
+
+    // A new version (score as float64: an incompatible type change) is re-ingested on
+    // every replica, then promoted cluster-wide by the leader.
+    let v2 = VIEWS
+        .replace("type = \"int64\"", "type = \"float64\"")
+        .replace("[view.source]", "version = 2\n[view.source]");
+    let changes = cluster.nodes[&follower]
+        .admin
+        .clone()
+        .apply_definitions(ApplyDefinitionsRequest {
+            toml: v2,
+            dry_run: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .changes;
+    assert!(
+        changes.iter().any(|c| c.contains("scores v2: building")),
+        "{changes:?}"
+    );
+    for (k, v) in &keys {
+        let shard = Partitioner::Murmur2.shard_for_key(k.as_bytes(), SHARDS).0;
+        for r in &map
+            .shards
+            .iter()
+            .find(|s| s.shard == shard)
+            .unwrap()
+            .replicas
+        {
+            let node = &cluster.nodes[&r.node_id];
+            let want = Some(Kind::Float64Value(*v as f64));
+            eventually(
+                Duration::from_secs(30),
+                &format!("{k} as v2 on node {}", r.node_id),
+                || async {
+                    let resp = node.lookup(&["scores:score"], vec![key(k)]).await.ok()?;
+                    (resp.columns[0].values[0].kind == want).then_some(())
+                },
+            )
+            .await;
+        }
+    }
+    let described = cluster.nodes[&map.leader_id]
+        .admin
+        .clone()
+        .describe_view(quiver_proto::v1::DescribeViewRequest {
+            name: "scores".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .definition_json;
+    assert!(
+        described.contains("promoted to serving"),
+        "lineage records the promotion: {described}"
+    );
+    let keys: BTreeMap<String, i64> = keys.into_iter().collect();
 
     // A node asked for a shard it does not hold answers WRONG_SHARD with its epoch.
     let shard = Partitioner::Murmur2.shard_for_key(b"u1", SHARDS).0;
@@ -281,7 +341,7 @@ async fn three_node_cluster_replicates_registry_and_serves_from_every_replica() 
             .status,
         "draining"
     );
-    assert_every_replica_serves(&cluster, &drained, &keys).await;
+    assert_every_replica_serves(&cluster, &drained, &keys, |v| Kind::Float64Value(v as f64)).await;
     eventually(
         Duration::from_secs(30),
         "node 1 released its shards",
@@ -305,7 +365,7 @@ async fn three_node_cluster_replicates_registry_and_serves_from_every_replica() 
     let map = wait_placed(&cluster, 1, &alive).await;
     let dead = map.members.iter().find(|m| m.node_id == stopped).unwrap();
     assert_eq!(dead.status, "dead");
-    assert_every_replica_serves(&cluster, &map, &keys).await;
+    assert_every_replica_serves(&cluster, &map, &keys, |v| Kind::Float64Value(v as f64)).await;
     for node in std::mem::take(&mut cluster.nodes).into_values() {
         node.stop().await;
     }

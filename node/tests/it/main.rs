@@ -10,3 +10,4 @@ mod harness;
 mod ingest;
 mod lifecycle;
 mod serving;
+mod versions;
