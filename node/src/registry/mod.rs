@@ -100,7 +100,7 @@ pub(crate) fn resolve_reference<'a>(
         ));
     };
     let view = views.get(view_name).ok_or_else(|| {
-        format!("feature reference {reference:?}: view {view_name:?} is not registered")
+        format!("feature reference {reference:?}: view {view_name:?} is not registered (or is still being built)")
     })?;
     if feature == "*" {
         return Ok((0..view.features.len()).map(|i| (view, i)).collect());
@@ -276,10 +276,15 @@ fn merge(base: &DefinitionFile, update: &DefinitionFile) -> DefinitionFile {
     let mut out = base.clone();
     upsert(&mut out.entities, &update.entities, |e| &e.name);
     // A higher version of a serving view is built first: it goes to pending.
+    // So is a new view on a topic existing views already consume (it needs a backfill).
     let (newer, same): (Vec<_>, Vec<_>) = update.views.iter().cloned().partition(|v| {
-        base.views
+        let newer_version = base
+            .views
             .iter()
-            .any(|b| b.name == v.name && v.version.unwrap_or(1) > b.version.unwrap_or(1))
+            .any(|b| b.name == v.name && v.version.unwrap_or(1) > b.version.unwrap_or(1));
+        let new_on_consumed_topic = !base.views.iter().any(|b| b.name == v.name)
+            && base.views.iter().any(|b| b.source.topic == v.source.topic);
+        newer_version || new_on_consumed_topic
     });
     upsert(&mut out.views, &same, |v| &v.name);
     upsert(&mut out.pending_views, &newer, |v| &v.name);

@@ -338,6 +338,24 @@ pub(crate) fn apply_to(
                     view.name, view.version
                 ));
             }
+            None if current
+                .views
+                .values()
+                .any(|v| v.source.topic == view.source.topic) =>
+            {
+                // The topic is already being consumed: backfill the new view from the
+                // topic's start before it serves.
+                if next.pending.get(&view.name).is_some_and(|p| **p == view) {
+                    continue;
+                }
+                changes.push(format!(
+                    "view {} v{}: building (topic {:?} is already consumed; re-ingesting it from the start before the view serves)",
+                    view.name, view.version, view.source.topic
+                ));
+                next.pending
+                    .insert(view.name.clone(), std::sync::Arc::new(view));
+                continue;
+            }
             None => changes.push(format!("view {} v{}: created", view.name, view.version)),
         }
         next.views

@@ -146,5 +146,36 @@ async fn a_new_version_is_reingested_while_the_old_serves_then_promoted() {
         "{}",
         err.message()
     );
+
+    // A brand-new view on the already-consumed topic is backfilled before it serves.
+    let other = "[[view]]\nname = \"tiers\"\nentity = \"player\"\n[view.source]\ntopic = \"events\"\nevent_time_field = \"ts\"\n[[view.feature]]\nname = \"tier\"\ntype = \"string\"\n";
+    let changes = admin
+        .apply_definitions(ApplyDefinitionsRequest {
+            toml: other.into(),
+            dry_run: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .changes;
+    assert!(
+        changes.iter().any(|c| c.contains("tiers v1: building")),
+        "{changes:?}"
+    );
+    eventually(
+        Duration::from_secs(30),
+        "new view backfilled and serving",
+        || async {
+            let resp = node
+                .lookup(&["tiers:tier"], vec![key("p0"), key("p79")])
+                .await
+                .ok()?;
+            let col = &resp.columns[0];
+            (col.values[0].kind == Some(Kind::StringValue("gold-0".into()))
+                && col.values[1].kind == Some(Kind::StringValue("gold-79".into())))
+            .then_some(())
+        },
+    )
+    .await;
     node.stop().await;
 }
