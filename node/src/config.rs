@@ -93,6 +93,8 @@ pub struct ControlSection {
     /// Grace period before a silent node is declared dead and its replicas re-placed.
     #[serde(with = "humantime_serde")]
     pub dead_after: Duration,
+    /// Raft snapshot every this many log entries (the log behind it is purged).
+    pub snapshot_every: u64,
 }
 
 impl Default for ControlSection {
@@ -107,6 +109,7 @@ impl Default for ControlSection {
             voters: 3,
             heartbeat_interval: Duration::from_millis(500),
             dead_after: Duration::from_secs(10),
+            snapshot_every: 1_000,
         }
     }
 }
@@ -410,6 +413,7 @@ impl NodeConfigFile {
             voters: c.voters,
             heartbeat_interval: c.heartbeat_interval,
             dead_after: c.dead_after,
+            snapshot_every: c.snapshot_every.max(1),
         }))
     }
 

@@ -143,6 +143,9 @@ struct NodeArgs {
     /// control.dead_after
     #[arg(long, env = "QUIVER_DEAD_AFTER", value_parser = humantime::parse_duration)]
     dead_after: Option<Duration>,
+    /// control.snapshot_every
+    #[arg(long, env = "QUIVER_SNAPSHOT_EVERY")]
+    snapshot_every: Option<u64>,
     /// log.format: plain | json
     #[arg(long, env = "QUIVER_LOG_FORMAT")]
     log_format: Option<String>,
@@ -209,6 +212,7 @@ fn apply_overrides(f: &mut NodeConfigFile, a: NodeArgs) -> anyhow::Result<()> {
     set(&mut f.control.voters, a.voters);
     set(&mut f.control.heartbeat_interval, a.heartbeat_interval);
     set(&mut f.control.dead_after, a.dead_after);
+    set(&mut f.control.snapshot_every, a.snapshot_every);
     set(&mut f.log.format, a.log_format);
     set(&mut f.log.level, a.log_level);
     Ok(())

@@ -45,6 +45,9 @@ pub struct ControlConfig {
     pub heartbeat_interval: Duration,
     /// Missing heartbeats for this long makes a node Dead and its replicas re-placed.
     pub dead_after: Duration,
+    /// Build a snapshot after this many applied entries, and purge the log behind it
+    /// (keeping this many entries for slightly lagging followers).
+    pub snapshot_every: u64,
 }
 
 /// Errors of control-plane operations.
@@ -114,8 +117,8 @@ impl ControlPlane {
             election_timeout_min: 400,
             election_timeout_max: 800,
             install_snapshot_timeout: 5_000,
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(1_000),
-            max_in_snapshot_log_to_keep: 1_000,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_every),
+            max_in_snapshot_log_to_keep: config.snapshot_every,
             ..Default::default()
         };
         let raft_config = Arc::new(

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use quiver_node::config::NodeConfigFile;
+use quiver_node::config::{NodeConfig, NodeConfigFile};
 use quiver_proto::Partitioner;
 use quiver_proto::v1::cluster_service_client::ClusterServiceClient;
 use quiver_proto::v1::value::Kind;
@@ -36,7 +36,40 @@ type = "int64"
 struct Cluster {
     nodes: BTreeMap<u64, TestNode>,
     addrs: BTreeMap<u64, String>,
-    _dirs: Vec<tempfile::TempDir>,
+    dirs: Vec<tempfile::TempDir>,
+}
+
+fn node_config(
+    id: u64,
+    addr: &str,
+    dir: &std::path::Path,
+    bootstrap: &str,
+    voters: &[String],
+    seeds: &[String],
+) -> NodeConfig {
+    let mut f = NodeConfigFile {
+        node_id: id,
+        data_dir: dir.join("data"),
+        ..Default::default()
+    };
+    f.server.grpc_addr = addr.to_owned();
+    f.server.metrics_addr = String::new();
+    f.server.shutdown_grace = Duration::from_secs(2);
+    f.cluster.shard_count = SHARDS;
+    f.kafka.bootstrap_servers = bootstrap.to_owned();
+    f.storage.block_cache_mib = 8;
+    f.storage.write_buffer_mib = 8;
+    f.ingest.poll_timeout = Duration::from_millis(20);
+    f.ingest.lag_refresh_interval = Duration::from_millis(300);
+    f.control.enabled = true;
+    f.control.initial_voters = voters.to_vec();
+    f.control.seeds = seeds.to_vec();
+    f.control.replication_factor = 2;
+    f.control.heartbeat_interval = Duration::from_millis(100);
+    f.control.dead_after = Duration::from_secs(2);
+    // Snapshot and purge the log often, so joining members must install a snapshot.
+    f.control.snapshot_every = 5;
+    f.validate().unwrap()
 }
 
 async fn start_cluster(bootstrap: &str, n: u64) -> Cluster {
@@ -54,34 +87,11 @@ async fn start_cluster(bootstrap: &str, n: u64) -> Cluster {
     let mut dirs = Vec::new();
     for (id, listener) in listeners {
         let dir = tempfile::tempdir().unwrap();
-        let mut f = NodeConfigFile {
-            node_id: id,
-            data_dir: dir.path().join("data"),
-            ..Default::default()
-        };
-        f.server.grpc_addr = addrs[&id].clone();
-        f.server.metrics_addr = String::new();
-        f.server.shutdown_grace = Duration::from_secs(2);
-        f.cluster.shard_count = SHARDS;
-        f.kafka.bootstrap_servers = bootstrap.to_owned();
-        f.storage.block_cache_mib = 8;
-        f.storage.write_buffer_mib = 8;
-        f.ingest.poll_timeout = Duration::from_millis(20);
-        f.ingest.lag_refresh_interval = Duration::from_millis(300);
-        f.control.enabled = true;
-        f.control.initial_voters = voters.clone();
-        f.control.replication_factor = 2;
-        f.control.heartbeat_interval = Duration::from_millis(100);
-        f.control.dead_after = Duration::from_secs(2);
-        let node = TestNode::start_with_listener(f.validate().unwrap(), listener).await;
-        nodes.insert(id, node);
+        let config = node_config(id, &addrs[&id], dir.path(), bootstrap, &voters, &[]);
+        nodes.insert(id, TestNode::start_with_listener(config, listener).await);
         dirs.push(dir);
     }
-    Cluster {
-        nodes,
-        addrs,
-        _dirs: dirs,
-    }
+    Cluster { nodes, addrs, dirs }
 }
 
 async fn cluster_map(node: &TestNode) -> ClusterMap {
@@ -354,6 +364,14 @@ async fn three_node_cluster_replicates_registry_and_serves_from_every_replica() 
         },
     )
     .await;
+    // Its shard databases were deleted: the disk space is freed.
+    let shards_dir = cluster.dirs[0].path().join("data").join("shards");
+    eventually(
+        Duration::from_secs(30),
+        "drained node's shard directories deleted",
+        || async { (std::fs::read_dir(&shards_dir).unwrap().count() == 0).then_some(()) },
+    )
+    .await;
 
     // Stop node 3: after the grace period its replicas are re-placed and R is restored.
     let stopped = 3;
@@ -365,6 +383,54 @@ async fn three_node_cluster_replicates_registry_and_serves_from_every_replica() 
     let map = wait_placed(&cluster, 1, &alive).await;
     let dead = map.members.iter().find(|m| m.node_id == stopped).unwrap();
     assert_eq!(dead.status, "dead");
+    assert_every_replica_serves(&cluster, &map, &keys, |v| Kind::Float64Value(v as f64)).await;
+    // A new member joins after the log was purged behind snapshots: it catches up by
+    // installing a snapshot (the log alone could not rebuild the state) and takes replicas.
+    let leader = cluster_map(&cluster.nodes[&2]).await.leader_id;
+    let purged = cluster.nodes[&leader]
+        .node()
+        .control()
+        .unwrap()
+        .raft()
+        .metrics()
+        .borrow()
+        .purged;
+    assert!(
+        purged.is_some_and(|p| p.index > 1),
+        "the leader purged its log: {purged:?}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let config = node_config(
+        4,
+        &addr,
+        dir.path(),
+        &kafka.bootstrap,
+        &[],
+        &[cluster.addrs[&2].clone()],
+    );
+    cluster
+        .nodes
+        .insert(4, TestNode::start_with_listener(config, listener).await);
+    cluster.dirs.push(dir);
+    let placed: BTreeSet<u64> = [2, 4].into();
+    let map = wait_placed(&cluster, 2, &placed).await;
+    let views = cluster.nodes[&4]
+        .admin
+        .clone()
+        .list_views(quiver_proto::v1::ListViewsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        views
+            .views
+            .iter()
+            .map(|v| (v.name.as_str(), v.version))
+            .collect::<Vec<_>>(),
+        [("scores", 2)]
+    );
     assert_every_replica_serves(&cluster, &map, &keys, |v| Kind::Float64Value(v as f64)).await;
     for node in std::mem::take(&mut cluster.nodes).into_values() {
         node.stop().await;
