@@ -154,3 +154,65 @@ async fn quiverctl_applies_lists_gets_and_reports_status() {
     cancel.cancel();
     node.wait().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiverctl_status_shows_members_and_shard_map_in_cluster_mode() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("profile", 2, 1).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let local = listener.local_addr().unwrap().to_string();
+    let addr = format!("http://{local}");
+    let mut file = quiver_node::config::NodeConfigFile {
+        data_dir: dir.path().join("data"),
+        ..Default::default()
+    };
+    file.server.grpc_addr = local.clone();
+    file.server.metrics_addr = String::new();
+    file.cluster.shard_count = 2;
+    file.kafka.bootstrap_servers = mock.bootstrap_servers();
+    file.control.enabled = true;
+    file.control.voters = 1;
+    file.control.initial_voters = vec![format!("1@{local}")];
+    file.control.heartbeat_interval = Duration::from_millis(100);
+    let cancel = CancellationToken::new();
+    let node = Node::start(
+        file.validate().unwrap(),
+        Listeners { grpc: listener },
+        cancel.clone(),
+    )
+    .await
+    .unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        let status: Value = serde_json::from_str(
+            &ok_stdout(quiverctl(&addr, &["status", "--output", "json"]))
+                .lines()
+                .next()
+                .unwrap(),
+        )
+        .unwrap();
+        let serving = status["cluster"]["shards"].as_array().is_some_and(|s| {
+            s.len() == 2 && s.iter().all(|sh| sh["replicas"][0]["state"] == "serving")
+        });
+        if serving {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "cluster did not form: {status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let member = &status["cluster"]["members"][0];
+    assert_eq!(member["node_id"], 1);
+    assert_eq!(member["raft_role"], "voter");
+    assert_eq!(member["leader"], true);
+    assert_eq!(status["cluster"]["leader_id"], 1);
+    let table = ok_stdout(quiverctl(&addr, &["status"]));
+    assert!(
+        table.contains("shard    0: 1:serving") && table.contains("voter"),
+        "{table}"
+    );
+
+    cancel.cancel();
+    node.wait().await.unwrap();
+}
