@@ -187,7 +187,7 @@ async fn quiverctl_status_shows_members_and_shard_map_in_cluster_mode() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
         let status: Value = serde_json::from_str(
-            &ok_stdout(quiverctl(&addr, &["status", "--output", "json"]))
+            ok_stdout(quiverctl(&addr, &["status", "--output", "json"]))
                 .lines()
                 .next()
                 .unwrap(),
