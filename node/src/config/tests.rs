@@ -1,0 +1,131 @@
+use super::*;
+
+#[test]
+fn defaults_validate() {
+    let c = NodeConfigFile::default().validate().unwrap();
+    assert_eq!(c.shards.len(), 8);
+    assert_eq!(c.partitioner, Partitioner::Murmur2);
+}
+
+#[test]
+fn the_documented_example_is_valid() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/examples/node.toml");
+    let c = NodeConfigFile::load(&path).unwrap().validate().unwrap();
+    assert_eq!(
+        c.ingest.dead_letter_topic.as_deref(),
+        Some("quiver-dead-letters")
+    );
+    let views =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/examples/views.toml");
+    let registry = crate::registry::Registry::in_memory();
+    registry
+        .apply_toml(&std::fs::read_to_string(views).unwrap(), false)
+        .unwrap();
+    assert_eq!(registry.snapshot().views.len(), 2);
+}
+
+#[test]
+fn cluster_mode_settings() {
+    let mut f = NodeConfigFile::default();
+    f.control.enabled = true;
+    f.control.initial_voters = vec!["1@127.0.0.1:7070".into(), "2@127.0.0.1:7071".into()];
+    f.control.replication_factor = 3;
+    let c = f.validate().unwrap().control.unwrap();
+    assert_eq!(c.initial_voters.len(), 2);
+    assert_eq!(
+        c.advertise_addr, "127.0.0.1:7070",
+        "defaults to the gRPC address"
+    );
+    assert_eq!(c.settings.replication_factor, 3);
+    assert_eq!(c.settings.shard_count, 8);
+    assert!(
+        NodeConfigFile::default()
+            .validate()
+            .unwrap()
+            .control
+            .is_none()
+    );
+}
+
+#[test]
+fn parses_a_full_file() {
+    let text = r#"
+version = 1
+node_id = 3
+data_dir = "/tmp/q"
+[server]
+grpc_addr = "0.0.0.0:7000"
+metrics_addr = ""
+shutdown_grace = "5s"
+[cluster]
+shard_count = 4
+partitioner = "crc32"
+shards = [3, 1]
+[kafka]
+bootstrap_servers = "k:9092"
+properties = { "fetch.min.bytes" = "1" }
+dead_letter_topic = "dlq"
+[ingest]
+max_batch_records = 10
+poll_timeout = "50ms"
+[limits]
+max_batch_keys = 5
+[registry]
+definition_files = ["a.toml"]
+"#;
+    let file: NodeConfigFile = toml::from_str(text).unwrap();
+    let c = file.validate().unwrap();
+    assert_eq!(c.node_id, 3);
+    assert_eq!(c.shards, vec![ShardId(1), ShardId(3)]);
+    assert_eq!(c.partitioner, Partitioner::Crc32);
+    assert_eq!(c.metrics_addr, None);
+    assert_eq!(c.ingest.dead_letter_topic.as_deref(), Some("dlq"));
+    assert_eq!(c.limits.max_batch_keys, 5);
+    assert_eq!(
+        c.limits.max_features_per_request, 1000,
+        "unset keys keep defaults"
+    );
+}
+
+#[test]
+fn rejects_bad_values_by_name() {
+    type Mutation = fn(&mut NodeConfigFile);
+    let cases: Vec<(Mutation, &str)> = vec![
+        (|f| f.cluster.shard_count = 0, "cluster.shard_count"),
+        (
+            |f| f.cluster.partitioner = "fnv".into(),
+            "cluster.partitioner",
+        ),
+        (|f| f.cluster.shards = vec![9], "cluster.shards contains 9"),
+        (|f| f.server.grpc_addr = "nope".into(), "server.grpc_addr"),
+        (|f| f.limits.max_batch_keys = 0, "limits.max_batch_keys"),
+        (|f| f.log.format = "xml".into(), "log.format"),
+        (|f| f.version = 2, "version = 2"),
+        (
+            |f| {
+                f.control.enabled = true;
+                f.control.initial_voters = vec!["nope".into()];
+            },
+            "control.initial_voters entry \"nope\"",
+        ),
+        (|f| f.control.enabled = true, "set initial_voters"),
+        (
+            |f| {
+                f.control.enabled = true;
+                f.control.seeds = vec!["127.0.0.1:7070".into()];
+                f.control.voters = 2;
+            },
+            "control.voters = 2",
+        ),
+    ];
+    for (mutate, needle) in cases {
+        let mut f = NodeConfigFile::default();
+        mutate(&mut f);
+        let err = f.validate().unwrap_err().to_string();
+        assert!(err.contains(needle), "{err:?} should mention {needle:?}");
+    }
+    let err = toml::from_str::<NodeConfigFile>("bogus = 1")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("bogus"), "{err}");
+}
