@@ -1,3 +1,5 @@
+use quiver_proto::{Partitioner, ShardId};
+
 use super::*;
 
 #[test]
