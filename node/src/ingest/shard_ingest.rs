@@ -310,7 +310,9 @@ impl ShardIngest {
             records += 1;
             let topic = msg.topic();
             let offset = msg.offset();
-            seen_topics.insert(topic.to_owned());
+            if !seen_topics.contains(topic) {
+                seen_topics.insert(topic.to_owned());
+            }
             let raw = RawRecord {
                 key: msg.key(),
                 payload: msg.payload(),
@@ -325,13 +327,18 @@ impl ShardIngest {
                     continue;
                 }
                 stream.next = offset + 1;
-                let idx = *stream_index.entry(stream.key.clone()).or_insert_with(|| {
-                    batch.progress.push(TopicProgress {
-                        topic: stream.key.clone(),
-                        ..Default::default()
-                    });
-                    batch.progress.len() - 1
-                });
+                // Looked up before inserting: the key is cloned once per batch, not per record.
+                let idx = match stream_index.get(&stream.key) {
+                    Some(i) => *i,
+                    None => {
+                        batch.progress.push(TopicProgress {
+                            topic: stream.key.clone(),
+                            ..Default::default()
+                        });
+                        stream_index.insert(stream.key.clone(), batch.progress.len() - 1);
+                        batch.progress.len() - 1
+                    }
+                };
                 let progress = &mut batch.progress[idx];
                 progress.next_offset = offset + 1;
                 progress.consumed += 1;
@@ -377,16 +384,15 @@ impl ShardIngest {
         for (msg, view, error) in &dead_letters {
             self.dead_letter(msg, view, error);
         }
-        let consumed: HashMap<&str, ()> = seen_topics.iter().map(|t| (t.as_str(), ())).collect();
         let single_topic = self.topics.len() == 1;
         self.status.update(|s| {
             for (t, st) in s.iter_mut() {
-                if consumed.contains_key(t.as_str()) {
+                if seen_topics.contains(t) {
                     st.reached_end = false;
                 }
                 // EOF events do not name the topic; exact for the common single-topic case,
                 // otherwise the lag refresh decides.
-                if eof && single_topic && !consumed.contains_key(t.as_str()) {
+                if eof && single_topic && !seen_topics.contains(t) {
                     st.reached_end = true;
                 }
             }
