@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use prost::Message as _;
 use quiver_bench::{
-    SHARDS, entity_key, filled_stores, json_record, protobuf_record, registry, values, view,
+    SHARDS, entity_key, filled_stores, json_record, protobuf_record, registry, values,
 };
 use quiver_node::config::NodeConfigFile;
 use quiver_node::ingest::decode::{RawRecord, decode_record};
@@ -100,7 +100,6 @@ fn lookup(c: &mut Criterion) {
         .duration_since(UNIX_EPOCH)
         .expect("clock")
         .as_micros() as i64;
-    let _ = view();
     let mut g = c.benchmark_group("lookup_10_features");
     for n in [1u64, 10, 100, 500] {
         let req = GetOnlineFeaturesRequest {

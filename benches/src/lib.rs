@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use prost::Message as _;
-use quiver_node::registry::{FeatureView, Registry};
+use quiver_node::registry::Registry;
 use quiver_node::storage::row_codec::encode_row;
 use quiver_node::storage::{
     IngestBatch, RowWrite, ShardStore, StorageConfig, StorageEngine, TopicProgress, keys,
@@ -83,11 +83,6 @@ pub fn registry() -> Registry {
     r.apply_toml(&definitions(), false)
         .expect("fixture definitions are valid");
     r
-}
-
-/// The JSON-sourced view.
-pub fn view() -> Arc<FeatureView> {
-    registry().snapshot().views["stats"].clone()
 }
 
 /// The ten feature values of entity `i`.

@@ -91,7 +91,8 @@ pub struct ControlPlane {
     local_reports: watch::Sender<Vec<ReplicaReport>>,
 }
 
-fn now_ms() -> i64 {
+/// Milliseconds since the epoch, for commands that carry a time.
+pub fn wall_clock_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -621,9 +622,4 @@ fn into_result(result: CommandResult) -> Result<CommandResult, ControlError> {
         }
         ok => Ok(ok),
     }
-}
-
-/// Milliseconds since the epoch, for commands that carry a time.
-pub fn wall_clock_ms() -> i64 {
-    now_ms()
 }

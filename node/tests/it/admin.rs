@@ -5,7 +5,7 @@ use serde_json::json;
 use tonic::Code;
 
 use crate::harness::{Kafka, TestNode, config};
-use crate::ingest::{DEFS, key, now_ms};
+use crate::ingest::{DEFS, key};
 
 const NEW_VIEW: &str = r#"
 [[view]]
@@ -117,7 +117,6 @@ async fn apply_validates_checks_partitions_and_starts_ingesting() {
         col.values[0].kind,
         Some(quiver_proto::v1::value::Kind::Int64Value(5))
     );
-    let _ = now_ms();
     node.stop().await;
 
     // The registry survives a restart.

@@ -241,28 +241,7 @@ async fn three_node_cluster_replicates_registry_and_serves_from_every_replica() 
         changes.iter().any(|c| c.contains("scores v2: building")),
         "{changes:?}"
     );
-    for (k, v) in &keys {
-        let shard = Partitioner::Murmur2.shard_for_key(k.as_bytes(), SHARDS).0;
-        for r in &map
-            .shards
-            .iter()
-            .find(|s| s.shard == shard)
-            .unwrap()
-            .replicas
-        {
-            let node = &cluster.nodes[&r.node_id];
-            let want = Some(Kind::Float64Value(*v as f64));
-            eventually(
-                Duration::from_secs(30),
-                &format!("{k} as v2 on node {}", r.node_id),
-                || async {
-                    let resp = node.lookup(&["scores:score"], vec![key(k)]).await.ok()?;
-                    (resp.columns[0].values[0].kind == want).then_some(())
-                },
-            )
-            .await;
-        }
-    }
+    assert_every_replica_serves(&cluster, &map, &keys, |v| Kind::Float64Value(v as f64)).await;
     let described = cluster.nodes[&map.leader_id]
         .admin
         .clone()
@@ -376,7 +355,6 @@ async fn three_node_cluster_replicates_registry_and_serves_from_every_replica() 
     // Stop node 3: after the grace period its replicas are re-placed and R is restored.
     let stopped = 3;
     cluster.nodes.remove(&stopped).unwrap().stop().await;
-    let _ = &cluster.addrs;
     // Node 1 is draining, so only node 2 is placeable: every shard keeps its one
     // replica there (R cannot be met with one placeable node).
     let alive: BTreeSet<u64> = [2].into();
