@@ -7,6 +7,7 @@ pub mod network;
 pub mod placement;
 pub mod plane;
 pub mod raft_service;
+pub mod reconciler;
 pub mod state;
 pub mod state_machine;
 pub mod types;
