@@ -9,7 +9,8 @@
 //! - [`registry`]: entities, feature views, feature services; validation and persistence.
 //! - [`storage`]: one RocksDB per shard replica; key layout, row codec, LWW apply, TTL.
 //! - [`ingest`]: per-shard Kafka consume → decode → atomic apply loops.
-//! - [`serve`]: gRPC services (feature lookups, admin, health, reflection).
+//! - [`serve`]: gRPC services (feature lookups, pushes, admin, health, reflection).
+//! - [`produce`]: the Kafka producer behind `Push`.
 //! - [`node`]: assembly, start-up and ordered shutdown ([`run`]).
 //! - [`metrics`]: every exported metric name.
 
@@ -19,6 +20,7 @@ pub mod ingest;
 pub mod kafka_meta;
 pub mod metrics;
 pub mod node;
+pub mod produce;
 pub mod registry;
 pub mod serve;
 pub mod shards;

@@ -109,6 +109,9 @@ struct NodeArgs {
     /// limits.max_watermark_wait
     #[arg(long, env = "QUIVER_MAX_WATERMARK_WAIT", value_parser = humantime::parse_duration)]
     max_watermark_wait: Option<Duration>,
+    /// limits.max_push_rows
+    #[arg(long, env = "QUIVER_MAX_PUSH_ROWS")]
+    max_push_rows: Option<usize>,
     /// registry.definition_files (repeatable; replaces the file's list)
     #[arg(
         long = "definitions",
@@ -200,6 +203,7 @@ fn apply_overrides(f: &mut NodeConfigFile, a: NodeArgs) -> anyhow::Result<()> {
         a.max_concurrent_lookups,
     );
     set(&mut f.limits.max_watermark_wait, a.max_watermark_wait);
+    set(&mut f.limits.max_push_rows, a.max_push_rows);
     if !a.definitions.is_empty() {
         f.registry.definition_files = a.definitions;
     }

@@ -10,6 +10,8 @@ pub const SERVE_REQUESTS: &str = "quiver_serve_requests_total";
 pub const SERVE_REQUEST_DURATION: &str = "quiver_serve_request_duration_seconds";
 /// Entity keys looked up.
 pub const SERVE_KEYS: &str = "quiver_serve_keys_total";
+/// Counter: rows written through `Push`, by view.
+pub const PUSH_ROWS: &str = "quiver_push_rows_total";
 /// Records consumed by `shard`.
 pub const INGEST_RECORDS: &str = "quiver_ingest_records_total";
 /// Records that changed a row, by `shard`.
@@ -57,6 +59,7 @@ pub fn describe() {
         "server-side request latency by rpc"
     );
     describe_counter!(SERVE_KEYS, "entity keys looked up");
+    describe_counter!(PUSH_ROWS, "rows produced through Push, by view");
     describe_counter!(INGEST_RECORDS, "records consumed from Kafka by shard");
     describe_counter!(INGEST_APPLIED, "records that changed a row by shard");
     describe_counter!(

@@ -157,6 +157,11 @@ impl Node {
             }
             None => None,
         };
+        let producer = Arc::new(crate::produce::PushProducer::new(
+            &config.ingest.bootstrap_servers,
+            &config.ingest.kafka_properties,
+            Duration::from_secs(30),
+        )?);
         let state = Arc::new(ServeState {
             node_id: config.node_id,
             shard_count: config.shard_count,
@@ -167,6 +172,7 @@ impl Node {
             limits: config.limits.clone(),
             lookup_permits: Arc::new(Semaphore::new(config.limits.max_concurrent_lookups)),
             kafka: Some(kafka),
+            producer: Some(producer),
         });
         let shards = Arc::new(ShardManager::new(
             engine.clone(),

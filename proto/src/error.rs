@@ -38,6 +38,8 @@ pub enum ErrorCode {
     Behind,
     /// The node is overloaded or shutting down; retry elsewhere.
     Unavailable,
+    /// A quota or queue is full; retry later, with backoff.
+    ResourceExhausted,
     /// A bug or storage failure on the node.
     Internal,
 }
@@ -52,6 +54,7 @@ impl ErrorCode {
             ErrorCode::WrongShard => tonic::Code::FailedPrecondition,
             ErrorCode::Behind => tonic::Code::Unavailable,
             ErrorCode::Unavailable => tonic::Code::Unavailable,
+            ErrorCode::ResourceExhausted => tonic::Code::ResourceExhausted,
             ErrorCode::Internal => tonic::Code::Internal,
         }
     }
@@ -73,6 +76,7 @@ impl ErrorCode {
             ErrorCode::WrongShard => "wrong_shard",
             ErrorCode::Behind => "behind",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::ResourceExhausted => "resource_exhausted",
             ErrorCode::Internal => "internal",
         }
     }
@@ -86,6 +90,7 @@ impl ErrorCode {
             "wrong_shard" => ErrorCode::WrongShard,
             "behind" => ErrorCode::Behind,
             "unavailable" => ErrorCode::Unavailable,
+            "resource_exhausted" => ErrorCode::ResourceExhausted,
             "internal" => ErrorCode::Internal,
             _ => return None,
         })
@@ -127,6 +132,7 @@ mod tests {
             ErrorCode::WrongShard,
             ErrorCode::Behind,
             ErrorCode::Unavailable,
+            ErrorCode::ResourceExhausted,
             ErrorCode::Internal,
         ] {
             let status = code.to_status("boom");

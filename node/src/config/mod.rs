@@ -194,6 +194,8 @@ pub struct LimitsSection {
     /// Longest wait for a replica to reach a requested minimum watermark.
     #[serde(with = "humantime_serde")]
     pub max_watermark_wait: Duration,
+    /// Most rows per `Push` request.
+    pub max_push_rows: usize,
 }
 
 /// `[registry]`
@@ -292,6 +294,7 @@ impl Default for LimitsSection {
             max_request_bytes: 4 << 20,
             max_concurrent_lookups: 256,
             max_watermark_wait: Duration::from_millis(200),
+            max_push_rows: 1000,
         }
     }
 }

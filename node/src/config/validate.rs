@@ -21,6 +21,8 @@ pub struct Limits {
     pub max_concurrent_lookups: usize,
     /// See [`LimitsSection::max_watermark_wait`].
     pub max_watermark_wait: Duration,
+    /// See [`LimitsSection::max_push_rows`].
+    pub max_push_rows: usize,
 }
 
 /// The validated configuration [`crate::run`] takes.
@@ -193,6 +195,7 @@ impl NodeConfigFile {
             ),
             ("limits.max_request_bytes", l.max_request_bytes),
             ("limits.max_concurrent_lookups", l.max_concurrent_lookups),
+            ("limits.max_push_rows", l.max_push_rows),
             ("ingest.max_batch_records", self.ingest.max_batch_records),
             ("storage.block_cache_mib", self.storage.block_cache_mib),
             ("storage.write_buffer_mib", self.storage.write_buffer_mib),
@@ -252,6 +255,7 @@ impl NodeConfigFile {
                 max_request_bytes: l.max_request_bytes,
                 max_concurrent_lookups: l.max_concurrent_lookups,
                 max_watermark_wait: l.max_watermark_wait,
+                max_push_rows: l.max_push_rows,
             },
             definition_files: self.registry.definition_files.clone(),
             log: self.log.clone(),

@@ -318,7 +318,7 @@ fn decode_json(
     })
 }
 
-fn kind_matches(ty: FeatureType, k: &Kind) -> bool {
+pub(crate) fn kind_matches(ty: FeatureType, k: &Kind) -> bool {
     matches!(
         (ty, k),
         (FeatureType::Bool, Kind::BoolValue(_))
@@ -333,7 +333,7 @@ fn kind_matches(ty: FeatureType, k: &Kind) -> bool {
     )
 }
 
-fn kind_name(k: &Kind) -> &'static str {
+pub(crate) fn kind_name(k: &Kind) -> &'static str {
     match k {
         Kind::BoolValue(_) => "bool",
         Kind::Int64Value(_) => "int64",

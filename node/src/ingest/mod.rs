@@ -13,6 +13,7 @@
 //! `poll_timeout` apart) and exits after finishing the batch in hand.
 
 pub mod decode;
+pub mod encode;
 mod shard_ingest;
 
 use std::collections::BTreeMap;

@@ -6,7 +6,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use metrics::{counter, histogram};
 use prost::Message as _;
 use quiver_proto::v1::feature_service_server::FeatureService;
-use quiver_proto::v1::{GetOnlineFeaturesRequest, GetOnlineFeaturesResponse};
+use quiver_proto::v1::{
+    GetOnlineFeaturesRequest, GetOnlineFeaturesResponse, GetSchemaRequest, PushRequest,
+    PushResponse, Schema,
+};
 use tonic::{Request, Response, Status};
 
 use super::lookup::{LookupPlan, execute_lookup, plan_lookup, watermark_reached};
@@ -128,5 +131,26 @@ impl FeatureService for FeatureServiceImpl {
         histogram!(m::SERVE_REQUEST_DURATION, "rpc" => "get_online_features")
             .record(started.elapsed().as_secs_f64());
         result.map(Response::new).map_err(Status::from)
+    }
+
+    async fn push(&self, request: Request<PushRequest>) -> Result<Response<PushResponse>, Status> {
+        let started = Instant::now();
+        let result = super::push::push(&self.state, request.into_inner()).await;
+        let code = match &result {
+            Ok(_) => "ok",
+            Err(e) => e.code().as_str(),
+        };
+        counter!(m::SERVE_REQUESTS, "rpc" => "push", "code" => code).increment(1);
+        histogram!(m::SERVE_REQUEST_DURATION, "rpc" => "push")
+            .record(started.elapsed().as_secs_f64());
+        result.map(Response::new).map_err(Status::from)
+    }
+
+    async fn get_schema(
+        &self,
+        _request: Request<GetSchemaRequest>,
+    ) -> Result<Response<Schema>, Status> {
+        counter!(m::SERVE_REQUESTS, "rpc" => "get_schema", "code" => "ok").increment(1);
+        Ok(Response::new(super::schema::schema(&self.state)))
     }
 }

@@ -8,7 +8,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use quiver_proto::v1::entity_key::Kind as KeyKind;
 use quiver_proto::v1::{
     FeatureColumn, FeatureStatus, GetOnlineFeaturesRequest, GetOnlineFeaturesResponse,
     ShardWatermark, TopicOffset, Value,
@@ -17,7 +16,7 @@ use quiver_proto::{Partitioner, ShardId};
 
 use super::ServeError;
 use crate::config::Limits;
-use crate::ingest::decode::MAX_KEY_BYTES;
+use crate::ingest::encode::entity_key_bytes;
 use crate::registry::{FeatureView, KeyType, RegistrySnapshot};
 use crate::storage::{ShardStore, keys, row_codec};
 
@@ -70,32 +69,12 @@ fn key_bytes(
     entity: &str,
     key_type: KeyType,
 ) -> Result<Vec<u8>, ServeError> {
-    let bytes = match (&key.kind, key_type) {
-        (Some(KeyKind::StringValue(s)), KeyType::String) => s.as_bytes().to_vec(),
-        (Some(KeyKind::Int64Value(i)), KeyType::Int64) => i.to_string().into_bytes(),
-        (None, _) => {
-            return Err(ServeError::InvalidArgument(format!(
-                "entity_keys[{index}] has no value"
-            )));
-        }
-        (Some(k), _) => {
-            let got = match k {
-                KeyKind::StringValue(_) => "string",
-                KeyKind::Int64Value(_) => "int64",
-            };
-            return Err(ServeError::InvalidArgument(format!(
-                "entity_keys[{index}] is {got}, but entity {entity:?} has {} keys",
-                key_type.as_str()
-            )));
-        }
-    };
-    if bytes.is_empty() || bytes.len() > MAX_KEY_BYTES {
-        return Err(ServeError::InvalidArgument(format!(
-            "entity_keys[{index}] is {} bytes; keys must be 1..={MAX_KEY_BYTES} bytes",
-            bytes.len()
-        )));
-    }
-    Ok(bytes)
+    entity_key_bytes(
+        &format!("entity_keys[{index}]"),
+        key.kind.as_ref(),
+        key_type,
+    )
+    .map_err(|e| ServeError::InvalidArgument(format!("{e} (entity {entity:?})")))
 }
 
 /// Validates `req` and plans it. Changes nothing; every error names what was wrong.
@@ -253,11 +232,10 @@ pub fn plan_lookup(
     })
 }
 
-/// The watermark of `store` on the wire.
-pub fn shard_watermark(store: &ShardStore) -> ShardWatermark {
-    let wm = store.watermark();
+/// A watermark on the wire.
+fn wire_watermark(shard: ShardId, wm: &BTreeMap<String, i64>) -> ShardWatermark {
     ShardWatermark {
-        shard: store.shard().0,
+        shard: shard.0,
         offsets: wm
             .iter()
             .map(|(t, o)| TopicOffset {
@@ -302,8 +280,13 @@ pub fn execute_lookup(
             shard: *shard,
             epoch: 0,
         })?;
-        // Read the watermark first: the rows returned are at least this fresh.
-        watermarks.push(shard_watermark(store));
+        // Rows and watermark from one snapshot: the watermark reported is exactly the
+        // state the rows reflect, so a client demanding it elsewhere never reads older.
+        let read = store.consistent_read();
+        let wm = read
+            .watermark()
+            .map_err(|e| ServeError::Storage(e.to_string()))?;
+        watermarks.push(wire_watermark(*shard, &wm));
         for vp in &plan.views {
             storage_keys.clear();
             storage_keys.extend(
@@ -312,7 +295,7 @@ pub fn execute_lookup(
             );
             let ttl_micros = vp.view.ttl.map(|t: Duration| t.as_micros() as i64);
             let mut decoded = vec![None; vp.slot_count];
-            for (&row, res) in rows.iter().zip(store.get_rows(storage_keys.iter())) {
+            for (&row, res) in rows.iter().zip(read.get_rows(storage_keys.iter())) {
                 let Some(bytes) =
                     res.map_err(|e| ServeError::Storage(format!("shard {shard}: {e}")))?
                 else {

@@ -5,6 +5,8 @@ mod admin_service;
 pub mod cluster_service;
 mod feature_service;
 pub mod lookup;
+mod push;
+mod schema;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -58,6 +60,9 @@ pub enum ServeError {
     /// Overloaded, shutting down, or a dependency (Kafka) is unreachable.
     #[error("{0}")]
     Unavailable(String),
+    /// A queue or quota is full.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// Storage read failure or a bug.
     #[error("storage: {0}")]
     Storage(String),
@@ -73,6 +78,7 @@ impl ServeError {
             ServeError::WrongShard { .. } => ErrorCode::WrongShard,
             ServeError::Behind { .. } => ErrorCode::Behind,
             ServeError::Unavailable(_) => ErrorCode::Unavailable,
+            ServeError::ResourceExhausted(_) => ErrorCode::ResourceExhausted,
             ServeError::Storage(_) => ErrorCode::Internal,
         }
     }
@@ -119,6 +125,8 @@ pub struct ServeState {
     pub lookup_permits: Arc<Semaphore>,
     /// Checks source topics' partition counts.
     pub kafka: Option<Arc<KafkaMetadata>>,
+    /// Produces pushed rows.
+    pub producer: Option<Arc<crate::produce::PushProducer>>,
 }
 
 /// The shard replicas a node holds right now.

@@ -20,7 +20,9 @@ pub mod row_codec;
 mod shard_store;
 
 pub use engine::{StorageConfig, StorageEngine, TtlTable};
-pub use shard_store::{ApplyOutcome, IngestBatch, RowWrite, ShardStore, TopicProgress, Watermark};
+pub use shard_store::{
+    ApplyOutcome, ConsistentRead, IngestBatch, RowWrite, ShardStore, TopicProgress, Watermark,
+};
 
 use quiver_proto::{Partitioner, ShardId};
 

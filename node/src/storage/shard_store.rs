@@ -8,7 +8,7 @@ use quiver_proto::ShardId;
 use rocksdb::statistics::Ticker;
 use rocksdb::{
     ColumnFamily, ColumnFamilyDescriptor, DB, DBPinnableSlice, Direction, IteratorMode, Options,
-    WriteBatch,
+    ReadOptions, SnapshotWithThreadMode, WriteBatch,
 };
 use tokio::sync::watch;
 
@@ -146,9 +146,18 @@ impl ShardStore {
     }
 
     fn load_offsets(&self) -> Result<BTreeMap<String, OffsetRecord>, StorageError> {
+        self.read_offsets(ReadOptions::default())
+    }
+
+    /// Offset records as of `readopts` (which may pin a snapshot).
+    fn read_offsets(
+        &self,
+        readopts: ReadOptions,
+    ) -> Result<BTreeMap<String, OffsetRecord>, StorageError> {
         let mut out = BTreeMap::new();
-        let iter = self.db.iterator_cf(
+        let iter = self.db.iterator_cf_opt(
             self.cf(CF_META),
+            readopts,
             IteratorMode::From(keys::OFFSET_PREFIX, Direction::Forward),
         );
         for item in iter {
@@ -287,6 +296,16 @@ impl ShardStore {
         self.db.batched_multi_get_cf(self.cf(CF_ROWS), keys, false)
     }
 
+    /// A point-in-time view of the shard: rows and the watermark read through it are
+    /// mutually consistent, so a reader that reports this watermark never reports less
+    /// than what the rows it returned reflect (monotonic reads rely on it).
+    pub fn consistent_read(&self) -> ConsistentRead<'_> {
+        ConsistentRead {
+            store: self,
+            snapshot: self.db.snapshot(),
+        }
+    }
+
     /// Runs a full compaction of the rows, which drops expired rows and old tombstones
     /// through the TTL filter (a "sweep"; RocksDB also compacts on its own schedule).
     pub fn compact_rows(&self) {
@@ -335,6 +354,46 @@ impl ShardStore {
             .flush_cf(self.cf(CF_META))
             .map_err(|e| self.rocks(e))?;
         self.db.flush_wal(true).map_err(|e| self.rocks(e))
+    }
+}
+
+/// Reads of one [`ShardStore`] pinned to a RocksDB snapshot.
+pub struct ConsistentRead<'a> {
+    store: &'a ShardStore,
+    snapshot: SnapshotWithThreadMode<'a, DB>,
+}
+
+impl<'a> ConsistentRead<'a> {
+    fn readopts(&self) -> ReadOptions {
+        let mut o = ReadOptions::default();
+        o.set_snapshot(&self.snapshot);
+        o
+    }
+
+    /// Applied offsets (stream → next offset) as of the snapshot.
+    ///
+    /// # Errors
+    /// [`StorageError`] if the offsets cannot be read or are corrupt.
+    pub fn watermark(&self) -> Result<BTreeMap<String, i64>, StorageError> {
+        Ok(self
+            .store
+            .read_offsets(self.readopts())?
+            .into_iter()
+            .map(|(t, r)| (t, r.next_offset))
+            .collect())
+    }
+
+    /// Rows by storage key as of the snapshot, in `keys` order.
+    pub fn get_rows<'k, K: AsRef<[u8]> + 'k>(
+        &self,
+        keys: impl IntoIterator<Item = &'k K>,
+    ) -> Vec<Result<Option<DBPinnableSlice<'a>>, rocksdb::Error>> {
+        self.store.db.batched_multi_get_cf_opt(
+            self.store.cf(CF_ROWS),
+            keys,
+            false,
+            &self.readopts(),
+        )
     }
 }
 

@@ -1,0 +1,210 @@
+//! Encoding pushed rows as Kafka records of a view's source topic: the inverse of
+//! [`super::decode`], so a pushed row is ingested by the same path as any produced record.
+//!
+//! - Key: the entity key as the partitioner hashes it (UTF-8 text, or canonical decimal
+//!   for int64 entities).
+//! - JSON views: an object of `source_field → value` (bytes base64); the event time goes
+//!   into the view's `event_time_field` as an RFC 3339 string with microseconds, or, if the
+//!   view has none, into the Kafka timestamp (millisecond precision).
+//! - Protobuf views: a `quiver.v1.FeatureRow` keyed by source field.
+//! - A delete is a null payload timed by the Kafka timestamp.
+//!
+//! Every row is validated first; an error names the row and what was wrong.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use base64::Engine as _;
+use prost::Message as _;
+use quiver_proto::v1::entity_key::Kind as KeyKind;
+use quiver_proto::v1::value::Kind;
+use quiver_proto::v1::{FeatureRow, PushRow, Value};
+use serde_json::{Map, Value as Json};
+
+use super::decode::{MAX_KEY_BYTES, kind_matches, kind_name};
+use crate::registry::model::KeyType;
+use crate::registry::{FeatureView, RecordFormat};
+
+/// A record ready to produce.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EncodedRecord {
+    /// Kafka key: the entity key bytes.
+    pub key: Vec<u8>,
+    /// Payload; `None` for a delete.
+    pub payload: Option<Vec<u8>>,
+    /// Kafka timestamp, milliseconds since the epoch.
+    pub timestamp_millis: i64,
+    /// The row's event time, µs.
+    pub event_time_micros: i64,
+}
+
+/// Entity key bytes of `key` for an entity of `key_type`; `what` names the key in errors.
+///
+/// # Errors
+/// A message naming the mismatch: missing, wrong type, empty or too long.
+pub fn entity_key_bytes(
+    what: &str,
+    key: Option<&KeyKind>,
+    key_type: KeyType,
+) -> Result<Vec<u8>, String> {
+    let bytes = match (key, key_type) {
+        (Some(KeyKind::StringValue(s)), KeyType::String) => s.as_bytes().to_vec(),
+        (Some(KeyKind::Int64Value(i)), KeyType::Int64) => i.to_string().into_bytes(),
+        (None, _) => return Err(format!("{what} has no value")),
+        (Some(k), _) => {
+            let got = match k {
+                KeyKind::StringValue(_) => "string",
+                KeyKind::Int64Value(_) => "int64",
+            };
+            return Err(format!(
+                "{what} is {got}, but the entity has {} keys",
+                key_type.as_str()
+            ));
+        }
+    };
+    if bytes.is_empty() || bytes.len() > MAX_KEY_BYTES {
+        return Err(format!(
+            "{what} is {} bytes; keys must be 1..={MAX_KEY_BYTES} bytes",
+            bytes.len()
+        ));
+    }
+    Ok(bytes)
+}
+
+fn json_value(feature: &str, kind: &Kind) -> Result<Json, String> {
+    let finite = |f: f64| {
+        serde_json::Number::from_f64(f)
+            .map(Json::Number)
+            .ok_or_else(|| format!("feature {feature:?} holds {f}, which JSON cannot carry"))
+    };
+    Ok(match kind {
+        Kind::BoolValue(b) => Json::Bool(*b),
+        Kind::Int64Value(i) => Json::from(*i),
+        Kind::Float64Value(f) => finite(*f)?,
+        Kind::StringValue(s) => Json::String(s.clone()),
+        Kind::BytesValue(b) => Json::String(base64::engine::general_purpose::STANDARD.encode(b)),
+        Kind::Float32Vector(v) => Json::Array(
+            v.values
+                .iter()
+                .map(|f| finite(f64::from(*f)))
+                .collect::<Result<_, _>>()?,
+        ),
+        Kind::Int64List(v) => Json::Array(v.values.iter().map(|i| Json::from(*i)).collect()),
+        Kind::Float64List(v) => Json::Array(
+            v.values
+                .iter()
+                .map(|f| finite(*f))
+                .collect::<Result<_, _>>()?,
+        ),
+        Kind::StringList(v) => Json::Array(v.values.iter().cloned().map(Json::String).collect()),
+    })
+}
+
+/// Validates `row` (number `index` of the push) against `view` and encodes it.
+/// `now_micros` times rows whose event time is 0.
+///
+/// # Errors
+/// A message naming the row and what was wrong; nothing is produced then.
+pub fn encode_push_row(
+    view: &FeatureView,
+    key_type: KeyType,
+    index: usize,
+    row: &PushRow,
+    now_micros: i64,
+) -> Result<EncodedRecord, String> {
+    let at = format!("rows[{index}]");
+    let key = entity_key_bytes(
+        &format!("{at}.entity_key"),
+        row.entity_key.as_ref().and_then(|k| k.kind.as_ref()),
+        key_type,
+    )?;
+    let event_time_micros = match row.event_time_micros {
+        0 => now_micros,
+        t if t < 0 => {
+            return Err(format!(
+                "{at}.event_time_micros is {t}; event times before 1970 are not supported"
+            ));
+        }
+        t => t,
+    };
+    let timestamp_millis = event_time_micros / 1000;
+    if row.delete {
+        if !row.features.is_empty() {
+            return Err(format!("{at} is a delete but also sets features"));
+        }
+        return Ok(EncodedRecord {
+            key,
+            payload: None,
+            timestamp_millis,
+            event_time_micros,
+        });
+    }
+    // Unknown names are errors: a typo must not silently write nulls.
+    if let Some(name) = row
+        .features
+        .keys()
+        .find(|n| view.feature_index(n).is_none())
+    {
+        return Err(format!(
+            "{at}: view {:?} has no feature {name:?}",
+            view.name
+        ));
+    }
+    let value_of = |name: &str| -> Result<Option<&Kind>, String> {
+        let Some(Value { kind: Some(k) }) = row.features.get(name) else {
+            return Ok(None);
+        };
+        let f = &view.features[view.feature_index(name).expect("checked above")];
+        if !kind_matches(f.value_type, k) {
+            return Err(format!(
+                "{at}: feature {name:?} is {}, but the view declares {}",
+                kind_name(k),
+                f.value_type.as_str()
+            ));
+        }
+        Ok(Some(k))
+    };
+    let payload = match view.source.format {
+        RecordFormat::Json => {
+            let mut obj = Map::new();
+            for f in &view.features {
+                if let Some(k) = value_of(&f.name)? {
+                    obj.insert(f.source_field.clone(), json_value(&f.name, k)?);
+                }
+            }
+            if let Some(field) = &view.source.event_time_field {
+                let t = UNIX_EPOCH + Duration::from_micros(event_time_micros as u64);
+                obj.insert(
+                    field.clone(),
+                    Json::String(humantime::format_rfc3339_micros(t).to_string()),
+                );
+            }
+            serde_json::to_vec(&Json::Object(obj)).expect("a JSON value serialises")
+        }
+        RecordFormat::Protobuf => {
+            let mut out = FeatureRow {
+                event_time_micros,
+                ..Default::default()
+            };
+            for f in &view.features {
+                if let Some(k) = value_of(&f.name)? {
+                    out.features.insert(
+                        f.source_field.clone(),
+                        Value {
+                            kind: Some(k.clone()),
+                        },
+                    );
+                }
+            }
+            out.encode_to_vec()
+        }
+    };
+    Ok(EncodedRecord {
+        key,
+        payload: Some(payload),
+        timestamp_millis,
+        event_time_micros,
+    })
+}
+
+#[cfg(test)]
+mod tests;

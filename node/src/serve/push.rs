@@ -1,0 +1,92 @@
+//! `Push`: validate rows against a view, produce them into the partitions of their keys'
+//! shards, and answer with the produced offsets as watermarks (read-your-writes).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use metrics::counter;
+use prost::Message as _;
+use quiver_proto::v1::{PushRequest, PushResponse, ShardWatermark, TopicOffset};
+
+use super::{ServeError, ServeState};
+use crate::ingest::encode::encode_push_row;
+use crate::metrics as m;
+use crate::produce::ProduceError;
+
+/// Handles one push. Validation is all-or-nothing: on any bad row nothing is produced.
+///
+/// # Errors
+/// `InvalidArgument` (bad rows, limits), `NotFound` (unknown view), `ResourceExhausted`
+/// (producer queue full), `Unavailable` (Kafka did not acknowledge).
+pub async fn push(state: &ServeState, req: PushRequest) -> Result<PushResponse, ServeError> {
+    let limits = &state.limits;
+    let size = req.encoded_len();
+    if size > limits.max_request_bytes {
+        return Err(ServeError::InvalidArgument(format!(
+            "push of {size} bytes exceeds the limit max_request_bytes = {}",
+            limits.max_request_bytes
+        )));
+    }
+    if req.rows.is_empty() {
+        return Err(ServeError::InvalidArgument("push has no rows".into()));
+    }
+    if req.rows.len() > limits.max_push_rows {
+        return Err(ServeError::InvalidArgument(format!(
+            "push of {} rows exceeds the limit max_push_rows = {}",
+            req.rows.len(),
+            limits.max_push_rows
+        )));
+    }
+    let registry = state.registry.snapshot();
+    let view = registry
+        .views
+        .get(&req.view)
+        .ok_or_else(|| ServeError::NotFound(format!("view {:?} is not registered", req.view)))?;
+    let key_type = registry
+        .entities
+        .get(&view.entity)
+        .map(|e| e.key_type)
+        .ok_or_else(|| {
+            ServeError::NotFound(format!("entity {:?} is not registered", view.entity))
+        })?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_micros() as i64;
+    let records = req
+        .rows
+        .iter()
+        .enumerate()
+        .map(|(i, row)| encode_push_row(view, key_type, i, row, now))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(ServeError::InvalidArgument)?;
+    let partitions: Vec<i32> = records
+        .iter()
+        .map(|r| state.partitioner.shard_for_key(&r.key, state.shard_count).0 as i32)
+        .collect();
+    let producer = state
+        .producer
+        .as_ref()
+        .ok_or_else(|| ServeError::Unavailable("this node has no push producer".into()))?;
+    let topic = &view.source.topic;
+    let last = producer
+        .produce(topic, &records, &partitions)
+        .await
+        .map_err(|e| match e {
+            ProduceError::QueueFull => ServeError::ResourceExhausted(e.to_string()),
+            ProduceError::Delivery { .. } => ServeError::Unavailable(e.to_string()),
+        })?;
+    counter!(m::PUSH_ROWS, "view" => view.name.clone()).increment(records.len() as u64);
+    Ok(PushResponse {
+        watermarks: last
+            .into_iter()
+            .map(|(partition, offset)| ShardWatermark {
+                shard: partition as u32,
+                offsets: vec![TopicOffset {
+                    topic: topic.clone(),
+                    next_offset: offset + 1,
+                }],
+            })
+            .collect(),
+        rows_written: records.len() as u32,
+    })
+}

@@ -1,0 +1,62 @@
+//! `GetSchema`: what a client needs to validate requests before sending them.
+
+use quiver_proto::v1::{
+    EntitySchema, FeatureSchema, FeatureServiceSchema, RequestLimits, Schema, ViewSchema,
+};
+
+use super::ServeState;
+use crate::ingest::decode::MAX_KEY_BYTES;
+
+fn clamp(v: usize) -> u32 {
+    u32::try_from(v).unwrap_or(u32::MAX)
+}
+
+/// The serving registry and this node's limits.
+pub fn schema(state: &ServeState) -> Schema {
+    let r = state.registry.snapshot();
+    let l = &state.limits;
+    Schema {
+        registry_version: r.generation,
+        entities: r
+            .entities
+            .values()
+            .map(|e| EntitySchema {
+                name: e.name.clone(),
+                key_type: e.key_type.as_str().to_owned(),
+            })
+            .collect(),
+        views: r
+            .views
+            .values()
+            .map(|v| ViewSchema {
+                name: v.name.clone(),
+                version: v.version,
+                entity: v.entity.clone(),
+                features: v
+                    .features
+                    .iter()
+                    .map(|f| FeatureSchema {
+                        name: f.name.clone(),
+                        r#type: f.value_type.as_str().to_owned(),
+                    })
+                    .collect(),
+                topic: v.source.topic.clone(),
+            })
+            .collect(),
+        feature_services: r
+            .feature_services
+            .values()
+            .map(|s| FeatureServiceSchema {
+                name: s.name.clone(),
+                features: s.features.iter().map(|(v, f)| format!("{v}:{f}")).collect(),
+            })
+            .collect(),
+        limits: Some(RequestLimits {
+            max_batch_keys: clamp(l.max_batch_keys),
+            max_features_per_request: clamp(l.max_features_per_request),
+            max_request_bytes: l.max_request_bytes as u64,
+            max_push_rows: clamp(l.max_push_rows),
+            max_key_bytes: clamp(MAX_KEY_BYTES),
+        }),
+    }
+}
