@@ -1,10 +1,19 @@
-//! Client errors.
+//! Client errors and their retry classification.
+
+use std::time::Duration;
 
 use quiver_proto::ErrorCode;
 
-/// Errors returned by [`crate::Client`].
+/// Errors returned by [`crate::Client`] and [`crate::NodeClient`].
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// The request is invalid; caught before anything was sent.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// A named view, feature, feature service or entity does not exist (checked against
+    /// the registry the client cached, refreshed once before failing).
+    #[error("not found: {0}")]
+    NotFound(String),
     /// The node could not be reached.
     #[error("cannot connect to {endpoint}: {message}")]
     Connect {
@@ -13,9 +22,24 @@ pub enum ClientError {
         /// Transport message.
         message: String,
     },
-    /// The node answered with an error.
+    /// A node answered with an error.
     #[error("{}: {}", rpc_code_name(.0), .0.message())]
     Rpc(#[from] tonic::Status),
+    /// No replica could answer in time; `last` is the last error seen, if any.
+    #[error("deadline of {deadline:?} exceeded{}", last.as_ref().map(|e| format!(" (last error: {e})")).unwrap_or_default())]
+    DeadlineExceeded {
+        /// The call's deadline.
+        deadline: Duration,
+        /// The last failure before the deadline.
+        last: Option<Box<ClientError>>,
+    },
+    /// Failing over was needed but the retry budget is spent (the cluster is shedding
+    /// load or mostly down).
+    #[error("retry budget exhausted after: {0}")]
+    BudgetExhausted(Box<ClientError>),
+    /// The cluster map lists no replica for a shard.
+    #[error("no replica of shard {0} is known")]
+    NoReplica(u32),
 }
 
 /// The quiver error code's name if the node sent one, else the gRPC code's.
@@ -27,33 +51,72 @@ fn rpc_code_name(status: &tonic::Status) -> String {
 }
 
 impl ClientError {
-    /// The node's error code, if it sent one.
+    /// The quiver error code this error corresponds to, if any.
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
-            ClientError::Connect { .. } => Some(ErrorCode::Unavailable),
-            ClientError::Rpc(s) => ErrorCode::from_status(s),
+            ClientError::InvalidRequest(_) => Some(ErrorCode::InvalidArgument),
+            ClientError::NotFound(_) => Some(ErrorCode::NotFound),
+            ClientError::Connect { .. } | ClientError::NoReplica(_) => Some(ErrorCode::Unavailable),
+            ClientError::Rpc(s) => ErrorCode::from_status(s).or(match s.code() {
+                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => {
+                    Some(ErrorCode::Unavailable)
+                }
+                _ => None,
+            }),
+            ClientError::DeadlineExceeded { last, .. } => last.as_ref().and_then(|e| e.code()),
+            ClientError::BudgetExhausted(e) => e.code(),
         }
     }
 
-    /// The gRPC status code, if the node answered.
+    /// The gRPC status code, if a node answered.
     pub fn grpc_code(&self) -> Option<tonic::Code> {
         match self {
-            ClientError::Connect { .. } => None,
             ClientError::Rpc(s) => Some(s.code()),
+            _ => None,
         }
     }
 
-    /// Whether the request may succeed elsewhere or later.
+    /// Whether the same request may succeed on another replica or later.
     pub fn is_retryable(&self) -> bool {
         match self {
-            ClientError::Connect { .. } => true,
-            ClientError::Rpc(s) => match ErrorCode::from_status(s) {
-                Some(code) => code.is_retryable(),
-                None => matches!(
-                    s.code(),
-                    tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
-                ),
-            },
+            ClientError::InvalidRequest(_) | ClientError::NotFound(_) => false,
+            ClientError::Connect { .. }
+            | ClientError::NoReplica(_)
+            | ClientError::DeadlineExceeded { .. }
+            | ClientError::BudgetExhausted(_) => true,
+            ClientError::Rpc(_) => self.code().is_some_and(ErrorCode::is_retryable),
         }
+    }
+
+    /// The cluster-map epoch a node reported with a wrong-shard error.
+    pub(crate) fn reported_epoch(&self) -> Option<u64> {
+        match self {
+            ClientError::Rpc(s) => quiver_proto::error::epoch_from_status(s),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_and_retryability() {
+        let transport = ClientError::Rpc(tonic::Status::unavailable("connection refused"));
+        assert!(transport.is_retryable());
+        assert_eq!(transport.code(), Some(ErrorCode::Unavailable));
+        assert!(!ClientError::InvalidRequest("x".into()).is_retryable());
+        assert_eq!(
+            ClientError::InvalidRequest("x".into()).code(),
+            Some(ErrorCode::InvalidArgument)
+        );
+        let behind = ClientError::Rpc(ErrorCode::Behind.to_status("x"));
+        let late = ClientError::DeadlineExceeded {
+            deadline: Duration::from_millis(5),
+            last: Some(Box::new(behind)),
+        };
+        assert_eq!(late.code(), Some(ErrorCode::Behind));
+        assert!(late.to_string().contains("last error: behind"), "{late}");
     }
 }

@@ -1,172 +1,81 @@
-//! quiver-client: talk to a quiver node.
+//! quiver-client: the smart client of the quiver feature store.
 //!
-//! This first form connects to one node; cluster-aware routing, fan-out, failover and
-//! hedging come with the smart client. It already speaks the node's error model
-//! ([`ClientError::code`], [`ClientError::is_retryable`]) and reads results without
-//! copying them ([`LookupResult`]).
+//! It bootstraps from any node, caches the cluster map (shard → replicas), computes each
+//! key's shard with the cluster's partitioner, sends one sub-request per node in
+//! parallel, and reassembles the answer in request order. Replicas are chosen by least
+//! outstanding requests (power of two choices); a failed or slow sub-request fails over
+//! or is hedged on another replica within the call's deadline and a retry budget. The
+//! client remembers the highest watermark it has seen per shard and asks every replica
+//! for at least that, so reads never go back in time, even across failover; a push
+//! returns a watermark for read-your-writes.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), quiver_client::ClientError> {
-//! use quiver_client::{Client, EntityKey, Lookup};
-//! let mut client = Client::connect("http://127.0.0.1:7070").await?;
-//! let result = client
-//!     .get_online_features(Lookup::features(["user_txn:txn_count_1h"]).keys([EntityKey::from("user-1")]))
+//! use std::time::Duration;
+//! use quiver_client::{Client, Hedging, Lookup, PushRow};
+//!
+//! let client = Client::builder()
+//!     .seeds(["127.0.0.1:7070", "127.0.0.1:7071"])
+//!     .deadline(Duration::from_millis(50))
+//!     .hedging(Hedging::Fixed(Duration::from_millis(5)))
+//!     .build()
 //!     .await?;
+//!
+//! let lookup = Lookup::features(["user_txn:txn_count_1h", "user_txn:avg_amount_7d"])
+//!     .keys(["user-1", "user-2", "user-3"]);
+//! let result = client.get_online_features(&lookup).await?;
+//! let count = result.column_index("user_txn:txn_count_1h").expect("requested");
 //! for row in 0..result.row_count() {
-//!     println!("{:?}", result.value(row, 0));
+//!     println!("{:?} {:?}", result.i64(row, count), result.status(row, count));
 //! }
+//!
+//! // Read-your-writes: the watermark a push returns makes the next read see it.
+//! let wm = client
+//!     .push("user_txn", [PushRow::new("user-1").set("txn_count_1h", 7i64)])
+//!     .await?;
+//! let fresh = client
+//!     .get_online_features(&Lookup::features(["user_txn:txn_count_1h"]).keys(["user-1"]).min_watermarks(&wm))
+//!     .await?;
+//! assert_eq!(fresh.i64(0, 0), Some(7));
 //! # Ok(()) }
 //! ```
 //!
 //! # Layout
-//! - [`error`]: the error type, [`ClientError`].
-//! - [`lookup`]: the request builder [`Lookup`] and the columnar [`LookupResult`].
+//! - [`Client`] (`client.rs`) and its builder and settings ([`config`]).
+//! - `shard_map_cache.rs`: the versioned cluster map, coalesced refresh, the watch stream.
+//! - `router.rs`: key → shard → replica (power of two choices, circuit breakers).
+//! - `pool.rs`: one lazily connected channel per node, outstanding counts, breakers.
+//! - `batch.rs`: fan-out, failover, hedging and reassembly of one lookup.
+//! - `retry.rs`: error → recovery decision, and the retry budget; `hedge.rs`: hedge delay.
+//! - [`watermark`]: watermark tokens and the session's monotonic-read floor.
+//! - `schema.rs`: the cached registry schema requests are validated against.
+//! - [`lookup`], [`push`]: request and result types; [`error`]: [`ClientError`].
+//! - [`metrics`]: metric names; [`NodeClient`]: one node, for operator tools.
 
+mod batch;
+mod client;
+pub mod config;
 pub mod error;
+mod hedge;
 pub mod lookup;
+pub mod metrics;
+mod node_client;
+mod pool;
+pub mod push;
+mod retry;
+mod router;
+mod schema;
+mod shard_map_cache;
+mod stats;
+pub mod watermark;
 
-use std::time::Duration;
-
+pub use client::Client;
+pub use config::{ClientBuilder, ClientConfig, Hedging, RetryBudget};
 pub use error::ClientError;
-pub use lookup::{Lookup, LookupResult};
-pub use quiver_proto::v1::EntityKey;
-use quiver_proto::v1::admin_service_client::AdminServiceClient;
-use quiver_proto::v1::cluster_service_client::ClusterServiceClient;
-use quiver_proto::v1::feature_service_client::FeatureServiceClient;
-use quiver_proto::v1::{
-    ApplyDefinitionsRequest, DescribeViewRequest, GetStatusRequest, GetStatusResponse,
-    ListViewsRequest, ListViewsResponse,
-};
-use quiver_proto::v1::{ClusterMap, DrainNodeRequest, GetClusterMapRequest};
-use tonic::transport::{Channel, Endpoint};
-
-/// A connection to one quiver node. Cheap to clone (the channel is shared).
-#[derive(Clone)]
-pub struct Client {
-    features: FeatureServiceClient<Channel>,
-    admin: AdminServiceClient<Channel>,
-    cluster: ClusterServiceClient<Channel>,
-}
-
-impl Client {
-    /// Connects to `endpoint` (e.g. `http://127.0.0.1:7070`).
-    ///
-    /// # Errors
-    /// [`ClientError::Connect`] if the address is invalid or unreachable.
-    pub async fn connect(endpoint: impl Into<String>) -> Result<Self, ClientError> {
-        let endpoint = endpoint.into();
-        let ep = Endpoint::from_shared(endpoint.clone())
-            .map_err(|e| ClientError::Connect {
-                endpoint: endpoint.clone(),
-                message: e.to_string(),
-            })?
-            .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true);
-        let channel = ep.connect().await.map_err(|e| ClientError::Connect {
-            endpoint,
-            message: e.to_string(),
-        })?;
-        Ok(Client {
-            features: FeatureServiceClient::new(channel.clone())
-                .max_decoding_message_size(256 << 20),
-            admin: AdminServiceClient::new(channel.clone()),
-            cluster: ClusterServiceClient::new(channel),
-        })
-    }
-
-    /// Looks up features for a batch of entity keys.
-    ///
-    /// # Errors
-    /// [`ClientError::Rpc`] with the node's error code.
-    pub async fn get_online_features(
-        &mut self,
-        lookup: Lookup,
-    ) -> Result<LookupResult, ClientError> {
-        let resp = self
-            .features
-            .get_online_features(lookup.into_request())
-            .await?;
-        Ok(LookupResult::new(resp.into_inner()))
-    }
-
-    /// Applies registry definitions (TOML text); returns the list of changes.
-    ///
-    /// # Errors
-    /// [`ClientError::Rpc`]; invalid definitions are `INVALID_ARGUMENT`.
-    pub async fn apply_definitions(
-        &mut self,
-        toml: impl Into<String>,
-        dry_run: bool,
-    ) -> Result<Vec<String>, ClientError> {
-        let resp = self
-            .admin
-            .apply_definitions(ApplyDefinitionsRequest {
-                toml: toml.into(),
-                dry_run,
-            })
-            .await?;
-        Ok(resp.into_inner().changes)
-    }
-
-    /// Lists registered views, entities and feature services.
-    ///
-    /// # Errors
-    /// [`ClientError::Rpc`].
-    pub async fn list_views(&mut self) -> Result<ListViewsResponse, ClientError> {
-        Ok(self
-            .admin
-            .list_views(ListViewsRequest {})
-            .await?
-            .into_inner())
-    }
-
-    /// Returns a view's definition as JSON.
-    ///
-    /// # Errors
-    /// [`ClientError::Rpc`] (`NOT_FOUND` for an unknown view).
-    pub async fn describe_view(&mut self, name: impl Into<String>) -> Result<String, ClientError> {
-        Ok(self
-            .admin
-            .describe_view(DescribeViewRequest { name: name.into() })
-            .await?
-            .into_inner()
-            .definition_json)
-    }
-
-    /// Returns the cluster map (members, shard → replicas, epoch).
-    ///
-    /// # Errors
-    /// [`ClientError::Rpc`] (`UNIMPLEMENTED` from a node not running in cluster mode).
-    pub async fn cluster_map(&mut self) -> Result<ClusterMap, ClientError> {
-        Ok(self
-            .cluster
-            .get_cluster_map(GetClusterMapRequest {})
-            .await?
-            .into_inner())
-    }
-
-    /// Drains a node: its replicas move elsewhere before it stops holding them.
-    ///
-    /// # Errors
-    /// [`ClientError::Rpc`] (`NOT_FOUND` for an unknown node).
-    pub async fn drain_node(&mut self, node_id: u64) -> Result<u64, ClientError> {
-        Ok(self
-            .cluster
-            .drain_node(DrainNodeRequest { node_id })
-            .await?
-            .into_inner()
-            .epoch)
-    }
-
-    /// Returns the node's shards, offsets and lag.
-    ///
-    /// # Errors
-    /// [`ClientError::Rpc`].
-    pub async fn status(&mut self) -> Result<GetStatusResponse, ClientError> {
-        Ok(self
-            .admin
-            .get_status(GetStatusRequest {})
-            .await?
-            .into_inner())
-    }
-}
+pub use lookup::{Lookup, LookupResult, Row};
+pub use node_client::NodeClient;
+pub use push::PushRow;
+pub use quiver_proto::v1::value::Kind as ValueKind;
+pub use quiver_proto::v1::{EntityKey, FeatureStatus, Value};
+pub use stats::ClientStats;
+pub use watermark::Watermarks;

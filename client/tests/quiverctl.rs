@@ -147,9 +147,54 @@ async fn quiverctl_applies_lists_gets_and_reports_status() {
     assert!(!bad.status.success());
     let stderr = String::from_utf8_lossy(&bad.stderr);
     assert!(
-        stderr.contains("not_found") && stderr.contains("view \"nope\" is not registered"),
+        stderr.contains("not found") && stderr.contains("view \"nope\" is not registered"),
         "{stderr}"
     );
+
+    // Push, then read it back with the returned read-your-writes token.
+    let pushed: Value = serde_json::from_str(&ok_stdout(quiverctl(
+        &addr,
+        &[
+            "push",
+            "profile",
+            "--row",
+            r#"{"key": "carol", "features": {"score": 0.5}}"#,
+            "--output",
+            "json",
+        ],
+    )))
+    .unwrap();
+    assert_eq!(pushed["rows"], 1);
+    let token = pushed["watermark"].as_str().unwrap();
+    assert!(token.contains(":profile="), "{token}");
+    let got: Value = serde_json::from_str(&ok_stdout(quiverctl(
+        &addr,
+        &[
+            "get",
+            "--features",
+            "profile:score",
+            "--keys",
+            "carol",
+            "--min-watermark",
+            token,
+            "--output",
+            "json",
+        ],
+    )))
+    .unwrap();
+    assert_eq!(got["rows"][0]["features"]["profile:score"]["value"], 0.5);
+    let bad = quiverctl(
+        &addr,
+        &[
+            "push",
+            "profile",
+            "--row",
+            r#"{"key": "carol", "features": {"score": "high"}}"#,
+        ],
+    );
+    assert!(!bad.status.success());
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(stderr.contains("feature \"score\" is float64"), "{stderr}");
 
     cancel.cancel();
     node.wait().await.unwrap();

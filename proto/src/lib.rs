@@ -43,3 +43,31 @@ impl From<i64> for v1::EntityKey {
         }
     }
 }
+
+macro_rules! value_from {
+    ($($t:ty => $kind:ident $(($conv:expr))?),* $(,)?) => {$(
+        impl From<$t> for v1::Value {
+            fn from(v: $t) -> Self {
+                v1::Value {
+                    kind: Some(v1::value::Kind::$kind(value_from!(@conv v $(, $conv)?))),
+                }
+            }
+        }
+    )*};
+    (@conv $v:ident) => { $v };
+    (@conv $v:ident, $conv:expr) => { $conv($v) };
+}
+
+// Typed feature values for pushes: `Value::from(2.5)`, `Value::from(vec![0.1f32, 0.2])`.
+value_from! {
+    bool => BoolValue,
+    i64 => Int64Value,
+    f64 => Float64Value,
+    String => StringValue,
+    &str => StringValue(str::to_owned),
+    Vec<u8> => BytesValue,
+    Vec<f32> => Float32Vector(|values| v1::FloatVector { values }),
+    Vec<i64> => Int64List(|values| v1::Int64List { values }),
+    Vec<f64> => Float64List(|values| v1::DoubleList { values }),
+    Vec<String> => StringList(|values| v1::StringList { values }),
+}

@@ -2,7 +2,9 @@
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
-use quiver_client::{Client, EntityKey, Lookup, LookupResult};
+use quiver_client::{
+    Client, EntityKey, Lookup, LookupResult, NodeClient, PushRow, Value, Watermarks,
+};
 use quiver_proto::v1::FeatureStatus;
 use quiver_proto::v1::value::Kind;
 use serde_json::{Value as Json, json};
@@ -56,6 +58,18 @@ enum Command {
         /// The entity's keys are int64.
         #[arg(long)]
         int_keys: bool,
+        /// Read at least this watermark token (from `push`).
+        #[arg(long)]
+        min_watermark: Option<String>,
+    },
+    /// Push rows into a view (produced to its topic; prints a read-your-writes token).
+    Push {
+        /// View name.
+        view: String,
+        /// A row as JSON: {"key": "u1", "features": {"score": 0.5}, "event_time_micros": 0};
+        /// `"delete": true` deletes the key. Repeatable.
+        #[arg(long = "row", required = true)]
+        rows: Vec<String>,
     },
     /// Cluster members and shard map (cluster mode), and this node's shards, offsets, lag.
     Status,
@@ -214,7 +228,7 @@ fn print_rows(keys: &[String], r: &LookupResult, output: Output) -> anyhow::Resu
         let watermarks: Vec<Json> = r
             .watermarks()
             .iter()
-            .map(|w| json!({"shard": w.shard, "offsets": w.offsets.iter().map(|o| json!({"topic": o.topic, "next_offset": o.next_offset})).collect::<Vec<_>>()}))
+            .map(|(shard, topic, next_offset)| json!({"shard": shard, "topic": topic, "next_offset": next_offset}))
             .collect();
         println!(
             "{}",
@@ -262,8 +276,86 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// Converts a JSON value to a feature value of type `ty` (a definition-file type name).
+fn json_to_value(feature: &str, ty: &str, v: &Json) -> anyhow::Result<Value> {
+    let bad = || anyhow::anyhow!("feature {feature:?} is {ty}; {v} does not fit");
+    let list = || v.as_array().ok_or_else(bad);
+    Ok(match ty {
+        "bool" => v.as_bool().ok_or_else(bad)?.into(),
+        "int64" => v.as_i64().ok_or_else(bad)?.into(),
+        "float64" => v.as_f64().ok_or_else(bad)?.into(),
+        "string" => v.as_str().ok_or_else(bad)?.into(),
+        "bytes" => v.as_str().ok_or_else(bad)?.as_bytes().to_vec().into(),
+        "float32_vector" => list()?
+            .iter()
+            .map(|x| x.as_f64().map(|f| f as f32))
+            .collect::<Option<Vec<f32>>>()
+            .ok_or_else(bad)?
+            .into(),
+        "int64_list" => list()?
+            .iter()
+            .map(Json::as_i64)
+            .collect::<Option<Vec<i64>>>()
+            .ok_or_else(bad)?
+            .into(),
+        "float64_list" => list()?
+            .iter()
+            .map(Json::as_f64)
+            .collect::<Option<Vec<f64>>>()
+            .ok_or_else(bad)?
+            .into(),
+        "string_list" => list()?
+            .iter()
+            .map(|x| x.as_str().map(str::to_owned))
+            .collect::<Option<Vec<String>>>()
+            .ok_or_else(bad)?
+            .into(),
+        other => anyhow::bail!("feature {feature:?} has unknown type {other}"),
+    })
+}
+
+/// Parses `--row` JSON into a push row, typing values by the view's definition.
+fn parse_row(
+    text: &str,
+    types: &std::collections::HashMap<String, String>,
+) -> anyhow::Result<PushRow> {
+    let doc: Json =
+        serde_json::from_str(text).with_context(|| format!("row {text} is not JSON"))?;
+    let key = match doc.get("key") {
+        Some(Json::String(s)) => EntityKey::from(s.as_str()),
+        Some(Json::Number(n)) if n.is_i64() => EntityKey::from(n.as_i64().unwrap_or_default()),
+        _ => anyhow::bail!("row {text} needs a \"key\" (string or integer)"),
+    };
+    if doc.get("delete").and_then(Json::as_bool) == Some(true) {
+        return Ok(PushRow::delete(key));
+    }
+    let mut row = PushRow::new(key);
+    if let Some(t) = doc.get("event_time_micros").and_then(Json::as_i64) {
+        row = row.event_time_micros(t);
+    }
+    if let Some(features) = doc.get("features").and_then(Json::as_object) {
+        for (name, v) in features {
+            let ty = types
+                .get(name)
+                .with_context(|| format!("the view has no feature {name:?}"))?;
+            row = row.set(name.clone(), json_to_value(name, ty, v)?);
+        }
+    }
+    Ok(row)
+}
+
+async fn smart_client(addr: &str) -> anyhow::Result<Client> {
+    Client::builder()
+        .seeds([addr])
+        .deadline(std::time::Duration::from_secs(10))
+        .attempt_timeout(std::time::Duration::from_secs(5))
+        .build()
+        .await
+        .with_context(|| format!("connect to {addr}"))
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let mut client = Client::connect(cli.addr.clone()).await?;
+    let mut client = NodeClient::connect(cli.addr.clone()).await?;
     match cli.command {
         Command::View {
             command: ViewCommand::Apply { file, dry_run },
@@ -317,6 +409,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             service,
             keys,
             int_keys,
+            min_watermark,
         } => {
             let lookup = match service {
                 Some(s) => Lookup::feature_service(s),
@@ -333,8 +426,41 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 keys.iter().map(|k| EntityKey::from(k.as_str())).collect()
             };
-            let result = client.get_online_features(lookup.keys(entity_keys)).await?;
+            let mut lookup = lookup.keys(entity_keys);
+            if let Some(token) = min_watermark {
+                let wm: Watermarks = token.parse()?;
+                lookup = lookup.min_watermarks(&wm);
+            }
+            let smart = smart_client(&cli.addr).await?;
+            let result = smart.get_online_features(&lookup).await?;
             print_rows(&keys, &result, cli.output)?;
+        }
+        Command::Push { view, rows } => {
+            let definition: Json =
+                serde_json::from_str(&client.describe_view(view.clone()).await?)?;
+            let types: std::collections::HashMap<String, String> = definition["features"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|f| {
+                    Some((
+                        f["name"].as_str()?.to_owned(),
+                        f["value_type"].as_str()?.to_owned(),
+                    ))
+                })
+                .collect();
+            let rows = rows
+                .iter()
+                .map(|r| parse_row(r, &types))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let n = rows.len();
+            let smart = smart_client(&cli.addr).await?;
+            let wm = smart.push(&view, rows).await?;
+            if cli.output == Output::Json {
+                println!("{}", json!({"rows": n, "watermark": wm.to_string()}));
+            } else {
+                println!("pushed {n} rows; read them with --min-watermark {wm}");
+            }
         }
         Command::Node {
             command: NodeCommand::Drain { id },

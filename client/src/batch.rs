@@ -1,0 +1,364 @@
+//! One lookup's execution: split by shard, fan out one sub-request per node in parallel,
+//! fail over and hedge per sub-request, and reassemble in request order.
+//!
+//! Every sub-request carries the session's minimum watermarks for the shards it reads,
+//! so a replica behind what this client has already seen waits or answers BEHIND, and
+//! the client goes elsewhere: reads stay monotonic across failover.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use metrics::counter;
+use quiver_proto::v1::{EntityKey, GetOnlineFeaturesRequest, GetOnlineFeaturesResponse};
+
+use crate::client::Inner;
+use crate::error::ClientError;
+use crate::lookup::{Lookup, LookupResult};
+use crate::metrics as m;
+use crate::retry::Recovery;
+use crate::router::{Group, ShardedBatch, route, shard_batch};
+use crate::watermark::Watermarks;
+
+/// How often a sub-request may go round (re-route after a refresh, retry, wait) before
+/// the call gives up even with deadline left; bounds work on a pathological cluster.
+const MAX_ROUNDS: u32 = 32;
+
+/// A node's answer for some of the unique keys.
+struct Part {
+    resp: GetOnlineFeaturesResponse,
+    /// Unique-key indexes, in the order of the response's rows.
+    keys: Vec<u32>,
+}
+
+type PartsFuture<'a> = Pin<Box<dyn Future<Output = Result<Vec<Part>, ClientError>> + Send + 'a>>;
+
+/// State of one `get_online_features` call.
+pub(crate) struct Call<'a> {
+    inner: &'a Inner,
+    features: &'a [String],
+    feature_service: &'a str,
+    batch: ShardedBatch,
+    extra: &'a Watermarks,
+    deadline: Instant,
+    budget_deadline: Duration,
+}
+
+impl<'a> Call<'a> {
+    pub(crate) fn new(inner: &'a Inner, lookup: &'a Lookup) -> Self {
+        let d = lookup.deadline.unwrap_or(inner.config.deadline);
+        let table = inner.map.current();
+        Call {
+            inner,
+            features: &lookup.features,
+            feature_service: &lookup.feature_service,
+            batch: shard_batch(&table, &lookup.keys),
+            extra: &lookup.min_watermarks,
+            deadline: Instant::now() + d,
+            budget_deadline: d,
+        }
+    }
+
+    /// Runs the call.
+    pub(crate) async fn run(self) -> Result<LookupResult, ClientError> {
+        let shards: Vec<u32> = self.batch.by_shard.keys().copied().collect();
+        let parts = self.fetch(shards, HashSet::new(), true, 0).await?;
+        let mut loc = vec![(u32::MAX, 0u32); self.batch.unique.len()];
+        for (p, part) in parts.iter().enumerate() {
+            for (row, &u) in part.keys.iter().enumerate() {
+                loc[u as usize] = (p as u32, row as u32);
+            }
+        }
+        let rows = self
+            .batch
+            .row_to_unique
+            .iter()
+            .map(|&u| loc[u as usize])
+            .collect();
+        Ok(LookupResult::assemble(
+            parts.into_iter().map(|p| p.resp).collect(),
+            rows,
+        ))
+    }
+
+    fn deadline_error(&self, last: Option<ClientError>) -> ClientError {
+        ClientError::DeadlineExceeded {
+            deadline: self.budget_deadline,
+            last: last.map(Box::new),
+        }
+    }
+
+    /// Fetches every key of `shards`, avoiding `excluded` nodes when possible.
+    fn fetch(
+        &'a self,
+        shards: Vec<u32>,
+        mut excluded: HashSet<u64>,
+        may_hedge: bool,
+        round: u32,
+    ) -> PartsFuture<'a> {
+        Box::pin(async move {
+            let groups = self.route_or_wait(&shards, &mut excluded).await?;
+            let results = join_all(
+                groups
+                    .into_iter()
+                    .map(|g| self.fetch_group(g, excluded.clone(), may_hedge, round)),
+            )
+            .await;
+            let mut parts = Vec::new();
+            for r in results {
+                parts.extend(r?);
+            }
+            Ok(parts)
+        })
+    }
+
+    /// Routes `shards`; when no replica is left (all excluded, or none servable), refreshes
+    /// the map once, then gives excluded replicas another chance after a short backoff
+    /// (a behind replica may have caught up), until the deadline.
+    async fn route_or_wait(
+        &self,
+        shards: &[u32],
+        excluded: &mut HashSet<u64>,
+    ) -> Result<Vec<Group>, ClientError> {
+        let mut backoff = Duration::from_millis(5);
+        let mut refreshed = false;
+        loop {
+            let table = self.inner.map.current();
+            let err = match route(&table, shards, &self.inner.pool, excluded, &self.inner.rng) {
+                Ok(groups) => return Ok(groups),
+                Err(e) => e,
+            };
+            if Instant::now() + backoff >= self.deadline {
+                return Err(self.deadline_error(Some(err)));
+            }
+            if !refreshed {
+                refreshed = true;
+                let _ = self.inner.map.refresh(None, "no_replica").await;
+                continue;
+            }
+            excluded.clear();
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(100));
+        }
+    }
+
+    fn request_for(&self, g: &Group) -> (GetOnlineFeaturesRequest, Vec<u32>) {
+        let keys: Vec<u32> = g
+            .shards
+            .iter()
+            .flat_map(|s| self.batch.by_shard[s].iter().copied())
+            .collect();
+        let entity_keys: Vec<EntityKey> = keys
+            .iter()
+            .map(|&u| self.batch.unique[u as usize].clone())
+            .collect();
+        let req = GetOnlineFeaturesRequest {
+            features: self.features.to_vec(),
+            feature_service: self.feature_service.to_owned(),
+            entity_keys,
+            min_watermarks: self.inner.session.minimums(&g.shards, self.extra),
+        };
+        (req, keys)
+    }
+
+    /// One sub-request to one node, bounded by the attempt timeout and the deadline.
+    async fn send(&self, g: &Group) -> Result<Part, ClientError> {
+        let remaining = self.deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(self.deadline_error(None));
+        }
+        let timeout = remaining.min(self.inner.config.attempt_timeout);
+        let (req, keys) = self.request_for(g);
+        let mut request = tonic::Request::new(req);
+        // Propagated as grpc-timeout: the node stops waiting for watermarks in time.
+        request.set_timeout(timeout);
+        let _in_flight = g.node.begin();
+        self.inner
+            .stats
+            .sub_requests
+            .fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        let mut client = g.node.features();
+        let result = tokio::time::timeout(timeout, client.get_online_features(request)).await;
+        let outcome = match result {
+            Ok(Ok(resp)) => {
+                let resp = resp.into_inner();
+                let well_formed = resp
+                    .columns
+                    .iter()
+                    .all(|c| c.values.len() == keys.len() && c.statuses.len() == keys.len());
+                if well_formed {
+                    g.node.on_success(self.inner.config.breaker_cooldown);
+                    self.inner.hedge.record(keys.len(), started.elapsed());
+                    self.inner.session.observe(&resp.watermarks);
+                    Ok(Part { resp, keys })
+                } else {
+                    Err(ClientError::Rpc(tonic::Status::internal(format!(
+                        "node {} answered {} keys with a malformed response",
+                        g.node.addr,
+                        keys.len()
+                    ))))
+                }
+            }
+            Ok(Err(status)) => Err(ClientError::Rpc(status)),
+            Err(_) => Err(ClientError::DeadlineExceeded {
+                deadline: timeout,
+                last: None,
+            }),
+        };
+        let label = match &outcome {
+            Ok(_) => "ok",
+            Err(e) => e.code().map_or("error", |c| c.as_str()),
+        };
+        counter!(m::SUBREQUESTS, "result" => label).increment(1);
+        outcome
+    }
+
+    /// Sends `g`, hedging it if it is slow, and recovers from a failure.
+    async fn fetch_group(
+        &'a self,
+        g: Group,
+        excluded: HashSet<u64>,
+        may_hedge: bool,
+        round: u32,
+    ) -> Result<Vec<Part>, ClientError> {
+        let keys: usize = g.shards.iter().map(|s| self.batch.by_shard[s].len()).sum();
+        let delay = if may_hedge {
+            self.inner.hedge.delay(keys)
+        } else {
+            None
+        };
+        let result = {
+            let primary = self.send(&g);
+            tokio::pin!(primary);
+            match delay {
+                None => primary.await.map(|p| vec![p]),
+                Some(delay) => {
+                    tokio::select! {
+                        r = &mut primary => r.map(|p| vec![p]),
+                        () = tokio::time::sleep(delay) => {
+                            match self.hedge(&g, &excluded, round) {
+                                None => primary.await.map(|p| vec![p]),
+                                Some(hedge) => {
+                                    tokio::pin!(hedge);
+                                    tokio::select! {
+                                        r = &mut primary => match r {
+                                            Ok(p) => Ok(vec![p]),
+                                            Err(e) => {
+                                                self.note_failure(&g, &e);
+                                                hedge.await
+                                            }
+                                        },
+                                        r = &mut hedge => match r {
+                                            Ok(parts) => {
+                                                self.inner.stats.hedge_wins.fetch_add(1, Ordering::Relaxed);
+                                                counter!(m::HEDGE_WINS).increment(1);
+                                                Ok(parts)
+                                            }
+                                            Err(_) => primary.await.map(|p| vec![p]),
+                                        },
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        match result {
+            Ok(parts) => Ok(parts),
+            Err(e) => self.recover(g, e, excluded, may_hedge, round).await,
+        }
+    }
+
+    /// Starts a hedge of `g` on other replicas if every shard has one and the budget
+    /// allows; hedges do not hedge again.
+    fn hedge(&'a self, g: &Group, excluded: &HashSet<u64>, round: u32) -> Option<PartsFuture<'a>> {
+        let mut others = excluded.clone();
+        others.insert(g.node.id);
+        let table = self.inner.map.current();
+        let has_alternative = g.shards.iter().all(|s| {
+            table
+                .shards
+                .get(*s as usize)
+                .is_some_and(|rs| rs.iter().any(|r| r.servable && !others.contains(&r.node)))
+        });
+        if !has_alternative {
+            return None;
+        }
+        if !self.inner.budget.try_withdraw() {
+            self.inner
+                .stats
+                .budget_denied
+                .fetch_add(1, Ordering::Relaxed);
+            counter!(m::BUDGET_DENIED).increment(1);
+            return None;
+        }
+        self.inner.stats.hedges.fetch_add(1, Ordering::Relaxed);
+        counter!(m::HEDGES).increment(1);
+        Some(self.fetch(g.shards.clone(), others, false, round + 1))
+    }
+
+    /// Counts a transport failure against the node's breaker.
+    fn note_failure(&self, g: &Group, e: &ClientError) {
+        if Recovery::of(e) == Recovery::NodeDown
+            && g.node.on_failure(
+                self.inner.config.breaker_failures,
+                self.inner.config.breaker_cooldown,
+            )
+        {
+            counter!(m::BREAKER_OPENED).increment(1);
+        }
+    }
+
+    /// After `g` failed with `e`: refresh the map and re-route, or retry on another
+    /// replica within the deadline and budget, or give up.
+    async fn recover(
+        &'a self,
+        g: Group,
+        e: ClientError,
+        mut excluded: HashSet<u64>,
+        may_hedge: bool,
+        round: u32,
+    ) -> Result<Vec<Part>, ClientError> {
+        let recovery = Recovery::of(&e);
+        if recovery == Recovery::Fail || round >= MAX_ROUNDS {
+            return Err(e);
+        }
+        if Instant::now() >= self.deadline {
+            return Err(self.deadline_error(Some(e)));
+        }
+        let reason = match recovery {
+            Recovery::RefreshMap(epoch) => {
+                // A routing correction, not extra load: not charged to the budget.
+                self.inner.stats.wrong_shard.fetch_add(1, Ordering::Relaxed);
+                let _ = self.inner.map.refresh(epoch, "wrong_shard").await;
+                "wrong_shard"
+            }
+            Recovery::OtherReplica | Recovery::NodeDown => {
+                self.note_failure(&g, &e);
+                if !self.inner.budget.try_withdraw() {
+                    self.inner
+                        .stats
+                        .budget_denied
+                        .fetch_add(1, Ordering::Relaxed);
+                    counter!(m::BUDGET_DENIED).increment(1);
+                    return Err(ClientError::BudgetExhausted(Box::new(e)));
+                }
+                excluded.insert(g.node.id);
+                if recovery == Recovery::NodeDown {
+                    "node_down"
+                } else {
+                    e.code().map_or("unavailable", |c| c.as_str())
+                }
+            }
+            Recovery::Fail => unreachable!("handled above"),
+        };
+        self.inner.stats.retries.fetch_add(1, Ordering::Relaxed);
+        counter!(m::RETRIES, "reason" => reason).increment(1);
+        self.fetch(g.shards, excluded, may_hedge, round + 1).await
+    }
+}

@@ -1,0 +1,207 @@
+//! The smart client: a cheap-to-clone handle over shared routing state.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use metrics::{counter, histogram};
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use crate::batch::Call;
+use crate::config::{ClientBuilder, ClientConfig};
+use crate::error::ClientError;
+use crate::hedge::HedgePolicy;
+use crate::lookup::{Lookup, LookupResult};
+use crate::metrics as m;
+use crate::pool::NodePool;
+use crate::push::PushRow;
+use crate::retry::Budget;
+use crate::router::Rng;
+use crate::schema::SchemaCache;
+use crate::shard_map_cache::MapCache;
+use crate::stats::{ClientStats, Stats};
+use crate::watermark::{SessionWatermarks, Watermarks};
+
+/// State shared by every clone of a [`Client`].
+pub(crate) struct Inner {
+    pub(crate) config: ClientConfig,
+    pub(crate) pool: Arc<NodePool>,
+    pub(crate) map: Arc<MapCache>,
+    pub(crate) schema: SchemaCache,
+    pub(crate) session: SessionWatermarks,
+    pub(crate) hedge: HedgePolicy,
+    pub(crate) budget: Budget,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) rng: Rng,
+    /// Stops the cluster-map watcher when the last clone is dropped.
+    _watcher: DropGuard,
+}
+
+/// The quiver client: routes each key to a replica of its shard, fans out, fails over,
+/// hedges, and keeps reads monotonic. Cheap to clone; clones share connections, the
+/// cluster map and the session's watermarks.
+///
+/// See the [crate documentation](crate) for an example.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("seeds", &self.inner.config.seeds)
+            .field("epoch", &self.inner.map.current().epoch)
+            .finish()
+    }
+}
+
+impl Client {
+    /// Starts building a client.
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder::new()
+    }
+
+    pub(crate) async fn start(config: ClientConfig) -> Result<Client, ClientError> {
+        let stats = Arc::new(Stats::default());
+        let pool = Arc::new(NodePool::new(
+            config.connect_timeout,
+            config.breaker_cooldown,
+        ));
+        let map = Arc::new(
+            MapCache::bootstrap(
+                config.seeds.clone(),
+                pool.clone(),
+                config.deadline.max(config.connect_timeout * 2),
+                stats.clone(),
+            )
+            .await?,
+        );
+        let schema = SchemaCache::load(&map).await?;
+        let cancel = CancellationToken::new();
+        tokio::spawn(
+            map.clone()
+                .watch(config.refresh_interval, cancel.child_token()),
+        );
+        let seed = config.rng_seed.unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+        });
+        Ok(Client {
+            inner: Arc::new(Inner {
+                hedge: HedgePolicy::new(config.hedging.clone()),
+                budget: Budget::new(config.retry_budget.clone()),
+                rng: Rng::new(seed),
+                config,
+                pool,
+                map,
+                schema,
+                session: SessionWatermarks::default(),
+                stats,
+                _watcher: cancel.drop_guard(),
+            }),
+        })
+    }
+
+    fn finish<T>(
+        &self,
+        op: &'static str,
+        started: Instant,
+        r: Result<T, ClientError>,
+    ) -> Result<T, ClientError> {
+        let result = match &r {
+            Ok(_) => "ok",
+            Err(e) => e.code().map_or("error", |c| c.as_str()),
+        };
+        if r.is_err() {
+            self.inner
+                .stats
+                .failed_requests
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        counter!(m::REQUESTS, "op" => op, "result" => result).increment(1);
+        histogram!(m::REQUEST_DURATION, "op" => op).record(started.elapsed().as_secs_f64());
+        r
+    }
+
+    fn begin(&self) -> Instant {
+        self.inner.stats.requests.fetch_add(1, Ordering::Relaxed);
+        self.inner.budget.deposit();
+        Instant::now()
+    }
+
+    /// Looks up features for a batch of entity keys.
+    ///
+    /// The request is validated against the cached registry first (unknown names, key
+    /// types, limits); then keys are split by shard, sent to one replica per shard in
+    /// parallel, failed over and hedged as needed, and reassembled in request order.
+    ///
+    /// # Errors
+    /// [`ClientError::InvalidRequest`] / [`ClientError::NotFound`] before anything is sent;
+    /// [`ClientError::DeadlineExceeded`] when no replica answered in time (never a stale
+    /// answer); [`ClientError::Rpc`] for other node errors.
+    pub async fn get_online_features(&self, lookup: &Lookup) -> Result<LookupResult, ClientError> {
+        let started = self.begin();
+        let r = async {
+            self.inner
+                .schema
+                .validate(&self.inner.map, |s| {
+                    s.check_lookup(&lookup.features, &lookup.feature_service, &lookup.keys)
+                })
+                .await?;
+            Call::new(&self.inner, lookup).run().await
+        }
+        .await;
+        self.finish("lookup", started, r)
+    }
+
+    /// Pushes rows into `view`: validated here, produced by a node into the partitions of
+    /// the keys' shards. Returns the produced offsets: pass them to
+    /// [`Lookup::min_watermarks`] and the next read sees the write.
+    ///
+    /// # Errors
+    /// [`ClientError::InvalidRequest`] / [`ClientError::NotFound`] before anything is sent;
+    /// node errors otherwise. A failed push may have written some rows; retrying is safe
+    /// (rows are last-write-wins by event time).
+    pub async fn push(
+        &self,
+        view: &str,
+        rows: impl IntoIterator<Item = PushRow>,
+    ) -> Result<Watermarks, ClientError> {
+        let started = self.begin();
+        let rows: Vec<_> = rows.into_iter().map(PushRow::into_proto).collect();
+        let r = async {
+            self.inner
+                .schema
+                .validate(&self.inner.map, |s| s.check_push(view, &rows))
+                .await?;
+            crate::push::push(&self.inner, view, rows).await
+        }
+        .await;
+        self.finish("push", started, r)
+    }
+
+    /// The highest watermark this client has seen per shard (its monotonic-read floor).
+    pub fn session_watermarks(&self) -> Watermarks {
+        self.inner.session.snapshot()
+    }
+
+    /// Counters since the client was built.
+    pub fn stats(&self) -> ClientStats {
+        self.inner.stats.snapshot()
+    }
+
+    /// Epoch of the cached cluster map (0 for static-mode nodes).
+    pub fn cluster_epoch(&self) -> u64 {
+        self.inner.map.current().epoch
+    }
+
+    /// Re-reads the cluster map now; returns its epoch.
+    ///
+    /// # Errors
+    /// If no node answers.
+    pub async fn refresh_cluster_map(&self) -> Result<u64, ClientError> {
+        Ok(self.inner.map.refresh(None, "explicit").await?.epoch)
+    }
+}

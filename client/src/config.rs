@@ -1,0 +1,184 @@
+//! Client settings and the builder.
+
+use std::time::Duration;
+
+use crate::Client;
+use crate::error::ClientError;
+
+/// When to send a second copy of a slow sub-request to another replica.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Hedging {
+    /// Never hedge.
+    Off,
+    /// Hedge sub-requests slower than this.
+    Fixed(Duration),
+    /// Hedge sub-requests slower than this percentile of recent sub-requests of the same
+    /// batch-size class, but never sooner than `min_delay`. Until a class has enough
+    /// samples, `min_delay` is used.
+    Percentile {
+        /// E.g. 95.0.
+        percentile: f64,
+        /// Lower bound on the hedge delay.
+        min_delay: Duration,
+    },
+}
+
+impl Default for Hedging {
+    fn default() -> Self {
+        Hedging::Percentile {
+            percentile: 95.0,
+            min_delay: Duration::from_millis(2),
+        }
+    }
+}
+
+/// Caps the extra load that hedges and retries add.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryBudget {
+    /// Extra requests allowed per request, e.g. 0.1 = 10 %.
+    pub ratio: f64,
+    /// Extra requests always allowed per second, so a quiet client can still fail over.
+    pub min_per_second: f64,
+}
+
+impl Default for RetryBudget {
+    fn default() -> Self {
+        RetryBudget {
+            ratio: 0.1,
+            min_per_second: 10.0,
+        }
+    }
+}
+
+/// Everything a [`Client`] is configured with; build it with [`Client::builder`].
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Node addresses to bootstrap from (`host:port` or `http://host:port`).
+    pub seeds: Vec<String>,
+    /// Overall deadline of one call, across retries; sent to nodes as the gRPC timeout.
+    pub deadline: Duration,
+    /// Longest wait for one sub-request before trying another replica.
+    pub attempt_timeout: Duration,
+    /// TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// Hedging policy.
+    pub hedging: Hedging,
+    /// Retry and hedge budget.
+    pub retry_budget: RetryBudget,
+    /// Safety-net period for re-reading the cluster map (it is also pushed by nodes).
+    pub refresh_interval: Duration,
+    /// Consecutive transport failures that open a node's circuit breaker.
+    pub breaker_failures: u32,
+    /// First cool-down of an open breaker; doubles per failed probe, up to 8×.
+    pub breaker_cooldown: Duration,
+    /// Seed of the replica-choice RNG (deterministic tests); `None` seeds from the clock.
+    pub rng_seed: Option<u64>,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            seeds: Vec::new(),
+            deadline: Duration::from_secs(1),
+            attempt_timeout: Duration::from_millis(300),
+            connect_timeout: Duration::from_millis(500),
+            hedging: Hedging::default(),
+            retry_budget: RetryBudget::default(),
+            refresh_interval: Duration::from_secs(30),
+            breaker_failures: 3,
+            breaker_cooldown: Duration::from_millis(250),
+            rng_seed: None,
+        }
+    }
+}
+
+/// Builds a [`Client`]: `Client::builder().seeds([..]).deadline(..).build().await?`.
+#[derive(Debug, Clone, Default)]
+pub struct ClientBuilder {
+    config: ClientConfig,
+}
+
+impl ClientBuilder {
+    /// Starts from [`ClientConfig::default`].
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Starts from a full config.
+    pub fn from_config(config: ClientConfig) -> Self {
+        ClientBuilder { config }
+    }
+
+    /// Nodes to bootstrap from; any one reachable node is enough.
+    pub fn seeds<S: Into<String>>(mut self, seeds: impl IntoIterator<Item = S>) -> Self {
+        self.config.seeds = seeds.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Overall deadline per call (default 1 s).
+    pub fn deadline(mut self, d: Duration) -> Self {
+        self.config.deadline = d;
+        self
+    }
+
+    /// Per-attempt timeout before failing over (default 300 ms).
+    pub fn attempt_timeout(mut self, d: Duration) -> Self {
+        self.config.attempt_timeout = d;
+        self
+    }
+
+    /// Hedging policy (default: p95 per batch-size class, at least 2 ms).
+    pub fn hedging(mut self, h: Hedging) -> Self {
+        self.config.hedging = h;
+        self
+    }
+
+    /// Retry/hedge budget (default 10 % plus 10 per second).
+    pub fn retry_budget(mut self, b: RetryBudget) -> Self {
+        self.config.retry_budget = b;
+        self
+    }
+
+    /// Period of the safety-net cluster-map refresh (default 30 s).
+    pub fn refresh_interval(mut self, d: Duration) -> Self {
+        self.config.refresh_interval = d;
+        self
+    }
+
+    /// Seeds replica choice, for reproducible tests.
+    pub fn rng_seed(mut self, seed: u64) -> Self {
+        self.config.rng_seed = Some(seed);
+        self
+    }
+
+    /// The config as built so far.
+    pub fn config(&self) -> &ClientConfig {
+        &self.config
+    }
+
+    /// Validates the settings, reads the cluster map and schema from a seed and starts the
+    /// background map watcher.
+    ///
+    /// # Errors
+    /// [`ClientError::InvalidRequest`] for bad settings; [`ClientError::Connect`] /
+    /// [`ClientError::Rpc`] if no seed answers.
+    pub async fn build(self) -> Result<Client, ClientError> {
+        let c = &self.config;
+        let bad = |m: &str| Err(ClientError::InvalidRequest(m.to_owned()));
+        if c.seeds.is_empty() {
+            return bad("no seeds: give at least one node address");
+        }
+        if c.deadline.is_zero() || c.attempt_timeout.is_zero() {
+            return bad("deadline and attempt_timeout must be positive");
+        }
+        if !(0.0..=1.0).contains(&c.retry_budget.ratio) || c.retry_budget.min_per_second < 0.0 {
+            return bad("retry_budget.ratio must be within 0..=1 and min_per_second >= 0");
+        }
+        if let Hedging::Percentile { percentile, .. } = c.hedging
+            && !(1.0..100.0).contains(&percentile)
+        {
+            return bad("hedging percentile must be within 1..100");
+        }
+        Client::start(self.config).await
+    }
+}

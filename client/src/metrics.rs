@@ -1,0 +1,22 @@
+//! Every metric the client records (through the `metrics` crate; the embedding service
+//! installs the exporter). Labels are bounded: operation, outcome, reason, trigger.
+
+/// Counter: client calls, by `op` (`lookup`, `push`) and `result` (`ok` or an error code).
+pub const REQUESTS: &str = "quiver_client_requests_total";
+/// Histogram: client call latency in seconds, by `op`.
+pub const REQUEST_DURATION: &str = "quiver_client_request_duration_seconds";
+/// Counter: sub-requests sent to nodes (first attempts, retries and hedges), by `result`.
+pub const SUBREQUESTS: &str = "quiver_client_subrequests_total";
+/// Counter: sub-requests retried on another replica, by `reason` (`behind`,
+/// `unavailable`, `node_down`, `wrong_shard`).
+pub const RETRIES: &str = "quiver_client_retries_total";
+/// Counter: hedges sent.
+pub const HEDGES: &str = "quiver_client_hedges_total";
+/// Counter: hedges whose answer arrived first.
+pub const HEDGE_WINS: &str = "quiver_client_hedge_wins_total";
+/// Counter: retries or hedges refused by the retry budget.
+pub const BUDGET_DENIED: &str = "quiver_client_budget_denied_total";
+/// Counter: node circuit breakers opened.
+pub const BREAKER_OPENED: &str = "quiver_client_breaker_opened_total";
+/// Counter: cluster-map refreshes, by `trigger` (`wrong_shard`, `error`, `watch`, `timer`).
+pub const MAP_REFRESHES: &str = "quiver_client_map_refreshes_total";

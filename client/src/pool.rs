@@ -1,0 +1,266 @@
+//! One lazily connected tonic channel per node, with its outstanding-request count (for
+//! replica choice) and circuit breaker (to skip a node that keeps failing and probe it
+//! back later).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use quiver_proto::v1::admin_service_client::AdminServiceClient;
+use quiver_proto::v1::cluster_service_client::ClusterServiceClient;
+use quiver_proto::v1::feature_service_client::FeatureServiceClient;
+use tonic::codec::CompressionEncoding;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::error::ClientError;
+
+/// Responses can be large (500 keys × 250 features); requests are bounded by the node.
+const MAX_RESPONSE_BYTES: usize = 256 << 20;
+
+/// Normalises `host:port` to a URI.
+pub(crate) fn endpoint_uri(addr: &str) -> String {
+    if addr.contains("://") {
+        addr.to_owned()
+    } else {
+        format!("http://{addr}")
+    }
+}
+
+/// Opens a lazily connecting channel to `addr`.
+pub(crate) fn lazy_channel(addr: &str, connect_timeout: Duration) -> Result<Channel, ClientError> {
+    let uri = endpoint_uri(addr);
+    let ep = Endpoint::from_shared(uri.clone()).map_err(|e| ClientError::Connect {
+        endpoint: uri,
+        message: e.to_string(),
+    })?;
+    Ok(ep
+        .connect_timeout(connect_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true)
+        .connect_lazy())
+}
+
+/// Circuit-breaker state of one node.
+#[derive(Debug)]
+struct Breaker {
+    consecutive_failures: u32,
+    open_until: Option<Instant>,
+    cooldown: Duration,
+    probe_in_flight: bool,
+}
+
+/// Whether a node may be sent a request now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Admission {
+    /// Healthy.
+    Allow,
+    /// Open breaker whose cool-down has passed: one request may probe it.
+    Probe,
+    /// Open breaker: skip the node.
+    Deny,
+}
+
+/// A node the client talks to.
+#[derive(Debug)]
+pub(crate) struct NodeHandle {
+    pub(crate) id: u64,
+    pub(crate) addr: String,
+    channel: Channel,
+    outstanding: AtomicUsize,
+    breaker: Mutex<Breaker>,
+}
+
+/// Decrements a node's outstanding count when the request ends (or is dropped by a hedge).
+pub(crate) struct InFlight(Arc<NodeHandle>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.outstanding.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl NodeHandle {
+    pub(crate) fn features(&self) -> FeatureServiceClient<Channel> {
+        FeatureServiceClient::new(self.channel.clone())
+            .max_decoding_message_size(MAX_RESPONSE_BYTES)
+            .accept_compressed(CompressionEncoding::Zstd)
+    }
+
+    pub(crate) fn cluster(&self) -> ClusterServiceClient<Channel> {
+        ClusterServiceClient::new(self.channel.clone())
+    }
+
+    pub(crate) fn admin(&self) -> AdminServiceClient<Channel> {
+        AdminServiceClient::new(self.channel.clone())
+    }
+
+    /// Requests in flight to this node from this client.
+    pub(crate) fn outstanding(&self) -> usize {
+        self.outstanding.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request as in flight until the guard drops.
+    pub(crate) fn begin(self: &Arc<Self>) -> InFlight {
+        self.outstanding.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    fn breaker(&self) -> std::sync::MutexGuard<'_, Breaker> {
+        self.breaker.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Admission without side effects, for ranking candidates.
+    pub(crate) fn admission(&self, now: Instant) -> Admission {
+        let b = self.breaker();
+        match b.open_until {
+            None => Admission::Allow,
+            Some(t) if now >= t && !b.probe_in_flight => Admission::Probe,
+            Some(_) => Admission::Deny,
+        }
+    }
+
+    /// Claims the probe slot of an open breaker; false if another request took it.
+    pub(crate) fn claim_probe(&self, now: Instant) -> bool {
+        let mut b = self.breaker();
+        match b.open_until {
+            Some(t) if now >= t && !b.probe_in_flight => {
+                b.probe_in_flight = true;
+                true
+            }
+            None => true,
+            Some(_) => false,
+        }
+    }
+
+    /// A request to the node succeeded: close the breaker.
+    pub(crate) fn on_success(&self, base_cooldown: Duration) {
+        let mut b = self.breaker();
+        b.consecutive_failures = 0;
+        b.open_until = None;
+        b.probe_in_flight = false;
+        b.cooldown = base_cooldown;
+    }
+
+    /// A transport-level failure; returns true if this opened (or re-opened) the breaker.
+    pub(crate) fn on_failure(&self, threshold: u32, base_cooldown: Duration) -> bool {
+        let mut b = self.breaker();
+        b.consecutive_failures += 1;
+        let reopen = b.probe_in_flight || b.open_until.is_some();
+        if reopen || b.consecutive_failures >= threshold {
+            if reopen {
+                b.cooldown = (b.cooldown * 2).min(base_cooldown * 8);
+            }
+            b.open_until = Some(Instant::now() + b.cooldown);
+            b.probe_in_flight = false;
+            return true;
+        }
+        false
+    }
+}
+
+/// Every node the client has talked to, by node id.
+#[derive(Debug)]
+pub(crate) struct NodePool {
+    nodes: RwLock<HashMap<u64, Arc<NodeHandle>>>,
+    connect_timeout: Duration,
+    base_cooldown: Duration,
+}
+
+impl NodePool {
+    pub(crate) fn new(connect_timeout: Duration, base_cooldown: Duration) -> Self {
+        NodePool {
+            nodes: RwLock::new(HashMap::new()),
+            connect_timeout,
+            base_cooldown,
+        }
+    }
+
+    /// The handle of node `id` at `addr`; a changed address replaces the channel.
+    pub(crate) fn node(&self, id: u64, addr: &str) -> Result<Arc<NodeHandle>, ClientError> {
+        if let Some(n) = self
+            .nodes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            && n.addr == addr
+        {
+            return Ok(n.clone());
+        }
+        let mut nodes = self.nodes.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = nodes.get(&id)
+            && n.addr == addr
+        {
+            return Ok(n.clone());
+        }
+        let handle = Arc::new(NodeHandle {
+            id,
+            addr: addr.to_owned(),
+            channel: lazy_channel(addr, self.connect_timeout)?,
+            outstanding: AtomicUsize::new(0),
+            breaker: Mutex::new(Breaker {
+                consecutive_failures: 0,
+                open_until: None,
+                cooldown: self.base_cooldown,
+                probe_in_flight: false,
+            }),
+        });
+        nodes.insert(id, handle.clone());
+        Ok(handle)
+    }
+
+    /// Drops nodes that are no longer in the map.
+    pub(crate) fn retain(&self, keep: impl Fn(u64) -> bool) {
+        self.nodes
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|id, _| keep(*id));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn breaker_opens_after_threshold_then_probes_and_closes() {
+        let base = Duration::from_millis(20);
+        let pool = NodePool::new(Duration::from_millis(50), base);
+        let n = pool.node(1, "127.0.0.1:1").unwrap();
+        let now = Instant::now();
+        assert_eq!(n.admission(now), Admission::Allow);
+        assert!(!n.on_failure(3, base));
+        assert!(!n.on_failure(3, base));
+        assert!(n.on_failure(3, base));
+        assert_eq!(n.admission(Instant::now()), Admission::Deny);
+        let later = Instant::now() + base * 2;
+        assert_eq!(n.admission(later), Admission::Probe);
+        assert!(n.claim_probe(later));
+        assert!(!n.claim_probe(later), "one probe at a time");
+        assert_eq!(n.admission(later), Admission::Deny);
+        // A failed probe re-opens with a doubled cool-down.
+        assert!(n.on_failure(3, base));
+        assert_eq!(
+            n.admission(Instant::now() + base + base / 2),
+            Admission::Deny
+        );
+        n.on_success(base);
+        assert_eq!(n.admission(Instant::now()), Admission::Allow);
+    }
+
+    #[tokio::test]
+    async fn outstanding_counts_follow_guards() {
+        let pool = NodePool::new(Duration::from_millis(50), Duration::from_millis(20));
+        let n = pool.node(7, "127.0.0.1:1").unwrap();
+        let a = n.begin();
+        let b = n.begin();
+        assert_eq!(n.outstanding(), 2);
+        drop(a);
+        drop(b);
+        assert_eq!(n.outstanding(), 0);
+        assert!(Arc::ptr_eq(&n, &pool.node(7, "127.0.0.1:1").unwrap()));
+        assert!(!Arc::ptr_eq(&n, &pool.node(7, "127.0.0.1:2").unwrap()));
+    }
+}

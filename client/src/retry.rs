@@ -1,0 +1,155 @@
+//! Retry policy: what a failed sub-request's error means for the next step
+//! ([`Recovery`]), and the budget that caps the extra load retries and hedges add.
+
+use std::sync::Mutex;
+use std::time::Instant;
+
+use quiver_proto::ErrorCode;
+
+use crate::config::RetryBudget;
+use crate::error::ClientError;
+
+/// What to do after a failed sub-request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Recovery {
+    /// Give up: the request itself is wrong, or the failure is not transient.
+    Fail,
+    /// The map is stale: refresh it (at least to `epoch`) and route again.
+    RefreshMap(Option<u64>),
+    /// The replica cannot serve it now (behind, overloaded): try another replica.
+    OtherReplica,
+    /// The node looks down (transport failure, timeout): count it against the node's
+    /// circuit breaker and try another replica.
+    NodeDown,
+}
+
+impl Recovery {
+    pub(crate) fn of(e: &ClientError) -> Recovery {
+        match e {
+            ClientError::Connect { .. } => Recovery::NodeDown,
+            ClientError::Rpc(s) => match ErrorCode::from_status(s) {
+                Some(ErrorCode::WrongShard) => Recovery::RefreshMap(e.reported_epoch()),
+                Some(ErrorCode::Behind | ErrorCode::ResourceExhausted) => Recovery::OtherReplica,
+                // The node says it is unavailable (shutting down): not a transport failure.
+                Some(ErrorCode::Unavailable) => Recovery::OtherReplica,
+                Some(_) => Recovery::Fail,
+                // No quiver code: the transport or tonic produced it.
+                None => match s.code() {
+                    tonic::Code::Unavailable
+                    | tonic::Code::DeadlineExceeded
+                    | tonic::Code::Cancelled
+                    | tonic::Code::Unknown => Recovery::NodeDown,
+                    tonic::Code::ResourceExhausted => Recovery::OtherReplica,
+                    _ => Recovery::Fail,
+                },
+            },
+            ClientError::DeadlineExceeded { .. } => Recovery::NodeDown,
+            ClientError::NoReplica(_) => Recovery::RefreshMap(None),
+            ClientError::InvalidRequest(_)
+            | ClientError::NotFound(_)
+            | ClientError::BudgetExhausted(_) => Recovery::Fail,
+        }
+    }
+}
+
+/// Token bucket: each request deposits `ratio` tokens, time deposits `min_per_second`,
+/// each retry or hedge withdraws one.
+#[derive(Debug)]
+pub(crate) struct Budget {
+    config: RetryBudget,
+    cap: f64,
+    state: Mutex<(f64, Instant)>,
+}
+
+impl Budget {
+    pub(crate) fn new(config: RetryBudget) -> Self {
+        // Enough to ride out a burst of failures right after start or a quiet spell.
+        let cap = (config.min_per_second * 10.0).max(10.0);
+        let initial = config.min_per_second.min(cap);
+        Budget {
+            config,
+            cap,
+            state: Mutex::new((initial, Instant::now())),
+        }
+    }
+
+    fn refill(&self, s: &mut (f64, Instant)) {
+        let now = Instant::now();
+        let earned = now.duration_since(s.1).as_secs_f64() * self.config.min_per_second;
+        s.0 = (s.0 + earned).min(self.cap);
+        s.1 = now;
+    }
+
+    /// A request was made.
+    pub(crate) fn deposit(&self) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        self.refill(&mut s);
+        s.0 = (s.0 + self.config.ratio).min(self.cap);
+    }
+
+    /// Takes one token for a retry or hedge; false if the budget is spent.
+    pub(crate) fn try_withdraw(&self) -> bool {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        self.refill(&mut s);
+        if s.0 >= 1.0 {
+            s.0 -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification_follows_the_error_model() {
+        let code = |c: ErrorCode| ClientError::Rpc(c.to_status("x"));
+        assert_eq!(
+            Recovery::of(&code(ErrorCode::Behind)),
+            Recovery::OtherReplica
+        );
+        assert_eq!(
+            Recovery::of(&code(ErrorCode::InvalidArgument)),
+            Recovery::Fail
+        );
+        assert_eq!(Recovery::of(&code(ErrorCode::NotFound)), Recovery::Fail);
+        assert_eq!(
+            Recovery::of(&code(ErrorCode::WrongShard)),
+            Recovery::RefreshMap(None)
+        );
+        let mut wrong = ErrorCode::WrongShard.to_status("x");
+        wrong.metadata_mut().insert(
+            quiver_proto::error::EPOCH_METADATA_KEY,
+            "17".parse().unwrap(),
+        );
+        assert_eq!(
+            Recovery::of(&ClientError::Rpc(wrong)),
+            Recovery::RefreshMap(Some(17))
+        );
+        let transport = ClientError::Rpc(tonic::Status::unavailable("connection refused"));
+        assert_eq!(Recovery::of(&transport), Recovery::NodeDown);
+        assert_eq!(
+            Recovery::of(&ClientError::InvalidRequest("x".into())),
+            Recovery::Fail
+        );
+    }
+
+    #[test]
+    fn budget_allows_the_ratio_and_no_more() {
+        let b = Budget::new(RetryBudget {
+            ratio: 0.1,
+            min_per_second: 0.0,
+        });
+        let mut granted = 0;
+        for _ in 0..1000 {
+            b.deposit();
+            if b.try_withdraw() {
+                granted += 1;
+            }
+        }
+        assert!((99..=100).contains(&granted), "{granted}");
+    }
+}

@@ -1,0 +1,269 @@
+//! Key → shard → replica: the shard of each key with the cluster's partitioner (the
+//! producers' function, shared with the node through `quiver-proto`), then one replica
+//! per shard by least outstanding requests among two random candidates ("power of two
+//! choices"), skipping nodes whose circuit breaker is open.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use quiver_proto::v1::EntityKey;
+use quiver_proto::v1::entity_key::Kind as KeyKind;
+
+use crate::error::ClientError;
+use crate::pool::{Admission, NodeHandle, NodePool};
+use crate::shard_map_cache::RoutingTable;
+
+/// A small lock-free RNG (SplitMix64); replica choice needs speed, not quality.
+#[derive(Debug)]
+pub(crate) struct Rng(AtomicU64);
+
+impl Rng {
+    pub(crate) fn new(seed: u64) -> Self {
+        Rng(AtomicU64::new(seed))
+    }
+
+    pub(crate) fn next(&self) -> u64 {
+        let mut z = self
+            .0
+            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
+            .wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    pub(crate) fn below(&self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// The bytes an entity key is hashed as: what producers use as the Kafka key.
+pub(crate) fn key_bytes(key: &EntityKey) -> Vec<u8> {
+    match &key.kind {
+        Some(KeyKind::StringValue(s)) => s.as_bytes().to_vec(),
+        Some(KeyKind::Int64Value(i)) => i.to_string().into_bytes(),
+        None => Vec::new(),
+    }
+}
+
+/// A batch split by shard, duplicates removed.
+#[derive(Debug)]
+pub(crate) struct ShardedBatch {
+    /// Distinct keys in first-seen order.
+    pub(crate) unique: Vec<EntityKey>,
+    /// Request row → index into `unique`.
+    pub(crate) row_to_unique: Vec<u32>,
+    /// Shard → indexes into `unique`.
+    pub(crate) by_shard: BTreeMap<u32, Vec<u32>>,
+}
+
+/// Splits `keys` by shard under `table`.
+pub(crate) fn shard_batch(table: &RoutingTable, keys: &[EntityKey]) -> ShardedBatch {
+    let mut index: HashMap<Vec<u8>, u32> = HashMap::with_capacity(keys.len());
+    let mut unique = Vec::with_capacity(keys.len());
+    let mut row_to_unique = Vec::with_capacity(keys.len());
+    let mut by_shard: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+    for k in keys {
+        let bytes = key_bytes(k);
+        let next = unique.len() as u32;
+        let u = *index.entry(bytes).or_insert_with_key(|b| {
+            by_shard.entry(table.shard_of(b)).or_default().push(next);
+            unique.push(k.clone());
+            next
+        });
+        row_to_unique.push(u);
+    }
+    ShardedBatch {
+        unique,
+        row_to_unique,
+        by_shard,
+    }
+}
+
+/// Shards sent to one node.
+#[derive(Debug, Clone)]
+pub(crate) struct Group {
+    pub(crate) node: Arc<NodeHandle>,
+    pub(crate) shards: Vec<u32>,
+}
+
+/// Picks a node from `candidates` (admission, handle): least outstanding of two random.
+fn power_of_two(rng: &Rng, candidates: &[Arc<NodeHandle>]) -> Arc<NodeHandle> {
+    match candidates.len() {
+        1 => candidates[0].clone(),
+        n => {
+            let a = rng.below(n);
+            let b = (a + 1 + rng.below(n - 1)) % n;
+            let (x, y) = (&candidates[a], &candidates[b]);
+            if y.outstanding() < x.outstanding() {
+                y.clone()
+            } else {
+                x.clone()
+            }
+        }
+    }
+}
+
+/// Chooses a replica of `shard` not in `excluded`. Healthy nodes first; a node whose
+/// breaker allows a probe is used only if it wins the probe slot; open breakers only as a
+/// last resort.
+pub(crate) fn choose(
+    table: &RoutingTable,
+    shard: u32,
+    pool: &NodePool,
+    excluded: &HashSet<u64>,
+    rng: &Rng,
+) -> Result<Arc<NodeHandle>, ClientError> {
+    let replicas = table
+        .shards
+        .get(shard as usize)
+        .ok_or(ClientError::NoReplica(shard))?;
+    let now = Instant::now();
+    let mut healthy = Vec::with_capacity(replicas.len());
+    let mut denied = Vec::new();
+    for r in replicas
+        .iter()
+        .filter(|r| r.servable && !excluded.contains(&r.node))
+    {
+        let Some(addr) = table.addrs.get(&r.node) else {
+            continue;
+        };
+        let node = pool.node(r.node, addr)?;
+        match node.admission(now) {
+            Admission::Allow => healthy.push(node),
+            Admission::Probe if node.claim_probe(now) => return Ok(node),
+            Admission::Probe | Admission::Deny => denied.push(node),
+        }
+    }
+    if !healthy.is_empty() {
+        return Ok(power_of_two(rng, &healthy));
+    }
+    if !denied.is_empty() {
+        return Ok(power_of_two(rng, &denied));
+    }
+    Err(ClientError::NoReplica(shard))
+}
+
+/// Assigns each shard a replica and groups the shards per node.
+pub(crate) fn route(
+    table: &RoutingTable,
+    shards: &[u32],
+    pool: &NodePool,
+    excluded: &HashSet<u64>,
+    rng: &Rng,
+) -> Result<Vec<Group>, ClientError> {
+    let mut groups: Vec<Group> = Vec::new();
+    for &shard in shards {
+        let node = choose(table, shard, pool, excluded, rng)?;
+        match groups.iter_mut().find(|g| g.node.id == node.id) {
+            Some(g) => g.shards.push(shard),
+            None => groups.push(Group {
+                node,
+                shards: vec![shard],
+            }),
+        }
+    }
+    Ok(groups)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use quiver_proto::Partitioner;
+
+    use super::*;
+    use crate::shard_map_cache::Replica;
+
+    fn table(replicas: &[&[u64]]) -> RoutingTable {
+        RoutingTable {
+            epoch: 1,
+            shard_count: replicas.len() as u32,
+            partitioner: Partitioner::Murmur2,
+            shards: replicas
+                .iter()
+                .map(|rs| {
+                    rs.iter()
+                        .map(|n| Replica {
+                            node: *n,
+                            servable: true,
+                        })
+                        .collect()
+                })
+                .collect(),
+            addrs: (1..=4)
+                .map(|n| (n, format!("127.0.0.1:{}", 1000 + n)))
+                .collect(),
+            cluster_mode: true,
+        }
+    }
+
+    #[test]
+    fn batches_split_by_the_kafka_partitioner_and_dedupe() {
+        let t = table(&[&[1], &[2], &[3], &[4]]);
+        let keys: Vec<EntityKey> = ["a", "b", "a", "c"].into_iter().map(Into::into).collect();
+        let b = shard_batch(&t, &keys);
+        assert_eq!(b.unique.len(), 3);
+        assert_eq!(b.row_to_unique, vec![0, 1, 0, 2]);
+        for (shard, us) in &b.by_shard {
+            for u in us {
+                let k = key_bytes(&b.unique[*u as usize]);
+                assert_eq!(Partitioner::Murmur2.shard_for_key(&k, 4).0, *shard);
+            }
+        }
+        assert_eq!(key_bytes(&EntityKey::from(-42i64)), b"-42");
+    }
+
+    // Channels are created lazily, which needs a runtime.
+    #[tokio::test]
+    async fn power_of_two_prefers_the_less_loaded_replica() {
+        let pool = NodePool::new(Duration::from_millis(10), Duration::from_millis(10));
+        let t = table(&[&[1, 2]]);
+        let rng = Rng::new(7);
+        let busy = pool.node(1, "127.0.0.1:1001").unwrap();
+        let _load: Vec<_> = (0..5).map(|_| busy.begin()).collect();
+        for _ in 0..50 {
+            assert_eq!(choose(&t, 0, &pool, &HashSet::new(), &rng).unwrap().id, 2);
+        }
+        // Exclusion wins over load; nothing left is an error.
+        let ex: HashSet<u64> = [2].into();
+        assert_eq!(choose(&t, 0, &pool, &ex, &rng).unwrap().id, 1);
+        let ex: HashSet<u64> = [1, 2].into();
+        assert!(matches!(
+            choose(&t, 0, &pool, &ex, &rng),
+            Err(ClientError::NoReplica(0))
+        ));
+    }
+
+    #[tokio::test]
+    async fn open_breakers_are_skipped_while_others_exist() {
+        let pool = NodePool::new(Duration::from_millis(10), Duration::from_secs(60));
+        let t = table(&[&[1, 2]]);
+        let rng = Rng::new(1);
+        let n1 = pool.node(1, "127.0.0.1:1001").unwrap();
+        for _ in 0..3 {
+            n1.on_failure(3, Duration::from_secs(60));
+        }
+        for _ in 0..20 {
+            assert_eq!(choose(&t, 0, &pool, &HashSet::new(), &rng).unwrap().id, 2);
+        }
+        // Last resort: the open node rather than nothing.
+        let ex: HashSet<u64> = [2].into();
+        assert_eq!(choose(&t, 0, &pool, &ex, &rng).unwrap().id, 1);
+    }
+
+    #[tokio::test]
+    async fn route_groups_shards_per_node() {
+        let pool = NodePool::new(Duration::from_millis(10), Duration::from_millis(10));
+        let t = table(&[&[1], &[2], &[1], &[3]]);
+        let groups = route(&t, &[0, 1, 2, 3], &pool, &HashSet::new(), &Rng::new(3)).unwrap();
+        let mut g: Vec<(u64, Vec<u32>)> = groups
+            .iter()
+            .map(|g| (g.node.id, g.shards.clone()))
+            .collect();
+        g.sort();
+        assert_eq!(g, vec![(1, vec![0, 2]), (2, vec![1]), (3, vec![3])]);
+    }
+}

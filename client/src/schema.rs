@@ -1,0 +1,452 @@
+//! The registry schema and node limits, cached so requests are validated before anything
+//! is sent. A name the cache does not know triggers one (coalesced) refresh before the
+//! request is rejected, so a freshly registered view is usable at once.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use quiver_proto::v1::entity_key::Kind as KeyKind;
+use quiver_proto::v1::value::Kind;
+use quiver_proto::v1::{EntityKey, GetSchemaRequest, PushRow, RequestLimits, Schema};
+
+use crate::error::ClientError;
+use crate::shard_map_cache::MapCache;
+
+/// Why a request failed validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Problem {
+    /// Names something the cached schema does not have (refresh, then NotFound).
+    Unknown(String),
+    /// Malformed whatever the schema (InvalidRequest).
+    Invalid(String),
+}
+
+#[derive(Debug, Clone)]
+struct ViewInfo {
+    entity: String,
+    /// Feature names in declaration order, with their type names.
+    features: Vec<(String, String)>,
+}
+
+/// A validated, indexed [`Schema`].
+#[derive(Debug, Clone)]
+pub(crate) struct ClientSchema {
+    entities: HashMap<String, String>,
+    views: HashMap<String, ViewInfo>,
+    services: HashMap<String, Vec<String>>,
+    limits: RequestLimits,
+}
+
+fn key_kind_name(k: Option<&KeyKind>) -> &'static str {
+    match k {
+        Some(KeyKind::StringValue(_)) => "string",
+        Some(KeyKind::Int64Value(_)) => "int64",
+        None => "empty",
+    }
+}
+
+fn key_len(k: &KeyKind) -> usize {
+    match k {
+        KeyKind::StringValue(s) => s.len(),
+        KeyKind::Int64Value(i) => i.to_string().len(),
+    }
+}
+
+fn value_type_name(k: &Kind) -> &'static str {
+    match k {
+        Kind::BoolValue(_) => "bool",
+        Kind::Int64Value(_) => "int64",
+        Kind::Float64Value(_) => "float64",
+        Kind::StringValue(_) => "string",
+        Kind::BytesValue(_) => "bytes",
+        Kind::Float32Vector(_) => "float32_vector",
+        Kind::Int64List(_) => "int64_list",
+        Kind::Float64List(_) => "float64_list",
+        Kind::StringList(_) => "string_list",
+    }
+}
+
+impl ClientSchema {
+    pub(crate) fn new(s: Schema) -> Self {
+        ClientSchema {
+            entities: s
+                .entities
+                .into_iter()
+                .map(|e| (e.name, e.key_type))
+                .collect(),
+            views: s
+                .views
+                .into_iter()
+                .map(|v| {
+                    (
+                        v.name,
+                        ViewInfo {
+                            entity: v.entity,
+                            features: v.features.into_iter().map(|f| (f.name, f.r#type)).collect(),
+                        },
+                    )
+                })
+                .collect(),
+            services: s
+                .feature_services
+                .into_iter()
+                .map(|f| (f.name, f.features))
+                .collect(),
+            limits: s.limits.unwrap_or(RequestLimits {
+                max_batch_keys: u32::MAX,
+                max_features_per_request: u32::MAX,
+                max_request_bytes: u64::MAX,
+                max_push_rows: u32::MAX,
+                max_key_bytes: u32::MAX,
+            }),
+        }
+    }
+
+    fn view(&self, name: &str) -> Result<&ViewInfo, Problem> {
+        self.views
+            .get(name)
+            .ok_or_else(|| Problem::Unknown(format!("view {name:?} is not registered")))
+    }
+
+    fn check_keys<'a>(
+        &self,
+        entity: &str,
+        what: &str,
+        keys: impl Iterator<Item = Option<&'a EntityKey>>,
+    ) -> Result<(), Problem> {
+        let key_type = self
+            .entities
+            .get(entity)
+            .ok_or_else(|| Problem::Unknown(format!("entity {entity:?} is not registered")))?;
+        for (i, k) in keys.enumerate() {
+            let kind = k.and_then(|k| k.kind.as_ref());
+            let got = key_kind_name(kind);
+            if got != key_type {
+                return Err(Problem::Invalid(format!(
+                    "{what}[{i}] is {got}, but entity {entity:?} has {key_type} keys"
+                )));
+            }
+            let len = kind.map_or(0, key_len);
+            if len == 0 || len > self.limits.max_key_bytes as usize {
+                return Err(Problem::Invalid(format!(
+                    "{what}[{i}] is {len} bytes; keys must be 1..={} bytes",
+                    self.limits.max_key_bytes
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Validates a lookup; returns the number of feature columns it expands to.
+    pub(crate) fn check_lookup(
+        &self,
+        features: &[String],
+        service: &str,
+        keys: &[EntityKey],
+    ) -> Result<(), Problem> {
+        let invalid = |m: String| Err(Problem::Invalid(m));
+        if keys.is_empty() {
+            return invalid("the lookup has no entity keys".into());
+        }
+        if keys.len() > self.limits.max_batch_keys as usize {
+            return invalid(format!(
+                "batch of {} entity keys exceeds the cluster's limit max_batch_keys = {}",
+                keys.len(),
+                self.limits.max_batch_keys
+            ));
+        }
+        let resolved: Vec<String> = match (features.is_empty(), service.is_empty()) {
+            (true, true) => return invalid("the lookup names no features".into()),
+            (false, false) => {
+                return invalid(
+                    "set either feature references or a feature service, not both".into(),
+                );
+            }
+            (false, true) => features.to_vec(),
+            (true, false) => self
+                .services
+                .get(service)
+                .ok_or_else(|| {
+                    Problem::Unknown(format!("feature service {service:?} is not registered"))
+                })?
+                .clone(),
+        };
+        let mut entity: Option<(&str, &str)> = None;
+        let mut columns = 0usize;
+        for r in &resolved {
+            let Some((view_name, feature)) = r.split_once(':') else {
+                return invalid(format!(
+                    "feature reference {r:?} must look like \"view:feature\" or \"view:*\""
+                ));
+            };
+            let view = self.view(view_name)?;
+            if feature == "*" {
+                columns += view.features.len();
+            } else if view.features.iter().any(|(n, _)| n == feature) {
+                columns += 1;
+            } else {
+                return Err(Problem::Unknown(format!(
+                    "view {view_name:?} has no feature {feature:?}"
+                )));
+            }
+            match entity {
+                None => entity = Some((view_name, &view.entity)),
+                Some((first, e)) if e != view.entity => {
+                    return invalid(format!(
+                        "all features of one lookup must share an entity: view {first:?} is keyed by {e:?}, view {view_name:?} by {:?}",
+                        view.entity
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        if columns > self.limits.max_features_per_request as usize {
+            return invalid(format!(
+                "the lookup expands to {columns} features, exceeding the cluster's limit max_features_per_request = {}",
+                self.limits.max_features_per_request
+            ));
+        }
+        let (_, entity) = entity.expect("at least one reference");
+        self.check_keys(entity, "entity_keys", keys.iter().map(Some))
+    }
+
+    /// Validates a push.
+    pub(crate) fn check_push(&self, view_name: &str, rows: &[PushRow]) -> Result<(), Problem> {
+        let invalid = |m: String| Err(Problem::Invalid(m));
+        if rows.is_empty() {
+            return invalid("the push has no rows".into());
+        }
+        if rows.len() > self.limits.max_push_rows as usize {
+            return invalid(format!(
+                "push of {} rows exceeds the cluster's limit max_push_rows = {}",
+                rows.len(),
+                self.limits.max_push_rows
+            ));
+        }
+        let view = self.view(view_name)?;
+        self.check_keys(
+            &view.entity,
+            "rows.entity_key",
+            rows.iter().map(|r| r.entity_key.as_ref()),
+        )?;
+        for (i, row) in rows.iter().enumerate() {
+            if row.event_time_micros < 0 {
+                return invalid(format!("rows[{i}] has a negative event time"));
+            }
+            if row.delete && !row.features.is_empty() {
+                return invalid(format!("rows[{i}] is a delete but also sets features"));
+            }
+            for (name, value) in &row.features {
+                let Some((_, ty)) = view.features.iter().find(|(n, _)| n == name) else {
+                    return Err(Problem::Unknown(format!(
+                        "view {view_name:?} has no feature {name:?}"
+                    )));
+                };
+                if let Some(k) = &value.kind
+                    && value_type_name(k) != ty
+                {
+                    return invalid(format!(
+                        "rows[{i}]: feature {name:?} is {}, but the view declares {ty}",
+                        value_type_name(k)
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The cached schema with coalesced refresh.
+pub(crate) struct SchemaCache {
+    current: RwLock<Arc<ClientSchema>>,
+    lock: tokio::sync::Mutex<()>,
+    refreshes: AtomicU64,
+}
+
+async fn fetch(map: &MapCache) -> Result<ClientSchema, ClientError> {
+    let s = map
+        .call_any(|node| async move {
+            Ok(node
+                .features()
+                .get_schema(GetSchemaRequest {})
+                .await?
+                .into_inner())
+        })
+        .await?;
+    Ok(ClientSchema::new(s))
+}
+
+impl SchemaCache {
+    pub(crate) async fn load(map: &MapCache) -> Result<Self, ClientError> {
+        Ok(SchemaCache {
+            current: RwLock::new(Arc::new(fetch(map).await?)),
+            lock: tokio::sync::Mutex::new(()),
+            refreshes: AtomicU64::new(0),
+        })
+    }
+
+    fn current(&self) -> Arc<ClientSchema> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Runs `check` against the cached schema; on [`Problem::Unknown`], refreshes once and
+    /// checks again.
+    pub(crate) async fn validate(
+        &self,
+        map: &MapCache,
+        check: impl Fn(&ClientSchema) -> Result<(), Problem>,
+    ) -> Result<(), ClientError> {
+        let seen = self.refreshes.load(Ordering::Acquire);
+        match check(&self.current()) {
+            Ok(()) => return Ok(()),
+            Err(Problem::Invalid(m)) => return Err(ClientError::InvalidRequest(m)),
+            Err(Problem::Unknown(_)) => {}
+        }
+        {
+            let _g = self.lock.lock().await;
+            if self.refreshes.load(Ordering::Acquire) == seen {
+                let fresh = fetch(map).await?;
+                *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
+                self.refreshes.fetch_add(1, Ordering::Release);
+            }
+        }
+        check(&self.current()).map_err(|p| match p {
+            Problem::Unknown(m) => ClientError::NotFound(m),
+            Problem::Invalid(m) => ClientError::InvalidRequest(m),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use quiver_proto::v1::{EntitySchema, FeatureSchema, FeatureServiceSchema, Value, ViewSchema};
+
+    use super::*;
+
+    fn schema() -> ClientSchema {
+        ClientSchema::new(Schema {
+            registry_version: 1,
+            entities: vec![
+                EntitySchema {
+                    name: "user".into(),
+                    key_type: "string".into(),
+                },
+                EntitySchema {
+                    name: "card".into(),
+                    key_type: "int64".into(),
+                },
+            ],
+            views: vec![
+                ViewSchema {
+                    name: "u".into(),
+                    version: 1,
+                    entity: "user".into(),
+                    features: vec![
+                        FeatureSchema {
+                            name: "a".into(),
+                            r#type: "float64".into(),
+                        },
+                        FeatureSchema {
+                            name: "b".into(),
+                            r#type: "string".into(),
+                        },
+                    ],
+                    topic: "t".into(),
+                },
+                ViewSchema {
+                    name: "c".into(),
+                    version: 1,
+                    entity: "card".into(),
+                    features: vec![],
+                    topic: "c".into(),
+                },
+            ],
+            feature_services: vec![FeatureServiceSchema {
+                name: "svc".into(),
+                features: vec!["u:a".into()],
+            }],
+            limits: Some(RequestLimits {
+                max_batch_keys: 3,
+                max_features_per_request: 2,
+                max_request_bytes: 1 << 20,
+                max_push_rows: 2,
+                max_key_bytes: 8,
+            }),
+        })
+    }
+
+    fn invalid(r: Result<(), Problem>) -> String {
+        match r {
+            Err(Problem::Invalid(m)) => m,
+            other => panic!("expected invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn lookups_are_checked_before_sending() {
+        let s = schema();
+        let f = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let keys = [EntityKey::from("k")];
+        assert_eq!(s.check_lookup(&f(&["u:a", "u:b"]), "", &keys), Ok(()));
+        assert_eq!(s.check_lookup(&[], "svc", &keys), Ok(()));
+        assert!(
+            matches!(s.check_lookup(&f(&["u:zz"]), "", &keys), Err(Problem::Unknown(m)) if m.contains("no feature \"zz\""))
+        );
+        assert!(matches!(
+            s.check_lookup(&f(&["nope:a"]), "", &keys),
+            Err(Problem::Unknown(_))
+        ));
+        assert!(matches!(
+            s.check_lookup(&[], "nope", &keys),
+            Err(Problem::Unknown(_))
+        ));
+        assert!(invalid(s.check_lookup(&f(&["u:a"]), "", &[])).contains("no entity keys"));
+        let four = vec![EntityKey::from("k"); 4];
+        assert!(invalid(s.check_lookup(&f(&["u:a"]), "", &four)).contains("max_batch_keys = 3"));
+        assert!(
+            invalid(s.check_lookup(&f(&["u:a"]), "", &[EntityKey::from(5i64)]))
+                .contains("entity_keys[0] is int64, but entity \"user\" has string keys")
+        );
+        assert!(
+            invalid(s.check_lookup(&f(&["u:a"]), "", &[EntityKey::from("123456789")]))
+                .contains("9 bytes")
+        );
+        assert!(invalid(s.check_lookup(&f(&["u:*", "u:a"]), "", &keys)).contains("expands to 3"));
+        assert!(
+            invalid(s.check_lookup(&f(&["u:a", "c:*"]), "", &keys)).contains("share an entity")
+        );
+        assert!(invalid(s.check_lookup(&f(&["ua"]), "", &keys)).contains("view:feature"));
+        assert!(invalid(s.check_lookup(&f(&["u:a"]), "svc", &keys)).contains("not both"));
+    }
+
+    #[test]
+    fn pushes_are_checked_before_sending() {
+        let s = schema();
+        let row = |k: EntityKey, f: &[(&str, Value)]| PushRow {
+            entity_key: Some(k),
+            event_time_micros: 1,
+            features: f.iter().map(|(n, v)| (n.to_string(), v.clone())).collect(),
+            delete: false,
+        };
+        assert_eq!(
+            s.check_push("u", &[row("k".into(), &[("a", 1.5.into())])]),
+            Ok(())
+        );
+        assert!(
+            invalid(s.check_push("u", &[row("k".into(), &[("a", "x".into())])]))
+                .contains("feature \"a\" is string, but the view declares float64")
+        );
+        assert!(matches!(
+            s.check_push("u", &[row("k".into(), &[("q", 1.5.into())])]),
+            Err(Problem::Unknown(_))
+        ));
+        assert!(invalid(s.check_push("u", &[])).contains("no rows"));
+        let three = vec![row("k".into(), &[]); 3];
+        assert!(invalid(s.check_push("u", &three)).contains("max_push_rows = 2"));
+        assert!(invalid(s.check_push("c", &[row("k".into(), &[])])).contains("int64 keys"));
+    }
+}
