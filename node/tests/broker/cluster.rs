@@ -16,7 +16,7 @@ use quiver_proto::v1::{
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-use crate::procs::{Broker, NodeProcess, free_port};
+use quiver_testkit::{Broker, ClusterSettings, NodeProcess, allocate, write_config};
 
 const P: u32 = 16;
 const R: usize = 2;
@@ -36,59 +36,6 @@ event_time_field = "ts"
 name = "n"
 type = "int64"
 "#;
-
-struct Member {
-    id: u64,
-    grpc: u16,
-    metrics: u16,
-    dir: std::path::PathBuf,
-    config: std::path::PathBuf,
-}
-
-fn member(root: &std::path::Path, id: u64, bootstrap: &str, voters: &str, seeds: &str) -> Member {
-    let (grpc, metrics) = (free_port(), free_port());
-    let dir = root.join(format!("node{id}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("node.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"version = 1
-node_id = {id}
-data_dir = "{data}"
-[server]
-grpc_addr = "127.0.0.1:{grpc}"
-shutdown_grace = "2s"
-[cluster]
-shard_count = {P}
-[kafka]
-bootstrap_servers = "{bootstrap}"
-[ingest]
-poll_timeout = "50ms"
-lag_refresh_interval = "500ms"
-[storage]
-block_cache_mib = 16
-write_buffer_mib = 16
-[control]
-enabled = true
-initial_voters = [{voters}]
-seeds = [{seeds}]
-replication_factor = {R}
-heartbeat_interval = "200ms"
-dead_after = "3s"
-"#,
-            data = dir.join("data").display()
-        ),
-    )
-    .unwrap();
-    Member {
-        id,
-        grpc,
-        metrics,
-        dir,
-        config,
-    }
-}
 
 fn endpoint(port: u16) -> String {
     format!("http://127.0.0.1:{port}")
@@ -211,31 +158,10 @@ async fn cluster_survives_leader_kill_restart_and_scale_out() {
     broker.create_topic("devices", P);
     let root = tempfile::tempdir().unwrap();
     let bs = broker.bootstrap();
-    let mut members: Vec<Member> = Vec::new();
-    let ports: Vec<(u64, u16)> = (1..=3).map(|id| (id, free_port())).collect();
-    let voters = ports
-        .iter()
-        .map(|(id, p)| format!("\"{id}@127.0.0.1:{p}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
-    for (id, port) in &ports {
-        let mut m = member(root.path(), *id, &bs, &voters, "");
-        m.grpc = *port;
-        let text = std::fs::read_to_string(&m.config).unwrap();
-        let fixed: String = text
-            .lines()
-            .map(|l| {
-                if l.starts_with("grpc_addr") {
-                    format!("grpc_addr = \"127.0.0.1:{port}\"")
-                } else {
-                    l.to_owned()
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("\n");
-        std::fs::write(&m.config, fixed).unwrap();
-        members.push(m);
-    }
+    let mut settings = ClusterSettings::new(bs.clone());
+    settings.shard_count = P;
+    settings.replication_factor = R as u32;
+    let members = quiver_testkit::initial_members(root.path(), 3, &settings);
     let mut procs: BTreeMap<u64, NodeProcess> = BTreeMap::new();
     for m in &members {
         procs.insert(
@@ -347,8 +273,8 @@ async fn cluster_survives_leader_kill_restart_and_scale_out() {
     assert!(unserved_keys(&map3, &port_of, &keys).await.is_empty());
 
     // Add a fourth node; reads are served throughout the rebalance.
-    let seed = format!("\"127.0.0.1:{survivor}\"");
-    let m4 = member(root.path(), 4, &bs, "", &seed);
+    let m4 = allocate(root.path(), 4);
+    write_config(&m4, &settings, &[], &[format!("127.0.0.1:{survivor}")]);
     procs.insert(
         4,
         NodeProcess::start_on(&m4.config, &m4.dir, 1, m4.grpc, m4.metrics),

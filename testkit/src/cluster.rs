@@ -1,0 +1,144 @@
+//! Config files for a cluster of `quiver-node` processes on loopback.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::process::free_port;
+
+/// Cluster-wide settings of a test cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    /// Kafka bootstrap servers.
+    pub bootstrap: String,
+    /// Shard count P (= partitions of every source topic).
+    pub shard_count: u32,
+    /// Replicas per shard.
+    pub replication_factor: u32,
+    /// `"murmur2"` or `"crc32"`.
+    pub partitioner: String,
+    /// A node silent this long is dead and its replicas move.
+    pub dead_after: Duration,
+    /// Longest wait of a lookup for a requested watermark.
+    pub max_watermark_wait: Duration,
+}
+
+impl ClusterSettings {
+    /// Defaults for a small, quick cluster: P = 8, R = 2, murmur2, dead after 3 s.
+    pub fn new(bootstrap: impl Into<String>) -> Self {
+        ClusterSettings {
+            bootstrap: bootstrap.into(),
+            shard_count: 8,
+            replication_factor: 2,
+            partitioner: "murmur2".into(),
+            dead_after: Duration::from_secs(3),
+            max_watermark_wait: Duration::from_millis(200),
+        }
+    }
+}
+
+/// One member's ports, directory and config file.
+#[derive(Debug, Clone)]
+pub struct Member {
+    /// Node id.
+    pub id: u64,
+    /// gRPC port (fixed before start: it is in the voters list).
+    pub grpc: u16,
+    /// Prometheus port.
+    pub metrics: u16,
+    /// The member's directory (config, data, logs).
+    pub dir: PathBuf,
+    /// Its config file.
+    pub config: PathBuf,
+}
+
+impl Member {
+    /// `id@127.0.0.1:port`, as `control.initial_voters` lists it.
+    pub fn voter(&self) -> String {
+        format!("{}@127.0.0.1:{}", self.id, self.grpc)
+    }
+
+    /// `http://127.0.0.1:<grpc>`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.grpc)
+    }
+}
+
+fn toml_list(items: &[String]) -> String {
+    items
+        .iter()
+        .map(|s| format!("\"{s}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Allocates ports and a directory under `root` for member `id`.
+pub fn allocate(root: &Path, id: u64) -> Member {
+    let dir = root.join(format!("node{id}"));
+    std::fs::create_dir_all(&dir).expect("create member dir");
+    Member {
+        id,
+        grpc: free_port(),
+        metrics: free_port(),
+        config: dir.join("node.toml"),
+        dir,
+    }
+}
+
+/// Writes `m`'s config: cluster mode, with `voters` as the initial voters (empty when
+/// joining) and `seeds` to join through.
+pub fn write_config(m: &Member, s: &ClusterSettings, voters: &[String], seeds: &[String]) {
+    let text = format!(
+        r#"version = 1
+node_id = {id}
+data_dir = "{data}"
+[server]
+grpc_addr = "127.0.0.1:{grpc}"
+metrics_addr = "127.0.0.1:{metrics}"
+shutdown_grace = "2s"
+[cluster]
+shard_count = {p}
+partitioner = "{partitioner}"
+[kafka]
+bootstrap_servers = "{bootstrap}"
+[ingest]
+poll_timeout = "50ms"
+lag_refresh_interval = "500ms"
+[storage]
+block_cache_mib = 16
+write_buffer_mib = 16
+[limits]
+max_watermark_wait = "{wait}ms"
+[control]
+enabled = true
+initial_voters = [{voters}]
+seeds = [{seeds}]
+replication_factor = {r}
+heartbeat_interval = "200ms"
+dead_after = "{dead}ms"
+"#,
+        id = m.id,
+        data = m.dir.join("data").display(),
+        grpc = m.grpc,
+        metrics = m.metrics,
+        p = s.shard_count,
+        partitioner = s.partitioner,
+        bootstrap = s.bootstrap,
+        wait = s.max_watermark_wait.as_millis(),
+        voters = toml_list(voters),
+        seeds = toml_list(seeds),
+        r = s.replication_factor,
+        dead = s.dead_after.as_millis(),
+    );
+    std::fs::write(&m.config, text).expect("write node config");
+}
+
+/// Allocates `n` members (ids 1..=n) that all start as initial voters, and writes their
+/// configs.
+pub fn initial_members(root: &Path, n: u64, s: &ClusterSettings) -> Vec<Member> {
+    let members: Vec<Member> = (1..=n).map(|id| allocate(root, id)).collect();
+    let voters: Vec<String> = members.iter().map(Member::voter).collect();
+    for m in &members {
+        write_config(m, s, &voters, &[]);
+    }
+    members
+}

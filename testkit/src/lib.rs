@@ -1,0 +1,12 @@
+//! quiver-testkit: what process-level tests (and the chaos suite) need to run real
+//! clusters on loopback: the Tansu broker and `quiver-node` as processes that die with the
+//! harness, and cluster config files.
+
+// Test support: a failed setup step is a failed test, so it panics with the reason.
+#![allow(clippy::unwrap_used)]
+
+pub mod cluster;
+pub mod process;
+
+pub use cluster::{ClusterSettings, Member, allocate, initial_members, write_config};
+pub use process::{Broker, NodeProcess, free_port, node_binary, signal, tansu_binary};
