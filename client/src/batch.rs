@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use metrics::counter;
+use quiver_proto::ErrorCode;
 use quiver_proto::v1::{EntityKey, GetOnlineFeaturesRequest, GetOnlineFeaturesResponse};
 
 use crate::client::Inner;
@@ -44,7 +45,10 @@ pub(crate) struct Call<'a> {
     batch: ShardedBatch,
     extra: &'a Watermarks,
     deadline: Instant,
-    budget_deadline: Duration,
+    deadline_len: Duration,
+    /// The latest error a node answered with (e.g. BEHIND): reported when the deadline
+    /// cuts the call, instead of the timeout that merely ended it.
+    last_answer: std::sync::Mutex<Option<tonic::Status>>,
 }
 
 impl<'a> Call<'a> {
@@ -58,7 +62,8 @@ impl<'a> Call<'a> {
             batch: shard_batch(&table, &lookup.keys),
             extra: &lookup.min_watermarks,
             deadline: Instant::now() + d,
-            budget_deadline: d,
+            deadline_len: d,
+            last_answer: std::sync::Mutex::new(None),
         }
     }
 
@@ -85,10 +90,27 @@ impl<'a> Call<'a> {
     }
 
     fn deadline_error(&self, last: Option<ClientError>) -> ClientError {
+        let last = match last {
+            // Already a deadline error of this call: do not nest.
+            Some(e @ ClientError::DeadlineExceeded { .. }) if self.is_own_deadline(&e) => return e,
+            // A node's answer says more than a timeout or a routing failure.
+            Some(ClientError::Rpc(ref s)) if ErrorCode::from_status(s).is_some() => last,
+            other => self
+                .last_answer
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+                .map(ClientError::Rpc)
+                .or(other),
+        };
         ClientError::DeadlineExceeded {
-            deadline: self.budget_deadline,
+            deadline: self.deadline_len,
             last: last.map(Box::new),
         }
+    }
+
+    fn is_own_deadline(&self, e: &ClientError) -> bool {
+        matches!(e, ClientError::DeadlineExceeded { deadline, .. } if *deadline == self.deadline_len)
     }
 
     /// Fetches every key of `shards`, avoiding `excluded` nodes when possible.
@@ -324,6 +346,11 @@ impl<'a> Call<'a> {
         may_hedge: bool,
         round: u32,
     ) -> Result<Vec<Part>, ClientError> {
+        if let ClientError::Rpc(status) = &e
+            && ErrorCode::from_status(status).is_some()
+        {
+            *self.last_answer.lock().unwrap_or_else(|p| p.into_inner()) = Some(status.clone());
+        }
         let recovery = Recovery::of(&e);
         if recovery == Recovery::Fail || round >= MAX_ROUNDS {
             return Err(e);

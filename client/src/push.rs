@@ -113,12 +113,13 @@ pub(crate) async fn push(
                 last: None,
             });
         }
+        let timeout = remaining.min(inner.config.attempt_timeout);
         let mut req = tonic::Request::new(request.clone());
-        req.set_timeout(remaining);
+        req.set_timeout(timeout);
         inner.stats.sub_requests.fetch_add(1, Ordering::Relaxed);
         let result = {
             let _in_flight = node.begin();
-            tokio::time::timeout(remaining, node.features().push(req)).await
+            tokio::time::timeout(timeout, node.features().push(req)).await
         };
         let err = match result {
             Ok(Ok(resp)) => {
