@@ -207,6 +207,13 @@ impl<'a> Call<'a> {
         let result = tokio::time::timeout(timeout, client.get_online_features(request)).await;
         let outcome = match result {
             Ok(Ok(resp)) => {
+                if let Some(epoch) = resp
+                    .metadata()
+                    .get(quiver_proto::error::EPOCH_METADATA_KEY)
+                    .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                {
+                    self.inner.map.notice_epoch(epoch);
+                }
                 let resp = resp.into_inner();
                 let well_formed = resp
                     .columns

@@ -18,5 +18,6 @@ pub const HEDGE_WINS: &str = "quiver_client_hedge_wins_total";
 pub const BUDGET_DENIED: &str = "quiver_client_budget_denied_total";
 /// Counter: node circuit breakers opened.
 pub const BREAKER_OPENED: &str = "quiver_client_breaker_opened_total";
-/// Counter: cluster-map refreshes, by `trigger` (`wrong_shard`, `error`, `watch`, `timer`).
+/// Counter: cluster-map refreshes, by `trigger` (`wrong_shard`, `epoch` (a node
+/// answered under a newer map), `no_replica`, `watch`, `timer`, `explicit`).
 pub const MAP_REFRESHES: &str = "quiver_client_map_refreshes_total";

@@ -97,6 +97,8 @@ pub(crate) struct MapCache {
     table: RwLock<Arc<RoutingTable>>,
     refresh_lock: tokio::sync::Mutex<()>,
     refreshes: AtomicU64,
+    /// Highest epoch a node reported in a response.
+    noticed_epoch: AtomicU64,
     seeds: Vec<String>,
     pool: Arc<NodePool>,
     call_timeout: Duration,
@@ -125,6 +127,7 @@ impl MapCache {
             })),
             refresh_lock: tokio::sync::Mutex::new(()),
             refreshes: AtomicU64::new(0),
+            noticed_epoch: AtomicU64::new(0),
             seeds,
             pool,
             call_timeout,
@@ -298,6 +301,25 @@ impl MapCache {
         self.install(table);
         self.refreshes.fetch_add(1, Ordering::Release);
         Ok(self.current())
+    }
+
+    /// A node answered under map `epoch`: if that is newer than the cached map, refresh in
+    /// the background (coalesced with any refresh already running).
+    pub(crate) fn notice_epoch(self: &Arc<Self>, epoch: u64) {
+        let current = self.current();
+        if !current.cluster_mode || epoch <= current.epoch {
+            return;
+        }
+        // One background refresh per newer epoch, however many responses report it.
+        if self.noticed_epoch.fetch_max(epoch, Ordering::AcqRel) >= epoch {
+            return;
+        }
+        let cache = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = cache.refresh(Some(epoch), "epoch").await {
+                debug!(error = %e, epoch, "refresh to a newer epoch failed");
+            }
+        });
     }
 
     /// Keeps the table current until `cancel`: follows a node's `WatchClusterMap` stream

@@ -179,3 +179,27 @@ async fn bad_input_is_rejected_client_side() {
     );
     cluster.stop().await;
 }
+
+/// However many callers notice a stale map at once, one refresh runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_map_refreshes_coalesce() {
+    let cluster = InProcessCluster::start(1, 2, 1, "murmur2", &["items"], VIEWS).await;
+    let client = cluster.client().await;
+    let before = client.stats().map_refreshes;
+    let calls: Vec<_> = (0..32)
+        .map(|_| {
+            let c = client.clone();
+            tokio::spawn(async move { c.refresh_cluster_map().await.unwrap() })
+        })
+        .collect();
+    for c in calls {
+        assert!(c.await.unwrap() > 0, "cluster mode has a positive epoch");
+    }
+    let fetched = client.stats().map_refreshes - before;
+    // One fetch for the burst; a concurrent push from the watch stream may add one.
+    assert!(
+        (1..=2).contains(&fetched),
+        "32 concurrent refreshes made {fetched} fetches"
+    );
+    cluster.stop().await;
+}

@@ -130,7 +130,16 @@ impl FeatureService for FeatureServiceImpl {
         counter!(m::SERVE_REQUESTS, "rpc" => "get_online_features", "code" => code).increment(1);
         histogram!(m::SERVE_REQUEST_DURATION, "rpc" => "get_online_features")
             .record(started.elapsed().as_secs_f64());
-        result.map(Response::new).map_err(Status::from)
+        let mut response = result.map(Response::new).map_err(Status::from)?;
+        // Clients compare it with their cached map and refresh when this node knows newer.
+        let epoch = self.state.epoch();
+        if epoch > 0 {
+            response.metadata_mut().insert(
+                quiver_proto::error::EPOCH_METADATA_KEY,
+                tonic::metadata::MetadataValue::from(epoch),
+            );
+        }
+        Ok(response)
     }
 
     async fn push(&self, request: Request<PushRequest>) -> Result<Response<PushResponse>, Status> {
