@@ -318,12 +318,7 @@ impl<'a> Call<'a> {
         if !has_alternative {
             return None;
         }
-        if !self.inner.budget.try_withdraw() {
-            self.inner
-                .stats
-                .budget_denied
-                .fetch_add(1, Ordering::Relaxed);
-            counter!(m::BUDGET_DENIED).increment(1);
+        if !self.inner.withdraw() {
             return None;
         }
         self.inner.stats.hedges.fetch_add(1, Ordering::Relaxed);
@@ -358,28 +353,21 @@ impl<'a> Call<'a> {
         {
             *self.last_answer.lock().unwrap_or_else(|p| p.into_inner()) = Some(status.clone());
         }
-        let recovery = Recovery::of(&e);
-        if recovery == Recovery::Fail || round >= MAX_ROUNDS {
+        if round >= MAX_ROUNDS {
             return Err(e);
         }
-        if Instant::now() >= self.deadline {
-            return Err(self.deadline_error(Some(e)));
-        }
-        let reason = match recovery {
+        let reason = match Recovery::of(&e) {
+            Recovery::Fail => return Err(e),
+            _ if Instant::now() >= self.deadline => return Err(self.deadline_error(Some(e))),
             Recovery::RefreshMap(epoch) => {
                 // A routing correction, not extra load: not charged to the budget.
                 self.inner.stats.wrong_shard.fetch_add(1, Ordering::Relaxed);
                 let _ = self.inner.map.refresh(epoch, "wrong_shard").await;
                 "wrong_shard"
             }
-            Recovery::OtherReplica | Recovery::NodeDown => {
+            recovery @ (Recovery::OtherReplica | Recovery::NodeDown) => {
                 self.note_failure(&g, &e);
-                if !self.inner.budget.try_withdraw() {
-                    self.inner
-                        .stats
-                        .budget_denied
-                        .fetch_add(1, Ordering::Relaxed);
-                    counter!(m::BUDGET_DENIED).increment(1);
+                if !self.inner.withdraw() {
                     return Err(ClientError::BudgetExhausted(Box::new(e)));
                 }
                 excluded.insert(g.node.id);
@@ -389,7 +377,6 @@ impl<'a> Call<'a> {
                     e.code().map_or("unavailable", |c| c.as_str())
                 }
             }
-            Recovery::Fail => unreachable!("handled above"),
         };
         self.inner.stats.retries.fetch_add(1, Ordering::Relaxed);
         counter!(m::RETRIES, "reason" => reason).increment(1);

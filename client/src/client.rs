@@ -37,6 +37,18 @@ pub(crate) struct Inner {
     _watcher: DropGuard,
 }
 
+impl Inner {
+    /// Takes a retry/hedge token; counts the refusal if the budget is spent.
+    pub(crate) fn withdraw(&self) -> bool {
+        let granted = self.budget.try_withdraw();
+        if !granted {
+            self.stats.budget_denied.fetch_add(1, Ordering::Relaxed);
+            counter!(m::BUDGET_DENIED).increment(1);
+        }
+        granted
+    }
+}
+
 /// The quiver client: routes each key to a replica of its shard, fans out, fails over,
 /// hedges, and keeps reads monotonic. Cheap to clone; clones share connections, the
 /// cluster map and the session's watermarks.

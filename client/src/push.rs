@@ -145,7 +145,7 @@ pub(crate) async fn push(
                 last: Some(Box::new(err)),
             });
         }
-        if !inner.budget.try_withdraw() {
+        if !inner.withdraw() {
             return Err(ClientError::BudgetExhausted(Box::new(err)));
         }
         inner.stats.retries.fetch_add(1, Ordering::Relaxed);

@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use quiver_proto::v1::EntityKey;
-use quiver_proto::v1::entity_key::Kind as KeyKind;
 
 use crate::error::ClientError;
 use crate::pool::{Admission, NodeHandle, NodePool};
@@ -41,11 +40,7 @@ impl Rng {
 
 /// The bytes an entity key is hashed as: what producers use as the Kafka key.
 pub(crate) fn key_bytes(key: &EntityKey) -> Vec<u8> {
-    match &key.kind {
-        Some(KeyKind::StringValue(s)) => s.as_bytes().to_vec(),
-        Some(KeyKind::Int64Value(i)) => i.to_string().into_bytes(),
-        None => Vec::new(),
-    }
+    key.kind.as_ref().map_or_else(Vec::new, |k| k.kafka_key())
 }
 
 /// A batch split by shard, duplicates removed.

@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use quiver_proto::v1::entity_key::Kind as KeyKind;
-use quiver_proto::v1::value::Kind;
 use quiver_proto::v1::{EntityKey, GetSchemaRequest, PushRow, RequestLimits, Schema};
 
 use crate::error::ClientError;
@@ -36,35 +35,6 @@ pub(crate) struct ClientSchema {
     views: HashMap<String, ViewInfo>,
     services: HashMap<String, Vec<String>>,
     limits: RequestLimits,
-}
-
-fn key_kind_name(k: Option<&KeyKind>) -> &'static str {
-    match k {
-        Some(KeyKind::StringValue(_)) => "string",
-        Some(KeyKind::Int64Value(_)) => "int64",
-        None => "empty",
-    }
-}
-
-fn key_len(k: &KeyKind) -> usize {
-    match k {
-        KeyKind::StringValue(s) => s.len(),
-        KeyKind::Int64Value(i) => i.to_string().len(),
-    }
-}
-
-fn value_type_name(k: &Kind) -> &'static str {
-    match k {
-        Kind::BoolValue(_) => "bool",
-        Kind::Int64Value(_) => "int64",
-        Kind::Float64Value(_) => "float64",
-        Kind::StringValue(_) => "string",
-        Kind::BytesValue(_) => "bytes",
-        Kind::Float32Vector(_) => "float32_vector",
-        Kind::Int64List(_) => "int64_list",
-        Kind::Float64List(_) => "float64_list",
-        Kind::StringList(_) => "string_list",
-    }
 }
 
 impl ClientSchema {
@@ -121,13 +91,23 @@ impl ClientSchema {
             .ok_or_else(|| Problem::Unknown(format!("entity {entity:?} is not registered")))?;
         for (i, k) in keys.enumerate() {
             let kind = k.and_then(|k| k.kind.as_ref());
-            let got = key_kind_name(kind);
+            let got = kind.map_or("empty", |k| k.type_name());
             if got != key_type {
                 return Err(Problem::Invalid(format!(
                     "{what}[{i}] is {got}, but entity {entity:?} has {key_type} keys"
                 )));
             }
-            let len = kind.map_or(0, key_len);
+            // The length of the Kafka key, without building it (the router does, once).
+            let len = match kind {
+                Some(KeyKind::StringValue(s)) => s.len(),
+                Some(KeyKind::Int64Value(i)) => {
+                    usize::from(*i < 0)
+                        + i.unsigned_abs()
+                            .checked_ilog10()
+                            .map_or(1, |d| d as usize + 1)
+                }
+                None => 0,
+            };
             if len == 0 || len > self.limits.max_key_bytes as usize {
                 return Err(Problem::Invalid(format!(
                     "{what}[{i}] is {len} bytes; keys must be 1..={} bytes",
@@ -244,11 +224,11 @@ impl ClientSchema {
                     )));
                 };
                 if let Some(k) = &value.kind
-                    && value_type_name(k) != ty
+                    && k.type_name() != ty
                 {
                     return invalid(format!(
                         "rows[{i}]: feature {name:?} is {}, but the view declares {ty}",
-                        value_type_name(k)
+                        k.type_name()
                     ));
                 }
             }
@@ -421,6 +401,16 @@ mod tests {
         );
         assert!(invalid(s.check_lookup(&f(&["ua"]), "", &keys)).contains("view:feature"));
         assert!(invalid(s.check_lookup(&f(&["u:a"]), "svc", &keys)).contains("not both"));
+    }
+
+    #[test]
+    fn int_key_lengths_match_their_decimal_text() {
+        let s = schema(); // max_key_bytes = 8
+        for i in [0i64, 7, -7, 9_999_999, -999_999, 10_000_000, i64::MIN] {
+            let fits = i.to_string().len() <= 8;
+            let r = s.check_keys("card", "k", std::iter::once(Some(&EntityKey::from(i))));
+            assert_eq!(r.is_ok(), fits, "{i}");
+        }
     }
 
     #[test]

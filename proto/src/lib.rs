@@ -44,6 +44,43 @@ impl From<i64> for v1::EntityKey {
     }
 }
 
+impl v1::entity_key::Kind {
+    /// The bytes producers key Kafka records with, and the partitioner hashes: UTF-8 text,
+    /// or canonical decimal text for int64 keys.
+    pub fn kafka_key(&self) -> Vec<u8> {
+        match self {
+            v1::entity_key::Kind::StringValue(s) => s.as_bytes().to_vec(),
+            v1::entity_key::Kind::Int64Value(i) => i.to_string().into_bytes(),
+        }
+    }
+
+    /// `"string"` or `"int64"`, as entity definitions name key types.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            v1::entity_key::Kind::StringValue(_) => "string",
+            v1::entity_key::Kind::Int64Value(_) => "int64",
+        }
+    }
+}
+
+impl v1::value::Kind {
+    /// The feature type this value has, as definition files name it (`"float32_vector"`).
+    pub fn type_name(&self) -> &'static str {
+        use v1::value::Kind;
+        match self {
+            Kind::BoolValue(_) => "bool",
+            Kind::Int64Value(_) => "int64",
+            Kind::Float64Value(_) => "float64",
+            Kind::StringValue(_) => "string",
+            Kind::BytesValue(_) => "bytes",
+            Kind::Float32Vector(_) => "float32_vector",
+            Kind::Int64List(_) => "int64_list",
+            Kind::Float64List(_) => "float64_list",
+            Kind::StringList(_) => "string_list",
+        }
+    }
+}
+
 macro_rules! value_from {
     ($($t:ty => $kind:ident $(($conv:expr))?),* $(,)?) => {$(
         impl From<$t> for v1::Value {

@@ -333,20 +333,6 @@ pub(crate) fn kind_matches(ty: FeatureType, k: &Kind) -> bool {
     )
 }
 
-pub(crate) fn kind_name(k: &Kind) -> &'static str {
-    match k {
-        Kind::BoolValue(_) => "bool",
-        Kind::Int64Value(_) => "int64",
-        Kind::Float64Value(_) => "float64",
-        Kind::StringValue(_) => "string",
-        Kind::BytesValue(_) => "bytes",
-        Kind::Float32Vector(_) => "float32_vector",
-        Kind::Int64List(_) => "int64_list",
-        Kind::Float64List(_) => "float64_list",
-        Kind::StringList(_) => "string_list",
-    }
-}
-
 fn decode_protobuf(
     view: &FeatureView,
     raw: &RawRecord<'_>,
@@ -368,7 +354,7 @@ fn decode_protobuf(
             return Err(DecodeError::FieldType {
                 field: f.source_field.clone(),
                 expected: f.value_type.as_str(),
-                found: kind_name(k).to_owned(),
+                found: k.type_name().to_owned(),
             });
         }
         values.push(kind);

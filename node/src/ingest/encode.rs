@@ -20,7 +20,7 @@ use quiver_proto::v1::value::Kind;
 use quiver_proto::v1::{FeatureRow, PushRow, Value};
 use serde_json::{Map, Value as Json};
 
-use super::decode::{MAX_KEY_BYTES, kind_matches, kind_name};
+use super::decode::{MAX_KEY_BYTES, kind_matches};
 use crate::registry::model::KeyType;
 use crate::registry::{FeatureView, RecordFormat};
 
@@ -46,21 +46,15 @@ pub fn entity_key_bytes(
     key: Option<&KeyKind>,
     key_type: KeyType,
 ) -> Result<Vec<u8>, String> {
-    let bytes = match (key, key_type) {
-        (Some(KeyKind::StringValue(s)), KeyType::String) => s.as_bytes().to_vec(),
-        (Some(KeyKind::Int64Value(i)), KeyType::Int64) => i.to_string().into_bytes(),
-        (None, _) => return Err(format!("{what} has no value")),
-        (Some(k), _) => {
-            let got = match k {
-                KeyKind::StringValue(_) => "string",
-                KeyKind::Int64Value(_) => "int64",
-            };
-            return Err(format!(
-                "{what} is {got}, but the entity has {} keys",
-                key_type.as_str()
-            ));
-        }
-    };
+    let key = key.ok_or_else(|| format!("{what} has no value"))?;
+    if key.type_name() != key_type.as_str() {
+        return Err(format!(
+            "{what} is {}, but the entity has {} keys",
+            key.type_name(),
+            key_type.as_str()
+        ));
+    }
+    let bytes = key.kafka_key();
     if bytes.is_empty() || bytes.len() > MAX_KEY_BYTES {
         return Err(format!(
             "{what} is {} bytes; keys must be 1..={MAX_KEY_BYTES} bytes",
@@ -157,7 +151,7 @@ pub fn encode_push_row(
         if !kind_matches(f.value_type, k) {
             return Err(format!(
                 "{at}: feature {name:?} is {}, but the view declares {}",
-                kind_name(k),
+                k.type_name(),
                 f.value_type.as_str()
             ));
         }
