@@ -1,6 +1,7 @@
 //! `quiverctl`: operate a quiver node from the shell.
 
 use anyhow::Context as _;
+use base64::Engine as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use quiver_client::{
     Client, EntityKey, Lookup, LookupResult, NodeClient, PushRow, Value, Watermarks,
@@ -67,7 +68,7 @@ enum Command {
         /// View name.
         view: String,
         /// A row as JSON: {"key": "u1", "features": {"score": 0.5}, "event_time_micros": 0};
-        /// `"delete": true` deletes the key. Repeatable.
+        /// `"delete": true` deletes the key; bytes features are base64. Repeatable.
         #[arg(long = "row", required = true)]
         rows: Vec<String>,
     },
@@ -285,7 +286,11 @@ fn json_to_value(feature: &str, ty: &str, v: &Json) -> anyhow::Result<Value> {
         "int64" => v.as_i64().ok_or_else(bad)?.into(),
         "float64" => v.as_f64().ok_or_else(bad)?.into(),
         "string" => v.as_str().ok_or_else(bad)?.into(),
-        "bytes" => v.as_str().ok_or_else(bad)?.as_bytes().to_vec().into(),
+        // Base64, as in JSON source records.
+        "bytes" => base64::engine::general_purpose::STANDARD
+            .decode(v.as_str().ok_or_else(bad)?)
+            .map_err(|_| bad())?
+            .into(),
         "float32_vector" => list()?
             .iter()
             .map(|x| x.as_f64().map(|f| f as f32))
