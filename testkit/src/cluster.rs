@@ -41,6 +41,9 @@ impl ClusterSettings {
 pub struct Member {
     /// Node id.
     pub id: u64,
+    /// The address the node binds and advertises (`127.0.0.1`, or a network namespace's
+    /// address).
+    pub host: String,
     /// gRPC port (fixed before start: it is in the voters list).
     pub grpc: u16,
     /// Prometheus port.
@@ -54,12 +57,17 @@ pub struct Member {
 impl Member {
     /// `id@127.0.0.1:port`, as `control.initial_voters` lists it.
     pub fn voter(&self) -> String {
-        format!("{}@127.0.0.1:{}", self.id, self.grpc)
+        format!("{}@{}:{}", self.id, self.host, self.grpc)
     }
 
-    /// `http://127.0.0.1:<grpc>`.
+    /// `http://<host>:<grpc>`.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.grpc)
+        format!("http://{}:{}", self.host, self.grpc)
+    }
+
+    /// `<host>:<grpc>`, as `control.seeds` lists it.
+    pub fn addr(&self) -> String {
+        format!("{}:{}", self.host, self.grpc)
     }
 }
 
@@ -71,12 +79,19 @@ fn toml_list(items: &[String]) -> String {
         .join(", ")
 }
 
-/// Allocates ports and a directory under `root` for member `id`.
+/// Allocates loopback ports and a directory under `root` for member `id`.
 pub fn allocate(root: &Path, id: u64) -> Member {
+    allocate_on(root, id, "127.0.0.1")
+}
+
+/// Allocates ports and a directory under `root` for member `id` bound to `host`. Ports
+/// are picked free on loopback; inside a network namespace of its own any port is free.
+pub fn allocate_on(root: &Path, id: u64, host: &str) -> Member {
     let dir = root.join(format!("node{id}"));
     std::fs::create_dir_all(&dir).expect("create member dir");
     Member {
         id,
+        host: host.to_string(),
         grpc: free_port(),
         metrics: free_port(),
         config: dir.join("node.toml"),
@@ -92,8 +107,8 @@ pub fn write_config(m: &Member, s: &ClusterSettings, voters: &[String], seeds: &
 node_id = {id}
 data_dir = "{data}"
 [server]
-grpc_addr = "127.0.0.1:{grpc}"
-metrics_addr = "127.0.0.1:{metrics}"
+grpc_addr = "{host}:{grpc}"
+metrics_addr = "{host}:{metrics}"
 shutdown_grace = "2s"
 [cluster]
 shard_count = {p}
@@ -117,6 +132,7 @@ heartbeat_interval = "200ms"
 dead_after = "{dead}ms"
 "#,
         id = m.id,
+        host = m.host,
         data = m.dir.join("data").display(),
         grpc = m.grpc,
         metrics = m.metrics,

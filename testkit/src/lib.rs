@@ -8,5 +8,5 @@
 pub mod cluster;
 pub mod process;
 
-pub use cluster::{ClusterSettings, Member, allocate, initial_members, write_config};
+pub use cluster::{ClusterSettings, Member, allocate, allocate_on, initial_members, write_config};
 pub use process::{Broker, NodeProcess, free_port, node_binary, signal, tansu_binary};

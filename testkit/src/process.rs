@@ -15,9 +15,9 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-fn wait_for_port(port: u16, what: &str) {
+fn wait_for_port(host: &str, port: u16, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+    while TcpStream::connect((host, port)).is_err() {
         assert!(
             Instant::now() < deadline,
             "{what} did not listen on port {port}"
@@ -26,17 +26,21 @@ fn wait_for_port(port: u16, what: &str) {
     }
 }
 
-/// Locates the `quiver-node` binary: `QUIVER_NODE_BIN`, else next to the running test's
-/// directory (`target/<profile>/quiver-node`, which `cargo test --workspace` builds).
+/// Locates the `quiver-node` binary: `QUIVER_NODE_BIN`, else beside the running
+/// executable (a binary in `target/<profile>/`) or one directory up (a test in
+/// `target/<profile>/deps/`, which `cargo test --workspace` builds beside).
 pub fn node_binary() -> PathBuf {
     if let Ok(p) = std::env::var("QUIVER_NODE_BIN") {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("current exe");
-    // target/<profile>/deps/<test> → target/<profile>/quiver-node
-    let bin = exe
+    let dir = exe.parent().expect("executable has a directory");
+    let beside = dir.join("quiver-node");
+    if beside.exists() {
+        return beside;
+    }
+    let bin = dir
         .parent()
-        .and_then(|deps| deps.parent())
         .map(|profile| profile.join("quiver-node"))
         .expect("test binary lives in target/<profile>/deps");
     assert!(
@@ -76,21 +80,40 @@ pub fn tansu_binary() -> PathBuf {
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
-/// A Tansu broker on a free loopback port, in memory; stopped on drop.
+/// A command for `bin`, run inside network namespace `netns` when given (`ip netns
+/// exec` replaces itself with `bin`, so the child's pid is `bin`'s).
+fn command_in(netns: Option<&str>, bin: &Path) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    }
+}
+
+/// A Tansu broker, in memory; stopped on drop.
 pub struct Broker {
     child: Child,
     bin: PathBuf,
+    host: String,
     /// Listening port.
     pub port: u16,
 }
 
 impl Broker {
-    /// Starts a broker on a free port and waits until it listens.
+    /// Starts a broker on a free loopback port and waits until it listens.
     pub fn start() -> Self {
+        Self::start_at("127.0.0.1", free_port(), None)
+    }
+
+    /// Starts a broker listening on `host:port`, inside network namespace `netns` when
+    /// given, and waits until it listens.
+    pub fn start_at(host: &str, port: u16, netns: Option<&str>) -> Self {
         let bin = tansu_binary();
-        let port = free_port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(&bin)
+        let url = format!("tcp://{host}:{port}");
+        let child = command_in(netns, &bin)
             .args([
                 "broker",
                 "--listener-url",
@@ -104,13 +127,23 @@ impl Broker {
             .stderr(Stdio::null())
             .spawn()
             .expect("start tansu");
-        wait_for_port(port, "tansu");
-        Broker { child, bin, port }
+        wait_for_port(host, port, "tansu");
+        Broker {
+            child,
+            bin,
+            host: host.to_string(),
+            port,
+        }
     }
 
     /// `host:port` for `bootstrap.servers`.
     pub fn bootstrap(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.host, self.port)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// SIGSTOP: the broker stops answering (clients' requests hang).
@@ -133,7 +166,7 @@ impl Broker {
                 "--partitions",
                 &partitions.to_string(),
                 "--broker",
-                &format!("tcp://127.0.0.1:{}", self.port),
+                &format!("tcp://{}", self.bootstrap()),
             ])
             .stdout(Stdio::null())
             .status()
@@ -152,6 +185,7 @@ impl Drop for Broker {
 /// A `quiver-node` process; killed on drop.
 pub struct NodeProcess {
     child: Option<Child>,
+    host: String,
     /// gRPC port.
     pub grpc_port: u16,
     /// Prometheus port.
@@ -166,7 +200,7 @@ impl NodeProcess {
         Self::start_on(config, dir, run, free_port(), free_port())
     }
 
-    /// As [`NodeProcess::start`] on given ports.
+    /// As [`NodeProcess::start`] on given loopback ports.
     pub fn start_on(
         config: &Path,
         dir: &Path,
@@ -174,12 +208,30 @@ impl NodeProcess {
         grpc_port: u16,
         metrics_port: u16,
     ) -> Self {
+        Self::launch(config, dir, run, "127.0.0.1", grpc_port, metrics_port, None)
+    }
+
+    /// Starts member `m` (its config, directory, host and ports), inside network namespace
+    /// `netns` when given; its log is `<dir>/node-<run>.log`. Waits until it listens.
+    pub fn start_member(m: &crate::Member, run: u32, netns: Option<&str>) -> Self {
+        Self::launch(&m.config, &m.dir, run, &m.host, m.grpc, m.metrics, netns)
+    }
+
+    fn launch(
+        config: &Path,
+        dir: &Path,
+        run: u32,
+        host: &str,
+        grpc_port: u16,
+        metrics_port: u16,
+        netns: Option<&str>,
+    ) -> Self {
         let log = dir.join(format!("node-{run}.log"));
-        let child = Command::new(node_binary())
+        let child = command_in(netns, &node_binary())
             .arg("--config")
             .arg(config)
-            .args(["--grpc-addr", &format!("127.0.0.1:{grpc_port}")])
-            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+            .args(["--grpc-addr", &format!("{host}:{grpc_port}")])
+            .args(["--metrics-addr", &format!("{host}:{metrics_port}")])
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -187,12 +239,13 @@ impl NodeProcess {
             .expect("start quiver-node");
         let mut p = NodeProcess {
             child: Some(child),
+            host: host.to_string(),
             grpc_port,
             metrics_port,
             log,
         };
         let deadline = Instant::now() + Duration::from_secs(60);
-        while TcpStream::connect(("127.0.0.1", grpc_port)).is_err() {
+        while TcpStream::connect((host, grpc_port)).is_err() {
             if let Some(status) = p.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("quiver-node exited with {status}:\n{}", p.log_tail());
             }
@@ -206,9 +259,9 @@ impl NodeProcess {
         p
     }
 
-    /// `http://127.0.0.1:<grpc port>`.
+    /// `http://<host>:<grpc port>`.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.grpc_port)
+        format!("http://{}:{}", self.host, self.grpc_port)
     }
 
     /// The last 40 lines of the node's log.
@@ -221,6 +274,18 @@ impl NodeProcess {
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// The exit status if the process has ended on its own.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// The node's log file.
+    pub fn log_path(&self) -> &Path {
+        &self.log
     }
 
     /// SIGSTOP: the node freezes (a gray failure: connections stay open, nothing answers).

@@ -120,6 +120,12 @@ pub fn spawn_shard_ingest(
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "earliest")
+        // Freshness: replicas of a shard must apply a record within milliseconds of each
+        // other, or monotonic reads wait for the slower one. Brokers that do not answer a
+        // waiting fetch as soon as data arrives (Tansu, found by the chaos suite: 500 ms,
+        // librdkafka's default, became the skew between replicas) are bounded by this.
+        // Overridable through kafka.properties.
+        .set("fetch.wait.max.ms", "20")
         .set(
             "client.id",
             format!("quiver-node-{}-shard-{}", config.node_id, shard),

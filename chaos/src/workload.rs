@@ -1,0 +1,385 @@
+//! A workload that knows what it wrote: writers send values with known keys, sequence
+//! numbers and event times (straight to Kafka and through `Push`) and record every
+//! acknowledgement; readers look keys up through the smart client at a set rate and record
+//! every answer with its watermarks and latency.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use quiver_client::{Client, FeatureStatus, Lookup, LookupResult, PushRow};
+use rdkafka::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::cluster::TOPIC;
+use crate::history::{Ack, History, Read, Seen, Via, Write};
+use crate::rng::Rng;
+
+/// The view the workload writes and reads.
+pub const VIEW: &str = "chaos";
+const SEQ: &str = "chaos:seq";
+const CHECK: &str = "chaos:check";
+
+/// Registry definitions of the workload's entity and view: `seq` (the value) and `check`
+/// (`<key>/<seq>`, so a torn or misrouted row is detected), event time in microseconds.
+pub fn definitions() -> String {
+    format!(
+        r#"
+[[entity]]
+name = "user"
+key_type = "string"
+
+[[view]]
+name = "{VIEW}"
+entity = "user"
+[view.source]
+topic = "{TOPIC}"
+event_time_field = "ts"
+event_time_unit = "micros"
+[[view.feature]]
+name = "seq"
+type = "int64"
+[[view.feature]]
+name = "check"
+type = "string"
+"#
+    )
+}
+
+/// The entity key of key number `k`.
+pub fn key_name(k: u32) -> String {
+    format!("user-{k}")
+}
+
+/// The `check` feature of key `k` at `seq`.
+pub fn check_value(k: u32, seq: i64) -> String {
+    format!("{k}/{seq}")
+}
+
+/// The workload's shape.
+#[derive(Debug, Clone)]
+pub struct WorkloadSpec {
+    /// Distinct keys.
+    pub keys: u32,
+    /// Lookups per second, all readers together.
+    pub read_rate: f64,
+    /// Reader sessions (each its own client).
+    pub readers: u32,
+    /// Keys per lookup.
+    pub batch: usize,
+    /// Writes per second, half to Kafka and half through Push.
+    pub write_rate: f64,
+    /// Seed of key choices.
+    pub seed: u64,
+}
+
+/// The shared record of a run.
+pub struct Recorder {
+    start: Instant,
+    event_time_base_us: i64,
+    next_seq: AtomicI64,
+    writes: Mutex<Vec<Write>>,
+    reads: Mutex<Vec<Read>>,
+    acked: Mutex<BTreeMap<u32, i64>>,
+}
+
+impl Recorder {
+    /// A recorder whose clock starts now.
+    pub fn new() -> Self {
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as i64);
+        Recorder {
+            start: Instant::now(),
+            event_time_base_us: wall,
+            next_seq: AtomicI64::new(1),
+            writes: Mutex::new(Vec::new()),
+            reads: Mutex::new(Vec::new()),
+            acked: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// When the run started.
+    pub fn start(&self) -> Instant {
+        self.start
+    }
+
+    /// Microseconds since the start at `t`.
+    pub fn micros(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.start).as_micros() as u64
+    }
+
+    fn begin_write(&self, key: u32, via: Via) -> (usize, i64) {
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        let mut w = lock(&self.writes);
+        w.push(Write {
+            key,
+            seq,
+            via,
+            sent_us: self.micros(Instant::now()),
+            acked: None,
+        });
+        (w.len() - 1, seq)
+    }
+
+    fn ack(&self, index: usize, ack: Ack) {
+        lock(&self.writes)[index].acked = Some(ack);
+        let mut a = lock(&self.acked);
+        let e = a.entry(ack.shard).or_insert(ack.next_offset);
+        *e = (*e).max(ack.next_offset);
+    }
+
+    fn event_time(&self, seq: i64) -> i64 {
+        self.event_time_base_us + seq
+    }
+
+    /// Per shard, the offset after the last acknowledged write so far.
+    pub fn acked_offsets(&self) -> BTreeMap<u32, i64> {
+        lock(&self.acked).clone()
+    }
+
+    /// Counts: (attempted, acknowledged) writes and lookups so far.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let w = lock(&self.writes);
+        let acked = w.iter().filter(|w| w.acked.is_some()).count();
+        (w.len(), acked, lock(&self.reads).len())
+    }
+
+    /// The lookups recorded so far (copied).
+    pub fn reads(&self) -> Vec<Read> {
+        lock(&self.reads).clone()
+    }
+
+    /// The history so far (the final reads are added by the caller).
+    pub fn history(&self) -> History {
+        History {
+            event_time_base_us: self.event_time_base_us,
+            writes: lock(&self.writes).clone(),
+            reads: lock(&self.reads).clone(),
+            final_reads: Vec::new(),
+        }
+    }
+}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Decodes the rows of `r` (a lookup of `keys`) into what the checker judges.
+pub fn decode_rows(r: &LookupResult, keys: &[u32]) -> Vec<(u32, Option<Seen>)> {
+    let (Some(seq_col), Some(check_col)) = (r.column_index(SEQ), r.column_index(CHECK)) else {
+        return keys.iter().map(|k| (*k, None)).collect();
+    };
+    keys.iter()
+        .enumerate()
+        .map(|(row, k)| {
+            let seen = match r.status(row, seq_col) {
+                FeatureStatus::NotFound => None,
+                FeatureStatus::Present => {
+                    let seq = r.i64(row, seq_col).unwrap_or(-1);
+                    let t = r.event_time_micros(row, seq_col);
+                    Some(Seen {
+                        seq,
+                        event_time_us: t,
+                        check_ok: r.str(row, check_col) == Some(check_value(*k, seq).as_str())
+                            && r.event_time_micros(row, check_col) == t,
+                    })
+                }
+                // Expired or unknown: nothing the workload wrote looks like that.
+                _ => Some(Seen {
+                    seq: -1,
+                    event_time_us: 0,
+                    check_ok: false,
+                }),
+            };
+            (*k, seen)
+        })
+        .collect()
+}
+
+/// The lookup of `keys`.
+pub fn lookup(keys: &[u32]) -> Lookup {
+    Lookup::features([SEQ, CHECK]).keys(keys.iter().map(|k| key_name(*k)))
+}
+
+/// Reader `id`: one lookup of `spec.batch` random keys every `interval`, from `first` on,
+/// each recorded with its latency from the time it was due.
+pub async fn reader(
+    id: u32,
+    client: Client,
+    rec: Arc<Recorder>,
+    spec: WorkloadSpec,
+    interval: Duration,
+    first: Instant,
+    cancel: CancellationToken,
+) {
+    let mut rng = Rng::new(spec.seed ^ (u64::from(id) + 1).wrapping_mul(0xA24B_AED4_963E_E407));
+    let mut due = first;
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep_until(due.into()) => {}
+        }
+        let keys: Vec<u32> = (0..spec.batch)
+            .map(|_| rng.below(u64::from(spec.keys)) as u32)
+            .collect();
+        let result = client.get_online_features(&lookup(&keys)).await;
+        let latency_us = Instant::now().saturating_duration_since(due).as_micros() as u64;
+        let read = match result {
+            Ok(r) => Read {
+                reader: id,
+                intended_us: rec.micros(due),
+                latency_us,
+                error: None,
+                rows: decode_rows(&r, &keys),
+                watermarks: r
+                    .watermarks()
+                    .iter()
+                    .filter(|(_, topic, _)| *topic == TOPIC)
+                    .map(|(s, _, o)| (s, o))
+                    .collect(),
+            },
+            Err(e) => Read {
+                reader: id,
+                intended_us: rec.micros(due),
+                latency_us,
+                error: Some(error_kind(&e)),
+                rows: Vec::new(),
+                watermarks: Vec::new(),
+            },
+        };
+        lock(&rec.reads).push(read);
+        due += interval;
+    }
+}
+
+fn error_kind(e: &quiver_client::ClientError) -> String {
+    let text = e.to_string();
+    text.chars().take(160).collect()
+}
+
+/// Writes through Kafka at `rate` per second until cancelled, then waits (bounded) for
+/// the outstanding acknowledgements.
+///
+/// # Errors
+/// When the producer cannot be created.
+pub async fn kafka_writer(
+    rec: Arc<Recorder>,
+    bootstrap: String,
+    spec: WorkloadSpec,
+    rate: f64,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("partitioner", "murmur2_random")
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "2")
+        .set("message.timeout.ms", "30000")
+        .create()?;
+    let mut rng = Rng::new(spec.seed ^ 0x006B_6166_6B61);
+    let inflight = Arc::new(Semaphore::new(1024));
+    let mut sends = JoinSet::new();
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let Ok(permit) = inflight.clone().acquire_owned().await else {
+            break;
+        };
+        let key = rng.below(u64::from(spec.keys)) as u32;
+        let (index, seq) = rec.begin_write(key, Via::Kafka);
+        let payload = serde_json::json!({
+            "ts": rec.event_time(seq),
+            "seq": seq,
+            "check": check_value(key, seq),
+        })
+        .to_string();
+        let (producer, rec) = (producer.clone(), rec.clone());
+        sends.spawn(async move {
+            let name = key_name(key);
+            let r = producer
+                .send(
+                    FutureRecord::to(TOPIC).key(&name).payload(&payload),
+                    Duration::from_secs(30),
+                )
+                .await;
+            if let Ok(d) = r {
+                rec.ack(
+                    index,
+                    Ack {
+                        shard: d.partition as u32,
+                        next_offset: d.offset + 1,
+                    },
+                );
+            }
+            drop(permit);
+        });
+        while sends.try_join_next().is_some() {}
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(40), async {
+        while sends.join_next().await.is_some() {}
+    })
+    .await;
+    Ok(())
+}
+
+/// Writes one row per `Push` at `rate` per second until cancelled (a few in flight).
+pub async fn push_writer(
+    rec: Arc<Recorder>,
+    client: Client,
+    spec: WorkloadSpec,
+    rate: f64,
+    cancel: CancellationToken,
+) {
+    let mut rng = Rng::new(spec.seed ^ 0x7075_7368);
+    let inflight = Arc::new(Semaphore::new(16));
+    let mut pushes = JoinSet::new();
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let Ok(permit) = inflight.clone().acquire_owned().await else {
+            break;
+        };
+        let key = rng.below(u64::from(spec.keys)) as u32;
+        let (index, seq) = rec.begin_write(key, Via::Push);
+        let row = PushRow::new(key_name(key))
+            .set("seq", seq)
+            .set("check", check_value(key, seq))
+            .event_time_micros(rec.event_time(seq));
+        let (client, rec) = (client.clone(), rec.clone());
+        pushes.spawn(async move {
+            if let Ok(wm) = client.push(VIEW, [row]).await
+                && let Some((shard, _, next)) = wm.iter().find(|(_, t, _)| *t == TOPIC)
+            {
+                rec.ack(
+                    index,
+                    Ack {
+                        shard,
+                        next_offset: next,
+                    },
+                );
+            }
+            drop(permit);
+        });
+        while pushes.try_join_next().is_some() {}
+    }
+    while pushes.join_next().await.is_some() {}
+}
