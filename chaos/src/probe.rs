@@ -58,7 +58,8 @@ pub fn keys_by_shard(map: &ClusterMap, keys: u32) -> BTreeMap<u32, Vec<u32>> {
 }
 
 /// Why the cluster is not yet healthy: every shard has R replicas, all Serving, all on
-/// `up` nodes, and each has applied `acked` for its shard. `None` when healthy.
+/// `up` nodes; every `up` node is an active member holding replicas; and each replica has
+/// applied `acked` for its shard. `None` when healthy.
 pub async fn unhealthy(
     endpoints: &[String],
     up: &[u64],
@@ -87,8 +88,21 @@ pub async fn unhealthy(
             .iter()
             .find(|r| r.state != ReplicaStateProto::Serving as i32 || !up.contains(&r.node_id))
         {
+            let replicas: Vec<String> = s
+                .replicas
+                .iter()
+                .map(|x| {
+                    let st = ReplicaStateProto::try_from(x.state).unwrap_or_default();
+                    format!("{}:{st:?}", x.node_id)
+                })
+                .collect();
+            let members: Vec<String> = map
+                .members
+                .iter()
+                .map(|m| format!("{}:{}", m.node_id, m.status))
+                .collect();
             return Some(format!(
-                "shard {} replica on node {} is {:?}{}",
+                "shard {} replica on node {} is {:?}{} (replicas [{}], members [{}], epoch {})",
                 s.shard,
                 r.node_id,
                 ReplicaStateProto::try_from(r.state).unwrap_or_default(),
@@ -96,8 +110,30 @@ pub async fn unhealthy(
                     ""
                 } else {
                     " (node is down)"
-                }
+                },
+                replicas.join(" "),
+                members.join(" "),
+                map.epoch
             ));
+        }
+    }
+    // Every node that should be up is back as an active member and holds replicas again
+    // (placement spreads P × R replicas over all nodes), so recovery includes the moves
+    // back onto a returning node, not only the survivors covering for it.
+    for id in up {
+        match map.members.iter().find(|m| m.node_id == *id) {
+            Some(m) if m.status == "active" => {}
+            Some(m) => return Some(format!("node {id} is {}", m.status)),
+            None => return Some(format!("node {id} is not a member")),
+        }
+        let spread = (map.shard_count * map.replication_factor) as usize >= up.len();
+        if spread
+            && !map
+                .shards
+                .iter()
+                .any(|s| s.replicas.iter().any(|r| r.node_id == *id))
+        {
+            return Some(format!("node {id} holds no replica yet"));
         }
     }
     let by_shard = keys_by_shard(&map, keys);

@@ -5,7 +5,6 @@
 //! so a replica behind what this client has already seen waits or answers BEHIND, and
 //! the client goes elsewhere: reads stay monotonic across failover.
 
-use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -14,6 +13,7 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use metrics::counter;
 use quiver_proto::ErrorCode;
+use quiver_proto::error::behind_shards_from_status;
 use quiver_proto::v1::{EntityKey, GetOnlineFeaturesRequest, GetOnlineFeaturesResponse};
 
 use crate::client::Inner;
@@ -21,7 +21,7 @@ use crate::error::ClientError;
 use crate::lookup::{Lookup, LookupResult};
 use crate::metrics as m;
 use crate::retry::Recovery;
-use crate::router::{Group, ShardedBatch, route, shard_batch};
+use crate::router::{Excluded, Group, ShardedBatch, route, shard_batch};
 use crate::watermark::Watermarks;
 
 /// How often a sub-request may go round (re-route after a refresh, retry, wait) before
@@ -70,7 +70,7 @@ impl<'a> Call<'a> {
     /// Runs the call.
     pub(crate) async fn run(self) -> Result<LookupResult, ClientError> {
         let shards: Vec<u32> = self.batch.by_shard.keys().copied().collect();
-        let parts = self.fetch(shards, HashSet::new(), true, 0).await?;
+        let parts = self.fetch(shards, Excluded::default(), true, 0).await?;
         let mut loc = vec![(u32::MAX, 0u32); self.batch.unique.len()];
         for (p, part) in parts.iter().enumerate() {
             for (row, &u) in part.keys.iter().enumerate() {
@@ -117,7 +117,7 @@ impl<'a> Call<'a> {
     fn fetch(
         &'a self,
         shards: Vec<u32>,
-        mut excluded: HashSet<u64>,
+        mut excluded: Excluded,
         may_hedge: bool,
         round: u32,
     ) -> PartsFuture<'a> {
@@ -143,7 +143,7 @@ impl<'a> Call<'a> {
     async fn route_or_wait(
         &self,
         shards: &[u32],
-        excluded: &mut HashSet<u64>,
+        excluded: &mut Excluded,
     ) -> Result<Vec<Group>, ClientError> {
         let mut backoff = Duration::from_millis(5);
         let mut refreshed = false;
@@ -250,7 +250,7 @@ impl<'a> Call<'a> {
     async fn fetch_group(
         &'a self,
         g: Group,
-        excluded: HashSet<u64>,
+        excluded: Excluded,
         may_hedge: bool,
         round: u32,
     ) -> Result<Vec<Part>, ClientError> {
@@ -305,15 +305,15 @@ impl<'a> Call<'a> {
 
     /// Starts a hedge of `g` on other replicas if every shard has one and the budget
     /// allows; hedges do not hedge again.
-    fn hedge(&'a self, g: &Group, excluded: &HashSet<u64>, round: u32) -> Option<PartsFuture<'a>> {
+    fn hedge(&'a self, g: &Group, excluded: &Excluded, round: u32) -> Option<PartsFuture<'a>> {
         let mut others = excluded.clone();
-        others.insert(g.node.id);
+        others.node(g.node.id);
         let table = self.inner.map.current();
         let has_alternative = g.shards.iter().all(|s| {
-            table
-                .shards
-                .get(*s as usize)
-                .is_some_and(|rs| rs.iter().any(|r| r.servable && !others.contains(&r.node)))
+            table.shards.get(*s as usize).is_some_and(|rs| {
+                rs.iter()
+                    .any(|r| r.servable && !others.contains(r.node, *s))
+            })
         });
         if !has_alternative {
             return None;
@@ -344,7 +344,7 @@ impl<'a> Call<'a> {
         &'a self,
         g: Group,
         e: ClientError,
-        mut excluded: HashSet<u64>,
+        mut excluded: Excluded,
         may_hedge: bool,
         round: u32,
     ) -> Result<Vec<Part>, ClientError> {
@@ -370,7 +370,20 @@ impl<'a> Call<'a> {
                 if !self.inner.withdraw() {
                     return Err(ClientError::BudgetExhausted(Box::new(e)));
                 }
-                excluded.insert(g.node.id);
+                // Behind on some shards: only those move; the node keeps the others.
+                let lagging = match &e {
+                    ClientError::Rpc(status) if recovery == Recovery::OtherReplica => {
+                        behind_shards_from_status(status)
+                    }
+                    _ => Vec::new(),
+                };
+                if lagging.is_empty() {
+                    excluded.node(g.node.id);
+                } else {
+                    for shard in lagging {
+                        excluded.replica(g.node.id, shard);
+                    }
+                }
                 if recovery == Recovery::NodeDown {
                     "node_down"
                 } else {

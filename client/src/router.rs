@@ -101,6 +101,37 @@ fn power_of_two(rng: &Rng, candidates: &[Arc<NodeHandle>]) -> Arc<NodeHandle> {
     }
 }
 
+/// Replicas one lookup avoids after they failed it: whole nodes (down, overloaded) or one
+/// shard on a node (behind on that shard's watermark: its other shards are fine).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Excluded {
+    nodes: HashSet<u64>,
+    replicas: HashSet<(u64, u32)>,
+}
+
+impl Excluded {
+    /// Avoid `node` for every shard.
+    pub(crate) fn node(&mut self, node: u64) {
+        self.nodes.insert(node);
+    }
+
+    /// Avoid `node` for `shard` only.
+    pub(crate) fn replica(&mut self, node: u64, shard: u32) {
+        self.replicas.insert((node, shard));
+    }
+
+    /// Whether the replica of `shard` on `node` is avoided.
+    pub(crate) fn contains(&self, node: u64, shard: u32) -> bool {
+        self.nodes.contains(&node) || self.replicas.contains(&(node, shard))
+    }
+
+    /// Gives every replica another chance.
+    pub(crate) fn clear(&mut self) {
+        self.nodes.clear();
+        self.replicas.clear();
+    }
+}
+
 /// Chooses a replica of `shard` not in `excluded`. Healthy nodes first; a node whose
 /// breaker allows a probe is used only if it wins the probe slot; open breakers only as a
 /// last resort.
@@ -108,7 +139,7 @@ pub(crate) fn choose(
     table: &RoutingTable,
     shard: u32,
     pool: &NodePool,
-    excluded: &HashSet<u64>,
+    excluded: &Excluded,
     rng: &Rng,
 ) -> Result<Arc<NodeHandle>, ClientError> {
     let replicas = table
@@ -120,7 +151,7 @@ pub(crate) fn choose(
     let mut denied = Vec::new();
     for r in replicas
         .iter()
-        .filter(|r| r.servable && !excluded.contains(&r.node))
+        .filter(|r| r.servable && !excluded.contains(r.node, shard))
     {
         let Some(addr) = table.addrs.get(&r.node) else {
             continue;
@@ -146,7 +177,7 @@ pub(crate) fn route(
     table: &RoutingTable,
     shards: &[u32],
     pool: &NodePool,
-    excluded: &HashSet<u64>,
+    excluded: &Excluded,
     rng: &Rng,
 ) -> Result<Vec<Group>, ClientError> {
     let mut groups: Vec<Group> = Vec::new();
@@ -220,12 +251,16 @@ mod tests {
         let busy = pool.node(1, "127.0.0.1:1001").unwrap();
         let _load: Vec<_> = (0..5).map(|_| busy.begin()).collect();
         for _ in 0..50 {
-            assert_eq!(choose(&t, 0, &pool, &HashSet::new(), &rng).unwrap().id, 2);
+            assert_eq!(
+                choose(&t, 0, &pool, &Excluded::default(), &rng).unwrap().id,
+                2
+            );
         }
         // Exclusion wins over load; nothing left is an error.
-        let ex: HashSet<u64> = [2].into();
+        let mut ex = Excluded::default();
+        ex.node(2);
         assert_eq!(choose(&t, 0, &pool, &ex, &rng).unwrap().id, 1);
-        let ex: HashSet<u64> = [1, 2].into();
+        ex.node(1);
         assert!(matches!(
             choose(&t, 0, &pool, &ex, &rng),
             Err(ClientError::NoReplica(0))
@@ -242,18 +277,36 @@ mod tests {
             n1.on_failure(3, Duration::from_secs(60));
         }
         for _ in 0..20 {
-            assert_eq!(choose(&t, 0, &pool, &HashSet::new(), &rng).unwrap().id, 2);
+            assert_eq!(
+                choose(&t, 0, &pool, &Excluded::default(), &rng).unwrap().id,
+                2
+            );
         }
         // Last resort: the open node rather than nothing.
-        let ex: HashSet<u64> = [2].into();
+        let mut ex = Excluded::default();
+        ex.node(2);
         assert_eq!(choose(&t, 0, &pool, &ex, &rng).unwrap().id, 1);
+    }
+
+    #[tokio::test]
+    async fn a_replica_behind_on_one_shard_keeps_its_other_shards() {
+        let pool = NodePool::new(Duration::from_millis(10), Duration::from_millis(10));
+        // Node 1 holds shards 0 and 1; node 2 holds shard 0 too.
+        let t = table(&[&[1, 2], &[1]]);
+        let rng = Rng::new(5);
+        let mut ex = Excluded::default();
+        ex.replica(1, 0);
+        for _ in 0..20 {
+            assert_eq!(choose(&t, 0, &pool, &ex, &rng).unwrap().id, 2);
+            assert_eq!(choose(&t, 1, &pool, &ex, &rng).unwrap().id, 1);
+        }
     }
 
     #[tokio::test]
     async fn route_groups_shards_per_node() {
         let pool = NodePool::new(Duration::from_millis(10), Duration::from_millis(10));
         let t = table(&[&[1], &[2], &[1], &[3]]);
-        let groups = route(&t, &[0, 1, 2, 3], &pool, &HashSet::new(), &Rng::new(3)).unwrap();
+        let groups = route(&t, &[0, 1, 2, 3], &pool, &Excluded::default(), &Rng::new(3)).unwrap();
         let mut g: Vec<(u64, Vec<u32>)> = groups
             .iter()
             .map(|g| (g.node.id, g.shards.clone()))

@@ -12,6 +12,21 @@ pub const ERROR_CODE_METADATA_KEY: &str = "quiver-error-code";
 /// a client knows whether to refresh its map.
 pub const EPOCH_METADATA_KEY: &str = "quiver-epoch";
 
+/// Metadata key listing, on `behind` errors, every shard of the request that had not
+/// reached its requested watermark (comma-separated ids), so a client retries those shards
+/// elsewhere and keeps the others on the node.
+pub const BEHIND_SHARDS_METADATA_KEY: &str = "quiver-behind-shards";
+
+/// Reads the lagging shards a node attached to a `behind` error (empty if none).
+pub fn behind_shards_from_status(status: &tonic::Status) -> Vec<u32> {
+    status
+        .metadata()
+        .get(BEHIND_SHARDS_METADATA_KEY)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
+        .unwrap_or_default()
+}
+
 /// Reads the epoch a node attached to an error, if any.
 pub fn epoch_from_status(status: &tonic::Status) -> Option<u64> {
     status

@@ -232,7 +232,11 @@ impl NodeProcess {
             .arg(config)
             .args(["--grpc-addr", &format!("{host}:{grpc_port}")])
             .args(["--metrics-addr", &format!("{host}:{metrics_port}")])
-            .env("RUST_LOG", "info")
+            // QUIVER_NODE_LOG overrides the nodes' log filter (e.g. to debug one module).
+            .env(
+                "RUST_LOG",
+                std::env::var("QUIVER_NODE_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()

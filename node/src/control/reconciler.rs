@@ -25,10 +25,17 @@ impl ControlPlane {
             }
             let is_leader = self.raft.metrics().borrow().state == ServerState::Leader;
             if is_leader && !was_leader {
-                // A new leader has no heartbeat history: give every member a full grace period.
+                // A new leader has no heartbeat history: give every live member a full grace
+                // period. Not the dead ones: "seen" now, they were declared back, placed, and
+                // declared dead again a grace period later (found by the chaos suite).
                 let state = self.state();
                 let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-                for id in state.members.keys() {
+                for id in state
+                    .members
+                    .values()
+                    .filter(|m| m.status != MemberStatus::Dead)
+                    .map(|m| &m.id)
+                {
                     seen.entry(*id).or_insert(Seen {
                         at: Instant::now(),
                         replicas: HashMap::new(),
@@ -137,7 +144,12 @@ impl ControlPlane {
                     .get(&r.node)
                     .and_then(|s| s.replicas.get(shard))
                     .is_some_and(|rep| rep.caught_up);
-                if r.state == ReplicaState::Bootstrapping && caught_up {
+                // A Draining replica that placement wants again (membership flapped while
+                // it drained) goes back to Serving; left Draining it would never leave nor
+                // serve as desired, and the shard stayed short of R forever (found by the
+                // chaos suite's add-remove scenario).
+                let wanted_back = r.state == ReplicaState::Draining && want.contains(&r.node);
+                if (r.state == ReplicaState::Bootstrapping || wanted_back) && caught_up {
                     self.propose_local(Command::SetReplicaState {
                         shard: *shard,
                         node: r.node,

@@ -291,6 +291,7 @@ impl ShardIngest {
         let mut streams = std::mem::take(&mut self.streams);
         let mut row_buf = Vec::new();
         let mut timeout = self.config.poll_timeout;
+        // Whether the last event polled was an end-of-partition.
         let mut eof = false;
         // Bounded by records, not row writes, so a run of malformed records (no writes)
         // still commits its offsets every `max_batch_records`.
@@ -314,6 +315,8 @@ impl ShardIngest {
                 }
             };
             records += 1;
+            // A record after an end-of-partition event: the end moved on.
+            eof = false;
             let topic = msg.topic();
             let offset = msg.offset();
             if !seen_topics.contains(topic) {
@@ -393,13 +396,16 @@ impl ShardIngest {
         let single_topic = self.topics.len() == 1;
         self.status.update(|s| {
             for (t, st) in s.iter_mut() {
-                if seen_topics.contains(t) {
-                    st.reached_end = false;
-                }
+                // `eof` means the batch's last event was the end of the partition: every
+                // record before it is in this batch, so once applied the replica is at the
+                // end even if the batch had records (under steady writes nearly every batch
+                // does, and a new replica never became Serving: found by the chaos suite).
                 // EOF events do not name the topic; exact for the common single-topic case,
                 // otherwise the lag refresh decides.
-                if eof && single_topic && !seen_topics.contains(t) {
+                if eof && single_topic {
                     st.reached_end = true;
+                } else if seen_topics.contains(t) {
+                    st.reached_end = false;
                 }
             }
         });

@@ -55,9 +55,23 @@ impl FeatureServiceImpl {
                     return Err(ServeError::Unavailable(format!("shard {shard} is closing")));
                 }
                 Err(_) => {
+                    // Name every lagging shard, not only this one: the client moves just
+                    // those to other replicas and keeps the rest here.
+                    let local = self.state.local();
+                    let lagging = plan
+                        .min_watermarks()
+                        .iter()
+                        .filter(|(s, want)| {
+                            local.stores.get(*s).is_none_or(|st| {
+                                !watermark_reached(&st.subscribe_watermark().borrow(), want)
+                            })
+                        })
+                        .map(|(s, _)| *s)
+                        .collect();
                     return Err(ServeError::Behind {
                         shard: *shard,
                         waited: max_wait,
+                        lagging,
                     });
                 }
             }

@@ -52,10 +52,12 @@ pub enum ServeError {
     /// The replica has not reached the requested watermark in time.
     #[error("shard {shard} has not reached the requested watermark within {waited:?}")]
     Behind {
-        /// The lagging shard.
+        /// The first lagging shard.
         shard: ShardId,
         /// How long the node waited.
         waited: Duration,
+        /// Every shard of the request that had not reached its watermark.
+        lagging: Vec<ShardId>,
     },
     /// Overloaded, shutting down, or a dependency (Kafka) is unreachable.
     #[error("{0}")]
@@ -87,12 +89,23 @@ impl ServeError {
 impl From<ServeError> for tonic::Status {
     fn from(e: ServeError) -> Self {
         let mut status = e.code().to_status(e.to_string());
-        if let ServeError::WrongShard { epoch, .. } = e
-            && let Ok(v) = epoch.to_string().parse()
-        {
-            status
-                .metadata_mut()
-                .insert(quiver_proto::error::EPOCH_METADATA_KEY, v);
+        match e {
+            ServeError::WrongShard { epoch, .. } => {
+                if let Ok(v) = epoch.to_string().parse() {
+                    status
+                        .metadata_mut()
+                        .insert(quiver_proto::error::EPOCH_METADATA_KEY, v);
+                }
+            }
+            ServeError::Behind { lagging, .. } => {
+                let ids: Vec<String> = lagging.iter().map(|s| s.0.to_string()).collect();
+                if let Ok(v) = ids.join(",").parse() {
+                    status
+                        .metadata_mut()
+                        .insert(quiver_proto::error::BEHIND_SHARDS_METADATA_KEY, v);
+                }
+            }
+            _ => {}
         }
         status
     }
