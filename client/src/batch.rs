@@ -367,7 +367,12 @@ impl<'a> Call<'a> {
             }
             recovery @ (Recovery::OtherReplica | Recovery::NodeDown) => {
                 self.note_failure(&g, &e);
-                if !self.inner.withdraw() {
+                // The first re-route after BEHIND is a routing correction, like WRONG_SHARD:
+                // the session needs an offset this replica has not applied yet and another
+                // replica usually has (replicas ingest independently). Free, so a client
+                // reading while replicas catch up does not spend its budget; later ones pay.
+                let correction = round == 0 && e.code() == Some(ErrorCode::Behind);
+                if !correction && !self.inner.withdraw() {
                     return Err(ClientError::BudgetExhausted(Box::new(e)));
                 }
                 // Behind on some shards: only those move; the node keeps the others.
