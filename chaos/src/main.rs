@@ -88,6 +88,9 @@ struct RunArgs {
     /// Run directory (default: /var/tmp/quiver-chaos/runs/<scenario>-<seed>).
     #[arg(long, env = "QUIVER_CHAOS_OUT")]
     out: Option<PathBuf>,
+    /// Also write every write and read to history.json in the run directory.
+    #[arg(long, env = "QUIVER_CHAOS_SAVE_HISTORY")]
+    save_history: bool,
 }
 
 fn main() -> ExitCode {
@@ -179,6 +182,7 @@ fn run_cmd(a: RunArgs) -> anyhow::Result<bool> {
         min_success: a.min_success,
         out,
         command,
+        save_history: a.save_history,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

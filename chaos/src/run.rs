@@ -59,6 +59,9 @@ pub struct RunSpec {
     pub out: PathBuf,
     /// The command that repeats the run.
     pub command: String,
+    /// Also write every write and read to `history.json` (large: for debugging a
+    /// violation).
+    pub save_history: bool,
 }
 
 fn lock(c: &Mutex<ChaosCluster>) -> std::sync::MutexGuard<'_, ChaosCluster> {
@@ -279,5 +282,12 @@ async fn run_on(
         &spec.out,
     );
     report::write(&report, &history.reads)?;
+    if spec.save_history {
+        std::fs::write(
+            spec.out.join("history.json"),
+            serde_json::to_string(&history)?,
+        )
+        .context("write history.json")?;
+    }
     Ok(report)
 }

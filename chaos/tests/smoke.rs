@@ -34,6 +34,7 @@ fn spec(scenario: &str, seed: u64) -> RunSpec {
         dead_after: Duration::from_secs(3),
         min_success: 0.999,
         out,
+        save_history: false,
         command: format!(
             "quiver-chaos run --scenario {scenario} --duration 22s --hold 5s --quiet 6s --seed {seed}"
         ),
@@ -62,7 +63,19 @@ async fn smoke_set_passes_every_check() {
         assert!(report.counts.kafka_acked > 500 && report.counts.push_acked > 500);
         assert!(report.verdict.keys_checked > 500);
         assert!(report.verdict.final_reads_checked >= 2 * 2000);
-        assert!(report.files.json.exists() && report.files.timeline.exists());
+        // The report files are well-formed: the JSON parses with its sections, the
+        // Markdown names the verdict, the SVG is one closed document.
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&report.files.json).unwrap()).unwrap();
+        for section in ["parameters", "verdict", "availability", "latency", "faults"] {
+            assert!(json.get(section).is_some(), "report.json lacks {section}");
+        }
+        assert_eq!(json["parameters"]["seed"], seed);
+        let md = std::fs::read_to_string(&report.files.markdown).unwrap();
+        assert!(md.contains("## Invariants") && md.contains(&format!("seed {seed}")));
+        let svg = std::fs::read_to_string(&report.files.timeline).unwrap();
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert!(svg.contains("<polyline") && svg.contains(scenario));
         if !report.passed {
             failed.push(format!("{scenario}: {}", report.failures.join("; ")));
         }

@@ -25,9 +25,12 @@ impl ControlPlane {
             }
             let is_leader = self.raft.metrics().borrow().state == ServerState::Leader;
             if is_leader && !was_leader {
-                // A new leader has no heartbeat history: give every live member a full grace
-                // period. Not the dead ones: "seen" now, they were declared back, placed, and
-                // declared dead again a grace period later (found by the chaos suite).
+                // A new leader's heartbeat history is missing or stale (from an earlier term
+                // it led): give every live member a fresh, full grace period. Keeping stale
+                // entries declared live nodes dead the moment leadership came back (found
+                // by the chaos suite's kill-leader scenario: their replicas were dropped and
+                // shards left without a Serving replica). Not the dead ones: "seen" now,
+                // they were declared back, placed, and declared dead again.
                 let state = self.state();
                 let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
                 for id in state
@@ -36,10 +39,13 @@ impl ControlPlane {
                     .filter(|m| m.status != MemberStatus::Dead)
                     .map(|m| &m.id)
                 {
-                    seen.entry(*id).or_insert(Seen {
-                        at: Instant::now(),
-                        replicas: HashMap::new(),
-                    });
+                    seen.insert(
+                        *id,
+                        Seen {
+                            at: Instant::now(),
+                            replicas: HashMap::new(),
+                        },
+                    );
                 }
                 info!("became control-plane leader");
             }
