@@ -269,6 +269,40 @@ fn error_kind(e: &quiver_client::ClientError) -> String {
     text.chars().take(160).collect()
 }
 
+/// Starts `write()` `rate` times per second until cancelled, with at most `inflight`
+/// writes outstanding (the rate drops rather than memory growing when the cluster
+/// stalls), then waits at most `drain` for the outstanding ones.
+async fn paced<F, Fut>(
+    rate: f64,
+    inflight: usize,
+    drain: Duration,
+    cancel: CancellationToken,
+    mut write: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let permits = Arc::new(Semaphore::new(inflight));
+    let mut tasks = JoinSet::new();
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            break;
+        };
+        let one = write();
+        tasks.spawn(async move {
+            one.await;
+            drop(permit);
+        });
+        while tasks.try_join_next().is_some() {}
+    }
+    let _ = tokio::time::timeout(drain, async { while tasks.join_next().await.is_some() {} }).await;
+}
+
 /// Writes through Kafka at `rate` per second until cancelled, then waits (bounded) for
 /// the outstanding acknowledgements.
 ///
@@ -290,17 +324,7 @@ pub async fn kafka_writer(
         .set("message.timeout.ms", "30000")
         .create()?;
     let mut rng = Rng::new(spec.seed ^ 0x006B_6166_6B61);
-    let inflight = Arc::new(Semaphore::new(1024));
-    let mut sends = JoinSet::new();
-    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
-    loop {
-        tokio::select! {
-            () = cancel.cancelled() => break,
-            _ = tick.tick() => {}
-        }
-        let Ok(permit) = inflight.clone().acquire_owned().await else {
-            break;
-        };
+    paced(rate, 1024, Duration::from_secs(40), cancel, || {
         let key = rng.below(u64::from(spec.keys)) as u32;
         let (index, seq) = rec.begin_write(key, Via::Kafka);
         let payload = serde_json::json!({
@@ -310,7 +334,7 @@ pub async fn kafka_writer(
         })
         .to_string();
         let (producer, rec) = (producer.clone(), rec.clone());
-        sends.spawn(async move {
+        async move {
             let name = key_name(key);
             let r = producer
                 .send(
@@ -327,12 +351,7 @@ pub async fn kafka_writer(
                     },
                 );
             }
-            drop(permit);
-        });
-        while sends.try_join_next().is_some() {}
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(40), async {
-        while sends.join_next().await.is_some() {}
+        }
     })
     .await;
     Ok(())
@@ -347,17 +366,7 @@ pub async fn push_writer(
     cancel: CancellationToken,
 ) {
     let mut rng = Rng::new(spec.seed ^ 0x7075_7368);
-    let inflight = Arc::new(Semaphore::new(16));
-    let mut pushes = JoinSet::new();
-    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
-    loop {
-        tokio::select! {
-            () = cancel.cancelled() => break,
-            _ = tick.tick() => {}
-        }
-        let Ok(permit) = inflight.clone().acquire_owned().await else {
-            break;
-        };
+    paced(rate, 16, Duration::from_secs(10), cancel, || {
         let key = rng.below(u64::from(spec.keys)) as u32;
         let (index, seq) = rec.begin_write(key, Via::Push);
         let row = PushRow::new(key_name(key))
@@ -365,7 +374,7 @@ pub async fn push_writer(
             .set("check", check_value(key, seq))
             .event_time_micros(rec.event_time(seq));
         let (client, rec) = (client.clone(), rec.clone());
-        pushes.spawn(async move {
+        async move {
             if let Ok(wm) = client.push(VIEW, [row]).await
                 && let Some((shard, _, next)) = wm.iter().find(|(_, t, _)| *t == TOPIC)
             {
@@ -377,9 +386,7 @@ pub async fn push_writer(
                     },
                 );
             }
-            drop(permit);
-        });
-        while pushes.try_join_next().is_some() {}
-    }
-    while pushes.join_next().await.is_some() {}
+        }
+    })
+    .await;
 }

@@ -363,7 +363,11 @@ async fn run_follow_loop(
         if let Err(e) = shards.reconcile(&desired, true).await {
             warn!(error = %e, "shard reconcile failed; retrying");
         }
-        control.set_local_reports(shards.reports().await);
+        let mut reports = shards.reports().await;
+        for r in &mut reports {
+            r.epoch = state.epoch;
+        }
+        control.set_local_reports(reports);
         tokio::select! {
             () = cancel.cancelled() => return,
             res = rx.changed() => if res.is_err() { return },

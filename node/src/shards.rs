@@ -236,6 +236,8 @@ impl ShardManager {
                     lag,
                     newest_event_time_micros: r.store.newest_event_time_micros(),
                     caught_up_pending,
+                    // Set by the caller, which knows the state it reconciled to.
+                    epoch: 0,
                 }
             })
             .collect()

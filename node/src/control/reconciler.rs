@@ -146,10 +146,14 @@ impl ControlPlane {
                 }
             }
             for r in &current {
+                // Only a report made after this replica was added speaks for it: a node
+                // that was frozen or partitioned still reports its old instance (found by
+                // the chaos suite's pause-node scenario: a fresh, empty replica was
+                // promoted on the strength of its predecessor's report).
                 let caught_up = seen
                     .get(&r.node)
                     .and_then(|s| s.replicas.get(shard))
-                    .is_some_and(|rep| rep.caught_up);
+                    .is_some_and(|rep| rep.caught_up && rep.epoch >= r.added_epoch);
                 // A Draining replica that placement wants again (membership flapped while
                 // it drained) goes back to Serving; left Draining it would never leave nor
                 // serve as desired, and the shard stayed short of R forever (found by the

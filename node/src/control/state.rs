@@ -68,6 +68,9 @@ pub struct Replica {
     pub node: u64,
     /// Its state.
     pub state: ReplicaState,
+    /// The epoch at which it was added: reports from before it describe another instance.
+    #[serde(default)]
+    pub added_epoch: u64,
 }
 
 /// Who changed a view and when.
@@ -250,11 +253,12 @@ impl ClusterState {
                 if reps.iter().any(|r| r.node == *node) {
                     return applied(self, vec![]);
                 }
+                self.epoch += 1;
                 reps.push(Replica {
                     node: *node,
                     state: ReplicaState::Bootstrapping,
+                    added_epoch: self.epoch,
                 });
-                self.epoch += 1;
                 applied(self, vec![])
             }
             Command::RemoveReplica { shard, node } => {
