@@ -10,14 +10,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use quiver_client::NodeClient;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::ChaosCluster;
 use crate::probe;
 use crate::rng::Rng;
-use crate::workload::Recorder;
+use crate::workload::{Recorder, lock};
 
 /// One kind of fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -140,10 +139,6 @@ pub struct Nemesis {
     rec: Arc<Recorder>,
     spec: NemesisSpec,
     rng: Rng,
-}
-
-fn lock(c: &Mutex<ChaosCluster>) -> std::sync::MutexGuard<'_, ChaosCluster> {
-    c.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Nemesis {
@@ -337,9 +332,7 @@ impl Nemesis {
         loop {
             if !drained {
                 for e in &endpoints {
-                    if let Ok(Ok(mut c)) =
-                        tokio::time::timeout(Duration::from_secs(2), NodeClient::connect(e.clone()))
-                            .await
+                    if let Some(mut c) = probe::connect(e).await
                         && c.drain_node(id).await.is_ok()
                     {
                         drained = true;

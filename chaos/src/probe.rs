@@ -15,7 +15,8 @@ use crate::workload::{decode_rows, key_name, lookup};
 
 const RPC_TIMEOUT: Duration = Duration::from_secs(2);
 
-async fn connect(endpoint: &str) -> Option<NodeClient> {
+/// Connects to one node, giving up after the RPC timeout (a partitioned node never answers).
+pub(crate) async fn connect(endpoint: &str) -> Option<NodeClient> {
     tokio::time::timeout(RPC_TIMEOUT, NodeClient::connect(endpoint.to_string()))
         .await
         .ok()?

@@ -24,17 +24,20 @@ pub struct Latency {
     pub max_ms: f64,
 }
 
+/// The `p`-th percentile of `sorted` latencies (µs), in ms; 0 when empty.
+fn percentile_ms(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[i.clamp(1, sorted.len()) - 1] as f64 / 1000.0
+}
+
 impl Latency {
     fn of<'a>(reads: impl Iterator<Item = &'a Read>) -> Self {
         let mut l: Vec<u64> = reads.map(|r| r.latency_us).collect();
         l.sort_unstable();
-        let pct = |p: f64| {
-            if l.is_empty() {
-                return 0.0;
-            }
-            let i = ((p / 100.0) * l.len() as f64).ceil() as usize;
-            l[i.clamp(1, l.len()) - 1] as f64 / 1000.0
-        };
+        let pct = |p: f64| percentile_ms(&l, p);
         Latency {
             count: l.len(),
             p50_ms: pct(50.0),
@@ -523,8 +526,7 @@ pub fn timeline(r: &Report, reads: &[Read]) -> String {
         }
         let mut l = lat.clone();
         l.sort_unstable();
-        let p99 =
-            l[((l.len() as f64 * 0.99).ceil() as usize).clamp(1, l.len()) - 1] as f64 / 1000.0;
+        let p99 = percentile_ms(&l, 99.0);
         let _ = write!(points, "{:.1},{:.1} ", x((i as f64 + 0.5) * 1e6), y(p99));
     }
     let _ = writeln!(

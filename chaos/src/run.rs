@@ -16,7 +16,7 @@ use crate::cluster::{ChaosCluster, ClusterSpec};
 use crate::nemesis::{Fault, Nemesis, NemesisSpec};
 use crate::probe;
 use crate::report::{self, Parameters, Report};
-use crate::workload::{self, Recorder, WorkloadSpec};
+use crate::workload::{self, Recorder, WorkloadSpec, lock};
 
 /// Everything a run needs.
 #[derive(Debug, Clone)]
@@ -62,10 +62,6 @@ pub struct RunSpec {
     /// Also write every write and read to `history.json` (large: for debugging a
     /// violation).
     pub save_history: bool,
-}
-
-fn lock(c: &Mutex<ChaosCluster>) -> std::sync::MutexGuard<'_, ChaosCluster> {
-    c.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 async fn interruptible<T>(

@@ -104,11 +104,6 @@ impl Recorder {
         }
     }
 
-    /// When the run started.
-    pub fn start(&self) -> Instant {
-        self.start
-    }
-
     /// Microseconds since the start at `t`.
     pub fn micros(&self, t: Instant) -> u64 {
         t.saturating_duration_since(self.start).as_micros() as u64
@@ -143,18 +138,6 @@ impl Recorder {
         lock(&self.acked).clone()
     }
 
-    /// Counts: (attempted, acknowledged) writes and lookups so far.
-    pub fn counts(&self) -> (usize, usize, usize) {
-        let w = lock(&self.writes);
-        let acked = w.iter().filter(|w| w.acked.is_some()).count();
-        (w.len(), acked, lock(&self.reads).len())
-    }
-
-    /// The lookups recorded so far (copied).
-    pub fn reads(&self) -> Vec<Read> {
-        lock(&self.reads).clone()
-    }
-
     /// The history so far (the final reads are added by the caller).
     pub fn history(&self) -> History {
         History {
@@ -172,7 +155,8 @@ impl Default for Recorder {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// Locks `m`, carrying on past a poisoned lock (the data is append-only records).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
