@@ -229,6 +229,7 @@ mod tests {
 
     fn write(key: u32, seq: i64, acked: bool) -> Write {
         Write {
+            error: None,
             key,
             seq,
             via: Via::Kafka,

@@ -31,6 +31,8 @@ pub struct Write {
     /// The acknowledgement: shard and the next offset after the record, or `None` when
     /// the write failed or timed out (it may still have been written).
     pub acked: Option<Ack>,
+    /// Why it was not acknowledged, when the writer got an error (short form).
+    pub error: Option<String>,
 }
 
 /// An acknowledged write's position.

@@ -23,6 +23,40 @@ pub(crate) async fn connect(endpoint: &str) -> Option<NodeClient> {
         .ok()
 }
 
+/// Waits until every one of `endpoints` knows `view` (the registry reaches each node
+/// through the Raft log a little after the leader commits it), up to `timeout`.
+///
+/// # Errors
+/// The nodes that still did not know it.
+pub async fn wait_view(endpoints: &[String], view: &str, timeout: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    let mut missing: Vec<&String> = endpoints.iter().collect();
+    while !missing.is_empty() {
+        let mut still = Vec::new();
+        for e in missing {
+            let known = match connect(e).await {
+                Some(mut c) => matches!(
+                    tokio::time::timeout(RPC_TIMEOUT, c.describe_view(view)).await,
+                    Ok(Ok(_))
+                ),
+                None => false,
+            };
+            if !known {
+                still.push(e);
+            }
+        }
+        missing = still;
+        if missing.is_empty() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("view {view:?} unknown on {missing:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
 /// The cluster map from the first of `endpoints` that answers.
 pub async fn cluster_map(endpoints: &[String]) -> Option<ClusterMap> {
     for e in endpoints {

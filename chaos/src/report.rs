@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::Serialize;
 
+use crate::audit::BrokerAudit;
 use crate::checker::Verdict;
 use crate::history::{History, Read, Via};
 use crate::nemesis::FaultRecord;
@@ -102,8 +103,10 @@ pub struct Counts {
     pub lookups: usize,
     /// Failed lookups.
     pub lookups_failed: usize,
-    /// The most frequent errors (kind, count).
+    /// The most frequent lookup errors (kind, count).
     pub top_errors: Vec<(String, usize)>,
+    /// The most frequent write errors (kind, count).
+    pub top_write_errors: Vec<(String, usize)>,
 }
 
 /// The run's parameters.
@@ -162,6 +165,8 @@ pub struct Report {
     pub final_catch_up_ms: Option<f64>,
     /// Nodes that exited on their own, and log lines that report a panic.
     pub crashes: Vec<String>,
+    /// The broker's log read back against every acknowledged write (`None`: not run).
+    pub broker_audit: Option<BrokerAudit>,
     /// Where the files are.
     pub files: Files,
 }
@@ -181,6 +186,21 @@ pub struct Files {
 
 fn window_end(f: &FaultRecord) -> u64 {
     f.recovered_us.unwrap_or(f.heal_us)
+}
+
+/// The five most frequent of `errors`, with their counts.
+fn most_frequent<'a>(errors: impl Iterator<Item = &'a str>) -> Vec<(String, usize)> {
+    let mut counts: std::collections::BTreeMap<&str, usize> = Default::default();
+    for e in errors {
+        *counts.entry(e).or_default() += 1;
+    }
+    let mut top: Vec<(String, usize)> = counts
+        .into_iter()
+        .map(|(e, n)| (e.to_string(), n))
+        .collect();
+    top.sort_by_key(|e| std::cmp::Reverse(e.1));
+    top.truncate(5);
+    top
 }
 
 /// Builds the report from the history and the faults; `failures` are the harness's own
@@ -256,16 +276,8 @@ pub fn build(
         longest_gap_at_s: at as f64 / 1e6,
     };
 
-    let mut errors: std::collections::BTreeMap<&str, usize> = Default::default();
-    for e in reads.iter().filter_map(|r| r.error.as_deref()) {
-        *errors.entry(e).or_default() += 1;
-    }
-    let mut top_errors: Vec<(String, usize)> = errors
-        .into_iter()
-        .map(|(e, n)| (e.to_string(), n))
-        .collect();
-    top_errors.sort_by_key(|e| std::cmp::Reverse(e.1));
-    top_errors.truncate(5);
+    let top_errors = most_frequent(reads.iter().filter_map(|r| r.error.as_deref()));
+    let top_write_errors = most_frequent(history.writes.iter().filter_map(|w| w.error.as_deref()));
     let by = |via: Via, acked: bool| {
         history
             .writes
@@ -281,6 +293,7 @@ pub fn build(
         lookups: reads.len(),
         lookups_failed: reads.len() - ok,
         top_errors,
+        top_write_errors,
     };
 
     let mut failures = Vec::new();
@@ -321,6 +334,7 @@ pub fn build(
         faults,
         final_catch_up_ms,
         crashes,
+        broker_audit: None,
         files: Files {
             json: out.join("report.json"),
             markdown: out.join("report.md"),
@@ -400,6 +414,12 @@ pub fn markdown(r: &Report) -> String {
     for (e, n) in &c.top_errors {
         let _ = writeln!(s, "  - {n} × {e}");
     }
+    if !c.top_write_errors.is_empty() {
+        let _ = writeln!(s, "- write errors:");
+        for (e, n) in &c.top_write_errors {
+            let _ = writeln!(s, "  - {n} × {e}");
+        }
+    }
     let _ = writeln!(
         s,
         "- longest gap between successful answers: {:.0} ms (at {:.1} s)",
@@ -453,8 +473,43 @@ pub fn markdown(r: &Report) -> String {
             let _ = writeln!(s, "- {c}");
         }
     }
+    if let Some(a) = &r.broker_audit {
+        let _ = writeln!(
+            s,
+            "Broker audit: {} records read back; {} acknowledged writes checked at their offsets, {} not found.\n",
+            a.records, a.checked, a.missing_count
+        );
+        for m in &a.missing {
+            let _ = writeln!(s, "- {m}");
+        }
+    }
     let _ = writeln!(s, "Timeline: `timeline.svg`; node logs: `nodes/`.");
     s
+}
+
+impl Report {
+    /// Adds the broker audit; a write the broker does not hold where it was acknowledged,
+    /// or a partition that could not be read back, fails the run (nothing else it proved
+    /// can be trusted then).
+    pub fn attach_audit(&mut self, audit: Result<BrokerAudit, String>) {
+        match &audit {
+            Ok(a) if a.ok() => {}
+            Ok(a) => {
+                if a.missing_count > 0 {
+                    self.failures.push(format!(
+                        "broker audit: {} of {} acknowledged writes are not in the broker's log at their offset",
+                        a.missing_count, a.checked
+                    ));
+                }
+                for p in &a.incomplete {
+                    self.failures.push(format!("broker audit: {p}"));
+                }
+            }
+            Err(e) => self.failures.push(format!("broker audit failed: {e}")),
+        }
+        self.broker_audit = audit.ok();
+        self.passed = self.failures.is_empty();
+    }
 }
 
 /// The SVG timeline: per second, p99 latency (log scale, line) and the failed share (red

@@ -11,6 +11,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use crate::audit;
 use crate::checker;
 use crate::cluster::{ChaosCluster, ClusterSpec};
 use crate::nemesis::{Fault, Nemesis, NemesisSpec};
@@ -127,6 +128,12 @@ async fn run_on(
         .apply_definitions(workload::definitions(), false)
         .await
         .context("register the workload's view")?;
+    interruptible(
+        cancel,
+        probe::wait_view(&endpoints, workload::VIEW, Duration::from_secs(30)),
+    )
+    .await?
+    .map_err(|e| anyhow::anyhow!("the view did not reach every node: {e}"))?;
     info!(nodes = ?up, "cluster is Serving; starting the workload");
 
     let rec = Arc::new(Recorder::new());
@@ -226,6 +233,7 @@ async fn run_on(
         }
     };
     let mut history = rec.history();
+    let bootstrap = lock(cluster).bootstrap();
     history.final_reads = interruptible(
         cancel,
         probe::final_reads(&endpoints, spec.keys, &acked, spec.recovery_timeout),
@@ -268,7 +276,15 @@ async fn run_on(
         min_success: spec.min_success,
         command: spec.command.clone(),
     };
-    let report = report::build(
+    let audit = {
+        let (writes, shards) = (history.writes.clone(), spec.shards);
+        let timeout = spec.recovery_timeout;
+        tokio::task::spawn_blocking(move || audit::audit(&bootstrap, shards, &writes, timeout))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| format!("{e:#}")))
+    };
+    let mut report = report::build(
         parameters,
         &history,
         verdict,
@@ -277,6 +293,7 @@ async fn run_on(
         crashes,
         &spec.out,
     );
+    report.attach_audit(audit);
     report::write(&report, &history.reads)?;
     if spec.save_history {
         std::fs::write(

@@ -118,6 +118,7 @@ impl Recorder {
             via,
             sent_us: self.micros(Instant::now()),
             acked: None,
+            error: None,
         });
         (w.len() - 1, seq)
     }
@@ -127,6 +128,10 @@ impl Recorder {
         let mut a = lock(&self.acked);
         let e = a.entry(ack.shard).or_insert(ack.next_offset);
         *e = (*e).max(ack.next_offset);
+    }
+
+    fn fail(&self, index: usize, error: String) {
+        lock(&self.writes)[index].error = Some(error);
     }
 
     fn event_time(&self, seq: i64) -> i64 {
@@ -249,7 +254,11 @@ pub async fn reader(
 }
 
 fn error_kind(e: &quiver_client::ClientError) -> String {
-    let text = e.to_string();
+    short(&e.to_string())
+}
+
+/// An error's text cut to a length that groups well in the report.
+fn short(text: &str) -> String {
     text.chars().take(160).collect()
 }
 
@@ -326,14 +335,15 @@ pub async fn kafka_writer(
                     Duration::from_secs(30),
                 )
                 .await;
-            if let Ok(d) = r {
-                rec.ack(
+            match r {
+                Ok(d) => rec.ack(
                     index,
                     Ack {
                         shard: d.partition as u32,
                         next_offset: d.offset + 1,
                     },
-                );
+                ),
+                Err((e, _)) => rec.fail(index, short(&e.to_string())),
             }
         }
     })
@@ -359,16 +369,18 @@ pub async fn push_writer(
             .event_time_micros(rec.event_time(seq));
         let (client, rec) = (client.clone(), rec.clone());
         async move {
-            if let Ok(wm) = client.push(VIEW, [row]).await
-                && let Some((shard, _, next)) = wm.iter().find(|(_, t, _)| *t == TOPIC)
-            {
-                rec.ack(
-                    index,
-                    Ack {
-                        shard,
-                        next_offset: next,
-                    },
-                );
+            match client.push(VIEW, [row]).await {
+                Ok(wm) => match wm.iter().find(|(_, t, _)| *t == TOPIC) {
+                    Some((shard, _, next)) => rec.ack(
+                        index,
+                        Ack {
+                            shard,
+                            next_offset: next,
+                        },
+                    ),
+                    None => rec.fail(index, "push answered without a watermark".into()),
+                },
+                Err(e) => rec.fail(index, error_kind(&e)),
             }
         }
     })

@@ -149,7 +149,14 @@ impl<'a> Call<'a> {
         let mut refreshed = false;
         loop {
             let table = self.inner.map.current();
-            let err = match route(&table, shards, &self.inner.pool, excluded, &self.inner.rng) {
+            let err = match route(
+                &table,
+                shards,
+                &self.inner.pool,
+                excluded,
+                &self.inner.lagging,
+                &self.inner.rng,
+            ) {
                 Ok(groups) => return Ok(groups),
                 Err(e) => e,
             };
@@ -182,6 +189,11 @@ impl<'a> Call<'a> {
             feature_service: self.feature_service.to_owned(),
             entity_keys,
             min_watermarks: self.inner.session.minimums(&g.shards, self.extra),
+            watermark_wait_ms: self
+                .inner
+                .lagging
+                .wait_for(g.node.id, &g.shards)
+                .map_or(0, |d| d.as_millis().max(1) as u32),
         };
         (req, keys)
     }
@@ -223,6 +235,7 @@ impl<'a> Call<'a> {
                     g.node.on_success(self.inner.config.breaker_cooldown);
                     self.inner.hedge.record(keys.len(), started.elapsed());
                     self.inner.session.observe(&resp.watermarks);
+                    self.inner.lagging.served(g.node.id, &g.shards);
                     Ok(Part { resp, keys })
                 } else {
                     Err(ClientError::Rpc(tonic::Status::internal(format!(
@@ -371,7 +384,11 @@ impl<'a> Call<'a> {
                 // the session needs an offset this replica has not applied yet and another
                 // replica usually has (replicas ingest independently). Free, so a client
                 // reading while replicas catch up does not spend its budget; later ones pay.
-                let correction = round == 0 && e.code() == Some(ErrorCode::Behind);
+                // So is BEHIND from a replica probed with a short wait because it lagged
+                // recently: the node answered without waiting, so the probe cost it little.
+                let behind = e.code() == Some(ErrorCode::Behind);
+                let probe = self.inner.lagging.wait_for(g.node.id, &g.shards).is_some();
+                let correction = behind && (round == 0 || probe);
                 if !correction && !self.inner.withdraw() {
                     return Err(ClientError::BudgetExhausted(Box::new(e)));
                 }
@@ -387,6 +404,7 @@ impl<'a> Call<'a> {
                 } else {
                     for shard in lagging {
                         excluded.replica(g.node.id, shard);
+                        self.inner.lagging.note(g.node.id, shard);
                     }
                 }
                 if recovery == Recovery::NodeDown {

@@ -11,6 +11,7 @@ use crate::batch::Call;
 use crate::config::{ClientBuilder, ClientConfig};
 use crate::error::ClientError;
 use crate::hedge::HedgePolicy;
+use crate::lagging::LaggingReplicas;
 use crate::lookup::{Lookup, LookupResult};
 use crate::metrics as m;
 use crate::pool::NodePool;
@@ -31,6 +32,8 @@ pub(crate) struct Inner {
     pub(crate) session: SessionWatermarks,
     pub(crate) hedge: HedgePolicy,
     pub(crate) budget: Budget,
+    /// Replicas that recently answered BEHIND to this session.
+    pub(crate) lagging: LaggingReplicas,
     pub(crate) stats: Arc<Stats>,
     pub(crate) rng: Rng,
     /// Stops the cluster-map watcher when the last clone is dropped.
@@ -110,6 +113,7 @@ impl Client {
                 map,
                 schema,
                 session: SessionWatermarks::default(),
+                lagging: LaggingReplicas::default(),
                 stats,
                 _watcher: cancel.drop_guard(),
             }),

@@ -57,6 +57,7 @@ mod client;
 pub mod config;
 pub mod error;
 mod hedge;
+mod lagging;
 pub mod lookup;
 pub mod metrics;
 mod node_client;

@@ -72,6 +72,7 @@ impl Lookup {
             feature_service: self.feature_service,
             entity_keys: self.keys,
             min_watermarks: self.min_watermarks.to_wire(None),
+            watermark_wait_ms: 0,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Rows to push, and the push call: validated against the cached schema, sent to any
-//! healthy node (which produces them into the partitions of their keys' shards), retried
-//! on another node if that one is down.
+//! node (which produces them into the partitions of their keys' shards) — healthy nodes
+//! first, by the same circuit breakers as lookups — and retried on another node if that
+//! one is down.
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
@@ -11,6 +12,7 @@ use quiver_proto::v1::{self, EntityKey, PushRequest, Value};
 use crate::client::Inner;
 use crate::error::ClientError;
 use crate::retry::Recovery;
+use crate::router::choose_any;
 use crate::watermark::Watermarks;
 
 /// One row to push: an entity key, an event time and feature values by name.
@@ -88,24 +90,17 @@ pub(crate) async fn push(
     let mut excluded: HashSet<u64> = HashSet::new();
     loop {
         let table = inner.map.current();
-        let mut candidates: Vec<u64> = table
-            .addrs
-            .keys()
-            .copied()
-            .filter(|n| !excluded.contains(n))
-            .collect();
-        if candidates.is_empty() {
-            // Every node failed once: give them another chance after a pause.
-            excluded.clear();
-            candidates = table.addrs.keys().copied().collect();
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-        if candidates.is_empty() {
-            return Err(ClientError::NoReplica(0));
-        }
-        candidates.sort_unstable();
-        let id = candidates[inner.rng.below(candidates.len())];
-        let node = inner.pool.node(id, &table.addrs[&id])?;
+        let node = match choose_any(&table, &inner.pool, &excluded, &inner.rng)? {
+            Some(node) => node,
+            None if excluded.is_empty() => return Err(ClientError::NoReplica(0)),
+            None => {
+                // Every node failed once: give them another chance after a pause.
+                excluded.clear();
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let id = node.id;
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
             return Err(ClientError::DeadlineExceeded {

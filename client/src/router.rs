@@ -11,6 +11,7 @@ use std::time::Instant;
 use quiver_proto::v1::EntityKey;
 
 use crate::error::ClientError;
+use crate::lagging::LaggingReplicas;
 use crate::pool::{Admission, NodeHandle, NodePool};
 use crate::shard_map_cache::RoutingTable;
 
@@ -132,44 +133,87 @@ impl Excluded {
     }
 }
 
-/// Chooses a replica of `shard` not in `excluded`. Healthy nodes first; a node whose
-/// breaker allows a probe is used only if it wins the probe slot; open breakers only as a
-/// last resort.
+/// Chooses a replica of `shard` not in `excluded`. Healthy nodes first (replicas that
+/// recently answered BEHIND after the others); a node whose breaker allows a probe is used
+/// only if it wins the probe slot; open breakers only as a last resort.
 pub(crate) fn choose(
     table: &RoutingTable,
     shard: u32,
     pool: &NodePool,
     excluded: &Excluded,
+    lagging: &LaggingReplicas,
     rng: &Rng,
 ) -> Result<Arc<NodeHandle>, ClientError> {
     let replicas = table
         .shards
         .get(shard as usize)
         .ok_or(ClientError::NoReplica(shard))?;
-    let now = Instant::now();
-    let mut healthy = Vec::with_capacity(replicas.len());
-    let mut denied = Vec::new();
-    for r in replicas
+    let candidates = replicas
         .iter()
         .filter(|r| r.servable && !excluded.contains(r.node, shard))
-    {
-        let Some(addr) = table.addrs.get(&r.node) else {
+        .map(|r| r.node);
+    let now = Instant::now();
+    pick(table, candidates, pool, rng, |id| {
+        lagging.avoid(id, shard, now)
+    })?
+    .ok_or(ClientError::NoReplica(shard))
+}
+
+/// Chooses any node of the map not in `excluded` (for requests every node can serve,
+/// such as pushes), with the same preference for healthy nodes as [`choose`].
+pub(crate) fn choose_any(
+    table: &RoutingTable,
+    pool: &NodePool,
+    excluded: &HashSet<u64>,
+    rng: &Rng,
+) -> Result<Option<Arc<NodeHandle>>, ClientError> {
+    let mut ids: Vec<u64> = table
+        .addrs
+        .keys()
+        .copied()
+        .filter(|n| !excluded.contains(n))
+        .collect();
+    // The map's order is a hash order: sorted, a seeded rng chooses reproducibly.
+    ids.sort_unstable();
+    pick(table, ids.into_iter(), pool, rng, |_| false)
+}
+
+/// Ranks `candidates` by their breakers: closed ones by power of two choices (those
+/// `behind` says to avoid only if no other is closed), else the first whose probe slot
+/// this request wins, else (last resort) an open one.
+fn pick(
+    table: &RoutingTable,
+    candidates: impl Iterator<Item = u64>,
+    pool: &NodePool,
+    rng: &Rng,
+    behind: impl Fn(u64) -> bool,
+) -> Result<Option<Arc<NodeHandle>>, ClientError> {
+    let now = Instant::now();
+    let mut healthy = Vec::new();
+    let mut lagging = Vec::new();
+    let mut denied = Vec::new();
+    for id in candidates {
+        let Some(addr) = table.addrs.get(&id) else {
             continue;
         };
-        let node = pool.node(r.node, addr)?;
+        let node = pool.node(id, addr)?;
         match node.admission(now) {
+            Admission::Allow if behind(id) => lagging.push(node),
             Admission::Allow => healthy.push(node),
-            Admission::Probe if node.claim_probe(now) => return Ok(node),
+            Admission::Probe if node.claim_probe(now) => return Ok(Some(node)),
             Admission::Probe | Admission::Deny => denied.push(node),
         }
     }
     if !healthy.is_empty() {
-        return Ok(power_of_two(rng, &healthy));
+        return Ok(Some(power_of_two(rng, &healthy)));
+    }
+    if !lagging.is_empty() {
+        return Ok(Some(power_of_two(rng, &lagging)));
     }
     if !denied.is_empty() {
-        return Ok(power_of_two(rng, &denied));
+        return Ok(Some(power_of_two(rng, &denied)));
     }
-    Err(ClientError::NoReplica(shard))
+    Ok(None)
 }
 
 /// Assigns each shard a replica and groups the shards per node.
@@ -178,11 +222,12 @@ pub(crate) fn route(
     shards: &[u32],
     pool: &NodePool,
     excluded: &Excluded,
+    lagging: &LaggingReplicas,
     rng: &Rng,
 ) -> Result<Vec<Group>, ClientError> {
     let mut groups: Vec<Group> = Vec::new();
     for &shard in shards {
-        let node = choose(table, shard, pool, excluded, rng)?;
+        let node = choose(table, shard, pool, excluded, lagging, rng)?;
         match groups.iter_mut().find(|g| g.node.id == node.id) {
             Some(g) => g.shards.push(shard),
             None => groups.push(Group {
@@ -252,19 +297,63 @@ mod tests {
         let _load: Vec<_> = (0..5).map(|_| busy.begin()).collect();
         for _ in 0..50 {
             assert_eq!(
-                choose(&t, 0, &pool, &Excluded::default(), &rng).unwrap().id,
+                choose(
+                    &t,
+                    0,
+                    &pool,
+                    &Excluded::default(),
+                    &LaggingReplicas::default(),
+                    &rng
+                )
+                .unwrap()
+                .id,
                 2
             );
         }
         // Exclusion wins over load; nothing left is an error.
         let mut ex = Excluded::default();
         ex.node(2);
-        assert_eq!(choose(&t, 0, &pool, &ex, &rng).unwrap().id, 1);
+        assert_eq!(
+            choose(&t, 0, &pool, &ex, &LaggingReplicas::default(), &rng)
+                .unwrap()
+                .id,
+            1
+        );
         ex.node(1);
         assert!(matches!(
-            choose(&t, 0, &pool, &ex, &rng),
+            choose(&t, 0, &pool, &ex, &LaggingReplicas::default(), &rng),
             Err(ClientError::NoReplica(0))
         ));
+    }
+
+    #[tokio::test]
+    async fn any_node_choice_skips_open_breakers_and_exclusions() {
+        // A push after a node left: the dead node's breaker is open, so pushes go to the
+        // others (found by chaos add-remove, where a push client kept choosing it).
+        let pool = NodePool::new(Duration::from_millis(10), Duration::from_secs(60));
+        let t = table(&[&[1, 2]]);
+        let rng = Rng::new(3);
+        let dead = pool.node(3, "127.0.0.1:1003").unwrap();
+        for _ in 0..3 {
+            dead.on_failure(3, Duration::from_secs(60));
+        }
+        let mut chosen = HashSet::new();
+        for _ in 0..100 {
+            let n = choose_any(&t, &pool, &HashSet::new(), &rng)
+                .unwrap()
+                .unwrap();
+            chosen.insert(n.id);
+        }
+        assert_eq!(
+            chosen,
+            HashSet::from([1, 2, 4]),
+            "every healthy node, never node 3"
+        );
+        // Only the dead node left: it is still tried (last resort); nothing left: None.
+        let ex: HashSet<u64> = HashSet::from([1, 2, 4]);
+        assert_eq!(choose_any(&t, &pool, &ex, &rng).unwrap().unwrap().id, 3);
+        let all: HashSet<u64> = HashSet::from([1, 2, 3, 4]);
+        assert!(choose_any(&t, &pool, &all, &rng).unwrap().is_none());
     }
 
     #[tokio::test]
@@ -278,14 +367,28 @@ mod tests {
         }
         for _ in 0..20 {
             assert_eq!(
-                choose(&t, 0, &pool, &Excluded::default(), &rng).unwrap().id,
+                choose(
+                    &t,
+                    0,
+                    &pool,
+                    &Excluded::default(),
+                    &LaggingReplicas::default(),
+                    &rng
+                )
+                .unwrap()
+                .id,
                 2
             );
         }
         // Last resort: the open node rather than nothing.
         let mut ex = Excluded::default();
         ex.node(2);
-        assert_eq!(choose(&t, 0, &pool, &ex, &rng).unwrap().id, 1);
+        assert_eq!(
+            choose(&t, 0, &pool, &ex, &LaggingReplicas::default(), &rng)
+                .unwrap()
+                .id,
+            1
+        );
     }
 
     #[tokio::test]
@@ -297,16 +400,58 @@ mod tests {
         let mut ex = Excluded::default();
         ex.replica(1, 0);
         for _ in 0..20 {
-            assert_eq!(choose(&t, 0, &pool, &ex, &rng).unwrap().id, 2);
-            assert_eq!(choose(&t, 1, &pool, &ex, &rng).unwrap().id, 1);
+            assert_eq!(
+                choose(&t, 0, &pool, &ex, &LaggingReplicas::default(), &rng)
+                    .unwrap()
+                    .id,
+                2
+            );
+            assert_eq!(
+                choose(&t, 1, &pool, &ex, &LaggingReplicas::default(), &rng)
+                    .unwrap()
+                    .id,
+                1
+            );
         }
+    }
+
+    #[tokio::test]
+    async fn a_replica_that_answered_behind_is_ranked_last_across_lookups() {
+        let pool = NodePool::new(Duration::from_millis(10), Duration::from_millis(10));
+        let t = table(&[&[1, 2], &[1, 2]]);
+        let rng = Rng::new(9);
+        let lagging = LaggingReplicas::default();
+        lagging.note(1, 0);
+        let none = Excluded::default();
+        let mut on_shard_1 = HashSet::new();
+        for _ in 0..50 {
+            assert_eq!(choose(&t, 0, &pool, &none, &lagging, &rng).unwrap().id, 2);
+            on_shard_1.insert(choose(&t, 1, &pool, &none, &lagging, &rng).unwrap().id);
+        }
+        assert_eq!(
+            on_shard_1,
+            HashSet::from([1, 2]),
+            "its other shard is unaffected"
+        );
+        // Still chosen when it is the only replica left: a preference, not an exclusion.
+        let mut ex = Excluded::default();
+        ex.node(2);
+        assert_eq!(choose(&t, 0, &pool, &ex, &lagging, &rng).unwrap().id, 1);
     }
 
     #[tokio::test]
     async fn route_groups_shards_per_node() {
         let pool = NodePool::new(Duration::from_millis(10), Duration::from_millis(10));
         let t = table(&[&[1], &[2], &[1], &[3]]);
-        let groups = route(&t, &[0, 1, 2, 3], &pool, &Excluded::default(), &Rng::new(3)).unwrap();
+        let groups = route(
+            &t,
+            &[0, 1, 2, 3],
+            &pool,
+            &Excluded::default(),
+            &LaggingReplicas::default(),
+            &Rng::new(3),
+        )
+        .unwrap();
         let mut g: Vec<(u64, Vec<u32>)> = groups
             .iter()
             .map(|g| (g.node.id, g.shards.clone()))

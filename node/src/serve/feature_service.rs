@@ -29,8 +29,18 @@ impl FeatureServiceImpl {
 
     /// Waits (bounded) until every shard the plan reads has reached the requested minimum
     /// watermark.
-    async fn await_watermarks(&self, plan: &LookupPlan) -> Result<(), ServeError> {
-        let max_wait = self.state.limits.max_watermark_wait;
+    /// `requested_ms` (the request's `watermark_wait_ms`) shortens the wait; 0 keeps the
+    /// node's limit.
+    async fn await_watermarks(
+        &self,
+        plan: &LookupPlan,
+        requested_ms: u32,
+    ) -> Result<(), ServeError> {
+        let limit = self.state.limits.max_watermark_wait;
+        let max_wait = match requested_ms {
+            0 => limit,
+            ms => limit.min(Duration::from_millis(u64::from(ms))),
+        };
         let deadline = tokio::time::Instant::now() + max_wait;
         for (shard, want) in plan.min_watermarks() {
             let store =
@@ -106,7 +116,7 @@ impl FeatureServiceImpl {
                 epoch: self.state.epoch(),
             });
         }
-        self.await_watermarks(&plan).await?;
+        self.await_watermarks(&plan, req.watermark_wait_ms).await?;
         counter!(m::SERVE_KEYS).increment(plan.key_count() as u64);
         let permit = self
             .state
