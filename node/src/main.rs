@@ -82,6 +82,9 @@ struct NodeArgs {
     /// ingest.lag_refresh_interval
     #[arg(long, env = "QUIVER_INGEST_LAG_REFRESH_INTERVAL", value_parser = humantime::parse_duration)]
     ingest_lag_refresh_interval: Option<Duration>,
+    /// ingest.gap_refetches (0: accept gaps in offsets at once)
+    #[arg(long, env = "QUIVER_INGEST_GAP_REFETCHES")]
+    ingest_gap_refetches: Option<u32>,
     /// storage.block_cache_mib
     #[arg(long, env = "QUIVER_BLOCK_CACHE_MIB")]
     block_cache_mib: Option<usize>,
@@ -188,6 +191,7 @@ fn apply_overrides(f: &mut NodeConfigFile, a: NodeArgs) -> anyhow::Result<()> {
         &mut f.ingest.lag_refresh_interval,
         a.ingest_lag_refresh_interval,
     );
+    set(&mut f.ingest.gap_refetches, a.ingest_gap_refetches);
     set(&mut f.storage.block_cache_mib, a.block_cache_mib);
     set(&mut f.storage.write_buffer_mib, a.write_buffer_mib);
     set(&mut f.storage.tombstone_retention, a.tombstone_retention);

@@ -24,6 +24,9 @@ pub const INGEST_MALFORMED: &str = "quiver_ingest_malformed_records_total";
 pub const INGEST_DEAD_LETTERS: &str = "quiver_ingest_dead_letters_total";
 /// Kafka consumer errors by `shard`.
 pub const INGEST_CONSUMER_ERRORS: &str = "quiver_ingest_consumer_errors_total";
+/// Records skipped over by the consumer (an offset above the next expected one), by
+/// `shard`: normal on compacted or transactional topics, a lost-record alarm otherwise.
+pub const INGEST_OFFSET_GAPS: &str = "quiver_ingest_offset_gap_records_total";
 /// Failed batch writes (retried) by `shard`.
 pub const INGEST_APPLY_ERRORS: &str = "quiver_ingest_apply_errors_total";
 /// Records behind the broker's high watermark, by `shard`.
@@ -75,6 +78,10 @@ pub fn describe() {
         "malformed records copied to the dead-letter topic by result"
     );
     describe_counter!(INGEST_CONSUMER_ERRORS, "kafka consumer errors by shard");
+    describe_counter!(
+        INGEST_OFFSET_GAPS,
+        "offsets skipped between consecutive consumed records by shard"
+    );
     describe_counter!(
         INGEST_APPLY_ERRORS,
         "failed (retried) ingest batch writes by shard"

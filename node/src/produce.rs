@@ -55,6 +55,9 @@ impl PushProducer {
             .set("acks", "all")
             // A push waits for its acknowledgement; batching delay would be pure latency.
             .set("linger.ms", "0")
+            // Pushes fail while the producer is disconnected: reconnect within a second of
+            // the broker's return, not librdkafka's default of up to 10 s.
+            .set("reconnect.backoff.max.ms", "1000")
             .set(
                 "message.timeout.ms",
                 delivery_timeout.as_millis().max(1).to_string(),

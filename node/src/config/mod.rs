@@ -161,6 +161,8 @@ pub struct IngestSection {
     /// High-watermark refresh period for the lag metric.
     #[serde(with = "humantime_serde")]
     pub lag_refresh_interval: Duration,
+    /// Re-reads of a gap in a partition's offsets before it is accepted (0: never re-read).
+    pub gap_refetches: u32,
 }
 
 /// `[storage]`
@@ -271,6 +273,7 @@ impl Default for IngestSection {
             max_batch_records: 2000,
             poll_timeout: Duration::from_millis(100),
             lag_refresh_interval: Duration::from_secs(5),
+            gap_refetches: 10,
         }
     }
 }

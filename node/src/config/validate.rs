@@ -238,6 +238,7 @@ impl NodeConfigFile {
                 max_batch_records: self.ingest.max_batch_records,
                 poll_timeout: self.ingest.poll_timeout,
                 lag_refresh_interval: self.ingest.lag_refresh_interval,
+                gap_refetches: self.ingest.gap_refetches,
                 dead_letter_topic,
                 node_id: self.node_id,
             },

@@ -37,6 +37,9 @@ pub struct IngestConfig {
     pub poll_timeout: Duration,
     /// How often the broker's high watermark is fetched for the lag metric.
     pub lag_refresh_interval: Duration,
+    /// How many times a gap in a partition's offsets is re-read before it is accepted as
+    /// genuine (compaction, transaction markers); 0 accepts gaps at once.
+    pub gap_refetches: u32,
     /// Topic that malformed records are copied to, if any.
     pub dead_letter_topic: Option<String>,
     /// Used in the (otherwise unused) consumer `group.id`, which librdkafka requires.

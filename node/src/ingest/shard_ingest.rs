@@ -126,6 +126,10 @@ pub fn spawn_shard_ingest(
         // librdkafka's default, became the skew between replicas) are bounded by this.
         // Overridable through kafka.properties.
         .set("fetch.wait.max.ms", "20")
+        // After a broker stall the in-flight requests time out and librdkafka reconnects
+        // with exponential backoff up to 10 s by default: a replica then stayed seconds
+        // behind its peers after the broker was back (chaos broker-pause). Capped at 1 s.
+        .set("reconnect.backoff.max.ms", "1000")
         .set(
             "client.id",
             format!("quiver-node-{}-shard-{}", config.node_id, shard),
@@ -154,6 +158,8 @@ pub fn spawn_shard_ingest(
         topics: Vec::new(),
         generation: None,
         last_lag_refresh: None,
+        consumer_next: HashMap::new(),
+        gap: HashMap::new(),
     };
     let loop_cancel = cancel.clone();
     let thread = std::thread::Builder::new()
@@ -205,6 +211,55 @@ struct ShardIngest {
     topics: Vec<String>,
     generation: Option<u64>,
     last_lag_refresh: Option<Instant>,
+    /// Per topic, the offset after the last record this consumer delivered (unknown after
+    /// an assignment from the beginning until the first record).
+    consumer_next: HashMap<String, i64>,
+    /// The offset gap being re-fetched, per topic: (expected, delivered, attempts so far).
+    gap: HashMap<String, (i64, i64, u32)>,
+}
+
+/// What a record's offset says about the consumer's position.
+#[derive(Debug, PartialEq, Eq)]
+enum Position {
+    /// The next record (or the first one seen).
+    InOrder,
+    /// Records were skipped: re-read from `expected`.
+    Refetch { expected: i64 },
+    /// Records were skipped and re-reading did not find them: a genuine gap.
+    AcceptGap { expected: i64 },
+}
+
+/// Judges `offset` against `expected` (the offset after the last delivered record) and the
+/// gap being re-fetched, updating the latter; a gap is re-read `refetches` times before it
+/// is accepted.
+///
+/// Why gaps are re-read: a broker may expose a high watermark before the records below it
+/// are readable (Tansu advances it before storing the batch). A fetch in between returns
+/// the later batches, and a consumer that trusts it skips the missing records forever:
+/// found by the chaos suite (a replica rebuilt under load lacked an acknowledged write).
+/// Re-reading from the expected offset finds them a moment later; a gap that persists is
+/// genuine (compaction, transaction markers) and is accepted.
+fn judge_offset(
+    expected: Option<i64>,
+    offset: i64,
+    gap: &mut Option<(i64, i64, u32)>,
+    refetches: u32,
+) -> Position {
+    let Some(expected) = expected.filter(|e| offset > *e) else {
+        *gap = None;
+        return Position::InOrder;
+    };
+    let attempts = match gap {
+        Some((e, o, n)) if *e == expected && *o == offset => *n,
+        _ => 0,
+    };
+    if attempts >= refetches {
+        *gap = None;
+        Position::AcceptGap { expected }
+    } else {
+        *gap = Some((expected, offset, attempts + 1));
+        Position::Refetch { expected }
+    }
 }
 
 impl ShardIngest {
@@ -247,9 +302,14 @@ impl ShardIngest {
         }
         let topics: Vec<String> = assigned.iter().map(|(t, _)| t.clone()).collect();
         let mut tpl = TopicPartitionList::new();
+        self.consumer_next.clear();
+        self.gap.clear();
         for (t, streams) in &self.streams {
             let start = match streams.iter().map(|s| s.next).min() {
-                Some(n) if n > 0 => Offset::Offset(n),
+                Some(n) if n > 0 => {
+                    self.consumer_next.insert(t.clone(), n);
+                    Offset::Offset(n)
+                }
                 _ => Offset::Beginning,
             };
             if let Err(e) = tpl.add_partition_offset(t, self.shard.0 as i32, start) {
@@ -296,6 +356,8 @@ impl ShardIngest {
         // Bounded by records, not row writes, so a run of malformed records (no writes)
         // still commits its offsets every `max_batch_records`.
         let mut records = 0;
+        // Set when a gap in offsets ends the batch: (topic, offset to re-read from).
+        let mut refetch: Option<(String, i64)> = None;
         while records < self.config.max_batch_records {
             let Some(item) = self.consumer.poll(timeout) else {
                 break;
@@ -314,11 +376,42 @@ impl ShardIngest {
                     continue;
                 }
             };
+            let topic = msg.topic();
+            let offset = msg.offset();
+            let mut gap = self.gap.remove(topic);
+            let position = judge_offset(
+                self.consumer_next.get(topic).copied(),
+                offset,
+                &mut gap,
+                self.config.gap_refetches,
+            );
+            if let Some(g) = gap {
+                self.gap.insert(topic.to_owned(), g);
+            }
+            match position {
+                Position::InOrder => {}
+                Position::Refetch { expected } => {
+                    // Not consumed: the batch ends here and the consumer goes back.
+                    debug!(topic, expected, offset, "offset gap; re-fetching");
+                    refetch = Some((topic.to_owned(), expected));
+                    break;
+                }
+                Position::AcceptGap { expected } => {
+                    counter!(m::INGEST_OFFSET_GAPS, "shard" => self.shard_label.clone())
+                        .increment((offset - expected) as u64);
+                    warn!(
+                        topic,
+                        expected,
+                        offset,
+                        refetches = self.config.gap_refetches,
+                        "offsets missing from the partition; continuing after them"
+                    );
+                }
+            }
+            self.consumer_next.insert(topic.to_owned(), offset + 1);
             records += 1;
             // A record after an end-of-partition event: the end moved on.
             eof = false;
-            let topic = msg.topic();
-            let offset = msg.offset();
             if !seen_topics.contains(topic) {
                 seen_topics.insert(topic.to_owned());
             }
@@ -390,6 +483,19 @@ impl ShardIngest {
             }
         }
         self.streams = streams;
+        if let Some((topic, expected)) = refetch {
+            // Purges what was prefetched after the gap and fetches again from it.
+            if let Err(e) = self.consumer.seek(
+                &topic,
+                self.shard.0 as i32,
+                Offset::Offset(expected),
+                Duration::from_secs(1),
+            ) {
+                warn!(topic, expected, error = %e, "seeking back to an offset gap failed");
+            }
+            // The missing records are usually being stored right now: give them a moment.
+            std::thread::sleep(Duration::from_millis(5));
+        }
         for (msg, view, error) in &dead_letters {
             self.dead_letter(msg, view, error);
         }
@@ -560,4 +666,59 @@ fn build_streams(
         streams.insert(topic, list);
     }
     streams
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_order_offsets_pass() {
+        let mut gap = None;
+        assert_eq!(judge_offset(None, 7, &mut gap, 10), Position::InOrder);
+        assert_eq!(judge_offset(Some(8), 8, &mut gap, 10), Position::InOrder);
+        // Below the expected offset (a re-delivery after a seek): not a gap.
+        assert_eq!(judge_offset(Some(8), 5, &mut gap, 10), Position::InOrder);
+        assert_eq!(gap, None);
+    }
+
+    #[test]
+    fn a_gap_is_refetched_then_accepted_if_it_persists() {
+        let mut gap = None;
+        for attempt in 1..=3 {
+            assert_eq!(
+                judge_offset(Some(10), 13, &mut gap, 3),
+                Position::Refetch { expected: 10 }
+            );
+            assert_eq!(gap, Some((10, 13, attempt)));
+        }
+        assert_eq!(
+            judge_offset(Some(10), 13, &mut gap, 3),
+            Position::AcceptGap { expected: 10 }
+        );
+        assert_eq!(gap, None);
+        // Re-reading disabled: accepted at once.
+        assert_eq!(
+            judge_offset(Some(10), 13, &mut gap, 0),
+            Position::AcceptGap { expected: 10 }
+        );
+    }
+
+    #[test]
+    fn a_gap_that_fills_in_is_forgotten() {
+        let mut gap = None;
+        assert_eq!(
+            judge_offset(Some(10), 13, &mut gap, 10),
+            Position::Refetch { expected: 10 }
+        );
+        // The re-fetch delivers the missing record: in order, the gap is cleared.
+        assert_eq!(judge_offset(Some(10), 10, &mut gap, 10), Position::InOrder);
+        assert_eq!(gap, None);
+        // A different gap later starts its own count.
+        assert_eq!(
+            judge_offset(Some(20), 21, &mut gap, 10),
+            Position::Refetch { expected: 20 }
+        );
+        assert_eq!(gap, Some((20, 21, 1)));
+    }
 }
