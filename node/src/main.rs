@@ -36,6 +36,10 @@ struct NodeArgs {
     /// TOML config file.
     #[arg(long, env = "QUIVER_CONFIG")]
     config: Option<PathBuf>,
+    /// Check the configuration (file, environment, flags, and the definition files it
+    /// names), print a summary and exit: 0 if valid, non-zero with the error otherwise.
+    #[arg(long)]
+    check_config: bool,
     /// node_id
     #[arg(long, env = "QUIVER_NODE_ID")]
     node_id: Option<u64>,
@@ -255,8 +259,12 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         Some(path) => NodeConfigFile::load(path)?,
         None => NodeConfigFile::default(),
     };
+    let check_only = args.check_config;
     apply_overrides(&mut file, args)?;
     let config = file.validate()?;
+    if check_only {
+        return check_config(&config);
+    }
     telemetry::init_logging(&config.log.format, &config.log.level);
     if let Some(addr) = config.metrics_addr {
         telemetry::init_metrics(addr, config.node_id)
@@ -271,6 +279,35 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     quiver_node::run(config, Listeners { grpc }, cancel)
         .await
         .context("node failed")?;
+    Ok(())
+}
+
+/// `--check-config`: the configuration validated; the definition files it names must parse.
+fn check_config(config: &quiver_node::config::NodeConfig) -> anyhow::Result<()> {
+    for path in &config.definition_files {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("read definition file {}", path.display()))?;
+        // A dry run against an empty registry: parsed and every rule checked.
+        quiver_node::registry::Registry::in_memory()
+            .apply_toml(&text, true)
+            .map_err(|e| anyhow::anyhow!("definition file {}: {e}", path.display()))?;
+    }
+    println!(
+        "config OK: node {} ({} mode), grpc {}, metrics {}, {} shards, kafka {}, {} definition file(s)",
+        config.node_id,
+        if config.control.is_some() {
+            "cluster"
+        } else {
+            "static"
+        },
+        config.grpc_addr,
+        config
+            .metrics_addr
+            .map_or("off".to_string(), |a| a.to_string()),
+        config.shard_count,
+        config.ingest.bootstrap_servers,
+        config.definition_files.len(),
+    );
     Ok(())
 }
 

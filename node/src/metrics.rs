@@ -27,6 +27,8 @@ pub const INGEST_CONSUMER_ERRORS: &str = "quiver_ingest_consumer_errors_total";
 /// Records skipped over by the consumer (an offset above the next expected one), by
 /// `shard`: normal on compacted or transactional topics, a lost-record alarm otherwise.
 pub const INGEST_OFFSET_GAPS: &str = "quiver_ingest_offset_gap_records_total";
+/// Re-reads of a gap in offsets (see `ingest.gap_refetches`), by `shard`.
+pub const INGEST_GAP_REFETCHES: &str = "quiver_ingest_gap_refetches_total";
 /// Failed batch writes (retried) by `shard`.
 pub const INGEST_APPLY_ERRORS: &str = "quiver_ingest_apply_errors_total";
 /// Records behind the broker's high watermark, by `shard`.
@@ -41,6 +43,32 @@ pub const STORAGE_BLOCK_CACHE_MISSES: &str = "quiver_storage_block_cache_misses_
 pub const STORAGE_BLOCK_CACHE_USAGE: &str = "quiver_storage_block_cache_usage_bytes";
 /// Estimated rows by `shard`.
 pub const STORAGE_ROWS: &str = "quiver_storage_rows_estimate";
+/// Bytes in memtables, summed over shards.
+pub const STORAGE_MEMTABLE_BYTES: &str = "quiver_storage_memtable_bytes";
+/// Bytes of live SST files, summed over shards.
+pub const STORAGE_SST_BYTES: &str = "quiver_storage_sst_bytes";
+/// Bytes RocksDB estimates compaction still has to rewrite, summed over shards.
+pub const STORAGE_PENDING_COMPACTION_BYTES: &str = "quiver_storage_pending_compaction_bytes";
+/// Time writes were stalled by RocksDB (too many memtables or L0 files), summed over shards.
+pub const STORAGE_STALL_SECONDS: &str = "quiver_storage_write_stall_seconds_total";
+
+/// Seconds behind the broker, by `shard`: how old the last applied record is while records
+/// wait (0 when caught up).
+pub const INGEST_LAG_SECONDS: &str = "quiver_ingest_lag_seconds";
+/// Event time of the newest row applied, by `view` and `shard`, as a Unix timestamp: the
+/// view's freshness is `time() - max by (view) (...)`.
+pub const VIEW_NEWEST_EVENT: &str = "quiver_view_newest_event_timestamp_seconds";
+/// 1 for the state this node's replica of `shard` is in (`bootstrapping`, `serving`,
+/// `draining`), 0 for the others.
+pub const REPLICA_STATE: &str = "quiver_replica_state";
+/// 1 while the node reports ready (every local replica caught up, a control-plane leader
+/// known in cluster mode): the gRPC health service `quiver.v1.Readiness` says SERVING.
+pub const NODE_READY: &str = "quiver_node_ready";
+
+/// CPU time used by the process (user + system).
+pub const PROCESS_CPU_SECONDS: &str = "process_cpu_seconds_total";
+/// Resident memory of the process.
+pub const PROCESS_RESIDENT_MEMORY: &str = "process_resident_memory_bytes";
 
 /// Current Raft term of the control-plane group.
 pub const CONTROL_RAFT_TERM: &str = "quiver_control_raft_term";
@@ -55,7 +83,55 @@ pub const CONTROL_EPOCH: &str = "quiver_control_shard_epoch";
 
 /// Registers descriptions with the installed recorder; call once at start-up.
 pub fn describe() {
+    // Counters of rare events exist from the start (at 0).
+    metrics::counter!(CONTROL_LEADER_CHANGES).increment(0);
+    metrics::counter!(STORAGE_STALL_SECONDS).increment(0);
     describe_counter!(SERVE_REQUESTS, "gRPC requests by rpc and result code");
+    describe_gauge!(
+        STORAGE_MEMTABLE_BYTES,
+        Unit::Bytes,
+        "bytes in memtables summed over shards"
+    );
+    describe_gauge!(
+        STORAGE_SST_BYTES,
+        Unit::Bytes,
+        "bytes of live SST files summed over shards"
+    );
+    describe_gauge!(
+        STORAGE_PENDING_COMPACTION_BYTES,
+        Unit::Bytes,
+        "bytes compaction still has to rewrite summed over shards"
+    );
+    describe_counter!(
+        STORAGE_STALL_SECONDS,
+        Unit::Seconds,
+        "time writes were stalled by RocksDB summed over shards"
+    );
+    describe_gauge!(
+        INGEST_LAG_SECONDS,
+        Unit::Seconds,
+        "age of the last applied record while records wait, by shard"
+    );
+    describe_gauge!(
+        VIEW_NEWEST_EVENT,
+        Unit::Seconds,
+        "event time of the newest applied row by view and shard (unix seconds)"
+    );
+    describe_gauge!(
+        REPLICA_STATE,
+        "1 for the state of this node's replica of a shard, by shard and state"
+    );
+    describe_gauge!(NODE_READY, "1 while the node reports ready");
+    describe_counter!(
+        PROCESS_CPU_SECONDS,
+        Unit::Seconds,
+        "CPU time used by the process"
+    );
+    describe_gauge!(
+        PROCESS_RESIDENT_MEMORY,
+        Unit::Bytes,
+        "resident memory of the process"
+    );
     describe_histogram!(
         SERVE_REQUEST_DURATION,
         Unit::Seconds,
@@ -78,6 +154,10 @@ pub fn describe() {
         "malformed records copied to the dead-letter topic by result"
     );
     describe_counter!(INGEST_CONSUMER_ERRORS, "kafka consumer errors by shard");
+    describe_counter!(
+        INGEST_GAP_REFETCHES,
+        "re-reads of a gap in a partition's offsets by shard"
+    );
     describe_counter!(
         INGEST_OFFSET_GAPS,
         "offsets skipped between consecutive consumed records by shard"
@@ -134,4 +214,55 @@ pub fn describe() {
         Unit::Count,
         "cluster-map epoch applied on this node"
     );
+}
+
+/// Reads the process's CPU time and resident memory from `/proc` (Linux; elsewhere the
+/// two metrics stay absent).
+pub fn record_process() {
+    if let Some(cpu) = process_cpu_seconds() {
+        // A counter set to the kernel's running total (nanosecond resolution is not needed).
+        metrics::counter!(PROCESS_CPU_SECONDS).absolute(cpu as u64);
+    }
+    if let Some(rss) = process_resident_bytes() {
+        metrics::gauge!(PROCESS_RESIDENT_MEMORY).set(rss as f64);
+    }
+}
+
+/// utime + stime of `/proc/self/stat`, in seconds.
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) may contain spaces: fields are counted after its ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // USER_HZ is 100 on every Linux architecture quiver builds for.
+    Some(ticks / 100.0)
+}
+
+/// `VmRSS` of `/proc/self/status`, in bytes.
+fn process_resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn process_figures_are_read_from_proc() {
+        // Burn a little CPU so the figure is positive even right after start.
+        let mut x = 0u64;
+        for i in 0..20_000_000u64 {
+            x = x.wrapping_add(i ^ (x >> 3));
+        }
+        assert!(x > 0);
+        let cpu = process_cpu_seconds().expect("/proc/self/stat parses");
+        assert!(cpu > 0.0, "cpu {cpu}");
+        let rss = process_resident_bytes().expect("/proc/self/status has VmRSS");
+        assert!(rss > 1 << 20, "rss {rss}");
+    }
 }

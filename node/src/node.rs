@@ -173,6 +173,7 @@ impl Node {
             lookup_permits: Arc::new(Semaphore::new(config.limits.max_concurrent_lookups)),
             kafka: Some(kafka),
             producer: Some(producer),
+            ready: tokio::sync::watch::channel(false).0,
         });
         let shards = Arc::new(ShardManager::new(
             engine.clone(),
@@ -229,6 +230,11 @@ impl Node {
                 }
             }
         }
+        background.push(tokio::spawn(run_readiness_loop(
+            state.clone(),
+            shards.clone(),
+            cancel.clone(),
+        )));
         let server = tokio::spawn(serve(
             listeners.grpc,
             state.clone(),
@@ -347,6 +353,7 @@ async fn run_follow_loop(
     let mut rx = control.subscribe();
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let mut applied_registry = None;
+    let mut published = BTreeSet::new();
     loop {
         let state = rx.borrow_and_update().clone();
         if applied_registry.as_ref() != Some(&state.registry) {
@@ -355,11 +362,9 @@ async fn run_follow_loop(
                 Err(e) => error!(error = %e, "committed registry does not validate"),
             }
         }
-        let desired: BTreeSet<ShardId> = state
-            .replicas_on(control.node_id())
-            .keys()
-            .map(|s| ShardId(*s))
-            .collect();
+        let mine = state.replicas_on(control.node_id());
+        publish_replica_states(&mine, &mut published);
+        let desired: BTreeSet<ShardId> = mine.keys().map(|s| ShardId(*s)).collect();
         if let Err(e) = shards.reconcile(&desired, true).await {
             warn!(error = %e, "shard reconcile failed; retrying");
         }
@@ -374,6 +379,32 @@ async fn run_follow_loop(
             _ = tick.tick() => {}
         }
     }
+}
+
+/// Sets `quiver_replica_state{shard, state}` for this node's replicas; shards it no longer
+/// holds (in `published`) go to 0.
+fn publish_replica_states(
+    mine: &std::collections::BTreeMap<u32, crate::control::state::ReplicaState>,
+    published: &mut BTreeSet<u32>,
+) {
+    use crate::control::state::ReplicaState;
+    const STATES: [(ReplicaState, &str); 3] = [
+        (ReplicaState::Bootstrapping, "bootstrapping"),
+        (ReplicaState::Serving, "serving"),
+        (ReplicaState::Draining, "draining"),
+    ];
+    for shard in published.iter().filter(|s| !mine.contains_key(s)) {
+        for (_, name) in STATES {
+            gauge!(m::REPLICA_STATE, "shard" => shard.to_string(), "state" => name).set(0.0);
+        }
+    }
+    for (shard, state) in mine {
+        for (s, name) in STATES {
+            let v = if *state == s { 1.0 } else { 0.0 };
+            gauge!(m::REPLICA_STATE, "shard" => shard.to_string(), "state" => name).set(v);
+        }
+    }
+    *published = mine.keys().copied().collect();
 }
 
 /// Static mode: promotes a pending view version once every local replica re-ingested it
@@ -493,6 +524,41 @@ async fn run_ttl_refresh_loop(
     }
 }
 
+/// Readiness: every local replica caught up (reports, as the control plane sees them)
+/// and, in cluster mode, a control-plane leader known.
+async fn run_readiness_loop(
+    state: Arc<ServeState>,
+    shards: Arc<ShardManager>,
+    cancel: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let caught_up = shards.reports().await.iter().all(|r| r.caught_up);
+        let led = state.control.as_ref().is_none_or(|c| c.leader().is_some());
+        let ready = caught_up && led;
+        state
+            .ready
+            .send_if_modified(|r| std::mem::replace(r, ready) != ready);
+        gauge!(m::NODE_READY).set(if ready { 1.0 } else { 0.0 });
+    }
+}
+
+/// Storage figures summed over the local shards.
+#[derive(Default)]
+struct StorageStats {
+    hits: u64,
+    misses: u64,
+    memtable: u64,
+    sst: u64,
+    pending: u64,
+    stall_micros: u64,
+    rows: Vec<(u32, u64)>,
+}
+
 async fn run_storage_metrics_loop(
     state: Arc<ServeState>,
     engine: Arc<StorageEngine>,
@@ -504,16 +570,36 @@ async fn run_storage_metrics_loop(
             () = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let (mut hits, mut misses) = (0, 0);
-        for (id, store) in &state.local().stores {
-            let (h, mi) = store.block_cache_stats();
-            hits += h;
-            misses += mi;
-            gauge!(m::STORAGE_ROWS, "shard" => id.0.to_string()).set(store.estimate_rows() as f64);
+        let local = state.local();
+        // RocksDB properties are cheap reads of in-memory counters, but still FFI calls
+        // that take locks: off the async workers.
+        let stats = tokio::task::spawn_blocking(move || {
+            let mut s = StorageStats::default();
+            for (id, store) in &local.stores {
+                let (h, mi) = store.block_cache_stats();
+                s.hits += h;
+                s.misses += mi;
+                s.memtable += store.int_property("rocksdb.cur-size-all-mem-tables");
+                s.sst += store.int_property("rocksdb.total-sst-files-size");
+                s.pending += store.int_property("rocksdb.estimate-pending-compaction-bytes");
+                s.stall_micros += store.stall_micros();
+                s.rows.push((id.0, store.estimate_rows()));
+            }
+            s
+        })
+        .await;
+        let Ok(s) = stats else { continue };
+        for (id, rows) in s.rows {
+            gauge!(m::STORAGE_ROWS, "shard" => id.to_string()).set(rows as f64);
         }
-        counter!(m::STORAGE_BLOCK_CACHE_HITS).absolute(hits);
-        counter!(m::STORAGE_BLOCK_CACHE_MISSES).absolute(misses);
+        counter!(m::STORAGE_BLOCK_CACHE_HITS).absolute(s.hits);
+        counter!(m::STORAGE_BLOCK_CACHE_MISSES).absolute(s.misses);
         gauge!(m::STORAGE_BLOCK_CACHE_USAGE).set(engine.block_cache_usage() as f64);
+        gauge!(m::STORAGE_MEMTABLE_BYTES).set(s.memtable as f64);
+        gauge!(m::STORAGE_SST_BYTES).set(s.sst as f64);
+        gauge!(m::STORAGE_PENDING_COMPACTION_BYTES).set(s.pending as f64);
+        counter!(m::STORAGE_STALL_SECONDS).absolute(s.stall_micros / 1_000_000);
+        m::record_process();
     }
 }
 

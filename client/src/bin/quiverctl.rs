@@ -87,6 +87,10 @@ enum NodeCommand {
     Drain {
         /// Node id.
         id: u64,
+        /// Wait (up to this long, e.g. "120s") until the node holds no replica: its
+        /// successors serve. For a Kubernetes preStop hook or a rolling upgrade script.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        wait: Option<std::time::Duration>,
     },
 }
 
@@ -468,10 +472,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Node {
-            command: NodeCommand::Drain { id },
+            command: NodeCommand::Drain { id, wait },
         } => {
             let epoch = client.drain_node(id).await?;
             println!("node {id} draining (epoch {epoch})");
+            if let Some(wait) = wait {
+                let deadline = std::time::Instant::now() + wait;
+                loop {
+                    let map = client.cluster_map().await?;
+                    let held = map
+                        .shards
+                        .iter()
+                        .filter(|s| s.replicas.iter().any(|r| r.node_id == id))
+                        .count();
+                    if held == 0 {
+                        println!("node {id} holds no replicas");
+                        break;
+                    }
+                    if std::time::Instant::now() >= deadline {
+                        anyhow::bail!("node {id} still holds {held} replica(s) after {wait:?}");
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+            }
         }
         Command::Status => {
             // Cluster mode adds members and the shard map; a static node has neither.

@@ -160,6 +160,10 @@ pub fn spawn_shard_ingest(
         last_lag_refresh: None,
         consumer_next: HashMap::new(),
         gap: HashMap::new(),
+        batch_newest_record_ms: i64::MIN,
+        batch_newest_event: HashMap::new(),
+        applied_record_ms: i64::MIN,
+        view_newest: HashMap::new(),
     };
     let loop_cancel = cancel.clone();
     let thread = std::thread::Builder::new()
@@ -216,6 +220,14 @@ struct ShardIngest {
     consumer_next: HashMap<String, i64>,
     /// The offset gap being re-fetched, per topic: (expected, delivered, attempts so far).
     gap: HashMap<String, (i64, i64, u32)>,
+    /// Of the batch in hand: the newest Kafka timestamp (ms) and per view the newest event
+    /// time (µs); published once the batch is applied.
+    batch_newest_record_ms: i64,
+    batch_newest_event: HashMap<String, i64>,
+    /// Kafka timestamp (ms) of the newest record applied, for the lag in seconds.
+    applied_record_ms: i64,
+    /// Newest event time (µs) applied per view, for the freshness gauge.
+    view_newest: HashMap<String, i64>,
 }
 
 /// What a record's offset says about the consumer's position.
@@ -266,6 +278,20 @@ impl ShardIngest {
     fn run(&mut self, cancel: &CancellationToken) {
         let _span = tracing::info_span!("ingest", shard_id = %self.shard).entered();
         info!("ingest loop started");
+        // Every per-shard series exists from the start (at 0), so rates and alerts over
+        // rare events (errors, gaps) see a series rather than nothing.
+        for name in [
+            m::INGEST_RECORDS,
+            m::INGEST_APPLIED,
+            m::INGEST_SUPERSEDED,
+            m::INGEST_CONSUMER_ERRORS,
+            m::INGEST_GAP_REFETCHES,
+            m::INGEST_OFFSET_GAPS,
+            m::INGEST_APPLY_ERRORS,
+        ] {
+            counter!(name, "shard" => self.shard_label.clone()).increment(0);
+        }
+        gauge!(m::INGEST_LAG_SECONDS, "shard" => self.shard_label.clone()).set(0.0);
         while !cancel.is_cancelled() {
             self.refresh_routes();
             if self.topics.is_empty() {
@@ -273,8 +299,8 @@ impl ShardIngest {
                 continue;
             }
             let batch = self.poll_batch();
-            if !batch.progress.is_empty() {
-                self.apply_with_retry(&batch, cancel);
+            if !batch.progress.is_empty() && self.apply_with_retry(&batch, cancel) {
+                self.publish_applied();
             }
             self.maybe_refresh_lag();
         }
@@ -392,7 +418,20 @@ impl ShardIngest {
                 Position::InOrder => {}
                 Position::Refetch { expected } => {
                     // Not consumed: the batch ends here and the consumer goes back.
-                    debug!(topic, expected, offset, "offset gap; re-fetching");
+                    let attempt = self.gap.get(topic).map_or(0, |g| g.2);
+                    counter!(m::INGEST_GAP_REFETCHES, "shard" => self.shard_label.clone())
+                        .increment(1);
+                    if attempt == 1 {
+                        info!(
+                            topic,
+                            expected, offset, "offset gap; re-reading from the expected offset"
+                        );
+                    } else {
+                        debug!(
+                            topic,
+                            expected, offset, attempt, "offset gap persists; re-reading"
+                        );
+                    }
                     refetch = Some((topic.to_owned(), expected));
                     break;
                 }
@@ -420,6 +459,9 @@ impl ShardIngest {
                 payload: msg.payload(),
                 timestamp_millis: msg.timestamp().to_millis(),
             };
+            if let Some(ms) = raw.timestamp_millis {
+                self.batch_newest_record_ms = self.batch_newest_record_ms.max(ms);
+            }
             let Some(topic_streams) = streams.get_mut(topic) else {
                 continue;
             };
@@ -448,6 +490,13 @@ impl ShardIngest {
                 for route in &stream.routes {
                     match decode_record(&route.view, route.key_type, &raw) {
                         Ok(rec) => {
+                            match self.batch_newest_event.get_mut(&route.view.name) {
+                                Some(t) => *t = (*t).max(rec.event_time_micros),
+                                None => {
+                                    self.batch_newest_event
+                                        .insert(route.view.name.clone(), rec.event_time_micros);
+                                }
+                            }
                             let value = rec.values.map(|vals| {
                                 encode_row(rec.event_time_micros, &vals, &mut row_buf);
                                 row_buf.clone()
@@ -563,9 +612,25 @@ impl ShardIngest {
         counter!(m::INGEST_DEAD_LETTERS, "result" => result).increment(1);
     }
 
+    /// After a batch is applied: the newest record and event times it carried become the
+    /// lag and freshness figures.
+    fn publish_applied(&mut self) {
+        self.applied_record_ms = self.applied_record_ms.max(self.batch_newest_record_ms);
+        self.batch_newest_record_ms = i64::MIN;
+        for (view, t) in self.batch_newest_event.drain() {
+            let newest = self.view_newest.entry(view.clone()).or_insert(i64::MIN);
+            if t > *newest {
+                *newest = t;
+                gauge!(m::VIEW_NEWEST_EVENT, "view" => view, "shard" => self.shard_label.clone())
+                    .set(t as f64 / 1e6);
+            }
+        }
+    }
+
     /// Applies a batch, retrying storage failures until they succeed or the loop is
     /// cancelled: skipping a batch would lose records, and its offsets are not stored.
-    fn apply_with_retry(&mut self, batch: &IngestBatch, cancel: &CancellationToken) {
+    /// Returns whether it was applied.
+    fn apply_with_retry(&mut self, batch: &IngestBatch, cancel: &CancellationToken) -> bool {
         let mut backoff = Duration::from_millis(100);
         loop {
             let started = Instant::now();
@@ -579,14 +644,14 @@ impl ShardIngest {
                         .increment(outcome.superseded);
                     histogram!(m::INGEST_BATCH_DURATION).record(started.elapsed().as_secs_f64());
                     debug!(consumed, applied = outcome.applied, "applied batch");
-                    return;
+                    return true;
                 }
                 Err(e) => {
                     counter!(m::INGEST_APPLY_ERRORS, "shard" => self.shard_label.clone())
                         .increment(1);
                     error!(error = %e, "applying ingest batch failed; retrying");
                     if cancel.is_cancelled() {
-                        return;
+                        return false;
                     }
                     std::thread::sleep(backoff);
                     backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -628,6 +693,17 @@ impl ShardIngest {
             }
         }
         gauge!(m::INGEST_LAG_RECORDS, "shard" => self.shard_label.clone()).set(total_lag as f64);
+        // While records wait, the lag in time is how old the last applied one is (a fair
+        // bound from below on how stale reads of this shard are); none waiting: 0.
+        let lag_seconds = if total_lag > 0 && self.applied_record_ms > 0 {
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            ((now_ms - self.applied_record_ms).max(0)) as f64 / 1000.0
+        } else {
+            0.0
+        };
+        gauge!(m::INGEST_LAG_SECONDS, "shard" => self.shard_label.clone()).set(lag_seconds);
     }
 }
 

@@ -140,6 +140,9 @@ pub struct ServeState {
     pub kafka: Option<Arc<KafkaMetadata>>,
     /// Produces pushed rows.
     pub producer: Option<Arc<crate::produce::PushProducer>>,
+    /// Whether the node is ready (every local replica caught up; in cluster mode a
+    /// control-plane leader known): the health service's `quiver.v1.Readiness` follows it.
+    pub ready: tokio::sync::watch::Sender<bool>,
 }
 
 /// The shard replicas a node holds right now.
@@ -181,6 +184,31 @@ pub async fn serve(
     health_reporter
         .set_serving::<AdminServiceServer<AdminServiceImpl>>()
         .await;
+    // Readiness (for load balancers and orchestrators) is its own health service: the
+    // feature service answers as soon as the node runs (liveness), readiness only once
+    // the node's replicas are caught up.
+    let readiness = {
+        let reporter = health_reporter.clone();
+        let mut ready = state.ready.subscribe();
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            loop {
+                let status = if *ready.borrow_and_update() {
+                    tonic_health::ServingStatus::Serving
+                } else {
+                    tonic_health::ServingStatus::NotServing
+                };
+                reporter.set_service_status(READINESS_SERVICE, status).await;
+                tokio::select! {
+                    () = cancel.cancelled() => break,
+                    r = ready.changed() => if r.is_err() { break },
+                }
+            }
+            reporter
+                .set_service_status(READINESS_SERVICE, tonic_health::ServingStatus::NotServing)
+                .await;
+        })
+    };
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(quiver_proto::v1::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -247,11 +275,17 @@ pub async fn serve(
         }));
     let server = router.serve_with_incoming_shutdown(incoming, shutdown);
     tokio::pin!(server);
-    tokio::select! {
+    let result = tokio::select! {
         res = &mut server => res,
         () = async { cancel.cancelled().await; tokio::time::sleep(grace).await } => {
             tracing::warn!(?grace, "in-flight requests did not finish within the shutdown grace period");
             Ok(())
         }
-    }
+    };
+    readiness.abort();
+    result
 }
+
+/// The gRPC health service name that reports readiness (Kubernetes: `readinessProbe.grpc`
+/// with `service: quiver.v1.Readiness`).
+pub const READINESS_SERVICE: &str = "quiver.v1.Readiness";

@@ -333,6 +333,26 @@ impl ShardStore {
             .unwrap_or(0)
     }
 
+    /// An integer RocksDB property summed over the shard's column families (e.g.
+    /// `rocksdb.cur-size-all-mem-tables`); 0 when RocksDB does not know it.
+    pub fn int_property(&self, name: &str) -> u64 {
+        [CF_ROWS, CF_META]
+            .iter()
+            .map(|cf| {
+                self.db
+                    .property_int_value_cf(self.cf(cf), name)
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0)
+            })
+            .sum()
+    }
+
+    /// Microseconds writes to this database were stalled since it opened.
+    pub fn stall_micros(&self) -> u64 {
+        self.db_options.get_ticker_count(Ticker::StallMicros)
+    }
+
     /// Block-cache hits and misses of this database since it opened.
     pub fn block_cache_stats(&self) -> (u64, u64) {
         (

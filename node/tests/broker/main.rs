@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod cluster;
+mod observability;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
