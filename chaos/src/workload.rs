@@ -17,7 +17,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::TOPIC;
-use crate::history::{Ack, History, Read, Seen, Via, Write};
+use crate::history::{Ack, History, Read, ReaderTotals, Seen, Via, Write};
 use crate::rng::Rng;
 
 /// The view the workload writes and reads.
@@ -86,6 +86,7 @@ pub struct Recorder {
     writes: Mutex<Vec<Write>>,
     reads: Mutex<Vec<Read>>,
     acked: Mutex<BTreeMap<u32, i64>>,
+    readers: Mutex<ReaderTotals>,
 }
 
 impl Recorder {
@@ -101,6 +102,7 @@ impl Recorder {
             writes: Mutex::new(Vec::new()),
             reads: Mutex::new(Vec::new()),
             acked: Mutex::new(BTreeMap::new()),
+            readers: Mutex::new(ReaderTotals::default()),
         }
     }
 
@@ -150,6 +152,7 @@ impl Recorder {
             writes: lock(&self.writes).clone(),
             reads: lock(&self.reads).clone(),
             final_reads: Vec::new(),
+            readers: *lock(&self.readers),
         }
     }
 }
@@ -217,7 +220,10 @@ pub async fn reader(
     let mut due = first;
     loop {
         tokio::select! {
-            () = cancel.cancelled() => return,
+            () = cancel.cancelled() => {
+                lock(&rec.readers).add(&client.stats());
+                return;
+            }
             () = tokio::time::sleep_until(due.into()) => {}
         }
         let keys: Vec<u32> = (0..spec.batch)

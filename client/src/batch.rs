@@ -387,6 +387,9 @@ impl<'a> Call<'a> {
                 // So is BEHIND from a replica probed with a short wait because it lagged
                 // recently: the node answered without waiting, so the probe cost it little.
                 let behind = e.code() == Some(ErrorCode::Behind);
+                if behind {
+                    self.inner.stats.behind.fetch_add(1, Ordering::Relaxed);
+                }
                 let probe = self.inner.lagging.wait_for(g.node.id, &g.shards).is_some();
                 let correction = behind && (round == 0 || probe);
                 if !correction && !self.inner.withdraw() {

@@ -14,6 +14,7 @@ pub(crate) struct Stats {
     pub(crate) hedge_wins: AtomicU64,
     pub(crate) budget_denied: AtomicU64,
     pub(crate) wrong_shard: AtomicU64,
+    pub(crate) behind: AtomicU64,
     pub(crate) map_refreshes: AtomicU64,
 }
 
@@ -36,6 +37,8 @@ pub struct ClientStats {
     pub budget_denied: u64,
     /// Wrong-shard answers (routing with a stale map).
     pub wrong_shard: u64,
+    /// BEHIND answers (a replica had not reached the session's watermark in time).
+    pub behind: u64,
     /// Cluster-map refreshes.
     pub map_refreshes: u64,
 }
@@ -52,6 +55,7 @@ impl Stats {
             hedge_wins: g(&self.hedge_wins),
             budget_denied: g(&self.budget_denied),
             wrong_shard: g(&self.wrong_shard),
+            behind: g(&self.behind),
             map_refreshes: g(&self.map_refreshes),
         }
     }

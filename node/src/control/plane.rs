@@ -351,9 +351,12 @@ impl ControlPlane {
             let Ok(channel) = self.channels.get(&addr) else {
                 continue;
             };
-            match ControlServiceClient::new(channel).join(req.clone()).await {
-                Ok(_) => return Ok(()),
-                Err(s) => debug!(%addr, error = %s.message(), "join attempt failed"),
+            let mut client = ControlServiceClient::new(channel);
+            let call = client.join(req.clone());
+            match tokio::time::timeout(self.member_rpc_timeout(), call).await {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(s)) => debug!(%addr, error = %s.message(), "join attempt failed"),
+                Err(_) => debug!(%addr, "join attempt timed out"),
             }
         }
         Err(ControlError::NoLeader("no member accepted the join".into()))
@@ -371,14 +374,25 @@ impl ControlPlane {
             .channels
             .get(&addr)
             .map_err(|e| ControlError::NoLeader(e.to_string()))?;
-        ControlServiceClient::new(channel)
-            .report(ReportRequest {
-                node_id: self.config.node_id,
-                replicas,
-            })
+        let mut client = ControlServiceClient::new(channel);
+        let call = client.report(ReportRequest {
+            node_id: self.config.node_id,
+            replicas,
+        });
+        tokio::time::timeout(self.member_rpc_timeout(), call)
             .await
+            .map_err(|_| ControlError::NoLeader(format!("heartbeat to node {leader} timed out")))?
             .map_err(|s| ControlError::NoLeader(s.message().to_owned()))?;
         Ok(())
+    }
+
+    /// Bound on one heartbeat or join call. Without it, a call to a leader that stopped
+    /// answering without closing its connections (SIGSTOP, a network partition) hung the
+    /// member loop: no heartbeat reached the *new* leader, which declared this live node
+    /// dead and dropped its replicas — shards were left with no serving replica (found
+    /// by chaos pause-node: 2 s with no replica of a shard). Two heartbeat intervals.
+    fn member_rpc_timeout(&self) -> Duration {
+        (self.config.heartbeat_interval * 2).max(Duration::from_millis(100))
     }
 
     /// Exports Raft term, leadership, applied index and the epoch as metrics.

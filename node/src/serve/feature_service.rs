@@ -11,6 +11,7 @@ use quiver_proto::v1::{
     PushResponse, Schema,
 };
 use tonic::{Request, Response, Status};
+use tracing::Instrument as _;
 
 use super::lookup::{LookupPlan, execute_lookup, plan_lookup, watermark_reached};
 use super::{ServeError, ServeState};
@@ -146,7 +147,14 @@ impl FeatureService for FeatureServiceImpl {
         request: Request<GetOnlineFeaturesRequest>,
     ) -> Result<Response<GetOnlineFeaturesResponse>, Status> {
         let started = Instant::now();
-        let result = self.get_online_features_inner(request.into_inner()).await;
+        let req = request.into_inner();
+        // One span per request (debug level: free unless enabled), per shard inside.
+        let span = tracing::debug_span!(
+            "get_online_features",
+            keys = req.entity_keys.len(),
+            features = req.features.len()
+        );
+        let result = self.get_online_features_inner(req).instrument(span).await;
         let code = match &result {
             Ok(_) => "ok",
             Err(e) => e.code().as_str(),
@@ -168,7 +176,9 @@ impl FeatureService for FeatureServiceImpl {
 
     async fn push(&self, request: Request<PushRequest>) -> Result<Response<PushResponse>, Status> {
         let started = Instant::now();
-        let result = super::push::push(&self.state, request.into_inner()).await;
+        let req = request.into_inner();
+        let span = tracing::debug_span!("push", view = %req.view, rows = req.rows.len());
+        let result = super::push::push(&self.state, req).instrument(span).await;
         let code = match &result {
             Ok(_) => "ok",
             Err(e) => e.code().as_str(),

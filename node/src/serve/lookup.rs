@@ -280,6 +280,8 @@ pub fn execute_lookup(
             shard: *shard,
             epoch: 0,
         })?;
+        let _span =
+            tracing::debug_span!("shard_read", shard = shard.0, keys = rows.len()).entered();
         // Rows and watermark from one snapshot: the watermark reported is exactly the
         // state the rows reflect, so a client demanding it elsewhere never reads older.
         let read = store.consistent_read();
