@@ -1,6 +1,6 @@
 //! The read path's contract: limits and bad requests, watermarks, health and reflection.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use quiver_proto::v1::{EntityKey, GetOnlineFeaturesRequest, ShardWatermark, TopicOffset};
 use quiver_proto::{ErrorCode, Partitioner};
@@ -254,6 +254,57 @@ async fn health_check_and_reflection_listing() {
             names.iter().any(|n| n == want),
             "{want} missing from {names:?}"
         );
+    }
+    node.stop().await;
+}
+
+/// Readiness (`quiver.v1.Readiness`) follows catch-up; liveness does not. With the broker
+/// unreachable the node serves (stored data) but is not ready; with it, it becomes ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_is_served_only_once_replicas_are_caught_up() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+
+    async fn status(health: &mut HealthClient<tonic::transport::Channel>, service: &str) -> i32 {
+        health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .map(|r| r.into_inner().status)
+            .unwrap_or(-1)
+    }
+
+    // No broker listens on port 1: nothing can be caught up.
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(config(dir.path(), "127.0.0.1:1", 4, DEFS)).await;
+    let mut health = HealthClient::new(node.channel.clone());
+    // Several readiness cycles (every 500 ms): never ready, always live.
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        assert_eq!(
+            status(&mut health, "quiver.v1.Readiness").await,
+            ServingStatus::NotServing as i32,
+            "ready without a reachable broker"
+        );
+        assert_eq!(
+            status(&mut health, "quiver.v1.FeatureService").await,
+            ServingStatus::Serving as i32
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    node.stop().await;
+
+    // With the broker: ready once every replica reached the end of its partitions.
+    let kafka = Kafka::new(&[("profile", 4), ("cards", 4)]);
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(config(dir.path(), &kafka.bootstrap, 4, DEFS)).await;
+    let mut health = HealthClient::new(node.channel.clone());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while status(&mut health, "quiver.v1.Readiness").await != ServingStatus::Serving as i32 {
+        assert!(Instant::now() < deadline, "not ready within 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     node.stop().await;
 }
