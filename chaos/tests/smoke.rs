@@ -63,6 +63,16 @@ async fn smoke_set_passes_every_check() {
         assert!(report.counts.kafka_acked > 500 && report.counts.push_acked > 500);
         assert!(report.verdict.keys_checked > 500);
         assert!(report.verdict.final_reads_checked >= 2 * 2000);
+        // The broker's log was read back and held every acknowledged write.
+        let audit = report.broker_audit.as_ref().expect("broker audit ran");
+        assert_eq!(
+            audit.checked as usize,
+            report.counts.kafka_acked + report.counts.push_acked,
+            "{scenario}: every acknowledged write looked up in the broker's log"
+        );
+        assert!(audit.records >= audit.checked, "{scenario}: {audit:?}");
+        // The readers' routing counters were collected.
+        assert!(report.counts.readers.sub_requests > 0);
         // The report files are well-formed: the JSON parses with its sections, the
         // Markdown names the verdict, the SVG is one closed document.
         let json: serde_json::Value =
