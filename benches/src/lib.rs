@@ -1,5 +1,6 @@
 //! Fixtures for quiver's micro-benchmarks: a feature view with ten features of mixed
-//! types, records in both source formats, and shard stores filled with rows.
+//! types, records in both source formats, and shard stores filled with rows; and the
+//! open-loop load generator of the bench suite ([`load`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,6 +14,8 @@ use quiver_node::storage::{
 use quiver_proto::v1::value::Kind;
 use quiver_proto::v1::{FeatureRow, FloatVector, StringList, Value};
 use quiver_proto::{Partitioner, ShardId};
+
+pub mod load;
 
 /// Shard count of the fixtures.
 pub const SHARDS: u32 = 4;

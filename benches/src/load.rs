@@ -1,0 +1,205 @@
+//! Open-loop load: requests are issued on a fixed schedule (the arrival rate), not when the
+//! previous one returns, and each latency is measured from the request's *intended* send
+//! time. A stalled server therefore shows up as every request that should have been sent
+//! during the stall being late — coordinated omission cannot hide queueing, as it does in
+//! a closed loop that simply stops sending while it waits.
+//!
+//! Requests in flight are capped (`max_in_flight`); when the cap is reached the next
+//! request waits for a slot, and its wait counts in its latency (its intended time does
+//! not move).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use tokio::sync::{Mutex, Semaphore};
+use tokio::time::Instant;
+
+/// The shape of a run.
+#[derive(Debug, Clone, Copy)]
+pub struct OpenLoop {
+    /// Arrival rate, requests per second.
+    pub rate: f64,
+    /// How long requests are issued for.
+    pub duration: Duration,
+    /// Most requests outstanding at once.
+    pub max_in_flight: usize,
+}
+
+/// What a run measured; latencies in microseconds from each request's intended send time.
+#[derive(Debug, Clone)]
+pub struct LoadSummary {
+    /// Requests issued.
+    pub requests: u64,
+    /// Requests that returned an error (their latency is recorded too).
+    pub errors: u64,
+    /// Median latency, µs.
+    pub p50_us: u64,
+    /// 99th percentile, µs.
+    pub p99_us: u64,
+    /// 99.9th percentile, µs.
+    pub p999_us: u64,
+    /// Largest latency, µs.
+    pub max_us: u64,
+    /// Completed requests per second over the run (from the first intended send to the
+    /// last completion).
+    pub achieved_rate: f64,
+}
+
+/// Largest latency the histogram records (longer ones are clamped to it): 10 minutes.
+const MAX_LATENCY_US: u64 = 600_000_000;
+
+impl OpenLoop {
+    /// Runs `request` on the schedule; `request(i)` is the i-th request (0-based).
+    ///
+    /// # Panics
+    /// If `rate` is not positive or `max_in_flight` is 0.
+    pub async fn run<F, Fut, E>(&self, request: F) -> LoadSummary
+    where
+        F: Fn(u64) -> Fut,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+    {
+        assert!(
+            self.rate > 0.0 && self.max_in_flight > 0,
+            "bad load shape {self:?}"
+        );
+        let hist = Arc::new(Mutex::new(
+            Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid bounds"),
+        ));
+        let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let slots = Arc::new(Semaphore::new(self.max_in_flight));
+        let interval = Duration::from_secs_f64(1.0 / self.rate);
+        let start = Instant::now();
+        let total = (self.duration.as_secs_f64() * self.rate).floor() as u64;
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..total {
+            let intended = start + interval.mul_f64(i as f64);
+            tokio::time::sleep_until(intended).await;
+            // Waiting for a slot delays the send, never the intended time.
+            let permit = slots.clone().acquire_owned().await.expect("never closed");
+            let fut = request(i);
+            let (hist, errors) = (hist.clone(), errors.clone());
+            tasks.spawn(async move {
+                let ok = fut.await.is_ok();
+                let latency = Instant::now().saturating_duration_since(intended);
+                drop(permit);
+                if !ok {
+                    errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                let us = (latency.as_micros() as u64).clamp(1, MAX_LATENCY_US);
+                hist.lock().await.record(us).expect("clamped into bounds");
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+        let elapsed = start.elapsed().as_secs_f64();
+        let h = hist.lock().await;
+        LoadSummary {
+            requests: total,
+            errors: errors.load(std::sync::atomic::Ordering::Relaxed),
+            p50_us: h.value_at_quantile(0.50),
+            p99_us: h.value_at_quantile(0.99),
+            p999_us: h.value_at_quantile(0.999),
+            max_us: h.max(),
+            achieved_rate: if elapsed > 0.0 {
+                total as f64 / elapsed
+            } else {
+                0.0
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A synthetic server: each request takes `delay`; between `stall_from` and
+    /// `stall_until` (offsets from `t0`) it answers nothing, and requests that arrive
+    /// then, or are in service, finish only after the stall.
+    #[derive(Clone, Copy)]
+    struct Synthetic {
+        t0: Instant,
+        delay: Duration,
+        stall_from: Duration,
+        stall_until: Duration,
+    }
+
+    impl Synthetic {
+        async fn serve(self) -> Result<(), ()> {
+            let arrived = Instant::now();
+            let mut done = arrived + self.delay;
+            let (a, b) = (self.t0 + self.stall_from, self.t0 + self.stall_until);
+            if done > a && arrived < b {
+                done = done.max(b + self.delay);
+            }
+            tokio::time::sleep_until(done).await;
+            Ok(())
+        }
+    }
+
+    // Paused time: the schedule and the server are exact and the test takes no wall time.
+    #[tokio::test(start_paused = true)]
+    async fn a_stall_shows_in_the_percentiles_of_every_request_it_delayed() {
+        // 1,000 requests/s for 2 s; 1 ms service; a 200 ms stall from 1.0 s: about 200
+        // requests (10 %) wait for it, up to 201 ms.
+        let load = OpenLoop {
+            rate: 1000.0,
+            duration: Duration::from_secs(2),
+            max_in_flight: 10_000,
+        };
+        let server = Synthetic {
+            t0: Instant::now(),
+            delay: Duration::from_millis(1),
+            stall_from: Duration::from_millis(1000),
+            stall_until: Duration::from_millis(1200),
+        };
+        let s = load.run(move |_| server.serve()).await;
+        assert_eq!(s.requests, 2000);
+        assert_eq!(s.errors, 0);
+        // Most requests see the plain service time.
+        assert!((900..=1_100).contains(&s.p50_us), "p50 {}", s.p50_us);
+        // 10 % of requests waited on the stall (1 to 200 ms): p99 is deep inside it. A
+        // closed loop would have sent one request during the stall and reported p99 ≈ 1 ms.
+        assert!(s.p99_us >= 150_000, "p99 {} µs hides the stall", s.p99_us);
+        assert!((195_000..=205_000).contains(&s.max_us), "max {}", s.max_us);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_in_flight_cap_delays_sends_and_the_delay_counts() {
+        // 100 requests/s, 50 ms service, at most 1 in flight: each request waits for the
+        // previous one, the backlog grows, and latency from the intended time shows it.
+        let load = OpenLoop {
+            rate: 100.0,
+            duration: Duration::from_secs(1),
+            max_in_flight: 1,
+        };
+        let s = load
+            .run(|_| async {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                Ok::<(), ()>(())
+            })
+            .await;
+        assert_eq!(s.requests, 100);
+        // The last of 100 requests was due at 0.99 s and finished at 5.0 s.
+        assert!(
+            (3_900_000..=4_200_000).contains(&s.max_us),
+            "max {}",
+            s.max_us
+        );
+        assert!(s.achieved_rate < 25.0, "rate {}", s.achieved_rate);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn errors_are_counted_and_timed() {
+        let load = OpenLoop {
+            rate: 10.0,
+            duration: Duration::from_secs(1),
+            max_in_flight: 100,
+        };
+        let s = load
+            .run(|i| async move { if i % 2 == 0 { Ok(()) } else { Err("no") } })
+            .await;
+        assert_eq!((s.requests, s.errors), (10, 5));
+    }
+}
