@@ -390,9 +390,15 @@ impl ControlPlane {
     /// answering without closing its connections (SIGSTOP, a network partition) hung the
     /// member loop: no heartbeat reached the *new* leader, which declared this live node
     /// dead and dropped its replicas — shards were left with no serving replica (found
-    /// by chaos pause-node: 2 s with no replica of a shard). Two heartbeat intervals.
+    /// by chaos pause-node: 2 s with no replica of a shard). A third of `dead_after` (at
+    /// least two heartbeat intervals): a slow but live leader on a loaded machine still
+    /// gets its heartbeats (two heartbeat intervals timed out healthy calls under CI
+    /// load and kept a scale-out from settling), and a dead one is left in time for at
+    /// least two attempts at its successor within the grace period.
     fn member_rpc_timeout(&self) -> Duration {
-        (self.config.heartbeat_interval * 2).max(Duration::from_millis(100))
+        (self.config.dead_after / 3)
+            .max(self.config.heartbeat_interval * 2)
+            .max(Duration::from_millis(100))
     }
 
     /// Exports Raft term, leadership, applied index and the epoch as metrics.
