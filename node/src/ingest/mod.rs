@@ -14,14 +14,15 @@
 
 pub mod decode;
 pub mod encode;
+mod gap;
 mod shard_ingest;
+mod status;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-pub use shard_ingest::{
-    IngestHandle, IngestStatus, TopicIngestStatus, pending_stream_key, spawn_shard_ingest,
-};
+pub use shard_ingest::{IngestHandle, pending_stream_key, spawn_shard_ingest};
+pub use status::{IngestStatus, TopicIngestStatus};
 
 /// Settings of the ingest loops.
 #[derive(Debug, Clone)]

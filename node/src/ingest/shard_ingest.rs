@@ -1,7 +1,7 @@
 //! The per-shard consume → decode → apply loop.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use metrics::{counter, gauge, histogram};
@@ -17,6 +17,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::decode::{RawRecord, decode_record};
+use super::gap::{Position, judge_offset};
+use super::status::{IngestStatus, TopicIngestStatus};
 use super::{IngestConfig, IngestError};
 use crate::metrics as m;
 use crate::registry::{FeatureView, KeyType, Registry, RegistrySnapshot};
@@ -39,35 +41,6 @@ impl ClientContext for IngestContext {
 }
 
 impl ConsumerContext for IngestContext {}
-
-/// Observed ingest state of one topic's partition, for status and readiness.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TopicIngestStatus {
-    /// Broker high watermark as last fetched; -1 if not known yet.
-    pub high_watermark: i64,
-    /// The consumer reached the end of the partition and has consumed nothing since.
-    pub reached_end: bool,
-}
-
-/// Shared, observed ingest state of a shard.
-#[derive(Debug, Default)]
-pub struct IngestStatus {
-    topics: Mutex<BTreeMap<String, TopicIngestStatus>>,
-}
-
-impl IngestStatus {
-    /// A copy of the per-topic state.
-    pub fn topics(&self) -> BTreeMap<String, TopicIngestStatus> {
-        self.topics
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    fn update(&self, f: impl FnOnce(&mut BTreeMap<String, TopicIngestStatus>)) {
-        f(&mut self.topics.lock().unwrap_or_else(|p| p.into_inner()));
-    }
-}
 
 /// Owner of a running ingest loop: cancel it, then [`IngestHandle::join`].
 pub struct IngestHandle {
@@ -228,50 +201,6 @@ struct ShardIngest {
     applied_record_ms: i64,
     /// Newest event time (µs) applied per view, for the freshness gauge.
     view_newest: HashMap<String, i64>,
-}
-
-/// What a record's offset says about the consumer's position.
-#[derive(Debug, PartialEq, Eq)]
-enum Position {
-    /// The next record (or the first one seen).
-    InOrder,
-    /// Records were skipped: re-read from `expected`.
-    Refetch { expected: i64 },
-    /// Records were skipped and re-reading did not find them: a genuine gap.
-    AcceptGap { expected: i64 },
-}
-
-/// Judges `offset` against `expected` (the offset after the last delivered record) and the
-/// gap being re-fetched, updating the latter; a gap is re-read `refetches` times before it
-/// is accepted.
-///
-/// Why gaps are re-read: a broker may expose a high watermark before the records below it
-/// are readable (Tansu advances it before storing the batch). A fetch in between returns
-/// the later batches, and a consumer that trusts it skips the missing records forever:
-/// found by the chaos suite (a replica rebuilt under load lacked an acknowledged write).
-/// Re-reading from the expected offset finds them a moment later; a gap that persists is
-/// genuine (compaction, transaction markers) and is accepted.
-fn judge_offset(
-    expected: Option<i64>,
-    offset: i64,
-    gap: &mut Option<(i64, i64, u32)>,
-    refetches: u32,
-) -> Position {
-    let Some(expected) = expected.filter(|e| offset > *e) else {
-        *gap = None;
-        return Position::InOrder;
-    };
-    let attempts = match gap {
-        Some((e, o, n)) if *e == expected && *o == offset => *n,
-        _ => 0,
-    };
-    if attempts >= refetches {
-        *gap = None;
-        Position::AcceptGap { expected }
-    } else {
-        *gap = Some((expected, offset, attempts + 1));
-        Position::Refetch { expected }
-    }
 }
 
 impl ShardIngest {
@@ -447,7 +376,12 @@ impl ShardIngest {
                     );
                 }
             }
-            self.consumer_next.insert(topic.to_owned(), offset + 1);
+            match self.consumer_next.get_mut(topic) {
+                Some(next) => *next = offset + 1,
+                None => {
+                    self.consumer_next.insert(topic.to_owned(), offset + 1);
+                }
+            }
             records += 1;
             // A record after an end-of-partition event: the end moved on.
             eof = false;
@@ -742,59 +676,4 @@ fn build_streams(
         streams.insert(topic, list);
     }
     streams
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn in_order_offsets_pass() {
-        let mut gap = None;
-        assert_eq!(judge_offset(None, 7, &mut gap, 10), Position::InOrder);
-        assert_eq!(judge_offset(Some(8), 8, &mut gap, 10), Position::InOrder);
-        // Below the expected offset (a re-delivery after a seek): not a gap.
-        assert_eq!(judge_offset(Some(8), 5, &mut gap, 10), Position::InOrder);
-        assert_eq!(gap, None);
-    }
-
-    #[test]
-    fn a_gap_is_refetched_then_accepted_if_it_persists() {
-        let mut gap = None;
-        for attempt in 1..=3 {
-            assert_eq!(
-                judge_offset(Some(10), 13, &mut gap, 3),
-                Position::Refetch { expected: 10 }
-            );
-            assert_eq!(gap, Some((10, 13, attempt)));
-        }
-        assert_eq!(
-            judge_offset(Some(10), 13, &mut gap, 3),
-            Position::AcceptGap { expected: 10 }
-        );
-        assert_eq!(gap, None);
-        // Re-reading disabled: accepted at once.
-        assert_eq!(
-            judge_offset(Some(10), 13, &mut gap, 0),
-            Position::AcceptGap { expected: 10 }
-        );
-    }
-
-    #[test]
-    fn a_gap_that_fills_in_is_forgotten() {
-        let mut gap = None;
-        assert_eq!(
-            judge_offset(Some(10), 13, &mut gap, 10),
-            Position::Refetch { expected: 10 }
-        );
-        // The re-fetch delivers the missing record: in order, the gap is cleared.
-        assert_eq!(judge_offset(Some(10), 10, &mut gap, 10), Position::InOrder);
-        assert_eq!(gap, None);
-        // A different gap later starts its own count.
-        assert_eq!(
-            judge_offset(Some(20), 21, &mut gap, 10),
-            Position::Refetch { expected: 20 }
-        );
-        assert_eq!(gap, Some((20, 21, 1)));
-    }
 }
