@@ -52,6 +52,19 @@ if ! command -v kubectl >/dev/null; then
     exit 1
 fi
 
+# quiver-bench's peers: Redis (Debian package) and Feast's feature server on Redis (PyPI).
+if ! command -v redis-server >/dev/null; then
+    echo "setup: installing redis-server" >&2
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+    # The package starts a system service on :6379; the bench starts its own on free ports.
+    as_root systemctl disable --now redis-server >/dev/null 2>&1 || true
+fi
+if ! command -v feast >/dev/null; then
+    echo "setup: installing feast[redis] (pip; a few minutes on a fresh machine)" >&2
+    python3 -m pip install -q --disable-pip-version-check 'feast[redis]==0.67.0'
+fi
+
 if ! command -v cargo >/dev/null; then
     echo "setup: cargo is missing; install the Rust toolchain (rustup) first" >&2
     exit 1

@@ -1,5 +1,6 @@
 //! Micro-benchmarks of quiver's hot paths: partitioner, record decode, row codec, lookup
-//! (RocksDB multi-get + response assembly) and response encoding.
+//! (RocksDB multi-get + response assembly), response encoding, and the smart client's
+//! routing (split a batch by shard) and merge (answers back into request order).
 //!
 //! Run: `cargo bench -p quiver-bench --bench hot_paths` (see docs/PERFORMANCE.md).
 
@@ -11,13 +12,18 @@ use prost::Message as _;
 use quiver_bench::{
     SHARDS, entity_key, filled_stores, json_record, protobuf_record, registry, values,
 };
+use quiver_client::bench_support::Router;
 use quiver_node::config::NodeConfigFile;
 use quiver_node::ingest::decode::{RawRecord, decode_record};
 use quiver_node::registry::KeyType;
 use quiver_node::serve::lookup::{execute_lookup, plan_lookup};
 use quiver_node::storage::row_codec::{decode_row, decode_selected, encode_row};
 use quiver_proto::Partitioner;
-use quiver_proto::v1::{EntityKey, GetOnlineFeaturesRequest};
+use quiver_proto::v1::value::Kind;
+use quiver_proto::v1::{
+    ClusterMap, EntityKey, FeatureColumn, FeatureStatus, GetOnlineFeaturesRequest,
+    GetOnlineFeaturesResponse, ReplicaInfo, ShardReplicas, Value,
+};
 
 fn partitioner(c: &mut Criterion) {
     let mut g = c.benchmark_group("partitioner");
@@ -134,9 +140,82 @@ fn lookup(c: &mut Criterion) {
     g.finish();
 }
 
+/// A 3-node, 8-shard, R = 2 map as a node serves it.
+fn cluster_map() -> ClusterMap {
+    ClusterMap {
+        epoch: 7,
+        shard_count: 8,
+        replication_factor: 2,
+        partitioner: "murmur2".into(),
+        shards: (0..8)
+            .map(|s| ShardReplicas {
+                shard: s,
+                replicas: (0..2)
+                    .map(|r| {
+                        let node = u64::from((s + r) % 3 + 1);
+                        ReplicaInfo {
+                            node_id: node,
+                            addr: format!("127.0.0.1:{}", 7000 + node),
+                            state: 2,
+                        }
+                    })
+                    .collect(),
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// One shard's answer: `features` float columns for `keys` rows.
+fn shard_answer(keys: usize, features: usize) -> GetOnlineFeaturesResponse {
+    GetOnlineFeaturesResponse {
+        columns: (0..features)
+            .map(|f| FeatureColumn {
+                name: format!("v:f{f}"),
+                values: (0..keys)
+                    .map(|k| Value {
+                        kind: Some(Kind::Float64Value((k * f) as f64)),
+                    })
+                    .collect(),
+                statuses: vec![FeatureStatus::Present as i32; keys],
+                event_times_micros: vec![1_760_000_000_000_000; keys],
+            })
+            .collect(),
+        watermarks: Vec::new(),
+    }
+}
+
+fn client_route_merge(c: &mut Criterion) {
+    let router = Router::new(&cluster_map()).expect("valid map");
+    let mut g = c.benchmark_group("client_50_features");
+    for n in [10u64, 100, 500] {
+        let keys: Vec<EntityKey> = (0..n)
+            .map(|i| EntityKey::from(entity_key(i * 31)))
+            .collect();
+        g.throughput(Throughput::Elements(n));
+        g.bench_with_input(BenchmarkId::new("route", n), &keys, |b, keys| {
+            b.iter(|| router.split(black_box(keys)))
+        });
+        let split = router.split(&keys);
+        let parts: Vec<GetOnlineFeaturesResponse> = split
+            .shard_keys()
+            .iter()
+            .map(|(_, k)| shard_answer(k.len(), 50))
+            .collect();
+        g.bench_with_input(BenchmarkId::new("merge", n), &parts, |b, parts| {
+            b.iter_batched(
+                || parts.clone(),
+                |p| split.merge(p),
+                criterion::BatchSize::SmallInput,
+            )
+        });
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(30).measurement_time(std::time::Duration::from_secs(3));
-    targets = partitioner, record_decode, row_codec, lookup
+    targets = partitioner, record_decode, row_codec, lookup, client_route_merge
 }
 criterion_main!(benches);

@@ -7,13 +7,20 @@
 //! Requests in flight are capped (`max_in_flight`); when the cap is reached the next
 //! request waits for a slot, and its wait counts in its latency (its intended time does
 //! not move).
+//!
+//! A system that cannot keep up would make such a run last far longer than planned (every
+//! late request is still sent); with `give_up` set, the run stops issuing once a request
+//! could not even be sent within that time of its intended send time, and reports itself
+//! overloaded: its percentiles are then lower bounds.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use tokio::sync::{Mutex, Semaphore};
+use std::sync::Mutex;
+
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 /// The shape of a run.
@@ -25,13 +32,108 @@ pub struct OpenLoop {
     pub duration: Duration,
     /// Most requests outstanding at once.
     pub max_in_flight: usize,
+    /// Stop issuing when a request is this late before it could be sent.
+    pub give_up: Option<Duration>,
+    /// How send times are kept.
+    pub pacing: Pacing,
+}
+
+/// How the schedule is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pacing {
+    /// A dedicated thread sleeping with the OS timer's precision (tens of µs) hands each
+    /// request to the runtime when it is due: for real runs, where the runtime timer's
+    /// 1 ms granularity would add up to 1 ms to every latency.
+    Thread,
+    /// The async runtime's timer: follows tokio's paused time (tests).
+    Runtime,
+}
+
+/// Yields `(i, intended send time)` when request `i` is due.
+enum Schedule {
+    Runtime {
+        next: u64,
+        total: u64,
+        start: Instant,
+        interval: Duration,
+    },
+    Thread {
+        rx: tokio::sync::mpsc::Receiver<(u64, Instant)>,
+        stop: Arc<std::sync::atomic::AtomicBool>,
+    },
+}
+
+impl Schedule {
+    fn new(pacing: Pacing, total: u64, start: Instant, interval: Duration) -> Schedule {
+        match pacing {
+            Pacing::Runtime => Schedule::Runtime {
+                next: 0,
+                total,
+                start,
+                interval,
+            },
+            Pacing::Thread => {
+                // Bounded: when the issuer waits for in-flight slots the pacer waits too;
+                // intended times come from the index, so nothing drifts.
+                let (tx, rx) = tokio::sync::mpsc::channel(1024);
+                let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let (stop2, start) = (stop.clone(), start.into_std());
+                std::thread::spawn(move || {
+                    for i in 0..total {
+                        let due = start + interval.mul_f64(i as f64);
+                        let now = std::time::Instant::now();
+                        if due > now {
+                            std::thread::sleep(due - now);
+                        }
+                        if stop2.load(std::sync::atomic::Ordering::Relaxed)
+                            || tx.blocking_send((i, Instant::from_std(due))).is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+                Schedule::Thread { rx, stop }
+            }
+        }
+    }
+
+    async fn next(&mut self) -> Option<(u64, Instant)> {
+        match self {
+            Schedule::Runtime {
+                next,
+                total,
+                start,
+                interval,
+            } => {
+                if *next >= *total {
+                    return None;
+                }
+                let i = *next;
+                *next += 1;
+                let intended = *start + interval.mul_f64(i as f64);
+                tokio::time::sleep_until(intended).await;
+                Some((i, intended))
+            }
+            Schedule::Thread { rx, .. } => rx.recv().await,
+        }
+    }
+}
+
+impl Drop for Schedule {
+    fn drop(&mut self) {
+        if let Schedule::Thread { stop, .. } = self {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
 }
 
 /// What a run measured; latencies in microseconds from each request's intended send time.
 #[derive(Debug, Clone)]
 pub struct LoadSummary {
-    /// Requests issued.
+    /// Requests issued (fewer than planned when the run gave up).
     pub requests: u64,
+    /// The run stopped early: the system could not keep up with the rate.
+    pub overloaded: bool,
     /// Requests that returned an error (their latency is recorded too).
     pub errors: u64,
     /// Median latency, µs.
@@ -60,6 +162,23 @@ impl OpenLoop {
         F: Fn(u64) -> Fut,
         Fut: Future<Output = Result<(), E>> + Send + 'static,
     {
+        self.run_while(request, || true).await
+    }
+
+    /// [`OpenLoop::run`], ending early (with the requests issued so far) once
+    /// `keep_going()` answers false; it is asked before each request.
+    ///
+    /// # Panics
+    /// If `rate` is not positive or `max_in_flight` is 0.
+    pub async fn run_while<F, Fut, E>(
+        &self,
+        request: F,
+        keep_going: impl Fn() -> bool,
+    ) -> LoadSummary
+    where
+        F: Fn(u64) -> Fut,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+    {
         assert!(
             self.rate > 0.0 && self.max_in_flight > 0,
             "bad load shape {self:?}"
@@ -73,11 +192,22 @@ impl OpenLoop {
         let start = Instant::now();
         let total = (self.duration.as_secs_f64() * self.rate).floor() as u64;
         let mut tasks = tokio::task::JoinSet::new();
-        for i in 0..total {
-            let intended = start + interval.mul_f64(i as f64);
-            tokio::time::sleep_until(intended).await;
+        let mut sent = 0;
+        let mut overloaded = false;
+        let mut schedule = Schedule::new(self.pacing, total, start, interval);
+        while let Some((i, intended)) = schedule.next().await {
+            if !keep_going() {
+                break;
+            }
             // Waiting for a slot delays the send, never the intended time.
             let permit = slots.clone().acquire_owned().await.expect("never closed");
+            if let Some(limit) = self.give_up
+                && Instant::now().saturating_duration_since(intended) > limit
+            {
+                overloaded = true;
+                break;
+            }
+            sent += 1;
             let fut = request(i);
             let (hist, errors) = (hist.clone(), errors.clone());
             tasks.spawn(async move {
@@ -88,21 +218,28 @@ impl OpenLoop {
                     errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
                 let us = (latency.as_micros() as u64).clamp(1, MAX_LATENCY_US);
-                hist.lock().await.record(us).expect("clamped into bounds");
+                hist.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .record(us)
+                    .expect("clamped into bounds");
             });
         }
+        drop(schedule);
         while tasks.join_next().await.is_some() {}
         let elapsed = start.elapsed().as_secs_f64();
-        let h = hist.lock().await;
+        let h = hist
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         LoadSummary {
-            requests: total,
+            requests: sent,
+            overloaded,
             errors: errors.load(std::sync::atomic::Ordering::Relaxed),
             p50_us: h.value_at_quantile(0.50),
             p99_us: h.value_at_quantile(0.99),
             p999_us: h.value_at_quantile(0.999),
             max_us: h.max(),
             achieved_rate: if elapsed > 0.0 {
-                total as f64 / elapsed
+                sent as f64 / elapsed
             } else {
                 0.0
             },
@@ -147,6 +284,8 @@ mod tests {
             rate: 1000.0,
             duration: Duration::from_secs(2),
             max_in_flight: 10_000,
+            give_up: None,
+            pacing: Pacing::Runtime,
         };
         let server = Synthetic {
             t0: Instant::now(),
@@ -173,6 +312,8 @@ mod tests {
             rate: 100.0,
             duration: Duration::from_secs(1),
             max_in_flight: 1,
+            give_up: None,
+            pacing: Pacing::Runtime,
         };
         let s = load
             .run(|_| async {
@@ -196,10 +337,59 @@ mod tests {
             rate: 10.0,
             duration: Duration::from_secs(1),
             max_in_flight: 100,
+            give_up: None,
+            pacing: Pacing::Runtime,
         };
         let s = load
             .run(|i| async move { if i % 2 == 0 { Ok(()) } else { Err("no") } })
             .await;
         assert_eq!((s.requests, s.errors), (10, 5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_system_that_cannot_keep_up_ends_the_run_early_as_overloaded() {
+        // 1,000 requests/s planned for 10 s against 100 ms service with 10 in flight
+        // (100 requests/s at most): the backlog passes 1 s within about a second.
+        let load = OpenLoop {
+            rate: 1000.0,
+            duration: Duration::from_secs(10),
+            max_in_flight: 10,
+            give_up: Some(Duration::from_secs(1)),
+            pacing: Pacing::Runtime,
+        };
+        let s = load
+            .run(|_| async {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Ok::<(), ()>(())
+            })
+            .await;
+        assert!(s.overloaded);
+        assert!(s.requests < 500, "sent {}", s.requests);
+        assert!(s.p99_us >= 900_000, "p99 {}", s.p99_us);
+    }
+
+    // Real time, the pacing real runs use: a 2 ms server with a 150 ms stall in a 1 s run
+    // at 500 requests/s. Bounds are loose (a loaded CI machine), the stall's mark is not.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn thread_pacing_keeps_the_schedule_and_shows_a_stall() {
+        let load = OpenLoop {
+            rate: 500.0,
+            duration: Duration::from_secs(1),
+            max_in_flight: 10_000,
+            give_up: None,
+            pacing: Pacing::Thread,
+        };
+        let server = Synthetic {
+            t0: Instant::now(),
+            delay: Duration::from_millis(2),
+            stall_from: Duration::from_millis(400),
+            stall_until: Duration::from_millis(550),
+        };
+        let s = load.run(move |_| server.serve()).await;
+        assert_eq!(s.requests, 500);
+        assert!((2_000..=20_000).contains(&s.p50_us), "p50 {}", s.p50_us);
+        // 75 of 500 requests (15 %) waited on the stall: p99 is deep in it.
+        assert!(s.p99_us >= 100_000, "p99 {} µs hides the stall", s.p99_us);
+        assert!((140_000..=400_000).contains(&s.max_us), "max {}", s.max_us);
     }
 }

@@ -53,6 +53,8 @@
 //! - [`metrics`]: metric names; [`NodeClient`]: one node, for operator tools.
 
 mod batch;
+#[doc(hidden)]
+pub mod bench_support;
 mod client;
 pub mod config;
 pub mod error;

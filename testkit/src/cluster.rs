@@ -20,6 +20,8 @@ pub struct ClusterSettings {
     pub dead_after: Duration,
     /// Longest wait of a lookup for a requested watermark.
     pub max_watermark_wait: Duration,
+    /// RocksDB block cache per node, MiB.
+    pub block_cache_mib: u32,
 }
 
 impl ClusterSettings {
@@ -32,6 +34,7 @@ impl ClusterSettings {
             partitioner: "murmur2".into(),
             dead_after: Duration::from_secs(3),
             max_watermark_wait: Duration::from_millis(200),
+            block_cache_mib: 16,
         }
     }
 }
@@ -119,7 +122,7 @@ bootstrap_servers = "{bootstrap}"
 poll_timeout = "50ms"
 lag_refresh_interval = "500ms"
 [storage]
-block_cache_mib = 16
+block_cache_mib = {cache}
 write_buffer_mib = 16
 [limits]
 max_watermark_wait = "{wait}ms"
@@ -144,6 +147,7 @@ dead_after = "{dead}ms"
         seeds = toml_list(seeds),
         r = s.replication_factor,
         dead = s.dead_after.as_millis(),
+        cache = s.block_cache_mib,
     );
     std::fs::write(&m.config, text).expect("write node config");
 }

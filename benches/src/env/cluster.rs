@@ -1,0 +1,346 @@
+//! The cluster under measurement: the Tansu broker and `quiver-node` processes on
+//! loopback (as in production: one process per node, gRPC between them), loaded with the
+//! [`Dataset`] through Kafka, as real data arrives. Every process dies with this value.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use quiver_client::{Lookup, NodeClient, Watermarks};
+use quiver_proto::v1::ClusterMap;
+use quiver_testkit::{Broker, ClusterSettings, Member, NodeProcess, initial_members};
+use rdkafka::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use serde::Serialize;
+
+use super::dataset::{Dataset, view};
+use super::progress::Progress;
+
+/// Shape of the cluster.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterSpec {
+    /// Nodes (processes).
+    pub nodes: u32,
+    /// Shards P (= partitions of every topic).
+    pub shards: u32,
+    /// Replicas per shard R.
+    pub replication: u32,
+    /// RocksDB block cache per node, MiB.
+    pub block_cache_mib: u32,
+}
+
+/// A running cluster.
+pub struct BenchCluster {
+    // Field order is drop order: nodes before the broker they consume from.
+    nodes: Vec<NodeProcess>,
+    broker: Broker,
+    members: Vec<Member>,
+    spec: ClusterSpec,
+    /// Next offset per (topic, partition) after everything produced so far.
+    produced: BTreeMap<(String, u32), i64>,
+}
+
+/// The producer settings of the tool: acknowledged by the broker, batched a little.
+pub fn producer(bootstrap: &str) -> anyhow::Result<FutureProducer> {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "2")
+        .set("acks", "all")
+        .set("queue.buffering.max.messages", "200000")
+        .set("partitioner", "murmur2_random")
+        .create()
+        .context("create the Kafka producer")
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl BenchCluster {
+    /// Starts the broker and the nodes under `root`, creates a topic per view, registers
+    /// the views and waits until every node knows them and every shard is served.
+    ///
+    /// # Errors
+    /// When a process, the registration or the wait fails.
+    pub async fn start(spec: &ClusterSpec, root: &Path, features: &[u32]) -> anyhow::Result<Self> {
+        let (broker, members, nodes) = {
+            let spec = spec.clone();
+            let root = root.to_path_buf();
+            let features = features.to_vec();
+            tokio::task::spawn_blocking(move || {
+                let broker = Broker::start();
+                for f in &features {
+                    broker.create_topic(&view(*f), spec.shards);
+                }
+                let mut settings = ClusterSettings::new(broker.bootstrap());
+                settings.shard_count = spec.shards;
+                settings.replication_factor = spec.replication.min(spec.nodes);
+                settings.dead_after = Duration::from_secs(10);
+                // Freshness probes wait at the node for the watermark they ask for.
+                settings.max_watermark_wait = Duration::from_secs(10);
+                settings.block_cache_mib = spec.block_cache_mib;
+                let members =
+                    initial_members(&root.join("nodes"), u64::from(spec.nodes), &settings);
+                let nodes: Vec<NodeProcess> = members
+                    .iter()
+                    .map(|m| NodeProcess::start_member(m, 1, None))
+                    .collect();
+                (broker, members, nodes)
+            })
+            .await?
+        };
+        let c = BenchCluster {
+            nodes,
+            broker,
+            members,
+            spec: spec.clone(),
+            produced: BTreeMap::new(),
+        };
+        c.wait_map(Duration::from_secs(60)).await?;
+        let mut admin = NodeClient::connect(c.endpoints()[0].clone()).await?;
+        admin
+            .apply_definitions(Dataset::definitions(features), false)
+            .await
+            .context("register the bench views")?;
+        for f in features {
+            c.wait_view(&view(*f), Duration::from_secs(30)).await?;
+        }
+        Ok(c)
+    }
+
+    /// Waits until the map lists every shard with its replicas, all Serving.
+    async fn wait_map(&self, timeout: Duration) -> anyhow::Result<ClusterMap> {
+        let deadline = Instant::now() + timeout;
+        let want = self.spec.replication.min(self.spec.nodes) as usize;
+        loop {
+            let why = match self.cluster_map().await {
+                Ok(m)
+                    if m.shards.len() == self.spec.shards as usize
+                        && m.shards.iter().all(|s| {
+                            s.replicas.len() == want
+                                && s.replicas.iter().all(|r| r.state == 2 /* SERVING */)
+                        }) =>
+                {
+                    return Ok(m);
+                }
+                Ok(m) => format!("map epoch {} not complete", m.epoch),
+                Err(e) => e.to_string(),
+            };
+            if Instant::now() > deadline {
+                bail!("the cluster did not start: {why}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn wait_view(&self, name: &str, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        for e in self.endpoints() {
+            loop {
+                let known = match NodeClient::connect(e.clone()).await {
+                    Ok(mut c) => c.describe_view(name).await.is_ok(),
+                    Err(_) => false,
+                };
+                if known {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!("view {name} did not reach {e}");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// The current cluster map, from the first node.
+    ///
+    /// # Errors
+    /// When the node does not answer.
+    pub async fn cluster_map(&self) -> anyhow::Result<ClusterMap> {
+        let mut c = NodeClient::connect(self.endpoints()[0].clone()).await?;
+        Ok(c.cluster_map().await?)
+    }
+
+    /// Produces every entity of `ds` to each view in `features` (full speed), and waits
+    /// until every replica has applied all of it.
+    ///
+    /// # Errors
+    /// When producing fails or replicas do not catch up within ten minutes.
+    pub async fn load(&mut self, ds: &Dataset, features: &[u32]) -> anyhow::Result<()> {
+        let producer = producer(&self.broker.bootstrap())?;
+        for f in features {
+            let topic = view(*f);
+            let bar = Progress::new(&format!("load {topic}"), u64::from(ds.entities));
+            let ts = now_ms();
+            let mut pending = Vec::with_capacity(4096);
+            for k in 0..ds.entities {
+                let key = super::dataset::key(k);
+                let payload = ds.json_record(k, *f, ts);
+                let fut = loop {
+                    match producer.send_result(FutureRecord::to(&topic).key(&key).payload(&payload))
+                    {
+                        Ok(fut) => break fut,
+                        // Queue full: wait for some deliveries.
+                        Err((_, _)) => {
+                            self.settle(&topic, &mut pending).await?;
+                        }
+                    }
+                };
+                pending.push(fut);
+                if pending.len() >= 4096 {
+                    self.settle(&topic, &mut pending).await?;
+                }
+                bar.set(u64::from(k) + 1);
+            }
+            self.settle(&topic, &mut pending).await?;
+            bar.finish();
+        }
+        producer.flush(Duration::from_secs(30))?;
+        self.wait_applied(Duration::from_secs(600)).await
+    }
+
+    async fn settle(
+        &mut self,
+        topic: &str,
+        pending: &mut Vec<rdkafka::producer::DeliveryFuture>,
+    ) -> anyhow::Result<()> {
+        for fut in pending.drain(..) {
+            let d = fut
+                .await
+                .context("delivery report dropped")?
+                .map_err(|(e, _)| anyhow::anyhow!("produce to {topic}: {e}"))?;
+            self.record_delivery(topic, d.partition as u32, d.offset);
+        }
+        Ok(())
+    }
+
+    /// Notes that `offset` of `topic`'s `partition` was acknowledged.
+    pub fn record_delivery(&mut self, topic: &str, partition: u32, offset: i64) {
+        let next = self
+            .produced
+            .entry((topic.to_string(), partition))
+            .or_default();
+        *next = (*next).max(offset + 1);
+    }
+
+    /// Waits until every replica has applied everything recorded as produced.
+    ///
+    /// # Errors
+    /// When a replica is still behind after `timeout`.
+    pub async fn wait_applied(&self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        let map = self.cluster_map().await?;
+        let partitioner: quiver_proto::Partitioner = map
+            .partitioner
+            .parse()
+            .unwrap_or(quiver_proto::Partitioner::Murmur2);
+        for s in &map.shards {
+            // A replica answers only for keys of its shard.
+            let probe_key = (0..)
+                .map(super::dataset::key)
+                .find(|k| partitioner.shard_for_key(k.as_bytes(), map.shard_count).0 == s.shard)
+                .unwrap_or_default();
+            let token: Vec<String> = self
+                .produced
+                .iter()
+                .filter(|((_, p), _)| *p == s.shard)
+                .map(|((t, p), o)| format!("{p}:{t}={o}"))
+                .collect();
+            if token.is_empty() {
+                continue;
+            }
+            let wm: Watermarks = token
+                .join(",")
+                .parse()
+                .map_err(|e| anyhow::anyhow!("watermark token: {e:?}"))?;
+            let topic = self
+                .produced
+                .keys()
+                .find(|(_, p)| *p == s.shard)
+                .map(|(t, _)| t.clone())
+                .unwrap_or_default();
+            for r in &s.replicas {
+                let mut c = NodeClient::connect(format!("http://{}", r.addr)).await?;
+                loop {
+                    // Any key of the shard: the watermark is what is asked for.
+                    let l = Lookup::features([format!("{topic}:f0")])
+                        .keys([probe_key.as_str()])
+                        .min_watermarks(&wm);
+                    match c.get_online_features(l).await {
+                        Ok(_) => break,
+                        Err(e) if Instant::now() > deadline => {
+                            bail!(
+                                "shard {} on node {} did not catch up: {e}",
+                                s.shard,
+                                r.node_id
+                            )
+                        }
+                        Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Kafka bootstrap servers.
+    pub fn bootstrap(&self) -> String {
+        self.broker.bootstrap()
+    }
+
+    /// `http://host:port` of every node.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(Member::endpoint).collect()
+    }
+
+    /// Process ids of the nodes.
+    pub fn node_pids(&self) -> Vec<u32> {
+        self.nodes.iter().map(NodeProcess::pid).collect()
+    }
+
+    /// Process id of the broker.
+    pub fn broker_pid(&self) -> u32 {
+        self.broker.pid()
+    }
+
+    /// Node ids with their process ids.
+    pub fn node_ids(&self) -> Vec<(u64, u32)> {
+        self.members
+            .iter()
+            .zip(&self.nodes)
+            .map(|(m, p)| (m.id, p.pid()))
+            .collect()
+    }
+
+    /// The cluster's shape.
+    pub fn spec(&self) -> &ClusterSpec {
+        &self.spec
+    }
+
+    /// Data directory of node `i` (0-based).
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.members[i].dir.join("data")
+    }
+
+    /// Sum of the Prometheus samples named `name` on node `i` (0-based), every label.
+    ///
+    /// # Errors
+    /// When the node's exporter does not answer.
+    pub fn metric_sum(&self, i: usize, name: &str) -> anyhow::Result<f64> {
+        let m = &self.members[i];
+        let text = super::http_get(&m.host, m.metrics, "/metrics")?;
+        Ok(text
+            .lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum())
+    }
+}

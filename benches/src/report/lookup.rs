@@ -1,0 +1,294 @@
+//! The lookup report: Markdown tables (quiver per case, peers and floor with ratios) and
+//! plots (p99 vs offered load per case and system; throughput vs batch size).
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use super::plot::{Chart, Series};
+use super::{count, opt};
+use crate::lookup::{CaseResult, LookupReport, SystemResult};
+
+fn keys_at_max(s: &SystemResult, batch: u32) -> f64 {
+    s.search
+        .at_max
+        .as_ref()
+        .map_or(0.0, |st| st.achieved_rate * f64::from(batch))
+}
+
+/// quiver ÷ peer, as text (`∞` when only quiver met the SLO).
+fn ratio(quiver: f64, peer: f64) -> String {
+    match (quiver > 0.0, peer > 0.0) {
+        (_, true) => format!("{:.2}×", quiver / peer),
+        (true, false) => "∞ (peer never met the SLO)".into(),
+        (false, false) => "–".into(),
+    }
+}
+
+fn plot_name(c: &CaseResult) -> String {
+    format!("latency-vs-load-{}x{}.svg", c.case.batch, c.case.features)
+}
+
+/// Writes `lookup.md` and the plots into `dir`.
+///
+/// # Errors
+/// When a file cannot be written.
+pub fn write(r: &LookupReport, dir: &Path) -> anyhow::Result<()> {
+    let slo = r.params.criteria.slo_p99_ms;
+    for c in &r.cases {
+        let chart = Chart {
+            title: format!(
+                "p99 vs offered load, {} keys × {} features",
+                c.case.batch, c.case.features
+            ),
+            x_label: "offered load (requests/s)".into(),
+            y_label: "p99 latency (ms)".into(),
+            log_x: true,
+            log_y: true,
+            series: c
+                .systems
+                .iter()
+                .map(|s| {
+                    let mut pts: Vec<(f64, f64)> = s
+                        .search
+                        .steps
+                        .iter()
+                        .map(|st| (st.offered_rate, st.p99_ms))
+                        .collect();
+                    pts.extend(
+                        s.at_quiver_load
+                            .iter()
+                            .map(|st| (st.offered_rate, st.p99_ms)),
+                    );
+                    pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+                    Series {
+                        name: s.system.clone(),
+                        points: pts,
+                    }
+                })
+                .collect(),
+            y_mark: Some((slo, format!("SLO p99 ≤ {slo} ms"))),
+        };
+        std::fs::write(dir.join(plot_name(c)), chart.to_svg())?;
+    }
+    // Throughput vs batch at the most common feature count.
+    let mut fs: Vec<u32> = r.cases.iter().map(|c| c.case.features).collect();
+    fs.sort_unstable();
+    let common = fs
+        .iter()
+        .max_by_key(|f| fs.iter().filter(|g| g == f).count())
+        .copied();
+    if let Some(f) = common {
+        let mut series = Vec::new();
+        for name in &r.params.systems {
+            let mut pts: Vec<(f64, f64)> = r
+                .cases
+                .iter()
+                .filter(|c| c.case.features == f)
+                .filter_map(|c| {
+                    c.get(name)
+                        .map(|s| (f64::from(c.case.batch), keys_at_max(s, c.case.batch)))
+                })
+                .collect();
+            pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+            series.push(Series {
+                name: name.clone(),
+                points: pts,
+            });
+        }
+        let chart = Chart {
+            title: format!("keys/s at p99 ≤ {slo} ms vs batch size ({f} features)"),
+            x_label: "keys per request".into(),
+            y_label: "keys/s at the SLO".into(),
+            log_x: true,
+            log_y: true,
+            series,
+            y_mark: None,
+        };
+        std::fs::write(dir.join("throughput-vs-batch.svg"), chart.to_svg())?;
+    }
+    std::fs::write(dir.join("lookup.md"), markdown(r))?;
+    Ok(())
+}
+
+/// The Markdown report.
+pub fn markdown(r: &LookupReport) -> String {
+    let p = &r.params;
+    let slo = p.criteria.slo_p99_ms;
+    let mut s = String::new();
+    let _ = writeln!(s, "# quiver-bench lookup\n");
+    s.push_str(&r.run.markdown());
+    let _ = writeln!(
+        s,
+        "- cluster: {} nodes, P = {}, R = {}, block cache {} MiB per node; {} entities, keys `{}`, seed {}",
+        p.cluster.nodes,
+        p.cluster.shards,
+        p.cluster.replication,
+        p.cluster.block_cache_mib,
+        count(f64::from(p.dataset.entities)),
+        p.key_choice,
+        p.dataset.seed
+    );
+    let _ = writeln!(
+        s,
+        "- open loop (latency from each request's intended send time); SLO p99 ≤ {slo} ms with ≤ {:.1} % errors; steps of {} s from {} req/s doubling, {} bisections, then {} s at half the rate found; ≤ {} requests in flight\n",
+        p.criteria.max_error_ratio * 100.0,
+        p.search.step_secs,
+        p.search.start_rate,
+        p.search.refine,
+        p.search.measure_secs,
+        p.search.max_in_flight
+    );
+    let _ = writeln!(s, "## quiver\n");
+    let _ = writeln!(
+        s,
+        "| keys × features | max rate at SLO (req/s) | keys/s | p50 / p99 / p99.9 at 50 % (ms) | server cores at max | keys/s per server core |\n|---|---|---|---|---|---|"
+    );
+    for c in &r.cases {
+        let Some(q) = c.get("quiver") else { continue };
+        let half = q.search.at_half.as_ref();
+        let at_max = q.search.at_max.as_ref();
+        let _ = writeln!(
+            s,
+            "| {} × {} | {} | {} | {} | {} | {} |",
+            c.case.batch,
+            c.case.features,
+            count(q.search.max_rate),
+            count(keys_at_max(q, c.case.batch)),
+            half.map_or("–".into(), |h| format!(
+                "{:.2} / {:.2} / {:.2}",
+                h.p50_ms, h.p99_ms, h.p999_ms
+            )),
+            opt(at_max.and_then(|m| m.server_cores), 2),
+            at_max
+                .and_then(|m| m.keys_per_server_core)
+                .map_or("–".into(), count),
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\n## Against peers and the floor\n\nThroughput ratio: quiver's max rate at the SLO ÷ the system's. p99 at equal load: each system at quiver's half-rate load (quiver's own p99 there first); ratio = quiver ÷ system (below 1: quiver is faster).\n"
+    );
+    let _ = writeln!(
+        s,
+        "| keys × features | system | max rate at SLO (req/s) | keys/s per server core | throughput quiver ÷ system | p99 at quiver's 50 % load (ms) | p99 quiver ÷ system |\n|---|---|---|---|---|---|---|"
+    );
+    for c in &r.cases {
+        let Some(q) = c.get("quiver") else { continue };
+        let q_p99 = q.search.at_half.as_ref().map(|h| h.p99_ms);
+        for sys in c.systems.iter().filter(|x| x.system != "quiver") {
+            let eq = sys.at_quiver_load.as_ref();
+            let p99 = eq.map(|e| {
+                format!(
+                    "{:.2}{}",
+                    e.p99_ms,
+                    if e.overloaded {
+                        " (overloaded, lower bound)"
+                    } else {
+                        ""
+                    }
+                )
+            });
+            let _ = writeln!(
+                s,
+                "| {} × {} | {} | {} | {} | {} | {} | {} |",
+                c.case.batch,
+                c.case.features,
+                sys.system,
+                count(sys.search.max_rate),
+                sys.search
+                    .at_max
+                    .as_ref()
+                    .and_then(|m| m.keys_per_server_core)
+                    .map_or("– (in-process)".into(), count),
+                ratio(q.search.max_rate, sys.search.max_rate),
+                p99.unwrap_or_else(|| "–".into()),
+                match (q_p99, eq) {
+                    (Some(a), Some(e)) if e.p99_ms > 0.0 => format!("{:.2}", a / e.p99_ms),
+                    _ => "–".into(),
+                }
+            );
+        }
+    }
+    let _ = writeln!(s, "\n## quiver as a share of the floor\n");
+    let _ = writeln!(
+        s,
+        "| keys × features | request / response bytes | quiver ÷ gRPC echo (req/s at SLO) | quiver ÷ raw RocksDB multi-get (keys/s at SLO) |\n|---|---|---|---|"
+    );
+    for c in &r.cases {
+        let Some(q) = c.get("quiver") else { continue };
+        let pct = |name: &str| {
+            c.get(name).map_or("–".into(), |f| {
+                if f.search.max_rate > 0.0 {
+                    format!("{:.0} %", 100.0 * q.search.max_rate / f.search.max_rate)
+                } else {
+                    "– (floor never met the SLO)".into()
+                }
+            })
+        };
+        let _ = writeln!(
+            s,
+            "| {} × {} | {} / {} | {} | {} |",
+            c.case.batch,
+            c.case.features,
+            count(c.request_bytes as f64),
+            count(c.response_bytes as f64),
+            pct("echo"),
+            pct("rocksdb")
+        );
+    }
+    let st = &r.storage;
+    let _ = writeln!(
+        s,
+        "\n## Storage\n\n{} features per replica; {} bytes in RocksDB on all nodes (SST + memtables, R copies): {:.1} bytes per stored feature; node RSS after loading: {} MiB.\n",
+        count(st.features_per_replica as f64),
+        count(st.node_bytes),
+        st.bytes_per_feature,
+        st.node_rss_bytes
+            .iter()
+            .map(|b| format!("{:.0}", *b as f64 / 1048576.0))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let _ = writeln!(s, "## Plots\n");
+    for c in &r.cases {
+        let _ = writeln!(
+            s,
+            "- ![p99 vs load {0}x{1}]({2}) `{2}`",
+            c.case.batch,
+            c.case.features,
+            plot_name(c)
+        );
+    }
+    let _ = writeln!(
+        s,
+        "- ![throughput vs batch](throughput-vs-batch.svg) `throughput-vs-batch.svg`"
+    );
+    let _ = writeln!(
+        s,
+        "\n## Every step\n\n| case | system | offered | achieved | p50 | p99 | p99.9 | max (ms) | errors | server cores | result |\n|---|---|---|---|---|---|---|---|---|---|---|"
+    );
+    for c in &r.cases {
+        for sys in &c.systems {
+            for st in sys.search.steps.iter().chain(sys.at_quiver_load.iter()) {
+                let _ = writeln!(
+                    s,
+                    "| {}×{} | {} | {:.0} | {:.0} | {:.3} | {:.3} | {:.3} | {:.1} | {} | {} | {}{} |",
+                    c.case.batch,
+                    c.case.features,
+                    sys.system,
+                    st.offered_rate,
+                    st.achieved_rate,
+                    st.p50_ms,
+                    st.p99_ms,
+                    st.p999_ms,
+                    st.max_ms,
+                    st.errors,
+                    opt(st.server_cores, 2),
+                    if st.passed { "pass" } else { "fail" },
+                    if st.overloaded { ", overloaded" } else { "" }
+                );
+            }
+        }
+    }
+    s
+}

@@ -1,0 +1,108 @@
+//! quiver through its smart client (routing, fan-out, hedging: what an application uses).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use prost::Message as _;
+use quiver_client::{Client, Lookup};
+
+use super::{Fetched, LookupFuture, System};
+use crate::env::dataset::{feature_refs, key};
+
+/// quiver as a [`System`].
+pub struct Quiver {
+    client: Client,
+    refs: HashMap<u32, Arc<Vec<String>>>,
+    pids: Vec<u32>,
+}
+
+impl Quiver {
+    /// A client of the cluster at `seeds` for the views of `features`; `pids` are the
+    /// node processes.
+    ///
+    /// # Errors
+    /// When the client cannot start.
+    pub async fn connect(
+        seeds: Vec<String>,
+        features: &[u32],
+        pids: Vec<u32>,
+    ) -> anyhow::Result<Quiver> {
+        let client = Client::builder().seeds(seeds).build().await?;
+        let refs = features
+            .iter()
+            .map(|f| (*f, Arc::new(feature_refs(*f))))
+            .collect();
+        Ok(Quiver { client, refs, pids })
+    }
+
+    fn request(&self, features: u32, keys: &[u32]) -> Lookup {
+        let refs = self
+            .refs
+            .get(&features)
+            .map(|r| r.as_slice())
+            .unwrap_or_default();
+        Lookup::features(refs.iter().cloned()).keys(keys.iter().map(|k| key(*k)))
+    }
+
+    /// Wire sizes (request, response) of a lookup of `keys`: what the echo floor sends and
+    /// answers. The response is the sum over the nodes the client fanned out to.
+    ///
+    /// # Errors
+    /// When the lookup fails.
+    pub async fn wire_sizes(&self, features: u32, keys: &[u32]) -> anyhow::Result<(usize, usize)> {
+        let l = self.request(features, keys);
+        let res = self.client.get_online_features(&l).await?;
+        let resp: usize = res.responses().iter().map(|r| r.encoded_len()).sum();
+        Ok((l.into_request().encoded_len(), resp))
+    }
+
+    /// The client (for its routing statistics).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl System for Quiver {
+    fn name(&self) -> &'static str {
+        "quiver"
+    }
+
+    fn server_pids(&self) -> Vec<u32> {
+        self.pids.clone()
+    }
+
+    fn lookup(&self, features: u32, keys: &[u32]) -> LookupFuture {
+        let (client, l, n) = (
+            self.client.clone(),
+            self.request(features, keys),
+            keys.len(),
+        );
+        Box::pin(async move {
+            let r = client
+                .get_online_features(&l)
+                .await
+                .map_err(|e| e.to_string())?;
+            if r.row_count() != n {
+                return Err(format!("{} rows for {n} keys", r.row_count()));
+            }
+            Ok(())
+        })
+    }
+
+    fn fetch(
+        &self,
+        features: u32,
+        keys: &[u32],
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Fetched, String>> + Send>> {
+        let (client, l) = (self.client.clone(), self.request(features, keys));
+        Box::pin(async move {
+            let r = client
+                .get_online_features(&l)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok((0..r.row_count())
+                .map(|row| (0..r.column_count()).map(|c| r.f64(row, c)).collect())
+                .collect())
+        })
+    }
+}

@@ -1,0 +1,253 @@
+//! Smoke runs of every `quiver-bench` subcommand against real processes (a 3-node cluster
+//! and Tansu; Redis, Feast and the echo floor as peers), with seconds of load and small
+//! data. They check that each run completes and its outputs are produced and well formed
+//! — never speed.
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+
+fn bench(args: &[&str]) {
+    let out = Command::new(env!("CARGO_BIN_EXE_quiver-bench"))
+        .args(args)
+        .output()
+        .expect("run quiver-bench");
+    assert!(
+        out.status.success(),
+        "quiver-bench {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn json(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn svg(path: &Path) {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert!(
+        text.starts_with("<svg") && text.trim_end().ends_with("</svg>"),
+        "{}",
+        path.display()
+    );
+    assert!(!text.contains("NaN"), "{}", path.display());
+}
+
+fn check_run_info(v: &Value) {
+    let run = &v["run"];
+    assert!(run["commit"].as_str().is_some_and(|c| !c.is_empty()));
+    assert!(run["machine"]["cores"].as_u64().is_some_and(|c| c >= 1));
+    assert!(
+        run["machine"]["memory_gib"]
+            .as_f64()
+            .is_some_and(|m| m > 0.0)
+    );
+    assert!(run["command"].as_array().is_some_and(|c| c.len() > 1));
+    assert_eq!(run["client_shares_machine"], true);
+}
+
+const SMALL: &[&str] = &[
+    "--entities",
+    "500",
+    "--nodes",
+    "3",
+    "--shards",
+    "4",
+    "--replication",
+    "2",
+];
+const QUICK: &[&str] = &[
+    "--start-rate",
+    "50",
+    "--max-rate",
+    "200",
+    "--step-secs",
+    "0.3",
+    "--refine",
+    "1",
+    "--measure-secs",
+    "0.5",
+    // A loose SLO: the capacity model needs cases that passed, and speed is not checked.
+    "--slo-p99-ms",
+    "50",
+];
+
+#[test]
+fn lookup_ingest_and_capacity_produce_well_formed_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let out_s = out.to_str().unwrap();
+
+    let mut args = vec!["lookup", "--out", out_s, "--cases", "10x10,1x20"];
+    args.extend_from_slice(SMALL);
+    args.extend_from_slice(QUICK);
+    args.extend_from_slice(&["--peers", "echo,rocksdb,redis,feast"]);
+    bench(&args);
+    let lookup = json(&out.join("lookup.json"));
+    assert_eq!(lookup["schema"], "quiver-bench.lookup.v1");
+    check_run_info(&lookup);
+    let cases = lookup["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 2);
+    for c in cases {
+        let names: Vec<&str> = c["systems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["system"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["quiver", "echo", "rocksdb", "redis", "feast"]);
+        assert!(c["response_bytes"].as_u64().unwrap() > c["request_bytes"].as_u64().unwrap() / 10);
+        for s in c["systems"].as_array().unwrap() {
+            let steps = s["search"]["steps"].as_array().unwrap();
+            assert!(!steps.is_empty(), "{}: no steps", s["system"]);
+            for st in steps {
+                if st["requests"].as_u64().unwrap() > st["errors"].as_u64().unwrap() {
+                    assert!(st["p50_ms"].as_f64().unwrap() > 0.0);
+                    assert!(st["p99_ms"].as_f64().unwrap() >= st["p50_ms"].as_f64().unwrap());
+                }
+            }
+            // Every system was checked against the dataset before the load; a server
+            // that answers at all answers without errors at these rates.
+            assert_eq!(
+                steps[0]["errors"], 0,
+                "{}: {:?}",
+                s["system"], steps[0]["first_error"]
+            );
+            if ["quiver", "redis", "feast", "echo"].contains(&s["system"].as_str().unwrap()) {
+                assert!(
+                    steps[0]["server_cores"].as_f64().is_some(),
+                    "{}: no CPU accounting",
+                    s["system"]
+                );
+            }
+        }
+    }
+    assert!(lookup["storage"]["bytes_per_feature"].as_f64().unwrap() > 0.0);
+    let md = std::fs::read_to_string(out.join("lookup.md")).unwrap();
+    for h in [
+        "## quiver",
+        "## Against peers and the floor",
+        "## quiver as a share of the floor",
+        "| 10 × 10 |",
+    ] {
+        assert!(md.contains(h), "lookup.md lacks {h}");
+    }
+    for f in [
+        "latency-vs-load-10x10.svg",
+        "latency-vs-load-1x20.svg",
+        "throughput-vs-batch.svg",
+    ] {
+        svg(&out.join(f));
+    }
+
+    let mut args = vec![
+        "ingest",
+        "--out",
+        out_s,
+        "--records",
+        "3000",
+        "--lookup-rate",
+        "50",
+        "--freshness-samples",
+        "100",
+    ];
+    args.extend_from_slice(SMALL);
+    bench(&args);
+    let ingest = json(&out.join("ingest.json"));
+    assert_eq!(ingest["schema"], "quiver-bench.ingest.v1");
+    check_run_info(&ingest);
+    assert_eq!(ingest["produced"], 3000);
+    let nodes = ingest["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 3);
+    // Every record reaches R = 2 replicas.
+    let applied: u64 = nodes.iter().map(|n| n["records"].as_u64().unwrap()).sum();
+    assert!(
+        applied >= 6000,
+        "replicas applied {applied} of 2 × 3000 records"
+    );
+    let f = &ingest["freshness"];
+    assert!(f["samples"].as_u64().unwrap() > 0);
+    assert!(f["p99_ms"].as_f64().unwrap() >= f["p50_ms"].as_f64().unwrap());
+    let cdf = f["cdf"].as_array().unwrap();
+    assert_eq!(cdf.len(), 101);
+    assert!(cdf.windows(2).all(|w| w[0][0].as_f64() <= w[1][0].as_f64()));
+    assert!(ingest["lookups"]["requests"].as_u64().unwrap() > 0);
+    svg(&out.join("freshness-cdf.svg"));
+    assert!(
+        std::fs::read_to_string(out.join("ingest.md"))
+            .unwrap()
+            .contains("## Freshness")
+    );
+
+    bench(&[
+        "capacity",
+        "--from",
+        out_s,
+        "--qps",
+        "5000",
+        "--plan-replicas",
+        "3",
+    ]);
+    let cap = json(&out.join("capacity.json"));
+    assert_eq!(cap["schema"], "quiver-bench.capacity.v1");
+    assert!(cap["answer"]["nodes"].as_u64().unwrap() >= 3);
+    assert!(["replicas", "cpu", "memory"].contains(&cap["answer"]["bound_by"].as_str().unwrap()));
+    assert_eq!(
+        cap["checks"].as_array().unwrap().len(),
+        cap["points"].as_array().unwrap().len()
+    );
+    assert!(
+        std::fs::read_to_string(out.join("capacity.md"))
+            .unwrap()
+            .contains("## Answer")
+    );
+}
+
+#[test]
+fn all_runs_the_three_into_one_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let mut args = vec![
+        "all",
+        "--out",
+        out.to_str().unwrap(),
+        "--cases",
+        "10x10",
+        "--peers",
+        "echo",
+        "--ingest-records",
+        "1000",
+    ];
+    args.extend_from_slice(SMALL);
+    args.extend_from_slice(QUICK);
+    bench(&args);
+    for f in ["lookup.json", "ingest.json", "capacity.json"] {
+        assert!(
+            json(&out.join(f))["schema"]
+                .as_str()
+                .unwrap()
+                .starts_with("quiver-bench.")
+        );
+    }
+    for f in ["lookup.md", "ingest.md", "capacity.md"] {
+        assert!(out.join(f).exists(), "{f} missing");
+    }
+}
+
+#[test]
+fn bad_arguments_are_named() {
+    let out = Command::new(env!("CARGO_BIN_EXE_quiver-bench"))
+        .args(["lookup", "--cases", "10by10"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("10by10"));
+    let out = Command::new(env!("CARGO_BIN_EXE_quiver-bench"))
+        .args(["lookup", "--peers", "cassandra"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cassandra"));
+}

@@ -1,0 +1,69 @@
+//! The client's CPU work without the network, for `quiver-bench`'s micro-benchmarks
+//! (routing a batch to shards; merging per-shard answers back into request order).
+//! Hidden from the documentation: not a stable API.
+
+use quiver_proto::v1::{ClusterMap, EntityKey, GetOnlineFeaturesResponse};
+
+use crate::error::ClientError;
+use crate::lookup::LookupResult;
+use crate::router::{ShardedBatch, shard_batch};
+use crate::shard_map_cache::RoutingTable;
+
+/// A routing table built from a cluster map.
+#[derive(Debug)]
+pub struct Router(RoutingTable);
+
+/// A batch split by shard.
+#[derive(Debug)]
+pub struct Split(ShardedBatch);
+
+impl Router {
+    /// Builds the table the client would route with.
+    ///
+    /// # Errors
+    /// When the map is invalid.
+    pub fn new(map: &ClusterMap) -> Result<Router, ClientError> {
+        RoutingTable::from_cluster_map(map).map(Router)
+    }
+
+    /// Splits `keys` by shard, duplicates removed (what every lookup does first).
+    pub fn split(&self, keys: &[EntityKey]) -> Split {
+        Split(shard_batch(&self.0, keys))
+    }
+}
+
+impl Split {
+    /// Shards touched, with their distinct keys in the order a sub-request sends them.
+    pub fn shard_keys(&self) -> Vec<(u32, Vec<EntityKey>)> {
+        self.0
+            .by_shard
+            .iter()
+            .map(|(s, idx)| {
+                (
+                    *s,
+                    idx.iter()
+                        .map(|u| self.0.unique[*u as usize].clone())
+                        .collect(),
+                )
+            })
+            .collect()
+    }
+
+    /// Merges one answer per shard (in [`Split::shard_keys`] order, rows in its key order)
+    /// into the request-ordered result, as a lookup does after its fan-out.
+    pub fn merge(&self, parts: Vec<GetOnlineFeaturesResponse>) -> LookupResult {
+        let mut loc = vec![(u32::MAX, 0u32); self.0.unique.len()];
+        for (p, idx) in self.0.by_shard.values().enumerate() {
+            for (row, u) in idx.iter().enumerate() {
+                loc[*u as usize] = (p as u32, row as u32);
+            }
+        }
+        let rows = self
+            .0
+            .row_to_unique
+            .iter()
+            .map(|u| loc[*u as usize])
+            .collect();
+        LookupResult::assemble(parts, rows)
+    }
+}
