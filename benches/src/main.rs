@@ -412,29 +412,50 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        match cli.command {
-            Command::Lookup(a) => run_lookup(&a).await,
-            Command::Ingest(a) => run_ingest(&a.common, &a).await,
-            Command::Capacity(a) => {
-                let out = a.out.clone().unwrap_or_else(|| a.from.clone());
-                run_capacity(&a.from, &out, &a.question)
-            }
-            Command::All(a) => {
-                run_lookup(&a.lookup).await?;
-                let ingest = IngestArgs {
-                    common: a.lookup.common.clone(),
-                    features: 10,
-                    records: a.ingest_records,
-                    rate: a.ingest_rate_limit,
-                    lookup_rate: 200.0,
-                    lookup_batch: 10,
-                    freshness_samples: 2000,
-                };
-                run_ingest(&a.lookup.common, &ingest).await?;
-                let out = a.lookup.common.out.clone();
-                run_capacity(&out, &out, &a.question)
-            }
-            Command::ServeEcho { addr } => quiver_bench::systems::echo::serve(addr).await,
+        // Ctrl-C or SIGTERM drops the run: every process it started (nodes, broker, peers)
+        // is killed by its owner's drop, so no orphan skews the next measurement.
+        tokio::select! {
+            r = run(cli.command) => r,
+            s = interrupted() => anyhow::bail!("interrupted by {s}; stopped every process the run started"),
         }
     })
+}
+
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return "SIGINT";
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Lookup(a) => run_lookup(&a).await,
+        Command::Ingest(a) => run_ingest(&a.common, &a).await,
+        Command::Capacity(a) => {
+            let out = a.out.clone().unwrap_or_else(|| a.from.clone());
+            run_capacity(&a.from, &out, &a.question)
+        }
+        Command::All(a) => {
+            run_lookup(&a.lookup).await?;
+            let ingest = IngestArgs {
+                common: a.lookup.common.clone(),
+                features: 10,
+                records: a.ingest_records,
+                rate: a.ingest_rate_limit,
+                lookup_rate: 200.0,
+                lookup_batch: 10,
+                freshness_samples: 2000,
+            };
+            run_ingest(&a.lookup.common, &ingest).await?;
+            let out = a.lookup.common.out.clone();
+            run_capacity(&out, &out, &a.question)
+        }
+        Command::ServeEcho { addr } => quiver_bench::systems::echo::serve(addr).await,
+    }
 }

@@ -251,3 +251,59 @@ fn bad_arguments_are_named() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cassandra"));
 }
+
+/// Child process ids of `pid`.
+fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+#[test]
+fn sigterm_stops_every_process_the_run_started() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_quiver-bench"))
+        .args([
+            "lookup",
+            "--out",
+            dir.path().to_str().unwrap(),
+            "--cases",
+            "10x10",
+            "--peers",
+            "redis",
+        ])
+        .args(SMALL)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait for the broker and the three nodes.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let started = loop {
+        let c = children(child.id());
+        if c.len() >= 4 {
+            break c;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run did not start its processes"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = child.wait().unwrap();
+    assert!(
+        !exit.success(),
+        "an interrupted run must not report success"
+    );
+    for pid in started {
+        let alive =
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "));
+        assert!(!alive, "process {pid} outlived the interrupted run");
+    }
+}
