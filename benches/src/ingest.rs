@@ -137,6 +137,16 @@ pub struct IngestReport {
 /// `(seconds since the start, records consumed per node)`, sampled.
 type Samples = Vec<(f64, BTreeMap<u64, u64>)>;
 
+/// Records of `topic` a node's replicas consumed, from its status.
+fn consumed(st: &quiver_proto::v1::GetStatusResponse, topic: &str) -> u64 {
+    st.shards
+        .iter()
+        .flat_map(|s| s.partitions.iter())
+        .filter(|p| p.topic == topic)
+        .map(|p| p.records_consumed)
+        .sum()
+}
+
 /// Records applied per node: the sum over its replicas of the view topic's consumed count.
 async fn consumed_per_node(
     cluster: &BenchCluster,
@@ -145,15 +155,7 @@ async fn consumed_per_node(
     let mut out = BTreeMap::new();
     for (i, e) in cluster.endpoints().iter().enumerate() {
         let mut c = quiver_client::NodeClient::connect(e.clone()).await?;
-        let st = c.status().await?;
-        let n = st
-            .shards
-            .iter()
-            .flat_map(|s| s.partitions.iter())
-            .filter(|p| p.topic == topic)
-            .map(|p| p.records_consumed)
-            .sum();
-        out.insert(cluster.node_ids()[i].0, n);
+        out.insert(cluster.node_ids()[i].0, consumed(&c.status().await?, topic));
     }
     Ok(out)
 }
@@ -251,14 +253,7 @@ pub async fn run(p: IngestParams, work: &Path) -> anyhow::Result<IngestReport> {
                 let mut m = BTreeMap::new();
                 for (c, (id, _)) in clients.iter_mut().zip(&ids) {
                     if let Ok(st) = c.status().await {
-                        let n: u64 = st
-                            .shards
-                            .iter()
-                            .flat_map(|s| s.partitions.iter())
-                            .filter(|p| p.topic == topic)
-                            .map(|p| p.records_consumed)
-                            .sum();
-                        m.insert(*id, n);
+                        m.insert(*id, consumed(&st, &topic));
                     }
                 }
                 samples

@@ -89,9 +89,13 @@ pub struct StorageFacts {
 pub struct SystemResult {
     /// System name.
     pub system: String,
+    /// Cores its server processes used with no load (subtracted from every step's).
+    pub idle_cores: Option<f64>,
     /// The search.
     pub search: SearchResult,
-    /// A run at quiver's half-rate load (peers and floor; `None` for quiver itself).
+    /// A run at quiver's reference load: half quiver's max rate at the SLO or, when quiver
+    /// never met the SLO, the lowest rate it was offered. For quiver itself: `None`, or
+    /// that lowest-rate step when it never met the SLO.
     pub at_quiver_load: Option<Step>,
 }
 
@@ -256,7 +260,11 @@ pub async fn run(p: LookupParams, work: &Path) -> anyhow::Result<LookupReport> {
             systems::verify(s.as_ref(), &p.dataset, *f, &sample).await?;
         }
     }
-    eprintln!("every system answers the dataset's values; measuring");
+    eprintln!("every system answers the dataset's values; measuring idle CPU, then load");
+    let mut idle = Vec::new();
+    for s in &sys.list {
+        idle.push(search::idle_cores(s, 3.0).await);
+    }
     let mut cases = Vec::new();
     for (ci, case) in p.cases.iter().enumerate() {
         let probe = keys.batch(&p.dataset, u64::MAX - 2, case.batch);
@@ -278,7 +286,8 @@ pub async fn run(p: LookupParams, work: &Path) -> anyhow::Result<LookupReport> {
         };
         let mut results = Vec::new();
         let mut quiver_half = None;
-        for s in &sys.list {
+        for (s, idle) in sys.list.iter().zip(&idle) {
+            let idle_cores = idle.unwrap_or(0.0);
             let label = format!(
                 "[{}/{}] {}x{} {}",
                 ci + 1,
@@ -297,7 +306,7 @@ pub async fn run(p: LookupParams, work: &Path) -> anyhow::Result<LookupReport> {
                     if st.overloaded { " (overloaded)" } else { "" }
                 );
             };
-            let found = search::search(s, &w, &p.search, p.criteria, &on_step).await;
+            let found = search::search(s, &w, &p.search, p.criteria, &on_step, idle_cores).await;
             let at_quiver_load = match quiver_half {
                 Some(rate) if s.name() != "quiver" => {
                     let st = search::measure(
@@ -307,6 +316,7 @@ pub async fn run(p: LookupParams, work: &Path) -> anyhow::Result<LookupReport> {
                         p.search.measure_secs,
                         p.search.max_in_flight,
                         p.criteria,
+                        idle_cores,
                     )
                     .await;
                     on_step(&st);
@@ -314,11 +324,25 @@ pub async fn run(p: LookupParams, work: &Path) -> anyhow::Result<LookupReport> {
                 }
                 _ => None,
             };
+            let mut at_quiver_load = at_quiver_load;
             if s.name() == "quiver" {
-                quiver_half = (found.max_rate > 0.0).then_some(found.max_rate / 2.0);
+                // The load peers are compared at: half quiver's max rate at the SLO or,
+                // when it never met the SLO, the lowest rate it was offered (that step is
+                // quiver's own reference).
+                if found.max_rate > 0.0 {
+                    quiver_half = Some(found.max_rate / 2.0);
+                } else {
+                    at_quiver_load = found
+                        .steps
+                        .iter()
+                        .min_by(|a, b| a.offered_rate.total_cmp(&b.offered_rate))
+                        .cloned();
+                    quiver_half = at_quiver_load.as_ref().map(|st| st.offered_rate);
+                }
             }
             results.push(SystemResult {
                 system: s.name().to_string(),
+                idle_cores: *idle,
                 search: found,
                 at_quiver_load,
             });

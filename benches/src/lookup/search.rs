@@ -60,7 +60,8 @@ pub struct Step {
     pub p999_ms: f64,
     /// Largest, ms.
     pub max_ms: f64,
-    /// CPU cores the system's server processes used on average (`None` in-process).
+    /// CPU cores the system's server processes used on average above their idle rate
+    /// (`None` in-process).
     pub server_cores: Option<f64>,
     /// Keys served per second per server core.
     pub keys_per_server_core: Option<f64>,
@@ -106,6 +107,7 @@ pub async fn measure(
     secs: f64,
     max_in_flight: usize,
     criteria: Criteria,
+    idle_cores: f64,
 ) -> Step {
     let load = OpenLoop {
         rate,
@@ -139,7 +141,8 @@ pub async fn measure(
         .await
     };
     let wall = t0.elapsed().as_secs_f64();
-    let server_cores = (!pids.is_empty()).then(|| (cpu_seconds(&pids) - cpu0) / wall);
+    let server_cores =
+        (!pids.is_empty()).then(|| ((cpu_seconds(&pids) - cpu0) / wall - idle_cores).max(0.0));
     let ms = |us: u64| us as f64 / 1000.0;
     let completed = summary.requests.saturating_sub(summary.errors);
     let keys_per_s = summary.achieved_rate * f64::from(w.batch) * completed as f64
@@ -170,6 +173,18 @@ pub async fn measure(
     }
 }
 
+/// CPU cores `system`'s server processes use with no load (background work: a node's
+/// consumers polling the broker, heartbeats), over `secs`; subtracted from each step's.
+pub async fn idle_cores(system: &Arc<dyn System>, secs: f64) -> Option<f64> {
+    let pids = system.server_pids();
+    if pids.is_empty() {
+        return None;
+    }
+    let (cpu0, t0) = (cpu_seconds(&pids), Instant::now());
+    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    Some((cpu_seconds(&pids) - cpu0) / t0.elapsed().as_secs_f64())
+}
+
 /// Finds the highest rate that passes: doubles from the start rate until a step fails
 /// (or, when the start fails, quarters down up to three times), bisects between the last
 /// pass and the first failure, then measures longer at half the rate found.
@@ -180,10 +195,20 @@ pub async fn search(
     spec: &SearchSpec,
     criteria: Criteria,
     on_step: &(dyn Fn(&Step) + Sync),
+    idle_cores: f64,
 ) -> SearchResult {
     let mut steps = Vec::new();
     let run = async |rate: f64, secs: f64, steps: &mut Vec<Step>| {
-        let s = measure(system, w, rate, secs, spec.max_in_flight, criteria).await;
+        let s = measure(
+            system,
+            w,
+            rate,
+            secs,
+            spec.max_in_flight,
+            criteria,
+            idle_cores,
+        )
+        .await;
         on_step(&s);
         steps.push(s.clone());
         s

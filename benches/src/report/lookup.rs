@@ -20,7 +20,7 @@ fn ratio(quiver: f64, peer: f64) -> String {
     match (quiver > 0.0, peer > 0.0) {
         (_, true) => format!("{:.2}×", quiver / peer),
         (true, false) => "∞ (peer never met the SLO)".into(),
-        (false, false) => "–".into(),
+        (false, false) => "– (neither met the SLO)".into(),
     }
 }
 
@@ -154,10 +154,14 @@ pub fn markdown(r: &LookupReport) -> String {
             c.case.features,
             count(q.search.max_rate),
             count(keys_at_max(q, c.case.batch)),
-            half.map_or("–".into(), |h| format!(
-                "{:.2} / {:.2} / {:.2}",
-                h.p50_ms, h.p99_ms, h.p999_ms
-            )),
+            match (half, q.at_quiver_load.as_ref()) {
+                (Some(h), _) => format!("{:.2} / {:.2} / {:.2}", h.p50_ms, h.p99_ms, h.p999_ms),
+                (None, Some(l)) => format!(
+                    "– (SLO never met; at {:.0} req/s: {:.2} / {:.2} / {:.2})",
+                    l.offered_rate, l.p50_ms, l.p99_ms, l.p999_ms
+                ),
+                (None, None) => "–".into(),
+            },
             opt(at_max.and_then(|m| m.server_cores), 2),
             at_max
                 .and_then(|m| m.keys_per_server_core)
@@ -166,15 +170,20 @@ pub fn markdown(r: &LookupReport) -> String {
     }
     let _ = writeln!(
         s,
-        "\n## Against peers and the floor\n\nThroughput ratio: quiver's max rate at the SLO ÷ the system's. p99 at equal load: each system at quiver's half-rate load (quiver's own p99 there first); ratio = quiver ÷ system (below 1: quiver is faster).\n"
+        "\n## Against peers and the floor\n\nThroughput ratio: quiver's max rate at the SLO ÷ the system's. p99 at equal load: each system offered quiver's reference load — half quiver's max rate at the SLO, or the lowest rate quiver was offered when it never met the SLO — and p99 ratio = quiver's p99 there ÷ the system's (below 1: quiver is faster).\n"
     );
     let _ = writeln!(
         s,
-        "| keys × features | system | max rate at SLO (req/s) | keys/s per server core | throughput quiver ÷ system | p99 at quiver's 50 % load (ms) | p99 quiver ÷ system |\n|---|---|---|---|---|---|---|"
+        "| keys × features | system | max rate at SLO (req/s) | keys/s per server core | throughput quiver ÷ system | p99 at quiver's reference load (ms) | p99 quiver ÷ system |\n|---|---|---|---|---|---|---|"
     );
     for c in &r.cases {
         let Some(q) = c.get("quiver") else { continue };
-        let q_p99 = q.search.at_half.as_ref().map(|h| h.p99_ms);
+        let q_p99 = q
+            .search
+            .at_half
+            .as_ref()
+            .or(q.at_quiver_load.as_ref())
+            .map(|h| h.p99_ms);
         for sys in c.systems.iter().filter(|x| x.system != "quiver") {
             let eq = sys.at_quiver_load.as_ref();
             let p99 = eq.map(|e| {

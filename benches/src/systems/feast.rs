@@ -138,6 +138,28 @@ impl Feast {
         Ok(feast)
     }
 
+    /// `POST /get-online-features`: the body of a 200 answer.
+    fn get_online_features(
+        &self,
+        features: u32,
+        keys: &[u32],
+    ) -> impl std::future::Future<Output = Result<Vec<u8>, String>> + Send + 'static {
+        let req = self
+            .http
+            .post_json("/get-online-features", self.body(features, keys));
+        async move {
+            let r = req.await?;
+            if r.status != 200 {
+                return Err(format!(
+                    "HTTP {}: {}",
+                    r.status,
+                    String::from_utf8_lossy(&r.body)
+                ));
+            }
+            Ok(r.body)
+        }
+    }
+
     fn body(&self, features: u32, keys: &[u32]) -> Vec<u8> {
         let f = self
             .features_json
@@ -249,20 +271,8 @@ impl System for Feast {
     }
 
     fn lookup(&self, features: u32, keys: &[u32]) -> LookupFuture {
-        let req = self
-            .http
-            .post_json("/get-online-features", self.body(features, keys));
-        Box::pin(async move {
-            let r = req.await?;
-            if r.status != 200 {
-                return Err(format!(
-                    "HTTP {}: {}",
-                    r.status,
-                    String::from_utf8_lossy(&r.body)
-                ));
-            }
-            Ok(())
-        })
+        let req = self.get_online_features(features, keys);
+        Box::pin(async move { req.await.map(drop) })
     }
 
     fn fetch(
@@ -270,20 +280,7 @@ impl System for Feast {
         features: u32,
         keys: &[u32],
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Fetched, String>> + Send>> {
-        let n = keys.len();
-        let req = self
-            .http
-            .post_json("/get-online-features", self.body(features, keys));
-        Box::pin(async move {
-            let r = req.await?;
-            if r.status != 200 {
-                return Err(format!(
-                    "HTTP {}: {}",
-                    r.status,
-                    String::from_utf8_lossy(&r.body)
-                ));
-            }
-            parse(&r.body, n, features)
-        })
+        let (n, req) = (keys.len(), self.get_online_features(features, keys));
+        Box::pin(async move { parse(&req.await?, n, features) })
     }
 }
