@@ -342,7 +342,7 @@ pub async fn run(p: IngestParams, work: &Path) -> anyhow::Result<IngestReport> {
                         c.get_online_features(req).await.map(|_| sent_at.elapsed())
                     });
                 }
-                let times = futures_join(waits).await;
+                let times = futures::future::join_all(waits).await;
                 if times.iter().any(Result::is_err) || times.is_empty() {
                     failed.fetch_add(1, Ordering::Relaxed);
                 } else {
@@ -366,23 +366,11 @@ pub async fn run(p: IngestParams, work: &Path) -> anyhow::Result<IngestReport> {
             pending.push(fut);
         }
         if pending.len() >= 8192 {
-            for f in pending.drain(..) {
-                let d = f
-                    .await
-                    .context("delivery dropped")?
-                    .map_err(|(e, _)| anyhow::anyhow!("produce: {e}"))?;
-                cluster.record_delivery(&topic, d.partition as u32, d.offset);
-            }
+            cluster.settle(&topic, &mut pending).await?;
         }
         bar.set(n + 1);
     }
-    for f in pending.drain(..) {
-        let d = f
-            .await
-            .context("delivery dropped")?
-            .map_err(|(e, _)| anyhow::anyhow!("produce: {e}"))?;
-        cluster.record_delivery(&topic, d.partition as u32, d.offset);
-    }
+    cluster.settle(&topic, &mut pending).await?;
     prod.flush(Duration::from_secs(30))?;
     let produce_seconds = t_start.elapsed().as_secs_f64();
     bar.finish();
@@ -470,20 +458,4 @@ pub async fn run(p: IngestParams, work: &Path) -> anyhow::Result<IngestReport> {
         },
         params: p,
     })
-}
-
-/// Awaits every future concurrently (a tiny `join_all`).
-async fn futures_join<T: Send + 'static>(
-    futs: Vec<impl std::future::Future<Output = T> + Send + 'static>,
-) -> Vec<T> {
-    let mut set = tokio::task::JoinSet::new();
-    for (i, f) in futs.into_iter().enumerate() {
-        set.spawn(async move { (i, f.await) });
-    }
-    let mut out: Vec<(usize, T)> = Vec::new();
-    while let Some(Ok(r)) = set.join_next().await {
-        out.push(r);
-    }
-    out.sort_by_key(|(i, _)| *i);
-    out.into_iter().map(|(_, t)| t).collect()
 }

@@ -204,7 +204,11 @@ impl BenchCluster {
         self.wait_applied(Duration::from_secs(600)).await
     }
 
-    async fn settle(
+    /// Awaits the delivery reports of `pending` and records each acknowledged offset.
+    ///
+    /// # Errors
+    /// When a record was not delivered.
+    pub async fn settle(
         &mut self,
         topic: &str,
         pending: &mut Vec<rdkafka::producer::DeliveryFuture>,

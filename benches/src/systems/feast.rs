@@ -27,18 +27,18 @@ pub struct Feast {
     features_json: HashMap<u32, Arc<String>>,
 }
 
+/// The last lines of a failed Python process's stderr (where its exception is), on one line.
+fn stderr_tail(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let mut lines: Vec<&str> = text.lines().rev().take(5).collect();
+    lines.reverse();
+    lines.join(" | ")
+}
+
 fn run(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
     let out = cmd.output().with_context(|| format!("{what}: start"))?;
     if !out.status.success() {
-        bail!(
-            "{what} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-                .lines()
-                .rev()
-                .take(5)
-                .collect::<Vec<_>>()
-                .join(" | ")
-        );
+        bail!("{what} failed: {}", stderr_tail(&out.stderr));
     }
     Ok(())
 }
@@ -208,15 +208,7 @@ fn load(
     }
     let out = child.wait_with_output()?;
     if !out.status.success() {
-        bail!(
-            "the Feast loader failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-                .lines()
-                .rev()
-                .take(5)
-                .collect::<Vec<_>>()
-                .join(" | ")
-        );
+        bail!("the Feast loader failed: {}", stderr_tail(&out.stderr));
     }
     bar.finish();
     Ok(())
