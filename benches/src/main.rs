@@ -77,6 +77,25 @@ struct Common {
 }
 
 impl Common {
+    /// Rejects shapes no run can have (before anything starts).
+    fn validate(&self) -> anyhow::Result<()> {
+        for (name, v) in [
+            ("--nodes", self.nodes),
+            ("--shards", self.shards),
+            ("--replication", self.replication),
+            ("--entities", self.entities),
+        ] {
+            anyhow::ensure!(v >= 1, "{name} must be at least 1 (got {v})");
+        }
+        anyhow::ensure!(
+            self.replication <= self.nodes,
+            "--replication {} exceeds --nodes {}: each replica of a shard needs its own node",
+            self.replication,
+            self.nodes
+        );
+        Ok(())
+    }
+
     fn cluster(&self) -> ClusterSpec {
         ClusterSpec {
             nodes: self.nodes,
@@ -267,6 +286,16 @@ struct AllArgs {
 }
 
 fn lookup_params(a: &LookupArgs) -> anyhow::Result<LookupParams> {
+    a.common.validate()?;
+    anyhow::ensure!(a.max_in_flight >= 1, "--max-in-flight must be at least 1");
+    anyhow::ensure!(
+        a.redis_connections >= 1,
+        "--redis-connections must be at least 1"
+    );
+    anyhow::ensure!(
+        a.feast_workers != Some(0),
+        "--feast-workers must be at least 1"
+    );
     let known = ["echo", "rocksdb", "redis", "feast"];
     for p in &a.peers {
         anyhow::ensure!(
@@ -312,6 +341,9 @@ fn lookup_params(a: &LookupArgs) -> anyhow::Result<LookupParams> {
 }
 
 fn ingest_params(c: &Common, a: &IngestArgs) -> anyhow::Result<IngestParams> {
+    c.validate()?;
+    anyhow::ensure!(a.features >= 1, "--features must be at least 1");
+    anyhow::ensure!(a.lookup_batch >= 1, "--lookup-batch must be at least 1");
     anyhow::ensure!(a.records > 0, "--records must be positive");
     anyhow::ensure!(a.rate.is_none_or(|r| r > 0.0), "--rate must be positive");
     anyhow::ensure!(a.lookup_rate > 0.0, "--lookup-rate must be positive");

@@ -236,6 +236,29 @@ fn all_runs_the_three_into_one_directory() {
     }
 }
 
+/// Runs `quiver-bench args` expecting a refusal whose message names `what`.
+fn refused(args: &[&str], what: &str) {
+    let out = Command::new(env!("CARGO_BIN_EXE_quiver-bench"))
+        .args(args)
+        .output()
+        .expect("run quiver-bench");
+    assert!(!out.status.success(), "{args:?} was accepted");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(what), "{args:?}: {err}");
+}
+
+#[test]
+fn impossible_shapes_are_refused_before_anything_starts() {
+    refused(&["lookup", "--entities", "0"], "--entities");
+    refused(
+        &["lookup", "--nodes", "2", "--replication", "3"],
+        "--replication 3 exceeds --nodes 2",
+    );
+    refused(&["lookup", "--max-in-flight", "0"], "--max-in-flight");
+    refused(&["ingest", "--lookup-batch", "0"], "--lookup-batch");
+    refused(&["ingest", "--features", "0"], "--features");
+}
+
 #[test]
 fn bad_arguments_are_named() {
     let out = Command::new(env!("CARGO_BIN_EXE_quiver-bench"))
