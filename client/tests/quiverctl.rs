@@ -217,6 +217,7 @@ async fn quiverctl_status_shows_members_and_shard_map_in_cluster_mode() {
     file.cluster.shard_count = 2;
     file.kafka.bootstrap_servers = mock.bootstrap_servers();
     file.control.enabled = true;
+    file.auth.enabled = false;
     file.control.voters = 1;
     file.control.initial_voters = vec![format!("1@{local}")];
     file.control.heartbeat_interval = Duration::from_millis(100);

@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod node;
 pub mod produce;
 pub mod registry;
+pub mod security;
 pub mod serve;
 pub mod shards;
 pub mod storage;

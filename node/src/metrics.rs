@@ -8,6 +8,17 @@ use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 pub const SERVE_REQUESTS: &str = "quiver_serve_requests_total";
 /// Request latency by `rpc` (server side, decode to encode).
 pub const SERVE_REQUEST_DURATION: &str = "quiver_serve_request_duration_seconds";
+/// Counter: calls refused by the security guard, by `reason` (unauthenticated,
+/// permission_denied, overloaded).
+pub const AUTH_DENIED: &str = "quiver_auth_denied_total";
+/// Counter: requests shed by admission control, by `reason`.
+pub const ADMISSION_SHED: &str = "quiver_admission_shed_total";
+/// Gauge: RPCs in flight on the node.
+pub const INFLIGHT_REQUESTS: &str = "quiver_inflight_requests";
+/// Counter: TLS certificate reloads by `outcome` (ok, error).
+pub const TLS_RELOADS: &str = "quiver_tls_reloads_total";
+/// Counter: failed TLS handshakes by `reason` (handshake, timeout, too_many).
+pub const TLS_HANDSHAKE_FAILURES: &str = "quiver_tls_handshake_failures_total";
 /// Entity keys looked up.
 pub const SERVE_KEYS: &str = "quiver_serve_keys_total";
 /// Counter: rows written through `Push`, by view.
@@ -87,6 +98,17 @@ pub fn describe() {
     metrics::counter!(CONTROL_LEADER_CHANGES).increment(0);
     metrics::counter!(STORAGE_STALL_SECONDS).increment(0);
     describe_counter!(SERVE_REQUESTS, "gRPC requests by rpc and result code");
+    describe_counter!(
+        AUTH_DENIED,
+        "Calls refused by authentication or authorisation, by reason"
+    );
+    describe_counter!(
+        ADMISSION_SHED,
+        "Requests shed by admission control, by reason"
+    );
+    describe_gauge!(INFLIGHT_REQUESTS, "RPCs in flight on the node");
+    describe_counter!(TLS_RELOADS, "TLS certificate reloads by outcome");
+    describe_counter!(TLS_HANDSHAKE_FAILURES, "Failed TLS handshakes by reason");
     describe_gauge!(
         STORAGE_MEMTABLE_BYTES,
         Unit::Bytes,

@@ -22,6 +22,7 @@ use crate::ingest::IngestError;
 use crate::kafka_meta::{KafkaMetadata, TopicCheckError};
 use crate::metrics as m;
 use crate::registry::{Registry, RegistryError, RegistrySnapshot};
+use crate::security::tls::ReloadingTls;
 use crate::serve::{ServeState, serve};
 use crate::shards::ShardManager;
 use crate::storage::{ShardStore, StorageEngine, StorageError, TtlTable};
@@ -59,6 +60,9 @@ pub enum NodeError {
     /// The control plane failed.
     #[error("control plane: {0}")]
     Control(ControlError),
+    /// The TLS certificate, key or CA does not load.
+    #[error(transparent)]
+    Tls(#[from] crate::security::tls::TlsError),
     /// A startup task panicked or was cancelled.
     #[error("startup task failed: {0}")]
     Task(String),
@@ -174,7 +178,22 @@ impl Node {
             kafka: Some(kafka),
             producer: Some(producer),
             ready: tokio::sync::watch::channel(false).0,
+            security: config.security.clone(),
+            push_quota: crate::security::rate::RateLimiter::new(
+                config.limits.max_pushes_per_second,
+            ),
+            queued_lookups: Default::default(),
         });
+        if !config.security.auth.enabled {
+            warn!(
+                "AUTHENTICATION IS DISABLED ([auth] enabled = false): anyone who can reach this node's port may read, write and administer it. Use only for demos and trusted test rigs."
+            );
+        }
+        if config.security.tls.is_none() {
+            warn!(
+                "TLS is off: requests, tokens and features travel in clear text ([tls] cert_file/key_file to enable)"
+            );
+        }
         let shards = Arc::new(ShardManager::new(
             engine.clone(),
             registry.clone(),
@@ -235,8 +254,13 @@ impl Node {
             shards.clone(),
             cancel.clone(),
         )));
+        let tls = match &config.security.tls {
+            Some(cfg) => Some(ReloadingTls::new(cfg.clone())?),
+            None => None,
+        };
         let server = tokio::spawn(serve(
             listeners.grpc,
+            tls,
             state.clone(),
             config.shutdown_grace,
             cancel.clone(),

@@ -57,6 +57,10 @@ pub enum ErrorCode {
     ResourceExhausted,
     /// A bug or storage failure on the node.
     Internal,
+    /// No valid credentials: the token is missing, unknown, malformed or revoked.
+    Unauthenticated,
+    /// The caller's role or grants do not allow the call.
+    PermissionDenied,
 }
 
 impl ErrorCode {
@@ -71,6 +75,8 @@ impl ErrorCode {
             ErrorCode::Unavailable => tonic::Code::Unavailable,
             ErrorCode::ResourceExhausted => tonic::Code::ResourceExhausted,
             ErrorCode::Internal => tonic::Code::Internal,
+            ErrorCode::Unauthenticated => tonic::Code::Unauthenticated,
+            ErrorCode::PermissionDenied => tonic::Code::PermissionDenied,
         }
     }
 
@@ -93,6 +99,8 @@ impl ErrorCode {
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::ResourceExhausted => "resource_exhausted",
             ErrorCode::Internal => "internal",
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::PermissionDenied => "permission_denied",
         }
     }
 
@@ -107,6 +115,8 @@ impl ErrorCode {
             "unavailable" => ErrorCode::Unavailable,
             "resource_exhausted" => ErrorCode::ResourceExhausted,
             "internal" => ErrorCode::Internal,
+            "unauthenticated" => ErrorCode::Unauthenticated,
+            "permission_denied" => ErrorCode::PermissionDenied,
             _ => return None,
         })
     }
@@ -149,6 +159,8 @@ mod tests {
             ErrorCode::Unavailable,
             ErrorCode::ResourceExhausted,
             ErrorCode::Internal,
+            ErrorCode::Unauthenticated,
+            ErrorCode::PermissionDenied,
         ] {
             let status = code.to_status("boom");
             assert_eq!(status.code(), code.grpc_code());

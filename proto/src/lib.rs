@@ -4,9 +4,11 @@
 //! - [`v1`]: generated protobuf messages and gRPC stubs of package `quiver.v1`.
 //! - [`partition`]: entity key → shard, identical to the producers' Kafka partitioner.
 //! - [`error`]: the closed set of error codes the node returns and the client branches on.
+//! - [`transport`]: how callers reach a node (TLS, bearer token).
 
 pub mod error;
 pub mod partition;
+pub mod transport;
 
 /// Generated code for package `quiver.v1`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

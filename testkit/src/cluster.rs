@@ -22,6 +22,9 @@ pub struct ClusterSettings {
     pub max_watermark_wait: Duration,
     /// RocksDB block cache per node, MiB.
     pub block_cache_mib: u32,
+    /// TOML appended to every node's config: its `[tls]` and `[auth]` sections. The
+    /// default disables auth (a rig on loopback that tests something else).
+    pub security_toml: String,
 }
 
 impl ClusterSettings {
@@ -35,6 +38,7 @@ impl ClusterSettings {
             dead_after: Duration::from_secs(3),
             max_watermark_wait: Duration::from_millis(200),
             block_cache_mib: 16,
+            security_toml: "[auth]\nenabled = false\n".into(),
         }
     }
 }
@@ -133,6 +137,7 @@ seeds = [{seeds}]
 replication_factor = {r}
 heartbeat_interval = "200ms"
 dead_after = "{dead}ms"
+{security}
 "#,
         id = m.id,
         host = m.host,
@@ -148,6 +153,7 @@ dead_after = "{dead}ms"
         r = s.replication_factor,
         dead = s.dead_after.as_millis(),
         cache = s.block_cache_mib,
+        security = s.security_toml,
     );
     std::fs::write(&m.config, text).expect("write node config");
 }

@@ -68,6 +68,7 @@ impl InProcessCluster {
             f.storage.write_buffer_mib = 8;
             f.ingest.poll_timeout = Duration::from_millis(20);
             f.control.enabled = true;
+            f.auth.enabled = false;
             f.control.initial_voters = voters.clone();
             f.control.replication_factor = r;
             f.control.heartbeat_interval = Duration::from_millis(100);

@@ -64,6 +64,86 @@ pub struct NodeConfigFile {
     pub log: LogSection,
     /// `[control]`
     pub control: ControlSection,
+    /// `[tls]`
+    pub tls: TlsSection,
+    /// `[auth]`
+    pub auth: AuthSection,
+}
+
+/// `[tls]`: TLS on the gRPC port (clients and peers). Empty `cert_file`: plaintext.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSection {
+    /// This node's certificate chain (PEM). Also presented to peers under mutual TLS.
+    pub cert_file: PathBuf,
+    /// Its private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// CA certificates (PEM) that sign client certificates (mutual TLS) and peers'
+    /// certificates (node-to-node calls).
+    pub ca_file: PathBuf,
+    /// Client certificates: `"none"`, `"optional"` (verified if presented) or
+    /// `"required"` (mutual TLS).
+    pub client_auth: String,
+    /// Name peers' certificates are verified against; default: the host of the address.
+    pub server_name: String,
+    /// How often the certificate, key and CA files are checked for changes (new
+    /// connections then use them; no restart). 0 disables reloading.
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: Duration,
+}
+
+impl Default for TlsSection {
+    fn default() -> Self {
+        TlsSection {
+            cert_file: PathBuf::new(),
+            key_file: PathBuf::new(),
+            ca_file: PathBuf::new(),
+            client_auth: "none".into(),
+            server_name: String::new(),
+            reload_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `[auth]`: who may call what (docs/SECURITY.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSection {
+    /// Check every RPC's credentials. Disabling it is for demos and trusted test rigs
+    /// only; the node logs a warning at start.
+    pub enabled: bool,
+    /// File holding a bootstrap admin token (any string of 16+ characters), accepted in
+    /// addition to the tokens in the cluster state: how the first tokens are created.
+    pub bootstrap_token_file: PathBuf,
+    /// File holding the secret cluster members present to each other on internal RPCs
+    /// (the same on every node). Not needed when members authenticate with certificates.
+    pub cluster_token_file: PathBuf,
+    /// Client-certificate identities (mutual TLS) and their roles.
+    pub identities: Vec<IdentitySection>,
+}
+
+impl Default for AuthSection {
+    fn default() -> Self {
+        AuthSection {
+            enabled: true,
+            bootstrap_token_file: PathBuf::new(),
+            cluster_token_file: PathBuf::new(),
+            identities: Vec::new(),
+        }
+    }
+}
+
+/// `[[auth.identities]]`: a certificate identity and its role.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentitySection {
+    /// Matched against the certificate's subject common name and its DNS and URI
+    /// subject alternative names.
+    pub name: String,
+    /// `reader` | `writer` | `admin` | `node` (a cluster member).
+    pub role: String,
+    /// Views it may use; empty: every view.
+    pub views: Vec<String>,
 }
 
 /// `[control]`: cluster mode (openraft control plane). Off: a static node serving
@@ -198,6 +278,21 @@ pub struct LimitsSection {
     pub max_watermark_wait: Duration,
     /// Most rows per `Push` request.
     pub max_push_rows: usize,
+    /// Longest entity key, bytes (lookups and pushes).
+    pub max_key_bytes: usize,
+    /// Longest string or bytes feature value in a push, bytes.
+    pub max_string_bytes: usize,
+    /// Most elements of a vector feature value in a push.
+    pub max_vector_len: usize,
+    /// RPCs in flight on one connection; more are refused with RESOURCE_EXHAUSTED.
+    pub max_concurrent_requests_per_connection: usize,
+    /// RPCs in flight on the node; more are refused with RESOURCE_EXHAUSTED.
+    pub max_inflight_requests: usize,
+    /// Lookups waiting for one of `max_concurrent_lookups`; more are refused with
+    /// RESOURCE_EXHAUSTED.
+    pub max_queued_lookups: usize,
+    /// Push requests per second per principal (token, certificate identity); 0: no limit.
+    pub max_pushes_per_second: u32,
 }
 
 /// `[registry]`
@@ -233,6 +328,8 @@ impl Default for NodeConfigFile {
             registry: RegistrySection::default(),
             log: LogSection::default(),
             control: ControlSection::default(),
+            tls: TlsSection::default(),
+            auth: AuthSection::default(),
         }
     }
 }
@@ -298,6 +395,13 @@ impl Default for LimitsSection {
             max_concurrent_lookups: 256,
             max_watermark_wait: Duration::from_millis(200),
             max_push_rows: 1000,
+            max_key_bytes: 1024,
+            max_string_bytes: 64 << 10,
+            max_vector_len: 4096,
+            max_concurrent_requests_per_connection: 1024,
+            max_inflight_requests: 4096,
+            max_queued_lookups: 1024,
+            max_pushes_per_second: 1000,
         }
     }
 }

@@ -32,7 +32,18 @@ fn cluster_mode_settings() {
     f.control.enabled = true;
     f.control.initial_voters = vec!["1@127.0.0.1:7070".into(), "2@127.0.0.1:7071".into()];
     f.control.replication_factor = 3;
+    // Auth is on by default: members need a way to authenticate to each other.
+    let e = f.validate().unwrap_err().to_string();
+    assert!(e.contains("auth.cluster_token_file"), "{e}");
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("cluster-token");
+    std::fs::write(&token, "0123456789abcdef-cluster\n").unwrap();
+    f.auth.cluster_token_file = token;
     let c = f.validate().unwrap().control.unwrap();
+    assert_eq!(
+        c.peer_credentials.token.as_deref(),
+        Some("0123456789abcdef-cluster")
+    );
     assert_eq!(c.initial_voters.len(), 2);
     assert_eq!(
         c.advertise_addr, "127.0.0.1:7070",
@@ -130,4 +141,70 @@ fn rejects_bad_values_by_name() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("bogus"), "{err}");
+}
+
+#[test]
+fn security_sections_are_validated_with_the_key_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let short = dir.path().join("short");
+    std::fs::write(&short, "abc").unwrap();
+    let cases: Vec<(Box<dyn Fn(&mut NodeConfigFile)>, &str)> = vec![
+        (
+            Box::new(|f| f.tls.cert_file = "/x/cert.pem".into()),
+            "tls.cert_file and tls.key_file",
+        ),
+        (
+            Box::new(|f| f.tls.client_auth = "sometimes".into()),
+            "tls.client_auth",
+        ),
+        (
+            Box::new(|f| f.tls.ca_file = "/x/ca.pem".into()),
+            "need tls.cert_file",
+        ),
+        (
+            Box::new(|f| {
+                f.tls.cert_file = "/nonexistent/cert.pem".into();
+                f.tls.key_file = "/nonexistent/key.pem".into();
+            }),
+            "tls.cert_file /nonexistent/cert.pem",
+        ),
+        (
+            Box::new(move |f| f.auth.bootstrap_token_file = short.clone()),
+            "at least 16",
+        ),
+        (
+            Box::new(|f| f.auth.bootstrap_token_file = "/nonexistent/token".into()),
+            "auth.bootstrap_token_file",
+        ),
+        (
+            Box::new(|f| {
+                f.auth.identities = vec![crate::config::IdentitySection {
+                    name: "app".into(),
+                    role: "superuser".into(),
+                    views: vec![],
+                }]
+            }),
+            "auth.identities[0].role",
+        ),
+        (
+            Box::new(|f| f.limits.max_key_bytes = 100_000),
+            "limits.max_key_bytes",
+        ),
+        (
+            Box::new(|f| f.limits.max_inflight_requests = 0),
+            "limits.max_inflight_requests",
+        ),
+    ];
+    for (change, needle) in cases {
+        let mut f = NodeConfigFile::default();
+        change(&mut f);
+        let e = f.validate().unwrap_err().to_string();
+        assert!(e.contains(needle), "expected {needle:?} in {e:?}");
+    }
+    let c = NodeConfigFile::default().validate().unwrap();
+    assert!(
+        c.security.auth.enabled,
+        "auth is on unless disabled explicitly"
+    );
+    assert!(c.security.tls.is_none());
 }

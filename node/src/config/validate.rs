@@ -23,6 +23,20 @@ pub struct Limits {
     pub max_watermark_wait: Duration,
     /// See [`LimitsSection::max_push_rows`].
     pub max_push_rows: usize,
+    /// See [`LimitsSection::max_key_bytes`].
+    pub max_key_bytes: usize,
+    /// See [`LimitsSection::max_string_bytes`].
+    pub max_string_bytes: usize,
+    /// See [`LimitsSection::max_vector_len`].
+    pub max_vector_len: usize,
+    /// See [`LimitsSection::max_concurrent_requests_per_connection`].
+    pub max_concurrent_requests_per_connection: usize,
+    /// See [`LimitsSection::max_inflight_requests`].
+    pub max_inflight_requests: usize,
+    /// See [`LimitsSection::max_queued_lookups`].
+    pub max_queued_lookups: usize,
+    /// See [`LimitsSection::max_pushes_per_second`].
+    pub max_pushes_per_second: u32,
 }
 
 /// The validated configuration [`crate::run`] takes.
@@ -58,6 +72,8 @@ pub struct NodeConfig {
     pub log: LogSection,
     /// Cluster mode settings; `None` runs a static node.
     pub control: Option<crate::control::plane::ControlConfig>,
+    /// TLS and authentication.
+    pub security: crate::security::SecurityConfig,
 }
 
 impl NodeConfigFile {
@@ -117,6 +133,8 @@ impl NodeConfigFile {
             heartbeat_interval: c.heartbeat_interval,
             dead_after: c.dead_after,
             snapshot_every: c.snapshot_every.max(1),
+            // Set from the validated [tls]/[auth] sections by `validate`.
+            peer_credentials: Default::default(),
         }))
     }
 
@@ -196,6 +214,14 @@ impl NodeConfigFile {
             ("limits.max_request_bytes", l.max_request_bytes),
             ("limits.max_concurrent_lookups", l.max_concurrent_lookups),
             ("limits.max_push_rows", l.max_push_rows),
+            ("limits.max_key_bytes", l.max_key_bytes),
+            ("limits.max_string_bytes", l.max_string_bytes),
+            ("limits.max_vector_len", l.max_vector_len),
+            (
+                "limits.max_concurrent_requests_per_connection",
+                l.max_concurrent_requests_per_connection,
+            ),
+            ("limits.max_inflight_requests", l.max_inflight_requests),
             ("ingest.max_batch_records", self.ingest.max_batch_records),
             ("storage.block_cache_mib", self.storage.block_cache_mib),
             ("storage.write_buffer_mib", self.storage.write_buffer_mib),
@@ -203,6 +229,13 @@ impl NodeConfigFile {
             if v == 0 {
                 return bad(format!("{name} must be greater than 0"));
             }
+        }
+        if l.max_key_bytes > crate::ingest::decode::MAX_KEY_BYTES {
+            return bad(format!(
+                "limits.max_key_bytes = {} exceeds the storage key limit of {} bytes",
+                l.max_key_bytes,
+                crate::ingest::decode::MAX_KEY_BYTES
+            ));
         }
         if l.max_request_bytes > 256 << 20 {
             return bad(format!(
@@ -222,7 +255,16 @@ impl NodeConfigFile {
         }
         let dead_letter_topic = (!self.kafka.dead_letter_topic.is_empty())
             .then(|| self.kafka.dead_letter_topic.clone());
-        let control = self.control_config(grpc_addr, partitioner)?;
+        let mut control = self.control_config(grpc_addr, partitioner)?;
+        let security = crate::security::SecurityConfig::from_sections(
+            &self.tls,
+            &self.auth,
+            control.is_some(),
+        )
+        .map_err(ConfigError::Invalid)?;
+        if let Some(c) = &mut control {
+            c.peer_credentials = security.peer_credentials.clone();
+        }
         Ok(NodeConfig {
             node_id: self.node_id,
             data_dir: self.data_dir.clone(),
@@ -257,7 +299,15 @@ impl NodeConfigFile {
                 max_concurrent_lookups: l.max_concurrent_lookups,
                 max_watermark_wait: l.max_watermark_wait,
                 max_push_rows: l.max_push_rows,
+                max_key_bytes: l.max_key_bytes,
+                max_string_bytes: l.max_string_bytes,
+                max_vector_len: l.max_vector_len,
+                max_concurrent_requests_per_connection: l.max_concurrent_requests_per_connection,
+                max_inflight_requests: l.max_inflight_requests,
+                max_queued_lookups: l.max_queued_lookups,
+                max_pushes_per_second: l.max_pushes_per_second,
             },
+            security,
             definition_files: self.registry.definition_files.clone(),
             log: self.log.clone(),
             control,
@@ -281,6 +331,7 @@ impl NodeConfig {
         file.server.grpc_addr = "127.0.0.1:0".into();
         file.server.metrics_addr = String::new();
         file.server.shutdown_grace = Duration::from_secs(2);
+        file.auth.enabled = false;
         file.validate().expect("test configuration is valid")
     }
 }

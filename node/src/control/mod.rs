@@ -10,4 +10,5 @@ pub mod raft_service;
 pub mod reconciler;
 pub mod state;
 pub mod state_machine;
+pub mod tokens;
 pub mod types;

@@ -15,32 +15,45 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use quiver_proto::transport::{AuthChannel, Credentials, TransportError};
 use quiver_proto::v1::RaftMessage;
 use quiver_proto::v1::raft_service_client::RaftServiceClient;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tonic::transport::{Channel, Endpoint};
 
 use super::types::TypeConfig;
 
-/// Shared cache of channels by peer address.
+/// Shared cache of channels by peer address, each presenting this node's credentials
+/// (TLS client certificate and/or cluster token).
 #[derive(Clone, Default)]
 pub struct Channels {
-    inner: Arc<Mutex<HashMap<String, Channel>>>,
+    inner: Arc<Mutex<HashMap<String, AuthChannel>>>,
+    credentials: Credentials,
 }
 
 impl Channels {
+    /// Channels presenting `credentials`.
+    pub fn new(credentials: Credentials) -> Self {
+        Channels {
+            inner: Arc::default(),
+            credentials,
+        }
+    }
+
     /// The channel to `addr` (`host:port`), created lazily on first use.
-    pub fn get(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+    pub fn get(&self, addr: &str) -> Result<AuthChannel, TransportError> {
         let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = map.get(addr) {
             return Ok(c.clone());
         }
-        let ch = Endpoint::from_shared(format!("http://{addr}"))?
+        let ch = self
+            .credentials
+            .endpoint(addr)?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
             .connect_lazy();
+        let ch = self.credentials.wrap(ch)?;
         map.insert(addr.to_owned(), ch.clone());
         Ok(ch)
     }
@@ -75,7 +88,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
 pub struct PeerConnection {
     target: u64,
     node: BasicNode,
-    channel: Option<Channel>,
+    channel: Option<AuthChannel>,
 }
 
 type RpcResult<T, E> = Result<T, RPCError<u64, BasicNode, E>>;

@@ -45,6 +45,8 @@ pub struct ControlConfig {
     /// Build a snapshot after this many applied entries, and purge the log behind it
     /// (keeping this many entries for slightly lagging followers).
     pub snapshot_every: u64,
+    /// What this node presents to its peers (TLS, cluster token).
+    pub peer_credentials: quiver_proto::transport::Credentials,
 }
 
 /// Errors of control-plane operations.
@@ -124,7 +126,7 @@ impl ControlPlane {
                 .validate()
                 .map_err(|e| ControlError::Raft(e.to_string()))?,
         );
-        let channels = Channels::default();
+        let channels = Channels::new(config.peer_credentials.clone());
         let raft = Raft::new(
             config.node_id,
             raft_config,

@@ -99,6 +99,9 @@ pub struct ClusterState {
     pub registry: DefinitionFile,
     /// Lineage per view name.
     pub lineage: BTreeMap<String, ViewLineage>,
+    /// Access tokens by id (hashed; revoked ones kept for the record).
+    #[serde(default)]
+    pub tokens: BTreeMap<String, crate::security::tokens::TokenRecord>,
 }
 
 /// A change to the cluster state (the Raft log's payload).
@@ -161,6 +164,17 @@ pub enum Command {
         /// Leader clock at proposal time, ms since the epoch.
         applied_at_ms: i64,
     },
+    /// Adds an access token (its hash). Rejected if the id exists or a field is invalid.
+    CreateToken(crate::security::tokens::TokenRecord),
+    /// Revokes a token; it stays listed with who revoked it and when.
+    RevokeToken {
+        /// Token id.
+        id: String,
+        /// Principal revoking it.
+        revoked_by: String,
+        /// Leader clock, ms since the epoch.
+        revoked_at_ms: i64,
+    },
 }
 
 /// The outcome of applying one command.
@@ -183,7 +197,7 @@ pub enum CommandResult {
 }
 
 impl CommandResult {
-    fn rejected(reason: impl Into<String>) -> Self {
+    pub(crate) fn rejected(reason: impl Into<String>) -> Self {
         CommandResult::Rejected {
             invalid: false,
             reason: reason.into(),
@@ -348,6 +362,12 @@ impl ClusterState {
                     applied(self, changes)
                 }
             },
+            Command::CreateToken(record) => self.create_token(record),
+            Command::RevokeToken {
+                id,
+                revoked_by,
+                revoked_at_ms,
+            } => self.revoke_token(id, revoked_by, *revoked_at_ms),
         }
     }
 

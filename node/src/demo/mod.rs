@@ -135,6 +135,8 @@ async fn start_nodes(
         file.storage.write_buffer_mib = 64;
         file.ingest.poll_timeout = Duration::from_millis(20);
         file.registry.definition_files = vec![defs.clone()];
+        // The embedded demo runs on loopback with sample data; the node warns loudly.
+        file.auth.enabled = false;
         let config = file.validate()?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;

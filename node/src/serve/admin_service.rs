@@ -6,9 +6,10 @@ use std::time::{Duration, Instant};
 use metrics::{counter, histogram};
 use quiver_proto::v1::admin_service_server::AdminService;
 use quiver_proto::v1::{
-    ApplyDefinitionsRequest, ApplyDefinitionsResponse, DescribeViewRequest, DescribeViewResponse,
-    GetStatusRequest, GetStatusResponse, ListViewsRequest, ListViewsResponse, PartitionStatus,
-    ShardStatus, ViewSummary,
+    ApplyDefinitionsRequest, ApplyDefinitionsResponse, CreateTokenRequest, CreateTokenResponse,
+    DescribeViewRequest, DescribeViewResponse, GetStatusRequest, GetStatusResponse,
+    ListTokensRequest, ListTokensResponse, ListViewsRequest, ListViewsResponse, PartitionStatus,
+    RevokeTokenRequest, RevokeTokenResponse, ShardStatus, ViewSummary,
 };
 use tonic::{Request, Response, Status};
 use tracing::info;
@@ -19,6 +20,8 @@ use crate::control::state::{Command, CommandResult};
 use crate::kafka_meta::TopicCheckError;
 use crate::metrics as m;
 use crate::registry::{DefinitionFile, RegistryError};
+use crate::security::guard::principal_of;
+use crate::security::{Principal, audit};
 
 /// The admin service.
 pub struct AdminServiceImpl {
@@ -53,6 +56,7 @@ fn record(rpc: &'static str, started: Instant, result: &Result<impl Sized, Serve
 impl AdminServiceImpl {
     async fn apply(
         &self,
+        principal: &Principal,
         req: ApplyDefinitionsRequest,
     ) -> Result<ApplyDefinitionsResponse, ServeError> {
         let file = DefinitionFile::from_toml(&req.toml).map_err(|e| {
@@ -94,7 +98,7 @@ impl AdminServiceImpl {
             }
             let cmd = Command::ApplyDefinitions {
                 file,
-                applied_by: "admin-rpc".into(),
+                applied_by: principal.to_string(),
                 applied_at_ms: wall_clock_ms(),
             };
             return match control.propose(cmd).await {
@@ -195,19 +199,36 @@ impl AdminService for AdminServiceImpl {
         request: Request<ApplyDefinitionsRequest>,
     ) -> Result<Response<ApplyDefinitionsResponse>, Status> {
         let started = Instant::now();
-        let result = self.apply(request.into_inner()).await;
+        let principal = principal_of(&request);
+        let req = request.into_inner();
+        let dry_run = req.dry_run;
+        let result = self.apply(&principal, req).await;
         record("apply_definitions", started, &result);
+        if !dry_run {
+            let (outcome, detail) = match &result {
+                Ok(r) => ("applied", r.changes.join("; ")),
+                Err(e) => ("rejected", e.to_string()),
+            };
+            audit::change(
+                "apply_definitions",
+                &principal.to_string(),
+                outcome,
+                &detail,
+            );
+        }
         result.map(Response::new).map_err(Status::from)
     }
 
     async fn list_views(
         &self,
-        _request: Request<ListViewsRequest>,
+        request: Request<ListViewsRequest>,
     ) -> Result<Response<ListViewsResponse>, Status> {
+        let principal = principal_of(&request);
         let snap = self.state.registry.snapshot();
         let views = snap
             .views
             .values()
+            .filter(|v| principal.may_use_view(&v.name))
             .map(|v| ViewSummary {
                 name: v.name.clone(),
                 version: v.version,
@@ -220,7 +241,12 @@ impl AdminService for AdminServiceImpl {
         Ok(Response::new(ListViewsResponse {
             views,
             entities: snap.entities.keys().cloned().collect(),
-            feature_services: snap.feature_services.keys().cloned().collect(),
+            feature_services: snap
+                .feature_services
+                .values()
+                .filter(|s| s.features.iter().all(|(v, _)| principal.may_use_view(v)))
+                .map(|s| s.name.clone())
+                .collect(),
         }))
     }
 
@@ -228,7 +254,11 @@ impl AdminService for AdminServiceImpl {
         &self,
         request: Request<DescribeViewRequest>,
     ) -> Result<Response<DescribeViewResponse>, Status> {
+        let principal = principal_of(&request);
         let name = request.into_inner().name;
+        principal
+            .check_views([name.as_str()])
+            .map_err(|m| Status::from(ServeError::PermissionDenied(m)))?;
         let snap = self.state.registry.snapshot();
         let view = snap.views.get(&name).ok_or_else(|| {
             Status::from(ServeError::NotFound(format!(
@@ -261,5 +291,38 @@ impl AdminService for AdminServiceImpl {
         _request: Request<GetStatusRequest>,
     ) -> Result<Response<GetStatusResponse>, Status> {
         Ok(Response::new(self.status()))
+    }
+
+    async fn create_token(
+        &self,
+        request: Request<CreateTokenRequest>,
+    ) -> Result<Response<CreateTokenResponse>, Status> {
+        let started = Instant::now();
+        let principal = principal_of(&request);
+        let result = super::tokens::create(&self.state, &principal, request.into_inner()).await;
+        record("create_token", started, &result);
+        result.map(Response::new).map_err(Status::from)
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<RevokeTokenRequest>,
+    ) -> Result<Response<RevokeTokenResponse>, Status> {
+        let started = Instant::now();
+        let principal = principal_of(&request);
+        let result = super::tokens::revoke(&self.state, &principal, request.into_inner()).await;
+        record("revoke_token", started, &result);
+        result
+            .map(|()| Response::new(RevokeTokenResponse {}))
+            .map_err(Status::from)
+    }
+
+    async fn list_tokens(
+        &self,
+        _request: Request<ListTokensRequest>,
+    ) -> Result<Response<ListTokensResponse>, Status> {
+        super::tokens::list(&self.state)
+            .map(Response::new)
+            .map_err(Status::from)
     }
 }

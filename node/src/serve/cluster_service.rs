@@ -136,8 +136,9 @@ impl ClusterService for ClusterServiceImpl {
         &self,
         request: Request<DrainNodeRequest>,
     ) -> Result<Response<DrainNodeResponse>, Status> {
+        let principal = crate::security::guard::principal_of(&request).to_string();
         let id = request.into_inner().node_id;
-        match self
+        let result = match self
             .plane
             .propose(Command::SetMemberStatus {
                 id,
@@ -150,7 +151,13 @@ impl ClusterService for ClusterServiceImpl {
             })),
             Err(ControlError::Rejected { reason, .. }) => Err(Status::not_found(reason)),
             Err(e) => Err(Status::unavailable(e.to_string())),
-        }
+        };
+        let (outcome, detail) = match &result {
+            Ok(_) => ("applied", format!("node {id}: draining")),
+            Err(s) => ("rejected", format!("node {id}: {}", s.message())),
+        };
+        crate::security::audit::change("drain_node", &principal, outcome, &detail);
+        result
     }
 }
 

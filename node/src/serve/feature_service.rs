@@ -1,6 +1,7 @@
 //! `quiver.v1.FeatureService`: batched online lookups.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use metrics::{counter, histogram};
@@ -16,6 +17,8 @@ use tracing::Instrument as _;
 use super::lookup::{LookupPlan, execute_lookup, plan_lookup, watermark_reached};
 use super::{ServeError, ServeState};
 use crate::metrics as m;
+use crate::security::Principal;
+use crate::security::guard::principal_of;
 
 /// The public feature service.
 pub struct FeatureServiceImpl {
@@ -90,8 +93,31 @@ impl FeatureServiceImpl {
         Ok(())
     }
 
+    /// A lookup execution permit. Waiting lookups are bounded: beyond
+    /// `max_queued_lookups` the node sheds load instead of queueing without limit.
+    async fn lookup_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ServeError> {
+        let permits = self.state.lookup_permits.clone();
+        if let Ok(p) = permits.clone().try_acquire_owned() {
+            return Ok(p);
+        }
+        let queued = &self.state.queued_lookups;
+        let max = self.state.limits.max_queued_lookups;
+        if queued.fetch_add(1, Ordering::AcqRel) >= max {
+            queued.fetch_sub(1, Ordering::AcqRel);
+            counter!(m::ADMISSION_SHED, "reason" => "lookup_queue").increment(1);
+            return Err(ServeError::ResourceExhausted(format!(
+                "node overloaded: {} lookups executing and {max} waiting (limits.max_concurrent_lookups, limits.max_queued_lookups); retry with backoff",
+                self.state.limits.max_concurrent_lookups
+            )));
+        }
+        let permit = permits.acquire_owned().await;
+        queued.fetch_sub(1, Ordering::AcqRel);
+        permit.map_err(|_| ServeError::Unavailable("node is shutting down".into()))
+    }
+
     async fn get_online_features_inner(
         &self,
+        principal: &Principal,
         req: GetOnlineFeaturesRequest,
     ) -> Result<GetOnlineFeaturesResponse, ServeError> {
         let limits = &self.state.limits;
@@ -110,6 +136,9 @@ impl FeatureServiceImpl {
             self.state.partitioner,
             self.state.shard_count,
         )?;
+        principal
+            .check_views(plan.view_names())
+            .map_err(ServeError::PermissionDenied)?;
         let local = self.state.local();
         if let Some(shard) = plan.shards().find(|s| !local.stores.contains_key(s)) {
             return Err(ServeError::WrongShard {
@@ -119,13 +148,7 @@ impl FeatureServiceImpl {
         }
         self.await_watermarks(&plan, req.watermark_wait_ms).await?;
         counter!(m::SERVE_KEYS).increment(plan.key_count() as u64);
-        let permit = self
-            .state
-            .lookup_permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| ServeError::Unavailable("node is shutting down".into()))?;
+        let permit = self.lookup_permit().await?;
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or(Duration::ZERO)
@@ -147,6 +170,7 @@ impl FeatureService for FeatureServiceImpl {
         request: Request<GetOnlineFeaturesRequest>,
     ) -> Result<Response<GetOnlineFeaturesResponse>, Status> {
         let started = Instant::now();
+        let principal = principal_of(&request);
         let req = request.into_inner();
         // One span per request (debug level: free unless enabled), per shard inside.
         let span = tracing::debug_span!(
@@ -154,7 +178,10 @@ impl FeatureService for FeatureServiceImpl {
             keys = req.entity_keys.len(),
             features = req.features.len()
         );
-        let result = self.get_online_features_inner(req).instrument(span).await;
+        let result = self
+            .get_online_features_inner(&principal, req)
+            .instrument(span)
+            .await;
         let code = match &result {
             Ok(_) => "ok",
             Err(e) => e.code().as_str(),
@@ -176,9 +203,12 @@ impl FeatureService for FeatureServiceImpl {
 
     async fn push(&self, request: Request<PushRequest>) -> Result<Response<PushResponse>, Status> {
         let started = Instant::now();
+        let principal = principal_of(&request);
         let req = request.into_inner();
         let span = tracing::debug_span!("push", view = %req.view, rows = req.rows.len());
-        let result = super::push::push(&self.state, req).instrument(span).await;
+        let result = super::push::push(&self.state, &principal, req)
+            .instrument(span)
+            .await;
         let code = match &result {
             Ok(_) => "ok",
             Err(e) => e.code().as_str(),
@@ -191,9 +221,13 @@ impl FeatureService for FeatureServiceImpl {
 
     async fn get_schema(
         &self,
-        _request: Request<GetSchemaRequest>,
+        request: Request<GetSchemaRequest>,
     ) -> Result<Response<Schema>, Status> {
         counter!(m::SERVE_REQUESTS, "rpc" => "get_schema", "code" => "ok").increment(1);
-        Ok(Response::new(super::schema::schema(&self.state)))
+        let principal = principal_of(&request);
+        Ok(Response::new(super::schema::schema(
+            &self.state,
+            &principal,
+        )))
     }
 }

@@ -56,6 +56,11 @@ impl LookupPlan {
         &self.min_watermarks
     }
 
+    /// The views the request reads (for view grants).
+    pub fn view_names(&self) -> impl Iterator<Item = &str> + '_ {
+        self.views.iter().map(|v| v.view.name.as_str())
+    }
+
     /// Number of entity keys.
     pub fn key_count(&self) -> usize {
         self.keys.len()
@@ -205,6 +210,13 @@ pub fn plan_lookup(
     let mut by_shard: BTreeMap<ShardId, Vec<usize>> = BTreeMap::new();
     for (i, k) in req.entity_keys.iter().enumerate() {
         let bytes = key_bytes(i, k, &entity, key_type)?;
+        if bytes.len() > limits.max_key_bytes {
+            return Err(invalid(format!(
+                "entity key {i} is {} bytes, exceeding the limit max_key_bytes = {}",
+                bytes.len(),
+                limits.max_key_bytes
+            )));
+        }
         by_shard
             .entry(partitioner.shard_for_key(&bytes, shard_count))
             .or_default()

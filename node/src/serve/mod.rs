@@ -7,6 +7,8 @@ mod feature_service;
 pub mod lookup;
 mod push;
 mod schema;
+mod tokens;
+pub mod validate;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,6 +29,8 @@ use crate::config::Limits;
 use crate::ingest::IngestStatus;
 use crate::kafka_meta::KafkaMetadata;
 use crate::registry::Registry;
+use crate::security::tls::ReloadingTls;
+use crate::security::{Authenticator, GuardLayer};
 use crate::storage::ShardStore;
 
 /// Errors of request handling; each maps to one [`ErrorCode`].
@@ -65,6 +69,9 @@ pub enum ServeError {
     /// A queue or quota is full.
     #[error("{0}")]
     ResourceExhausted(String),
+    /// The caller is not granted what the request touches.
+    #[error("{0}")]
+    PermissionDenied(String),
     /// Storage read failure or a bug.
     #[error("storage: {0}")]
     Storage(String),
@@ -81,6 +88,7 @@ impl ServeError {
             ServeError::Behind { .. } => ErrorCode::Behind,
             ServeError::Unavailable(_) => ErrorCode::Unavailable,
             ServeError::ResourceExhausted(_) => ErrorCode::ResourceExhausted,
+            ServeError::PermissionDenied(_) => ErrorCode::PermissionDenied,
             ServeError::Storage(_) => ErrorCode::Internal,
         }
     }
@@ -143,6 +151,12 @@ pub struct ServeState {
     /// Whether the node is ready (every local replica caught up; in cluster mode a
     /// control-plane leader known): the health service's `quiver.v1.Readiness` follows it.
     pub ready: tokio::sync::watch::Sender<bool>,
+    /// TLS and authentication settings.
+    pub security: crate::security::SecurityConfig,
+    /// Push requests per second per principal.
+    pub push_quota: crate::security::rate::RateLimiter,
+    /// Lookups waiting for a permit (bounded by `limits.max_queued_lookups`).
+    pub queued_lookups: std::sync::atomic::AtomicUsize,
 }
 
 /// The shard replicas a node holds right now.
@@ -166,13 +180,14 @@ impl ServeState {
     }
 }
 
-/// Serves gRPC on `listener` until `cancel` fires, then drains in-flight RPCs for at most
+/// Serves gRPC on `listener` (over TLS if `tls` is given) until `cancel` fires, then drains in-flight RPCs for at most
 /// `grace`.
 ///
 /// # Errors
 /// A transport error if the server fails.
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<Arc<ReloadingTls>>,
     state: Arc<ServeState>,
     grace: Duration,
     cancel: CancellationToken,
@@ -229,12 +244,19 @@ pub async fn serve(
     let admin = AdminServiceServer::new(AdminServiceImpl::new(state.clone()))
         .max_decoding_message_size(hard_limit);
     let addr = listener.local_addr().ok();
-    info!(addr = ?addr, "grpc server listening");
-    // serve_with_incoming does not apply Server::tcp_nodelay; without it Nagle's algorithm
-    // adds ~40 ms to small responses.
-    let incoming = tonic::transport::server::TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(Duration::from_secs(60)));
+    let reload = tls
+        .clone()
+        .map(|t| tokio::spawn(t.run_reload_loop(cancel.child_token())));
+    info!(addr = ?addr, tls = tls.is_some(), auth = state.security.auth.enabled, "grpc server listening");
+    // Our accept loop sets TCP_NODELAY (without it Nagle's algorithm adds ~40 ms to small
+    // responses) and completes TLS handshakes concurrently, off tonic's path.
+    let (conns, accept_task) =
+        crate::security::tls::accept_loop(listener, tls, cancel.child_token());
+    let incoming = tokio_stream::wrappers::ReceiverStream::new(conns);
+    let guard = GuardLayer::new(
+        Authenticator::new(state.security.auth.clone(), state.control.clone()),
+        state.limits.max_inflight_requests,
+    );
     let shutdown = {
         let cancel = cancel.clone();
         let reporter = health_reporter.clone();
@@ -251,7 +273,11 @@ pub async fn serve(
     };
     let control = state.control.clone();
     let router = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
+        // Beyond this many calls on one connection, refuse with RESOURCE_EXHAUSTED
+        // (load shedding) instead of queueing without bound.
+        .concurrency_limit_per_connection(state.limits.max_concurrent_requests_per_connection)
+        .load_shed(true)
+        .layer(guard)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(features)
@@ -283,6 +309,10 @@ pub async fn serve(
         }
     };
     readiness.abort();
+    accept_task.abort();
+    if let Some(r) = reload {
+        r.abort();
+    }
     result
 }
 

@@ -11,14 +11,29 @@ use super::{ServeError, ServeState};
 use crate::ingest::encode::encode_push_row;
 use crate::metrics as m;
 use crate::produce::ProduceError;
+use crate::security::Principal;
 
 /// Handles one push. Validation is all-or-nothing: on any bad row nothing is produced.
 ///
 /// # Errors
 /// `InvalidArgument` (bad rows, limits), `NotFound` (unknown view), `ResourceExhausted`
 /// (producer queue full), `Unavailable` (Kafka did not acknowledge).
-pub async fn push(state: &ServeState, req: PushRequest) -> Result<PushResponse, ServeError> {
+pub async fn push(
+    state: &ServeState,
+    principal: &Principal,
+    req: PushRequest,
+) -> Result<PushResponse, ServeError> {
     let limits = &state.limits;
+    if !state
+        .push_quota
+        .try_acquire(&principal.quota_key(), std::time::Instant::now())
+    {
+        counter!(m::ADMISSION_SHED, "reason" => "push_rate").increment(1);
+        return Err(ServeError::ResourceExhausted(format!(
+            "push rate limit: {principal} may send {} pushes per second (limits.max_pushes_per_second); retry with backoff",
+            state.push_quota.per_second()
+        )));
+    }
     let size = req.encoded_len();
     if size > limits.max_request_bytes {
         return Err(ServeError::InvalidArgument(format!(
@@ -36,7 +51,11 @@ pub async fn push(state: &ServeState, req: PushRequest) -> Result<PushResponse, 
             limits.max_push_rows
         )));
     }
+    super::validate::check_push_rows(&req.rows, limits)?;
     let registry = state.registry.snapshot();
+    principal
+        .check_views([req.view.as_str()])
+        .map_err(ServeError::PermissionDenied)?;
     let view = registry
         .views
         .get(&req.view)

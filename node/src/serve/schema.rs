@@ -6,13 +6,15 @@ use quiver_proto::v1::{
 
 use super::ServeState;
 use crate::ingest::decode::MAX_KEY_BYTES;
+use crate::security::Principal;
 
 fn clamp(v: usize) -> u32 {
     u32::try_from(v).unwrap_or(u32::MAX)
 }
 
-/// The serving registry and this node's limits.
-pub fn schema(state: &ServeState) -> Schema {
+/// The serving registry (the views `principal` is granted, and the feature services
+/// made only of them) and this node's limits.
+pub fn schema(state: &ServeState, principal: &Principal) -> Schema {
     let r = state.registry.snapshot();
     let l = &state.limits;
     Schema {
@@ -28,6 +30,7 @@ pub fn schema(state: &ServeState) -> Schema {
         views: r
             .views
             .values()
+            .filter(|v| principal.may_use_view(&v.name))
             .map(|v| ViewSchema {
                 name: v.name.clone(),
                 version: v.version,
@@ -46,6 +49,7 @@ pub fn schema(state: &ServeState) -> Schema {
         feature_services: r
             .feature_services
             .values()
+            .filter(|s| s.features.iter().all(|(v, _)| principal.may_use_view(v)))
             .map(|s| FeatureServiceSchema {
                 name: s.name.clone(),
                 features: s.features.iter().map(|(v, f)| format!("{v}:{f}")).collect(),
@@ -56,7 +60,7 @@ pub fn schema(state: &ServeState) -> Schema {
             max_features_per_request: clamp(l.max_features_per_request),
             max_request_bytes: l.max_request_bytes as u64,
             max_push_rows: clamp(l.max_push_rows),
-            max_key_bytes: clamp(MAX_KEY_BYTES),
+            max_key_bytes: clamp(l.max_key_bytes.min(MAX_KEY_BYTES)),
         }),
     }
 }

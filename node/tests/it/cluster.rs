@@ -62,6 +62,7 @@ fn node_config(
     f.ingest.poll_timeout = Duration::from_millis(20);
     f.ingest.lag_refresh_interval = Duration::from_millis(300);
     f.control.enabled = true;
+    f.auth.enabled = false;
     f.control.initial_voters = voters.to_vec();
     f.control.seeds = seeds.to_vec();
     f.control.replication_factor = 2;

@@ -1,0 +1,280 @@
+//! The security guard: a tower layer in front of every gRPC service that counts the call
+//! in flight (shedding beyond the node's limit), authenticates the caller, checks the
+//! RPC's required role and hands the [`Principal`] to the handler (which checks view
+//! grants). A refused call never reaches a handler, so it changes nothing.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+
+use metrics::{counter, gauge};
+use quiver_proto::ErrorCode;
+use tower::{Layer, Service};
+
+use super::AuthConfig;
+use super::audit;
+use super::principal::{Credential, Need, Principal, Role};
+use super::tls::{PeerInfo, certificate_names};
+use super::tokens;
+use crate::control::plane::ControlPlane;
+use crate::metrics as m;
+
+/// Resolves callers to principals.
+pub struct Authenticator {
+    cfg: AuthConfig,
+    control: Option<Arc<ControlPlane>>,
+}
+
+impl Authenticator {
+    /// An authenticator over the config and (cluster mode) the replicated token table.
+    pub fn new(cfg: AuthConfig, control: Option<Arc<ControlPlane>>) -> Self {
+        Authenticator { cfg, control }
+    }
+
+    /// Whether auth is enabled.
+    pub fn enabled(&self) -> bool {
+        self.cfg.enabled
+    }
+
+    /// The caller behind `authorization` (if any) and the connection's certificate.
+    ///
+    /// # Errors
+    /// The UNAUTHENTICATED message: what was missing or wrong.
+    pub fn authenticate(
+        &self,
+        authorization: Option<&[u8]>,
+        peer: Option<&PeerInfo>,
+    ) -> Result<Principal, String> {
+        if !self.cfg.enabled {
+            return Ok(Principal::auth_disabled());
+        }
+        if let Some(h) = authorization {
+            let h = std::str::from_utf8(h).map_err(|_| malformed())?;
+            let (scheme, token) = h.trim().split_once(' ').ok_or_else(malformed)?;
+            if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+                return Err(malformed());
+            }
+            return self.token(token.trim());
+        }
+        let chain = peer.and_then(|p| p.certs.as_ref());
+        if let Some(leaf) = chain.and_then(|c| c.first()) {
+            let names = certificate_names(leaf.as_ref());
+            for n in &names {
+                if let Some(g) = self.cfg.identities.get(n) {
+                    return Ok(Principal {
+                        credential: Credential::Certificate(n.clone()),
+                        name: n.clone(),
+                        role: Some(g.role),
+                        views: g.views.clone(),
+                    });
+                }
+            }
+            return Err(format!(
+                "the client certificate (names {names:?}) is not mapped to a role in auth.identities"
+            ));
+        }
+        Err(
+            "missing credentials: send \"authorization: Bearer <token>\" or a client certificate"
+                .into(),
+        )
+    }
+
+    fn token(&self, token: &str) -> Result<Principal, String> {
+        let fixed = |credential, name: &str, role| Principal {
+            credential,
+            name: name.into(),
+            role: Some(role),
+            views: None,
+        };
+        if self
+            .cfg
+            .bootstrap_sha256
+            .as_deref()
+            .is_some_and(|h| tokens::matches(token, h))
+        {
+            return Ok(fixed(Credential::BootstrapToken, "bootstrap", Role::Admin));
+        }
+        if self
+            .cfg
+            .cluster_sha256
+            .as_deref()
+            .is_some_and(|h| tokens::matches(token, h))
+        {
+            return Ok(fixed(Credential::ClusterToken, "cluster", Role::Node));
+        }
+        let Some(id) = tokens::token_id(token) else {
+            return Err("invalid token: not a quiver token (expected qvr_<id>_<secret>)".into());
+        };
+        let state = self.control.as_ref().map(|c| c.state());
+        let Some(rec) = state.as_ref().and_then(|s| s.tokens.get(id)) else {
+            return Err(format!("invalid token: no token with id '{id}'"));
+        };
+        if !tokens::matches(token, &rec.sha256) {
+            return Err(format!("invalid token: wrong secret for token id '{id}'"));
+        }
+        if let Some(at) = rec.revoked_at_ms {
+            return Err(format!(
+                "token '{id}' ({}) was revoked at {at} ms by {}",
+                rec.name, rec.revoked_by
+            ));
+        }
+        Ok(Principal {
+            credential: Credential::Token(id.to_owned()),
+            name: rec.name.clone(),
+            role: Some(rec.role),
+            views: (!rec.views.is_empty()).then(|| rec.views.clone()),
+        })
+    }
+}
+
+fn malformed() -> String {
+    "malformed authorization header: expected \"Bearer <token>\"".into()
+}
+
+/// Shared state of the guard.
+pub struct Guard {
+    auth: Authenticator,
+    inflight: AtomicUsize,
+    max_inflight: usize,
+}
+
+/// The tower layer (one per server).
+#[derive(Clone)]
+pub struct GuardLayer {
+    guard: Arc<Guard>,
+}
+
+impl GuardLayer {
+    /// A guard with `auth` and at most `max_inflight` RPCs in flight.
+    pub fn new(auth: Authenticator, max_inflight: usize) -> Self {
+        GuardLayer {
+            guard: Arc::new(Guard {
+                auth,
+                inflight: AtomicUsize::new(0),
+                max_inflight,
+            }),
+        }
+    }
+}
+
+impl<S> Layer<S> for GuardLayer {
+    type Service = GuardService<S>;
+
+    fn layer(&self, inner: S) -> GuardService<S> {
+        GuardService {
+            inner,
+            guard: self.guard.clone(),
+        }
+    }
+}
+
+/// The guard in front of one connection's services.
+#[derive(Clone)]
+pub struct GuardService<S> {
+    inner: S,
+    guard: Arc<Guard>,
+}
+
+/// Counts one RPC in flight until dropped.
+struct InFlight(Arc<Guard>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let n = self.0.inflight.fetch_sub(1, Ordering::Relaxed);
+        gauge!(m::INFLIGHT_REQUESTS).set(n.saturating_sub(1) as f64);
+    }
+}
+
+impl Guard {
+    /// Admission, authentication and role check for one call.
+    fn check<B>(
+        self: &Arc<Self>,
+        req: &mut http::Request<B>,
+    ) -> Result<Option<InFlight>, tonic::Status> {
+        let path = req.uri().path().to_owned();
+        let need = Need::of_path(&path);
+        if need == Need::Public {
+            // Probes must answer even when the node is saturated.
+            return Ok(None);
+        }
+        let n = self.inflight.fetch_add(1, Ordering::Relaxed) + 1;
+        let permit = InFlight(self.clone());
+        gauge!(m::INFLIGHT_REQUESTS).set(n as f64);
+        if n > self.max_inflight {
+            counter!(m::ADMISSION_SHED, "reason" => "inflight").increment(1);
+            return Err(ErrorCode::ResourceExhausted.to_status(format!(
+                "node overloaded: more than {} requests in flight (limits.max_inflight_requests); retry with backoff",
+                self.max_inflight
+            )));
+        }
+        let auth = req
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .map(|v| v.as_bytes().to_vec());
+        let peer = req.extensions().get::<PeerInfo>();
+        let principal = match self.auth.authenticate(auth.as_deref(), peer) {
+            Ok(p) => p,
+            Err(msg) => {
+                counter!(m::AUTH_DENIED, "reason" => "unauthenticated").increment(1);
+                if need == Need::Admin {
+                    audit::denied(&path, "unauthenticated caller", &msg);
+                }
+                return Err(ErrorCode::Unauthenticated.to_status(format!("{path}: {msg}")));
+            }
+        };
+        if let Err(msg) = principal.authorize(&path, need) {
+            counter!(m::AUTH_DENIED, "reason" => "permission_denied").increment(1);
+            if need == Need::Admin {
+                audit::denied(&path, &principal.to_string(), &msg);
+            }
+            return Err(ErrorCode::PermissionDenied.to_status(msg));
+        }
+        req.extensions_mut().insert(principal);
+        Ok(Some(permit))
+    }
+}
+
+impl<S, B> Service<http::Request<B>> for GuardService<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        match self.guard.check(&mut req) {
+            Err(status) => Box::pin(async move { Ok(status.into_http()) }),
+            Ok(permit) => {
+                // The clone that was polled ready serves this call (tower's contract).
+                let clone = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, clone);
+                Box::pin(async move {
+                    let res = inner.call(req).await;
+                    drop(permit);
+                    res
+                })
+            }
+        }
+    }
+}
+
+/// The principal the guard attached to a request (auth disabled if none: only the
+/// guard's public methods lack one, and those need none).
+pub fn principal_of<T>(req: &tonic::Request<T>) -> Principal {
+    req.extensions()
+        .get::<Principal>()
+        .cloned()
+        .unwrap_or_else(Principal::auth_disabled)
+}
