@@ -79,10 +79,10 @@ impl Client {
 
     pub(crate) async fn start(config: ClientConfig) -> Result<Client, ClientError> {
         let stats = Arc::new(Stats::default());
-        let pool = Arc::new(NodePool::new(
-            config.connect_timeout,
-            config.breaker_cooldown,
-        ));
+        let pool = Arc::new(
+            NodePool::new(config.connect_timeout, config.breaker_cooldown)
+                .with_credentials(config.credentials.clone()),
+        );
         let map = Arc::new(
             MapCache::bootstrap(
                 config.seeds.clone(),

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use quiver_proto::transport::{Credentials, TlsClientSettings};
+
 use crate::Client;
 use crate::error::ClientError;
 
@@ -73,6 +75,8 @@ pub struct ClientConfig {
     pub breaker_cooldown: Duration,
     /// Seed of the replica-choice RNG (deterministic tests); `None` seeds from the clock.
     pub rng_seed: Option<u64>,
+    /// TLS settings and bearer token presented to every node.
+    pub credentials: Credentials,
 }
 
 impl Default for ClientConfig {
@@ -88,6 +92,7 @@ impl Default for ClientConfig {
             breaker_failures: 3,
             breaker_cooldown: Duration::from_millis(250),
             rng_seed: None,
+            credentials: Credentials::none(),
         }
     }
 }
@@ -148,6 +153,24 @@ impl ClientBuilder {
     /// Seeds replica choice, for reproducible tests.
     pub fn rng_seed(mut self, seed: u64) -> Self {
         self.config.rng_seed = Some(seed);
+        self
+    }
+
+    /// TLS settings and bearer token presented to every node.
+    pub fn credentials(mut self, credentials: Credentials) -> Self {
+        self.config.credentials = credentials;
+        self
+    }
+
+    /// The bearer token (`quiverctl token create`) sent with every call.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.config.credentials.token = Some(token.into());
+        self
+    }
+
+    /// Connects over TLS with these settings.
+    pub fn tls(mut self, tls: TlsClientSettings) -> Self {
+        self.config.credentials.tls = Some(tls);
         self
     }
 

@@ -55,6 +55,8 @@
 mod batch;
 #[doc(hidden)]
 pub mod bench_support;
+#[cfg(feature = "cli")]
+pub mod cli;
 mod client;
 pub mod config;
 pub mod error;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::error::ClientError;
 use crate::lookup::{Lookup, LookupResult};
+use quiver_proto::transport::{AuthChannel, Credentials};
 use quiver_proto::v1::admin_service_client::AdminServiceClient;
 use quiver_proto::v1::cluster_service_client::ClusterServiceClient;
 use quiver_proto::v1::feature_service_client::FeatureServiceClient;
@@ -14,34 +15,51 @@ use quiver_proto::v1::{
     ListViewsRequest, ListViewsResponse,
 };
 use quiver_proto::v1::{ClusterMap, DrainNodeRequest, GetClusterMapRequest};
-use tonic::transport::{Channel, Endpoint};
+use quiver_proto::v1::{CreateTokenRequest, ListTokensRequest, RevokeTokenRequest, TokenInfo};
 
 /// A connection to one quiver node. Cheap to clone (the channel is shared).
 #[derive(Clone)]
 pub struct NodeClient {
-    features: FeatureServiceClient<Channel>,
-    admin: AdminServiceClient<Channel>,
-    cluster: ClusterServiceClient<Channel>,
+    features: FeatureServiceClient<AuthChannel>,
+    admin: AdminServiceClient<AuthChannel>,
+    cluster: ClusterServiceClient<AuthChannel>,
 }
 
 impl NodeClient {
-    /// Connects to `endpoint` (e.g. `http://127.0.0.1:7070`).
+    /// Connects to `endpoint` (e.g. `http://127.0.0.1:7070`) in plaintext, without a token.
     ///
     /// # Errors
     /// [`ClientError::Connect`] if the address is invalid or unreachable.
     pub async fn connect(endpoint: impl Into<String>) -> Result<Self, ClientError> {
+        Self::connect_with(endpoint, &Credentials::none()).await
+    }
+
+    /// Connects to `endpoint` presenting `credentials` (TLS, bearer token).
+    ///
+    /// # Errors
+    /// [`ClientError::Connect`] if the address or TLS settings are invalid, the node is
+    /// unreachable or the TLS handshake fails (the message says why).
+    pub async fn connect_with(
+        endpoint: impl Into<String>,
+        credentials: &Credentials,
+    ) -> Result<Self, ClientError> {
         let endpoint = endpoint.into();
-        let ep = Endpoint::from_shared(endpoint.clone())
-            .map_err(|e| ClientError::Connect {
-                endpoint: endpoint.clone(),
-                message: e.to_string(),
-            })?
+        let connect_err = |message: String| ClientError::Connect {
+            endpoint: credentials.uri(&endpoint),
+            message,
+        };
+        let ep = credentials
+            .endpoint(&endpoint)
+            .map_err(|e| connect_err(e.to_string()))?
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true);
-        let channel = ep.connect().await.map_err(|e| ClientError::Connect {
-            endpoint,
-            message: e.to_string(),
-        })?;
+        let channel = ep
+            .connect()
+            .await
+            .map_err(|e| connect_err(quiver_proto::transport::error_chain(&e)))?;
+        let channel = credentials
+            .wrap(channel)
+            .map_err(|e| connect_err(e.to_string()))?;
         Ok(NodeClient {
             features: FeatureServiceClient::new(channel.clone())
                 .max_decoding_message_size(256 << 20),
@@ -144,5 +162,53 @@ impl NodeClient {
             .get_status(GetStatusRequest {})
             .await?
             .into_inner())
+    }
+
+    /// Creates an access token with `role` (`reader` | `writer` | `admin`) and optional
+    /// view grants; returns `(id, token)`. The token is shown only here.
+    ///
+    /// # Errors
+    /// [`ClientError::Rpc`]: `INVALID_ARGUMENT` for a bad role or name,
+    /// `PERMISSION_DENIED` unless the caller is an admin.
+    pub async fn create_token(
+        &mut self,
+        name: impl Into<String>,
+        role: impl Into<String>,
+        views: Vec<String>,
+    ) -> Result<(String, String), ClientError> {
+        let r = self
+            .admin
+            .create_token(CreateTokenRequest {
+                name: name.into(),
+                role: role.into(),
+                views,
+            })
+            .await?
+            .into_inner();
+        Ok((r.id, r.token))
+    }
+
+    /// Revokes the token with public id `id`.
+    ///
+    /// # Errors
+    /// [`ClientError::Rpc`] (`FAILED_PRECONDITION` for an unknown or revoked id).
+    pub async fn revoke_token(&mut self, id: impl Into<String>) -> Result<(), ClientError> {
+        self.admin
+            .revoke_token(RevokeTokenRequest { id: id.into() })
+            .await?;
+        Ok(())
+    }
+
+    /// Lists tokens (ids, names, roles, grants, history; never secrets).
+    ///
+    /// # Errors
+    /// [`ClientError::Rpc`].
+    pub async fn list_tokens(&mut self) -> Result<Vec<TokenInfo>, ClientError> {
+        Ok(self
+            .admin
+            .list_tokens(ListTokensRequest {})
+            .await?
+            .into_inner()
+            .tokens)
     }
 }

@@ -7,18 +7,19 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use quiver_proto::transport::{AuthChannel, Credentials};
 use quiver_proto::v1::admin_service_client::AdminServiceClient;
 use quiver_proto::v1::cluster_service_client::ClusterServiceClient;
 use quiver_proto::v1::feature_service_client::FeatureServiceClient;
 use tonic::codec::CompressionEncoding;
-use tonic::transport::{Channel, Endpoint};
 
 use crate::error::ClientError;
 
 /// Responses can be large (500 keys × 250 features); requests are bounded by the node.
 const MAX_RESPONSE_BYTES: usize = 256 << 20;
 
-/// Normalises `host:port` to a URI.
+/// Normalises `host:port` to a URI (for comparing addresses; TLS picks the scheme when
+/// connecting).
 pub(crate) fn endpoint_uri(addr: &str) -> String {
     if addr.contains("://") {
         addr.to_owned()
@@ -27,20 +28,18 @@ pub(crate) fn endpoint_uri(addr: &str) -> String {
     }
 }
 
-/// Opens a lazily connecting channel to `addr`.
-pub(crate) fn lazy_channel(addr: &str, connect_timeout: Duration) -> Result<Channel, ClientError> {
-    let uri = endpoint_uri(addr);
-    let ep = Endpoint::from_shared(uri.clone()).map_err(|e| ClientError::Connect {
-        endpoint: uri,
-        message: e.to_string(),
-    })?;
-    Ok(ep
-        .connect_timeout(connect_timeout)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .keep_alive_while_idle(true)
-        .connect_lazy())
+/// Opens a lazily connecting channel to `addr`, presenting `credentials`.
+pub(crate) fn lazy_channel(
+    addr: &str,
+    connect_timeout: Duration,
+    credentials: &Credentials,
+) -> Result<AuthChannel, ClientError> {
+    credentials
+        .lazy_channel(addr, connect_timeout)
+        .map_err(|e| ClientError::Connect {
+            endpoint: credentials.uri(addr),
+            message: e.to_string(),
+        })
 }
 
 /// Circuit-breaker state of one node.
@@ -68,7 +67,7 @@ pub(crate) enum Admission {
 pub(crate) struct NodeHandle {
     pub(crate) id: u64,
     pub(crate) addr: String,
-    channel: Channel,
+    channel: AuthChannel,
     outstanding: AtomicUsize,
     breaker: Mutex<Breaker>,
 }
@@ -83,17 +82,17 @@ impl Drop for InFlight {
 }
 
 impl NodeHandle {
-    pub(crate) fn features(&self) -> FeatureServiceClient<Channel> {
+    pub(crate) fn features(&self) -> FeatureServiceClient<AuthChannel> {
         FeatureServiceClient::new(self.channel.clone())
             .max_decoding_message_size(MAX_RESPONSE_BYTES)
             .accept_compressed(CompressionEncoding::Zstd)
     }
 
-    pub(crate) fn cluster(&self) -> ClusterServiceClient<Channel> {
+    pub(crate) fn cluster(&self) -> ClusterServiceClient<AuthChannel> {
         ClusterServiceClient::new(self.channel.clone())
     }
 
-    pub(crate) fn admin(&self) -> AdminServiceClient<Channel> {
+    pub(crate) fn admin(&self) -> AdminServiceClient<AuthChannel> {
         AdminServiceClient::new(self.channel.clone())
     }
 
@@ -167,6 +166,7 @@ pub(crate) struct NodePool {
     nodes: RwLock<HashMap<u64, Arc<NodeHandle>>>,
     connect_timeout: Duration,
     base_cooldown: Duration,
+    credentials: Credentials,
 }
 
 impl NodePool {
@@ -175,7 +175,14 @@ impl NodePool {
             nodes: RwLock::new(HashMap::new()),
             connect_timeout,
             base_cooldown,
+            credentials: Credentials::none(),
         }
+    }
+
+    /// Connects presenting `credentials` (TLS, bearer token).
+    pub(crate) fn with_credentials(mut self, credentials: Credentials) -> Self {
+        self.credentials = credentials;
+        self
     }
 
     /// The handle of node `id` at `addr`; a changed address replaces the channel.
@@ -198,7 +205,7 @@ impl NodePool {
         let handle = Arc::new(NodeHandle {
             id,
             addr: addr.to_owned(),
-            channel: lazy_channel(addr, self.connect_timeout)?,
+            channel: lazy_channel(addr, self.connect_timeout, &self.credentials)?,
             outstanding: AtomicUsize::new(0),
             breaker: Mutex::new(Breaker {
                 consecutive_failures: 0,

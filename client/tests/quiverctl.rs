@@ -262,3 +262,148 @@ async fn quiverctl_status_shows_members_and_shard_map_in_cluster_mode() {
     cancel.cancel();
     node.wait().await.unwrap();
 }
+
+/// Tokens through `quiverctl` over TLS: create (shown once), use, the role and grant
+/// limits, list, revoke.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiverctl_manages_tokens_over_tls() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("profile", 2, 1).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = quiver_testkit::Ca::new("quiverctl test CA");
+    let (cert, key) = ca.issue("node").write(dir.path(), "node");
+    let ca_file = ca.write(dir.path(), "ca");
+    let bootstrap = dir.path().join("bootstrap");
+    std::fs::write(&bootstrap, "quiverctl-bootstrap-secret").unwrap();
+    let cluster = dir.path().join("cluster");
+    std::fs::write(&cluster, "quiverctl-cluster-secret").unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let local = listener.local_addr().unwrap().to_string();
+    let mut file = quiver_node::config::NodeConfigFile {
+        data_dir: dir.path().join("data"),
+        ..Default::default()
+    };
+    file.server.grpc_addr = local.clone();
+    file.server.metrics_addr = String::new();
+    file.cluster.shard_count = 2;
+    file.kafka.bootstrap_servers = mock.bootstrap_servers();
+    file.control.enabled = true;
+    file.control.voters = 1;
+    file.control.replication_factor = 1;
+    file.control.initial_voters = vec![format!("1@{local}")];
+    file.control.heartbeat_interval = Duration::from_millis(100);
+    file.tls.cert_file = cert;
+    file.tls.key_file = key;
+    file.tls.ca_file = ca_file.clone();
+    file.auth.bootstrap_token_file = bootstrap.clone();
+    file.auth.cluster_token_file = cluster;
+    let cancel = CancellationToken::new();
+    let node = Node::start(
+        file.validate().unwrap(),
+        Listeners { grpc: listener },
+        cancel.clone(),
+    )
+    .await
+    .unwrap();
+    let ca_arg = ca_file.to_str().unwrap().to_owned();
+    let run = |token_args: &[&str], args: &[&str]| {
+        let mut all = vec!["--tls-ca", ca_arg.as_str()];
+        all.extend_from_slice(token_args);
+        all.extend_from_slice(args);
+        quiverctl(&local, &all)
+    };
+    let admin = ["--token-file", bootstrap.to_str().unwrap()];
+
+    // Plaintext against the TLS node fails with the reason.
+    let out = quiverctl(
+        &local,
+        &["--token-file", bootstrap.to_str().unwrap(), "view", "list"],
+    );
+    assert!(!out.status.success());
+
+    let defs = dir.path().join("defs.toml");
+    std::fs::write(&defs, DEFS).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = run(&admin, &["view", "apply", defs.to_str().unwrap()]);
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    loop {
+        let out = run(&admin, &["status", "--output", "json"]);
+        let status: Value = serde_json::from_str(ok_stdout(out).lines().next().unwrap()).unwrap();
+        let serving = status["cluster"]["shards"].as_array().is_some_and(|s| {
+            s.len() == 2 && s.iter().all(|sh| sh["replicas"][0]["state"] == "serving")
+        });
+        if serving {
+            break;
+        }
+        assert!(Instant::now() < deadline, "cluster did not form: {status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let out = run(
+        &admin,
+        &[
+            "token", "create", "--name", "ranker", "--role", "reader", "--view", "profile",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let token = ok_stdout(out).trim().to_owned();
+    assert!(
+        token.starts_with("qvr_") && stderr.contains("shown only once"),
+        "{token} {stderr}"
+    );
+    let id = token[4..16].to_owned();
+
+    let reader = ["--token", token.as_str()];
+    let listed = ok_stdout(run(&reader, &["view", "list"]));
+    assert!(listed.contains("profile"), "{listed}");
+    let denied = run(
+        &reader,
+        &[
+            "push",
+            "profile",
+            "--row",
+            r#"{"key": "u1", "features": {"score": 1.0}}"#,
+        ],
+    );
+    let msg = String::from_utf8_lossy(&denied.stderr);
+    assert!(
+        !denied.status.success() && msg.contains("needs role writer"),
+        "{msg}"
+    );
+    let denied = run(&reader, &["token", "list"]);
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("needs role admin"));
+
+    let list: Value = serde_json::from_str(&ok_stdout(run(
+        &admin,
+        &["token", "list", "--output", "json"],
+    )))
+    .unwrap();
+    let entry = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == id.as_str())
+        .unwrap();
+    assert_eq!(entry["role"], "reader");
+    assert_eq!(entry["views"][0], "profile");
+    assert!(
+        !list.to_string().contains(&token[17..]),
+        "secrets are never listed"
+    );
+
+    ok_stdout(run(&admin, &["token", "revoke", &id]));
+    let out = run(&reader, &["view", "list"]);
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && msg.contains("revoked"), "{msg}");
+    cancel.cancel();
+    node.wait().await.unwrap();
+}

@@ -148,7 +148,8 @@ fn security_sections_are_validated_with_the_key_named() {
     let dir = tempfile::tempdir().unwrap();
     let short = dir.path().join("short");
     std::fs::write(&short, "abc").unwrap();
-    let cases: Vec<(Box<dyn Fn(&mut NodeConfigFile)>, &str)> = vec![
+    type Change = Box<dyn Fn(&mut NodeConfigFile)>;
+    let cases: Vec<(Change, &str)> = vec![
         (
             Box::new(|f| f.tls.cert_file = "/x/cert.pem".into()),
             "tls.cert_file and tls.key_file",

@@ -24,16 +24,6 @@ pub async fn push(
     req: PushRequest,
 ) -> Result<PushResponse, ServeError> {
     let limits = &state.limits;
-    if !state
-        .push_quota
-        .try_acquire(&principal.quota_key(), std::time::Instant::now())
-    {
-        counter!(m::ADMISSION_SHED, "reason" => "push_rate").increment(1);
-        return Err(ServeError::ResourceExhausted(format!(
-            "push rate limit: {principal} may send {} pushes per second (limits.max_pushes_per_second); retry with backoff",
-            state.push_quota.per_second()
-        )));
-    }
     let size = req.encoded_len();
     if size > limits.max_request_bytes {
         return Err(ServeError::InvalidArgument(format!(
@@ -52,6 +42,17 @@ pub async fn push(
         )));
     }
     super::validate::check_push_rows(&req.rows, limits)?;
+    // Only well-formed pushes spend quota.
+    if !state
+        .push_quota
+        .try_acquire(&principal.quota_key(), std::time::Instant::now())
+    {
+        counter!(m::ADMISSION_SHED, "reason" => "push_rate").increment(1);
+        return Err(ServeError::ResourceExhausted(format!(
+            "push rate limit: {principal} may send {} pushes per second (limits.max_pushes_per_second); retry with backoff",
+            state.push_quota.per_second()
+        )));
+    }
     let registry = state.registry.snapshot();
     principal
         .check_views([req.view.as_str()])

@@ -131,6 +131,8 @@ max_batch_records = 500
 poll_timeout = "50ms"
 [registry]
 definition_files = ["{defs}"]
+[auth]
+enabled = false
 "#,
             data = dir.join("data").display(),
             defs = defs.display(),

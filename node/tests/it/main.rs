@@ -9,5 +9,6 @@ mod cluster;
 mod harness;
 mod ingest;
 mod lifecycle;
+mod security;
 mod serving;
 mod versions;

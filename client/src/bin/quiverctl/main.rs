@@ -3,9 +3,13 @@
 use anyhow::Context as _;
 use base64::Engine as _;
 use clap::{Parser, Subcommand, ValueEnum};
+mod tokens;
+
+use quiver_client::cli::SecurityArgs;
 use quiver_client::{
     Client, EntityKey, Lookup, LookupResult, NodeClient, PushRow, Value, Watermarks,
 };
+use quiver_proto::transport::Credentials;
 use quiver_proto::v1::FeatureStatus;
 use quiver_proto::v1::value::Kind;
 use serde_json::{Value as Json, json};
@@ -28,6 +32,8 @@ struct Cli {
     /// Output format.
     #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
     output: Output,
+    #[command(flatten)]
+    security: SecurityArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -78,6 +84,11 @@ enum Command {
     Node {
         #[command(subcommand)]
         command: NodeCommand,
+    },
+    /// Access tokens (admin).
+    Token {
+        #[command(subcommand)]
+        command: tokens::TokenCommand,
     },
 }
 
@@ -353,9 +364,10 @@ fn parse_row(
     Ok(row)
 }
 
-async fn smart_client(addr: &str) -> anyhow::Result<Client> {
+async fn smart_client(addr: &str, credentials: &Credentials) -> anyhow::Result<Client> {
     Client::builder()
         .seeds([addr])
+        .credentials(credentials.clone())
         .deadline(std::time::Duration::from_secs(10))
         .attempt_timeout(std::time::Duration::from_secs(5))
         .build()
@@ -364,8 +376,12 @@ async fn smart_client(addr: &str) -> anyhow::Result<Client> {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let mut client = NodeClient::connect(cli.addr.clone()).await?;
+    let credentials = cli.security.credentials()?;
+    let mut client = NodeClient::connect_with(cli.addr.clone(), &credentials).await?;
     match cli.command {
+        Command::Token { command } => {
+            tokens::run(&mut client, command, cli.output == Output::Json).await?;
+        }
         Command::View {
             command: ViewCommand::Apply { file, dry_run },
         } => {
@@ -440,7 +456,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 let wm: Watermarks = token.parse()?;
                 lookup = lookup.min_watermarks(&wm);
             }
-            let smart = smart_client(&cli.addr).await?;
+            let smart = smart_client(&cli.addr, &credentials).await?;
             let result = smart.get_online_features(&lookup).await?;
             print_rows(&keys, &result, cli.output)?;
         }
@@ -463,7 +479,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .map(|r| parse_row(r, &types))
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let n = rows.len();
-            let smart = smart_client(&cli.addr).await?;
+            let smart = smart_client(&cli.addr, &credentials).await?;
             let wm = smart.push(&view, rows).await?;
             if cli.output == Output::Json {
                 println!("{}", json!({"rows": n, "watermark": wm.to_string()}));

@@ -1,0 +1,99 @@
+//! `quiverctl token create|revoke|list`.
+
+use clap::Subcommand;
+use quiver_client::NodeClient;
+use serde_json::json;
+
+/// Token subcommands.
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Create a token; it is printed once and cannot be shown again.
+    Create {
+        /// Who or what the token is for.
+        #[arg(long)]
+        name: String,
+        /// reader | writer | admin.
+        #[arg(long)]
+        role: String,
+        /// Views the token may read (and push to); repeatable or comma separated.
+        /// Default: every view.
+        #[arg(long = "view", value_delimiter = ',')]
+        views: Vec<String>,
+    },
+    /// Revoke a token by id.
+    Revoke {
+        /// Token id (the 12 hex digits after `qvr_`).
+        id: String,
+    },
+    /// List tokens (never their secrets).
+    List,
+}
+
+/// Runs one token subcommand against `client`.
+pub async fn run(client: &mut NodeClient, cmd: TokenCommand, json_out: bool) -> anyhow::Result<()> {
+    match cmd {
+        TokenCommand::Create { name, role, views } => {
+            let (id, token) = client
+                .create_token(name.clone(), role.clone(), views.clone())
+                .await?;
+            if json_out {
+                println!(
+                    "{}",
+                    json!({ "id": id, "token": token, "name": name, "role": role, "views": views })
+                );
+            } else {
+                println!("{token}");
+                eprintln!(
+                    "token {id} ({name}, {role}) created; it is shown only once: store it now"
+                );
+            }
+        }
+        TokenCommand::Revoke { id } => {
+            client.revoke_token(id.clone()).await?;
+            if json_out {
+                println!("{}", json!({ "revoked": id }));
+            } else {
+                println!("token {id} revoked");
+            }
+        }
+        TokenCommand::List => {
+            let tokens = client.list_tokens().await?;
+            if json_out {
+                let rows: Vec<_> = tokens
+                    .iter()
+                    .map(|t| {
+                        json!({
+                            "id": t.id, "name": t.name, "role": t.role, "views": t.views,
+                            "created_by": t.created_by, "created_at_ms": t.created_at_ms,
+                            "revoked_at_ms": (t.revoked_at_ms != 0).then_some(t.revoked_at_ms),
+                            "revoked_by": t.revoked_by,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::Value::Array(rows));
+            } else {
+                println!(
+                    "{:<12}  {:<20} {:<7} {:<8} {:<24} views",
+                    "id", "name", "role", "state", "created by"
+                );
+                for t in tokens {
+                    let state = if t.revoked_at_ms != 0 {
+                        "revoked"
+                    } else {
+                        "valid"
+                    };
+                    let views = if t.views.is_empty() {
+                        "*".to_owned()
+                    } else {
+                        t.views.join(",")
+                    };
+                    println!(
+                        "{:<12}  {:<20} {:<7} {:<8} {:<24} {views}",
+                        t.id, t.name, t.role, state, t.created_by
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
