@@ -45,6 +45,11 @@ def check_config(node_bin, config_text, definitions, what):
         env = dict(os.environ)
         # What the image's entrypoint or the orchestrator provides per node.
         env["QUIVER_NODE_ID"] = "1"
+        # ... and the Secret's token files.
+        for key in ["bootstrap", "cluster"]:
+            token = Path(tmp) / f"{key}-token"
+            token.write_text(os.urandom(16).hex())
+            env[f"QUIVER_AUTH_{key.upper()}_TOKEN_FILE"] = str(token)
         files = [str(definitions[p]) for p in definitions]
         if files:
             env["QUIVER_DEFINITIONS"] = ",".join(files)

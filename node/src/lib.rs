@@ -16,6 +16,8 @@
 
 pub mod config;
 pub mod control;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod ingest;
 pub mod kafka_meta;
 pub mod metrics;

@@ -156,6 +156,61 @@ struct NodeArgs {
     /// control.snapshot_every
     #[arg(long, env = "QUIVER_SNAPSHOT_EVERY")]
     snapshot_every: Option<u64>,
+    /// limits.max_key_bytes
+    #[arg(long, env = "QUIVER_MAX_KEY_BYTES")]
+    max_key_bytes: Option<usize>,
+    /// limits.max_string_bytes
+    #[arg(long, env = "QUIVER_MAX_STRING_BYTES")]
+    max_string_bytes: Option<usize>,
+    /// limits.max_vector_len
+    #[arg(long, env = "QUIVER_MAX_VECTOR_LEN")]
+    max_vector_len: Option<usize>,
+    /// limits.max_concurrent_requests_per_connection
+    #[arg(long, env = "QUIVER_MAX_CONCURRENT_REQUESTS_PER_CONNECTION")]
+    max_concurrent_requests_per_connection: Option<usize>,
+    /// limits.max_inflight_requests
+    #[arg(long, env = "QUIVER_MAX_INFLIGHT_REQUESTS")]
+    max_inflight_requests: Option<usize>,
+    /// limits.max_queued_lookups
+    #[arg(long, env = "QUIVER_MAX_QUEUED_LOOKUPS")]
+    max_queued_lookups: Option<usize>,
+    /// limits.max_pushes_per_second (0: unlimited)
+    #[arg(long, env = "QUIVER_MAX_PUSHES_PER_SECOND")]
+    max_pushes_per_second: Option<u32>,
+    /// tls.cert_file
+    #[arg(long, env = "QUIVER_TLS_CERT_FILE")]
+    tls_cert_file: Option<PathBuf>,
+    /// tls.key_file
+    #[arg(long, env = "QUIVER_TLS_KEY_FILE")]
+    tls_key_file: Option<PathBuf>,
+    /// tls.ca_file
+    #[arg(long, env = "QUIVER_TLS_CA_FILE")]
+    tls_ca_file: Option<PathBuf>,
+    /// tls.client_auth: none | optional | required
+    #[arg(long, env = "QUIVER_TLS_CLIENT_AUTH")]
+    tls_client_auth: Option<String>,
+    /// tls.server_name
+    #[arg(long, env = "QUIVER_TLS_SERVER_NAME")]
+    tls_server_name: Option<String>,
+    /// tls.reload_interval ("0s" disables)
+    #[arg(long, env = "QUIVER_TLS_RELOAD_INTERVAL", value_parser = humantime::parse_duration)]
+    tls_reload_interval: Option<Duration>,
+    /// auth.enabled (false only for demos and trusted test rigs)
+    #[arg(long, env = "QUIVER_AUTH_ENABLED")]
+    auth_enabled: Option<bool>,
+    /// auth.bootstrap_token_file
+    #[arg(long, env = "QUIVER_AUTH_BOOTSTRAP_TOKEN_FILE")]
+    auth_bootstrap_token_file: Option<PathBuf>,
+    /// auth.cluster_token_file
+    #[arg(long, env = "QUIVER_AUTH_CLUSTER_TOKEN_FILE")]
+    auth_cluster_token_file: Option<PathBuf>,
+    /// auth.identities entry NAME=ROLE[:VIEW,VIEW...] (repeatable; replaces the file's list)
+    #[arg(
+        long = "auth-identity",
+        env = "QUIVER_AUTH_IDENTITIES",
+        value_delimiter = ';'
+    )]
+    auth_identities: Vec<String>,
     /// log.format: plain | json
     #[arg(long, env = "QUIVER_LOG_FORMAT")]
     log_format: Option<String>,
@@ -225,9 +280,56 @@ fn apply_overrides(f: &mut NodeConfigFile, a: NodeArgs) -> anyhow::Result<()> {
     set(&mut f.control.heartbeat_interval, a.heartbeat_interval);
     set(&mut f.control.dead_after, a.dead_after);
     set(&mut f.control.snapshot_every, a.snapshot_every);
+    set(&mut f.limits.max_key_bytes, a.max_key_bytes);
+    set(&mut f.limits.max_string_bytes, a.max_string_bytes);
+    set(&mut f.limits.max_vector_len, a.max_vector_len);
+    set(
+        &mut f.limits.max_concurrent_requests_per_connection,
+        a.max_concurrent_requests_per_connection,
+    );
+    set(&mut f.limits.max_inflight_requests, a.max_inflight_requests);
+    set(&mut f.limits.max_queued_lookups, a.max_queued_lookups);
+    set(&mut f.limits.max_pushes_per_second, a.max_pushes_per_second);
+    set(&mut f.tls.cert_file, a.tls_cert_file);
+    set(&mut f.tls.key_file, a.tls_key_file);
+    set(&mut f.tls.ca_file, a.tls_ca_file);
+    set(&mut f.tls.client_auth, a.tls_client_auth);
+    set(&mut f.tls.server_name, a.tls_server_name);
+    set(&mut f.tls.reload_interval, a.tls_reload_interval);
+    set(&mut f.auth.enabled, a.auth_enabled);
+    set(
+        &mut f.auth.bootstrap_token_file,
+        a.auth_bootstrap_token_file,
+    );
+    set(&mut f.auth.cluster_token_file, a.auth_cluster_token_file);
+    if !a.auth_identities.is_empty() {
+        f.auth.identities = a
+            .auth_identities
+            .iter()
+            .map(|e| parse_identity(e))
+            .collect::<anyhow::Result<_>>()?;
+    }
     set(&mut f.log.format, a.log_format);
     set(&mut f.log.level, a.log_level);
     Ok(())
+}
+
+/// `NAME=ROLE[:VIEW,VIEW...]` → an `[[auth.identities]]` entry.
+fn parse_identity(e: &str) -> anyhow::Result<quiver_node::config::IdentitySection> {
+    let (name, rest) = e
+        .split_once('=')
+        .with_context(|| format!("--auth-identity {e:?} is not NAME=ROLE[:VIEW,...]"))?;
+    let (role, views) = rest.split_once(':').unwrap_or((rest, ""));
+    Ok(quiver_node::config::IdentitySection {
+        name: name.trim().to_owned(),
+        role: role.trim().to_owned(),
+        views: views
+            .split(',')
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
 }
 
 async fn shutdown_signal(cancel: CancellationToken) {
@@ -293,7 +395,7 @@ fn check_config(config: &quiver_node::config::NodeConfig) -> anyhow::Result<()> 
             .map_err(|e| anyhow::anyhow!("definition file {}: {e}", path.display()))?;
     }
     println!(
-        "config OK: node {} ({} mode), grpc {}, metrics {}, {} shards, kafka {}, {} definition file(s)",
+        "config OK: node {} ({} mode), grpc {} (tls {}, auth {}), metrics {}, {} shards, kafka {}, {} definition file(s)",
         config.node_id,
         if config.control.is_some() {
             "cluster"
@@ -301,6 +403,16 @@ fn check_config(config: &quiver_node::config::NodeConfig) -> anyhow::Result<()> 
             "static"
         },
         config.grpc_addr,
+        match &config.security.tls {
+            None => "off",
+            Some(t) if t.client_auth == quiver_node::security::ClientAuth::Required => "mutual",
+            Some(_) => "on",
+        },
+        if config.security.auth.enabled {
+            "on"
+        } else {
+            "OFF"
+        },
         config
             .metrics_addr
             .map_or("off".to_string(), |a| a.to_string()),
