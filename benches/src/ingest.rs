@@ -22,7 +22,6 @@ use quiver_proto::v1::{GetOnlineFeaturesRequest, ShardWatermark, TopicOffset};
 use rdkafka::producer::{FutureRecord, Producer};
 use serde::Serialize;
 use tokio::sync::Semaphore;
-use tonic::transport::Channel;
 
 use crate::env::cluster::{now_ms, producer};
 use crate::env::dataset::{key, view};
@@ -154,7 +153,11 @@ async fn consumed_per_node(
 ) -> anyhow::Result<BTreeMap<u64, u64>> {
     let mut out = BTreeMap::new();
     for (i, e) in cluster.endpoints().iter().enumerate() {
-        let mut c = quiver_client::NodeClient::connect(e.clone()).await?;
+        let mut c = quiver_client::NodeClient::connect_with(
+            e.clone(),
+            &crate::env::security::credentials(),
+        )
+        .await?;
         out.insert(cluster.node_ids()[i].0, consumed(&c.status().await?, topic));
     }
     Ok(out)
@@ -204,15 +207,14 @@ pub async fn run(p: IngestParams, work: &Path) -> anyhow::Result<IngestReport> {
     let baseline_node_cores = (cpu_seconds(&node_pids) - cpu0) / t0.elapsed().as_secs_f64();
 
     // Per-replica channels for the freshness probes.
-    let mut channels: BTreeMap<u64, FeatureServiceClient<Channel>> = BTreeMap::new();
+    let mut channels: BTreeMap<u64, FeatureServiceClient<quiver_proto::transport::AuthChannel>> =
+        BTreeMap::new();
     for s in &map.shards {
         for r in &s.replicas {
             if let std::collections::btree_map::Entry::Vacant(v) = channels.entry(r.node_id) {
-                let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", r.addr))?
-                    .tcp_nodelay(true)
-                    .connect()
-                    .await?;
-                v.insert(FeatureServiceClient::new(ch));
+                let creds = crate::env::security::credentials();
+                let ch = creds.endpoint(&r.addr)?.tcp_nodelay(true).connect().await?;
+                v.insert(FeatureServiceClient::new(creds.wrap(ch)?));
             }
         }
     }
@@ -245,7 +247,10 @@ pub async fn run(p: IngestParams, work: &Path) -> anyhow::Result<IngestReport> {
         tokio::spawn(async move {
             let mut clients = Vec::new();
             for e in endpoints {
-                if let Ok(c) = quiver_client::NodeClient::connect(e).await {
+                if let Ok(c) =
+                    quiver_client::NodeClient::connect_with(e, &crate::env::security::credentials())
+                        .await
+                {
                     clients.push(c);
                 }
             }

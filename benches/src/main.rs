@@ -74,6 +74,11 @@ struct Common {
     /// Seed of data and key choices.
     #[arg(long, env = "QUIVER_BENCH_SEED", default_value_t = 42)]
     seed: u64,
+    /// Run quiver secured: mutual TLS between the bench's clients and the nodes and
+    /// between nodes, auth on with certificate identities (a throw-away CA). Measures the
+    /// cost of TLS and the auth check.
+    #[arg(long, env = "QUIVER_BENCH_SECURE")]
+    secure: bool,
 }
 
 impl Common {
@@ -102,6 +107,7 @@ impl Common {
             shards: self.shards,
             replication: self.replication,
             block_cache_mib: self.block_cache_mib,
+            secure: self.secure,
         }
     }
 

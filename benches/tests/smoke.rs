@@ -205,6 +205,8 @@ fn lookup_ingest_and_capacity_produce_well_formed_reports() {
     );
 }
 
+/// Also the secured path: `--secure` runs the nodes on mutual TLS with auth by certificate,
+/// and every client of the bench (admin, load, ingest probes) presents its certificate.
 #[test]
 fn all_runs_the_three_into_one_directory() {
     let dir = tempfile::tempdir().unwrap();
@@ -219,6 +221,7 @@ fn all_runs_the_three_into_one_directory() {
         "echo",
         "--ingest-records",
         "1000",
+        "--secure",
     ];
     args.extend_from_slice(SMALL);
     args.extend_from_slice(QUICK);
@@ -234,6 +237,12 @@ fn all_runs_the_three_into_one_directory() {
     for f in ["lookup.md", "ingest.md", "capacity.md"] {
         assert!(out.join(f).exists(), "{f} missing");
     }
+    let lookup = json(&out.join("lookup.json"));
+    assert_eq!(
+        lookup["params"]["cluster"]["secure"], true,
+        "{}",
+        lookup["params"]
+    );
 }
 
 /// Runs `quiver-bench args` expecting a refusal whose message names `what`.

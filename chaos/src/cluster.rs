@@ -32,6 +32,8 @@ pub struct ClusterSpec {
     pub replication_factor: u32,
     /// A node silent this long is declared dead.
     pub dead_after: Duration,
+    /// `[tls]`/`[auth]` for every node; `None`: plaintext, auth disabled.
+    pub security_toml: Option<String>,
 }
 
 /// A running cluster.
@@ -64,6 +66,9 @@ impl ChaosCluster {
         settings.shard_count = spec.shard_count;
         settings.replication_factor = spec.replication_factor;
         settings.dead_after = spec.dead_after;
+        if let Some(t) = &spec.security_toml {
+            settings.security_toml.clone_from(t);
+        }
         let mut members = BTreeMap::new();
         for id in 1..=u64::from(spec.nodes) {
             let host = u32::try_from(id).context("node id")?;

@@ -17,4 +17,5 @@ pub mod probe;
 pub mod report;
 pub mod rng;
 pub mod run;
+pub mod security;
 pub mod workload;

@@ -91,6 +91,10 @@ struct RunArgs {
     /// Also write every write and read to history.json in the run directory.
     #[arg(long, env = "QUIVER_CHAOS_SAVE_HISTORY")]
     save_history: bool,
+    /// Run the cluster secured: mutual TLS between every client and node and between
+    /// nodes, auth on with certificate identities (a throw-away CA in the run directory).
+    #[arg(long, env = "QUIVER_CHAOS_SECURE")]
+    secure: bool,
 }
 
 fn main() -> ExitCode {
@@ -162,7 +166,13 @@ fn run_cmd(a: RunArgs) -> anyhow::Result<bool> {
         humantime::format_duration(a.quiet),
     );
     println!("seed {seed}; repeat with: {command}");
+    let command = if a.secure {
+        format!("{command} --secure")
+    } else {
+        command
+    };
     let spec = RunSpec {
+        secure: a.secure,
         scenario: a.scenario,
         faults,
         duration: a.duration,

@@ -17,10 +17,14 @@ const RPC_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Connects to one node, giving up after the RPC timeout (a partitioned node never answers).
 pub(crate) async fn connect(endpoint: &str) -> Option<NodeClient> {
-    tokio::time::timeout(RPC_TIMEOUT, NodeClient::connect(endpoint.to_string()))
-        .await
-        .ok()?
-        .ok()
+    let creds = crate::security::credentials();
+    tokio::time::timeout(
+        RPC_TIMEOUT,
+        NodeClient::connect_with(endpoint.to_string(), &creds),
+    )
+    .await
+    .ok()?
+    .ok()
 }
 
 /// Waits until every one of `endpoints` knows `view` (the registry reaches each node

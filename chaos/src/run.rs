@@ -22,6 +22,8 @@ use crate::workload::{self, Recorder, WorkloadSpec, lock};
 /// Everything a run needs.
 #[derive(Debug, Clone)]
 pub struct RunSpec {
+    /// Run the cluster on mutual TLS with certificate authentication.
+    pub secure: bool,
     /// Scenario name (for the report).
     pub scenario: String,
     /// Faults it cycles through.
@@ -88,6 +90,12 @@ pub async fn run(spec: &RunSpec, cancel: CancellationToken) -> anyhow::Result<Re
         shard_count: spec.shards,
         replication_factor: spec.replication_factor,
         dead_after: spec.dead_after,
+        security_toml: if spec.secure {
+            Some(crate::security::secure_rig(&spec.out.join("pki"))?)
+        } else {
+            crate::security::install(quiver_proto::transport::Credentials::none());
+            None
+        },
     };
     let out = spec.out.clone();
     let cluster = tokio::task::spawn_blocking(move || ChaosCluster::start(&cluster_spec, &out))
@@ -123,7 +131,8 @@ async fn run_on(
     )
     .await?
     .map_err(|e| anyhow::anyhow!("the cluster did not start: {e}"))?;
-    let mut admin = NodeClient::connect(endpoints[0].clone()).await?;
+    let mut admin =
+        NodeClient::connect_with(endpoints[0].clone(), &crate::security::credentials()).await?;
     admin
         .apply_definitions(workload::definitions(), false)
         .await
@@ -148,6 +157,7 @@ async fn run_on(
     let client = |n: u64| {
         Client::builder()
             .seeds(endpoints.clone())
+            .credentials(crate::security::credentials())
             .rng_seed(spec.seed.wrapping_add(n))
             .build()
     };

@@ -15,6 +15,9 @@ fn spec(scenario: &str, seed: u64) -> RunSpec {
     let out = PathBuf::from("/var/tmp/quiver-chaos/smoke").join(scenario);
     let _ = std::fs::remove_dir_all(&out);
     RunSpec {
+        // The partition run also exercises the secured cluster: mutual TLS between the
+        // harness, the nodes and each other, certificate identities for auth.
+        secure: scenario == "partition",
         scenario: scenario.to_string(),
         faults: parse_scenario(scenario).expect("a catalogue scenario"),
         // One fault: 6 s quiet, 5 s held, then recovery and quiet until the end.

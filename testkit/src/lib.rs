@@ -10,5 +10,5 @@ pub mod pki;
 pub mod process;
 
 pub use cluster::{ClusterSettings, Member, allocate, allocate_on, initial_members, write_config};
-pub use pki::{Ca, Pem};
+pub use pki::{Ca, Pem, SecureRig};
 pub use process::{Broker, NodeProcess, free_port, node_binary, signal, tansu_binary};

@@ -28,6 +28,8 @@ pub struct ClusterSpec {
     pub replication: u32,
     /// RocksDB block cache per node, MiB.
     pub block_cache_mib: u32,
+    /// Mutual TLS everywhere and auth by certificate (a throw-away CA under the work dir).
+    pub secure: bool,
 }
 
 /// A running cluster.
@@ -67,6 +69,12 @@ impl BenchCluster {
     /// # Errors
     /// When a process, the registration or the wait fails.
     pub async fn start(spec: &ClusterSpec, root: &Path, features: &[u32]) -> anyhow::Result<Self> {
+        let security_toml = if spec.secure {
+            Some(super::security::secure_rig(&root.join("pki"))?)
+        } else {
+            super::security::install(quiver_proto::transport::Credentials::none());
+            None
+        };
         let (broker, members, nodes) = {
             let spec = spec.clone();
             let root = root.to_path_buf();
@@ -83,6 +91,9 @@ impl BenchCluster {
                 // Freshness probes wait at the node for the watermark they ask for.
                 settings.max_watermark_wait = Duration::from_secs(10);
                 settings.block_cache_mib = spec.block_cache_mib;
+                if let Some(t) = security_toml {
+                    settings.security_toml = t;
+                }
                 let members =
                     initial_members(&root.join("nodes"), u64::from(spec.nodes), &settings);
                 let nodes: Vec<NodeProcess> = members
@@ -101,7 +112,9 @@ impl BenchCluster {
             produced: BTreeMap::new(),
         };
         c.wait_map(Duration::from_secs(60)).await?;
-        let mut admin = NodeClient::connect(c.endpoints()[0].clone()).await?;
+        let mut admin =
+            NodeClient::connect_with(c.endpoints()[0].clone(), &super::security::credentials())
+                .await?;
         admin
             .apply_definitions(Dataset::definitions(features), false)
             .await
@@ -141,7 +154,12 @@ impl BenchCluster {
         let deadline = Instant::now() + timeout;
         for e in self.endpoints() {
             loop {
-                let known = match NodeClient::connect(e.clone()).await {
+                let known = match NodeClient::connect_with(
+                    e.clone(),
+                    &super::security::credentials(),
+                )
+                .await
+                {
                     Ok(mut c) => c.describe_view(name).await.is_ok(),
                     Err(_) => false,
                 };
@@ -162,7 +180,9 @@ impl BenchCluster {
     /// # Errors
     /// When the node does not answer.
     pub async fn cluster_map(&self) -> anyhow::Result<ClusterMap> {
-        let mut c = NodeClient::connect(self.endpoints()[0].clone()).await?;
+        let mut c =
+            NodeClient::connect_with(self.endpoints()[0].clone(), &super::security::credentials())
+                .await?;
         Ok(c.cluster_map().await?)
     }
 
@@ -269,7 +289,11 @@ impl BenchCluster {
                 .map(|(t, _)| t.clone())
                 .unwrap_or_default();
             for r in &s.replicas {
-                let mut c = NodeClient::connect(format!("http://{}", r.addr)).await?;
+                let mut c = NodeClient::connect_with(
+                    format!("http://{}", r.addr),
+                    &super::security::credentials(),
+                )
+                .await?;
                 loop {
                     // Any key of the shard: the watermark is what is asked for.
                     let l = Lookup::features([format!("{topic}:f0")])

@@ -27,7 +27,11 @@ impl Quiver {
         features: &[u32],
         pids: Vec<u32>,
     ) -> anyhow::Result<Quiver> {
-        let client = Client::builder().seeds(seeds).build().await?;
+        let client = Client::builder()
+            .seeds(seeds)
+            .credentials(crate::env::security::credentials())
+            .build()
+            .await?;
         let refs = features
             .iter()
             .map(|f| (*f, Arc::new(feature_refs(*f))))
