@@ -116,6 +116,15 @@ mod tests {
             Recovery::Fail
         );
         assert_eq!(Recovery::of(&code(ErrorCode::NotFound)), Recovery::Fail);
+        // Credentials are the same on every replica: no failover, no breaker.
+        assert_eq!(
+            Recovery::of(&code(ErrorCode::Unauthenticated)),
+            Recovery::Fail
+        );
+        assert_eq!(
+            Recovery::of(&code(ErrorCode::PermissionDenied)),
+            Recovery::Fail
+        );
         assert_eq!(
             Recovery::of(&code(ErrorCode::WrongShard)),
             Recovery::RefreshMap(None)

@@ -189,6 +189,16 @@ impl Node {
                 "AUTHENTICATION IS DISABLED ([auth] enabled = false): anyone who can reach this node's port may read, write and administer it. Use only for demos and trusted test rigs."
             );
         }
+        let auth = &config.security.auth;
+        if auth.enabled
+            && control.is_none()
+            && auth.bootstrap_sha256.is_none()
+            && auth.identities.is_empty()
+        {
+            warn!(
+                "auth is enabled but this static node accepts no credential: set auth.bootstrap_token_file or [[auth.identities]] (tokens need cluster mode)"
+            );
+        }
         if config.security.tls.is_none() {
             warn!(
                 "TLS is off: requests, tokens and features travel in clear text ([tls] cert_file/key_file to enable)"
