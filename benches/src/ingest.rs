@@ -155,7 +155,7 @@ async fn consumed_per_node(
     for (i, e) in cluster.endpoints().iter().enumerate() {
         let mut c = quiver_client::NodeClient::connect_with(
             e.clone(),
-            &crate::env::security::credentials(),
+            &quiver_testkit::security::credentials(),
         )
         .await?;
         out.insert(cluster.node_ids()[i].0, consumed(&c.status().await?, topic));
@@ -212,7 +212,7 @@ pub async fn run(p: IngestParams, work: &Path) -> anyhow::Result<IngestReport> {
     for s in &map.shards {
         for r in &s.replicas {
             if let std::collections::btree_map::Entry::Vacant(v) = channels.entry(r.node_id) {
-                let creds = crate::env::security::credentials();
+                let creds = quiver_testkit::security::credentials();
                 let ch = creds.endpoint(&r.addr)?.tcp_nodelay(true).connect().await?;
                 v.insert(FeatureServiceClient::new(creds.wrap(ch)?));
             }
@@ -247,9 +247,11 @@ pub async fn run(p: IngestParams, work: &Path) -> anyhow::Result<IngestReport> {
         tokio::spawn(async move {
             let mut clients = Vec::new();
             for e in endpoints {
-                if let Ok(c) =
-                    quiver_client::NodeClient::connect_with(e, &crate::env::security::credentials())
-                        .await
+                if let Ok(c) = quiver_client::NodeClient::connect_with(
+                    e,
+                    &quiver_testkit::security::credentials(),
+                )
+                .await
                 {
                     clients.push(c);
                 }

@@ -17,5 +17,4 @@ pub mod probe;
 pub mod report;
 pub mod rng;
 pub mod run;
-pub mod security;
 pub mod workload;

@@ -17,7 +17,7 @@ const RPC_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Connects to one node, giving up after the RPC timeout (a partitioned node never answers).
 pub(crate) async fn connect(endpoint: &str) -> Option<NodeClient> {
-    let creds = crate::security::credentials();
+    let creds = quiver_testkit::security::credentials();
     tokio::time::timeout(
         RPC_TIMEOUT,
         NodeClient::connect_with(endpoint.to_string(), &creds),

@@ -91,9 +91,9 @@ pub async fn run(spec: &RunSpec, cancel: CancellationToken) -> anyhow::Result<Re
         replication_factor: spec.replication_factor,
         dead_after: spec.dead_after,
         security_toml: if spec.secure {
-            Some(crate::security::secure_rig(&spec.out.join("pki"))?)
+            Some(quiver_testkit::security::secure_rig(&spec.out.join("pki"))?)
         } else {
-            crate::security::install(quiver_proto::transport::Credentials::none());
+            quiver_testkit::security::install(quiver_proto::transport::Credentials::none());
             None
         },
     };
@@ -131,8 +131,11 @@ async fn run_on(
     )
     .await?
     .map_err(|e| anyhow::anyhow!("the cluster did not start: {e}"))?;
-    let mut admin =
-        NodeClient::connect_with(endpoints[0].clone(), &crate::security::credentials()).await?;
+    let mut admin = NodeClient::connect_with(
+        endpoints[0].clone(),
+        &quiver_testkit::security::credentials(),
+    )
+    .await?;
     admin
         .apply_definitions(workload::definitions(), false)
         .await
@@ -157,7 +160,7 @@ async fn run_on(
     let client = |n: u64| {
         Client::builder()
             .seeds(endpoints.clone())
-            .credentials(crate::security::credentials())
+            .credentials(quiver_testkit::security::credentials())
             .rng_seed(spec.seed.wrapping_add(n))
             .build()
     };

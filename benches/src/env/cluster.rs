@@ -70,9 +70,9 @@ impl BenchCluster {
     /// When a process, the registration or the wait fails.
     pub async fn start(spec: &ClusterSpec, root: &Path, features: &[u32]) -> anyhow::Result<Self> {
         let security_toml = if spec.secure {
-            Some(super::security::secure_rig(&root.join("pki"))?)
+            Some(quiver_testkit::security::secure_rig(&root.join("pki"))?)
         } else {
-            super::security::install(quiver_proto::transport::Credentials::none());
+            quiver_testkit::security::install(quiver_proto::transport::Credentials::none());
             None
         };
         let (broker, members, nodes) = {
@@ -112,9 +112,11 @@ impl BenchCluster {
             produced: BTreeMap::new(),
         };
         c.wait_map(Duration::from_secs(60)).await?;
-        let mut admin =
-            NodeClient::connect_with(c.endpoints()[0].clone(), &super::security::credentials())
-                .await?;
+        let mut admin = NodeClient::connect_with(
+            c.endpoints()[0].clone(),
+            &quiver_testkit::security::credentials(),
+        )
+        .await?;
         admin
             .apply_definitions(Dataset::definitions(features), false)
             .await
@@ -156,7 +158,7 @@ impl BenchCluster {
             loop {
                 let known = match NodeClient::connect_with(
                     e.clone(),
-                    &super::security::credentials(),
+                    &quiver_testkit::security::credentials(),
                 )
                 .await
                 {
@@ -180,9 +182,11 @@ impl BenchCluster {
     /// # Errors
     /// When the node does not answer.
     pub async fn cluster_map(&self) -> anyhow::Result<ClusterMap> {
-        let mut c =
-            NodeClient::connect_with(self.endpoints()[0].clone(), &super::security::credentials())
-                .await?;
+        let mut c = NodeClient::connect_with(
+            self.endpoints()[0].clone(),
+            &quiver_testkit::security::credentials(),
+        )
+        .await?;
         Ok(c.cluster_map().await?)
     }
 
@@ -291,7 +295,7 @@ impl BenchCluster {
             for r in &s.replicas {
                 let mut c = NodeClient::connect_with(
                     format!("http://{}", r.addr),
-                    &super::security::credentials(),
+                    &quiver_testkit::security::credentials(),
                 )
                 .await?;
                 loop {

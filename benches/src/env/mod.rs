@@ -5,7 +5,6 @@ pub mod cluster;
 pub mod dataset;
 pub mod machine;
 pub mod progress;
-pub mod security;
 
 pub use cluster::{BenchCluster, ClusterSpec};
 pub use dataset::{Dataset, KeyChoice};

@@ -29,7 +29,7 @@ impl Quiver {
     ) -> anyhow::Result<Quiver> {
         let client = Client::builder()
             .seeds(seeds)
-            .credentials(crate::env::security::credentials())
+            .credentials(quiver_testkit::security::credentials())
             .build()
             .await?;
         let refs = features

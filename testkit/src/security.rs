@@ -1,11 +1,13 @@
-//! The credentials the bench's clients present (admin calls, probes, the load's smart
-//! clients): set once per run, before any client is made.
+//! The credentials a harness's own clients present (probes, admin calls, load and
+//! workload clients), for tools that can run their cluster secured (`quiver-chaos`,
+//! `quiver-bench` with `--secure`): set once per run, before any client is made.
 
 use std::path::Path;
 use std::sync::RwLock;
 
-use quiver_proto::transport::{Credentials, TlsClientSettings};
-use quiver_testkit::SecureRig;
+use quiver_proto::transport::{Credentials, TlsClientSettings, TransportError};
+
+use crate::pki::SecureRig;
 
 static CREDENTIALS: RwLock<Option<Credentials>> = RwLock::new(None);
 
@@ -29,7 +31,7 @@ pub fn install(credentials: Credentials) {
 ///
 /// # Errors
 /// If the certificate files cannot be read back.
-pub fn secure_rig(dir: &Path) -> anyhow::Result<String> {
+pub fn secure_rig(dir: &Path) -> Result<String, TransportError> {
     let rig = SecureRig::create(dir);
     let tls = TlsClientSettings::from_files(
         Some(&rig.ca_file),
