@@ -112,8 +112,8 @@ fn fixture() -> &'static Fixture {
     })
 }
 
-/// Splits input into a Kafka record: byte 0 = key length (mod remaining), 0xFF payload
-/// marker absent → tombstone.
+/// Splits input into a Kafka record: byte 0 is the key length (capped at what remains),
+/// the rest the payload; key lengths ≡ 3 (mod 7) make a tombstone (no payload).
 fn record(data: &[u8]) -> RawRecord<'_> {
     let Some((&k, rest)) = data.split_first() else {
         return RawRecord {

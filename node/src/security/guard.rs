@@ -136,6 +136,8 @@ fn malformed() -> String {
 /// Shared state of the guard.
 pub struct Guard {
     auth: Authenticator,
+    /// The principal of every call when auth is disabled, built once.
+    disabled: Arc<Principal>,
     inflight: AtomicUsize,
     max_inflight: usize,
 }
@@ -152,6 +154,7 @@ impl GuardLayer {
         GuardLayer {
             guard: Arc::new(Guard {
                 auth,
+                disabled: Arc::new(Principal::auth_disabled()),
                 inflight: AtomicUsize::new(0),
                 max_inflight,
             }),
@@ -188,13 +191,48 @@ impl Drop for InFlight {
 }
 
 impl Guard {
+    /// Authenticates the caller of `req` and checks `need`; borrows the request (the
+    /// path and header are read in place, copied only into refusal messages).
+    fn principal<B>(
+        &self,
+        req: &http::Request<B>,
+        need: Need,
+    ) -> Result<Arc<Principal>, tonic::Status> {
+        if !self.auth.enabled() {
+            return Ok(self.disabled.clone());
+        }
+        let path = req.uri().path();
+        let auth = req
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .map(http::HeaderValue::as_bytes);
+        let peer = req.extensions().get::<PeerInfo>();
+        let principal = match self.auth.authenticate(auth, peer) {
+            Ok(p) => p,
+            Err(msg) => {
+                counter!(m::AUTH_DENIED, "reason" => "unauthenticated").increment(1);
+                if need == Need::Admin {
+                    audit::denied(path, "unauthenticated caller", &msg);
+                }
+                return Err(ErrorCode::Unauthenticated.to_status(format!("{path}: {msg}")));
+            }
+        };
+        if let Err(msg) = principal.authorize(path, need) {
+            counter!(m::AUTH_DENIED, "reason" => "permission_denied").increment(1);
+            if need == Need::Admin {
+                audit::denied(path, &principal.to_string(), &msg);
+            }
+            return Err(ErrorCode::PermissionDenied.to_status(msg));
+        }
+        Ok(Arc::new(principal))
+    }
+
     /// Admission, authentication and role check for one call.
     fn check<B>(
         self: &Arc<Self>,
         req: &mut http::Request<B>,
     ) -> Result<Option<InFlight>, tonic::Status> {
-        let path = req.uri().path().to_owned();
-        let need = Need::of_path(&path);
+        let need = Need::of_path(req.uri().path());
         if need == Need::Public {
             // Probes must answer even when the node is saturated.
             return Ok(None);
@@ -209,28 +247,7 @@ impl Guard {
                 self.max_inflight
             )));
         }
-        let auth = req
-            .headers()
-            .get(http::header::AUTHORIZATION)
-            .map(|v| v.as_bytes().to_vec());
-        let peer = req.extensions().get::<PeerInfo>();
-        let principal = match self.auth.authenticate(auth.as_deref(), peer) {
-            Ok(p) => p,
-            Err(msg) => {
-                counter!(m::AUTH_DENIED, "reason" => "unauthenticated").increment(1);
-                if need == Need::Admin {
-                    audit::denied(&path, "unauthenticated caller", &msg);
-                }
-                return Err(ErrorCode::Unauthenticated.to_status(format!("{path}: {msg}")));
-            }
-        };
-        if let Err(msg) = principal.authorize(&path, need) {
-            counter!(m::AUTH_DENIED, "reason" => "permission_denied").increment(1);
-            if need == Need::Admin {
-                audit::denied(&path, &principal.to_string(), &msg);
-            }
-            return Err(ErrorCode::PermissionDenied.to_status(msg));
-        }
+        let principal = self.principal(req, need)?;
         req.extensions_mut().insert(principal);
         Ok(Some(permit))
     }
@@ -272,9 +289,9 @@ where
 
 /// The principal the guard attached to a request (auth disabled if none: only the
 /// guard's public methods lack one, and those need none).
-pub fn principal_of<T>(req: &tonic::Request<T>) -> Principal {
+pub fn principal_of<T>(req: &tonic::Request<T>) -> Arc<Principal> {
     req.extensions()
-        .get::<Principal>()
+        .get::<Arc<Principal>>()
         .cloned()
-        .unwrap_or_else(Principal::auth_disabled)
+        .unwrap_or_else(|| Arc::new(Principal::auth_disabled()))
 }

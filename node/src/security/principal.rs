@@ -177,6 +177,11 @@ impl Principal {
         self.views.as_ref().is_none_or(|v| v.contains(view))
     }
 
+    /// Whether the principal may use every one of `views` (a feature service's views).
+    pub fn may_use_all<'a>(&self, views: impl IntoIterator<Item = &'a str>) -> bool {
+        self.check_views(views).is_ok()
+    }
+
     /// Checks [`Principal::may_use_view`] for every view: `Err` names the first one not
     /// granted.
     pub fn check_views<'a>(&self, views: impl IntoIterator<Item = &'a str>) -> Result<(), String> {

@@ -244,7 +244,7 @@ impl AdminService for AdminServiceImpl {
             feature_services: snap
                 .feature_services
                 .values()
-                .filter(|s| s.features.iter().all(|(v, _)| principal.may_use_view(v)))
+                .filter(|s| principal.may_use_all(s.features.iter().map(|(v, _)| v.as_str())))
                 .map(|s| s.name.clone())
                 .collect(),
         }))

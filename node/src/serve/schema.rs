@@ -49,7 +49,7 @@ pub fn schema(state: &ServeState, principal: &Principal) -> Schema {
         feature_services: r
             .feature_services
             .values()
-            .filter(|s| s.features.iter().all(|(v, _)| principal.may_use_view(v)))
+            .filter(|s| principal.may_use_all(s.features.iter().map(|(v, _)| v.as_str())))
             .map(|s| FeatureServiceSchema {
                 name: s.name.clone(),
                 features: s.features.iter().map(|(v, f)| format!("{v}:{f}")).collect(),
