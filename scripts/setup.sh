@@ -65,6 +65,13 @@ if ! command -v feast >/dev/null; then
     python3 -m pip install -q --disable-pip-version-check 'feast[redis]==0.67.0'
 fi
 
+# Stock gRPC tooling as users run it: Python's grpcio with grpcio-reflection (reflection
+# v1alpha) for the standard-tools tests.
+if ! python3 -c 'import grpc, grpc_reflection' >/dev/null 2>&1; then
+    echo "setup: installing grpcio and grpcio-reflection (pip)" >&2
+    python3 -m pip install -q --disable-pip-version-check grpcio==1.76.0 grpcio-reflection==1.76.0
+fi
+
 if ! command -v cargo >/dev/null; then
     echo "setup: cargo is missing; install the Rust toolchain (rustup) first" >&2
     exit 1

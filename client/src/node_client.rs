@@ -23,6 +23,35 @@ pub struct NodeClient {
     features: FeatureServiceClient<AuthChannel>,
     admin: AdminServiceClient<AuthChannel>,
     cluster: ClusterServiceClient<AuthChannel>,
+    retry_window: Duration,
+}
+
+/// How long idempotent admin calls keep retrying an `UNAVAILABLE` answer by default
+/// (the node itself retries across a control-plane leader change for 10 s; this covers
+/// a node that is catching up or restarting).
+pub const DEFAULT_RETRY_WINDOW: Duration = Duration::from_secs(15);
+
+/// Runs `call` until it succeeds, fails with anything but `UNAVAILABLE`, or `window`
+/// has passed (then its last error). Only for calls whose repetition is harmless.
+async fn retry_unavailable<T, F, Fut>(window: Duration, mut call: F) -> Result<T, ClientError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ClientError>>,
+{
+    let deadline = tokio::time::Instant::now() + window;
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match call().await {
+            Err(e)
+                if e.code() == Some(quiver_proto::ErrorCode::Unavailable)
+                    && tokio::time::Instant::now() + backoff < deadline =>
+            {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+            other => return other,
+        }
+    }
 }
 
 impl NodeClient {
@@ -65,7 +94,16 @@ impl NodeClient {
                 .max_decoding_message_size(256 << 20),
             admin: AdminServiceClient::new(channel.clone()),
             cluster: ClusterServiceClient::new(channel),
+            retry_window: DEFAULT_RETRY_WINDOW,
         })
+    }
+
+    /// Sets how long idempotent calls (applying definitions, draining, status, listing)
+    /// keep retrying `UNAVAILABLE` answers; zero disables retries.
+    #[must_use]
+    pub fn with_retry_window(mut self, window: Duration) -> Self {
+        self.retry_window = window;
+        self
     }
 
     /// Looks up features for a batch of entity keys.
@@ -92,14 +130,18 @@ impl NodeClient {
         toml: impl Into<String>,
         dry_run: bool,
     ) -> Result<Vec<String>, ClientError> {
-        let resp = self
-            .admin
-            .apply_definitions(ApplyDefinitionsRequest {
-                toml: toml.into(),
-                dry_run,
-            })
-            .await?;
-        Ok(resp.into_inner().changes)
+        let req = ApplyDefinitionsRequest {
+            toml: toml.into(),
+            dry_run,
+        };
+        // Applying the same definitions twice changes nothing the second time.
+        let admin = &self.admin;
+        retry_unavailable(self.retry_window, || {
+            let mut admin = admin.clone();
+            let req = req.clone();
+            async move { Ok(admin.apply_definitions(req).await?.into_inner().changes) }
+        })
+        .await
     }
 
     /// Lists registered views, entities and feature services.
@@ -107,11 +149,12 @@ impl NodeClient {
     /// # Errors
     /// [`ClientError::Rpc`].
     pub async fn list_views(&mut self) -> Result<ListViewsResponse, ClientError> {
-        Ok(self
-            .admin
-            .list_views(ListViewsRequest {})
-            .await?
-            .into_inner())
+        let admin = &self.admin;
+        retry_unavailable(self.retry_window, || {
+            let mut admin = admin.clone();
+            async move { Ok(admin.list_views(ListViewsRequest {}).await?.into_inner()) }
+        })
+        .await
     }
 
     /// Returns a view's definition as JSON.
@@ -144,12 +187,18 @@ impl NodeClient {
     /// # Errors
     /// [`ClientError::Rpc`] (`NOT_FOUND` for an unknown node).
     pub async fn drain_node(&mut self, node_id: u64) -> Result<u64, ClientError> {
-        Ok(self
-            .cluster
-            .drain_node(DrainNodeRequest { node_id })
-            .await?
-            .into_inner()
-            .epoch)
+        let cluster = &self.cluster;
+        retry_unavailable(self.retry_window, || {
+            let mut cluster = cluster.clone();
+            async move {
+                Ok(cluster
+                    .drain_node(DrainNodeRequest { node_id })
+                    .await?
+                    .into_inner()
+                    .epoch)
+            }
+        })
+        .await
     }
 
     /// Returns the node's shards, offsets and lag.
@@ -157,11 +206,12 @@ impl NodeClient {
     /// # Errors
     /// [`ClientError::Rpc`].
     pub async fn status(&mut self) -> Result<GetStatusResponse, ClientError> {
-        Ok(self
-            .admin
-            .get_status(GetStatusRequest {})
-            .await?
-            .into_inner())
+        let admin = &self.admin;
+        retry_unavailable(self.retry_window, || {
+            let mut admin = admin.clone();
+            async move { Ok(admin.get_status(GetStatusRequest {}).await?.into_inner()) }
+        })
+        .await
     }
 
     /// Creates an access token with `role` (`reader` | `writer` | `admin`) and optional
@@ -204,11 +254,17 @@ impl NodeClient {
     /// # Errors
     /// [`ClientError::Rpc`].
     pub async fn list_tokens(&mut self) -> Result<Vec<TokenInfo>, ClientError> {
-        Ok(self
-            .admin
-            .list_tokens(ListTokensRequest {})
-            .await?
-            .into_inner()
-            .tokens)
+        let admin = &self.admin;
+        retry_unavailable(self.retry_window, || {
+            let mut admin = admin.clone();
+            async move {
+                Ok(admin
+                    .list_tokens(ListTokensRequest {})
+                    .await?
+                    .into_inner()
+                    .tokens)
+            }
+        })
+        .await
     }
 }

@@ -2,6 +2,8 @@
 //! `quiver_<subsystem>_<name>_<unit>`; labels are bounded (`shard`, `rpc`, `code`,
 //! `reason`, `result`), never entity keys.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 
 /// Requests by `rpc` and result `code`.
@@ -96,7 +98,10 @@ pub const CONTROL_EPOCH: &str = "quiver_control_shard_epoch";
 pub fn describe() {
     // Counters of rare events exist from the start (at 0).
     metrics::counter!(CONTROL_LEADER_CHANGES).increment(0);
-    metrics::counter!(STORAGE_STALL_SECONDS).increment(0);
+    // With or without a dead-letter topic configured: dashboards query the series.
+    for result in ["queued", "failed"] {
+        metrics::counter!(INGEST_DEAD_LETTERS, "result" => result).increment(0);
+    }
     describe_counter!(SERVE_REQUESTS, "gRPC requests by rpc and result code");
     describe_counter!(
         AUTH_DENIED,
@@ -124,11 +129,6 @@ pub fn describe() {
         Unit::Bytes,
         "bytes compaction still has to rewrite summed over shards"
     );
-    describe_counter!(
-        STORAGE_STALL_SECONDS,
-        Unit::Seconds,
-        "time writes were stalled by RocksDB summed over shards"
-    );
     describe_gauge!(
         INGEST_LAG_SECONDS,
         Unit::Seconds,
@@ -144,16 +144,6 @@ pub fn describe() {
         "1 for the state of this node's replica of a shard, by shard and state"
     );
     describe_gauge!(NODE_READY, "1 while the node reports ready");
-    describe_counter!(
-        PROCESS_CPU_SECONDS,
-        Unit::Seconds,
-        "CPU time used by the process"
-    );
-    describe_gauge!(
-        PROCESS_RESIDENT_MEMORY,
-        Unit::Bytes,
-        "resident memory of the process"
-    );
     describe_histogram!(
         SERVE_REQUEST_DURATION,
         Unit::Seconds,
@@ -238,16 +228,48 @@ pub fn describe() {
     );
 }
 
-/// Reads the process's CPU time and resident memory from `/proc` (Linux; elsewhere the
-/// two metrics stay absent).
-pub fn record_process() {
+/// The write-stall total of the last storage sample, in µs (rendered as seconds).
+static WRITE_STALL_MICROS: AtomicU64 = AtomicU64::new(0);
+
+/// Records RocksDB's cumulative write-stall time summed over the shards, in µs.
+pub fn record_write_stall_micros(total: u64) {
+    WRITE_STALL_MICROS.store(total, Ordering::Relaxed);
+}
+
+/// Appends the metrics whose values are fractional counters to a Prometheus text
+/// exposition (the `metrics` crate's counters are integers, which truncated them to whole
+/// seconds): process CPU time and resident memory read from `/proc` now (Linux; absent
+/// elsewhere), and the write-stall time. `node` is the exporter's global label.
+pub fn render_process(out: &mut String, node_id: u64) {
+    use std::fmt::Write as _;
+    let mut family = |name: &str, kind: &str, help: &str, value: f64| {
+        let _ = write!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{node=\"{node_id}\"}} {value}\n\n"
+        );
+    };
     if let Some(cpu) = process_cpu_seconds() {
-        // A counter set to the kernel's running total (nanosecond resolution is not needed).
-        metrics::counter!(PROCESS_CPU_SECONDS).absolute(cpu as u64);
+        family(
+            PROCESS_CPU_SECONDS,
+            "counter",
+            "CPU time used by the process (user + system), in seconds",
+            cpu,
+        );
     }
     if let Some(rss) = process_resident_bytes() {
-        metrics::gauge!(PROCESS_RESIDENT_MEMORY).set(rss as f64);
+        family(
+            PROCESS_RESIDENT_MEMORY,
+            "gauge",
+            "resident memory of the process, in bytes",
+            rss as f64,
+        );
     }
+    family(
+        STORAGE_STALL_SECONDS,
+        "counter",
+        "time writes were stalled by RocksDB, summed over shards, in seconds",
+        WRITE_STALL_MICROS.load(Ordering::Relaxed) as f64 / 1e6,
+    );
 }
 
 /// utime + stime of `/proc/self/stat`, in seconds.
@@ -273,6 +295,31 @@ fn process_resident_bytes() -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fractional_counters_render_with_their_fraction() {
+        record_write_stall_micros(1_500_250);
+        let mut out = String::new();
+        render_process(&mut out, 7);
+        assert!(
+            out.contains(
+                "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total{node=\"7\"} "
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains("quiver_storage_write_stall_seconds_total{node=\"7\"} 1.50025\n"),
+            "{out}"
+        );
+        let cpu: f64 = out
+            .lines()
+            .find(|l| l.starts_with("process_cpu_seconds_total{"))
+            .and_then(|l| l.rsplit(' ').next())
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(cpu > 0.0);
+    }
 
     #[test]
     fn process_figures_are_read_from_proc() {

@@ -558,8 +558,14 @@ async fn run_ttl_refresh_loop(
     }
 }
 
-/// Readiness: every local replica caught up (reports, as the control plane sees them)
-/// and, in cluster mode, a control-plane leader known.
+/// Readiness (`quiver.v1.Readiness`, `quiver_node_ready`), checked every 500 ms.
+///
+/// Static mode: every local replica caught up. Cluster mode, all of: a leader known and
+/// this node's control-plane state current (a read-index round); the node is an active
+/// member of the committed state; every replica placement wants on this node has been
+/// assigned to it (a node that just joined has an empty assignment until the leader
+/// places replicas on it: "no replicas yet" is not "nothing to serve"); and every
+/// replica assigned to it is open here and caught up with its partitions.
 async fn run_readiness_loop(
     state: Arc<ServeState>,
     shards: Arc<ShardManager>,
@@ -571,14 +577,45 @@ async fn run_readiness_loop(
             () = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let caught_up = shards.reports().await.iter().all(|r| r.caught_up);
-        let led = state.control.as_ref().is_none_or(|c| c.leader().is_some());
-        let ready = caught_up && led;
+        let reports = shards.reports().await;
+        let ready = match &state.control {
+            None => reports.iter().all(|r| r.caught_up),
+            Some(c) => cluster_ready(c, &reports),
+        };
         state
             .ready
             .send_if_modified(|r| std::mem::replace(r, ready) != ready);
         gauge!(m::NODE_READY).set(if ready { 1.0 } else { 0.0 });
     }
+}
+
+/// The cluster-mode readiness rule of [`run_readiness_loop`].
+fn cluster_ready(control: &ControlPlane, reports: &[quiver_proto::v1::ReplicaReport]) -> bool {
+    use crate::control::state::MemberStatus;
+    if control.leader().is_none() || !control.is_fresh() {
+        return false;
+    }
+    let cluster = control.state();
+    let me = control.node_id();
+    if cluster
+        .members
+        .get(&me)
+        .is_none_or(|m| m.status != MemberStatus::Active)
+    {
+        return false;
+    }
+    let Some(desired) = crate::control::reconciler::desired_assignment(&cluster) else {
+        return false;
+    };
+    let assigned = cluster.replicas_on(me);
+    let placed = desired
+        .iter()
+        .filter(|(_, nodes)| nodes.contains(&me))
+        .all(|(shard, _)| assigned.contains_key(shard));
+    let caught_up = assigned
+        .keys()
+        .all(|shard| reports.iter().any(|r| r.shard == *shard && r.caught_up));
+    placed && caught_up
 }
 
 /// Storage figures summed over the local shards.
@@ -632,8 +669,7 @@ async fn run_storage_metrics_loop(
         gauge!(m::STORAGE_MEMTABLE_BYTES).set(s.memtable as f64);
         gauge!(m::STORAGE_SST_BYTES).set(s.sst as f64);
         gauge!(m::STORAGE_PENDING_COMPACTION_BYTES).set(s.pending as f64);
-        counter!(m::STORAGE_STALL_SECONDS).absolute(s.stall_micros / 1_000_000);
-        m::record_process();
+        m::record_write_stall_micros(s.stall_micros);
     }
 }
 

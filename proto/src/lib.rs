@@ -5,8 +5,10 @@
 //! - [`partition`]: entity key → shard, identical to the producers' Kafka partitioner.
 //! - [`error`]: the closed set of error codes the node returns and the client branches on.
 //! - [`transport`]: how callers reach a node (TLS, bearer token).
+//! - [`json_number`]: exact numbers in JSON text (ingest, push, `quiverctl`).
 
 pub mod error;
+pub mod json_number;
 pub mod partition;
 pub mod transport;
 

@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod pki;
 pub mod process;
 pub mod security;
+pub mod values;
 
 pub use cluster::{ClusterSettings, Member, allocate, allocate_on, initial_members, write_config};
 pub use pki::{Ca, Pem, SecureRig};

@@ -41,11 +41,13 @@ pub fn feature_refs(features: u32) -> Vec<String> {
 }
 
 impl Dataset {
-    /// Value of feature `i` of entity `k`: a multiple of 1/64 below 1,024, exact in binary
-    /// and in its shortest decimal form, so every system stores it without rounding.
+    /// Value of feature `i` of entity `k`: a float64 in [0, 1024) with a random 53-bit
+    /// significand, so its shortest decimal has 15-17 digits and any system that rounds
+    /// on the way (a lossy JSON parser, a float32 or decimal detour) fails the answer
+    /// check. `feast.py` computes the same bits with NumPy.
     pub fn value(&self, k: u32, i: u32) -> f64 {
         let h = mix(self.seed ^ (u64::from(k) << 20) ^ u64::from(i));
-        (h % 65_536) as f64 / 64.0
+        (h >> 11) as f64 / (1u64 << 53) as f64 * 1024.0
     }
 
     /// The JSON record of entity `k` in the F-feature view, event time `ts_ms`.

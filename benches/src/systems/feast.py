@@ -23,7 +23,8 @@ def frame(keys, ks, seed, f, now):
     cols = {"user_id": keys, "ts": [now] * len(keys)}
     base = M(seed) ^ (ks << M(20))
     for i in range(f):
-        cols[f"f{i}"] = (mix(base ^ M(i)) % M(65536)).astype(np.float64) / 64.0
+        # Same bits as Dataset::value: a 53-bit significand scaled into [0, 1024).
+        cols[f"f{i}"] = (mix(base ^ M(i)) >> M(11)).astype(np.float64) / 2.0**53 * 1024.0
     return pd.DataFrame(cols)
 
 

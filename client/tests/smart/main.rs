@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod failover;
+mod fidelity;
 mod hedging;
 mod inprocess;
 mod monotonic;

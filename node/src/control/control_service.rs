@@ -83,6 +83,16 @@ impl ControlService for ControlServiceImpl {
             return Err(Status::unavailable("not the leader"));
         }
         let epoch = self.plane.handle_report(req.node_id, req.replicas);
-        Ok(Response::new(ReportResponse { epoch }))
+        let read_index = if req.want_read_index {
+            Some(
+                self.plane
+                    .read_index()
+                    .await
+                    .ok_or_else(|| Status::unavailable("leadership not confirmed"))?,
+            )
+        } else {
+            None
+        };
+        Ok(Response::new(ReportResponse { epoch, read_index }))
     }
 }

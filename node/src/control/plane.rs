@@ -12,7 +12,7 @@ use quiver_proto::v1::control_service_client::ControlServiceClient;
 use quiver_proto::v1::{JoinRequest, ProposeRequest, ReplicaReport, ReportRequest};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::log_store::LogStore;
 use super::network::{Channels, NetworkFactory};
@@ -88,7 +88,14 @@ pub struct ControlPlane {
     pub(super) seen: Mutex<HashMap<u64, Seen>>,
     /// This node's replica reports, published by the shard manager.
     pub(super) local_reports: watch::Sender<Vec<ReplicaReport>>,
+    /// See [`ControlPlane::is_fresh`].
+    fresh: watch::Sender<bool>,
 }
+
+/// How long [`ControlPlane::propose`] keeps trying while no leader can take a command:
+/// longer than an election after a leader's death (`dead_after` is not involved: Raft
+/// elects within its election timeout, 0.4-0.8 s, plus a round trip).
+pub const PROPOSE_RETRY_WINDOW: Duration = Duration::from_secs(10);
 
 /// Milliseconds since the epoch, for commands that carry a time.
 pub fn wall_clock_ms() -> i64 {
@@ -136,21 +143,6 @@ impl ControlPlane {
         )
         .await
         .map_err(|e| ControlError::Raft(e.to_string()))?;
-        if config.initial_voters.contains_key(&config.node_id) {
-            let members: BTreeMap<u64, BasicNode> = config
-                .initial_voters
-                .iter()
-                .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
-                .collect();
-            match raft.initialize(members).await {
-                Ok(()) => {
-                    info!(voters = ?config.initial_voters.keys().collect::<Vec<_>>(), "raft group initialised")
-                }
-                // Already initialised (restart, or another initial voter was first).
-                Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
-                Err(e) => return Err(ControlError::Raft(e.to_string())),
-            }
-        }
         let (local_reports, _) = watch::channel(Vec::new());
         let plane = Arc::new(ControlPlane {
             config,
@@ -159,11 +151,83 @@ impl ControlPlane {
             channels,
             seen: Mutex::new(HashMap::new()),
             local_reports,
+            fresh: watch::channel(false).0,
         });
+        // Formation: the first initial voter (lowest id) initialises the group at once;
+        // the others only if no leader has reached them after `rank × dead_after` (the
+        // first voter never came up). Initialising on every voter made each campaign on
+        // its own: a voter whose election timer ran while the leader's first appends
+        // could not reach it came back with a higher term and deposed the fresh leader
+        // about a second after the cluster formed, failing proposals in that window.
+        if let Some(rank) = plane
+            .config
+            .initial_voters
+            .keys()
+            .position(|id| *id == plane.config.node_id)
+        {
+            if rank == 0 {
+                plane.initialize_group().await?;
+            } else {
+                let wait = plane.config.dead_after * rank as u32;
+                tokio::spawn(plane.clone().initialize_if_leaderless(wait, cancel.clone()));
+            }
+        }
         tokio::spawn(plane.clone().run_member_loop(cancel.clone()));
         tokio::spawn(plane.clone().run_metrics_loop(cancel.clone()));
         tokio::spawn(plane.clone().run_reconciler_loop(cancel));
         Ok(plane)
+    }
+
+    /// Initialises the Raft group with the initial voters; a group that is already
+    /// initialised (a restart, a voter that formed it) is left as it is.
+    async fn initialize_group(&self) -> Result<(), ControlError> {
+        let members: BTreeMap<u64, BasicNode> = self
+            .config
+            .initial_voters
+            .iter()
+            .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
+            .collect();
+        match self.raft.initialize(members).await {
+            Ok(()) => {
+                info!(voters = ?self.config.initial_voters.keys().collect::<Vec<_>>(), "raft group initialised");
+                Ok(())
+            }
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
+            Err(e) => Err(ControlError::Raft(e.to_string())),
+        }
+    }
+
+    /// A later initial voter's fallback: forms the group itself if, after `wait`, no
+    /// leader has replicated anything to it.
+    async fn initialize_if_leaderless(self: Arc<Self>, wait: Duration, cancel: CancellationToken) {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+        let m = self.raft.metrics().borrow().clone();
+        if m.current_leader.is_some() || m.last_log_index.is_some() {
+            return;
+        }
+        info!(
+            ?wait,
+            "no leader reached this initial voter: initialising the group"
+        );
+        if let Err(e) = self.initialize_group().await {
+            warn!(error = %e, "initialising the raft group failed");
+        }
+    }
+
+    /// Whether this node's copy of the control-plane state is known to be current: it has
+    /// applied everything the leader had committed when asked (a read-index round) within
+    /// the last `dead_after`. Answers that depend on replicated security state (tokens)
+    /// wait for it.
+    pub fn is_fresh(&self) -> bool {
+        *self.fresh.borrow()
+    }
+
+    /// Subscribes to [`ControlPlane::is_fresh`].
+    pub fn subscribe_fresh(&self) -> watch::Receiver<bool> {
+        self.fresh.subscribe()
     }
 
     /// The Raft handle (for the gRPC service and metrics).
@@ -208,12 +272,31 @@ impl ControlPlane {
         Some((leader, addr))
     }
 
-    /// Proposes `cmd` through Raft, forwarding it to the leader if this node is not it.
+    /// Proposes `cmd` through Raft, forwarding it to the leader if this node is not it,
+    /// and trying again for up to [`PROPOSE_RETRY_WINDOW`] while there is no reachable
+    /// leader (an election, a leader that just died), so a caller does not see a
+    /// leadership change. Commands are idempotent: one that was committed although its
+    /// answer was lost is a no-op the second time.
     ///
     /// # Errors
     /// [`ControlError::Rejected`] if the state machine rejected it;
-    /// [`ControlError::NoLeader`] if no leader could take it.
+    /// [`ControlError::NoLeader`] if no leader took it within the window.
     pub async fn propose(&self, cmd: Command) -> Result<CommandResult, ControlError> {
+        let deadline = Instant::now() + PROPOSE_RETRY_WINDOW;
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            match self.propose_once(&cmd).await {
+                Err(ControlError::NoLeader(reason)) if Instant::now() + backoff < deadline => {
+                    debug!(%reason, "no control-plane leader for a proposal yet; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(400));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn propose_once(&self, cmd: &Command) -> Result<CommandResult, ControlError> {
         match self.propose_local(cmd.clone()).await {
             Err(ControlError::NoLeader(_)) => {}
             other => return other,
@@ -228,10 +311,14 @@ impl ControlPlane {
             .channels
             .get(&addr)
             .map_err(|e| ControlError::NoLeader(e.to_string()))?;
-        let json = serde_json::to_vec(&cmd).map_err(|e| ControlError::Raft(e.to_string()))?;
-        let resp = ControlServiceClient::new(channel)
-            .propose(ProposeRequest { command_json: json })
+        let json = serde_json::to_vec(cmd).map_err(|e| ControlError::Raft(e.to_string()))?;
+        let mut client = ControlServiceClient::new(channel);
+        let call = client.propose(ProposeRequest { command_json: json });
+        // Bounded like heartbeats: a leader that stopped answering (SIGSTOP, partition)
+        // must not hang the proposal past the retry window.
+        let resp = tokio::time::timeout(self.member_rpc_timeout(), call)
             .await
+            .map_err(|_| ControlError::NoLeader(format!("leader {leader} at {addr} timed out")))?
             .map_err(|s| {
                 ControlError::NoLeader(format!("leader {leader} at {addr}: {}", s.message()))
             })?;
@@ -313,10 +400,16 @@ impl ControlPlane {
     /// Joins (or re-joins) the cluster and sends heartbeats, forever.
     async fn run_member_loop(self: Arc<Self>, cancel: CancellationToken) {
         let mut tick = tokio::time::interval(self.config.heartbeat_interval);
+        let mut last_ok: Option<Instant> = None;
         loop {
             tokio::select! {
                 () = cancel.cancelled() => return,
                 _ = tick.tick() => {}
+            }
+            // Out of touch with the leader for a grace period (partitioned, paused): the
+            // state may have moved on without us.
+            if last_ok.is_none_or(|t| t.elapsed() > self.config.dead_after) {
+                self.set_fresh(false);
             }
             let state = self.state();
             let me = state.members.get(&self.config.node_id);
@@ -330,9 +423,47 @@ impl ControlPlane {
                 continue;
             }
             let reports = self.local_reports.borrow().clone();
-            if let Err(e) = self.heartbeat(reports).await {
-                debug!(error = %e, "heartbeat failed");
+            match self.heartbeat(reports, !self.is_fresh()).await {
+                Ok(read_index) => {
+                    last_ok = Some(Instant::now());
+                    if let Some(index) = read_index {
+                        self.catch_up_to(index).await;
+                    }
+                }
+                Err(e) => debug!(error = %e, "heartbeat failed"),
             }
+        }
+    }
+
+    fn set_fresh(&self, fresh: bool) {
+        let changed = self
+            .fresh
+            .send_if_modified(|f| std::mem::replace(f, fresh) != fresh);
+        if changed {
+            info!(fresh, "control-plane state freshness changed");
+        }
+    }
+
+    /// Waits (bounded) until this node has applied log index `index`, then marks its
+    /// state fresh.
+    async fn catch_up_to(&self, index: u64) {
+        let applied = self
+            .raft
+            .wait(Some(self.member_rpc_timeout()))
+            .applied_index_at_least(Some(index), "control-plane read index")
+            .await;
+        match applied {
+            Ok(_) => self.set_fresh(true),
+            Err(e) => debug!(index, error = %e, "catching up with the leader's read index"),
+        }
+    }
+
+    /// The leader's read index: the log index committed when it last confirmed its
+    /// leadership with a quorum. `None` if this node does not lead.
+    pub async fn read_index(&self) -> Option<u64> {
+        match self.raft.get_read_log_id().await {
+            Ok((read, _)) => Some(read.map_or(0, |l| l.index)),
+            Err(_) => None,
         }
     }
 
@@ -364,13 +495,26 @@ impl ControlPlane {
         Err(ControlError::NoLeader("no member accepted the join".into()))
     }
 
-    async fn heartbeat(&self, replicas: Vec<ReplicaReport>) -> Result<(), ControlError> {
+    /// Sends this node's heartbeat; with `want_read_index`, returns the leader's read
+    /// index.
+    async fn heartbeat(
+        &self,
+        replicas: Vec<ReplicaReport>,
+        want_read_index: bool,
+    ) -> Result<Option<u64>, ControlError> {
         let (leader, addr) = self
             .leader_addr()
             .ok_or_else(|| ControlError::NoLeader("unknown".into()))?;
         if leader == self.config.node_id {
             self.handle_report(leader, replicas);
-            return Ok(());
+            if !want_read_index {
+                return Ok(None);
+            }
+            return self
+                .read_index()
+                .await
+                .map(Some)
+                .ok_or_else(|| ControlError::NoLeader("leadership not confirmed".into()));
         }
         let channel = self
             .channels
@@ -380,12 +524,13 @@ impl ControlPlane {
         let call = client.report(ReportRequest {
             node_id: self.config.node_id,
             replicas,
+            want_read_index,
         });
-        tokio::time::timeout(self.member_rpc_timeout(), call)
+        let resp = tokio::time::timeout(self.member_rpc_timeout(), call)
             .await
             .map_err(|_| ControlError::NoLeader(format!("heartbeat to node {leader} timed out")))?
             .map_err(|s| ControlError::NoLeader(s.message().to_owned()))?;
-        Ok(())
+        Ok(resp.into_inner().read_index)
     }
 
     /// Bound on one heartbeat or join call. Without it, a call to a leader that stopped

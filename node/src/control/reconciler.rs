@@ -10,7 +10,7 @@ use openraft::{ChangeMembers, ServerState};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::placement::{PlacementNode, place};
+use super::placement::{Current, PlacementNode, place};
 use super::plane::{ControlError, ControlPlane, Seen};
 use super::state::{ClusterState, Command, MemberStatus, ReplicaState};
 
@@ -121,19 +121,7 @@ impl ControlPlane {
             }
         }
         let state = self.state();
-        let settings = state.settings.clone().expect("checked above");
-        let nodes: Vec<PlacementNode> = state
-            .placeable_members()
-            .map(|m| PlacementNode {
-                id: m.id,
-                zone: m.zone.clone(),
-            })
-            .collect();
-        let desired = place(
-            &nodes,
-            settings.shard_count,
-            settings.replication_factor as usize,
-        );
+        let desired = desired_assignment(&state).expect("settings checked above");
         for (shard, want) in &desired {
             let current = state.assignment.get(shard).cloned().unwrap_or_default();
             for node in want {
@@ -239,4 +227,45 @@ impl ControlPlane {
             warn!(error = %e, "changing voters failed");
         }
     }
+}
+
+/// What placement starts from: the replicas the committed state keeps (Serving and
+/// Bootstrapping) and those leaving (Draining). Starting from the state, rather than from
+/// membership alone, is what lets placement balance without moving more than it must
+/// (`placement.rs`); a placement already carried out is a fixed point.
+fn placement_start(state: &ClusterState) -> Current {
+    let mut current = Current::default();
+    for (shard, reps) in &state.assignment {
+        let nodes = |draining: bool| -> Vec<u64> {
+            reps.iter()
+                .filter(|r| (r.state == ReplicaState::Draining) == draining)
+                .map(|r| r.node)
+                .collect()
+        };
+        current.replicas.insert(*shard, nodes(false));
+        current.draining.insert(*shard, nodes(true));
+    }
+    current
+}
+
+/// The assignment placement wants for `state` (`None` before the cluster settings are
+/// committed). Deterministic: every member computes what the leader will propose, which
+/// readiness uses to tell "no replicas yet" from "no replicas wanted".
+pub(crate) fn desired_assignment(
+    state: &ClusterState,
+) -> Option<std::collections::BTreeMap<u32, Vec<u64>>> {
+    let settings = state.settings.as_ref()?;
+    let nodes: Vec<PlacementNode> = state
+        .placeable_members()
+        .map(|m| PlacementNode {
+            id: m.id,
+            zone: m.zone.clone(),
+        })
+        .collect();
+    Some(place(
+        &nodes,
+        settings.shard_count,
+        settings.replication_factor as usize,
+        &placement_start(state),
+    ))
 }

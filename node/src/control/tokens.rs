@@ -37,7 +37,14 @@ impl ClusterState {
         if rec.id.len() != 12 || rec.sha256.len() != 64 || rec.revoked_at_ms.is_some() {
             return invalid("malformed token record".into());
         }
-        if self.tokens.contains_key(&rec.id) {
+        if let Some(existing) = self.tokens.get(&rec.id) {
+            // The same command again (a proposal retried after its answer was lost): done.
+            if existing == rec {
+                return CommandResult::Applied {
+                    epoch: self.epoch,
+                    changes: Vec::new(),
+                };
+            }
             return CommandResult::rejected(format!("a token with id '{}' exists", rec.id));
         }
         self.tokens.insert(rec.id.clone(), rec.clone());
@@ -58,6 +65,13 @@ impl ClusterState {
             };
         };
         if rec.revoked_at_ms.is_some() {
+            // The same revocation again (a retried proposal): done.
+            if rec.revoked_at_ms == Some(at_ms) && rec.revoked_by == by {
+                return CommandResult::Applied {
+                    epoch: self.epoch,
+                    changes: Vec::new(),
+                };
+            }
             return CommandResult::rejected(format!("token '{id}' is already revoked"));
         }
         rec.revoked_at_ms = Some(at_ms);
@@ -94,8 +108,18 @@ mod tests {
         let ok = s.apply(&Command::CreateToken(record("0123456789ab")));
         assert!(matches!(ok, CommandResult::Applied { .. }), "{ok:?}");
         let before = s.clone();
+        // The same command twice (a retried proposal) is a no-op, not an error.
+        let again = s.apply(&Command::CreateToken(record("0123456789ab")));
+        assert!(
+            matches!(&again, CommandResult::Applied { changes, .. } if changes.is_empty()),
+            "{again:?}"
+        );
+        assert_eq!(s, before);
         for bad in [
-            record("0123456789ab"),
+            TokenRecord {
+                name: "other".into(),
+                ..record("0123456789ab")
+            },
             TokenRecord {
                 role: Role::Node,
                 ..record("aaaaaaaaaaaa")
@@ -128,6 +152,14 @@ mod tests {
         let after = s.clone();
         assert!(matches!(
             revoke(&mut s, "0123456789ab"),
+            CommandResult::Applied { changes, .. } if changes.is_empty()
+        ));
+        assert!(matches!(
+            s.apply(&Command::RevokeToken {
+                id: "0123456789ab".into(),
+                revoked_by: "someone else".into(),
+                revoked_at_ms: 9,
+            }),
             CommandResult::Rejected { .. }
         ));
         assert!(matches!(

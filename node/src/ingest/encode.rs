@@ -64,33 +64,37 @@ pub fn entity_key_bytes(
     Ok(bytes)
 }
 
-fn json_value(feature: &str, kind: &Kind) -> Result<Json, String> {
-    let finite = |f: f64| {
-        serde_json::Number::from_f64(f)
-            .map(Json::Number)
-            .ok_or_else(|| format!("feature {feature:?} holds {f}, which JSON cannot carry"))
-    };
-    Ok(match kind {
+/// A float as JSON: a number (serde_json writes the shortest text that parses back to the
+/// same bits), or the string spelling of a non-finite value, which decode accepts for
+/// float features ([`quiver_proto::json_number`]).
+fn json_float(f: f64) -> Json {
+    serde_json::Number::from_f64(f).map_or_else(
+        || {
+            Json::String(
+                quiver_proto::json_number::f64_text(f)
+                    .trim_matches('"')
+                    .to_owned(),
+            )
+        },
+        Json::Number,
+    )
+}
+
+fn json_value(kind: &Kind) -> Json {
+    match kind {
         Kind::BoolValue(b) => Json::Bool(*b),
         Kind::Int64Value(i) => Json::from(*i),
-        Kind::Float64Value(f) => finite(*f)?,
+        Kind::Float64Value(f) => json_float(*f),
         Kind::StringValue(s) => Json::String(s.clone()),
         Kind::BytesValue(b) => Json::String(base64::engine::general_purpose::STANDARD.encode(b)),
-        Kind::Float32Vector(v) => Json::Array(
-            v.values
-                .iter()
-                .map(|f| finite(f64::from(*f)))
-                .collect::<Result<_, _>>()?,
-        ),
+        // Widened exactly; its shortest f64 text parses back to the same f32.
+        Kind::Float32Vector(v) => {
+            Json::Array(v.values.iter().map(|f| json_float(f64::from(*f))).collect())
+        }
         Kind::Int64List(v) => Json::Array(v.values.iter().map(|i| Json::from(*i)).collect()),
-        Kind::Float64List(v) => Json::Array(
-            v.values
-                .iter()
-                .map(|f| finite(*f))
-                .collect::<Result<_, _>>()?,
-        ),
+        Kind::Float64List(v) => Json::Array(v.values.iter().map(|f| json_float(*f)).collect()),
         Kind::StringList(v) => Json::Array(v.values.iter().cloned().map(Json::String).collect()),
-    })
+    }
 }
 
 /// Validates `row` (number `index` of the push) against `view` and encodes it.
@@ -162,7 +166,7 @@ pub fn encode_push_row(
             let mut obj = Map::new();
             for f in &view.features {
                 if let Some(k) = value_of(&f.name)? {
-                    obj.insert(f.source_field.clone(), json_value(&f.name, k)?);
+                    obj.insert(f.source_field.clone(), json_value(k));
                 }
             }
             if let Some(field) = &view.source.event_time_field {

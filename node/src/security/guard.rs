@@ -41,12 +41,14 @@ impl Authenticator {
     /// The caller behind `authorization` (if any) and the connection's certificate.
     ///
     /// # Errors
-    /// The UNAUTHENTICATED message: what was missing or wrong.
+    /// [`AuthFailure::Unauthenticated`] naming what was missing or wrong;
+    /// [`AuthFailure::StateNotCurrent`] for a token of the replicated token table while
+    /// this node's copy of it is not known to be current.
     pub fn authenticate(
         &self,
         authorization: Option<&[u8]>,
         peer: Option<&PeerInfo>,
-    ) -> Result<Principal, String> {
+    ) -> Result<Principal, AuthFailure> {
         if !self.cfg.enabled {
             return Ok(Principal::auth_disabled());
         }
@@ -71,17 +73,18 @@ impl Authenticator {
                     });
                 }
             }
-            return Err(format!(
+            return Err(AuthFailure::Unauthenticated(format!(
                 "the client certificate (names {names:?}) is not mapped to a role in auth.identities"
-            ));
+            )));
         }
-        Err(
+        Err(AuthFailure::Unauthenticated(
             "missing credentials: send \"authorization: Bearer <token>\" or a client certificate"
                 .into(),
-        )
+        ))
     }
 
-    fn token(&self, token: &str) -> Result<Principal, String> {
+    fn token(&self, token: &str) -> Result<Principal, AuthFailure> {
+        let denied = |m: String| Err(AuthFailure::Unauthenticated(m));
         let fixed = |credential, name: &str, role| Principal {
             credential,
             name: name.into(),
@@ -105,17 +108,25 @@ impl Authenticator {
             return Ok(fixed(Credential::ClusterToken, "cluster", Role::Node));
         }
         let Some(id) = tokens::token_id(token) else {
-            return Err("invalid token: not a quiver token (expected qvr_<id>_<secret>)".into());
+            return denied("invalid token: not a quiver token (expected qvr_<id>_<secret>)".into());
         };
+        // A token is judged by the replicated token table, so only by a copy known to
+        // be current: a node restarted after a revocation must not accept the token
+        // before it has applied the revocation.
+        if let Some(c) = &self.control
+            && !c.is_fresh()
+        {
+            return Err(AuthFailure::StateNotCurrent);
+        }
         let state = self.control.as_ref().map(|c| c.state());
         let Some(rec) = state.as_ref().and_then(|s| s.tokens.get(id)) else {
-            return Err(format!("invalid token: no token with id '{id}'"));
+            return denied(format!("invalid token: no token with id '{id}'"));
         };
         if !tokens::matches(token, &rec.sha256) {
-            return Err(format!("invalid token: wrong secret for token id '{id}'"));
+            return denied(format!("invalid token: wrong secret for token id '{id}'"));
         }
         if let Some(at) = rec.revoked_at_ms {
-            return Err(format!(
+            return denied(format!(
                 "token '{id}' ({}) was revoked at {at} ms by {}",
                 rec.name, rec.revoked_by
             ));
@@ -129,8 +140,20 @@ impl Authenticator {
     }
 }
 
-fn malformed() -> String {
-    "malformed authorization header: expected \"Bearer <token>\"".into()
+fn malformed() -> AuthFailure {
+    AuthFailure::Unauthenticated(
+        "malformed authorization header: expected \"Bearer <token>\"".into(),
+    )
+}
+
+/// Why a caller was not authenticated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// Missing or wrong credentials (UNAUTHENTICATED), with what was wrong.
+    Unauthenticated(String),
+    /// The credential is judged by replicated state this node has not caught up with
+    /// yet (UNAVAILABLE: another node, or this one a moment later, can answer).
+    StateNotCurrent,
 }
 
 /// Shared state of the guard.
@@ -209,7 +232,13 @@ impl Guard {
         let peer = req.extensions().get::<PeerInfo>();
         let principal = match self.auth.authenticate(auth, peer) {
             Ok(p) => p,
-            Err(msg) => {
+            Err(AuthFailure::StateNotCurrent) => {
+                counter!(m::AUTH_DENIED, "reason" => "state_not_current").increment(1);
+                return Err(ErrorCode::Unavailable.to_status(format!(
+                    "{path}: this node has not caught up with the control-plane state that judges tokens yet; retry, or use another node"
+                )));
+            }
+            Err(AuthFailure::Unauthenticated(msg)) => {
                 counter!(m::AUTH_DENIED, "reason" => "unauthenticated").increment(1);
                 if need == Need::Admin {
                     audit::denied(path, "unauthenticated caller", &msg);

@@ -178,15 +178,19 @@ impl Principal {
     }
 
     /// Whether the principal may use every one of `views` (a feature service's views).
+    /// A filter, not a refusal: nothing is counted.
     pub fn may_use_all<'a>(&self, views: impl IntoIterator<Item = &'a str>) -> bool {
-        self.check_views(views).is_ok()
+        views.into_iter().all(|v| self.may_use_view(v))
     }
 
-    /// Checks [`Principal::may_use_view`] for every view: `Err` names the first one not
-    /// granted.
+    /// Checks [`Principal::may_use_view`] for every view a request touches: `Err` names
+    /// the first one not granted, and the refusal is counted in
+    /// `quiver_auth_denied_total{reason="permission_denied"}` like the guard's.
     pub fn check_views<'a>(&self, views: impl IntoIterator<Item = &'a str>) -> Result<(), String> {
         for v in views {
             if !self.may_use_view(v) {
+                metrics::counter!(crate::metrics::AUTH_DENIED, "reason" => "permission_denied")
+                    .increment(1);
                 return Err(format!("{self} is not granted view '{v}'"));
             }
         }

@@ -130,8 +130,24 @@ impl AdminServiceImpl {
         Ok(ApplyDefinitionsResponse { changes })
     }
 
-    fn status(&self) -> GetStatusResponse {
+    /// The node's replicas and offsets, as far as `principal` may see them: only the
+    /// offset streams of views it is granted (a topic's stream when it may read one of the
+    /// topic's serving views, a pending version's `topic#view@version` stream when it may
+    /// read that view), and the shard-wide row count and newest event time only when it
+    /// is granted every view.
+    fn status(&self, principal: &Principal) -> GetStatusResponse {
         let local = self.state.local();
+        let registry = self.state.registry.snapshot();
+        let sees_stream = |stream: &str| match stream.split_once('#') {
+            Some((_, pending)) => {
+                let view = pending.rsplit_once('@').map_or(pending, |(v, _)| v);
+                principal.may_use_view(view)
+            }
+            None => registry
+                .views_for_topic(stream)
+                .any(|v| principal.may_use_view(&v.name)),
+        };
+        let sees_all = principal.views.is_none();
         let mut shards: Vec<ShardStatus> = local
             .stores
             .iter()
@@ -140,6 +156,7 @@ impl AdminServiceImpl {
                 let partitions = store
                     .offsets()
                     .into_iter()
+                    .filter(|(stream, _)| sees_all || sees_stream(stream))
                     .map(|(topic, rec)| {
                         let obs = observed.get(&topic).cloned();
                         let high = obs.as_ref().map_or(-1, |o| o.high_watermark);
@@ -176,8 +193,12 @@ impl AdminServiceImpl {
                 ShardStatus {
                     shard: id.0,
                     partitions,
-                    row_count_estimate: store.estimate_rows(),
-                    newest_event_time_micros: store.newest_event_time_micros(),
+                    row_count_estimate: if sees_all { store.estimate_rows() } else { 0 },
+                    newest_event_time_micros: if sees_all {
+                        store.newest_event_time_micros()
+                    } else {
+                        0
+                    },
                     replica_state,
                 }
             })
@@ -288,9 +309,10 @@ impl AdminService for AdminServiceImpl {
 
     async fn get_status(
         &self,
-        _request: Request<GetStatusRequest>,
+        request: Request<GetStatusRequest>,
     ) -> Result<Response<GetStatusResponse>, Status> {
-        Ok(Response::new(self.status()))
+        let principal = principal_of(&request);
+        Ok(Response::new(self.status(&principal)))
     }
 
     async fn create_token(

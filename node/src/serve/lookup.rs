@@ -95,6 +95,11 @@ pub fn plan_lookup(
     shard_count: u32,
 ) -> Result<LookupPlan, ServeError> {
     let invalid = |m: String| ServeError::InvalidArgument(m);
+    if req.entity_keys.is_empty() {
+        return Err(invalid(
+            "request has no entity keys: set `entity_keys` to at least one key".into(),
+        ));
+    }
     if req.entity_keys.len() > limits.max_batch_keys {
         return Err(invalid(format!(
             "batch of {} entity keys exceeds the limit max_batch_keys = {}",

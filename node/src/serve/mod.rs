@@ -224,10 +224,18 @@ pub async fn serve(
                 .await;
         })
     };
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(quiver_proto::v1::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // Reflection in both versions: grpc.reflection.v1, and v1alpha, which Python's
+    // grpcio-reflection client and older grpcurl builds still speak.
+    let reflection_builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(quiver_proto::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection = reflection_builder()
         .build_v1()
+        .expect("embedded descriptor sets are valid");
+    let reflection_v1alpha = reflection_builder()
+        .build_v1alpha()
         .expect("embedded descriptor sets are valid");
     // tonic rejects messages above this before our handler sees them; the handler enforces
     // the configured limit with a clear INVALID_ARGUMENT below it.
@@ -280,6 +288,7 @@ pub async fn serve(
         .layer(guard)
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(features)
         .add_service(admin)
         .add_optional_service(control.as_ref().map(|c| {

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod cluster;
+mod fidelity;
 mod observability;
 
 use std::collections::{BTreeMap, HashMap};

@@ -9,9 +9,11 @@ use quiver_client::cli::SecurityArgs;
 use quiver_client::{
     Client, EntityKey, Lookup, LookupResult, NodeClient, PushRow, Value, Watermarks,
 };
+use quiver_proto::json_number;
 use quiver_proto::transport::Credentials;
 use quiver_proto::v1::FeatureStatus;
 use quiver_proto::v1::value::Kind;
+use serde_json::value::RawValue;
 use serde_json::{Value as Json, json};
 
 #[derive(Parser)]
@@ -124,19 +126,41 @@ enum ViewCommand {
     },
 }
 
+/// A float as JSON: the shortest text that parses back to the same bits, or the string
+/// `"NaN"`, `"Infinity"`, `"-Infinity"` (see `quiver_proto::json_number`).
+fn float_json(f: f64) -> Json {
+    serde_json::Number::from_f64(f).map_or_else(
+        || Json::String(json_number::f64_text(f).trim_matches('"').to_owned()),
+        Json::Number,
+    )
+}
+
+/// A float32 as JSON: the shortest decimal of the f32 (read it back as float32; as a
+/// float64 it is the nearest double to that decimal, not the widened f32).
+fn float32_json(f: f32) -> Json {
+    match json_number::f32_text(f).parse::<f64>() {
+        Ok(short) if f.is_finite() => float_json(short),
+        _ => float_json(f64::from(f)),
+    }
+}
+
+/// A value as `--output json` prints it; `quiverctl push --row` reads the same forms back
+/// (bytes as base64, as in JSON source records).
 fn kind_json(k: Option<&Kind>) -> Json {
     match k {
         None => Json::Null,
         Some(Kind::BoolValue(b)) => json!(b),
         Some(Kind::Int64Value(i)) => json!(i),
-        Some(Kind::Float64Value(f)) => json!(f),
+        Some(Kind::Float64Value(f)) => float_json(*f),
         Some(Kind::StringValue(s)) => json!(s),
-        Some(Kind::BytesValue(b)) => {
-            json!(b.iter().map(|x| format!("{x:02x}")).collect::<String>())
+        Some(Kind::BytesValue(b)) => json!(base64::engine::general_purpose::STANDARD.encode(b)),
+        Some(Kind::Float32Vector(v)) => {
+            Json::Array(v.values.iter().map(|f| float32_json(*f)).collect())
         }
-        Some(Kind::Float32Vector(v)) => json!(v.values),
         Some(Kind::Int64List(v)) => json!(v.values),
-        Some(Kind::Float64List(v)) => json!(v.values),
+        Some(Kind::Float64List(v)) => {
+            Json::Array(v.values.iter().map(|f| float_json(*f)).collect())
+        }
         Some(Kind::StringList(v)) => json!(v.values),
     }
 }
@@ -292,43 +316,46 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// Converts a JSON value to a feature value of type `ty` (a definition-file type name).
-fn json_to_value(feature: &str, ty: &str, v: &Json) -> anyhow::Result<Value> {
-    let bad = || anyhow::anyhow!("feature {feature:?} is {ty}; {v} does not fit");
-    let list = || v.as_array().ok_or_else(bad);
+/// Converts the JSON text of a value to a feature value of type `ty` (a definition-file
+/// type name). Numbers are read from their own text by type, exactly.
+fn json_to_value(feature: &str, ty: &str, v: &RawValue) -> anyhow::Result<Value> {
+    let text = v.get().trim();
+    let bad = || anyhow::anyhow!("feature {feature:?} is {ty}; {text} does not fit");
+    let list = || serde_json::from_str::<Vec<Box<RawValue>>>(text).map_err(|_| bad());
     Ok(match ty {
-        "bool" => v.as_bool().ok_or_else(bad)?.into(),
-        "int64" => v.as_i64().ok_or_else(bad)?.into(),
-        "float64" => v.as_f64().ok_or_else(bad)?.into(),
-        "string" => v.as_str().ok_or_else(bad)?.into(),
-        // Base64, as in JSON source records.
+        "bool" => serde_json::from_str::<bool>(text)
+            .map_err(|_| bad())?
+            .into(),
+        "int64" => json_number::parse_i64(text).map_err(|_| bad())?.into(),
+        "float64" => json_number::parse_f64(text).map_err(|_| bad())?.into(),
+        "string" => serde_json::from_str::<String>(text)
+            .map_err(|_| bad())?
+            .into(),
+        // Base64, as in JSON source records and in `--output json`.
         "bytes" => base64::engine::general_purpose::STANDARD
-            .decode(v.as_str().ok_or_else(bad)?)
+            .decode(serde_json::from_str::<String>(text).map_err(|_| bad())?)
             .map_err(|_| bad())?
             .into(),
         "float32_vector" => list()?
             .iter()
-            .map(|x| x.as_f64().map(|f| f as f32))
-            .collect::<Option<Vec<f32>>>()
-            .ok_or_else(bad)?
+            .map(|x| json_number::parse_f32(x.get()))
+            .collect::<Result<Vec<f32>, _>>()
+            .map_err(|_| bad())?
             .into(),
         "int64_list" => list()?
             .iter()
-            .map(Json::as_i64)
-            .collect::<Option<Vec<i64>>>()
-            .ok_or_else(bad)?
+            .map(|x| json_number::parse_i64(x.get()))
+            .collect::<Result<Vec<i64>, _>>()
+            .map_err(|_| bad())?
             .into(),
         "float64_list" => list()?
             .iter()
-            .map(Json::as_f64)
-            .collect::<Option<Vec<f64>>>()
-            .ok_or_else(bad)?
+            .map(|x| json_number::parse_f64(x.get()))
+            .collect::<Result<Vec<f64>, _>>()
+            .map_err(|_| bad())?
             .into(),
-        "string_list" => list()?
-            .iter()
-            .map(|x| x.as_str().map(str::to_owned))
-            .collect::<Option<Vec<String>>>()
-            .ok_or_else(bad)?
+        "string_list" => serde_json::from_str::<Vec<String>>(text)
+            .map_err(|_| bad())?
             .into(),
         other => anyhow::bail!("feature {feature:?} has unknown type {other}"),
     })
@@ -339,22 +366,29 @@ fn parse_row(
     text: &str,
     types: &std::collections::HashMap<String, String>,
 ) -> anyhow::Result<PushRow> {
-    let doc: Json =
-        serde_json::from_str(text).with_context(|| format!("row {text} is not JSON"))?;
-    let key = match doc.get("key") {
-        Some(Json::String(s)) => EntityKey::from(s.as_str()),
-        Some(Json::Number(n)) if n.is_i64() => EntityKey::from(n.as_i64().unwrap_or_default()),
-        _ => anyhow::bail!("row {text} needs a \"key\" (string or integer)"),
+    let doc: std::collections::BTreeMap<String, Box<RawValue>> =
+        serde_json::from_str(text).with_context(|| format!("row {text} is not a JSON object"))?;
+    let key = match doc.get("key").map(|k| k.get()) {
+        Some(k) if k.starts_with('"') => EntityKey::from(serde_json::from_str::<String>(k)?),
+        Some(k) => match json_number::parse_i64(k) {
+            Ok(i) => EntityKey::from(i),
+            Err(_) => anyhow::bail!("row {text} needs a \"key\" (string or integer)"),
+        },
+        None => anyhow::bail!("row {text} needs a \"key\" (string or integer)"),
     };
-    if doc.get("delete").and_then(Json::as_bool) == Some(true) {
+    if doc.get("delete").map(|d| d.get()) == Some("true") {
         return Ok(PushRow::delete(key));
     }
     let mut row = PushRow::new(key);
-    if let Some(t) = doc.get("event_time_micros").and_then(Json::as_i64) {
+    if let Some(t) = doc.get("event_time_micros") {
+        let t = json_number::parse_i64(t.get())
+            .with_context(|| format!("event_time_micros {} is not an integer", t.get()))?;
         row = row.event_time_micros(t);
     }
-    if let Some(features) = doc.get("features").and_then(Json::as_object) {
-        for (name, v) in features {
+    if let Some(features) = doc.get("features") {
+        let features: std::collections::BTreeMap<String, Box<RawValue>> =
+            serde_json::from_str(features.get()).context("\"features\" must be an object")?;
+        for (name, v) in &features {
             let ty = types
                 .get(name)
                 .with_context(|| format!("the view has no feature {name:?}"))?;

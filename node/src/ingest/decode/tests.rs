@@ -257,3 +257,148 @@ fn protobuf_rows() {
         "protobuf"
     );
 }
+
+/// Floats written the ways producers write them (Python's `json.dumps`/`repr`, Rust's
+/// Display and exponent forms, serde_json) read back bit-exact; float32 elements are
+/// rounded once, to f32; int64 beyond 2^53 and at the extremes is exact.
+#[test]
+fn json_numbers_are_exact_in_every_producer_spelling() {
+    let (v, _) = views();
+    let mut seed = 3u64;
+    let mut next = || {
+        seed = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = seed;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    for _ in 0..20_000 {
+        let f = f64::from_bits(next());
+        let x = f32::from_bits(next() as u32);
+        let i = next() as i64;
+        if !f.is_finite() || !x.is_finite() {
+            continue;
+        }
+        for (ftext, xtext) in [
+            (format!("{f}"), format!("{x}")),
+            (format!("{f:e}"), format!("{x:e}")),
+            (format!("{f:?}"), format!("{}", f64::from(x))),
+            (
+                serde_json::to_string(&f).unwrap(),
+                serde_json::to_string(&x).unwrap(),
+            ),
+        ] {
+            let payload = format!(
+                r#"{{"ts": 1, "f": {ftext}, "fl": [{ftext}], "v": [{xtext}], "i": {i}, "il": [{i}]}}"#
+            );
+            let d =
+                decode_record(&v, KeyType::String, &raw(b"u", Some(payload.as_bytes()))).unwrap();
+            let vals = d.values.unwrap();
+            assert_eq!(vals[2], Some(Kind::Float64Value(f)), "{ftext}");
+            match &vals[2] {
+                Some(Kind::Float64Value(g)) => assert_eq!(g.to_bits(), f.to_bits(), "{ftext}"),
+                other => panic!("{other:?}"),
+            }
+            match &vals[5] {
+                Some(Kind::Float32Vector(g)) => {
+                    assert_eq!(g.values[0].to_bits(), x.to_bits(), "{xtext}")
+                }
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(vals[1], Some(Kind::Int64Value(i)));
+            assert_eq!(
+                vals[6],
+                Some(Kind::Int64List(Int64List { values: vec![i] }))
+            );
+        }
+    }
+    // The value a lossy parser served 1 ulp off.
+    let d = decode_record(
+        &v,
+        KeyType::String,
+        &raw(
+            b"u",
+            Some(br#"{"ts": 1, "f": 0.9385380123269165, "i": 9223372036854775807}"#),
+        ),
+    )
+    .unwrap();
+    let vals = d.values.unwrap();
+    assert_eq!(vals[2], Some(Kind::Float64Value(0.938_538_012_326_916_5)));
+    assert_eq!(vals[1], Some(Kind::Int64Value(i64::MAX)));
+}
+
+#[test]
+fn non_finite_floats_read_from_strings_and_pythons_bare_tokens_only_for_floats() {
+    let (v, _) = views();
+    let d = decode_record(
+        &v,
+        KeyType::String,
+        &raw(b"u", Some(br#"{"ts": 1, "f": NaN, "fl": [Infinity, -Infinity, "NaN", -0.0], "v": ["Infinity"], "s": "NaN"}"#)),
+    )
+    .unwrap();
+    let vals = d.values.unwrap();
+    assert!(matches!(vals[2], Some(Kind::Float64Value(f)) if f.is_nan()));
+    match &vals[7] {
+        Some(Kind::Float64List(l)) => {
+            assert_eq!(l.values[..2], [f64::INFINITY, f64::NEG_INFINITY]);
+            assert!(l.values[2].is_nan());
+            assert_eq!(l.values[3].to_bits(), (-0.0f64).to_bits());
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        vals[5],
+        Some(Kind::Float32Vector(FloatVector {
+            values: vec![f32::INFINITY]
+        }))
+    );
+    assert_eq!(
+        vals[3],
+        Some(Kind::StringValue("NaN".into())),
+        "a string stays a string"
+    );
+    // A bare NaN where a string, int or bool is declared is a type error, not "NaN".
+    for field in ["s", "i", "b", "sl", "il"] {
+        let payload = format!(
+            r#"{{"ts": 1, "{}": NaN}}"#,
+            if field == "sl" { "strings" } else { field }
+        );
+        let err =
+            decode_record(&v, KeyType::String, &raw(b"u", Some(payload.as_bytes()))).unwrap_err();
+        assert_eq!(err.reason(), "field_type", "{field}: {err}");
+    }
+    // Out of range literals are errors, not infinities.
+    for payload in [
+        &br#"{"ts": 1, "f": 1e400}"#[..],
+        br#"{"ts": 1, "v": [1e39]}"#,
+        br#"{"ts": 1, "i": 9223372036854775808}"#,
+    ] {
+        let err = decode_record(&v, KeyType::String, &raw(b"u", Some(payload))).unwrap_err();
+        assert_eq!(err.reason(), "field_type", "{err}");
+    }
+}
+
+#[test]
+fn numeric_event_times_convert_to_microseconds_exactly() {
+    let r = Registry::in_memory();
+    for (unit, text, want) in [
+        ("seconds", "1732000000.123456", 1_732_000_000_123_456),
+        ("seconds", "1732000000", 1_732_000_000_000_000),
+        ("seconds", "1.7320000001234569e9", 1_732_000_000_123_456),
+        ("millis", "1732000000123.456", 1_732_000_000_123_456),
+        ("micros", "1732000000123456", 1_732_000_000_123_456),
+        ("micros", "9007199254740993", 9_007_199_254_740_993),
+    ] {
+        r.apply_toml(
+            &format!(
+                "[[entity]]\nname = \"user\"\nkey_type = \"string\"\n[[view]]\nname = \"t_{unit}\"\nentity = \"user\"\n[view.source]\ntopic = \"t_{unit}\"\nevent_time_field = \"ts\"\nevent_time_unit = \"{unit}\"\n[[view.feature]]\nname = \"x\"\ntype = \"int64\"\n"
+            ),
+            false,
+        )
+        .unwrap();
+        let v = r.snapshot().views[&format!("t_{unit}")].clone();
+        let payload = format!(r#"{{"ts": {text}}}"#);
+        let d = decode_record(&v, KeyType::String, &raw(b"u", Some(payload.as_bytes()))).unwrap();
+        assert_eq!(d.event_time_micros, want, "{unit} {text}");
+    }
+}

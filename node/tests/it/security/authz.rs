@@ -387,6 +387,7 @@ impl Ctx {
                     .report(ReportRequest {
                         node_id: 999,
                         replicas: vec![],
+                        want_read_index: false,
                     })
                     .await?;
             }
