@@ -207,6 +207,14 @@ impl MapCache {
                 match map {
                     Ok(m) => {
                         let m = m.into_inner();
+                        if m.shard_count == 0 || m.partitioner.is_empty() {
+                            // A member that has not applied the cluster settings yet (it
+                            // just started or joined); another contact may have them.
+                            return Err(ClientError::Rpc(tonic::Status::unavailable(format!(
+                                "node {} has no cluster map yet",
+                                node.addr
+                            ))));
+                        }
                         if min_epoch.is_some_and(|e| m.epoch < e) {
                             // This node lags in applying the control plane; ask another.
                             return Err(ClientError::Rpc(tonic::Status::unavailable(format!(

@@ -78,6 +78,9 @@ pub const REPLICA_STATE: &str = "quiver_replica_state";
 /// known in cluster mode): the gRPC health service `quiver.v1.Readiness` says SERVING.
 pub const NODE_READY: &str = "quiver_node_ready";
 
+/// Storage sampling passes completed (the storage gauges are refreshed once per pass):
+/// a reader that needs figures from after some moment waits for this to move.
+pub const STORAGE_SAMPLES: &str = "quiver_storage_samples_total";
 /// CPU time used by the process (user + system).
 pub const PROCESS_CPU_SECONDS: &str = "process_cpu_seconds_total";
 /// Resident memory of the process.
@@ -144,6 +147,10 @@ pub fn describe() {
         "1 for the state of this node's replica of a shard, by shard and state"
     );
     describe_gauge!(NODE_READY, "1 while the node reports ready");
+    describe_counter!(
+        STORAGE_SAMPLES,
+        "storage sampling passes completed (storage gauges refresh once per pass)"
+    );
     describe_histogram!(
         SERVE_REQUEST_DURATION,
         Unit::Seconds,

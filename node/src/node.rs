@@ -670,6 +670,7 @@ async fn run_storage_metrics_loop(
         gauge!(m::STORAGE_SST_BYTES).set(s.sst as f64);
         gauge!(m::STORAGE_PENDING_COMPACTION_BYTES).set(s.pending as f64);
         m::record_write_stall_micros(s.stall_micros);
+        counter!(m::STORAGE_SAMPLES).increment(1);
     }
 }
 

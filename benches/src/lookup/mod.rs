@@ -204,13 +204,12 @@ async fn storage_facts(cluster: &BenchCluster, p: &LookupParams, features: &[u32
     let nodes = cluster.node_pids();
     let mut bytes = 0.0;
     for i in 0..nodes.len() {
-        // A node samples its storage gauges and its process gauges in one periodic pass
-        // (every 5 s): once the CPU gauge moves, the storage gauges are from after the
-        // load.
-        let cpu = |c: &BenchCluster| c.metric_sum(i, "process_cpu_seconds_total").ok();
-        let before = cpu(cluster);
+        // A node refreshes its storage gauges in a periodic pass (every 5 s) and counts
+        // the passes: once the count moves, the gauges are from after the load.
+        let passes = |c: &BenchCluster| c.metric_sum(i, "quiver_storage_samples_total").ok();
+        let before = passes(cluster);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-        while cpu(cluster) == before && std::time::Instant::now() < deadline {
+        while passes(cluster) == before && std::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         }
         for m in ["quiver_storage_sst_bytes", "quiver_storage_memtable_bytes"] {

@@ -12,6 +12,7 @@ use base64::Engine as _;
 use prost::Message as _;
 use quiver_client::{Client, Lookup, PushRow, Watermarks};
 use quiver_proto::json_number;
+use quiver_proto::v1::ReplicaStateProto;
 use quiver_proto::v1::feature_service_client::FeatureServiceClient;
 use quiver_proto::v1::value::Kind;
 use quiver_proto::v1::{
@@ -323,6 +324,27 @@ async fn every_value_comes_back_bit_exact_through_every_path() {
             break;
         }
         assert!(Instant::now() < deadline, "definitions not applied");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Every shard served by both nodes before the client maps the cluster.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let map = match quiver_client::NodeClient::connect(endpoint.clone()).await {
+            Ok(mut c) => c.cluster_map().await.ok(),
+            Err(_) => None,
+        };
+        if map.is_some_and(|m| {
+            m.shards.len() == P as usize
+                && m.shards.iter().all(|s| {
+                    s.replicas.len() == 2
+                        && s.replicas
+                            .iter()
+                            .all(|r| r.state == ReplicaStateProto::Serving as i32)
+                })
+        }) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "shards not served");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let seeds: Vec<String> = members.iter().map(|m| m.endpoint()).collect();

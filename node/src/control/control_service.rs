@@ -12,6 +12,9 @@ use tonic::{Request, Response, Status};
 use super::plane::{ControlError, ControlPlane};
 use super::state::{Command, CommandResult};
 
+/// Set on a call a member passed on to the leader: the receiver does not pass it on again.
+pub const FORWARDED_METADATA_KEY: &str = "quiver-forwarded";
+
 /// Serves the control RPCs of one node.
 pub struct ControlServiceImpl {
     plane: Arc<ControlPlane>,
@@ -53,6 +56,7 @@ impl ControlService for ControlServiceImpl {
     }
 
     async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
+        let forwarded = request.metadata().contains_key(FORWARDED_METADATA_KEY);
         let req = request.into_inner();
         if req.node_id == 0 || req.addr.is_empty() {
             return Err(Status::invalid_argument(
@@ -60,10 +64,20 @@ impl ControlService for ControlServiceImpl {
             ));
         }
         if self.plane.leader() != Some(self.plane.node_id()) {
-            return Err(Status::unavailable(format!(
-                "not the leader; leader is {:?}",
-                self.plane.leader()
-            )));
+            // A joining node knows only its seeds: pass the join on to the leader (one
+            // hop; the leader does not forward again).
+            if forwarded {
+                return Err(Status::unavailable(format!(
+                    "not the leader; leader is {:?}",
+                    self.plane.leader()
+                )));
+            }
+            return self
+                .plane
+                .forward_join(req)
+                .await
+                .map(Response::new)
+                .map_err(status);
         }
         self.plane
             .handle_join(req.node_id, req.addr, req.zone)

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::{BasicNode, ServerState};
 use quiver_proto::v1::control_service_client::ControlServiceClient;
-use quiver_proto::v1::{JoinRequest, ProposeRequest, ReplicaReport, ReportRequest};
+use quiver_proto::v1::{JoinRequest, JoinResponse, ProposeRequest, ReplicaReport, ReportRequest};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -340,6 +340,34 @@ impl ControlPlane {
             ),
             Err(e) => Err(ControlError::NoLeader(e.to_string())),
         }
+    }
+
+    /// Passes a `Join` this follower received on to the leader (marked as forwarded, so
+    /// it goes no further).
+    ///
+    /// # Errors
+    /// [`ControlError::NoLeader`] if no leader is known or it did not answer.
+    pub async fn forward_join(&self, req: JoinRequest) -> Result<JoinResponse, ControlError> {
+        let (leader, addr) = self
+            .leader_addr()
+            .ok_or_else(|| ControlError::NoLeader("no leader elected yet".into()))?;
+        let channel = self
+            .channels
+            .get(&addr)
+            .map_err(|e| ControlError::NoLeader(e.to_string()))?;
+        let mut request = tonic::Request::new(req);
+        request.metadata_mut().insert(
+            super::control_service::FORWARDED_METADATA_KEY,
+            tonic::metadata::MetadataValue::from_static("1"),
+        );
+        let mut client = ControlServiceClient::new(channel);
+        tokio::time::timeout(self.member_rpc_timeout(), client.join(request))
+            .await
+            .map_err(|_| ControlError::NoLeader(format!("leader {leader} at {addr} timed out")))?
+            .map(tonic::Response::into_inner)
+            .map_err(|s| {
+                ControlError::NoLeader(format!("leader {leader} at {addr}: {}", s.message()))
+            })
     }
 
     /// Leader side of `Join`: adds the node as a learner and a member.

@@ -160,7 +160,20 @@ async fn replicas_are_spread_evenly_and_a_new_node_takes_only_its_share() {
     write_config(&fourth, &settings, &[], &[members[0].addr()]);
     procs.push(NodeProcess::start_member(&fourth, 1, None));
     let four: BTreeSet<u64> = [1, 2, 3, 4].into();
-    let after = wait_serving(&ep, 8, 2, &four).await;
+    // Serving everywhere, and node 4 holding its share.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let after = loop {
+        let map = wait_serving(&ep, 8, 2, &four).await;
+        if load(&map).get(&4).is_some_and(|l| *l >= 4) {
+            break map;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 4 never got its share: {:?}",
+            load(&map)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let loads = load(&after);
     assert_within_one_of_mean(&loads, 4, 16);
     let mut moved = 0;

@@ -145,11 +145,14 @@ async fn limits_and_bad_requests_are_rejected_with_clear_codes() {
         resp.columns[0].values[0].kind,
         Some(quiver_proto::v1::value::Kind::Int64Value(1))
     );
-    let empty = node.lookup(&["profile:i"], vec![]).await.unwrap();
-    assert!(
-        empty.columns[0].values.is_empty(),
-        "an empty batch is valid"
-    );
+    // An empty batch is malformed, like the smart client says before sending it.
+    expect_error(
+        &node,
+        req(&["profile:i"], vec![]),
+        Code::InvalidArgument,
+        "no entity keys",
+    )
+    .await;
     node.stop().await;
 }
 
