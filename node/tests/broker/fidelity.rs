@@ -586,6 +586,17 @@ fn auth_toml(dir: &Path) -> (String, String) {
     )
 }
 
+/// An RPC that needs an authenticated reader and nothing else (no shard, no view).
+async fn list_views(endpoint: &str, c: &Credentials) -> Result<(), tonic::Status> {
+    let channel = channel(endpoint, c)
+        .await
+        .ok_or_else(|| tonic::Status::unavailable("cannot connect"))?;
+    AdminServiceClient::new(channel)
+        .list_views(quiver_proto::v1::ListViewsRequest {})
+        .await
+        .map(|_| ())
+}
+
 fn bearer(token: &str) -> Credentials {
     Credentials {
         tls: None,
@@ -644,7 +655,7 @@ async fn a_token_revoked_while_a_node_was_down_is_refused_from_its_first_answer(
     let ep3 = members[2].endpoint();
     // Node 3 knows the token.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while lookup(&ep3, &reader, &["clicks:n"]).await.is_err() {
+    while list_views(&ep3, &reader).await.is_err() {
         assert!(Instant::now() < deadline, "node 3 never accepted the token");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -659,7 +670,7 @@ async fn a_token_revoked_while_a_node_was_down_is_refused_from_its_first_answer(
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut unavailable = 0;
     loop {
-        match lookup(&ep3, &reader, &["clicks:n"]).await {
+        match list_views(&ep3, &reader).await {
             Ok(_) => panic!("node 3 answered a revoked token after its restart"),
             Err(s) if s.code() == tonic::Code::Unavailable => unavailable += 1,
             Err(s) if s.code() == tonic::Code::Unauthenticated => {
