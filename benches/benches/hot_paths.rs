@@ -16,12 +16,14 @@ use quiver_client::bench_support::Router;
 use quiver_node::config::NodeConfigFile;
 use quiver_node::ingest::decode::{RawRecord, decode_record};
 use quiver_node::registry::KeyType;
-use quiver_node::serve::lookup::{execute_lookup, plan_lookup};
+use quiver_node::serve::lookup::{ReadMode, execute};
+use quiver_node::serve::plan::{PlanCache, plan_keys};
 use quiver_node::storage::row_codec::{decode_row, decode_selected, encode_row};
 use quiver_proto::Partitioner;
+use quiver_proto::packed::ColumnBuilder;
 use quiver_proto::v1::value::Kind;
 use quiver_proto::v1::{
-    ClusterMap, EntityKey, FeatureColumn, FeatureStatus, GetOnlineFeaturesRequest,
+    ClusterMap, EntityKey, FeatureColumn, FeatureStatus, FeatureType, GetOnlineFeaturesRequest,
     GetOnlineFeaturesResponse, ReplicaInfo, ShardReplicas, Value,
 };
 
@@ -116,19 +118,21 @@ fn lookup(c: &mut Criterion) {
             ..Default::default()
         };
         g.throughput(Throughput::Elements(n));
+        // What the handler does: the feature list from the plan cache, the keys planned,
+        // the rows read (all in memory here) and decoded into packed columns.
+        let plans = PlanCache::default();
+        let lookup = |req: &GetOnlineFeaturesRequest| {
+            let compiled = plans.plan(req, &snap, &limits).expect("valid");
+            let plan =
+                plan_keys(req, compiled, &limits, Partitioner::Murmur2, SHARDS).expect("valid");
+            execute(&plan, &stores, now, ReadMode::CachedOnly).expect("lookup")
+        };
         g.bench_with_input(
             BenchmarkId::new("plan_multiget_assemble", n),
             &req,
-            |b, req| {
-                b.iter(|| {
-                    let plan = plan_lookup(req, &snap, &limits, Partitioner::Murmur2, SHARDS)
-                        .expect("valid");
-                    execute_lookup(&plan, &stores, now).expect("lookup")
-                })
-            },
+            |b, req| b.iter(|| lookup(req)),
         );
-        let plan = plan_lookup(&req, &snap, &limits, Partitioner::Murmur2, SHARDS).expect("valid");
-        let resp = execute_lookup(&plan, &stores, now).expect("lookup");
+        let resp = lookup(&req);
         let mut out = Vec::with_capacity(resp.encoded_len());
         g.bench_with_input(BenchmarkId::new("response_encode", n), &resp, |b, resp| {
             b.iter(|| {
@@ -166,8 +170,27 @@ fn cluster_map() -> ClusterMap {
     }
 }
 
-/// One shard's answer: `features` float columns for `keys` rows.
+/// One shard's answer: `features` float64 columns for `keys` rows, PACKED (what nodes
+/// send).
 fn shard_answer(keys: usize, features: usize) -> GetOnlineFeaturesResponse {
+    GetOnlineFeaturesResponse {
+        packed_columns: (0..features)
+            .map(|f| {
+                let mut b =
+                    ColumnBuilder::new(format!("v:f{f}"), FeatureType::Float64, keys, false);
+                for k in 0..keys {
+                    b.push_f64((k * f) as f64, 1_760_000_000_000_000);
+                }
+                b.finish()
+            })
+            .collect(),
+        row_count: keys as u32,
+        ..Default::default()
+    }
+}
+
+/// The same answer per cell (the CELLS encoding), for the wire-format comparison.
+fn cells_answer(keys: usize, features: usize) -> GetOnlineFeaturesResponse {
     GetOnlineFeaturesResponse {
         columns: (0..features)
             .map(|f| FeatureColumn {
@@ -181,8 +204,28 @@ fn shard_answer(keys: usize, features: usize) -> GetOnlineFeaturesResponse {
                 event_times_micros: vec![1_760_000_000_000_000; keys],
             })
             .collect(),
-        watermarks: Vec::new(),
+        ..Default::default()
     }
+}
+
+/// Decoding a response off the wire, PACKED against CELLS (N keys × 50 float64s).
+fn wire_decode(c: &mut Criterion) {
+    let mut g = c.benchmark_group("response_decode_50_features");
+    for n in [1usize, 10, 100] {
+        for (name, resp) in [
+            ("packed", shard_answer(n, 50)),
+            ("cells", cells_answer(n, 50)),
+        ] {
+            let bytes = resp.encode_to_vec();
+            g.throughput(Throughput::Bytes(bytes.len() as u64));
+            g.bench_with_input(BenchmarkId::new(name, n), &bytes, |b, bytes| {
+                b.iter(|| {
+                    GetOnlineFeaturesResponse::decode(black_box(bytes.as_slice())).expect("valid")
+                })
+            });
+        }
+    }
+    g.finish();
 }
 
 fn client_route_merge(c: &mut Criterion) {
@@ -216,6 +259,6 @@ fn client_route_merge(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(30).measurement_time(std::time::Duration::from_secs(3));
-    targets = partitioner, record_decode, row_codec, lookup, client_route_merge
+    targets = partitioner, record_decode, row_codec, lookup, client_route_merge, wire_decode
 }
 criterion_main!(benches);

@@ -202,7 +202,10 @@ pub fn decode_rows(r: &LookupResult, keys: &[u32]) -> Vec<(u32, Option<Seen>)> {
 
 /// The lookup of `keys`.
 pub fn lookup(keys: &[u32]) -> Lookup {
-    Lookup::features([SEQ, CHECK]).keys(keys.iter().map(|k| key_name(*k)))
+    // Event times: the checker pairs each value with the row version it came from.
+    Lookup::features([SEQ, CHECK])
+        .keys(keys.iter().map(|k| key_name(*k)))
+        .event_times(true)
 }
 
 /// Reader `id`: one lookup of `spec.batch` random keys every `interval`, from `first` on,

@@ -44,6 +44,7 @@ pub(crate) struct Call<'a> {
     feature_service: &'a str,
     batch: ShardedBatch,
     extra: &'a Watermarks,
+    event_times: bool,
     deadline: Instant,
     deadline_len: Duration,
     /// The latest error a node answered with (e.g. BEHIND): reported when the deadline
@@ -61,6 +62,7 @@ impl<'a> Call<'a> {
             feature_service: &lookup.feature_service,
             batch: shard_batch(&table, &lookup.keys),
             extra: &lookup.min_watermarks,
+            event_times: lookup.event_times,
             deadline: Instant::now() + d,
             deadline_len: d,
             last_answer: std::sync::Mutex::new(None),
@@ -83,10 +85,7 @@ impl<'a> Call<'a> {
             .iter()
             .map(|&u| loc[u as usize])
             .collect();
-        Ok(LookupResult::assemble(
-            parts.into_iter().map(|p| p.resp).collect(),
-            rows,
-        ))
+        LookupResult::assemble(parts.into_iter().map(|p| p.resp).collect(), rows)
     }
 
     fn deadline_error(&self, last: Option<ClientError>) -> ClientError {
@@ -194,6 +193,8 @@ impl<'a> Call<'a> {
                 .lagging
                 .wait_for(g.node.id, &g.shards)
                 .map_or(0, |d| d.as_millis().max(1) as u32),
+            include_event_times: self.event_times,
+            ..Default::default()
         };
         (req, keys)
     }

@@ -51,7 +51,13 @@ impl Split {
 
     /// Merges one answer per shard (in [`Split::shard_keys`] order, rows in its key order)
     /// into the request-ordered result, as a lookup does after its fan-out.
-    pub fn merge(&self, parts: Vec<GetOnlineFeaturesResponse>) -> LookupResult {
+    ///
+    /// # Errors
+    /// When the parts are inconsistent (as [`crate::Client::get_online_features`]).
+    pub fn merge(
+        &self,
+        parts: Vec<GetOnlineFeaturesResponse>,
+    ) -> Result<LookupResult, ClientError> {
         let mut loc = vec![(u32::MAX, 0u32); self.0.unique.len()];
         for (p, idx) in self.0.by_shard.values().enumerate() {
             for (row, u) in idx.iter().enumerate() {

@@ -1,16 +1,19 @@
 //! Lookup requests and their columnar results.
 //!
-//! A [`LookupResult`] keeps the node responses it was assembled from and an index from
-//! request row to (response, row): reading a value borrows it from the response it
-//! arrived in; nothing is copied to reassemble request order, and duplicate keys share
-//! one fetched row.
+//! A [`LookupResult`] holds one typed packed column per feature in request order
+//! (`quiver.v1.PackedColumn`): values are read in place, never as a message per value;
+//! duplicate keys share one fetched row.
 
 use std::time::Duration;
 
+use quiver_proto::packed::{ColumnBuilder, ValueRef};
 use quiver_proto::v1::value::Kind;
 use quiver_proto::v1::{
-    EntityKey, FeatureColumn, FeatureStatus, GetOnlineFeaturesRequest, GetOnlineFeaturesResponse,
+    EntityKey, FeatureColumn, FeatureStatus, FeatureType, GetOnlineFeaturesRequest,
+    GetOnlineFeaturesResponse, PackedColumn,
 };
+
+use crate::error::ClientError;
 
 use crate::watermark::Watermarks;
 
@@ -22,6 +25,7 @@ pub struct Lookup {
     pub(crate) keys: Vec<EntityKey>,
     pub(crate) min_watermarks: Watermarks,
     pub(crate) deadline: Option<Duration>,
+    pub(crate) event_times: bool,
 }
 
 impl Lookup {
@@ -54,6 +58,13 @@ impl Lookup {
         self
     }
 
+    /// Also returns each value's event time ([`LookupResult::event_time_micros`]). Off by
+    /// default: a timestamp per cell is as large as a float64 on the wire.
+    pub fn event_times(mut self, on: bool) -> Self {
+        self.event_times = on;
+        self
+    }
+
     /// Overrides the client's deadline for this call.
     pub fn deadline(mut self, d: Duration) -> Self {
         self.deadline = Some(d);
@@ -72,103 +83,231 @@ impl Lookup {
             feature_service: self.feature_service,
             entity_keys: self.keys,
             min_watermarks: self.min_watermarks.to_wire(None),
-            watermark_wait_ms: 0,
+            include_event_times: self.event_times,
+            ..Default::default()
         }
     }
 }
 
-/// A columnar lookup result, read per row and per feature without copying.
+/// A columnar lookup result in request order: one typed [`PackedColumn`] per feature.
+///
+/// Values are read without a message or an allocation per value: [`LookupResult::value`]
+/// borrows, the scalar accessors copy a number, and the typed column accessors
+/// ([`LookupResult::f64_column`], [`LookupResult::f32_matrix`], …) hand out the column's
+/// whole array to feed a model directly. A lookup answered by one node in request order
+/// keeps that node's columns as they arrived; one fanned out over several nodes is merged
+/// once, copying each value into place (no per-value allocation).
 #[derive(Debug, Clone)]
 pub struct LookupResult {
-    parts: Vec<GetOnlineFeaturesResponse>,
-    /// Request row → (part, row within the part).
-    rows: Vec<(u32, u32)>,
+    columns: Vec<PackedColumn>,
+    rows: usize,
     watermarks: Watermarks,
 }
 
-impl LookupResult {
-    /// Wraps one response covering every row in order.
-    pub fn new(resp: GetOnlineFeaturesResponse) -> Self {
-        let n = resp.columns.first().map_or(0, |c| c.values.len());
-        let watermarks = Watermarks::from_wire(&resp.watermarks);
-        LookupResult {
-            parts: vec![resp],
-            rows: (0..n as u32).map(|r| (0, r)).collect(),
-            watermarks,
+/// A node's answer whose columns do not add up (a bug or a corrupted message): refused
+/// rather than read out of bounds.
+fn malformed(e: impl std::fmt::Display) -> ClientError {
+    ClientError::Rpc(tonic::Status::data_loss(format!(
+        "malformed lookup response: {e}"
+    )))
+}
+
+/// The PACKED columns of a response: as sent, or built from a CELLS response (a node that
+/// predates the PACKED encoding answers CELLS whatever the request asks).
+fn packed_columns(
+    mut resp: GetOnlineFeaturesResponse,
+) -> Result<(Vec<PackedColumn>, usize), ClientError> {
+    if resp.packed_columns.is_empty() && !resp.columns.is_empty() {
+        let rows = resp.columns[0].statuses.len();
+        let cols = resp
+            .columns
+            .iter()
+            .map(|c| cells_to_packed(c, rows))
+            .collect::<Result<_, _>>()?;
+        return Ok((cols, rows));
+    }
+    let rows = resp.row_count as usize;
+    for c in &resp.packed_columns {
+        c.validate(rows).map_err(malformed)?;
+    }
+    Ok((std::mem::take(&mut resp.packed_columns), rows))
+}
+
+fn cells_to_packed(c: &FeatureColumn, rows: usize) -> Result<PackedColumn, ClientError> {
+    if c.values.len() != rows || c.statuses.len() != rows || c.event_times_micros.len() != rows {
+        return Err(malformed(format!("column {:?} has ragged cells", c.name)));
+    }
+    let ty = c
+        .values
+        .iter()
+        .find_map(|v| v.kind.as_ref())
+        .map_or(FeatureType::Unspecified, kind_type);
+    let mut b = ColumnBuilder::new(c.name.clone(), ty, rows, true);
+    for r in 0..rows {
+        let t = c.event_times_micros[r];
+        match FeatureStatus::try_from(c.statuses[r]).unwrap_or(FeatureStatus::Unspecified) {
+            FeatureStatus::Present => b.push_kind(c.values[r].kind.as_ref(), t),
+            other => b.push_missing(other, t),
         }
     }
+    Ok(b.finish())
+}
 
-    /// Assembles sub-responses; `rows[i]` locates request row `i`.
-    pub(crate) fn assemble(parts: Vec<GetOnlineFeaturesResponse>, rows: Vec<(u32, u32)>) -> Self {
+fn kind_type(k: &Kind) -> FeatureType {
+    match k {
+        Kind::BoolValue(_) => FeatureType::Bool,
+        Kind::Int64Value(_) => FeatureType::Int64,
+        Kind::Float64Value(_) => FeatureType::Float64,
+        Kind::StringValue(_) => FeatureType::String,
+        Kind::BytesValue(_) => FeatureType::Bytes,
+        Kind::Float32Vector(_) => FeatureType::Float32Vector,
+        Kind::Int64List(_) => FeatureType::Int64List,
+        Kind::Float64List(_) => FeatureType::Float64List,
+        Kind::StringList(_) => FeatureType::StringList,
+    }
+}
+
+impl LookupResult {
+    /// Wraps one node's response covering every row in order.
+    ///
+    /// # Errors
+    /// [`ClientError::Rpc`] (`DATA_LOSS`) if the response's columns are inconsistent.
+    pub fn new(resp: GetOnlineFeaturesResponse) -> Result<Self, ClientError> {
+        let watermarks = Watermarks::from_wire(&resp.watermarks);
+        let (columns, rows) = packed_columns(resp)?;
+        Ok(LookupResult {
+            columns,
+            rows,
+            watermarks,
+        })
+    }
+
+    /// Assembles sub-responses; `rows[i]` locates request row `i` as (part, row in part).
+    pub(crate) fn assemble(
+        parts: Vec<GetOnlineFeaturesResponse>,
+        rows: Vec<(u32, u32)>,
+    ) -> Result<Self, ClientError> {
         let mut watermarks = Watermarks::new();
         for p in &parts {
             watermarks.merge_wire(&p.watermarks);
         }
-        LookupResult {
-            parts,
-            rows,
-            watermarks,
+        let mut parts: Vec<(Vec<PackedColumn>, usize)> = parts
+            .into_iter()
+            .map(packed_columns)
+            .collect::<Result<_, _>>()?;
+        let identity = parts.len() == 1
+            && parts[0].1 == rows.len()
+            && rows
+                .iter()
+                .enumerate()
+                .all(|(i, (p, r))| *p == 0 && *r as usize == i);
+        if identity {
+            let (columns, n) = parts.pop().expect("one part");
+            return Ok(LookupResult {
+                columns,
+                rows: n,
+                watermarks,
+            });
         }
-    }
-
-    fn cell(&self, row: usize, column: usize) -> Option<(&FeatureColumn, usize)> {
-        let (part, r) = *self.rows.get(row)?;
-        let col = self.parts.get(part as usize)?.columns.get(column)?;
-        Some((col, r as usize))
+        let Some((first, _)) = parts.first() else {
+            return Ok(LookupResult {
+                columns: Vec::new(),
+                rows: rows.len(),
+                watermarks,
+            });
+        };
+        for (cols, _) in &parts {
+            if cols.len() != first.len() {
+                return Err(malformed("sub-responses have different column counts"));
+            }
+        }
+        let mut columns = Vec::with_capacity(first.len());
+        for c in 0..first.len() {
+            let mut b = ColumnBuilder::new(
+                first[c].name.clone(),
+                first[c].feature_type(),
+                rows.len(),
+                !first[c].event_times_micros.is_empty(),
+            );
+            for (p, r) in &rows {
+                let (cols, n) = parts
+                    .get(*p as usize)
+                    .ok_or_else(|| malformed("a row maps to no sub-response"))?;
+                if *r as usize >= *n {
+                    return Err(malformed("a row is outside its sub-response"));
+                }
+                b.push_row_of(&cols[c], *r as usize);
+            }
+            columns.push(b.finish());
+        }
+        Ok(LookupResult {
+            columns,
+            rows: rows.len(),
+            watermarks,
+        })
     }
 
     /// Number of entity keys (rows), duplicates included.
     pub fn row_count(&self) -> usize {
-        self.rows.len()
+        self.rows
     }
 
     /// Number of feature columns.
     pub fn column_count(&self) -> usize {
-        self.parts.first().map_or(0, |p| p.columns.len())
+        self.columns.len()
     }
 
-    /// Feature names (`view:feature`) in column order.
+    /// Column names (`view:feature`), in column order.
     pub fn feature_names(&self) -> impl Iterator<Item = &str> {
-        self.parts
-            .first()
-            .into_iter()
-            .flat_map(|p| p.columns.iter().map(|c| c.name.as_str()))
+        self.columns.iter().map(|c| c.name.as_str())
     }
 
-    /// Index of a feature column by name (`view:feature`).
+    /// The position of column `name` (`view:feature`).
     pub fn column_index(&self, name: &str) -> Option<usize> {
-        self.parts
-            .first()?
-            .columns
-            .iter()
-            .position(|c| c.name == name)
+        self.columns.iter().position(|c| c.name == name)
     }
 
-    /// The value at (`row`, `column`); `None` if null or not PRESENT.
-    pub fn value(&self, row: usize, column: usize) -> Option<&Kind> {
-        let (c, r) = self.cell(row, column)?;
-        c.values.get(r)?.kind.as_ref()
+    /// Column `column` as received (typed packed arrays; see `quiver.v1.PackedColumn`).
+    pub fn column(&self, column: usize) -> Option<&PackedColumn> {
+        self.columns.get(column)
+    }
+
+    /// The value at (`row`, `column`), borrowed; `None` if null or not PRESENT.
+    pub fn value(&self, row: usize, column: usize) -> Option<ValueRef<'_>> {
+        self.columns.get(column)?.value(row)
+    }
+
+    /// The value at (`row`, `column`) as an owned protobuf `Kind` (allocates for strings
+    /// and lists; prefer [`LookupResult::value`] on hot paths).
+    pub fn kind(&self, row: usize, column: usize) -> Option<Kind> {
+        self.value(row, column).map(|v| v.to_kind())
     }
 
     /// The status at (`row`, `column`).
     pub fn status(&self, row: usize, column: usize) -> FeatureStatus {
-        self.cell(row, column)
-            .and_then(|(c, r)| c.statuses.get(r))
-            .and_then(|s| FeatureStatus::try_from(*s).ok())
-            .unwrap_or(FeatureStatus::Unspecified)
+        self.columns
+            .get(column)
+            .map_or(FeatureStatus::Unspecified, |c| c.status_at(row))
     }
 
-    /// Event time (µs since the epoch) of the value at (`row`, `column`); 0 if NOT_FOUND.
+    /// Event time (µs since the epoch) of the value at (`row`, `column`); 0 if NOT_FOUND,
+    /// or if the lookup did not ask for event times ([`Lookup::event_times`]).
     pub fn event_time_micros(&self, row: usize, column: usize) -> i64 {
-        self.cell(row, column)
-            .and_then(|(c, r)| c.event_times_micros.get(r).copied())
-            .unwrap_or(0)
+        self.columns.get(column).map_or(0, |c| c.event_time_at(row))
+    }
+
+    /// Whether (`row`, `column`) holds a value (PRESENT and not null): the validity of the
+    /// typed column arrays.
+    pub fn is_valid(&self, row: usize, column: usize) -> bool {
+        self.columns
+            .get(column)
+            .is_some_and(|c| c.status_at(row) == FeatureStatus::Present && !c.is_null(row))
     }
 
     /// An int64 value, if present and of that type.
     pub fn i64(&self, row: usize, column: usize) -> Option<i64> {
         match self.value(row, column)? {
-            Kind::Int64Value(v) => Some(*v),
+            ValueRef::Int64(v) => Some(v),
             _ => None,
         }
     }
@@ -176,7 +315,7 @@ impl LookupResult {
     /// A float64 value, if present and of that type.
     pub fn f64(&self, row: usize, column: usize) -> Option<f64> {
         match self.value(row, column)? {
-            Kind::Float64Value(v) => Some(*v),
+            ValueRef::Float64(v) => Some(v),
             _ => None,
         }
     }
@@ -184,7 +323,7 @@ impl LookupResult {
     /// A string value, if present and of that type.
     pub fn str(&self, row: usize, column: usize) -> Option<&str> {
         match self.value(row, column)? {
-            Kind::StringValue(v) => Some(v),
+            ValueRef::String(v) => Some(v),
             _ => None,
         }
     }
@@ -192,7 +331,7 @@ impl LookupResult {
     /// A bool value, if present and of that type.
     pub fn bool(&self, row: usize, column: usize) -> Option<bool> {
         match self.value(row, column)? {
-            Kind::BoolValue(v) => Some(*v),
+            ValueRef::Bool(v) => Some(v),
             _ => None,
         }
     }
@@ -200,7 +339,7 @@ impl LookupResult {
     /// A bytes value, if present and of that type.
     pub fn bytes(&self, row: usize, column: usize) -> Option<&[u8]> {
         match self.value(row, column)? {
-            Kind::BytesValue(v) => Some(v),
+            ValueRef::Bytes(v) => Some(v),
             _ => None,
         }
     }
@@ -208,9 +347,37 @@ impl LookupResult {
     /// A float32 vector (e.g. an embedding), if present and of that type.
     pub fn f32_vector(&self, row: usize, column: usize) -> Option<&[f32]> {
         match self.value(row, column)? {
-            Kind::Float32Vector(v) => Some(&v.values),
+            ValueRef::Float32Vector(v) => Some(v),
             _ => None,
         }
+    }
+
+    fn typed(&self, column: usize, ty: FeatureType) -> Option<&PackedColumn> {
+        self.columns.get(column).filter(|c| c.feature_type() == ty)
+    }
+
+    /// A float64 column's values, one per row (0.0 where [`LookupResult::is_valid`] is
+    /// false): a model's input without a copy.
+    pub fn f64_column(&self, column: usize) -> Option<&[f64]> {
+        Some(&self.typed(column, FeatureType::Float64)?.float64s)
+    }
+
+    /// An int64 column's values, one per row (0 where not valid).
+    pub fn i64_column(&self, column: usize) -> Option<&[i64]> {
+        Some(&self.typed(column, FeatureType::Int64)?.int64s)
+    }
+
+    /// A bool column's values, one per row (false where not valid).
+    pub fn bool_column(&self, column: usize) -> Option<&[bool]> {
+        Some(&self.typed(column, FeatureType::Bool)?.bools)
+    }
+
+    /// A float32-vector column whose vectors all have one length `d`, as a row-major
+    /// rows × `d` matrix (zero rows where not valid) and `d`; `None` if the lengths
+    /// differ (read them per row with [`LookupResult::f32_vector`]).
+    pub fn f32_matrix(&self, column: usize) -> Option<(&[f32], usize)> {
+        let c = self.typed(column, FeatureType::Float32Vector)?;
+        (c.dimension > 0).then_some((c.float32s.as_slice(), c.dimension as usize))
     }
 
     /// Row `row` as a view that reads features by name.
@@ -224,9 +391,16 @@ impl LookupResult {
         &self.watermarks
     }
 
-    /// The node responses this result was assembled from.
-    pub fn responses(&self) -> &[GetOnlineFeaturesResponse] {
-        &self.parts
+    /// The size of this result as one PACKED response on the wire, in bytes.
+    pub fn encoded_len(&self) -> usize {
+        use prost::Message as _;
+        GetOnlineFeaturesResponse {
+            packed_columns: self.columns.clone(),
+            row_count: self.rows as u32,
+            watermarks: self.watermarks.to_wire(None),
+            ..Default::default()
+        }
+        .encoded_len()
     }
 }
 
@@ -239,7 +413,7 @@ pub struct Row<'a> {
 
 impl<'a> Row<'a> {
     /// The value of feature `name` (`view:feature`), if PRESENT and not null.
-    pub fn get(&self, name: &str) -> Option<&'a Kind> {
+    pub fn get(&self, name: &str) -> Option<ValueRef<'a>> {
         self.result.value(self.row, self.result.column_index(name)?)
     }
 

@@ -118,7 +118,7 @@ impl NodeClient {
             .features
             .get_online_features(lookup.into_request())
             .await?;
-        Ok(LookupResult::new(resp.into_inner()))
+        LookupResult::new(resp.into_inner())
     }
 
     /// Applies registry definitions (TOML text); returns the list of changes.

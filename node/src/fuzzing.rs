@@ -186,7 +186,7 @@ pub fn request(data: &[u8]) {
             return;
         };
         if let Ok(plan) =
-            crate::serve::lookup::plan_lookup(&req, &f.snapshot, &f.limits, Partitioner::Murmur2, 8)
+            crate::serve::plan::plan_lookup(&req, &f.snapshot, &f.limits, Partitioner::Murmur2, 8)
         {
             assert!(plan.key_count() <= f.limits.max_batch_keys);
             assert!(plan.shards().all(|s| s.0 < 8));

@@ -55,6 +55,9 @@ struct NodeArgs {
     /// server.shutdown_grace, e.g. "10s"
     #[arg(long, env = "QUIVER_SHUTDOWN_GRACE", value_parser = humantime::parse_duration)]
     shutdown_grace: Option<Duration>,
+    /// server.compress_responses (true | false)
+    #[arg(long, env = "QUIVER_COMPRESS_RESPONSES")]
+    compress_responses: Option<bool>,
     /// cluster.shard_count
     #[arg(long, env = "QUIVER_SHARD_COUNT")]
     shard_count: Option<u32>,
@@ -231,6 +234,7 @@ fn apply_overrides(f: &mut NodeConfigFile, a: NodeArgs) -> anyhow::Result<()> {
     set(&mut f.server.grpc_addr, a.grpc_addr);
     set(&mut f.server.metrics_addr, a.metrics_addr);
     set(&mut f.server.shutdown_grace, a.shutdown_grace);
+    set(&mut f.server.compress_responses, a.compress_responses);
     set(&mut f.cluster.shard_count, a.shard_count);
     set(&mut f.cluster.partitioner, a.partitioner);
     set(&mut f.cluster.shards, a.shards);

@@ -78,6 +78,9 @@ pub const REPLICA_STATE: &str = "quiver_replica_state";
 /// known in cluster mode): the gRPC health service `quiver.v1.Readiness` says SERVING.
 pub const NODE_READY: &str = "quiver_node_ready";
 
+/// Lookups executed, by `where`: `inline` (on the async worker, every row in memory) or
+/// `blocking_pool` (large, or some row needed disk I/O).
+pub const SERVE_LOOKUP_EXECUTIONS: &str = "quiver_serve_lookup_executions_total";
 /// Storage sampling passes completed (the storage gauges are refreshed once per pass):
 /// a reader that needs figures from after some moment waits for this to move.
 pub const STORAGE_SAMPLES: &str = "quiver_storage_samples_total";
@@ -147,6 +150,10 @@ pub fn describe() {
         "1 for the state of this node's replica of a shard, by shard and state"
     );
     describe_gauge!(NODE_READY, "1 while the node reports ready");
+    describe_counter!(
+        SERVE_LOOKUP_EXECUTIONS,
+        "lookups executed inline (rows in memory) or on the blocking pool"
+    );
     describe_counter!(
         STORAGE_SAMPLES,
         "storage sampling passes completed (storage gauges refresh once per pass)"

@@ -183,6 +183,8 @@ impl Node {
                 config.limits.max_pushes_per_second,
             ),
             queued_lookups: Default::default(),
+            plans: Default::default(),
+            compress_responses: config.compress_responses,
         });
         if !config.security.auth.enabled {
             warn!(

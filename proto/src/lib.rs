@@ -6,9 +6,11 @@
 //! - [`error`]: the closed set of error codes the node returns and the client branches on.
 //! - [`transport`]: how callers reach a node (TLS, bearer token).
 //! - [`json_number`]: exact numbers in JSON text (ingest, push, `quiverctl`).
+//! - [`packed`]: the PACKED lookup encoding: building and reading typed columns.
 
 pub mod error;
 pub mod json_number;
+pub mod packed;
 pub mod partition;
 pub mod transport;
 
@@ -55,6 +57,18 @@ impl v1::entity_key::Kind {
         match self {
             v1::entity_key::Kind::StringValue(s) => s.as_bytes().to_vec(),
             v1::entity_key::Kind::Int64Value(i) => i.to_string().into_bytes(),
+        }
+    }
+
+    /// Appends the bytes of [`Self::kafka_key`] to `out` (no allocation beyond `out`'s).
+    pub fn write_kafka_key(&self, out: &mut Vec<u8>) {
+        match self {
+            v1::entity_key::Kind::StringValue(s) => out.extend_from_slice(s.as_bytes()),
+            v1::entity_key::Kind::Int64Value(i) => {
+                use std::io::Write as _;
+                // Writing to a Vec cannot fail.
+                let _ = write!(out, "{i}");
+            }
         }
     }
 

@@ -1,19 +1,18 @@
-//! A minimal HTTP/1.1 client with keep-alive connections, enough to POST JSON to Feast's
-//! feature server at load without a heavyweight dependency: `Content-Length` and chunked
-//! bodies; a connection that fails is dropped and reopened by the next request.
+//! HTTP/1.1 for Feast's feature server through hyper (the client stack a Rust team would
+//! use): pooled keep-alive connections, both body framings.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufStream};
-use tokio::net::TcpStream;
-use tokio::sync::Mutex;
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 
 /// A pool of keep-alive connections to one loopback server.
 pub struct HttpPool {
-    port: u16,
-    conns: Vec<Arc<Mutex<Option<BufStream<TcpStream>>>>>,
-    next: AtomicUsize,
+    client: Client<HttpConnector, Full<Bytes>>,
+    base: Arc<str>,
 }
 
 /// A response: status and body.
@@ -26,114 +25,49 @@ pub struct Response {
 }
 
 impl HttpPool {
-    /// A pool of up to `size` connections to `127.0.0.1:port` (opened on first use).
+    /// A pool of up to `size` idle connections to `127.0.0.1:port` (opened on use).
     pub fn new(port: u16, size: usize) -> HttpPool {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(size.max(1))
+            .build(connector);
         HttpPool {
-            port,
-            conns: (0..size.max(1))
-                .map(|_| Arc::new(Mutex::new(None)))
-                .collect(),
-            next: AtomicUsize::new(0),
+            client,
+            base: format!("http://127.0.0.1:{port}").into(),
         }
     }
 
-    /// POSTs `body` as JSON to `path`, on the next connection of the pool.
+    /// POSTs `body` as JSON to `path`.
     pub fn post_json(
         &self,
         path: &str,
         body: Vec<u8>,
     ) -> impl std::future::Future<Output = Result<Response, String>> + Send + 'static {
-        let slot = self.conns[self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len()].clone();
-        let port = self.port;
-        let head = format!(
-            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        );
+        let request = hyper::Request::post(format!("{}{path}", self.base))
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)));
+        let client = self.client.clone();
         async move {
-            let mut guard = slot.lock().await;
-            if guard.is_none() {
-                let s = TcpStream::connect(("127.0.0.1", port))
-                    .await
-                    .map_err(|e| format!("connect: {e}"))?;
-                s.set_nodelay(true).map_err(|e| e.to_string())?;
-                *guard = Some(BufStream::new(s));
-            }
-            let io = guard.as_mut().expect("set above");
-            let result = exchange(io, head.as_bytes(), &body).await;
-            if result.is_err() {
-                *guard = None;
-            }
-            result
+            let request = request.map_err(|e| e.to_string())?;
+            let resp = client.request(request).await.map_err(|e| e.to_string())?;
+            let status = resp.status().as_u16();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes()
+                .to_vec();
+            Ok(Response { status, body })
         }
     }
-}
-
-async fn exchange(
-    io: &mut BufStream<TcpStream>,
-    head: &[u8],
-    body: &[u8],
-) -> Result<Response, String> {
-    let e = |e: std::io::Error| e.to_string();
-    io.write_all(head).await.map_err(e)?;
-    io.write_all(body).await.map_err(e)?;
-    io.flush().await.map_err(e)?;
-    let mut line = String::new();
-    io.read_line(&mut line).await.map_err(e)?;
-    let status: u16 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("bad status line {line:?}"))?;
-    let (mut length, mut chunked, mut close) = (None, false, false);
-    loop {
-        line.clear();
-        if io.read_line(&mut line).await.map_err(e)? == 0 {
-            return Err("connection closed in the header".into());
-        }
-        let l = line.trim_end();
-        if l.is_empty() {
-            break;
-        }
-        if let Some((name, value)) = l.split_once(':') {
-            let (name, value) = (name.trim().to_ascii_lowercase(), value.trim());
-            match name.as_str() {
-                "content-length" => length = value.parse::<usize>().ok(),
-                "transfer-encoding" => chunked = value.eq_ignore_ascii_case("chunked"),
-                "connection" => close = value.eq_ignore_ascii_case("close"),
-                _ => {}
-            }
-        }
-    }
-    let mut out = Vec::new();
-    if chunked {
-        loop {
-            line.clear();
-            io.read_line(&mut line).await.map_err(e)?;
-            let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
-                .map_err(|_| format!("bad chunk size {line:?}"))?;
-            let start = out.len();
-            out.resize(start + size, 0);
-            io.read_exact(&mut out[start..]).await.map_err(e)?;
-            line.clear();
-            io.read_line(&mut line).await.map_err(e)?;
-            if size == 0 {
-                break;
-            }
-        }
-    } else {
-        let n = length.ok_or("response without Content-Length")?;
-        out.resize(n, 0);
-        io.read_exact(&mut out).await.map_err(e)?;
-    }
-    if close {
-        return Err("server closed the connection".into());
-    }
-    Ok(Response { status, body: out })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufStream};
     use tokio::net::TcpListener;
 
     #[tokio::test]

@@ -56,7 +56,7 @@ impl Quiver {
     pub async fn wire_sizes(&self, features: u32, keys: &[u32]) -> anyhow::Result<(usize, usize)> {
         let l = self.request(features, keys);
         let res = self.client.get_online_features(&l).await?;
-        let resp: usize = res.responses().iter().map(|r| r.encoded_len()).sum();
+        let resp = res.encoded_len();
         Ok((l.into_request().encoded_len(), resp))
     }
 

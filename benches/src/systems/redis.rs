@@ -1,7 +1,7 @@
 //! Redis (Debian's `redis-server`, started by the tool on a free loopback port, no
 //! persistence) holding every row as a hash `bench_f{F}:{key}` with fields `f0..`, read
 //! with one pipelined HMGET per key of a batch — what a team would build by hand instead
-//! of quiver. The RESP client is a few lines over a pool of connections.
+//! of quiver — through the `redis` crate, the client such a team would use.
 
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
@@ -10,9 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufStream};
-use tokio::net::TcpStream;
-use tokio::sync::Mutex;
+use redis::aio::MultiplexedConnection;
 
 use super::{Fetched, LookupFuture, System};
 use crate::env::dataset::{key, view};
@@ -73,77 +71,13 @@ impl Drop for RedisServer {
     }
 }
 
-/// One RESP connection.
-struct Conn {
-    io: BufStream<TcpStream>,
-    line: Vec<u8>,
-}
-
-impl Conn {
-    async fn connect(port: u16) -> std::io::Result<Conn> {
-        let s = TcpStream::connect(("127.0.0.1", port)).await?;
-        s.set_nodelay(true)?;
-        Ok(Conn {
-            io: BufStream::new(s),
-            line: Vec::with_capacity(64),
-        })
-    }
-
-    async fn read_line(&mut self) -> Result<&[u8], String> {
-        self.line.clear();
-        self.io
-            .read_until(b'\n', &mut self.line)
-            .await
-            .map_err(|e| e.to_string())?;
-        if self.line.len() < 3 || !self.line.ends_with(b"\r\n") {
-            return Err("connection closed".into());
-        }
-        if self.line[0] == b'-' {
-            return Err(String::from_utf8_lossy(&self.line[1..self.line.len() - 2]).into_owned());
-        }
-        Ok(&self.line[..self.line.len() - 2])
-    }
-
-    fn number(line: &[u8]) -> Result<i64, String> {
-        std::str::from_utf8(&line[1..])
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| format!("bad RESP line {:?}", String::from_utf8_lossy(line)))
-    }
-
-    /// Reads one array reply of bulk strings; `sink` sees each element.
-    async fn read_array(&mut self, mut sink: impl FnMut(Option<&[u8]>)) -> Result<usize, String> {
-        let n = Self::number(self.read_line().await?)?;
-        let mut bulk = Vec::new();
-        for _ in 0..n {
-            let len = Self::number(self.read_line().await?)?;
-            if len < 0 {
-                sink(None);
-                continue;
-            }
-            bulk.resize(len as usize + 2, 0);
-            self.io
-                .read_exact(&mut bulk)
-                .await
-                .map_err(|e| e.to_string())?;
-            sink(Some(&bulk[..len as usize]));
-        }
-        Ok(n.max(0) as usize)
-    }
-}
-
-fn put_bulk(out: &mut Vec<u8>, s: &[u8]) {
-    out.extend_from_slice(format!("${}\r\n", s.len()).as_bytes());
-    out.extend_from_slice(s);
-    out.extend_from_slice(b"\r\n");
-}
-
-/// Redis as a [`System`].
+/// Redis as a [`System`]: the `redis` crate's multiplexed async connections (what a team
+/// would use from Rust), one pipeline of HMGETs per lookup, values parsed as `f64`.
 pub struct Redis {
-    conns: Vec<Arc<Mutex<Conn>>>,
+    conns: Vec<MultiplexedConnection>,
     next: AtomicUsize,
-    /// The field list of each view's HMGET (`$2\r\nf0\r\n…`), encoded once.
-    fields: HashMap<u32, Arc<Vec<u8>>>,
+    /// The field names of each view's HMGET (`f0`, `f1`, …).
+    fields: HashMap<u32, Arc<Vec<String>>>,
     pid: u32,
 }
 
@@ -159,47 +93,46 @@ impl Redis {
         ds: &Dataset,
         features: &[u32],
     ) -> anyhow::Result<Redis> {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{}/", server.port))
+            .context("redis client")?;
         let mut conns = Vec::new();
         for _ in 0..connections.max(1) {
-            conns.push(Arc::new(Mutex::new(Conn::connect(server.port).await?)));
+            conns.push(
+                client
+                    .get_multiplexed_async_connection()
+                    .await
+                    .context("connect to redis")?,
+            );
         }
-        let mut fields = HashMap::new();
-        for f in features {
-            let mut enc = Vec::new();
-            for i in 0..*f {
-                put_bulk(&mut enc, format!("f{i}").as_bytes());
-            }
-            fields.insert(*f, Arc::new(enc));
-        }
+        let fields: HashMap<u32, Arc<Vec<String>>> = features
+            .iter()
+            .map(|f| (*f, Arc::new((0..*f).map(|i| format!("f{i}")).collect())))
+            .collect();
         let r = Redis {
             conns,
             next: AtomicUsize::new(0),
             fields,
             pid: server.pid(),
         };
+        let mut c = r.conns[0].clone();
         for f in features {
             let bar = Progress::new(&format!("load redis {}", view(*f)), u64::from(ds.entities));
-            let mut c = r.conns[0].lock().await;
+            let names = &r.fields[f];
             let mut k = 0;
             while k < ds.entities {
                 let end = (k + 500).min(ds.entities);
-                let mut cmd = Vec::new();
+                let mut pipe = redis::pipe();
                 for e in k..end {
-                    cmd.extend_from_slice(format!("*{}\r\n", 2 + 2 * f).as_bytes());
-                    put_bulk(&mut cmd, b"HSET");
-                    put_bulk(&mut cmd, format!("{}:{}", view(*f), key(e)).as_bytes());
-                    for i in 0..*f {
-                        put_bulk(&mut cmd, format!("f{i}").as_bytes());
-                        put_bulk(&mut cmd, ds.value(e, i).to_string().as_bytes());
-                    }
+                    // Rust's Display: the shortest text that parses back to the value.
+                    let items: Vec<(&str, String)> = names
+                        .iter()
+                        .enumerate()
+                        .map(|(i, n)| (n.as_str(), ds.value(e, i as u32).to_string()))
+                        .collect();
+                    pipe.hset_multiple(format!("{}:{}", view(*f), key(e)), &items)
+                        .ignore();
                 }
-                c.io.write_all(&cmd).await?;
-                c.io.flush().await?;
-                for _ in k..end {
-                    c.read_line()
-                        .await
-                        .map_err(|e| anyhow::anyhow!("HSET: {e}"))?;
-                }
+                let () = pipe.query_async(&mut c).await.context("HSET")?;
                 k = end;
                 bar.set(u64::from(k));
             }
@@ -208,48 +141,41 @@ impl Redis {
         Ok(r)
     }
 
-    fn command(&self, features: u32, keys: &[u32]) -> Vec<u8> {
-        let fields = self
-            .fields
-            .get(&features)
-            .map(|f| f.as_slice())
-            .unwrap_or_default();
+    fn pipeline(&self, features: u32, keys: &[u32]) -> redis::Pipeline {
+        let fields = self.fields.get(&features).cloned().unwrap_or_default();
         let v = view(features);
-        let mut cmd = Vec::with_capacity(keys.len() * (fields.len() + 40));
+        let mut pipe = redis::pipe();
         for k in keys {
-            cmd.extend_from_slice(format!("*{}\r\n", 2 + features).as_bytes());
-            put_bulk(&mut cmd, b"HMGET");
-            put_bulk(&mut cmd, format!("{v}:{}", key(*k)).as_bytes());
-            cmd.extend_from_slice(fields);
+            pipe.cmd("HMGET")
+                .arg(format!("{v}:{}", key(*k)))
+                .arg(fields.as_slice());
         }
-        cmd
+        pipe
     }
 
-    fn conn(&self) -> Arc<Mutex<Conn>> {
+    fn conn(&self) -> MultiplexedConnection {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
         self.conns[i].clone()
     }
 }
 
-/// Sends one pipeline of HMGETs and reads the replies, each element through `sink(key
-/// index, value)`.
-async fn pipeline(
-    conn: Arc<Mutex<Conn>>,
-    cmd: Vec<u8>,
-    keys: usize,
+/// Runs a pipeline of HMGETs: per key, the values of its fields (`None` if missing).
+async fn run(
+    mut conn: MultiplexedConnection,
+    pipe: redis::Pipeline,
     features: u32,
-    mut sink: impl FnMut(usize, Option<&[u8]>),
-) -> Result<(), String> {
-    let mut c = conn.lock().await;
-    c.io.write_all(&cmd).await.map_err(|e| e.to_string())?;
-    c.io.flush().await.map_err(|e| e.to_string())?;
-    for i in 0..keys {
-        let n = c.read_array(|v| sink(i, v)).await?;
-        if n != features as usize {
-            return Err(format!("HMGET answered {n} fields, expected {features}"));
-        }
+) -> Result<Fetched, String> {
+    let rows: Vec<Vec<Option<f64>>> = pipe
+        .query_async(&mut conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    if let Some(r) = rows.iter().find(|r| r.len() != features as usize) {
+        return Err(format!(
+            "HMGET answered {} fields, expected {features}",
+            r.len()
+        ));
     }
-    Ok(())
+    Ok(rows)
 }
 
 impl System for Redis {
@@ -262,13 +188,10 @@ impl System for Redis {
     }
 
     fn lookup(&self, features: u32, keys: &[u32]) -> LookupFuture {
-        let (conn, cmd, n) = (self.conn(), self.command(features, keys), keys.len());
+        let (conn, pipe) = (self.conn(), self.pipeline(features, keys));
         Box::pin(async move {
-            let mut missing = 0;
-            pipeline(conn, cmd, n, features, |_, v| {
-                missing += usize::from(v.is_none())
-            })
-            .await?;
+            let rows = run(conn, pipe, features).await?;
+            let missing: usize = rows.iter().flatten().filter(|v| v.is_none()).count();
             if missing > 0 {
                 return Err(format!("{missing} values missing"));
             }
@@ -281,14 +204,7 @@ impl System for Redis {
         features: u32,
         keys: &[u32],
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Fetched, String>> + Send>> {
-        let (conn, cmd, n) = (self.conn(), self.command(features, keys), keys.len());
-        Box::pin(async move {
-            let mut out: Fetched = vec![Vec::new(); n];
-            pipeline(conn, cmd, n, features, |i, v| {
-                out[i].push(v.and_then(|b| std::str::from_utf8(b).ok()?.parse().ok()));
-            })
-            .await?;
-            Ok(out)
-        })
+        let (conn, pipe) = (self.conn(), self.pipeline(features, keys));
+        Box::pin(run(conn, pipe, features))
     }
 }

@@ -12,12 +12,12 @@ use base64::Engine as _;
 use prost::Message as _;
 use quiver_client::{Client, Lookup, PushRow, Watermarks};
 use quiver_proto::json_number;
-use quiver_proto::v1::ReplicaStateProto;
 use quiver_proto::v1::feature_service_client::FeatureServiceClient;
 use quiver_proto::v1::value::Kind;
 use quiver_proto::v1::{
     DoubleList, FeatureRow, FeatureStatus, FloatVector, Int64List, StringList, Value,
 };
+use quiver_proto::v1::{ReplicaStateProto, ResponseEncoding};
 use quiver_testkit::values::{FEATURE_TYPES, NanBits, ValueGen, same_bits};
 use quiver_testkit::{Broker, ClusterSettings, NodeProcess, initial_members};
 use rdkafka::ClientConfig;
@@ -189,7 +189,8 @@ async fn check_smart(client: &Client, set: &Rows, wm: &Watermarks) {
             .get_online_features(
                 &Lookup::features(feature_refs(set.view))
                     .keys(keys.clone())
-                    .min_watermarks(wm),
+                    .min_watermarks(wm)
+                    .event_times(true),
             )
             .await
             .unwrap();
@@ -206,10 +207,10 @@ async fn check_smart(client: &Client, set: &Rows, wm: &Watermarks) {
     for (row, (key, ts, values)) in set.rows.iter().enumerate() {
         for (col, want) in values.iter().enumerate() {
             let got = r
-                .value(row, col)
+                .kind(row, col)
                 .unwrap_or_else(|| panic!("{} {key} {}: null", set.view, FEATURE_TYPES[col]));
             assert!(
-                same_bits(want, got, set.nan),
+                same_bits(want, &got, set.nan),
                 "{} {key} {} via the smart client: wrote {want:?}, read {got:?}",
                 set.view,
                 FEATURE_TYPES[col]
@@ -224,29 +225,47 @@ async fn check_smart(client: &Client, set: &Rows, wm: &Watermarks) {
     }
 }
 
+/// The raw gRPC response, in both encodings, read with nothing but the generated types
+/// (PACKED through `quiver_proto::packed`'s accessors).
 async fn check_raw(endpoint: &str, set: &Rows) {
     let mut raw = FeatureServiceClient::connect(endpoint.to_owned())
         .await
         .unwrap();
-    let resp = raw
-        .get_online_features(quiver_proto::v1::GetOnlineFeaturesRequest {
-            features: feature_refs(set.view),
-            entity_keys: set.rows.iter().map(|(k, _, _)| k.as_str().into()).collect(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    for (col, column) in resp.columns.iter().enumerate() {
-        for (row, (key, _, values)) in set.rows.iter().enumerate() {
-            let got = column.values[row].kind.as_ref().unwrap();
-            assert!(
-                same_bits(&values[col], got, set.nan),
-                "{} {key} {} in the raw response: wrote {:?}, read {got:?}",
-                set.view,
-                FEATURE_TYPES[col],
-                values[col]
-            );
+    for encoding in [ResponseEncoding::Packed, ResponseEncoding::Cells] {
+        let resp = raw
+            .get_online_features(quiver_proto::v1::GetOnlineFeaturesRequest {
+                features: feature_refs(set.view),
+                entity_keys: set.rows.iter().map(|(k, _, _)| k.as_str().into()).collect(),
+                encoding: encoding as i32,
+                include_event_times: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        for col in 0..FEATURE_TYPES.len() {
+            for (row, (key, ts, values)) in set.rows.iter().enumerate() {
+                let (got, t) = match encoding {
+                    ResponseEncoding::Packed => {
+                        let c = &resp.packed_columns[col];
+                        c.validate(set.rows.len()).unwrap();
+                        (c.value(row).map(|v| v.to_kind()), c.event_time_at(row))
+                    }
+                    ResponseEncoding::Cells => {
+                        let c = &resp.columns[col];
+                        (c.values[row].kind.clone(), c.event_times_micros[row])
+                    }
+                };
+                let got = got.unwrap_or_else(|| panic!("{} {key}: null ({encoding:?})", set.view));
+                assert!(
+                    same_bits(&values[col], &got, set.nan),
+                    "{} {key} {} in the raw {encoding:?} response: wrote {:?}, read {got:?}",
+                    set.view,
+                    FEATURE_TYPES[col],
+                    values[col]
+                );
+                assert_eq!(t, *ts, "{} {key}: event time ({encoding:?})", set.view);
+            }
         }
     }
 }

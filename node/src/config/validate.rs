@@ -52,6 +52,8 @@ pub struct NodeConfig {
     pub metrics_addr: Option<SocketAddr>,
     /// Drain time for in-flight RPCs on shutdown.
     pub shutdown_grace: Duration,
+    /// Compress lookup responses (zstd) for clients that accept it.
+    pub compress_responses: bool,
     /// Shard count P.
     pub shard_count: u32,
     /// key → shard function.
@@ -271,6 +273,7 @@ impl NodeConfigFile {
             grpc_addr,
             metrics_addr,
             shutdown_grace: self.server.shutdown_grace,
+            compress_responses: self.server.compress_responses,
             shard_count: p,
             partitioner,
             shards,

@@ -243,6 +243,7 @@ async fn lookup(
             let req = GetOnlineFeaturesRequest {
                 features: features.to_vec(),
                 entity_keys: idx.iter().map(|&i| keys[i].clone()).collect(),
+                include_event_times: true,
                 ..Default::default()
             };
             async move {
@@ -255,15 +256,19 @@ async fn lookup(
     let mut out = vec![Vec::new(); keys.len()];
     for res in futures::future::join_all(calls).await {
         let (idx, resp) = res.context("lookup rpc")?;
+        for c in &resp.packed_columns {
+            c.validate(idx.len())
+                .map_err(|e| anyhow::anyhow!("malformed response: {e}"))?;
+        }
         for (pos, &row) in idx.iter().enumerate() {
             out[row] = resp
-                .columns
+                .packed_columns
                 .iter()
                 .map(|c| {
                     (
                         c.statuses[pos],
-                        c.values[pos].kind.clone(),
-                        c.event_times_micros[pos],
+                        c.value(pos).map(|v| v.to_kind()),
+                        c.event_time_at(pos),
                     )
                 })
                 .collect();

@@ -9,12 +9,13 @@ use prost::Message as _;
 use quiver_proto::v1::feature_service_server::FeatureService;
 use quiver_proto::v1::{
     GetOnlineFeaturesRequest, GetOnlineFeaturesResponse, GetSchemaRequest, PushRequest,
-    PushResponse, Schema,
+    PushResponse, ResponseEncoding, Schema,
 };
 use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
 
-use super::lookup::{LookupPlan, execute_lookup, plan_lookup, watermark_reached};
+use super::lookup::{ExecError, ReadMode, execute, into_cells, watermark_reached};
+use super::plan::{LookupPlan, plan_keys};
 use super::{ServeError, ServeState};
 use crate::metrics as m;
 use crate::security::Principal;
@@ -23,12 +24,16 @@ use crate::security::guard::principal_of;
 /// The public feature service.
 pub struct FeatureServiceImpl {
     state: Arc<ServeState>,
+    metrics: LookupMetrics,
 }
 
 impl FeatureServiceImpl {
     /// Creates the service over shared node state.
     pub fn new(state: Arc<ServeState>) -> Self {
-        FeatureServiceImpl { state }
+        FeatureServiceImpl {
+            state,
+            metrics: LookupMetrics::new(),
+        }
     }
 
     /// Waits (bounded) until every shard the plan reads has reached the requested minimum
@@ -46,7 +51,7 @@ impl FeatureServiceImpl {
             ms => limit.min(Duration::from_millis(u64::from(ms))),
         };
         let deadline = tokio::time::Instant::now() + max_wait;
-        for (shard, want) in plan.min_watermarks() {
+        for (shard, want) in &plan.min_watermarks {
             let store =
                 self.state
                     .local()
@@ -73,7 +78,7 @@ impl FeatureServiceImpl {
                     // those to other replicas and keeps the rest here.
                     let local = self.state.local();
                     let lagging = plan
-                        .min_watermarks()
+                        .min_watermarks
                         .iter()
                         .filter(|(s, want)| {
                             local.stores.get(*s).is_none_or(|st| {
@@ -129,16 +134,17 @@ impl FeatureServiceImpl {
             )));
         }
         let registry = self.state.registry.snapshot();
-        let plan = plan_lookup(
+        let compiled = self.state.plans.plan(&req, &registry, limits)?;
+        principal
+            .check_views(compiled.view_names())
+            .map_err(ServeError::PermissionDenied)?;
+        let plan = plan_keys(
             &req,
-            &registry,
+            compiled,
             limits,
             self.state.partitioner,
             self.state.shard_count,
         )?;
-        principal
-            .check_views(plan.view_names())
-            .map_err(ServeError::PermissionDenied)?;
         let local = self.state.local();
         if let Some(shard) = plan.shards().find(|s| !local.stores.contains_key(s)) {
             return Err(ServeError::WrongShard {
@@ -147,19 +153,79 @@ impl FeatureServiceImpl {
             });
         }
         self.await_watermarks(&plan, req.watermark_wait_ms).await?;
-        counter!(m::SERVE_KEYS).increment(plan.key_count() as u64);
+        self.metrics.keys.increment(plan.key_count() as u64);
         let permit = self.lookup_permit().await?;
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or(Duration::ZERO)
             .as_micros() as i64;
-        // RocksDB reads block; keep them off the async workers.
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            execute_lookup(&plan, &local.stores, now)
+        let cells = plan.key_count() * plan.compiled.columns.len();
+        // Small lookups whose rows are all in memory run here: no thread hand-off, and
+        // `CachedOnly` reads can never wait on the disk. Anything larger, or a row that
+        // is not in memory, runs on the blocking pool.
+        let inline = if cells <= INLINE_MAX_CELLS {
+            match execute(&plan, &local.stores, now, ReadMode::CachedOnly) {
+                Ok(resp) => Some(Ok(resp)),
+                Err(ExecError::NeedsIo) => None,
+                Err(ExecError::Serve(e)) => Some(Err(e)),
+            }
+        } else {
+            None
+        };
+        let resp = match inline {
+            Some(r) => {
+                self.metrics.inline.increment(1);
+                drop(permit);
+                r?
+            }
+            None => {
+                self.metrics.blocking.increment(1);
+                tokio::task::spawn_blocking(move || {
+                    let _permit = permit;
+                    match execute(&plan, &local.stores, now, ReadMode::Full) {
+                        Ok(r) => Ok(r),
+                        Err(ExecError::Serve(e)) => Err(e),
+                        Err(ExecError::NeedsIo) => {
+                            Err(ServeError::Storage("a full read asked for I/O".into()))
+                        }
+                    }
+                })
+                .await
+                .map_err(|e| ServeError::Storage(format!("lookup task failed: {e}")))??
+            }
+        };
+        Ok(if req.encoding == ResponseEncoding::Cells as i32 {
+            into_cells(resp)
+        } else {
+            resp
         })
-        .await
-        .map_err(|e| ServeError::Storage(format!("lookup task failed: {e}")))?
+    }
+}
+
+/// Largest lookup (keys × features) executed on the async worker when its rows are in
+/// memory: about 100 µs of decoding, well inside a cooperative task's budget. Larger
+/// ones go to the blocking pool, whose hand-off then costs little by comparison.
+const INLINE_MAX_CELLS: usize = 2_500;
+
+/// Metric handles of the lookup RPC, registered once (a `counter!` with labels builds
+/// and hashes its key on every call).
+pub(super) struct LookupMetrics {
+    ok: metrics::Counter,
+    duration: metrics::Histogram,
+    keys: metrics::Counter,
+    inline: metrics::Counter,
+    blocking: metrics::Counter,
+}
+
+impl LookupMetrics {
+    fn new() -> Self {
+        LookupMetrics {
+            ok: counter!(m::SERVE_REQUESTS, "rpc" => "get_online_features", "code" => "ok"),
+            duration: histogram!(m::SERVE_REQUEST_DURATION, "rpc" => "get_online_features"),
+            keys: counter!(m::SERVE_KEYS),
+            inline: counter!(m::SERVE_LOOKUP_EXECUTIONS, "where" => "inline"),
+            blocking: counter!(m::SERVE_LOOKUP_EXECUTIONS, "where" => "blocking_pool"),
+        }
     }
 }
 
@@ -182,12 +248,13 @@ impl FeatureService for FeatureServiceImpl {
             .get_online_features_inner(&principal, req)
             .instrument(span)
             .await;
-        let code = match &result {
-            Ok(_) => "ok",
-            Err(e) => e.code().as_str(),
-        };
-        counter!(m::SERVE_REQUESTS, "rpc" => "get_online_features", "code" => code).increment(1);
-        histogram!(m::SERVE_REQUEST_DURATION, "rpc" => "get_online_features")
+        match &result {
+            Ok(_) => self.metrics.ok.increment(1),
+            Err(e) => counter!(m::SERVE_REQUESTS, "rpc" => "get_online_features", "code" => e.code().as_str())
+                .increment(1),
+        }
+        self.metrics
+            .duration
             .record(started.elapsed().as_secs_f64());
         let mut response = result.map(Response::new).map_err(Status::from)?;
         // Clients compare it with their cached map and refresh when this node knows newer.

@@ -5,6 +5,7 @@ mod admin_service;
 pub mod cluster_service;
 mod feature_service;
 pub mod lookup;
+pub mod plan;
 mod push;
 mod schema;
 mod tokens;
@@ -157,6 +158,10 @@ pub struct ServeState {
     pub push_quota: crate::security::rate::RateLimiter,
     /// Lookups waiting for a permit (bounded by `limits.max_queued_lookups`).
     pub queued_lookups: std::sync::atomic::AtomicUsize,
+    /// Compiled feature lists by registry generation.
+    pub plans: plan::PlanCache,
+    /// Compress lookup responses for clients that accept it (`server.compress_responses`).
+    pub compress_responses: bool,
 }
 
 /// The shard replicas a node holds right now.
@@ -244,11 +249,13 @@ pub async fn serve(
         .max_request_bytes
         .saturating_mul(2)
         .max(1 << 20);
-    let features = FeatureServiceServer::new(FeatureServiceImpl::new(state.clone()))
+    let mut features = FeatureServiceServer::new(FeatureServiceImpl::new(state.clone()))
         .max_decoding_message_size(hard_limit)
         .max_encoding_message_size(256 << 20)
-        .accept_compressed(CompressionEncoding::Zstd)
-        .send_compressed(CompressionEncoding::Zstd);
+        .accept_compressed(CompressionEncoding::Zstd);
+    if state.compress_responses {
+        features = features.send_compressed(CompressionEncoding::Zstd);
+    }
     let admin = AdminServiceServer::new(AdminServiceImpl::new(state.clone()))
         .max_decoding_message_size(hard_limit);
     let addr = listener.local_addr().ok();

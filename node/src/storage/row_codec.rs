@@ -16,8 +16,12 @@
 //! compaction filter read the event time without decoding the row. Decoding never panics
 //! on corrupt bytes; it returns [`CodecError`].
 
+mod fields;
+
 use quiver_proto::v1::value::Kind;
 use quiver_proto::v1::{DoubleList, FloatVector, Int64List, StringList};
+
+pub use fields::{FieldRef, visit_selected};
 
 /// Current row format version.
 pub const ROW_FORMAT_V1: u8 = 1;

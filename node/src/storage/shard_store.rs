@@ -2,6 +2,7 @@
 //! batched point reads, and the watermark (applied offsets) readers can wait on.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use quiver_proto::ShardId;
@@ -75,6 +76,8 @@ pub struct ShardStore {
     watermark: watch::Sender<Watermark>,
     /// Newest event time applied since open (freshness), µs; 0 if none.
     newest_event_micros: std::sync::atomic::AtomicI64,
+    /// Odd while a write is in flight (see [`ShardStore::consistent_read`]).
+    write_seq: AtomicU64,
 }
 
 impl ShardStore {
@@ -98,6 +101,7 @@ impl ShardStore {
             offsets: Mutex::new(BTreeMap::new()),
             watermark: watch::channel(Arc::new(BTreeMap::new())).0,
             newest_event_micros: std::sync::atomic::AtomicI64::new(0),
+            write_seq: AtomicU64::new(0),
         };
         store.check_identity(&identity)?;
         let offsets = store.load_offsets()?;
@@ -275,14 +279,23 @@ impl ShardStore {
             rec.superseded += counts.superseded;
             wb.put_cf(meta, keys::offset_key(&p.topic), rec.encode());
         }
-        self.db.write(wb).map_err(|e| self.rocks(e))?;
-        let wm: BTreeMap<String, i64> = next
-            .iter()
-            .map(|(t, r)| (t.clone(), r.next_offset))
-            .collect();
-        *offsets = next;
+        // Readers pair a snapshot with the published watermark without reading the
+        // offsets back (see `consistent_read`): the sequence is odd from before the write
+        // until the watermark of that write is published. Writers are serialised by the
+        // `offsets` lock held here.
+        self.write_seq.fetch_add(1, Ordering::AcqRel);
+        let written = self.db.write(wb).map_err(|e| self.rocks(e));
+        if written.is_ok() {
+            let wm: BTreeMap<String, i64> = next
+                .iter()
+                .map(|(t, r)| (t.clone(), r.next_offset))
+                .collect();
+            *offsets = next;
+            self.watermark.send_replace(Arc::new(wm));
+        }
+        self.write_seq.fetch_add(1, Ordering::Release);
         drop(offsets);
-        self.watermark.send_replace(Arc::new(wm));
+        written?;
         self.newest_event_micros
             .fetch_max(newest, std::sync::atomic::Ordering::Relaxed);
         Ok(outcome)
@@ -299,10 +312,20 @@ impl ShardStore {
     /// A point-in-time view of the shard: rows and the watermark read through it are
     /// mutually consistent, so a reader that reports this watermark never reports less
     /// than what the rows it returned reflect (monotonic reads rely on it).
+    ///
+    /// The watermark normally comes from memory: if no write began or ended while the
+    /// snapshot was taken (the write sequence was the same even number before and after),
+    /// the snapshot holds exactly the state whose watermark was last published. Otherwise
+    /// it is read from the snapshot's offset records.
     pub fn consistent_read(&self) -> ConsistentRead<'_> {
+        let before = self.write_seq.load(Ordering::Acquire);
+        let snapshot = self.db.snapshot();
+        let published = self.watermark.borrow().clone();
+        let after = self.write_seq.load(Ordering::Acquire);
         ConsistentRead {
             store: self,
-            snapshot: self.db.snapshot(),
+            snapshot,
+            known: (before == after && before.is_multiple_of(2)).then_some(published),
         }
     }
 
@@ -381,6 +404,8 @@ impl ShardStore {
 pub struct ConsistentRead<'a> {
     store: &'a ShardStore,
     snapshot: SnapshotWithThreadMode<'a, DB>,
+    /// The snapshot's watermark, when it was known without reading (no write raced it).
+    known: Option<Watermark>,
 }
 
 impl<'a> ConsistentRead<'a> {
@@ -394,26 +419,39 @@ impl<'a> ConsistentRead<'a> {
     ///
     /// # Errors
     /// [`StorageError`] if the offsets cannot be read or are corrupt.
-    pub fn watermark(&self) -> Result<BTreeMap<String, i64>, StorageError> {
-        Ok(self
-            .store
-            .read_offsets(self.readopts())?
-            .into_iter()
-            .map(|(t, r)| (t, r.next_offset))
-            .collect())
+    pub fn watermark(&self) -> Result<Watermark, StorageError> {
+        if let Some(w) = &self.known {
+            return Ok(w.clone());
+        }
+        Ok(Arc::new(
+            self.store
+                .read_offsets(self.readopts())?
+                .into_iter()
+                .map(|(t, r)| (t, r.next_offset))
+                .collect(),
+        ))
     }
 
-    /// Rows by storage key as of the snapshot, in `keys` order.
+    /// Whether [`Self::watermark`] comes from memory (for tests).
+    pub fn watermark_from_memory(&self) -> bool {
+        self.known.is_some()
+    }
+
+    /// Rows by storage key as of the snapshot, in `keys` order. With `cached_only`,
+    /// RocksDB reads only memtables and the block cache: a key that would need disk I/O
+    /// answers an `Incomplete` error instead of blocking.
     pub fn get_rows<'k, K: AsRef<[u8]> + 'k>(
         &self,
         keys: impl IntoIterator<Item = &'k K>,
+        cached_only: bool,
     ) -> Vec<Result<Option<DBPinnableSlice<'a>>, rocksdb::Error>> {
-        self.store.db.batched_multi_get_cf_opt(
-            self.store.cf(CF_ROWS),
-            keys,
-            false,
-            &self.readopts(),
-        )
+        let mut o = self.readopts();
+        if cached_only {
+            o.set_read_tier(rocksdb::ReadTier::BlockCache);
+        }
+        self.store
+            .db
+            .batched_multi_get_cf_opt(self.store.cf(CF_ROWS), keys, false, &o)
     }
 }
 

@@ -124,6 +124,8 @@ async fn unserved_keys(
             let req = GetOnlineFeaturesRequest {
                 features: vec!["device_stats:n".into()],
                 entity_keys: chunk.iter().map(|k| EntityKey::from(k.as_str())).collect(),
+                // The per-cell form: these checks read `columns`.
+                encoding: quiver_proto::v1::ResponseEncoding::Cells as i32,
                 ..Default::default()
             };
             match client.get_online_features(req).await {

@@ -306,6 +306,8 @@ async fn lookup(
         .get_online_features(GetOnlineFeaturesRequest {
             features: features.iter().map(|f| (*f).to_owned()).collect(),
             entity_keys: vec![EntityKey::from("u1")],
+            // The per-cell form: these checks read `columns`.
+            encoding: quiver_proto::v1::ResponseEncoding::Cells as i32,
             ..Default::default()
         })
         .await

@@ -207,6 +207,8 @@ async fn verify_all_keys(node: &NodeProcess, produced: &Produced) {
         let req = GetOnlineFeaturesRequest {
             features: vec!["account_stats:seq".into(), "account_stats:label".into()],
             entity_keys: chunk.iter().map(|k| EntityKey::from(k.as_str())).collect(),
+            // The per-cell form: these checks read `columns`.
+            encoding: quiver_proto::v1::ResponseEncoding::Cells as i32,
             ..Default::default()
         };
         let resp = client.get_online_features(req).await.unwrap().into_inner();

@@ -234,6 +234,8 @@ async fn prometheus_scrapes_the_series_the_dashboard_and_alerts_use() {
     let req = || GetOnlineFeaturesRequest {
         features: vec!["clicks:n".into()],
         entity_keys: (0..50).map(|k| EntityKey::from(format!("u{k}"))).collect(),
+        // The per-cell form: these checks read `columns`.
+        encoding: quiver_proto::v1::ResponseEncoding::Cells as i32,
         ..Default::default()
     };
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -187,6 +187,8 @@ impl TestNode {
         let req = GetOnlineFeaturesRequest {
             features: features.iter().map(|s| s.to_string()).collect(),
             entity_keys: keys,
+            // The per-cell form: these checks read `columns`.
+            encoding: quiver_proto::v1::ResponseEncoding::Cells as i32,
             ..Default::default()
         };
         self.features

@@ -208,6 +208,8 @@ async fn every_feature_type_round_trips_json_and_protobuf() {
     let req = quiver_proto::v1::GetOnlineFeaturesRequest {
         feature_service: "svc".into(),
         entity_keys: vec![key("alice")],
+        // The per-cell form: these checks read `columns`.
+        encoding: quiver_proto::v1::ResponseEncoding::Cells as i32,
         ..Default::default()
     };
     let resp = node

@@ -9,6 +9,7 @@ mod cluster;
 mod harness;
 mod ingest;
 mod lifecycle;
+mod packed;
 mod security;
 mod serving;
 mod versions;

@@ -33,6 +33,8 @@ fn req(features: &[&str], keys: Vec<EntityKey>) -> GetOnlineFeaturesRequest {
     GetOnlineFeaturesRequest {
         features: features.iter().map(|s| s.to_string()).collect(),
         entity_keys: keys,
+        // The per-cell form: these checks read `columns`.
+        encoding: quiver_proto::v1::ResponseEncoding::Cells as i32,
         ..Default::default()
     }
 }
@@ -130,6 +132,8 @@ async fn limits_and_bad_requests_are_rejected_with_clear_codes() {
     let svc = GetOnlineFeaturesRequest {
         feature_service: "ghost".into(),
         entity_keys: vec![key("a")],
+        // The per-cell form: these checks read `columns`.
+        encoding: quiver_proto::v1::ResponseEncoding::Cells as i32,
         ..Default::default()
     };
     expect_error(&node, svc, Code::NotFound, "feature service \"ghost\"").await;

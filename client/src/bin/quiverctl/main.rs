@@ -255,7 +255,7 @@ fn print_rows(keys: &[String], r: &LookupResult, output: Output) -> anyhow::Resu
                     .enumerate()
                     .map(|(col, n)| {
                         let v = json!({
-                            "value": kind_json(r.value(row, col)),
+                            "value": kind_json(r.kind(row, col).as_ref()),
                             "status": status_name(r.status(row, col)),
                             "event_time_micros": r.event_time_micros(row, col),
                         });
@@ -285,7 +285,7 @@ fn print_rows(keys: &[String], r: &LookupResult, output: Output) -> anyhow::Resu
         print!("{key:<20}");
         for col in 0..names.len() {
             let cell = match r.status(row, col) {
-                FeatureStatus::Present => kind_json(r.value(row, col)).to_string(),
+                FeatureStatus::Present => kind_json(r.kind(row, col).as_ref()).to_string(),
                 other => status_name(other).to_owned(),
             };
             print!(" {cell:>24}");
@@ -485,7 +485,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 keys.iter().map(|k| EntityKey::from(k.as_str())).collect()
             };
-            let mut lookup = lookup.keys(entity_keys);
+            // The JSON output shows each value's event time.
+            let mut lookup = lookup
+                .keys(entity_keys)
+                .event_times(cli.output == Output::Json);
             if let Some(token) = min_watermark {
                 let wm: Watermarks = token.parse()?;
                 lookup = lookup.min_watermarks(&wm);

@@ -1,0 +1,434 @@
+//! Planning a lookup. A request's feature list (or feature service) compiles once per
+//! registry generation into a [`CompiledPlan`] — resolved views, decode slots, response
+//! columns with their types — kept in a [`PlanCache`]: a hot request does no string
+//! parsing and no registry walk. Per request only the keys are planned: each key's bytes
+//! (the Kafka key), its shard, and the minimum watermarks of the shards it reads.
+//!
+//! A registry change moves the generation, which empties the cache: a retyped feature is
+//! never read through a stale plan.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+
+use quiver_proto::v1::{FeatureType as WireType, GetOnlineFeaturesRequest};
+use quiver_proto::{Partitioner, ShardId};
+
+use super::ServeError;
+use crate::config::Limits;
+use crate::ingest::decode::MAX_KEY_BYTES;
+use crate::registry::model::FeatureType;
+use crate::registry::{FeatureView, KeyType, RegistrySnapshot};
+
+/// The features of one view a plan reads.
+#[derive(Debug)]
+pub struct ViewPlan {
+    /// The view (its serving version at compile time).
+    pub view: Arc<FeatureView>,
+    /// `slots[feature index]`: the decode slot of each wanted feature.
+    pub slots: Vec<Option<usize>>,
+    /// `outputs[slot]`: the response columns the slot's value goes to (a feature named
+    /// twice has two).
+    pub outputs: Vec<Vec<usize>>,
+    /// The view's TTL in µs.
+    pub ttl_micros: Option<i64>,
+}
+
+/// A response column.
+#[derive(Debug)]
+pub struct ColumnSpec {
+    /// `view:feature`.
+    pub name: String,
+    /// Its type.
+    pub ty: WireType,
+}
+
+/// A resolved feature list: what every request naming it reads.
+#[derive(Debug)]
+pub struct CompiledPlan {
+    /// Registry generation it was compiled against.
+    pub generation: u64,
+    /// The entity all views are keyed by, and its key type.
+    pub entity: String,
+    /// Key type of the entity.
+    pub key_type: KeyType,
+    /// Response columns in request order.
+    pub columns: Vec<ColumnSpec>,
+    /// Views read, in first-use order.
+    pub views: Vec<ViewPlan>,
+}
+
+impl CompiledPlan {
+    /// The views the plan reads (for view grants).
+    pub fn view_names(&self) -> impl Iterator<Item = &str> + '_ {
+        self.views.iter().map(|v| v.view.name.as_str())
+    }
+}
+
+/// The wire type of a registry feature type.
+pub fn wire_type(t: FeatureType) -> WireType {
+    match t {
+        FeatureType::Bool => WireType::Bool,
+        FeatureType::Int64 => WireType::Int64,
+        FeatureType::Float64 => WireType::Float64,
+        FeatureType::String => WireType::String,
+        FeatureType::Bytes => WireType::Bytes,
+        FeatureType::Float32Vector => WireType::Float32Vector,
+        FeatureType::Int64List => WireType::Int64List,
+        FeatureType::Float64List => WireType::Float64List,
+        FeatureType::StringList => WireType::StringList,
+    }
+}
+
+/// Resolves the request's `features` or `feature_service`.
+fn resolve(
+    req: &GetOnlineFeaturesRequest,
+    registry: &RegistrySnapshot,
+    limits: &Limits,
+) -> Result<Vec<(Arc<FeatureView>, usize)>, ServeError> {
+    let invalid = ServeError::InvalidArgument;
+    let mut wanted: Vec<(Arc<FeatureView>, usize)> = Vec::new();
+    match (req.features.is_empty(), req.feature_service.is_empty()) {
+        (true, true) => {
+            return Err(invalid(
+                "request names no features: set `features` or `feature_service`".into(),
+            ));
+        }
+        (false, false) => {
+            return Err(invalid(
+                "set either `features` or `feature_service`, not both".into(),
+            ));
+        }
+        (false, true) => {
+            if req.features.len() > limits.max_features_per_request {
+                return Err(invalid(format!(
+                    "{} feature references exceed the limit max_features_per_request = {}",
+                    req.features.len(),
+                    limits.max_features_per_request
+                )));
+            }
+            for r in &req.features {
+                if !r.contains(':') {
+                    return Err(invalid(format!(
+                        "feature reference {r:?} must look like \"view:feature\" or \"view:*\""
+                    )));
+                }
+                let resolved = crate::registry::resolve_reference(&registry.views, r)
+                    .map_err(ServeError::NotFound)?;
+                wanted.extend(resolved.into_iter().map(|(v, i)| (v.clone(), i)));
+            }
+        }
+        (true, false) => {
+            let svc = registry
+                .feature_services
+                .get(&req.feature_service)
+                .ok_or_else(|| {
+                    ServeError::NotFound(format!(
+                        "feature service {:?} is not registered",
+                        req.feature_service
+                    ))
+                })?;
+            for (v, f) in &svc.features {
+                let view = registry
+                    .views
+                    .get(v)
+                    .ok_or_else(|| ServeError::NotFound(format!("view {v:?} is not registered")))?;
+                let idx = view.feature_index(f).ok_or_else(|| {
+                    ServeError::NotFound(format!("view {v:?} has no feature {f:?}"))
+                })?;
+                wanted.push((view.clone(), idx));
+            }
+        }
+    }
+    if wanted.len() > limits.max_features_per_request {
+        return Err(invalid(format!(
+            "request expands to {} features, exceeding the limit max_features_per_request = {}",
+            wanted.len(),
+            limits.max_features_per_request
+        )));
+    }
+    Ok(wanted)
+}
+
+/// Compiles the feature list of `req` against `registry`.
+///
+/// # Errors
+/// [`ServeError::InvalidArgument`] for a malformed list or exceeded limit,
+/// [`ServeError::NotFound`] for unknown views, features and feature services.
+pub fn compile(
+    req: &GetOnlineFeaturesRequest,
+    registry: &RegistrySnapshot,
+    limits: &Limits,
+) -> Result<CompiledPlan, ServeError> {
+    let wanted = resolve(req, registry, limits)?;
+    let entity = wanted[0].0.entity.clone();
+    if let Some((v, _)) = wanted.iter().find(|(v, _)| v.entity != entity) {
+        return Err(ServeError::InvalidArgument(format!(
+            "all features of one request must share an entity: view {:?} is keyed by {:?}, view {:?} by {:?}",
+            wanted[0].0.name, entity, v.name, v.entity
+        )));
+    }
+    let key_type = registry
+        .entities
+        .get(&entity)
+        .map(|e| e.key_type)
+        .ok_or_else(|| ServeError::NotFound(format!("entity {entity:?} is not registered")))?;
+    let mut views: Vec<ViewPlan> = Vec::new();
+    let mut columns = Vec::with_capacity(wanted.len());
+    for (col, (view, idx)) in wanted.into_iter().enumerate() {
+        let feature = &view.features[idx];
+        columns.push(ColumnSpec {
+            name: format!("{}:{}", view.name, feature.name),
+            ty: wire_type(feature.value_type),
+        });
+        let vp = match views.iter().position(|p| Arc::ptr_eq(&p.view, &view)) {
+            Some(i) => &mut views[i],
+            None => {
+                let n = view.features.len();
+                let ttl_micros = view
+                    .ttl
+                    .map(|t| i64::try_from(t.as_micros()).unwrap_or(i64::MAX));
+                views.push(ViewPlan {
+                    view,
+                    slots: vec![None; n],
+                    outputs: Vec::new(),
+                    ttl_micros,
+                });
+                views.last_mut().expect("just pushed")
+            }
+        };
+        // A feature named twice is decoded once and written into each of its columns.
+        let slot = match vp.slots[idx] {
+            Some(s) => s,
+            None => {
+                let s = vp.outputs.len();
+                vp.slots[idx] = Some(s);
+                vp.outputs.push(Vec::new());
+                s
+            }
+        };
+        vp.outputs[slot].push(col);
+    }
+    Ok(CompiledPlan {
+        generation: registry.generation,
+        entity,
+        key_type,
+        columns,
+        views,
+    })
+}
+
+/// Most feature lists cached per generation; past it the cache starts over (a bound on
+/// memory against a caller inventing feature lists, not an expected steady state).
+const PLAN_CACHE_ENTRIES: usize = 4096;
+
+#[derive(Default)]
+struct CacheInner {
+    generation: u64,
+    by_features: HashMap<Vec<String>, Arc<CompiledPlan>>,
+    by_service: HashMap<String, Arc<CompiledPlan>>,
+}
+
+/// Compiled plans by (registry generation, feature list or feature service).
+#[derive(Default)]
+pub struct PlanCache {
+    inner: RwLock<CacheInner>,
+}
+
+impl PlanCache {
+    /// The plan of `req`'s feature list under `registry`, compiled at most once per
+    /// generation. Failures are not cached.
+    ///
+    /// # Errors
+    /// As [`compile`].
+    pub fn plan(
+        &self,
+        req: &GetOnlineFeaturesRequest,
+        registry: &RegistrySnapshot,
+        limits: &Limits,
+    ) -> Result<Arc<CompiledPlan>, ServeError> {
+        {
+            let c = self.inner.read().unwrap_or_else(|p| p.into_inner());
+            if c.generation == registry.generation {
+                let hit = if req.feature_service.is_empty() {
+                    c.by_features.get(req.features.as_slice())
+                } else if req.features.is_empty() {
+                    c.by_service.get(&req.feature_service)
+                } else {
+                    None
+                };
+                if let Some(p) = hit {
+                    return Ok(p.clone());
+                }
+            }
+        }
+        let plan = Arc::new(compile(req, registry, limits)?);
+        let mut c = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        if c.generation != registry.generation
+            || c.by_features.len() + c.by_service.len() >= PLAN_CACHE_ENTRIES
+        {
+            *c = CacheInner {
+                generation: registry.generation,
+                ..Default::default()
+            };
+        }
+        if req.feature_service.is_empty() {
+            c.by_features.insert(req.features.clone(), plan.clone());
+        } else {
+            c.by_service
+                .insert(req.feature_service.clone(), plan.clone());
+        }
+        Ok(plan)
+    }
+
+    /// Cached plans (for tests and metrics).
+    pub fn len(&self) -> usize {
+        let c = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        c.by_features.len() + c.by_service.len()
+    }
+
+    /// Whether the cache is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A request planned for execution: its compiled plan and its keys.
+#[derive(Debug)]
+pub struct LookupPlan {
+    /// The compiled feature list.
+    pub compiled: Arc<CompiledPlan>,
+    /// Entity key bytes of every row, concatenated; row `i` is
+    /// `key_bytes[key_ends[i-1]..key_ends[i]]`.
+    key_bytes: Vec<u8>,
+    key_ends: Vec<u32>,
+    /// Row indexes per shard, in request order.
+    pub by_shard: BTreeMap<ShardId, Vec<u32>>,
+    /// Requested minimum watermarks of the shards this request reads.
+    pub min_watermarks: BTreeMap<ShardId, BTreeMap<String, i64>>,
+    /// Whether the response carries event times.
+    pub event_times: bool,
+}
+
+impl LookupPlan {
+    /// Rows (entity keys) of the request.
+    pub fn key_count(&self) -> usize {
+        self.key_ends.len()
+    }
+
+    /// The entity key bytes of row `row`.
+    pub fn key(&self, row: usize) -> &[u8] {
+        let start = if row == 0 {
+            0
+        } else {
+            self.key_ends[row - 1] as usize
+        };
+        &self.key_bytes[start..self.key_ends[row] as usize]
+    }
+
+    /// Shards the request reads.
+    pub fn shards(&self) -> impl Iterator<Item = ShardId> + '_ {
+        self.by_shard.keys().copied()
+    }
+}
+
+/// Plans `req`'s keys under `compiled`. Changes nothing; every error names the key.
+///
+/// # Errors
+/// [`ServeError::InvalidArgument`] for an empty or over-limit batch, a key of the wrong
+/// type, an empty or over-long key.
+pub fn plan_keys(
+    req: &GetOnlineFeaturesRequest,
+    compiled: Arc<CompiledPlan>,
+    limits: &Limits,
+    partitioner: Partitioner,
+    shard_count: u32,
+) -> Result<LookupPlan, ServeError> {
+    let invalid = ServeError::InvalidArgument;
+    let n = req.entity_keys.len();
+    if n == 0 {
+        return Err(invalid(
+            "request has no entity keys: set `entity_keys` to at least one key".into(),
+        ));
+    }
+    if n > limits.max_batch_keys {
+        return Err(invalid(format!(
+            "batch of {n} entity keys exceeds the limit max_batch_keys = {}",
+            limits.max_batch_keys
+        )));
+    }
+    let mut key_bytes = Vec::with_capacity(n * 16);
+    let mut key_ends = Vec::with_capacity(n);
+    let mut by_shard: BTreeMap<ShardId, Vec<u32>> = BTreeMap::new();
+    for (i, k) in req.entity_keys.iter().enumerate() {
+        let start = key_bytes.len();
+        let kind = k.kind.as_ref().ok_or_else(|| {
+            invalid(format!(
+                "entity_keys[{i}] has no value (entity {:?})",
+                compiled.entity
+            ))
+        })?;
+        if kind.type_name() != compiled.key_type.as_str() {
+            return Err(invalid(format!(
+                "entity_keys[{i}] is {}, but the entity has {} keys (entity {:?})",
+                kind.type_name(),
+                compiled.key_type.as_str(),
+                compiled.entity
+            )));
+        }
+        kind.write_kafka_key(&mut key_bytes);
+        let len = key_bytes.len() - start;
+        if len == 0 || len > MAX_KEY_BYTES {
+            return Err(invalid(format!(
+                "entity_keys[{i}] is {len} bytes; keys must be 1..={MAX_KEY_BYTES} bytes (entity {:?})",
+                compiled.entity
+            )));
+        }
+        if len > limits.max_key_bytes {
+            return Err(invalid(format!(
+                "entity key {i} is {len} bytes, exceeding the limit max_key_bytes = {}",
+                limits.max_key_bytes
+            )));
+        }
+        by_shard
+            .entry(partitioner.shard_for_key(&key_bytes[start..], shard_count))
+            .or_default()
+            .push(i as u32);
+        key_ends.push(key_bytes.len() as u32);
+    }
+    let mut min_watermarks = BTreeMap::new();
+    for wm in &req.min_watermarks {
+        let shard = ShardId(wm.shard);
+        if by_shard.contains_key(&shard) {
+            let offsets: BTreeMap<String, i64> = wm
+                .offsets
+                .iter()
+                .map(|o| (o.topic.clone(), o.next_offset))
+                .collect();
+            min_watermarks.insert(shard, offsets);
+        }
+    }
+    Ok(LookupPlan {
+        compiled,
+        key_bytes,
+        key_ends,
+        by_shard,
+        min_watermarks,
+        event_times: req.include_event_times
+            || req.encoding == quiver_proto::v1::ResponseEncoding::Cells as i32,
+    })
+}
+
+/// Compiles and plans `req` without a cache (tools, fuzzing, benchmarks).
+///
+/// # Errors
+/// As [`compile`] and [`plan_keys`].
+pub fn plan_lookup(
+    req: &GetOnlineFeaturesRequest,
+    registry: &RegistrySnapshot,
+    limits: &Limits,
+    partitioner: Partitioner,
+    shard_count: u32,
+) -> Result<LookupPlan, ServeError> {
+    let compiled = Arc::new(compile(req, registry, limits)?);
+    plan_keys(req, compiled, limits, partitioner, shard_count)
+}
