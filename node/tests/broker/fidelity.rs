@@ -329,8 +329,9 @@ async fn wait_ingested(endpoint: &str, credentials: &Credentials) {
 }
 
 /// Python's stock reflection client (grpcio-reflection speaks grpc.reflection.v1alpha)
-/// learns the API from the node and reads a float64 bit-exact; a lookup with no keys is
-/// INVALID_ARGUMENT naming the problem, like every malformed request.
+/// learns the API from the node and decodes the PACKED response with no quiver code,
+/// reading a float64 bit-exact; a lookup with no keys is INVALID_ARGUMENT naming the
+/// problem, like every malformed request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stock_grpcio_with_reflection_reads_features_and_empty_batches_are_invalid() {
     let none = Credentials::none();
@@ -345,15 +346,34 @@ async fn stock_grpcio_with_reflection_reads_features_and_empty_batches_are_inval
             "entityKeys": [{"stringValue": "u1"}],
         }),
     );
-    let columns = &ok["ok"]["columns"];
-    assert_eq!(columns[0]["values"][0]["int64Value"], "7", "{ok}");
-    let score = columns[1]["values"][0]["float64Value"]
+    // The default PACKED encoding, decoded by stock protobuf from reflected descriptors:
+    // typed arrays per column, as the proto comments describe.
+    let packed = &ok["ok"]["packedColumns"];
+    assert_eq!(packed[0]["type"], "INT64", "{ok}");
+    assert_eq!(packed[0]["statuses"][0], "PRESENT", "{ok}");
+    assert_eq!(packed[0]["int64s"][0], "7", "{ok}");
+    assert_eq!(packed[1]["type"], "FLOAT64", "{ok}");
+    let score = packed[1]["float64s"][0]
         .as_f64()
         .unwrap_or_else(|| panic!("{ok}"));
     assert_eq!(
         score.to_bits(),
         0.938_538_012_326_916_5f64.to_bits(),
         "{ok}"
+    );
+    // And the per-cell form, on request.
+    let cells = python_call(
+        &addr,
+        "quiver.v1.FeatureService/GetOnlineFeatures",
+        &serde_json::json!({
+            "features": ["clicks:n"],
+            "entityKeys": [{"stringValue": "u1"}],
+            "encoding": "CELLS",
+        }),
+    );
+    assert_eq!(
+        cells["ok"]["columns"][0]["values"][0]["int64Value"], "7",
+        "{cells}"
     );
     let empty = python_call(
         &addr,
