@@ -440,18 +440,25 @@ impl<'a> ConsistentRead<'a> {
     /// Rows by storage key as of the snapshot, in `keys` order. With `cached_only`,
     /// RocksDB reads only memtables and the block cache: a key that would need disk I/O
     /// answers an `Incomplete` error instead of blocking.
+    ///
+    /// RocksDB's `MultiGet` (batched or not, 10.4) ignores the block-cache read tier and
+    /// reads the files — and without filling the cache — so cached-only reads are point
+    /// reads, which honour it (tested); full reads are one batched multi-get.
     pub fn get_rows<'k, K: AsRef<[u8]> + 'k>(
         &self,
         keys: impl IntoIterator<Item = &'k K>,
         cached_only: bool,
     ) -> Vec<Result<Option<DBPinnableSlice<'a>>, rocksdb::Error>> {
+        let rows = self.store.cf(CF_ROWS);
         let mut o = self.readopts();
         if cached_only {
             o.set_read_tier(rocksdb::ReadTier::BlockCache);
+            return keys
+                .into_iter()
+                .map(|k| self.store.db.get_pinned_cf_opt(rows, k, &o))
+                .collect();
         }
-        self.store
-            .db
-            .batched_multi_get_cf_opt(self.store.cf(CF_ROWS), keys, false, &o)
+        self.store.db.batched_multi_get_cf_opt(rows, keys, false, &o)
     }
 }
 

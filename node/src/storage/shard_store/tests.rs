@@ -185,3 +185,33 @@ fn compaction_removes_expired_rows_physically() {
     assert!(read(&s, "old").is_none());
     assert!(read(&s, "fresh").is_some());
 }
+
+/// `cached_only` reads never touch the files: a row only on disk (a cold block cache
+/// after a reopen) answers `Incomplete`; once a full read has brought its block into the
+/// cache, the cached read finds it.
+#[test]
+fn cached_only_reads_never_do_io() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let e = engine(dir.path());
+        let s = e.open_shard(ShardId(0), 4, Partitioner::Murmur2).unwrap();
+        let writes = (0..200).map(|i| write(&format!("k{i}"), 10, Some(i))).collect();
+        s.apply(&batch(writes, 200)).unwrap();
+        s.flush().unwrap();
+    }
+    let e = engine(dir.path());
+    let s = e.open_shard(ShardId(0), 4, Partitioner::Murmur2).unwrap();
+    let keys: Vec<Vec<u8>> = (0..200).map(|i| keys::row_key("v", 1, format!("k{i}").as_bytes())).collect();
+    let read = s.consistent_read();
+    let cold = read.get_rows(keys.iter(), true);
+    assert!(
+        cold.iter().all(|r| matches!(r, Err(e) if e.kind() == rocksdb::ErrorKind::Incomplete)),
+        "a cold cache answers Incomplete: {:?}",
+        cold.iter().map(|r| r.as_ref().map(|v| v.is_some())).collect::<Vec<_>>()
+    );
+    let full = read.get_rows(keys.iter(), false);
+    assert!(full.iter().all(|r| matches!(r, Ok(Some(_)))));
+    let warm = read.get_rows(keys.iter(), true);
+    assert!(warm.iter().all(|r| matches!(r, Ok(Some(_)))), "the full read filled the cache");
+}
+

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Profiles a release quiver-node serving lookups at a fixed rate and writes a flamegraph.
+#
+#   benches/profile-lookup.sh CASE RATE OUT.svg [SECONDS]
+#   e.g. benches/profile-lookup.sh 1x50 4000 docs/bench/2026-11-30/profile-1x50-after.svg
+#
+# quiver-bench drives one node (R = 1) at RATE requests/s of CASE (keys × features) for
+# long enough; once the load runs, `perf record --call-graph dwarf` samples the node for
+# SECONDS (default 10), and inferno turns the stacks into an SVG. Needs perf (Debian:
+# linux-perf) and inferno (`cargo install inferno`); the release binaries keep line
+# tables (Cargo.toml) so every frame has a name. QUIVER_NODE_BIN picks another node
+# binary (e.g. an older build, for a before/after pair from the same load).
+set -euo pipefail
+case_=$1 rate=$2 out=$3 secs=${4:-10}
+target=${CARGO_TARGET_DIR:-/var/tmp/quiver-target}
+bench=${QUIVER_BENCH_BIN:-$target/release/quiver-bench}
+work=$(mktemp -d)
+trap 'kill "$bench_pid" 2>/dev/null || true; wait "$bench_pid" 2>/dev/null || true; rm -rf "$work"' EXIT
+"$bench" lookup --out "$work/report" --nodes 1 --replication 1 --entities 20000 \
+    --cases "$case_" --peers echo --start-rate "$rate" --max-rate "$rate" \
+    --step-secs $((secs + 30)) --refine 0 --measure-secs 1 --slo-p99-ms 100000 \
+    >"$work/bench.log" 2>&1 &
+bench_pid=$!
+# The node is up once it listens; the load has started once its lookup counter moves.
+node_pid=""
+for _ in $(seq 600); do
+    node_pid=$(pgrep -n -x quiver-node || true)
+    [ -n "$node_pid" ] && break
+    sleep 0.5
+done
+[ -n "$node_pid" ] || { echo "no quiver-node started" >&2; cat "$work/bench.log" >&2; exit 1; }
+lookups() {
+    for port in $(ss -ltnpH 2>/dev/null | grep "pid=$node_pid," | awk '{print $4}' | sed 's/.*://'); do
+        curl -s --max-time 1 "http://127.0.0.1:$port/metrics" 2>/dev/null |
+            awk '/^quiver_serve_requests_total\{.*get_online_features/ {s += $2} END {print s + 0}'
+    done | sort -n | tail -1
+}
+for _ in $(seq 1200); do
+    [ "$(lookups)" -gt 1000 ] 2>/dev/null && break
+    sleep 0.5
+done
+sleep 3
+perf record -F 499 --call-graph dwarf,32768 -p "$node_pid" -o "$work/perf.data" -- sleep "$secs" \
+    >/dev/null 2>&1
+perf script -i "$work/perf.data" 2>/dev/null | inferno-collapse-perf > "$work/stacks.folded"
+inferno-flamegraph --title "quiver-node, $case_ lookups at $rate req/s" \
+    < "$work/stacks.folded" > "$out"
+cp "$work/stacks.folded" "${out%.svg}.folded"
+echo "wrote $out (node pid $node_pid, $(wc -l < "$work/stacks.folded") distinct stacks)"
