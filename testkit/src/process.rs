@@ -6,13 +6,36 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Returns a free loopback port (bound, then released).
+/// Ports handed out below the kernel's ephemeral range (`ip_local_port_range` starts
+/// at 32768 by default), so neither `bind(0)` nor an outgoing connection's local port
+/// can take one between the pick and the process binding it.
+const PORT_RANGE: std::ops::Range<u16> = 20_000..32_000;
+
+/// Returns a free loopback port: never one this process handed out before, and
+/// bindable at the time of the call. Parallel tests in one binary therefore never
+/// race for a port; a process started later binds it.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static TAKEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Start at a place derived from the pid so test binaries run one after another
+    // (or side by side) walk different stretches of the range.
+    let span = u32::from(PORT_RANGE.end - PORT_RANGE.start);
+    let base = std::process::id().wrapping_mul(7919) % span;
+    let mut taken = TAKEN.lock().unwrap_or_else(|e| e.into_inner());
+    for _ in 0..span {
+        let step = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = PORT_RANGE.start + ((base + step) % span) as u16;
+        if taken.contains(&port) {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            taken.push(port);
+            return port;
+        }
+    }
+    panic!("no free port in {PORT_RANGE:?}");
 }
 
 fn wait_for_port(host: &str, port: u16, what: &str) {
@@ -271,7 +294,8 @@ impl NodeProcess {
     /// The last 40 lines of the node's log.
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
+        // Backtrace frames would push the error itself out of the tail.
+        let lines: Vec<&str> = text.lines().filter(|l| !is_backtrace_line(l)).collect();
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
@@ -343,4 +367,15 @@ impl Drop for NodeProcess {
             let _ = c.wait();
         }
     }
+}
+
+/// A frame (`  12: name`) or location (`      at file:line`) line of a Rust backtrace.
+fn is_backtrace_line(line: &str) -> bool {
+    let t = line.trim_start();
+    if t.len() == line.len() {
+        return false;
+    }
+    t.starts_with("at ")
+        || t.split_once(": ")
+            .is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }

@@ -458,7 +458,9 @@ impl<'a> ConsistentRead<'a> {
                 .map(|k| self.store.db.get_pinned_cf_opt(rows, k, &o))
                 .collect();
         }
-        self.store.db.batched_multi_get_cf_opt(rows, keys, false, &o)
+        self.store
+            .db
+            .batched_multi_get_cf_opt(rows, keys, false, &o)
     }
 }
 

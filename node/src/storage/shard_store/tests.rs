@@ -195,23 +195,32 @@ fn cached_only_reads_never_do_io() {
     {
         let e = engine(dir.path());
         let s = e.open_shard(ShardId(0), 4, Partitioner::Murmur2).unwrap();
-        let writes = (0..200).map(|i| write(&format!("k{i}"), 10, Some(i))).collect();
+        let writes = (0..200)
+            .map(|i| write(&format!("k{i}"), 10, Some(i)))
+            .collect();
         s.apply(&batch(writes, 200)).unwrap();
         s.flush().unwrap();
     }
     let e = engine(dir.path());
     let s = e.open_shard(ShardId(0), 4, Partitioner::Murmur2).unwrap();
-    let keys: Vec<Vec<u8>> = (0..200).map(|i| keys::row_key("v", 1, format!("k{i}").as_bytes())).collect();
+    let keys: Vec<Vec<u8>> = (0..200)
+        .map(|i| keys::row_key("v", 1, format!("k{i}").as_bytes()))
+        .collect();
     let read = s.consistent_read();
     let cold = read.get_rows(keys.iter(), true);
     assert!(
-        cold.iter().all(|r| matches!(r, Err(e) if e.kind() == rocksdb::ErrorKind::Incomplete)),
+        cold.iter()
+            .all(|r| matches!(r, Err(e) if e.kind() == rocksdb::ErrorKind::Incomplete)),
         "a cold cache answers Incomplete: {:?}",
-        cold.iter().map(|r| r.as_ref().map(|v| v.is_some())).collect::<Vec<_>>()
+        cold.iter()
+            .map(|r| r.as_ref().map(|v| v.is_some()))
+            .collect::<Vec<_>>()
     );
     let full = read.get_rows(keys.iter(), false);
     assert!(full.iter().all(|r| matches!(r, Ok(Some(_)))));
     let warm = read.get_rows(keys.iter(), true);
-    assert!(warm.iter().all(|r| matches!(r, Ok(Some(_)))), "the full read filled the cache");
+    assert!(
+        warm.iter().all(|r| matches!(r, Ok(Some(_)))),
+        "the full read filled the cache"
+    );
 }
-
