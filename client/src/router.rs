@@ -216,7 +216,13 @@ fn pick(
     Ok(None)
 }
 
-/// Assigns each shard a replica and groups the shards per node.
+/// Assigns each shard a replica and groups the shards per node, touching as few nodes as
+/// it can: a shard one of whose healthy replicas is a node this lookup already sends to
+/// joins that node's sub-request; otherwise its replica is chosen by [`choose`]. Every
+/// sub-request costs each node a fixed amount of work (the transport, the plan, a
+/// response), so with R = 2 on three nodes a lookup over every shard goes to two nodes
+/// instead of three. The walk over the shards starts at a random one, so which node a
+/// lookup sticks to first is spread evenly (and chosen by power of two choices).
 pub(crate) fn route(
     table: &RoutingTable,
     shards: &[u32],
@@ -226,7 +232,20 @@ pub(crate) fn route(
     rng: &Rng,
 ) -> Result<Vec<Group>, ClientError> {
     let mut groups: Vec<Group> = Vec::new();
-    for &shard in shards {
+    let now = Instant::now();
+    let start = if shards.is_empty() {
+        0
+    } else {
+        rng.below(shards.len())
+    };
+    for &shard in shards[start..].iter().chain(&shards[..start]) {
+        if let Some(g) = groups.iter_mut().find(|g| {
+            serves(table, shard, g.node.id, excluded, lagging, now)
+                && g.node.admission(now) == Admission::Allow
+        }) {
+            g.shards.push(shard);
+            continue;
+        }
         let node = choose(table, shard, pool, excluded, lagging, rng)?;
         match groups.iter_mut().find(|g| g.node.id == node.id) {
             Some(g) => g.shards.push(shard),
@@ -236,7 +255,29 @@ pub(crate) fn route(
             }),
         }
     }
+    // Back in the caller's order (the walk started at a random shard): a node's keys then
+    // go out as before, so a one-node lookup still comes back in request order.
+    for g in &mut groups {
+        g.shards.sort_unstable();
+    }
     Ok(groups)
+}
+
+/// Whether `node` holds a servable replica of `shard` that this lookup does not avoid.
+fn serves(
+    table: &RoutingTable,
+    shard: u32,
+    node: u64,
+    excluded: &Excluded,
+    lagging: &LaggingReplicas,
+    now: Instant,
+) -> bool {
+    table
+        .shards
+        .get(shard as usize)
+        .is_some_and(|replicas| replicas.iter().any(|r| r.node == node && r.servable))
+        && !excluded.contains(node, shard)
+        && !lagging.avoid(node, shard, now)
 }
 
 #[cfg(test)]
@@ -458,5 +499,87 @@ mod tests {
             .collect();
         g.sort();
         assert_eq!(g, vec![(1, vec![0, 2]), (2, vec![1]), (3, vec![3])]);
+    }
+
+    /// R = 2 over three nodes, every pair holding shards (as balanced placement does).
+    const PAIRS: [&[u64]; 6] = [&[1, 2], &[1, 3], &[2, 3], &[2, 1], &[3, 1], &[3, 2]];
+
+    #[tokio::test]
+    async fn a_lookup_over_every_shard_touches_two_of_three_nodes_and_load_stays_even() {
+        let pool = NodePool::new(Duration::from_millis(10), Duration::from_millis(10));
+        let t = table(&PAIRS);
+        let all: Vec<u32> = (0..6).collect();
+        let rng = Rng::new(11);
+        let mut shards_per_node: BTreeMap<u64, usize> = BTreeMap::new();
+        let lookups = 3_000;
+        for _ in 0..lookups {
+            let groups = route(
+                &t,
+                &all,
+                &pool,
+                &Excluded::default(),
+                &LaggingReplicas::default(),
+                &rng,
+            )
+            .unwrap();
+            assert!(groups.len() <= 2, "{} nodes for one lookup", groups.len());
+            let mut seen: Vec<u32> = Vec::new();
+            for g in &groups {
+                for s in &g.shards {
+                    assert!(
+                        PAIRS[*s as usize].contains(&g.node.id),
+                        "shard {s} sent to a non-replica"
+                    );
+                    seen.push(*s);
+                }
+                *shards_per_node.entry(g.node.id).or_default() += g.shards.len();
+            }
+            seen.sort_unstable();
+            assert_eq!(seen, all, "every shard routed exactly once");
+        }
+        // Each node holds 2/3 of the shards; spread evenly it serves a third of them.
+        let total = (lookups * all.len()) as f64;
+        for (node, n) in &shards_per_node {
+            let share = *n as f64 / total;
+            assert!(
+                (0.28..=0.39).contains(&share),
+                "node {node} served {share:.3} of the shards"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn consolidation_never_uses_an_avoided_replica() {
+        let pool = NodePool::new(Duration::from_millis(10), Duration::from_millis(10));
+        let t = table(&PAIRS);
+        let all: Vec<u32> = (0..6).collect();
+        let rng = Rng::new(5);
+        let mut excluded = Excluded::default();
+        // Node 1 is avoided for shard 0 (it answered BEHIND there), node 2 for shard 2.
+        excluded.replica(1, 0);
+        excluded.replica(2, 2);
+        let lagging = LaggingReplicas::default();
+        for _ in 0..500 {
+            let groups = route(&t, &all, &pool, &excluded, &lagging, &rng).unwrap();
+            for g in &groups {
+                for s in &g.shards {
+                    assert!(
+                        !excluded.contains(g.node.id, *s),
+                        "shard {s} on avoided node {}",
+                        g.node.id
+                    );
+                }
+            }
+            let on = |shard: u32| {
+                groups
+                    .iter()
+                    .find(|g| g.shards.contains(&shard))
+                    .unwrap()
+                    .node
+                    .id
+            };
+            assert_eq!(on(0), 2);
+            assert_eq!(on(2), 3);
+        }
     }
 }
