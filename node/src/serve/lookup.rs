@@ -157,7 +157,7 @@ pub fn execute(
                 .collect();
             fetched.push(read.get_rows(slices.iter(), mode == ReadMode::CachedOnly));
         }
-        let outputs: Vec<usize> = vp.outputs.iter().flatten().copied().collect();
+        let outputs = &vp.columns;
         for (row, &(si, i)) in locate.iter().enumerate() {
             let shard = reads[si as usize].0;
             let value = match &fetched[si as usize][i as usize] {
@@ -211,7 +211,7 @@ pub fn execute(
             }
             // A feature the row predates (appended to the view later) is PRESENT and null:
             // the row exists and says "no value".
-            for &c in &outputs {
+            for &c in outputs {
                 if columns[c].rows() == row {
                     columns[c].push_null(t);
                 }

@@ -29,6 +29,9 @@ pub struct ViewPlan {
     /// `outputs[slot]`: the response columns the slot's value goes to (a feature named
     /// twice has two).
     pub outputs: Vec<Vec<usize>>,
+    /// Every response column this view fills (`outputs` flattened), for rows that are
+    /// missing, expired, or predate a feature.
+    pub columns: Vec<usize>,
     /// The view's TTL in µs.
     pub ttl_micros: Option<i64>,
 }
@@ -191,6 +194,7 @@ pub fn compile(
                     view,
                     slots: vec![None; n],
                     outputs: Vec::new(),
+                    columns: Vec::new(),
                     ttl_micros,
                 });
                 views.last_mut().expect("just pushed")
@@ -207,6 +211,7 @@ pub fn compile(
             }
         };
         vp.outputs[slot].push(col);
+        vp.columns.push(col);
     }
     Ok(CompiledPlan {
         generation: registry.generation,
