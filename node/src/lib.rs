@@ -12,6 +12,7 @@
 //! - [`serve`]: gRPC services (feature lookups, pushes, admin, health, reflection).
 //! - [`produce`]: the Kafka producer behind `Push`.
 //! - [`node`]: assembly, start-up and ordered shutdown ([`run`]).
+//! - [`tasks`]: the node's supervised, named long-lived tasks and their tick loop.
 //! - [`metrics`]: every exported metric name.
 
 pub mod config;
@@ -28,6 +29,7 @@ pub mod security;
 pub mod serve;
 pub mod shards;
 pub mod storage;
+pub mod tasks;
 pub mod telemetry;
 
 pub use node::{Listeners, Node, NodeError, run};

@@ -74,6 +74,10 @@ pub const VIEW_NEWEST_EVENT: &str = "quiver_view_newest_event_timestamp_seconds"
 /// 1 for the state this node's replica of `shard` is in (`bootstrapping`, `serving`,
 /// `draining`), 0 for the others.
 pub const REPLICA_STATE: &str = "quiver_replica_state";
+/// Long-lived node tasks that ended before shutdown (panicked or returned), by task.
+pub const NODE_TASK_FAILURES: &str = "quiver_node_task_failures_total";
+/// 1 while every long-lived node task runs.
+pub const NODE_HEALTHY: &str = "quiver_node_healthy";
 /// 1 while the node reports ready (every local replica caught up, a control-plane leader
 /// known in cluster mode): the gRPC health service `quiver.v1.Readiness` says SERVING.
 pub const NODE_READY: &str = "quiver_node_ready";
@@ -150,6 +154,11 @@ pub fn describe() {
         "1 for the state of this node's replica of a shard, by shard and state"
     );
     describe_gauge!(NODE_READY, "1 while the node reports ready");
+    describe_counter!(
+        NODE_TASK_FAILURES,
+        "Long-lived node tasks that ended before shutdown (panicked or returned)"
+    );
+    describe_gauge!(NODE_HEALTHY, "1 while every long-lived node task runs");
     describe_counter!(
         SERVE_LOOKUP_EXECUTIONS,
         "lookups executed inline (rows in memory) or on the blocking pool"

@@ -12,6 +12,8 @@ use rdkafka::producer::{DefaultProducerContext, Producer, ThreadedProducer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
+
+use crate::tasks::{Tasks, Ticker, sleep_or_cancel};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -79,7 +81,7 @@ pub struct Node {
     state: Arc<ServeState>,
     shards: Arc<ShardManager>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
-    background: Vec<JoinHandle<()>>,
+    tasks: Tasks,
     dead_letters: Option<Arc<ThreadedProducer<DefaultProducerContext>>>,
     cancel: CancellationToken,
 }
@@ -107,15 +109,12 @@ impl Node {
             path: config.data_dir.clone(),
             source,
         })?;
+        let tasks = Tasks::new(cancel.clone());
         let control = match &config.control {
             Some(cc) => Some(
-                ControlPlane::start(
-                    cc.clone(),
-                    &config.data_dir.join("raft"),
-                    cancel.child_token(),
-                )
-                .await
-                .map_err(NodeError::Control)?,
+                ControlPlane::start(cc.clone(), &config.data_dir.join("raft"), &tasks)
+                    .await
+                    .map_err(NodeError::Control)?,
             ),
             None => None,
         };
@@ -216,18 +215,14 @@ impl Node {
             state.clone(),
             cancel.clone(),
         ));
-        let mut background = vec![
-            tokio::spawn(run_ttl_refresh_loop(
-                registry.clone(),
-                engine.clone(),
-                cancel.clone(),
-            )),
-            tokio::spawn(run_storage_metrics_loop(
-                state.clone(),
-                engine.clone(),
-                cancel.clone(),
-            )),
-        ];
+        tasks.spawn(
+            "ttl-refresh",
+            run_ttl_refresh_loop(registry.clone(), engine.clone(), cancel.clone()),
+        );
+        tasks.spawn(
+            "storage-metrics",
+            run_storage_metrics_loop(state.clone(), engine.clone(), cancel.clone()),
+        );
         match &control {
             None => {
                 let desired: BTreeSet<ShardId> = config.shards.iter().copied().collect();
@@ -240,32 +235,32 @@ impl Node {
                     shard_count = config.shard_count,
                     "opened shard replicas (static mode)"
                 );
-                background.push(tokio::spawn(run_promotion_loop(
-                    state.clone(),
-                    cancel.clone(),
-                )));
+                tasks.spawn(
+                    "promotion",
+                    run_promotion_loop(state.clone(), cancel.clone()),
+                );
             }
             Some(c) => {
-                background.push(tokio::spawn(run_follow_loop(
-                    c.clone(),
-                    registry.clone(),
-                    shards.clone(),
-                    cancel.clone(),
-                )));
+                tasks.spawn(
+                    "follow",
+                    run_follow_loop(c.clone(), registry.clone(), shards.clone(), cancel.clone()),
+                );
                 if !config.definition_files.is_empty() {
-                    background.push(tokio::spawn(apply_files_loop(
-                        c.clone(),
-                        config.definition_files.clone(),
-                        cancel.clone(),
-                    )));
+                    tasks.spawn_once(
+                        "apply-definition-files",
+                        apply_files_loop(
+                            c.clone(),
+                            config.definition_files.clone(),
+                            cancel.clone(),
+                        ),
+                    );
                 }
             }
         }
-        background.push(tokio::spawn(run_readiness_loop(
-            state.clone(),
-            shards.clone(),
-            cancel.clone(),
-        )));
+        tasks.spawn(
+            "readiness",
+            run_readiness_loop(state.clone(), shards.clone(), tasks.clone(), cancel.clone()),
+        );
         let tls = match &config.security.tls {
             Some(cfg) => Some(ReloadingTls::new(cfg.clone())?),
             None => None,
@@ -274,15 +269,15 @@ impl Node {
             listeners.grpc,
             tls,
             state.clone(),
+            tasks.failures(),
             config.shutdown_grace,
             cancel.clone(),
         ));
         if let Some(every) = config.ttl_sweep_interval {
-            background.push(tokio::spawn(run_ttl_sweep_loop(
-                state.clone(),
-                every,
-                cancel.clone(),
-            )));
+            tasks.spawn(
+                "ttl-sweep",
+                run_ttl_sweep_loop(state.clone(), every, cancel.clone()),
+            );
         }
         info!(
             node_id = config.node_id,
@@ -293,7 +288,7 @@ impl Node {
             state,
             shards,
             server,
-            background,
+            tasks,
             dead_letters,
             cancel,
         })
@@ -330,7 +325,7 @@ impl Node {
             state,
             shards,
             server,
-            background,
+            tasks,
             dead_letters,
             cancel,
         } = self;
@@ -345,9 +340,7 @@ impl Node {
             None => Ok(Ok(())),
         };
         info!("shutting down: stopping ingest");
-        for t in background {
-            let _ = t.await;
-        }
+        tasks.join().await;
         shards.shutdown().await;
         if let Some(c) = &state.control
             && let Err(e) = c.raft().shutdown().await
@@ -446,12 +439,8 @@ fn publish_replica_states(
 /// Static mode: promotes a pending view version once every local replica re-ingested it
 /// (in cluster mode the leader does this for the whole cluster).
 async fn run_promotion_loop(state: Arc<ServeState>, cancel: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_millis(200));
-    loop {
-        tokio::select! {
-            () = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut ticker = Ticker::new(Duration::from_millis(200), &cancel);
+    while ticker.tick().await {
         let snap = state.registry.snapshot();
         let local = state.local();
         for view in snap.pending.values() {
@@ -509,9 +498,8 @@ async fn apply_files_loop(
                 }
                 Err(_) => {}
             }
-            tokio::select! {
-                () = cancel.cancelled() => return,
-                () = tokio::time::sleep(Duration::from_millis(200)) => {}
+            if !sleep_or_cancel(Duration::from_millis(200), &cancel).await {
+                return;
             }
         }
     }
@@ -571,19 +559,18 @@ async fn run_ttl_refresh_loop(
 async fn run_readiness_loop(
     state: Arc<ServeState>,
     shards: Arc<ShardManager>,
+    tasks: Tasks,
     cancel: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    loop {
-        tokio::select! {
-            () = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut ticker = Ticker::new(Duration::from_millis(500), &cancel);
+    while ticker.tick().await {
         let reports = shards.reports().await;
-        let ready = match &state.control {
-            None => reports.iter().all(|r| r.caught_up),
-            Some(c) => cluster_ready(c, &reports),
-        };
+        // A node whose background task died is not ready, whatever its replicas say.
+        let ready = tasks.is_healthy()
+            && match &state.control {
+                None => reports.iter().all(|r| r.caught_up),
+                Some(c) => cluster_ready(c, &reports),
+            };
         state
             .ready
             .send_if_modified(|r| std::mem::replace(r, ready) != ready);
@@ -637,12 +624,8 @@ async fn run_storage_metrics_loop(
     engine: Arc<StorageEngine>,
     cancel: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
-    loop {
-        tokio::select! {
-            () = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut ticker = Ticker::new(Duration::from_secs(5), &cancel);
+    while ticker.tick().await {
         let local = state.local();
         // RocksDB properties are cheap reads of in-memory counters, but still FFI calls
         // that take locks: off the async workers.
@@ -677,13 +660,8 @@ async fn run_storage_metrics_loop(
 }
 
 async fn run_ttl_sweep_loop(state: Arc<ServeState>, every: Duration, cancel: CancellationToken) {
-    let mut tick = tokio::time::interval(every);
-    tick.tick().await;
-    loop {
-        tokio::select! {
-            () = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut ticker = Ticker::delayed(every, &cancel);
+    while ticker.tick().await {
         for store in state.local().stores.values() {
             let store = store.clone();
             // A full compaction runs the TTL filter over every file of the shard.

@@ -19,6 +19,7 @@ use super::network::{Channels, NetworkFactory};
 use super::state::{ClusterSettings, ClusterState, Command, CommandResult, MemberStatus};
 use super::state_machine::{StateMachineStore, open_raft_db};
 use super::types::Raft;
+use crate::tasks::{Tasks, Ticker, sleep_or_cancel};
 
 /// Static control-plane settings of a node.
 #[derive(Debug, Clone)]
@@ -113,8 +114,9 @@ impl ControlPlane {
     pub async fn start(
         config: ControlConfig,
         dir: &std::path::Path,
-        cancel: CancellationToken,
+        tasks: &Tasks,
     ) -> Result<Arc<Self>, ControlError> {
+        let cancel = tasks.cancel_token().clone();
         let db = open_raft_db(dir).map_err(|e| ControlError::Storage(e.to_string()))?;
         let sm = StateMachineStore::open(db.clone())
             .map_err(|e| ControlError::Storage(e.to_string()))?;
@@ -169,12 +171,24 @@ impl ControlPlane {
                 plane.initialize_group().await?;
             } else {
                 let wait = plane.config.dead_after * rank as u32;
-                tokio::spawn(plane.clone().initialize_if_leaderless(wait, cancel.clone()));
+                tasks.spawn_once(
+                    "control-formation",
+                    plane.clone().initialize_if_leaderless(wait, cancel.clone()),
+                );
             }
         }
-        tokio::spawn(plane.clone().run_member_loop(cancel.clone()));
-        tokio::spawn(plane.clone().run_metrics_loop(cancel.clone()));
-        tokio::spawn(plane.clone().run_reconciler_loop(cancel));
+        tasks.spawn(
+            "control-member",
+            plane.clone().run_member_loop(cancel.clone()),
+        );
+        tasks.spawn(
+            "control-metrics",
+            plane.clone().run_metrics_loop(cancel.clone()),
+        );
+        tasks.spawn(
+            "control-reconciler",
+            plane.clone().run_reconciler_loop(cancel),
+        );
         Ok(plane)
     }
 
@@ -200,9 +214,8 @@ impl ControlPlane {
     /// A later initial voter's fallback: forms the group itself if, after `wait`, no
     /// leader has replicated anything to it.
     async fn initialize_if_leaderless(self: Arc<Self>, wait: Duration, cancel: CancellationToken) {
-        tokio::select! {
-            () = cancel.cancelled() => return,
-            () = tokio::time::sleep(wait) => {}
+        if !sleep_or_cancel(wait, &cancel).await {
+            return;
         }
         let m = self.raft.metrics().borrow().clone();
         if m.current_leader.is_some() || m.last_log_index.is_some() {
@@ -427,13 +440,9 @@ impl ControlPlane {
 
     /// Joins (or re-joins) the cluster and sends heartbeats, forever.
     async fn run_member_loop(self: Arc<Self>, cancel: CancellationToken) {
-        let mut tick = tokio::time::interval(self.config.heartbeat_interval);
+        let mut ticker = Ticker::new(self.config.heartbeat_interval, &cancel);
         let mut last_ok: Option<Instant> = None;
-        loop {
-            tokio::select! {
-                () = cancel.cancelled() => return,
-                _ = tick.tick() => {}
-            }
+        while ticker.tick().await {
             // Out of touch with the leader for a grace period (partitioned, paused): the
             // state may have moved on without us.
             if last_ok.is_none_or(|t| t.elapsed() > self.config.dead_after) {

@@ -13,16 +13,13 @@ use tracing::{debug, info, warn};
 use super::placement::{Current, PlacementNode, place};
 use super::plane::{ControlError, ControlPlane, Seen};
 use super::state::{ClusterState, Command, MemberStatus, ReplicaState};
+use crate::tasks::Ticker;
 
 impl ControlPlane {
     pub(super) async fn run_reconciler_loop(self: Arc<Self>, cancel: CancellationToken) {
-        let mut tick = tokio::time::interval(self.config.heartbeat_interval);
+        let mut ticker = Ticker::new(self.config.heartbeat_interval, &cancel);
         let mut was_leader = false;
-        loop {
-            tokio::select! {
-                () = cancel.cancelled() => return,
-                _ = tick.tick() => {}
-            }
+        while ticker.tick().await {
             let is_leader = self.raft.metrics().borrow().state == ServerState::Leader;
             if is_leader && !was_leader {
                 // A new leader's heartbeat history is missing or stale (from an earlier term

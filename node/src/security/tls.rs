@@ -25,6 +25,7 @@ use tracing::{debug, info, warn};
 
 use super::{ClientAuth, ServerTlsConfig};
 use crate::metrics as m;
+use crate::tasks::Ticker;
 
 /// How long a client may take to complete the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -173,12 +174,8 @@ impl ReloadingTls {
         let Some(every) = self.cfg.reload_interval else {
             return;
         };
-        let mut tick = tokio::time::interval(every);
-        loop {
-            tokio::select! {
-                () = cancel.cancelled() => return,
-                _ = tick.tick() => {}
-            }
+        let mut ticker = Ticker::new(every, &cancel);
+        while ticker.tick().await {
             let me = self.clone();
             // Reading files blocks; keep it off the async workers.
             let _ = tokio::task::spawn_blocking(move || me.reload_if_changed()).await;

@@ -186,7 +186,7 @@ impl ServeState {
 }
 
 /// Serves gRPC on `listener` (over TLS if `tls` is given) until `cancel` fires, then drains in-flight RPCs for at most
-/// `grace`.
+/// `grace`. `health` follows the node's failed tasks ([`crate::tasks::Tasks::failures`]).
 ///
 /// # Errors
 /// A transport error if the server fails.
@@ -194,6 +194,7 @@ pub async fn serve(
     listener: TcpListener,
     tls: Option<Arc<ReloadingTls>>,
     state: Arc<ServeState>,
+    health: tokio::sync::watch::Receiver<std::collections::BTreeSet<&'static str>>,
     grace: Duration,
     cancel: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
@@ -206,22 +207,37 @@ pub async fn serve(
         .await;
     // Readiness (for load balancers and orchestrators) is its own health service: the
     // feature service answers as soon as the node runs (liveness), readiness only once
-    // the node's replicas are caught up.
+    // the node's replicas are caught up. A node whose background task died (`health`
+    // false) reports NOT_SERVING on both, so an orchestrator replaces it.
     let readiness = {
         let reporter = health_reporter.clone();
         let mut ready = state.ready.subscribe();
+        let mut health = health;
         let cancel = cancel.clone();
         tokio::spawn(async move {
-            loop {
-                let status = if *ready.borrow_and_update() {
+            let status = |up: bool| {
+                if up {
                     tonic_health::ServingStatus::Serving
                 } else {
                     tonic_health::ServingStatus::NotServing
-                };
-                reporter.set_service_status(READINESS_SERVICE, status).await;
+                }
+            };
+            loop {
+                let healthy = health.borrow_and_update().is_empty();
+                let caught_up = *ready.borrow_and_update();
+                reporter
+                    .set_service_status(READINESS_SERVICE, status(caught_up && healthy))
+                    .await;
+                for service in [
+                    <FeatureServiceServer<FeatureServiceImpl> as tonic::server::NamedService>::NAME,
+                    <AdminServiceServer<AdminServiceImpl> as tonic::server::NamedService>::NAME,
+                ] {
+                    reporter.set_service_status(service, status(healthy)).await;
+                }
                 tokio::select! {
                     () = cancel.cancelled() => break,
                     r = ready.changed() => if r.is_err() { break },
+                    r = health.changed() => if r.is_err() { break },
                 }
             }
             reporter
