@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use quiver_proto::ErrorCode;
+use quiver_proto::error::Retry;
 
 /// Errors returned by [`crate::Client`] and [`crate::NodeClient`].
 #[derive(Debug, thiserror::Error)]
@@ -84,7 +85,7 @@ impl ClientError {
             | ClientError::NoReplica(_)
             | ClientError::DeadlineExceeded { .. }
             | ClientError::BudgetExhausted(_) => true,
-            ClientError::Rpc(_) => self.code().is_some_and(ErrorCode::is_retryable),
+            ClientError::Rpc(s) => Retry::of_status(s) != Retry::Never,
         }
     }
 

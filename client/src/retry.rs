@@ -4,7 +4,7 @@
 use std::sync::Mutex;
 use std::time::Instant;
 
-use quiver_proto::ErrorCode;
+use quiver_proto::error::Retry;
 
 use crate::config::RetryBudget;
 use crate::error::ClientError;
@@ -27,21 +27,12 @@ impl Recovery {
     pub(crate) fn of(e: &ClientError) -> Recovery {
         match e {
             ClientError::Connect { .. } => Recovery::NodeDown,
-            ClientError::Rpc(s) => match ErrorCode::from_status(s) {
-                Some(ErrorCode::WrongShard) => Recovery::RefreshMap(e.reported_epoch()),
-                Some(ErrorCode::Behind | ErrorCode::ResourceExhausted) => Recovery::OtherReplica,
-                // The node says it is unavailable (shutting down): not a transport failure.
-                Some(ErrorCode::Unavailable) => Recovery::OtherReplica,
-                Some(_) => Recovery::Fail,
-                // No quiver code: the transport or tonic produced it.
-                None => match s.code() {
-                    tonic::Code::Unavailable
-                    | tonic::Code::DeadlineExceeded
-                    | tonic::Code::Cancelled
-                    | tonic::Code::Unknown => Recovery::NodeDown,
-                    tonic::Code::ResourceExhausted => Recovery::OtherReplica,
-                    _ => Recovery::Fail,
-                },
+            // One classification for node and client (quiver_proto::error::Retry).
+            ClientError::Rpc(s) => match Retry::of_status(s) {
+                Retry::Reroute => Recovery::RefreshMap(e.reported_epoch()),
+                Retry::Elsewhere => Recovery::OtherReplica,
+                Retry::NodeDown => Recovery::NodeDown,
+                Retry::Never => Recovery::Fail,
             },
             ClientError::DeadlineExceeded { .. } => Recovery::NodeDown,
             ClientError::NoReplica(_) => Recovery::RefreshMap(None),
@@ -102,7 +93,47 @@ impl Budget {
 
 #[cfg(test)]
 mod tests {
+    use quiver_proto::ErrorCode;
+
     use super::*;
+
+    /// Routing (what to do next) and `ClientError::is_retryable` (what a caller is told)
+    /// come from the one classification and never disagree, on coded errors and on bare
+    /// transport statuses alike (they did on RESOURCE_EXHAUSTED).
+    #[test]
+    fn recovery_and_retryability_agree_on_every_status() {
+        let mut statuses: Vec<tonic::Status> = [
+            ErrorCode::InvalidArgument,
+            ErrorCode::NotFound,
+            ErrorCode::FailedPrecondition,
+            ErrorCode::WrongShard,
+            ErrorCode::Behind,
+            ErrorCode::Unavailable,
+            ErrorCode::ResourceExhausted,
+            ErrorCode::Internal,
+            ErrorCode::Unauthenticated,
+            ErrorCode::PermissionDenied,
+        ]
+        .iter()
+        .map(|c| c.to_status("x"))
+        .collect();
+        for code in 0..=16 {
+            statuses.push(tonic::Status::new(tonic::Code::from(code), "bare"));
+        }
+        for s in statuses {
+            let e = ClientError::Rpc(s.clone());
+            assert_eq!(
+                e.is_retryable(),
+                Recovery::of(&e) != Recovery::Fail,
+                "{:?} {:?}",
+                s.code(),
+                ErrorCode::from_status(&s)
+            );
+        }
+        let shed = ClientError::Rpc(ErrorCode::ResourceExhausted.to_status("queue full"));
+        assert!(shed.is_retryable());
+        assert_eq!(Recovery::of(&shed), Recovery::OtherReplica);
+    }
 
     #[test]
     fn classification_follows_the_error_model() {

@@ -38,6 +38,42 @@ pub fn epoch_from_status(status: &tonic::Status) -> Option<u64> {
         .ok()
 }
 
+/// What a caller may do after a failed call: the one definition nodes (Raft peers) and
+/// clients share, so they never disagree on which failures are worth another attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Retry {
+    /// Retrying the same request cannot succeed (it is wrong, not allowed, or the node
+    /// failed in a way another attempt would repeat).
+    Never,
+    /// The node does not hold the shard: refresh the shard map and route again.
+    Reroute,
+    /// The node answered that it cannot serve this now (behind, overloaded, shutting
+    /// down): try another replica, or this one after a backoff.
+    Elsewhere,
+    /// No answer from the node (transport failure, deadline, cancelled connection): try
+    /// another replica and count it against the node.
+    NodeDown,
+}
+
+impl Retry {
+    /// The classification of any status a call returned: by its quiver error code when a
+    /// node sent one, else by the gRPC code the transport or tonic produced.
+    pub fn of_status(status: &tonic::Status) -> Retry {
+        match ErrorCode::from_status(status) {
+            Some(code) => code.retry(),
+            None => match status.code() {
+                tonic::Code::Unavailable
+                | tonic::Code::DeadlineExceeded
+                | tonic::Code::Cancelled
+                | tonic::Code::Unknown => Retry::NodeDown,
+                // tonic's own load shedding (a full per-connection limit).
+                tonic::Code::ResourceExhausted => Retry::Elsewhere,
+                _ => Retry::Never,
+            },
+        }
+    }
+}
+
 /// A wire-level error classification.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorCode {
@@ -80,12 +116,28 @@ impl ErrorCode {
         }
     }
 
+    /// What a caller may do after this error ([`Retry`]).
+    pub fn retry(self) -> Retry {
+        match self {
+            ErrorCode::WrongShard => Retry::Reroute,
+            // Behind a watermark, overloaded (a full queue or in-flight limit: another
+            // replica has its own), shutting down: the request is fine, this replica
+            // cannot take it now.
+            ErrorCode::Behind | ErrorCode::Unavailable | ErrorCode::ResourceExhausted => {
+                Retry::Elsewhere
+            }
+            ErrorCode::InvalidArgument
+            | ErrorCode::NotFound
+            | ErrorCode::FailedPrecondition
+            | ErrorCode::Internal
+            | ErrorCode::Unauthenticated
+            | ErrorCode::PermissionDenied => Retry::Never,
+        }
+    }
+
     /// Whether the same request may succeed on another replica or later.
     pub fn is_retryable(self) -> bool {
-        matches!(
-            self,
-            ErrorCode::WrongShard | ErrorCode::Behind | ErrorCode::Unavailable
-        )
+        self.retry() != Retry::Never
     }
 
     /// Stable name used in metadata and metrics labels.
@@ -147,6 +199,49 @@ impl fmt::Display for ErrorCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_classes_of_codes_and_bare_statuses() {
+        assert_eq!(ErrorCode::WrongShard.retry(), Retry::Reroute);
+        for code in [
+            ErrorCode::Behind,
+            ErrorCode::Unavailable,
+            ErrorCode::ResourceExhausted,
+        ] {
+            assert_eq!(code.retry(), Retry::Elsewhere, "{code}");
+            assert!(code.is_retryable());
+            assert_eq!(Retry::of_status(&code.to_status("x")), Retry::Elsewhere);
+        }
+        for code in [
+            ErrorCode::InvalidArgument,
+            ErrorCode::NotFound,
+            ErrorCode::FailedPrecondition,
+            ErrorCode::Internal,
+            ErrorCode::Unauthenticated,
+            ErrorCode::PermissionDenied,
+        ] {
+            assert_eq!(code.retry(), Retry::Never, "{code}");
+            assert!(!code.is_retryable());
+        }
+        // Without a quiver code the gRPC code decides: a transport failure is a node down,
+        // tonic's load shedding is "elsewhere", anything else final.
+        assert_eq!(
+            Retry::of_status(&tonic::Status::unavailable("connection refused")),
+            Retry::NodeDown
+        );
+        assert_eq!(
+            Retry::of_status(&tonic::Status::deadline_exceeded("t")),
+            Retry::NodeDown
+        );
+        assert_eq!(
+            Retry::of_status(&tonic::Status::resource_exhausted("shed")),
+            Retry::Elsewhere
+        );
+        assert_eq!(
+            Retry::of_status(&tonic::Status::invalid_argument("bad")),
+            Retry::Never
+        );
+    }
 
     #[test]
     fn status_round_trip_keeps_code() {

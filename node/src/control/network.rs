@@ -15,6 +15,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use quiver_proto::error::Retry;
 use quiver_proto::transport::{AuthChannel, Credentials, TransportError};
 use quiver_proto::v1::RaftMessage;
 use quiver_proto::v1::raft_service_client::RaftServiceClient;
@@ -121,11 +122,11 @@ impl PeerConnection {
             "vote" => client.vote(request).await,
             _ => client.install_snapshot(request).await,
         };
-        let resp = resp.map_err(|status| match status.code() {
-            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
-                RPCError::Unreachable(Unreachable::new(&status))
-            }
-            _ => RPCError::Network(NetworkError::new(&status)),
+        // The peer did not answer, or answered that it cannot take it now (shutting down,
+        // overloaded): unreachable, so openraft backs off; anything else is a network error.
+        let resp = resp.map_err(|status| match Retry::of_status(&status) {
+            Retry::NodeDown | Retry::Elsewhere => RPCError::Unreachable(Unreachable::new(&status)),
+            Retry::Never | Retry::Reroute => RPCError::Network(NetworkError::new(&status)),
         })?;
         let result: Result<Resp, E> = serde_json::from_slice(&resp.into_inner().data)
             .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
