@@ -84,3 +84,9 @@ pub use quiver_proto::v1::value::Kind as ValueKind;
 pub use quiver_proto::v1::{EntityKey, FeatureStatus, Value};
 pub use stats::ClientStats;
 pub use watermark::Watermarks;
+
+/// The README, whose Rust example is compiled as a doc test of this crate so that it stays
+/// true to the API (its shell and output blocks are not Rust and are not compiled).
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeExamples;

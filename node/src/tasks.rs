@@ -78,6 +78,8 @@ impl Tasks {
     where
         F: Future<Output = ()> + Send + 'static,
     {
+        // Every task has its series from the start (at 0), so a failure is an increase.
+        counter!(m::NODE_TASK_FAILURES, "task" => name).increment(0);
         let running = tokio::spawn(task);
         let inner = self.inner.clone();
         let supervisor = tokio::spawn(async move {

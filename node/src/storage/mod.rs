@@ -3,9 +3,10 @@
 //! A shard replica owns a RocksDB directory `<data_dir>/shards/<shard>` with column
 //! families `rows` (feature rows, see [`keys`]) and `meta` (resume offsets, counters, the
 //! shard identity). One database per shard (as Venice does per partition) makes the
-//! per-shard operations the design needs cheap and obviously correct: a checkpoint of one
-//! shard for bootstrapping a peer is `Checkpoint::create_checkpoint` and carries its own
-//! offsets; dropping a replica closes it and removes the directory. All shards share one
+//! per-shard operations the design needs cheap and obviously correct: a replica's rows and
+//! offsets live in one directory (a RocksDB checkpoint of it would carry its own offsets;
+//! replicas do not bootstrap from checkpoints yet, they replay their partitions); dropping
+//! a replica closes it and removes the directory. All shards share one
 //! block cache, one write-buffer budget and RocksDB's background thread pool through
 //! [`StorageEngine`].
 //!

@@ -6,6 +6,7 @@
 
 mod admin;
 mod cluster;
+mod docs_examples;
 mod harness;
 mod ingest;
 mod lifecycle;
