@@ -16,7 +16,7 @@ use quiver_client::bench_support::Router;
 use quiver_node::config::NodeConfigFile;
 use quiver_node::ingest::decode::{RawRecord, decode_record};
 use quiver_node::registry::KeyType;
-use quiver_node::serve::lookup::{ExecError, ReadMode, execute};
+use quiver_node::serve::lookup::{ExecError, ReadMode, execute, replicas_for};
 use quiver_node::serve::plan::{PlanCache, plan_keys};
 use quiver_node::storage::row_codec::{decode_row, decode_selected, encode_row};
 use quiver_proto::Partitioner;
@@ -125,9 +125,10 @@ fn lookup(c: &mut Criterion) {
             let compiled = plans.plan(req, &snap, &limits).expect("valid");
             let plan =
                 plan_keys(req, compiled, &limits, Partitioner::Murmur2, SHARDS).expect("valid");
+            let replicas = replicas_for(&plan, &stores, 0).expect("every shard is local");
             // As the handler: in-memory reads first, full reads if a row is on disk.
-            match execute(&plan, &stores, now, ReadMode::CachedOnly) {
-                Err(ExecError::NeedsIo) => execute(&plan, &stores, now, ReadMode::Full),
+            match execute(&plan, &replicas, now, ReadMode::CachedOnly) {
+                Err(ExecError::NeedsIo) => execute(&plan, &replicas, now, ReadMode::Full),
                 other => other,
             }
             .expect("lookup")

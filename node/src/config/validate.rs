@@ -232,11 +232,11 @@ impl NodeConfigFile {
                 return bad(format!("{name} must be greater than 0"));
             }
         }
-        if l.max_key_bytes > crate::ingest::decode::MAX_KEY_BYTES {
+        if l.max_key_bytes > crate::storage::keys::MAX_KEY_BYTES {
             return bad(format!(
                 "limits.max_key_bytes = {} exceeds the storage key limit of {} bytes",
                 l.max_key_bytes,
-                crate::ingest::decode::MAX_KEY_BYTES
+                crate::storage::keys::MAX_KEY_BYTES
             ));
         }
         if l.max_request_bytes > 256 << 20 {

@@ -27,9 +27,7 @@ use serde_json::value::RawValue;
 
 use crate::registry::model::{FeatureType, KeyType, TimeUnit};
 use crate::registry::{FeatureView, RecordFormat};
-
-/// Longest accepted entity key, in bytes.
-pub const MAX_KEY_BYTES: usize = 4096;
+use crate::storage::keys::MAX_KEY_BYTES;
 
 /// Why a record was rejected. [`DecodeError::reason`] is a bounded metric label.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -15,14 +15,14 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use base64::Engine as _;
 use prost::Message as _;
-use quiver_proto::v1::entity_key::Kind as KeyKind;
 use quiver_proto::v1::value::Kind;
 use quiver_proto::v1::{FeatureRow, PushRow, Value};
 use serde_json::{Map, Value as Json};
 
-use super::decode::{MAX_KEY_BYTES, kind_matches};
+use super::decode::kind_matches;
 use crate::registry::model::KeyType;
 use crate::registry::{FeatureView, RecordFormat};
+use crate::storage::keys;
 
 /// A record ready to produce.
 #[derive(Debug, Clone, PartialEq)]
@@ -35,33 +35,6 @@ pub struct EncodedRecord {
     pub timestamp_millis: i64,
     /// The row's event time, µs.
     pub event_time_micros: i64,
-}
-
-/// Entity key bytes of `key` for an entity of `key_type`; `what` names the key in errors.
-///
-/// # Errors
-/// A message naming the mismatch: missing, wrong type, empty or too long.
-pub fn entity_key_bytes(
-    what: &str,
-    key: Option<&KeyKind>,
-    key_type: KeyType,
-) -> Result<Vec<u8>, String> {
-    let key = key.ok_or_else(|| format!("{what} has no value"))?;
-    if key.type_name() != key_type.as_str() {
-        return Err(format!(
-            "{what} is {}, but the entity has {} keys",
-            key.type_name(),
-            key_type.as_str()
-        ));
-    }
-    let bytes = key.kafka_key();
-    if bytes.is_empty() || bytes.len() > MAX_KEY_BYTES {
-        return Err(format!(
-            "{what} is {} bytes; keys must be 1..={MAX_KEY_BYTES} bytes",
-            bytes.len()
-        ));
-    }
-    Ok(bytes)
 }
 
 /// A float as JSON: a number (serde_json writes the shortest text that parses back to the
@@ -110,10 +83,12 @@ pub fn encode_push_row(
     now_micros: i64,
 ) -> Result<EncodedRecord, String> {
     let at = format!("rows[{index}]");
-    let key = entity_key_bytes(
-        &format!("{at}.entity_key"),
+    let mut key = Vec::new();
+    keys::append_entity_key(
+        &format_args!("{at}.entity_key"),
         row.entity_key.as_ref().and_then(|k| k.kind.as_ref()),
         key_type,
+        &mut key,
     )?;
     let event_time_micros = match row.event_time_micros {
         0 => now_micros,

@@ -14,12 +14,13 @@ use quiver_proto::v1::{
 use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
 
-use super::lookup::{ExecError, ReadMode, execute, into_cells, watermark_reached};
+use super::lookup::{ExecError, ReadMode, execute, into_cells, replicas_for, watermark_reached};
 use super::plan::{LookupPlan, plan_keys};
 use super::{ServeError, ServeState};
 use crate::metrics as m;
 use crate::security::Principal;
 use crate::security::guard::principal_of;
+use crate::storage::ShardStore;
 
 /// The public feature service.
 pub struct FeatureServiceImpl {
@@ -37,12 +38,13 @@ impl FeatureServiceImpl {
     }
 
     /// Waits (bounded) until every shard the plan reads has reached the requested minimum
-    /// watermark.
+    /// watermark on its replica here (`replicas`, in the plan's shard order).
     /// `requested_ms` (the request's `watermark_wait_ms`) shortens the wait; 0 keeps the
     /// node's limit.
     async fn await_watermarks(
         &self,
         plan: &LookupPlan,
+        replicas: &[Arc<ShardStore>],
         requested_ms: u32,
     ) -> Result<(), ServeError> {
         let limit = self.state.limits.max_watermark_wait;
@@ -51,17 +53,10 @@ impl FeatureServiceImpl {
             ms => limit.min(Duration::from_millis(u64::from(ms))),
         };
         let deadline = tokio::time::Instant::now() + max_wait;
-        for (shard, want) in &plan.min_watermarks {
-            let store =
-                self.state
-                    .local()
-                    .stores
-                    .get(shard)
-                    .cloned()
-                    .ok_or(ServeError::WrongShard {
-                        shard: *shard,
-                        epoch: self.state.epoch(),
-                    })?;
+        for (shard, store) in plan.shards().zip(replicas) {
+            let Some(want) = plan.min_watermarks.get(&shard) else {
+                continue;
+            };
             let mut rx = store.subscribe_watermark();
             let reached = tokio::time::timeout_at(
                 deadline,
@@ -76,19 +71,18 @@ impl FeatureServiceImpl {
                 Err(_) => {
                     // Name every lagging shard, not only this one: the client moves just
                     // those to other replicas and keeps the rest here.
-                    let local = self.state.local();
                     let lagging = plan
-                        .min_watermarks
-                        .iter()
-                        .filter(|(s, want)| {
-                            local.stores.get(*s).is_none_or(|st| {
+                        .shards()
+                        .zip(replicas)
+                        .filter(|(s, st)| {
+                            plan.min_watermarks.get(s).is_some_and(|want| {
                                 !watermark_reached(&st.subscribe_watermark().borrow(), want)
                             })
                         })
-                        .map(|(s, _)| *s)
+                        .map(|(s, _)| s)
                         .collect();
                     return Err(ServeError::Behind {
-                        shard: *shard,
+                        shard,
                         waited: max_wait,
                         lagging,
                     });
@@ -145,14 +139,11 @@ impl FeatureServiceImpl {
             self.state.partitioner,
             self.state.shard_count,
         )?;
-        let local = self.state.local();
-        if let Some(shard) = plan.shards().find(|s| !local.stores.contains_key(s)) {
-            return Err(ServeError::WrongShard {
-                shard,
-                epoch: self.state.epoch(),
-            });
-        }
-        self.await_watermarks(&plan, req.watermark_wait_ms).await?;
+        // handler → plan → admit (the replicas, the watermarks, an execution slot) →
+        // execute: each step once, in this order.
+        let replicas = replicas_for(&plan, &self.state.local().stores, self.state.epoch())?;
+        self.await_watermarks(&plan, &replicas, req.watermark_wait_ms)
+            .await?;
         self.metrics.keys.increment(plan.key_count() as u64);
         let permit = self.lookup_permit().await?;
         let now = SystemTime::now()
@@ -164,7 +155,7 @@ impl FeatureServiceImpl {
         // `CachedOnly` reads can never wait on the disk. Anything larger, or a row that
         // is not in memory, runs on the blocking pool.
         let inline = if cells <= INLINE_MAX_CELLS {
-            match execute(&plan, &local.stores, now, ReadMode::CachedOnly) {
+            match execute(&plan, &replicas, now, ReadMode::CachedOnly) {
                 Ok(resp) => Some(Ok(resp)),
                 Err(ExecError::NeedsIo) => None,
                 Err(ExecError::Serve(e)) => Some(Err(e)),
@@ -182,7 +173,7 @@ impl FeatureServiceImpl {
                 self.metrics.blocking.increment(1);
                 tokio::task::spawn_blocking(move || {
                     let _permit = permit;
-                    match execute(&plan, &local.stores, now, ReadMode::Full) {
+                    match execute(&plan, &replicas, now, ReadMode::Full) {
                         Ok(r) => Ok(r),
                         Err(ExecError::Serve(e)) => Err(e),
                         Err(ExecError::NeedsIo) => {

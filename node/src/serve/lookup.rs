@@ -1,4 +1,5 @@
-//! Executing a planned lookup, independent of gRPC: per shard one RocksDB snapshot (rows
+//! Executing a planned lookup, independent of gRPC: the replicas it reads resolved once
+//! ([`replicas_for`]), then per shard one RocksDB snapshot (rows
 //! and watermark consistent), per (shard, view) one batched multi-get, then every row
 //! decoded in request order straight into typed packed columns
 //! ([`quiver_proto::packed`]): each value is copied once, from the stored row into its
@@ -87,30 +88,54 @@ fn push_field(b: &mut ColumnBuilder, f: FieldRef<'_>, t: i64) -> bool {
     true
 }
 
-/// Executes `plan` against the local shard stores at time `now_micros`, answering in the
-/// PACKED encoding.
+/// The local replicas `plan` reads, in its shard order (what [`execute`] takes). The one
+/// place a lookup learns that this node does not hold a shard: [`ServeError::WrongShard`]
+/// with the node's map `epoch`, so the client refreshes its map at least to it.
+///
+/// # Errors
+/// [`ServeError::WrongShard`] for the first shard of the plan not held here.
+pub fn replicas_for(
+    plan: &LookupPlan,
+    local: &HashMap<ShardId, Arc<ShardStore>>,
+    epoch: u64,
+) -> Result<Vec<Arc<ShardStore>>, ServeError> {
+    plan.shards()
+        .map(|shard| {
+            local
+                .get(&shard)
+                .cloned()
+                .ok_or(ServeError::WrongShard { shard, epoch })
+        })
+        .collect()
+}
+
+/// Executes `plan` against `replicas` (from [`replicas_for`]: the plan's shards, in its
+/// order) at time `now_micros`, answering in the PACKED encoding.
 ///
 /// # Errors
 /// [`ExecError::NeedsIo`] under [`ReadMode::CachedOnly`] when a row is not in memory;
-/// [`ServeError::WrongShard`] if a key's shard is not replicated here;
 /// [`ServeError::Storage`] on a read error or a corrupt row.
 pub fn execute(
     plan: &LookupPlan,
-    shards: &HashMap<ShardId, Arc<ShardStore>>,
+    replicas: &[Arc<ShardStore>],
     now_micros: i64,
     mode: ReadMode,
 ) -> Result<GetOnlineFeaturesResponse, ExecError> {
+    if replicas.len() != plan.by_shard.len() {
+        return Err(ServeError::Storage(format!(
+            "internal: {} replicas for a plan over {} shards",
+            replicas.len(),
+            plan.by_shard.len()
+        ))
+        .into());
+    }
     let n = plan.key_count();
     let compiled = &plan.compiled;
     let mut reads = Vec::with_capacity(plan.by_shard.len());
     let mut watermarks = Vec::with_capacity(plan.by_shard.len());
     // Request row → (shard position, index within the shard's multi-get).
     let mut locate = vec![(0u32, 0u32); n];
-    for (si, (shard, rows)) in plan.by_shard.iter().enumerate() {
-        let store = shards.get(shard).ok_or(ServeError::WrongShard {
-            shard: *shard,
-            epoch: 0,
-        })?;
+    for (si, ((shard, rows), store)) in plan.by_shard.iter().zip(replicas).enumerate() {
         // Rows and watermark from one snapshot: the watermark reported is exactly the
         // state the rows reflect, so a client demanding it elsewhere never reads older.
         let read = store.consistent_read();

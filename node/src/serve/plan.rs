@@ -15,9 +15,9 @@ use quiver_proto::{Partitioner, ShardId};
 
 use super::ServeError;
 use crate::config::Limits;
-use crate::ingest::decode::MAX_KEY_BYTES;
 use crate::registry::model::FeatureType;
 use crate::registry::{FeatureView, KeyType, RegistrySnapshot};
+use crate::storage::keys;
 
 /// The features of one view a plan reads.
 #[derive(Debug)]
@@ -366,28 +366,14 @@ pub fn plan_keys(
     let mut by_shard: BTreeMap<ShardId, Vec<u32>> = BTreeMap::new();
     for (i, k) in req.entity_keys.iter().enumerate() {
         let start = key_bytes.len();
-        let kind = k.kind.as_ref().ok_or_else(|| {
-            invalid(format!(
-                "entity_keys[{i}] has no value (entity {:?})",
-                compiled.entity
-            ))
-        })?;
-        if kind.type_name() != compiled.key_type.as_str() {
-            return Err(invalid(format!(
-                "entity_keys[{i}] is {}, but the entity has {} keys (entity {:?})",
-                kind.type_name(),
-                compiled.key_type.as_str(),
-                compiled.entity
-            )));
-        }
-        kind.write_kafka_key(&mut key_bytes);
+        keys::append_entity_key(
+            &format_args!("entity_keys[{i}]"),
+            k.kind.as_ref(),
+            compiled.key_type,
+            &mut key_bytes,
+        )
+        .map_err(|e| invalid(format!("{e} (entity {:?})", compiled.entity)))?;
         let len = key_bytes.len() - start;
-        if len == 0 || len > MAX_KEY_BYTES {
-            return Err(invalid(format!(
-                "entity_keys[{i}] is {len} bytes; keys must be 1..={MAX_KEY_BYTES} bytes (entity {:?})",
-                compiled.entity
-            )));
-        }
         if len > limits.max_key_bytes {
             return Err(invalid(format!(
                 "entity key {i} is {len} bytes, exceeding the limit max_key_bytes = {}",

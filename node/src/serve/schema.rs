@@ -5,8 +5,8 @@ use quiver_proto::v1::{
 };
 
 use super::ServeState;
-use crate::ingest::decode::MAX_KEY_BYTES;
 use crate::security::Principal;
+use crate::storage::keys::MAX_KEY_BYTES;
 
 fn clamp(v: usize) -> u32 {
     u32::try_from(v).unwrap_or(u32::MAX)

@@ -17,6 +17,46 @@
 //! Column family `meta`: `o/<topic>` → [`super::OffsetRecord`] (resume position and
 //! counters, written in the same batch as the rows), `shard` → the shard identity.
 
+use quiver_proto::v1::entity_key::Kind as KeyKind;
+
+use crate::registry::KeyType;
+
+/// Longest accepted entity key, in bytes (the Kafka record key, and the tail of a row key).
+pub const MAX_KEY_BYTES: usize = 4096;
+
+/// Appends the entity key bytes of `key` — the Kafka record key the partitioner hashes and
+/// the tail of the row key — for an entity with `key_type` keys to `out`. Ingest (push)
+/// and lookups share it, so both accept exactly the same keys.
+///
+/// # Errors
+/// A message starting with `what` (e.g. `entity_keys[3]`) naming what is wrong: no
+/// value, the wrong type, empty or longer than [`MAX_KEY_BYTES`]. `out` is unchanged.
+pub fn append_entity_key(
+    what: &dyn std::fmt::Display,
+    key: Option<&KeyKind>,
+    key_type: KeyType,
+    out: &mut Vec<u8>,
+) -> Result<(), String> {
+    let key = key.ok_or_else(|| format!("{what} has no value"))?;
+    if key.type_name() != key_type.as_str() {
+        return Err(format!(
+            "{what} is {}, but the entity has {} keys",
+            key.type_name(),
+            key_type.as_str()
+        ));
+    }
+    let start = out.len();
+    key.write_kafka_key(out);
+    let len = out.len() - start;
+    if len == 0 || len > MAX_KEY_BYTES {
+        out.truncate(start);
+        return Err(format!(
+            "{what} is {len} bytes; keys must be 1..={MAX_KEY_BYTES} bytes"
+        ));
+    }
+    Ok(())
+}
+
 /// Tag of the feature-row key space.
 pub const ROW_TAG: u8 = 0x01;
 /// Meta key of the shard identity record.
@@ -119,5 +159,39 @@ mod tests {
         assert_eq!(parse_row_key(b""), None);
         assert_eq!(parse_row_key(&[ROW_TAG, 0, 10, b'a']), None);
         assert_eq!(parse_row_key(&[0x02, 0, 0, 0, 0, 0, 1]), None);
+    }
+
+    #[test]
+    fn entity_keys_are_checked_once_for_ingest_and_lookups() {
+        let mut out = b"prefix".to_vec();
+        let s = KeyKind::StringValue("user-1".into());
+        append_entity_key(&"k", Some(&s), KeyType::String, &mut out).unwrap();
+        assert_eq!(out, b"prefixuser-1");
+        let mut out = Vec::new();
+        let n = KeyKind::Int64Value(-42);
+        append_entity_key(&"k", Some(&n), KeyType::Int64, &mut out).unwrap();
+        assert_eq!(out, b"-42", "int64 keys are their decimal text");
+
+        let mut out = b"kept".to_vec();
+        let e = append_entity_key(&"entity_keys[3]", Some(&n), KeyType::String, &mut out);
+        assert_eq!(
+            e.unwrap_err(),
+            "entity_keys[3] is int64, but the entity has string keys"
+        );
+        let e = append_entity_key(&"rows[0].entity_key", None, KeyType::String, &mut out);
+        assert_eq!(e.unwrap_err(), "rows[0].entity_key has no value");
+        let empty = KeyKind::StringValue(String::new());
+        let e = append_entity_key(&"k", Some(&empty), KeyType::String, &mut out);
+        assert_eq!(e.unwrap_err(), "k is 0 bytes; keys must be 1..=4096 bytes");
+        let long = KeyKind::StringValue("x".repeat(MAX_KEY_BYTES + 1));
+        let e = append_entity_key(&"k", Some(&long), KeyType::String, &mut out);
+        assert_eq!(
+            e.unwrap_err(),
+            "k is 4097 bytes; keys must be 1..=4096 bytes"
+        );
+        assert_eq!(out, b"kept", "a refused key leaves the buffer as it was");
+        let longest = KeyKind::StringValue("x".repeat(MAX_KEY_BYTES));
+        append_entity_key(&"k", Some(&longest), KeyType::String, &mut out).unwrap();
+        assert_eq!(out.len(), 4 + MAX_KEY_BYTES);
     }
 }
