@@ -102,21 +102,8 @@ mod tests {
     /// transport statuses alike (they did on RESOURCE_EXHAUSTED).
     #[test]
     fn recovery_and_retryability_agree_on_every_status() {
-        let mut statuses: Vec<tonic::Status> = [
-            ErrorCode::InvalidArgument,
-            ErrorCode::NotFound,
-            ErrorCode::FailedPrecondition,
-            ErrorCode::WrongShard,
-            ErrorCode::Behind,
-            ErrorCode::Unavailable,
-            ErrorCode::ResourceExhausted,
-            ErrorCode::Internal,
-            ErrorCode::Unauthenticated,
-            ErrorCode::PermissionDenied,
-        ]
-        .iter()
-        .map(|c| c.to_status("x"))
-        .collect();
+        let mut statuses: Vec<tonic::Status> =
+            ErrorCode::ALL.iter().map(|c| c.to_status("x")).collect();
         for code in 0..=16 {
             statuses.push(tonic::Status::new(tonic::Code::from(code), "bare"));
         }

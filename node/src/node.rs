@@ -496,7 +496,11 @@ async fn apply_files_loop(
                     error!(file = %path.display(), %reason, "definition file rejected");
                     break;
                 }
-                Err(_) => {}
+                Err(e) if e.is_transient() => {}
+                Err(e) => {
+                    error!(file = %path.display(), error = %e, "definition file not applied");
+                    break;
+                }
             }
             if !sleep_or_cancel(Duration::from_millis(200), &cancel).await {
                 return;

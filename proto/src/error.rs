@@ -100,6 +100,20 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code.
+    pub const ALL: [ErrorCode; 10] = [
+        ErrorCode::InvalidArgument,
+        ErrorCode::NotFound,
+        ErrorCode::FailedPrecondition,
+        ErrorCode::WrongShard,
+        ErrorCode::Behind,
+        ErrorCode::Unavailable,
+        ErrorCode::ResourceExhausted,
+        ErrorCode::Internal,
+        ErrorCode::Unauthenticated,
+        ErrorCode::PermissionDenied,
+    ];
+
     /// The gRPC status code this error is sent with.
     pub fn grpc_code(self) -> tonic::Code {
         match self {
@@ -245,18 +259,7 @@ mod tests {
 
     #[test]
     fn status_round_trip_keeps_code() {
-        for code in [
-            ErrorCode::InvalidArgument,
-            ErrorCode::NotFound,
-            ErrorCode::FailedPrecondition,
-            ErrorCode::WrongShard,
-            ErrorCode::Behind,
-            ErrorCode::Unavailable,
-            ErrorCode::ResourceExhausted,
-            ErrorCode::Internal,
-            ErrorCode::Unauthenticated,
-            ErrorCode::PermissionDenied,
-        ] {
+        for code in ErrorCode::ALL {
             let status = code.to_status("boom");
             assert_eq!(status.code(), code.grpc_code());
             assert_eq!(ErrorCode::from_status(&status), Some(code));

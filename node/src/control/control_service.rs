@@ -30,7 +30,14 @@ impl ControlServiceImpl {
 fn status(e: ControlError) -> Status {
     match e {
         ControlError::Rejected { reason, .. } => Status::failed_precondition(reason),
-        other => Status::unavailable(other.to_string()),
+        e @ (ControlError::Refused { .. } | ControlError::Raft(_)) => {
+            Status::failed_precondition(e.to_string())
+        }
+        e @ ControlError::Storage(_) => Status::internal(e.to_string()),
+        // Transient for the caller: another node may lead (a stopped Raft here included).
+        e @ (ControlError::NoLeader(_) | ControlError::Fatal(_)) => {
+            Status::unavailable(e.to_string())
+        }
     }
 }
 

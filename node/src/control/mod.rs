@@ -2,6 +2,7 @@
 //! with openraft. See `docs/ARCHITECTURE.md`.
 
 pub mod control_service;
+pub mod error;
 pub mod log_store;
 pub mod network;
 pub mod placement;

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::error::{InitializeError, RaftError};
 use openraft::{BasicNode, ServerState};
 use quiver_proto::v1::control_service_client::ControlServiceClient;
 use quiver_proto::v1::{JoinRequest, JoinResponse, ProposeRequest, ReplicaReport, ReportRequest};
@@ -50,27 +50,7 @@ pub struct ControlConfig {
     pub peer_credentials: quiver_proto::transport::Credentials,
 }
 
-/// Errors of control-plane operations.
-#[derive(Debug, thiserror::Error)]
-pub enum ControlError {
-    /// The Raft database could not be opened.
-    #[error("raft storage: {0}")]
-    Storage(String),
-    /// Raft failed to start.
-    #[error("raft: {0}")]
-    Raft(String),
-    /// No leader is known yet, or it could not be reached.
-    #[error("no reachable control-plane leader: {0}")]
-    NoLeader(String),
-    /// The command was rejected by the state machine.
-    #[error("{reason}")]
-    Rejected {
-        /// Input was invalid (vs. conflicting with the state).
-        invalid: bool,
-        /// Why.
-        reason: String,
-    },
-}
+pub use super::error::{ControlError, NoLeader};
 
 /// Last heartbeat of a member, as seen by the leader.
 #[derive(Debug, Clone)]
@@ -299,8 +279,8 @@ impl ControlPlane {
         let mut backoff = Duration::from_millis(20);
         loop {
             match self.propose_once(&cmd).await {
-                Err(ControlError::NoLeader(reason)) if Instant::now() + backoff < deadline => {
-                    debug!(%reason, "no control-plane leader for a proposal yet; retrying");
+                Err(e) if e.is_transient() && Instant::now() + backoff < deadline => {
+                    debug!(reason = %e, "no control-plane leader for a proposal yet; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_millis(400));
                 }
@@ -316,14 +296,17 @@ impl ControlPlane {
         }
         let (leader, addr) = self
             .leader_addr()
-            .ok_or_else(|| ControlError::NoLeader("no leader elected yet".into()))?;
+            .ok_or(ControlError::NoLeader(NoLeader::NotElected))?;
         if leader == self.config.node_id {
-            return Err(ControlError::NoLeader("leadership is changing".into()));
+            return Err(ControlError::NoLeader(NoLeader::Changing));
         }
-        let channel = self
-            .channels
-            .get(&addr)
-            .map_err(|e| ControlError::NoLeader(e.to_string()))?;
+        let channel = self.channels.get(&addr).map_err(|e| {
+            ControlError::NoLeader(NoLeader::Unreachable {
+                leader,
+                addr: addr.clone(),
+                detail: e.to_string(),
+            })
+        })?;
         let json = serde_json::to_vec(cmd).map_err(|e| ControlError::Raft(e.to_string()))?;
         let mut client = ControlServiceClient::new(channel);
         let call = client.propose(ProposeRequest { command_json: json });
@@ -331,10 +314,8 @@ impl ControlPlane {
         // must not hang the proposal past the retry window.
         let resp = tokio::time::timeout(self.member_rpc_timeout(), call)
             .await
-            .map_err(|_| ControlError::NoLeader(format!("leader {leader} at {addr} timed out")))?
-            .map_err(|s| {
-                ControlError::NoLeader(format!("leader {leader} at {addr}: {}", s.message()))
-            })?;
+            .map_err(|_| ControlError::timed_out(leader, &addr))?
+            .map_err(|s| ControlError::from_leader_status(leader, &addr, &s))?;
         let result: CommandResult = serde_json::from_slice(&resp.into_inner().result_json)
             .map_err(|e| ControlError::Raft(e.to_string()))?;
         into_result(result)
@@ -348,10 +329,7 @@ impl ControlPlane {
     pub async fn propose_local(&self, cmd: Command) -> Result<CommandResult, ControlError> {
         match self.raft.client_write(cmd).await {
             Ok(resp) => into_result(resp.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(
-                ControlError::NoLeader(format!("forward to leader {:?}", f.leader_id)),
-            ),
-            Err(e) => Err(ControlError::NoLeader(e.to_string())),
+            Err(e) => Err(ControlError::from_write(e)),
         }
     }
 
@@ -363,11 +341,14 @@ impl ControlPlane {
     pub async fn forward_join(&self, req: JoinRequest) -> Result<JoinResponse, ControlError> {
         let (leader, addr) = self
             .leader_addr()
-            .ok_or_else(|| ControlError::NoLeader("no leader elected yet".into()))?;
-        let channel = self
-            .channels
-            .get(&addr)
-            .map_err(|e| ControlError::NoLeader(e.to_string()))?;
+            .ok_or(ControlError::NoLeader(NoLeader::NotElected))?;
+        let channel = self.channels.get(&addr).map_err(|e| {
+            ControlError::NoLeader(NoLeader::Unreachable {
+                leader,
+                addr: addr.clone(),
+                detail: e.to_string(),
+            })
+        })?;
         let mut request = tonic::Request::new(req);
         request.metadata_mut().insert(
             super::control_service::FORWARDED_METADATA_KEY,
@@ -376,11 +357,9 @@ impl ControlPlane {
         let mut client = ControlServiceClient::new(channel);
         tokio::time::timeout(self.member_rpc_timeout(), client.join(request))
             .await
-            .map_err(|_| ControlError::NoLeader(format!("leader {leader} at {addr} timed out")))?
+            .map_err(|_| ControlError::timed_out(leader, &addr))?
             .map(tonic::Response::into_inner)
-            .map_err(|s| {
-                ControlError::NoLeader(format!("leader {leader} at {addr}: {}", s.message()))
-            })
+            .map_err(|s| ControlError::from_leader_status(leader, &addr, &s))
     }
 
     /// Leader side of `Join`: adds the node as a learner and a member.
@@ -406,7 +385,7 @@ impl ControlPlane {
             self.raft
                 .add_learner(node_id, BasicNode { addr: addr.clone() }, false)
                 .await
-                .map_err(|e| ControlError::NoLeader(e.to_string()))?;
+                .map_err(ControlError::from_write)?;
             info!(node_id, %addr, "added learner");
         }
         self.propose_local(Command::UpsertMember {
@@ -529,7 +508,7 @@ impl ControlPlane {
                 Err(_) => debug!(%addr, "join attempt timed out"),
             }
         }
-        Err(ControlError::NoLeader("no member accepted the join".into()))
+        Err(ControlError::NoLeader(NoLeader::JoinNotAccepted))
     }
 
     /// Sends this node's heartbeat; with `want_read_index`, returns the leader's read
@@ -541,7 +520,7 @@ impl ControlPlane {
     ) -> Result<Option<u64>, ControlError> {
         let (leader, addr) = self
             .leader_addr()
-            .ok_or_else(|| ControlError::NoLeader("unknown".into()))?;
+            .ok_or(ControlError::NoLeader(NoLeader::NotElected))?;
         if leader == self.config.node_id {
             self.handle_report(leader, replicas);
             if !want_read_index {
@@ -551,12 +530,15 @@ impl ControlPlane {
                 .read_index()
                 .await
                 .map(Some)
-                .ok_or_else(|| ControlError::NoLeader("leadership not confirmed".into()));
+                .ok_or(ControlError::NoLeader(NoLeader::Changing));
         }
-        let channel = self
-            .channels
-            .get(&addr)
-            .map_err(|e| ControlError::NoLeader(e.to_string()))?;
+        let channel = self.channels.get(&addr).map_err(|e| {
+            ControlError::NoLeader(NoLeader::Unreachable {
+                leader,
+                addr: addr.clone(),
+                detail: e.to_string(),
+            })
+        })?;
         let mut client = ControlServiceClient::new(channel);
         let call = client.report(ReportRequest {
             node_id: self.config.node_id,
@@ -565,8 +547,8 @@ impl ControlPlane {
         });
         let resp = tokio::time::timeout(self.member_rpc_timeout(), call)
             .await
-            .map_err(|_| ControlError::NoLeader(format!("heartbeat to node {leader} timed out")))?
-            .map_err(|s| ControlError::NoLeader(s.message().to_owned()))?;
+            .map_err(|_| ControlError::timed_out(leader, &addr))?
+            .map_err(|s| ControlError::from_leader_status(leader, &addr, &s))?;
         Ok(resp.into_inner().read_index)
     }
 

@@ -114,7 +114,7 @@ impl AdminServiceImpl {
                 } else {
                     ServeError::FailedPrecondition(reason)
                 }),
-                Err(e) => Err(ServeError::Unavailable(e.to_string())),
+                Err(e) => Err(e.into()),
             };
         }
         // Persisting the registry fsyncs a file: keep it off the async workers.

@@ -13,6 +13,7 @@ use tonic::{Request, Response, Status};
 
 use crate::control::plane::{ControlError, ControlPlane};
 use crate::control::state::{ClusterState, Command, MemberStatus, ReplicaState};
+use crate::serve::ServeError;
 
 /// Serves the cluster map from the locally applied state.
 pub struct ClusterServiceImpl {
@@ -150,7 +151,7 @@ impl ClusterService for ClusterServiceImpl {
                 epoch: self.plane.state().epoch,
             })),
             Err(ControlError::Rejected { reason, .. }) => Err(Status::not_found(reason)),
-            Err(e) => Err(Status::unavailable(e.to_string())),
+            Err(e) => Err(ServeError::from(e).into()),
         };
         let (outcome, detail) = match &result {
             Ok(_) => ("applied", format!("node {id}: draining")),

@@ -95,6 +95,25 @@ impl ServeError {
     }
 }
 
+impl From<crate::control::error::ControlError> for ServeError {
+    /// A control-plane failure as the wire sees it: a rejected command is the caller's
+    /// (invalid input, or conflicting with the state); no leader, or a stopped Raft here,
+    /// is transient (another node may lead); anything else is final.
+    fn from(e: crate::control::error::ControlError) -> Self {
+        use crate::control::error::ControlError as C;
+        match e {
+            C::Rejected {
+                invalid: true,
+                reason,
+            } => ServeError::InvalidArgument(reason),
+            C::Rejected { reason, .. } => ServeError::FailedPrecondition(reason),
+            e @ (C::NoLeader(_) | C::Fatal(_)) => ServeError::Unavailable(e.to_string()),
+            e @ (C::Refused { .. } | C::Raft(_)) => ServeError::FailedPrecondition(e.to_string()),
+            e @ C::Storage(_) => ServeError::Storage(e.to_string()),
+        }
+    }
+}
+
 impl From<ServeError> for tonic::Status {
     fn from(e: ServeError) -> Self {
         let mut status = e.code().to_status(e.to_string());

@@ -33,7 +33,7 @@ async fn propose(
         } else {
             ServeError::FailedPrecondition(reason)
         }),
-        Err(e) => Err(ServeError::Unavailable(e.to_string())),
+        Err(e) => Err(e.into()),
     };
     match &result {
         Ok(changes) => audit::change(
