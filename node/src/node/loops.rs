@@ -1,0 +1,313 @@
+//! The node's long-lived loops, each spawned through [`crate::tasks::Tasks`] by
+//! [`super::Node::start`]: following the cluster, readiness, view promotion (static mode),
+//! definition files, TTL refresh and sweep, storage metrics.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics::{counter, gauge};
+use quiver_proto::ShardId;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::control::plane::{ControlError, ControlPlane, wall_clock_ms};
+use crate::control::state::Command;
+use crate::metrics as m;
+use crate::registry::{Registry, RegistrySnapshot};
+use crate::serve::ServeState;
+use crate::shards::ShardManager;
+use crate::storage::{StorageEngine, TtlTable};
+use crate::tasks::{Tasks, Ticker, sleep_or_cancel};
+
+pub(super) fn refresh_ttls(ttls: &TtlTable, snap: &RegistrySnapshot) {
+    ttls.replace(
+        snap.views
+            .values()
+            .map(|v| ((v.name.clone(), v.version), v.ttl)),
+    );
+}
+
+/// Cluster mode: follows the committed state (registry, this node's replicas) and
+/// publishes the replicas' observed states for the heartbeats.
+pub(super) async fn run_follow_loop(
+    control: Arc<ControlPlane>,
+    registry: Registry,
+    shards: Arc<ShardManager>,
+    cancel: CancellationToken,
+) {
+    let mut rx = control.subscribe();
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let mut applied_registry = None;
+    let mut published = BTreeSet::new();
+    loop {
+        let state = rx.borrow_and_update().clone();
+        if applied_registry.as_ref() != Some(&state.registry) {
+            match registry.replace(state.registry.clone()) {
+                Ok(()) => applied_registry = Some(state.registry.clone()),
+                Err(e) => error!(error = %e, "committed registry does not validate"),
+            }
+        }
+        let mine = state.replicas_on(control.node_id());
+        publish_replica_states(&mine, &mut published);
+        let desired: BTreeSet<ShardId> = mine.keys().map(|s| ShardId(*s)).collect();
+        if let Err(e) = shards.reconcile(&desired, true).await {
+            warn!(error = %e, "shard reconcile failed; retrying");
+        }
+        let mut reports = shards.reports().await;
+        for r in &mut reports {
+            r.epoch = state.epoch;
+        }
+        control.set_local_reports(reports);
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            res = rx.changed() => if res.is_err() { return },
+            _ = tick.tick() => {}
+        }
+    }
+}
+
+/// Sets `quiver_replica_state{shard, state}` for this node's replicas; shards it no longer
+/// holds (in `published`) go to 0.
+fn publish_replica_states(
+    mine: &std::collections::BTreeMap<u32, crate::control::state::ReplicaState>,
+    published: &mut BTreeSet<u32>,
+) {
+    use crate::control::state::ReplicaState;
+    const STATES: [(ReplicaState, &str); 3] = [
+        (ReplicaState::Bootstrapping, "bootstrapping"),
+        (ReplicaState::Serving, "serving"),
+        (ReplicaState::Draining, "draining"),
+    ];
+    for shard in published.iter().filter(|s| !mine.contains_key(s)) {
+        for (_, name) in STATES {
+            gauge!(m::REPLICA_STATE, "shard" => shard.to_string(), "state" => name).set(0.0);
+        }
+    }
+    for (shard, state) in mine {
+        for (s, name) in STATES {
+            let v = if *state == s { 1.0 } else { 0.0 };
+            gauge!(m::REPLICA_STATE, "shard" => shard.to_string(), "state" => name).set(v);
+        }
+    }
+    *published = mine.keys().copied().collect();
+}
+
+/// Static mode: promotes a pending view version once every local replica re-ingested it
+/// (in cluster mode the leader does this for the whole cluster).
+pub(super) async fn run_promotion_loop(state: Arc<ServeState>, cancel: CancellationToken) {
+    let mut ticker = Ticker::new(Duration::from_millis(200), &cancel);
+    while ticker.tick().await {
+        let snap = state.registry.snapshot();
+        let local = state.local();
+        for view in snap.pending.values() {
+            let ready = !local.stores.is_empty()
+                && local.stores.iter().all(|(id, store)| {
+                    local
+                        .status
+                        .get(id)
+                        .is_some_and(|st| crate::shards::pending_caught_up(store, st, view))
+                });
+            if !ready {
+                continue;
+            }
+            let registry = state.registry.clone();
+            let (name, version) = (view.name.clone(), view.version);
+            match tokio::task::spawn_blocking(move || registry.promote(&name, version)).await {
+                Ok(Ok(())) => {
+                    info!(view = %view.name, version = view.version, "new view version re-ingested: promoted to serving")
+                }
+                Ok(Err(e)) => warn!(view = %view.name, error = %e, "promoting view version failed"),
+                Err(e) => warn!(error = %e, "promotion task failed"),
+            }
+        }
+    }
+}
+
+/// Cluster mode: applies the configured definition files through Raft once a leader exists.
+pub(super) async fn apply_files_loop(
+    control: Arc<ControlPlane>,
+    files: Vec<std::path::PathBuf>,
+    cancel: CancellationToken,
+) {
+    for path in files {
+        let file = match std::fs::read_to_string(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|t| crate::registry::DefinitionFile::from_toml(&t).map_err(|e| e.to_string()))
+        {
+            Ok(f) => f,
+            Err(e) => {
+                error!(file = %path.display(), error = %e, "cannot read definition file");
+                continue;
+            }
+        };
+        loop {
+            let cmd = Command::ApplyDefinitions {
+                file: file.clone(),
+                applied_by: "config".into(),
+                applied_at_ms: wall_clock_ms(),
+            };
+            match control.propose(cmd).await {
+                Ok(_) => break,
+                Err(ControlError::Rejected { reason, .. }) => {
+                    error!(file = %path.display(), %reason, "definition file rejected");
+                    break;
+                }
+                Err(e) if e.is_transient() => {}
+                Err(e) => {
+                    error!(file = %path.display(), error = %e, "definition file not applied");
+                    break;
+                }
+            }
+            if !sleep_or_cancel(Duration::from_millis(200), &cancel).await {
+                return;
+            }
+        }
+    }
+}
+
+pub(super) async fn run_ttl_refresh_loop(
+    registry: Registry,
+    engine: Arc<StorageEngine>,
+    cancel: CancellationToken,
+) {
+    let mut changes = registry.subscribe();
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            res = changes.changed() => if res.is_err() { return },
+        }
+        refresh_ttls(engine.ttls(), &registry.snapshot());
+    }
+}
+
+/// Readiness (`quiver.v1.Readiness`, `quiver_node_ready`), checked every 500 ms.
+///
+/// Static mode: every local replica caught up. Cluster mode, all of: a leader known and
+/// this node's control-plane state current (a read-index round); the node is an active
+/// member of the committed state; every replica placement wants on this node has been
+/// assigned to it (a node that just joined has an empty assignment until the leader
+/// places replicas on it: "no replicas yet" is not "nothing to serve"); and every
+/// replica assigned to it is open here and caught up with its partitions.
+pub(super) async fn run_readiness_loop(
+    state: Arc<ServeState>,
+    shards: Arc<ShardManager>,
+    tasks: Tasks,
+    cancel: CancellationToken,
+) {
+    let mut ticker = Ticker::new(Duration::from_millis(500), &cancel);
+    while ticker.tick().await {
+        let reports = shards.reports().await;
+        // A node whose background task died is not ready, whatever its replicas say.
+        let ready = tasks.is_healthy()
+            && match &state.control {
+                None => reports.iter().all(|r| r.caught_up),
+                Some(c) => cluster_ready(c, &reports),
+            };
+        state
+            .ready
+            .send_if_modified(|r| std::mem::replace(r, ready) != ready);
+        gauge!(m::NODE_READY).set(if ready { 1.0 } else { 0.0 });
+    }
+}
+
+/// The cluster-mode readiness rule of [`run_readiness_loop`].
+fn cluster_ready(control: &ControlPlane, reports: &[quiver_proto::v1::ReplicaReport]) -> bool {
+    use crate::control::state::MemberStatus;
+    if control.leader().is_none() || !control.is_fresh() {
+        return false;
+    }
+    let cluster = control.state();
+    let me = control.node_id();
+    if cluster
+        .members
+        .get(&me)
+        .is_none_or(|m| m.status != MemberStatus::Active)
+    {
+        return false;
+    }
+    let Some(desired) = crate::control::reconciler::desired_assignment(&cluster) else {
+        return false;
+    };
+    let assigned = cluster.replicas_on(me);
+    let placed = desired
+        .iter()
+        .filter(|(_, nodes)| nodes.contains(&me))
+        .all(|(shard, _)| assigned.contains_key(shard));
+    let caught_up = assigned
+        .keys()
+        .all(|shard| reports.iter().any(|r| r.shard == *shard && r.caught_up));
+    placed && caught_up
+}
+
+/// Storage figures summed over the local shards.
+#[derive(Default)]
+struct StorageStats {
+    hits: u64,
+    misses: u64,
+    memtable: u64,
+    sst: u64,
+    pending: u64,
+    stall_micros: u64,
+    rows: Vec<(u32, u64)>,
+}
+
+pub(super) async fn run_storage_metrics_loop(
+    state: Arc<ServeState>,
+    engine: Arc<StorageEngine>,
+    cancel: CancellationToken,
+) {
+    let mut ticker = Ticker::new(Duration::from_secs(5), &cancel);
+    while ticker.tick().await {
+        let local = state.local();
+        // RocksDB properties are cheap reads of in-memory counters, but still FFI calls
+        // that take locks: off the async workers.
+        let stats = tokio::task::spawn_blocking(move || {
+            let mut s = StorageStats::default();
+            for (id, store) in &local.stores {
+                let (h, mi) = store.block_cache_stats();
+                s.hits += h;
+                s.misses += mi;
+                s.memtable += store.int_property("rocksdb.cur-size-all-mem-tables");
+                s.sst += store.int_property("rocksdb.total-sst-files-size");
+                s.pending += store.int_property("rocksdb.estimate-pending-compaction-bytes");
+                s.stall_micros += store.stall_micros();
+                s.rows.push((id.0, store.estimate_rows()));
+            }
+            s
+        })
+        .await;
+        let Ok(s) = stats else { continue };
+        for (id, rows) in s.rows {
+            gauge!(m::STORAGE_ROWS, "shard" => id.to_string()).set(rows as f64);
+        }
+        counter!(m::STORAGE_BLOCK_CACHE_HITS).absolute(s.hits);
+        counter!(m::STORAGE_BLOCK_CACHE_MISSES).absolute(s.misses);
+        gauge!(m::STORAGE_BLOCK_CACHE_USAGE).set(engine.block_cache_usage() as f64);
+        gauge!(m::STORAGE_MEMTABLE_BYTES).set(s.memtable as f64);
+        gauge!(m::STORAGE_SST_BYTES).set(s.sst as f64);
+        gauge!(m::STORAGE_PENDING_COMPACTION_BYTES).set(s.pending as f64);
+        m::record_write_stall_micros(s.stall_micros);
+        counter!(m::STORAGE_SAMPLES).increment(1);
+    }
+}
+
+pub(super) async fn run_ttl_sweep_loop(
+    state: Arc<ServeState>,
+    every: Duration,
+    cancel: CancellationToken,
+) {
+    let mut ticker = Ticker::delayed(every, &cancel);
+    while ticker.tick().await {
+        for store in state.local().stores.values() {
+            let store = store.clone();
+            // A full compaction runs the TTL filter over every file of the shard.
+            if let Err(e) = tokio::task::spawn_blocking(move || store.compact_rows()).await {
+                error!(error = %e, "ttl sweep task failed");
+            }
+            if cancel.is_cancelled() {
+                return;
+            }
+        }
+    }
+}
