@@ -8,6 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use openraft::error::{InitializeError, RaftError};
 use openraft::{BasicNode, ServerState};
+use quiver_proto::transport::AuthChannel;
 use quiver_proto::v1::control_service_client::ControlServiceClient;
 use quiver_proto::v1::{JoinRequest, JoinResponse, ProposeRequest, ReplicaReport, ReportRequest};
 use tokio::sync::watch;
@@ -289,6 +290,18 @@ impl ControlPlane {
         }
     }
 
+    /// The channel to the leader `leader` at `addr`; one that cannot be made is a leader
+    /// this node cannot reach.
+    fn leader_channel(&self, leader: u64, addr: &str) -> Result<AuthChannel, ControlError> {
+        self.channels.get(addr).map_err(|e| {
+            ControlError::NoLeader(NoLeader::Unreachable {
+                leader,
+                addr: addr.to_string(),
+                detail: e.to_string(),
+            })
+        })
+    }
+
     async fn propose_once(&self, cmd: &Command) -> Result<CommandResult, ControlError> {
         match self.propose_local(cmd.clone()).await {
             Err(ControlError::NoLeader(_)) => {}
@@ -300,13 +313,7 @@ impl ControlPlane {
         if leader == self.config.node_id {
             return Err(ControlError::NoLeader(NoLeader::Changing));
         }
-        let channel = self.channels.get(&addr).map_err(|e| {
-            ControlError::NoLeader(NoLeader::Unreachable {
-                leader,
-                addr: addr.clone(),
-                detail: e.to_string(),
-            })
-        })?;
+        let channel = self.leader_channel(leader, &addr)?;
         let json = serde_json::to_vec(cmd).map_err(|e| ControlError::Raft(e.to_string()))?;
         let mut client = ControlServiceClient::new(channel);
         let call = client.propose(ProposeRequest { command_json: json });
@@ -342,13 +349,7 @@ impl ControlPlane {
         let (leader, addr) = self
             .leader_addr()
             .ok_or(ControlError::NoLeader(NoLeader::NotElected))?;
-        let channel = self.channels.get(&addr).map_err(|e| {
-            ControlError::NoLeader(NoLeader::Unreachable {
-                leader,
-                addr: addr.clone(),
-                detail: e.to_string(),
-            })
-        })?;
+        let channel = self.leader_channel(leader, &addr)?;
         let mut request = tonic::Request::new(req);
         request.metadata_mut().insert(
             super::control_service::FORWARDED_METADATA_KEY,
@@ -532,13 +533,7 @@ impl ControlPlane {
                 .map(Some)
                 .ok_or(ControlError::NoLeader(NoLeader::Changing));
         }
-        let channel = self.channels.get(&addr).map_err(|e| {
-            ControlError::NoLeader(NoLeader::Unreachable {
-                leader,
-                addr: addr.clone(),
-                detail: e.to_string(),
-            })
-        })?;
+        let channel = self.leader_channel(leader, &addr)?;
         let mut client = ControlServiceClient::new(channel);
         let call = client.report(ReportRequest {
             node_id: self.config.node_id,
