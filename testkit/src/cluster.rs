@@ -168,3 +168,22 @@ pub fn initial_members(root: &Path, n: u64, s: &ClusterSettings) -> Vec<Member> 
     }
     members
 }
+
+/// Whether `map` has `shards` shards, each with `r` replicas, every one of them Serving
+/// on a node `on` accepts (the condition tests wait for after forming or changing a
+/// cluster).
+pub fn all_serving_on(
+    map: &quiver_proto::v1::ClusterMap,
+    shards: usize,
+    r: usize,
+    on: impl Fn(u64) -> bool,
+) -> bool {
+    use quiver_proto::v1::ReplicaStateProto;
+    map.shards.len() == shards
+        && map.shards.iter().all(|s| {
+            s.replicas.len() == r
+                && s.replicas
+                    .iter()
+                    .all(|x| x.state == ReplicaStateProto::Serving as i32 && on(x.node_id))
+        })
+}

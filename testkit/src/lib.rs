@@ -11,6 +11,8 @@ pub mod process;
 pub mod security;
 pub mod values;
 
-pub use cluster::{ClusterSettings, Member, allocate, allocate_on, initial_members, write_config};
+pub use cluster::{
+    ClusterSettings, Member, all_serving_on, allocate, allocate_on, initial_members, write_config,
+};
 pub use pki::{Ca, Pem, SecureRig};
 pub use process::{Broker, NodeProcess, free_port, node_binary, signal, tansu_binary};

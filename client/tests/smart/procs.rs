@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use quiver_client::{Client, ClientBuilder, Lookup, NodeClient};
-use quiver_proto::v1::{ClusterMap, ReplicaStateProto};
-use quiver_testkit::{Broker, ClusterSettings, Member, NodeProcess};
+use quiver_proto::v1::ClusterMap;
+use quiver_testkit::{Broker, ClusterSettings, Member, NodeProcess, all_serving_on};
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
@@ -109,12 +109,8 @@ impl ProcCluster {
         loop {
             if let Ok(mut c) = NodeClient::connect(self.member(on[0]).endpoint()).await
                 && let Ok(map) = c.cluster_map().await
-                && map.shards.len() == self.settings.shard_count as usize
-                && map.shards.iter().all(|s| {
-                    s.replicas.len() == r
-                        && s.replicas.iter().all(|x| {
-                            x.state == ReplicaStateProto::Serving as i32 && on.contains(&x.node_id)
-                        })
+                && all_serving_on(&map, self.settings.shard_count as usize, r, |n| {
+                    on.contains(&n)
                 })
             {
                 return map;

@@ -141,6 +141,8 @@ impl FeatureServiceImpl {
         )?;
         // handler → plan → admit (the replicas, the watermarks, an execution slot) →
         // execute: each step once, in this order.
+        // One Vec per request and an Arc clone per shard read (not per key): the blocking
+        // path moves them to its thread.
         let replicas = replicas_for(&plan, &self.state.local().stores, self.state.epoch())?;
         self.await_watermarks(&plan, &replicas, req.watermark_wait_ms)
             .await?;

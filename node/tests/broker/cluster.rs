@@ -16,7 +16,9 @@ use quiver_proto::v1::{
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-use quiver_testkit::{Broker, ClusterSettings, NodeProcess, allocate, write_config};
+use quiver_testkit::{
+    Broker, ClusterSettings, NodeProcess, all_serving_on, allocate, write_config,
+};
 
 const P: u32 = 16;
 const R: usize = 2;
@@ -58,13 +60,7 @@ async fn wait_placed(port: u16, on: &BTreeSet<u64>, timeout: Duration) -> Cluste
         if let Some(map) = map_from(port).await {
             // Every listed node is active and holds replicas (with P = 16, R = 2 and at
             // most 4 nodes, each node's expected share is 8 replicas), all Serving.
-            let ok = map.shards.len() == P as usize
-                && map.shards.iter().all(|s| {
-                    s.replicas.len() == R
-                        && s.replicas.iter().all(|r| {
-                            r.state == ReplicaStateProto::Serving as i32 && on.contains(&r.node_id)
-                        })
-                })
+            let ok = all_serving_on(&map, P as usize, R, |n| on.contains(&n))
                 && on.iter().all(|n| {
                     map.members
                         .iter()

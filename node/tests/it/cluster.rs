@@ -8,9 +8,7 @@ use quiver_node::config::{NodeConfig, NodeConfigFile};
 use quiver_proto::Partitioner;
 use quiver_proto::v1::cluster_service_client::ClusterServiceClient;
 use quiver_proto::v1::value::Kind;
-use quiver_proto::v1::{
-    ApplyDefinitionsRequest, ClusterMap, GetClusterMapRequest, ReplicaStateProto,
-};
+use quiver_proto::v1::{ApplyDefinitionsRequest, ClusterMap, GetClusterMapRequest};
 use serde_json::json;
 
 use crate::harness::{Kafka, TestNode, eventually};
@@ -112,13 +110,7 @@ async fn wait_placed(cluster: &Cluster, r: usize, on: &BTreeSet<u64>) -> Cluster
             let first = cluster.nodes.values().next().unwrap();
             let map = cluster_map(first).await;
             let ok = map.shard_count == SHARDS
-                && map.shards.len() == SHARDS as usize
-                && map.shards.iter().all(|s| {
-                    s.replicas.len() == r
-                        && s.replicas.iter().all(|x| {
-                            x.state == ReplicaStateProto::Serving as i32 && on.contains(&x.node_id)
-                        })
-                });
+                && quiver_testkit::all_serving_on(&map, SHARDS as usize, r, |n| on.contains(&n));
             if !ok {
                 return None;
             }

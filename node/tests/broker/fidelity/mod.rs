@@ -15,7 +15,7 @@ use quiver_proto::v1::cluster_service_client::ClusterServiceClient;
 use quiver_proto::v1::feature_service_client::FeatureServiceClient;
 use quiver_proto::v1::{
     ApplyDefinitionsRequest, ClusterMap, CreateTokenRequest, EntityKey, GetClusterMapRequest,
-    GetOnlineFeaturesRequest, GetStatusRequest, ReplicaStateProto, RevokeTokenRequest,
+    GetOnlineFeaturesRequest, GetStatusRequest, RevokeTokenRequest,
 };
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -24,7 +24,8 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
 use quiver_testkit::{
-    Broker, ClusterSettings, Member, NodeProcess, allocate, initial_members, write_config,
+    Broker, ClusterSettings, Member, NodeProcess, all_serving_on, allocate, initial_members,
+    write_config,
 };
 
 mod formation;
@@ -101,13 +102,7 @@ async fn wait_serving_with(
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         if let Some(map) = map_with(endpoint, c).await
-            && map.shards.len() == p as usize
-            && map.shards.iter().all(|s| {
-                s.replicas.len() == r
-                    && s.replicas.iter().all(|x| {
-                        x.state == ReplicaStateProto::Serving as i32 && on.contains(&x.node_id)
-                    })
-            })
+            && all_serving_on(&map, p as usize, r, |n| on.contains(&n))
         {
             return map;
         }
