@@ -24,6 +24,10 @@ use crate::retry::Recovery;
 use crate::router::{Excluded, Group, ShardedBatch, route, shard_batch};
 use crate::watermark::Watermarks;
 
+/// How long a node that answered "draining" is avoided (while another replica is healthy):
+/// past its drain window it stops accepting, after which its breaker takes over.
+const DRAINING_AVOID: Duration = Duration::from_secs(10);
+
 /// How often a sub-request may go round (re-route after a refresh, retry, wait) before
 /// the call gives up even with deadline left; bounds work on a pathological cluster.
 const MAX_ROUNDS: u32 = 32;
@@ -227,6 +231,9 @@ impl<'a> Call<'a> {
                 {
                     self.inner.map.notice_epoch(epoch);
                 }
+                let draining = resp
+                    .metadata()
+                    .contains_key(quiver_proto::error::DRAINING_METADATA_KEY);
                 let resp = resp.into_inner();
                 let well_formed = resp
                     .columns
@@ -234,6 +241,9 @@ impl<'a> Call<'a> {
                     .all(|c| c.values.len() == keys.len() && c.statuses.len() == keys.len());
                 if well_formed {
                     g.node.on_success(self.inner.config.breaker_cooldown);
+                    if draining {
+                        g.node.on_draining(DRAINING_AVOID);
+                    }
                     self.inner.hedge.record(keys.len(), started.elapsed());
                     self.inner.session.observe(&resp.watermarks);
                     self.inner.lagging.served(g.node.id, &g.shards);

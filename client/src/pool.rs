@@ -49,6 +49,8 @@ struct Breaker {
     open_until: Option<Instant>,
     cooldown: Duration,
     probe_in_flight: bool,
+    /// The node said it is draining for shutdown: prefer others until then.
+    draining_until: Option<Instant>,
 }
 
 /// Whether a node may be sent a request now.
@@ -56,6 +58,8 @@ struct Breaker {
 pub(crate) enum Admission {
     /// Healthy.
     Allow,
+    /// Healthy but draining for shutdown: used only when no healthy replica is left.
+    Draining,
     /// Open breaker whose cool-down has passed: one request may probe it.
     Probe,
     /// Open breaker: skip the node.
@@ -115,6 +119,7 @@ impl NodeHandle {
     pub(crate) fn admission(&self, now: Instant) -> Admission {
         let b = self.breaker();
         match b.open_until {
+            None if b.draining_until.is_some_and(|t| now < t) => Admission::Draining,
             None => Admission::Allow,
             Some(t) if now >= t && !b.probe_in_flight => Admission::Probe,
             Some(_) => Admission::Deny,
@@ -134,13 +139,22 @@ impl NodeHandle {
         }
     }
 
-    /// A request to the node succeeded: close the breaker.
+    /// A request to the node succeeded: close the breaker (and forget a drain: a node
+    /// that still drains says so again in the same response).
     pub(crate) fn on_success(&self, base_cooldown: Duration) {
         let mut b = self.breaker();
+        b.draining_until = None;
         b.consecutive_failures = 0;
         b.open_until = None;
         b.probe_in_flight = false;
         b.cooldown = base_cooldown;
+    }
+
+    /// The node answered that it is draining for shutdown: it still answers, but this
+    /// client prefers the shards' other replicas for `for_`, by which time the node has
+    /// stopped (its breaker covers the rest) or restarted.
+    pub(crate) fn on_draining(&self, for_: Duration) {
+        self.breaker().draining_until = Some(Instant::now() + for_);
     }
 
     /// A transport-level failure; returns true if this opened (or re-opened) the breaker.
@@ -212,6 +226,7 @@ impl NodePool {
                 open_until: None,
                 cooldown: self.base_cooldown,
                 probe_in_flight: false,
+                draining_until: None,
             }),
         });
         nodes.insert(id, handle.clone());

@@ -191,6 +191,7 @@ fn pick(
     let now = Instant::now();
     let mut healthy = Vec::new();
     let mut lagging = Vec::new();
+    let mut draining = Vec::new();
     let mut denied = Vec::new();
     for id in candidates {
         let Some(addr) = table.addrs.get(&id) else {
@@ -200,12 +201,17 @@ fn pick(
         match node.admission(now) {
             Admission::Allow if behind(id) => lagging.push(node),
             Admission::Allow => healthy.push(node),
+            // A draining node still answers: better than a lagging or a failing one.
+            Admission::Draining => draining.push(node),
             Admission::Probe if node.claim_probe(now) => return Ok(Some(node)),
             Admission::Probe | Admission::Deny => denied.push(node),
         }
     }
     if !healthy.is_empty() {
         return Ok(Some(power_of_two(rng, &healthy)));
+    }
+    if !draining.is_empty() {
+        return Ok(Some(power_of_two(rng, &draining)));
     }
     if !lagging.is_empty() {
         return Ok(Some(power_of_two(rng, &lagging)));
@@ -581,5 +587,45 @@ mod tests {
             assert_eq!(on(0), 2);
             assert_eq!(on(2), 3);
         }
+    }
+
+    #[tokio::test]
+    async fn a_draining_node_is_used_only_when_no_healthy_replica_is_left() {
+        let pool = NodePool::new(Duration::from_millis(10), Duration::from_secs(60));
+        // Node 1 holds shards 0 and 1, node 2 shard 0 only.
+        let t = table(&[&[1, 2], &[1]]);
+        let rng = Rng::new(9);
+        let none = LaggingReplicas::default();
+        let n1 = pool.node(1, "127.0.0.1:1001").unwrap();
+        n1.on_draining(Duration::from_secs(60));
+        for _ in 0..50 {
+            let groups = route(&t, &[0, 1], &pool, &Excluded::default(), &none, &rng).unwrap();
+            let on = |shard: u32| {
+                groups
+                    .iter()
+                    .find(|g| g.shards.contains(&shard))
+                    .unwrap()
+                    .node
+                    .id
+            };
+            // Shard 0 moves to the healthy replica, even though node 1 is also asked for
+            // shard 1 (no consolidation onto a draining node); shard 1 has no other.
+            assert_eq!(on(0), 2);
+            assert_eq!(on(1), 1);
+        }
+        // A draining node beats one with an open breaker.
+        let n2 = pool.node(2, "127.0.0.1:1002").unwrap();
+        for _ in 0..3 {
+            n2.on_failure(3, Duration::from_secs(60));
+        }
+        assert_eq!(
+            choose(&t, 0, &pool, &Excluded::default(), &none, &rng)
+                .unwrap()
+                .id,
+            1
+        );
+        // A success without the marker (the node restarted) makes it healthy again.
+        n1.on_success(Duration::from_millis(10));
+        assert_eq!(n1.admission(Instant::now()), Admission::Allow);
     }
 }

@@ -62,6 +62,9 @@ struct NodeArgs {
     /// server.shutdown_grace, e.g. "10s"
     #[arg(long, env = "QUIVER_SHUTDOWN_GRACE", value_parser = humantime::parse_duration)]
     shutdown_grace: Option<Duration>,
+    /// server.shutdown_delay, e.g. "5s"
+    #[arg(long, env = "QUIVER_SHUTDOWN_DELAY", value_parser = humantime::parse_duration)]
+    shutdown_delay: Option<Duration>,
     /// server.compress_responses (true | false)
     #[arg(long, env = "QUIVER_COMPRESS_RESPONSES")]
     compress_responses: Option<bool>,
@@ -241,6 +244,7 @@ fn apply_overrides(f: &mut NodeConfigFile, a: NodeArgs) -> anyhow::Result<()> {
     set(&mut f.server.grpc_addr, a.grpc_addr);
     set(&mut f.server.metrics_addr, a.metrics_addr);
     set(&mut f.server.shutdown_grace, a.shutdown_grace);
+    set(&mut f.server.shutdown_delay, a.shutdown_delay);
     set(&mut f.server.compress_responses, a.compress_responses);
     set(&mut f.cluster.shard_count, a.shard_count);
     set(&mut f.cluster.partitioner, a.partitioner);
@@ -343,29 +347,70 @@ fn parse_identity(e: &str) -> anyhow::Result<quiver_node::config::IdentitySectio
     })
 }
 
-async fn shutdown_signal(cancel: CancellationToken) {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                error!(error = %e, "cannot install SIGTERM handler");
-                std::future::pending::<()>().await
-            }
+/// Cancels `shutdown` on the first SIGTERM or SIGINT (the node drains and stops in
+/// order); a second one, or the drain overrunning `limit`, ends the process at once.
+async fn handle_signals(shutdown: CancellationToken, limit: Duration) {
+    let mut signals = match Signals::install() {
+        Ok(s) => s,
+        Err(e) => {
+            error!(error = %e, "cannot install signal handlers; stop with SIGKILL");
+            return;
         }
     };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
     tokio::select! {
-        _ = ctrl_c => info!("SIGINT received, shutting down"),
-        () = term => info!("SIGTERM received, shutting down"),
-        () = cancel.cancelled() => {}
+        name = signals.next() => info!("{name} received: draining, then stopping (send it again to stop at once)"),
+        () = shutdown.cancelled() => {}
     }
-    cancel.cancel();
+    shutdown.cancel();
+    tokio::select! {
+        name = signals.next() => error!("{name} received again: exiting without finishing the drain"),
+        () = tokio::time::sleep(limit) => error!(?limit, "shutdown did not finish in time: exiting"),
+    }
+    std::process::exit(1);
 }
+
+/// SIGTERM and SIGINT as one stream.
+struct Signals {
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Signals {
+                term: signal(SignalKind::terminate())?,
+                int: signal(SignalKind::interrupt())?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Signals {})
+    }
+
+    /// The next signal's name.
+    async fn next(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.term.recv() => "SIGTERM",
+                _ = self.int.recv() => "SIGINT",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C"
+        }
+    }
+}
+
+/// Beyond the drain window and grace, how long stopping ingest, flushing the replicas
+/// and stopping Raft may take before the process exits regardless.
+const STOP_BUDGET: Duration = Duration::from_secs(20);
 
 async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     let mut file = match &args.config {
@@ -388,9 +433,11 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     let grpc = tokio::net::TcpListener::bind(config.grpc_addr)
         .await
         .with_context(|| format!("bind gRPC address {}", config.grpc_addr))?;
-    let cancel = CancellationToken::new();
-    tokio::spawn(shutdown_signal(cancel.clone()));
-    quiver_node::run(config, Listeners { grpc }, cancel)
+    let shutdown = CancellationToken::new();
+    // The drain's own bounds, plus time to stop ingest, flush and stop Raft.
+    let limit = config.shutdown_delay + config.shutdown_grace + STOP_BUDGET;
+    tokio::spawn(handle_signals(shutdown.clone(), limit));
+    quiver_node::run(config, Listeners { grpc }, shutdown)
         .await
         .context("node failed")?;
     Ok(())

@@ -27,9 +27,10 @@ use crate::control::plane::{ControlError, ControlPlane};
 use crate::ingest::IngestError;
 use crate::kafka_meta::{KafkaMetadata, TopicCheckError};
 use crate::registry::{Registry, RegistryError, RegistrySnapshot};
+use crate::replica::ShardManager;
 use crate::security::tls::ReloadingTls;
-use crate::serve::{ServeState, serve};
-use crate::shards::ShardManager;
+use crate::serve::{Drain, serve};
+use crate::state::NodeState;
 use crate::storage::{ShardStore, StorageEngine, StorageError};
 
 /// Errors that stop a node from starting or running.
@@ -56,6 +57,9 @@ pub enum NodeError {
     /// An ingest loop could not start.
     #[error(transparent)]
     Ingest(#[from] IngestError),
+    /// A shard replica could not be opened.
+    #[error(transparent)]
+    Replica(#[from] crate::replica::ReplicaError),
     /// A Kafka client could not be created.
     #[error("kafka client: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
@@ -79,14 +83,18 @@ pub struct Listeners {
     pub grpc: TcpListener,
 }
 
-/// A running node. Cancel its token to stop it, then [`Node::wait`].
+/// A running node. Cancel its shutdown token to stop it, then [`Node::wait`].
 pub struct Node {
-    state: Arc<ServeState>,
+    state: Arc<NodeState>,
     shards: Arc<ShardManager>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     tasks: Tasks,
     dead_letters: Option<Arc<ThreadedProducer<DefaultProducerContext>>>,
-    cancel: CancellationToken,
+    /// The caller's: starts the drain.
+    shutdown: CancellationToken,
+    /// The node's own, cancelled once the server has drained (or when the node is
+    /// dropped): stops ingest, the control plane and every background loop.
+    stop: tokio_util::sync::DropGuard,
 }
 
 impl Node {
@@ -98,8 +106,12 @@ impl Node {
     pub async fn start(
         config: NodeConfig,
         listeners: Listeners,
-        cancel: CancellationToken,
+        shutdown: CancellationToken,
     ) -> Result<Node, NodeError> {
+        // Background work stops after the server drained, not when shutdown begins:
+        // in-flight lookups may wait for watermarks that ingest has yet to reach.
+        let cancel = CancellationToken::new();
+        let stop = cancel.clone().drop_guard();
         std::fs::create_dir_all(&config.data_dir).map_err(|source| StorageError::Io {
             path: config.data_dir.clone(),
             source,
@@ -160,7 +172,7 @@ impl Node {
             &config.ingest.kafka_properties,
             Duration::from_secs(30),
         )?);
-        let state = Arc::new(ServeState {
+        let state = Arc::new(NodeState {
             node_id: config.node_id,
             shard_count: config.shard_count,
             partitioner: config.partitioner,
@@ -179,6 +191,7 @@ impl Node {
             queued_lookups: Default::default(),
             plans: Default::default(),
             compress_responses: config.compress_responses,
+            draining: Default::default(),
         });
         if !config.security.auth.enabled {
             warn!(
@@ -222,8 +235,8 @@ impl Node {
             None => {
                 let desired: BTreeSet<ShardId> = config.shards.iter().copied().collect();
                 if let Err(e) = shards.reconcile(&desired, false).await {
-                    shards.shutdown().await;
-                    return Err(e);
+                    shards.shutdown(STOP_READS_WAIT).await;
+                    return Err(e.into());
                 }
                 info!(
                     shards = desired.len(),
@@ -265,8 +278,11 @@ impl Node {
             tls,
             state.clone(),
             tasks.failures(),
-            config.shutdown_grace,
-            cancel.clone(),
+            Drain {
+                delay: config.shutdown_delay,
+                grace: config.shutdown_grace,
+            },
+            shutdown.clone(),
         ));
         if let Some(every) = config.ttl_sweep_interval {
             tasks.spawn(
@@ -285,7 +301,8 @@ impl Node {
             server,
             tasks,
             dead_letters,
-            cancel,
+            shutdown,
+            stop,
         })
     }
 
@@ -309,9 +326,17 @@ impl Node {
         self.state.control.as_ref()
     }
 
-    /// Waits until the node's token is cancelled, then shuts down in order: stop accepting
-    /// and drain RPCs, stop ingest loops (their last batches are written), flush storage,
-    /// stop Raft.
+    /// Waits until the node's shutdown token is cancelled, then stops in order:
+    /// 1. drain: readiness NOT_SERVING, lookup responses marked draining, still answering
+    ///    for `server.shutdown_delay`; then no new connections, and in-flight RPCs get
+    ///    `server.shutdown_grace` to finish (ingest keeps running meanwhile: a lookup may
+    ///    be waiting for a watermark);
+    /// 2. every background loop stops — ingest loops at a batch boundary (their last
+    ///    batch and its offsets are written), the control plane's loops;
+    /// 3. each replica closes: reads still inside its gate get [`STOP_READS_WAIT`], then
+    ///    it is flushed;
+    /// 4. Raft stops (a leader's followers elect a successor within an election
+    ///    timeout), dead-lettered records are flushed.
     ///
     /// # Errors
     /// [`NodeError::Server`] if the gRPC server failed while running.
@@ -319,24 +344,23 @@ impl Node {
         let Node {
             state,
             shards,
-            server,
+            mut server,
             tasks,
             dead_letters,
-            cancel,
+            shutdown,
+            stop,
         } = self;
         let served = tokio::select! {
-            res = server => Some(res),
-            () = cancel.cancelled() => None,
+            res = &mut server => res,
+            // `serve` drains and returns (bounded by the delay and the grace).
+            () = shutdown.cancelled() => server.await,
         };
-        // An unexpected server exit is fatal: stop everything else too.
-        cancel.cancel();
-        let served = match served {
-            Some(res) => res,
-            None => Ok(Ok(())),
-        };
-        info!("shutting down: stopping ingest");
+        // Also after an unexpected server exit, which is fatal: stop everything else.
+        info!("shutting down: stopping ingest and background loops");
+        drop(stop);
         tasks.join().await;
-        shards.shutdown().await;
+        info!("shutting down: closing shard replicas");
+        shards.shutdown(STOP_READS_WAIT).await;
         if let Some(c) = &state.control
             && let Err(e) = c.raft().shutdown().await
         {
@@ -354,16 +378,20 @@ impl Node {
     }
 }
 
-/// Runs a node until `cancel` fires, then shuts it down gracefully.
+/// At shutdown, how long a replica waits for reads still inside its gate once the
+/// server stopped (only reads the shutdown grace cut off: they are abandoned).
+pub const STOP_READS_WAIT: Duration = Duration::from_secs(2);
+
+/// Runs a node until `shutdown` fires, then shuts it down gracefully ([`Node::wait`]).
 ///
 /// # Errors
 /// As [`Node::start`] and [`Node::wait`].
 pub async fn run(
     config: NodeConfig,
     listeners: Listeners,
-    cancel: CancellationToken,
+    shutdown: CancellationToken,
 ) -> Result<(), NodeError> {
-    Node::start(config, listeners, cancel).await?.wait().await
+    Node::start(config, listeners, shutdown).await?.wait().await
 }
 
 async fn check_topics(

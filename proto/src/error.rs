@@ -12,6 +12,10 @@ pub const ERROR_CODE_METADATA_KEY: &str = "quiver-error-code";
 /// a client knows whether to refresh its map.
 pub const EPOCH_METADATA_KEY: &str = "quiver-epoch";
 
+/// Metadata key a node sets on lookup responses while it drains for shutdown (it still
+/// answers): smart clients prefer the shards' other replicas from then on.
+pub const DRAINING_METADATA_KEY: &str = "quiver-draining";
+
 /// Metadata key listing, on `behind` errors, every shard of the request that had not
 /// reached its requested watermark (comma-separated ids), so a client retries those shards
 /// elsewhere and keeps the others on the node.

@@ -22,6 +22,9 @@ pub struct ClusterSettings {
     pub max_watermark_wait: Duration,
     /// RocksDB block cache per node, MiB.
     pub block_cache_mib: u32,
+    /// `server.shutdown_delay`: 0 by default (tests stop nodes often and have no load
+    /// balancer to wait for); the drain tests set it.
+    pub shutdown_delay: Duration,
     /// TOML appended to every node's config: its `[tls]` and `[auth]` sections. The
     /// default disables auth (a rig on loopback that tests something else).
     pub security_toml: String,
@@ -38,6 +41,7 @@ impl ClusterSettings {
             dead_after: Duration::from_secs(3),
             max_watermark_wait: Duration::from_millis(200),
             block_cache_mib: 16,
+            shutdown_delay: Duration::ZERO,
             security_toml: "[auth]\nenabled = false\n".into(),
         }
     }
@@ -117,6 +121,7 @@ data_dir = "{data}"
 grpc_addr = "{host}:{grpc}"
 metrics_addr = "{host}:{metrics}"
 shutdown_grace = "2s"
+shutdown_delay = "{delay}ms"
 [cluster]
 shard_count = {p}
 partitioner = "{partitioner}"
@@ -153,6 +158,7 @@ dead_after = "{dead}ms"
         r = s.replication_factor,
         dead = s.dead_after.as_millis(),
         cache = s.block_cache_mib,
+        delay = s.shutdown_delay.as_millis(),
         security = s.security_toml,
     );
     std::fs::write(&m.config, text).expect("write node config");

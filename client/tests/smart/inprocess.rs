@@ -61,6 +61,7 @@ impl InProcessCluster {
             f.server.grpc_addr = addrs[i].clone();
             f.server.metrics_addr = String::new();
             f.server.shutdown_grace = Duration::from_secs(2);
+            f.server.shutdown_delay = Duration::ZERO;
             f.cluster.shard_count = shards;
             f.cluster.partitioner = partitioner.to_owned();
             f.kafka.bootstrap_servers = mock.bootstrap_servers();

@@ -203,6 +203,11 @@ pub struct ServerSection {
     /// How long in-flight RPCs may take to finish on shutdown.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// On shutdown, how long the node keeps answering after turning readiness
+    /// NOT_SERVING (and telling smart clients it is draining) before it stops accepting:
+    /// load balancers and clients move away meanwhile.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_delay: Duration,
     /// Compress lookup responses with zstd for clients that accept it. Off by default:
     /// on a datacenter network, compressing 2-100 KB responses costs more CPU on both
     /// ends than the bytes it saves.
@@ -344,6 +349,7 @@ impl Default for ServerSection {
             grpc_addr: "127.0.0.1:7070".into(),
             metrics_addr: "127.0.0.1:9464".into(),
             shutdown_grace: Duration::from_secs(10),
+            shutdown_delay: Duration::from_secs(2),
             compress_responses: false,
         }
     }

@@ -52,6 +52,8 @@ pub struct NodeConfig {
     pub metrics_addr: Option<SocketAddr>,
     /// Drain time for in-flight RPCs on shutdown.
     pub shutdown_grace: Duration,
+    /// NOT_SERVING window before the node stops accepting on shutdown.
+    pub shutdown_delay: Duration,
     /// Compress lookup responses (zstd) for clients that accept it.
     pub compress_responses: bool,
     /// Shard count P.
@@ -273,6 +275,7 @@ impl NodeConfigFile {
             grpc_addr,
             metrics_addr,
             shutdown_grace: self.server.shutdown_grace,
+            shutdown_delay: self.server.shutdown_delay,
             compress_responses: self.server.compress_responses,
             shard_count: p,
             partitioner,
@@ -334,6 +337,8 @@ impl NodeConfig {
         file.server.grpc_addr = "127.0.0.1:0".into();
         file.server.metrics_addr = String::new();
         file.server.shutdown_grace = Duration::from_secs(2);
+        // In-process tests stop nodes often and have no load balancer to wait for.
+        file.server.shutdown_delay = Duration::ZERO;
         file.auth.enabled = false;
         file.validate().expect("test configuration is valid")
     }

@@ -15,8 +15,8 @@ use crate::control::plane::{ControlError, ControlPlane, wall_clock_ms};
 use crate::control::state::Command;
 use crate::metrics as m;
 use crate::registry::{Registry, RegistrySnapshot};
-use crate::serve::ServeState;
-use crate::shards::ShardManager;
+use crate::replica::ShardManager;
+use crate::state::NodeState;
 use crate::storage::{StorageEngine, TtlTable};
 use crate::tasks::{Tasks, Ticker, sleep_or_cancel};
 
@@ -95,7 +95,7 @@ fn publish_replica_states(
 
 /// Static mode: promotes a pending view version once every local replica re-ingested it
 /// (in cluster mode the leader does this for the whole cluster).
-pub(super) async fn run_promotion_loop(state: Arc<ServeState>, cancel: CancellationToken) {
+pub(super) async fn run_promotion_loop(state: Arc<NodeState>, cancel: CancellationToken) {
     let mut ticker = Ticker::new(Duration::from_millis(200), &cancel);
     while ticker.tick().await {
         let snap = state.registry.snapshot();
@@ -106,7 +106,7 @@ pub(super) async fn run_promotion_loop(state: Arc<ServeState>, cancel: Cancellat
                     local
                         .status
                         .get(id)
-                        .is_some_and(|st| crate::shards::pending_caught_up(store, st, view))
+                        .is_some_and(|st| crate::replica::pending_caught_up(store, st, view))
                 });
             if !ready {
                 continue;
@@ -183,14 +183,15 @@ pub(super) async fn run_ttl_refresh_loop(
 
 /// Readiness (`quiver.v1.Readiness`, `quiver_node_ready`), checked every 500 ms.
 ///
-/// Static mode: every local replica caught up. Cluster mode, all of: a leader known and
-/// this node's control-plane state current (a read-index round); the node is an active
+/// Static mode: every local replica caught up. Cluster mode, all of: this node's
+/// control-plane state current (a leader answered a read-index round within
+/// `dead_after`); the node is an active
 /// member of the committed state; every replica placement wants on this node has been
 /// assigned to it (a node that just joined has an empty assignment until the leader
 /// places replicas on it: "no replicas yet" is not "nothing to serve"); and every
 /// replica assigned to it is open here and caught up with its partitions.
 pub(super) async fn run_readiness_loop(
-    state: Arc<ServeState>,
+    state: Arc<NodeState>,
     shards: Arc<ShardManager>,
     tasks: Tasks,
     cancel: CancellationToken,
@@ -198,8 +199,10 @@ pub(super) async fn run_readiness_loop(
     let mut ticker = Ticker::new(Duration::from_millis(500), &cancel);
     while ticker.tick().await {
         let reports = shards.reports().await;
-        // A node whose background task died is not ready, whatever its replicas say.
-        let ready = tasks.is_healthy()
+        // A node that is shutting down, or whose background task died, is not ready,
+        // whatever its replicas say.
+        let ready = !state.is_draining()
+            && tasks.is_healthy()
             && match &state.control {
                 None => reports.iter().all(|r| r.caught_up),
                 Some(c) => cluster_ready(c, &reports),
@@ -214,7 +217,10 @@ pub(super) async fn run_readiness_loop(
 /// The cluster-mode readiness rule of [`run_readiness_loop`].
 fn cluster_ready(control: &ControlPlane, reports: &[quiver_proto::v1::ReplicaReport]) -> bool {
     use crate::control::state::MemberStatus;
-    if control.leader().is_none() || !control.is_fresh() {
+    // Fresh: a leader confirmed this node's state within `dead_after`. Not "a leader
+    // is known now": when the leader restarts, the election in between must not turn
+    // every other node unready at once (a load balancer would have none left).
+    if !control.is_fresh() {
         return false;
     }
     let cluster = control.state();
@@ -253,7 +259,7 @@ struct StorageStats {
 }
 
 pub(super) async fn run_storage_metrics_loop(
-    state: Arc<ServeState>,
+    state: Arc<NodeState>,
     engine: Arc<StorageEngine>,
     cancel: CancellationToken,
 ) {
@@ -293,7 +299,7 @@ pub(super) async fn run_storage_metrics_loop(
 }
 
 pub(super) async fn run_ttl_sweep_loop(
-    state: Arc<ServeState>,
+    state: Arc<NodeState>,
     every: Duration,
     cancel: CancellationToken,
 ) {

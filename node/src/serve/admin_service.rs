@@ -14,7 +14,7 @@ use quiver_proto::v1::{
 use tonic::{Request, Response, Status};
 use tracing::info;
 
-use super::{ServeError, ServeState};
+use super::ServeError;
 use crate::control::plane::{ControlError, wall_clock_ms};
 use crate::control::state::{Command, CommandResult};
 use crate::kafka_meta::TopicCheckError;
@@ -22,15 +22,16 @@ use crate::metrics as m;
 use crate::registry::{DefinitionFile, RegistryError};
 use crate::security::guard::principal_of;
 use crate::security::{Principal, audit};
+use crate::state::NodeState;
 
 /// The admin service.
 pub struct AdminServiceImpl {
-    state: Arc<ServeState>,
+    state: Arc<NodeState>,
 }
 
 impl AdminServiceImpl {
     /// Creates the service over shared node state.
-    pub fn new(state: Arc<ServeState>) -> Self {
+    pub fn new(state: Arc<NodeState>) -> Self {
         AdminServiceImpl { state }
     }
 }

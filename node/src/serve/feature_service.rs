@@ -14,23 +14,25 @@ use quiver_proto::v1::{
 use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
 
-use super::lookup::{ExecError, ReadMode, execute, into_cells, replicas_for, watermark_reached};
+use super::ServeError;
+use super::lookup::{
+    ExecError, ReadMode, Reader, execute, into_cells, replicas_for, watermark_reached,
+};
 use super::plan::{LookupPlan, plan_keys};
-use super::{ServeError, ServeState};
 use crate::metrics as m;
 use crate::security::Principal;
 use crate::security::guard::principal_of;
-use crate::storage::ShardStore;
+use crate::state::NodeState;
 
 /// The public feature service.
 pub struct FeatureServiceImpl {
-    state: Arc<ServeState>,
+    state: Arc<NodeState>,
     metrics: LookupMetrics,
 }
 
 impl FeatureServiceImpl {
     /// Creates the service over shared node state.
-    pub fn new(state: Arc<ServeState>) -> Self {
+    pub fn new(state: Arc<NodeState>) -> Self {
         FeatureServiceImpl {
             state,
             metrics: LookupMetrics::new(),
@@ -44,7 +46,7 @@ impl FeatureServiceImpl {
     async fn await_watermarks(
         &self,
         plan: &LookupPlan,
-        replicas: &[Arc<ShardStore>],
+        replicas: &[Reader],
         requested_ms: u32,
     ) -> Result<(), ServeError> {
         let limit = self.state.limits.max_watermark_wait;
@@ -256,6 +258,13 @@ impl FeatureService for FeatureServiceImpl {
             response.metadata_mut().insert(
                 quiver_proto::error::EPOCH_METADATA_KEY,
                 tonic::metadata::MetadataValue::from(epoch),
+            );
+        }
+        if self.state.is_draining() {
+            // The node is shutting down: smart clients prefer other replicas from now.
+            response.metadata_mut().insert(
+                quiver_proto::error::DRAINING_METADATA_KEY,
+                tonic::metadata::MetadataValue::from_static("1"),
             );
         }
         Ok(response)

@@ -20,6 +20,7 @@ use rocksdb::DBPinnableSlice;
 
 use super::ServeError;
 use super::plan::LookupPlan;
+use crate::gate::{Gate, GateGuard};
 use crate::storage::row_codec::{FieldRef, visit_selected};
 use crate::storage::{ShardStore, keys, row_codec};
 
@@ -88,23 +89,31 @@ fn push_field(b: &mut ColumnBuilder, f: FieldRef<'_>, t: i64) -> bool {
     true
 }
 
-/// The local replicas `plan` reads, in its shard order (what [`execute`] takes). The one
-/// place a lookup learns that this node does not hold a shard: [`ServeError::WrongShard`]
-/// with the node's map `epoch`, so the client refreshes its map at least to it.
+/// A replica a lookup reads: inside its gate, so closing the replica waits for the read.
+pub type Reader = GateGuard<ShardStore>;
+
+/// The local replicas `plan` reads, in its shard order (what [`execute`] takes), each
+/// entered through its gate. The one place a lookup learns that this node does not hold
+/// a shard: [`ServeError::WrongShard`] with the node's map `epoch`, so the client
+/// refreshes its map at least to it.
 ///
 /// # Errors
-/// [`ServeError::WrongShard`] for the first shard of the plan not held here.
+/// [`ServeError::WrongShard`] for the first shard of the plan not held here;
+/// [`ServeError::Unavailable`] if its replica here is closing (moved away, or the node
+/// stops).
 pub fn replicas_for(
     plan: &LookupPlan,
     local: &HashMap<ShardId, Arc<ShardStore>>,
     epoch: u64,
-) -> Result<Vec<Arc<ShardStore>>, ServeError> {
+) -> Result<Vec<Reader>, ServeError> {
     plan.shards()
         .map(|shard| {
-            local
+            let store = local
                 .get(&shard)
-                .cloned()
-                .ok_or(ServeError::WrongShard { shard, epoch })
+                .ok_or(ServeError::WrongShard { shard, epoch })?;
+            Gate::enter(store).ok_or_else(|| {
+                ServeError::Unavailable(format!("shard {shard}'s replica on this node is closing"))
+            })
         })
         .collect()
 }
@@ -117,7 +126,7 @@ pub fn replicas_for(
 /// [`ServeError::Storage`] on a read error or a corrupt row.
 pub fn execute(
     plan: &LookupPlan,
-    replicas: &[Arc<ShardStore>],
+    replicas: &[Reader],
     now_micros: i64,
     mode: ReadMode,
 ) -> Result<GetOnlineFeaturesResponse, ExecError> {

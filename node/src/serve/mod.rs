@@ -11,7 +11,6 @@ mod schema;
 mod tokens;
 pub mod validate;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,20 +18,15 @@ pub use admin_service::AdminServiceImpl;
 pub use feature_service::FeatureServiceImpl;
 use quiver_proto::v1::admin_service_server::AdminServiceServer;
 use quiver_proto::v1::feature_service_server::FeatureServiceServer;
-use quiver_proto::{ErrorCode, Partitioner, ShardId};
+use quiver_proto::{ErrorCode, ShardId};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tonic::codec::CompressionEncoding;
 use tracing::info;
 
-use crate::config::Limits;
-use crate::ingest::IngestStatus;
-use crate::kafka_meta::KafkaMetadata;
-use crate::registry::Registry;
 use crate::security::tls::ReloadingTls;
 use crate::security::{Authenticator, GuardLayer};
-use crate::storage::ShardStore;
+use crate::state::NodeState;
 
 /// Errors of request handling; each maps to one [`ErrorCode`].
 #[derive(Debug, thiserror::Error)]
@@ -139,84 +133,34 @@ impl From<ServeError> for tonic::Status {
     }
 }
 
-impl ServeState {
-    /// The cluster-map epoch this node has applied (0 in static mode).
-    pub fn epoch(&self) -> u64 {
-        self.control.as_ref().map_or(0, |c| c.state().epoch)
-    }
+/// How the gRPC server stops once `shutdown` fires ([`serve`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Drain {
+    /// Readiness NOT_SERVING and still answering (draining marked on lookup responses)
+    /// for this long: load balancers and smart clients move away.
+    pub delay: Duration,
+    /// Then: no new connections, and in-flight RPCs get this long to finish.
+    pub grace: Duration,
 }
 
-/// What the gRPC services share.
-pub struct ServeState {
-    /// This node's id.
-    pub node_id: u64,
-    /// Shard count P.
-    pub shard_count: u32,
-    /// key → shard function.
-    pub partitioner: Partitioner,
-    /// The registry.
-    pub registry: Registry,
-    /// Local shard replicas and their ingest state; replaced as replicas come and go.
-    pub local: std::sync::RwLock<Arc<LocalShards>>,
-    /// The control plane, in cluster mode.
-    pub control: Option<Arc<crate::control::plane::ControlPlane>>,
-    /// Request limits.
-    pub limits: Limits,
-    /// Bounds lookups executing at once (admission control on the blocking pool).
-    pub lookup_permits: Arc<Semaphore>,
-    /// Checks source topics' partition counts.
-    pub kafka: Option<Arc<KafkaMetadata>>,
-    /// Produces pushed rows.
-    pub producer: Option<Arc<crate::produce::PushProducer>>,
-    /// Whether the node is ready (every local replica caught up; in cluster mode a
-    /// control-plane leader known): the health service's `quiver.v1.Readiness` follows it.
-    pub ready: tokio::sync::watch::Sender<bool>,
-    /// TLS and authentication settings.
-    pub security: crate::security::SecurityConfig,
-    /// Push requests per second per principal.
-    pub push_quota: crate::security::rate::RateLimiter,
-    /// Lookups waiting for a permit (bounded by `limits.max_queued_lookups`).
-    pub queued_lookups: std::sync::atomic::AtomicUsize,
-    /// Compiled feature lists by registry generation.
-    pub plans: plan::PlanCache,
-    /// Compress lookup responses for clients that accept it (`server.compress_responses`).
-    pub compress_responses: bool,
-}
-
-/// The shard replicas a node holds right now.
-#[derive(Default)]
-pub struct LocalShards {
-    /// Open shard databases.
-    pub stores: HashMap<ShardId, Arc<ShardStore>>,
-    /// Observed ingest state per shard.
-    pub status: HashMap<ShardId, Arc<IngestStatus>>,
-}
-
-impl ServeState {
-    /// A snapshot of the local shard set.
-    pub fn local(&self) -> Arc<LocalShards> {
-        self.local.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    /// Replaces the local shard set.
-    pub fn set_local(&self, local: LocalShards) {
-        *self.local.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(local);
-    }
-}
-
-/// Serves gRPC on `listener` (over TLS if `tls` is given) until `cancel` fires, then drains in-flight RPCs for at most
-/// `grace`. `health` follows the node's failed tasks ([`crate::tasks::Tasks::failures`]).
+/// Serves gRPC on `listener` (over TLS if `tls` is given) until `shutdown` fires, then
+/// drains as [`Drain`] says and returns. `health` follows the node's failed tasks
+/// ([`crate::tasks::Tasks::failures`]).
 ///
 /// # Errors
 /// A transport error if the server fails.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<Arc<ReloadingTls>>,
-    state: Arc<ServeState>,
+    state: Arc<NodeState>,
     health: tokio::sync::watch::Receiver<std::collections::BTreeSet<&'static str>>,
-    grace: Duration,
-    cancel: CancellationToken,
+    drain: Drain,
+    shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
+    // Everything below stops when the server has: the listener at the end of the drain
+    // window, the helper tasks when `serve` returns.
+    let cancel = CancellationToken::new();
+    let _stop_helpers = cancel.clone().drop_guard();
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<FeatureServiceServer<FeatureServiceImpl>>()
@@ -243,6 +187,7 @@ pub async fn serve(
             };
             loop {
                 let healthy = health.borrow_and_update().is_empty();
+                // Draining (shutdown began) clears `ready` at once.
                 let caught_up = *ready.borrow_and_update();
                 reporter
                     .set_service_status(READINESS_SERVICE, status(caught_up && healthy))
@@ -300,25 +245,31 @@ pub async fn serve(
     info!(addr = ?addr, tls = tls.is_some(), auth = state.security.auth.enabled, "grpc server listening");
     // Our accept loop sets TCP_NODELAY (without it Nagle's algorithm adds ~40 ms to small
     // responses) and completes TLS handshakes concurrently, off tonic's path.
+    let stop_accepting = cancel.child_token();
     let (conns, accept_task) =
-        crate::security::tls::accept_loop(listener, tls, cancel.child_token());
+        crate::security::tls::accept_loop(listener, tls, stop_accepting.clone());
     let incoming = tokio_stream::wrappers::ReceiverStream::new(conns);
     let guard = GuardLayer::new(
         Authenticator::new(state.security.auth.clone(), state.control.clone()),
         state.limits.max_inflight_requests,
     );
+    let stopped_accepting = CancellationToken::new();
     let shutdown = {
-        let cancel = cancel.clone();
-        let reporter = health_reporter.clone();
+        let state = state.clone();
+        let stopped_accepting = stopped_accepting.clone();
         async move {
-            cancel.cancelled().await;
-            // Readiness first, so load balancers stop sending before we stop accepting.
-            reporter
-                .set_not_serving::<FeatureServiceServer<FeatureServiceImpl>>()
-                .await;
-            reporter
-                .set_not_serving::<AdminServiceServer<AdminServiceImpl>>()
-                .await;
+            shutdown.cancelled().await;
+            // Readiness first, and lookup responses say so: load balancers and smart
+            // clients move away while this node still answers.
+            state
+                .draining
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            state.ready.send_replace(false);
+            info!(delay = ?drain.delay, "shutdown: draining (readiness NOT_SERVING, still answering)");
+            tokio::time::sleep(drain.delay).await;
+            info!(grace = ?drain.grace, "shutdown: no new connections; finishing in-flight requests");
+            stop_accepting.cancel();
+            stopped_accepting.cancel();
         }
     };
     let control = state.control.clone();
@@ -354,8 +305,8 @@ pub async fn serve(
     tokio::pin!(server);
     let result = tokio::select! {
         res = &mut server => res,
-        () = async { cancel.cancelled().await; tokio::time::sleep(grace).await } => {
-            tracing::warn!(?grace, "in-flight requests did not finish within the shutdown grace period");
+        () = async { stopped_accepting.cancelled().await; tokio::time::sleep(drain.grace).await } => {
+            tracing::warn!(grace = ?drain.grace, "in-flight requests did not finish within the shutdown grace period");
             Ok(())
         }
     };

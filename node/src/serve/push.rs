@@ -7,11 +7,12 @@ use metrics::counter;
 use prost::Message as _;
 use quiver_proto::v1::{PushRequest, PushResponse, ShardWatermark, TopicOffset};
 
-use super::{ServeError, ServeState};
+use super::ServeError;
 use crate::ingest::encode::encode_push_row;
 use crate::metrics as m;
 use crate::produce::ProduceError;
 use crate::security::Principal;
+use crate::state::NodeState;
 
 /// Handles one push. Validation is all-or-nothing: on any bad row nothing is produced.
 ///
@@ -19,7 +20,7 @@ use crate::security::Principal;
 /// `InvalidArgument` (bad rows, limits), `NotFound` (unknown view), `ResourceExhausted`
 /// (producer queue full), `Unavailable` (Kafka did not acknowledge).
 pub async fn push(
-    state: &ServeState,
+    state: &NodeState,
     principal: &Principal,
     req: PushRequest,
 ) -> Result<PushResponse, ServeError> {

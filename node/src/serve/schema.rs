@@ -4,8 +4,8 @@ use quiver_proto::v1::{
     EntitySchema, FeatureSchema, FeatureServiceSchema, RequestLimits, Schema, ViewSchema,
 };
 
-use super::ServeState;
 use crate::security::Principal;
+use crate::state::NodeState;
 use crate::storage::keys::MAX_KEY_BYTES;
 
 fn clamp(v: usize) -> u32 {
@@ -14,7 +14,7 @@ fn clamp(v: usize) -> u32 {
 
 /// The serving registry (the views `principal` is granted, and the feature services
 /// made only of them) and this node's limits.
-pub fn schema(state: &ServeState, principal: &Principal) -> Schema {
+pub fn schema(state: &NodeState, principal: &Principal) -> Schema {
     let r = state.registry.snapshot();
     let l = &state.limits;
     Schema {

@@ -5,13 +5,14 @@ use quiver_proto::v1::{
     CreateTokenRequest, CreateTokenResponse, ListTokensResponse, RevokeTokenRequest, TokenInfo,
 };
 
-use super::{ServeError, ServeState};
+use super::ServeError;
 use crate::control::plane::{ControlError, ControlPlane, wall_clock_ms};
 use crate::control::state::{Command, CommandResult};
 use crate::security::tokens::{TokenRecord, generate};
 use crate::security::{Principal, Role, audit};
+use crate::state::NodeState;
 
-fn control(state: &ServeState) -> Result<&ControlPlane, ServeError> {
+fn control(state: &NodeState) -> Result<&ControlPlane, ServeError> {
     state.control.as_deref().ok_or_else(|| {
         ServeError::FailedPrecondition(
             "tokens live in the replicated cluster state: this node runs without [control] (static mode), which accepts only the bootstrap token and certificate identities".into(),
@@ -53,7 +54,7 @@ async fn propose(
 /// `InvalidArgument` (role, name, views), `FailedPrecondition` (static mode),
 /// `Unavailable` (no control-plane leader).
 pub async fn create(
-    state: &ServeState,
+    state: &NodeState,
     principal: &Principal,
     req: CreateTokenRequest,
 ) -> Result<CreateTokenResponse, ServeError> {
@@ -97,7 +98,7 @@ pub async fn create(
 /// # Errors
 /// `FailedPrecondition` (unknown or already revoked, static mode), `Unavailable`.
 pub async fn revoke(
-    state: &ServeState,
+    state: &NodeState,
     principal: &Principal,
     req: RevokeTokenRequest,
 ) -> Result<(), ServeError> {
@@ -116,7 +117,7 @@ pub async fn revoke(
 ///
 /// # Errors
 /// `FailedPrecondition` in static mode.
-pub fn list(state: &ServeState) -> Result<ListTokensResponse, ServeError> {
+pub fn list(state: &NodeState) -> Result<ListTokensResponse, ServeError> {
     let plane = control(state)?;
     let tokens = plane
         .state()

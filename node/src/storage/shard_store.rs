@@ -78,6 +78,14 @@ pub struct ShardStore {
     newest_event_micros: std::sync::atomic::AtomicI64,
     /// Odd while a write is in flight (see [`ShardStore::consistent_read`]).
     write_seq: AtomicU64,
+    /// Lookups and background reads enter it; closing the replica waits for them.
+    gate: crate::gate::Gate,
+}
+
+impl AsRef<crate::gate::Gate> for ShardStore {
+    fn as_ref(&self) -> &crate::gate::Gate {
+        &self.gate
+    }
 }
 
 impl ShardStore {
@@ -102,6 +110,7 @@ impl ShardStore {
             watermark: watch::channel(Arc::new(BTreeMap::new())).0,
             newest_event_micros: std::sync::atomic::AtomicI64::new(0),
             write_seq: AtomicU64::new(0),
+            gate: crate::gate::Gate::default(),
         };
         store.check_identity(&identity)?;
         let offsets = store.load_offsets()?;

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod cluster;
+mod drain;
 mod fidelity;
 mod observability;
 

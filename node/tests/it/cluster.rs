@@ -53,6 +53,7 @@ fn node_config(
     f.server.grpc_addr = addr.to_owned();
     f.server.metrics_addr = String::new();
     f.server.shutdown_grace = Duration::from_secs(2);
+    f.server.shutdown_delay = Duration::ZERO;
     f.cluster.shard_count = SHARDS;
     f.kafka.bootstrap_servers = bootstrap.to_owned();
     f.storage.block_cache_mib = 8;

@@ -144,6 +144,7 @@ pub fn secure_config(
     f.server.grpc_addr = addr.to_owned();
     f.server.metrics_addr = String::new();
     f.server.shutdown_grace = Duration::from_secs(2);
+    f.server.shutdown_delay = Duration::ZERO;
     f.cluster.shard_count = 2;
     f.kafka.bootstrap_servers = bootstrap.to_owned();
     f.storage.block_cache_mib = 8;

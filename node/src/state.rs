@@ -1,0 +1,88 @@
+//! The node's shared state: what the gRPC services, the replica manager and the node's
+//! background loops all read — written by the replica manager (the local replicas), the
+//! readiness loop (ready) and the shutdown (draining).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use quiver_proto::{Partitioner, ShardId};
+use tokio::sync::Semaphore;
+
+use crate::config::Limits;
+use crate::ingest::IngestStatus;
+use crate::kafka_meta::KafkaMetadata;
+use crate::registry::Registry;
+use crate::serve::plan;
+use crate::storage::ShardStore;
+
+/// What the gRPC services, the replica manager and the node's loops share.
+pub struct NodeState {
+    /// This node's id.
+    pub node_id: u64,
+    /// Shard count P.
+    pub shard_count: u32,
+    /// key → shard function.
+    pub partitioner: Partitioner,
+    /// The registry.
+    pub registry: Registry,
+    /// Local shard replicas and their ingest state; replaced as replicas come and go.
+    pub local: std::sync::RwLock<Arc<LocalShards>>,
+    /// The control plane, in cluster mode.
+    pub control: Option<Arc<crate::control::plane::ControlPlane>>,
+    /// Request limits.
+    pub limits: Limits,
+    /// Bounds lookups executing at once (admission control on the blocking pool).
+    pub lookup_permits: Arc<Semaphore>,
+    /// Checks source topics' partition counts.
+    pub kafka: Option<Arc<KafkaMetadata>>,
+    /// Produces pushed rows.
+    pub producer: Option<Arc<crate::produce::PushProducer>>,
+    /// Whether the node is ready (every local replica caught up; in cluster mode a
+    /// control-plane leader known): the health service's `quiver.v1.Readiness` follows it.
+    pub ready: tokio::sync::watch::Sender<bool>,
+    /// TLS and authentication settings.
+    pub security: crate::security::SecurityConfig,
+    /// Push requests per second per principal.
+    pub push_quota: crate::security::rate::RateLimiter,
+    /// Lookups waiting for a permit (bounded by `limits.max_queued_lookups`).
+    pub queued_lookups: std::sync::atomic::AtomicUsize,
+    /// Compiled feature lists by registry generation.
+    pub plans: plan::PlanCache,
+    /// Compress lookup responses for clients that accept it (`server.compress_responses`).
+    pub compress_responses: bool,
+    /// Set when shutdown begins: readiness turns NOT_SERVING and lookup responses tell
+    /// smart clients to prefer other replicas, while the node still answers.
+    pub draining: AtomicBool,
+}
+
+/// The shard replicas a node holds right now.
+#[derive(Default)]
+pub struct LocalShards {
+    /// Open shard databases.
+    pub stores: HashMap<ShardId, Arc<ShardStore>>,
+    /// Observed ingest state per shard.
+    pub status: HashMap<ShardId, Arc<IngestStatus>>,
+}
+
+impl NodeState {
+    /// The cluster-map epoch this node has applied (0 in static mode).
+    pub fn epoch(&self) -> u64 {
+        self.control.as_ref().map_or(0, |c| c.state().epoch)
+    }
+
+    /// Whether shutdown has begun (see [`NodeState::draining`]).
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// A snapshot of the local shard set.
+    pub fn local(&self) -> Arc<LocalShards> {
+        self.local.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces the local shard set.
+    pub fn set_local(&self, local: LocalShards) {
+        *self.local.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(local);
+    }
+}
