@@ -12,4 +12,5 @@ mod inprocess;
 mod monotonic;
 mod procs;
 mod read_your_writes;
+mod rolling_restart;
 mod routing;

@@ -212,3 +212,70 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     sorted[i.clamp(1, sorted.len()) - 1]
 }
+
+/// One lookup of an open-loop reader: when it was due, how long it took, what went wrong.
+pub type Sample = (Instant, Duration, Option<String>);
+
+/// Open-loop readers: a lookup of `batch` random keys (of `keys`) is issued every
+/// `period`, whether or not the previous ones have returned, and checked against version
+/// `v` — so an outage counts every lookup that was due during it.
+pub struct Readers {
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<Vec<Sample>>,
+}
+
+impl Readers {
+    pub fn start(client: Client, period: Duration, keys: usize, batch: usize, v: i64) -> Self {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let cancel = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(period);
+            // Lookups stay due on schedule: a late tick is issued at once, not skipped.
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let mut seed = 0x5EED_u64;
+            let mut running = tokio::task::JoinSet::new();
+            loop {
+                let due = tokio::select! {
+                    () = cancel.cancelled() => break,
+                    t = ticks.tick() => t.into_std(),
+                };
+                let chosen: Vec<usize> = (0..batch)
+                    .map(|_| {
+                        seed = seed
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407);
+                        (seed >> 33) as usize % keys
+                    })
+                    .collect();
+                let client = client.clone();
+                running.spawn(async move {
+                    let outcome = match client.get_online_features(&lookup(&chosen)).await {
+                        Ok(res) => check(&res, &chosen, v).err(),
+                        Err(e) => Some(e.to_string()),
+                    };
+                    (due, due.elapsed(), outcome)
+                });
+            }
+            running.join_all().await
+        });
+        Readers { stop, task }
+    }
+
+    /// Stops issuing, waits for the lookups in flight, returns every sample.
+    pub async fn finish(self) -> Vec<Sample> {
+        self.stop.cancel();
+        self.task.await.unwrap()
+    }
+}
+
+/// Asserts no sample failed.
+pub fn assert_none_failed(samples: &[Sample]) {
+    let failures: Vec<&String> = samples.iter().filter_map(|s| s.2.as_ref()).collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {} lookups failed, e.g. {:?}",
+        failures.len(),
+        samples.len(),
+        &failures[..failures.len().min(3)]
+    );
+}

@@ -18,12 +18,15 @@ use crate::serve::ServeError;
 /// Serves the cluster map from the locally applied state.
 pub struct ClusterServiceImpl {
     plane: Arc<ControlPlane>,
+    draining: tokio_util::sync::CancellationToken,
 }
 
 impl ClusterServiceImpl {
-    /// Serves `plane`'s state.
-    pub fn new(plane: Arc<ControlPlane>) -> Self {
-        ClusterServiceImpl { plane }
+    /// Serves `plane`'s state; map watches end when `draining` fires (the node is
+    /// shutting down: a watch left open would hold the drain for its whole grace, and the
+    /// client should follow the map from another node anyway).
+    pub fn new(plane: Arc<ControlPlane>, draining: tokio_util::sync::CancellationToken) -> Self {
+        ClusterServiceImpl { plane, draining }
     }
 }
 
@@ -113,7 +116,13 @@ impl ClusterService for ClusterServiceImpl {
         &self,
         _request: Request<GetClusterMapRequest>,
     ) -> Result<Response<MapStream>, Status> {
+        if self.draining.is_cancelled() {
+            return Err(Status::unavailable(
+                "this node is shutting down: watch the cluster map on another",
+            ));
+        }
         let plane = self.plane.clone();
+        let draining = self.draining.clone();
         let mut rx = plane.subscribe();
         let stream = async_stream(move |tx| async move {
             let mut last_epoch = None;
@@ -125,8 +134,9 @@ impl ClusterService for ClusterServiceImpl {
                         return;
                     }
                 }
-                if rx.changed().await.is_err() {
-                    return;
+                tokio::select! {
+                    changed = rx.changed() => if changed.is_err() { return },
+                    () = draining.cancelled() => return,
                 }
             }
         });

@@ -254,8 +254,10 @@ pub async fn serve(
         state.limits.max_inflight_requests,
     );
     let stopped_accepting = CancellationToken::new();
+    let draining = cancel.child_token();
     let shutdown = {
         let state = state.clone();
+        let draining = draining.clone();
         let stopped_accepting = stopped_accepting.clone();
         async move {
             shutdown.cancelled().await;
@@ -265,6 +267,7 @@ pub async fn serve(
                 .draining
                 .store(true, std::sync::atomic::Ordering::Relaxed);
             state.ready.send_replace(false);
+            draining.cancel();
             info!(delay = ?drain.delay, "shutdown: draining (readiness NOT_SERVING, still answering)");
             tokio::time::sleep(drain.delay).await;
             info!(grace = ?drain.grace, "shutdown: no new connections; finishing in-flight requests");
@@ -298,7 +301,7 @@ pub async fn serve(
         }))
         .add_optional_service(control.as_ref().map(|c| {
             quiver_proto::v1::cluster_service_server::ClusterServiceServer::new(
-                cluster_service::ClusterServiceImpl::new(c.clone()),
+                cluster_service::ClusterServiceImpl::new(c.clone(), draining.clone()),
             )
         }));
     let server = router.serve_with_incoming_shutdown(incoming, shutdown);
