@@ -38,8 +38,8 @@ pub struct NodeState {
     pub kafka: Option<Arc<KafkaMetadata>>,
     /// Produces pushed rows.
     pub producer: Option<Arc<crate::produce::PushProducer>>,
-    /// Whether the node is ready (every local replica caught up; in cluster mode a
-    /// control-plane leader known): the health service's `quiver.v1.Readiness` follows it.
+    /// Whether the node is ready (not draining, every local replica caught up; in cluster
+    /// mode its control-plane state confirmed current): `quiver.v1.Readiness` follows it.
     pub ready: tokio::sync::watch::Sender<bool>,
     /// TLS and authentication settings.
     pub security: crate::security::SecurityConfig,
