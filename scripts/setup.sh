@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
-# Installs what building and testing quiver needs, idempotently. Sourced by the other
-# scripts; safe to run again. Needs root (or sudo) for Debian packages.
+# Installs what quiver needs, idempotently; sourced by the README's two commands, safe
+# to run again. `source scripts/setup.sh demo` installs only what building and running
+# the embedded demo needs (the Rust toolchain, libclang for RocksDB's bindings);
+# `source scripts/setup.sh test` (the default) also checks the test command's
+# requirements up front and installs the test tools (Tansu, Prometheus, Redis, Feast,
+# grpcio, Kubernetes schema validation). Debian packages need root or sudo.
 set -euo pipefail
+SETUP_FOR="${1:-test}"
 
 # One persistent cargo target directory outside the clone, shared by CI runs and the
 # README's commands, so warm builds skip RocksDB's ~8 minute C++ compile.
@@ -12,12 +17,35 @@ as_root() {
         echo "setup: need root to run: $*" >&2; return 1; fi
 }
 
+if ! command -v cargo >/dev/null; then
+    echo "setup: cargo is missing; install the Rust toolchain (https://rustup.rs) first" >&2
+    exit 1
+fi
+
 # librocksdb-sys runs bindgen, which needs libclang at build time.
 if ! dpkg -s libclang-dev >/dev/null 2>&1; then
     echo "setup: installing libclang-dev" >&2
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libclang-dev >/dev/null
 fi
+
+if [ "$SETUP_FOR" = demo ]; then
+    return 0 2>/dev/null || exit 0
+fi
+
+# The test command's requirements, checked before anything long starts: the chaos suite
+# puts every node in a network namespace of its own and enables IPv4 forwarding, which
+# only root can do (sudo is not enough: the test processes themselves create them).
+if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: the test command must run as root: the chaos tests create network namespaces (ip netns) and enable IPv4 forwarding. Run: sudo -E bash scripts/test.sh" >&2
+    exit 1
+fi
+for tool in python3 kubectl; do
+    if ! command -v "$tool" >/dev/null; then
+        echo "setup: the test command needs $tool on PATH (python3: test tooling; kubectl: kustomize rendering of deploy/, https://kubernetes.io/docs/tasks/tools/)" >&2
+        exit 1
+    fi
+done
 
 # The chaos suite puts every node in a network namespace of its own (ip from iproute2).
 if ! command -v ip >/dev/null; then
@@ -47,10 +75,6 @@ if ! command -v kubernetes-validate >/dev/null || ! python3 -c 'import yaml' >/d
     echo "setup: installing kubernetes-validate (pip)" >&2
     python3 -m pip install -q --disable-pip-version-check kubernetes-validate==1.37.0 pyyaml
 fi
-if ! command -v kubectl >/dev/null; then
-    echo "setup: kubectl (for kustomize) is missing; install it (https://kubernetes.io/docs/tasks/tools/)" >&2
-    exit 1
-fi
 
 # quiver-bench's peers: Redis (Debian package) and Feast's feature server on Redis (PyPI).
 if ! command -v redis-server >/dev/null; then
@@ -70,9 +94,4 @@ fi
 if ! python3 -c 'import grpc, grpc_reflection' >/dev/null 2>&1; then
     echo "setup: installing grpcio and grpcio-reflection (pip)" >&2
     python3 -m pip install -q --disable-pip-version-check grpcio==1.76.0 grpcio-reflection==1.76.0
-fi
-
-if ! command -v cargo >/dev/null; then
-    echo "setup: cargo is missing; install the Rust toolchain (rustup) first" >&2
-    exit 1
 fi

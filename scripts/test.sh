@@ -2,10 +2,11 @@
 # The README's second command: installs what is missing, then checks formatting and lints
 # and runs every test (unit, in-process integration against librdkafka's mock cluster,
 # process-level against a real Tansu broker and a real Prometheus, the chaos smoke set, doc
-# tests, each benchmark once, and deploy/'s manifests and configs).
+# tests, each benchmark once, deploy/'s manifests and configs, and the README's demo).
+# Needs root (the chaos tests create network namespaces); checked first by setup.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/setup.sh
+source scripts/setup.sh test
 cargo fmt --all -- --check
 cargo clippy --locked --workspace --all-targets -- -D warnings
 cargo test --locked --workspace --all-targets
@@ -13,3 +14,5 @@ cargo test --locked --workspace --doc
 # deploy/: Kubernetes schemas, compose references, promtool, the dashboard, and every
 # shipped node config through quiver-node --check-config.
 python3 deploy/tests/validate.py "$CARGO_TARGET_DIR/debug/quiver-node"
+# The README's first command, so it can never silently break.
+bash scripts/demo.sh
