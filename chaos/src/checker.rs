@@ -7,7 +7,8 @@
 //! - **phantom**: every value read (during the run or at the end) was written: its `seq`
 //!   was attempted for that key, its event time is that write's and its row is whole.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 
 use serde::Serialize;
 
@@ -129,15 +130,44 @@ pub fn check(h: &History) -> Verdict {
         }
     };
 
-    // Monotonic reads and phantoms during the run.
-    let mut shard_seen: HashMap<(u32, u32), i64> = HashMap::new();
-    let mut key_seen: HashMap<(u32, u32), i64> = HashMap::new();
-    let mut reads: Vec<&crate::history::Read> = h.reads.iter().collect();
+    // Monotonic reads and phantoms during the run. Readers are open loop: one reader's
+    // lookups overlap, and only what a lookup that had *completed* before another was
+    // issued (at or after its due time) binds that other one — lookups in flight together
+    // may come back in either order. `floor` holds what completed lookups saw.
+    let mut shard_floor: HashMap<(u32, u32), i64> = HashMap::new();
+    let mut key_floor: HashMap<(u32, u32), i64> = HashMap::new();
+    let mut reads: Vec<&crate::history::Read> =
+        h.reads.iter().filter(|r| r.error.is_none()).collect();
     reads.sort_by_key(|r| (r.reader, r.intended_us));
-    for r in reads.iter().filter(|r| r.error.is_none()) {
+    // Completed-by time, index into `reads`; per reader (reset when the reader changes).
+    let mut in_flight: BinaryHeap<Reverse<(u64, usize)>> = BinaryHeap::new();
+    let mut reader = None;
+    for (i, r) in reads.iter().enumerate() {
+        if reader != Some(r.reader) {
+            in_flight.clear();
+            reader = Some(r.reader);
+        }
+        while let Some(&Reverse((done, j))) = in_flight.peek() {
+            if done > r.intended_us {
+                break;
+            }
+            in_flight.pop();
+            let earlier = reads[j];
+            for (shard, wm) in &earlier.watermarks {
+                let f = shard_floor.entry((r.reader, *shard)).or_insert(*wm);
+                *f = (*f).max(*wm);
+            }
+            for (key, seen) in &earlier.rows {
+                if let Some(s) = seen {
+                    let f = key_floor.entry((r.reader, *key)).or_insert(s.seq);
+                    *f = (*f).max(s.seq);
+                }
+            }
+        }
         for (shard, wm) in &r.watermarks {
-            let prev = shard_seen.entry((r.reader, *shard)).or_insert(*wm);
-            if *wm < *prev {
+            if let Some(prev) = shard_floor.get(&(r.reader, *shard))
+                && wm < prev
+            {
                 v.flag(Invariant::MonotonicRead, || {
                     format!(
                         "reader {} at {:.3}s: shard {shard} answered at watermark {wm} after {prev}",
@@ -146,11 +176,10 @@ pub fn check(h: &History) -> Verdict {
                     )
                 });
             }
-            *prev = (*prev).max(*wm);
         }
         for (key, seen) in &r.rows {
             v.values_checked += 1;
-            let prev = key_seen.get(&(r.reader, *key)).copied();
+            let prev = key_floor.get(&(r.reader, *key)).copied();
             match (seen, prev) {
                 (Some(s), _) => {
                     phantom(&mut v, *key, s, "read");
@@ -166,7 +195,6 @@ pub fn check(h: &History) -> Verdict {
                             )
                         });
                     }
-                    key_seen.insert((r.reader, *key), prev.unwrap_or(s.seq).max(s.seq));
                 }
                 (None, Some(p)) => v.flag(Invariant::MonotonicRead, || {
                     format!(
@@ -178,6 +206,7 @@ pub fn check(h: &History) -> Verdict {
                 (None, None) => {}
             }
         }
+        in_flight.push(Reverse((r.intended_us + r.latency_us, i)));
     }
 
     // No acknowledged write lost, on any replica.
@@ -253,7 +282,7 @@ mod tests {
         Read {
             reader,
             intended_us: at,
-            latency_us: 1000,
+            latency_us: 1,
             error: None,
             rows,
             watermarks: wm,
@@ -378,5 +407,33 @@ mod tests {
             check_ok: false,
         });
         assert_eq!(check(&h).count(Invariant::Phantom), 1);
+    }
+
+    #[test]
+    fn only_a_lookup_completed_before_another_was_issued_binds_it() {
+        // Open loop: reader 0's lookups due at 10 and 20 overlap (the first takes 50);
+        // they may come back in either order. A lookup due at 100, after both completed,
+        // must not go back.
+        let mut h = healthy();
+        let slow = |at, seq, wm| Read {
+            latency_us: 50,
+            ..read(0, at, vec![(1, seen(seq))], vec![(1, wm)])
+        };
+        h.reads = vec![slow(10, 3, 7), slow(20, 1, 5)];
+        let v = check(&h);
+        assert!(v.ok(), "overlapping lookups flagged: {:?}", v.examples);
+        h.reads.push(read(0, 100, vec![(1, seen(1))], vec![(1, 5)]));
+        let v = check(&h);
+        assert!(
+            !v.ok(),
+            "a lookup issued after seq 3 was read went back to seq 1"
+        );
+        assert!(
+            v.examples
+                .iter()
+                .any(|e| e.detail.contains("went back from seq 3 to 1")),
+            "{:?}",
+            v.examples
+        );
     }
 }

@@ -66,6 +66,9 @@ impl ChaosCluster {
         settings.shard_count = spec.shard_count;
         settings.replication_factor = spec.replication_factor;
         settings.dead_after = spec.dead_after;
+        // SIGTERM drains as in production: readiness off and answers marked draining
+        // for a second before the node stops accepting.
+        settings.shutdown_delay = Duration::from_secs(1);
         if let Some(t) = &spec.security_toml {
             settings.security_toml.clone_from(t);
         }

@@ -59,7 +59,8 @@ pub struct Seen {
 /// One lookup by one reader.
 #[derive(Debug, Clone, Serialize)]
 pub struct Read {
-    /// Reader (session) number; each reader issues its lookups one after another.
+    /// Reader (session) number; a reader issues each lookup when it is due (open loop),
+    /// so its lookups may overlap.
     pub reader: u32,
     /// When the lookup was due (latency counts from here: no coordinated omission).
     pub intended_us: u64,

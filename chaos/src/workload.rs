@@ -208,8 +208,15 @@ pub fn lookup(keys: &[u32]) -> Lookup {
         .event_times(true)
 }
 
-/// Reader `id`: one lookup of `spec.batch` random keys every `interval`, from `first` on,
-/// each recorded with its latency from the time it was due.
+/// Lookups one reader may have in flight; a lookup due beyond it is recorded as failed
+/// ("not issued"), so a stalled cluster cannot grow the reader's memory without bound.
+const READER_MAX_IN_FLIGHT: usize = 512;
+
+/// Reader `id`: open loop — a lookup of `spec.batch` random keys is issued every
+/// `interval` from `first` on, when it is due, whether or not earlier ones have returned;
+/// each is recorded with its latency from the time it was due. An outage therefore
+/// counts every lookup that was due during it (a closed loop would issue one, wait, and
+/// record the ones due meanwhile late but successful).
 pub async fn reader(
     id: u32,
     client: Client,
@@ -221,45 +228,65 @@ pub async fn reader(
 ) {
     let mut rng = Rng::new(spec.seed ^ (u64::from(id) + 1).wrapping_mul(0xA24B_AED4_963E_E407));
     let mut due = first;
+    let mut in_flight = JoinSet::new();
     loop {
         tokio::select! {
-            () = cancel.cancelled() => {
-                lock(&rec.readers).add(&client.stats());
-                return;
-            }
+            () = cancel.cancelled() => break,
             () = tokio::time::sleep_until(due.into()) => {}
         }
+        while in_flight.try_join_next().is_some() {}
         let keys: Vec<u32> = (0..spec.batch)
             .map(|_| rng.below(u64::from(spec.keys)) as u32)
             .collect();
-        let result = client.get_online_features(&lookup(&keys)).await;
-        let latency_us = Instant::now().saturating_duration_since(due).as_micros() as u64;
-        let read = match result {
-            Ok(r) => Read {
+        if in_flight.len() >= READER_MAX_IN_FLIGHT {
+            lock(&rec.reads).push(Read {
                 reader: id,
                 intended_us: rec.micros(due),
-                latency_us,
-                error: None,
-                rows: decode_rows(&r, &keys),
-                watermarks: r
-                    .watermarks()
-                    .iter()
-                    .filter(|(_, topic, _)| *topic == TOPIC)
-                    .map(|(s, _, o)| (s, o))
-                    .collect(),
-            },
-            Err(e) => Read {
-                reader: id,
-                intended_us: rec.micros(due),
-                latency_us,
-                error: Some(error_kind(&e)),
+                latency_us: 0,
+                error: Some(format!(
+                    "not issued: {READER_MAX_IN_FLIGHT} lookups of this reader in flight"
+                )),
                 rows: Vec::new(),
                 watermarks: Vec::new(),
-            },
-        };
-        lock(&rec.reads).push(read);
+            });
+        } else {
+            in_flight.spawn(read_once(id, client.clone(), rec.clone(), keys, due));
+        }
         due += interval;
     }
+    // The lookups in flight end by their own deadline.
+    while in_flight.join_next().await.is_some() {}
+    lock(&rec.readers).add(&client.stats());
+}
+
+/// One lookup of a reader, due at `due`, recorded.
+async fn read_once(id: u32, client: Client, rec: Arc<Recorder>, keys: Vec<u32>, due: Instant) {
+    let result = client.get_online_features(&lookup(&keys)).await;
+    let latency_us = Instant::now().saturating_duration_since(due).as_micros() as u64;
+    let read = match result {
+        Ok(r) => Read {
+            reader: id,
+            intended_us: rec.micros(due),
+            latency_us,
+            error: None,
+            rows: decode_rows(&r, &keys),
+            watermarks: r
+                .watermarks()
+                .iter()
+                .filter(|(_, topic, _)| *topic == TOPIC)
+                .map(|(s, _, o)| (s, o))
+                .collect(),
+        },
+        Err(e) => Read {
+            reader: id,
+            intended_us: rec.micros(due),
+            latency_us,
+            error: Some(error_kind(&e)),
+            rows: Vec::new(),
+            watermarks: Vec::new(),
+        },
+    };
+    lock(&rec.reads).push(read);
 }
 
 fn error_kind(e: &quiver_client::ClientError) -> String {
