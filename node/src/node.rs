@@ -215,11 +215,8 @@ impl Node {
         }
         let shards = Arc::new(ShardManager::new(
             engine.clone(),
-            registry.clone(),
             config.ingest.clone(),
             dead_letters.clone(),
-            config.shard_count,
-            config.partitioner,
             state.clone(),
             cancel.clone(),
         ));

@@ -15,4 +15,7 @@ pub use cluster::{
     ClusterSettings, Member, all_serving_on, allocate, allocate_on, initial_members, write_config,
 };
 pub use pki::{Ca, Pem, SecureRig};
-pub use process::{Broker, NodeProcess, free_port, node_binary, signal, tansu_binary};
+pub use process::{
+    Broker, NodeProcess, free_port, health_status, node_binary, signal, tansu_binary,
+};
+pub use tonic_health::pb::health_check_response::ServingStatus;

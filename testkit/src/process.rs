@@ -379,3 +379,22 @@ fn is_backtrace_line(line: &str) -> bool {
         || t.split_once(": ")
             .is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
+
+/// The gRPC health status (`tonic_health` `ServingStatus` as i32) a node at `endpoint`
+/// reports for `service` (`"quiver.v1.Readiness"`, `"quiver.v1.FeatureService"`), or
+/// `None` if it does not answer.
+pub async fn health_status(endpoint: &str, service: &str) -> Option<i32> {
+    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
+        .ok()?
+        .connect()
+        .await
+        .ok()?;
+    let mut h = tonic_health::pb::health_client::HealthClient::new(channel);
+    let r = h
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .ok()?;
+    Some(r.into_inner().status)
+}

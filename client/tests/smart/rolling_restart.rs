@@ -6,30 +6,13 @@
 
 use std::time::{Duration, Instant};
 
-use quiver_testkit::NodeProcess;
-use tonic_health::pb::health_check_response::ServingStatus;
+use quiver_testkit::{NodeProcess, ServingStatus, health_status};
 
 use crate::procs::{ProcCluster, Readers, assert_none_failed, percentile, wait_ingested};
 
 const KEYS: usize = 2000;
 const BATCH: usize = 100;
 const PERIOD: Duration = Duration::from_millis(10);
-
-async fn readiness(endpoint: &str) -> Option<i32> {
-    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
-        .ok()?
-        .connect()
-        .await
-        .ok()?;
-    let mut h = tonic_health::pb::health_client::HealthClient::new(channel);
-    let r = h
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: "quiver.v1.Readiness".into(),
-        })
-        .await
-        .ok()?;
-    Some(r.into_inner().status)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_sigterm_restart_fails_no_lookup() {
@@ -56,7 +39,9 @@ async fn rolling_sigterm_restart_fails_no_lookup() {
         let m = cluster.member(id).clone();
         let node = NodeProcess::start_on(&m.config, &m.dir, 2, m.grpc, m.metrics);
         let deadline = Instant::now() + Duration::from_secs(60);
-        while readiness(&m.endpoint()).await != Some(ServingStatus::Serving as i32) {
+        while health_status(&m.endpoint(), "quiver.v1.Readiness").await
+            != Some(ServingStatus::Serving as i32)
+        {
             assert!(
                 Instant::now() < deadline,
                 "node {id} not ready after its restart:\n{}",

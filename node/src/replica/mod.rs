@@ -17,14 +17,13 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use quiver_proto::{Partitioner, ShardId};
+use quiver_proto::ShardId;
 use rdkafka::producer::{DefaultProducerContext, ThreadedProducer};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::ingest::{IngestConfig, IngestError, IngestHandle, spawn_shard_ingest};
-use crate::registry::Registry;
 use crate::state::{LocalShards, NodeState};
 use crate::storage::{ShardStore, StorageEngine, StorageError};
 
@@ -40,11 +39,10 @@ struct Replica {
 /// Owns the local shard replicas.
 pub struct ShardManager {
     engine: Arc<StorageEngine>,
-    registry: Registry,
     ingest: IngestConfig,
     dead_letters: Option<Arc<ThreadedProducer<DefaultProducerContext>>>,
-    shard_count: u32,
-    partitioner: Partitioner,
+    /// The registry, shard count and partitioner are the node's; the local replica set
+    /// is published here.
     state: Arc<NodeState>,
     cancel: CancellationToken,
     replicas: Mutex<HashMap<ShardId, Replica>>,
@@ -52,24 +50,17 @@ pub struct ShardManager {
 
 impl ShardManager {
     /// A manager with no replicas yet.
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         engine: Arc<StorageEngine>,
-        registry: Registry,
         ingest: IngestConfig,
         dead_letters: Option<Arc<ThreadedProducer<DefaultProducerContext>>>,
-        shard_count: u32,
-        partitioner: Partitioner,
         state: Arc<NodeState>,
         cancel: CancellationToken,
     ) -> Self {
         ShardManager {
             engine,
-            registry,
             ingest,
             dead_letters,
-            shard_count,
-            partitioner,
             state,
             cancel,
             replicas: Mutex::new(HashMap::new()),
@@ -140,7 +131,7 @@ impl ShardManager {
 
     async fn open(&self, id: ShardId) -> Result<Replica, ReplicaError> {
         let engine = self.engine.clone();
-        let (p, part) = (self.shard_count, self.partitioner);
+        let (p, part) = (self.state.shard_count, self.state.partitioner);
         let store = tokio::task::spawn_blocking(move || engine.open_shard(id, p, part))
             .await
             .map_err(|e| ReplicaError::Task {
@@ -150,7 +141,7 @@ impl ShardManager {
         let store = Arc::new(store);
         let ingest = spawn_shard_ingest(
             store.clone(),
-            self.registry.clone(),
+            self.state.registry.clone(),
             self.ingest.clone(),
             self.dead_letters.clone(),
             self.cancel.child_token(),

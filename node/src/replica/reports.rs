@@ -32,7 +32,7 @@ impl ShardManager {
     /// partition reached its end (or had nothing to consume).
     pub async fn reports(&self) -> Vec<ReplicaReport> {
         let replicas = self.replicas.lock().await;
-        let snap = self.registry.snapshot();
+        let snap = self.state.registry.snapshot();
         let topics = snap.topics();
         let pending: Vec<Arc<FeatureView>> = snap.pending.values().cloned().collect();
         replicas

@@ -12,10 +12,9 @@ use quiver_proto::v1::{
     EntityKey, FeatureStatus, GetOnlineFeaturesRequest, GetOnlineFeaturesResponse,
     ResponseEncoding, ShardWatermark, TopicOffset,
 };
-use quiver_testkit::{Broker, NodeProcess, signal};
+use quiver_testkit::{Broker, NodeProcess, ServingStatus, health_status, signal};
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use tonic_health::pb::health_check_response::ServingStatus;
 
 const TOPIC: &str = "drain";
 const KEYS: usize = 10;
@@ -113,22 +112,6 @@ fn all_seq(resp: &GetOnlineFeaturesResponse, seq: i64) -> bool {
     })
 }
 
-async fn health(endpoint: &str, service: &str) -> Option<i32> {
-    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
-        .ok()?
-        .connect()
-        .await
-        .ok()?;
-    let mut h = tonic_health::pb::health_client::HealthClient::new(channel);
-    let r = h
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: service.into(),
-        })
-        .await
-        .ok()?;
-    Some(r.into_inner().status)
-}
-
 /// The value of an unlabelled-or-labelled gauge in a Prometheus exposition.
 fn gauge(exposition: &str, name: &str) -> Option<f64> {
     exposition
@@ -150,6 +133,32 @@ async fn wait_until<F: std::future::Future<Output = bool>>(
         assert!(Instant::now() < deadline, "{what} within {within:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Waits until the node says NOT_SERVING on readiness (it began draining).
+async fn wait_not_ready(endpoint: &str) {
+    wait_until(
+        "readiness NOT_SERVING after SIGTERM",
+        Duration::from_secs(2),
+        || async {
+            health_status(endpoint, "quiver.v1.Readiness").await
+                == Some(ServingStatus::NotServing as i32)
+        },
+    )
+    .await;
+}
+
+/// Waits until the node counts at least `n` RPCs in flight.
+async fn wait_in_flight(metrics_port: u16, n: usize) {
+    wait_until(
+        "lookups in flight on the node",
+        Duration::from_secs(10),
+        || async move {
+            let text = crate::scrape_metrics(metrics_port);
+            gauge(&text, "quiver_inflight_requests").is_some_and(|v| v >= n as f64)
+        },
+    )
+    .await;
 }
 
 fn wait_exit(node: &mut NodeProcess, within: Duration) -> (std::process::ExitStatus, Duration) {
@@ -206,36 +215,16 @@ async fn sigterm_drains_in_flight_lookups_then_exits_0() {
             })
         })
         .collect();
-    let metrics_port = node.metrics_port;
-    wait_until(
-        "the lookups are in flight on the node",
-        Duration::from_secs(10),
-        || async move {
-            let text = crate::scrape_metrics(metrics_port);
-            gauge(&text, "quiver_inflight_requests").is_some_and(|n| n >= IN_FLIGHT as f64)
-        },
-    )
-    .await;
+    wait_in_flight(node.metrics_port, IN_FLIGHT).await;
     assert!(in_flight.iter().all(|t| !t.is_finished()));
 
     signal(node.pid(), "TERM");
     let sigterm = Instant::now();
     // Readiness turns NOT_SERVING at once; the node is live and still answers, marking
     // its answers "draining".
-    wait_until(
-        "readiness NOT_SERVING after SIGTERM",
-        Duration::from_secs(2),
-        || {
-            let endpoint = endpoint.clone();
-            async move {
-                health(&endpoint, "quiver.v1.Readiness").await
-                    == Some(ServingStatus::NotServing as i32)
-            }
-        },
-    )
-    .await;
+    wait_not_ready(&endpoint).await;
     assert_eq!(
-        health(&endpoint, "quiver.v1.FeatureService").await,
+        health_status(&endpoint, "quiver.v1.FeatureService").await,
         Some(ServingStatus::Serving as i32),
         "liveness stays SERVING while draining"
     );
@@ -344,18 +333,7 @@ async fn a_second_sigterm_or_an_overrun_grace_ends_the_process_promptly() {
     let mut node = started(&broker, dir.path(), "60s", "20s").await;
     let endpoint = node.endpoint();
     signal(node.pid(), "TERM");
-    wait_until(
-        "readiness NOT_SERVING after SIGTERM",
-        Duration::from_secs(2),
-        || {
-            let endpoint = endpoint.clone();
-            async move {
-                health(&endpoint, "quiver.v1.Readiness").await
-                    == Some(ServingStatus::NotServing as i32)
-            }
-        },
-    )
-    .await;
+    wait_not_ready(&endpoint).await;
     signal(node.pid(), "TERM");
     let (status, took) = wait_exit(&mut node, Duration::from_secs(10));
     assert!(
@@ -376,19 +354,7 @@ async fn a_second_sigterm_or_an_overrun_grace_ends_the_process_promptly() {
         // Never reached: nothing more is produced.
         c.get_online_features(lookup(1_000)).await
     });
-    let metrics_port = node.metrics_port;
-    wait_until(
-        "the lookup is in flight",
-        Duration::from_secs(10),
-        || async move {
-            gauge(
-                &crate::scrape_metrics(metrics_port),
-                "quiver_inflight_requests",
-            )
-            .is_some_and(|n| n >= 1.0)
-        },
-    )
-    .await;
+    wait_in_flight(node.metrics_port, 1).await;
     signal(node.pid(), "TERM");
     let (status, took) = wait_exit(&mut node, Duration::from_secs(15));
     assert!(
