@@ -125,48 +125,18 @@ impl Node {
             ),
             None => None,
         };
-        // In cluster mode the registry follows the replicated state; otherwise it is
-        // node-local and persisted next to the data.
-        let registry = match &control {
-            Some(c) => {
-                let r = Registry::in_memory();
-                r.replace(c.state().registry.clone())?;
-                r
-            }
-            None => Registry::open(&config.data_dir.join("registry.json"))?,
-        };
+        let registry = open_registry(&config, control.as_deref())?;
         let kafka = Arc::new(KafkaMetadata::new(
             &config.ingest.bootstrap_servers,
             &config.ingest.kafka_properties,
         )?);
         if control.is_none() {
-            for path in &config.definition_files {
-                let text =
-                    std::fs::read_to_string(path).map_err(|source| NodeError::DefinitionFile {
-                        path: path.clone(),
-                        source,
-                    })?;
-                let changes = registry.apply_toml(&text, false)?;
-                info!(file = %path.display(), changes = ?changes, "applied definition file");
-            }
             check_topics(&kafka, &registry.snapshot(), config.shard_count).await?;
         }
 
         let engine = Arc::new(StorageEngine::new(config.storage.clone())?);
         refresh_ttls(engine.ttls(), &registry.snapshot());
-        let dead_letters = match &config.ingest.dead_letter_topic {
-            Some(_) => {
-                let mut cc = ClientConfig::new();
-                cc.set("bootstrap.servers", &config.ingest.bootstrap_servers);
-                for (k, v) in &config.ingest.kafka_properties {
-                    cc.set(k, v);
-                }
-                Some(Arc::new(
-                    cc.create::<ThreadedProducer<DefaultProducerContext>>()?,
-                ))
-            }
-            None => None,
-        };
+        let dead_letters = dead_letter_producer(&config)?;
         let producer = Arc::new(crate::produce::PushProducer::new(
             &config.ingest.bootstrap_servers,
             &config.ingest.kafka_properties,
@@ -193,26 +163,7 @@ impl Node {
             compress_responses: config.compress_responses,
             draining: Default::default(),
         });
-        if !config.security.auth.enabled {
-            warn!(
-                "AUTHENTICATION IS DISABLED ([auth] enabled = false): anyone who can reach this node's port may read, write and administer it. Use only for demos and trusted test rigs."
-            );
-        }
-        let auth = &config.security.auth;
-        if auth.enabled
-            && control.is_none()
-            && auth.bootstrap_sha256.is_none()
-            && auth.identities.is_empty()
-        {
-            warn!(
-                "auth is enabled but this static node accepts no credential: set auth.bootstrap_token_file or [[auth.identities]] (tokens need cluster mode)"
-            );
-        }
-        if config.security.tls.is_none() {
-            warn!(
-                "TLS is off: requests, tokens and features travel in clear text ([tls] cert_file/key_file to enable)"
-            );
-        }
+        warn_insecure(&config);
         let shards = Arc::new(ShardManager::new(
             engine.clone(),
             config.ingest.clone(),
@@ -220,52 +171,7 @@ impl Node {
             state.clone(),
             cancel.clone(),
         ));
-        tasks.spawn(
-            "ttl-refresh",
-            run_ttl_refresh_loop(registry.clone(), engine.clone(), cancel.clone()),
-        );
-        tasks.spawn(
-            "storage-metrics",
-            run_storage_metrics_loop(state.clone(), engine.clone(), cancel.clone()),
-        );
-        match &control {
-            None => {
-                let desired: BTreeSet<ShardId> = config.shards.iter().copied().collect();
-                if let Err(e) = shards.reconcile(&desired, false).await {
-                    shards.shutdown(STOP_READS_WAIT).await;
-                    return Err(e.into());
-                }
-                info!(
-                    shards = desired.len(),
-                    shard_count = config.shard_count,
-                    "opened shard replicas (static mode)"
-                );
-                tasks.spawn(
-                    "promotion",
-                    run_promotion_loop(state.clone(), cancel.clone()),
-                );
-            }
-            Some(c) => {
-                tasks.spawn(
-                    "follow",
-                    run_follow_loop(c.clone(), registry.clone(), shards.clone(), cancel.clone()),
-                );
-                if !config.definition_files.is_empty() {
-                    tasks.spawn_once(
-                        "apply-definition-files",
-                        apply_files_loop(
-                            c.clone(),
-                            config.definition_files.clone(),
-                            cancel.clone(),
-                        ),
-                    );
-                }
-            }
-        }
-        tasks.spawn(
-            "readiness",
-            run_readiness_loop(state.clone(), shards.clone(), tasks.clone(), cancel.clone()),
-        );
+        start_replicas(&config, &state, &shards, &engine, &tasks).await?;
         let tls = match &config.security.tls {
             Some(cfg) => Some(ReloadingTls::new(cfg.clone())?),
             None => None,
@@ -389,6 +295,128 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), NodeError> {
     Node::start(config, listeners, shutdown).await?.wait().await
+}
+
+/// Opens the replicas (static mode: the configured shards; cluster mode: the follow
+/// loop opens what the committed assignment gives this node) and spawns the loops that
+/// keep them and the node's readiness current.
+async fn start_replicas(
+    config: &NodeConfig,
+    state: &Arc<NodeState>,
+    shards: &Arc<ShardManager>,
+    engine: &Arc<StorageEngine>,
+    tasks: &Tasks,
+) -> Result<(), NodeError> {
+    let cancel = tasks.cancel_token();
+    let registry = &state.registry;
+    let control = &state.control;
+    tasks.spawn(
+        "ttl-refresh",
+        run_ttl_refresh_loop(registry.clone(), engine.clone(), cancel.clone()),
+    );
+    tasks.spawn(
+        "storage-metrics",
+        run_storage_metrics_loop(state.clone(), engine.clone(), cancel.clone()),
+    );
+    match &control {
+        None => {
+            let desired: BTreeSet<ShardId> = config.shards.iter().copied().collect();
+            if let Err(e) = shards.reconcile(&desired, false).await {
+                shards.shutdown(STOP_READS_WAIT).await;
+                return Err(e.into());
+            }
+            info!(
+                shards = desired.len(),
+                shard_count = config.shard_count,
+                "opened shard replicas (static mode)"
+            );
+            tasks.spawn(
+                "promotion",
+                run_promotion_loop(state.clone(), cancel.clone()),
+            );
+        }
+        Some(c) => {
+            tasks.spawn(
+                "follow",
+                run_follow_loop(c.clone(), registry.clone(), shards.clone(), cancel.clone()),
+            );
+            if !config.definition_files.is_empty() {
+                tasks.spawn_once(
+                    "apply-definition-files",
+                    apply_files_loop(c.clone(), config.definition_files.clone(), cancel.clone()),
+                );
+            }
+        }
+    }
+    tasks.spawn(
+        "readiness",
+        run_readiness_loop(state.clone(), shards.clone(), tasks.clone(), cancel.clone()),
+    );
+    Ok(())
+}
+
+/// The registry: in cluster mode it follows the replicated state; otherwise it is
+/// node-local, persisted next to the data, with the configured definition files applied.
+fn open_registry(
+    config: &NodeConfig,
+    control: Option<&ControlPlane>,
+) -> Result<Registry, NodeError> {
+    if let Some(c) = control {
+        let r = Registry::in_memory();
+        r.replace(c.state().registry.clone())?;
+        return Ok(r);
+    }
+    let registry = Registry::open(&config.data_dir.join("registry.json"))?;
+    for path in &config.definition_files {
+        let text = std::fs::read_to_string(path).map_err(|source| NodeError::DefinitionFile {
+            path: path.clone(),
+            source,
+        })?;
+        let changes = registry.apply_toml(&text, false)?;
+        info!(file = %path.display(), changes = ?changes, "applied definition file");
+    }
+    Ok(registry)
+}
+
+/// The producer of malformed records to `ingest.dead_letter_topic`, if one is set.
+fn dead_letter_producer(
+    config: &NodeConfig,
+) -> Result<Option<Arc<ThreadedProducer<DefaultProducerContext>>>, NodeError> {
+    if config.ingest.dead_letter_topic.is_none() {
+        return Ok(None);
+    }
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", &config.ingest.bootstrap_servers);
+    for (k, v) in &config.ingest.kafka_properties {
+        cc.set(k, v);
+    }
+    Ok(Some(Arc::new(
+        cc.create::<ThreadedProducer<DefaultProducerContext>>()?,
+    )))
+}
+
+/// Says loudly at start-up what an insecure configuration exposes.
+fn warn_insecure(config: &NodeConfig) {
+    let auth = &config.security.auth;
+    if !auth.enabled {
+        warn!(
+            "AUTHENTICATION IS DISABLED ([auth] enabled = false): anyone who can reach this node's port may read, write and administer it. Use only for demos and trusted test rigs."
+        );
+    }
+    if auth.enabled
+        && config.control.is_none()
+        && auth.bootstrap_sha256.is_none()
+        && auth.identities.is_empty()
+    {
+        warn!(
+            "auth is enabled but this static node accepts no credential: set auth.bootstrap_token_file or [[auth.identities]] (tokens need cluster mode)"
+        );
+    }
+    if config.security.tls.is_none() {
+        warn!(
+            "TLS is off: requests, tokens and features travel in clear text ([tls] cert_file/key_file to enable)"
+        );
+    }
 }
 
 async fn check_topics(
