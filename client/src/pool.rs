@@ -2,6 +2,7 @@
 //! replica choice) and circuit breaker (to skip a node that keeps failing and probe it
 //! back later).
 
+use quiver_proto::NodeId;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -69,7 +70,7 @@ pub(crate) enum Admission {
 /// A node the client talks to.
 #[derive(Debug)]
 pub(crate) struct NodeHandle {
-    pub(crate) id: u64,
+    pub(crate) id: NodeId,
     pub(crate) addr: String,
     channel: AuthChannel,
     outstanding: AtomicUsize,
@@ -177,7 +178,7 @@ impl NodeHandle {
 /// Every node the client has talked to, by node id.
 #[derive(Debug)]
 pub(crate) struct NodePool {
-    nodes: RwLock<HashMap<u64, Arc<NodeHandle>>>,
+    nodes: RwLock<HashMap<NodeId, Arc<NodeHandle>>>,
     connect_timeout: Duration,
     base_cooldown: Duration,
     credentials: Credentials,
@@ -200,7 +201,7 @@ impl NodePool {
     }
 
     /// The handle of node `id` at `addr`; a changed address replaces the channel.
-    pub(crate) fn node(&self, id: u64, addr: &str) -> Result<Arc<NodeHandle>, ClientError> {
+    pub(crate) fn node(&self, id: NodeId, addr: &str) -> Result<Arc<NodeHandle>, ClientError> {
         if let Some(n) = self
             .nodes
             .read()
@@ -234,7 +235,7 @@ impl NodePool {
     }
 
     /// Drops nodes that are no longer in the map.
-    pub(crate) fn retain(&self, keep: impl Fn(u64) -> bool) {
+    pub(crate) fn retain(&self, keep: impl Fn(NodeId) -> bool) {
         self.nodes
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -245,12 +246,13 @@ impl NodePool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use quiver_proto::NodeId;
 
     #[tokio::test]
     async fn breaker_opens_after_threshold_then_probes_and_closes() {
         let base = Duration::from_millis(20);
         let pool = NodePool::new(Duration::from_millis(50), base);
-        let n = pool.node(1, "127.0.0.1:1").unwrap();
+        let n = pool.node(NodeId(1), "127.0.0.1:1").unwrap();
         let now = Instant::now();
         assert_eq!(n.admission(now), Admission::Allow);
         assert!(!n.on_failure(3, base));
@@ -275,14 +277,20 @@ mod tests {
     #[tokio::test]
     async fn outstanding_counts_follow_guards() {
         let pool = NodePool::new(Duration::from_millis(50), Duration::from_millis(20));
-        let n = pool.node(7, "127.0.0.1:1").unwrap();
+        let n = pool.node(NodeId(7), "127.0.0.1:1").unwrap();
         let a = n.begin();
         let b = n.begin();
         assert_eq!(n.outstanding(), 2);
         drop(a);
         drop(b);
         assert_eq!(n.outstanding(), 0);
-        assert!(Arc::ptr_eq(&n, &pool.node(7, "127.0.0.1:1").unwrap()));
-        assert!(!Arc::ptr_eq(&n, &pool.node(7, "127.0.0.1:2").unwrap()));
+        assert!(Arc::ptr_eq(
+            &n,
+            &pool.node(NodeId(7), "127.0.0.1:1").unwrap()
+        ));
+        assert!(!Arc::ptr_eq(
+            &n,
+            &pool.node(NodeId(7), "127.0.0.1:2").unwrap()
+        ));
     }
 }

@@ -3,6 +3,7 @@
 //! first, by the same circuit breakers as lookups — and retried on another node if that
 //! one is down.
 
+use quiver_proto::NodeId;
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -87,7 +88,7 @@ pub(crate) async fn push(
         view: view.to_owned(),
         rows,
     };
-    let mut excluded: HashSet<u64> = HashSet::new();
+    let mut excluded: HashSet<NodeId> = HashSet::new();
     loop {
         let table = inner.map.current();
         let node = match choose_any(&table, &inner.pool, &excluded, &inner.rng)? {

@@ -3,6 +3,7 @@
 //! per shard by least outstanding requests among two random candidates ("power of two
 //! choices"), skipping nodes whose circuit breaker is open.
 
+use quiver_proto::NodeId;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -106,23 +107,23 @@ fn power_of_two(rng: &Rng, candidates: &[Arc<NodeHandle>]) -> Arc<NodeHandle> {
 /// shard on a node (behind on that shard's watermark: its other shards are fine).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Excluded {
-    nodes: HashSet<u64>,
-    replicas: HashSet<(u64, u32)>,
+    nodes: HashSet<NodeId>,
+    replicas: HashSet<(NodeId, u32)>,
 }
 
 impl Excluded {
     /// Avoid `node` for every shard.
-    pub(crate) fn node(&mut self, node: u64) {
+    pub(crate) fn node(&mut self, node: NodeId) {
         self.nodes.insert(node);
     }
 
     /// Avoid `node` for `shard` only.
-    pub(crate) fn replica(&mut self, node: u64, shard: u32) {
+    pub(crate) fn replica(&mut self, node: NodeId, shard: u32) {
         self.replicas.insert((node, shard));
     }
 
     /// Whether the replica of `shard` on `node` is avoided.
-    pub(crate) fn contains(&self, node: u64, shard: u32) -> bool {
+    pub(crate) fn contains(&self, node: NodeId, shard: u32) -> bool {
         self.nodes.contains(&node) || self.replicas.contains(&(node, shard))
     }
 
@@ -164,10 +165,10 @@ pub(crate) fn choose(
 pub(crate) fn choose_any(
     table: &RoutingTable,
     pool: &NodePool,
-    excluded: &HashSet<u64>,
+    excluded: &HashSet<NodeId>,
     rng: &Rng,
 ) -> Result<Option<Arc<NodeHandle>>, ClientError> {
-    let mut ids: Vec<u64> = table
+    let mut ids: Vec<NodeId> = table
         .addrs
         .keys()
         .copied()
@@ -183,10 +184,10 @@ pub(crate) fn choose_any(
 /// this request wins, else (last resort) an open one.
 fn pick(
     table: &RoutingTable,
-    candidates: impl Iterator<Item = u64>,
+    candidates: impl Iterator<Item = NodeId>,
     pool: &NodePool,
     rng: &Rng,
-    behind: impl Fn(u64) -> bool,
+    behind: impl Fn(NodeId) -> bool,
 ) -> Result<Option<Arc<NodeHandle>>, ClientError> {
     let now = Instant::now();
     let mut healthy = Vec::new();
@@ -273,7 +274,7 @@ pub(crate) fn route(
 fn serves(
     table: &RoutingTable,
     shard: u32,
-    node: u64,
+    node: NodeId,
     excluded: &Excluded,
     lagging: &LaggingReplicas,
     now: Instant,
@@ -294,6 +295,7 @@ mod tests {
 
     use super::*;
     use crate::shard_map_cache::Replica;
+    use quiver_proto::NodeId;
 
     fn table(replicas: &[&[u64]]) -> RoutingTable {
         RoutingTable {
@@ -305,14 +307,14 @@ mod tests {
                 .map(|rs| {
                     rs.iter()
                         .map(|n| Replica {
-                            node: *n,
+                            node: NodeId(*n),
                             servable: true,
                         })
                         .collect()
                 })
                 .collect(),
             addrs: (1..=4)
-                .map(|n| (n, format!("127.0.0.1:{}", 1000 + n)))
+                .map(|n| (NodeId(n), format!("127.0.0.1:{}", 1000 + n)))
                 .collect(),
             cluster_mode: true,
         }
@@ -340,7 +342,7 @@ mod tests {
         let pool = NodePool::new(Duration::from_millis(10), Duration::from_millis(10));
         let t = table(&[&[1, 2]]);
         let rng = Rng::new(7);
-        let busy = pool.node(1, "127.0.0.1:1001").unwrap();
+        let busy = pool.node(NodeId(1), "127.0.0.1:1001").unwrap();
         let _load: Vec<_> = (0..5).map(|_| busy.begin()).collect();
         for _ in 0..50 {
             assert_eq!(
@@ -354,19 +356,19 @@ mod tests {
                 )
                 .unwrap()
                 .id,
-                2
+                NodeId(2)
             );
         }
         // Exclusion wins over load; nothing left is an error.
         let mut ex = Excluded::default();
-        ex.node(2);
+        ex.node(NodeId(2));
         assert_eq!(
             choose(&t, 0, &pool, &ex, &LaggingReplicas::default(), &rng)
                 .unwrap()
                 .id,
-            1
+            NodeId(1)
         );
-        ex.node(1);
+        ex.node(NodeId(1));
         assert!(matches!(
             choose(&t, 0, &pool, &ex, &LaggingReplicas::default(), &rng),
             Err(ClientError::NoReplica(0))
@@ -380,7 +382,7 @@ mod tests {
         let pool = NodePool::new(Duration::from_millis(10), Duration::from_secs(60));
         let t = table(&[&[1, 2]]);
         let rng = Rng::new(3);
-        let dead = pool.node(3, "127.0.0.1:1003").unwrap();
+        let dead = pool.node(NodeId(3), "127.0.0.1:1003").unwrap();
         for _ in 0..3 {
             dead.on_failure(3, Duration::from_secs(60));
         }
@@ -393,13 +395,16 @@ mod tests {
         }
         assert_eq!(
             chosen,
-            HashSet::from([1, 2, 4]),
+            HashSet::from([1, 2, 4].map(NodeId)),
             "every healthy node, never node 3"
         );
         // Only the dead node left: it is still tried (last resort); nothing left: None.
-        let ex: HashSet<u64> = HashSet::from([1, 2, 4]);
-        assert_eq!(choose_any(&t, &pool, &ex, &rng).unwrap().unwrap().id, 3);
-        let all: HashSet<u64> = HashSet::from([1, 2, 3, 4]);
+        let ex: HashSet<NodeId> = HashSet::from([1, 2, 4].map(NodeId));
+        assert_eq!(
+            choose_any(&t, &pool, &ex, &rng).unwrap().unwrap().id,
+            NodeId(3)
+        );
+        let all: HashSet<NodeId> = HashSet::from([1, 2, 3, 4].map(NodeId));
         assert!(choose_any(&t, &pool, &all, &rng).unwrap().is_none());
     }
 
@@ -408,7 +413,7 @@ mod tests {
         let pool = NodePool::new(Duration::from_millis(10), Duration::from_secs(60));
         let t = table(&[&[1, 2]]);
         let rng = Rng::new(1);
-        let n1 = pool.node(1, "127.0.0.1:1001").unwrap();
+        let n1 = pool.node(NodeId(1), "127.0.0.1:1001").unwrap();
         for _ in 0..3 {
             n1.on_failure(3, Duration::from_secs(60));
         }
@@ -424,17 +429,17 @@ mod tests {
                 )
                 .unwrap()
                 .id,
-                2
+                NodeId(2)
             );
         }
         // Last resort: the open node rather than nothing.
         let mut ex = Excluded::default();
-        ex.node(2);
+        ex.node(NodeId(2));
         assert_eq!(
             choose(&t, 0, &pool, &ex, &LaggingReplicas::default(), &rng)
                 .unwrap()
                 .id,
-            1
+            NodeId(1)
         );
     }
 
@@ -445,19 +450,19 @@ mod tests {
         let t = table(&[&[1, 2], &[1]]);
         let rng = Rng::new(5);
         let mut ex = Excluded::default();
-        ex.replica(1, 0);
+        ex.replica(NodeId(1), 0);
         for _ in 0..20 {
             assert_eq!(
                 choose(&t, 0, &pool, &ex, &LaggingReplicas::default(), &rng)
                     .unwrap()
                     .id,
-                2
+                NodeId(2)
             );
             assert_eq!(
                 choose(&t, 1, &pool, &ex, &LaggingReplicas::default(), &rng)
                     .unwrap()
                     .id,
-                1
+                NodeId(1)
             );
         }
     }
@@ -468,22 +473,28 @@ mod tests {
         let t = table(&[&[1, 2], &[1, 2]]);
         let rng = Rng::new(9);
         let lagging = LaggingReplicas::default();
-        lagging.note(1, 0);
+        lagging.note(NodeId(1), 0);
         let none = Excluded::default();
         let mut on_shard_1 = HashSet::new();
         for _ in 0..50 {
-            assert_eq!(choose(&t, 0, &pool, &none, &lagging, &rng).unwrap().id, 2);
+            assert_eq!(
+                choose(&t, 0, &pool, &none, &lagging, &rng).unwrap().id,
+                NodeId(2)
+            );
             on_shard_1.insert(choose(&t, 1, &pool, &none, &lagging, &rng).unwrap().id);
         }
         assert_eq!(
             on_shard_1,
-            HashSet::from([1, 2]),
+            HashSet::from([1, 2].map(NodeId)),
             "its other shard is unaffected"
         );
         // Still chosen when it is the only replica left: a preference, not an exclusion.
         let mut ex = Excluded::default();
-        ex.node(2);
-        assert_eq!(choose(&t, 0, &pool, &ex, &lagging, &rng).unwrap().id, 1);
+        ex.node(NodeId(2));
+        assert_eq!(
+            choose(&t, 0, &pool, &ex, &lagging, &rng).unwrap().id,
+            NodeId(1)
+        );
     }
 
     #[tokio::test]
@@ -499,12 +510,19 @@ mod tests {
             &Rng::new(3),
         )
         .unwrap();
-        let mut g: Vec<(u64, Vec<u32>)> = groups
+        let mut g: Vec<(NodeId, Vec<u32>)> = groups
             .iter()
             .map(|g| (g.node.id, g.shards.clone()))
             .collect();
         g.sort();
-        assert_eq!(g, vec![(1, vec![0, 2]), (2, vec![1]), (3, vec![3])]);
+        assert_eq!(
+            g,
+            vec![
+                (NodeId(1), vec![0, 2]),
+                (NodeId(2), vec![1]),
+                (NodeId(3), vec![3])
+            ]
+        );
     }
 
     /// R = 2 over three nodes, every pair holding shards (as balanced placement does).
@@ -516,7 +534,7 @@ mod tests {
         let t = table(&PAIRS);
         let all: Vec<u32> = (0..6).collect();
         let rng = Rng::new(11);
-        let mut shards_per_node: BTreeMap<u64, usize> = BTreeMap::new();
+        let mut shards_per_node: BTreeMap<NodeId, usize> = BTreeMap::new();
         let lookups = 3_000;
         for _ in 0..lookups {
             let groups = route(
@@ -533,7 +551,7 @@ mod tests {
             for g in &groups {
                 for s in &g.shards {
                     assert!(
-                        PAIRS[*s as usize].contains(&g.node.id),
+                        PAIRS[*s as usize].contains(&g.node.id.0),
                         "shard {s} sent to a non-replica"
                     );
                     seen.push(*s);
@@ -562,8 +580,8 @@ mod tests {
         let rng = Rng::new(5);
         let mut excluded = Excluded::default();
         // Node 1 is avoided for shard 0 (it answered BEHIND there), node 2 for shard 2.
-        excluded.replica(1, 0);
-        excluded.replica(2, 2);
+        excluded.replica(NodeId(1), 0);
+        excluded.replica(NodeId(2), 2);
         let lagging = LaggingReplicas::default();
         for _ in 0..500 {
             let groups = route(&t, &all, &pool, &excluded, &lagging, &rng).unwrap();
@@ -584,8 +602,8 @@ mod tests {
                     .node
                     .id
             };
-            assert_eq!(on(0), 2);
-            assert_eq!(on(2), 3);
+            assert_eq!(on(0), NodeId(2));
+            assert_eq!(on(2), NodeId(3));
         }
     }
 
@@ -596,7 +614,7 @@ mod tests {
         let t = table(&[&[1, 2], &[1]]);
         let rng = Rng::new(9);
         let none = LaggingReplicas::default();
-        let n1 = pool.node(1, "127.0.0.1:1001").unwrap();
+        let n1 = pool.node(NodeId(1), "127.0.0.1:1001").unwrap();
         n1.on_draining(Duration::from_secs(60));
         for _ in 0..50 {
             let groups = route(&t, &[0, 1], &pool, &Excluded::default(), &none, &rng).unwrap();
@@ -610,11 +628,11 @@ mod tests {
             };
             // Shard 0 moves to the healthy replica, even though node 1 is also asked for
             // shard 1 (no consolidation onto a draining node); shard 1 has no other.
-            assert_eq!(on(0), 2);
-            assert_eq!(on(1), 1);
+            assert_eq!(on(0), NodeId(2));
+            assert_eq!(on(1), NodeId(1));
         }
         // A draining node beats one with an open breaker.
-        let n2 = pool.node(2, "127.0.0.1:1002").unwrap();
+        let n2 = pool.node(NodeId(2), "127.0.0.1:1002").unwrap();
         for _ in 0..3 {
             n2.on_failure(3, Duration::from_secs(60));
         }
@@ -622,7 +640,7 @@ mod tests {
             choose(&t, 0, &pool, &Excluded::default(), &none, &rng)
                 .unwrap()
                 .id,
-            1
+            NodeId(1)
         );
         // A success without the marker (the node restarted) makes it healthy again.
         n1.on_success(Duration::from_millis(10));

@@ -6,6 +6,7 @@
 //! Nodes without a control plane (static mode) have no cluster map; the table is then
 //! assembled from each seed's status (the shards it holds), with epoch 0.
 
+use quiver_proto::NodeId;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,7 +27,7 @@ use crate::stats::Stats;
 /// A replica as the router sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Replica {
-    pub(crate) node: u64,
+    pub(crate) node: NodeId,
     /// Serving or draining: it answers reads. Bootstrapping replicas are not used.
     pub(crate) servable: bool,
 }
@@ -40,7 +41,7 @@ pub(crate) struct RoutingTable {
     /// Replicas per shard, indexed by shard.
     pub(crate) shards: Vec<Vec<Replica>>,
     /// Address per node id.
-    pub(crate) addrs: HashMap<u64, String>,
+    pub(crate) addrs: HashMap<NodeId, String>,
     /// False for a table assembled from static-mode nodes.
     pub(crate) cluster_mode: bool,
 }
@@ -55,20 +56,22 @@ impl RoutingTable {
             return Err(ClientError::NoReplica(0));
         }
         let mut shards = vec![Vec::new(); map.shard_count as usize];
-        let mut addrs: HashMap<u64, String> = map
+        let mut addrs: HashMap<NodeId, String> = map
             .members
             .iter()
-            .map(|m| (m.node_id, m.addr.clone()))
+            .map(|m| (NodeId(m.node_id), m.addr.clone()))
             .collect();
         for s in &map.shards {
             let Some(slot) = shards.get_mut(s.shard as usize) else {
                 continue;
             };
             for r in &s.replicas {
-                addrs.entry(r.node_id).or_insert_with(|| r.addr.clone());
+                addrs
+                    .entry(NodeId(r.node_id))
+                    .or_insert_with(|| r.addr.clone());
                 let state = ReplicaStateProto::try_from(r.state).unwrap_or_default();
                 slot.push(Replica {
-                    node: r.node_id,
+                    node: NodeId(r.node_id),
                     servable: matches!(
                         state,
                         ReplicaStateProto::Serving | ReplicaStateProto::Draining
@@ -149,7 +152,7 @@ impl MapCache {
         if t.cluster_mode && cur.cluster_mode && t.epoch < cur.epoch {
             return false;
         }
-        let keep: std::collections::HashSet<u64> = t.addrs.keys().copied().collect();
+        let keep: std::collections::HashSet<NodeId> = t.addrs.keys().copied().collect();
         debug!(epoch = t.epoch, "installing cluster map");
         *cur = Arc::new(t);
         drop(cur);
@@ -158,16 +161,16 @@ impl MapCache {
     }
 
     /// The node handles to ask, known nodes first, then seeds not among them.
-    fn contacts(&self) -> Vec<(u64, String)> {
+    fn contacts(&self) -> Vec<(NodeId, String)> {
         let t = self.current();
-        let mut out: Vec<(u64, String)> = t.addrs.iter().map(|(i, a)| (*i, a.clone())).collect();
+        let mut out: Vec<(NodeId, String)> = t.addrs.iter().map(|(i, a)| (*i, a.clone())).collect();
         out.sort();
         for (i, s) in self.seeds.iter().enumerate() {
             if !out
                 .iter()
                 .any(|(_, a)| crate::pool::endpoint_uri(a) == crate::pool::endpoint_uri(s))
             {
-                out.push((STATIC_ID_BASE + i as u64, s.clone()));
+                out.push((NodeId(STATIC_ID_BASE + i as u64), s.clone()));
             }
         }
         out
@@ -243,7 +246,7 @@ impl MapCache {
         let mut last = None;
         for (i, seed) in self.seeds.iter().enumerate() {
             let id = STATIC_ID_BASE + i as u64;
-            let node = self.pool.node(id, seed)?;
+            let node = self.pool.node(NodeId(id), seed)?;
             let status = tokio::time::timeout(
                 self.call_timeout,
                 node.admin().get_status(GetStatusRequest {}),
@@ -275,11 +278,11 @@ impl MapCache {
                     status.shard_count, status.partitioner, t.shard_count, t.partitioner
                 )));
             }
-            t.addrs.insert(id, seed.clone());
+            t.addrs.insert(NodeId(id), seed.clone());
             for s in &status.shards {
                 if let Some(slot) = t.shards.get_mut(s.shard as usize) {
                     slot.push(Replica {
-                        node: id,
+                        node: NodeId(id),
                         servable: true,
                     });
                 }

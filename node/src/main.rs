@@ -425,7 +425,7 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     }
     telemetry::init_logging(&config.log.format, &config.log.level);
     if let Some(addr) = config.metrics_addr {
-        telemetry::init_metrics(addr, config.node_id)
+        telemetry::init_metrics(addr, config.node_id.0)
             .await
             .with_context(|| format!("start metrics exporter on {addr}"))?;
         info!(%addr, "prometheus metrics on /metrics");

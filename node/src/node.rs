@@ -194,7 +194,7 @@ impl Node {
             );
         }
         info!(
-            node_id = config.node_id,
+            node_id = %config.node_id,
             cluster_mode = control.is_some(),
             "node started"
         );

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use quiver_proto::{Partitioner, ShardId};
+use quiver_proto::{NodeId, Partitioner, ShardId};
 use tokio::sync::Semaphore;
 
 use crate::config::Limits;
@@ -19,7 +19,7 @@ use crate::storage::ShardStore;
 /// What the gRPC services, the replica manager and the node's loops share.
 pub struct NodeState {
     /// This node's id.
-    pub node_id: u64,
+    pub node_id: NodeId,
     /// Shard count P.
     pub shard_count: u32,
     /// key → shard function.
@@ -69,6 +69,17 @@ impl NodeState {
     /// The cluster-map epoch this node has applied (0 in static mode).
     pub fn epoch(&self) -> u64 {
         self.control.as_ref().map_or(0, |c| c.state().epoch)
+    }
+
+    /// Whether the committed assignment places a replica of `shard` on this node (it may
+    /// not be open yet: the node just started or the replica was just added).
+    pub fn assigned_here(&self, shard: ShardId) -> bool {
+        self.control.as_ref().is_some_and(|c| {
+            c.state()
+                .assignment
+                .get(&shard)
+                .is_some_and(|reps| reps.iter().any(|r| r.node == self.node_id))
+        })
     }
 
     /// Whether shutdown has begun (see [`NodeState::draining`]).

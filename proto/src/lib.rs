@@ -9,6 +9,7 @@
 //! - [`packed`]: the PACKED lookup encoding: building and reading typed columns.
 
 pub mod error;
+pub mod ids;
 pub mod json_number;
 pub mod packed;
 pub mod partition;
@@ -24,7 +25,8 @@ pub mod v1 {
 }
 
 pub use error::ErrorCode;
-pub use partition::{Partitioner, ShardId};
+pub use ids::{NodeId, ShardId};
+pub use partition::Partitioner;
 
 impl From<&str> for v1::EntityKey {
     fn from(s: &str) -> Self {

@@ -7,15 +7,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-/// Index of a shard, equal to the Kafka partition number it mirrors.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ShardId(pub u32);
-
-impl fmt::Display for ShardId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
+pub use crate::ids::ShardId;
 
 /// The producers' partitioner; a cluster-wide setting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]

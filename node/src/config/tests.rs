@@ -88,7 +88,7 @@ definition_files = ["a.toml"]
 "#;
     let file: NodeConfigFile = toml::from_str(text).unwrap();
     let c = file.validate().unwrap();
-    assert_eq!(c.node_id, 3);
+    assert_eq!(c.node_id, quiver_proto::NodeId(3));
     assert_eq!(c.shards, vec![ShardId(1), ShardId(3)]);
     assert_eq!(c.partitioner, Partitioner::Crc32);
     assert_eq!(c.metrics_addr, None);

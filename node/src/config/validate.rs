@@ -1,5 +1,6 @@
 //! Validation of [`NodeConfigFile`] into the typed [`NodeConfig`] the library runs with.
 
+use quiver_proto::NodeId;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -43,7 +44,7 @@ pub struct Limits {
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
     /// This node's id.
-    pub node_id: u64,
+    pub node_id: NodeId,
     /// Root data directory.
     pub data_dir: PathBuf,
     /// gRPC listen address (used by the binary to bind).
@@ -104,7 +105,7 @@ impl NodeConfigFile {
             let id: u64 = id.parse().map_err(|_| {
                 ConfigError::Invalid(format!("control.initial_voters entry {v:?}: bad id"))
             })?;
-            initial_voters.insert(id, addr.to_owned());
+            initial_voters.insert(NodeId(id), addr.to_owned());
         }
         if initial_voters.is_empty() && c.seeds.is_empty() {
             return bad(
@@ -123,7 +124,7 @@ impl NodeConfigFile {
             c.advertise_addr.clone()
         };
         Ok(Some(crate::control::plane::ControlConfig {
-            node_id: self.node_id,
+            node_id: NodeId(self.node_id),
             advertise_addr,
             zone: c.zone.clone(),
             initial_voters,
@@ -270,7 +271,7 @@ impl NodeConfigFile {
             c.peer_credentials = security.peer_credentials.clone();
         }
         Ok(NodeConfig {
-            node_id: self.node_id,
+            node_id: NodeId(self.node_id),
             data_dir: self.data_dir.clone(),
             grpc_addr,
             metrics_addr,

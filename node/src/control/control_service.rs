@@ -1,6 +1,7 @@
 //! `quiver.v1.ControlService`: member → leader calls (proposals, joins, heartbeats).
 //! Internal: only cluster members call it.
 
+use quiver_proto::NodeId;
 use std::sync::Arc;
 
 use quiver_proto::v1::control_service_server::ControlService;
@@ -87,11 +88,11 @@ impl ControlService for ControlServiceImpl {
                 .map_err(status);
         }
         self.plane
-            .handle_join(req.node_id, req.addr, req.zone)
+            .handle_join(NodeId(req.node_id), req.addr, req.zone)
             .await
             .map_err(status)?;
         Ok(Response::new(JoinResponse {
-            leader_id: self.plane.node_id(),
+            leader_id: self.plane.node_id().0,
         }))
     }
 
@@ -103,7 +104,7 @@ impl ControlService for ControlServiceImpl {
         if self.plane.leader() != Some(self.plane.node_id()) {
             return Err(Status::unavailable("not the leader"));
         }
-        let epoch = self.plane.handle_report(req.node_id, req.replicas);
+        let epoch = self.plane.handle_report(NodeId(req.node_id), req.replicas);
         let read_index = if req.want_read_index {
             Some(
                 self.plane

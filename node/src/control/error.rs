@@ -3,6 +3,7 @@
 
 use openraft::BasicNode;
 use openraft::error::{ClientWriteError, RaftError};
+use quiver_proto::NodeId;
 use quiver_proto::error::Retry;
 
 /// Errors of control-plane operations.
@@ -27,7 +28,7 @@ pub enum ControlError {
     #[error("leader {leader} refused the call: {message}")]
     Refused {
         /// The leader's node id.
-        leader: u64,
+        leader: NodeId,
         /// Its answer.
         message: String,
     },
@@ -54,14 +55,14 @@ pub enum NoLeader {
     #[error("this node does not lead (leader: {leader:?})")]
     NotLeader {
         /// The leader Raft knows.
-        leader: Option<u64>,
+        leader: Option<NodeId>,
     },
     /// The leader did not answer (transport failure, timeout, or it answered that it
     /// cannot take the call now).
     #[error("leader {leader} at {addr} did not answer: {detail}")]
     Unreachable {
         /// The leader's node id.
-        leader: u64,
+        leader: NodeId,
         /// Its address.
         addr: String,
         /// What happened.
@@ -84,7 +85,7 @@ impl ControlError {
         match e {
             RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
                 ControlError::NoLeader(NoLeader::NotLeader {
-                    leader: f.leader_id,
+                    leader: f.leader_id.map(NodeId),
                 })
             }
             RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
@@ -96,7 +97,7 @@ impl ControlError {
 
     /// What a forwarded call's failure at `leader` means: a leader that did not answer,
     /// or answered that it cannot take it now, is transient; any other answer is final.
-    pub fn from_leader_status(leader: u64, addr: &str, status: &tonic::Status) -> ControlError {
+    pub fn from_leader_status(leader: NodeId, addr: &str, status: &tonic::Status) -> ControlError {
         match Retry::of_status(status) {
             Retry::Never => ControlError::Refused {
                 leader,
@@ -113,7 +114,7 @@ impl ControlError {
     }
 
     /// A forwarded call to `leader` that did not answer within its bound.
-    pub fn timed_out(leader: u64, addr: &str) -> ControlError {
+    pub fn timed_out(leader: NodeId, addr: &str) -> ControlError {
         ControlError::NoLeader(NoLeader::Unreachable {
             leader,
             addr: addr.to_string(),
@@ -137,7 +138,9 @@ mod tests {
         assert!(
             matches!(
                 forward,
-                ControlError::NoLeader(NoLeader::NotLeader { leader: Some(3) })
+                ControlError::NoLeader(NoLeader::NotLeader {
+                    leader: Some(NodeId(3))
+                })
             ),
             "{forward:?}"
         );
@@ -151,24 +154,27 @@ mod tests {
     #[test]
     fn a_leaders_answer_is_transient_only_when_it_could_not_take_the_call() {
         let down = ControlError::from_leader_status(
-            1,
+            NodeId(1),
             "h:1",
             &tonic::Status::unavailable("connection refused"),
         );
         assert!(down.is_transient(), "{down:?}");
-        let busy =
-            ControlError::from_leader_status(1, "h:1", &ErrorCode::Unavailable.to_status("x"));
+        let busy = ControlError::from_leader_status(
+            NodeId(1),
+            "h:1",
+            &ErrorCode::Unavailable.to_status("x"),
+        );
         assert!(busy.is_transient());
         let refused = ControlError::from_leader_status(
-            1,
+            NodeId(1),
             "h:1",
             &ErrorCode::Unauthenticated.to_status("bad cluster token"),
         );
         assert!(
-            matches!(&refused, ControlError::Refused { leader: 1, message } if message == "bad cluster token"),
+            matches!(&refused, ControlError::Refused { leader: NodeId(1), message } if message == "bad cluster token"),
             "{refused:?}"
         );
         assert!(!refused.is_transient());
-        assert!(ControlError::timed_out(2, "h:2").is_transient());
+        assert!(ControlError::timed_out(NodeId(2), "h:2").is_transient());
     }
 }

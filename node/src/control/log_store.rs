@@ -80,6 +80,25 @@ impl LogStore {
         .map_err(write_err)
     }
 
+    /// Deletes log entries `[from, to)` (`to` `None`: to the end) on the blocking pool.
+    async fn delete_log_range(&self, from: u64, to: Option<u64>) -> StorageResult<()> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let cf = db
+                .cf_handle(CF_LOG)
+                .expect("raft column families are created at open");
+            db.delete_range_cf(cf, index_key(from), index_key(to.unwrap_or(u64::MAX)))?;
+            if to.is_none() {
+                // delete_range's end is exclusive.
+                db.delete_cf(cf, index_key(u64::MAX))?;
+            }
+            Ok::<(), rocksdb::Error>(())
+        })
+        .await
+        .map_err(write_err)?
+        .map_err(write_err)
+    }
+
     fn last_log_id(&self) -> StorageResult<Option<LogId<u64>>> {
         let mut it = self.db.iterator_cf(self.cf(CF_LOG), IteratorMode::End);
         match it.next() {
@@ -107,24 +126,32 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(i) => i + 1,
             Bound::Unbounded => 0,
         };
-        let mut out = Vec::new();
-        let key = index_key(start);
-        for item in self.db.iterator_cf(
-            self.cf(CF_LOG),
-            IteratorMode::From(&key, Direction::Forward),
-        ) {
-            let (k, v) = item.map_err(read_err)?;
-            let idx = u64::from_be_bytes(
-                k.as_ref()
-                    .try_into()
-                    .map_err(|_| read_err(std::io::Error::other("bad log key")))?,
-            );
-            if !range.contains(&idx) {
-                break;
+        let end = range.end_bound().cloned();
+        let db = self.db.clone();
+        // Replication reads entries on every round: on the blocking pool, not on the
+        // async worker running Raft.
+        tokio::task::spawn_blocking(move || {
+            let cf = db
+                .cf_handle(CF_LOG)
+                .expect("raft column families are created at open");
+            let mut out = Vec::new();
+            let key = index_key(start);
+            for item in db.iterator_cf(cf, IteratorMode::From(&key, Direction::Forward)) {
+                let (k, v) = item.map_err(read_err)?;
+                let idx = u64::from_be_bytes(
+                    k.as_ref()
+                        .try_into()
+                        .map_err(|_| read_err(std::io::Error::other("bad log key")))?,
+                );
+                if !(Bound::Unbounded, end).contains(&idx) {
+                    break;
+                }
+                out.push(serde_json::from_slice(&v).map_err(read_err)?);
             }
-            out.push(serde_json::from_slice(&v).map_err(read_err)?);
-        }
-        Ok(out)
+            Ok(out)
+        })
+        .await
+        .map_err(read_err)?
     }
 }
 
@@ -197,24 +224,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<u64>) -> StorageResult<()> {
-        // Deletes [log_id.index, ∞).
-        let cf = self.cf(CF_LOG);
-        self.db
-            .delete_range_cf(cf, index_key(log_id.index), index_key(u64::MAX))
-            .map_err(write_err)?;
-        self.db
-            .delete_cf(cf, index_key(u64::MAX))
-            .map_err(write_err)?;
-        Ok(())
+        // Deletes [log_id.index, ∞), off the async workers.
+        self.delete_log_range(log_id.index, None).await
     }
 
     async fn purge(&mut self, log_id: LogId<u64>) -> StorageResult<()> {
         // Record the purge point first, so a crash never leaves a hole before it.
         self.put_meta_synced(KEY_LAST_PURGED, &log_id).await?;
-        let cf = self.cf(CF_LOG);
-        self.db
-            .delete_range_cf(cf, index_key(0), index_key(log_id.index + 1))
-            .map_err(write_err)?;
-        Ok(())
+        self.delete_log_range(0, Some(log_id.index + 1)).await
     }
 }

@@ -11,6 +11,7 @@ use openraft::{BasicNode, ServerState};
 use quiver_proto::transport::AuthChannel;
 use quiver_proto::v1::control_service_client::ControlServiceClient;
 use quiver_proto::v1::{JoinRequest, JoinResponse, ProposeRequest, ReplicaReport, ReportRequest};
+use quiver_proto::{NodeId, ShardId};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -26,14 +27,14 @@ use crate::tasks::{Tasks, Ticker, sleep_or_cancel};
 #[derive(Debug, Clone)]
 pub struct ControlConfig {
     /// This node's id (non-zero).
-    pub node_id: u64,
+    pub node_id: NodeId,
     /// Address peers and clients reach this node's gRPC port at (`host:port`).
     pub advertise_addr: String,
     /// Failure zone; empty if unknown.
     pub zone: String,
     /// The cluster's initial voters (`id → address`); a node listed here initialises the
     /// cluster together with the others. Others join through `seeds`.
-    pub initial_voters: BTreeMap<u64, String>,
+    pub initial_voters: BTreeMap<NodeId, String>,
     /// Addresses of existing members to join through.
     pub seeds: Vec<String>,
     /// Cluster settings proposed when the cluster is first initialised.
@@ -57,7 +58,7 @@ pub use super::error::{ControlError, NoLeader};
 #[derive(Debug, Clone)]
 pub(super) struct Seen {
     pub(super) at: Instant,
-    pub(super) replicas: HashMap<u32, ReplicaReport>,
+    pub(super) replicas: HashMap<ShardId, ReplicaReport>,
 }
 
 /// The control-plane handle; cheap to clone through `Arc`.
@@ -67,7 +68,7 @@ pub struct ControlPlane {
     pub(super) sm: StateMachineStore,
     pub(super) channels: Channels,
     /// Leader-side liveness table.
-    pub(super) seen: Mutex<HashMap<u64, Seen>>,
+    pub(super) seen: Mutex<HashMap<NodeId, Seen>>,
     /// This node's replica reports, published by the shard manager.
     pub(super) local_reports: watch::Sender<Vec<ReplicaReport>>,
     /// See [`ControlPlane::is_fresh`].
@@ -118,7 +119,7 @@ impl ControlPlane {
         );
         let channels = Channels::new(config.peer_credentials.clone());
         let raft = Raft::new(
-            config.node_id,
+            config.node_id.0,
             raft_config,
             NetworkFactory::new(channels.clone()),
             LogStore::new(db),
@@ -180,7 +181,7 @@ impl ControlPlane {
             .config
             .initial_voters
             .iter()
-            .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
+            .map(|(id, addr)| (id.0, BasicNode { addr: addr.clone() }))
             .collect();
         match self.raft.initialize(members).await {
             Ok(()) => {
@@ -230,7 +231,7 @@ impl ControlPlane {
     }
 
     /// This node's id.
-    pub fn node_id(&self) -> u64 {
+    pub fn node_id(&self) -> NodeId {
         self.config.node_id
     }
 
@@ -250,11 +251,11 @@ impl ControlPlane {
     }
 
     /// The current leader's id, if known.
-    pub fn leader(&self) -> Option<u64> {
-        self.raft.metrics().borrow().current_leader
+    pub fn leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader.map(NodeId)
     }
 
-    fn leader_addr(&self) -> Option<(u64, String)> {
+    fn leader_addr(&self) -> Option<(NodeId, String)> {
         let m = self.raft.metrics().borrow().clone();
         let leader = m.current_leader?;
         let addr = m
@@ -263,7 +264,7 @@ impl ControlPlane {
             .get_node(&leader)?
             .addr
             .clone();
-        Some((leader, addr))
+        Some((NodeId(leader), addr))
     }
 
     /// Proposes `cmd` through Raft, forwarding it to the leader if this node is not it,
@@ -292,7 +293,7 @@ impl ControlPlane {
 
     /// The channel to the leader `leader` at `addr`; one that cannot be made is a leader
     /// this node cannot reach.
-    fn leader_channel(&self, leader: u64, addr: &str) -> Result<AuthChannel, ControlError> {
+    fn leader_channel(&self, leader: NodeId, addr: &str) -> Result<AuthChannel, ControlError> {
         self.channels.get(addr).map_err(|e| {
             ControlError::NoLeader(NoLeader::Unreachable {
                 leader,
@@ -369,7 +370,7 @@ impl ControlPlane {
     /// [`ControlError::NoLeader`] if this node does not lead.
     pub async fn handle_join(
         &self,
-        node_id: u64,
+        node_id: NodeId,
         addr: String,
         zone: String,
     ) -> Result<(), ControlError> {
@@ -382,12 +383,12 @@ impl ControlPlane {
             .nodes()
             .map(|(id, _)| *id)
             .collect();
-        if !voters_or_learners.contains(&node_id) {
+        if !voters_or_learners.contains(&node_id.0) {
             self.raft
-                .add_learner(node_id, BasicNode { addr: addr.clone() }, false)
+                .add_learner(node_id.0, BasicNode { addr: addr.clone() }, false)
                 .await
                 .map_err(ControlError::from_write)?;
-            info!(node_id, %addr, "added learner");
+            info!(%node_id, %addr, "added learner");
         }
         self.propose_local(Command::UpsertMember {
             id: node_id,
@@ -406,8 +407,11 @@ impl ControlPlane {
     }
 
     /// Leader side of `Report`: records the heartbeat.
-    pub fn handle_report(&self, node_id: u64, replicas: Vec<ReplicaReport>) -> u64 {
-        let replicas = replicas.into_iter().map(|r| (r.shard, r)).collect();
+    pub fn handle_report(&self, node_id: NodeId, replicas: Vec<ReplicaReport>) -> u64 {
+        let replicas = replicas
+            .into_iter()
+            .map(|r| (ShardId(r.shard), r))
+            .collect();
         self.seen.lock().unwrap_or_else(|p| p.into_inner()).insert(
             node_id,
             Seen {
@@ -486,7 +490,7 @@ impl ControlPlane {
 
     async fn join(&self) -> Result<(), ControlError> {
         let req = JoinRequest {
-            node_id: self.config.node_id,
+            node_id: self.config.node_id.0,
             addr: self.config.advertise_addr.clone(),
             zone: self.config.zone.clone(),
         };
@@ -536,7 +540,7 @@ impl ControlPlane {
         let channel = self.leader_channel(leader, &addr)?;
         let mut client = ControlServiceClient::new(channel);
         let call = client.report(ReportRequest {
-            node_id: self.config.node_id,
+            node_id: self.config.node_id.0,
             replicas,
             want_read_index,
         });

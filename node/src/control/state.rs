@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 
+use quiver_proto::{NodeId, ShardId};
 use serde::{Deserialize, Serialize};
 
 use crate::registry::{DefinitionFile, validate_merge};
@@ -41,7 +42,7 @@ pub enum MemberStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {
     /// Node id.
-    pub id: u64,
+    pub id: NodeId,
     /// gRPC address (`host:port`) for clients and peers.
     pub addr: String,
     /// Failure zone; empty if unknown.
@@ -65,7 +66,7 @@ pub enum ReplicaState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Replica {
     /// Node holding it.
-    pub node: u64,
+    pub node: NodeId,
     /// Its state.
     pub state: ReplicaState,
     /// The epoch at which it was added: reports from before it describe another instance.
@@ -92,9 +93,9 @@ pub struct ClusterState {
     /// Set once by [`Command::Initialize`].
     pub settings: Option<ClusterSettings>,
     /// Members by id.
-    pub members: BTreeMap<u64, Member>,
+    pub members: BTreeMap<NodeId, Member>,
     /// Shard → replicas.
-    pub assignment: BTreeMap<u32, Vec<Replica>>,
+    pub assignment: BTreeMap<ShardId, Vec<Replica>>,
     /// The merged registry definitions.
     pub registry: DefinitionFile,
     /// Lineage per view name.
@@ -112,7 +113,7 @@ pub enum Command {
     /// Adds a member or updates its address and zone; it becomes Active.
     UpsertMember {
         /// Node id.
-        id: u64,
+        id: NodeId,
         /// gRPC address.
         addr: String,
         /// Zone.
@@ -121,30 +122,30 @@ pub enum Command {
     /// Changes a member's status.
     SetMemberStatus {
         /// Node id.
-        id: u64,
+        id: NodeId,
         /// New status.
         status: MemberStatus,
     },
     /// Adds a Bootstrapping replica of `shard` on `node`.
     AddReplica {
         /// Shard.
-        shard: u32,
+        shard: ShardId,
         /// Node.
-        node: u64,
+        node: NodeId,
     },
     /// Removes the replica of `shard` on `node`.
     RemoveReplica {
         /// Shard.
-        shard: u32,
+        shard: ShardId,
         /// Node.
-        node: u64,
+        node: NodeId,
     },
     /// Sets the state of an existing replica.
     SetReplicaState {
         /// Shard.
-        shard: u32,
+        shard: ShardId,
         /// Node.
-        node: u64,
+        node: NodeId,
         /// New state.
         state: ReplicaState,
     },
@@ -227,7 +228,7 @@ impl ClusterState {
                     }
                     self.settings = Some(settings.clone());
                     for s in 0..settings.shard_count {
-                        self.assignment.entry(s).or_default();
+                        self.assignment.entry(ShardId(s)).or_default();
                     }
                     applied(self, vec!["cluster initialised".into()])
                 }
@@ -379,7 +380,7 @@ impl ClusterState {
     }
 
     /// Shards with a replica on `node`, with that replica's state.
-    pub fn replicas_on(&self, node: u64) -> BTreeMap<u32, ReplicaState> {
+    pub fn replicas_on(&self, node: NodeId) -> BTreeMap<ShardId, ReplicaState> {
         self.assignment
             .iter()
             .filter_map(|(s, reps)| reps.iter().find(|r| r.node == node).map(|r| (*s, r.state)))
@@ -404,7 +405,7 @@ mod tests {
         ));
         for id in 1..=3 {
             s.apply(&Command::UpsertMember {
-                id,
+                id: NodeId(id),
                 addr: format!("127.0.0.1:{id}"),
                 zone: String::new(),
             });
@@ -431,35 +432,50 @@ mod tests {
     fn assignment_changes_bump_the_epoch() {
         let mut s = init();
         let e0 = s.epoch;
-        s.apply(&Command::AddReplica { shard: 0, node: 1 });
+        s.apply(&Command::AddReplica {
+            shard: ShardId(0),
+            node: NodeId(1),
+        });
         assert_eq!(s.epoch, e0 + 1);
         // Idempotent re-add: no change, no bump.
-        s.apply(&Command::AddReplica { shard: 0, node: 1 });
+        s.apply(&Command::AddReplica {
+            shard: ShardId(0),
+            node: NodeId(1),
+        });
         assert_eq!(s.epoch, e0 + 1);
         s.apply(&Command::SetReplicaState {
-            shard: 0,
-            node: 1,
+            shard: ShardId(0),
+            node: NodeId(1),
             state: ReplicaState::Serving,
         });
         assert_eq!(s.epoch, e0 + 2);
-        assert_eq!(s.replicas_on(1)[&0], ReplicaState::Serving);
-        s.apply(&Command::RemoveReplica { shard: 0, node: 1 });
+        assert_eq!(s.replicas_on(NodeId(1))[&ShardId(0)], ReplicaState::Serving);
+        s.apply(&Command::RemoveReplica {
+            shard: ShardId(0),
+            node: NodeId(1),
+        });
         assert_eq!(s.epoch, e0 + 3);
-        assert!(s.replicas_on(1).is_empty());
+        assert!(s.replicas_on(NodeId(1)).is_empty());
         // Invalid targets are rejected and change nothing.
         let before = s.clone();
         assert!(matches!(
-            s.apply(&Command::AddReplica { shard: 0, node: 99 }),
+            s.apply(&Command::AddReplica {
+                shard: ShardId(0),
+                node: NodeId(99)
+            }),
             CommandResult::Rejected { .. }
         ));
         assert!(matches!(
-            s.apply(&Command::AddReplica { shard: 77, node: 1 }),
+            s.apply(&Command::AddReplica {
+                shard: ShardId(77),
+                node: NodeId(1)
+            }),
             CommandResult::Rejected { .. }
         ));
         assert!(matches!(
             s.apply(&Command::SetReplicaState {
-                shard: 1,
-                node: 1,
+                shard: ShardId(1),
+                node: NodeId(1),
                 state: ReplicaState::Serving
             }),
             CommandResult::Rejected { .. }

@@ -50,7 +50,7 @@ pub(super) async fn run_follow_loop(
         }
         let mine = state.replicas_on(control.node_id());
         publish_replica_states(&mine, &mut published);
-        let desired: BTreeSet<ShardId> = mine.keys().map(|s| ShardId(*s)).collect();
+        let desired: BTreeSet<ShardId> = mine.keys().copied().collect();
         if let Err(e) = shards.reconcile(&desired, true).await {
             warn!(error = %e, "shard reconcile failed; retrying");
         }
@@ -70,8 +70,8 @@ pub(super) async fn run_follow_loop(
 /// Sets `quiver_replica_state{shard, state}` for this node's replicas; shards it no longer
 /// holds (in `published`) go to 0.
 fn publish_replica_states(
-    mine: &std::collections::BTreeMap<u32, crate::control::state::ReplicaState>,
-    published: &mut BTreeSet<u32>,
+    mine: &std::collections::BTreeMap<ShardId, crate::control::state::ReplicaState>,
+    published: &mut BTreeSet<ShardId>,
 ) {
     use crate::control::state::ReplicaState;
     const STATES: [(ReplicaState, &str); 3] = [
@@ -242,7 +242,7 @@ fn cluster_ready(control: &ControlPlane, reports: &[quiver_proto::v1::ReplicaRep
         .all(|(shard, _)| assigned.contains_key(shard));
     let caught_up = assigned
         .keys()
-        .all(|shard| reports.iter().any(|r| r.shard == *shard && r.caught_up));
+        .all(|shard| reports.iter().any(|r| r.shard == shard.0 && r.caught_up));
     placed && caught_up
 }
 

@@ -180,7 +180,7 @@ impl AdminServiceImpl {
                     .collect();
                 let replica_state = match &self.state.control {
                     None => "static".to_owned(),
-                    Some(c) => match c.state().replicas_on(c.node_id()).get(&id.0) {
+                    Some(c) => match c.state().replicas_on(c.node_id()).get(id) {
                         Some(crate::control::state::ReplicaState::Bootstrapping) => {
                             "bootstrapping".to_owned()
                         }
@@ -206,7 +206,7 @@ impl AdminServiceImpl {
             .collect();
         shards.sort_by_key(|s| s.shard);
         GetStatusResponse {
-            node_id: self.state.node_id,
+            node_id: self.state.node_id.0,
             shard_count: self.state.shard_count,
             partitioner: self.state.partitioner.as_str().to_owned(),
             shards,

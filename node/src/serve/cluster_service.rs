@@ -1,5 +1,6 @@
 //! `quiver.v1.ClusterService`: the cluster map clients route with, and draining.
 
+use quiver_proto::NodeId;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -34,9 +35,10 @@ impl ClusterServiceImpl {
 pub fn cluster_map(state: &ClusterState, plane: &ControlPlane) -> ClusterMap {
     let metrics = plane.raft().metrics().borrow().clone();
     let membership = metrics.membership_config.membership();
-    let voters: Vec<u64> = membership.voter_ids().collect();
-    let learners: Vec<u64> = membership.learner_ids().collect();
-    let addr = |id: u64| {
+    let voters: Vec<NodeId> = membership.voter_ids().map(NodeId).collect();
+    let learners: Vec<NodeId> = membership.learner_ids().map(NodeId).collect();
+    let leader = metrics.current_leader.map(NodeId);
+    let addr = |id: NodeId| {
         state
             .members
             .get(&id)
@@ -56,11 +58,11 @@ pub fn cluster_map(state: &ClusterState, plane: &ControlPlane) -> ClusterMap {
             .assignment
             .iter()
             .map(|(shard, reps)| ShardReplicas {
-                shard: *shard,
+                shard: shard.0,
                 replicas: reps
                     .iter()
                     .map(|r| ReplicaInfo {
-                        node_id: r.node,
+                        node_id: r.node.0,
                         addr: addr(r.node),
                         state: match r.state {
                             ReplicaState::Bootstrapping => ReplicaStateProto::Bootstrapping,
@@ -75,7 +77,7 @@ pub fn cluster_map(state: &ClusterState, plane: &ControlPlane) -> ClusterMap {
             .members
             .values()
             .map(|m| MemberInfo {
-                node_id: m.id,
+                node_id: m.id.0,
                 addr: m.addr.clone(),
                 zone: m.zone.clone(),
                 status: match m.status {
@@ -92,10 +94,10 @@ pub fn cluster_map(state: &ClusterState, plane: &ControlPlane) -> ClusterMap {
                     "none"
                 }
                 .into(),
-                is_leader: metrics.current_leader == Some(m.id),
+                is_leader: leader == Some(m.id),
             })
             .collect(),
-        leader_id: metrics.current_leader.unwrap_or(0),
+        leader_id: leader.map_or(0, u64::from),
     }
 }
 
@@ -148,7 +150,7 @@ impl ClusterService for ClusterServiceImpl {
         request: Request<DrainNodeRequest>,
     ) -> Result<Response<DrainNodeResponse>, Status> {
         let principal = crate::security::guard::principal_of(&request).to_string();
-        let id = request.into_inner().node_id;
+        let id = NodeId(request.into_inner().node_id);
         let result = match self
             .plane
             .propose(Command::SetMemberStatus {

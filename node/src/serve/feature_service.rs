@@ -145,7 +145,16 @@ impl FeatureServiceImpl {
         // execute: each step once, in this order.
         // One Vec per request and an Arc clone per shard read (not per key): the blocking
         // path moves them to its thread.
-        let replicas = replicas_for(&plan, &self.state.local().stores, self.state.epoch())?;
+        let replicas = match replicas_for(&plan, &self.state.local().stores, self.state.epoch()) {
+            // Placed here but not open yet (the node is starting, or the replica was just
+            // added): another replica answers; the client's map is right, no refresh.
+            Err(ServeError::WrongShard { shard, .. }) if self.state.assigned_here(shard) => {
+                return Err(ServeError::Unavailable(format!(
+                    "shard {shard}'s replica on this node is opening"
+                )));
+            }
+            r => r?,
+        };
         self.await_watermarks(&plan, &replicas, req.watermark_wait_ms)
             .await?;
         self.metrics.keys.increment(plan.key_count() as u64);

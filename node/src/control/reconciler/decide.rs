@@ -6,6 +6,8 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
+use quiver_proto::{NodeId, ShardId};
+
 use super::desired_assignment;
 use crate::control::plane::Seen;
 use crate::control::state::{ClusterSettings, ClusterState, Command, MemberStatus, ReplicaState};
@@ -48,7 +50,7 @@ pub(crate) struct Step {
 /// when they arrived, the time now, and the grace period.
 pub(crate) struct Observed<'a> {
     /// Last heartbeat per member.
-    pub seen: &'a HashMap<u64, Seen>,
+    pub seen: &'a HashMap<NodeId, Seen>,
     /// Now.
     pub now: Instant,
     /// A member silent this long is dead.
@@ -56,13 +58,13 @@ pub(crate) struct Observed<'a> {
 }
 
 impl Observed<'_> {
-    fn fresh(&self, node: u64) -> bool {
+    fn fresh(&self, node: NodeId) -> bool {
         self.seen
             .get(&node)
             .is_some_and(|s| self.now.duration_since(s.at) < self.dead_after)
     }
 
-    fn report(&self, node: u64, shard: u32) -> Option<&quiver_proto::v1::ReplicaReport> {
+    fn report(&self, node: NodeId, shard: ShardId) -> Option<&quiver_proto::v1::ReplicaReport> {
         self.seen.get(&node)?.replicas.get(&shard)
     }
 }
@@ -211,7 +213,7 @@ fn placement_steps(state: &ClusterState, obs: &Observed<'_>) -> Vec<Step> {
 /// (found by the chaos suite's kill-leader scenario: their replicas were dropped and
 /// shards left without a Serving replica). Not the dead ones: "seen" now, they were
 /// declared back, placed, and declared dead again.
-pub(crate) fn grace_on_leadership(state: &ClusterState) -> Vec<u64> {
+pub(crate) fn grace_on_leadership(state: &ClusterState) -> Vec<NodeId> {
     state
         .members
         .values()
@@ -224,10 +226,10 @@ pub(crate) fn grace_on_leadership(state: &ClusterState) -> Vec<u64> {
 /// `want` live voters; dead voters are dropped only when replaced (the set never
 /// shrinks).
 pub(crate) fn next_voters(
-    live_voters: &BTreeSet<u64>,
-    live_learners: &[u64],
+    live_voters: &BTreeSet<NodeId>,
+    live_learners: &[NodeId],
     want: usize,
-) -> Option<BTreeSet<u64>> {
+) -> Option<BTreeSet<NodeId>> {
     if live_voters.len() >= want || live_learners.is_empty() {
         return None;
     }

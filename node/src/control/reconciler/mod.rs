@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use openraft::{ChangeMembers, ServerState};
+use quiver_proto::{NodeId, ShardId};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -91,21 +92,25 @@ impl ControlPlane {
     async fn manage_voters(&self, state: &ClusterState) {
         let metrics = self.raft.metrics().borrow().clone();
         let membership = metrics.membership_config.membership();
-        let alive = |id: &u64| {
+        let alive = |id: &NodeId| {
             state
                 .members
                 .get(id)
                 .is_some_and(|m| m.status != MemberStatus::Dead)
         };
-        let live_voters: BTreeSet<u64> = membership.voter_ids().filter(alive).collect();
-        let learners: Vec<u64> = membership.learner_ids().filter(alive).collect();
+        let live_voters: BTreeSet<NodeId> =
+            membership.voter_ids().map(NodeId).filter(alive).collect();
+        let learners: Vec<NodeId> = membership.learner_ids().map(NodeId).filter(alive).collect();
         let Some(next) = decide::next_voters(&live_voters, &learners, self.config.voters) else {
             return;
         };
         info!(voters = ?next, "changing raft voters");
         if let Err(e) = self
             .raft
-            .change_membership(ChangeMembers::ReplaceAllVoters(next), true)
+            .change_membership(
+                ChangeMembers::ReplaceAllVoters(next.into_iter().map(u64::from).collect()),
+                true,
+            )
             .await
         {
             warn!(error = %e, "changing voters failed");
@@ -116,18 +121,20 @@ impl ControlPlane {
 /// What placement starts from: the replicas the committed state keeps (Serving and
 /// Bootstrapping) and those leaving (Draining). Starting from the state, rather than from
 /// membership alone, is what lets placement balance without moving more than it must
-/// (`placement.rs`); a placement already carried out is a fixed point.
+/// (`placement.rs`); a placement already carried out is a fixed point. Placement is a
+/// self-contained algorithm over plain numbers (its property tests generate thousands of
+/// layouts); the typed ids are converted here, at its boundary.
 fn placement_start(state: &ClusterState) -> Current {
     let mut current = Current::default();
     for (shard, reps) in &state.assignment {
         let nodes = |draining: bool| -> Vec<u64> {
             reps.iter()
                 .filter(|r| (r.state == ReplicaState::Draining) == draining)
-                .map(|r| r.node)
+                .map(|r| r.node.0)
                 .collect()
         };
-        current.replicas.insert(*shard, nodes(false));
-        current.draining.insert(*shard, nodes(true));
+        current.replicas.insert(shard.0, nodes(false));
+        current.draining.insert(shard.0, nodes(true));
     }
     current
 }
@@ -137,19 +144,25 @@ fn placement_start(state: &ClusterState) -> Current {
 /// readiness uses to tell "no replicas yet" from "no replicas wanted".
 pub(crate) fn desired_assignment(
     state: &ClusterState,
-) -> Option<std::collections::BTreeMap<u32, Vec<u64>>> {
+) -> Option<std::collections::BTreeMap<ShardId, Vec<NodeId>>> {
     let settings = state.settings.as_ref()?;
     let nodes: Vec<PlacementNode> = state
         .placeable_members()
         .map(|m| PlacementNode {
-            id: m.id,
+            id: m.id.0,
             zone: m.zone.clone(),
         })
         .collect();
-    Some(place(
+    let placed = place(
         &nodes,
         settings.shard_count,
         settings.replication_factor as usize,
         &placement_start(state),
-    ))
+    );
+    Some(
+        placed
+            .into_iter()
+            .map(|(s, nodes)| (ShardId(s), nodes.into_iter().map(NodeId).collect()))
+            .collect(),
+    )
 }

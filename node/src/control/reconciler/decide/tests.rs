@@ -5,6 +5,8 @@ use std::time::{Duration, Instant};
 
 use quiver_proto::v1::ReplicaReport;
 
+use quiver_proto::{NodeId, ShardId};
+
 use super::*;
 use crate::control::state::Member;
 
@@ -29,7 +31,7 @@ fn cluster(nodes: &[u64], shards: u32, r: u32) -> ClusterState {
 
 fn join(s: &mut ClusterState, id: u64) {
     s.apply(&Command::UpsertMember {
-        id,
+        id: NodeId(id),
         addr: format!("127.0.0.1:{}", 7000 + id),
         zone: String::new(),
     });
@@ -37,7 +39,7 @@ fn join(s: &mut ClusterState, id: u64) {
 
 /// Every member of `state` heard from at `at`, reporting each of its replicas as
 /// `caught_up` at the state's epoch.
-fn reports(state: &ClusterState, at: Instant, caught_up: bool) -> HashMap<u64, Seen> {
+fn reports(state: &ClusterState, at: Instant, caught_up: bool) -> HashMap<NodeId, Seen> {
     state
         .members
         .keys()
@@ -47,7 +49,7 @@ fn reports(state: &ClusterState, at: Instant, caught_up: bool) -> HashMap<u64, S
                 .into_keys()
                 .map(|shard| {
                     let report = ReplicaReport {
-                        shard,
+                        shard: shard.0,
                         caught_up,
                         epoch: state.epoch,
                         ..Default::default()
@@ -60,7 +62,7 @@ fn reports(state: &ClusterState, at: Instant, caught_up: bool) -> HashMap<u64, S
         .collect()
 }
 
-fn run(state: &ClusterState, seen: &HashMap<u64, Seen>, now: Instant) -> Vec<Step> {
+fn run(state: &ClusterState, seen: &HashMap<NodeId, Seen>, now: Instant) -> Vec<Step> {
     let obs = Observed {
         seen,
         now,
@@ -94,7 +96,7 @@ fn whys(steps: &[Step]) -> Vec<Why> {
     steps.iter().map(|s| s.why).collect()
 }
 
-fn serving_count(state: &ClusterState, shard: u32) -> usize {
+fn serving_count(state: &ClusterState, shard: ShardId) -> usize {
     state.assignment[&shard]
         .iter()
         .filter(|r| r.state == ReplicaState::Serving)
@@ -129,7 +131,7 @@ fn a_new_cluster_places_r_replicas_then_serves_them_and_settles() {
     assert_eq!(whys(&second), vec![Why::CaughtUp; 8]);
     apply_all(&mut s, &second);
     for shard in 0..4 {
-        assert_eq!(serving_count(&s, shard), 2);
+        assert_eq!(serving_count(&s, ShardId(shard)), 2);
     }
     // A placement carried out is a fixed point.
     assert!(run(&s, &reports(&s, now, true), now).is_empty());
@@ -162,16 +164,16 @@ fn a_silent_member_is_declared_dead_and_its_replicas_are_replaced_at_once() {
     let now = Instant::now();
     let mut s = cluster(&[1, 2, 3], 6, 2);
     settle(&mut s, now);
-    let on_3: BTreeSet<u32> = s.replicas_on(3).into_keys().collect();
+    let on_3: BTreeSet<ShardId> = s.replicas_on(NodeId(3)).into_keys().collect();
     assert!(!on_3.is_empty());
     let mut seen = reports(&s, now, true);
-    seen.get_mut(&3).unwrap().at = now - DEAD_AFTER - Duration::from_secs(1);
+    seen.get_mut(&NodeId(3)).unwrap().at = now - DEAD_AFTER - Duration::from_secs(1);
     let steps = run(&s, &seen, now);
     assert_eq!(
         steps[0],
         Step {
             command: Command::SetMemberStatus {
-                id: 3,
+                id: NodeId(3),
                 status: MemberStatus::Dead
             },
             why: Why::Silent
@@ -179,20 +181,23 @@ fn a_silent_member_is_declared_dead_and_its_replicas_are_replaced_at_once() {
     );
     // Placement already sees it dead: its replicas leave at once (no draining: nobody
     // reads a dead node) and each shard gets a new replica on a live node.
-    let removed: BTreeSet<u32> = steps
+    let removed: BTreeSet<ShardId> = steps
         .iter()
         .filter(|st| st.why == Why::LeaveDead)
         .map(|st| match st.command {
-            Command::RemoveReplica { shard, node: 3 } => shard,
+            Command::RemoveReplica {
+                shard,
+                node: NodeId(3),
+            } => shard,
             ref c => panic!("unexpected {c:?}"),
         })
         .collect();
     assert_eq!(removed, on_3);
-    let added: BTreeSet<u32> = steps
+    let added: BTreeSet<ShardId> = steps
         .iter()
         .filter_map(|st| match st.command {
             Command::AddReplica { shard, node } => {
-                assert_ne!(node, 3);
+                assert_ne!(node, NodeId(3));
                 Some(shard)
             }
             _ => None,
@@ -207,7 +212,7 @@ fn a_dead_member_heard_again_is_back() {
     let now = Instant::now();
     let mut s = cluster(&[1, 2, 3], 2, 2);
     s.apply(&Command::SetMemberStatus {
-        id: 2,
+        id: NodeId(2),
         status: MemberStatus::Dead,
     });
     let steps = run(&s, &reports(&s, now, true), now);
@@ -215,18 +220,20 @@ fn a_dead_member_heard_again_is_back() {
         steps[0],
         Step {
             command: Command::SetMemberStatus {
-                id: 2,
+                id: NodeId(2),
                 status: MemberStatus::Active
             },
             why: Why::Back
         }
     );
     // And placement counts it again in the same step.
-    assert!(
-        steps
-            .iter()
-            .any(|st| matches!(st.command, Command::AddReplica { node: 2, .. }))
-    );
+    assert!(steps.iter().any(|st| matches!(
+        st.command,
+        Command::AddReplica {
+            node: NodeId(2),
+            ..
+        }
+    )));
 }
 
 #[test]
@@ -238,10 +245,13 @@ fn a_moving_replica_drains_until_its_successor_serves_then_leaves() {
     settle(&mut s, now);
     join(&mut s, 4);
     let steps = run(&s, &reports(&s, now, false), now);
-    let moving: Vec<u32> = steps
+    let moving: Vec<ShardId> = steps
         .iter()
         .filter_map(|st| match st.command {
-            Command::AddReplica { shard, node: 4 } => Some(shard),
+            Command::AddReplica {
+                shard,
+                node: NodeId(4),
+            } => Some(shard),
             _ => None,
         })
         .collect();
@@ -273,7 +283,7 @@ fn a_moving_replica_drains_until_its_successor_serves_then_leaves() {
             .count(),
         moving.len()
     );
-    for shard in 0..8 {
+    for shard in (0..8).map(ShardId) {
         assert_eq!(s.assignment[&shard].len(), 2);
         assert_eq!(serving_count(&s, shard), 2);
     }
@@ -287,8 +297,8 @@ fn a_draining_replica_that_placement_wants_again_serves_again() {
     let mut s = cluster(&[1, 2], 1, 2);
     settle(&mut s, now);
     s.apply(&Command::SetReplicaState {
-        shard: 0,
-        node: 2,
+        shard: ShardId(0),
+        node: NodeId(2),
         state: ReplicaState::Draining,
     });
     let steps = run(&s, &reports(&s, now, true), now);
@@ -296,8 +306,8 @@ fn a_draining_replica_that_placement_wants_again_serves_again() {
         steps,
         vec![Step {
             command: Command::SetReplicaState {
-                shard: 0,
-                node: 2,
+                shard: ShardId(0),
+                node: NodeId(2),
                 state: ReplicaState::Serving
             },
             why: Why::WantedBack
@@ -354,33 +364,36 @@ fn a_new_leader_gives_every_member_but_the_dead_a_fresh_grace_period() {
     // leadership came back.
     let mut s = cluster(&[1, 2, 3], 2, 2);
     s.apply(&Command::SetMemberStatus {
-        id: 3,
+        id: NodeId(3),
         status: MemberStatus::Dead,
     });
     s.members.insert(
-        4,
+        NodeId(4),
         Member {
-            id: 4,
+            id: NodeId(4),
             status: MemberStatus::Draining,
-            ..s.members[&1].clone()
+            ..s.members[&NodeId(1)].clone()
         },
     );
     let mut got = grace_on_leadership(&s);
     got.sort_unstable();
-    assert_eq!(got, vec![1, 2, 4]);
+    assert_eq!(got, [1, 2, 4].map(NodeId));
 }
 
 #[test]
 fn voters_grow_to_the_target_with_live_learners_and_never_shrink() {
-    let set = |v: &[u64]| v.iter().copied().collect::<BTreeSet<u64>>();
+    let set = |v: &[u64]| v.iter().copied().map(NodeId).collect::<BTreeSet<NodeId>>();
     // Two live voters of three wanted: one learner is promoted.
     assert_eq!(
-        next_voters(&set(&[1, 2]), &[4, 5], 3),
+        next_voters(&set(&[1, 2]), &[4, 5].map(NodeId), 3),
         Some(set(&[1, 2, 4]))
     );
     // Enough voters, or no learner to promote: no change.
-    assert_eq!(next_voters(&set(&[1, 2, 3]), &[4], 3), None);
+    assert_eq!(next_voters(&set(&[1, 2, 3]), &[NodeId(4)], 3), None);
     assert_eq!(next_voters(&set(&[1, 2]), &[], 3), None);
     // From one voter towards five: every learner there is.
-    assert_eq!(next_voters(&set(&[1]), &[2, 3], 5), Some(set(&[1, 2, 3])));
+    assert_eq!(
+        next_voters(&set(&[1]), &[2, 3].map(NodeId), 5),
+        Some(set(&[1, 2, 3]))
+    );
 }
