@@ -1,5 +1,13 @@
 //! Gaps in a partition's offsets: whether a delivered record follows the last one, and
-//! when a gap is re-read or accepted (see [`judge_offset`]).
+//! when a gap is re-read or accepted (see [`judge_offset`]); [`ConsumerOffsets`] keeps the
+//! consumer's position per topic and applies the judgement.
+
+use std::collections::HashMap;
+
+use metrics::counter;
+use tracing::{debug, info, warn};
+
+use crate::metrics as m;
 
 /// What a record's offset says about the consumer's position.
 #[derive(Debug, PartialEq, Eq)]
@@ -42,6 +50,72 @@ pub(super) fn judge_offset(
     } else {
         *gap = Some((expected, offset, attempts + 1));
         Position::Refetch { expected }
+    }
+}
+
+/// What the consumer delivered, per topic: the offset after its last record (unknown
+/// after an assignment from the beginning until the first record), and the offset gap
+/// being re-fetched (expected, delivered, attempts so far).
+#[derive(Default)]
+pub(super) struct ConsumerOffsets {
+    pub(super) next: HashMap<String, i64>,
+    gap: HashMap<String, (i64, i64, u32)>,
+}
+
+impl ConsumerOffsets {
+    /// Judges the record at `offset` of `topic` against the last one delivered; `Some(expected)`
+    /// when the batch must end here and the consumer re-read from `expected` (a gap that
+    /// may yet fill), else the record is taken (in order, or past a gap given up on).
+    pub(super) fn judge(
+        &mut self,
+        topic: &str,
+        offset: i64,
+        refetches: u32,
+        shard_label: &str,
+    ) -> Option<i64> {
+        let mut gap = self.gap.remove(topic);
+        let position = judge_offset(self.next.get(topic).copied(), offset, &mut gap, refetches);
+        if let Some(g) = gap {
+            self.gap.insert(topic.to_owned(), g);
+        }
+        match position {
+            Position::InOrder => {}
+            Position::Refetch { expected } => {
+                // Not consumed: the batch ends here and the consumer goes back.
+                let attempt = self.gap.get(topic).map_or(0, |g| g.2);
+                counter!(m::INGEST_GAP_REFETCHES, "shard" => shard_label.to_owned()).increment(1);
+                if attempt == 1 {
+                    info!(
+                        topic,
+                        expected, offset, "offset gap; re-reading from the expected offset"
+                    );
+                } else {
+                    debug!(
+                        topic,
+                        expected, offset, attempt, "offset gap persists; re-reading"
+                    );
+                }
+                return Some(expected);
+            }
+            Position::AcceptGap { expected } => {
+                counter!(m::INGEST_OFFSET_GAPS, "shard" => shard_label.to_owned())
+                    .increment((offset - expected) as u64);
+                warn!(
+                    topic,
+                    expected,
+                    offset,
+                    refetches,
+                    "offsets missing from the partition; continuing after them"
+                );
+            }
+        }
+        match self.next.get_mut(topic) {
+            Some(next) => *next = offset + 1,
+            None => {
+                self.next.insert(topic.to_owned(), offset + 1);
+            }
+        }
+        None
     }
 }
 

@@ -12,16 +12,19 @@
 //! async runtime; it checks the cancellation token between polls (at most
 //! `poll_timeout` apart) and exits after finishing the batch in hand.
 
+mod batch;
 pub mod decode;
 pub mod encode;
 mod gap;
+mod handle;
 mod shard_ingest;
 mod status;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-pub use shard_ingest::{IngestHandle, pending_stream_key, spawn_shard_ingest};
+pub use handle::{IngestHandle, spawn_shard_ingest};
+pub use shard_ingest::pending_stream_key;
 pub use status::{IngestStatus, TopicIngestStatus};
 
 /// Settings of the ingest loops.

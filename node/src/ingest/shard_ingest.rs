@@ -6,159 +6,32 @@ use std::time::{Duration, Instant};
 
 use metrics::{counter, gauge, histogram};
 use quiver_proto::ShardId;
-use rdkafka::client::ClientContext;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use super::decode::{RawRecord, decode_record};
-use super::gap::{Position, judge_offset};
+use super::IngestConfig;
+use super::batch::Polled;
+use super::decode::RawRecord;
+use super::gap::ConsumerOffsets;
+use super::handle::IngestContext;
 use super::status::{IngestStatus, TopicIngestStatus};
-use super::{IngestConfig, IngestError};
 use crate::metrics as m;
 use crate::registry::{FeatureView, KeyType, Registry, RegistrySnapshot};
-use crate::storage::row_codec::encode_row;
-use crate::storage::{IngestBatch, RowWrite, ShardStore, TopicProgress, keys};
-
-/// Consumer context that logs through `tracing` and treats partition EOF (our "caught
-/// up" signal, enabled on purpose) as the non-event it is.
-pub(crate) struct IngestContext;
-
-impl ClientContext for IngestContext {
-    fn error(&self, error: KafkaError, reason: &str) {
-        match error {
-            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF) => {
-                debug!(reason, "partition end reached")
-            }
-            e => warn!(error = %e, reason, "kafka client error"),
-        }
-    }
-}
-
-impl ConsumerContext for IngestContext {}
-
-/// Owner of a running ingest loop: cancel it, then [`IngestHandle::join`].
-pub struct IngestHandle {
-    shard: ShardId,
-    cancel: CancellationToken,
-    thread: Option<std::thread::JoinHandle<()>>,
-    /// Observed state.
-    pub status: Arc<IngestStatus>,
-}
-
-impl IngestHandle {
-    /// Asks the loop to stop after the batch in hand.
-    pub fn cancel(&self) {
-        self.cancel.cancel();
-    }
-
-    /// Waits for the loop to finish (its last batch is then durable in RocksDB's WAL).
-    pub async fn join(mut self) {
-        self.cancel.cancel();
-        if let Some(t) = self.thread.take() {
-            let shard = self.shard;
-            if tokio::task::spawn_blocking(move || t.join())
-                .await
-                .map(|r| r.is_err())
-                .unwrap_or(true)
-            {
-                error!(shard_id = %shard, "ingest thread panicked");
-            }
-        }
-    }
-}
-
-/// Starts the ingest loop of `store` on its own thread.
-///
-/// # Errors
-/// [`IngestError::Kafka`] if the consumer cannot be created from the configuration.
-pub fn spawn_shard_ingest(
-    store: Arc<ShardStore>,
-    registry: Registry,
-    config: IngestConfig,
-    dead_letters: Option<Arc<ThreadedProducer<DefaultProducerContext>>>,
-    cancel: CancellationToken,
-) -> Result<IngestHandle, IngestError> {
-    let shard = store.shard();
-    let mut cc = ClientConfig::new();
-    cc.set("bootstrap.servers", &config.bootstrap_servers)
-        // librdkafka requires a group.id for assign(); no group protocol is used.
-        .set("group.id", format!("quiver-node-{}", config.node_id))
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "true")
-        .set("auto.offset.reset", "earliest")
-        // Freshness: replicas of a shard must apply a record within milliseconds of each
-        // other, or monotonic reads wait for the slower one. Brokers that do not answer a
-        // waiting fetch as soon as data arrives (Tansu, found by the chaos suite: 500 ms,
-        // librdkafka's default, became the skew between replicas) are bounded by this.
-        // Overridable through kafka.properties.
-        .set("fetch.wait.max.ms", "20")
-        // After a broker stall the in-flight requests time out and librdkafka reconnects
-        // with exponential backoff up to 10 s by default: a replica then stayed seconds
-        // behind its peers after the broker was back (chaos broker-pause). Capped at 1 s.
-        .set("reconnect.backoff.max.ms", "1000")
-        .set(
-            "client.id",
-            format!("quiver-node-{}-shard-{}", config.node_id, shard),
-        );
-    for (k, v) in &config.kafka_properties {
-        cc.set(k, v);
-    }
-    let consumer: BaseConsumer<IngestContext> =
-        cc.create_with_context(IngestContext)
-            .map_err(|source| IngestError::Kafka {
-                shard: shard.0,
-                source,
-            })?;
-    let status = Arc::new(IngestStatus::default());
-    let mut ingest = ShardIngest {
-        shard,
-        shard_label: shard.0.to_string(),
-        store,
-        registry,
-        config,
-        consumer,
-        dead_letters,
-        status: status.clone(),
-        streams: HashMap::new(),
-        assigned: Vec::new(),
-        topics: Vec::new(),
-        generation: None,
-        last_lag_refresh: None,
-        consumer_next: HashMap::new(),
-        gap: HashMap::new(),
-        batch_newest_record_ms: i64::MIN,
-        batch_newest_event: HashMap::new(),
-        applied_record_ms: i64::MIN,
-        view_newest: HashMap::new(),
-    };
-    let loop_cancel = cancel.clone();
-    let thread = std::thread::Builder::new()
-        .name(format!("ingest-{shard}"))
-        .spawn(move || ingest.run(&loop_cancel))
-        .map_err(IngestError::Spawn)?;
-    Ok(IngestHandle {
-        shard,
-        cancel,
-        thread: Some(thread),
-        status,
-    })
-}
+use crate::storage::{IngestBatch, ShardStore};
 
 /// A sequence of offsets of one topic applied to a set of views, with its own resume
 /// position (stored under `key` in the shard's meta column family).
-struct Stream {
+pub(super) struct Stream {
     /// The topic name for serving views; `topic#view@version` for a pending version.
-    key: String,
-    routes: Vec<Route>,
+    pub(super) key: String,
+    pub(super) routes: Vec<Route>,
     /// Next offset this stream applies.
-    next: i64,
+    pub(super) next: i64,
 }
 
 /// The offset-stream key of a pending view version on `topic`.
@@ -166,12 +39,12 @@ pub fn pending_stream_key(topic: &str, view: &str, version: u32) -> String {
     format!("{topic}#{view}@{version}")
 }
 
-struct Route {
-    view: Arc<FeatureView>,
-    key_type: KeyType,
+pub(super) struct Route {
+    pub(super) view: Arc<FeatureView>,
+    pub(super) key_type: KeyType,
 }
 
-struct ShardIngest {
+pub(super) struct ShardIngest {
     shard: ShardId,
     shard_label: String,
     store: Arc<ShardStore>,
@@ -188,11 +61,8 @@ struct ShardIngest {
     topics: Vec<String>,
     generation: Option<u64>,
     last_lag_refresh: Option<Instant>,
-    /// Per topic, the offset after the last record this consumer delivered (unknown after
-    /// an assignment from the beginning until the first record).
-    consumer_next: HashMap<String, i64>,
-    /// The offset gap being re-fetched, per topic: (expected, delivered, attempts so far).
-    gap: HashMap<String, (i64, i64, u32)>,
+    /// Where the consumer is, per topic, and the gap being re-fetched.
+    offsets: ConsumerOffsets,
     /// Of the batch in hand: the newest Kafka timestamp (ms) and per view the newest event
     /// time (µs); published once the batch is applied.
     batch_newest_record_ms: i64,
@@ -204,7 +74,38 @@ struct ShardIngest {
 }
 
 impl ShardIngest {
-    fn run(&mut self, cancel: &CancellationToken) {
+    pub(super) fn new(
+        store: Arc<ShardStore>,
+        registry: Registry,
+        config: IngestConfig,
+        consumer: BaseConsumer<IngestContext>,
+        dead_letters: Option<Arc<ThreadedProducer<DefaultProducerContext>>>,
+        status: Arc<IngestStatus>,
+    ) -> Self {
+        let shard = store.shard();
+        ShardIngest {
+            shard,
+            shard_label: shard.0.to_string(),
+            store,
+            registry,
+            config,
+            consumer,
+            dead_letters,
+            status,
+            streams: HashMap::new(),
+            assigned: Vec::new(),
+            topics: Vec::new(),
+            generation: None,
+            last_lag_refresh: None,
+            offsets: ConsumerOffsets::default(),
+            batch_newest_record_ms: i64::MIN,
+            batch_newest_event: HashMap::new(),
+            applied_record_ms: i64::MIN,
+            view_newest: HashMap::new(),
+        }
+    }
+
+    pub(super) fn run(&mut self, cancel: &CancellationToken) {
         let _span = tracing::info_span!("ingest", shard_id = %self.shard).entered();
         info!("ingest loop started");
         // Every per-shard series exists from the start (at 0), so rates and alerts over
@@ -257,12 +158,11 @@ impl ShardIngest {
         }
         let topics: Vec<String> = assigned.iter().map(|(t, _)| t.clone()).collect();
         let mut tpl = TopicPartitionList::new();
-        self.consumer_next.clear();
-        self.gap.clear();
+        self.offsets = ConsumerOffsets::default();
         for (t, streams) in &self.streams {
             let start = match streams.iter().map(|s| s.next).min() {
                 Some(n) if n > 0 => {
-                    self.consumer_next.insert(t.clone(), n);
+                    self.offsets.next.insert(t.clone(), n);
                     Offset::Offset(n)
                 }
                 _ => Offset::Beginning,
@@ -298,21 +198,13 @@ impl ShardIngest {
     /// Gathers up to `max_batch_records` records: waits up to `poll_timeout` for the first,
     /// then takes whatever is already fetched.
     fn poll_batch(&mut self) -> IngestBatch {
-        let mut batch = IngestBatch::default();
-        let mut stream_index: HashMap<String, usize> = HashMap::new();
-        let mut seen_topics: std::collections::HashSet<String> = std::collections::HashSet::new();
-        let mut dead_letters: Vec<(rdkafka::message::OwnedMessage, String, String)> = Vec::new();
+        let mut p = Polled::default();
         // Taken out so records (which borrow the consumer) can update stream positions.
         let mut streams = std::mem::take(&mut self.streams);
-        let mut row_buf = Vec::new();
         let mut timeout = self.config.poll_timeout;
-        // Whether the last event polled was an end-of-partition.
-        let mut eof = false;
         // Bounded by records, not row writes, so a run of malformed records (no writes)
         // still commits its offsets every `max_batch_records`.
         let mut records = 0;
-        // Set when a gap in offsets ends the batch: (topic, offset to re-read from).
-        let mut refetch: Option<(String, i64)> = None;
         while records < self.config.max_batch_records {
             let Some(item) = self.consumer.poll(timeout) else {
                 break;
@@ -321,7 +213,7 @@ impl ShardIngest {
             let msg = match item {
                 Ok(msg) => msg,
                 Err(KafkaError::PartitionEOF(_)) => {
-                    eof = true;
+                    p.eof = true;
                     continue;
                 }
                 Err(e) => {
@@ -332,61 +224,19 @@ impl ShardIngest {
                 }
             };
             let topic = msg.topic();
-            let offset = msg.offset();
-            let mut gap = self.gap.remove(topic);
-            let position = judge_offset(
-                self.consumer_next.get(topic).copied(),
-                offset,
-                &mut gap,
-                self.config.gap_refetches,
-            );
-            if let Some(g) = gap {
-                self.gap.insert(topic.to_owned(), g);
-            }
-            match position {
-                Position::InOrder => {}
-                Position::Refetch { expected } => {
-                    // Not consumed: the batch ends here and the consumer goes back.
-                    let attempt = self.gap.get(topic).map_or(0, |g| g.2);
-                    counter!(m::INGEST_GAP_REFETCHES, "shard" => self.shard_label.clone())
-                        .increment(1);
-                    if attempt == 1 {
-                        info!(
-                            topic,
-                            expected, offset, "offset gap; re-reading from the expected offset"
-                        );
-                    } else {
-                        debug!(
-                            topic,
-                            expected, offset, attempt, "offset gap persists; re-reading"
-                        );
-                    }
-                    refetch = Some((topic.to_owned(), expected));
-                    break;
-                }
-                Position::AcceptGap { expected } => {
-                    counter!(m::INGEST_OFFSET_GAPS, "shard" => self.shard_label.clone())
-                        .increment((offset - expected) as u64);
-                    warn!(
-                        topic,
-                        expected,
-                        offset,
-                        refetches = self.config.gap_refetches,
-                        "offsets missing from the partition; continuing after them"
-                    );
-                }
-            }
-            match self.consumer_next.get_mut(topic) {
-                Some(next) => *next = offset + 1,
-                None => {
-                    self.consumer_next.insert(topic.to_owned(), offset + 1);
-                }
+            let refetches = self.config.gap_refetches;
+            if let Some(expected) =
+                self.offsets
+                    .judge(topic, msg.offset(), refetches, &self.shard_label)
+            {
+                p.refetch = Some((topic.to_owned(), expected));
+                break;
             }
             records += 1;
             // A record after an end-of-partition event: the end moved on.
-            eof = false;
-            if !seen_topics.contains(topic) {
-                seen_topics.insert(topic.to_owned());
+            p.eof = false;
+            if !p.seen_topics.contains(topic) {
+                p.seen_topics.insert(topic.to_owned());
             }
             let raw = RawRecord {
                 key: msg.key(),
@@ -396,82 +246,29 @@ impl ShardIngest {
             if let Some(ms) = raw.timestamp_millis {
                 self.batch_newest_record_ms = self.batch_newest_record_ms.max(ms);
             }
-            let Some(topic_streams) = streams.get_mut(topic) else {
-                continue;
-            };
-            for stream in topic_streams.iter_mut() {
-                // Below a stream's position: already applied for its views.
-                if offset < stream.next {
-                    continue;
-                }
-                stream.next = offset + 1;
-                // Looked up before inserting: the key is cloned once per batch, not per record.
-                let idx = match stream_index.get(&stream.key) {
-                    Some(i) => *i,
-                    None => {
-                        batch.progress.push(TopicProgress {
-                            topic: stream.key.clone(),
-                            ..Default::default()
-                        });
-                        stream_index.insert(stream.key.clone(), batch.progress.len() - 1);
-                        batch.progress.len() - 1
-                    }
-                };
-                let progress = &mut batch.progress[idx];
-                progress.next_offset = offset + 1;
-                progress.consumed += 1;
-                let mut malformed = false;
-                for route in &stream.routes {
-                    match decode_record(&route.view, route.key_type, &raw) {
-                        Ok(rec) => {
-                            match self.batch_newest_event.get_mut(&route.view.name) {
-                                Some(t) => *t = (*t).max(rec.event_time_micros),
-                                None => {
-                                    self.batch_newest_event
-                                        .insert(route.view.name.clone(), rec.event_time_micros);
-                                }
-                            }
-                            let value = rec.values.map(|vals| {
-                                encode_row(rec.event_time_micros, &vals, &mut row_buf);
-                                row_buf.clone()
-                            });
-                            batch.writes.push(RowWrite {
-                                topic: idx,
-                                key: keys::row_key(
-                                    &route.view.name,
-                                    route.view.version,
-                                    &rec.entity_key,
-                                ),
-                                event_time_micros: rec.event_time_micros,
-                                value,
-                            });
-                        }
-                        Err(e) => {
-                            malformed = true;
-                            counter!(m::INGEST_MALFORMED, "shard" => self.shard_label.clone(), "reason" => e.reason())
-                                .increment(1);
-                            warn!(topic, partition = msg.partition(), offset, view = %route.view.name,
-                                version = route.view.version, error = %e, "skipping malformed record");
-                            dead_letters.push((
-                                msg.detach(),
-                                route.view.name.clone(),
-                                e.to_string(),
-                            ));
-                        }
-                    }
-                }
-                if malformed {
-                    batch.progress[idx].malformed += 1;
-                }
+            if let Some(topic_streams) = streams.get_mut(topic) {
+                p.decode(
+                    topic_streams,
+                    &msg,
+                    &raw,
+                    &mut self.batch_newest_event,
+                    &self.shard_label,
+                );
             }
         }
         self.streams = streams;
-        if let Some((topic, expected)) = refetch {
+        self.finish_poll(p)
+    }
+
+    /// After a poll: re-read from a gap, dead-letter the malformed records, update what
+    /// the status says about the partitions' ends.
+    fn finish_poll(&mut self, p: Polled) -> IngestBatch {
+        if let Some((topic, expected)) = &p.refetch {
             // Purges what was prefetched after the gap and fetches again from it.
             if let Err(e) = self.consumer.seek(
-                &topic,
+                topic,
                 self.shard.0 as i32,
-                Offset::Offset(expected),
+                Offset::Offset(*expected),
                 Duration::from_secs(1),
             ) {
                 warn!(topic, expected, error = %e, "seeking back to an offset gap failed");
@@ -479,7 +276,7 @@ impl ShardIngest {
             // The missing records are usually being stored right now: give them a moment.
             std::thread::sleep(Duration::from_millis(5));
         }
-        for (msg, view, error) in &dead_letters {
+        for (msg, view, error) in &p.dead_letters {
             self.dead_letter(msg, view, error);
         }
         let single_topic = self.topics.len() == 1;
@@ -491,14 +288,14 @@ impl ShardIngest {
                 // does, and a new replica never became Serving: found by the chaos suite).
                 // EOF events do not name the topic; exact for the common single-topic case,
                 // otherwise the lag refresh decides.
-                if eof && single_topic {
+                if p.eof && single_topic {
                     st.reached_end = true;
-                } else if seen_topics.contains(t) {
+                } else if p.seen_topics.contains(t) {
                     st.reached_end = false;
                 }
             }
         });
-        batch
+        p.batch
     }
 
     fn dead_letter(&self, msg: &rdkafka::message::OwnedMessage, view: &str, error: &str) {
