@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 mod loops;
 
 use self::loops::{
-    apply_files_loop, refresh_ttls, run_follow_loop, run_promotion_loop, run_readiness_loop,
+    apply_files_loop, refresh_ttls, run_promotion_loop, run_readiness_loop,
     run_storage_metrics_loop, run_ttl_refresh_loop, run_ttl_sweep_loop,
 };
 use crate::tasks::Tasks;
@@ -27,7 +27,7 @@ use crate::control::plane::{ControlError, ControlPlane};
 use crate::ingest::IngestError;
 use crate::kafka_meta::{KafkaMetadata, TopicCheckError};
 use crate::registry::{Registry, RegistryError, RegistrySnapshot};
-use crate::replica::ShardManager;
+use crate::replica::{ShardManager, run_follow_loop};
 use crate::security::tls::ReloadingTls;
 use crate::serve::{Drain, serve};
 use crate::state::NodeState;

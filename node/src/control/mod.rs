@@ -4,6 +4,7 @@
 pub mod control_service;
 pub mod error;
 pub mod log_store;
+mod member;
 pub mod network;
 pub mod placement;
 pub mod plane;

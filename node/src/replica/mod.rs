@@ -9,8 +9,10 @@
 //! waiting for the lookups and background reads inside to finish — flushes it, and
 //! deletes its directory if it moved away, so the disk space is freed.
 
+mod follow;
 mod reports;
 
+pub use follow::run_follow_loop;
 pub use reports::pending_caught_up;
 
 use std::collections::{BTreeSet, HashMap};
