@@ -135,8 +135,14 @@ async fn mutual_tls_accepts_only_certificates_of_the_configured_ca() {
     )
     .await
     .unwrap_err();
+    // The node closes the connection on the bytes that are not a TLS handshake; hyper
+    // reports that as unavailable, unknown, internal or (when the close wins the race
+    // with the request) cancelled — a transport failure in each case, never an answer.
     assert!(
-        matches!(e.code(), Code::Unavailable | Code::Unknown | Code::Internal),
+        matches!(
+            e.code(),
+            Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled
+        ),
         "{e:?}"
     );
     // A client that does not trust the node's CA: fails.
