@@ -54,9 +54,14 @@ pub(crate) struct Budget {
 
 impl Budget {
     pub(crate) fn new(config: RetryBudget) -> Self {
-        // Enough to ride out a burst of failures right after start or a quiet spell.
+        // Ten seconds of the minimum rate: enough to ride out a burst of failures right
+        // after start or after a quiet spell. The bucket starts with it (as Finagle's
+        // budget does): a client started against a replica that is briefly behind sends
+        // its first lookups there all at once, and all of them come back BEHIND together;
+        // starting with one second's worth failed most of those retries (found by the
+        // chaos smoke set once its readers became open loop).
         let cap = (config.min_per_second * 10.0).max(10.0);
-        let initial = config.min_per_second.min(cap);
+        let initial = (config.min_per_second * 10.0).min(cap);
         Budget {
             config,
             cap,
@@ -178,5 +183,15 @@ mod tests {
             }
         }
         assert!((99..=100).contains(&granted), "{granted}");
+    }
+
+    #[test]
+    fn a_new_client_can_retry_a_burst_of_ten_seconds_of_the_minimum_rate() {
+        let b = Budget::new(RetryBudget {
+            ratio: 0.1,
+            min_per_second: 10.0,
+        });
+        let burst = (0..200).filter(|_| b.try_withdraw()).count();
+        assert!((100..=101).contains(&burst), "{burst}");
     }
 }
