@@ -81,6 +81,9 @@ pub const NODE_HEALTHY: &str = "quiver_node_healthy";
 /// 1 while the node reports ready (every local replica caught up, a control-plane leader
 /// known in cluster mode): the gRPC health service `quiver.v1.Readiness` says SERVING.
 pub const NODE_READY: &str = "quiver_node_ready";
+/// 1 from SIGTERM until the process exits: the node drains (readiness off, still
+/// answering for `server.shutdown_delay`, then finishing in-flight requests).
+pub const NODE_DRAINING: &str = "quiver_node_draining";
 
 /// Lookups executed, by `where`: `inline` (on the async worker, every row in memory) or
 /// `blocking_pool` (large, or some row needed disk I/O).
@@ -154,6 +157,10 @@ pub fn describe() {
         "1 for the state of this node's replica of a shard, by shard and state"
     );
     describe_gauge!(NODE_READY, "1 while the node reports ready");
+    describe_gauge!(
+        NODE_DRAINING,
+        "1 while the node drains for shutdown (readiness off, still answering)"
+    );
     describe_counter!(
         NODE_TASK_FAILURES,
         "Long-lived node tasks that ended before shutdown (panicked or returned)"

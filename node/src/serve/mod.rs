@@ -177,6 +177,7 @@ pub async fn serve(
         let mut ready = state.ready.subscribe();
         let mut health = health;
         let cancel = cancel.clone();
+        let state = state.clone();
         tokio::spawn(async move {
             let status = |up: bool| {
                 if up {
@@ -187,8 +188,9 @@ pub async fn serve(
             };
             loop {
                 let healthy = health.borrow_and_update().is_empty();
-                // Draining (shutdown began) clears `ready` at once.
-                let caught_up = *ready.borrow_and_update();
+                // Draining (shutdown began) clears `ready` at once; checked here too, so a
+                // readiness pass computed just before the drain cannot turn it back on.
+                let caught_up = *ready.borrow_and_update() && !state.is_draining();
                 reporter
                     .set_service_status(READINESS_SERVICE, status(caught_up && healthy))
                     .await;
@@ -255,6 +257,7 @@ pub async fn serve(
     );
     let stopped_accepting = CancellationToken::new();
     let draining = cancel.child_token();
+    metrics::gauge!(crate::metrics::NODE_DRAINING).set(0.0);
     let shutdown = {
         let state = state.clone();
         let draining = draining.clone();
@@ -266,6 +269,7 @@ pub async fn serve(
             state
                 .draining
                 .store(true, std::sync::atomic::Ordering::Relaxed);
+            metrics::gauge!(crate::metrics::NODE_DRAINING).set(1.0);
             state.ready.send_replace(false);
             draining.cancel();
             info!(delay = ?drain.delay, "shutdown: draining (readiness NOT_SERVING, still answering)");

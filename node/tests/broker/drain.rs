@@ -204,6 +204,13 @@ async fn sigterm_drains_in_flight_lookups_then_exits_0() {
     let dir = tempfile::tempdir().unwrap();
     let mut node = started(&broker, dir.path(), "3s", "20s").await;
     let endpoint = node.endpoint();
+    assert_eq!(
+        gauge(
+            &crate::scrape_metrics(node.metrics_port),
+            "quiver_node_draining"
+        ),
+        Some(0.0)
+    );
 
     // Lookups that wait for records not produced yet (offsets KEYS..2 KEYS).
     let in_flight: Vec<_> = (0..IN_FLIGHT)
@@ -227,6 +234,14 @@ async fn sigterm_drains_in_flight_lookups_then_exits_0() {
         health_status(&endpoint, "quiver.v1.FeatureService").await,
         Some(ServingStatus::Serving as i32),
         "liveness stays SERVING while draining"
+    );
+    assert_eq!(
+        gauge(
+            &crate::scrape_metrics(node.metrics_port),
+            "quiver_node_draining"
+        ),
+        Some(1.0),
+        "the drain is visible in the metrics"
     );
     let mut c = FeatureServiceClient::connect(endpoint.clone())
         .await
