@@ -157,11 +157,11 @@ impl ShardManager {
     async fn close(&self, id: ShardId, r: Replica, delete: bool, wait: Duration) {
         r.ingest.join().await;
         let store = r.store;
-        if tokio::time::timeout(wait, store.as_ref().as_ref().close())
+        if tokio::time::timeout(wait, store.gate().close())
             .await
             .is_err()
         {
-            warn!(shard_id = %id, ?wait, readers = store.as_ref().as_ref().readers(), "reads of a closing shard did not finish in time; closing it anyway");
+            warn!(shard_id = %id, ?wait, readers = store.gate().readers(), "reads of a closing shard did not finish in time; closing it anyway");
         }
         let dir = self.engine.shard_dir(id);
         let closed = tokio::task::spawn_blocking(move || {

@@ -89,6 +89,13 @@ impl AsRef<crate::gate::Gate> for ShardStore {
 }
 
 impl ShardStore {
+    /// The gate its readers enter ([`crate::gate::Gate::enter`]) and closing waits on.
+    pub fn gate(&self) -> &crate::gate::Gate {
+        &self.gate
+    }
+}
+
+impl ShardStore {
     pub(super) fn open(
         engine: &StorageEngine,
         shard: ShardId,
