@@ -4,7 +4,8 @@
 # the embedded demo needs (the Rust toolchain, libclang for RocksDB's bindings);
 # `source scripts/setup.sh test` (the default) also checks the test command's
 # requirements up front and installs the test tools (Tansu, Prometheus, Redis, Feast,
-# grpcio, Kubernetes schema validation). Debian packages need root or sudo.
+# grpcio, Kubernetes schema validation, podman and podman-compose). Debian packages need
+# root or sudo.
 set -euo pipefail
 SETUP_FOR="${1:-test}"
 
@@ -94,4 +95,23 @@ fi
 if ! python3 -c 'import grpc, grpc_reflection' >/dev/null 2>&1; then
     echo "setup: installing grpcio and grpcio-reflection (pip)" >&2
     python3 -m pip install -q --disable-pip-version-check grpcio==1.76.0 grpcio-reflection==1.76.0
+fi
+
+# deploy/'s compose test: podman with the runc runtime, debootstrap for a local base image
+# (no registry is reachable here) and podman-compose. This machine's hybrid cgroups need
+# the cgroupfs manager and runc (crun refuses them), and its sandbox forbids raising
+# rlimits, so podman gets no default ulimits; an existing containers.conf is left alone.
+if ! command -v podman >/dev/null || ! command -v runc >/dev/null || ! command -v debootstrap >/dev/null; then
+    echo "setup: installing podman, runc and debootstrap" >&2
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc debootstrap >/dev/null
+fi
+if ! [ -e /etc/containers/containers.conf ]; then
+    as_root mkdir -p /etc/containers
+    printf '%s\n' '[containers]' 'default_ulimits = []' '' '[engine]' \
+        'cgroup_manager = "cgroupfs"' 'runtime = "runc"' | as_root tee /etc/containers/containers.conf >/dev/null
+fi
+if ! command -v podman-compose >/dev/null; then
+    echo "setup: installing podman-compose (pip)" >&2
+    python3 -m pip install -q --disable-pip-version-check podman-compose==1.6.0
 fi

@@ -14,5 +14,7 @@ cargo test --locked --workspace --doc
 # deploy/: Kubernetes schemas, compose references, promtool, the dashboard, and every
 # shipped node config through quiver-node --check-config.
 python3 deploy/tests/validate.py "$CARGO_TARGET_DIR/debug/quiver-node"
+# deploy/'s image and compose cluster, built and run for real (podman, podman-compose).
+python3 deploy/tests/compose_test.py --bin-dir "$CARGO_TARGET_DIR/debug" --tansu "$QUIVER_TANSU_BIN"
 # The README's first command, so it can never silently break.
 bash scripts/demo.sh

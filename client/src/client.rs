@@ -81,7 +81,8 @@ impl Client {
         let stats = Arc::new(Stats::default());
         let pool = Arc::new(
             NodePool::new(config.connect_timeout, config.breaker_cooldown)
-                .with_credentials(config.credentials.clone()),
+                .with_credentials(config.credentials.clone())
+                .with_connect_to(&config.connect_to),
         );
         let map = Arc::new(
             MapCache::bootstrap(

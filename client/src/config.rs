@@ -1,5 +1,6 @@
 //! Client settings and the builder.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use quiver_proto::transport::{Credentials, TlsClientSettings};
@@ -77,6 +78,12 @@ pub struct ClientConfig {
     pub rng_seed: Option<u64>,
     /// TLS settings and bearer token presented to every node.
     pub credentials: Credentials,
+    /// Where to connect instead of a node's advertised address (`quiver1:7070` →
+    /// `127.0.0.1:7071`): for a client outside the network the nodes advertise on, such
+    /// as the host of a compose cluster or a client behind NAT. Under TLS the node's
+    /// certificate is still verified against the advertised host (unless a server name
+    /// is set).
+    pub connect_to: HashMap<String, String>,
 }
 
 impl Default for ClientConfig {
@@ -93,6 +100,7 @@ impl Default for ClientConfig {
             breaker_cooldown: Duration::from_millis(250),
             rng_seed: None,
             credentials: Credentials::none(),
+            connect_to: HashMap::new(),
         }
     }
 }
@@ -159,6 +167,19 @@ impl ClientBuilder {
     /// TLS settings and bearer token presented to every node.
     pub fn credentials(mut self, credentials: Credentials) -> Self {
         self.config.credentials = credentials;
+        self
+    }
+
+    /// Connects to `reachable` whenever the cluster map advertises a node at
+    /// `advertised` (both `host:port`); see [`ClientConfig::connect_to`].
+    pub fn connect_to(
+        mut self,
+        advertised: impl Into<String>,
+        reachable: impl Into<String>,
+    ) -> Self {
+        self.config
+            .connect_to
+            .insert(advertised.into(), reachable.into());
         self
     }
 

@@ -29,6 +29,18 @@ pub(crate) fn endpoint_uri(addr: &str) -> String {
     }
 }
 
+/// `addr` without a leading `http://` or `https://`.
+fn strip_scheme(addr: &str) -> &str {
+    addr.split_once("://").map_or(addr, |(_, rest)| rest)
+}
+
+/// The host of `host:port` (or `[v6]:port`), for TLS verification.
+fn advertised_host(addr: &str) -> &str {
+    let hostport = strip_scheme(addr).trim_end_matches('/');
+    let host = hostport.rsplit_once(':').map_or(hostport, |(h, _)| h);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
 /// Opens a lazily connecting channel to `addr`, presenting `credentials`.
 pub(crate) fn lazy_channel(
     addr: &str,
@@ -182,6 +194,8 @@ pub(crate) struct NodePool {
     connect_timeout: Duration,
     base_cooldown: Duration,
     credentials: Credentials,
+    /// Advertised address (without scheme) → the address to dial instead.
+    connect_to: HashMap<String, String>,
 }
 
 impl NodePool {
@@ -191,6 +205,7 @@ impl NodePool {
             connect_timeout,
             base_cooldown,
             credentials: Credentials::none(),
+            connect_to: HashMap::new(),
         }
     }
 
@@ -198,6 +213,30 @@ impl NodePool {
     pub(crate) fn with_credentials(mut self, credentials: Credentials) -> Self {
         self.credentials = credentials;
         self
+    }
+
+    /// Dials these addresses instead of the advertised ones (keys and values `host:port`).
+    pub(crate) fn with_connect_to(mut self, connect_to: &HashMap<String, String>) -> Self {
+        self.connect_to = connect_to
+            .iter()
+            .map(|(from, to)| (strip_scheme(from).to_owned(), to.clone()))
+            .collect();
+        self
+    }
+
+    /// A channel to the node advertised at `addr`: dialled at its translation if there is
+    /// one, and then, under TLS, verified against the advertised host.
+    fn channel(&self, addr: &str) -> Result<AuthChannel, ClientError> {
+        let Some(target) = self.connect_to.get(strip_scheme(addr)) else {
+            return lazy_channel(addr, self.connect_timeout, &self.credentials);
+        };
+        let mut credentials = self.credentials.clone();
+        if let Some(tls) = credentials.tls.as_mut()
+            && tls.server_name.is_none()
+        {
+            tls.server_name = Some(advertised_host(addr).to_owned());
+        }
+        lazy_channel(target, self.connect_timeout, &credentials)
     }
 
     /// The handle of node `id` at `addr`; a changed address replaces the channel.
@@ -220,7 +259,7 @@ impl NodePool {
         let handle = Arc::new(NodeHandle {
             id,
             addr: addr.to_owned(),
-            channel: lazy_channel(addr, self.connect_timeout, &self.credentials)?,
+            channel: self.channel(addr)?,
             outstanding: AtomicUsize::new(0),
             breaker: Mutex::new(Breaker {
                 consecutive_failures: 0,
@@ -247,6 +286,38 @@ impl NodePool {
 mod tests {
     use super::*;
     use quiver_proto::NodeId;
+
+    #[test]
+    fn advertised_host_of_names_addresses_and_uris() {
+        assert_eq!(advertised_host("quiver1:7070"), "quiver1");
+        assert_eq!(
+            advertised_host("https://quiver1.example:7070/"),
+            "quiver1.example"
+        );
+        assert_eq!(advertised_host("[::1]:7070"), "::1");
+        assert_eq!(strip_scheme("http://quiver1:7070"), "quiver1:7070");
+    }
+
+    #[tokio::test]
+    async fn translated_node_keeps_its_advertised_address() {
+        let to = HashMap::from([(
+            "http://quiver1:7070".to_owned(),
+            "127.0.0.1:7071".to_owned(),
+        )]);
+        let pool = NodePool::new(Duration::from_millis(50), Duration::from_millis(10))
+            .with_connect_to(&to);
+        assert_eq!(
+            pool.connect_to.get("quiver1:7070").map(String::as_str),
+            Some("127.0.0.1:7071")
+        );
+        // The map compares and reports advertised addresses; only the dial is translated.
+        let n = pool.node(NodeId(1), "quiver1:7070").unwrap();
+        assert_eq!(n.addr, "quiver1:7070");
+        assert!(Arc::ptr_eq(
+            &n,
+            &pool.node(NodeId(1), "quiver1:7070").unwrap()
+        ));
+    }
 
     #[tokio::test]
     async fn breaker_opens_after_threshold_then_probes_and_closes() {

@@ -407,3 +407,101 @@ async fn quiverctl_manages_tokens_over_tls() {
     cancel.cancel();
     node.wait().await.unwrap();
 }
+
+/// Forwards every connection accepted on a fresh loopback port to `to`; counts them.
+async fn forwarder(to: String) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let at = listener.local_addr().unwrap().to_string();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let to = to.clone();
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(&to).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    (at, accepted)
+}
+
+/// `--connect-to`: the smart client dials the translation of each advertised address (as
+/// from the host of the compose cluster, whose nodes advertise names only their network
+/// resolves), and `quiverctl health` is the gRPC health check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiverctl_dials_translated_addresses_and_checks_health() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("profile", 2, 1).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let local = listener.local_addr().unwrap().to_string();
+    let addr = format!("http://{local}");
+    let mut file = quiver_node::config::NodeConfigFile {
+        data_dir: dir.path().join("data"),
+        ..Default::default()
+    };
+    file.server.grpc_addr = local.clone();
+    file.server.metrics_addr = String::new();
+    file.cluster.shard_count = 2;
+    file.kafka.bootstrap_servers = mock.bootstrap_servers();
+    file.control.enabled = true;
+    file.auth.enabled = false;
+    file.control.voters = 1;
+    file.control.initial_voters = vec![format!("1@{local}")];
+    file.control.heartbeat_interval = Duration::from_millis(100);
+    let cancel = CancellationToken::new();
+    let node = Node::start(
+        file.validate().unwrap(),
+        Listeners { grpc: listener },
+        cancel.clone(),
+    )
+    .await
+    .unwrap();
+    let defs = dir.path().join("views.toml");
+    std::fs::write(&defs, DEFS).unwrap();
+    ok_stdout(quiverctl(&addr, &["view", "apply", defs.to_str().unwrap()]));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !quiverctl(&addr, &["health", "--service", "quiver.v1.Readiness"])
+        .status
+        .success()
+    {
+        assert!(Instant::now() < deadline, "node never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let get = ["get", "--features", "profile:score", "--keys", "u1"];
+    let lookup_via = |to: &str| {
+        let translation = format!("{local}={to}");
+        let mut args = vec!["--connect-to", translation.as_str()];
+        args.extend(get);
+        quiverctl(&addr, &args)
+    };
+    // Translated to a port nobody listens on: the lookup cannot reach the node.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_addr = dead.local_addr().unwrap().to_string();
+    drop(dead);
+    assert!(!lookup_via(&dead_addr).status.success());
+    // Translated to a forwarder: served, and through it.
+    let (via, accepted) = forwarder(local.clone()).await;
+    let out = ok_stdout(lookup_via(&via));
+    assert!(out.contains("u1") && out.contains("NOT_FOUND"), "{out}");
+    assert!(accepted.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+
+    // The health check: SERVING exits 0; an unknown service or no node exits non-zero.
+    let healthy = ok_stdout(quiverctl(&addr, &["health"]));
+    assert!(
+        healthy.contains("quiver.v1.FeatureService: SERVING"),
+        "{healthy}"
+    );
+    assert!(
+        !quiverctl(&addr, &["health", "--service", "no.such.Service"])
+            .status
+            .success()
+    );
+    cancel.cancel();
+    node.wait().await.unwrap();
+    let gone = quiverctl(&addr, &["health", "--timeout", "1s"]);
+    assert!(!gone.status.success(), "a stopped node is not healthy");
+}

@@ -10,5 +10,5 @@ while true; do
     done
     i=$((i + 1))
     sleep 1
-done | /opt/kafka/bin/kafka-console-producer.sh --bootstrap-server kafka:9092 --topic features \
+done | /opt/kafka/bin/kafka-console-producer.sh --bootstrap-server broker:9092 --topic features \
     --property parse.key=true --property key.separator='|'

@@ -112,14 +112,22 @@ def compose(node_bin):
     path = DEPLOY / "compose/docker-compose.yml"
     doc = yaml.safe_load(path.read_text())
     services = doc.get("services", {})
-    for want in ["kafka", "kafka-init", "quiver1", "quiver2", "quiver3", "prometheus", "grafana", "producer"]:
+    for want in ["kafka", "kafka-init", "producer", "tansu", "tansu-init", "quiver1", "quiver2",
+                 "quiver3", "prometheus", "grafana"]:
         if want not in services:
             problem(f"compose: no service {want}")
     for name, svc in services.items():
         deps = svc.get("depends_on", [])
+        profiles = set(svc.get("profiles", []))
         for d in deps if isinstance(deps, list) else deps.keys():
             if d not in services:
                 problem(f"compose: {name} depends on unknown service {d}")
+                continue
+            # A dependency must be up whenever its dependant is: no profile of its own,
+            # or one the dependant always shares.
+            dep_profiles = set(services[d].get("profiles", []))
+            if dep_profiles and not (profiles and profiles <= dep_profiles):
+                problem(f"compose: {name} depends on {d}, which only runs in profiles {sorted(dep_profiles)}")
         for v in svc.get("volumes", []):
             src = v.split(":")[0]
             if src.startswith(".") and not (path.parent / src).exists():

@@ -1,19 +1,18 @@
 //! `quiverctl`: operate a quiver node from the shell.
 
 use anyhow::Context as _;
-use base64::Engine as _;
 use clap::{Parser, Subcommand, ValueEnum};
+mod health;
+mod output;
+mod rows;
 mod tokens;
 
+use output::{freshness, print_cluster, print_rows};
+use rows::parse_row;
+
 use quiver_client::cli::SecurityArgs;
-use quiver_client::{
-    Client, EntityKey, Lookup, LookupResult, NodeClient, PushRow, Value, Watermarks,
-};
-use quiver_proto::json_number;
+use quiver_client::{Client, EntityKey, Lookup, NodeClient, Watermarks};
 use quiver_proto::transport::Credentials;
-use quiver_proto::v1::FeatureStatus;
-use quiver_proto::v1::value::Kind;
-use serde_json::value::RawValue;
 use serde_json::{Value as Json, json};
 
 #[derive(Parser)]
@@ -34,6 +33,19 @@ struct Cli {
     /// Output format.
     #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
     output: Output,
+    /// Dial ADDR whenever the cluster map advertises a node at ADVERTISED
+    /// (`ADVERTISED=ADDR`, e.g. `quiver1:7070=127.0.0.1:7071`; repeatable, or comma
+    /// separated in the environment): for lookups from outside the nodes' network, such
+    /// as the host of the compose cluster.
+    #[arg(
+        long,
+        global = true,
+        env = "QUIVER_CONNECT_TO",
+        value_delimiter = ',',
+        value_name = "ADVERTISED=ADDR",
+        value_parser = parse_connect_to
+    )]
+    connect_to: Vec<(String, String)>,
     #[command(flatten)]
     security: SecurityArgs,
     #[command(subcommand)]
@@ -46,8 +58,32 @@ enum Output {
     Json,
 }
 
+/// `ADVERTISED=ADDR` of `--connect-to`.
+fn parse_connect_to(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((from, to)) if !from.trim().is_empty() && !to.trim().is_empty() => {
+            Ok((from.trim().to_owned(), to.trim().to_owned()))
+        }
+        _ => Err(format!(
+            "{s:?} is not ADVERTISED=ADDR (e.g. quiver1:7070=127.0.0.1:7071)"
+        )),
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// gRPC health check of the node (grpc.health.v1): exit status 0 when the service
+    /// is SERVING, 1 otherwise. For container health checks and readiness probes.
+    Health {
+        /// Service to ask about: `quiver.v1.FeatureService` (the serving stack is up),
+        /// `quiver.v1.Readiness` (this node's replicas are caught up and it takes
+        /// lookups) or "" (the whole server).
+        #[arg(long, default_value = "quiver.v1.FeatureService")]
+        service: String,
+        /// Give up after this long (e.g. "3s").
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// Feature-view registry.
     View {
         #[command(subcommand)]
@@ -126,175 +162,6 @@ enum ViewCommand {
     },
 }
 
-/// A float as JSON: the shortest text that parses back to the same bits, or the string
-/// `"NaN"`, `"Infinity"`, `"-Infinity"` (see `quiver_proto::json_number`).
-fn float_json(f: f64) -> Json {
-    serde_json::Number::from_f64(f).map_or_else(
-        || Json::String(json_number::f64_text(f).trim_matches('"').to_owned()),
-        Json::Number,
-    )
-}
-
-/// A float32 as JSON: the shortest decimal of the f32 (read it back as float32; as a
-/// float64 it is the nearest double to that decimal, not the widened f32).
-fn float32_json(f: f32) -> Json {
-    match json_number::f32_text(f).parse::<f64>() {
-        Ok(short) if f.is_finite() => float_json(short),
-        _ => float_json(f64::from(f)),
-    }
-}
-
-/// A value as `--output json` prints it; `quiverctl push --row` reads the same forms back
-/// (bytes as base64, as in JSON source records).
-fn kind_json(k: Option<&Kind>) -> Json {
-    match k {
-        None => Json::Null,
-        Some(Kind::BoolValue(b)) => json!(b),
-        Some(Kind::Int64Value(i)) => json!(i),
-        Some(Kind::Float64Value(f)) => float_json(*f),
-        Some(Kind::StringValue(s)) => json!(s),
-        Some(Kind::BytesValue(b)) => json!(base64::engine::general_purpose::STANDARD.encode(b)),
-        Some(Kind::Float32Vector(v)) => {
-            Json::Array(v.values.iter().map(|f| float32_json(*f)).collect())
-        }
-        Some(Kind::Int64List(v)) => json!(v.values),
-        Some(Kind::Float64List(v)) => {
-            Json::Array(v.values.iter().map(|f| float_json(*f)).collect())
-        }
-        Some(Kind::StringList(v)) => json!(v.values),
-    }
-}
-
-/// Seconds since the newest applied event (the replica's freshness), if any was applied.
-fn freshness(newest_event_time_micros: i64) -> Option<f64> {
-    if newest_event_time_micros <= 0 {
-        return None;
-    }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .ok()?
-        .as_micros() as i64;
-    Some((now - newest_event_time_micros) as f64 / 1e6)
-}
-
-fn replica_state_name(state: i32) -> &'static str {
-    match quiver_proto::v1::ReplicaStateProto::try_from(state) {
-        Ok(quiver_proto::v1::ReplicaStateProto::Bootstrapping) => "bootstrapping",
-        Ok(quiver_proto::v1::ReplicaStateProto::Serving) => "serving",
-        Ok(quiver_proto::v1::ReplicaStateProto::Draining) => "draining",
-        _ => "unknown",
-    }
-}
-
-fn print_cluster(map: &quiver_proto::v1::ClusterMap, output: Output) {
-    if output == Output::Json {
-        let members: Vec<Json> = map
-            .members
-            .iter()
-            .map(|m| json!({"node_id": m.node_id, "addr": m.addr, "zone": m.zone, "status": m.status, "raft_role": m.raft_role, "leader": m.is_leader}))
-            .collect();
-        let shards: Vec<Json> = map
-            .shards
-            .iter()
-            .map(|s| json!({"shard": s.shard, "replicas": s.replicas.iter().map(|r| json!({"node_id": r.node_id, "state": replica_state_name(r.state)})).collect::<Vec<_>>()}))
-            .collect();
-        println!(
-            "{}",
-            json!({"cluster": {"epoch": map.epoch, "shard_count": map.shard_count, "partitioner": map.partitioner, "replication_factor": map.replication_factor, "leader_id": map.leader_id, "members": members, "shards": shards}})
-        );
-        return;
-    }
-    println!(
-        "cluster epoch {}  shards {}  R {}  partitioner {}  leader {}",
-        map.epoch, map.shard_count, map.replication_factor, map.partitioner, map.leader_id
-    );
-    println!(
-        "{:>6} {:<22} {:<8} {:<9} {:<8} leader",
-        "node", "addr", "zone", "status", "raft"
-    );
-    for m in &map.members {
-        println!(
-            "{:>6} {:<22} {:<8} {:<9} {:<8} {}",
-            m.node_id,
-            m.addr,
-            m.zone,
-            m.status,
-            m.raft_role,
-            if m.is_leader { "*" } else { "" }
-        );
-    }
-    for s in &map.shards {
-        let reps: Vec<String> = s
-            .replicas
-            .iter()
-            .map(|r| format!("{}:{}", r.node_id, replica_state_name(r.state)))
-            .collect();
-        println!("shard {:>4}: {}", s.shard, reps.join("  "));
-    }
-    println!();
-}
-
-fn status_name(s: FeatureStatus) -> &'static str {
-    match s {
-        FeatureStatus::Present => "PRESENT",
-        FeatureStatus::NotFound => "NOT_FOUND",
-        FeatureStatus::Expired => "EXPIRED",
-        FeatureStatus::Unspecified => "UNSPECIFIED",
-    }
-}
-
-fn print_rows(keys: &[String], r: &LookupResult, output: Output) -> anyhow::Result<()> {
-    let names: Vec<&str> = r.feature_names().collect();
-    if output == Output::Json {
-        let rows: Vec<Json> = keys
-            .iter()
-            .enumerate()
-            .map(|(row, key)| {
-                let features: serde_json::Map<String, Json> = names
-                    .iter()
-                    .enumerate()
-                    .map(|(col, n)| {
-                        let v = json!({
-                            "value": kind_json(r.kind(row, col).as_ref()),
-                            "status": status_name(r.status(row, col)),
-                            "event_time_micros": r.event_time_micros(row, col),
-                        });
-                        ((*n).to_owned(), v)
-                    })
-                    .collect();
-                json!({ "key": key, "features": features })
-            })
-            .collect();
-        let watermarks: Vec<Json> = r
-            .watermarks()
-            .iter()
-            .map(|(shard, topic, next_offset)| json!({"shard": shard, "topic": topic, "next_offset": next_offset}))
-            .collect();
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&json!({ "rows": rows, "watermarks": watermarks }))?
-        );
-        return Ok(());
-    }
-    print!("{:<20}", "key");
-    for n in &names {
-        print!(" {n:>24}");
-    }
-    println!();
-    for (row, key) in keys.iter().enumerate() {
-        print!("{key:<20}");
-        for col in 0..names.len() {
-            let cell = match r.status(row, col) {
-                FeatureStatus::Present => kind_json(r.kind(row, col).as_ref()).to_string(),
-                other => status_name(other).to_owned(),
-            };
-            print!(" {cell:>24}");
-        }
-        println!();
-    }
-    Ok(())
-}
-
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -316,90 +183,16 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// Converts the JSON text of a value to a feature value of type `ty` (a definition-file
-/// type name). Numbers are read from their own text by type, exactly.
-fn json_to_value(feature: &str, ty: &str, v: &RawValue) -> anyhow::Result<Value> {
-    let text = v.get().trim();
-    let bad = || anyhow::anyhow!("feature {feature:?} is {ty}; {text} does not fit");
-    let list = || serde_json::from_str::<Vec<Box<RawValue>>>(text).map_err(|_| bad());
-    Ok(match ty {
-        "bool" => serde_json::from_str::<bool>(text)
-            .map_err(|_| bad())?
-            .into(),
-        "int64" => json_number::parse_i64(text).map_err(|_| bad())?.into(),
-        "float64" => json_number::parse_f64(text).map_err(|_| bad())?.into(),
-        "string" => serde_json::from_str::<String>(text)
-            .map_err(|_| bad())?
-            .into(),
-        // Base64, as in JSON source records and in `--output json`.
-        "bytes" => base64::engine::general_purpose::STANDARD
-            .decode(serde_json::from_str::<String>(text).map_err(|_| bad())?)
-            .map_err(|_| bad())?
-            .into(),
-        "float32_vector" => list()?
-            .iter()
-            .map(|x| json_number::parse_f32(x.get()))
-            .collect::<Result<Vec<f32>, _>>()
-            .map_err(|_| bad())?
-            .into(),
-        "int64_list" => list()?
-            .iter()
-            .map(|x| json_number::parse_i64(x.get()))
-            .collect::<Result<Vec<i64>, _>>()
-            .map_err(|_| bad())?
-            .into(),
-        "float64_list" => list()?
-            .iter()
-            .map(|x| json_number::parse_f64(x.get()))
-            .collect::<Result<Vec<f64>, _>>()
-            .map_err(|_| bad())?
-            .into(),
-        "string_list" => serde_json::from_str::<Vec<String>>(text)
-            .map_err(|_| bad())?
-            .into(),
-        other => anyhow::bail!("feature {feature:?} has unknown type {other}"),
-    })
-}
-
-/// Parses `--row` JSON into a push row, typing values by the view's definition.
-fn parse_row(
-    text: &str,
-    types: &std::collections::HashMap<String, String>,
-) -> anyhow::Result<PushRow> {
-    let doc: std::collections::BTreeMap<String, Box<RawValue>> =
-        serde_json::from_str(text).with_context(|| format!("row {text} is not a JSON object"))?;
-    let key = match doc.get("key").map(|k| k.get()) {
-        Some(k) if k.starts_with('"') => EntityKey::from(serde_json::from_str::<String>(k)?),
-        Some(k) => match json_number::parse_i64(k) {
-            Ok(i) => EntityKey::from(i),
-            Err(_) => anyhow::bail!("row {text} needs a \"key\" (string or integer)"),
-        },
-        None => anyhow::bail!("row {text} needs a \"key\" (string or integer)"),
-    };
-    if doc.get("delete").map(|d| d.get()) == Some("true") {
-        return Ok(PushRow::delete(key));
+async fn smart_client(
+    addr: &str,
+    credentials: &Credentials,
+    connect_to: &[(String, String)],
+) -> anyhow::Result<Client> {
+    let mut builder = Client::builder();
+    for (advertised, reachable) in connect_to {
+        builder = builder.connect_to(advertised, reachable);
     }
-    let mut row = PushRow::new(key);
-    if let Some(t) = doc.get("event_time_micros") {
-        let t = json_number::parse_i64(t.get())
-            .with_context(|| format!("event_time_micros {} is not an integer", t.get()))?;
-        row = row.event_time_micros(t);
-    }
-    if let Some(features) = doc.get("features") {
-        let features: std::collections::BTreeMap<String, Box<RawValue>> =
-            serde_json::from_str(features.get()).context("\"features\" must be an object")?;
-        for (name, v) in &features {
-            let ty = types
-                .get(name)
-                .with_context(|| format!("the view has no feature {name:?}"))?;
-            row = row.set(name.clone(), json_to_value(name, ty, v)?);
-        }
-    }
-    Ok(row)
-}
-
-async fn smart_client(addr: &str, credentials: &Credentials) -> anyhow::Result<Client> {
-    Client::builder()
+    builder
         .seeds([addr])
         .credentials(credentials.clone())
         .deadline(std::time::Duration::from_secs(10))
@@ -411,8 +204,16 @@ async fn smart_client(addr: &str, credentials: &Credentials) -> anyhow::Result<C
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let credentials = cli.security.credentials()?;
+    if let Command::Health { service, timeout } = &cli.command {
+        // Before connecting: a node that cannot be reached is simply not healthy.
+        return match health::check(&cli.addr, &credentials, service, *timeout).await? {
+            true => Ok(()),
+            false => anyhow::bail!("{service:?} is not serving at {}", cli.addr),
+        };
+    }
     let mut client = NodeClient::connect_with(cli.addr.clone(), &credentials).await?;
     match cli.command {
+        Command::Health { .. } => {} // answered above, without a connection first
         Command::Token { command } => {
             tokens::run(&mut client, command, cli.output == Output::Json).await?;
         }
@@ -493,7 +294,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 let wm: Watermarks = token.parse()?;
                 lookup = lookup.min_watermarks(&wm);
             }
-            let smart = smart_client(&cli.addr, &credentials).await?;
+            let smart = smart_client(&cli.addr, &credentials, &cli.connect_to).await?;
             let result = smart.get_online_features(&lookup).await?;
             print_rows(&keys, &result, cli.output)?;
         }
@@ -516,7 +317,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .map(|r| parse_row(r, &types))
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let n = rows.len();
-            let smart = smart_client(&cli.addr, &credentials).await?;
+            let smart = smart_client(&cli.addr, &credentials, &cli.connect_to).await?;
             let wm = smart.push(&view, rows).await?;
             if cli.output == Output::Json {
                 println!("{}", json!({"rows": n, "watermark": wm.to_string()}));
@@ -611,4 +412,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_to_takes_advertised_equals_reachable() {
+        assert_eq!(
+            parse_connect_to(" quiver1:7070 = 127.0.0.1:7071 "),
+            Ok(("quiver1:7070".to_owned(), "127.0.0.1:7071".to_owned()))
+        );
+        for bad in ["quiver1:7070", "=127.0.0.1:7071", "quiver1:7070=", ""] {
+            let err = parse_connect_to(bad).unwrap_err();
+            assert!(err.contains("ADVERTISED=ADDR"), "{bad}: {err}");
+        }
+        let cli = Cli::try_parse_from([
+            "quiverctl",
+            "--connect-to",
+            "a:1=127.0.0.1:2,b:1=127.0.0.1:3",
+            "health",
+        ])
+        .unwrap();
+        assert_eq!(cli.connect_to.len(), 2);
+        assert_eq!(
+            cli.connect_to[1],
+            ("b:1".to_owned(), "127.0.0.1:3".to_owned())
+        );
+    }
 }
