@@ -1,6 +1,10 @@
 //! The registry schema and node limits, cached so requests are validated before anything
-//! is sent. A name the cache does not know triggers one (coalesced) refresh before the
-//! request is rejected, so a freshly registered view is usable at once.
+//! is sent. The nodes are the authority; the cache only saves a round trip for requests
+//! that are certainly wrong, so it never rejects what the cluster would accept: a name it
+//! does not know, or a request that contradicts it (a type, an entity, a limit — the
+//! registry may have changed since it was fetched), triggers one (coalesced) refresh before
+//! the request is rejected. A freshly registered view is usable at once, and a long-lived
+//! client follows a retyped feature without a restart.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,7 +21,10 @@ use crate::shard_map_cache::MapCache;
 pub(crate) enum Problem {
     /// Names something the cached schema does not have (refresh, then NotFound).
     Unknown(String),
-    /// Malformed whatever the schema (InvalidRequest).
+    /// Contradicts the cached schema: a key or value type, an entity, a limit (refresh,
+    /// then InvalidRequest if the fresh schema agrees).
+    Mismatch(String),
+    /// Malformed whatever the schema (InvalidRequest at once).
     Invalid(String),
 }
 
@@ -90,29 +97,36 @@ impl ClientSchema {
             .get(entity)
             .ok_or_else(|| Problem::Unknown(format!("entity {entity:?} is not registered")))?;
         for (i, k) in keys.enumerate() {
-            let kind = k.and_then(|k| k.kind.as_ref());
-            let got = kind.map_or("empty", |k| k.type_name());
+            let Some(kind) = k.and_then(|k| k.kind.as_ref()) else {
+                return Err(Problem::Invalid(format!("{what}[{i}] is empty")));
+            };
+            let got = kind.type_name();
             if got != key_type {
-                return Err(Problem::Invalid(format!(
+                return Err(Problem::Mismatch(format!(
                     "{what}[{i}] is {got}, but entity {entity:?} has {key_type} keys"
                 )));
             }
             // The length of the Kafka key, without building it (the router does, once).
             let len = match kind {
-                Some(KeyKind::StringValue(s)) => s.len(),
-                Some(KeyKind::Int64Value(i)) => {
+                KeyKind::StringValue(s) => s.len(),
+                KeyKind::Int64Value(i) => {
                     usize::from(*i < 0)
                         + i.unsigned_abs()
                             .checked_ilog10()
                             .map_or(1, |d| d as usize + 1)
                 }
-                None => 0,
             };
             if len == 0 || len > self.limits.max_key_bytes as usize {
-                return Err(Problem::Invalid(format!(
+                let m = format!(
                     "{what}[{i}] is {len} bytes; keys must be 1..={} bytes",
                     self.limits.max_key_bytes
-                )));
+                );
+                // An empty key is wrong under any schema; a long one only under this limit.
+                return Err(if len == 0 {
+                    Problem::Invalid(m)
+                } else {
+                    Problem::Mismatch(m)
+                });
             }
         }
         Ok(())
@@ -126,11 +140,12 @@ impl ClientSchema {
         keys: &[EntityKey],
     ) -> Result<(), Problem> {
         let invalid = |m: String| Err(Problem::Invalid(m));
+        let mismatch = |m: String| Err(Problem::Mismatch(m));
         if keys.is_empty() {
             return invalid("the lookup has no entity keys".into());
         }
         if keys.len() > self.limits.max_batch_keys as usize {
-            return invalid(format!(
+            return mismatch(format!(
                 "batch of {} entity keys exceeds the cluster's limit max_batch_keys = {}",
                 keys.len(),
                 self.limits.max_batch_keys
@@ -173,7 +188,7 @@ impl ClientSchema {
             match entity {
                 None => entity = Some((view_name, &view.entity)),
                 Some((first, e)) if e != view.entity => {
-                    return invalid(format!(
+                    return mismatch(format!(
                         "all features of one lookup must share an entity: view {first:?} is keyed by {e:?}, view {view_name:?} by {:?}",
                         view.entity
                     ));
@@ -182,7 +197,7 @@ impl ClientSchema {
             }
         }
         if columns > self.limits.max_features_per_request as usize {
-            return invalid(format!(
+            return mismatch(format!(
                 "the lookup expands to {columns} features, exceeding the cluster's limit max_features_per_request = {}",
                 self.limits.max_features_per_request
             ));
@@ -194,11 +209,12 @@ impl ClientSchema {
     /// Validates a push.
     pub(crate) fn check_push(&self, view_name: &str, rows: &[PushRow]) -> Result<(), Problem> {
         let invalid = |m: String| Err(Problem::Invalid(m));
+        let mismatch = |m: String| Err(Problem::Mismatch(m));
         if rows.is_empty() {
             return invalid("the push has no rows".into());
         }
         if rows.len() > self.limits.max_push_rows as usize {
-            return invalid(format!(
+            return mismatch(format!(
                 "push of {} rows exceeds the cluster's limit max_push_rows = {}",
                 rows.len(),
                 self.limits.max_push_rows
@@ -226,7 +242,7 @@ impl ClientSchema {
                 if let Some(k) = &value.kind
                     && k.type_name() != ty
                 {
-                    return invalid(format!(
+                    return mismatch(format!(
                         "rows[{i}]: feature {name:?} is {}, but the view declares {ty}",
                         k.type_name()
                     ));
@@ -273,8 +289,11 @@ impl SchemaCache {
             .clone()
     }
 
-    /// Runs `check` against the cached schema; on [`Problem::Unknown`], refreshes once and
-    /// checks again.
+    /// Runs `check` against the cached schema; on [`Problem::Unknown`] or
+    /// [`Problem::Mismatch`], refreshes once (concurrent callers share the refresh) and
+    /// checks again. A request the fresh schema still refuses costs one schema read
+    /// instead of the round trip it would have cost unchecked; a schema changed a moment
+    /// ago is never held against a request.
     pub(crate) async fn validate(
         &self,
         map: &MapCache,
@@ -284,7 +303,7 @@ impl SchemaCache {
         match check(&self.current()) {
             Ok(()) => return Ok(()),
             Err(Problem::Invalid(m)) => return Err(ClientError::InvalidRequest(m)),
-            Err(Problem::Unknown(_)) => {}
+            Err(Problem::Unknown(_) | Problem::Mismatch(_)) => {}
         }
         {
             let _g = self.lock.lock().await;
@@ -296,7 +315,7 @@ impl SchemaCache {
         }
         check(&self.current()).map_err(|p| match p {
             Problem::Unknown(m) => ClientError::NotFound(m),
-            Problem::Invalid(m) => ClientError::InvalidRequest(m),
+            Problem::Mismatch(m) | Problem::Invalid(m) => ClientError::InvalidRequest(m),
         })
     }
 }
@@ -361,7 +380,7 @@ mod tests {
 
     fn invalid(r: Result<(), Problem>) -> String {
         match r {
-            Err(Problem::Invalid(m)) => m,
+            Err(Problem::Invalid(m) | Problem::Mismatch(m)) => m,
             other => panic!("expected invalid, got {other:?}"),
         }
     }
@@ -401,6 +420,58 @@ mod tests {
         );
         assert!(invalid(s.check_lookup(&f(&["ua"]), "", &keys)).contains("view:feature"));
         assert!(invalid(s.check_lookup(&f(&["u:a"]), "svc", &keys)).contains("not both"));
+    }
+
+    /// What a newer registry could make right is a `Mismatch` (refresh, then reject);
+    /// what no registry could is `Invalid` (reject at once).
+    #[test]
+    fn problems_a_fresher_schema_could_fix_are_mismatches() {
+        let s = schema();
+        let f = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let keys = vec![EntityKey::from("k1")];
+        let mismatch = |r: Result<(), Problem>| matches!(r, Err(Problem::Mismatch(_)));
+        let invalid_now = |r: Result<(), Problem>| matches!(r, Err(Problem::Invalid(_)));
+        let row = |k: EntityKey, f: &[(&str, Value)]| PushRow {
+            entity_key: Some(k),
+            event_time_micros: 1,
+            features: f.iter().map(|(n, v)| (n.to_string(), v.clone())).collect(),
+            delete: false,
+        };
+        // A retyped feature, a retyped entity key, a changed limit, a re-keyed view.
+        assert!(mismatch(
+            s.check_push("u", &[row("k".into(), &[("a", "x".into())])])
+        ));
+        assert!(mismatch(s.check_lookup(
+            &f(&["u:a"]),
+            "",
+            &[EntityKey::from(5)]
+        )));
+        assert!(mismatch(s.check_lookup(
+            &f(&["u:a"]),
+            "",
+            &[EntityKey::from("123456789")]
+        )));
+        let four: Vec<EntityKey> = (0..4).map(|i| EntityKey::from(format!("k{i}"))).collect();
+        assert!(mismatch(s.check_lookup(&f(&["u:a"]), "", &four)));
+        assert!(mismatch(s.check_lookup(&f(&["u:a", "c:*"]), "", &keys)));
+        // Malformed under any registry.
+        assert!(invalid_now(s.check_lookup(&f(&["u:a"]), "", &[])));
+        assert!(invalid_now(s.check_lookup(&f(&["ua"]), "", &keys)));
+        assert!(invalid_now(s.check_lookup(&f(&["u:a"]), "svc", &keys)));
+        assert!(invalid_now(s.check_lookup(
+            &f(&["u:a"]),
+            "",
+            &[EntityKey::from("")]
+        )));
+        assert!(invalid_now(s.check_lookup(
+            &f(&["u:a"]),
+            "",
+            &[EntityKey { kind: None }]
+        )));
+        assert!(invalid_now(s.check_push("u", &[])));
+        let mut negative = row("k".into(), &[("a", 1.5.into())]);
+        negative.event_time_micros = -1;
+        assert!(invalid_now(s.check_push("u", &[negative])));
     }
 
     #[test]

@@ -14,3 +14,4 @@ mod procs;
 mod read_your_writes;
 mod rolling_restart;
 mod routing;
+mod schema_change;
