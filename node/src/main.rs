@@ -187,9 +187,9 @@ struct NodeArgs {
     /// limits.max_queued_lookups
     #[arg(long, env = "QUIVER_MAX_QUEUED_LOOKUPS")]
     max_queued_lookups: Option<usize>,
-    /// limits.max_pushes_per_second (0: unlimited)
-    #[arg(long, env = "QUIVER_MAX_PUSHES_PER_SECOND")]
-    max_pushes_per_second: Option<u32>,
+    /// limits.max_push_rows_per_second (0: unlimited)
+    #[arg(long, env = "QUIVER_MAX_PUSH_ROWS_PER_SECOND")]
+    max_push_rows_per_second: Option<u32>,
     /// tls.cert_file
     #[arg(long, env = "QUIVER_TLS_CERT_FILE")]
     tls_cert_file: Option<PathBuf>,
@@ -304,7 +304,10 @@ fn apply_overrides(f: &mut NodeConfigFile, a: NodeArgs) -> anyhow::Result<()> {
     );
     set(&mut f.limits.max_inflight_requests, a.max_inflight_requests);
     set(&mut f.limits.max_queued_lookups, a.max_queued_lookups);
-    set(&mut f.limits.max_pushes_per_second, a.max_pushes_per_second);
+    set(
+        &mut f.limits.max_push_rows_per_second,
+        a.max_push_rows_per_second,
+    );
     set(&mut f.tls.cert_file, a.tls_cert_file);
     set(&mut f.tls.key_file, a.tls_key_file);
     set(&mut f.tls.ca_file, a.tls_ca_file);

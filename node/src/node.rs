@@ -156,7 +156,7 @@ impl Node {
             ready: tokio::sync::watch::channel(false).0,
             security: config.security.clone(),
             push_quota: crate::security::rate::RateLimiter::new(
-                config.limits.max_pushes_per_second,
+                config.limits.max_push_rows_per_second,
             ),
             queued_lookups: Default::default(),
             plans: Default::default(),

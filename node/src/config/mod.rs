@@ -300,8 +300,13 @@ pub struct LimitsSection {
     /// Lookups waiting for one of `max_concurrent_lookups`; more are refused with
     /// RESOURCE_EXHAUSTED.
     pub max_queued_lookups: usize,
-    /// Push requests per second per principal (token, certificate identity); 0: no limit.
-    pub max_pushes_per_second: u32,
+    /// Pushed rows per second per principal (token, certificate identity), counted after
+    /// the grant check; 0: no limit.
+    pub max_push_rows_per_second: u32,
+    /// Replaced by `max_push_rows_per_second` (the quota counts rows, not requests); set,
+    /// it is refused with that message rather than silently reinterpreted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_pushes_per_second: Option<u32>,
 }
 
 /// `[registry]`
@@ -412,7 +417,8 @@ impl Default for LimitsSection {
             max_concurrent_requests_per_connection: 1024,
             max_inflight_requests: 4096,
             max_queued_lookups: 1024,
-            max_pushes_per_second: 1000,
+            max_push_rows_per_second: 100_000,
+            max_pushes_per_second: None,
         }
     }
 }

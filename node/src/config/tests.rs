@@ -113,6 +113,14 @@ fn rejects_bad_values_by_name() {
         (|f| f.server.grpc_addr = "nope".into(), "server.grpc_addr"),
         (|f| f.limits.max_batch_keys = 0, "limits.max_batch_keys"),
         (|f| f.log.format = "xml".into(), "log.format"),
+        (
+            |f| f.limits.max_pushes_per_second = Some(1000),
+            "replaced by limits.max_push_rows_per_second",
+        ),
+        (
+            |f| f.limits.max_push_rows_per_second = 10,
+            "below limits.max_push_rows",
+        ),
         (|f| f.version = 2, "version = 2"),
         (
             |f| {

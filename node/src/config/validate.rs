@@ -36,8 +36,8 @@ pub struct Limits {
     pub max_inflight_requests: usize,
     /// See [`LimitsSection::max_queued_lookups`].
     pub max_queued_lookups: usize,
-    /// See [`LimitsSection::max_pushes_per_second`].
-    pub max_pushes_per_second: u32,
+    /// See [`LimitsSection::max_push_rows_per_second`].
+    pub max_push_rows_per_second: u32,
 }
 
 /// The validated configuration [`crate::run`] takes.
@@ -235,6 +235,17 @@ impl NodeConfigFile {
                 return bad(format!("{name} must be greater than 0"));
             }
         }
+        if l.max_pushes_per_second.is_some() {
+            return bad("limits.max_pushes_per_second was replaced by limits.max_push_rows_per_second: the push quota counts rows, not requests".into());
+        }
+        if l.max_push_rows_per_second != 0
+            && (l.max_push_rows_per_second as usize) < l.max_push_rows
+        {
+            return bad(format!(
+                "limits.max_push_rows_per_second = {} is below limits.max_push_rows = {}: a full push could never be admitted",
+                l.max_push_rows_per_second, l.max_push_rows
+            ));
+        }
         if l.max_key_bytes > crate::storage::keys::MAX_KEY_BYTES {
             return bad(format!(
                 "limits.max_key_bytes = {} exceeds the storage key limit of {} bytes",
@@ -312,7 +323,7 @@ impl NodeConfigFile {
                 max_concurrent_requests_per_connection: l.max_concurrent_requests_per_connection,
                 max_inflight_requests: l.max_inflight_requests,
                 max_queued_lookups: l.max_queued_lookups,
-                max_pushes_per_second: l.max_pushes_per_second,
+                max_push_rows_per_second: l.max_push_rows_per_second,
             },
             security,
             definition_files: self.registry.definition_files.clone(),

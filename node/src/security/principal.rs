@@ -63,24 +63,39 @@ pub enum Need {
     Admin,
     /// A cluster member.
     Member,
+    /// An RPC missing from the authorisation table: refused to every authenticated
+    /// caller (fail closed), so a method added without an entry is never open by mistake.
+    Unlisted,
 }
 
 impl Need {
-    /// The requirement of the RPC at `path` (`/package.Service/Method`). Unknown methods
-    /// need an authenticated reader, so probing for them reveals nothing to strangers.
+    /// The requirement of the RPC at `path` (`/package.Service/Method`): the node's
+    /// authorisation table, one entry per method it serves. Anything else is
+    /// [`Need::Unlisted`] — refused after authentication, so probing for methods reveals
+    /// nothing to strangers and a new method is closed until it is given an entry.
     pub fn of_path(path: &str) -> Need {
         let (service, method) = path
             .trim_start_matches('/')
             .split_once('/')
             .unwrap_or((path, ""));
         match (service, method) {
-            ("grpc.health.v1.Health", _) => Need::Public,
+            ("grpc.health.v1.Health", "Check" | "Watch" | "List") => Need::Public,
+            (
+                "grpc.reflection.v1.ServerReflection" | "grpc.reflection.v1alpha.ServerReflection",
+                "ServerReflectionInfo",
+            )
+            | ("quiver.v1.FeatureService", "GetOnlineFeatures" | "GetSchema")
+            | ("quiver.v1.AdminService", "ListViews" | "DescribeView" | "GetStatus")
+            | ("quiver.v1.ClusterService", "GetClusterMap" | "WatchClusterMap") => Need::Read,
             ("quiver.v1.FeatureService", "Push") => Need::Write,
-            ("quiver.v1.AdminService", "ApplyDefinitions" | "CreateToken" | "RevokeToken")
-            | ("quiver.v1.AdminService", "ListTokens")
+            (
+                "quiver.v1.AdminService",
+                "ApplyDefinitions" | "CreateToken" | "RevokeToken" | "ListTokens",
+            )
             | ("quiver.v1.ClusterService", "DrainNode") => Need::Admin,
-            ("quiver.v1.RaftService" | "quiver.v1.ControlService", _) => Need::Member,
-            _ => Need::Read,
+            ("quiver.v1.RaftService", "AppendEntries" | "Vote" | "InstallSnapshot")
+            | ("quiver.v1.ControlService", "Propose" | "Join" | "Report") => Need::Member,
+            _ => Need::Unlisted,
         }
     }
 
@@ -91,6 +106,7 @@ impl Need {
             Need::Write => "role writer or admin",
             Need::Admin => "role admin",
             Need::Member => "a cluster member's credentials",
+            Need::Unlisted => "an entry in the node's authorisation table, and has none",
         }
     }
 }
@@ -156,6 +172,7 @@ impl Principal {
             Need::Write => matches!(role, Role::Writer | Role::Admin),
             Need::Admin => role == Role::Admin,
             Need::Member => role == Role::Node,
+            Need::Unlisted => false,
         }
     }
 
@@ -271,7 +288,59 @@ mod tests {
             Need::of_path("/quiver.v1.ControlService/Propose"),
             Need::Member
         );
-        assert_eq!(Need::of_path("/x.Y/Z"), Need::Read);
+        // Fail closed: unknown services, unknown methods of known services, malformed.
+        for path in [
+            "/x.Y/Z",
+            "/quiver.v1.FeatureService/Export",
+            "/quiver.v1.AdminService/DeleteView",
+            "/grpc.health.v1.Health/Shutdown",
+            "/quiver.v1.FeatureService",
+            "",
+        ] {
+            assert_eq!(Need::of_path(path), Need::Unlisted, "{path:?}");
+        }
+        for role in [Role::Reader, Role::Writer, Role::Admin, Role::Node] {
+            let e = with(role).authorize("/x.Y/Z", Need::Unlisted).unwrap_err();
+            assert!(e.contains("authorisation table"), "{e}");
+        }
+    }
+
+    /// Every method of every service the node serves (from the same descriptor sets the
+    /// reflection service publishes) has an entry: nothing served is left to the
+    /// fail-closed default by omission.
+    #[test]
+    fn every_served_method_is_in_the_table() {
+        use prost::Message as _;
+        let mut methods = Vec::new();
+        for set in [
+            quiver_proto::v1::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        ] {
+            let files = prost_types::FileDescriptorSet::decode(set).unwrap();
+            for file in files.file {
+                for service in &file.service {
+                    for method in &service.method {
+                        methods.push(format!(
+                            "/{}.{}/{}",
+                            file.package(),
+                            service.name(),
+                            method.name()
+                        ));
+                    }
+                }
+            }
+        }
+        assert!(methods.len() >= 23, "{methods:?}");
+        let unlisted: Vec<_> = methods
+            .iter()
+            .filter(|m| Need::of_path(m) == Need::Unlisted)
+            .collect();
+        assert!(
+            unlisted.is_empty(),
+            "served but not in the table: {unlisted:?}"
+        );
     }
 
     #[test]

@@ -1,8 +1,8 @@
-//! Per-principal rate limits (token buckets): pushes per second per token or identity.
+//! Per-principal rate limits (token buckets): pushed rows per second per token or identity.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Token buckets by principal key; capacity = one second's worth.
 pub struct RateLimiter {
@@ -24,23 +24,34 @@ impl RateLimiter {
         self.per_second
     }
 
-    /// Takes one call from `key`'s bucket at `now`; false if it is empty.
+    /// Takes one unit from `key`'s bucket at `now`; false if it is empty.
     pub fn try_acquire(&self, key: &str, now: Instant) -> bool {
+        self.try_acquire_n(key, 1, now).is_ok()
+    }
+
+    /// Takes `n` units from `key`'s bucket at `now`, all or none. When the bucket holds
+    /// fewer, nothing is taken and the error is how long until it holds `n` (never, for
+    /// `n` above the capacity of one second: `Duration::MAX`).
+    pub fn try_acquire_n(&self, key: &str, n: u32, now: Instant) -> Result<(), Duration> {
         if self.per_second == 0 {
-            return true;
+            return Ok(());
+        }
+        if n > self.per_second {
+            return Err(Duration::MAX);
         }
         let rate = f64::from(self.per_second);
+        let want = f64::from(n);
         let mut b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         // Keys are tokens and configured identities: bounded by the cluster's state.
         let (level, at) = b.entry(key.to_owned()).or_insert((rate, now));
         let refill = now.saturating_duration_since(*at).as_secs_f64() * rate;
         *level = (*level + refill).min(rate);
         *at = now;
-        if *level >= 1.0 {
-            *level -= 1.0;
-            true
+        if *level >= want {
+            *level -= want;
+            Ok(())
         } else {
-            false
+            Err(Duration::from_secs_f64((want - *level) / rate))
         }
     }
 }
@@ -48,7 +59,30 @@ impl RateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+
+    #[test]
+    fn rows_are_taken_all_or_none_with_a_wait_hint() {
+        let r = RateLimiter::new(100);
+        let t0 = Instant::now();
+        assert_eq!(r.try_acquire_n("a", 60, t0), Ok(()));
+        // 40 left: 60 more are refused whole (nothing taken) with the time to refill 20.
+        let wait = r.try_acquire_n("a", 60, t0).unwrap_err();
+        assert!(
+            wait >= Duration::from_millis(199) && wait <= Duration::from_millis(201),
+            "{wait:?}"
+        );
+        assert_eq!(r.try_acquire_n("a", 40, t0), Ok(()));
+        assert_eq!(
+            r.try_acquire_n("a", 20, t0 + Duration::from_millis(200)),
+            Ok(())
+        );
+        // More than a second's worth can never be admitted.
+        assert_eq!(r.try_acquire_n("b", 101, t0), Err(Duration::MAX));
+        assert_eq!(
+            RateLimiter::new(0).try_acquire_n("a", 1_000_000, t0),
+            Ok(())
+        );
+    }
 
     #[test]
     fn bucket_allows_a_second_of_burst_then_refills() {

@@ -43,17 +43,6 @@ pub async fn push(
         )));
     }
     super::validate::check_push_rows(&req.rows, limits)?;
-    // Only well-formed pushes spend quota.
-    if !state
-        .push_quota
-        .try_acquire(&principal.quota_key(), std::time::Instant::now())
-    {
-        counter!(m::ADMISSION_SHED, "reason" => "push_rate").increment(1);
-        return Err(ServeError::ResourceExhausted(format!(
-            "push rate limit: {principal} may send {} pushes per second (limits.max_pushes_per_second); retry with backoff",
-            state.push_quota.per_second()
-        )));
-    }
     let registry = state.registry.snapshot();
     principal
         .check_views([req.view.as_str()])
@@ -80,6 +69,8 @@ pub async fn push(
         .map(|(i, row)| encode_push_row(view, key_type, i, row, now))
         .collect::<Result<Vec<_>, _>>()
         .map_err(ServeError::InvalidArgument)?;
+    // Quota last: only a well-formed push the principal is granted spends it, by rows.
+    spend_push_quota(state, principal, records.len())?;
     let partitions: Vec<i32> = records
         .iter()
         .map(|r| state.partitioner.shard_for_key(&r.key, state.shard_count).0 as i32)
@@ -110,4 +101,24 @@ pub async fn push(
             .collect(),
         rows_written: records.len() as u32,
     })
+}
+
+/// Takes `rows` from `principal`'s push quota (`limits.max_push_rows_per_second`).
+fn spend_push_quota(
+    state: &NodeState,
+    principal: &Principal,
+    rows: usize,
+) -> Result<(), ServeError> {
+    let quota = &state.push_quota;
+    let n = u32::try_from(rows).unwrap_or(u32::MAX);
+    let Err(wait) = quota.try_acquire_n(&principal.quota_key(), n, std::time::Instant::now())
+    else {
+        return Ok(());
+    };
+    counter!(m::ADMISSION_SHED, "reason" => "push_rate").increment(1);
+    Err(ServeError::ResourceExhausted(format!(
+        "push quota: {principal} may push {} rows per second (limits.max_push_rows_per_second); {rows} rows fit in {} ms, retry then",
+        quota.per_second(),
+        wait.as_millis().max(1)
+    )))
 }

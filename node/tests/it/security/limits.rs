@@ -99,7 +99,7 @@ async fn each_limit_triggers_its_error_and_the_node_keeps_serving() {
         l.max_push_rows = 5;
         l.max_concurrent_requests_per_connection = 4;
         l.max_inflight_requests = 8;
-        l.max_pushes_per_second = 3;
+        l.max_push_rows_per_second = 5;
         l.max_watermark_wait = Duration::from_secs(3);
     })
     .await;
@@ -190,51 +190,63 @@ async fn each_limit_triggers_its_error_and_the_node_keeps_serving() {
     .await;
     c.still_serving().await;
 
-    // Pushes per second per token: one writer is throttled, another is not.
+    // Pushed rows per second per token (5): rows are counted, not requests; a push the
+    // grant refuses spends nothing; one writer's quota is not another's.
     let mut admin = quiver_proto::v1::admin_service_client::AdminServiceClient::new(
         c.node.channel(&c.node.creds(Some(BOOTSTRAP))),
     );
     let mut writers = Vec::new();
-    for name in ["fast", "calm"] {
+    for (name, views) in [
+        ("fast", vec![]),
+        ("calm", vec![]),
+        ("narrow", vec!["secret".to_owned()]),
+    ] {
         let t = admin
             .create_token(CreateTokenRequest {
                 name: name.into(),
                 role: "writer".into(),
-                views: vec![],
+                views,
             })
             .await
             .unwrap()
             .into_inner();
         writers.push(t);
     }
+    let rows = |n: i64| -> Vec<PushRow> {
+        (0..n)
+            .map(|i| row(&format!("p{i}"), "score", Kind::Int64Value(i)))
+            .collect()
+    };
     let mut fast = c.features(&writers[0].token);
-    let mut throttled = None;
-    for i in 0..20 {
-        match fast
-            .push(push(vec![row(
-                &format!("p{i}"),
-                "score",
-                Kind::Int64Value(i),
-            )]))
-            .await
-        {
-            Ok(_) => {}
-            Err(e) => {
-                throttled = Some(e);
-                break;
-            }
-        }
-    }
-    let e = throttled.expect("the fast writer is throttled");
+    fast.push(push(rows(4))).await.expect("4 of 5 rows");
+    // One request, but 2 rows where 1 is left: refused whole, naming the quota, the
+    // principal and when the rows fit.
+    let e = fast.push(push(rows(2))).await.unwrap_err();
     assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
     assert!(
-        e.message().contains("max_pushes_per_second") && e.message().contains(&writers[0].id),
+        e.message().contains("max_push_rows_per_second")
+            && e.message().contains(&writers[0].id)
+            && e.message().contains("ms, retry"),
         "{e:?}"
     );
     c.features(&writers[1].token)
-        .push(push(vec![row("calm", "score", Kind::Int64Value(1))]))
+        .push(push(rows(5)))
         .await
         .expect("another token's quota is its own");
+    let mut narrow = c.features(&writers[2].token);
+    for _ in 0..10 {
+        let e = narrow.push(push(rows(1))).await.unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    }
+    narrow
+        .push(PushRequest {
+            view: "secret".into(),
+            rows: (0..5)
+                .map(|i| row(&format!("s{i}"), "ssn", Kind::StringValue("x".into())))
+                .collect(),
+        })
+        .await
+        .expect("refused pushes spent none of the quota");
 
     // Concurrent requests per connection: one connection floods with held lookups; the
     // excess is refused at once, and another connection is served meanwhile.
