@@ -89,6 +89,20 @@ impl ClientError {
         }
     }
 
+    /// Whether the caller's quota is spent (`quota_exhausted`): retry the same request
+    /// after [`ClientError::retry_after`]; the client does not fail over on it.
+    pub fn is_quota_exhausted(&self) -> bool {
+        matches!(self, ClientError::Rpc(s) if Retry::of_status(s) == Retry::Later)
+    }
+
+    /// How long until the caller's quota holds the request again, when a node said.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            ClientError::Rpc(s) => quiver_proto::error::retry_after_from_status(s),
+            _ => None,
+        }
+    }
+
     /// The cluster-map epoch a node reported with a wrong-shard error.
     pub(crate) fn reported_epoch(&self) -> Option<u64> {
         match self {

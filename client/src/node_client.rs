@@ -226,12 +226,31 @@ impl NodeClient {
         role: impl Into<String>,
         views: Vec<String>,
     ) -> Result<(String, String), ClientError> {
+        self.create_token_with_quota(name, role, views, None, None)
+            .await
+    }
+
+    /// As [`NodeClient::create_token`], with the token's own lookup quota (keys and
+    /// requests per second, cluster-wide; `None`: its role's, 0: unlimited).
+    ///
+    /// # Errors
+    /// As [`NodeClient::create_token`].
+    pub async fn create_token_with_quota(
+        &mut self,
+        name: impl Into<String>,
+        role: impl Into<String>,
+        views: Vec<String>,
+        lookup_keys_per_second: Option<u32>,
+        lookups_per_second: Option<u32>,
+    ) -> Result<(String, String), ClientError> {
         let r = self
             .admin
             .create_token(CreateTokenRequest {
                 name: name.into(),
                 role: role.into(),
                 views,
+                lookup_keys_per_second,
+                lookups_per_second,
             })
             .await?
             .into_inner();

@@ -32,7 +32,8 @@ impl Recovery {
                 Retry::Reroute => Recovery::RefreshMap(e.reported_epoch()),
                 Retry::Elsewhere => Recovery::OtherReplica,
                 Retry::NodeDown => Recovery::NodeDown,
-                Retry::Never => Recovery::Fail,
+                // Not the node's fault: another replica enforces the same quota's share.
+                Retry::Never | Retry::Later => Recovery::Fail,
             },
             ClientError::DeadlineExceeded { .. } => Recovery::NodeDown,
             ClientError::NoReplica(_) => Recovery::RefreshMap(None),
@@ -114,9 +115,12 @@ mod tests {
         }
         for s in statuses {
             let e = ClientError::Rpc(s.clone());
+            // A spent quota is retryable later but never failed over: the one exception.
+            let later = Retry::of_status(&s) == Retry::Later;
+            assert_eq!(later, e.is_quota_exhausted());
             assert_eq!(
                 e.is_retryable(),
-                Recovery::of(&e) != Recovery::Fail,
+                Recovery::of(&e) != Recovery::Fail || later,
                 "{:?} {:?}",
                 s.code(),
                 ErrorCode::from_status(&s)

@@ -158,6 +158,7 @@ impl Node {
             push_quota: crate::security::rate::RateLimiter::new(
                 config.limits.max_push_rows_per_second,
             ),
+            lookup_quotas: Default::default(),
             queued_lookups: Default::default(),
             plans: Default::default(),
             compress_responses: config.compress_responses,

@@ -43,8 +43,10 @@ pub struct NodeState {
     pub ready: tokio::sync::watch::Sender<bool>,
     /// TLS and authentication settings.
     pub security: crate::security::SecurityConfig,
-    /// Push requests per second per principal.
+    /// Pushed rows per second per principal.
     pub push_quota: crate::security::rate::RateLimiter,
+    /// Lookup keys and requests per second per principal (their share on this node).
+    pub lookup_quotas: crate::serve::quota::LookupQuotas,
     /// Lookups waiting for a permit (bounded by `limits.max_queued_lookups`).
     pub queued_lookups: std::sync::atomic::AtomicUsize,
     /// Compiled feature lists by registry generation.

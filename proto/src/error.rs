@@ -21,6 +21,22 @@ pub const DRAINING_METADATA_KEY: &str = "quiver-draining";
 /// elsewhere and keeps the others on the node.
 pub const BEHIND_SHARDS_METADATA_KEY: &str = "quiver-behind-shards";
 
+/// Metadata key carrying, on `quota_exhausted` errors, how many milliseconds until the
+/// caller's quota holds the request again.
+pub const RETRY_AFTER_MS_METADATA_KEY: &str = "quiver-retry-after-ms";
+
+/// Reads the wait a node attached to a `quota_exhausted` error, if any.
+pub fn retry_after_from_status(status: &tonic::Status) -> Option<std::time::Duration> {
+    let ms: u64 = status
+        .metadata()
+        .get(RETRY_AFTER_MS_METADATA_KEY)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()?;
+    Some(std::time::Duration::from_millis(ms))
+}
+
 /// Reads the lagging shards a node attached to a `behind` error (empty if none).
 pub fn behind_shards_from_status(status: &tonic::Status) -> Vec<u32> {
     status
@@ -57,6 +73,10 @@ pub enum Retry {
     /// No answer from the node (transport failure, deadline, cancelled connection): try
     /// another replica and count it against the node.
     NodeDown,
+    /// The caller's own quota is spent: the same request succeeds after a wait, on any
+    /// node. Not a node fault: do not fail over (another node enforces the same quota's
+    /// share), back off and retry.
+    Later,
 }
 
 impl Retry {
@@ -93,8 +113,10 @@ pub enum ErrorCode {
     Behind,
     /// The node is overloaded or shutting down; retry elsewhere.
     Unavailable,
-    /// A quota or queue is full; retry later, with backoff.
+    /// A node's queue or in-flight limit is full; retry elsewhere or later, with backoff.
     ResourceExhausted,
+    /// The caller's quota (per principal) is spent; retry after the wait the error names.
+    QuotaExhausted,
     /// A bug or storage failure on the node.
     Internal,
     /// No valid credentials: the token is missing, unknown, malformed or revoked.
@@ -105,7 +127,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code.
-    pub const ALL: [ErrorCode; 10] = [
+    pub const ALL: [ErrorCode; 11] = [
         ErrorCode::InvalidArgument,
         ErrorCode::NotFound,
         ErrorCode::FailedPrecondition,
@@ -113,6 +135,7 @@ impl ErrorCode {
         ErrorCode::Behind,
         ErrorCode::Unavailable,
         ErrorCode::ResourceExhausted,
+        ErrorCode::QuotaExhausted,
         ErrorCode::Internal,
         ErrorCode::Unauthenticated,
         ErrorCode::PermissionDenied,
@@ -127,7 +150,9 @@ impl ErrorCode {
             ErrorCode::WrongShard => tonic::Code::FailedPrecondition,
             ErrorCode::Behind => tonic::Code::Unavailable,
             ErrorCode::Unavailable => tonic::Code::Unavailable,
-            ErrorCode::ResourceExhausted => tonic::Code::ResourceExhausted,
+            ErrorCode::ResourceExhausted | ErrorCode::QuotaExhausted => {
+                tonic::Code::ResourceExhausted
+            }
             ErrorCode::Internal => tonic::Code::Internal,
             ErrorCode::Unauthenticated => tonic::Code::Unauthenticated,
             ErrorCode::PermissionDenied => tonic::Code::PermissionDenied,
@@ -144,6 +169,7 @@ impl ErrorCode {
             ErrorCode::Behind | ErrorCode::Unavailable | ErrorCode::ResourceExhausted => {
                 Retry::Elsewhere
             }
+            ErrorCode::QuotaExhausted => Retry::Later,
             ErrorCode::InvalidArgument
             | ErrorCode::NotFound
             | ErrorCode::FailedPrecondition
@@ -168,6 +194,7 @@ impl ErrorCode {
             ErrorCode::Behind => "behind",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::ResourceExhausted => "resource_exhausted",
+            ErrorCode::QuotaExhausted => "quota_exhausted",
             ErrorCode::Internal => "internal",
             ErrorCode::Unauthenticated => "unauthenticated",
             ErrorCode::PermissionDenied => "permission_denied",
@@ -184,6 +211,7 @@ impl ErrorCode {
             "behind" => ErrorCode::Behind,
             "unavailable" => ErrorCode::Unavailable,
             "resource_exhausted" => ErrorCode::ResourceExhausted,
+            "quota_exhausted" => ErrorCode::QuotaExhausted,
             "internal" => ErrorCode::Internal,
             "unauthenticated" => ErrorCode::Unauthenticated,
             "permission_denied" => ErrorCode::PermissionDenied,
@@ -221,6 +249,18 @@ mod tests {
     #[test]
     fn retry_classes_of_codes_and_bare_statuses() {
         assert_eq!(ErrorCode::WrongShard.retry(), Retry::Reroute);
+        assert_eq!(ErrorCode::QuotaExhausted.retry(), Retry::Later);
+        assert!(ErrorCode::QuotaExhausted.is_retryable());
+        let mut quota = ErrorCode::QuotaExhausted.to_status("spent");
+        assert_eq!(quota.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(retry_after_from_status(&quota), None);
+        quota
+            .metadata_mut()
+            .insert(RETRY_AFTER_MS_METADATA_KEY, "250".parse().unwrap());
+        assert_eq!(
+            retry_after_from_status(&quota),
+            Some(std::time::Duration::from_millis(250))
+        );
         for code in [
             ErrorCode::Behind,
             ErrorCode::Unavailable,

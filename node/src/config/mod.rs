@@ -68,6 +68,10 @@ pub struct NodeConfigFile {
     pub tls: TlsSection,
     /// `[auth]`
     pub auth: AuthSection,
+    /// `[quotas]`: lookup quotas per principal by role (`[quotas.reader]`,
+    /// `[quotas.writer]`, `[quotas.admin]`, each `keys_per_second` and
+    /// `requests_per_second`; 0 = unlimited, the default). Enforced only with auth on.
+    pub quotas: crate::security::principal::RoleQuotas,
 }
 
 /// `[tls]`: TLS on the gRPC port (clients and peers). Empty `cert_file`: plaintext.
@@ -344,6 +348,7 @@ impl Default for NodeConfigFile {
             control: ControlSection::default(),
             tls: TlsSection::default(),
             auth: AuthSection::default(),
+            quotas: Default::default(),
         }
     }
 }

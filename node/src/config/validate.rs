@@ -272,12 +272,13 @@ impl NodeConfigFile {
         let dead_letter_topic = (!self.kafka.dead_letter_topic.is_empty())
             .then(|| self.kafka.dead_letter_topic.clone());
         let mut control = self.control_config(grpc_addr, partitioner)?;
-        let security = crate::security::SecurityConfig::from_sections(
+        let mut security = crate::security::SecurityConfig::from_sections(
             &self.tls,
             &self.auth,
             control.is_some(),
         )
         .map_err(ConfigError::Invalid)?;
+        security.auth.quotas = self.quotas;
         if let Some(c) = &mut control {
             c.peer_credentials = security.peer_credentials.clone();
         }

@@ -103,7 +103,7 @@ impl ControlError {
                 leader,
                 message: status.message().to_string(),
             },
-            Retry::Elsewhere | Retry::NodeDown | Retry::Reroute => {
+            Retry::Elsewhere | Retry::NodeDown | Retry::Reroute | Retry::Later => {
                 ControlError::NoLeader(NoLeader::Unreachable {
                     leader,
                     addr: addr.to_string(),

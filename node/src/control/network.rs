@@ -125,7 +125,9 @@ impl PeerConnection {
         // The peer did not answer, or answered that it cannot take it now (shutting down,
         // overloaded): unreachable, so openraft backs off; anything else is a network error.
         let resp = resp.map_err(|status| match Retry::of_status(&status) {
-            Retry::NodeDown | Retry::Elsewhere => RPCError::Unreachable(Unreachable::new(&status)),
+            Retry::NodeDown | Retry::Elsewhere | Retry::Later => {
+                RPCError::Unreachable(Unreachable::new(&status))
+            }
             Retry::Never | Retry::Reroute => RPCError::Network(NetworkError::new(&status)),
         })?;
         let result: Result<Resp, E> = serde_json::from_slice(&resp.into_inner().data)

@@ -99,6 +99,8 @@ mod tests {
             created_at_ms: 1,
             revoked_at_ms: None,
             revoked_by: String::new(),
+            lookup_keys_per_second: None,
+            lookups_per_second: None,
         }
     }
 

@@ -70,6 +70,7 @@ impl Authenticator {
                         name: n.clone(),
                         role: Some(g.role),
                         views: g.views.clone(),
+                        quota: self.cfg.quotas.resolve(g.role, None, None),
                     });
                 }
             }
@@ -90,6 +91,7 @@ impl Authenticator {
             name: name.into(),
             role: Some(role),
             views: None,
+            quota: self.cfg.quotas.resolve(role, None, None),
         };
         if self
             .cfg
@@ -136,6 +138,11 @@ impl Authenticator {
             name: rec.name.clone(),
             role: Some(rec.role),
             views: (!rec.views.is_empty()).then(|| rec.views.clone()),
+            quota: self.cfg.quotas.resolve(
+                rec.role,
+                rec.lookup_keys_per_second,
+                rec.lookups_per_second,
+            ),
         })
     }
 }

@@ -69,6 +69,8 @@ pub struct AuthConfig {
     pub cluster_sha256: Option<String>,
     /// Certificate identities by name.
     pub identities: BTreeMap<String, IdentityGrant>,
+    /// Lookup quotas by role (`[quotas]`).
+    pub quotas: principal::RoleQuotas,
 }
 
 /// Everything security-related a node runs with.
@@ -92,6 +94,7 @@ impl SecurityConfig {
                 bootstrap_sha256: None,
                 cluster_sha256: None,
                 identities: BTreeMap::new(),
+                quotas: Default::default(),
             },
             peer_credentials: Credentials::none(),
         }
@@ -217,6 +220,7 @@ impl SecurityConfig {
                     .map(|t| tokens::sha256_hex(t.as_bytes())),
                 cluster_sha256: cluster.as_deref().map(|t| tokens::sha256_hex(t.as_bytes())),
                 identities,
+                quotas: Default::default(),
             },
             peer_credentials: Credentials {
                 tls: peer_tls,

@@ -50,6 +50,55 @@ impl fmt::Display for Role {
     }
 }
 
+/// A principal's lookup quota, cluster-wide, per second; 0: unlimited. Each node enforces
+/// its share (the quota divided by the active members: the smart client spreads a
+/// principal's keys over the nodes by shard), with a burst of one second.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LookupQuota {
+    /// Entity keys looked up per second.
+    pub keys_per_second: u32,
+    /// Lookup requests per second (a node counts the sub-requests it serves).
+    pub requests_per_second: u32,
+}
+
+impl LookupQuota {
+    /// Neither keys nor requests are limited.
+    pub fn is_unlimited(&self) -> bool {
+        self.keys_per_second == 0 && self.requests_per_second == 0
+    }
+}
+
+/// Lookup quotas by role (`[quotas.reader]`, `[quotas.writer]`, `[quotas.admin]`): a
+/// token's own quota (`quiverctl token create --lookup-keys-per-second …`) overrides its
+/// role's, field by field. Cluster members are never limited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoleQuotas {
+    /// Readers.
+    pub reader: LookupQuota,
+    /// Writers.
+    pub writer: LookupQuota,
+    /// Admins (and the bootstrap token).
+    pub admin: LookupQuota,
+}
+
+impl RoleQuotas {
+    /// The quota of a principal with `role`, with a token's own overrides.
+    pub fn resolve(&self, role: Role, keys: Option<u32>, requests: Option<u32>) -> LookupQuota {
+        let base = match role {
+            Role::Reader => self.reader,
+            Role::Writer => self.writer,
+            Role::Admin => self.admin,
+            Role::Node => LookupQuota::default(),
+        };
+        LookupQuota {
+            keys_per_second: keys.unwrap_or(base.keys_per_second),
+            requests_per_second: requests.unwrap_or(base.requests_per_second),
+        }
+    }
+}
+
 /// What an RPC requires of its caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Need {
@@ -137,6 +186,8 @@ pub struct Principal {
     pub role: Option<Role>,
     /// Views it may read (and push to); `None` means every view.
     pub views: Option<BTreeSet<String>>,
+    /// Its lookup quota.
+    pub quota: LookupQuota,
 }
 
 impl Principal {
@@ -147,6 +198,7 @@ impl Principal {
             name: "anonymous (auth disabled)".into(),
             role: None,
             views: None,
+            quota: LookupQuota::default(),
         }
     }
 
@@ -237,6 +289,7 @@ mod tests {
             name: "n".into(),
             role: Some(role),
             views: None,
+            quota: LookupQuota::default(),
         }
     }
 

@@ -36,22 +36,42 @@ impl RateLimiter {
         if self.per_second == 0 {
             return Ok(());
         }
-        if n > self.per_second {
+        let rate = f64::from(self.per_second);
+        self.try_take(key, f64::from(n), rate, rate, now)
+    }
+
+    /// Takes `n` units from `key`'s bucket, which refills at `rate` per second up to
+    /// `capacity` (the limiter's own rate is not used: callers with a rate per key, such
+    /// as lookup quotas, pass theirs). All or none; the error is the wait until `n` fit
+    /// (`Duration::MAX` if `n` exceeds `capacity`).
+    pub fn try_take(
+        &self,
+        key: &str,
+        n: f64,
+        rate: f64,
+        capacity: f64,
+        now: Instant,
+    ) -> Result<(), Duration> {
+        if n > capacity || rate <= 0.0 {
             return Err(Duration::MAX);
         }
-        let rate = f64::from(self.per_second);
-        let want = f64::from(n);
         let mut b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        // Keys are tokens and configured identities: bounded by the cluster's state.
-        let (level, at) = b.entry(key.to_owned()).or_insert((rate, now));
+        // Keys are tokens and configured identities: bounded by the cluster's state. A
+        // key is allocated only the first time it is seen.
+        if !b.contains_key(key) {
+            b.insert(key.to_owned(), (capacity, now));
+        }
+        let Some((level, at)) = b.get_mut(key) else {
+            return Ok(());
+        };
         let refill = now.saturating_duration_since(*at).as_secs_f64() * rate;
-        *level = (*level + refill).min(rate);
+        *level = (*level + refill).min(capacity);
         *at = now;
-        if *level >= want {
-            *level -= want;
+        if *level >= n {
+            *level -= n;
             Ok(())
         } else {
-            Err(Duration::from_secs_f64((want - *level) / rate))
+            Err(Duration::from_secs_f64((n - *level) / rate))
         }
     }
 }

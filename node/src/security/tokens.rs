@@ -34,6 +34,12 @@ pub struct TokenRecord {
     pub revoked_at_ms: Option<i64>,
     /// Who revoked it.
     pub revoked_by: String,
+    /// Its own lookup quota (keys per second), overriding its role's (`[quotas]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lookup_keys_per_second: Option<u32>,
+    /// Its own lookup quota (requests per second), overriding its role's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lookups_per_second: Option<u32>,
 }
 
 /// A freshly generated token: the clear text (shown once) and its id and hash.

@@ -141,6 +141,16 @@ impl FeatureServiceImpl {
             self.state.partitioner,
             self.state.shard_count,
         )?;
+        // Quota after the grant check and planning: only a lookup the principal may make
+        // spends it. Nothing to do (no clock, no lookup) for principals without one.
+        if !principal.quota.is_unlimited() {
+            self.state.lookup_quotas.spend(
+                principal,
+                plan.key_count(),
+                self.state.quota_share(),
+                std::time::Instant::now(),
+            )?;
+        }
         // handler → plan → admit (the replicas, the watermarks, an execution slot) →
         // execute: each step once, in this order.
         // One Vec per request and an Arc clone per shard read (not per key): the blocking

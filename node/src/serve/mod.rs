@@ -7,6 +7,7 @@ mod feature_service;
 pub mod lookup;
 pub mod plan;
 mod push;
+pub mod quota;
 mod schema;
 mod tokens;
 pub mod validate;
@@ -61,9 +62,17 @@ pub enum ServeError {
     /// Overloaded, shutting down, or a dependency (Kafka) is unreachable.
     #[error("{0}")]
     Unavailable(String),
-    /// A queue or quota is full.
+    /// A queue or in-flight limit of this node is full.
     #[error("{0}")]
     ResourceExhausted(String),
+    /// The caller's quota is spent; it holds the request again after `retry_after`.
+    #[error("{message}")]
+    QuotaExhausted {
+        /// What was spent, naming the quota and the principal.
+        message: String,
+        /// When the request fits again.
+        retry_after: Duration,
+    },
     /// The caller is not granted what the request touches.
     #[error("{0}")]
     PermissionDenied(String),
@@ -83,6 +92,7 @@ impl ServeError {
             ServeError::Behind { .. } => ErrorCode::Behind,
             ServeError::Unavailable(_) => ErrorCode::Unavailable,
             ServeError::ResourceExhausted(_) => ErrorCode::ResourceExhausted,
+            ServeError::QuotaExhausted { .. } => ErrorCode::QuotaExhausted,
             ServeError::PermissionDenied(_) => ErrorCode::PermissionDenied,
             ServeError::Storage(_) => ErrorCode::Internal,
         }
@@ -117,6 +127,14 @@ impl From<ServeError> for tonic::Status {
                     status
                         .metadata_mut()
                         .insert(quiver_proto::error::EPOCH_METADATA_KEY, v);
+                }
+            }
+            ServeError::QuotaExhausted { retry_after, .. } => {
+                let ms = retry_after.as_millis().max(1).to_string();
+                if let Ok(v) = ms.parse() {
+                    status
+                        .metadata_mut()
+                        .insert(quiver_proto::error::RETRY_AFTER_MS_METADATA_KEY, v);
                 }
             }
             ServeError::Behind { lagging, .. } => {

@@ -116,9 +116,12 @@ fn spend_push_quota(
         return Ok(());
     };
     counter!(m::ADMISSION_SHED, "reason" => "push_rate").increment(1);
-    Err(ServeError::ResourceExhausted(format!(
-        "push quota: {principal} may push {} rows per second (limits.max_push_rows_per_second); {rows} rows fit in {} ms, retry then",
-        quota.per_second(),
-        wait.as_millis().max(1)
-    )))
+    Err(ServeError::QuotaExhausted {
+        message: format!(
+            "push quota: {principal} may push {} rows per second (limits.max_push_rows_per_second); {rows} rows fit in {} ms, retry then",
+            quota.per_second(),
+            wait.as_millis().max(1)
+        ),
+        retry_after: wait,
+    })
 }

@@ -79,6 +79,8 @@ pub async fn create(
         created_at_ms: wall_clock_ms(),
         revoked_at_ms: None,
         revoked_by: String::new(),
+        lookup_keys_per_second: req.lookup_keys_per_second,
+        lookups_per_second: req.lookups_per_second,
     };
     propose(
         plane,
@@ -132,6 +134,8 @@ pub fn list(state: &NodeState) -> Result<ListTokensResponse, ServeError> {
             created_at_ms: t.created_at_ms,
             revoked_at_ms: t.revoked_at_ms.unwrap_or(0),
             revoked_by: t.revoked_by.clone(),
+            lookup_keys_per_second: t.lookup_keys_per_second,
+            lookups_per_second: t.lookups_per_second,
         })
         .collect();
     Ok(ListTokensResponse { tokens })

@@ -170,6 +170,12 @@ async fn prometheus_scrapes_the_series_the_dashboard_and_alerts_use() {
         "[kafka]\n",
         "[kafka]\ndead_letter_topic = \"clicks-dead\"\n",
     );
+    // A small push quota, so one push below is refused and the shed counter (on the
+    // dashboard) exists.
+    let config = config.replace(
+        "[limits]\n",
+        "[limits]\nmax_push_rows = 10\nmax_push_rows_per_second = 10\n",
+    );
     std::fs::write(&member.config, config).unwrap();
     let node = NodeProcess::start_member(&member, 1, None);
 
@@ -275,6 +281,20 @@ async fn prometheus_scrapes_the_series_the_dashboard_and_alerts_use() {
         })
         .await
         .unwrap();
+    let over = features
+        .push(PushRequest {
+            view: "clicks".into(),
+            rows: (0..10)
+                .map(|i| quiver_proto::v1::PushRow {
+                    entity_key: Some(EntityKey::from(format!("q{i}"))),
+                    features: [("n".to_string(), quiver_proto::v1::Value::from(i))].into(),
+                    ..Default::default()
+                })
+                .collect(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(over.code(), tonic::Code::ResourceExhausted, "{over:?}");
 
     // A real Prometheus scraping the node every second.
     let prom_port = free_port();

@@ -19,6 +19,13 @@ pub enum TokenCommand {
         /// Default: every view.
         #[arg(long = "view", value_delimiter = ',')]
         views: Vec<String>,
+        /// The token's own lookup quota in entity keys per second, cluster-wide (default:
+        /// its role's, `[quotas]` in the node config; 0: unlimited).
+        #[arg(long)]
+        lookup_keys_per_second: Option<u32>,
+        /// The token's own lookup quota in requests per second (as above).
+        #[arg(long)]
+        lookups_per_second: Option<u32>,
     },
     /// Revoke a token by id.
     Revoke {
@@ -32,9 +39,21 @@ pub enum TokenCommand {
 /// Runs one token subcommand against `client`.
 pub async fn run(client: &mut NodeClient, cmd: TokenCommand, json_out: bool) -> anyhow::Result<()> {
     match cmd {
-        TokenCommand::Create { name, role, views } => {
+        TokenCommand::Create {
+            name,
+            role,
+            views,
+            lookup_keys_per_second,
+            lookups_per_second,
+        } => {
             let (id, token) = client
-                .create_token(name.clone(), role.clone(), views.clone())
+                .create_token_with_quota(
+                    name.clone(),
+                    role.clone(),
+                    views.clone(),
+                    lookup_keys_per_second,
+                    lookups_per_second,
+                )
                 .await?;
             if json_out {
                 println!(
@@ -67,6 +86,8 @@ pub async fn run(client: &mut NodeClient, cmd: TokenCommand, json_out: bool) -> 
                             "created_by": t.created_by, "created_at_ms": t.created_at_ms,
                             "revoked_at_ms": (t.revoked_at_ms != 0).then_some(t.revoked_at_ms),
                             "revoked_by": t.revoked_by,
+                            "lookup_keys_per_second": t.lookup_keys_per_second,
+                            "lookups_per_second": t.lookups_per_second,
                         })
                     })
                     .collect();

@@ -16,6 +16,7 @@ async fn metrics_status_and_logs_tell_the_truth() {
             name: "clicks-only".into(),
             role: "reader".into(),
             views: vec!["clicks".into()],
+            ..Default::default()
         })
         .await
         .unwrap()

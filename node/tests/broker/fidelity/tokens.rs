@@ -36,6 +36,7 @@ async fn a_token_revoked_while_a_node_was_down_is_refused_from_its_first_answer(
                     name: "ranker".into(),
                     role: "reader".into(),
                     views: vec![],
+                    ..Default::default()
                 })
                 .await
         {

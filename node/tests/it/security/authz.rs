@@ -192,6 +192,7 @@ impl Ctx {
                 name: name.into(),
                 role: role.into(),
                 views: views.iter().map(|v| (*v).to_owned()).collect(),
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -301,6 +302,7 @@ impl Ctx {
                         name: format!("made_by_{who:?}"),
                         role: "reader".into(),
                         views: vec![],
+                        ..Default::default()
                     })
                     .await?;
             }

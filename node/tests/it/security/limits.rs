@@ -206,6 +206,7 @@ async fn each_limit_triggers_its_error_and_the_node_keeps_serving() {
                 name: name.into(),
                 role: "writer".into(),
                 views,
+                ..Default::default()
             })
             .await
             .unwrap()

@@ -3,6 +3,7 @@
 
 mod authz;
 mod limits;
+mod quotas;
 mod tls;
 
 use std::path::Path;
