@@ -9,7 +9,6 @@ use quiver_proto::ShardId;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{DefaultProducerContext, Producer, ThreadedProducer};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 mod loops;
@@ -150,7 +149,10 @@ impl Node {
             local: Default::default(),
             control: control.clone(),
             limits: config.limits.clone(),
-            lookup_permits: Arc::new(Semaphore::new(config.limits.max_concurrent_lookups)),
+            lookup_permits: crate::serve::fair::FairPermits::new(
+                config.limits.max_concurrent_lookups,
+                config.limits.max_queued_lookups,
+            ),
             kafka: Some(kafka),
             producer: Some(producer),
             ready: tokio::sync::watch::channel(false).0,
@@ -159,7 +161,6 @@ impl Node {
                 config.limits.max_push_rows_per_second,
             ),
             lookup_quotas: Default::default(),
-            queued_lookups: Default::default(),
             plans: Default::default(),
             compress_responses: config.compress_responses,
             draining: Default::default(),

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use quiver_proto::{NodeId, Partitioner, ShardId};
-use tokio::sync::Semaphore;
 
 use crate::config::Limits;
 use crate::ingest::IngestStatus;
@@ -32,8 +31,8 @@ pub struct NodeState {
     pub control: Option<Arc<crate::control::plane::ControlPlane>>,
     /// Request limits.
     pub limits: Limits,
-    /// Bounds lookups executing at once (admission control on the blocking pool).
-    pub lookup_permits: Arc<Semaphore>,
+    /// Lookups executing at once, and those waiting, shared fairly between principals.
+    pub lookup_permits: crate::serve::fair::FairPermits,
     /// Checks source topics' partition counts.
     pub kafka: Option<Arc<KafkaMetadata>>,
     /// Produces pushed rows.
@@ -47,8 +46,6 @@ pub struct NodeState {
     pub push_quota: crate::security::rate::RateLimiter,
     /// Lookup keys and requests per second per principal (their share on this node).
     pub lookup_quotas: crate::serve::quota::LookupQuotas,
-    /// Lookups waiting for a permit (bounded by `limits.max_queued_lookups`).
-    pub queued_lookups: std::sync::atomic::AtomicUsize,
     /// Compiled feature lists by registry generation.
     pub plans: plan::PlanCache,
     /// Compress lookup responses for clients that accept it (`server.compress_responses`).

@@ -1,7 +1,6 @@
 //! `quiver.v1.FeatureService`: batched online lookups.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use metrics::{counter, histogram};
@@ -15,6 +14,7 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
 
 use super::ServeError;
+use super::fair::{FairPermit, Shed};
 use super::lookup::{
     ExecError, ReadMode, Reader, execute, into_cells, replicas_for, watermark_reached,
 };
@@ -94,26 +94,28 @@ impl FeatureServiceImpl {
         Ok(())
     }
 
-    /// A lookup execution permit. Waiting lookups are bounded: beyond
-    /// `max_queued_lookups` the node sheds load instead of queueing without limit.
-    async fn lookup_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ServeError> {
-        let permits = self.state.lookup_permits.clone();
-        if let Ok(p) = permits.clone().try_acquire_owned() {
-            return Ok(p);
-        }
-        let queued = &self.state.queued_lookups;
-        let max = self.state.limits.max_queued_lookups;
-        if queued.fetch_add(1, Ordering::AcqRel) >= max {
-            queued.fetch_sub(1, Ordering::AcqRel);
-            counter!(m::ADMISSION_SHED, "reason" => "lookup_queue").increment(1);
-            return Err(ServeError::ResourceExhausted(format!(
-                "node overloaded: {} lookups executing and {max} waiting (limits.max_concurrent_lookups, limits.max_queued_lookups); retry with backoff",
-                self.state.limits.max_concurrent_lookups
-            )));
-        }
-        let permit = permits.acquire_owned().await;
-        queued.fetch_sub(1, Ordering::AcqRel);
-        permit.map_err(|_| ServeError::Unavailable("node is shutting down".into()))
+    /// A lookup execution slot, shared fairly between principals when the node is
+    /// saturated (`fair.rs`); waiting is bounded, beyond it the node sheds load.
+    async fn lookup_permit(&self, principal: &Principal) -> Result<FairPermit, ServeError> {
+        let limits = &self.state.limits;
+        self.state
+            .lookup_permits
+            .acquire(|| principal.quota_key())
+            .await
+            .map_err(|shed| {
+                let (reason, message) = match shed {
+                    Shed::QueueFull => ("lookup_queue", format!(
+                        "node overloaded: {} lookups executing and {} waiting (limits.max_concurrent_lookups, limits.max_queued_lookups); retry with backoff",
+                        limits.max_concurrent_lookups, limits.max_queued_lookups
+                    )),
+                    Shed::Evicted => ("lookup_queue_evicted", format!(
+                        "node overloaded: {principal} had the most lookups waiting (limits.max_queued_lookups) and this one gave its place to another caller's; retry with backoff"
+                    )),
+                    Shed::Closed => return ServeError::Unavailable("node is shutting down".into()),
+                };
+                counter!(m::ADMISSION_SHED, "reason" => reason).increment(1);
+                ServeError::ResourceExhausted(message)
+            })
     }
 
     async fn get_online_features_inner(
@@ -168,7 +170,7 @@ impl FeatureServiceImpl {
         self.await_watermarks(&plan, &replicas, req.watermark_wait_ms)
             .await?;
         self.metrics.keys.increment(plan.key_count() as u64);
-        let permit = self.lookup_permit().await?;
+        let permit = self.lookup_permit(principal).await?;
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or(Duration::ZERO)

@@ -3,6 +3,7 @@
 
 mod admin_service;
 pub mod cluster_service;
+pub mod fair;
 mod feature_service;
 pub mod lookup;
 pub mod plan;
