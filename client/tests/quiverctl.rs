@@ -200,35 +200,69 @@ async fn quiverctl_applies_lists_gets_and_reports_status() {
     node.wait().await.unwrap();
 }
 
+/// A one-member cluster (auth off) on a loopback port, over mock Kafka with topic
+/// `profile` (2 partitions).
+struct ClusterNode {
+    _mock: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    dir: tempfile::TempDir,
+    local: String,
+    addr: String,
+    cancel: CancellationToken,
+    node: Node,
+}
+
+impl ClusterNode {
+    async fn start() -> Self {
+        let mock = MockCluster::new(1).unwrap();
+        mock.create_topic("profile", 2, 1).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let local = listener.local_addr().unwrap().to_string();
+        let addr = format!("http://{local}");
+        let mut file = quiver_node::config::NodeConfigFile {
+            data_dir: dir.path().join("data"),
+            ..Default::default()
+        };
+        file.server.grpc_addr = local.clone();
+        file.server.metrics_addr = String::new();
+        file.cluster.shard_count = 2;
+        file.kafka.bootstrap_servers = mock.bootstrap_servers();
+        file.control.enabled = true;
+        file.auth.enabled = false;
+        file.control.voters = 1;
+        file.control.initial_voters = vec![format!("1@{local}")];
+        file.control.heartbeat_interval = Duration::from_millis(100);
+        let cancel = CancellationToken::new();
+        let node = Node::start(
+            file.validate().unwrap(),
+            Listeners { grpc: listener },
+            cancel.clone(),
+        )
+        .await
+        .unwrap();
+        ClusterNode {
+            _mock: mock,
+            dir,
+            local,
+            addr,
+            cancel,
+            node,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quiverctl_status_shows_members_and_shard_map_in_cluster_mode() {
-    let mock = MockCluster::new(1).unwrap();
-    mock.create_topic("profile", 2, 1).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let local = listener.local_addr().unwrap().to_string();
-    let addr = format!("http://{local}");
-    let mut file = quiver_node::config::NodeConfigFile {
-        data_dir: dir.path().join("data"),
-        ..Default::default()
-    };
-    file.server.grpc_addr = local.clone();
-    file.server.metrics_addr = String::new();
-    file.cluster.shard_count = 2;
-    file.kafka.bootstrap_servers = mock.bootstrap_servers();
-    file.control.enabled = true;
-    file.auth.enabled = false;
-    file.control.voters = 1;
-    file.control.initial_voters = vec![format!("1@{local}")];
-    file.control.heartbeat_interval = Duration::from_millis(100);
-    let cancel = CancellationToken::new();
-    let node = Node::start(
-        file.validate().unwrap(),
-        Listeners { grpc: listener },
-        cancel.clone(),
-    )
-    .await
-    .unwrap();
+    // Bound to the end of the test: the mock broker and the data directory must outlive
+    // the node.
+    let ClusterNode {
+        _mock: _m,
+        dir: _dir,
+        local: _,
+        addr,
+        cancel,
+        node,
+    } = ClusterNode::start().await;
 
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
@@ -433,33 +467,14 @@ async fn forwarder(to: String) -> (String, std::sync::Arc<std::sync::atomic::Ato
 /// resolves), and `quiverctl health` is the gRPC health check.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quiverctl_dials_translated_addresses_and_checks_health() {
-    let mock = MockCluster::new(1).unwrap();
-    mock.create_topic("profile", 2, 1).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let local = listener.local_addr().unwrap().to_string();
-    let addr = format!("http://{local}");
-    let mut file = quiver_node::config::NodeConfigFile {
-        data_dir: dir.path().join("data"),
-        ..Default::default()
-    };
-    file.server.grpc_addr = local.clone();
-    file.server.metrics_addr = String::new();
-    file.cluster.shard_count = 2;
-    file.kafka.bootstrap_servers = mock.bootstrap_servers();
-    file.control.enabled = true;
-    file.auth.enabled = false;
-    file.control.voters = 1;
-    file.control.initial_voters = vec![format!("1@{local}")];
-    file.control.heartbeat_interval = Duration::from_millis(100);
-    let cancel = CancellationToken::new();
-    let node = Node::start(
-        file.validate().unwrap(),
-        Listeners { grpc: listener },
-        cancel.clone(),
-    )
-    .await
-    .unwrap();
+    let ClusterNode {
+        _mock: _m,
+        dir,
+        local,
+        addr,
+        cancel,
+        node,
+    } = ClusterNode::start().await;
     let defs = dir.path().join("views.toml");
     std::fs::write(&defs, DEFS).unwrap();
     ok_stdout(quiverctl(&addr, &["view", "apply", defs.to_str().unwrap()]));
