@@ -92,6 +92,17 @@ impl<'a> Call<'a> {
         LookupResult::assemble(parts.into_iter().map(|p| p.resp).collect(), rows)
     }
 
+    /// Runs the call and returns each node's answer with the positions of its rows in the
+    /// lookup's keys (which the caller made distinct: a key's unique index is then its
+    /// position).
+    pub(crate) async fn run_parts(
+        self,
+    ) -> Result<Vec<(GetOnlineFeaturesResponse, Vec<u32>)>, ClientError> {
+        let shards: Vec<u32> = self.batch.by_shard.keys().copied().collect();
+        let parts = self.fetch(shards, Excluded::default(), true, 0).await?;
+        Ok(parts.into_iter().map(|p| (p.resp, p.keys)).collect())
+    }
+
     fn deadline_error(&self, last: Option<ClientError>) -> ClientError {
         let last = match last {
             // Already a deadline error of this call: do not nest.

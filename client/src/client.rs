@@ -8,6 +8,7 @@ use metrics::{counter, histogram};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::batch::Call;
+use crate::cache::RowCache;
 use crate::config::{ClientBuilder, ClientConfig};
 use crate::error::ClientError;
 use crate::hedge::HedgePolicy;
@@ -36,6 +37,8 @@ pub(crate) struct Inner {
     pub(crate) lagging: LaggingReplicas,
     pub(crate) stats: Arc<Stats>,
     pub(crate) rng: Rng,
+    /// The row cache, if configured.
+    pub(crate) cache: Option<RowCache>,
     /// Stops the cluster-map watcher when the last clone is dropped.
     _watcher: DropGuard,
 }
@@ -109,6 +112,7 @@ impl Client {
                 hedge: HedgePolicy::new(config.hedging.clone()),
                 budget: Budget::new(config.retry_budget.clone()),
                 rng: Rng::new(seed),
+                cache: config.cache.clone().map(RowCache::new),
                 config,
                 pool,
                 map,
@@ -167,7 +171,13 @@ impl Client {
                     s.check_lookup(&lookup.features, &lookup.feature_service, &lookup.keys)
                 })
                 .await?;
-            Call::new(&self.inner, lookup).run().await
+            let inner = &*self.inner;
+            if let Some(cache) = &inner.cache
+                && let Some(shape) = cache.shape(&inner.schema.current(), lookup)
+            {
+                return crate::cache::lookup(inner, cache, lookup, shape).await;
+            }
+            Call::new(inner, lookup).run().await
         }
         .await;
         self.finish("lookup", started, r)
@@ -193,7 +203,17 @@ impl Client {
                 .schema
                 .validate(&self.inner.map, |s| s.check_push(view, &rows))
                 .await?;
-            crate::push::push(&self.inner, view, rows).await
+            let keys: Vec<_> = match &self.inner.cache {
+                Some(_) => rows.iter().filter_map(|r| r.entity_key.clone()).collect(),
+                None => Vec::new(),
+            };
+            let r = crate::push::push(&self.inner, view, rows).await;
+            if let Some(cache) = &self.inner.cache {
+                // Also after a failed push: some rows may have been written.
+                let offsets = r.as_ref().cloned().unwrap_or_default();
+                cache.pushed(view, keys.iter(), &offsets);
+            }
+            r
         }
         .await;
         self.finish("push", started, r)
@@ -207,6 +227,12 @@ impl Client {
     /// Counters since the client was built.
     pub fn stats(&self) -> ClientStats {
         self.inner.stats.snapshot()
+    }
+
+    /// Rows and bytes in the client-side cache and its bounds (`None` without a cache).
+    pub fn cache_usage(&self) -> Option<(crate::cache::Usage, crate::cache::Usage)> {
+        let c = self.inner.cache.as_ref()?;
+        Some((c.usage(), c.capacity()))
     }
 
     /// Epoch of the cached cluster map (0 for static-mode nodes).

@@ -53,6 +53,43 @@ impl Default for RetryBudget {
     }
 }
 
+/// The client-side row cache (off by default): rows of hot keys served from the client's
+/// memory, without a sub-request, as long as they are provably as fresh as a replica's
+/// answer would have to be. See [`crate::cache`] for the exact rule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheConfig {
+    /// Rows kept at most (one row = one entity key's answer to one feature list).
+    pub max_entries: usize,
+    /// Bytes kept at most (row bytes plus a fixed overhead per row).
+    pub max_bytes: usize,
+    /// How long a row is served from the cache after it was read (default 1 s): the bound
+    /// on how late a registry change (a feature service redefined) reaches cached rows.
+    pub ttl: std::time::Duration,
+    /// Views whose rows are cached, with an optional TTL of their own; empty: every view.
+    /// A lookup is cached only if every view it reads is; its TTL is the smallest of its
+    /// views'.
+    pub views: HashMap<String, Option<std::time::Duration>>,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            max_entries: 100_000,
+            max_bytes: 64 << 20,
+            ttl: std::time::Duration::from_secs(1),
+            views: HashMap::new(),
+        }
+    }
+}
+
+impl CacheConfig {
+    /// Caches only `view` (and views added the same way), with its own TTL if given.
+    pub fn view(mut self, view: impl Into<String>, ttl: Option<std::time::Duration>) -> Self {
+        self.views.insert(view.into(), ttl);
+        self
+    }
+}
+
 /// Everything a [`Client`] is configured with; build it with [`Client::builder`].
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -84,6 +121,8 @@ pub struct ClientConfig {
     /// certificate is still verified against the advertised host (unless a server name
     /// is set).
     pub connect_to: HashMap<String, String>,
+    /// The client-side row cache; `None` (the default): no cache.
+    pub cache: Option<CacheConfig>,
 }
 
 impl Default for ClientConfig {
@@ -101,6 +140,7 @@ impl Default for ClientConfig {
             rng_seed: None,
             credentials: Credentials::none(),
             connect_to: HashMap::new(),
+            cache: None,
         }
     }
 }
@@ -183,6 +223,12 @@ impl ClientBuilder {
         self
     }
 
+    /// Enables the client-side row cache (see [`CacheConfig`]).
+    pub fn cache(mut self, cache: CacheConfig) -> Self {
+        self.config.cache = Some(cache);
+        self
+    }
+
     /// The bearer token (`quiverctl token create`) sent with every call.
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.config.credentials.token = Some(token.into());
@@ -222,6 +268,11 @@ impl ClientBuilder {
             && !(1.0..100.0).contains(&percentile)
         {
             return bad("hedging percentile must be within 1..100");
+        }
+        if let Some(cache) = &c.cache
+            && (cache.max_entries == 0 || cache.max_bytes == 0 || cache.ttl.is_zero())
+        {
+            return bad("cache max_entries, max_bytes and ttl must be positive");
         }
         Client::start(self.config).await
     }

@@ -48,6 +48,7 @@
 //! - `batch.rs`: fan-out, failover, hedging and reassembly of one lookup.
 //! - `retry.rs`: error → recovery decision, and the retry budget; `hedge.rs`: hedge delay.
 //! - [`watermark`]: watermark tokens and the session's monotonic-read floor.
+//! - [`cache`]: the optional client-side row cache (watermark-aware, single flight).
 //! - `schema.rs`: the cached registry schema requests are validated against.
 //! - [`lookup`], [`push`]: request and result types; [`error`]: [`ClientError`].
 //! - [`metrics`]: metric names; [`NodeClient`]: one node, for operator tools.
@@ -55,6 +56,7 @@
 mod batch;
 #[doc(hidden)]
 pub mod bench_support;
+pub mod cache;
 #[cfg(feature = "cli")]
 pub mod cli;
 mod client;
@@ -75,7 +77,7 @@ mod stats;
 pub mod watermark;
 
 pub use client::Client;
-pub use config::{ClientBuilder, ClientConfig, Hedging, RetryBudget};
+pub use config::{CacheConfig, ClientBuilder, ClientConfig, Hedging, RetryBudget};
 pub use error::ClientError;
 pub use lookup::{Lookup, LookupResult, Row};
 pub use node_client::NodeClient;

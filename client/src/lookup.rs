@@ -26,6 +26,7 @@ pub struct Lookup {
     pub(crate) min_watermarks: Watermarks,
     pub(crate) deadline: Option<Duration>,
     pub(crate) event_times: bool,
+    pub(crate) bypass_cache: bool,
 }
 
 impl Lookup {
@@ -62,6 +63,13 @@ impl Lookup {
     /// default: a timestamp per cell is as large as a float64 on the wire.
     pub fn event_times(mut self, on: bool) -> Self {
         self.event_times = on;
+        self
+    }
+
+    /// Skips the client's row cache for this call (read from replicas; the answer does not
+    /// fill the cache). No effect on a client without a cache.
+    pub fn bypass_cache(mut self, bypass: bool) -> Self {
+        self.bypass_cache = bypass;
         self
     }
 
@@ -114,7 +122,7 @@ fn malformed(e: impl std::fmt::Display) -> ClientError {
 
 /// The PACKED columns of a response: as sent, or built from a CELLS response (a node that
 /// predates the PACKED encoding answers CELLS whatever the request asks).
-fn packed_columns(
+pub(crate) fn packed_columns(
     mut resp: GetOnlineFeaturesResponse,
 ) -> Result<(Vec<PackedColumn>, usize), ClientError> {
     if resp.packed_columns.is_empty() && !resp.columns.is_empty() {
@@ -245,6 +253,19 @@ impl LookupResult {
             rows: rows.len(),
             watermarks,
         })
+    }
+
+    /// A result of finished columns.
+    pub(crate) fn from_columns(
+        columns: Vec<PackedColumn>,
+        rows: usize,
+        watermarks: Watermarks,
+    ) -> Self {
+        LookupResult {
+            columns,
+            rows,
+            watermarks,
+        }
     }
 
     /// Number of entity keys (rows), duplicates included.

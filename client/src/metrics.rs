@@ -21,3 +21,17 @@ pub const BREAKER_OPENED: &str = "quiver_client_breaker_opened_total";
 /// Counter: cluster-map refreshes, by `trigger` (`wrong_shard`, `epoch` (a node
 /// answered under a newer map), `no_replica`, `watch`, `timer`, `explicit`).
 pub const MAP_REFRESHES: &str = "quiver_client_map_refreshes_total";
+/// Counter: rows served from the client-side cache.
+pub const CACHE_HITS: &str = "quiver_client_cache_hits_total";
+/// Counter: cache probes that missed, by `reason` (`absent`, `expired`, `version` (an
+/// older view version or column layout), `behind` (read below the lookup's watermark
+/// floor)).
+pub const CACHE_MISSES: &str = "quiver_client_cache_misses_total";
+/// Counter: rows evicted to stay within the cache's bounds.
+pub const CACHE_EVICTIONS: &str = "quiver_client_cache_evictions_total";
+/// Counter: misses that joined another lookup's fetch of the same key (single flight).
+pub const CACHE_COALESCED: &str = "quiver_client_cache_coalesced_total";
+/// Gauge: rows in the cache.
+pub const CACHE_ENTRIES: &str = "quiver_client_cache_entries";
+/// Gauge: bytes in the cache (rows plus a fixed overhead per row).
+pub const CACHE_BYTES: &str = "quiver_client_cache_bytes";

@@ -33,6 +33,8 @@ struct ViewInfo {
     entity: String,
     /// Feature names in declaration order, with their type names.
     features: Vec<(String, String)>,
+    /// Values older than this are served EXPIRED.
+    ttl: Option<std::time::Duration>,
 }
 
 /// A validated, indexed [`Schema`].
@@ -61,6 +63,10 @@ impl ClientSchema {
                         ViewInfo {
                             entity: v.entity,
                             features: v.features.into_iter().map(|f| (f.name, f.r#type)).collect(),
+                            ttl: u64::try_from(v.ttl_micros)
+                                .ok()
+                                .filter(|t| *t > 0)
+                                .map(std::time::Duration::from_micros),
                         },
                     )
                 })
@@ -206,6 +212,28 @@ impl ClientSchema {
         self.check_keys(entity, "entity_keys", keys.iter().map(Some))
     }
 
+    /// The views a (validated) lookup reads, in first-use order, with their TTLs; `None`
+    /// if it names something this schema does not know.
+    pub(crate) fn views_of(
+        &self,
+        features: &[String],
+        service: &str,
+    ) -> Option<Vec<(String, Option<std::time::Duration>)>> {
+        let refs = if service.is_empty() {
+            features
+        } else {
+            self.services.get(service)?.as_slice()
+        };
+        let mut out: Vec<(String, Option<std::time::Duration>)> = Vec::new();
+        for r in refs {
+            let (view, _) = r.split_once(':')?;
+            if !out.iter().any(|(v, _)| v == view) {
+                out.push((view.to_owned(), self.views.get(view)?.ttl));
+            }
+        }
+        Some(out)
+    }
+
     /// Validates a push.
     pub(crate) fn check_push(&self, view_name: &str, rows: &[PushRow]) -> Result<(), Problem> {
         let invalid = |m: String| Err(Problem::Invalid(m));
@@ -282,7 +310,7 @@ impl SchemaCache {
         })
     }
 
-    fn current(&self) -> Arc<ClientSchema> {
+    pub(crate) fn current(&self) -> Arc<ClientSchema> {
         self.current
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -355,6 +383,7 @@ mod tests {
                         },
                     ],
                     topic: "t".into(),
+                    ttl_micros: 0,
                 },
                 ViewSchema {
                     name: "c".into(),
@@ -362,6 +391,7 @@ mod tests {
                     entity: "card".into(),
                     features: vec![],
                     topic: "c".into(),
+                    ttl_micros: 0,
                 },
             ],
             feature_services: vec![FeatureServiceSchema {

@@ -16,6 +16,9 @@ pub(crate) struct Stats {
     pub(crate) wrong_shard: AtomicU64,
     pub(crate) behind: AtomicU64,
     pub(crate) map_refreshes: AtomicU64,
+    pub(crate) cache_hits: AtomicU64,
+    pub(crate) cache_misses: AtomicU64,
+    pub(crate) cache_coalesced: AtomicU64,
 }
 
 /// A snapshot of a client's counters since it was built.
@@ -41,6 +44,13 @@ pub struct ClientStats {
     pub behind: u64,
     /// Cluster-map refreshes.
     pub map_refreshes: u64,
+    /// Keys served from the client-side cache.
+    pub cache_hits: u64,
+    /// Keys the cache could not serve (absent, expired, of an older version, or read
+    /// below the lookup's watermark floor).
+    pub cache_misses: u64,
+    /// Missed keys that joined another lookup's fetch (single flight).
+    pub cache_coalesced: u64,
 }
 
 impl Stats {
@@ -57,6 +67,9 @@ impl Stats {
             wrong_shard: g(&self.wrong_shard),
             behind: g(&self.behind),
             map_refreshes: g(&self.map_refreshes),
+            cache_hits: g(&self.cache_hits),
+            cache_misses: g(&self.cache_misses),
+            cache_coalesced: g(&self.cache_coalesced),
         }
     }
 }

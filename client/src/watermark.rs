@@ -49,6 +49,20 @@ impl Watermarks {
         }
     }
 
+    /// Whether `offsets` (one shard's, as a replica answered) reach this set's minimum for
+    /// `shard`: every topic required is there, at least as far.
+    pub fn covers(&self, shard: u32, offsets: &BTreeMap<String, i64>) -> bool {
+        self.shards.get(&shard).is_none_or(|need| {
+            need.iter()
+                .all(|(t, o)| offsets.get(t).is_some_and(|have| have >= o))
+        })
+    }
+
+    /// Raises `shard` to at least `offsets`.
+    pub(crate) fn raise_shard(&mut self, shard: u32, offsets: &BTreeMap<String, i64>) {
+        self.merge_shard(shard, offsets.iter().map(|(t, o)| (t.as_str(), *o)));
+    }
+
     /// Raises this to at least the wire watermarks `wms`.
     pub fn merge_wire(&mut self, wms: &[ShardWatermark]) {
         for wm in wms {
@@ -165,6 +179,24 @@ impl SessionWatermarks {
             }
         }
         w.to_wire(None)
+    }
+
+    /// The floor of `shards`: the session's offsets raised to `extra`'s, per shard.
+    pub(crate) fn floors(
+        &self,
+        shards: impl Iterator<Item = u32>,
+        extra: &Watermarks,
+    ) -> Watermarks {
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let mut w = Watermarks::new();
+        for s in shards {
+            for src in [&*seen, extra] {
+                if let Some(t) = src.shard(s) {
+                    w.merge_shard(s, t.iter().map(|(k, v)| (k.as_str(), *v)));
+                }
+            }
+        }
+        w
     }
 
     /// Records what a replica answered with.

@@ -15,7 +15,8 @@ pub struct InProcessCluster {
     pub mock: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
     pub addrs: Vec<String>,
     cancel: CancellationToken,
-    nodes: Vec<Node>,
+    /// Per node: its own token (a child of `cancel`) and the node, until stopped.
+    nodes: Vec<(CancellationToken, Option<Node>)>,
     _dirs: Vec<tempfile::TempDir>,
 }
 
@@ -73,14 +74,15 @@ impl InProcessCluster {
             f.control.initial_voters = voters.clone();
             f.control.replication_factor = r;
             f.control.heartbeat_interval = Duration::from_millis(100);
+            let token = cancel.child_token();
             let node = Node::start(
                 f.validate().unwrap(),
                 Listeners { grpc: listener },
-                cancel.child_token(),
+                token.clone(),
             )
             .await
             .unwrap();
-            nodes.push(node);
+            nodes.push((token, Some(node)));
             dirs.push(dir);
         }
         let cluster = InProcessCluster {
@@ -133,10 +135,21 @@ impl InProcessCluster {
             .unwrap()
     }
 
+    /// Stops node `i` (an ordered shutdown, like SIGTERM) and waits until it has.
+    pub async fn stop_node(&mut self, i: usize) {
+        let (token, node) = &mut self.nodes[i];
+        token.cancel();
+        if let Some(n) = node.take() {
+            n.wait().await.unwrap();
+        }
+    }
+
     pub async fn stop(self) {
         self.cancel.cancel();
-        for n in self.nodes {
-            n.wait().await.unwrap();
+        for (_, n) in self.nodes {
+            if let Some(n) = n {
+                n.wait().await.unwrap();
+            }
         }
     }
 }

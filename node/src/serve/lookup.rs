@@ -257,6 +257,7 @@ pub fn execute(
         watermarks,
         packed_columns: columns.into_iter().map(ColumnBuilder::finish).collect(),
         row_count: n as u32,
+        view_versions: compiled.views.iter().map(|v| v.view.version).collect(),
     })
 }
 

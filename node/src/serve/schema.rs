@@ -44,6 +44,9 @@ pub fn schema(state: &NodeState, principal: &Principal) -> Schema {
                     })
                     .collect(),
                 topic: v.source.topic.clone(),
+                ttl_micros: v
+                    .ttl
+                    .map_or(0, |t| i64::try_from(t.as_micros()).unwrap_or(i64::MAX)),
             })
             .collect(),
         feature_services: r
