@@ -170,6 +170,13 @@ struct LookupArgs {
     /// Feast server worker processes (default: the machine's cores).
     #[arg(long)]
     feast_workers: Option<usize>,
+    /// Also measure quiver through a client with a row cache of this many rows
+    /// (`quiver-cached`, beside the uncached client in the same run).
+    #[arg(long)]
+    client_cache: Option<usize>,
+    /// TTL of that cache, ms.
+    #[arg(long, default_value_t = 1000)]
+    client_cache_ttl_ms: u64,
 }
 
 #[derive(Args, Clone)]
@@ -319,6 +326,10 @@ fn lookup_params(a: &LookupArgs) -> anyhow::Result<LookupParams> {
         "step and measure seconds must be positive"
     );
     anyhow::ensure!(!a.cases.is_empty(), "no --cases");
+    anyhow::ensure!(
+        a.client_cache != Some(0) && a.client_cache_ttl_ms > 0,
+        "--client-cache and --client-cache-ttl-ms must be positive"
+    );
     let mut systems = vec!["quiver".to_string()];
     systems.extend(a.peers.iter().cloned());
     Ok(LookupParams {
@@ -343,6 +354,12 @@ fn lookup_params(a: &LookupArgs) -> anyhow::Result<LookupParams> {
         feast_workers: a
             .feast_workers
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from)),
+        client_cache: a
+            .client_cache
+            .map(|rows| quiver_bench::lookup::ClientCacheSpec {
+                rows,
+                ttl_ms: a.client_cache_ttl_ms,
+            }),
     })
 }
 

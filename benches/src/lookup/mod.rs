@@ -69,6 +69,17 @@ pub struct LookupParams {
     pub redis_connections: usize,
     /// Feast server worker processes.
     pub feast_workers: usize,
+    /// Also measure quiver through a client with its row cache (`quiver-cached`).
+    pub client_cache: Option<ClientCacheSpec>,
+}
+
+/// The row cache of the `quiver-cached` system.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ClientCacheSpec {
+    /// Rows kept at most.
+    pub rows: usize,
+    /// Cache TTL, ms.
+    pub ttl_ms: u64,
 }
 
 /// Storage facts measured after loading.
@@ -97,6 +108,9 @@ pub struct SystemResult {
     /// never met the SLO, the lowest rate it was offered. For quiver itself: `None`, or
     /// that lowest-rate step when it never met the SLO.
     pub at_quiver_load: Option<Step>,
+    /// For `quiver-cached`: the share of keys served from the client's cache during this
+    /// case's runs.
+    pub cache_hit_rate: Option<f64>,
 }
 
 /// One case's results.
@@ -138,6 +152,7 @@ pub struct LookupReport {
 struct Systems {
     list: Vec<Arc<dyn System>>,
     quiver: Arc<systems::quiver::Quiver>,
+    cached: Option<Arc<systems::quiver::Quiver>>,
     echo: Option<Arc<systems::echo::Echo>>,
     _redis: Option<systems::redis::RedisServer>,
 }
@@ -153,6 +168,25 @@ async fn start_systems(
             .await?,
     );
     let mut list: Vec<Arc<dyn System>> = vec![quiver.clone()];
+    let mut cached = None;
+    if let Some(c) = p.client_cache {
+        let config = quiver_client::CacheConfig {
+            max_entries: c.rows,
+            ttl: std::time::Duration::from_millis(c.ttl_ms),
+            ..Default::default()
+        };
+        let q = Arc::new(
+            systems::quiver::Quiver::connect_with(
+                cluster.endpoints(),
+                features,
+                cluster.node_pids(),
+                Some(config),
+            )
+            .await?,
+        );
+        list.push(q.clone());
+        cached = Some(q);
+    }
     let mut echo = None;
     let mut redis_server = None;
     let wants = |s: &str| p.systems.iter().any(|x| x == s);
@@ -195,6 +229,7 @@ async fn start_systems(
     Ok(Systems {
         list,
         quiver,
+        cached,
         echo,
         _redis: redis_server,
     })
@@ -305,6 +340,11 @@ pub async fn run(p: LookupParams, work: &Path) -> anyhow::Result<LookupReport> {
                     if st.overloaded { " (overloaded)" } else { "" }
                 );
             };
+            let cache_before = sys
+                .cached
+                .as_ref()
+                .filter(|_| s.name() == "quiver-cached")
+                .map(|c| c.client().stats());
             let found = search::search(s, &w, &p.search, p.criteria, &on_step, idle_cores).await;
             let at_quiver_load = match quiver_half {
                 Some(rate) if s.name() != "quiver" => {
@@ -339,11 +379,17 @@ pub async fn run(p: LookupParams, work: &Path) -> anyhow::Result<LookupReport> {
                     quiver_half = at_quiver_load.as_ref().map(|st| st.offered_rate);
                 }
             }
+            let cache_hit_rate = cache_before.zip(sys.cached.as_ref()).map(|(b, c)| {
+                let a = c.client().stats();
+                let (hits, misses) = (a.cache_hits - b.cache_hits, a.cache_misses - b.cache_misses);
+                hits as f64 / (hits + misses).max(1) as f64
+            });
             results.push(SystemResult {
                 system: s.name().to_string(),
                 idle_cores: *idle,
                 search: found,
                 at_quiver_load,
+                cache_hit_rate,
             });
         }
         cases.push(CaseResult {

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use super::plot::{Chart, Series};
 use super::{count, opt};
-use crate::lookup::{CaseResult, LookupReport, SystemResult};
+use crate::lookup::{CaseResult, LookupReport, Step, SystemResult};
 
 fn keys_at_max(s: &SystemResult, batch: u32) -> f64 {
     s.search
@@ -220,6 +220,53 @@ pub fn markdown(r: &LookupReport) -> String {
                     (Some(a), Some(e)) if e.p99_ms > 0.0 => format!("{:.2}", a / e.p99_ms),
                     _ => "–".into(),
                 }
+            );
+        }
+    }
+    if r.cases.iter().any(|c| c.get("quiver-cached").is_some()) {
+        let spec = r.params.client_cache;
+        let _ = writeln!(
+            s,
+            "\n## Client-side row cache\n\n`quiver-cached`: the same cluster through a client with a row cache{} (keys `{}`). Hit rate: keys served from the cache over keys asked, during that system's runs of the case.\n",
+            spec.map_or(String::new(), |c| format!(
+                " of {} rows, TTL {} ms",
+                count(c.rows as f64),
+                c.ttl_ms
+            )),
+            r.params.key_choice
+        );
+        let _ = writeln!(
+            s,
+            "| keys × features | hit rate | max rate at SLO, uncached → cached (req/s) | keys/s per server core, uncached → cached | cached ÷ uncached per server core | p99 at quiver's reference load, uncached → cached (ms) |\n|---|---|---|---|---|---|"
+        );
+        for c in &r.cases {
+            let (Some(q), Some(k)) = (c.get("quiver"), c.get("quiver-cached")) else {
+                continue;
+            };
+            let per_core = |x: &SystemResult| {
+                x.search
+                    .at_max
+                    .as_ref()
+                    .and_then(|m| m.keys_per_server_core)
+            };
+            let p99 = |x: Option<&Step>| x.map_or("–".into(), |h| format!("{:.2}", h.p99_ms));
+            let _ = writeln!(
+                s,
+                "| {} × {} | {} | {} → {} | {} → {} | {} | {} → {} |",
+                c.case.batch,
+                c.case.features,
+                k.cache_hit_rate
+                    .map_or("–".into(), |h| format!("{:.1} %", 100.0 * h)),
+                count(q.search.max_rate),
+                count(k.search.max_rate),
+                per_core(q).map_or("–".into(), count),
+                per_core(k).map_or("–".into(), count),
+                match (per_core(q), per_core(k)) {
+                    (Some(a), Some(b)) if a > 0.0 => format!("{:.2}×", b / a),
+                    _ => "–".into(),
+                },
+                p99(q.search.at_half.as_ref().or(q.at_quiver_load.as_ref())),
+                p99(k.at_quiver_load.as_ref()),
             );
         }
     }

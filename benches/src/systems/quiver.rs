@@ -4,13 +4,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use prost::Message as _;
-use quiver_client::{Client, Lookup};
+use quiver_client::{CacheConfig, Client, Lookup};
 
 use super::{Fetched, LookupFuture, System};
 use crate::env::dataset::{feature_refs, key};
 
 /// quiver as a [`System`].
 pub struct Quiver {
+    name: &'static str,
     client: Client,
     refs: HashMap<u32, Arc<Vec<String>>>,
     pids: Vec<u32>,
@@ -27,16 +28,42 @@ impl Quiver {
         features: &[u32],
         pids: Vec<u32>,
     ) -> anyhow::Result<Quiver> {
-        let client = Client::builder()
+        Self::connect_with(seeds, features, pids, None).await
+    }
+
+    /// As [`Quiver::connect`], with the client-side row cache `cache` (the system is then
+    /// named `quiver-cached`).
+    ///
+    /// # Errors
+    /// When the client cannot start.
+    pub async fn connect_with(
+        seeds: Vec<String>,
+        features: &[u32],
+        pids: Vec<u32>,
+        cache: Option<CacheConfig>,
+    ) -> anyhow::Result<Quiver> {
+        let name = if cache.is_some() {
+            "quiver-cached"
+        } else {
+            "quiver"
+        };
+        let mut b = Client::builder()
             .seeds(seeds)
-            .credentials(quiver_testkit::security::credentials())
-            .build()
-            .await?;
+            .credentials(quiver_testkit::security::credentials());
+        if let Some(c) = cache {
+            b = b.cache(c);
+        }
+        let client = b.build().await?;
         let refs = features
             .iter()
             .map(|f| (*f, Arc::new(feature_refs(*f))))
             .collect();
-        Ok(Quiver { client, refs, pids })
+        Ok(Quiver {
+            name,
+            client,
+            refs,
+            pids,
+        })
     }
 
     fn request(&self, features: u32, keys: &[u32]) -> Lookup {
@@ -68,7 +95,7 @@ impl Quiver {
 
 impl System for Quiver {
     fn name(&self) -> &'static str {
-        "quiver"
+        self.name
     }
 
     fn server_pids(&self) -> Vec<u32> {
