@@ -121,6 +121,10 @@ pub struct ReaderTotals {
     pub budget_denied: u64,
     /// Cluster-map refreshes.
     pub map_refreshes: u64,
+    /// Keys served from the client-side row cache (`--client-cache`).
+    pub cache_hits: u64,
+    /// Keys the cache could not serve.
+    pub cache_misses: u64,
 }
 
 impl ReaderTotals {
@@ -134,5 +138,7 @@ impl ReaderTotals {
         self.hedge_wins += s.hedge_wins;
         self.budget_denied += s.budget_denied;
         self.map_refreshes += s.map_refreshes;
+        self.cache_hits += s.cache_hits;
+        self.cache_misses += s.cache_misses;
     }
 }

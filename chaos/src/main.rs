@@ -32,7 +32,7 @@ enum Command {
     /// List the scenarios.
     List,
     /// Run a scenario.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
 }
 
 #[derive(clap::Args, Debug)]
@@ -95,6 +95,9 @@ struct RunArgs {
     /// nodes, auth on with certificate identities (a throw-away CA in the run directory).
     #[arg(long, env = "QUIVER_CHAOS_SECURE")]
     secure: bool,
+    /// Give the workload's clients a row cache of this many rows.
+    #[arg(long, env = "QUIVER_CHAOS_CLIENT_CACHE")]
+    client_cache: Option<usize>,
 }
 
 fn main() -> ExitCode {
@@ -112,7 +115,7 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Command::Run(args) => match run_cmd(args) {
+        Command::Run(args) => match run_cmd(*args) {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::from(1),
             Err(e) => {
@@ -171,6 +174,11 @@ fn run_cmd(a: RunArgs) -> anyhow::Result<bool> {
     } else {
         command
     };
+    anyhow::ensure!(a.client_cache != Some(0), "--client-cache must be positive");
+    let command = match a.client_cache {
+        Some(rows) => format!("{command} --client-cache {rows}"),
+        None => command,
+    };
     let spec = RunSpec {
         secure: a.secure,
         scenario: a.scenario,
@@ -193,6 +201,7 @@ fn run_cmd(a: RunArgs) -> anyhow::Result<bool> {
         out,
         command,
         save_history: a.save_history,
+        client_cache: a.client_cache,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -140,6 +140,8 @@ pub struct Parameters {
     pub quiet_s: f64,
     /// Required lookup success share.
     pub min_success: f64,
+    /// Rows of the clients' row cache, if on.
+    pub client_cache: Option<usize>,
     /// The command that repeats this run.
     pub command: String,
 }
@@ -430,6 +432,15 @@ pub fn markdown(r: &Report) -> String {
         rt.budget_denied,
         rt.map_refreshes
     );
+    if rt.cache_hits + rt.cache_misses > 0 {
+        let _ = writeln!(
+            s,
+            "- reader row cache: {} keys served from it, {} missed ({:.1} % hits)",
+            rt.cache_hits,
+            rt.cache_misses,
+            100.0 * rt.cache_hits as f64 / (rt.cache_hits + rt.cache_misses) as f64
+        );
+    }
     if !c.top_write_errors.is_empty() {
         let _ = writeln!(s, "- write errors:");
         for (e, n) in &c.top_write_errors {

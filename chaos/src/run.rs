@@ -65,6 +65,9 @@ pub struct RunSpec {
     /// Also write every write and read to `history.json` (large: for debugging a
     /// violation).
     pub save_history: bool,
+    /// The workload's clients keep a row cache of this many rows (the checker then also
+    /// checks the cache: no read below a session's floor, read-your-writes).
+    pub client_cache: Option<usize>,
 }
 
 async fn interruptible<T>(
@@ -158,11 +161,18 @@ async fn run_on(
         seed: spec.seed,
     };
     let client = |n: u64| {
-        Client::builder()
+        let b = Client::builder()
             .seeds(endpoints.clone())
             .credentials(quiver_testkit::security::credentials())
-            .rng_seed(spec.seed.wrapping_add(n))
-            .build()
+            .rng_seed(spec.seed.wrapping_add(n));
+        match spec.client_cache {
+            Some(rows) => b.cache(quiver_client::CacheConfig {
+                max_entries: rows,
+                ..Default::default()
+            }),
+            None => b,
+        }
+        .build()
     };
     let writers_stop = cancel.child_token();
     let readers_stop = cancel.child_token();
@@ -287,6 +297,7 @@ async fn run_on(
         hold_s: spec.hold.as_secs_f64(),
         quiet_s: spec.quiet.as_secs_f64(),
         min_success: spec.min_success,
+        client_cache: spec.client_cache,
         command: spec.command.clone(),
     };
     let audit = {

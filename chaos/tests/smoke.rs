@@ -38,6 +38,7 @@ fn spec(scenario: &str, seed: u64) -> RunSpec {
         min_success: 0.999,
         out,
         save_history: false,
+        client_cache: None,
         command: format!(
             "quiver-chaos run --scenario {scenario} --duration 22s --hold 5s --quiet 6s --seed {seed}"
         ),
@@ -76,6 +77,7 @@ async fn smoke_set_passes_every_check() {
         assert!(audit.records >= audit.checked, "{scenario}: {audit:?}");
         // The readers' routing counters were collected.
         assert!(report.counts.readers.sub_requests > 0);
+
         // The report files are well-formed: the JSON parses with its sections, the
         // Markdown names the verdict, the SVG is one closed document.
         let json: serde_json::Value =
@@ -94,4 +96,35 @@ async fn smoke_set_passes_every_check() {
         }
     }
     assert!(failed.is_empty(), "{failed:#?}");
+}
+
+/// Readers with a row cache through a node kill: the checker holds the cache to monotonic
+/// reads (per key and per shard watermark) like any read. Few keys and few writes, so the
+/// readers revisit keys faster than their shards' watermarks move and the cache serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_readers_pass_every_check_through_a_kill() {
+    let mut s = spec("kill-random", 104);
+    s.out = PathBuf::from("/var/tmp/quiver-chaos/smoke/kill-random-cached");
+    let _ = std::fs::remove_dir_all(&s.out);
+    s.client_cache = Some(10_000);
+    s.keys = 100;
+    s.write_rate = 20.0;
+    s.read_rate = 400.0;
+    s.command = format!(
+        "{} --keys 100 --write-rate 20 --rate 400 --client-cache 10000",
+        s.command
+    );
+    let report = run(&s, CancellationToken::new())
+        .await
+        .unwrap_or_else(|e| panic!("the harness failed: {e:#}"));
+    println!("{}", markdown(&report));
+    assert_eq!(report.faults.len(), 1);
+    assert!(report.faults[0].recovery_ms.is_some(), "no recovery");
+    let r = report.counts.readers;
+    assert!(
+        r.cache_hits > r.cache_misses,
+        "the readers' cache served too little to test it: {r:?}"
+    );
+    assert!(report.verdict.keys_checked > 50);
+    assert!(report.passed, "{:#?}", report.failures);
 }

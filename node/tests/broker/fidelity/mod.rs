@@ -2,7 +2,8 @@
 //! stock gRPC tools connect (Python's grpcio with reflection v1alpha), malformed requests
 //! are refused, replicas are spread evenly, the first leader stays, readiness means the
 //! node can serve, a token revoked while a node was down is refused from its first
-//! answer, and the metrics say what happened.
+//! answer, the metrics say what happened, and a tenant flooding past its quota leaves the
+//! other tenants alone.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -32,6 +33,7 @@ mod formation;
 mod metrics;
 mod placement;
 mod reflection;
+mod tenants;
 mod tokens;
 
 const VIEWS: &str = r#"
