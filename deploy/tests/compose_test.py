@@ -199,6 +199,16 @@ def main():
             return up if up == {f"{n}:9100": "1" for n in NODES} else None
         log(f"prometheus: up = {poll('prometheus to scrape every node', 90, prometheus_up)}")
 
+        # Placement settles after start-up (replicas move to balance the nodes): killing a
+        # node while a shard's other replica is still bootstrapping would leave that shard
+        # without a servable replica, which is not what this step tests.
+        def settled():
+            out = cluster.ctl("quiver1", "--output", "json", "status").stdout
+            shards = json.loads(out.splitlines()[0])["cluster"]["shards"]
+            return all(len(s["replicas"]) == 2 and
+                       all(r["state"] == "serving" for r in s["replicas"])
+                       for s in shards) or None
+        poll("every shard to have two serving replicas", 120, settled)
         run(["podman", "kill", cluster.container("quiver2")])
         poll("quiver2 to stop", 30, lambda: run(
             ["podman", "inspect", "--format", "{{.State.Running}}", cluster.container("quiver2")]

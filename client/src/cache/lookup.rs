@@ -96,6 +96,7 @@ pub(crate) async fn lookup(
         &floor,
         &mut rows,
         0..keys.bytes.len(),
+        true,
     );
     if !misses.is_empty() {
         let prefix = shape.prefix();
@@ -146,6 +147,8 @@ pub(crate) async fn lookup(
             &floor,
             &mut rows,
             followed.into_iter(),
+            // Counted as misses already (coalesced): not counted twice.
+            false,
         );
         if !left.is_empty() {
             let got = fetch(inner, cache, lookup, &shape, &keys, &left, deadline, true).await?;
@@ -180,6 +183,8 @@ pub(crate) async fn lookup(
 }
 
 /// Probes `candidates`; valid rows go into `rows`, the others are returned (misses).
+/// With `count`, hits and misses go to the stats and metrics.
+#[allow(clippy::too_many_arguments)] // the pieces of one call, borrowed
 fn probe(
     inner: &Inner,
     cache: &RowCache,
@@ -188,6 +193,7 @@ fn probe(
     floor: &Watermarks,
     rows: &mut [Option<Arc<CachedRow>>],
     candidates: impl Iterator<Item = usize>,
+    count: bool,
 ) -> Vec<usize> {
     let (layout, versions) = {
         let st = shape.state();
@@ -215,6 +221,9 @@ fn probe(
         };
         *counter += 1;
         misses.push(u);
+    }
+    if !count {
+        return misses;
     }
     inner.stats.cache_hits.fetch_add(hits, Ordering::Relaxed);
     inner
