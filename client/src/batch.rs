@@ -37,6 +37,34 @@ struct Part {
     resp: GetOnlineFeaturesResponse,
     /// Unique-key indexes, in the order of the response's rows.
     keys: Vec<u32>,
+    /// The node that answered, and the shards it answered for.
+    node: quiver_proto::NodeId,
+    shards: Vec<u32>,
+}
+
+/// How often a lookup re-reads parts answered at older view versions than another part
+/// before giving up (a promotion reaches every node within a Raft commit, milliseconds).
+const MAX_VERSION_ROUNDS: u32 = 8;
+
+/// The view versions a lookup's answer must have: the newest any part was read at (a
+/// version only moves forward: a promotion). Parts that read other views (a registry
+/// change of the feature service in flight) compare by length first.
+fn newest_versions(parts: &[Part]) -> Vec<u32> {
+    let longest = parts
+        .iter()
+        .map(|p| p.resp.view_versions.len())
+        .max()
+        .unwrap_or(0);
+    let mut newest = vec![0u32; longest];
+    for p in parts
+        .iter()
+        .filter(|p| p.resp.view_versions.len() == longest)
+    {
+        for (n, v) in newest.iter_mut().zip(&p.resp.view_versions) {
+            *n = (*n).max(*v);
+        }
+    }
+    newest
 }
 
 type PartsFuture<'a> = Pin<Box<dyn Future<Output = Result<Vec<Part>, ClientError>> + Send + 'a>>;
@@ -75,8 +103,7 @@ impl<'a> Call<'a> {
 
     /// Runs the call.
     pub(crate) async fn run(self) -> Result<LookupResult, ClientError> {
-        let shards: Vec<u32> = self.batch.by_shard.keys().copied().collect();
-        let parts = self.fetch(shards, Excluded::default(), true, 0).await?;
+        let parts = self.fetch_consistent().await?;
         let mut loc = vec![(u32::MAX, 0u32); self.batch.unique.len()];
         for (p, part) in parts.iter().enumerate() {
             for (row, &u) in part.keys.iter().enumerate() {
@@ -98,9 +125,55 @@ impl<'a> Call<'a> {
     pub(crate) async fn run_parts(
         self,
     ) -> Result<Vec<(GetOnlineFeaturesResponse, Vec<u32>)>, ClientError> {
-        let shards: Vec<u32> = self.batch.by_shard.keys().copied().collect();
-        let parts = self.fetch(shards, Excluded::default(), true, 0).await?;
+        let parts = self.fetch_consistent().await?;
         Ok(parts.into_iter().map(|p| (p.resp, p.keys)).collect())
+    }
+
+    /// Every shard's part, all read at the same view versions: a lookup fanned out while a
+    /// view version is being promoted never returns columns of two versions. Parts read
+    /// at an older version than another part are read again — from another replica if
+    /// there is one (the node answering old may not have applied the promotion yet) —
+    /// until they agree, within `MAX_VERSION_ROUNDS` and the deadline; otherwise the call
+    /// fails UNAVAILABLE rather than mix.
+    async fn fetch_consistent(&'a self) -> Result<Vec<Part>, ClientError> {
+        let shards: Vec<u32> = self.batch.by_shard.keys().copied().collect();
+        let mut parts = self.fetch(shards, Excluded::default(), true, 0).await?;
+        let mut round = 0;
+        loop {
+            let newest = newest_versions(&parts);
+            let (stale, fresh): (Vec<Part>, Vec<Part>) = parts
+                .into_iter()
+                // A node older than `view_versions` answers none: its version is unknown,
+                // so its part is taken as it is (a rolling upgrade must not fail lookups).
+                .partition(|p| !p.resp.view_versions.is_empty() && p.resp.view_versions != newest);
+            parts = fresh;
+            if stale.is_empty() {
+                return Ok(parts);
+            }
+            if round == MAX_VERSION_ROUNDS || Instant::now() >= self.deadline {
+                return Err(ClientError::Rpc(tonic::Status::unavailable(format!(
+                    "replicas kept answering at different view versions ({:?} and {newest:?}): a view version is being promoted; retry",
+                    stale[0].resp.view_versions
+                ))));
+            }
+            self.inner
+                .stats
+                .version_retries
+                .fetch_add(1, Ordering::Relaxed);
+            counter!(m::RETRIES, "reason" => "version").increment(1);
+            let mut excluded = Excluded::default();
+            let mut shards = Vec::new();
+            for p in &stale {
+                excluded.node(p.node);
+                shards.extend_from_slice(&p.shards);
+            }
+            if round > 0 {
+                // Give the lagging nodes a moment to apply the registry change.
+                tokio::time::sleep(Duration::from_millis(5 << round.min(4))).await;
+            }
+            parts.extend(self.fetch(shards, excluded, false, 0).await?);
+            round += 1;
+        }
     }
 
     fn deadline_error(&self, last: Option<ClientError>) -> ClientError {
@@ -258,7 +331,12 @@ impl<'a> Call<'a> {
                     self.inner.hedge.record(keys.len(), started.elapsed());
                     self.inner.session.observe(&resp.watermarks);
                     self.inner.lagging.served(g.node.id, &g.shards);
-                    Ok(Part { resp, keys })
+                    Ok(Part {
+                        resp,
+                        keys,
+                        node: g.node.id,
+                        shards: g.shards.clone(),
+                    })
                 } else {
                     Err(ClientError::Rpc(tonic::Status::internal(format!(
                         "node {} answered {} keys with a malformed response",
@@ -442,5 +520,35 @@ impl<'a> Call<'a> {
         self.inner.stats.retries.fetch_add(1, Ordering::Relaxed);
         counter!(m::RETRIES, "reason" => reason).increment(1);
         self.fetch(g.shards, excluded, may_hedge, round + 1).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(versions: &[u32]) -> Part {
+        Part {
+            resp: GetOnlineFeaturesResponse {
+                view_versions: versions.to_vec(),
+                ..Default::default()
+            },
+            keys: Vec::new(),
+            node: quiver_proto::NodeId(1),
+            shards: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_newest_versions_are_the_maximum_per_view_of_the_longest_answers() {
+        assert_eq!(newest_versions(&[]), Vec::<u32>::new());
+        assert_eq!(newest_versions(&[part(&[1, 2]), part(&[1, 2])]), vec![1, 2]);
+        // One view promoted on one node first: its answer is the target.
+        assert_eq!(newest_versions(&[part(&[1, 2]), part(&[2, 2])]), vec![2, 2]);
+        // Two views promoted on different nodes: the newest of each.
+        assert_eq!(newest_versions(&[part(&[2, 1]), part(&[1, 3])]), vec![2, 3]);
+        // A node without the field (older) answers no versions: never the target (and
+        // its part is not read again: see `fetch_consistent`).
+        assert_eq!(newest_versions(&[part(&[]), part(&[4])]), vec![4]);
     }
 }

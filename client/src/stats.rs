@@ -19,6 +19,7 @@ pub(crate) struct Stats {
     pub(crate) cache_hits: AtomicU64,
     pub(crate) cache_misses: AtomicU64,
     pub(crate) cache_coalesced: AtomicU64,
+    pub(crate) version_retries: AtomicU64,
 }
 
 /// A snapshot of a client's counters since it was built.
@@ -51,6 +52,8 @@ pub struct ClientStats {
     pub cache_misses: u64,
     /// Missed keys that joined another lookup's fetch (single flight).
     pub cache_coalesced: u64,
+    /// Parts of a lookup read again because another part was read at a newer view version.
+    pub version_retries: u64,
 }
 
 impl Stats {
@@ -70,6 +73,7 @@ impl Stats {
             cache_hits: g(&self.cache_hits),
             cache_misses: g(&self.cache_misses),
             cache_coalesced: g(&self.cache_coalesced),
+            version_retries: g(&self.version_retries),
         }
     }
 }
