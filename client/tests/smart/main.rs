@@ -16,3 +16,4 @@ mod read_your_writes;
 mod rolling_restart;
 mod routing;
 mod schema_change;
+mod versions;
