@@ -75,6 +75,28 @@ async fn quiverctl_applies_lists_gets_and_reports_status() {
     );
     let described = ok_stdout(quiverctl(&addr, &["view", "describe", "profile"]));
     assert!(described.contains("\"topic\": \"profile\""), "{described}");
+    // One version, serving, nothing pending.
+    let versions: Value = serde_json::from_str(&ok_stdout(quiverctl(
+        &addr,
+        &["view", "versions", "profile", "--output", "json"],
+    )))
+    .unwrap();
+    assert_eq!(versions["view"], "profile", "{versions}");
+    assert_eq!(
+        versions["versions"].as_array().unwrap().len(),
+        1,
+        "{versions}"
+    );
+    assert_eq!(versions["versions"][0]["state"], "serving", "{versions}");
+    assert_eq!(versions["versions"][0]["version"], 1, "{versions}");
+    let table = ok_stdout(quiverctl(&addr, &["view", "versions", "profile"]));
+    assert!(
+        table.contains("serving") && !table.contains("pending"),
+        "{table}"
+    );
+    let missing = quiverctl(&addr, &["view", "versions", "nope"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("not registered"));
 
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", mock.bootstrap_servers())

@@ -296,6 +296,11 @@ impl AdminService for AdminServiceImpl {
         let mut json =
             serde_json::to_value(view.as_ref()).map_err(|e| Status::internal(e.to_string()))?;
         json["used_by_feature_services"] = serde_json::json!(used_by);
+        // A newer version being re-ingested beside the serving one, if any.
+        if let Some(pending) = snap.pending.get(&name) {
+            json["pending"] = serde_json::to_value(pending.as_ref())
+                .map_err(|e| Status::internal(e.to_string()))?;
+        }
         if let Some(control) = &self.state.control
             && let Some(lineage) = control.state().lineage.get(&name)
         {

@@ -6,6 +6,7 @@ mod health;
 mod output;
 mod rows;
 mod tokens;
+mod versions;
 
 use output::{freshness, print_cluster, print_rows};
 use rows::parse_row;
@@ -160,6 +161,12 @@ enum ViewCommand {
         /// View name.
         name: String,
     },
+    /// The serving version, a pending one being re-ingested (what changed, and each
+    /// replica's progress).
+    Versions {
+        /// View name.
+        name: String,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -264,6 +271,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::View {
             command: ViewCommand::Describe { name },
         } => println!("{}", client.describe_view(name).await?),
+        Command::View {
+            command: ViewCommand::Versions { name },
+        } => versions::run(&mut client, &credentials, &name, cli.output).await?,
         Command::Get {
             features,
             service,
