@@ -273,7 +273,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => println!("{}", client.describe_view(name).await?),
         Command::View {
             command: ViewCommand::Versions { name },
-        } => versions::run(&mut client, &credentials, &name, cli.output).await?,
+        } => {
+            versions::run(
+                &mut client,
+                &credentials,
+                &cli.connect_to,
+                &name,
+                cli.output,
+            )
+            .await?
+        }
         Command::Get {
             features,
             service,

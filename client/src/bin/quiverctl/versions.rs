@@ -89,19 +89,25 @@ pub(crate) fn progress(
     rows
 }
 
-/// Every node's status: the members of the cluster map in cluster mode, else the node
-/// addressed (a static node knows no others).
+/// Every node's status: the members of the cluster map in cluster mode (dialled through
+/// `connect_to` where it translates their advertised address), else the node addressed
+/// (a static node knows no others).
 async fn statuses(
     client: &mut NodeClient,
     credentials: &Credentials,
+    connect_to: &[(String, String)],
 ) -> anyhow::Result<Vec<GetStatusResponse>> {
     let Ok(map) = client.cluster_map().await else {
         return Ok(vec![client.status().await?]);
     };
     let mut out = Vec::new();
     for m in &map.members {
+        let addr = connect_to
+            .iter()
+            .find(|(advertised, _)| *advertised == m.addr)
+            .map_or(m.addr.as_str(), |(_, reachable)| reachable.as_str());
         let status = async {
-            let mut c = NodeClient::connect_with(format!("http://{}", m.addr), credentials).await?;
+            let mut c = NodeClient::connect_with(addr, credentials).await?;
             c.status().await
         }
         .await;
@@ -116,6 +122,7 @@ async fn statuses(
 pub(crate) async fn run(
     client: &mut NodeClient,
     credentials: &Credentials,
+    connect_to: &[(String, String)],
     name: &str,
     output: Output,
 ) -> anyhow::Result<()> {
@@ -138,12 +145,8 @@ pub(crate) async fn run(
         let mut s = summary(p, "pending");
         changes = diff(&serving, p);
         let topic = p["source"]["topic"].as_str().unwrap_or_default();
-        replicas = progress(
-            topic,
-            name,
-            version(p),
-            &statuses(client, credentials).await?,
-        );
+        let all = statuses(client, credentials, connect_to).await?;
+        replicas = progress(topic, name, version(p), &all);
         s["changes"] = json!(changes);
         s["replicas"] = json!(replicas);
         versions.push(s);
