@@ -18,47 +18,36 @@ use crate::client::Inner;
 use crate::error::ClientError;
 use crate::lookup::{Lookup, LookupResult, packed_columns};
 use crate::metrics as m;
-use crate::router::key_bytes;
+use crate::router::{ShardedBatch, key_bytes, shard_batch};
 use crate::shard_map_cache::RoutingTable;
 use crate::watermark::Watermarks;
 
-/// The distinct keys of a lookup (allocates the key bytes once per key: the cache key).
+/// The distinct keys of a lookup, split by shard as any lookup is (`shard_batch`), with
+/// each key's bytes (its cache key) and shard.
 struct Keys {
+    batch: ShardedBatch,
     bytes: Vec<Vec<u8>>,
     shard: Vec<u32>,
-    /// A request row of each distinct key (to clone its `EntityKey` for a fetch).
-    first_row: Vec<usize>,
-    row_to_unique: Vec<u32>,
     /// The distinct shards, ascending.
     shards: Vec<u32>,
 }
 
 impl Keys {
     fn new(table: &RoutingTable, lookup: &Lookup) -> Keys {
-        let n = lookup.keys.len();
-        let mut index: HashMap<Vec<u8>, u32> = HashMap::with_capacity(n);
-        let mut k = Keys {
-            bytes: Vec::with_capacity(n),
-            shard: Vec::with_capacity(n),
-            first_row: Vec::with_capacity(n),
-            row_to_unique: Vec::with_capacity(n),
-            shards: Vec::new(),
-        };
-        for (row, key) in lookup.keys.iter().enumerate() {
-            let b = key_bytes(key);
-            let next = k.bytes.len() as u32;
-            let u = *index.entry(b).or_insert_with_key(|b| {
-                k.shard.push(table.shard_of(b));
-                k.bytes.push(b.clone());
-                k.first_row.push(row);
-                next
-            });
-            k.row_to_unique.push(u);
+        let batch = shard_batch(table, &lookup.keys);
+        let bytes = batch.unique.iter().map(key_bytes).collect();
+        let mut shard = vec![0; batch.unique.len()];
+        for (s, us) in &batch.by_shard {
+            for &u in us {
+                shard[u as usize] = *s;
+            }
         }
-        k.shards = k.shard.clone();
-        k.shards.sort_unstable();
-        k.shards.dedup();
-        k
+        Keys {
+            shards: batch.by_shard.keys().copied().collect(),
+            batch,
+            bytes,
+            shard,
+        }
     }
 }
 
@@ -275,7 +264,7 @@ async fn fetch(
         feature_service: lookup.feature_service.clone(),
         keys: which
             .iter()
-            .map(|&u| lookup.keys[keys.first_row[u]].clone())
+            .map(|&u| keys.batch.unique[u].clone())
             .collect(),
         min_watermarks: lookup.min_watermarks.clone(),
         deadline: Some(remaining),
@@ -379,7 +368,7 @@ fn assemble(
     keys: &Keys,
     event_times: bool,
 ) -> Result<LookupResult, ClientError> {
-    let n = keys.row_to_unique.len();
+    let n = keys.batch.row_to_unique.len();
     let Some(first) = rows.first() else {
         return Ok(LookupResult::from_columns(Vec::new(), n, Watermarks::new()));
     };
@@ -390,7 +379,7 @@ fn assemble(
         .zip(&layout.types)
         .map(|(name, ty)| ColumnBuilder::new(name.clone(), *ty, n, event_times))
         .collect();
-    for &u in &keys.row_to_unique {
+    for &u in &keys.batch.row_to_unique {
         if !row::decode_into(&rows[u as usize].cells, &mut builders) {
             return Err(malformed("a cached row does not fit the result's columns"));
         }
