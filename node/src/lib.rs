@@ -18,6 +18,7 @@
 //! - [`tasks`]: the node's supervised, named long-lived tasks and their tick loop.
 //! - [`metrics`]: every exported metric name.
 
+pub mod aggregate;
 pub mod config;
 pub mod control;
 #[doc(hidden)]

@@ -31,6 +31,14 @@ pub const INGEST_RECORDS: &str = "quiver_ingest_records_total";
 pub const INGEST_APPLIED: &str = "quiver_ingest_applied_records_total";
 /// Records older than the stored row, by `shard`.
 pub const INGEST_SUPERSEDED: &str = "quiver_ingest_superseded_records_total";
+/// Counter: aggregation events dropped, by `shard`, `view` and `reason` (`late`: more
+/// than `allowed_lateness` behind the event-time watermark; `future`: stamped more than
+/// `max_future` after its Kafka timestamp).
+pub const INGEST_LATE_EVENTS: &str = "quiver_ingest_late_events_total";
+/// Counter: aggregation tiles updated by ingest, by `shard`.
+pub const AGG_TILES_WRITTEN: &str = "quiver_aggregation_tiles_written_total";
+/// Histogram: aggregation tiles merged per entity answered by a lookup.
+pub const AGG_TILES_PER_READ: &str = "quiver_aggregation_tiles_per_read";
 /// Malformed records by `shard` and `reason`.
 pub const INGEST_MALFORMED: &str = "quiver_ingest_malformed_records_total";
 /// Dead-letter copies by `result` (queued, failed).
@@ -190,6 +198,18 @@ pub fn describe() {
     describe_counter!(
         INGEST_MALFORMED,
         "malformed records skipped by shard and reason"
+    );
+    describe_counter!(
+        INGEST_LATE_EVENTS,
+        "aggregation events dropped by shard, view and reason (late, future)"
+    );
+    describe_counter!(
+        AGG_TILES_WRITTEN,
+        "aggregation tiles updated by ingest, by shard"
+    );
+    describe_histogram!(
+        AGG_TILES_PER_READ,
+        "aggregation tiles merged per entity answered"
     );
     describe_counter!(
         INGEST_DEAD_LETTERS,

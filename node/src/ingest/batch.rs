@@ -12,7 +12,7 @@ use super::decode::{RawRecord, decode_record};
 use super::shard_ingest::Stream;
 use crate::metrics as m;
 use crate::storage::row_codec::encode_row;
-use crate::storage::{IngestBatch, RowWrite, TopicProgress, keys};
+use crate::storage::{AggEvent, IngestBatch, RowWrite, TopicProgress, keys};
 
 /// One poll's gathering: the batch and what is settled after the poll loop.
 #[derive(Default)]
@@ -66,13 +66,17 @@ impl Polled {
             progress.consumed += 1;
             let mut malformed = false;
             for route in &stream.routes {
-                match decode_record(&route.view, route.key_type, raw) {
+                match decode_record(route.view.record_view(), route.key_type, raw) {
                     Ok(rec) => {
                         match newest_event.get_mut(&route.view.name) {
                             Some(t) => *t = (*t).max(rec.event_time_micros),
                             None => {
                                 newest_event.insert(route.view.name.clone(), rec.event_time_micros);
                             }
+                        }
+                        if let Some(agg) = &route.view.aggregation {
+                            self.add_event(idx, route, agg, rec, raw, shard_label);
+                            continue;
                         }
                         let value = rec.values.map(|vals| {
                             encode_row(rec.event_time_micros, &vals, &mut self.row_buf);
@@ -107,5 +111,36 @@ impl Polled {
                 self.batch.progress[idx].malformed += 1;
             }
         }
+    }
+
+    /// Adds a decoded record of an aggregation view as an event, unless it is stamped
+    /// more than `max_future` after its Kafka timestamp (deterministic: the timestamp is
+    /// in the log), which is dropped and counted.
+    fn add_event(
+        &mut self,
+        topic: usize,
+        route: &super::shard_ingest::Route,
+        agg: &crate::registry::aggregation::Aggregation,
+        rec: super::decode::DecodedRecord,
+        raw: &RawRecord<'_>,
+        shard_label: &str,
+    ) {
+        let kafka_micros = raw.timestamp_millis.map(|ms| ms.saturating_mul(1000));
+        if rec.values.is_some()
+            && kafka_micros
+                .is_some_and(|k| rec.event_time_micros > k.saturating_add(agg.max_future_micros))
+        {
+            counter!(m::INGEST_LATE_EVENTS, "shard" => shard_label.to_owned(),
+                "view" => route.view.name.clone(), "reason" => "future")
+            .increment(1);
+            return;
+        }
+        self.batch.events.push(AggEvent {
+            topic,
+            view: route.view.clone(),
+            key: keys::tile_key(&route.view.name, route.view.version, &rec.entity_key),
+            event_time_micros: rec.event_time_micros,
+            values: rec.values,
+        });
     }
 }

@@ -373,6 +373,14 @@ impl ShardIngest {
                     counter!(m::INGEST_APPLIED, "shard" => l.clone()).increment(outcome.applied);
                     counter!(m::INGEST_SUPERSEDED, "shard" => l.clone())
                         .increment(outcome.superseded);
+                    if !batch.events.is_empty() {
+                        counter!(m::AGG_TILES_WRITTEN, "shard" => l.clone())
+                            .increment(outcome.tiles_written);
+                    }
+                    for (view, n) in &outcome.late {
+                        counter!(m::INGEST_LATE_EVENTS, "shard" => l.clone(), "view" => view.clone(), "reason" => "late")
+                            .increment(*n);
+                    }
                     histogram!(m::INGEST_BATCH_DURATION).record(started.elapsed().as_secs_f64());
                     debug!(consumed, applied = outcome.applied, "applied batch");
                     return true;

@@ -22,8 +22,25 @@ pub(super) fn refresh_ttls(ttls: &TtlTable, snap: &RegistrySnapshot) {
     ttls.replace(
         snap.views
             .values()
-            .map(|v| ((v.name.clone(), v.version), v.ttl)),
+            .map(|v| ((v.name.clone(), v.version), compaction_ttl(v))),
     );
+}
+
+/// How long the compaction filter keeps a view's stored value after its (newest) event
+/// time: the TTL; for an aggregation view answering from the clock, at most as long as
+/// its newest event can be in some window (after that every answer is NOT_FOUND anyway).
+fn compaction_ttl(v: &crate::registry::FeatureView) -> Option<Duration> {
+    use crate::registry::aggregation::LeadingEdge;
+    let window = v
+        .aggregation
+        .as_ref()
+        .filter(|a| a.leading_edge == LeadingEdge::Clock)
+        .and_then(|a| a.retention_micros())
+        .map(|m| Duration::from_micros(m.max(0) as u64));
+    match (v.ttl, window) {
+        (Some(t), Some(w)) => Some(t.min(w)),
+        (t, w) => t.or(w),
+    }
 }
 
 /// Static mode: promotes a pending view version once every local replica re-ingested it

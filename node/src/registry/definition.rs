@@ -72,6 +72,29 @@ pub struct ViewDef {
     /// `[[view.feature]]`
     #[serde(default, rename = "feature")]
     pub features: Vec<FeatureDef>,
+    /// `[view.aggregation]`: present on aggregation views (features computed from raw
+    /// events; see `docs/AGGREGATIONS.md`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggregation: Option<AggregationDef>,
+    /// `[[view.input]]`: the raw event fields an aggregation view reads.
+    #[serde(default, rename = "input", skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<FeatureDef>,
+}
+
+/// `[view.aggregation]`
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregationDef {
+    /// How far behind the shard's event-time watermark an event may be and still count,
+    /// default `"5m"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_lateness: Option<String>,
+    /// How far after its Kafka timestamp an event may be stamped, default `"1d"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_future: Option<String>,
+    /// `"clock"` (default) or `"event_time"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leading_edge: Option<String>,
 }
 
 /// `[view.source]`
@@ -91,21 +114,40 @@ pub struct SourceDef {
     pub event_time_unit: Option<String>,
 }
 
-/// `[[view.feature]]`
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+/// `[[view.feature]]` (and `[[view.input]]`, which uses name, type and source_field)
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FeatureDef {
     /// Feature name.
     pub name: String,
-    /// Type name, e.g. `"float64"`.
-    #[serde(rename = "type")]
-    pub value_type: String,
+    /// Type name, e.g. `"float64"`; required except on aggregation features (where it is
+    /// derived from the function and the input).
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub value_type: Option<String>,
     /// Source field, default the feature name.
     #[serde(default)]
     pub source_field: Option<String>,
     /// Description.
     #[serde(default)]
     pub description: String,
+    /// Aggregation features: the function (`count`, `sum`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function: Option<String>,
+    /// Aggregation features: the input aggregated (a `[[view.input]]` name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<String>,
+    /// Aggregation features: the window (`"1h"`, `"7d"`, `"lifetime"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<String>,
+    /// Aggregation features: the hop (tile resolution); default from the window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hop: Option<String>,
+    /// Aggregation features: `input op constant`; only matching events count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
+    /// `last_n`: how many.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n: Option<u64>,
 }
 
 /// `[[feature_service]]`

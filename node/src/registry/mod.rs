@@ -11,6 +11,7 @@
 //! issue moves the same [`DefinitionFile`] changes into the replicated Raft state; this
 //! module's interface ([`Registry::apply`], [`Registry::snapshot`]) stays.
 
+pub mod aggregation;
 pub mod definition;
 pub mod model;
 mod validate;

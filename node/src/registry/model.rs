@@ -168,9 +168,21 @@ pub struct FeatureView {
     pub tags: BTreeMap<String, String>,
     /// Source topic and record format.
     pub source: Source,
+    /// Present on aggregation views: how each feature is computed from raw events.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aggregation: Option<std::sync::Arc<super::aggregation::Aggregation>>,
 }
 
 impl FeatureView {
+    /// The view whose features a source record carries: the inputs of an aggregation
+    /// view, the view itself otherwise (what ingest decodes and `Push` validates).
+    pub fn record_view(&self) -> &FeatureView {
+        match &self.aggregation {
+            Some(a) => &a.input_view,
+            None => self,
+        }
+    }
+
     /// Returns the index of feature `name` in storage order.
     pub fn feature_index(&self, name: &str) -> Option<usize> {
         self.features.iter().position(|f| f.name == name)

@@ -72,15 +72,38 @@ fn entity_from_def(def: &EntityDef) -> Result<Entity, String> {
 
 fn feature_from_def(view: &str, def: &FeatureDef) -> Result<Feature, String> {
     check_name("feature", &def.name).map_err(|e| format!("view {view:?}: {e}"))?;
-    let value_type = FeatureType::parse(&def.value_type).ok_or_else(|| {
+    let known = || {
         let known: Vec<_> = FeatureType::ALL.iter().map(|t| t.as_str()).collect();
-        format!(
-            "view {view:?}, feature {:?}: type {:?} is unknown (expected one of {})",
+        known.join(", ")
+    };
+    let Some(type_name) = def.value_type.as_deref() else {
+        return Err(format!(
+            "view {view:?}, feature {:?}: has no type (expected one of {})",
             def.name,
-            def.value_type,
-            known.join(", ")
+            known()
+        ));
+    };
+    let value_type = FeatureType::parse(type_name).ok_or_else(|| {
+        format!(
+            "view {view:?}, feature {:?}: type {type_name:?} is unknown (expected one of {})",
+            def.name,
+            known()
         )
     })?;
+    let aggregation_only = [
+        ("function", def.function.is_some()),
+        ("input", def.input.is_some()),
+        ("window", def.window.is_some()),
+        ("hop", def.hop.is_some()),
+        ("filter", def.filter.is_some()),
+        ("n", def.n.is_some()),
+    ];
+    if let Some((key, _)) = aggregation_only.iter().find(|(_, set)| *set) {
+        return Err(format!(
+            "view {view:?}, feature {:?}: {key} applies only to aggregation views (add a [view.aggregation] table)",
+            def.name
+        ));
+    }
     let source_field = def.source_field.clone().unwrap_or_else(|| def.name.clone());
     if source_field.is_empty() {
         return Err(format!(
@@ -165,9 +188,11 @@ fn view_from_def(
                 f.name
             ));
         }
-        features.push(feature_from_def(name, f)?);
+        if def.aggregation.is_none() {
+            features.push(feature_from_def(name, f)?);
+        }
     }
-    Ok(FeatureView {
+    let mut view = FeatureView {
         name: def.name.clone(),
         version,
         entity: def.entity.clone(),
@@ -182,7 +207,38 @@ fn view_from_def(
             event_time_field: def.source.event_time_field.clone(),
             event_time_unit,
         },
-    })
+        aggregation: None,
+    };
+    match &def.aggregation {
+        None if !def.inputs.is_empty() => Err(format!(
+            "view {name:?}: [[view.input]] applies only to aggregation views (add a [view.aggregation] table)"
+        )),
+        None => Ok(view),
+        Some(agg) => {
+            let mut seen = HashSet::new();
+            let mut inputs = Vec::with_capacity(def.inputs.len());
+            for f in &def.inputs {
+                if !seen.insert(f.name.as_str()) {
+                    return Err(format!(
+                        "view {name:?}: input {:?} is defined twice",
+                        f.name
+                    ));
+                }
+                inputs.push(
+                    feature_from_def(name, f).map_err(|e| e.replace(", feature ", ", input "))?,
+                );
+            }
+            let input_view = FeatureView {
+                features: inputs.clone(),
+                ..view.clone()
+            };
+            let (features, aggregation) =
+                super::aggregation::from_defs(name, agg, inputs, &def.features, input_view)?;
+            view.features = features;
+            view.aggregation = Some(std::sync::Arc::new(aggregation));
+            Ok(view)
+        }
+    }
 }
 
 /// Checks that `new` may replace `old` in place: same version, entity and source, and the
@@ -211,6 +267,15 @@ fn check_compatible(old: &FeatureView, new: &FeatureView) -> Result<(), String> 
         return Err(format!(
             "view {name:?}: changing the event-time field or unit {bump}"
         ));
+    }
+    if old.aggregation.is_some() || new.aggregation.is_some() {
+        // Tiles hold each feature's partial state by position within its resolution:
+        // only the description, owner, tags and TTL may change in place.
+        if new.aggregation != old.aggregation || new.features.len() != old.features.len() {
+            return Err(format!(
+                "view {name:?}: changing an aggregation view's inputs, features or [view.aggregation] {bump}"
+            ));
+        }
     }
     for (i, f) in old.features.iter().enumerate() {
         match new.features.get(i) {

@@ -165,6 +165,10 @@ pub fn execute(
     let mut key_buf: Vec<u8> = Vec::new();
     let mut key_ends: Vec<usize> = Vec::new();
     for vp in &compiled.views {
+        let encode_key = match vp.view.aggregation {
+            Some(_) => keys::encode_tile_key,
+            None => keys::encode_row_key,
+        };
         // One multi-get per shard; the pinned values stay valid while `reads` lives.
         let mut fetched: Vec<Vec<Result<Option<DBPinnableSlice<'_>>, rocksdb::Error>>> =
             Vec::with_capacity(reads.len());
@@ -172,7 +176,7 @@ pub fn execute(
             key_buf.clear();
             key_ends.clear();
             for &row in rows.iter() {
-                keys::encode_row_key(
+                encode_key(
                     &vp.view.name,
                     vp.view.version,
                     plan.key(row as usize),
@@ -190,6 +194,25 @@ pub fn execute(
                 })
                 .collect();
             fetched.push(read.get_rows(slices.iter(), mode == ReadMode::CachedOnly));
+        }
+        if let Some(agg) = &vp.view.aggregation {
+            let mut q = Vec::with_capacity(reads.len());
+            for (shard, _, read) in &reads {
+                let wm = read
+                    .event_watermark(&vp.view.name, vp.view.version, mode == ReadMode::CachedOnly)
+                    .map_err(|e| read_error(*shard, e))?;
+                q.push(crate::aggregate::read::query_time(agg, now_micros, wm));
+            }
+            let mut fill = AggregateFill::new(agg, vp);
+            for &(si, i) in &locate {
+                let shard = reads[si as usize].0;
+                let value = fetched[si as usize][i as usize]
+                    .as_ref()
+                    .map_err(|e| read_error(shard, e.clone()))?;
+                fill.row(value.as_deref(), q[si as usize], now_micros, &mut columns)
+                    .map_err(|e| ServeError::Storage(format!("shard {shard}: {e}")))?;
+            }
+            continue;
         }
         let outputs = &vp.columns;
         for (row, &(si, i)) in locate.iter().enumerate() {
@@ -259,6 +282,81 @@ pub fn execute(
         row_count: n as u32,
         view_versions: compiled.views.iter().map(|v| v.view.version).collect(),
     })
+}
+
+/// A failed read: [`ExecError::NeedsIo`] for a cached-only read that needs the disk.
+fn read_error(shard: ShardId, e: rocksdb::Error) -> ExecError {
+    if e.kind() == rocksdb::ErrorKind::Incomplete {
+        ExecError::NeedsIo
+    } else {
+        ServeError::Storage(format!("shard {shard}: {e}")).into()
+    }
+}
+
+/// Answers an aggregation view's features for one entity after another.
+struct AggregateFill<'v, 'a> {
+    answerer: crate::aggregate::read::Answerer<'v>,
+    states: Vec<crate::aggregate::acc::Acc<'a>>,
+    vp: &'v super::plan::ViewPlan,
+    /// `(feature index, slot)` of each wanted feature.
+    wanted: Vec<(usize, usize)>,
+}
+
+impl<'v, 'a> AggregateFill<'v, 'a> {
+    fn new(
+        agg: &'v crate::registry::aggregation::Aggregation,
+        vp: &'v super::plan::ViewPlan,
+    ) -> Self {
+        let wanted: Vec<(usize, usize)> = vp
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(f, s)| s.map(|s| (f, s)))
+            .collect();
+        let answerer = crate::aggregate::read::Answerer::new(agg, wanted.iter().map(|(f, _)| *f));
+        AggregateFill {
+            states: answerer.states(),
+            answerer,
+            vp,
+            wanted,
+        }
+    }
+
+    /// Appends one entity's answers (`value`: its stored tile set) at query time `q`.
+    fn row(
+        &mut self,
+        value: Option<&'a [u8]>,
+        q: Option<i64>,
+        now_micros: i64,
+        columns: &mut [ColumnBuilder],
+    ) -> Result<(), crate::aggregate::AggError> {
+        let (Some(blob), Some(q)) = (value, q) else {
+            self.vp
+                .columns
+                .iter()
+                .for_each(|c| columns[*c].push_missing(FeatureStatus::NotFound, 0));
+            return Ok(());
+        };
+        let newest = self.answerer.merge(blob, q, &mut self.states)?;
+        if self
+            .vp
+            .ttl_micros
+            .is_some_and(|ttl| now_micros.saturating_sub(newest) > ttl)
+        {
+            self.vp
+                .columns
+                .iter()
+                .for_each(|c| columns[*c].push_missing(FeatureStatus::Expired, newest));
+            return Ok(());
+        }
+        for &(f, slot) in &self.wanted {
+            for &c in &self.vp.outputs[slot] {
+                self.answerer
+                    .finish(f, &self.states[f], &mut columns[c], newest);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The CELLS encoding of a PACKED response (a `Value` message per cell).

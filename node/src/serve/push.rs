@@ -66,7 +66,7 @@ pub async fn push(
         .rows
         .iter()
         .enumerate()
-        .map(|(i, row)| encode_push_row(view, key_type, i, row, now))
+        .map(|(i, row)| encode_push_row(view.record_view(), key_type, i, row, now))
         .collect::<Result<Vec<_>, _>>()
         .map_err(ServeError::InvalidArgument)?;
     // Quota last: only a well-formed push the principal is granted spends it, by rows.

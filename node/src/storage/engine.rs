@@ -82,7 +82,20 @@ pub fn ttl_decision(
     key: &[u8],
     value: &[u8],
 ) -> Decision {
-    let (Some(k), Ok(h)) = (keys::parse_row_key(key), row_codec::decode_header(value)) else {
+    let Some(k) = keys::parse_view_key(key) else {
+        return Decision::Keep;
+    };
+    let header = if key[0] == keys::TILE_TAG {
+        // An aggregation's tile set: its table entry is how long its newest event stays
+        // in some window (see `refresh_ttls`); erasing deletes the key, no marker.
+        crate::aggregate::tiles::newest(value).map(|t| row_codec::RowHeader {
+            event_time_micros: t,
+            tombstone: false,
+        })
+    } else {
+        row_codec::decode_header(value).map_err(|_| crate::aggregate::AggError::Truncated)
+    };
+    let Ok(h) = header else {
         return Decision::Keep;
     };
     let age_micros = now_micros().saturating_sub(h.event_time_micros);
@@ -262,6 +275,15 @@ mod tests {
             decide("forever", now - 61 * min, true, &mut row),
             Decision::Remove
         ));
+        // A tile set goes when its newest event is older than its entry.
+        let agg = |newest: i64| {
+            let mut v = vec![crate::aggregate::tiles::TILES_FORMAT, 0];
+            v.extend_from_slice(&newest.to_le_bytes());
+            v.push(0);
+            ttl_decision(&ttls, retention, &keys::tile_key("v", 1, b"k"), &v)
+        };
+        assert!(matches!(agg(now - 2 * min), Decision::Remove));
+        assert!(matches!(agg(now - min / 2), Decision::Keep));
         // Unknown views and unparsable values are kept.
         assert!(matches!(
             decide("unknown", 0, false, &mut row),

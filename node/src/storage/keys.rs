@@ -14,8 +14,13 @@
 //! - The entity key bytes are exactly the Kafka record key (string keys: UTF-8; int64 keys:
 //!   decimal text), the same bytes the partitioner hashes.
 //!
+//! Tag `0x02` (same layout): an aggregation view's tile set per entity
+//! ([`crate::aggregate::tiles`]).
+//!
 //! Column family `meta`: `o/<topic>` → [`super::OffsetRecord`] (resume position and
-//! counters, written in the same batch as the rows), `shard` → the shard identity.
+//! counters, written in the same batch as the rows), `e/<view>@<version>` → the newest
+//! event time an aggregation view version has ingested (its event-time watermark, same
+//! batch), `shard` → the shard identity.
 
 use quiver_proto::v1::entity_key::Kind as KeyKind;
 
@@ -78,6 +83,36 @@ pub fn encode_row_key(view: &str, version: u32, entity_key: &[u8], out: &mut Vec
     out.extend_from_slice(entity_key);
 }
 
+/// Tag of the aggregation key space: one tile set per (view, version, entity).
+pub const TILE_TAG: u8 = 0x02;
+/// Prefix of per-view-version event-time watermarks in the meta column family.
+pub const EVENT_WATERMARK_PREFIX: &[u8] = b"e/";
+
+/// Appends the tile-set key of `(view, version, entity_key)` to `out`: the row key's
+/// layout under [`TILE_TAG`].
+pub fn encode_tile_key(view: &str, version: u32, entity_key: &[u8], out: &mut Vec<u8>) {
+    let start = out.len();
+    encode_row_key(view, version, entity_key, out);
+    out[start] = TILE_TAG;
+}
+
+/// Returns the tile-set key of `(view, version, entity_key)`.
+pub fn tile_key(view: &str, version: u32, entity_key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_tile_key(view, version, entity_key, &mut out);
+    out
+}
+
+/// Meta key of the event-time watermark of `(view, version)` on a shard: the newest
+/// event time its aggregation has ingested (i64 LE µs), written with the offsets.
+pub fn event_watermark_key(view: &str, version: u32) -> Vec<u8> {
+    let mut k = EVENT_WATERMARK_PREFIX.to_vec();
+    k.extend_from_slice(view.as_bytes());
+    k.push(b'@');
+    k.extend_from_slice(version.to_string().as_bytes());
+    k
+}
+
 /// Returns the row key of `(view, version, entity_key)`.
 pub fn row_key(view: &str, version: u32, entity_key: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
@@ -103,8 +138,16 @@ pub struct RowKey<'a> {
 
 /// Parses a row key; `None` if `key` is not a well-formed row key.
 pub fn parse_row_key(key: &[u8]) -> Option<RowKey<'_>> {
+    if key.first() != Some(&ROW_TAG) {
+        return None;
+    }
+    parse_view_key(key)
+}
+
+/// Parses a row or tile-set key (same layout, either tag); `None` if malformed.
+pub fn parse_view_key(key: &[u8]) -> Option<RowKey<'_>> {
     let (&tag, rest) = key.split_first()?;
-    if tag != ROW_TAG || rest.len() < 2 {
+    if !(tag == ROW_TAG || tag == TILE_TAG) || rest.len() < 2 {
         return None;
     }
     let len = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
@@ -159,6 +202,10 @@ mod tests {
         assert_eq!(parse_row_key(b""), None);
         assert_eq!(parse_row_key(&[ROW_TAG, 0, 10, b'a']), None);
         assert_eq!(parse_row_key(&[0x02, 0, 0, 0, 0, 0, 1]), None);
+        let tile = tile_key("v", 2, b"k");
+        assert_eq!(parse_row_key(&tile), None, "a tile key is not a row key");
+        assert_eq!(parse_view_key(&tile).unwrap().entity_key, b"k");
+        assert_eq!(&tile[1..], &row_key("v", 2, b"k")[1..]);
     }
 
     #[test]

@@ -22,7 +22,8 @@ mod shard_store;
 
 pub use engine::{StorageConfig, StorageEngine, TtlTable};
 pub use shard_store::{
-    ApplyOutcome, ConsistentRead, IngestBatch, RowWrite, ShardStore, TopicProgress, Watermark,
+    AggEvent, ApplyOutcome, ConsistentRead, IngestBatch, RowWrite, ShardStore, TopicProgress,
+    Watermark,
 };
 
 use quiver_proto::{Partitioner, ShardId};

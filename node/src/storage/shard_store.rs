@@ -48,22 +48,44 @@ pub struct TopicProgress {
     pub malformed: u64,
 }
 
+/// One raw event of an aggregation view, decoded from a record.
+#[derive(Debug, Clone)]
+pub struct AggEvent {
+    /// Index into [`IngestBatch::progress`] of the topic the record came from.
+    pub topic: usize,
+    /// The aggregation view (version) it counts in.
+    pub view: Arc<crate::registry::FeatureView>,
+    /// Storage key ([`keys::tile_key`]).
+    pub key: Vec<u8>,
+    /// Event time, µs.
+    pub event_time_micros: i64,
+    /// Input values in the aggregation's input order, or `None` for a tombstone (which
+    /// erases the entity's aggregates).
+    pub values: Option<Vec<Option<quiver_proto::v1::value::Kind>>>,
+}
+
 /// Everything one ingest step writes, atomically.
 #[derive(Debug, Clone, Default)]
 pub struct IngestBatch {
     /// Row changes in consumption order.
     pub writes: Vec<RowWrite>,
+    /// Aggregation events in consumption order.
+    pub events: Vec<AggEvent>,
     /// Per-topic progress; `RowWrite::topic` indexes this.
     pub progress: Vec<TopicProgress>,
 }
 
 /// What [`ShardStore::apply`] did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ApplyOutcome {
     /// Writes that changed a row.
     pub applied: u64,
     /// Writes older than the stored row, ignored.
     pub superseded: u64,
+    /// Aggregation events dropped as later than `allowed_lateness`, per view.
+    pub late: Vec<(String, u64)>,
+    /// Aggregation tiles updated.
+    pub tiles_written: u64,
 }
 
 /// A shard replica's RocksDB database.
@@ -283,6 +305,10 @@ impl ShardStore {
             }
         }
 
+        if !batch.events.is_empty() {
+            self.apply_events(&batch.events, &mut wb, &mut per_topic, &mut outcome)?;
+        }
+
         let meta = self.cf(CF_META);
         let mut offsets = self.offsets.lock().unwrap_or_else(|p| p.into_inner());
         let mut next = offsets.clone();
@@ -453,6 +479,28 @@ impl<'a> ConsistentRead<'a> {
         self.known.is_some()
     }
 
+    /// The event-time watermark of aggregation view `(view, version)` as of the snapshot
+    /// (`None`: no event ingested). With `cached_only`, an `Incomplete` error if it is
+    /// not in memory.
+    pub fn event_watermark(
+        &self,
+        view: &str,
+        version: u32,
+        cached_only: bool,
+    ) -> Result<Option<i64>, rocksdb::Error> {
+        let mut o = self.readopts();
+        if cached_only {
+            o.set_read_tier(rocksdb::ReadTier::BlockCache);
+        }
+        let key = keys::event_watermark_key(view, version);
+        let v = self
+            .store
+            .db
+            .get_pinned_cf_opt(self.store.cf(CF_META), key, &o)?;
+        Ok(v.and_then(|b| <[u8; 8]>::try_from(&b[..]).ok())
+            .map(i64::from_le_bytes))
+    }
+
     /// Rows by storage key as of the snapshot, in `keys` order. With `cached_only`,
     /// RocksDB reads only memtables and the block cache: a key that would need disk I/O
     /// answers an `Incomplete` error instead of blocking.
@@ -480,5 +528,6 @@ impl<'a> ConsistentRead<'a> {
     }
 }
 
+mod events;
 #[cfg(test)]
 mod tests;

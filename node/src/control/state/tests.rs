@@ -116,7 +116,7 @@ fn registry_changes_are_validated_and_keep_lineage() {
     );
     // Incompatible: a type change without a new version.
     let mut bad = file.clone();
-    bad.views[0].features[0].value_type = "string".into();
+    bad.views[0].features[0].value_type = Some("string".into());
     let before = s.clone();
     let res = s.apply(&Command::ApplyDefinitions {
         file: bad,
@@ -134,9 +134,8 @@ fn registry_changes_are_validated_and_keep_lineage() {
         .features
         .push(crate::registry::definition::FeatureDef {
             name: "g".into(),
-            value_type: "float64".into(),
-            source_field: None,
-            description: String::new(),
+            value_type: Some("float64".into()),
+            ..Default::default()
         });
     let res = s.apply(&Command::ApplyDefinitions {
         file: good,

@@ -28,6 +28,7 @@ fn batch(writes: Vec<RowWrite>, next_offset: i64) -> IngestBatch {
     let consumed = writes.len() as u64;
     IngestBatch {
         writes,
+        events: Vec::new(),
         progress: vec![TopicProgress {
             topic: "t".into(),
             next_offset,
@@ -67,7 +68,8 @@ fn last_write_wins_by_event_time_within_and_across_batches() {
         out,
         ApplyOutcome {
             applied: 2,
-            superseded: 1
+            superseded: 1,
+            ..Default::default()
         }
     );
     assert_eq!(
@@ -85,7 +87,8 @@ fn last_write_wins_by_event_time_within_and_across_batches() {
         out,
         ApplyOutcome {
             applied: 1,
-            superseded: 1
+            superseded: 1,
+            ..Default::default()
         }
     );
     assert_eq!(

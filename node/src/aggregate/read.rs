@@ -1,0 +1,171 @@
+//! Answering lookups from an entity's encoded tiles, without decoding them into
+//! structures: each wanted feature's window is merged straight from the stored bytes
+//! into a running state, which is then written into its response column.
+
+use quiver_proto::packed::ColumnBuilder;
+use quiver_proto::v1::FeatureStatus;
+
+use super::AggError;
+use super::acc::{Acc, AccKind};
+use super::codec::{Cursor, Scalar};
+use super::hll;
+use super::tiles::{HEADER_LEN, newest, tile_start};
+use crate::registry::aggregation::{Aggregation, Function, LeadingEdge};
+
+/// Reusable state for answering one view's features over many entities.
+pub struct Answerer<'v> {
+    agg: &'v Aggregation,
+    /// Per feature: its state kind, and whether the request wants it.
+    kinds: Vec<AccKind>,
+    wanted: Vec<bool>,
+    /// Whether any wanted feature is in each group.
+    groups_wanted: Vec<bool>,
+}
+
+/// The query time `q` of a lookup at wall-clock `now_micros`, when the shard's event-time
+/// watermark for the view is `watermark` (`None`: no event ingested): `None` when the
+/// view answers from event time and nothing was ingested.
+pub fn query_time(agg: &Aggregation, now_micros: i64, watermark: Option<i64>) -> Option<i64> {
+    match agg.leading_edge {
+        LeadingEdge::Clock => Some(watermark.map_or(now_micros, |w| w.max(now_micros))),
+        LeadingEdge::EventTime => watermark,
+    }
+}
+
+impl<'v> Answerer<'v> {
+    /// Prepares to answer `wanted` (feature indexes of the view).
+    pub fn new(agg: &'v Aggregation, wanted: impl IntoIterator<Item = usize>) -> Self {
+        let kinds: Vec<AccKind> = super::tiles::kinds(agg).collect();
+        let mut w = vec![false; kinds.len()];
+        let mut groups_wanted = vec![false; agg.groups.len()];
+        for f in wanted {
+            w[f] = true;
+            groups_wanted[agg.features[f].group] = true;
+        }
+        Answerer {
+            agg,
+            kinds,
+            wanted: w,
+            groups_wanted,
+        }
+    }
+
+    /// Running states, one per feature (allocated once, reused for every entity).
+    pub fn states(&self) -> Vec<Acc<'static>> {
+        self.kinds.iter().map(|k| k.running()).collect()
+    }
+
+    /// Merges the windows at query time `q` of the wanted features from `blob` into
+    /// `states` (reset first). Returns the entity's newest event time.
+    ///
+    /// # Errors
+    /// [`AggError`] on a corrupt value.
+    pub fn merge<'a>(
+        &self,
+        blob: &'a [u8],
+        q: i64,
+        states: &mut [Acc<'a>],
+    ) -> Result<i64, AggError> {
+        for (s, k) in states.iter_mut().zip(&self.kinds) {
+            s.reset(*k);
+        }
+        let newest = newest(blob)?;
+        let mut c = Cursor {
+            buf: &blob[HEADER_LEN..],
+        };
+        if c.varint()? as usize != self.agg.groups.len() {
+            return Err(AggError::Corrupt("tile groups differ from the view's"));
+        }
+        for (gi, g) in self.agg.groups.iter().enumerate() {
+            let len = c.varint()? as usize;
+            let body = c.bytes(len)?;
+            if !self.groups_wanted[gi] {
+                continue;
+            }
+            let mut gc = Cursor { buf: body };
+            for _ in 0..gc.varint()? {
+                let start = gc.zigzag()?.saturating_mul(g.hop_micros);
+                for &fi in &g.features {
+                    let f = &self.agg.features[fi];
+                    let kind = self.kinds[fi];
+                    let inside = match f.window_micros {
+                        None => true,
+                        Some(w) => start >= tile_start(q.saturating_sub(w), f.hop_micros),
+                    };
+                    if self.wanted[fi] && inside {
+                        kind.merge(&mut gc, &mut states[fi])?;
+                    } else {
+                        kind.skip(&mut gc)?;
+                    }
+                }
+            }
+        }
+        Ok(newest)
+    }
+
+    /// Writes feature `fi`'s answer from its merged state into `b` (NOT_FOUND when its
+    /// window counted nothing), with event time `t` (the entity's newest event).
+    pub fn finish(&self, fi: usize, state: &Acc<'_>, b: &mut ColumnBuilder, t: i64) {
+        if state.n() == 0 {
+            b.push_missing(FeatureStatus::NotFound, 0);
+            return;
+        }
+        let f = &self.agg.features[fi];
+        match state {
+            Acc::Count(n) => b.push_i64(*n as i64, t),
+            Acc::Distinct(_, hll::Sketch::Dense(regs)) => b.push_i64(hll::estimate(regs), t),
+            // Running sketches are dense (`AccKind::running`).
+            Acc::Distinct(..) => b.push_null(t),
+            Acc::SumI(_, v) | Acc::MinI(_, v) | Acc::MaxI(_, v) => b.push_i64(*v, t),
+            Acc::SumF(n, s) if f.function == Function::Avg => b.push_f64(s / *n as f64, t),
+            Acc::SumF(_, v) | Acc::MinF(_, v) | Acc::MaxF(_, v) => b.push_f64(*v, t),
+            Acc::Moments(n, _, m2) => {
+                let var = m2 / *n as f64;
+                b.push_f64(
+                    if f.function == Function::Stddev {
+                        var.sqrt()
+                    } else {
+                        var
+                    },
+                    t,
+                );
+            }
+            Acc::Last(_, _, v) => push_scalar(b, v, t),
+            Acc::LastN(_, items) => {
+                use quiver_proto::v1::FeatureType as W;
+                match b.feature_type() {
+                    W::Int64List => b.push_i64s(
+                        items.iter().map(|(_, v)| match v {
+                            Scalar::Int(x) => *x,
+                            _ => 0,
+                        }),
+                        t,
+                    ),
+                    W::Float64List => b.push_f64s(
+                        items.iter().map(|(_, v)| match v {
+                            Scalar::Float(x) => *x,
+                            _ => 0.0,
+                        }),
+                        t,
+                    ),
+                    _ => b.push_strs(
+                        items.iter().map(|(_, v)| match v {
+                            Scalar::Bytes(x) => x.as_ref(),
+                            _ => &[][..],
+                        }),
+                        t,
+                    ),
+                }
+            }
+        }
+    }
+}
+
+fn push_scalar(b: &mut ColumnBuilder, v: &Scalar<'_>, t: i64) {
+    match v {
+        Scalar::Bool(x) => b.push_bool(*x, t),
+        Scalar::Int(x) => b.push_i64(*x, t),
+        Scalar::Float(x) => b.push_f64(*x, t),
+        Scalar::Bytes(x) => b.push_blob(x, t),
+    }
+}
