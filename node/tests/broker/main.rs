@@ -4,6 +4,7 @@
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
 
+mod aggregations;
 mod cluster;
 mod drain;
 mod fidelity;
