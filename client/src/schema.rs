@@ -35,6 +35,8 @@ struct ViewInfo {
     features: Vec<(String, String)>,
     /// Values older than this are served EXPIRED.
     ttl: Option<std::time::Duration>,
+    /// What a pushed row carries: the features, or an aggregation view's raw inputs.
+    push_fields: Vec<(String, String)>,
 }
 
 /// A validated, indexed [`Schema`].
@@ -62,6 +64,17 @@ impl ClientSchema {
                         v.name,
                         ViewInfo {
                             entity: v.entity,
+                            push_fields: if v.push_fields.is_empty() {
+                                v.features
+                                    .iter()
+                                    .map(|f| (f.name.clone(), f.r#type.clone()))
+                                    .collect()
+                            } else {
+                                v.push_fields
+                                    .into_iter()
+                                    .map(|f| (f.name, f.r#type))
+                                    .collect()
+                            },
                             features: v.features.into_iter().map(|f| (f.name, f.r#type)).collect(),
                             ttl: u64::try_from(v.ttl_micros)
                                 .ok()
@@ -262,7 +275,7 @@ impl ClientSchema {
                 return invalid(format!("rows[{i}] is a delete but also sets features"));
             }
             for (name, value) in &row.features {
-                let Some((_, ty)) = view.features.iter().find(|(n, _)| n == name) else {
+                let Some((_, ty)) = view.push_fields.iter().find(|(n, _)| n == name) else {
                     return Err(Problem::Unknown(format!(
                         "view {view_name:?} has no feature {name:?}"
                     )));
@@ -384,6 +397,7 @@ mod tests {
                     ],
                     topic: "t".into(),
                     ttl_micros: 0,
+                    push_fields: vec![],
                 },
                 ViewSchema {
                     name: "c".into(),
@@ -392,6 +406,22 @@ mod tests {
                     features: vec![],
                     topic: "c".into(),
                     ttl_micros: 0,
+                    push_fields: vec![],
+                },
+                ViewSchema {
+                    name: "aggs".into(),
+                    version: 1,
+                    entity: "user".into(),
+                    features: vec![FeatureSchema {
+                        name: "amount_sum_1h".into(),
+                        r#type: "float64".into(),
+                    }],
+                    topic: "raw".into(),
+                    ttl_micros: 0,
+                    push_fields: vec![FeatureSchema {
+                        name: "amount".into(),
+                        r#type: "float64".into(),
+                    }],
                 },
             ],
             feature_services: vec![FeatureServiceSchema {
@@ -539,5 +569,14 @@ mod tests {
         let three = vec![row("k".into(), &[]); 3];
         assert!(invalid(s.check_push("u", &three)).contains("max_push_rows = 2"));
         assert!(invalid(s.check_push("c", &[row("k".into(), &[])])).contains("int64 keys"));
+        // An aggregation view takes its raw inputs, not its computed features.
+        assert_eq!(
+            s.check_push("aggs", &[row("k".into(), &[("amount", 2.0.into())])]),
+            Ok(())
+        );
+        assert!(matches!(
+            s.check_push("aggs", &[row("k".into(), &[("amount_sum_1h", 2.0.into())])]),
+            Err(Problem::Unknown(_))
+        ));
     }
 }

@@ -56,7 +56,7 @@ impl<'v> Answerer<'v> {
     }
 
     /// Merges the windows at query time `q` of the wanted features from `blob` into
-    /// `states` (reset first). Returns the entity's newest event time.
+    /// `states` (reset first). Returns the entity's newest event time and the tiles read.
     ///
     /// # Errors
     /// [`AggError`] on a corrupt value.
@@ -65,7 +65,8 @@ impl<'v> Answerer<'v> {
         blob: &'a [u8],
         q: i64,
         states: &mut [Acc<'a>],
-    ) -> Result<i64, AggError> {
+    ) -> Result<(i64, u32), AggError> {
+        let mut tiles = 0u32;
         for (s, k) in states.iter_mut().zip(&self.kinds) {
             s.reset(*k);
         }
@@ -83,7 +84,9 @@ impl<'v> Answerer<'v> {
                 continue;
             }
             let mut gc = Cursor { buf: body };
-            for _ in 0..gc.varint()? {
+            let n = gc.varint()?;
+            tiles = tiles.saturating_add(n as u32);
+            for _ in 0..n {
                 let start = gc.zigzag()?.saturating_mul(g.hop_micros);
                 for &fi in &g.features {
                     let f = &self.agg.features[fi];
@@ -100,7 +103,7 @@ impl<'v> Answerer<'v> {
                 }
             }
         }
-        Ok(newest)
+        Ok((newest, tiles))
     }
 
     /// Writes feature `fi`'s answer from its merged state into `b` (NOT_FOUND when its

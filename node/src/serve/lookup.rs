@@ -212,6 +212,7 @@ pub fn execute(
                 fill.row(value.as_deref(), q[si as usize], now_micros, &mut columns)
                     .map_err(|e| ServeError::Storage(format!("shard {shard}: {e}")))?;
             }
+            fill.record_tiles(n);
             continue;
         }
         let outputs = &vp.columns;
@@ -300,6 +301,8 @@ struct AggregateFill<'v, 'a> {
     vp: &'v super::plan::ViewPlan,
     /// `(feature index, slot)` of each wanted feature.
     wanted: Vec<(usize, usize)>,
+    /// Tiles read for this request.
+    tiles: u64,
 }
 
 impl<'v, 'a> AggregateFill<'v, 'a> {
@@ -319,6 +322,15 @@ impl<'v, 'a> AggregateFill<'v, 'a> {
             answerer,
             vp,
             wanted,
+            tiles: 0,
+        }
+    }
+
+    /// Records the tiles read per entity (one histogram sample per request and view).
+    fn record_tiles(&self, entities: usize) {
+        if entities > 0 {
+            metrics::histogram!(crate::metrics::AGG_TILES_PER_READ)
+                .record(self.tiles as f64 / entities as f64);
         }
     }
 
@@ -337,7 +349,8 @@ impl<'v, 'a> AggregateFill<'v, 'a> {
                 .for_each(|c| columns[*c].push_missing(FeatureStatus::NotFound, 0));
             return Ok(());
         };
-        let newest = self.answerer.merge(blob, q, &mut self.states)?;
+        let (newest, tiles) = self.answerer.merge(blob, q, &mut self.states)?;
+        self.tiles += u64::from(tiles);
         if self
             .vp
             .ttl_micros

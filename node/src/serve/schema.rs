@@ -47,6 +47,15 @@ pub fn schema(state: &NodeState, principal: &Principal) -> Schema {
                 ttl_micros: v
                     .ttl
                     .map_or(0, |t| i64::try_from(t.as_micros()).unwrap_or(i64::MAX)),
+                push_fields: v
+                    .aggregation
+                    .iter()
+                    .flat_map(|a| &a.inputs)
+                    .map(|f| FeatureSchema {
+                        name: f.name.clone(),
+                        r#type: f.value_type.as_str().to_owned(),
+                    })
+                    .collect(),
             })
             .collect(),
         feature_services: r
