@@ -1,13 +1,14 @@
-//! The demo's sample data set: per-user transaction features for fraud scoring (JSON) and
-//! per-card risk features (protobuf), with out-of-order events, dormant users whose rows
-//! are past their TTL, and a few malformed records. The generator keeps the expected
-//! latest-by-event-time row of every key so the demo can verify what it serves.
+//! The demo's sample data set: raw card transactions per user (JSON) that an aggregation
+//! view turns into windowed fraud features, per-user profile features (JSON) and per-card
+//! risk features (protobuf), with out-of-order events, dormant users whose rows are past
+//! their TTL, and a few malformed records. The generator keeps every transaction and the
+//! expected latest-by-event-time row of every key so the demo can verify what it serves.
 
 use std::collections::HashMap;
 
 use prost::Message as _;
 use quiver_proto::v1::value::Kind;
-use quiver_proto::v1::{DoubleList, FeatureRow, FloatVector, StringList, Value};
+use quiver_proto::v1::{DoubleList, FeatureRow, FloatVector, Value};
 use serde_json::json;
 
 /// Registry definitions of the demo.
@@ -23,44 +24,81 @@ key_type = "int64"
 description = "a payment card"
 
 [[view]]
-name = "user_txn_features"
+name = "user_txn_aggs"
 entity = "user"
 ttl = "2d"
 owner = "fraud-ml@example.com"
-description = "rolling transaction aggregates per user, computed by the streaming job"
+description = "windowed transaction aggregates per user, computed by the replicas from raw transactions"
 tags = { team = "fraud", tier = "1" }
 [view.source]
-topic = "user_txn_features"
+topic = "transactions"
+format = "json"
+event_time_field = "ts"
+event_time_unit = "millis"
+[view.aggregation]
+allowed_lateness = "8d"
+leading_edge = "event_time"
+[[view.input]]
+name = "amount"
+type = "float64"
+[[view.input]]
+name = "merchant"
+type = "string"
+[[view.input]]
+name = "category"
+type = "string"
+[[view.feature]]
+name = "txn_count_1h"
+function = "count"
+window = "1h"
+[[view.feature]]
+name = "txn_count_24h"
+function = "count"
+window = "24h"
+[[view.feature]]
+name = "amount_sum_24h"
+function = "sum"
+input = "amount"
+window = "24h"
+[[view.feature]]
+name = "amount_avg_7d"
+function = "avg"
+input = "amount"
+window = "7d"
+[[view.feature]]
+name = "amount_max_7d"
+function = "max"
+input = "amount"
+window = "7d"
+[[view.feature]]
+name = "distinct_merchants_24h"
+function = "count_distinct"
+input = "merchant"
+window = "24h"
+[[view.feature]]
+name = "merchant_categories_7d"
+function = "last_n"
+input = "category"
+window = "7d"
+n = 3
+
+[[view]]
+name = "user_profile"
+entity = "user"
+ttl = "2d"
+owner = "fraud-ml@example.com"
+description = "device and location signals per user, computed upstream"
+[view.source]
+topic = "user_profile"
 format = "json"
 event_time_field = "event_time"
 event_time_unit = "millis"
-[[view.feature]]
-name = "txn_count_1h"
-type = "int64"
-[[view.feature]]
-name = "txn_count_24h"
-type = "int64"
-[[view.feature]]
-name = "amount_sum_24h"
-type = "float64"
-[[view.feature]]
-name = "amount_avg_7d"
-type = "float64"
-[[view.feature]]
-name = "amount_max_7d"
-type = "float64"
-[[view.feature]]
-name = "distinct_merchants_24h"
-type = "int64"
 [[view.feature]]
 name = "last_country"
 type = "string"
 [[view.feature]]
 name = "is_new_device"
 type = "bool"
-[[view.feature]]
-name = "merchant_categories_7d"
-type = "string_list"
 [[view.feature]]
 name = "spend_embedding"
 type = "float32_vector"
@@ -89,7 +127,7 @@ type = "float64_list"
 
 [[feature_service]]
 name = "fraud_scoring_v1"
-features = ["user_txn_features:*"]
+features = ["user_txn_aggs:*", "user_profile:*"]
 description = "features of the transaction fraud model v1"
 "#;
 
@@ -145,8 +183,10 @@ pub struct Expected {
 pub struct Dataset {
     /// Records in production order.
     pub records: Vec<Record>,
-    /// Latest user rows by key.
+    /// Latest user profile rows by key.
     pub users: HashMap<String, Expected>,
+    /// Every transaction per user, in production order.
+    pub txns: HashMap<String, Vec<Txn>>,
     /// Latest card rows by key.
     pub cards: HashMap<i64, Expected>,
     /// User keys whose events are older than the view's TTL.
@@ -172,50 +212,83 @@ fn money(rng: &mut Rng, max_cents: u64) -> f64 {
     rng.below(max_cents) as f64 / 100.0
 }
 
-fn user_values(rng: &mut Rng) -> Vec<Option<Kind>> {
-    let n_cat = 1 + rng.below(3) as usize;
-    let cats: Vec<String> = (0..n_cat)
-        .map(|_| CATEGORIES[rng.below(8) as usize].to_owned())
-        .collect();
+fn profile_values(rng: &mut Rng) -> Vec<Option<Kind>> {
     let emb: Vec<f32> = (0..8)
         .map(|_| (rng.below(2001) as f32 - 1000.0) / 1000.0)
         .collect();
     vec![
-        Some(Kind::Int64Value(rng.below(20) as i64)),
-        Some(Kind::Int64Value(rng.below(200) as i64)),
-        Some(Kind::Float64Value(money(rng, 500_000))),
-        Some(Kind::Float64Value(money(rng, 20_000))),
-        Some(Kind::Float64Value(money(rng, 300_000))),
-        Some(Kind::Int64Value(rng.below(40) as i64)),
         Some(Kind::StringValue(
             COUNTRIES[rng.below(8) as usize].to_owned(),
         )),
         Some(Kind::BoolValue(rng.chance(0.05))),
-        Some(Kind::StringList(StringList { values: cats })),
         Some(Kind::Float32Vector(FloatVector { values: emb })),
     ]
 }
 
-fn user_json(event_time_millis: i64, v: &[Option<Kind>]) -> Vec<u8> {
+fn profile_json(event_time_millis: i64, v: &[Option<Kind>]) -> Vec<u8> {
     let get = |i: usize| -> serde_json::Value {
         match &v[i] {
-            Some(Kind::Int64Value(x)) => json!(x),
-            Some(Kind::Float64Value(x)) => json!(x),
             Some(Kind::StringValue(x)) => json!(x),
             Some(Kind::BoolValue(x)) => json!(x),
-            Some(Kind::StringList(x)) => json!(x.values),
             Some(Kind::Float32Vector(x)) => json!(x.values),
             _ => serde_json::Value::Null,
         }
     };
     let doc = json!({
         "event_time": event_time_millis,
-        "txn_count_1h": get(0), "txn_count_24h": get(1), "amount_sum_24h": get(2),
-        "amount_avg_7d": get(3), "amount_max_7d": get(4), "distinct_merchants_24h": get(5),
-        "last_country": get(6), "is_new_device": get(7), "merchant_categories_7d": get(8),
-        "spend_embedding": get(9),
+        "last_country": get(0), "is_new_device": get(1), "spend_embedding": get(2),
     });
     serde_json::to_vec(&doc).expect("json serialises")
+}
+
+/// One raw card transaction.
+#[derive(Debug, Clone)]
+pub struct Txn {
+    /// Event time, ms.
+    pub t_millis: i64,
+    /// Amount, two decimals.
+    pub amount: f64,
+    /// Merchant id.
+    pub merchant: String,
+    /// Merchant category.
+    pub category: &'static str,
+}
+
+fn txn_json(t: &Txn) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "ts": t.t_millis, "amount": t.amount, "merchant": t.merchant, "category": t.category,
+    }))
+    .expect("json serialises")
+}
+
+/// Transactions of one user: at least one in the last hour, the rest over 7 days (a
+/// dormant user's all 3 to 7 days old), in a shuffled delivery order.
+fn user_txns(rng: &mut Rng, now_millis: i64, dormant: bool) -> Vec<Txn> {
+    const MIN: i64 = 60_000;
+    let n = 2 + rng.below(6) as usize;
+    let mut out: Vec<Txn> = (0..n)
+        .map(|i| {
+            let age = if dormant {
+                3 * 1440 * MIN + rng.below((4 * 1440 * MIN - MIN) as u64) as i64
+            } else if i == 0 || rng.chance(0.3) {
+                MIN + rng.below((50 * MIN) as u64) as i64
+            } else if rng.chance(0.5) {
+                rng.below((24 * 60 * MIN) as u64) as i64 + MIN
+            } else {
+                rng.below((7 * 1440 * MIN - 60 * MIN) as u64) as i64 + MIN
+            };
+            Txn {
+                t_millis: now_millis - age,
+                amount: money(rng, 200_000),
+                merchant: format!("m{}", rng.below(500)),
+                category: CATEGORIES[rng.below(8) as usize],
+            }
+        })
+        .collect();
+    for i in (1..out.len()).rev() {
+        out.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+    out
 }
 
 fn card_values(rng: &mut Rng) -> Vec<Option<Kind>> {
@@ -264,6 +337,7 @@ pub fn generate(
     let mut rng = Rng::new(seed);
     let mut records = Vec::with_capacity(users * events_per_user + cards * 2 + malformed);
     let mut expected_users = HashMap::with_capacity(users);
+    let mut txns = HashMap::with_capacity(users);
     let mut dormant_users = Vec::new();
     for u in 0..users {
         let key = format!("user-{u:06}");
@@ -278,7 +352,7 @@ pub fn generate(
             .map(|i| {
                 (
                     base + (i as i64) * 60_000 + rng.below(59_000) as i64,
-                    user_values(&mut rng),
+                    profile_values(&mut rng),
                 )
             })
             .collect();
@@ -303,11 +377,20 @@ pub fn generate(
         }
         for (t, v) in &events {
             records.push(Record {
-                topic: "user_txn_features",
+                topic: "user_profile",
                 key: key.clone().into_bytes(),
-                payload: Some(user_json(*t, v)),
+                payload: Some(profile_json(*t, v)),
             });
         }
+        let user_txns = user_txns(&mut rng, now_millis, dormant);
+        for t in &user_txns {
+            records.push(Record {
+                topic: "transactions",
+                key: key.clone().into_bytes(),
+                payload: Some(txn_json(t)),
+            });
+        }
+        txns.insert(key, user_txns);
     }
     let mut expected_cards = HashMap::with_capacity(cards);
     for c in 0..cards {
@@ -338,17 +421,17 @@ pub fn generate(
     for i in 0..malformed {
         let r = match i % 4 {
             0 => Record {
-                topic: "user_txn_features",
+                topic: "transactions",
                 key: b"user-bad".to_vec(),
-                payload: Some(br#"{"event_time": 1, "txn_count_1h": "many"}"#.to_vec()),
+                payload: Some(br#"{"ts": 1, "amount": "many"}"#.to_vec()),
             },
             1 => Record {
-                topic: "user_txn_features",
+                topic: "user_profile",
                 key: b"user-bad".to_vec(),
                 payload: Some(br#"{"event_time": 1, "#.to_vec()),
             },
             2 => Record {
-                topic: "user_txn_features",
+                topic: "transactions",
                 key: Vec::new(),
                 payload: Some(br#"{"event_time": 1}"#.to_vec()),
             },
@@ -364,6 +447,7 @@ pub fn generate(
     Dataset {
         records,
         users: expected_users,
+        txns,
         cards: expected_cards,
         dormant_users,
         malformed,

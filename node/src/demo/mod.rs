@@ -7,6 +7,7 @@
 //! what was produced, and prints a table and the measured latencies.
 
 mod data;
+mod verify;
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -28,13 +29,18 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
+/// The demo's source topics: raw transactions (aggregated by the replicas), user profile
+/// rows, card risk rows.
+const TOPICS: [&str; 3] = ["transactions", "user_profile", "card_risk"];
+
 /// Demo options.
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
     /// Users (entities of the JSON view).
     #[arg(long, default_value_t = 20_000)]
     users: usize,
-    /// Events per user (out of order for some users).
+    /// Profile events per user (out of order for some users); each user also has 2–7
+    /// raw transactions.
     #[arg(long, default_value_t = 3)]
     events_per_user: usize,
     /// Cards (entities of the protobuf view).
@@ -301,7 +307,7 @@ pub async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     );
     let mock = MockCluster::new(1).context("start librdkafka mock cluster")?;
     let bootstrap = mock.bootstrap_servers();
-    for t in ["user_txn_features", "card_risk"] {
+    for t in TOPICS {
         mock.create_topic(t, args.shards as i32, 1)
             .with_context(|| format!("create topic {t}"))?;
     }
@@ -320,9 +326,10 @@ pub async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     let records =
         tokio::task::spawn_blocking(move || produce(&bs, &records).map(|()| records)).await??;
     println!(
-        "produced {n_records} records ({} users × {} events, {} cards × 2, {} malformed) in {:.2?}",
+        "produced {n_records} records ({} users × {} profile events + {} transactions, {} cards × 2, {} malformed) in {:.2?}",
         args.users,
         args.events_per_user,
+        ds.txns.values().map(Vec::len).sum::<usize>(),
         args.cards,
         ds.malformed,
         t.elapsed()
@@ -331,10 +338,7 @@ pub async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     let want = {
         let bs = bootstrap.clone();
         let shards = args.shards;
-        tokio::task::spawn_blocking(move || {
-            produced_totals(&bs, &["user_txn_features", "card_risk"], shards)
-        })
-        .await??
+        tokio::task::spawn_blocking(move || produced_totals(&bs, &TOPICS, shards)).await??
     };
 
     let dir = tempfile::tempdir()?;
@@ -355,21 +359,18 @@ pub async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
         .enumerate()
         .flat_map(|(i, c)| c.shards.iter().map(move |&s| (s, i)))
         .collect();
-    let user_features: Vec<String> = [
-        "txn_count_1h",
-        "txn_count_24h",
-        "amount_sum_24h",
-        "amount_avg_7d",
-        "amount_max_7d",
-        "distinct_merchants_24h",
-        "last_country",
-        "is_new_device",
-        "merchant_categories_7d",
-        "spend_embedding",
-    ]
-    .iter()
-    .map(|f| format!("user_txn_features:{f}"))
-    .collect();
+    let user_features: Vec<String> = verify::USER_FEATURES
+        .iter()
+        .map(|f| (*f).to_owned())
+        .collect();
+    let watermarks = verify::shard_watermarks(&ds.txns, args.shards);
+    let expected = |user: &str| {
+        let shard = Partitioner::Murmur2
+            .shard_for_key(user.as_bytes(), args.shards)
+            .0;
+        let q = watermarks.get(&shard).copied().unwrap_or(0);
+        verify::expected_row(&ds.txns, &ds.users, user, q, now_millis() * 1000)
+    };
 
     // Sample table: three active users, a dormant one (past TTL) and an unknown one.
     let mut sample: Vec<String> = (0..3)
@@ -389,7 +390,7 @@ pub async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     let rows = lookup(&clients, &owner, args.shards, &user_features, &keys, &kb).await?;
     println!();
     println!(
-        "{:<14} {:>10} {:>8} {:>14} {:>8} {:>8}  categories_7d",
+        "{:<14} {:>10} {:>8} {:>14} {:>8} {:>8}  categories_7d (last 3)",
         "user", "status", "cnt_1h", "sum_24h", "country", "new_dev"
     );
     for (key, row) in sample.iter().zip(&rows) {
@@ -400,9 +401,9 @@ pub async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
             "{key:<14} {status:>10} {:>8} {:>14} {:>8} {:>8}  {}",
             fmt_kind(&row[0].1),
             fmt_kind(&row[2].1),
-            fmt_kind(&row[6].1),
             fmt_kind(&row[7].1),
-            fmt_kind(&row[8].1)
+            fmt_kind(&row[8].1),
+            fmt_kind(&row[6].1)
         );
     }
     println!();
@@ -427,22 +428,12 @@ pub async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
         let rows = lookup(&clients, &owner, args.shards, &user_features, &keys, &kb).await?;
         latencies.push(started.elapsed());
         for (key, row) in batch.iter().zip(&rows) {
-            let exp = &ds.users[*key];
-            let dormant = exp.event_time_micros < (now_millis() - 2 * 86_400_000) * 1000;
-            let ok = row.iter().enumerate().all(|(i, (status, value, et))| {
-                if dormant {
-                    *status == FeatureStatus::Expired as i32 && value.is_none()
-                } else {
-                    *status == FeatureStatus::Present as i32
-                        && *value == exp.values[i]
-                        && *et == exp.event_time_micros
-                }
-            });
+            let want = expected(key);
             checked += 1;
-            if !ok {
+            if !verify::row_matches(row, &want) {
                 mismatches += 1;
                 if mismatches <= 3 {
-                    eprintln!("mismatch for {key}: got {row:?}, expected {exp:?}");
+                    eprintln!("mismatch for {key}: got {row:?}, expected {want:?}");
                 }
             }
         }

@@ -192,3 +192,15 @@ fn an_aggregation_view_changes_only_by_a_new_version() {
         "{changes:?}"
     );
 }
+
+#[test]
+fn the_documented_example_applies() {
+    let text = include_str!("../../../../docs/examples/aggregations.toml");
+    let r = Registry::in_memory();
+    r.apply_toml(text, false).unwrap();
+    let snap = r.snapshot();
+    let agg = snap.views["user_txn_aggs"].aggregation.clone().unwrap();
+    assert_eq!(agg.features.len(), 10);
+    // 1h at 5m (13) + 24h/7d at 1h (169) + 30d at 1d (31) + lifetime (1).
+    assert_eq!(agg.max_tiles_per_entity(), 13 + 169 + 31 + 1);
+}
