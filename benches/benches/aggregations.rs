@@ -5,7 +5,9 @@
 //!   float64 features and an aggregation view of six windowed features (1 h, 24 h and
 //!   7 d windows), in steady state: each store is first filled with seven days of
 //!   history (an event per entity per hour), and the measured records continue it;
-//! - lookup: 100 keys × the six features of each view (plan, reads, answer assembly).
+//! - lookup: 100 keys × the six features of each view (plan, reads, answer assembly),
+//!   measured first, on the filled stores (both flushed to files, read through the
+//!   block cache).
 //!
 //! Run: `cargo bench -p quiver-bench --bench aggregations`.
 
@@ -187,38 +189,35 @@ fn benches(c: &mut Criterion) {
     let registry = Registry::in_memory();
     registry.apply_toml(DEFS, false).expect("valid");
     let snap = registry.snapshot();
-    let views = [snap.views["plain"].clone(), snap.views["aggs"].clone()];
-    // Seven days of history: an event per entity per hour, ending now.
-    let history = 7 * 24 * ENTITIES;
-    let step = HOUR_MS / ENTITIES as i64;
-    let start = now_ms() - 7 * 24 * HOUR_MS;
-    let mut stores = Vec::new();
-    for (s, view) in views.iter().enumerate() {
-        let store = Arc::new(
-            engine
-                .open_shard(ShardId(s as u32), 1, Partitioner::Murmur2)
-                .expect("open"),
-        );
-        for first in (0..history).step_by(2_000) {
-            ingest(&store, view, first, 2_000, start, step);
+    // Seven days of history ending now, per entity an event every `every` hours: `dense`
+    // fills every hourly tile of the 7-day windows (the worst case), `typical` (every 6
+    // hours, 4 a day) is closer to a card holder's transactions.
+    let mut cases = Vec::new();
+    for (density, every) in [("dense", 1i64), ("typical", 6)] {
+        for name in ["plain", "aggs"] {
+            let view = snap.views[name].clone();
+            let history = 7 * 24 * ENTITIES / every as u64;
+            let step = every * HOUR_MS / ENTITIES as i64;
+            let start = now_ms() - 7 * 24 * HOUR_MS;
+            let store = Arc::new(
+                engine
+                    .open_shard(ShardId(cases.len() as u32), 1, Partitioner::Murmur2)
+                    .expect("open"),
+            );
+            for first in (0..history).step_by(2_000) {
+                ingest(&store, &view, first, 2_000, start, step);
+            }
+            store.flush().expect("flushed");
+            cases.push((
+                format!("{name}-{density}"),
+                view,
+                store,
+                history,
+                start,
+                step,
+            ));
         }
-        store.flush().expect("flushed");
-        stores.push(store);
     }
-
-    let mut g = c.benchmark_group("ingest_per_record");
-    g.throughput(Throughput::Elements(BATCH));
-    for (view, store) in views.iter().zip(&stores) {
-        // Continues the history at the same rate (each entity once an hour).
-        let mut next = history;
-        g.bench_function(BenchmarkId::new(view.name.clone(), BATCH), |b| {
-            b.iter(|| {
-                ingest(store, view, next, BATCH, start, step);
-                next += BATCH;
-            })
-        });
-    }
-    g.finish();
 
     let limits = NodeConfigFile::default()
         .validate()
@@ -226,7 +225,7 @@ fn benches(c: &mut Criterion) {
         .limits;
     let mut g = c.benchmark_group("lookup_100_keys_6_features");
     g.throughput(Throughput::Elements(100));
-    for (view, store) in views.iter().zip(&stores) {
+    for (id, view, store, ..) in &cases {
         let req = GetOnlineFeaturesRequest {
             features: vec![format!("{}:*", view.name)],
             entity_keys: (0..100)
@@ -236,7 +235,7 @@ fn benches(c: &mut Criterion) {
         };
         let plans = PlanCache::default();
         let local = std::collections::HashMap::from([(ShardId(0), store.clone())]);
-        g.bench_function(BenchmarkId::new(view.name.clone(), 100), |b| {
+        g.bench_function(BenchmarkId::new(id.clone(), 100), |b| {
             b.iter(|| {
                 let compiled = plans.plan(&req, &snap, &limits).expect("valid");
                 let plan =
@@ -248,6 +247,20 @@ fn benches(c: &mut Criterion) {
                     other => other,
                 };
                 black_box(resp.expect("lookup"))
+            })
+        });
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("ingest_per_record");
+    g.throughput(Throughput::Elements(BATCH));
+    for (id, view, store, history, start, step) in &cases {
+        // Continues the history at the same rate.
+        let mut next = *history;
+        g.bench_function(BenchmarkId::new(id.clone(), BATCH), |b| {
+            b.iter(|| {
+                ingest(store, view, next, BATCH, *start, *step);
+                next += BATCH;
             })
         });
     }

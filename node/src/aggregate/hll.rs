@@ -28,13 +28,63 @@ fn split(hash: u64) -> (usize, u8) {
     (idx, rank)
 }
 
-/// A sketch being written (owned, ingest side).
+/// 2^-r, exactly, from the exponent bits (ranks are at most 55).
+fn inv_pow2(r: u8) -> f64 {
+    f64::from_bits((1023 - u64::from(r.min(64))) << 52)
+}
+
+/// The registers a lookup merges a window's sketches into, with the estimator's sum
+/// `Σ 2^-register` and zero count kept up to date on every raise, so the estimate costs
+/// nothing per register.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Registers {
+    regs: Box<[u8; REGISTERS]>,
+    sum: f64,
+    zeros: u32,
+}
+
+impl Default for Registers {
+    fn default() -> Self {
+        Registers {
+            regs: Box::new([0u8; REGISTERS]),
+            sum: REGISTERS as f64,
+            zeros: REGISTERS as u32,
+        }
+    }
+}
+
+impl Registers {
+    /// Back to empty, keeping the allocation.
+    pub fn reset(&mut self) {
+        self.regs.fill(0);
+        self.sum = REGISTERS as f64;
+        self.zeros = REGISTERS as u32;
+    }
+
+    fn raise(&mut self, i: usize, rank: u8) {
+        let old = self.regs[i];
+        if rank > old {
+            self.sum += inv_pow2(rank) - inv_pow2(old);
+            self.zeros -= u32::from(old == 0);
+            self.regs[i] = rank;
+        }
+    }
+
+    /// The distinct-count estimate (rounded).
+    pub fn estimate(&self) -> i64 {
+        estimate_from(self.sum, self.zeros as usize)
+    }
+}
+
+/// A sketch being written (owned, ingest side), or a lookup's running registers.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Sketch {
     /// Sorted (register, rank) pairs.
     Sparse(Vec<(u16, u8)>),
     /// Every register.
     Dense(Box<[u8; REGISTERS]>),
+    /// A lookup's merge target.
+    Running(Registers),
 }
 
 impl Default for Sketch {
@@ -49,6 +99,7 @@ impl Sketch {
         let (idx, rank) = split(hash);
         match self {
             Sketch::Dense(r) => r[idx] = r[idx].max(rank),
+            Sketch::Running(r) => r.raise(idx, rank),
             Sketch::Sparse(v) => {
                 match v.binary_search_by_key(&(idx as u16), |(i, _)| *i) {
                     Ok(p) => v[p].1 = v[p].1.max(rank),
@@ -79,6 +130,10 @@ impl Sketch {
                 out.push(DENSE);
                 out.extend_from_slice(&r[..]);
             }
+            Sketch::Running(r) => {
+                out.push(DENSE);
+                out.extend_from_slice(&r.regs[..]);
+            }
         }
     }
 
@@ -88,6 +143,7 @@ impl Sketch {
             SketchRef::Sparse(raw) => Sketch::Sparse(
                 raw.chunks_exact(3)
                     .map(|e| (u16::from_le_bytes([e[0], e[1]]), e[2]))
+                    .filter(|(i, _)| usize::from(*i) < REGISTERS)
                     .collect(),
             ),
             SketchRef::Dense(raw) => {
@@ -116,14 +172,9 @@ impl<'a> SketchRef<'a> {
                 if k > REGISTERS {
                     return Err(AggError::Corrupt("sparse sketch longer than its registers"));
                 }
-                let raw = c.bytes(k * 3)?;
-                if raw
-                    .chunks_exact(3)
-                    .any(|e| usize::from(u16::from_le_bytes([e[0], e[1]])) >= REGISTERS)
-                {
-                    return Err(AggError::Corrupt("sketch register out of range"));
-                }
-                Ok(SketchRef::Sparse(raw))
+                // Register indexes are checked where they are used (`merge_into`,
+                // `Sketch::read`), not in a pass of their own.
+                Ok(SketchRef::Sparse(c.bytes(k * 3)?))
             }
             DENSE => Ok(SketchRef::Dense(c.bytes(REGISTERS)?)),
             _ => Err(AggError::Corrupt("unknown sketch mode")),
@@ -131,17 +182,20 @@ impl<'a> SketchRef<'a> {
     }
 
     /// Folds this sketch into `regs` (register-wise maximum).
-    pub fn merge_into(self, regs: &mut [u8; REGISTERS]) {
+    pub fn merge_into(self, regs: &mut Registers) {
         match self {
             SketchRef::Sparse(raw) => {
                 for e in raw.chunks_exact(3) {
+                    // A corrupt index is ignored rather than trusted.
                     let i = usize::from(u16::from_le_bytes([e[0], e[1]]));
-                    regs[i] = regs[i].max(e[2]);
+                    if i < REGISTERS {
+                        regs.raise(i, e[2]);
+                    }
                 }
             }
             SketchRef::Dense(raw) => {
-                for (r, v) in regs.iter_mut().zip(raw) {
-                    *r = (*r).max(*v);
+                for (i, v) in raw.iter().enumerate() {
+                    regs.raise(i, *v);
                 }
             }
         }
@@ -150,14 +204,20 @@ impl<'a> SketchRef<'a> {
 
 /// The estimate of a merged register set (rounded to the nearest integer).
 pub fn estimate(regs: &[u8; REGISTERS]) -> i64 {
-    let m = REGISTERS as f64;
-    let alpha = 0.7213 / (1.0 + 1.079 / m);
     let mut sum = 0.0;
     let mut zeros = 0usize;
     for &r in regs {
-        sum += 2f64.powi(-i32::from(r));
+        sum += inv_pow2(r);
         zeros += usize::from(r == 0);
     }
+    estimate_from(sum, zeros)
+}
+
+/// HyperLogLog's estimate from `Σ 2^-register` and the zero registers, with linear
+/// counting for small cardinalities.
+fn estimate_from(sum: f64, zeros: usize) -> i64 {
+    let m = REGISTERS as f64;
+    let alpha = 0.7213 / (1.0 + 1.079 / m);
     let raw = alpha * m * m / sum;
     let e = if raw <= 2.5 * m && zeros > 0 {
         m * (m / zeros as f64).ln()
@@ -179,13 +239,18 @@ mod tests {
         }
         let mut buf = Vec::new();
         s.put(&mut buf);
-        let mut regs = [0u8; REGISTERS];
+        let mut regs = Registers::default();
         SketchRef::read(&mut Cursor { buf: &buf })
             .unwrap()
             .merge_into(&mut regs);
         let back = Sketch::read(&mut Cursor { buf: &buf }).unwrap();
         assert_eq!(back, s, "encoding round-trips");
-        (estimate(&regs), s)
+        assert_eq!(
+            regs.estimate(),
+            estimate(&regs.regs),
+            "running = batch estimate"
+        );
+        (regs.estimate(), s)
     }
 
     #[test]
@@ -216,7 +281,7 @@ mod tests {
         let (_, a) = count(0..3000);
         let (_, b) = count(2000..6000);
         let (whole, _) = count(0..6000);
-        let mut regs = [0u8; REGISTERS];
+        let mut regs = Registers::default();
         for s in [&a, &b] {
             let mut buf = Vec::new();
             s.put(&mut buf);
@@ -224,6 +289,6 @@ mod tests {
                 .unwrap()
                 .merge_into(&mut regs);
         }
-        assert_eq!(estimate(&regs), whole);
+        assert_eq!(regs.estimate(), whole);
     }
 }

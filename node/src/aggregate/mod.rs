@@ -27,6 +27,7 @@ pub mod hll;
 #[cfg(test)]
 mod oracle_tests;
 pub mod read;
+pub mod split;
 pub mod tiles;
 
 /// Why stored tiles could not be decoded.

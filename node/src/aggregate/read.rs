@@ -9,7 +9,7 @@ use super::AggError;
 use super::acc::{Acc, AccKind};
 use super::codec::{Cursor, Scalar};
 use super::hll;
-use super::tiles::{HEADER_LEN, newest, tile_start};
+use super::tiles::{newest, stored_groups, tile_start};
 use crate::registry::aggregation::{Aggregation, Function, LeadingEdge};
 
 /// Reusable state for answering one view's features over many entities.
@@ -55,54 +55,78 @@ impl<'v> Answerer<'v> {
         self.kinds.iter().map(|k| k.running()).collect()
     }
 
-    /// Merges the windows at query time `q` of the wanted features from `blob` into
-    /// `states` (reset first). Returns the entity's newest event time and the tiles read.
+    /// Merges the windows at query time `q` of the wanted features from an entity's
+    /// stored parts (older tiles, recent tiles; either may be missing) into `states`
+    /// (reset first). Returns the entity's newest event time and the tiles read.
     ///
     /// # Errors
     /// [`AggError`] on a corrupt value.
     pub fn merge<'a>(
         &self,
+        parts: [Option<&'a [u8]>; 2],
+        q: i64,
+        states: &mut [Acc<'a>],
+    ) -> Result<(i64, u32), AggError> {
+        for (s, k) in states.iter_mut().zip(&self.kinds) {
+            s.reset(*k);
+        }
+        let (mut newest_all, mut tiles) = (i64::MIN, 0u32);
+        // Older tiles first: `last` and `last_n` merge oldest first.
+        for blob in parts.into_iter().flatten() {
+            let (newest, n) = self.merge_one(blob, q, states)?;
+            newest_all = newest_all.max(newest);
+            tiles = tiles.saturating_add(n);
+        }
+        Ok((newest_all, tiles))
+    }
+
+    fn merge_one<'a>(
+        &self,
         blob: &'a [u8],
         q: i64,
         states: &mut [Acc<'a>],
     ) -> Result<(i64, u32), AggError> {
-        let mut tiles = 0u32;
-        for (s, k) in states.iter_mut().zip(&self.kinds) {
-            s.reset(*k);
-        }
         let newest = newest(blob)?;
-        let mut c = Cursor {
-            buf: &blob[HEADER_LEN..],
-        };
-        if c.varint()? as usize != self.agg.groups.len() {
-            return Err(AggError::Corrupt("tile groups differ from the view's"));
-        }
-        for (gi, g) in self.agg.groups.iter().enumerate() {
-            let len = c.varint()? as usize;
-            let body = c.bytes(len)?;
-            if !self.groups_wanted[gi] {
-                continue;
-            }
-            let mut gc = Cursor { buf: body };
-            let n = gc.varint()?;
-            tiles = tiles.saturating_add(n as u32);
-            for _ in 0..n {
-                let start = gc.zigzag()?.saturating_mul(g.hop_micros);
-                for &fi in &g.features {
+        let mut tiles = 0u32;
+        stored_groups(
+            self.agg,
+            blob,
+            |gi, group| {
+                let n = group.len();
+                tiles = tiles.saturating_add(n as u32);
+                for (&fi, col) in self.agg.groups[gi].features.iter().zip(&group.columns) {
+                    if !self.wanted[fi] {
+                        continue;
+                    }
                     let f = &self.agg.features[fi];
-                    let kind = self.kinds[fi];
-                    let inside = match f.window_micros {
-                        None => true,
-                        Some(w) => start >= tile_start(q.saturating_sub(w), f.hop_micros),
+                    let from = match f.window_micros {
+                        None => 0,
+                        Some(w) => group.first_from(tile_start(q.saturating_sub(w), f.hop_micros)),
                     };
-                    if self.wanted[fi] && inside {
-                        kind.merge(&mut gc, &mut states[fi])?;
-                    } else {
-                        kind.skip(&mut gc)?;
+                    let kind = self.kinds[fi];
+                    match kind.fixed_width() {
+                        Some(width) => {
+                            if col.len() != n * width {
+                                return Err(AggError::Corrupt("fixed column of another length"));
+                            }
+                            kind.merge_fixed(&col[from * width..], &mut states[fi]);
+                        }
+                        None => {
+                            let mut c = Cursor { buf: col };
+                            for i in 0..n {
+                                if i < from {
+                                    kind.skip(&mut c)?;
+                                } else {
+                                    kind.merge(&mut c, &mut states[fi])?;
+                                }
+                            }
+                        }
                     }
                 }
-            }
-        }
+                Ok(())
+            },
+            |gi| self.groups_wanted[gi],
+        )?;
         Ok((newest, tiles))
     }
 
@@ -116,8 +140,8 @@ impl<'v> Answerer<'v> {
         let f = &self.agg.features[fi];
         match state {
             Acc::Count(n) => b.push_i64(*n as i64, t),
-            Acc::Distinct(_, hll::Sketch::Dense(regs)) => b.push_i64(hll::estimate(regs), t),
-            // Running sketches are dense (`AccKind::running`).
+            Acc::Distinct(_, hll::Sketch::Running(regs)) => b.push_i64(regs.estimate(), t),
+            // Running sketches are registers (`AccKind::running`).
             Acc::Distinct(..) => b.push_null(t),
             Acc::SumI(_, v) | Acc::MinI(_, v) | Acc::MaxI(_, v) => b.push_i64(*v, t),
             Acc::SumF(n, s) if f.function == Function::Avg => b.push_f64(s / *n as f64, t),

@@ -1,36 +1,60 @@
 //! An entity's tiles: every partial aggregate of one (view, version, entity), stored as one
 //! value so that ingest updates it with one read-modify-write and a lookup reads it with
-//! one point read — the same cost as a plain row.
+//! one point read — the same number of RocksDB operations as a plain row.
+//!
+//! Column-major, so a lookup merges a window with a tight loop over fixed-width words
+//! and ingest touches only the bytes of the tile an event lands in:
 //!
 //! ```text
-//! u8 format (0xA1) | u8 flags (0) | i64 LE newest event time (µs) |
-//! varint groups | per group: varint byte length | varint tiles |
-//!   per tile: zigzag (start / hop) | one state per feature of the group (see acc)
+//! u8 format (0xA3) | u8 flags (0) | i64 LE newest event time (µs) | varint groups |
+//! per group (one per tile resolution): varint byte length |
+//!   i64 LE body end (in a head: the last tile start of the body, i64::MIN if none) |
+//!   u32 LE tiles | tiles × i64 LE start (ascending) |
+//!   per feature of the group: u32 LE byte length | column
+//! column: fixed-width states (acc::AccKind::fixed_width): tiles × entry;
+//!         otherwise tiles × the state's variable encoding (see acc)
 //! ```
 //!
-//! Groups are the view's tile resolutions (features sharing a hop share tiles); tiles are
-//! sorted by start. The fixed header matches a row's, so the TTL compaction filter reads
-//! the newest event time the same way.
+//! The fixed header matches a row's, so the TTL compaction filter reads the newest event
+//! time the same way.
+
+use std::borrow::Cow;
 
 use quiver_proto::v1::value::Kind;
 
 use super::AggError;
-use super::acc::{Acc, AccKind};
-use super::codec::{Cursor, Scalar, put_varint, put_zigzag};
+use super::acc::AccKind;
+use super::codec::{Cursor, Scalar, put_varint};
 use crate::registry::aggregation::{Aggregation, Constant, Filter};
 
 /// Format byte of an encoded tile set.
-pub const TILES_FORMAT: u8 = 0xA1;
+pub const TILES_FORMAT: u8 = 0xA3;
 /// Bytes before the groups.
 pub const HEADER_LEN: usize = 10;
+/// The empty variable-width state (`varint n = 0`).
+const EMPTY_STATE: &[u8] = &[0];
 
-/// One tile: the partial aggregates of the events in `[start, start + hop)`.
+/// One feature's states over a group's tiles, being updated.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Tile<'a> {
-    /// Start, µs (0 for the lifetime tile).
-    pub start: i64,
-    /// One state per feature of the group, in slot order.
-    pub accs: Vec<Acc<'a>>,
+pub enum Column<'a> {
+    /// Fixed-width entries, one per tile.
+    Fixed {
+        /// Bytes per entry.
+        width: usize,
+        /// `tiles × width` bytes.
+        data: Vec<u8>,
+    },
+    /// One encoded state per tile; untouched ones stay borrowed from the stored value.
+    Var(Vec<Cow<'a, [u8]>>),
+}
+
+/// One tile resolution's tiles, being updated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Group<'a> {
+    /// Tile starts, µs, ascending (0 for the lifetime tile).
+    pub starts: Vec<i64>,
+    /// One column per feature of the group, in slot order.
+    pub columns: Vec<Column<'a>>,
 }
 
 /// An entity's tiles, decoded for an update.
@@ -38,8 +62,13 @@ pub struct Tile<'a> {
 pub struct TileSet<'a> {
     /// Newest event time counted, µs (`i64::MIN` when empty).
     pub newest: i64,
-    /// Per group, its tiles by start.
-    pub groups: Vec<Vec<Tile<'a>>>,
+    /// Per tile resolution.
+    pub groups: Vec<Group<'a>>,
+    /// Per group, the smallest tile start an event updated since decoding (`i64::MAX`:
+    /// none): whether the stored body must be rewritten ([`super::split`]).
+    pub touched: Vec<i64>,
+    /// Per group, in a head: the last tile start of the stored body (`i64::MIN`: none).
+    pub body_ends: Vec<i64>,
 }
 
 /// The kind of each feature's state, by feature index.
@@ -65,80 +94,228 @@ pub fn newest(blob: &[u8]) -> Result<i64, AggError> {
 
 /// Floor of `t` to a multiple of `hop` (0 for the lifetime tile).
 pub fn tile_start(t: i64, hop: i64) -> i64 {
-    if hop == 0 { 0 } else { t.div_euclid(hop) * hop }
+    if hop == 0 {
+        0
+    } else {
+        t.div_euclid(hop).saturating_mul(hop)
+    }
+}
+
+/// A group as stored: its tile starts and its columns' bytes, borrowed.
+pub(super) struct StoredGroup<'a> {
+    /// In a head, the last tile start of the body.
+    pub(super) body_end: i64,
+    /// `tiles × 8` bytes of starts.
+    pub(super) starts: &'a [u8],
+    /// The columns, in slot order.
+    pub(super) columns: Vec<&'a [u8]>,
+}
+
+impl StoredGroup<'_> {
+    pub(super) fn len(&self) -> usize {
+        self.starts.len() / 8
+    }
+
+    pub(super) fn start(&self, i: usize) -> i64 {
+        i64::from_le_bytes(self.starts[8 * i..8 * i + 8].try_into().expect("8 bytes"))
+    }
+
+    /// Index of the first tile starting at or after `t`.
+    pub(super) fn first_from(&self, t: i64) -> usize {
+        let (mut lo, mut hi) = (0, self.len());
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if self.start(mid) < t {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
+}
+
+/// Splits the groups of a stored tile set, checking its shape against `agg` (`wanted`:
+/// which groups to split; the others are skipped).
+pub(super) fn stored_groups<'a>(
+    agg: &Aggregation,
+    blob: &'a [u8],
+    mut visit: impl FnMut(usize, StoredGroup<'a>) -> Result<(), AggError>,
+    wanted: impl Fn(usize) -> bool,
+) -> Result<(), AggError> {
+    newest(blob)?;
+    let mut c = Cursor {
+        buf: &blob[HEADER_LEN..],
+    };
+    if c.varint()? as usize != agg.groups.len() {
+        return Err(AggError::Corrupt("tile groups differ from the view's"));
+    }
+    for (gi, g) in agg.groups.iter().enumerate() {
+        let len = c.varint()? as usize;
+        let body = c.bytes(len)?;
+        if !wanted(gi) {
+            continue;
+        }
+        let mut b = Cursor { buf: body };
+        let body_end = i64::from_le_bytes(b.bytes(8)?.try_into().expect("8 bytes"));
+        let tiles = u32::from_le_bytes(b.bytes(4)?.try_into().expect("4 bytes")) as usize;
+        let starts = b.bytes(tiles.checked_mul(8).ok_or(AggError::Truncated)?)?;
+        let mut columns = Vec::with_capacity(g.features.len());
+        for _ in &g.features {
+            let n = u32::from_le_bytes(b.bytes(4)?.try_into().expect("4 bytes")) as usize;
+            columns.push(b.bytes(n)?);
+        }
+        visit(
+            gi,
+            StoredGroup {
+                body_end,
+                starts,
+                columns,
+            },
+        )?;
+    }
+    Ok(())
 }
 
 impl<'a> TileSet<'a> {
     /// No tiles.
     pub fn empty(agg: &Aggregation) -> Self {
+        let kinds: Vec<AccKind> = kinds(agg).collect();
         TileSet {
             newest: i64::MIN,
-            groups: vec![Vec::new(); agg.groups.len()],
+            touched: vec![i64::MAX; agg.groups.len()],
+            body_ends: vec![i64::MIN; agg.groups.len()],
+            groups: agg
+                .groups
+                .iter()
+                .map(|g| Group {
+                    starts: Vec::new(),
+                    columns: g
+                        .features
+                        .iter()
+                        .map(|&f| match kinds[f].fixed_width() {
+                            Some(width) => Column::Fixed {
+                                width,
+                                data: Vec::new(),
+                            },
+                            None => Column::Var(Vec::new()),
+                        })
+                        .collect(),
+                })
+                .collect(),
         }
     }
 
     /// Whether it holds no tile.
     pub fn is_empty(&self) -> bool {
-        self.groups.iter().all(Vec::is_empty)
+        self.groups.iter().all(|g| g.starts.is_empty())
     }
 
-    /// Decodes `blob`.
+    /// Tiles held (for tests and the storage bound).
+    pub fn tile_count(&self) -> usize {
+        self.groups.iter().map(|g| g.starts.len()).sum()
+    }
+
+    /// Decodes `blob` for an update: fixed columns are copied, variable ones split into
+    /// borrowed states (decoded only when an event lands in their tile).
     ///
     /// # Errors
     /// [`AggError`] on a truncated or corrupt value, or one of another shape.
     pub fn decode(agg: &Aggregation, blob: &'a [u8]) -> Result<Self, AggError> {
-        let newest = newest(blob)?;
-        let mut c = Cursor {
-            buf: &blob[HEADER_LEN..],
-        };
-        let n = c.varint()? as usize;
-        if n != agg.groups.len() {
-            return Err(AggError::Corrupt("tile groups differ from the view's"));
-        }
         let kinds: Vec<AccKind> = kinds(agg).collect();
-        let mut groups = Vec::with_capacity(n);
-        for g in &agg.groups {
-            let len = c.varint()? as usize;
-            let mut gc = Cursor { buf: c.bytes(len)? };
-            let tiles = gc.varint()? as usize;
-            let mut list = Vec::with_capacity(tiles);
-            for _ in 0..tiles {
-                let start = gc.zigzag()?.saturating_mul(g.hop_micros);
-                let accs = g
-                    .features
-                    .iter()
-                    .map(|&f| kinds[f].read(&mut gc))
-                    .collect::<Result<Vec<_>, _>>()?;
-                list.push(Tile { start, accs });
-            }
-            groups.push(list);
+        let mut set = TileSet::empty(agg);
+        set.newest = newest(blob)?;
+        stored_groups(
+            agg,
+            blob,
+            |gi, stored| {
+                let n = stored.len();
+                set.body_ends[gi] = stored.body_end;
+                let group = &mut set.groups[gi];
+                group.starts = (0..n).map(|i| stored.start(i)).collect();
+                for ((col, raw), &f) in group
+                    .columns
+                    .iter_mut()
+                    .zip(&stored.columns)
+                    .zip(&agg.groups[gi].features)
+                {
+                    match col {
+                        Column::Fixed { width, data } => {
+                            if raw.len() != n * *width {
+                                return Err(AggError::Corrupt("fixed column of another length"));
+                            }
+                            data.extend_from_slice(raw);
+                        }
+                        Column::Var(cells) => {
+                            let mut c = Cursor { buf: raw };
+                            for _ in 0..n {
+                                let before = c.buf;
+                                kinds[f].skip(&mut c)?;
+                                cells.push(Cow::Borrowed(&before[..before.len() - c.buf.len()]));
+                            }
+                        }
+                    }
+                }
+                Ok(())
+            },
+            |_| true,
+        )?;
+        Ok(set)
+    }
+
+    /// A copy that owns all its bytes.
+    pub fn into_owned(self) -> TileSet<'static> {
+        TileSet {
+            newest: self.newest,
+            touched: self.touched,
+            body_ends: self.body_ends,
+            groups: self
+                .groups
+                .into_iter()
+                .map(|g| Group {
+                    starts: g.starts,
+                    columns: g
+                        .columns
+                        .into_iter()
+                        .map(|c| match c {
+                            Column::Fixed { width, data } => Column::Fixed { width, data },
+                            Column::Var(cells) => Column::Var(
+                                cells
+                                    .into_iter()
+                                    .map(|c| Cow::Owned(c.into_owned()))
+                                    .collect(),
+                            ),
+                        })
+                        .collect(),
+                })
+                .collect(),
         }
-        Ok(TileSet { newest, groups })
     }
 
     /// Encodes into `out` (cleared first).
-    pub fn encode(&self, agg: &Aggregation, out: &mut Vec<u8>) {
+    pub fn encode(&self, out: &mut Vec<u8>) {
         out.clear();
         out.push(TILES_FORMAT);
         out.push(0);
         out.extend_from_slice(&self.newest.to_le_bytes());
         put_varint(out, self.groups.len() as u64);
-        let mut body = Vec::new();
-        for (g, tiles) in agg.groups.iter().zip(&self.groups) {
+        let mut body = Vec::with_capacity(256);
+        for (g, end) in self.groups.iter().zip(&self.body_ends) {
             body.clear();
-            put_varint(&mut body, tiles.len() as u64);
-            for tile in tiles {
-                put_zigzag(
-                    &mut body,
-                    if g.hop_micros == 0 {
-                        0
-                    } else {
-                        tile.start / g.hop_micros
-                    },
-                );
-                for acc in &tile.accs {
-                    acc.put(&mut body);
+            body.extend_from_slice(&end.to_le_bytes());
+            body.extend_from_slice(&(g.starts.len() as u32).to_le_bytes());
+            for s in &g.starts {
+                body.extend_from_slice(&s.to_le_bytes());
+            }
+            for col in &g.columns {
+                let at = body.len();
+                body.extend_from_slice(&[0; 4]);
+                match col {
+                    Column::Fixed { data, .. } => body.extend_from_slice(data),
+                    Column::Var(cells) => cells.iter().for_each(|c| body.extend_from_slice(c)),
                 }
+                let len = (body.len() - at - 4) as u32;
+                body[at..at + 4].copy_from_slice(&len.to_le_bytes());
             }
             put_varint(out, body.len() as u64);
             out.extend_from_slice(&body);
@@ -148,31 +325,45 @@ impl<'a> TileSet<'a> {
     /// Counts one event at `t` with inputs `values` (the aggregation's inputs in order)
     /// into its tile of every resolution, unless that tile is already older than every
     /// window of its resolution at watermark `wm`. Returns the tiles updated.
-    pub fn add(&mut self, agg: &Aggregation, t: i64, values: &'a [Option<Kind>], wm: i64) -> u64 {
+    ///
+    /// # Errors
+    /// [`AggError`] if a stored state it updates is corrupt.
+    pub fn add(
+        &mut self,
+        agg: &Aggregation,
+        t: i64,
+        values: &'a [Option<Kind>],
+        wm: i64,
+    ) -> Result<u64, AggError> {
         let mut updated = 0;
-        for (g, tiles) in agg.groups.iter().zip(self.groups.iter_mut()) {
+        for ((g, group), touched) in agg
+            .groups
+            .iter()
+            .zip(self.groups.iter_mut())
+            .zip(self.touched.iter_mut())
+        {
             let start = tile_start(t, g.hop_micros);
             if g.window_micros
                 .is_some_and(|w| start < tile_start(wm.saturating_sub(w), g.hop_micros))
             {
                 continue;
             }
-            let i = match tiles.binary_search_by_key(&start, |x| x.start) {
+            let i = match group.starts.binary_search(&start) {
                 Ok(i) => i,
                 Err(i) => {
-                    let accs = g
-                        .features
-                        .iter()
-                        .map(|&f| {
-                            let f = &agg.features[f];
-                            AccKind::of(f, f.input.map(|i| agg.inputs[i].value_type)).empty()
-                        })
-                        .collect();
-                    tiles.insert(i, Tile { start, accs });
+                    group.starts.insert(i, start);
+                    for col in &mut group.columns {
+                        match col {
+                            Column::Fixed { width, data } => {
+                                data.splice(i * *width..i * *width, std::iter::repeat_n(0, *width));
+                            }
+                            Column::Var(cells) => cells.insert(i, Cow::Borrowed(EMPTY_STATE)),
+                        }
+                    }
                     i
                 }
             };
-            for (acc, &fi) in tiles[i].accs.iter_mut().zip(&g.features) {
+            for (col, &fi) in group.columns.iter_mut().zip(&g.features) {
                 let f = &agg.features[fi];
                 if f.filter.as_ref().is_some_and(|x| !passes(x, values)) {
                     continue;
@@ -181,28 +372,52 @@ impl<'a> TileSet<'a> {
                 if f.input.is_some() && v.is_none() {
                     continue;
                 }
-                acc.add(v.as_ref(), t, f.n);
+                let kind = AccKind::of(f, f.input.map(|i| agg.inputs[i].value_type));
+                match col {
+                    Column::Fixed { width, data } => {
+                        let e = &mut data[i * *width..(i + 1) * *width];
+                        let mut acc = kind.read_fixed(e);
+                        acc.add(v.as_ref(), t, f.n);
+                        acc.write_fixed(e);
+                    }
+                    Column::Var(cells) => {
+                        let mut acc = kind.read(&mut Cursor { buf: &cells[i] })?;
+                        acc.add(v.as_ref(), t, f.n);
+                        let mut buf = Vec::new();
+                        acc.put(&mut buf);
+                        cells[i] = Cow::Owned(buf);
+                    }
+                }
             }
             updated += 1;
+            *touched = (*touched).min(start);
         }
         self.newest = self.newest.max(t);
-        updated
+        Ok(updated)
     }
 
     /// Drops the tiles older than every window of their resolution at watermark `wm`.
     pub fn trim(&mut self, agg: &Aggregation, wm: i64) {
-        for (g, tiles) in agg.groups.iter().zip(self.groups.iter_mut()) {
+        for (g, group) in agg.groups.iter().zip(self.groups.iter_mut()) {
             if let Some(w) = g.window_micros {
                 let cutoff = tile_start(wm.saturating_sub(w), g.hop_micros);
-                let keep_from = tiles.partition_point(|x| x.start < cutoff);
-                tiles.drain(..keep_from);
+                let k = group.starts.partition_point(|s| *s < cutoff);
+                if k == 0 {
+                    continue;
+                }
+                group.starts.drain(..k);
+                for col in &mut group.columns {
+                    match col {
+                        Column::Fixed { width, data } => {
+                            data.drain(..k * *width);
+                        }
+                        Column::Var(cells) => {
+                            cells.drain(..k);
+                        }
+                    }
+                }
             }
         }
-    }
-
-    /// Tiles held (for tests and the storage bound).
-    pub fn tile_count(&self) -> usize {
-        self.groups.iter().map(Vec::len).sum()
     }
 }
 

@@ -271,11 +271,17 @@ impl Aggregation {
     }
 
     /// The most tiles an entity can hold (the documented storage bound): per resolution,
-    /// its longest window over its hop, plus one.
+    /// its longest window over its hop plus one, and — for windows of 2 hours or more —
+    /// up to a day and two hours of older tiles not yet trimmed from the body
+    /// (`crate::aggregate::split`): `min(window, 26 h) / hop + 1` more.
     pub fn max_tiles_per_entity(&self) -> i64 {
+        const HOUR: i64 = 3_600_000_000;
         self.groups
             .iter()
             .map(|g| match g.window_micros {
+                Some(w) if w >= 2 * HOUR => {
+                    w / g.hop_micros + 1 + w.min(26 * HOUR) / g.hop_micros + 1
+                }
                 Some(w) => w / g.hop_micros + 1,
                 None => 1,
             })

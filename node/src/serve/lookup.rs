@@ -165,9 +165,10 @@ pub fn execute(
     let mut key_buf: Vec<u8> = Vec::new();
     let mut key_ends: Vec<usize> = Vec::new();
     for vp in &compiled.views {
-        let encode_key = match vp.view.aggregation {
-            Some(_) => keys::encode_tile_key,
-            None => keys::encode_row_key,
+        // An aggregation view's entity is two values, its older tiles then its recent ones.
+        let encode_keys: &[EncodeKey] = match vp.view.aggregation {
+            Some(_) => &[keys::encode_tile_body_key, keys::encode_tile_key],
+            None => &[keys::encode_row_key],
         };
         // One multi-get per shard; the pinned values stay valid while `reads` lives.
         let mut fetched: Vec<Vec<Result<Option<DBPinnableSlice<'_>>, rocksdb::Error>>> =
@@ -176,13 +177,15 @@ pub fn execute(
             key_buf.clear();
             key_ends.clear();
             for &row in rows.iter() {
-                encode_key(
-                    &vp.view.name,
-                    vp.view.version,
-                    plan.key(row as usize),
-                    &mut key_buf,
-                );
-                key_ends.push(key_buf.len());
+                for encode_key in encode_keys {
+                    encode_key(
+                        &vp.view.name,
+                        vp.view.version,
+                        plan.key(row as usize),
+                        &mut key_buf,
+                    );
+                    key_ends.push(key_buf.len());
+                }
             }
             let mut start = 0;
             let slices: Vec<&[u8]> = key_ends
@@ -206,11 +209,19 @@ pub fn execute(
             let mut fill = AggregateFill::new(agg, vp);
             for &(si, i) in &locate {
                 let shard = reads[si as usize].0;
-                let value = fetched[si as usize][i as usize]
-                    .as_ref()
-                    .map_err(|e| read_error(shard, e.clone()))?;
-                fill.row(value.as_deref(), q[si as usize], now_micros, &mut columns)
-                    .map_err(|e| ServeError::Storage(format!("shard {shard}: {e}")))?;
+                let part = |j: usize| {
+                    fetched[si as usize][2 * i as usize + j]
+                        .as_ref()
+                        .map(|v| v.as_deref())
+                        .map_err(|e| read_error(shard, e.clone()))
+                };
+                fill.row(
+                    [part(0)?, part(1)?],
+                    q[si as usize],
+                    now_micros,
+                    &mut columns,
+                )
+                .map_err(|e| ServeError::Storage(format!("shard {shard}: {e}")))?;
             }
             fill.record_tiles(n);
             continue;
@@ -285,6 +296,9 @@ pub fn execute(
     })
 }
 
+/// Appends the storage key of `(view, version, entity key)`.
+type EncodeKey = fn(&str, u32, &[u8], &mut Vec<u8>);
+
 /// A failed read: [`ExecError::NeedsIo`] for a cached-only read that needs the disk.
 fn read_error(shard: ShardId, e: rocksdb::Error) -> ExecError {
     if e.kind() == rocksdb::ErrorKind::Incomplete {
@@ -334,22 +348,23 @@ impl<'v, 'a> AggregateFill<'v, 'a> {
         }
     }
 
-    /// Appends one entity's answers (`value`: its stored tile set) at query time `q`.
+    /// Appends one entity's answers (`parts`: its stored older and recent tiles) at
+    /// query time `q`.
     fn row(
         &mut self,
-        value: Option<&'a [u8]>,
+        parts: [Option<&'a [u8]>; 2],
         q: Option<i64>,
         now_micros: i64,
         columns: &mut [ColumnBuilder],
     ) -> Result<(), crate::aggregate::AggError> {
-        let (Some(blob), Some(q)) = (value, q) else {
+        let (true, Some(q)) = (parts.iter().any(Option::is_some), q) else {
             self.vp
                 .columns
                 .iter()
                 .for_each(|c| columns[*c].push_missing(FeatureStatus::NotFound, 0));
             return Ok(());
         };
-        let (newest, tiles) = self.answerer.merge(blob, q, &mut self.states)?;
+        let (newest, tiles) = self.answerer.merge(parts, q, &mut self.states)?;
         self.tiles += u64::from(tiles);
         if self
             .vp

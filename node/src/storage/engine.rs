@@ -85,7 +85,7 @@ pub fn ttl_decision(
     let Some(k) = keys::parse_view_key(key) else {
         return Decision::Keep;
     };
-    let header = if key[0] == keys::TILE_TAG {
+    let header = if key[0] == keys::TILE_TAG || key[0] == keys::TILE_BODY_TAG {
         // An aggregation's tile set: its table entry is how long its newest event stays
         // in some window (see `refresh_ttls`); erasing deletes the key, no marker.
         crate::aggregate::tiles::newest(value).map(|t| row_codec::RowHeader {

@@ -14,8 +14,8 @@
 //! - The entity key bytes are exactly the Kafka record key (string keys: UTF-8; int64 keys:
 //!   decimal text), the same bytes the partitioner hashes.
 //!
-//! Tag `0x02` (same layout): an aggregation view's tile set per entity
-//! ([`crate::aggregate::tiles`]).
+//! Tags `0x02` and `0x04` (same layout): an aggregation view's recent and older tiles per
+//! entity ([`crate::aggregate::tiles`], [`crate::aggregate::split`]).
 //!
 //! Column family `meta`: `o/<topic>` → [`super::OffsetRecord`] (resume position and
 //! counters, written in the same batch as the rows), `e/<view>@<version>` → the newest
@@ -85,6 +85,9 @@ pub fn encode_row_key(view: &str, version: u32, entity_key: &[u8], out: &mut Vec
 
 /// Tag of the aggregation key space: one tile set per (view, version, entity).
 pub const TILE_TAG: u8 = 0x02;
+/// Tag of the aggregation *body* key space: an entity's older tiles, rewritten rarely (see
+/// [`crate::aggregate::split`]); the `0x02` value holds the recent ones.
+pub const TILE_BODY_TAG: u8 = 0x04;
 /// Prefix of per-view-version event-time watermarks in the meta column family.
 pub const EVENT_WATERMARK_PREFIX: &[u8] = b"e/";
 
@@ -94,6 +97,13 @@ pub fn encode_tile_key(view: &str, version: u32, entity_key: &[u8], out: &mut Ve
     let start = out.len();
     encode_row_key(view, version, entity_key, out);
     out[start] = TILE_TAG;
+}
+
+/// Appends the key of the older tiles of `(view, version, entity_key)` to `out`.
+pub fn encode_tile_body_key(view: &str, version: u32, entity_key: &[u8], out: &mut Vec<u8>) {
+    let start = out.len();
+    encode_row_key(view, version, entity_key, out);
+    out[start] = TILE_BODY_TAG;
 }
 
 /// Returns the tile-set key of `(view, version, entity_key)`.
@@ -144,10 +154,10 @@ pub fn parse_row_key(key: &[u8]) -> Option<RowKey<'_>> {
     parse_view_key(key)
 }
 
-/// Parses a row or tile-set key (same layout, either tag); `None` if malformed.
+/// Parses a row or tile-set key (same layout, any of the three tags); `None` if malformed.
 pub fn parse_view_key(key: &[u8]) -> Option<RowKey<'_>> {
     let (&tag, rest) = key.split_first()?;
-    if !(tag == ROW_TAG || tag == TILE_TAG) || rest.len() < 2 {
+    if !(tag == ROW_TAG || tag == TILE_TAG || tag == TILE_BODY_TAG) || rest.len() < 2 {
         return None;
     }
     let len = usize::from(u16::from_be_bytes([rest[0], rest[1]]));

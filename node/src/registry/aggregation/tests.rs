@@ -201,6 +201,7 @@ fn the_documented_example_applies() {
     let snap = r.snapshot();
     let agg = snap.views["user_txn_aggs"].aggregation.clone().unwrap();
     assert_eq!(agg.features.len(), 10);
-    // 1h at 5m (13) + 24h/7d at 1h (169) + 30d at 1d (31) + lifetime (1).
-    assert_eq!(agg.max_tiles_per_entity(), 13 + 169 + 31 + 1);
+    // 1h at 5m (13) + 24h/7d at 1h (169, and 26 + 1 older) + 30d at 1d (31, and 1 + 1
+    // older) + lifetime (1).
+    assert_eq!(agg.max_tiles_per_entity(), 13 + (169 + 27) + (31 + 2) + 1);
 }

@@ -7,6 +7,7 @@ use rocksdb::WriteBatch;
 use tracing::warn;
 
 use super::{AggEvent, ApplyOutcome, CF_META, CF_ROWS, ShardStore};
+use crate::aggregate::split;
 use crate::aggregate::tiles::TileSet;
 use crate::registry::aggregation::Aggregation;
 use crate::storage::{StorageError, keys};
@@ -53,15 +54,19 @@ impl ShardStore {
                 keys_in_order.push(ev);
             }
         }
-        let stored =
-            self.db
-                .batched_multi_get_cf(rows, keys_in_order.iter().map(|e| &e.key), false);
+        // The recent tiles of every entity in one multi-get; older tiles (the body) are
+        // read only when an event lands among them or the boundary moves past some.
+        let stored = self.db.batched_multi_get_cf(
+            rows,
+            keys_in_order.iter().map(|e| e.key.as_slice()),
+            false,
+        );
         let stored: Vec<Option<rocksdb::DBPinnableSlice<'_>>> = stored
             .into_iter()
             .map(|r| r.map_err(|e| self.rocks(e)))
             .collect::<Result<_, _>>()?;
         // Decoded lazily on first use; `None` until then.
-        let mut sets: Vec<Option<TileSet<'_>>> = vec![None; keys_in_order.len()];
+        let mut entities: Vec<Option<Entity<'_>>> = vec![None; keys_in_order.len()];
         let mut late: HashMap<&str, u64> = HashMap::new();
         for ev in events {
             let Some(agg) = ev.view.aggregation.as_deref() else {
@@ -72,11 +77,15 @@ impl ShardStore {
                 .get_mut(&(ev.view.name.as_str(), ev.view.version))
                 .expect("seeded above");
             let counter = &mut per_topic[ev.topic];
-            let set =
-                sets[slot].get_or_insert_with(|| decode(agg, stored[slot].as_deref(), &ev.key));
+            let entity = entities[slot].get_or_insert_with(|| Entity {
+                set: decode(agg, stored[slot].as_deref(), &ev.key),
+                joined: false,
+            });
             let Some(values) = &ev.values else {
-                // A tombstone erases the entity's aggregates, whatever its time.
-                *set = TileSet::empty(agg);
+                // A tombstone erases the entity's aggregates, whatever its time: both
+                // values are rewritten (empty: deleted).
+                entity.set = TileSet::empty(agg);
+                entity.joined = true;
                 counter.applied += 1;
                 outcome.applied += 1;
                 continue;
@@ -90,24 +99,52 @@ impl ShardStore {
             }
             let now = wm.map_or(t, |w| w.max(t));
             *wm = Some(now);
-            outcome.tiles_written += set.add(agg, t, values, now);
+            if !entity.joined && split::lands_in_body(agg, &entity.set, t) {
+                self.join_body(agg, entity, &ev.key)?;
+            }
+            match entity.set.add(agg, t, values, now) {
+                Ok(n) => outcome.tiles_written += n,
+                Err(e) => {
+                    // A corrupt stored state: start the entity over rather than block.
+                    warn!(key = ?String::from_utf8_lossy(&ev.key), error = %e, "corrupt tile state replaced");
+                    entity.set = TileSet::empty(agg);
+                    entity.joined = true;
+                    outcome.tiles_written += entity.set.add(agg, t, values, now).unwrap_or(0);
+                }
+            }
             counter.applied += 1;
             outcome.applied += 1;
         }
         let mut buf = Vec::new();
-        for (ev, set) in keys_in_order.iter().zip(sets) {
-            let (Some(mut set), Some(agg)) = (set, ev.view.aggregation.as_deref()) else {
+        for (ev, entity) in keys_in_order.iter().zip(entities) {
+            let (Some(mut entity), Some(agg)) = (entity, ev.view.aggregation.as_deref()) else {
                 continue;
             };
             let (_, _, wm) = &wms[&(ev.view.name.as_str(), ev.view.version)];
-            if let Some(wm) = wm {
-                set.trim(agg, *wm);
+            let wm = wm.unwrap_or(i64::MIN);
+            let boundary = split::boundary(wm);
+            if !entity.joined && split::head_crosses(agg, &entity.set, boundary) {
+                self.join_body(agg, &mut entity, &ev.key)?;
             }
-            if set.is_empty() {
-                wb.delete_cf(rows, &ev.key);
+            let mut write = |key: &[u8], set: &TileSet<'_>, keep: bool| {
+                if keep {
+                    set.encode(&mut buf);
+                    wb.put_cf(rows, key, &buf);
+                } else {
+                    wb.delete_cf(rows, key);
+                }
+            };
+            if entity.joined {
+                let (mut body, mut head) = split::split(agg, entity.set, boundary);
+                body.trim(agg, wm);
+                head.trim(agg, wm);
+                head.body_ends = split::last_starts(&body);
+                write(&body_key(&ev.key), &body, !body.is_empty());
+                write(&ev.key, &head, split::keep_head(&head));
             } else {
-                set.encode(agg, &mut buf);
-                wb.put_cf(rows, &ev.key, &buf);
+                let mut head = entity.set;
+                head.trim(agg, wm);
+                write(&ev.key, &head, split::keep_head(&head));
             }
         }
         let meta = self.cf(CF_META);
@@ -117,6 +154,44 @@ impl ShardStore {
             }
         }
         outcome.late = late.into_iter().map(|(v, n)| (v.to_owned(), n)).collect();
+        Ok(())
+    }
+}
+
+/// One entity's tiles while a batch updates them.
+#[derive(Clone)]
+struct Entity<'a> {
+    /// The recent tiles, or all of them once `joined`.
+    set: TileSet<'a>,
+    /// The older tiles were read and joined in (or the entity was erased): both values are
+    /// written back.
+    joined: bool,
+}
+
+/// The key of an entity's older tiles from the key of its recent ones.
+fn body_key(head_key: &[u8]) -> Vec<u8> {
+    let mut k = head_key.to_vec();
+    k[0] = keys::TILE_BODY_TAG;
+    k
+}
+
+impl ShardStore {
+    /// Reads an entity's older tiles and joins them in front of its recent ones.
+    fn join_body(
+        &self,
+        agg: &Aggregation,
+        entity: &mut Entity<'_>,
+        key: &[u8],
+    ) -> Result<(), StorageError> {
+        let key = body_key(key);
+        let raw = self
+            .db
+            .get_cf(self.cf(CF_ROWS), &key)
+            .map_err(|e| self.rocks(e))?;
+        let body = decode(agg, raw.as_deref(), &key).into_owned();
+        let head = std::mem::replace(&mut entity.set, TileSet::empty(agg));
+        entity.set = split::join(body, head);
+        entity.joined = true;
         Ok(())
     }
 }
