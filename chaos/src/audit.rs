@@ -30,6 +30,12 @@ pub struct BrokerAudit {
     pub missing_count: u64,
     /// Partitions whose read-back did not reach the high watermark in time.
     pub incomplete: Vec<String>,
+    /// Per partition, the end of the log read back (its high watermark).
+    pub log_end: BTreeMap<u32, i64>,
+    /// Per key, the records of the log and the sum of their `seq`: what the workload's
+    /// aggregation view must count on every replica.
+    #[serde(skip)]
+    pub per_key: HashMap<String, (i64, i64)>,
 }
 
 impl BrokerAudit {
@@ -101,8 +107,18 @@ pub fn audit(
         let n = next.entry(p).or_default();
         *n = (*n).max(msg.offset() + 1);
     }
+    let mut per_key: HashMap<String, (i64, i64)> = HashMap::new();
+    for f in log.values() {
+        if let (Some(k), Some(seq)) = (&f.key, f.seq) {
+            let e = per_key.entry(k.clone()).or_default();
+            e.0 += 1;
+            e.1 += seq;
+        }
+    }
     let mut a = BrokerAudit {
         records: log.len() as u64,
+        log_end: high.clone(),
+        per_key,
         incomplete: next
             .iter()
             .filter(|(p, n)| **n < high[p])

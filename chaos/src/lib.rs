@@ -7,6 +7,7 @@
 //! ([`audit`]) and writes a
 //! report ([`report`]). [`run`] ties it together; the `quiver-chaos` binary is its CLI.
 
+pub mod aggregates;
 pub mod audit;
 pub mod checker;
 pub mod cluster;

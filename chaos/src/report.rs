@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::Serialize;
 
+use crate::aggregates::AggregateCheck;
 use crate::audit::BrokerAudit;
 use crate::checker::Verdict;
 use crate::history::{History, Read, Via};
@@ -171,6 +172,9 @@ pub struct Report {
     pub crashes: Vec<String>,
     /// The broker's log read back against every acknowledged write (`None`: not run).
     pub broker_audit: Option<BrokerAudit>,
+    /// The aggregation check: every replica's lifetime count and sum per key against the
+    /// log (`aggregates.rs`).
+    pub aggregates: Option<AggregateCheck>,
     /// Where the files are.
     pub files: Files,
 }
@@ -340,6 +344,7 @@ pub fn build(
         final_catch_up_ms,
         crashes,
         broker_audit: None,
+        aggregates: None,
         files: Files {
             json: out.join("report.json"),
             markdown: out.join("report.md"),
@@ -510,6 +515,16 @@ pub fn markdown(r: &Report) -> String {
             let _ = writeln!(s, "- {m}");
         }
     }
+    if let Some(a) = &r.aggregates {
+        let _ = writeln!(
+            s,
+            "Aggregation check: {} (key, replica) lifetime counts and sums compared with the log ({} keys with events), {} differ.\n",
+            a.answers_checked, a.keys_with_events, a.mismatches
+        );
+        for m in &a.examples {
+            let _ = writeln!(s, "- {m}");
+        }
+    }
     let _ = writeln!(s, "Timeline: `timeline.svg`; node logs: `nodes/`.");
     s
 }
@@ -535,6 +550,21 @@ impl Report {
             Err(e) => self.failures.push(format!("broker audit failed: {e}")),
         }
         self.broker_audit = audit.ok();
+        self.passed = self.failures.is_empty();
+    }
+
+    /// Adds the aggregation check; a replica whose count or sum differs from the log (an
+    /// event lost or counted twice), or a check that could not run, fails the run.
+    pub fn attach_aggregates(&mut self, check: Result<AggregateCheck, String>) {
+        match &check {
+            Ok(a) if a.ok() => {}
+            Ok(a) => self.failures.push(format!(
+                "aggregation: {} of {} (key, replica) counts differ from the log (an event lost or counted twice)",
+                a.mismatches, a.answers_checked
+            )),
+            Err(e) => self.failures.push(format!("aggregation check failed: {e}")),
+        }
+        self.aggregates = check.ok();
         self.passed = self.failures.is_empty();
     }
 }

@@ -11,6 +11,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use crate::aggregates;
 use crate::audit;
 use crate::checker;
 use crate::cluster::{ChaosCluster, ClusterSpec};
@@ -308,6 +309,21 @@ async fn run_on(
             .map_err(|e| e.to_string())
             .and_then(|r| r.map_err(|e| format!("{e:#}")))
     };
+    let aggregates = match &audit {
+        Ok(a) => interruptible(
+            cancel,
+            aggregates::check(
+                &endpoints,
+                spec.keys,
+                &a.log_end,
+                &a.per_key,
+                spec.recovery_timeout,
+            ),
+        )
+        .await?
+        .map_err(|e| format!("{e:#}")),
+        Err(e) => Err(format!("no broker audit to compare with: {e}")),
+    };
     let mut report = report::build(
         parameters,
         &history,
@@ -318,6 +334,7 @@ async fn run_on(
         &spec.out,
     );
     report.attach_audit(audit);
+    report.attach_aggregates(aggregates);
     report::write(&report, &history.reads)?;
     if spec.save_history {
         std::fs::write(

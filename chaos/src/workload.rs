@@ -25,8 +25,13 @@ pub const VIEW: &str = "chaos";
 const SEQ: &str = "chaos:seq";
 const CHECK: &str = "chaos:check";
 
-/// Registry definitions of the workload's entity and view: `seq` (the value) and `check`
-/// (`<key>/<seq>`, so a torn or misrouted row is detected), event time in microseconds.
+/// An aggregation view over the same records: per key, the records counted and the sum of
+/// their `seq` (lifetime windows), which the checker compares with the broker's log.
+pub const AGG_VIEW: &str = "chaos_aggs";
+
+/// Registry definitions of the workload's entity and views: `seq` (the value) and `check`
+/// (`<key>/<seq>`, so a torn or misrouted row is detected), event time in microseconds;
+/// and [`AGG_VIEW`], counting the same records.
 pub fn definitions() -> String {
     format!(
         r#"
@@ -47,6 +52,29 @@ type = "int64"
 [[view.feature]]
 name = "check"
 type = "string"
+
+[[view]]
+name = "{AGG_VIEW}"
+entity = "user"
+[view.source]
+topic = "{TOPIC}"
+event_time_field = "ts"
+event_time_unit = "micros"
+[view.aggregation]
+allowed_lateness = "1h"
+leading_edge = "event_time"
+[[view.input]]
+name = "seq"
+type = "int64"
+[[view.feature]]
+name = "events"
+function = "count"
+window = "lifetime"
+[[view.feature]]
+name = "seq_sum"
+function = "sum"
+input = "seq"
+window = "lifetime"
 "#
     )
 }

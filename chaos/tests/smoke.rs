@@ -75,6 +75,13 @@ async fn smoke_set_passes_every_check() {
             "{scenario}: every acknowledged write looked up in the broker's log"
         );
         assert!(audit.records >= audit.checked, "{scenario}: {audit:?}");
+        // Every replica's lifetime count and sum per key (the aggregation view computed by
+        // the replicas) was compared with the log.
+        let aggs = report.aggregates.as_ref().expect("aggregation check ran");
+        assert!(
+            aggs.answers_checked >= 2 * 2000 && aggs.keys_with_events > 500,
+            "{scenario}: {aggs:?}"
+        );
         // The readers' routing counters were collected.
         assert!(report.counts.readers.sub_requests > 0);
 
