@@ -170,6 +170,13 @@ async fn consumed_per_node(
 pub async fn run(p: IngestParams, work: &Path) -> anyhow::Result<IngestReport> {
     let started = crate::report::RunInfo::start();
     let topic = view(p.features);
+    // What a freshness probe reads: the record's value, or (with aggregation views) the
+    // count it was added to.
+    let probe_feature = if p.cluster.aggregations {
+        format!("{}:n_1h", crate::env::dataset::aggregation_view(p.features))
+    } else {
+        format!("{topic}:f0")
+    };
     eprintln!(
         "starting a {}-node cluster (P = {}, R = {})",
         p.cluster.nodes, p.cluster.shards, p.cluster.replication
@@ -318,6 +325,7 @@ pub async fn run(p: IngestParams, work: &Path) -> anyhow::Result<IngestReport> {
                 continue;
             };
             let (channels, replicas, topic) = (channels.clone(), replicas.clone(), topic.clone());
+            let probe_feature = probe_feature.clone();
             let (all_hist, first_hist, failed) =
                 (all_hist.clone(), first_hist.clone(), failed.clone());
             probe_tasks.spawn(async move {
@@ -333,7 +341,7 @@ pub async fn run(p: IngestParams, work: &Path) -> anyhow::Result<IngestReport> {
                         continue;
                     };
                     let req = GetOnlineFeaturesRequest {
-                        features: vec![format!("{topic}:f0")],
+                        features: vec![probe_feature.clone()],
                         entity_keys: vec![kname.clone().into()],
                         min_watermarks: vec![ShardWatermark {
                             shard,

@@ -108,6 +108,7 @@ impl Common {
             replication: self.replication,
             block_cache_mib: self.block_cache_mib,
             secure: self.secure,
+            aggregations: false,
         }
     }
 
@@ -201,6 +202,10 @@ struct IngestArgs {
     /// Records probed for freshness.
     #[arg(long, default_value_t = 2000)]
     freshness_samples: u64,
+    /// Also count every record in an aggregation view of six windowed features over the
+    /// same topic; freshness probes then wait for the record to be counted there.
+    #[arg(long)]
+    aggregations: bool,
 }
 
 #[derive(Args, Clone)]
@@ -371,7 +376,10 @@ fn ingest_params(c: &Common, a: &IngestArgs) -> anyhow::Result<IngestParams> {
     anyhow::ensure!(a.rate.is_none_or(|r| r > 0.0), "--rate must be positive");
     anyhow::ensure!(a.lookup_rate > 0.0, "--lookup-rate must be positive");
     Ok(IngestParams {
-        cluster: c.cluster(),
+        cluster: ClusterSpec {
+            aggregations: a.aggregations,
+            ..c.cluster()
+        },
         dataset: c.dataset(),
         features: a.features,
         records: a.records,
@@ -506,6 +514,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 lookup_rate: 200.0,
                 lookup_batch: 10,
                 freshness_samples: 2000,
+                aggregations: false,
             };
             run_ingest(&a.lookup.common, &ingest).await?;
             let out = a.lookup.common.out.clone();

@@ -14,7 +14,7 @@ use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use serde::Serialize;
 
-use super::dataset::{Dataset, view};
+use super::dataset::{Dataset, aggregation_view, view};
 use super::progress::Progress;
 
 /// Shape of the cluster.
@@ -30,6 +30,9 @@ pub struct ClusterSpec {
     pub block_cache_mib: u32,
     /// Mutual TLS everywhere and auth by certificate (a throw-away CA under the work dir).
     pub secure: bool,
+    /// Also register, per view, an aggregation view of six windowed features over the
+    /// same topic (`Dataset::aggregation_definitions`).
+    pub aggregations: bool,
 }
 
 /// A running cluster.
@@ -117,12 +120,20 @@ impl BenchCluster {
             &quiver_testkit::security::credentials(),
         )
         .await?;
+        let mut defs = Dataset::definitions(features);
+        if spec.aggregations {
+            defs.push_str(&Dataset::aggregation_definitions(features));
+        }
         admin
-            .apply_definitions(Dataset::definitions(features), false)
+            .apply_definitions(defs, false)
             .await
             .context("register the bench views")?;
         for f in features {
             c.wait_view(&view(*f), Duration::from_secs(30)).await?;
+            if spec.aggregations {
+                c.wait_view(&aggregation_view(*f), Duration::from_secs(30))
+                    .await?;
+            }
         }
         Ok(c)
     }

@@ -34,6 +34,11 @@ pub fn view(features: u32) -> String {
     format!("bench_f{features}")
 }
 
+/// Name of the aggregation view over the F-feature view's topic.
+pub fn aggregation_view(features: u32) -> String {
+    format!("bench_f{features}_aggs")
+}
+
 /// `view:f0 … view:f{F-1}`.
 pub fn feature_refs(features: u32) -> Vec<String> {
     let v = view(features);
@@ -73,6 +78,43 @@ impl Dataset {
                 s.push_str(&format!(
                     "[[view.feature]]\nname = \"f{i}\"\ntype = \"float64\"\n"
                 ));
+            }
+        }
+        s
+    }
+}
+
+impl Dataset {
+    /// An aggregation view per F-feature view, over the same topic: six windowed features
+    /// (count 1 h, sum 1 h, avg 24 h, max 24 h, sum 7 d, count 7 d) of its first inputs.
+    pub fn aggregation_definitions(features: &[u32]) -> String {
+        let mut s = String::new();
+        for f in features {
+            let (v, a) = (view(*f), aggregation_view(*f));
+            s.push_str(&format!(
+                "\n[[view]]\nname = \"{a}\"\nentity = \"user\"\n[view.source]\ntopic = \"{v}\"\nevent_time_field = \"ts\"\n[view.aggregation]\nallowed_lateness = \"1h\"\n"
+            ));
+            let inputs = (*f).min(3);
+            for i in 0..inputs {
+                s.push_str(&format!(
+                    "[[view.input]]\nname = \"f{i}\"\ntype = \"float64\"\n"
+                ));
+            }
+            let x = |i: u32| format!("f{}", i % inputs);
+            for (name, function, input, window) in [
+                ("n_1h", "count", None, "1h"),
+                ("sum_1h", "sum", Some(x(0)), "1h"),
+                ("avg_24h", "avg", Some(x(1)), "24h"),
+                ("max_24h", "max", Some(x(2)), "24h"),
+                ("sum_7d", "sum", Some(x(0)), "7d"),
+                ("n_7d", "count", None, "7d"),
+            ] {
+                s.push_str(&format!(
+                    "[[view.feature]]\nname = \"{name}\"\nfunction = \"{function}\"\nwindow = \"{window}\"\n"
+                ));
+                if let Some(i) = input {
+                    s.push_str(&format!("input = \"{i}\"\n"));
+                }
             }
         }
         s
@@ -195,6 +237,17 @@ mod tests {
         assert!(hottest_zipf > 1000, "zipf hottest {hottest_zipf}");
         assert!(KeyChoice::parse("zipf:x", 10).is_err());
         assert!(KeyChoice::parse("pareto", 10).is_err());
+    }
+
+    #[test]
+    fn aggregation_definitions_are_valid() {
+        let r = quiver_node::registry::Registry::in_memory();
+        let mut d = Dataset::definitions(&[10]);
+        d.push_str(&Dataset::aggregation_definitions(&[10]));
+        r.apply_toml(&d, false).expect("valid");
+        let snap = r.snapshot();
+        assert_eq!(snap.views["bench_f10_aggs"].features.len(), 6);
+        assert!(snap.pending.is_empty(), "both views serve from the start");
     }
 
     #[test]
