@@ -67,6 +67,11 @@ pub async fn init_metrics(addr: SocketAddr, node_id: u64) -> Result<(), MetricsE
             ],
         )
         .map_err(|e| MetricsError::Recorder(e.to_string()))?
+        .set_buckets_for_metric(
+            Matcher::Full(crate::metrics::AGG_TILES_PER_READ.into()),
+            &[1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 200.0, 500.0, 1000.0],
+        )
+        .map_err(|e| MetricsError::Recorder(e.to_string()))?
         .add_global_label("node", node_id.to_string())
         .build_recorder();
     let handle = recorder.handle();

@@ -118,6 +118,7 @@ impl ShardIngest {
             m::INGEST_GAP_REFETCHES,
             m::INGEST_OFFSET_GAPS,
             m::INGEST_APPLY_ERRORS,
+            m::AGG_TILES_WRITTEN,
         ] {
             counter!(name, "shard" => self.shard_label.clone()).increment(0);
         }
@@ -147,6 +148,14 @@ impl ShardIngest {
         self.generation = Some(snap.generation);
         let offsets = self.store.offsets();
         self.streams = build_streams(&snap, &offsets);
+        // Every aggregation view's drop counters exist from the start, at 0.
+        for view in snap.views.values().filter(|v| v.aggregation.is_some()) {
+            for reason in ["late", "future"] {
+                counter!(m::INGEST_LATE_EVENTS, "shard" => self.shard_label.clone(),
+                    "view" => view.name.clone(), "reason" => reason)
+                .increment(0);
+            }
+        }
         let mut assigned: Vec<(String, Vec<String>)> = self
             .streams
             .iter()

@@ -33,6 +33,20 @@ event_time_field = "ts"
 [[view.feature]]
 name = "n"
 type = "int64"
+[[view]]
+name = "clicks_aggs"
+entity = "user"
+[view.source]
+topic = "clicks"
+event_time_field = "ts"
+[view.aggregation]
+[[view.input]]
+name = "n"
+type = "int64"
+[[view.feature]]
+name = "n_1h"
+function = "count"
+window = "1h"
 "#;
 
 fn repo_root() -> PathBuf {
@@ -270,6 +284,27 @@ async fn prometheus_scrapes_the_series_the_dashboard_and_alerts_use() {
     for _ in 0..20 {
         features.get_online_features(req()).await.unwrap();
     }
+    // The aggregation view over the same records counts them (its series are on the
+    // dashboard too): u1 has 4 of the 200 records over 50 keys.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let aggs = features
+            .get_online_features(GetOnlineFeaturesRequest {
+                features: vec!["clicks_aggs:n_1h".into()],
+                entity_keys: vec![EntityKey::from("u1")],
+                encoding: quiver_proto::v1::ResponseEncoding::Cells as i32,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let n = aggs.columns[0].values[0].kind.clone();
+        if n == Some(quiver_proto::v1::value::Kind::Int64Value(4)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "u1 counted {n:?}, want 4");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     features
         .push(PushRequest {
             view: "clicks".into(),
@@ -351,10 +386,11 @@ async fn prometheus_scrapes_the_series_the_dashboard_and_alerts_use() {
         |v| v >= 201.0,
         t,
     );
+    // The one malformed record, counted once per view reading its topic (two).
     wait_query(
         prom_port,
         "sum(quiver_ingest_malformed_records_total)",
-        |v| v == 1.0,
+        |v| v == 2.0,
         t,
     );
     wait_query(
