@@ -131,8 +131,19 @@ impl Sketch {
                 out.extend_from_slice(&r[..]);
             }
             Sketch::Running(r) => {
-                out.push(DENSE);
-                out.extend_from_slice(&r.regs[..]);
+                // A day summary of a few values stays sparse, like the tiles it merges.
+                let set = REGISTERS - r.zeros as usize;
+                if set <= SPARSE_MAX {
+                    out.push(SPARSE);
+                    put_varint(out, set as u64);
+                    for (i, rank) in r.regs.iter().enumerate().filter(|(_, r)| **r > 0) {
+                        out.extend_from_slice(&(i as u16).to_le_bytes());
+                        out.push(*rank);
+                    }
+                } else {
+                    out.push(DENSE);
+                    out.extend_from_slice(&r.regs[..]);
+                }
             }
         }
     }

@@ -94,34 +94,39 @@ impl<'v> Answerer<'v> {
             |gi, group| {
                 let n = group.len();
                 tiles = tiles.saturating_add(n as u32);
-                for (&fi, col) in self.agg.groups[gi].features.iter().zip(&group.columns) {
+                for (slot, (&fi, col)) in self.agg.groups[gi]
+                    .features
+                    .iter()
+                    .zip(&group.columns)
+                    .enumerate()
+                {
                     if !self.wanted[fi] {
                         continue;
                     }
                     let f = &self.agg.features[fi];
-                    let from = match f.window_micros {
-                        None => 0,
-                        Some(w) => group.first_from(tile_start(q.saturating_sub(w), f.hop_micros)),
-                    };
                     let kind = self.kinds[fi];
-                    match kind.fixed_width() {
-                        Some(width) => {
-                            if col.len() != n * width {
-                                return Err(AggError::Corrupt("fixed column of another length"));
-                            }
-                            kind.merge_fixed(&col[from * width..], &mut states[fi]);
-                        }
-                        None => {
-                            let mut c = Cursor { buf: col };
-                            for i in 0..n {
-                                if i < from {
-                                    kind.skip(&mut c)?;
-                                } else {
-                                    kind.merge(&mut c, &mut states[fi])?;
-                                }
-                            }
-                        }
+                    let Some(w) = f.window_micros else {
+                        merge_range(kind, col, 0, n, n, &mut states[fi])?;
+                        continue;
+                    };
+                    let cutoff = tile_start(q.saturating_sub(w), f.hop_micros);
+                    let from = group.first_from(cutoff);
+                    if group.days() == 0 {
+                        merge_range(kind, col, from, n, n, &mut states[fi])?;
+                        continue;
                     }
+                    // Tiles up to the first whole day in the window, then a state per day
+                    // (every day of a body's tiles has its summary).
+                    let whole = tile_start(cutoff.saturating_add(DAY - 1), DAY);
+                    let to = group.first_from(whole);
+                    merge_range(kind, col, from, to, n, &mut states[fi])?;
+                    let days = group.days();
+                    let first_day = group.first_day_from(whole);
+                    let day_col = group
+                        .day_columns
+                        .get(slot)
+                        .ok_or(AggError::Corrupt("day summary column missing"))?;
+                    merge_range(kind, day_col, first_day, days, days, &mut states[fi])?;
                 }
                 Ok(())
             },
@@ -186,6 +191,41 @@ impl<'v> Answerer<'v> {
             }
         }
     }
+}
+
+const DAY: i64 = 24 * 3_600_000_000;
+
+/// Merges states `from..to` of a column of `n` states into `state`.
+fn merge_range<'a>(
+    kind: AccKind,
+    col: &'a [u8],
+    from: usize,
+    to: usize,
+    n: usize,
+    state: &mut Acc<'a>,
+) -> Result<(), AggError> {
+    if from >= to {
+        return Ok(());
+    }
+    match kind.fixed_width() {
+        Some(width) => {
+            if col.len() != n * width {
+                return Err(AggError::Corrupt("fixed column of another length"));
+            }
+            kind.merge_fixed(&col[from * width..to * width], state);
+        }
+        None => {
+            let mut c = Cursor { buf: col };
+            for i in 0..to {
+                if i < from {
+                    kind.skip(&mut c)?;
+                } else {
+                    kind.merge(&mut c, state)?;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn push_scalar(b: &mut ColumnBuilder, v: &Scalar<'_>, t: i64) {

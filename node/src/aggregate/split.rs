@@ -8,8 +8,15 @@
 //! The boundary at event-time watermark `wm` is `floor(wm − 2 h, 1 day)`: the head holds
 //! between 2 and 26 hours of tiles. The body is trimmed when it is rewritten, so it may
 //! keep tiles up to a day past their windows (never read: windows start later).
+//!
+//! A body also carries, for resolutions finer than a day serving windows longer than a
+//! day, one summary state per feature per day ([`summarize`]): a window reads its tiles
+//! only up to the first whole day, then a state per day (a 7-day window at 1-hour hops:
+//! at most 23 tiles and 7 days from the body instead of 167 tiles).
 
-use super::tiles::{Column, Group, TileSet, tile_start};
+use super::acc::AccKind;
+use super::codec::Cursor;
+use super::tiles::{Column, DaySummaries, Group, TileSet, kinds, tile_start};
 use crate::registry::aggregation::Aggregation;
 
 const HOUR: i64 = 3_600_000_000;
@@ -117,4 +124,57 @@ fn move_front<'a>(from: &mut Group<'a>, to: &mut Group<'a>, k: usize) {
             _ => {}
         }
     }
+}
+
+/// Computes `body`'s day summaries: per group finer than a day with a window longer than a
+/// day, per day holding tiles, each feature's tiles of that day merged into one state.
+///
+/// # Errors
+/// [`super::AggError`] if a stored state is corrupt.
+pub fn summarize(agg: &Aggregation, body: &mut TileSet<'_>) -> Result<(), super::AggError> {
+    let kinds: Vec<AccKind> = kinds(agg).collect();
+    for ((g, group), days) in agg
+        .groups
+        .iter()
+        .zip(&body.groups)
+        .zip(body.days.iter_mut())
+    {
+        *days = DaySummaries::default();
+        if g.hop_micros == 0 || g.hop_micros >= DAY || g.window_micros.is_none_or(|w| w <= DAY) {
+            continue;
+        }
+        // Tile index ranges of each day.
+        let mut ranges: Vec<(i64, usize, usize)> = Vec::new();
+        for (i, s) in group.starts.iter().enumerate() {
+            let day = tile_start(*s, DAY);
+            match ranges.last_mut() {
+                Some((d, _, end)) if *d == day => *end = i + 1,
+                _ => ranges.push((day, i, i + 1)),
+            }
+        }
+        days.starts = ranges.iter().map(|(d, ..)| *d).collect();
+        for (col, &fi) in group.columns.iter().zip(&g.features) {
+            let kind = kinds[fi];
+            let mut out = Vec::new();
+            for &(_, from, to) in &ranges {
+                let mut state = kind.running();
+                match col {
+                    Column::Fixed { width, data } => {
+                        kind.merge_fixed(&data[from * *width..to * *width], &mut state);
+                        let at = out.len();
+                        out.resize(at + *width, 0);
+                        state.write_fixed(&mut out[at..]);
+                    }
+                    Column::Var(cells) => {
+                        for cell in &cells[from..to] {
+                            kind.merge(&mut Cursor { buf: cell }, &mut state)?;
+                        }
+                        state.put(&mut out);
+                    }
+                }
+            }
+            days.columns.push(out);
+        }
+    }
+    Ok(())
 }

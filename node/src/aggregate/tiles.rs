@@ -10,10 +10,14 @@
 //! per group (one per tile resolution): varint byte length |
 //!   i64 LE body end (in a head: the last tile start of the body, i64::MIN if none) |
 //!   u32 LE tiles | tiles × i64 LE start (ascending) |
-//!   per feature of the group: u32 LE byte length | column
+//!   per feature of the group: u32 LE byte length | column |
+//!   u32 LE days, then if any: days × i64 LE day start | per feature: u32 LE length | column
 //! column: fixed-width states (acc::AccKind::fixed_width): tiles × entry;
 //!         otherwise tiles × the state's variable encoding (see acc)
 //! ```
+//!
+//! The *days* section is a summary per day of a body's tiles (`super::split`), so a long
+//! window reads whole days as one state each.
 //!
 //! The fixed header matches a row's, so the TTL compaction filter reads the newest event
 //! time the same way.
@@ -69,6 +73,18 @@ pub struct TileSet<'a> {
     pub touched: Vec<i64>,
     /// Per group, in a head: the last tile start of the stored body (`i64::MIN`: none).
     pub body_ends: Vec<i64>,
+    /// Per group, the day summaries written with it (bodies only; recomputed whenever a
+    /// body is written, never decoded for an update).
+    pub days: Vec<DaySummaries>,
+}
+
+/// One summary state per feature per day of a group's tiles.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DaySummaries {
+    /// Day starts, ascending.
+    pub starts: Vec<i64>,
+    /// Per feature, its states over the days, encoded as a column.
+    pub columns: Vec<Vec<u8>>,
 }
 
 /// The kind of each feature's state, by feature index.
@@ -109,11 +125,24 @@ pub(super) struct StoredGroup<'a> {
     pub(super) starts: &'a [u8],
     /// The columns, in slot order.
     pub(super) columns: Vec<&'a [u8]>,
+    /// `days × 8` bytes of day starts (empty without day summaries).
+    pub(super) day_starts: &'a [u8],
+    /// The day summaries' columns, in slot order (empty without).
+    pub(super) day_columns: Vec<&'a [u8]>,
 }
 
 impl StoredGroup<'_> {
     pub(super) fn len(&self) -> usize {
         self.starts.len() / 8
+    }
+
+    pub(super) fn days(&self) -> usize {
+        self.day_starts.len() / 8
+    }
+
+    /// Index of the first day summary starting at or after `t`.
+    pub(super) fn first_day_from(&self, t: i64) -> usize {
+        first_at_or_after(self.day_starts, t)
     }
 
     pub(super) fn start(&self, i: usize) -> i64 {
@@ -122,17 +151,23 @@ impl StoredGroup<'_> {
 
     /// Index of the first tile starting at or after `t`.
     pub(super) fn first_from(&self, t: i64) -> usize {
-        let (mut lo, mut hi) = (0, self.len());
-        while lo < hi {
-            let mid = (lo + hi) / 2;
-            if self.start(mid) < t {
-                lo = mid + 1;
-            } else {
-                hi = mid;
-            }
-        }
-        lo
+        first_at_or_after(self.starts, t)
     }
+}
+
+/// Index of the first of the LE i64 `starts` at or after `t` (they ascend).
+fn first_at_or_after(starts: &[u8], t: i64) -> usize {
+    let at = |i: usize| i64::from_le_bytes(starts[8 * i..8 * i + 8].try_into().expect("8 bytes"));
+    let (mut lo, mut hi) = (0, starts.len() / 8);
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        if at(mid) < t {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    lo
 }
 
 /// Splits the groups of a stored tile set, checking its shape against `agg` (`wanted`:
@@ -165,12 +200,23 @@ pub(super) fn stored_groups<'a>(
             let n = u32::from_le_bytes(b.bytes(4)?.try_into().expect("4 bytes")) as usize;
             columns.push(b.bytes(n)?);
         }
+        let days = u32::from_le_bytes(b.bytes(4)?.try_into().expect("4 bytes")) as usize;
+        let day_starts = b.bytes(days.checked_mul(8).ok_or(AggError::Truncated)?)?;
+        let mut day_columns = Vec::new();
+        if days > 0 {
+            for _ in &g.features {
+                let n = u32::from_le_bytes(b.bytes(4)?.try_into().expect("4 bytes")) as usize;
+                day_columns.push(b.bytes(n)?);
+            }
+        }
         visit(
             gi,
             StoredGroup {
                 body_end,
                 starts,
                 columns,
+                day_starts,
+                day_columns,
             },
         )?;
     }
@@ -185,6 +231,7 @@ impl<'a> TileSet<'a> {
             newest: i64::MIN,
             touched: vec![i64::MAX; agg.groups.len()],
             body_ends: vec![i64::MIN; agg.groups.len()],
+            days: vec![DaySummaries::default(); agg.groups.len()],
             groups: agg
                 .groups
                 .iter()
@@ -269,6 +316,7 @@ impl<'a> TileSet<'a> {
             newest: self.newest,
             touched: self.touched,
             body_ends: self.body_ends,
+            days: self.days,
             groups: self
                 .groups
                 .into_iter()
@@ -300,7 +348,7 @@ impl<'a> TileSet<'a> {
         out.extend_from_slice(&self.newest.to_le_bytes());
         put_varint(out, self.groups.len() as u64);
         let mut body = Vec::with_capacity(256);
-        for (g, end) in self.groups.iter().zip(&self.body_ends) {
+        for ((g, end), days) in self.groups.iter().zip(&self.body_ends).zip(&self.days) {
             body.clear();
             body.extend_from_slice(&end.to_le_bytes());
             body.extend_from_slice(&(g.starts.len() as u32).to_le_bytes());
@@ -316,6 +364,16 @@ impl<'a> TileSet<'a> {
                 }
                 let len = (body.len() - at - 4) as u32;
                 body[at..at + 4].copy_from_slice(&len.to_le_bytes());
+            }
+            body.extend_from_slice(&(days.starts.len() as u32).to_le_bytes());
+            if !days.starts.is_empty() {
+                for s in &days.starts {
+                    body.extend_from_slice(&s.to_le_bytes());
+                }
+                for col in &days.columns {
+                    body.extend_from_slice(&(col.len() as u32).to_le_bytes());
+                    body.extend_from_slice(col);
+                }
             }
             put_varint(out, body.len() as u64);
             out.extend_from_slice(&body);
