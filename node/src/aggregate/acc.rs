@@ -148,13 +148,7 @@ impl AccKind {
             (AccKind::MinF, Acc::MinF(m, v)) => fold(m, v, n, c.f64()?, f64::min),
             (AccKind::MaxF, Acc::MaxF(m, v)) => fold(m, v, n, c.f64()?, f64::max),
             (AccKind::Moments, Acc::Moments(m, mean, m2)) => {
-                let (mb, m2b) = (c.f64()?, c.f64()?);
-                let total = *m + n;
-                let delta = mb - *mean;
-                let (na, nb, nt) = (*m as f64, n as f64, total as f64);
-                *mean += delta * nb / nt;
-                *m2 += m2b + delta * delta * na * nb / nt;
-                *m = total;
+                merge_moments((m, mean, m2), n, c.f64()?, c.f64()?);
             }
             (AccKind::Last(ty), Acc::Last(m, t, v)) => {
                 let (tb, vb) = (c.zigzag()?, c.scalar(ty)?);
@@ -220,6 +214,16 @@ impl AccKind {
         }
         Ok(())
     }
+}
+
+/// Merges the moments `(n, mean, m2)` of another state into `(m, mean, m2)` (Chan et al.).
+fn merge_moments((m, mean, m2): (&mut u64, &mut f64, &mut f64), n: u64, mb: f64, m2b: f64) {
+    let total = *m + n;
+    let delta = mb - *mean;
+    let (na, nb, nt) = (*m as f64, n as f64, total as f64);
+    *mean += delta * nb / nt;
+    *m2 += m2b + delta * delta * na * nb / nt;
+    *m = total;
 }
 
 fn fold<T: Copy>(m: &mut u64, v: &mut T, n: u64, b: T, pick: impl Fn(T, T) -> T) {

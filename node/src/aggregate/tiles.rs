@@ -227,6 +227,11 @@ impl<'a> TileSet<'a> {
     /// No tiles.
     pub fn empty(agg: &Aggregation) -> Self {
         let kinds: Vec<AccKind> = kinds(agg).collect();
+        Self::empty_of(agg, &kinds)
+    }
+
+    /// No tiles, with the aggregation's state kinds already at hand.
+    fn empty_of(agg: &Aggregation, kinds: &[AccKind]) -> Self {
         TileSet {
             newest: i64::MIN,
             touched: vec![i64::MAX; agg.groups.len()],
@@ -270,7 +275,7 @@ impl<'a> TileSet<'a> {
     /// [`AggError`] on a truncated or corrupt value, or one of another shape.
     pub fn decode(agg: &Aggregation, blob: &'a [u8]) -> Result<Self, AggError> {
         let kinds: Vec<AccKind> = kinds(agg).collect();
-        let mut set = TileSet::empty(agg);
+        let mut set = TileSet::empty_of(agg, &kinds);
         set.newest = newest(blob)?;
         stored_groups(
             agg,

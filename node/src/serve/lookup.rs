@@ -165,27 +165,25 @@ pub fn execute(
     let mut key_buf: Vec<u8> = Vec::new();
     let mut key_ends: Vec<usize> = Vec::new();
     for vp in &compiled.views {
-        // An aggregation view's entity is two values, its older tiles then its recent ones.
-        let encode_keys: &[EncodeKey] = match vp.view.aggregation {
-            Some(_) => &[keys::encode_tile_body_key, keys::encode_tile_key],
-            None => &[keys::encode_row_key],
-        };
+        let tiles = vp.view.aggregation.is_some();
         // One multi-get per shard; the pinned values stay valid while `reads` lives.
         let mut fetched: Vec<Vec<Result<Option<DBPinnableSlice<'_>>, rocksdb::Error>>> =
             Vec::with_capacity(reads.len());
         for (_, rows, read) in &reads {
             key_buf.clear();
             key_ends.clear();
+            let (name, version) = (&vp.view.name, vp.view.version);
             for &row in rows.iter() {
-                for encode_key in encode_keys {
-                    encode_key(
-                        &vp.view.name,
-                        vp.view.version,
-                        plan.key(row as usize),
-                        &mut key_buf,
-                    );
+                let key = plan.key(row as usize);
+                if tiles {
+                    // An aggregation view's entity is two values: older tiles, then recent.
+                    keys::encode_tile_body_key(name, version, key, &mut key_buf);
                     key_ends.push(key_buf.len());
+                    keys::encode_tile_key(name, version, key, &mut key_buf);
+                } else {
+                    keys::encode_row_key(name, version, key, &mut key_buf);
                 }
+                key_ends.push(key_buf.len());
             }
             let mut start = 0;
             let slices: Vec<&[u8]> = key_ends
@@ -295,9 +293,6 @@ pub fn execute(
         view_versions: compiled.views.iter().map(|v| v.view.version).collect(),
     })
 }
-
-/// Appends the storage key of `(view, version, entity key)`.
-type EncodeKey = fn(&str, u32, &[u8], &mut Vec<u8>);
 
 /// A failed read: [`ExecError::NeedsIo`] for a cached-only read that needs the disk.
 fn read_error(shard: ShardId, e: rocksdb::Error) -> ExecError {

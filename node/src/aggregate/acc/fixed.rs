@@ -1,7 +1,7 @@
 //! Fixed-width states: numeric states stored as arrays of little-endian words over a
 //! group's tiles, so a window merges with a tight loop instead of decoding varints.
 
-use super::{Acc, AccKind, fold};
+use super::{Acc, AccKind, fold, merge_moments};
 use crate::aggregate::codec::Scalar;
 use crate::registry::FeatureType;
 
@@ -85,14 +85,8 @@ impl AccKind {
             }
             (AccKind::Moments, Acc::Moments(m, mean, m2)) => {
                 for e in entries {
-                    let n = word(e, 0);
                     let (mb, m2b) = (f64::from_bits(word(e, 1)), f64::from_bits(word(e, 2)));
-                    let total = *m + n;
-                    let delta = mb - *mean;
-                    let (na, nb, nt) = (*m as f64, n as f64, total as f64);
-                    *mean += delta * nb / nt;
-                    *m2 += m2b + delta * delta * na * nb / nt;
-                    *m = total;
+                    merge_moments((&mut *m, &mut *mean, &mut *m2), word(e, 0), mb, m2b);
                 }
             }
             (AccKind::Last(ty), Acc::Last(m, t, v)) => {
