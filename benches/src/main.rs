@@ -178,6 +178,16 @@ struct LookupArgs {
     /// TTL of that cache, ms.
     #[arg(long, default_value_t = 1000)]
     client_cache_ttl_ms: u64,
+    /// Also register an aggregation view of six windowed features (count and sum over
+    /// 1 h, avg and max over 24 h, sum and count over 7 d) over each case's topic and
+    /// measure their lookup (`quiver-aggs`) beside the plain view's: use cases with 6
+    /// features (e.g. `100x6`) to compare like with like.
+    #[arg(long)]
+    aggregations: bool,
+    /// With `--aggregations`: older records per entity loaded first (event times spread
+    /// over six days), so windows count more than the newest record.
+    #[arg(long, default_value_t = 0, requires = "aggregations")]
+    history_events: u32,
 }
 
 #[derive(Args, Clone)]
@@ -336,9 +346,18 @@ fn lookup_params(a: &LookupArgs) -> anyhow::Result<LookupParams> {
         "--client-cache and --client-cache-ttl-ms must be positive"
     );
     let mut systems = vec!["quiver".to_string()];
+    if a.client_cache.is_some() {
+        systems.push("quiver-cached".into());
+    }
+    if a.aggregations {
+        systems.push("quiver-aggs".into());
+    }
     systems.extend(a.peers.iter().cloned());
     Ok(LookupParams {
-        cluster: a.common.cluster(),
+        cluster: ClusterSpec {
+            aggregations: a.aggregations,
+            ..a.common.cluster()
+        },
         dataset: a.common.dataset(),
         key_choice: a.keys.clone(),
         cases: a.cases.clone(),
@@ -364,6 +383,11 @@ fn lookup_params(a: &LookupArgs) -> anyhow::Result<LookupParams> {
             .map(|rows| quiver_bench::lookup::ClientCacheSpec {
                 rows,
                 ttl_ms: a.client_cache_ttl_ms,
+            }),
+        aggregates: a
+            .aggregations
+            .then_some(quiver_bench::lookup::AggregatesSpec {
+                history_events: a.history_events,
             }),
     })
 }

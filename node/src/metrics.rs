@@ -37,6 +37,9 @@ pub const INGEST_SUPERSEDED: &str = "quiver_ingest_superseded_records_total";
 pub const INGEST_LATE_EVENTS: &str = "quiver_ingest_late_events_total";
 /// Counter: aggregation tiles updated by ingest, by `shard`.
 pub const AGG_TILES_WRITTEN: &str = "quiver_aggregation_tiles_written_total";
+/// Counter: day summary states rolled up from finer aggregation tiles (each time an
+/// entity's older tiles are rewritten), by `shard`.
+pub const AGG_ROLLUPS: &str = "quiver_aggregation_rollups_total";
 /// Histogram: aggregation tiles merged per entity answered by a lookup.
 pub const AGG_TILES_PER_READ: &str = "quiver_aggregation_tiles_per_read";
 /// Malformed records by `shard` and `reason`.
@@ -206,6 +209,10 @@ pub fn describe() {
     describe_counter!(
         AGG_TILES_WRITTEN,
         "aggregation tiles updated by ingest, by shard"
+    );
+    describe_counter!(
+        AGG_ROLLUPS,
+        "day summary states rolled up from finer aggregation tiles, by shard"
     );
     describe_histogram!(
         AGG_TILES_PER_READ,

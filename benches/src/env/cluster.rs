@@ -210,33 +210,76 @@ impl BenchCluster {
         let producer = producer(&self.broker.bootstrap())?;
         for f in features {
             let topic = view(*f);
-            let bar = Progress::new(&format!("load {topic}"), u64::from(ds.entities));
-            let ts = now_ms();
-            let mut pending = Vec::with_capacity(4096);
-            for k in 0..ds.entities {
-                let key = super::dataset::key(k);
-                let payload = ds.json_record(k, *f, ts);
-                let fut = loop {
-                    match producer.send_result(FutureRecord::to(&topic).key(&key).payload(&payload))
-                    {
-                        Ok(fut) => break fut,
-                        // Queue full: wait for some deliveries.
-                        Err((_, _)) => {
-                            self.settle(&topic, &mut pending).await?;
-                        }
-                    }
-                };
-                pending.push(fut);
-                if pending.len() >= 4096 {
-                    self.settle(&topic, &mut pending).await?;
-                }
-                bar.set(u64::from(k) + 1);
-            }
-            self.settle(&topic, &mut pending).await?;
-            bar.finish();
+            self.produce_round(&producer, ds, *f, now_ms(), &format!("load {topic}"))
+                .await?;
         }
         producer.flush(Duration::from_secs(30))?;
         self.wait_applied(Duration::from_secs(600)).await
+    }
+
+    /// Produces `events` older records of every entity to each view in `features`, round
+    /// after round with event times rising evenly from six days to two hours ago (so no
+    /// aggregation view drops one as late), and waits until every replica has applied
+    /// them: a history for the aggregation views to count, before [`BenchCluster::load`]
+    /// produces the newest record of every entity.
+    ///
+    /// # Errors
+    /// When producing fails or replicas do not catch up within ten minutes.
+    pub async fn load_history(
+        &mut self,
+        ds: &Dataset,
+        features: &[u32],
+        events: u32,
+    ) -> anyhow::Result<()> {
+        const HOUR_MS: i64 = 3_600_000;
+        let producer = producer(&self.broker.bootstrap())?;
+        let (from, to) = (now_ms() - 144 * HOUR_MS, now_ms() - 2 * HOUR_MS);
+        for f in features {
+            let topic = view(*f);
+            for r in 0..events {
+                let ts = from + (to - from) * i64::from(r) / i64::from(events.max(1));
+                let label = format!("history {topic} {}/{events}", r + 1);
+                self.produce_round(&producer, ds, *f, ts, &label).await?;
+            }
+        }
+        producer.flush(Duration::from_secs(30))?;
+        self.wait_applied(Duration::from_secs(600)).await
+    }
+
+    /// Produces one record of every entity of `ds` to the F-feature view's topic, event
+    /// time `ts`, and awaits every delivery.
+    async fn produce_round(
+        &mut self,
+        producer: &FutureProducer,
+        ds: &Dataset,
+        f: u32,
+        ts: i64,
+        label: &str,
+    ) -> anyhow::Result<()> {
+        let topic = view(f);
+        let bar = Progress::new(label, u64::from(ds.entities));
+        let mut pending = Vec::with_capacity(4096);
+        for k in 0..ds.entities {
+            let key = super::dataset::key(k);
+            let payload = ds.json_record(k, f, ts);
+            let fut = loop {
+                match producer.send_result(FutureRecord::to(&topic).key(&key).payload(&payload)) {
+                    Ok(fut) => break fut,
+                    // Queue full: wait for some deliveries.
+                    Err((_, _)) => {
+                        self.settle(&topic, &mut pending).await?;
+                    }
+                }
+            };
+            pending.push(fut);
+            if pending.len() >= 4096 {
+                self.settle(&topic, &mut pending).await?;
+            }
+            bar.set(u64::from(k) + 1);
+        }
+        self.settle(&topic, &mut pending).await?;
+        bar.finish();
+        Ok(())
     }
 
     /// Awaits the delivery reports of `pending` and records each acknowledged offset.

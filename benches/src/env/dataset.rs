@@ -100,25 +100,46 @@ impl Dataset {
                     "[[view.input]]\nname = \"f{i}\"\ntype = \"float64\"\n"
                 ));
             }
-            let x = |i: u32| format!("f{}", i % inputs);
-            for (name, function, input, window) in [
-                ("n_1h", "count", None, "1h"),
-                ("sum_1h", "sum", Some(x(0)), "1h"),
-                ("avg_24h", "avg", Some(x(1)), "24h"),
-                ("max_24h", "max", Some(x(2)), "24h"),
-                ("sum_7d", "sum", Some(x(0)), "7d"),
-                ("n_7d", "count", None, "7d"),
-            ] {
+            for (name, function, input, window) in AGGREGATES {
                 s.push_str(&format!(
                     "[[view.feature]]\nname = \"{name}\"\nfunction = \"{function}\"\nwindow = \"{window}\"\n"
                 ));
                 if let Some(i) = input {
-                    s.push_str(&format!("input = \"{i}\"\n"));
+                    s.push_str(&format!("input = \"f{}\"\n", i % inputs));
                 }
             }
         }
         s
     }
+
+    /// What the aggregation view of the F-feature view answers for entity `k`, in
+    /// [`AGGREGATES`] order, when the entity has `events` records within the last six days
+    /// of which exactly one within the last hour (every record of an entity carries the
+    /// same values): counts exact, sums to within float rounding.
+    pub fn aggregates(&self, k: u32, features: u32, events: u32) -> [f64; 6] {
+        let inputs = features.min(3);
+        let v = |i: u32| self.value(k, i % inputs);
+        let n = f64::from(events);
+        [1.0, v(0), v(1), v(2), n * v(0), n]
+    }
+}
+
+/// The six windowed features of the bench's aggregation views: name, function, input
+/// index (modulo the view's first three inputs), window.
+pub const AGGREGATES: [(&str, &str, Option<u32>, &str); 6] = [
+    ("n_1h", "count", None, "1h"),
+    ("sum_1h", "sum", Some(0), "1h"),
+    ("avg_24h", "avg", Some(1), "24h"),
+    ("max_24h", "max", Some(2), "24h"),
+    ("sum_7d", "sum", Some(0), "7d"),
+    ("n_7d", "count", None, "7d"),
+];
+
+/// `agg_view:n_1h … agg_view:n_7d`: the six windowed features of the aggregation view
+/// over the F-feature view's topic.
+pub fn aggregate_refs(features: u32) -> Vec<String> {
+    let a = aggregation_view(features);
+    AGGREGATES.iter().map(|(n, ..)| format!("{a}:{n}")).collect()
 }
 
 /// How lookups choose keys.

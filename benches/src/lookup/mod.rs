@@ -71,6 +71,16 @@ pub struct LookupParams {
     pub feast_workers: usize,
     /// Also measure quiver through a client with its row cache (`quiver-cached`).
     pub client_cache: Option<ClientCacheSpec>,
+    /// Also measure the six windowed features of an aggregation view over each case's
+    /// topic (`quiver-aggs`; needs `cluster.aggregations`).
+    pub aggregates: Option<AggregatesSpec>,
+}
+
+/// The history the aggregation views of the `quiver-aggs` system count.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct AggregatesSpec {
+    /// Older records per entity (event times spread over six days), besides the newest.
+    pub history_events: u32,
 }
 
 /// The row cache of the `quiver-cached` system.
@@ -153,6 +163,7 @@ struct Systems {
     list: Vec<Arc<dyn System>>,
     quiver: Arc<systems::quiver::Quiver>,
     cached: Option<Arc<systems::quiver::Quiver>>,
+    aggs: Option<Arc<systems::quiver::Quiver>>,
     echo: Option<Arc<systems::echo::Echo>>,
     _redis: Option<systems::redis::RedisServer>,
 }
@@ -186,6 +197,19 @@ async fn start_systems(
         );
         list.push(q.clone());
         cached = Some(q);
+    }
+    let mut aggs = None;
+    if p.aggregates.is_some() {
+        let q = Arc::new(
+            systems::quiver::Quiver::connect_aggregates(
+                cluster.endpoints(),
+                features,
+                cluster.node_pids(),
+            )
+            .await?,
+        );
+        list.push(q.clone());
+        aggs = Some(q);
     }
     let mut echo = None;
     let mut redis_server = None;
@@ -230,6 +254,7 @@ async fn start_systems(
         list,
         quiver,
         cached,
+        aggs,
         echo,
         _redis: redis_server,
     })
@@ -277,6 +302,13 @@ pub async fn run(p: LookupParams, work: &Path) -> anyhow::Result<LookupReport> {
         p.cluster.nodes, p.cluster.shards, p.cluster.replication
     );
     let mut cluster = BenchCluster::start(&p.cluster, &work.join("cluster"), &features).await?;
+    let history = p.aggregates.map_or(0, |a| a.history_events);
+    if history > 0 {
+        cluster
+            .load_history(&p.dataset, &features, history)
+            .await
+            .context("load the history the aggregation views count")?;
+    }
     cluster
         .load(&p.dataset, &features)
         .await
@@ -287,11 +319,17 @@ pub async fn run(p: LookupParams, work: &Path) -> anyhow::Result<LookupReport> {
         .map(|j| keys.entity(&p.dataset, u64::MAX - 1, j))
         .collect();
     for s in &sys.list {
-        if s.name() == "echo" {
+        if s.name() == "echo" || s.name() == "quiver-aggs" {
             continue;
         }
         for f in &features {
             systems::verify(s.as_ref(), &p.dataset, *f, &sample).await?;
+        }
+    }
+    if let Some(a) = &sys.aggs {
+        for f in &features {
+            a.verify_aggregates(&p.dataset, *f, &sample, history + 1)
+                .await?;
         }
     }
     eprintln!("every system answers the dataset's values; measuring idle CPU, then load");

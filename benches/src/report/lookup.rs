@@ -270,6 +270,9 @@ pub fn markdown(r: &LookupReport) -> String {
             );
         }
     }
+    if r.cases.iter().any(|c| c.get("quiver-aggs").is_some()) {
+        aggregates_section(&mut s, r);
+    }
     let _ = writeln!(s, "\n## quiver as a share of the floor\n");
     let _ = writeln!(
         s,
@@ -352,4 +355,57 @@ pub fn markdown(r: &LookupReport) -> String {
         }
     }
     s
+}
+
+/// Server CPU per request of a step, µs.
+fn cpu_per_request_us(st: Option<&Step>) -> Option<f64> {
+    let st = st?;
+    let cores = st.server_cores?;
+    (st.achieved_rate > 0.0).then(|| cores / st.achieved_rate * 1e6)
+}
+
+/// The aggregation views' lookups against the plain view's, per case.
+fn aggregates_section(s: &mut String, r: &LookupReport) {
+    let history = r.params.aggregates.map_or(0, |a| a.history_events);
+    let _ = writeln!(
+        s,
+        "\n## Aggregation views\n\n`quiver-aggs`: the same keys, each asking the six windowed features (count and sum over 1 h, avg and max over 24 h, sum and count over 7 d) of an aggregation view over the case's topic, every entity with {} records in its windows ({history} older ones spread over six days, then the newest). Server CPU per request at equal load: both at quiver's reference load (half its max rate at the SLO); at saturation: at each one's max rate at the SLO.\n",
+        history + 1
+    );
+    let _ = writeln!(
+        s,
+        "| keys × features | server CPU per request at equal load, plain → windowed (µs) | windowed ÷ plain | at saturation, plain → windowed (µs) | windowed ÷ plain | max rate at SLO, plain → windowed (req/s) |\n|---|---|---|---|---|---|"
+    );
+    for c in &r.cases {
+        let (Some(q), Some(a)) = (c.get("quiver"), c.get("quiver-aggs")) else {
+            continue;
+        };
+        let us = |v: Option<f64>| v.map_or("–".into(), |v| format!("{v:.0}"));
+        let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(p), Some(w)) if p > 0.0 => format!("{:.2}×", w / p),
+            _ => "–".into(),
+        };
+        let (pe, we) = (
+            cpu_per_request_us(q.search.at_half.as_ref().or(q.at_quiver_load.as_ref())),
+            cpu_per_request_us(a.at_quiver_load.as_ref()),
+        );
+        let (ps, ws) = (
+            cpu_per_request_us(q.search.at_max.as_ref()),
+            cpu_per_request_us(a.search.at_max.as_ref()),
+        );
+        let _ = writeln!(
+            s,
+            "| {} × {} | {} → {} | {} | {} → {} | {} | {} → {} |",
+            c.case.batch,
+            c.case.features,
+            us(pe),
+            us(we),
+            ratio(pe, we),
+            us(ps),
+            us(ws),
+            ratio(ps, ws),
+            count(q.search.max_rate),
+            count(a.search.max_rate),
+        );
+    }
 }

@@ -7,7 +7,8 @@ use prost::Message as _;
 use quiver_client::{CacheConfig, Client, Lookup};
 
 use super::{Fetched, LookupFuture, System};
-use crate::env::dataset::{feature_refs, key};
+use crate::env::Dataset;
+use crate::env::dataset::{aggregate_refs, feature_refs, key};
 
 /// quiver as a [`System`].
 pub struct Quiver {
@@ -64,6 +65,69 @@ impl Quiver {
             refs,
             pids,
         })
+    }
+
+    /// A client that looks up, for case F, the six windowed features of the aggregation
+    /// view over the F-feature view's topic instead of its plain features (the system is
+    /// named `quiver-aggs`).
+    ///
+    /// # Errors
+    /// When the client cannot start.
+    pub async fn connect_aggregates(
+        seeds: Vec<String>,
+        features: &[u32],
+        pids: Vec<u32>,
+    ) -> anyhow::Result<Quiver> {
+        let client = Client::builder()
+            .seeds(seeds)
+            .credentials(quiver_testkit::security::credentials())
+            .build()
+            .await?;
+        let refs = features
+            .iter()
+            .map(|f| (*f, Arc::new(aggregate_refs(*f))))
+            .collect();
+        Ok(Quiver {
+            name: "quiver-aggs",
+            client,
+            refs,
+            pids,
+        })
+    }
+
+    /// Checks the windowed answers of a `quiver-aggs` system for `keys` against
+    /// [`Dataset::aggregates`], each entity having `events` records in its windows.
+    ///
+    /// # Errors
+    /// The first answer that differs.
+    pub async fn verify_aggregates(
+        &self,
+        ds: &Dataset,
+        features: u32,
+        keys: &[u32],
+        events: u32,
+    ) -> anyhow::Result<()> {
+        let r = self
+            .client
+            .get_online_features(&self.request(features, keys))
+            .await?;
+        for (row, k) in keys.iter().enumerate() {
+            let want = ds.aggregates(*k, features, events);
+            for (c, (w, (name, ..))) in want
+                .iter()
+                .zip(crate::env::dataset::AGGREGATES)
+                .enumerate()
+            {
+                let got = r.f64(row, c).or(r.i64(row, c).map(|v| v as f64));
+                let close = got.is_some_and(|g| (g - w).abs() <= 1e-9 * w.abs().max(1.0));
+                anyhow::ensure!(
+                    close,
+                    "quiver-aggs: key {k} feature {name} of the aggregation view over \
+                     bench_f{features}: got {got:?}, expected {w} ({events} events)"
+                );
+            }
+        }
+        Ok(())
     }
 
     fn request(&self, features: u32, keys: &[u32]) -> Lookup {

@@ -127,12 +127,14 @@ fn move_front<'a>(from: &mut Group<'a>, to: &mut Group<'a>, k: usize) {
 }
 
 /// Computes `body`'s day summaries: per group finer than a day with a window longer than a
-/// day, per day holding tiles, each feature's tiles of that day merged into one state.
+/// day, per day holding tiles, each feature's tiles of that day merged into one state (the
+/// roll-up of fine tiles into coarse ones). Returns the day states computed.
 ///
 /// # Errors
 /// [`super::AggError`] if a stored state is corrupt.
-pub fn summarize(agg: &Aggregation, body: &mut TileSet<'_>) -> Result<(), super::AggError> {
+pub fn summarize(agg: &Aggregation, body: &mut TileSet<'_>) -> Result<u64, super::AggError> {
     let kinds: Vec<AccKind> = kinds(agg).collect();
+    let mut rolled = 0u64;
     for ((g, group), days) in agg
         .groups
         .iter()
@@ -174,7 +176,8 @@ pub fn summarize(agg: &Aggregation, body: &mut TileSet<'_>) -> Result<(), super:
                 }
             }
             days.columns.push(out);
+            rolled += ranges.len() as u64;
         }
     }
-    Ok(())
+    Ok(rolled)
 }

@@ -119,6 +119,7 @@ impl ShardIngest {
             m::INGEST_OFFSET_GAPS,
             m::INGEST_APPLY_ERRORS,
             m::AGG_TILES_WRITTEN,
+            m::AGG_ROLLUPS,
         ] {
             counter!(name, "shard" => self.shard_label.clone()).increment(0);
         }
@@ -385,6 +386,7 @@ impl ShardIngest {
                     if !batch.events.is_empty() {
                         counter!(m::AGG_TILES_WRITTEN, "shard" => l.clone())
                             .increment(outcome.tiles_written);
+                        counter!(m::AGG_ROLLUPS, "shard" => l.clone()).increment(outcome.rollups);
                     }
                     for (view, n) in &outcome.late {
                         counter!(m::INGEST_LATE_EVENTS, "shard" => l.clone(), "view" => view.clone(), "reason" => "late")

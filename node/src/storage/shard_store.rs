@@ -86,6 +86,8 @@ pub struct ApplyOutcome {
     pub late: Vec<(String, u64)>,
     /// Aggregation tiles updated.
     pub tiles_written: u64,
+    /// Day summary states rolled up from finer tiles (aggregation bodies rewritten).
+    pub rollups: u64,
 }
 
 /// A shard replica's RocksDB database.

@@ -139,10 +139,13 @@ impl ShardStore {
                 body.trim(agg, wm);
                 head.trim(agg, wm);
                 head.body_ends = split::last_starts(&body);
-                if let Err(e) = split::summarize(agg, &mut body) {
-                    // Without summaries a window reads the body's tiles one by one.
-                    warn!(key = ?String::from_utf8_lossy(&ev.key), error = %e, "day summaries not written");
-                    body.days.iter_mut().for_each(|d| *d = Default::default());
+                match split::summarize(agg, &mut body) {
+                    Ok(n) => outcome.rollups += n,
+                    Err(e) => {
+                        // Without summaries a window reads the body's tiles one by one.
+                        warn!(key = ?String::from_utf8_lossy(&ev.key), error = %e, "day summaries not written");
+                        body.days.iter_mut().for_each(|d| *d = Default::default());
+                    }
                 }
                 write(&body_key(&ev.key), &body, !body.is_empty());
                 write(&ev.key, &head, split::keep_head(&head));
