@@ -168,6 +168,7 @@ fn ingest(store: &ShardStore, view: &Arc<FeatureView>, first: u64, n: u64, start
                 key: keys::row_key(&view.name, view.version, &rec.entity_key),
                 event_time_micros: rec.event_time_micros,
                 value: Some(buf.clone()),
+                history: None,
             });
         } else {
             batch.events.push(AggEvent {

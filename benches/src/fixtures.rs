@@ -183,6 +183,7 @@ pub fn filled_stores(
             key: keys::row_key("stats", 1, k.as_bytes()),
             event_time_micros: now,
             value: Some(buf.clone()),
+            history: None,
         });
     }
     for (shard, mut b) in batches {

@@ -134,7 +134,7 @@ impl Node {
         }
 
         let engine = Arc::new(StorageEngine::new(config.storage.clone())?);
-        refresh_ttls(engine.ttls(), &registry.snapshot());
+        refresh_ttls(&engine, &registry.snapshot());
         let dead_letters = dead_letter_producer(&config)?;
         let producer = Arc::new(crate::produce::PushProducer::new(
             &config.ingest.bootstrap_servers,

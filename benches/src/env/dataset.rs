@@ -139,7 +139,10 @@ pub const AGGREGATES: [(&str, &str, Option<u32>, &str); 6] = [
 /// over the F-feature view's topic.
 pub fn aggregate_refs(features: u32) -> Vec<String> {
     let a = aggregation_view(features);
-    AGGREGATES.iter().map(|(n, ..)| format!("{a}:{n}")).collect()
+    AGGREGATES
+        .iter()
+        .map(|(n, ..)| format!("{a}:{n}"))
+        .collect()
 }
 
 /// How lookups choose keys.

@@ -113,10 +113,7 @@ impl Quiver {
             .await?;
         for (row, k) in keys.iter().enumerate() {
             let want = ds.aggregates(*k, features, events);
-            for (c, (w, (name, ..))) in want
-                .iter()
-                .zip(crate::env::dataset::AGGREGATES)
-                .enumerate()
+            for (c, (w, (name, ..))) in want.iter().zip(crate::env::dataset::AGGREGATES).enumerate()
             {
                 let got = r.f64(row, c).or(r.i64(row, c).map(|v| v as f64));
                 let close = got.is_some_and(|g| (g - w).abs() <= 1e-9 * w.abs().max(1.0));

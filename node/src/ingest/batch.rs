@@ -11,6 +11,7 @@ use tracing::warn;
 use super::decode::{RawRecord, decode_record};
 use super::shard_ingest::Stream;
 use crate::metrics as m;
+use crate::storage::history::HistoryMeta;
 use crate::storage::row_codec::encode_row;
 use crate::storage::{AggEvent, IngestBatch, RowWrite, TopicProgress, keys};
 
@@ -91,6 +92,12 @@ impl Polled {
                             ),
                             event_time_micros: rec.event_time_micros,
                             value,
+                            history: route.view.history.map(|_| HistoryMeta {
+                                offset,
+                                arrival_micros: raw
+                                    .timestamp_millis
+                                    .map_or(rec.event_time_micros, |ms| ms.saturating_mul(1000)),
+                            }),
                         });
                     }
                     Err(e) => {

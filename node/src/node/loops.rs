@@ -15,14 +15,22 @@ use crate::metrics as m;
 use crate::registry::{Registry, RegistrySnapshot};
 use crate::replica::ShardManager;
 use crate::state::NodeState;
-use crate::storage::{StorageEngine, TtlTable};
+use crate::storage::StorageEngine;
 use crate::tasks::{Tasks, Ticker, sleep_or_cancel};
 
-pub(super) fn refresh_ttls(ttls: &TtlTable, snap: &RegistrySnapshot) {
-    ttls.replace(
+/// Refreshes what the compaction filters read from the registry: each view version's TTL
+/// and its history retention (pending versions too).
+pub(super) fn refresh_ttls(engine: &StorageEngine, snap: &RegistrySnapshot) {
+    engine.ttls().replace(
         snap.views
             .values()
             .map(|v| ((v.name.clone(), v.version), compaction_ttl(v))),
+    );
+    engine.history_retention().replace(
+        snap.views
+            .values()
+            .chain(snap.pending.values())
+            .map(|v| ((v.name.clone(), v.version), v.history)),
     );
 }
 
@@ -127,7 +135,7 @@ pub(super) async fn run_ttl_refresh_loop(
             () = cancel.cancelled() => return,
             res = changes.changed() => if res.is_err() { return },
         }
-        refresh_ttls(engine.ttls(), &registry.snapshot());
+        refresh_ttls(&engine, &registry.snapshot());
     }
 }
 

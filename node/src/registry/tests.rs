@@ -187,3 +187,37 @@ fn persists_and_reopens() {
     assert_eq!(snap.views["user_stats"].features.len(), 2);
     assert_eq!(snap.feature_services.len(), 1);
 }
+
+#[test]
+fn history_is_parsed_bounded_and_only_shrinks_in_place() {
+    let r = registry();
+    let with = |h: &str| BASE.replace("ttl = \"7d\"", &format!("ttl = \"7d\"\nhistory = \"{h}\""));
+    expect_err(
+        &r,
+        &with("forever"),
+        "history \"forever\" is not a duration",
+    );
+    expect_err(&r, &with("10s"), "must be between 1m and 400d");
+    expect_err(&r, &with("500d"), "must be between 1m and 400d");
+    // Keeping history the view did not keep needs a new version (which re-ingests).
+    expect_err(&r, &with("30d"), "keeping history, or more of it");
+    let v2 = with("30d").replace("ttl = \"7d\"", "ttl = \"7d\"\nversion = 2");
+    r.apply_toml(&v2, false).unwrap();
+    let snap = r.snapshot();
+    let pending = &snap.pending["user_stats"];
+    assert_eq!(
+        pending.history,
+        Some(std::time::Duration::from_secs(30 * 86400))
+    );
+    // On a serving version: keeping less is a compatible change, keeping more is not.
+    let r = Registry::in_memory();
+    r.apply_toml(&with("30d"), false).unwrap();
+    r.apply_toml(&with("7d"), false).unwrap();
+    let snap = r.snapshot();
+    assert_eq!(
+        snap.views["user_stats"].history,
+        Some(std::time::Duration::from_secs(7 * 86400))
+    );
+    assert_eq!(snap.views["user_stats"].version, 1);
+    expect_err(&r, &with("8d"), "keeping history, or more of it");
+}

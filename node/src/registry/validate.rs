@@ -127,6 +127,22 @@ fn parse_ttl(view: &str, ttl: Option<&str>) -> Result<Option<Duration>, String> 
     Ok((!d.is_zero()).then_some(d))
 }
 
+/// The longest `history` a view may keep.
+pub const MAX_HISTORY: Duration = Duration::from_secs(400 * 86_400);
+
+fn parse_history(view: &str, text: Option<&str>) -> Result<Option<Duration>, String> {
+    let Some(text) = text else { return Ok(None) };
+    let d = humantime::parse_duration(text).map_err(|e| {
+        format!("view {view:?}: history {text:?} is not a duration like \"30d\" or \"12h\": {e}")
+    })?;
+    if d < Duration::from_secs(60) || d > MAX_HISTORY {
+        return Err(format!(
+            "view {view:?}: history {text:?} must be between 1m and 400d"
+        ));
+    }
+    Ok(Some(d))
+}
+
 fn view_from_def(
     def: &ViewDef,
     entities: &BTreeMap<String, Entity>,
@@ -198,6 +214,7 @@ fn view_from_def(
         entity: def.entity.clone(),
         features,
         ttl: parse_ttl(name, def.ttl.as_deref())?,
+        history: parse_history(name, def.history.as_deref())?,
         owner: def.owner.clone(),
         description: def.description.clone(),
         tags: def.tags.clone(),
@@ -214,6 +231,9 @@ fn view_from_def(
             "view {name:?}: [[view.input]] applies only to aggregation views (add a [view.aggregation] table)"
         )),
         None => Ok(view),
+        Some(_) if view.history.is_some() => Err(format!(
+            "view {name:?}: history applies to plain views; an aggregation view keeps its tiles (remove `history`)"
+        )),
         Some(agg) => {
             let mut seen = HashSet::new();
             let mut inputs = Vec::with_capacity(def.inputs.len());
@@ -266,6 +286,13 @@ fn check_compatible(old: &FeatureView, new: &FeatureView) -> Result<(), String> 
     {
         return Err(format!(
             "view {name:?}: changing the event-time field or unit {bump}"
+        ));
+    }
+    if new.history.unwrap_or_default() > old.history.unwrap_or_default() {
+        // The versions before the change were not kept: a new version re-ingests the
+        // topic and keeps them from its start.
+        return Err(format!(
+            "view {name:?}: keeping history, or more of it, {bump} (which re-ingests the topic and keeps row versions from its start)"
         ));
     }
     if old.aggregation.is_some() || new.aggregation.is_some() {

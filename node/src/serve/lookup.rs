@@ -140,6 +140,13 @@ pub fn execute(
     }
     let n = plan.key_count();
     let compiled = &plan.compiled;
+    if let Some(as_of) = &plan.as_of {
+        as_of.check(compiled, now_micros)?;
+        if mode == ReadMode::CachedOnly {
+            // History seeks run where they may wait on the disk.
+            return Err(ExecError::NeedsIo);
+        }
+    }
     let mut reads = Vec::with_capacity(plan.by_shard.len());
     let mut watermarks = Vec::with_capacity(plan.by_shard.len());
     // Request row → (shard position, index within the shard's multi-get).
@@ -165,6 +172,10 @@ pub fn execute(
     let mut key_buf: Vec<u8> = Vec::new();
     let mut key_ends: Vec<usize> = Vec::new();
     for vp in &compiled.views {
+        if let Some(as_of) = &plan.as_of {
+            super::as_of::fill_view(plan, as_of, vp, &reads, &locate, &mut columns)?;
+            continue;
+        }
         let tiles = vp.view.aggregation.is_some();
         // One multi-get per shard; the pinned values stay valid while `reads` lives.
         let mut fetched: Vec<Vec<Result<Option<DBPinnableSlice<'_>>, rocksdb::Error>>> =
@@ -224,65 +235,13 @@ pub fn execute(
             fill.record_tiles(n);
             continue;
         }
-        let outputs = &vp.columns;
         for (row, &(si, i)) in locate.iter().enumerate() {
             let shard = reads[si as usize].0;
             let value = match &fetched[si as usize][i as usize] {
-                Ok(v) => v,
-                Err(e) if e.kind() == rocksdb::ErrorKind::Incomplete => {
-                    return Err(ExecError::NeedsIo);
-                }
-                Err(e) => return Err(ServeError::Storage(format!("shard {shard}: {e}")).into()),
+                Ok(v) => v.as_deref(),
+                Err(e) => return Err(read_error(shard, e.clone())),
             };
-            let header = match value {
-                Some(bytes) => Some(row_codec::decode_header(bytes).map_err(|e| {
-                    ServeError::Storage(format!("shard {shard}: corrupt row: {e}"))
-                })?),
-                None => None,
-            };
-            let (Some(bytes), Some(header)) = (value, header) else {
-                outputs
-                    .iter()
-                    .for_each(|c| columns[*c].push_missing(FeatureStatus::NotFound, 0));
-                continue;
-            };
-            if header.tombstone {
-                outputs
-                    .iter()
-                    .for_each(|c| columns[*c].push_missing(FeatureStatus::NotFound, 0));
-                continue;
-            }
-            let t = header.event_time_micros;
-            if vp
-                .ttl_micros
-                .is_some_and(|ttl| now_micros.saturating_sub(t) > ttl)
-            {
-                outputs
-                    .iter()
-                    .for_each(|c| columns[*c].push_missing(FeatureStatus::Expired, t));
-                continue;
-            }
-            let mut mismatch = false;
-            visit_selected(bytes, &vp.slots, |slot, field| {
-                for &c in &vp.outputs[slot] {
-                    mismatch |= !push_field(&mut columns[c], field, t);
-                }
-            })
-            .map_err(|e| ServeError::Storage(format!("shard {shard}: corrupt row: {e}")))?;
-            if mismatch {
-                return Err(ServeError::Storage(format!(
-                    "shard {shard}: a stored value of view {} does not have its declared type",
-                    vp.view.name
-                ))
-                .into());
-            }
-            // A feature the row predates (appended to the view later) is PRESENT and null:
-            // the row exists and says "no value".
-            for &c in outputs {
-                if columns[c].rows() == row {
-                    columns[c].push_null(t);
-                }
-            }
+            fill_row(vp, shard, row, value, now_micros, &mut columns)?;
         }
     }
     Ok(GetOnlineFeaturesResponse {
@@ -295,7 +254,7 @@ pub fn execute(
 }
 
 /// A failed read: [`ExecError::NeedsIo`] for a cached-only read that needs the disk.
-fn read_error(shard: ShardId, e: rocksdb::Error) -> ExecError {
+pub(super) fn read_error(shard: ShardId, e: rocksdb::Error) -> ExecError {
     if e.kind() == rocksdb::ErrorKind::Incomplete {
         ExecError::NeedsIo
     } else {
@@ -390,4 +349,72 @@ pub fn into_cells(mut resp: GetOnlineFeaturesResponse) -> GetOnlineFeaturesRespo
         .map(|c| c.to_cells())
         .collect();
     resp
+}
+
+/// Appends row `row`'s answer for `vp` from its stored row `value` (`None`: no row) to
+/// the view's columns, its TTL judged at `at_micros` (now, or the as-of time).
+///
+/// # Errors
+/// [`ServeError::Storage`] for a corrupt row or a stored type that is not the declared
+/// one.
+pub(super) fn fill_row(
+    vp: &super::plan::ViewPlan,
+    shard: ShardId,
+    row: usize,
+    value: Option<&[u8]>,
+    at_micros: i64,
+    columns: &mut [ColumnBuilder],
+) -> Result<(), ExecError> {
+    let outputs = &vp.columns;
+    let header = match value {
+        Some(bytes) => Some(
+            row_codec::decode_header(bytes)
+                .map_err(|e| ServeError::Storage(format!("shard {shard}: corrupt row: {e}")))?,
+        ),
+        None => None,
+    };
+    let (Some(bytes), Some(header)) = (value, header) else {
+        outputs
+            .iter()
+            .for_each(|c| columns[*c].push_missing(FeatureStatus::NotFound, 0));
+        return Ok(());
+    };
+    if header.tombstone {
+        outputs
+            .iter()
+            .for_each(|c| columns[*c].push_missing(FeatureStatus::NotFound, 0));
+        return Ok(());
+    }
+    let t = header.event_time_micros;
+    if vp
+        .ttl_micros
+        .is_some_and(|ttl| at_micros.saturating_sub(t) > ttl)
+    {
+        outputs
+            .iter()
+            .for_each(|c| columns[*c].push_missing(FeatureStatus::Expired, t));
+        return Ok(());
+    }
+    let mut mismatch = false;
+    visit_selected(bytes, &vp.slots, |slot, field| {
+        for &c in &vp.outputs[slot] {
+            mismatch |= !push_field(&mut columns[c], field, t);
+        }
+    })
+    .map_err(|e| ServeError::Storage(format!("shard {shard}: corrupt row: {e}")))?;
+    if mismatch {
+        return Err(ServeError::Storage(format!(
+            "shard {shard}: a stored value of view {} does not have its declared type",
+            vp.view.name
+        ))
+        .into());
+    }
+    // A feature the row predates (appended to the view later) is PRESENT and null: the
+    // row exists and says "no value".
+    for &c in outputs {
+        if columns[c].rows() == row {
+            columns[c].push_null(t);
+        }
+    }
+    Ok(())
 }

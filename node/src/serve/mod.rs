@@ -2,6 +2,7 @@
 //! service and reflection, all on one port.
 
 mod admin_service;
+pub mod as_of;
 pub mod cluster_service;
 pub mod fair;
 mod feature_service;

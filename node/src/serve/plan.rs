@@ -312,6 +312,54 @@ pub struct LookupPlan {
     pub min_watermarks: BTreeMap<ShardId, BTreeMap<String, i64>>,
     /// Whether the response carries event times.
     pub event_times: bool,
+    /// Set for an as-of lookup.
+    pub as_of: Option<AsOfPlan>,
+}
+
+/// The times an as-of lookup reads at.
+#[derive(Debug, Clone)]
+pub struct AsOfPlan {
+    /// T per row, µs.
+    pub times: Vec<i64>,
+    /// Which version answers.
+    pub rule: crate::storage::history::AsOfRule,
+}
+
+impl AsOfPlan {
+    /// Checks that every view of `compiled` can answer as of every time at wall-clock
+    /// `now_micros`: it keeps history, and the oldest T is within its retention.
+    ///
+    /// # Errors
+    /// [`ServeError::InvalidArgument`] naming the view and its retention.
+    pub fn check(&self, compiled: &CompiledPlan, now_micros: i64) -> Result<(), ServeError> {
+        let oldest = self.times.iter().copied().min().unwrap_or(now_micros);
+        for vp in &compiled.views {
+            let v = &vp.view;
+            if v.aggregation.is_some() {
+                return Err(ServeError::InvalidArgument(format!(
+                    "view {:?} is an aggregation view: as-of lookups read plain views' row history (aggregation views answer at the current time only)",
+                    v.name
+                )));
+            }
+            let Some(history) = v.history else {
+                return Err(ServeError::InvalidArgument(format!(
+                    "view {:?} keeps no history, so it cannot answer as of a time (set `history` in its definition, e.g. history = \"30d\")",
+                    v.name
+                )));
+            };
+            let retention = i64::try_from(history.as_micros()).unwrap_or(i64::MAX);
+            if oldest < now_micros.saturating_sub(retention) {
+                return Err(ServeError::InvalidArgument(format!(
+                    "as-of time {} is older than the history view {:?} keeps ({}): it can answer as of {} or later",
+                    crate::serve::as_of::rfc3339(oldest),
+                    v.name,
+                    humantime::format_duration(history),
+                    crate::serve::as_of::rfc3339(now_micros.saturating_sub(retention)),
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl LookupPlan {
@@ -386,6 +434,11 @@ pub fn plan_keys(
             .push(i as u32);
         key_ends.push(key_bytes.len() as u32);
     }
+    let as_of = req
+        .as_of
+        .as_ref()
+        .map(|a| super::as_of::plan(a, n))
+        .transpose()?;
     let mut min_watermarks = BTreeMap::new();
     for wm in &req.min_watermarks {
         let shard = ShardId(wm.shard);
@@ -406,6 +459,7 @@ pub fn plan_keys(
         min_watermarks,
         event_times: req.include_event_times
             || req.encoding == quiver_proto::v1::ResponseEncoding::Cells as i32,
+        as_of,
     })
 }
 

@@ -60,14 +60,14 @@ impl TtlTable {
         *self.inner.write().unwrap_or_else(|p| p.into_inner()) = map;
     }
 
-    fn get(&self, view: &str, version: u32) -> Option<Option<Duration>> {
+    pub(super) fn get(&self, view: &str, version: u32) -> Option<Option<Duration>> {
         let map = self.inner.read().unwrap_or_else(|p| p.into_inner());
         // Allocation-free lookup would need a borrowed key type; compactions are not hot.
         map.get(&(view.to_owned(), version)).copied()
     }
 }
 
-fn now_micros() -> i64 {
+pub(super) fn now_micros() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as i64)
@@ -122,6 +122,7 @@ pub struct StorageEngine {
     cache: Cache,
     write_buffers: WriteBufferManager,
     ttls: TtlTable,
+    history: TtlTable,
 }
 
 impl StorageEngine {
@@ -143,7 +144,14 @@ impl StorageEngine {
             cache,
             write_buffers,
             ttls: TtlTable::default(),
+            history: TtlTable::default(),
         })
+    }
+
+    /// History retention per (view, version), read by the history compaction filter:
+    /// `None` for a view that keeps no history. Refreshed on registry changes.
+    pub fn history_retention(&self) -> &TtlTable {
+        &self.history
     }
 
     /// The TTL table the compaction filters consult.
@@ -205,6 +213,26 @@ impl StorageEngine {
             "quiver_ttl",
             move |_level: u32, key: &[u8], value: &[u8]| ttl_decision(&ttls, retention, key, value),
         );
+        o
+    }
+
+    /// Options of the `history` column family: point seeks by entity and time (a prefix
+    /// bloom would not help a seek), the retention filter per compaction.
+    pub(super) fn history_options(&self) -> Options {
+        let mut bbo = BlockBasedOptions::default();
+        bbo.set_block_cache(&self.cache);
+        bbo.set_cache_index_and_filter_blocks(true);
+        bbo.set_block_size(16 * 1024);
+        bbo.set_format_version(6);
+        let mut o = Options::default();
+        o.set_block_based_table_factory(&bbo);
+        o.set_compression_type(DBCompressionType::Lz4);
+        o.set_bottommost_compression_type(DBCompressionType::Zstd);
+        o.set_level_compaction_dynamic_level_bytes(true);
+        o.set_periodic_compaction_seconds(24 * 3600);
+        o.set_compaction_filter_factory(super::history::HistoryFilterFactory::new(
+            self.history.clone(),
+        ));
         o
     }
 

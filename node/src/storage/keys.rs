@@ -174,6 +174,94 @@ pub fn parse_view_key(key: &[u8]) -> Option<RowKey<'_>> {
     })
 }
 
+/// Tag of the history key space (column family `history`): every version of a row of a
+/// view with `history`, newest first per entity.
+pub const HISTORY_TAG: u8 = 0x03;
+
+/// Appends the prefix shared by every history entry of one entity of `(view, version)`:
+/// the row key's view and version, then the entity key with its length (so one entity's
+/// entries never interleave with another's whose key it prefixes).
+pub fn encode_history_prefix(view: &str, version: u32, entity_key: &[u8], out: &mut Vec<u8>) {
+    let start = out.len();
+    encode_row_key(view, version, b"", out);
+    out[start] = HISTORY_TAG;
+    debug_assert!(
+        entity_key.len() <= MAX_KEY_BYTES,
+        "keys are checked on the way in"
+    );
+    out.extend_from_slice(&(entity_key.len() as u16).to_be_bytes());
+    out.extend_from_slice(entity_key);
+}
+
+/// Appends the key of the history entry of `(view, version, entity_key)` with event time
+/// `event_time_micros` written by the record at `offset`: the entity prefix, then the
+/// event time and the offset, both inverted so an entity's newest version sorts first
+/// (and of two with one event time, the later record, which won).
+pub fn encode_history_key(
+    view: &str,
+    version: u32,
+    entity_key: &[u8],
+    event_time_micros: i64,
+    offset: i64,
+    out: &mut Vec<u8>,
+) {
+    encode_history_prefix(view, version, entity_key, out);
+    out.extend_from_slice(&inverted_time(event_time_micros));
+    out.extend_from_slice(&(!(offset as u64)).to_be_bytes());
+}
+
+/// The 8 bytes under which event time `t` sorts before every earlier time.
+pub fn inverted_time(t: i64) -> [u8; 8] {
+    (!((t as u64) ^ (1 << 63))).to_be_bytes()
+}
+
+/// A parsed history key.
+#[derive(Debug, PartialEq, Eq)]
+pub struct HistoryKey<'a> {
+    /// View name.
+    pub view: &'a str,
+    /// View version.
+    pub version: u32,
+    /// Entity key bytes.
+    pub entity_key: &'a [u8],
+    /// Event time of the version, µs.
+    pub event_time_micros: i64,
+    /// Offset of the record that wrote it.
+    pub offset: i64,
+}
+
+impl HistoryKey<'_> {
+    /// Length of the entity prefix ([`encode_history_prefix`]) of the parsed key.
+    pub fn prefix_len(key: &[u8]) -> usize {
+        key.len().saturating_sub(16)
+    }
+}
+
+/// Parses a history key; `None` if malformed.
+pub fn parse_history_key(key: &[u8]) -> Option<HistoryKey<'_>> {
+    let (&tag, rest) = key.split_first()?;
+    if tag != HISTORY_TAG {
+        return None;
+    }
+    let (len, rest) = rest.split_at_checked(2)?;
+    let (view, rest) = rest.split_at_checked(usize::from(u16::from_be_bytes([len[0], len[1]])))?;
+    let (version, rest) = rest.split_at_checked(4)?;
+    let (len, rest) = rest.split_at_checked(2)?;
+    let (entity, tail) =
+        rest.split_at_checked(usize::from(u16::from_be_bytes([len[0], len[1]])))?;
+    if tail.len() != 16 {
+        return None;
+    }
+    let word = |b: &[u8]| u64::from_be_bytes(b.try_into().expect("8 bytes"));
+    Some(HistoryKey {
+        view: std::str::from_utf8(view).ok()?,
+        version: u32::from_be_bytes(version.try_into().ok()?),
+        entity_key: entity,
+        event_time_micros: (!word(&tail[..8]) ^ (1 << 63)) as i64,
+        offset: !word(&tail[8..]) as i64,
+    })
+}
+
 /// Meta key of the offset record of `topic`.
 pub fn offset_key(topic: &str) -> Vec<u8> {
     let mut k = OFFSET_PREFIX.to_vec();
@@ -216,6 +304,50 @@ mod tests {
         assert_eq!(parse_row_key(&tile), None, "a tile key is not a row key");
         assert_eq!(parse_view_key(&tile).unwrap().entity_key, b"k");
         assert_eq!(&tile[1..], &row_key("v", 2, b"k")[1..]);
+    }
+
+    #[test]
+    fn history_keys_sort_newest_first_per_entity_and_round_trip() {
+        let k = |e: &[u8], t: i64, o: i64| {
+            let mut out = Vec::new();
+            encode_history_key("v", 2, e, t, o, &mut out);
+            out
+        };
+        let parsed = k(b"user-1", -5, 42);
+        assert_eq!(
+            parse_history_key(&parsed),
+            Some(HistoryKey {
+                view: "v",
+                version: 2,
+                entity_key: b"user-1",
+                event_time_micros: -5,
+                offset: 42,
+            })
+        );
+        // Newest event time first, then the later record; negative times too.
+        let mut keys = [
+            k(b"a", 10, 1),
+            k(b"a", 20, 0),
+            k(b"a", 10, 7),
+            k(b"a", -3, 9),
+            k(b"a", i64::MAX, 0),
+        ];
+        keys.sort();
+        let order: Vec<(i64, i64)> = keys
+            .iter()
+            .map(|x| {
+                let h = parse_history_key(x).unwrap();
+                (h.event_time_micros, h.offset)
+            })
+            .collect();
+        assert_eq!(order, [(i64::MAX, 0), (20, 0), (10, 7), (10, 1), (-3, 9)]);
+        // An entity whose key extends another's never falls inside its range.
+        let mut a = Vec::new();
+        encode_history_prefix("v", 2, b"a", &mut a);
+        assert!(!k(b"ab", 10, 1).starts_with(&a));
+        assert_eq!(HistoryKey::prefix_len(&k(b"a", 1, 1)), a.len());
+        assert_eq!(parse_history_key(&row_key("v", 2, b"k")), None);
+        assert_eq!(parse_history_key(&[HISTORY_TAG; 10]), None);
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! records are consumed again.
 
 mod engine;
+pub mod history;
 pub mod keys;
 pub mod row_codec;
 mod shard_store;

@@ -18,6 +18,7 @@ use super::{OffsetRecord, ShardIdentity, StorageError, keys, row_codec};
 
 const CF_ROWS: &str = "rows";
 const CF_META: &str = "meta";
+const CF_HISTORY: &str = "history";
 
 /// Applied offsets of a shard: source topic → next offset to apply.
 pub type Watermark = Arc<BTreeMap<String, i64>>;
@@ -33,6 +34,9 @@ pub struct RowWrite {
     pub event_time_micros: i64,
     /// Encoded row, or `None` for a tombstone.
     pub value: Option<Vec<u8>>,
+    /// For a view that keeps history: where the record came from (the version is also
+    /// written to the history, [`super::history`]).
+    pub history: Option<super::history::HistoryMeta>,
 }
 
 /// Consumption progress of one topic within a batch.
@@ -130,6 +134,7 @@ impl ShardStore {
         let cfs = vec![
             ColumnFamilyDescriptor::new(CF_ROWS, engine.rows_options()),
             ColumnFamilyDescriptor::new(CF_META, Options::default()),
+            ColumnFamilyDescriptor::new(CF_HISTORY, engine.history_options()),
         ];
         let rocks = |source| StorageError::Rocks { shard, source };
         let db = DB::open_cf_descriptors(&db_options, &path, cfs).map_err(rocks)?;
@@ -285,7 +290,13 @@ impl ShardStore {
         let mut per_topic = vec![ApplyOutcome::default(); batch.progress.len()];
         let mut tombstone = Vec::new();
         let mut newest = i64::MIN;
+        let mut history = HistoryWriter::default();
         for w in &batch.writes {
+            if let Some(meta) = w.history {
+                // Every version, won or not: an older event arriving late is still the
+                // answer as of its time.
+                history.put(self.cf(CF_HISTORY), &mut wb, w, meta);
+            }
             let slot = current.get_mut(w.key.as_slice()).expect("seeded above");
             let wins = slot.is_none_or(|cur| w.event_time_micros >= cur);
             let counter = &mut per_topic[w.topic];
@@ -373,11 +384,31 @@ impl ShardStore {
         }
     }
 
-    /// Runs a full compaction of the rows, which drops expired rows and old tombstones
-    /// through the TTL filter (a "sweep"; RocksDB also compacts on its own schedule).
+    /// Runs a full compaction of the rows and the history, which drops expired rows, old
+    /// tombstones and versions past the history retention through the compaction filters
+    /// (a "sweep"; RocksDB also compacts on its own schedule).
     pub fn compact_rows(&self) {
-        self.db
-            .compact_range_cf(self.cf(CF_ROWS), None::<&[u8]>, None::<&[u8]>);
+        for cf in [CF_ROWS, CF_HISTORY] {
+            self.db
+                .compact_range_cf(self.cf(cf), None::<&[u8]>, None::<&[u8]>);
+        }
+    }
+
+    /// Counts stored history entries (every kept row version). For tests and tools; it
+    /// reads the whole key space.
+    ///
+    /// # Errors
+    /// [`StorageError::Rocks`] if the scan fails.
+    pub fn count_history_entries(&self) -> Result<u64, StorageError> {
+        let mut n = 0;
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_HISTORY), IteratorMode::Start)
+        {
+            item.map_err(|e| self.rocks(e))?;
+            n += 1;
+        }
+        Ok(n)
     }
 
     /// Counts stored rows (including tombstone markers) with a prefix scan. For tests and
@@ -403,7 +434,7 @@ impl ShardStore {
     /// An integer RocksDB property summed over the shard's column families (e.g.
     /// `rocksdb.cur-size-all-mem-tables`); 0 when RocksDB does not know it.
     pub fn int_property(&self, name: &str) -> u64 {
-        [CF_ROWS, CF_META]
+        [CF_ROWS, CF_META, CF_HISTORY]
             .iter()
             .map(|cf| {
                 self.db
@@ -439,6 +470,9 @@ impl ShardStore {
             .map_err(|e| self.rocks(e))?;
         self.db
             .flush_cf(self.cf(CF_META))
+            .map_err(|e| self.rocks(e))?;
+        self.db
+            .flush_cf(self.cf(CF_HISTORY))
             .map_err(|e| self.rocks(e))?;
         self.db.flush_wal(true).map_err(|e| self.rocks(e))
     }
@@ -503,6 +537,20 @@ impl<'a> ConsistentRead<'a> {
             .map(i64::from_le_bytes))
     }
 
+    /// A reader of row versions as of a time ([`super::history`]), on the snapshot. With
+    /// `cached_only`, a seek that needs the disk ends in an `Incomplete` error.
+    pub fn as_of(&self, cached_only: bool) -> super::history::AsOfReader<'a> {
+        let mut o = self.readopts();
+        if cached_only {
+            o.set_read_tier(rocksdb::ReadTier::BlockCache);
+        }
+        super::history::AsOfReader::new(
+            self.store
+                .db
+                .raw_iterator_cf_opt(self.store.cf(CF_HISTORY), o),
+        )
+    }
+
     /// Rows by storage key as of the snapshot, in `keys` order. With `cached_only`,
     /// RocksDB reads only memtables and the block cache: a key that would need disk I/O
     /// answers an `Incomplete` error instead of blocking.
@@ -527,6 +575,46 @@ impl<'a> ConsistentRead<'a> {
         self.store
             .db
             .batched_multi_get_cf_opt(rows, keys, false, &o)
+    }
+}
+
+/// Writes history entries into a batch with reused buffers.
+#[derive(Default)]
+struct HistoryWriter {
+    key: Vec<u8>,
+    row: Vec<u8>,
+    value: Vec<u8>,
+}
+
+impl HistoryWriter {
+    fn put(
+        &mut self,
+        cf: &ColumnFamily,
+        wb: &mut WriteBatch,
+        w: &RowWrite,
+        meta: super::history::HistoryMeta,
+    ) {
+        let Some(k) = keys::parse_row_key(&w.key) else {
+            return;
+        };
+        self.key.clear();
+        keys::encode_history_key(
+            k.view,
+            k.version,
+            k.entity_key,
+            w.event_time_micros,
+            meta.offset,
+            &mut self.key,
+        );
+        let row = match &w.value {
+            Some(v) => v.as_slice(),
+            None => {
+                row_codec::encode_tombstone(w.event_time_micros, &mut self.row);
+                &self.row
+            }
+        };
+        super::history::encode_value(meta.arrival_micros, row, &mut self.value);
+        wb.put_cf(cf, &self.key, &self.value);
     }
 }
 

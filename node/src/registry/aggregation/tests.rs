@@ -205,3 +205,18 @@ fn the_documented_example_applies() {
     // older) + lifetime (1).
     assert_eq!(agg.max_tiles_per_entity(), 13 + (169 + 27) + (31 + 2) + 1);
 }
+
+#[test]
+fn history_is_refused_on_aggregation_views() {
+    let r = Registry::in_memory();
+    let text = with_feature("name = \"n\"\nfunction = \"count\"\nwindow = \"1h\"").replace(
+        "entity = \"user\"\n",
+        "entity = \"user\"\nhistory = \"30d\"\n",
+    );
+    let e = r.apply_toml(&text, false).unwrap_err().to_string();
+    assert!(
+        e.contains("history applies to plain views; an aggregation view keeps its tiles"),
+        "{e}"
+    );
+    assert!(r.snapshot().views.is_empty(), "nothing changed");
+}

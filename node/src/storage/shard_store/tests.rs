@@ -21,6 +21,7 @@ fn write(key: &str, et: i64, v: Option<i64>) -> RowWrite {
         key: keys::row_key("v", 1, key.as_bytes()),
         event_time_micros: et,
         value,
+        history: None,
     }
 }
 
