@@ -21,7 +21,7 @@ use crate::error::ClientError;
 use crate::lookup::{Lookup, LookupResult};
 use crate::metrics as m;
 use crate::retry::Recovery;
-use crate::router::{Excluded, Group, ShardedBatch, route, shard_batch};
+use crate::router::{Excluded, Group, ShardedBatch, route, shard_batch_at};
 use crate::watermark::Watermarks;
 
 /// How long a node that answered "draining" is avoided (while another replica is healthy):
@@ -77,6 +77,7 @@ pub(crate) struct Call<'a> {
     batch: ShardedBatch,
     extra: &'a Watermarks,
     event_times: bool,
+    as_of: Option<&'a crate::lookup::AsOfSpec>,
     deadline: Instant,
     deadline_len: Duration,
     /// The latest error a node answered with (e.g. BEHIND): reported when the deadline
@@ -92,9 +93,14 @@ impl<'a> Call<'a> {
             inner,
             features: &lookup.features,
             feature_service: &lookup.feature_service,
-            batch: shard_batch(&table, &lookup.keys),
+            batch: shard_batch_at(
+                &table,
+                &lookup.keys,
+                lookup.as_of.as_ref().map_or(&[][..], |a| &a.key_times),
+            ),
             extra: &lookup.min_watermarks,
             event_times: lookup.event_times,
+            as_of: lookup.as_of.as_ref(),
             deadline: Instant::now() + d,
             deadline_len: d,
             last_answer: std::sync::Mutex::new(None),
@@ -289,6 +295,16 @@ impl<'a> Call<'a> {
                 .wait_for(g.node.id, &g.shards)
                 .map_or(0, |d| d.as_millis().max(1) as u32),
             include_event_times: self.event_times,
+            as_of: self.as_of.map(|a| {
+                let times = if self.batch.unique_times.is_empty() {
+                    Vec::new()
+                } else {
+                    keys.iter()
+                        .map(|&u| self.batch.unique_times[u as usize])
+                        .collect()
+                };
+                a.to_wire(times)
+            }),
             ..Default::default()
         };
         (req, keys)

@@ -171,6 +171,7 @@ impl Client {
                     s.check_lookup(&lookup.features, &lookup.feature_service, &lookup.keys)
                 })
                 .await?;
+            lookup.check_as_of()?;
             let inner = &*self.inner;
             if let Some(cache) = &inner.cache
                 && let Some(shape) = cache.shape(&inner.schema.current(), lookup)

@@ -27,6 +27,35 @@ pub struct Lookup {
     pub(crate) deadline: Option<Duration>,
     pub(crate) event_times: bool,
     pub(crate) bypass_cache: bool,
+    pub(crate) as_of: Option<AsOfSpec>,
+}
+
+/// The time(s) of an as-of lookup ([`Lookup::as_of`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct AsOfSpec {
+    /// T for every key, µs (when `key_times` is empty).
+    pub(crate) time: i64,
+    /// T per key, in key order.
+    pub(crate) key_times: Vec<i64>,
+    pub(crate) exclude_late_arrivals: bool,
+}
+
+impl AsOfSpec {
+    pub(crate) fn to_wire(&self, key_times: Vec<i64>) -> quiver_proto::v1::AsOf {
+        quiver_proto::v1::AsOf {
+            time_micros: if key_times.is_empty() { self.time } else { 0 },
+            key_times_micros: key_times,
+            exclude_late_arrivals: self.exclude_late_arrivals,
+        }
+    }
+}
+
+/// Microseconds since the Unix epoch of `t` (negative before it).
+fn micros(t: std::time::SystemTime) -> i64 {
+    match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_micros()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_micros()).unwrap_or(i64::MAX),
+    }
 }
 
 impl Lookup {
@@ -73,6 +102,39 @@ impl Lookup {
         self
     }
 
+    /// Reads every key's values as of `t` instead of the latest: the version with the
+    /// greatest event time at or before `t`, within the view's TTL at `t`, from the row
+    /// history of views defined with `history` (others are refused). Not cached.
+    pub fn as_of(self, t: std::time::SystemTime) -> Self {
+        self.as_of_micros(micros(t))
+    }
+
+    /// As [`Lookup::as_of`], with `t` in µs since the Unix epoch.
+    pub fn as_of_micros(mut self, t: i64) -> Self {
+        let spec = self.as_of.get_or_insert_with(AsOfSpec::default);
+        spec.time = t;
+        spec.key_times.clear();
+        self
+    }
+
+    /// Reads each key as of its own time (µs since the Unix epoch), one per key in key
+    /// order — a label set's timestamps (checked against the keys when the call starts).
+    pub fn as_of_per_key(mut self, times: impl IntoIterator<Item = i64>) -> Self {
+        let spec = self.as_of.get_or_insert_with(AsOfSpec::default);
+        spec.key_times = times.into_iter().collect();
+        self
+    }
+
+    /// With an as-of time: only versions that had arrived by it count (their Kafka
+    /// timestamp), so the answer is what a lookup at that time returned — no late or
+    /// backfilled event leaks into it.
+    pub fn exclude_late_arrivals(mut self, on: bool) -> Self {
+        self.as_of
+            .get_or_insert_with(AsOfSpec::default)
+            .exclude_late_arrivals = on;
+        self
+    }
+
     /// Overrides the client's deadline for this call.
     pub fn deadline(mut self, d: Duration) -> Self {
         self.deadline = Some(d);
@@ -92,8 +154,30 @@ impl Lookup {
             entity_keys: self.keys,
             min_watermarks: self.min_watermarks.to_wire(None),
             include_event_times: self.event_times,
+            as_of: self.as_of.map(|a| {
+                let times = a.key_times.clone();
+                a.to_wire(times)
+            }),
             ..Default::default()
         }
+    }
+
+    /// Checks the as-of part of the lookup against its keys (before anything is sent).
+    pub(crate) fn check_as_of(&self) -> Result<(), ClientError> {
+        let Some(a) = &self.as_of else { return Ok(()) };
+        if !a.key_times.is_empty() && a.key_times.len() != self.keys.len() {
+            return Err(ClientError::InvalidRequest(format!(
+                "as_of_per_key has {} times for {} entity keys: give one per key, in key order",
+                a.key_times.len(),
+                self.keys.len()
+            )));
+        }
+        if a.key_times.is_empty() && a.time == 0 {
+            return Err(ClientError::InvalidRequest(
+                "exclude_late_arrivals needs an as-of time: call as_of or as_of_per_key".into(),
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -54,20 +54,44 @@ pub(crate) struct ShardedBatch {
     pub(crate) row_to_unique: Vec<u32>,
     /// Shard → indexes into `unique`.
     pub(crate) by_shard: BTreeMap<u32, Vec<u32>>,
+    /// With per-key as-of times: the time of each unique (key, time) pair; else empty.
+    pub(crate) unique_times: Vec<i64>,
 }
 
 /// Splits `keys` by shard under `table`.
 pub(crate) fn shard_batch(table: &RoutingTable, keys: &[EntityKey]) -> ShardedBatch {
+    shard_batch_at(table, keys, &[])
+}
+
+/// Splits `keys` by shard under `table`; with `times` (one per key: per-key as-of times),
+/// a key asked at two times is two rows.
+pub(crate) fn shard_batch_at(
+    table: &RoutingTable,
+    keys: &[EntityKey],
+    times: &[i64],
+) -> ShardedBatch {
     let mut index: HashMap<Vec<u8>, u32> = HashMap::with_capacity(keys.len());
     let mut unique = Vec::with_capacity(keys.len());
+    let mut unique_times = Vec::with_capacity(times.len());
     let mut row_to_unique = Vec::with_capacity(keys.len());
     let mut by_shard: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
-    for k in keys {
-        let bytes = key_bytes(k);
+    for (i, k) in keys.iter().enumerate() {
+        let key = key_bytes(k);
+        let len = key.len();
+        let mut ident = key;
+        if let Some(t) = times.get(i) {
+            ident.extend_from_slice(&t.to_le_bytes());
+        }
         let next = unique.len() as u32;
-        let u = *index.entry(bytes).or_insert_with_key(|b| {
-            by_shard.entry(table.shard_of(b)).or_default().push(next);
+        let u = *index.entry(ident).or_insert_with_key(|b| {
+            by_shard
+                .entry(table.shard_of(&b[..len]))
+                .or_default()
+                .push(next);
             unique.push(k.clone());
+            if let Some(t) = times.get(i) {
+                unique_times.push(*t);
+            }
             next
         });
         row_to_unique.push(u);
@@ -76,6 +100,7 @@ pub(crate) fn shard_batch(table: &RoutingTable, keys: &[EntityKey]) -> ShardedBa
         unique,
         row_to_unique,
         by_shard,
+        unique_times,
     }
 }
 

@@ -270,6 +270,8 @@ async fn fetch(
         deadline: Some(remaining),
         event_times: shape.needs_times(),
         bypass_cache: true,
+        // Cached lookups are never as of a time (`Cache::shape`).
+        as_of: None,
     };
     let parts = Call::new(inner, &sub).run_parts().await?;
     let mut out: Vec<Option<Arc<CachedRow>>> = vec![None; which.len()];

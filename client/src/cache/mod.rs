@@ -217,7 +217,8 @@ impl RowCache {
     /// The shape of `lookup` if its rows may be cached (every view it reads is cached by
     /// the config, and the shape table is not full).
     pub(crate) fn shape(&self, schema: &ClientSchema, lookup: &Lookup) -> Option<Arc<Shape>> {
-        if lookup.bypass_cache {
+        if lookup.bypass_cache || lookup.as_of.is_some() {
+            // Rows are cached as the latest values; a past time reads history.
             return None;
         }
         let hash = self.hasher.hash_one((

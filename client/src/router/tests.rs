@@ -47,6 +47,26 @@ fn batches_split_by_the_kafka_partitioner_and_dedupe() {
     assert_eq!(key_bytes(&EntityKey::from(-42i64)), b"-42");
 }
 
+#[test]
+fn per_key_as_of_times_keep_a_key_asked_at_two_times_as_two_rows() {
+    let t = table(&[&[1], &[2], &[3], &[4]]);
+    let keys: Vec<EntityKey> = ["a", "b", "a", "a"].into_iter().map(Into::into).collect();
+    let b = shard_batch_at(&t, &keys, &[10, 10, 20, 10]);
+    assert_eq!(b.unique.len(), 3);
+    assert_eq!(b.row_to_unique, vec![0, 1, 2, 0]);
+    assert_eq!(b.unique_times, vec![10, 10, 20]);
+    // Both rows of "a" go to its shard.
+    let shard_of_a = Partitioner::Murmur2.shard_for_key(b"a", 4).0;
+    assert_eq!(
+        b.by_shard[&shard_of_a]
+            .iter()
+            .filter(|u| key_bytes(&b.unique[**u as usize]) == b"a")
+            .count(),
+        2
+    );
+    assert!(shard_batch(&t, &keys).unique_times.is_empty());
+}
+
 // Channels are created lazily, which needs a runtime.
 #[tokio::test]
 async fn power_of_two_prefers_the_less_loaded_replica() {

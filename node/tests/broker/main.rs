@@ -8,6 +8,7 @@ mod aggregations;
 mod cluster;
 mod drain;
 mod fidelity;
+mod history;
 mod observability;
 
 use std::collections::{BTreeMap, HashMap};

@@ -107,6 +107,14 @@ enum Command {
         /// Read at least this watermark token (from `push`).
         #[arg(long)]
         min_watermark: Option<String>,
+        /// Read the values as of a past time (views with `history`): RFC 3339
+        /// (`2026-11-30T12:00:00Z`), µs since the Unix epoch, or a duration ago (`2h ago`).
+        #[arg(long, value_parser = parse_as_of)]
+        as_of: Option<i64>,
+        /// With --as-of: only versions that had arrived by then (what a lookup then
+        /// returned).
+        #[arg(long, requires = "as_of")]
+        exclude_late_arrivals: bool,
     },
     /// Push rows into a view (produced to its topic; prints a read-your-writes token).
     Push {
@@ -289,6 +297,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             keys,
             int_keys,
             min_watermark,
+            as_of,
+            exclude_late_arrivals,
         } => {
             let lookup = match service {
                 Some(s) => Lookup::feature_service(s),
@@ -312,6 +322,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(token) = min_watermark {
                 let wm: Watermarks = token.parse()?;
                 lookup = lookup.min_watermarks(&wm);
+            }
+            if let Some(t) = as_of {
+                lookup = lookup
+                    .as_of_micros(t)
+                    .exclude_late_arrivals(exclude_late_arrivals);
             }
             let smart = smart_client(&cli.addr, &credentials, &cli.connect_to).await?;
             let result = smart.get_online_features(&lookup).await?;
@@ -433,6 +448,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--as-of`: RFC 3339, µs since the Unix epoch, or `<duration> ago`.
+fn parse_as_of(s: &str) -> Result<i64, String> {
+    let now = std::time::SystemTime::now();
+    let since_epoch = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .map_err(|_| format!("{s:?} is before 1970"))
+    };
+    if let Ok(us) = s.parse::<i64>() {
+        return Ok(us);
+    }
+    if let Some(ago) = s.trim().strip_suffix("ago") {
+        let d = humantime::parse_duration(ago.trim())
+            .map_err(|e| format!("{s:?}: {e} (expected e.g. \"2h ago\")"))?;
+        return since_epoch(now - d);
+    }
+    humantime::parse_rfc3339_weak(s)
+        .map_err(|e| {
+            format!(
+                "{s:?} is not a time: {e} (expected RFC 3339, µs since the epoch, or \"2h ago\")"
+            )
+        })
+        .and_then(since_epoch)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -459,5 +499,22 @@ mod tests {
             cli.connect_to[1],
             ("b:1".to_owned(), "127.0.0.1:3".to_owned())
         );
+    }
+
+    #[test]
+    fn as_of_takes_rfc3339_micros_or_a_duration_ago() {
+        assert_eq!(
+            parse_as_of("2026-11-30T12:00:00Z"),
+            Ok(1_796_040_000_000_000)
+        );
+        assert_eq!(parse_as_of("1700000000000000"), Ok(1_700_000_000_000_000));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros() as i64;
+        let ago = parse_as_of("2h ago").unwrap();
+        assert!((now - 2 * 3_600_000_000 - ago).abs() < 60_000_000, "{ago}");
+        let err = parse_as_of("yesterday").unwrap_err();
+        assert!(err.contains("is not a time"), "{err}");
     }
 }
