@@ -40,6 +40,11 @@ pub const AGG_TILES_WRITTEN: &str = "quiver_aggregation_tiles_written_total";
 /// Counter: day summary states rolled up from finer aggregation tiles (each time an
 /// entity's older tiles are rewritten), by `shard`.
 pub const AGG_ROLLUPS: &str = "quiver_aggregation_rollups_total";
+/// Counter: row versions written to the history (views with `history`), by `shard`.
+pub const HISTORY_WRITTEN: &str = "quiver_history_versions_written_total";
+/// Counter: entity keys answered as of a past time (from the row history), by `rule`
+/// (`event_time`, `arrived_by`).
+pub const AS_OF_KEYS: &str = "quiver_serve_as_of_keys_total";
 /// Histogram: aggregation tiles merged per entity answered by a lookup.
 pub const AGG_TILES_PER_READ: &str = "quiver_aggregation_tiles_per_read";
 /// Malformed records by `shard` and `reason`.
@@ -125,6 +130,9 @@ pub fn describe() {
     // With or without a dead-letter topic configured: dashboards query the series.
     for result in ["queued", "failed"] {
         metrics::counter!(INGEST_DEAD_LETTERS, "result" => result).increment(0);
+    }
+    for rule in ["event_time", "arrived_by"] {
+        metrics::counter!(AS_OF_KEYS, "rule" => rule).increment(0);
     }
     describe_counter!(SERVE_REQUESTS, "gRPC requests by rpc and result code");
     describe_counter!(
@@ -213,6 +221,14 @@ pub fn describe() {
     describe_counter!(
         AGG_ROLLUPS,
         "day summary states rolled up from finer aggregation tiles, by shard"
+    );
+    describe_counter!(
+        HISTORY_WRITTEN,
+        "row versions written to the history of views with history, by shard"
+    );
+    describe_counter!(
+        AS_OF_KEYS,
+        "entity keys answered as of a past time, by rule (event_time, arrived_by)"
     );
     describe_histogram!(
         AGG_TILES_PER_READ,

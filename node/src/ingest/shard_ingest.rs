@@ -120,6 +120,7 @@ impl ShardIngest {
             m::INGEST_APPLY_ERRORS,
             m::AGG_TILES_WRITTEN,
             m::AGG_ROLLUPS,
+            m::HISTORY_WRITTEN,
         ] {
             counter!(name, "shard" => self.shard_label.clone()).increment(0);
         }
@@ -383,6 +384,10 @@ impl ShardIngest {
                     counter!(m::INGEST_APPLIED, "shard" => l.clone()).increment(outcome.applied);
                     counter!(m::INGEST_SUPERSEDED, "shard" => l.clone())
                         .increment(outcome.superseded);
+                    if outcome.history_written > 0 {
+                        counter!(m::HISTORY_WRITTEN, "shard" => l.clone())
+                            .increment(outcome.history_written);
+                    }
                     if !batch.events.is_empty() {
                         counter!(m::AGG_TILES_WRITTEN, "shard" => l.clone())
                             .increment(outcome.tiles_written);

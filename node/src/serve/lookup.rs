@@ -146,6 +146,11 @@ pub fn execute(
             // History seeks run where they may wait on the disk.
             return Err(ExecError::NeedsIo);
         }
+        let rule = match as_of.rule {
+            crate::storage::history::AsOfRule::EventTime => "event_time",
+            crate::storage::history::AsOfRule::ArrivedBy => "arrived_by",
+        };
+        metrics::counter!(crate::metrics::AS_OF_KEYS, "rule" => rule).increment(n as u64);
     }
     let mut reads = Vec::with_capacity(plan.by_shard.len());
     let mut watermarks = Vec::with_capacity(plan.by_shard.len());

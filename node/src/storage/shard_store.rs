@@ -92,6 +92,8 @@ pub struct ApplyOutcome {
     pub tiles_written: u64,
     /// Day summary states rolled up from finer tiles (aggregation bodies rewritten).
     pub rollups: u64,
+    /// Row versions written to the history.
+    pub history_written: u64,
 }
 
 /// A shard replica's RocksDB database.
@@ -296,6 +298,7 @@ impl ShardStore {
                 // Every version, won or not: an older event arriving late is still the
                 // answer as of its time.
                 history.put(self.cf(CF_HISTORY), &mut wb, w, meta);
+                outcome.history_written += 1;
             }
             let slot = current.get_mut(w.key.as_slice()).expect("seeded above");
             let wins = slot.is_none_or(|cur| w.event_time_micros >= cur);
