@@ -109,6 +109,7 @@ impl Common {
             block_cache_mib: self.block_cache_mib,
             secure: self.secure,
             aggregations: false,
+            history: false,
         }
     }
 
@@ -184,9 +185,15 @@ struct LookupArgs {
     /// features (e.g. `100x6`) to compare like with like.
     #[arg(long)]
     aggregations: bool,
-    /// With `--aggregations`: older records per entity loaded first (event times spread
-    /// over six days), so windows count more than the newest record.
-    #[arg(long, default_value_t = 0, requires = "aggregations")]
+    /// Also register a copy of each case's view with `history = "7d"` (same topic, same
+    /// features) and measure its latest-value lookups (`quiver-history`) beside the plain
+    /// view's: the cost history adds to reads.
+    #[arg(long)]
+    history: bool,
+    /// With `--aggregations` or `--history`: older records per entity loaded first (event
+    /// times spread over six days), so windows count more than the newest record and
+    /// histories hold more than one version.
+    #[arg(long, default_value_t = 0)]
     history_events: u32,
 }
 
@@ -352,10 +359,18 @@ fn lookup_params(a: &LookupArgs) -> anyhow::Result<LookupParams> {
     if a.aggregations {
         systems.push("quiver-aggs".into());
     }
+    if a.history {
+        systems.push("quiver-history".into());
+    }
+    anyhow::ensure!(
+        a.history_events == 0 || a.aggregations || a.history,
+        "--history-events needs --aggregations or --history"
+    );
     systems.extend(a.peers.iter().cloned());
     Ok(LookupParams {
         cluster: ClusterSpec {
             aggregations: a.aggregations,
+            history: a.history,
             ..a.common.cluster()
         },
         dataset: a.common.dataset(),
@@ -384,11 +399,8 @@ fn lookup_params(a: &LookupArgs) -> anyhow::Result<LookupParams> {
                 rows,
                 ttl_ms: a.client_cache_ttl_ms,
             }),
-        aggregates: a
-            .aggregations
-            .then_some(quiver_bench::lookup::AggregatesSpec {
-                history_events: a.history_events,
-            }),
+        aggregates: a.aggregations,
+        history_events: a.history_events,
     })
 }
 

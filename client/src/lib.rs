@@ -62,6 +62,8 @@ pub mod cli;
 mod client;
 pub mod config;
 pub mod error;
+#[cfg(feature = "export")]
+pub mod export;
 mod hedge;
 mod lagging;
 pub mod lookup;

@@ -14,7 +14,7 @@ use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use serde::Serialize;
 
-use super::dataset::{Dataset, aggregation_view, view};
+use super::dataset::{Dataset, aggregation_view, history_view, view};
 use super::progress::Progress;
 
 /// Shape of the cluster.
@@ -33,6 +33,9 @@ pub struct ClusterSpec {
     /// Also register, per view, an aggregation view of six windowed features over the
     /// same topic (`Dataset::aggregation_definitions`).
     pub aggregations: bool,
+    /// Also register, per view, a copy with `history = "7d"` over the same topic
+    /// (`Dataset::history_definitions`).
+    pub history: bool,
 }
 
 /// A running cluster.
@@ -124,6 +127,9 @@ impl BenchCluster {
         if spec.aggregations {
             defs.push_str(&Dataset::aggregation_definitions(features));
         }
+        if spec.history {
+            defs.push_str(&Dataset::history_definitions(features));
+        }
         admin
             .apply_definitions(defs, false)
             .await
@@ -132,6 +138,10 @@ impl BenchCluster {
             c.wait_view(&view(*f), Duration::from_secs(30)).await?;
             if spec.aggregations {
                 c.wait_view(&aggregation_view(*f), Duration::from_secs(30))
+                    .await?;
+            }
+            if spec.history {
+                c.wait_view(&history_view(*f), Duration::from_secs(30))
                     .await?;
             }
         }

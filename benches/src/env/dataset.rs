@@ -39,6 +39,17 @@ pub fn aggregation_view(features: u32) -> String {
     format!("bench_f{features}_aggs")
 }
 
+/// Name of the view with `history` over the F-feature view's topic (same features).
+pub fn history_view(features: u32) -> String {
+    format!("bench_f{features}_hist")
+}
+
+/// `hist_view:f0 … hist_view:f{F-1}`.
+pub fn history_refs(features: u32) -> Vec<String> {
+    let v = history_view(features);
+    (0..features).map(|i| format!("{v}:f{i}")).collect()
+}
+
 /// `view:f0 … view:f{F-1}`.
 pub fn feature_refs(features: u32) -> Vec<String> {
     let v = view(features);
@@ -70,17 +81,33 @@ impl Dataset {
     pub fn definitions(features: &[u32]) -> String {
         let mut s = String::from("[[entity]]\nname = \"user\"\nkey_type = \"string\"\n");
         for f in features {
-            let v = view(*f);
-            s.push_str(&format!(
-                "\n[[view]]\nname = \"{v}\"\nentity = \"user\"\n[view.source]\ntopic = \"{v}\"\nevent_time_field = \"ts\"\n"
-            ));
-            for i in 0..*f {
-                s.push_str(&format!(
-                    "[[view.feature]]\nname = \"f{i}\"\ntype = \"float64\"\n"
-                ));
-            }
+            plain_view(&mut s, &view(*f), *f, "");
         }
         s
+    }
+
+    /// A view with `history = "7d"` per F-feature view, over the same topic and with the
+    /// same features (`history_view`).
+    pub fn history_definitions(features: &[u32]) -> String {
+        let mut s = String::new();
+        for f in features {
+            plain_view(&mut s, &history_view(*f), *f, "history = \"7d\"\n");
+        }
+        s
+    }
+}
+
+/// Appends view `name` of `f` float64 features over the F-feature view's topic, with
+/// `extra` lines in its table.
+fn plain_view(s: &mut String, name: &str, f: u32, extra: &str) {
+    let topic = view(f);
+    s.push_str(&format!(
+        "\n[[view]]\nname = \"{name}\"\nentity = \"user\"\n{extra}[view.source]\ntopic = \"{topic}\"\nevent_time_field = \"ts\"\n"
+    ));
+    for i in 0..f {
+        s.push_str(&format!(
+            "[[view.feature]]\nname = \"f{i}\"\ntype = \"float64\"\n"
+        ));
     }
 }
 
@@ -261,6 +288,23 @@ mod tests {
         assert!(hottest_zipf > 1000, "zipf hottest {hottest_zipf}");
         assert!(KeyChoice::parse("zipf:x", 10).is_err());
         assert!(KeyChoice::parse("pareto", 10).is_err());
+    }
+
+    #[test]
+    fn history_definitions_are_valid_and_keep_history() {
+        let r = quiver_node::registry::Registry::in_memory();
+        let mut d = Dataset::definitions(&[3]);
+        d.push_str(&Dataset::history_definitions(&[3]));
+        r.apply_toml(&d, false).expect("valid");
+        let snap = r.snapshot();
+        assert_eq!(snap.views["bench_f3"].history, None);
+        let h = &snap.views["bench_f3_hist"];
+        assert_eq!(h.history, Some(std::time::Duration::from_secs(7 * 86_400)));
+        assert_eq!(h.source.topic, "bench_f3");
+        assert_eq!(
+            history_refs(3),
+            ["bench_f3_hist:f0", "bench_f3_hist:f1", "bench_f3_hist:f2"]
+        );
     }
 
     #[test]

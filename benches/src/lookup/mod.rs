@@ -73,13 +73,9 @@ pub struct LookupParams {
     pub client_cache: Option<ClientCacheSpec>,
     /// Also measure the six windowed features of an aggregation view over each case's
     /// topic (`quiver-aggs`; needs `cluster.aggregations`).
-    pub aggregates: Option<AggregatesSpec>,
-}
-
-/// The history the aggregation views of the `quiver-aggs` system count.
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct AggregatesSpec {
-    /// Older records per entity (event times spread over six days), besides the newest.
+    pub aggregates: bool,
+    /// Older records per entity loaded before the newest one (event times spread over six
+    /// days): windows and histories hold more than one record.
     pub history_events: u32,
 }
 
@@ -199,7 +195,7 @@ async fn start_systems(
         cached = Some(q);
     }
     let mut aggs = None;
-    if p.aggregates.is_some() {
+    if p.aggregates {
         let q = Arc::new(
             systems::quiver::Quiver::connect_aggregates(
                 cluster.endpoints(),
@@ -210,6 +206,16 @@ async fn start_systems(
         );
         list.push(q.clone());
         aggs = Some(q);
+    }
+    if p.cluster.history {
+        list.push(Arc::new(
+            systems::quiver::Quiver::connect_history(
+                cluster.endpoints(),
+                features,
+                cluster.node_pids(),
+            )
+            .await?,
+        ));
     }
     let mut echo = None;
     let mut redis_server = None;
@@ -302,7 +308,7 @@ pub async fn run(p: LookupParams, work: &Path) -> anyhow::Result<LookupReport> {
         p.cluster.nodes, p.cluster.shards, p.cluster.replication
     );
     let mut cluster = BenchCluster::start(&p.cluster, &work.join("cluster"), &features).await?;
-    let history = p.aggregates.map_or(0, |a| a.history_events);
+    let history = p.history_events;
     if history > 0 {
         cluster
             .load_history(&p.dataset, &features, history)

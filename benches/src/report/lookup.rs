@@ -273,6 +273,14 @@ pub fn markdown(r: &LookupReport) -> String {
     if r.cases.iter().any(|c| c.get("quiver-aggs").is_some()) {
         aggregates_section(&mut s, r);
     }
+    if r.cases.iter().any(|c| c.get("quiver-history").is_some()) {
+        let _ = writeln!(
+            s,
+            "\n## Views with history\n\n`quiver-history`: the same keys and features, read (latest values) from a copy of the case's view with `history = \"7d\"` over the same topic, every entity with {} versions in its history. Server CPU per request at equal load (quiver's reference load) and at each one's saturation.\n",
+            r.params.history_events + 1
+        );
+        cost_table(&mut s, r, "quiver-history", "with history");
+    }
     let _ = writeln!(s, "\n## quiver as a share of the floor\n");
     let _ = writeln!(
         s,
@@ -366,18 +374,23 @@ fn cpu_per_request_us(st: Option<&Step>) -> Option<f64> {
 
 /// The aggregation views' lookups against the plain view's, per case.
 fn aggregates_section(s: &mut String, r: &LookupReport) {
-    let history = r.params.aggregates.map_or(0, |a| a.history_events);
+    let history = r.params.history_events;
     let _ = writeln!(
         s,
         "\n## Aggregation views\n\n`quiver-aggs`: the same keys, each asking the six windowed features (count and sum over 1 h, avg and max over 24 h, sum and count over 7 d) of an aggregation view over the case's topic, every entity with {} records in its windows ({history} older ones spread over six days, then the newest). Server CPU per request at equal load: both at quiver's reference load (half its max rate at the SLO); at saturation: at each one's max rate at the SLO.\n",
         history + 1
     );
+    cost_table(s, r, "quiver-aggs", "windowed");
+}
+
+/// Server CPU per request of `system` against quiver's (plain views), per case.
+fn cost_table(s: &mut String, r: &LookupReport, system: &str, label: &str) {
     let _ = writeln!(
         s,
-        "| keys × features | server CPU per request at equal load, plain → windowed (µs) | windowed ÷ plain | at saturation, plain → windowed (µs) | windowed ÷ plain | max rate at SLO, plain → windowed (req/s) |\n|---|---|---|---|---|---|"
+        "| keys × features | server CPU per request at equal load, plain → {label} (µs) | {label} ÷ plain | at saturation, plain → {label} (µs) | {label} ÷ plain | max rate at SLO, plain → {label} (req/s) |\n|---|---|---|---|---|---|"
     );
     for c in &r.cases {
-        let (Some(q), Some(a)) = (c.get("quiver"), c.get("quiver-aggs")) else {
+        let (Some(q), Some(a)) = (c.get("quiver"), c.get(system)) else {
             continue;
         };
         let us = |v: Option<f64>| v.map_or("–".into(), |v| format!("{v:.0}"));

@@ -8,7 +8,7 @@ use quiver_client::{CacheConfig, Client, Lookup};
 
 use super::{Fetched, LookupFuture, System};
 use crate::env::Dataset;
-use crate::env::dataset::{aggregate_refs, feature_refs, key};
+use crate::env::dataset::{aggregate_refs, feature_refs, history_refs, key};
 
 /// quiver as a [`System`].
 pub struct Quiver {
@@ -78,17 +78,37 @@ impl Quiver {
         features: &[u32],
         pids: Vec<u32>,
     ) -> anyhow::Result<Quiver> {
+        Self::connect_refs("quiver-aggs", seeds, features, pids, aggregate_refs).await
+    }
+
+    /// A client that looks up, for case F, the F features of the view with `history` over
+    /// the F-feature view's topic (the system is named `quiver-history`).
+    ///
+    /// # Errors
+    /// When the client cannot start.
+    pub async fn connect_history(
+        seeds: Vec<String>,
+        features: &[u32],
+        pids: Vec<u32>,
+    ) -> anyhow::Result<Quiver> {
+        Self::connect_refs("quiver-history", seeds, features, pids, history_refs).await
+    }
+
+    async fn connect_refs(
+        name: &'static str,
+        seeds: Vec<String>,
+        features: &[u32],
+        pids: Vec<u32>,
+        refs: fn(u32) -> Vec<String>,
+    ) -> anyhow::Result<Quiver> {
         let client = Client::builder()
             .seeds(seeds)
             .credentials(quiver_testkit::security::credentials())
             .build()
             .await?;
-        let refs = features
-            .iter()
-            .map(|f| (*f, Arc::new(aggregate_refs(*f))))
-            .collect();
+        let refs = features.iter().map(|f| (*f, Arc::new(refs(*f)))).collect();
         Ok(Quiver {
-            name: "quiver-aggs",
+            name,
             client,
             refs,
             pids,

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod cache;
+mod export;
 mod failover;
 mod fidelity;
 mod hedging;

@@ -2,6 +2,7 @@
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
+mod export;
 mod health;
 mod output;
 mod rows;
@@ -115,6 +116,54 @@ enum Command {
         /// returned).
         #[arg(long, requires = "as_of")]
         exclude_late_arrivals: bool,
+    },
+    /// Export a point-in-time training set: each label row joined with the features as of
+    /// its timestamp (docs/POINT_IN_TIME.md), written as Parquet.
+    Export {
+        /// The label set: Parquet, or CSV with a header (entity key, timestamp, any label
+        /// columns, kept as they are).
+        #[arg(long)]
+        labels: std::path::PathBuf,
+        /// Feature references `view:feature` or `view:*`, comma separated.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            conflicts_with = "service",
+            required_unless_present = "service"
+        )]
+        features: Vec<String>,
+        /// A feature service name instead of --features.
+        #[arg(long)]
+        service: Option<String>,
+        /// The output Parquet file.
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// The label column holding entity keys.
+        #[arg(long, default_value = "key")]
+        key_column: String,
+        /// The label column holding each row's time (a timestamp, RFC 3339 text in UTC, or
+        /// an integer in --time-unit).
+        #[arg(long, default_value = "timestamp")]
+        time_column: String,
+        /// Unit of an integer time column: s, ms, us, ns.
+        #[arg(long, default_value = "us")]
+        time_unit: quiver_client::export::TimeUnit,
+        /// The entity's keys are int64.
+        #[arg(long)]
+        int_keys: bool,
+        /// Count versions by event time only, including those that arrived after the
+        /// row's time (default: only what had arrived — what a lookup then returned).
+        #[arg(long)]
+        include_late_arrivals: bool,
+        /// Also write `<feature>__status` columns (PRESENT, NOT_FOUND, EXPIRED).
+        #[arg(long)]
+        status_columns: bool,
+        /// Label rows per lookup.
+        #[arg(long, default_value_t = 1000)]
+        chunk_rows: usize,
+        /// Lookups in flight.
+        #[arg(long, default_value_t = 4)]
+        parallel: usize,
     },
     /// Push rows into a view (produced to its topic; prints a read-your-writes token).
     Push {
@@ -331,6 +380,35 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let smart = smart_client(&cli.addr, &credentials, &cli.connect_to).await?;
             let result = smart.get_online_features(&lookup).await?;
             print_rows(&keys, &result, cli.output)?;
+        }
+        Command::Export {
+            labels,
+            features,
+            service,
+            out,
+            key_column,
+            time_column,
+            time_unit,
+            int_keys,
+            include_late_arrivals,
+            status_columns,
+            chunk_rows,
+            parallel,
+        } => {
+            let opts = quiver_client::export::ExportOptions {
+                features,
+                feature_service: service,
+                key_column,
+                time_column,
+                time_unit,
+                int_keys,
+                exclude_late_arrivals: !include_late_arrivals,
+                status_columns,
+                chunk_rows,
+                parallel,
+            };
+            let smart = smart_client(&cli.addr, &credentials, &cli.connect_to).await?;
+            export::run(&smart, &labels, &out, &opts).await?;
         }
         Command::Push { view, rows } => {
             let definition: Json =

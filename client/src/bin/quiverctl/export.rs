@@ -1,0 +1,42 @@
+//! `quiverctl export`: a training set with a progress line on stderr.
+
+use std::io::Write as _;
+use std::path::Path;
+use std::time::Instant;
+
+use quiver_client::Client;
+use quiver_client::export::{ExportOptions, export};
+
+/// Exports `labels` to `out`, reporting progress about twice a second and a summary.
+///
+/// # Errors
+/// The export's error (the row, column or chunk it names).
+pub async fn run(
+    client: &Client,
+    labels: &Path,
+    out: &Path,
+    opts: &ExportOptions,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut last = Instant::now();
+    let interactive = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let summary = export(client, labels, out, opts, |rows| {
+        if last.elapsed().as_millis() >= 500 {
+            last = Instant::now();
+            let rate = rows as f64 / started.elapsed().as_secs_f64().max(1e-9);
+            let end = if interactive { "\r" } else { "\n" };
+            eprint!("exported {rows} label rows ({rate:.0} rows/s){end}");
+            let _ = std::io::stderr().flush();
+        }
+    })
+    .await?;
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "exported {} label rows × {} features to {} in {secs:.1} s ({:.0} rows/s)",
+        summary.rows,
+        summary.features,
+        out.display(),
+        summary.rows as f64 / secs.max(1e-9)
+    );
+    Ok(())
+}

@@ -1,0 +1,356 @@
+//! Reading a label set: Parquet, or CSV with a header, decoded in batches by a thread of
+//! its own; each batch becomes a [`Chunk`] with its entity keys and as-of times extracted
+//! (a row without a usable key or time is an error naming the row and column).
+
+use std::fs::File;
+use std::io::Seek;
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::{DataType, Field, Int64Type, Schema, TimeUnit as ArrowUnit};
+use arrow::record_batch::RecordBatch;
+use quiver_proto::v1::EntityKey;
+
+use super::{ExportError, ExportOptions};
+
+/// Unit of an integer time column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeUnit {
+    /// Seconds since the Unix epoch.
+    Seconds,
+    /// Milliseconds.
+    Millis,
+    /// Microseconds.
+    Micros,
+    /// Nanoseconds.
+    Nanos,
+}
+
+impl std::str::FromStr for TimeUnit {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "s" | "seconds" => TimeUnit::Seconds,
+            "ms" | "millis" => TimeUnit::Millis,
+            "us" | "micros" => TimeUnit::Micros,
+            "ns" | "nanos" => TimeUnit::Nanos,
+            _ => return Err(format!("time unit {s:?}: expected s, ms, us or ns")),
+        })
+    }
+}
+
+/// Microseconds from a count of `unit`s.
+fn to_micros(v: i64, unit: ArrowUnit) -> i64 {
+    match unit {
+        ArrowUnit::Second => v.saturating_mul(1_000_000),
+        ArrowUnit::Millisecond => v.saturating_mul(1_000),
+        ArrowUnit::Microsecond => v,
+        ArrowUnit::Nanosecond => v.div_euclid(1_000),
+    }
+}
+
+/// Label rows to look up: the label columns, and per row its key and time (µs).
+pub struct Chunk {
+    pub batch: RecordBatch,
+    pub keys: Vec<EntityKey>,
+    pub times: Vec<i64>,
+}
+
+/// The label file, decoded by a thread into chunks.
+pub struct Reader {
+    rx: tokio::sync::mpsc::Receiver<Result<Chunk, ExportError>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    columns: usize,
+}
+
+impl Reader {
+    /// Opens `path` (`.parquet` / `.pq`, or `.csv`) and starts decoding it.
+    ///
+    /// # Errors
+    /// [`ExportError::Labels`] when it cannot be opened, or lacks the key or time column.
+    pub fn open(path: &Path, opts: &ExportOptions) -> Result<Reader, ExportError> {
+        let err = |message: String| ExportError::Labels {
+            path: path.to_path_buf(),
+            message,
+        };
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let batches: Box<dyn Iterator<Item = Result<RecordBatch, String>> + Send> = match ext
+            .as_str()
+        {
+            "parquet" | "pq" => {
+                let file = File::open(path).map_err(|e| err(e.to_string()))?;
+                let r =
+                    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+                        .map_err(|e| err(e.to_string()))?
+                        .with_batch_size(opts.chunk_rows)
+                        .build()
+                        .map_err(|e| err(e.to_string()))?;
+                Box::new(r.map(|b| b.map_err(|e| e.to_string())))
+            }
+            "csv" => {
+                let mut file = File::open(path).map_err(|e| err(e.to_string()))?;
+                let format = arrow::csv::reader::Format::default().with_header(true);
+                let (inferred, _) = format
+                    .infer_schema(&mut file, Some(10_000))
+                    .map_err(|e| err(e.to_string()))?;
+                file.rewind().map_err(|e| err(e.to_string()))?;
+                // Keys as text unless they are int64 keys: "007" stays "007".
+                let key_type = if opts.int_keys {
+                    DataType::Int64
+                } else {
+                    DataType::Utf8
+                };
+                let fields: Vec<Field> = inferred
+                    .fields()
+                    .iter()
+                    .map(|f| {
+                        if f.name() == &opts.key_column {
+                            Field::new(f.name(), key_type.clone(), true)
+                        } else {
+                            f.as_ref().clone()
+                        }
+                    })
+                    .collect();
+                let r = arrow::csv::ReaderBuilder::new(Arc::new(Schema::new(fields)))
+                    .with_format(format)
+                    .with_batch_size(opts.chunk_rows)
+                    .build(file)
+                    .map_err(|e| err(e.to_string()))?;
+                Box::new(r.map(|b| b.map_err(|e| e.to_string())))
+            }
+            _ => {
+                return Err(err(
+                    "expected a .parquet or .csv file (by its extension)".into()
+                ));
+            }
+        };
+        let mut batches = batches.peekable();
+        // The schema from the first batch (a file without rows has nothing to check).
+        let columns = match batches.peek() {
+            Some(Ok(b)) => {
+                let s = b.schema();
+                for c in [&opts.key_column, &opts.time_column] {
+                    if s.index_of(c).is_err() {
+                        return Err(err(format!(
+                            "no column {c:?} (columns: {})",
+                            s.fields()
+                                .iter()
+                                .map(|f| f.name().as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )));
+                    }
+                }
+                s.fields().len()
+            }
+            _ => 0,
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let (path, opts) = (path.to_path_buf(), opts.clone());
+        let thread = std::thread::Builder::new()
+            .name("export-reader".into())
+            .spawn(move || {
+                let mut row = 0u64;
+                for b in batches {
+                    let chunk = b
+                        .map_err(|message| ExportError::Labels {
+                            path: path.clone(),
+                            message,
+                        })
+                        .and_then(|b| chunk(&path, b, row, &opts));
+                    let failed = chunk.is_err();
+                    if let Ok(c) = &chunk {
+                        row += c.batch.num_rows() as u64;
+                    }
+                    if tx.blocking_send(chunk).is_err() || failed {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| err(e.to_string()))?;
+        Ok(Reader {
+            rx,
+            thread: Some(thread),
+            columns,
+        })
+    }
+
+    /// The next chunk, `None` at the end of the file.
+    ///
+    /// # Errors
+    /// The first unreadable batch or unusable row.
+    pub async fn next_chunk(&mut self, _rows: usize) -> Result<Option<Chunk>, ExportError> {
+        self.rx.recv().await.transpose()
+    }
+
+    /// Label columns per row.
+    pub fn label_columns(&self) -> usize {
+        self.columns
+    }
+
+    /// Waits for the reader thread.
+    ///
+    /// # Errors
+    /// Never in practice (errors come through [`Reader::next_chunk`]).
+    pub fn finish(mut self) -> Result<(), ExportError> {
+        self.rx.close();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        Ok(())
+    }
+}
+
+/// A decoded batch as a chunk: keys and times extracted. `first` is the batch's first row
+/// (0-based) in the file, for messages.
+fn chunk(
+    path: &Path,
+    batch: RecordBatch,
+    first: u64,
+    opts: &ExportOptions,
+) -> Result<Chunk, ExportError> {
+    let err = |message: String| ExportError::Labels {
+        path: path.to_path_buf(),
+        message,
+    };
+    let col = |name: &str| {
+        batch
+            .column_by_name(name)
+            .cloned()
+            .ok_or_else(|| err(format!("no column {name:?} in a later batch")))
+    };
+    let (key_col, time_col) = (col(&opts.key_column)?, col(&opts.time_column)?);
+    let n = batch.num_rows();
+    let at = |i: usize| first + i as u64 + 1;
+    let null = |i: usize, c: &str| err(format!("row {}: column {c:?} is null", at(i)));
+    let mut keys = Vec::with_capacity(n);
+    match key_col.data_type() {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
+            let s =
+                arrow::compute::cast(&key_col, &DataType::Utf8).map_err(|e| err(e.to_string()))?;
+            let s = s.as_string::<i32>();
+            for i in 0..n {
+                if s.is_null(i) {
+                    return Err(null(i, &opts.key_column));
+                }
+                let v = s.value(i);
+                if opts.int_keys {
+                    let k: i64 = v.parse().map_err(|_| {
+                        err(format!(
+                            "row {}: key {v:?} in column {:?} is not an int64",
+                            at(i),
+                            opts.key_column
+                        ))
+                    })?;
+                    keys.push(EntityKey::from(k));
+                } else {
+                    keys.push(EntityKey::from(v));
+                }
+            }
+        }
+        DataType::Int64 | DataType::Int32 | DataType::UInt32 | DataType::Int16 | DataType::Int8 => {
+            let v =
+                arrow::compute::cast(&key_col, &DataType::Int64).map_err(|e| err(e.to_string()))?;
+            let v = v.as_primitive::<Int64Type>();
+            for i in 0..n {
+                if v.is_null(i) {
+                    return Err(null(i, &opts.key_column));
+                }
+                keys.push(if opts.int_keys {
+                    EntityKey::from(v.value(i))
+                } else {
+                    EntityKey::from(v.value(i).to_string().as_str())
+                });
+            }
+        }
+        t => {
+            return Err(err(format!(
+                "key column {:?} is {t}: expected strings or integers",
+                opts.key_column
+            )));
+        }
+    }
+    let mut times = Vec::with_capacity(n);
+    match time_col.data_type() {
+        DataType::Timestamp(unit, _) => {
+            let v = arrow::compute::cast(&time_col, &DataType::Int64)
+                .map_err(|e| err(e.to_string()))?;
+            let v = v.as_primitive::<Int64Type>();
+            for i in 0..n {
+                if v.is_null(i) {
+                    return Err(null(i, &opts.time_column));
+                }
+                times.push(to_micros(v.value(i), *unit));
+            }
+        }
+        DataType::Int64 | DataType::Int32 | DataType::UInt32 => {
+            let unit = match opts.time_unit {
+                TimeUnit::Seconds => ArrowUnit::Second,
+                TimeUnit::Millis => ArrowUnit::Millisecond,
+                TimeUnit::Micros => ArrowUnit::Microsecond,
+                TimeUnit::Nanos => ArrowUnit::Nanosecond,
+            };
+            let v = arrow::compute::cast(&time_col, &DataType::Int64)
+                .map_err(|e| err(e.to_string()))?;
+            let v = v.as_primitive::<Int64Type>();
+            for i in 0..n {
+                if v.is_null(i) {
+                    return Err(null(i, &opts.time_column));
+                }
+                times.push(to_micros(v.value(i), unit));
+            }
+        }
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
+            let s =
+                arrow::compute::cast(&time_col, &DataType::Utf8).map_err(|e| err(e.to_string()))?;
+            let s = s.as_string::<i32>();
+            for i in 0..n {
+                if s.is_null(i) {
+                    return Err(null(i, &opts.time_column));
+                }
+                times.push(parse_time(s.value(i)).ok_or_else(|| {
+                    err(format!(
+                        "row {}: time {:?} in column {:?} is not an RFC 3339 time",
+                        at(i),
+                        s.value(i),
+                        opts.time_column
+                    ))
+                })?);
+            }
+        }
+        t => {
+            return Err(err(format!(
+                "time column {:?} is {t}: expected a timestamp, an integer ({:?}) or RFC 3339 text",
+                opts.time_column, opts.time_unit
+            )));
+        }
+    }
+    Ok(Chunk { batch, keys, times })
+}
+
+/// [`chunk`], for the unit tests.
+#[cfg(test)]
+pub(super) fn chunk_for_tests(
+    path: &Path,
+    batch: RecordBatch,
+    first: u64,
+    opts: &ExportOptions,
+) -> Result<Chunk, ExportError> {
+    chunk(path, batch, first, opts)
+}
+
+/// µs since the epoch of an RFC 3339 time in UTC (`2026-11-30T10:00:00Z`, fractions
+/// allowed; a space for the `T` too).
+fn parse_time(s: &str) -> Option<i64> {
+    let t = humantime::parse_rfc3339_weak(s.trim()).ok()?;
+    Some(match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => d.as_micros() as i64,
+        Err(e) => -(e.duration().as_micros() as i64),
+    })
+}
