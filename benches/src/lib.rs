@@ -10,6 +10,7 @@
 
 pub mod capacity;
 pub mod env;
+pub mod export;
 pub mod fixtures;
 pub mod ingest;
 pub mod load;

@@ -35,6 +35,8 @@ enum Command {
     Lookup(LookupArgs),
     /// Ingest throughput per node and freshness, while lookups run.
     Ingest(IngestArgs),
+    /// Training-set export: label rows/s and the exporter's peak memory.
+    Export(ExportArgs),
     /// The sizing model and its check, from the reports in `--from`.
     Capacity(CapacityArgs),
     /// lookup, ingest and capacity into one directory.
@@ -223,6 +225,30 @@ struct IngestArgs {
     /// same topic; freshness probes then wait for the record to be counted there.
     #[arg(long)]
     aggregations: bool,
+}
+
+#[derive(Args, Clone)]
+struct ExportArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Features of the exported view.
+    #[arg(long, default_value_t = 10)]
+    features: u32,
+    /// Older versions per entity loaded before the newest (over six days).
+    #[arg(long, default_value_t = 8)]
+    history_events: u32,
+    /// Label rows exported.
+    #[arg(long, default_value_t = 1_000_000)]
+    label_rows: u64,
+    /// Rows per lookup.
+    #[arg(long, default_value_t = 1000)]
+    chunk_rows: usize,
+    /// Lookups in flight.
+    #[arg(long, default_value_t = 4)]
+    parallel: usize,
+    /// The `quiverctl` binary (default: beside this one).
+    #[arg(long, env = "QUIVERCTL_BIN")]
+    quiverctl: Option<PathBuf>,
 }
 
 #[derive(Args, Clone)]
@@ -470,6 +496,50 @@ async fn run_ingest(c: &Common, a: &IngestArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn run_export(a: &ExportArgs) -> anyhow::Result<()> {
+    a.common.validate()?;
+    anyhow::ensure!(
+        a.features >= 1 && a.label_rows >= 1,
+        "--features and --label-rows must be positive"
+    );
+    anyhow::ensure!(
+        a.chunk_rows >= 1 && a.parallel >= 1,
+        "--chunk-rows and --parallel must be positive"
+    );
+    let quiverctl = match &a.quiverctl {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?.with_file_name("quiverctl"),
+    };
+    anyhow::ensure!(
+        quiverctl.exists(),
+        "no quiverctl at {} (build it: cargo build --release -p quiver-client, or pass --quiverctl)",
+        quiverctl.display()
+    );
+    let p = quiver_bench::export::ExportParams {
+        cluster: ClusterSpec {
+            history: true,
+            ..a.common.cluster()
+        },
+        dataset: a.common.dataset(),
+        features: a.features,
+        history_events: a.history_events,
+        label_rows: a.label_rows,
+        chunk_rows: a.chunk_rows,
+        parallel: a.parallel,
+        quiverctl,
+    };
+    let work = Work::new(a.common.work.clone())?;
+    let r = quiver_bench::export::run(p, &work.path.join("export")).await?;
+    std::fs::create_dir_all(&a.common.out)?;
+    report::write_json(&a.common.out, "export.json", &r)?;
+    std::fs::write(
+        a.common.out.join("export.md"),
+        quiver_bench::export::markdown(&r),
+    )?;
+    eprintln!("{}", quiver_bench::export::markdown(&r));
+    Ok(())
+}
+
 fn run_capacity(
     from: &std::path::Path,
     out: &std::path::Path,
@@ -536,6 +606,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Lookup(a) => run_lookup(&a).await,
         Command::Ingest(a) => run_ingest(&a.common, &a).await,
+        Command::Export(a) => run_export(&a).await,
         Command::Capacity(a) => {
             let out = a.out.clone().unwrap_or_else(|| a.from.clone());
             run_capacity(&a.from, &out, &a.question)

@@ -184,6 +184,23 @@ impl Client {
         self.finish("lookup", started, r)
     }
 
+    /// What a push to `view` carries (from the cluster's schema, refreshed once if the
+    /// view is not known yet).
+    ///
+    /// # Errors
+    /// [`ClientError::NotFound`] for a view that is not registered.
+    pub async fn push_schema(&self, view: &str) -> Result<crate::push::PushSchema, ClientError> {
+        self.inner
+            .schema
+            .validate(&self.inner.map, |s| s.push_schema(view).map(|_| ()))
+            .await?;
+        self.inner
+            .schema
+            .current()
+            .push_schema(view)
+            .map_err(|_| ClientError::NotFound(format!("view {view:?} is not registered")))
+    }
+
     /// Pushes rows into `view`: validated here, produced by a node into the partitions of
     /// the keys' shards. Returns the produced offsets: pass them to
     /// [`Lookup::min_watermarks`] and the next read sees the write.

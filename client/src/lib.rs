@@ -83,7 +83,7 @@ pub use config::{CacheConfig, ClientBuilder, ClientConfig, Hedging, RetryBudget}
 pub use error::ClientError;
 pub use lookup::{Lookup, LookupResult, Row};
 pub use node_client::NodeClient;
-pub use push::PushRow;
+pub use push::{PushRow, PushSchema};
 pub use quiver_proto::v1::value::Kind as ValueKind;
 pub use quiver_proto::v1::{EntityKey, FeatureStatus, Value};
 pub use stats::ClientStats;

@@ -77,6 +77,17 @@ impl From<v1::PushRow> for PushRow {
     }
 }
 
+/// What a push to a view carries ([`crate::Client::push_schema`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushSchema {
+    /// The entity's key type: `string` or `int64`.
+    pub key_type: String,
+    /// Fields a row may set, with their type names (`int64`, `float64`, `string`, …).
+    pub fields: Vec<(String, String)>,
+    /// The most rows one push may carry.
+    pub max_push_rows: u32,
+}
+
 /// Sends a validated push, failing over to other nodes until the deadline.
 pub(crate) async fn push(
     inner: &Inner,

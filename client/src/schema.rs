@@ -99,6 +99,17 @@ impl ClientSchema {
         }
     }
 
+    /// What a push to `view` carries: the entity's key type, the fields with their type
+    /// names, and the most rows per push.
+    pub(crate) fn push_schema(&self, view: &str) -> Result<crate::push::PushSchema, Problem> {
+        let v = self.view(view)?;
+        Ok(crate::push::PushSchema {
+            key_type: self.entities.get(&v.entity).cloned().unwrap_or_default(),
+            fields: v.push_fields.clone(),
+            max_push_rows: self.limits.max_push_rows,
+        })
+    }
+
     fn view(&self, name: &str) -> Result<&ViewInfo, Problem> {
         self.views
             .get(name)

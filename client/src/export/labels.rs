@@ -63,6 +63,7 @@ pub struct Reader {
     rx: tokio::sync::mpsc::Receiver<Result<Chunk, ExportError>>,
     thread: Option<std::thread::JoinHandle<()>>,
     columns: usize,
+    schema: Option<arrow::datatypes::SchemaRef>,
 }
 
 impl Reader {
@@ -132,6 +133,10 @@ impl Reader {
         };
         let mut batches = batches.peekable();
         // The schema from the first batch (a file without rows has nothing to check).
+        let schema = match batches.peek() {
+            Some(Ok(b)) => Some(b.schema()),
+            _ => None,
+        };
         let columns = match batches.peek() {
             Some(Ok(b)) => {
                 let s = b.schema();
@@ -178,6 +183,7 @@ impl Reader {
             rx,
             thread: Some(thread),
             columns,
+            schema,
         })
     }
 
@@ -187,6 +193,11 @@ impl Reader {
     /// The first unreadable batch or unusable row.
     pub async fn next_chunk(&mut self, _rows: usize) -> Result<Option<Chunk>, ExportError> {
         self.rx.recv().await.transpose()
+    }
+
+    /// The file's schema (`None` for a file without rows).
+    pub fn schema(&self) -> Option<arrow::datatypes::SchemaRef> {
+        self.schema.clone()
     }
 
     /// Label columns per row.

@@ -1,3 +1,6 @@
+//! Files in and out of the cluster: point-in-time training sets here, and backfill of
+//! historical rows from files ([`backfill`]).
+//!
 //! Point-in-time training sets: a label set (entity key, timestamp, any label columns) in,
 //! the label set with each requested feature as of its row's timestamp out — read through
 //! the smart client with per-key as-of lookups (docs/POINT_IN_TIME.md), so training reads
@@ -9,6 +12,7 @@
 //! output as it comes ([`columns`] builds the feature columns). At no point does more than
 //! `(parallel + 4) × chunk_rows` rows' worth of data exist.
 
+pub mod backfill;
 mod columns;
 mod labels;
 #[cfg(test)]

@@ -40,3 +40,37 @@ pub async fn run(
     );
     Ok(())
 }
+
+/// Backfills `view` from `from`, reporting progress and a summary.
+///
+/// # Errors
+/// The backfill's error (the row and column, or the failed push and how to resume).
+pub async fn backfill(
+    client: &Client,
+    view: &str,
+    from: &Path,
+    opts: &quiver_client::export::backfill::BackfillOptions,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut last = Instant::now();
+    let summary = quiver_client::export::backfill::backfill(client, view, from, opts, |rows| {
+        if last.elapsed().as_millis() >= 500 {
+            last = Instant::now();
+            eprintln!("backfilled {rows} rows");
+        }
+    })
+    .await?;
+    eprintln!(
+        "backfilled {} of {} rows of {} into {view} in {:.1} s{}",
+        summary.pushed,
+        summary.rows,
+        from.display(),
+        started.elapsed().as_secs_f64(),
+        if summary.pushed < summary.rows {
+            " (the rest were pushed by an earlier run)"
+        } else {
+            ""
+        }
+    );
+    Ok(())
+}

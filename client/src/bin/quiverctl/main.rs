@@ -165,6 +165,33 @@ enum Command {
         #[arg(long, default_value_t = 4)]
         parallel: usize,
     },
+    /// Backfill a view from a file of historical rows (entity key, event time, features):
+    /// every row checked against the view first (nothing is produced if one is wrong),
+    /// then pushed — produced into the view's topic — resuming after an interruption.
+    Backfill {
+        /// View name.
+        view: String,
+        /// The rows: Parquet, or CSV with a header; columns besides the key and the time
+        /// are features of the view (by name).
+        #[arg(long = "from")]
+        from: std::path::PathBuf,
+        /// The column of entity keys.
+        #[arg(long, default_value = "key")]
+        key_column: String,
+        /// The column of event times (a timestamp, RFC 3339 text in UTC, or an integer in
+        /// --time-unit).
+        #[arg(long, default_value = "event_time")]
+        time_column: String,
+        /// Unit of an integer time column: s, ms, us, ns.
+        #[arg(long, default_value = "us")]
+        time_unit: quiver_client::export::TimeUnit,
+        /// Rows per push.
+        #[arg(long, default_value_t = 500)]
+        batch_rows: usize,
+        /// Progress file (default: the data file's name + `.backfill`).
+        #[arg(long)]
+        state: Option<std::path::PathBuf>,
+    },
     /// Push rows into a view (produced to its topic; prints a read-your-writes token).
     Push {
         /// View name.
@@ -409,6 +436,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let smart = smart_client(&cli.addr, &credentials, &cli.connect_to).await?;
             export::run(&smart, &labels, &out, &opts).await?;
+        }
+        Command::Backfill {
+            view,
+            from,
+            key_column,
+            time_column,
+            time_unit,
+            batch_rows,
+            state,
+        } => {
+            let opts = quiver_client::export::backfill::BackfillOptions {
+                key_column,
+                time_column,
+                time_unit,
+                batch_rows,
+                state,
+            };
+            let smart = smart_client(&cli.addr, &credentials, &cli.connect_to).await?;
+            export::backfill(&smart, &view, &from, &opts).await?;
         }
         Command::Push { view, rows } => {
             let definition: Json =
