@@ -29,6 +29,7 @@ use parquet::arrow::ArrowWriter;
 
 use crate::{Client, ClientError, Lookup};
 
+pub use columns::status_name;
 pub use labels::TimeUnit;
 
 /// What to export.

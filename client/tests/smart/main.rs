@@ -18,4 +18,5 @@ mod read_your_writes;
 mod rolling_restart;
 mod routing;
 mod schema_change;
+mod train_serve;
 mod versions;
