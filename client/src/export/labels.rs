@@ -237,112 +237,119 @@ fn chunk(
             .ok_or_else(|| err(format!("no column {name:?} in a later batch")))
     };
     let (key_col, time_col) = (col(&opts.key_column)?, col(&opts.time_column)?);
-    let n = batch.num_rows();
+    let (kc, tc) = (opts.key_column.as_str(), opts.time_column.as_str());
     let at = |i: usize| first + i as u64 + 1;
-    let null = |i: usize, c: &str| err(format!("row {}: column {c:?} is null", at(i)));
-    let mut keys = Vec::with_capacity(n);
-    match key_col.data_type() {
-        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
-            let s =
-                arrow::compute::cast(&key_col, &DataType::Utf8).map_err(|e| err(e.to_string()))?;
-            let s = s.as_string::<i32>();
-            for i in 0..n {
-                if s.is_null(i) {
-                    return Err(null(i, &opts.key_column));
-                }
-                let v = s.value(i);
-                if opts.int_keys {
-                    let k: i64 = v.parse().map_err(|_| {
-                        err(format!(
-                            "row {}: key {v:?} in column {:?} is not an int64",
-                            at(i),
-                            opts.key_column
-                        ))
-                    })?;
-                    keys.push(EntityKey::from(k));
-                } else {
-                    keys.push(EntityKey::from(v));
-                }
-            }
-        }
-        DataType::Int64 | DataType::Int32 | DataType::UInt32 | DataType::Int16 | DataType::Int8 => {
-            let v =
-                arrow::compute::cast(&key_col, &DataType::Int64).map_err(|e| err(e.to_string()))?;
-            let v = v.as_primitive::<Int64Type>();
-            for i in 0..n {
-                if v.is_null(i) {
-                    return Err(null(i, &opts.key_column));
-                }
+    let keys: Vec<EntityKey> = match key_col.data_type() {
+        t if is_text(t) => {
+            let mut keys = Vec::with_capacity(batch.num_rows());
+            texts(&key_col, kc, first, |i, v| {
                 keys.push(if opts.int_keys {
-                    EntityKey::from(v.value(i))
+                    EntityKey::from(v.parse::<i64>().map_err(|_| {
+                        format!("row {}: key {v:?} in column {kc:?} is not an int64", at(i))
+                    })?)
                 } else {
-                    EntityKey::from(v.value(i).to_string().as_str())
+                    EntityKey::from(v)
                 });
-            }
+                Ok(())
+            })
+            .map_err(err)?;
+            keys
         }
+        t if t.is_integer() => ints(&key_col, kc, first)
+            .map_err(err)?
+            .into_iter()
+            .map(|v| {
+                if opts.int_keys {
+                    EntityKey::from(v)
+                } else {
+                    EntityKey::from(v.to_string().as_str())
+                }
+            })
+            .collect(),
         t => {
             return Err(err(format!(
-                "key column {:?} is {t}: expected strings or integers",
-                opts.key_column
+                "key column {kc:?} is {t}: expected strings or integers"
             )));
         }
-    }
-    let mut times = Vec::with_capacity(n);
-    match time_col.data_type() {
+    };
+    let times: Vec<i64> = match time_col.data_type() {
         DataType::Timestamp(unit, _) => {
-            let v = arrow::compute::cast(&time_col, &DataType::Int64)
-                .map_err(|e| err(e.to_string()))?;
-            let v = v.as_primitive::<Int64Type>();
-            for i in 0..n {
-                if v.is_null(i) {
-                    return Err(null(i, &opts.time_column));
-                }
-                times.push(to_micros(v.value(i), *unit));
-            }
+            let unit = *unit;
+            let v = ints(&time_col, tc, first).map_err(err)?;
+            v.into_iter().map(|v| to_micros(v, unit)).collect()
         }
-        DataType::Int64 | DataType::Int32 | DataType::UInt32 => {
+        t if t.is_integer() => {
             let unit = match opts.time_unit {
                 TimeUnit::Seconds => ArrowUnit::Second,
                 TimeUnit::Millis => ArrowUnit::Millisecond,
                 TimeUnit::Micros => ArrowUnit::Microsecond,
                 TimeUnit::Nanos => ArrowUnit::Nanosecond,
             };
-            let v = arrow::compute::cast(&time_col, &DataType::Int64)
-                .map_err(|e| err(e.to_string()))?;
-            let v = v.as_primitive::<Int64Type>();
-            for i in 0..n {
-                if v.is_null(i) {
-                    return Err(null(i, &opts.time_column));
-                }
-                times.push(to_micros(v.value(i), unit));
-            }
+            let v = ints(&time_col, tc, first).map_err(err)?;
+            v.into_iter().map(|v| to_micros(v, unit)).collect()
         }
-        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
-            let s =
-                arrow::compute::cast(&time_col, &DataType::Utf8).map_err(|e| err(e.to_string()))?;
-            let s = s.as_string::<i32>();
-            for i in 0..n {
-                if s.is_null(i) {
-                    return Err(null(i, &opts.time_column));
-                }
-                times.push(parse_time(s.value(i)).ok_or_else(|| {
-                    err(format!(
-                        "row {}: time {:?} in column {:?} is not an RFC 3339 time",
-                        at(i),
-                        s.value(i),
-                        opts.time_column
-                    ))
+        t if is_text(t) => {
+            let mut times = Vec::with_capacity(batch.num_rows());
+            texts(&time_col, tc, first, |i, v| {
+                times.push(parse_time(v).ok_or_else(|| {
+                    format!(
+                        "row {}: time {v:?} in column {tc:?} is not an RFC 3339 time",
+                        at(i)
+                    )
                 })?);
-            }
+                Ok(())
+            })
+            .map_err(err)?;
+            times
         }
         t => {
             return Err(err(format!(
-                "time column {:?} is {t}: expected a timestamp, an integer ({:?}) or RFC 3339 text",
-                opts.time_column, opts.time_unit
+                "time column {tc:?} is {t}: expected a timestamp, an integer ({:?}) or RFC 3339 text",
+                opts.time_unit
             )));
         }
-    }
+    };
     Ok(Chunk { batch, keys, times })
+}
+
+fn is_text(t: &DataType) -> bool {
+    matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
+}
+
+/// The cells of integer (or timestamp) column `name` as i64; a null names its row
+/// (`first`: the batch's first row in the file, 0-based).
+fn ints(col: &arrow::array::ArrayRef, name: &str, first: u64) -> Result<Vec<i64>, String> {
+    let v = arrow::compute::cast(col, &DataType::Int64).map_err(|e| e.to_string())?;
+    let v = v.as_primitive::<Int64Type>();
+    if let Some(i) = (0..v.len()).find(|i| v.is_null(*i)) {
+        return Err(format!(
+            "row {}: column {name:?} is null",
+            first + i as u64 + 1
+        ));
+    }
+    Ok(v.values().to_vec())
+}
+
+/// Calls `f(row in batch, text)` for each cell of text column `name`; a null names its
+/// row.
+fn texts(
+    col: &arrow::array::ArrayRef,
+    name: &str,
+    first: u64,
+    mut f: impl FnMut(usize, &str) -> Result<(), String>,
+) -> Result<(), String> {
+    let s = arrow::compute::cast(col, &DataType::Utf8).map_err(|e| e.to_string())?;
+    let s = s.as_string::<i32>();
+    for i in 0..s.len() {
+        if s.is_null(i) {
+            return Err(format!(
+                "row {}: column {name:?} is null",
+                first + i as u64 + 1
+            ));
+        }
+        f(i, s.value(i))?;
+    }
+    Ok(())
 }
 
 /// [`chunk`], for the unit tests.

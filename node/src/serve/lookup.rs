@@ -49,12 +49,21 @@ impl From<ServeError> for ExecError {
     }
 }
 
-/// A watermark on the wire.
+/// Whether an offset stream is a topic's (what clients wait on), not a pending view
+/// version's own re-ingest (`topic#view@version`): those exist on a replica only until the
+/// version is promoted, so a client holding one as a floor would find every replica
+/// that already promoted "behind" it forever.
+pub fn is_topic_stream(stream: &str) -> bool {
+    !stream.contains('#')
+}
+
+/// A watermark on the wire: the topic streams' offsets.
 fn wire_watermark(shard: ShardId, wm: &BTreeMap<String, i64>) -> ShardWatermark {
     ShardWatermark {
         shard: shard.0,
         offsets: wm
             .iter()
+            .filter(|(t, _)| is_topic_stream(t))
             .map(|(t, o)| TopicOffset {
                 topic: t.clone(),
                 next_offset: *o,
@@ -423,3 +432,6 @@ pub(super) fn fill_row(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

@@ -443,9 +443,12 @@ pub fn plan_keys(
     for wm in &req.min_watermarks {
         let shard = ShardId(wm.shard);
         if by_shard.contains_key(&shard) {
+            // Pending streams are not read-your-writes targets (see `is_topic_stream`):
+            // a floor on one, held by a client from an older node, is ignored.
             let offsets: BTreeMap<String, i64> = wm
                 .offsets
                 .iter()
+                .filter(|o| super::lookup::is_topic_stream(&o.topic))
                 .map(|o| (o.topic.clone(), o.next_offset))
                 .collect();
             min_watermarks.insert(shard, offsets);
