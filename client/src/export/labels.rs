@@ -62,7 +62,6 @@ pub struct Chunk {
 pub struct Reader {
     rx: tokio::sync::mpsc::Receiver<Result<Chunk, ExportError>>,
     thread: Option<std::thread::JoinHandle<()>>,
-    columns: usize,
     schema: Option<arrow::datatypes::SchemaRef>,
 }
 
@@ -137,25 +136,20 @@ impl Reader {
             Some(Ok(b)) => Some(b.schema()),
             _ => None,
         };
-        let columns = match batches.peek() {
-            Some(Ok(b)) => {
-                let s = b.schema();
-                for c in [&opts.key_column, &opts.time_column] {
-                    if s.index_of(c).is_err() {
-                        return Err(err(format!(
-                            "no column {c:?} (columns: {})",
-                            s.fields()
-                                .iter()
-                                .map(|f| f.name().as_str())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        )));
-                    }
+        if let Some(s) = &schema {
+            for c in [&opts.key_column, &opts.time_column] {
+                if s.index_of(c).is_err() {
+                    return Err(err(format!(
+                        "no column {c:?} (columns: {})",
+                        s.fields()
+                            .iter()
+                            .map(|f| f.name().as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )));
                 }
-                s.fields().len()
             }
-            _ => 0,
-        };
+        }
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         let (path, opts) = (path.to_path_buf(), opts.clone());
         let thread = std::thread::Builder::new()
@@ -182,7 +176,6 @@ impl Reader {
         Ok(Reader {
             rx,
             thread: Some(thread),
-            columns,
             schema,
         })
     }
@@ -202,7 +195,7 @@ impl Reader {
 
     /// Label columns per row.
     pub fn label_columns(&self) -> usize {
-        self.columns
+        self.schema.as_ref().map_or(0, |s| s.fields().len())
     }
 
     /// Waits for the reader thread.
