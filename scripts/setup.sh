@@ -13,6 +13,18 @@ SETUP_FOR="${1:-test}"
 # README's commands, so warm builds skip RocksDB's ~8 minute C++ compile.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/quiver-target}"
 
+# Incremental-compilation caches grow by a few GB per changed build and are never
+# trimmed by cargo; a full disk makes the linker die with SIGBUS. Drop them (they only
+# speed up rebuilds of our own crates, never third-party ones like RocksDB) when less
+# than 15 GB are free where the target directory lives.
+if [ -d "$CARGO_TARGET_DIR" ]; then
+    free_kb=$(df -Pk "$CARGO_TARGET_DIR" | awk 'NR == 2 { print $4 }')
+    if [ "${free_kb:-0}" -lt $((15 * 1024 * 1024)) ]; then
+        echo "setup: under 15 GB free; removing $CARGO_TARGET_DIR/*/incremental" >&2
+        rm -rf "$CARGO_TARGET_DIR"/debug/incremental "$CARGO_TARGET_DIR"/release/incremental
+    fi
+fi
+
 as_root() {
     if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
         echo "setup: need root to run: $*" >&2; return 1; fi
