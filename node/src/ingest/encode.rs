@@ -31,7 +31,10 @@ pub struct EncodedRecord {
     pub key: Vec<u8>,
     /// Payload; `None` for a delete.
     pub payload: Option<Vec<u8>>,
-    /// Kafka timestamp, milliseconds since the epoch.
+    /// Kafka timestamp, milliseconds since the epoch: when the push arrived if the payload
+    /// carries the event time (what "arrived by" of as-served history reads), else the
+    /// event time (a delete, or a JSON view without an event-time field, whose event time
+    /// only the timestamp can carry).
     pub timestamp_millis: i64,
     /// The row's event time, µs.
     pub event_time_micros: i64,
@@ -99,7 +102,7 @@ pub fn encode_push_row(
         }
         t => t,
     };
-    let timestamp_millis = event_time_micros / 1000;
+    let event_time_millis = event_time_micros / 1000;
     if row.delete {
         if !row.features.is_empty() {
             return Err(format!("{at} is a delete but also sets features"));
@@ -107,7 +110,7 @@ pub fn encode_push_row(
         return Ok(EncodedRecord {
             key,
             payload: None,
-            timestamp_millis,
+            timestamp_millis: event_time_millis,
             event_time_micros,
         });
     }
@@ -171,10 +174,20 @@ pub fn encode_push_row(
             out.encode_to_vec()
         }
     };
+    // A backfilled or corrected row arrives now, whatever its event time: as-served
+    // history (`exclude_late_arrivals`) must not show it at earlier times.
+    let carries_event_time = match view.source.format {
+        RecordFormat::Json => view.source.event_time_field.is_some(),
+        RecordFormat::Protobuf => true,
+    };
     Ok(EncodedRecord {
         key,
         payload: Some(payload),
-        timestamp_millis,
+        timestamp_millis: if carries_event_time {
+            now_micros / 1000
+        } else {
+            event_time_millis
+        },
         event_time_micros,
     })
 }

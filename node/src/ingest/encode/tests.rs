@@ -193,6 +193,29 @@ fn protobuf_and_int64_keys_round_trip() {
 }
 
 #[test]
+fn a_row_with_its_event_time_in_the_payload_is_stamped_with_its_arrival() {
+    // A backfilled row (event time long ago) arrives now: its Kafka timestamp is the push's
+    // time, so as-served history does not show it before then; the event time survives.
+    let now = 1_800_000_000_000_000;
+    let past = 1_700_000_000_123_457;
+    let amount = [("amount", Kind::Float64Value(1.0))];
+    for (name, key_type, r) in [
+        ("all_types", KeyType::String, row("u1", past, &[])),
+        ("card_pb", KeyType::Int64, row(42i64, past, &amount)),
+    ] {
+        let v = view(name);
+        let rec = encode_push_row(&v, key_type, 0, &r, now).unwrap();
+        assert_eq!(rec.timestamp_millis, now / 1000, "{name}");
+        let (_, et, _) = ingest(&v, key_type, &rec);
+        assert_eq!(et, past, "{name}");
+    }
+    // Without an event-time field the timestamp is the only carrier of the event time.
+    let v = view("kafka_time");
+    let rec = encode_push_row(&v, KeyType::String, 0, &row("u", 9_000_000, &[]), now).unwrap();
+    assert_eq!(rec.timestamp_millis, 9_000);
+}
+
+#[test]
 fn missing_features_are_null_and_zero_time_is_now() {
     let v = view("kafka_time");
     let rec = encode_push_row(&v, KeyType::String, 0, &row("u", 0, &[]), 7_000_123).unwrap();
