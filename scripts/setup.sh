@@ -4,7 +4,8 @@
 # the embedded demo needs (the Rust toolchain, libclang for RocksDB's bindings);
 # `source scripts/setup.sh test` (the default) also checks the test command's
 # requirements up front and installs the test tools (Tansu, Prometheus, Redis, Feast,
-# grpcio, Kubernetes schema validation, podman and podman-compose). Debian packages need
+# grpcio, Kubernetes schema validation, podman and podman-compose, maturin, pytest and
+# the Python SDK's dependencies). Debian packages need
 # root or sudo.
 set -euo pipefail
 SETUP_FOR="${1:-test}"
@@ -107,6 +108,15 @@ fi
 if ! python3 -c 'import grpc, grpc_reflection' >/dev/null 2>&1; then
     echo "setup: installing grpcio and grpcio-reflection (pip)" >&2
     python3 -m pip install -q --disable-pip-version-check grpcio==1.76.0 grpcio-reflection==1.76.0
+fi
+
+# The Python SDK (python/): maturin builds it; pytest runs its suite, pandas/pyarrow/NumPy
+# are its dependencies, scikit-learn its example's.
+if ! python3 -c 'import maturin, pytest, pandas, pyarrow, numpy, sklearn' >/dev/null 2>&1 \
+    || ! command -v maturin >/dev/null; then
+    echo "setup: installing maturin, pytest, pandas, pyarrow, numpy, scikit-learn (pip)" >&2
+    python3 -m pip install -q --disable-pip-version-check 'maturin>=1.9,<2' 'pytest>=8' \
+        'pandas>=2' 'pyarrow>=14' 'numpy>=1.23' 'scikit-learn>=1.3'
 fi
 
 # deploy/'s compose test: podman with the runc runtime, debootstrap for a local base image

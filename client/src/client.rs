@@ -258,6 +258,58 @@ impl Client {
         self.inner.map.current().epoch
     }
 
+    /// The registry as the cluster serves it now (entities, views with their feature
+    /// types, feature services, request limits), read from any node; the client's cached
+    /// schema is replaced with it.
+    ///
+    /// # Errors
+    /// If no node answers.
+    pub async fn registry(&self) -> Result<quiver_proto::v1::Schema, ClientError> {
+        self.inner.schema.refresh(&self.inner.map).await
+    }
+
+    /// A view's full definition as JSON (source, features, TTL, history, the feature
+    /// services using it, a version being re-ingested beside it), read from any node.
+    ///
+    /// # Errors
+    /// [`ClientError::Rpc`] (`NOT_FOUND` naming an unknown view).
+    pub async fn describe_view(&self, name: &str) -> Result<String, ClientError> {
+        let name = name.to_owned();
+        self.inner
+            .map
+            .call_any(|node| {
+                let name = name.clone();
+                async move {
+                    Ok(node
+                        .admin()
+                        .describe_view(quiver_proto::v1::DescribeViewRequest { name })
+                        .await?
+                        .into_inner()
+                        .definition_json)
+                }
+            })
+            .await
+    }
+
+    /// The cluster map as a node serves it now: members, and each shard's replicas and
+    /// their states.
+    ///
+    /// # Errors
+    /// [`ClientError::Rpc`] (`UNIMPLEMENTED` from static-mode nodes), or if no node
+    /// answers.
+    pub async fn cluster_map(&self) -> Result<quiver_proto::v1::ClusterMap, ClientError> {
+        self.inner
+            .map
+            .call_any(|node| async move {
+                Ok(node
+                    .cluster()
+                    .get_cluster_map(quiver_proto::v1::GetClusterMapRequest {})
+                    .await?
+                    .into_inner())
+            })
+            .await
+    }
+
     /// Re-reads the cluster map now; returns its epoch.
     ///
     /// # Errors

@@ -313,16 +313,18 @@ pub(crate) struct SchemaCache {
 }
 
 async fn fetch(map: &MapCache) -> Result<ClientSchema, ClientError> {
-    let s = map
-        .call_any(|node| async move {
-            Ok(node
-                .features()
-                .get_schema(GetSchemaRequest {})
-                .await?
-                .into_inner())
-        })
-        .await?;
-    Ok(ClientSchema::new(s))
+    Ok(ClientSchema::new(fetch_raw(map).await?))
+}
+
+async fn fetch_raw(map: &MapCache) -> Result<Schema, ClientError> {
+    map.call_any(|node| async move {
+        Ok(node
+            .features()
+            .get_schema(GetSchemaRequest {})
+            .await?
+            .into_inner())
+    })
+    .await
 }
 
 impl SchemaCache {
@@ -339,6 +341,16 @@ impl SchemaCache {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Reads the schema now, caches it and returns it as the cluster sent it.
+    pub(crate) async fn refresh(&self, map: &MapCache) -> Result<Schema, ClientError> {
+        let raw = fetch_raw(map).await?;
+        let _g = self.lock.lock().await;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) =
+            Arc::new(ClientSchema::new(raw.clone()));
+        self.refreshes.fetch_add(1, Ordering::Release);
+        Ok(raw)
     }
 
     /// Runs `check` against the cached schema; on [`Problem::Unknown`] or

@@ -1,0 +1,242 @@
+"""Online lookup results: Arrow, pandas, NumPy and dicts from the wire's packed columns.
+
+The native module hands over each column as raw little-endian buffers (values, string
+offsets and bytes, list offsets, a validity byte and a status byte per row). Numeric,
+string and list columns become Arrow arrays over those buffers directly
+(``pyarrow.Array.from_buffers``) and NumPy arrays through ``numpy.frombuffer``: no Python
+object is made per value unless a caller asks for Python values (``to_dict``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+STATUS_NAMES = np.array(["UNSPECIFIED", "PRESENT", "NOT_FOUND", "EXPIRED"], dtype=object)
+
+_PRIMITIVE = {
+    "int64": (pa.int64(), np.int64),
+    "float64": (pa.float64(), np.float64),
+}
+_LIST_ITEM = {"int64_list": pa.int64(), "float64_list": pa.float64()}
+
+
+def _bitmap(valid: np.ndarray) -> Optional[pa.Buffer]:
+    """Arrow's validity bitmap of ``valid`` (None when every row holds a value)."""
+    if valid.all():
+        return None
+    return pa.py_buffer(np.packbits(valid, bitorder="little"))
+
+
+def _offsets(raw: bytes, blob_len: int) -> tuple:
+    """Arrow offsets from the wire's u32 offsets: int32, or int64 (large) past 2 GiB."""
+    if blob_len < 2**31:
+        return pa.py_buffer(raw), False
+    return pa.py_buffer(np.frombuffer(raw, dtype="<u4").astype("<i8")), True
+
+
+def _strings(offsets: bytes, blob: bytes, n: int, bitmap, binary: bool) -> pa.Array:
+    buf, large = _offsets(offsets, len(blob))
+    if binary:
+        ty = pa.large_binary() if large else pa.binary()
+    else:
+        ty = pa.large_string() if large else pa.string()
+    return pa.Array.from_buffers(ty, n, [bitmap, buf, pa.py_buffer(blob)])
+
+
+def arrow_column(c: Dict[str, Any]) -> pa.Array:
+    """One wire column as an Arrow array (null where not PRESENT or null)."""
+    valid = np.frombuffer(c["valid"], dtype=np.uint8).astype(bool)
+    n = len(valid)
+    bitmap = _bitmap(valid)
+    t = c["type"]
+    if t in _PRIMITIVE:
+        return pa.Array.from_buffers(_PRIMITIVE[t][0], n, [bitmap, pa.py_buffer(c["values"])])
+    if t == "bool":
+        values = np.frombuffer(c["values"], dtype=np.uint8).astype(bool)
+        return pa.array(values, type=pa.bool_(), mask=~valid)
+    if t in ("string", "bytes"):
+        return _strings(c["offsets"], c["blob"], n, bitmap, binary=t == "bytes")
+    if t == "float32_vector":
+        floats = np.frombuffer(c["values"], dtype="<f4")
+        child = pa.array(floats, type=pa.float32())
+        d = c["dimension"]
+        if d:
+            return pa.FixedSizeListArray.from_arrays(child, d, mask=pa.array(~valid))
+        return pa.Array.from_buffers(
+            pa.list_(pa.float32()), n, [bitmap, pa.py_buffer(c["list_offsets"])], children=[child]
+        )
+    if t in _LIST_ITEM:
+        item = _LIST_ITEM[t]
+        child = pa.Array.from_buffers(item, len(c["values"]) // 8, [None, pa.py_buffer(c["values"])])
+        return pa.Array.from_buffers(
+            pa.list_(item), n, [bitmap, pa.py_buffer(c["list_offsets"])], children=[child]
+        )
+    if t == "string_list":
+        items = len(c["offsets"]) // 4 - 1
+        child = _strings(c["offsets"], c["blob"], items, None, binary=False)
+        return pa.Array.from_buffers(
+            pa.list_(child.type), n, [bitmap, pa.py_buffer(c["list_offsets"])], children=[child]
+        )
+    raise TypeError(f"column {c['name']!r} has unknown type {t!r}")
+
+
+def pandas_types(nullable: bool):
+    """The ``types_mapper`` of ``pyarrow.Table.to_pandas``: pandas' nullable dtypes."""
+    if not nullable:
+        return None
+    import pandas as pd
+
+    mapping = {
+        pa.int64(): pd.Int64Dtype(),
+        pa.float64(): pd.Float64Dtype(),
+        pa.bool_(): pd.BooleanDtype(),
+        pa.string(): pd.StringDtype(),
+        pa.large_string(): pd.StringDtype(),
+    }
+    return mapping.get
+
+
+class OnlineResponse:
+    """The answer of one ``get_online_features`` call: one row per requested entity key
+    (in request order, duplicates included) and one column per feature (``view:feature``).
+
+    A value is *missing* (null) where its status is not ``PRESENT`` (``NOT_FOUND``: no row
+    for the key; ``EXPIRED``: older than the view's TTL) or where the row holds a null.
+    """
+
+    def __init__(self, native: Any, keys: Sequence[Any], key_name: str) -> None:
+        self._native = native
+        self._keys = keys
+        self._key_name = key_name
+        self._columns: List[Dict[str, Any]] = native.columns()
+        self._by_name = {c["name"]: c for c in self._columns}
+
+    def __len__(self) -> int:
+        return self._native.row_count
+
+    def __repr__(self) -> str:
+        return f"OnlineResponse(rows={len(self)}, features={self.feature_names})"
+
+    @property
+    def feature_names(self) -> List[str]:
+        """Feature columns in request order (``view:feature``)."""
+        return [c["name"] for c in self._columns]
+
+    @property
+    def watermark(self) -> str:
+        """Watermark token of the shards that answered: pass it as ``min_watermarks`` to
+        another client to read at least this state."""
+        return self._native.watermark
+
+    def _column(self, feature: str) -> Dict[str, Any]:
+        try:
+            return self._by_name[feature]
+        except KeyError:
+            from .errors import NotFound
+
+            raise NotFound(
+                f"the response has no feature {feature!r}; it has {self.feature_names}"
+            ) from None
+
+    def statuses(self, feature: str) -> np.ndarray:
+        """Each row's status of ``feature``: ``"PRESENT"``, ``"NOT_FOUND"`` or ``"EXPIRED"``."""
+        codes = np.frombuffer(self._column(feature)["statuses"], dtype=np.uint8)
+        return STATUS_NAMES[np.minimum(codes, len(STATUS_NAMES) - 1)]
+
+    def valid(self, feature: str) -> np.ndarray:
+        """Whether each row holds a value of ``feature`` (PRESENT and not null)."""
+        return np.frombuffer(self._column(feature)["valid"], dtype=np.uint8).astype(bool)
+
+    def event_times(self, feature: str) -> np.ndarray:
+        """Each row's event time of ``feature`` as ``datetime64[us]`` (NaT where missing).
+        Needs ``event_times=True`` on the lookup."""
+        c = self._column(feature)
+        if "event_times" not in c:
+            from .errors import InvalidArgument
+
+            raise InvalidArgument("event times were not requested: pass event_times=True")
+        micros = np.frombuffer(c["event_times"], dtype="<i8")
+        out = micros.astype("datetime64[us]")
+        out[micros == 0] = np.datetime64("NaT")
+        return out
+
+    def _key_array(self) -> pa.Array:
+        return pa.array(list(self._keys))
+
+    def to_arrow(self, *, include_statuses: bool = False, include_event_times: bool = False) -> pa.Table:
+        """The response as a ``pyarrow.Table``: the entity key column, then one typed column
+        per feature (nulls where missing); optionally ``<feature>__status`` and
+        ``<feature>__event_time`` columns."""
+        names, arrays = [self._key_name], [self._key_array()]
+        for c in self._columns:
+            names.append(c["name"])
+            arrays.append(arrow_column(c))
+            if include_statuses:
+                names.append(c["name"] + "__status")
+                arrays.append(pa.array(self.statuses(c["name"]), type=pa.string()))
+            if include_event_times:
+                names.append(c["name"] + "__event_time")
+                arrays.append(pa.array(self.event_times(c["name"]), type=pa.timestamp("us", tz="UTC")))
+        return pa.Table.from_arrays(arrays, names=names)
+
+    def to_pandas(
+        self,
+        *,
+        nullable: bool = True,
+        include_statuses: bool = False,
+        include_event_times: bool = False,
+    ):
+        """The response as a pandas DataFrame (columns as in :meth:`to_arrow`).
+
+        With ``nullable=True`` (the default) numbers, bools and strings keep their type and
+        missing values are ``pd.NA`` (dtypes ``Int64``, ``Float64``, ``boolean``,
+        ``string``); with ``nullable=False`` missing values are NaN/None in NumPy dtypes
+        (an int64 or bool column with a missing value becomes float64/object). Vectors and
+        lists are object columns of NumPy arrays.
+        """
+        table = self.to_arrow(include_statuses=include_statuses, include_event_times=include_event_times)
+        return table.to_pandas(types_mapper=pandas_types(nullable))
+
+    def to_dict(self) -> Dict[str, list]:
+        """``{column: [python values]}``: the key column and each feature (None where
+        missing), as Feast's ``to_dict``."""
+        return self.to_arrow().to_pydict()
+
+    def to_numpy(self, feature: str, *, fill: Any = None) -> np.ndarray:
+        """One feature's values as a NumPy array, ready for a model.
+
+        ``float64``: float64 with NaN where missing. ``int64`` and ``bool``: their own
+        dtype when every row holds a value (or ``fill`` is given, which replaces missing
+        values), else float64 with NaN. ``float32_vector`` of one dimension d: a rows × d
+        float32 matrix (NaN rows where missing, or ``fill``). Other types: an object array
+        (None where missing, or ``fill``).
+        """
+        c = self._column(feature)
+        valid = self.valid(feature)
+        t = c["type"]
+        if t in ("int64", "float64", "bool"):
+            dtype = {"int64": "<i8", "float64": "<f8", "bool": np.uint8}[t]
+            values = np.frombuffer(c["values"], dtype=dtype)
+            if t == "bool":
+                values = values.astype(bool)
+            if valid.all() or (fill is not None and t != "float64"):
+                out = values.copy()
+                if fill is not None:
+                    out[~valid] = fill
+                return out
+            out = values.astype(np.float64)
+            out[~valid] = np.nan if fill is None else fill
+            return out
+        if t == "float32_vector" and c["dimension"]:
+            d = c["dimension"]
+            out = np.frombuffer(c["values"], dtype="<f4").reshape(-1, d).copy()
+            out[~valid] = np.nan if fill is None else fill
+            return out
+        values = arrow_column(c).to_numpy(zero_copy_only=False)
+        out = np.empty(len(values), dtype=object)
+        for i, v in enumerate(values):
+            out[i] = v if valid[i] else fill
+        return out

@@ -1,0 +1,414 @@
+//! The `Client` class: one smart client (connections, cluster map, schema, session
+//! watermarks) shared by every call, blocking or asyncio.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList};
+use quiver_client::export::{ExportOptions, TimeUnit};
+use quiver_client::{Hedging, Lookup, Watermarks};
+use quiver_proto::transport::{TlsClientSettings, read_token_file};
+
+use crate::errors::{client_error, export_error, invalid};
+use crate::response::Response;
+use crate::values;
+
+/// The runtime every call runs on (the one asyncio awaitables are driven by too).
+fn runtime() -> &'static tokio::runtime::Runtime {
+    pyo3_async_runtimes::tokio::get_runtime()
+}
+
+/// Runs `fut` to completion with the GIL released.
+fn block<T: Send>(py: Python<'_>, fut: impl Future<Output = T> + Send) -> T {
+    py.detach(|| runtime().block_on(fut))
+}
+
+/// A connection to a quiver cluster (see `quiver.Client` for the documented API).
+#[pyclass(module = "quiver._quiver", frozen)]
+pub struct Client {
+    inner: quiver_client::Client,
+}
+
+/// A lookup's arguments, as `quiver.Client` normalises them.
+#[allow(clippy::too_many_arguments)]
+fn lookup(
+    features: Vec<String>,
+    feature_service: Option<String>,
+    keys: &Bound<'_, PyAny>,
+    min_watermark: Option<&str>,
+    as_of: Option<i64>,
+    as_of_per_key: Option<Vec<i64>>,
+    exclude_late_arrivals: bool,
+    event_times: bool,
+    deadline_secs: Option<f64>,
+) -> PyResult<Lookup> {
+    let mut l = match feature_service {
+        Some(s) if !features.is_empty() => {
+            return Err(invalid(format!(
+                "give features or feature_service {s:?}, not both"
+            )));
+        }
+        Some(s) => Lookup::feature_service(s),
+        None => Lookup::features(features),
+    };
+    l = l.keys(values::keys(keys)?).event_times(event_times);
+    if let Some(token) = min_watermark {
+        let wm: Watermarks = token
+            .parse()
+            .map_err(|e| invalid(format!("min_watermarks: {e}")))?;
+        l = l.min_watermarks(&wm);
+    }
+    match (as_of, as_of_per_key) {
+        (Some(_), Some(_)) => return Err(invalid("give as_of for all keys or per key, not both")),
+        (Some(t), None) => l = l.as_of_micros(t),
+        (None, Some(ts)) => l = l.as_of_per_key(ts),
+        (None, None) if exclude_late_arrivals => {
+            return Err(invalid("exclude_late_arrivals needs as_of"));
+        }
+        (None, None) => {}
+    }
+    if exclude_late_arrivals {
+        l = l.exclude_late_arrivals(true);
+    }
+    if let Some(d) = deadline_secs {
+        l = l.deadline(duration("deadline", d)?);
+    }
+    Ok(l)
+}
+
+fn duration(what: &str, secs: f64) -> PyResult<Duration> {
+    Duration::try_from_secs_f64(secs)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            invalid(format!(
+                "{what} must be a positive number of seconds, not {secs}"
+            ))
+        })
+}
+
+impl Client {
+    /// Reads and types `rows` against `view`'s push schema, then pushes them.
+    async fn push_rows(
+        client: quiver_client::Client,
+        view: String,
+        rows: Vec<values::RawRow>,
+    ) -> PyResult<String> {
+        if rows.is_empty() {
+            return Err(invalid(format!("push to {view:?} has no rows")));
+        }
+        let schema = client.push_schema(&view).await.map_err(client_error)?;
+        let mut rows = values::push_rows(&view, &schema, rows).map_err(invalid)?;
+        // Batches above the cluster's limit go as several pushes, in order; the token
+        // covers them all.
+        let per_push = (schema.max_push_rows as usize).max(1);
+        let mut wm = Watermarks::new();
+        while !rows.is_empty() {
+            let rest = rows.split_off(per_push.min(rows.len()));
+            wm.merge(&client.push(&view, rows).await.map_err(client_error)?);
+            rows = rest;
+        }
+        Ok(wm.to_string())
+    }
+}
+
+#[pymethods]
+impl Client {
+    /// Connects through `seeds` (`host:port`; any node) and reads the cluster map and
+    /// the registry.
+    #[new]
+    #[pyo3(signature = (seeds, *, token=None, token_file=None, tls=false, tls_ca=None, tls_cert=None, tls_key=None, tls_server_name=None, deadline_secs=None, hedge_after_secs=None, connect_to=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        seeds: Vec<String>,
+        token: Option<String>,
+        token_file: Option<PathBuf>,
+        tls: bool,
+        tls_ca: Option<PathBuf>,
+        tls_cert: Option<PathBuf>,
+        tls_key: Option<PathBuf>,
+        tls_server_name: Option<String>,
+        deadline_secs: Option<f64>,
+        hedge_after_secs: Option<f64>,
+        connect_to: Option<Vec<(String, String)>>,
+    ) -> PyResult<Self> {
+        if seeds.is_empty() {
+            return Err(invalid(
+                "seeds is empty: give at least one node's host:port",
+            ));
+        }
+        let mut b = quiver_client::Client::builder().seeds(seeds);
+        match (token, token_file) {
+            (Some(_), Some(_)) => return Err(invalid("give token or token_file, not both")),
+            (Some(t), None) => b = b.token(t),
+            (None, Some(f)) => {
+                b = b.token(read_token_file(&f).map_err(|e| invalid(e.to_string()))?)
+            }
+            (None, None) => {}
+        }
+        if tls || tls_ca.is_some() || tls_cert.is_some() || tls_key.is_some() {
+            let settings = TlsClientSettings::from_files(
+                tls_ca.as_deref(),
+                tls_cert.as_deref(),
+                tls_key.as_deref(),
+                tls_server_name,
+            )
+            .map_err(|e| invalid(e.to_string()))?;
+            b = b.tls(settings);
+        }
+        if let Some(d) = deadline_secs {
+            b = b.deadline(duration("deadline", d)?);
+        }
+        if let Some(h) = hedge_after_secs {
+            b = b.hedging(Hedging::Fixed(duration("hedge_after", h)?));
+        }
+        for (advertised, reachable) in connect_to.unwrap_or_default() {
+            b = b.connect_to(advertised, reachable);
+        }
+        let inner = block(py, async move { b.build().await }).map_err(client_error)?;
+        Ok(Client { inner })
+    }
+
+    /// Looks up features; blocks (without the GIL) until the answer or the deadline.
+    #[pyo3(signature = (features, feature_service, keys, *, min_watermark=None, as_of=None, as_of_per_key=None, exclude_late_arrivals=false, event_times=false, deadline_secs=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn get_online_features(
+        &self,
+        py: Python<'_>,
+        features: Vec<String>,
+        feature_service: Option<String>,
+        keys: &Bound<'_, PyAny>,
+        min_watermark: Option<&str>,
+        as_of: Option<i64>,
+        as_of_per_key: Option<Vec<i64>>,
+        exclude_late_arrivals: bool,
+        event_times: bool,
+        deadline_secs: Option<f64>,
+    ) -> PyResult<Response> {
+        let l = lookup(
+            features,
+            feature_service,
+            keys,
+            min_watermark,
+            as_of,
+            as_of_per_key,
+            exclude_late_arrivals,
+            event_times,
+            deadline_secs,
+        )?;
+        let client = &self.inner;
+        let result = block(py, client.get_online_features(&l)).map_err(client_error)?;
+        Ok(Response { result })
+    }
+
+    /// As `get_online_features`, as an asyncio awaitable.
+    #[pyo3(signature = (features, feature_service, keys, *, min_watermark=None, as_of=None, as_of_per_key=None, exclude_late_arrivals=false, event_times=false, deadline_secs=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn get_online_features_async<'py>(
+        &self,
+        py: Python<'py>,
+        features: Vec<String>,
+        feature_service: Option<String>,
+        keys: &Bound<'py, PyAny>,
+        min_watermark: Option<&str>,
+        as_of: Option<i64>,
+        as_of_per_key: Option<Vec<i64>>,
+        exclude_late_arrivals: bool,
+        event_times: bool,
+        deadline_secs: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let l = lookup(
+            features,
+            feature_service,
+            keys,
+            min_watermark,
+            as_of,
+            as_of_per_key,
+            exclude_late_arrivals,
+            event_times,
+            deadline_secs,
+        )?;
+        let client = self.inner.clone();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            let result = client.get_online_features(&l).await.map_err(client_error)?;
+            Ok(Response { result })
+        })
+    }
+
+    /// Pushes `(key, event_time_micros, {field: value}, delete)` rows into `view`;
+    /// returns the watermark token that makes a later read see them.
+    fn push(&self, py: Python<'_>, view: String, rows: &Bound<'_, PyAny>) -> PyResult<String> {
+        let rows = values::raw_rows(rows)?;
+        let client = self.inner.clone();
+        block(py, Self::push_rows(client, view, rows))
+    }
+
+    /// As `push`, as an asyncio awaitable.
+    fn push_async<'py>(
+        &self,
+        py: Python<'py>,
+        view: String,
+        rows: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let rows = values::raw_rows(rows)?;
+        let client = self.inner.clone();
+        pyo3_async_runtimes::tokio::future_into_py(py, Self::push_rows(client, view, rows))
+    }
+
+    /// The registry now: entities, views (features and types), feature services, limits.
+    fn registry<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = block(py, self.inner.registry()).map_err(client_error)?;
+        let d = PyDict::new(py);
+        d.set_item("registry_version", s.registry_version)?;
+        let entities = PyList::empty(py);
+        for e in &s.entities {
+            let x = PyDict::new(py);
+            x.set_item("name", &e.name)?;
+            x.set_item("key_type", &e.key_type)?;
+            entities.append(x)?;
+        }
+        d.set_item("entities", entities)?;
+        let views = PyList::empty(py);
+        for v in &s.views {
+            let x = PyDict::new(py);
+            x.set_item("name", &v.name)?;
+            x.set_item("version", v.version)?;
+            x.set_item("entity", &v.entity)?;
+            x.set_item("topic", &v.topic)?;
+            x.set_item("ttl_micros", v.ttl_micros)?;
+            let pairs = |fs: &[quiver_proto::v1::FeatureSchema]| -> Vec<(String, String)> {
+                fs.iter()
+                    .map(|f| (f.name.clone(), f.r#type.clone()))
+                    .collect()
+            };
+            x.set_item("features", pairs(&v.features))?;
+            x.set_item("push_fields", pairs(&v.push_fields))?;
+            views.append(x)?;
+        }
+        d.set_item("views", views)?;
+        let services = PyList::empty(py);
+        for f in &s.feature_services {
+            let x = PyDict::new(py);
+            x.set_item("name", &f.name)?;
+            x.set_item("features", f.features.clone())?;
+            services.append(x)?;
+        }
+        d.set_item("feature_services", services)?;
+        if let Some(l) = &s.limits {
+            let x = PyDict::new(py);
+            x.set_item("max_batch_keys", l.max_batch_keys)?;
+            x.set_item("max_features_per_request", l.max_features_per_request)?;
+            x.set_item("max_request_bytes", l.max_request_bytes)?;
+            x.set_item("max_push_rows", l.max_push_rows)?;
+            x.set_item("max_key_bytes", l.max_key_bytes)?;
+            d.set_item("limits", x)?;
+        }
+        Ok(d)
+    }
+
+    /// A view's definition as JSON text.
+    fn describe_view(&self, py: Python<'_>, name: String) -> PyResult<String> {
+        block(py, self.inner.describe_view(&name)).map_err(client_error)
+    }
+
+    /// The cluster map: `{"epoch", "shards": [{"shard", "replicas": [(node, state)]}]}`.
+    fn cluster_map<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let map = block(py, self.inner.cluster_map()).map_err(client_error)?;
+        let d = PyDict::new(py);
+        d.set_item("epoch", map.epoch)?;
+        let shards = PyList::empty(py);
+        for s in &map.shards {
+            let x = PyDict::new(py);
+            x.set_item("shard", s.shard)?;
+            let replicas: Vec<(u64, String)> = s
+                .replicas
+                .iter()
+                .map(|r| {
+                    let state = quiver_proto::v1::ReplicaStateProto::try_from(r.state)
+                        .map_or("UNKNOWN", |st| st.as_str_name());
+                    (r.node_id, state.to_owned())
+                })
+                .collect();
+            x.set_item("replicas", replicas)?;
+            shards.append(x)?;
+        }
+        d.set_item("shards", shards)?;
+        Ok(d)
+    }
+
+    /// The session's watermark token (the highest state this client has read).
+    fn session_watermark(&self) -> String {
+        self.inner.session_watermarks().to_string()
+    }
+
+    /// Counters since the client was built.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.inner.stats();
+        let d = PyDict::new(py);
+        d.set_item("requests", s.requests)?;
+        d.set_item("failed_requests", s.failed_requests)?;
+        d.set_item("sub_requests", s.sub_requests)?;
+        d.set_item("retries", s.retries)?;
+        d.set_item("hedges", s.hedges)?;
+        d.set_item("hedge_wins", s.hedge_wins)?;
+        d.set_item("behind", s.behind)?;
+        d.set_item("wrong_shard", s.wrong_shard)?;
+        d.set_item("map_refreshes", s.map_refreshes)?;
+        Ok(d)
+    }
+
+    /// Exports the point-in-time training set of the label file `labels` (Parquet or
+    /// CSV) to the Parquet file `out`; `progress(rows)` is called after each chunk.
+    /// Returns `(rows, features)`.
+    #[pyo3(signature = (labels, out, features, feature_service, *, key_column, time_column, time_unit="us", int_keys=false, exclude_late_arrivals=true, status_columns=false, chunk_rows=1000, parallel=4, progress=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn export(
+        &self,
+        py: Python<'_>,
+        labels: PathBuf,
+        out: PathBuf,
+        features: Vec<String>,
+        feature_service: Option<String>,
+        key_column: String,
+        time_column: String,
+        time_unit: &str,
+        int_keys: bool,
+        exclude_late_arrivals: bool,
+        status_columns: bool,
+        chunk_rows: usize,
+        parallel: usize,
+        progress: Option<Py<PyAny>>,
+    ) -> PyResult<(u64, usize)> {
+        let time_unit: TimeUnit = time_unit
+            .parse()
+            .map_err(|e: String| invalid(format!("time_unit: {e}")))?;
+        let opts = ExportOptions {
+            features,
+            feature_service,
+            key_column,
+            time_column,
+            time_unit,
+            int_keys,
+            exclude_late_arrivals,
+            status_columns,
+            chunk_rows,
+            parallel,
+        };
+        let client = &self.inner;
+        let summary = block(py, async move {
+            quiver_client::export::export(client, &labels, &out, &opts, |rows| {
+                if let Some(cb) = &progress {
+                    // A failing callback only loses progress reports, never the export.
+                    Python::attach(|py| {
+                        let _ = cb.call1(py, (rows,));
+                    });
+                }
+            })
+            .await
+        })
+        .map_err(export_error)?;
+        Ok((summary.rows, summary.features))
+    }
+}
