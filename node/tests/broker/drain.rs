@@ -193,6 +193,17 @@ async fn started(broker: &Broker, dir: &std::path::Path, delay: &str, grace: &st
         }
     })
     .await;
+    // Ready first, so that NOT_SERVING afterwards proves a SIGTERM was taken (a node still
+    // catching up is NOT_SERVING too, and two signals sent before the first is handled
+    // arrive as one).
+    wait_until("readiness SERVING", Duration::from_secs(60), || {
+        let endpoint = endpoint.clone();
+        async move {
+            health_status(&endpoint, "quiver.v1.Readiness").await
+                == Some(ServingStatus::Serving as i32)
+        }
+    })
+    .await;
     node
 }
 
