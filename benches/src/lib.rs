@@ -9,6 +9,7 @@
 //!   [`capacity`] (the sizing model), [`report`] (JSON, Markdown, SVG plots).
 
 pub mod capacity;
+pub mod client_loop;
 pub mod env;
 pub mod export;
 pub mod fixtures;

@@ -42,6 +42,32 @@ enum Command {
     /// lookup, ingest and capacity into one directory.
     All(AllArgs),
     /// The echo floor's server (started by `lookup`).
+    /// The Rust smart client in a closed loop (one lookup at a time): latency and calls
+    /// per client CPU second, as JSON on stdout (run by python/bench/online_bench.py).
+    #[command(hide = true)]
+    ClientLoop {
+        /// Nodes, `host:port`, comma separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        seeds: Vec<String>,
+        /// The view read.
+        #[arg(long)]
+        view: String,
+        /// Features f0..f{N-1} of the view.
+        #[arg(long)]
+        features: u32,
+        /// Keys u0000000.. that exist.
+        #[arg(long)]
+        entities: u32,
+        /// Keys per call.
+        #[arg(long)]
+        batch: usize,
+        /// Measured time.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+        measure: std::time::Duration,
+        /// Unmeasured time first.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
+        warmup: std::time::Duration,
+    },
     #[command(hide = true)]
     ServeEcho {
         #[arg(long)]
@@ -626,6 +652,27 @@ async fn run(command: Command) -> anyhow::Result<()> {
             run_ingest(&a.lookup.common, &ingest).await?;
             let out = a.lookup.common.out.clone();
             run_capacity(&out, &out, &a.question)
+        }
+        Command::ClientLoop {
+            seeds,
+            view,
+            features,
+            entities,
+            batch,
+            measure,
+            warmup,
+        } => {
+            let spec = quiver_bench::client_loop::LoopSpec {
+                seeds,
+                features: (0..features).map(|f| format!("{view}:f{f}")).collect(),
+                keys: (0..entities).map(|k| format!("u{k:07}")).collect(),
+                batch,
+                warmup,
+                measure,
+            };
+            let r = quiver_bench::client_loop::run(&spec).await?;
+            println!("{}", serde_json::to_string(&r)?);
+            Ok(())
         }
         Command::ServeEcho { addr } => quiver_bench::systems::echo::serve(addr).await,
     }

@@ -307,7 +307,7 @@ class Client(_Base):
         key_column: Optional[str] = None,
         timestamp_column: str = "event_timestamp",
         status_columns: bool = False,
-        nullable: bool = True,
+        nullable: bool = False,
         progress: Optional[Callable[[int], None]] = None,
     ):
         """A point-in-time correct training set: ``entity_df`` (the entity key column,
@@ -400,7 +400,7 @@ class AsyncClient(_Base):
         """As :meth:`Client.get_historical_features` (run on a worker thread)."""
         opts = dict(
             feature_service=None, exclude_late_arrivals=False, key_column=None,
-            timestamp_column="event_timestamp", status_columns=False, nullable=True, progress=None,
+            timestamp_column="event_timestamp", status_columns=False, nullable=False, progress=None,
         )
         unknown = set(kwargs) - set(opts)
         if unknown:

@@ -99,6 +99,41 @@ def pandas_types(nullable: bool):
     return mapping.get
 
 
+_FAST_FRAMES = True
+
+
+def _frame(pd, keys: np.ndarray, matrix: np.ndarray, columns: List[str]):
+    """A DataFrame of a key column and a float64 ``matrix`` (features × rows) as two
+    blocks, built directly (~20 µs; the DataFrame constructor plus ``insert`` take ~150 µs
+    for 50 columns). Falls back to the public constructor if this pandas lacks the
+    block API."""
+    global _FAST_FRAMES
+    index = pd.RangeIndex(matrix.shape[1])
+    cols = pd.Index(columns)
+    if _FAST_FRAMES:
+        try:
+            try:  # pandas >= 3: the public API
+                from pandas.api.internals import create_dataframe_from_blocks
+                from pandas.core.internals.api import make_block
+
+                blocks = [make_block(keys.reshape(1, -1), placement=[0]),
+                          make_block(matrix, placement=slice(1, len(columns)))]
+                return create_dataframe_from_blocks(blocks, index=index, columns=cols)
+            except ImportError:  # pandas 2.x: the API pyarrow uses
+                from pandas.core.internals import BlockManager
+                from pandas.core.internals.api import make_block
+
+                blocks = (make_block(keys.reshape(1, -1), placement=[0]),
+                          make_block(matrix, placement=slice(1, len(columns))))
+                mgr = BlockManager(blocks, [cols, index])
+                return pd.DataFrame._from_mgr(mgr, axes=mgr.axes)
+        except Exception:  # noqa: BLE001 - any pandas without these internals
+            _FAST_FRAMES = False
+    df = pd.DataFrame(matrix.T, columns=columns[1:], copy=False)
+    df.insert(0, columns[0], keys)
+    return df
+
+
 class OnlineResponse:
     """The answer of one ``get_online_features`` call: one row per requested entity key
     (in request order, duplicates included) and one column per feature (``view:feature``).
@@ -111,8 +146,15 @@ class OnlineResponse:
         self._native = native
         self._keys = keys
         self._key_name = key_name
-        self._columns: List[Dict[str, Any]] = native.columns()
-        self._by_name = {c["name"]: c for c in self._columns}
+        self._cols: Optional[List[Dict[str, Any]]] = None
+
+    @property
+    def _columns(self) -> List[Dict[str, Any]]:
+        # Read from the native result on first use (an all-float to_pandas never needs it).
+        if self._cols is None:
+            self._cols = self._native.columns()
+            self._by_name = {c["name"]: c for c in self._cols}
+        return self._cols
 
     def __len__(self) -> int:
         return self._native.row_count
@@ -123,7 +165,7 @@ class OnlineResponse:
     @property
     def feature_names(self) -> List[str]:
         """Feature columns in request order (``view:feature``)."""
-        return [c["name"] for c in self._columns]
+        return self._native.feature_names
 
     @property
     def watermark(self) -> str:
@@ -133,6 +175,7 @@ class OnlineResponse:
 
     def _column(self, feature: str) -> Dict[str, Any]:
         try:
+            self._columns
             return self._by_name[feature]
         except KeyError:
             from .errors import NotFound
@@ -182,23 +225,68 @@ class OnlineResponse:
                 arrays.append(pa.array(self.event_times(c["name"]), type=pa.timestamp("us", tz="UTC")))
         return pa.Table.from_arrays(arrays, names=names)
 
+    def _numpy_column(self, c: Dict[str, Any]) -> np.ndarray:
+        """A column as pandas stores it without extension dtypes: float64 (NaN where
+        missing); int64 and bool as such when no value is missing, else float64 (NaN) and
+        object (None); everything else an object array (None where missing)."""
+        valid = np.frombuffer(c["valid"], dtype=np.uint8).view(bool)
+        t = c["type"]
+        if t == "float64":
+            out = np.frombuffer(c["values"], dtype="<f8").copy()
+            out[~valid] = np.nan
+            return out
+        if t == "int64":
+            v = np.frombuffer(c["values"], dtype="<i8")
+            if valid.all():
+                return v.copy()
+            out = v.astype(np.float64)
+            out[~valid] = np.nan
+            return out
+        if t == "bool":
+            v = np.frombuffer(c["values"], dtype=np.uint8).astype(bool)
+            if valid.all():
+                return v
+            out = v.astype(object)
+            out[~valid] = None
+            return out
+        return arrow_column(c).to_numpy(zero_copy_only=False)
+
     def to_pandas(
         self,
         *,
-        nullable: bool = True,
+        nullable: bool = False,
         include_statuses: bool = False,
         include_event_times: bool = False,
     ):
-        """The response as a pandas DataFrame (columns as in :meth:`to_arrow`).
+        """The response as a pandas DataFrame: the entity key column, then one column per
+        feature (as :meth:`to_arrow`).
 
-        With ``nullable=True`` (the default) numbers, bools and strings keep their type and
-        missing values are ``pd.NA`` (dtypes ``Int64``, ``Float64``, ``boolean``,
-        ``string``); with ``nullable=False`` missing values are NaN/None in NumPy dtypes
-        (an int64 or bool column with a missing value becomes float64/object). Vectors and
-        lists are object columns of NumPy arrays.
+        By default columns have NumPy dtypes, as Feast's ``to_df``: ``float64`` with NaN
+        where missing; ``int64`` and ``bool`` keep their dtype when no value is missing
+        (else ``float64`` with NaN, and ``object`` with None); strings, bytes, vectors and
+        lists are ``object`` columns (None where missing). With ``nullable=True`` every
+        column keeps its type and missing values are ``pd.NA`` (``Int64``, ``Float64``,
+        ``boolean``, ``string`` extension dtypes) — exact, and slower to build.
         """
-        table = self.to_arrow(include_statuses=include_statuses, include_event_times=include_event_times)
-        return table.to_pandas(types_mapper=pandas_types(nullable))
+        import pandas as pd
+
+        if nullable or include_statuses or include_event_times:
+            table = self.to_arrow(include_statuses=include_statuses, include_event_times=include_event_times)
+            return table.to_pandas(types_mapper=pandas_types(nullable))
+        names = self.feature_names
+        keys = np.array(list(self._keys), dtype=object if not self._keys or isinstance(self._keys[0], str) else None)
+        block = self._native.float_block()
+        if block is not None:
+            # All float64 (the common model input): the native side wrote one column-major
+            # matrix with NaN where missing; pandas takes it as one block, uncopied.
+            matrix = np.frombuffer(block, dtype="<f8").reshape(len(names), len(self))
+            return _frame(pd, keys, matrix, [self._key_name] + names)
+        arrays = [self._numpy_column(c) for c in self._columns]
+        return pd.DataFrame({self._key_name: keys, **dict(zip(names, arrays))}, copy=False)
+
+    def to_df(self, **kwargs: Any):
+        """Feast's name for :meth:`to_pandas`."""
+        return self.to_pandas(**kwargs)
 
     def to_dict(self) -> Dict[str, list]:
         """``{column: [python values]}``: the key column and each feature (None where

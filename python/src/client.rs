@@ -24,6 +24,22 @@ fn block<T: Send>(py: Python<'_>, fut: impl Future<Output = T> + Send) -> T {
     py.detach(|| runtime().block_on(fut))
 }
 
+/// Runs `fut` as a task of the runtime and waits for its result with the GIL released.
+/// Lookups go this way: their wake-ups (the connection's tasks, the answer) then stay
+/// between the runtime's own threads, and the calling thread is woken once, at the end —
+/// `block_on` from a foreign thread pays a cross-thread wake-up at every step.
+fn spawn_block<T: Send + 'static>(
+    py: Python<'_>,
+    fut: impl Future<Output = T> + Send + 'static,
+) -> T {
+    let task = runtime().spawn(fut);
+    py.detach(|| {
+        runtime()
+            .block_on(task)
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    })
+}
+
 /// A connection to a quiver cluster (see `quiver.Client` for the documented API).
 #[pyclass(module = "quiver._quiver", frozen)]
 pub struct Client {
@@ -198,8 +214,9 @@ impl Client {
             event_times,
             deadline_secs,
         )?;
-        let client = &self.inner;
-        let result = block(py, client.get_online_features(&l)).map_err(client_error)?;
+        let client = self.inner.clone();
+        let result = spawn_block(py, async move { client.get_online_features(&l).await })
+            .map_err(client_error)?;
         Ok(Response { result })
     }
 

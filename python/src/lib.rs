@@ -16,6 +16,10 @@
 
 use pyo3::prelude::*;
 
+/// Rust allocations of this module (Python's own objects use Python's allocator).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod client;
 mod errors;
 mod response;

@@ -6,7 +6,7 @@
 //! Arrow buffers without a Python object per value.
 
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList};
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList};
 use quiver_client::LookupResult;
 use quiver_proto::v1::{FeatureStatus, FeatureType, PackedColumn};
 
@@ -158,6 +158,38 @@ impl Response {
     #[getter]
     fn watermark(&self) -> String {
         self.result.watermarks().to_string()
+    }
+
+    /// When every column is float64: all of them as one writable buffer, column after
+    /// column (`rows` f64 each, NaN where the row holds no value) — a column-major
+    /// rows × columns matrix for NumPy and pandas to use without copying. Else `None`.
+    fn float_block<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyByteArray>>> {
+        let r = &self.result;
+        let rows = r.row_count();
+        let cols: Vec<&PackedColumn> = (0..r.column_count()).filter_map(|i| r.column(i)).collect();
+        if cols.is_empty()
+            || cols
+                .iter()
+                .any(|c| c.feature_type() != FeatureType::Float64)
+        {
+            return Ok(None);
+        }
+        let block = PyByteArray::new_with(py, rows * cols.len() * 8, |buf| {
+            let present = FeatureStatus::Present as i32;
+            for (col, c) in buf.chunks_exact_mut(rows * 8).zip(&cols) {
+                let mut nulls = c.null_rows.iter().peekable();
+                for (row, cell) in col.chunks_exact_mut(8).enumerate() {
+                    let null = nulls.next_if(|n| **n as usize == row).is_some();
+                    let v = match (c.statuses.get(row), c.float64s.get(row)) {
+                        (Some(s), Some(v)) if *s == present && !null => *v,
+                        _ => f64::NAN,
+                    };
+                    cell.copy_from_slice(&v.to_le_bytes());
+                }
+            }
+            Ok(())
+        })?;
+        Ok(Some(block))
     }
 
     /// Every column as a dict: `name`, `type`, `statuses` (u8 per row), `valid` (u8 per

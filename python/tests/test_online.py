@@ -75,7 +75,7 @@ def test_statuses_present_null_not_found_and_expired(client, written):
 
 
 def test_to_pandas_keeps_types_and_nulls(client, written):
-    df = client.get_online_features(ALL, keys=KEYS, min_watermarks=written).to_pandas()
+    df = client.get_online_features(ALL, keys=KEYS, min_watermarks=written).to_pandas(nullable=True)
     assert list(df["user"]) == KEYS
     assert str(df["profile:visits"].dtype) == "Int64"
     assert df["profile:visits"][0] == 2**53 + 1
@@ -93,10 +93,33 @@ def test_to_pandas_keeps_types_and_nulls(client, written):
     assert list(df["profile:recent_items"][1]) == []
     assert list(df["profile:tags"][0]) == ["a", "", "ünï"]
 
-    plain = client.get_online_features(ALL, keys=KEYS, min_watermarks=written).to_pandas(nullable=False)
+
+
+def test_to_df_has_numpy_dtypes(client, written):
+    """The default (Feast's to_df): NumPy dtypes, NaN/None where missing."""
+    plain = client.get_online_features(ALL, keys=KEYS, min_watermarks=written).to_df()
+    assert list(plain.columns) == ["user"] + [f"profile:{f}" for f in
+                                              ["active", "visits", "score", "country", "blob", "embedding",
+                                               "recent_items", "recent_amounts", "tags"]]
+    assert list(plain["user"]) == KEYS
     assert plain["profile:score"].dtype == np.float64
+    assert plain["profile:score"][0] == 0.1 + 0.2 and math.isnan(plain["profile:score"][1])
     assert plain["profile:visits"].dtype == np.float64  # widened by its missing values
-    assert math.isnan(plain["profile:visits"][1])
+    assert math.isnan(plain["profile:visits"][1]) and math.isnan(plain["profile:visits"][3])
+    assert plain["profile:active"].tolist() == [True, False, None, None, True]
+    assert plain["profile:country"].tolist() == ["Ελλάδα", None, None, None, "Ελλάδα"]
+    assert plain["profile:blob"][0] == b"\x00\xffbin"
+    assert list(plain["profile:recent_items"][0]) == [7, -8, 2**40]
+    assert plain["profile:tags"][3] is None
+    # Without missing values an int64 column stays int64 (exact beyond 2^53).
+    full = client.get_online_features(["profile:visits", "profile:score"], keys=["u-full"],
+                                      min_watermarks=written).to_df()
+    assert full["profile:visits"].dtype == np.int64 and full["profile:visits"][0] == 2**53 + 1
+    # All-float results are one block, in request order.
+    floats = client.get_online_features(["profile:score", "balance:amount"],
+                                        keys=["u-full", "u-never"], min_watermarks=written).to_df()
+    assert list(floats.columns) == ["user", "profile:score", "balance:amount"]
+    assert floats.iloc[0, 1] == 0.1 + 0.2 and math.isnan(floats.iloc[1, 1]) and math.isnan(floats.iloc[0, 2])
 
 
 def test_float64_nan_is_a_value(client, written):
