@@ -237,6 +237,13 @@ impl Client {
         self.finish("push", started, r)
     }
 
+    /// The most keys one lookup may carry: the cluster's `max_batch_keys`, as last read
+    /// with the schema. Larger batches can be split with [`Lookup::split`] and joined
+    /// with [`LookupResult::concat`].
+    pub fn max_batch_keys(&self) -> usize {
+        self.inner.schema.current().max_batch_keys()
+    }
+
     /// The highest watermark this client has seen per shard (its monotonic-read floor).
     pub fn session_watermarks(&self) -> Watermarks {
         self.inner.session.snapshot()

@@ -17,6 +17,8 @@ use crate::error::ClientError;
 
 use crate::watermark::Watermarks;
 
+mod split;
+
 /// A lookup: feature references (or a feature service) and a batch of entity keys.
 #[derive(Debug, Clone, Default)]
 pub struct Lookup {

@@ -162,6 +162,11 @@ impl ClientSchema {
         Ok(())
     }
 
+    /// The most keys one lookup may carry.
+    pub(crate) fn max_batch_keys(&self) -> usize {
+        self.limits.max_batch_keys as usize
+    }
+
     /// Validates a lookup; returns the number of feature columns it expands to.
     pub(crate) fn check_lookup(
         &self,

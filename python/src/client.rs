@@ -4,10 +4,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use futures::{StreamExt, TryStreamExt};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 use quiver_client::export::{ExportOptions, TimeUnit};
-use quiver_client::{Hedging, Lookup, Watermarks};
+use quiver_client::{Hedging, Lookup, LookupResult, Watermarks};
 use quiver_proto::transport::{TlsClientSettings, read_token_file};
 
 use crate::errors::{client_error, export_error, invalid};
@@ -102,6 +103,28 @@ fn duration(what: &str, secs: f64) -> PyResult<Duration> {
                 "{what} must be a positive number of seconds, not {secs}"
             ))
         })
+}
+
+/// Looks up `l`, split into lookups of at most the cluster's `max_batch_keys` keys (at
+/// most 4 in flight) and joined back in key order when it is larger.
+async fn lookup_all(
+    client: quiver_client::Client,
+    l: Lookup,
+) -> Result<LookupResult, quiver_client::ClientError> {
+    let mut parts = l.split(client.max_batch_keys());
+    if parts.len() == 1 {
+        let one = parts.pop().expect("one part");
+        return client.get_online_features(&one).await;
+    }
+    let calls = parts.into_iter().map(|part| {
+        let client = client.clone();
+        async move { client.get_online_features(&part).await }
+    });
+    let answers: Vec<LookupResult> = futures::stream::iter(calls)
+        .buffered(4)
+        .try_collect()
+        .await?;
+    LookupResult::concat(answers)
 }
 
 impl Client {
@@ -214,9 +237,7 @@ impl Client {
             event_times,
             deadline_secs,
         )?;
-        let client = self.inner.clone();
-        let result = spawn_block(py, async move { client.get_online_features(&l).await })
-            .map_err(client_error)?;
+        let result = spawn_block(py, lookup_all(self.inner.clone(), l)).map_err(client_error)?;
         Ok(Response { result })
     }
 
@@ -249,7 +270,7 @@ impl Client {
         )?;
         let client = self.inner.clone();
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            let result = client.get_online_features(&l).await.map_err(client_error)?;
+            let result = lookup_all(client, l).await.map_err(client_error)?;
             Ok(Response { result })
         })
     }

@@ -88,6 +88,17 @@ def test_as_of_per_key_matches_the_oracle(client, history):
     assert got == want
 
 
+def test_as_of_per_key_above_the_batch_limit(client, history):
+    """1,500 (key, time) pairs: split into lookups of 1,000, each key with its own time."""
+    versions, token, _ = history
+    rows = _label_times(versions, seed=5, n=1480)
+    assert len(rows) > 1000
+    keys = [u for u, _ in rows]
+    r = client.get_online_features(["balance:amount"], keys=keys, as_of=[t for _, t in rows],
+                                   min_watermarks=token)
+    assert r.to_dict()["balance:amount"] == [(oracle(versions, u, t) or {}).get("amount") for u, t in rows]
+
+
 def test_training_set_is_point_in_time_correct(client, history):
     versions, token, _ = history
     rows = _label_times(versions, seed=11)

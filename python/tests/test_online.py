@@ -218,3 +218,19 @@ def test_registry(client):
     assert d["name"] == "balance" and "risk_model" in d["used_by_feature_services"]
     with pytest.raises(quiver.NotFound, match="nope"):
         client.describe_view("nope")
+
+
+def test_batches_above_the_limit_are_split_and_joined_in_order(client):
+    """max_batch_keys is 1,000: 1,200 rows go as two pushes, 2,500 keys as three lookups."""
+    wait_until(lambda: client.get_online_features(["card_stats:*"], keys=[1]), "view card_stats to serve")
+    rows = [{"card": 50_000 + i, "spend": i * 0.25, "declines": i} for i in range(1200)]
+    token = client.push("card_stats", rows)
+    keys = [50_000 + (i * 7) % 1300 for i in range(2500)]  # duplicates, and 100 unknown keys
+    before = client.stats()["requests"]
+    r = client.get_online_features(["card_stats:spend", "card_stats:declines"], keys=keys,
+                                   min_watermarks=token)
+    assert client.stats()["requests"] - before == 3
+    d = r.to_dict()
+    assert d["card"] == keys
+    assert d["card_stats:spend"] == [(k - 50_000) * 0.25 if k < 51_200 else None for k in keys]
+    assert d["card_stats:declines"] == [k - 50_000 if k < 51_200 else None for k in keys]
