@@ -20,6 +20,27 @@ fn runtime() -> &'static tokio::runtime::Runtime {
     pyo3_async_runtimes::tokio::get_runtime()
 }
 
+/// The process that started the runtime.
+static RUNTIME_PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+/// Refuses to run in a process forked after the runtime started: the fork has none of
+/// its threads, so every call would wait for ever. Called before anything touches it.
+fn same_process() -> PyResult<()> {
+    let pid = std::process::id();
+    let owner = *RUNTIME_PID.get_or_init(|| pid);
+    if owner == pid {
+        return Ok(());
+    }
+    Err(crate::errors::raise(
+        "failed_precondition",
+        format!(
+            "quiver's client runtime was started in process {owner} and this is process \
+             {pid}, forked from it: a fork has none of its threads. Create clients only \
+             after forking (e.g. gunicorn without --preload, or in a post_fork hook)"
+        ),
+    ))
+}
+
 /// Runs `fut` to completion with the GIL released.
 fn block<T: Send>(py: Python<'_>, fut: impl Future<Output = T> + Send) -> T {
     py.detach(|| runtime().block_on(fut))
@@ -173,6 +194,7 @@ impl Client {
         hedge_after_secs: Option<f64>,
         connect_to: Option<Vec<(String, String)>>,
     ) -> PyResult<Self> {
+        same_process()?;
         if seeds.is_empty() {
             return Err(invalid(
                 "seeds is empty: give at least one node's host:port",
@@ -226,6 +248,7 @@ impl Client {
         event_times: bool,
         deadline_secs: Option<f64>,
     ) -> PyResult<Response> {
+        same_process()?;
         let l = lookup(
             features,
             feature_service,
@@ -257,6 +280,7 @@ impl Client {
         event_times: bool,
         deadline_secs: Option<f64>,
     ) -> PyResult<Bound<'py, PyAny>> {
+        same_process()?;
         let l = lookup(
             features,
             feature_service,
@@ -278,6 +302,7 @@ impl Client {
     /// Pushes `(key, event_time_micros, {field: value}, delete)` rows into `view`;
     /// returns the watermark token that makes a later read see them.
     fn push(&self, py: Python<'_>, view: String, rows: &Bound<'_, PyAny>) -> PyResult<String> {
+        same_process()?;
         let rows = values::raw_rows(rows)?;
         let client = self.inner.clone();
         block(py, Self::push_rows(client, view, rows))
@@ -290,6 +315,7 @@ impl Client {
         view: String,
         rows: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
+        same_process()?;
         let rows = values::raw_rows(rows)?;
         let client = self.inner.clone();
         pyo3_async_runtimes::tokio::future_into_py(py, Self::push_rows(client, view, rows))
@@ -297,6 +323,7 @@ impl Client {
 
     /// The registry now: entities, views (features and types), feature services, limits.
     fn registry<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        same_process()?;
         let s = block(py, self.inner.registry()).map_err(client_error)?;
         let d = PyDict::new(py);
         d.set_item("registry_version", s.registry_version)?;
@@ -348,11 +375,13 @@ impl Client {
 
     /// A view's definition as JSON text.
     fn describe_view(&self, py: Python<'_>, name: String) -> PyResult<String> {
+        same_process()?;
         block(py, self.inner.describe_view(&name)).map_err(client_error)
     }
 
     /// The cluster map: `{"epoch", "shards": [{"shard", "replicas": [(node, state)]}]}`.
     fn cluster_map<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        same_process()?;
         let map = block(py, self.inner.cluster_map()).map_err(client_error)?;
         let d = PyDict::new(py);
         d.set_item("epoch", map.epoch)?;
@@ -419,6 +448,7 @@ impl Client {
         parallel: usize,
         progress: Option<Py<PyAny>>,
     ) -> PyResult<(u64, usize)> {
+        same_process()?;
         let time_unit: TimeUnit = time_unit
             .parse()
             .map_err(|e: String| invalid(format!("time_unit: {e}")))?;
