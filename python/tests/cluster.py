@@ -123,9 +123,7 @@ seeds = []
 replication_factor = {cluster.replication}
 heartbeat_interval = "200ms"
 dead_after = "{cluster.dead_after_ms}ms"
-[auth]
-enabled = false
-"""
+{cluster.auth_toml}"""
         )
 
     def start(self, node_bin: str) -> None:
@@ -167,9 +165,22 @@ class Cluster:
         dead_after_ms: int = 3000,
         replication: int = 2,
         node_bin: Optional[str] = None,
+        auth: bool = False,
     ) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="quiver-py-"))
         self.replication = replication
+        # With auth: an admin (bootstrap) token file, and the members' shared secret.
+        self.admin_token_file: Optional[Path] = None
+        self.auth_toml = "[auth]\nenabled = false\n"
+        if auth:
+            self.admin_token_file = self.root / "admin.token"
+            self.admin_token_file.write_text("qvr-python-sdk-test-admin-0123456789\n")
+            members = self.root / "cluster.token"
+            members.write_text("python-sdk-test-members-0123456789\n")
+            self.auth_toml = (
+                f'[auth]\nenabled = true\nbootstrap_token_file = "{self.admin_token_file}"\n'
+                f'cluster_token_file = "{members}"\n'
+            )
         self.dead_after_ms = dead_after_ms
         self.node_bin = node_bin or _target_bin("quiver-node", "QUIVER_NODE_BIN")
         self.quiverctl = _target_bin("quiverctl", "QUIVERCTL_BIN")
@@ -205,15 +216,19 @@ class Cluster:
             node.write_config(self, voters)
         for node in self.nodes.values():
             node.start(self.node_bin)
-        probe = wait_until(lambda: quiver.Client(self.seeds(), deadline=10), "the cluster map")
+        probe = wait_until(lambda: quiver.Client(self.seeds(), deadline=10, token_file=self.admin_token_file),
+                           "the cluster map")
         wait_until(lambda: self.all_serving(probe), "every shard to have its Serving replicas")
         defs = self.root / "definitions.toml"
         defs.write_text(definitions)
-        subprocess.run(
-            [self.quiverctl, "--addr", f"http://{self.nodes[1].addr}", "view", "apply", str(defs)],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
+        self.quiverctl_run("view", "apply", str(defs))
+
+    def quiverctl_run(self, *args: str) -> str:
+        """Runs quiverctl against node 1 (as admin when auth is on); returns its stdout."""
+        cmd = [self.quiverctl, "--addr", f"http://{self.nodes[1].addr}"]
+        if self.admin_token_file is not None:
+            cmd += ["--token-file", str(self.admin_token_file)]
+        return subprocess.run([*cmd, *args], check=True, capture_output=True, text=True).stdout
 
     def seeds(self) -> List[str]:
         return [node.addr for node in self.nodes.values() if node.proc is not None]
