@@ -113,6 +113,7 @@ class _Base:
             connect_to=list((connect_to or {}).items()),
         )
         self._registry = _Registry(self._native)
+        self._entities: Dict[tuple, str] = {}
 
     # ---- shared argument handling -------------------------------------------------
 
@@ -135,7 +136,7 @@ class _Base:
             raise InvalidArgument("give features or feature_service, not both")
         if (keys is None) == (entity_rows is None):
             raise InvalidArgument("give keys=[...] or entity_rows=[...] (one of them)")
-        entity = self._registry.entity_of(refs, feature_service)
+        entity = self._entity_of(refs, feature_service)
         if entity_rows is not None:
             key_list = _convert.entity_rows_keys(entity_rows, entity)
         else:
@@ -160,6 +161,19 @@ class _Base:
             deadline_secs=_seconds(deadline, "deadline"),
         )
         return args, kwargs, key_list, entity or "key"
+
+    def _entity_of(self, refs: List[str], feature_service: Optional[str]) -> Optional[str]:
+        """The lookup's entity, remembered per feature list (a known entity only: unknown
+        names are looked up again, and refused by the native client)."""
+        key = (tuple(refs), feature_service)
+        entity = self._entities.get(key)
+        if entity is None:
+            entity = self._registry.entity_of(refs, feature_service)
+            if entity is not None:
+                if len(self._entities) >= 1024:
+                    self._entities.clear()
+                self._entities[key] = entity
+        return entity
 
     def _push_rows(self, view: str, data: Any, key_column: Optional[str], event_time_column: Optional[str]) -> list:
         v = self._registry.view(view)

@@ -99,36 +99,67 @@ def pandas_types(nullable: bool):
     return mapping.get
 
 
-_FAST_FRAMES = True
+_INDEXES: Dict[tuple, Any] = {}
+_BLOCK_API: Any = None  # resolved on first use: a frame builder, or False
+
+
+def _column_index(pd, columns: List[str]):
+    """The pandas Index of ``columns``, reused across calls asking for the same features
+    (building one costs more than the rest of a small frame; Indexes are immutable)."""
+    key = tuple(columns)
+    idx = _INDEXES.get(key)
+    if idx is None:
+        if len(_INDEXES) >= 256:
+            _INDEXES.clear()
+        idx = _INDEXES[key] = pd.Index(columns)
+    return idx
+
+
+def _block_api(pd):
+    """A function building a DataFrame from (key block, float block), with this pandas'
+    block API — the public one of pandas 3, the one pyarrow uses on pandas 2 — or False
+    when neither exists. Resolved once: a failed import costs a file-system search."""
+    global _BLOCK_API
+    if _BLOCK_API is not None:
+        return _BLOCK_API
+    try:
+        from pandas.core.internals.api import make_block
+
+        try:
+            from pandas.api.internals import create_dataframe_from_blocks
+
+            def build(blocks, index, cols):
+                return create_dataframe_from_blocks(blocks, index=index, columns=cols)
+        except ImportError:
+            from pandas.core.internals import BlockManager
+
+            def build(blocks, index, cols):
+                mgr = BlockManager(tuple(blocks), [cols, index])
+                return pd.DataFrame._from_mgr(mgr, axes=mgr.axes)
+
+        def frame(keys, matrix, index, cols):
+            blocks = [make_block(keys.reshape(1, -1), placement=[0]),
+                      make_block(matrix, placement=slice(1, len(cols)))]
+            return build(blocks, index, cols)
+
+        _BLOCK_API = frame
+    except Exception:  # noqa: BLE001 - any pandas without these internals
+        _BLOCK_API = False
+    return _BLOCK_API
 
 
 def _frame(pd, keys: np.ndarray, matrix: np.ndarray, columns: List[str]):
     """A DataFrame of a key column and a float64 ``matrix`` (features × rows) as two
     blocks, built directly (~20 µs; the DataFrame constructor plus ``insert`` take ~150 µs
     for 50 columns). Falls back to the public constructor if this pandas lacks the
-    block API."""
-    global _FAST_FRAMES
-    index = pd.RangeIndex(matrix.shape[1])
-    cols = pd.Index(columns)
-    if _FAST_FRAMES:
+    block API, or it fails."""
+    global _BLOCK_API
+    build = _block_api(pd)
+    if build:
         try:
-            try:  # pandas >= 3: the public API
-                from pandas.api.internals import create_dataframe_from_blocks
-                from pandas.core.internals.api import make_block
-
-                blocks = [make_block(keys.reshape(1, -1), placement=[0]),
-                          make_block(matrix, placement=slice(1, len(columns)))]
-                return create_dataframe_from_blocks(blocks, index=index, columns=cols)
-            except ImportError:  # pandas 2.x: the API pyarrow uses
-                from pandas.core.internals import BlockManager
-                from pandas.core.internals.api import make_block
-
-                blocks = (make_block(keys.reshape(1, -1), placement=[0]),
-                          make_block(matrix, placement=slice(1, len(columns))))
-                mgr = BlockManager(blocks, [cols, index])
-                return pd.DataFrame._from_mgr(mgr, axes=mgr.axes)
-        except Exception:  # noqa: BLE001 - any pandas without these internals
-            _FAST_FRAMES = False
+            return build(keys, matrix, pd.RangeIndex(matrix.shape[1]), _column_index(pd, columns))
+        except Exception:  # noqa: BLE001 - never again on this pandas
+            _BLOCK_API = False
     df = pd.DataFrame(matrix.T, columns=columns[1:], copy=False)
     df.insert(0, columns[0], keys)
     return df
