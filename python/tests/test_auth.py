@@ -41,7 +41,8 @@ def test_tokens_and_grants(secured, tmp_path):
     f = tmp_path / "reader.token"
     f.write_text(reader_token + "\n")
     from_file = quiver.Client(secured.seeds(), token_file=str(f), deadline=10)
-    assert from_file.get_online_features(["card_stats:spend"], keys=[5]).to_dict()["card_stats:spend"] == [2.5]
+    r = from_file.get_online_features(["card_stats:spend"], keys=[5], min_watermarks=token)
+    assert r.to_dict()["card_stats:spend"] == [2.5]
 
     # No token, or a wrong one: Unauthenticated.
     with pytest.raises(quiver.Unauthenticated):
