@@ -39,6 +39,21 @@ def _seconds(x: Optional[Seconds], what: str) -> Optional[float]:
     return float(x)
 
 
+def _refs(features: Any, feature_service: Optional[str]) -> List[str]:
+    """The feature references of a call that names features or a service (one of them)."""
+    refs = _convert.feature_list(features)
+    if not refs and feature_service is None:
+        raise InvalidArgument("give features=[...] or feature_service=...")
+    if refs and feature_service is not None:
+        raise InvalidArgument("give features or feature_service, not both")
+    return refs
+
+
+def _deletes(keys: Any) -> list:
+    """Push rows deleting ``keys``."""
+    return [(k, 0, {}, True) for k in _convert.key_list(keys)]
+
+
 class _Registry:
     """The client's view of the registry: which entity each view is keyed by (to name the
     key column, read entity rows and pushes). Re-read when a name is not known."""
@@ -129,11 +144,7 @@ class _Base:
         event_times: bool,
         deadline: Optional[Seconds],
     ) -> tuple:
-        refs = _convert.feature_list(features)
-        if not refs and feature_service is None:
-            raise InvalidArgument("give features=[...] or feature_service=...")
-        if refs and feature_service is not None:
-            raise InvalidArgument("give features or feature_service, not both")
+        refs = _refs(features, feature_service)
         if (keys is None) == (entity_rows is None):
             raise InvalidArgument("give keys=[...] or entity_rows=[...] (one of them)")
         entity = self._entity_of(refs, feature_service)
@@ -208,12 +219,8 @@ class _Base:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        refs = _convert.feature_list(features)
-        if not refs and feature_service is None:
-            raise InvalidArgument("give features=[...] or feature_service=...")
-        if refs and feature_service is not None:
-            raise InvalidArgument("give features or feature_service, not both")
-        entity = self._registry.entity_of(refs, feature_service)
+        refs = _refs(features, feature_service)
+        entity = self._entity_of(refs, feature_service)
         key_column = key_column or entity or "key"
         if not hasattr(entity_df, "columns"):
             raise InvalidArgument("entity_df must be a pandas DataFrame")
@@ -308,8 +315,7 @@ class Client(_Base):
 
     def delete(self, view: str, keys: Any) -> str:
         """Deletes entities' rows from ``view`` (tombstones); returns a watermark token."""
-        rows = [(k, 0, {}, True) for k in _convert.key_list(keys)]
-        return self._native.push(view, rows)
+        return self._native.push(view, _deletes(keys))
 
     def get_historical_features(
         self,
@@ -407,8 +413,7 @@ class AsyncClient(_Base):
 
     async def delete(self, view: str, keys: Any) -> str:
         """As :meth:`Client.delete`."""
-        rows = [(k, 0, {}, True) for k in _convert.key_list(keys)]
-        return await self._native.push_async(view, rows)
+        return await self._native.push_async(view, _deletes(keys))
 
     async def get_historical_features(self, entity_df: Any, features: Optional[Sequence[str]] = None, **kwargs: Any):
         """As :meth:`Client.get_historical_features` (run on a worker thread)."""

@@ -73,16 +73,21 @@ fn statuses<'py>(py: Python<'py>, c: &PackedColumn) -> PyResult<Bound<'py, PyByt
     })
 }
 
-/// One byte per row: 1 where the row holds a value (PRESENT and not null).
+/// Per row, whether it holds a value: PRESENT and not in `null_rows` (ascending).
+fn valid_rows(c: &PackedColumn) -> impl Iterator<Item = bool> + '_ {
+    let present = FeatureStatus::Present as i32;
+    let mut nulls = c.null_rows.iter().peekable();
+    c.statuses.iter().enumerate().map(move |(row, s)| {
+        let null = nulls.next_if(|n| **n as usize == row).is_some();
+        *s == present && !null
+    })
+}
+
+/// One byte per row: 1 where the row holds a value.
 fn validity<'py>(py: Python<'py>, c: &PackedColumn) -> PyResult<Bound<'py, PyBytes>> {
     PyBytes::new_with(py, c.statuses.len(), |buf| {
-        for (b, s) in buf.iter_mut().zip(&c.statuses) {
-            *b = u8::from(*s == FeatureStatus::Present as i32);
-        }
-        for r in &c.null_rows {
-            if let Some(b) = buf.get_mut(*r as usize) {
-                *b = 0;
-            }
+        for (b, valid) in buf.iter_mut().zip(valid_rows(c)) {
+            *b = u8::from(valid);
         }
         Ok(())
     })
@@ -175,13 +180,11 @@ impl Response {
             return Ok(None);
         }
         let block = PyByteArray::new_with(py, rows * cols.len() * 8, |buf| {
-            let present = FeatureStatus::Present as i32;
             for (col, c) in buf.chunks_exact_mut(rows * 8).zip(&cols) {
-                let mut nulls = c.null_rows.iter().peekable();
-                for (row, cell) in col.chunks_exact_mut(8).enumerate() {
-                    let null = nulls.next_if(|n| **n as usize == row).is_some();
-                    let v = match (c.statuses.get(row), c.float64s.get(row)) {
-                        (Some(s), Some(v)) if *s == present && !null => *v,
+                let cells = col.chunks_exact_mut(8).zip(valid_rows(c));
+                for (row, (cell, valid)) in cells.enumerate() {
+                    let v = match c.float64s.get(row) {
+                        Some(v) if valid => *v,
                         _ => f64::NAN,
                     };
                     cell.copy_from_slice(&v.to_le_bytes());

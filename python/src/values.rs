@@ -102,7 +102,10 @@ pub(crate) fn key(obj: &Bound<'_, PyAny>, position: usize) -> PyResult<EntityKey
     match raw(obj) {
         Ok(Raw::Str(s)) => Ok(EntityKey::from(s.as_str())),
         Ok(Raw::Int(i)) => Ok(EntityKey::from(i)),
-        Ok(Raw::Float(f)) if f.fract() == 0.0 && f.abs() < 9.0e15 => Ok(EntityKey::from(f as i64)),
+        // A float column holding integers (pandas widens ints with missing values).
+        Ok(f @ Raw::Float(_)) => integer(&f)
+            .map(EntityKey::from)
+            .ok_or_else(|| bad(f.kind().into())),
         Ok(other) => Err(bad(other.kind().into())),
         Err(_) => Err(bad(format!("of type {}", type_name(obj)))),
     }

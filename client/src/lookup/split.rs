@@ -4,7 +4,7 @@
 
 use quiver_proto::packed::ColumnBuilder;
 
-use super::{Lookup, LookupResult};
+use super::{AsOfSpec, Lookup, LookupResult};
 use crate::error::ClientError;
 use crate::watermark::Watermarks;
 
@@ -24,36 +24,25 @@ impl Lookup {
             .chunks(max_keys)
             .enumerate()
             .map(|(i, keys)| {
-                let mut part = Lookup {
-                    keys: keys.to_vec(),
-                    as_of: None,
-                    ..self.clone_settings()
-                };
-                part.as_of = self.as_of.as_ref().map(|a| {
-                    let mut a = a.clone();
-                    if per_key.is_some() {
-                        let start = i * max_keys;
-                        a.key_times = a.key_times[start..start + keys.len()].to_vec();
-                    }
-                    a
+                let as_of = self.as_of.as_ref().map(|a| AsOfSpec {
+                    key_times: match per_key {
+                        Some(_) => a.key_times[i * max_keys..][..keys.len()].to_vec(),
+                        None => Vec::new(),
+                    },
+                    ..*a
                 });
-                part
+                Lookup {
+                    features: self.features.clone(),
+                    feature_service: self.feature_service.clone(),
+                    keys: keys.to_vec(),
+                    min_watermarks: self.min_watermarks.clone(),
+                    deadline: self.deadline,
+                    event_times: self.event_times,
+                    bypass_cache: self.bypass_cache,
+                    as_of,
+                }
             })
             .collect()
-    }
-
-    /// Everything but the keys and the as-of times.
-    fn clone_settings(&self) -> Lookup {
-        Lookup {
-            features: self.features.clone(),
-            feature_service: self.feature_service.clone(),
-            keys: Vec::new(),
-            min_watermarks: self.min_watermarks.clone(),
-            deadline: self.deadline,
-            event_times: self.event_times,
-            bypass_cache: self.bypass_cache,
-            as_of: None,
-        }
     }
 }
 
