@@ -111,12 +111,12 @@ if ! python3 -c 'import grpc, grpc_reflection' >/dev/null 2>&1; then
 fi
 
 # The Python SDK (python/): maturin builds it; pytest runs its suite, pandas/pyarrow/NumPy
-# are its dependencies, scikit-learn its example's.
-if ! python3 -c 'import maturin, pytest, pandas, pyarrow, numpy, sklearn' >/dev/null 2>&1 \
+# are its dependencies, scikit-learn its example's, cryptography makes its TLS tests' PKI.
+if ! python3 -c 'import maturin, pytest, pandas, pyarrow, numpy, sklearn, cryptography' >/dev/null 2>&1 \
     || ! command -v maturin >/dev/null; then
-    echo "setup: installing maturin, pytest, pandas, pyarrow, numpy, scikit-learn (pip)" >&2
+    echo "setup: installing maturin, pytest, pandas, pyarrow, numpy, scikit-learn, cryptography (pip)" >&2
     python3 -m pip install -q --disable-pip-version-check 'maturin>=1.9,<2' 'pytest>=8' \
-        'pandas>=2' 'pyarrow>=14' 'numpy>=1.23' 'scikit-learn>=1.3'
+        'pandas>=2' 'pyarrow>=14' 'numpy>=1.23' 'scikit-learn>=1.3' 'cryptography>=41'
 fi
 
 # deploy/'s compose test: podman with the runc runtime, debootstrap for a local base image

@@ -1,5 +1,5 @@
 //! `quiver-bench client-loop`: the Rust smart client in a closed loop — one lookup at a
-//! time for a fixed time — reporting latency and the client process's CPU per call. The
+//! time per caller (`--concurrency` callers) for a fixed time — reporting latency and the client process's CPU per call. The
 //! Python SDK's bench (`python/bench/online_bench.py`) runs it beside the same loop in
 //! Python against the same cluster and rows, so the two are compared in one run.
 
@@ -26,6 +26,8 @@ pub struct LoopSpec {
     pub warmup: Duration,
     /// Measured time.
     pub measure: Duration,
+    /// Callers, each with one lookup in flight.
+    pub concurrency: usize,
 }
 
 /// What a loop measured.
@@ -45,8 +47,9 @@ pub struct LoopResult {
     pub calls_per_cpu_sec: f64,
 }
 
-/// Runs the loop: every call reads `batch` keys (a deterministic walk over `keys`) and
-/// checks the answer has one row per key.
+/// Runs the loop: `concurrency` callers, each one lookup at a time; every call reads
+/// `batch` keys (a deterministic walk over `keys`) and checks the answer has one row per
+/// key.
 ///
 /// # Errors
 /// A failed connection or lookup.
@@ -57,42 +60,31 @@ pub async fn run(spec: &LoopSpec) -> anyhow::Result<LoopResult> {
         spec.batch,
         spec.keys.len()
     );
+    anyhow::ensure!(spec.concurrency >= 1, "concurrency must be at least 1");
     let client = Client::builder()
         .seeds(spec.seeds.clone())
         .deadline(Duration::from_secs(5))
         .build()
         .await?;
-    let mut next = 0usize;
-    let mut call = |client: Client| {
-        let start = next;
-        next = (next + spec.batch * 7 + 1) % spec.keys.len();
-        let keys: Vec<&str> = (0..spec.batch)
-            .map(|i| spec.keys[(start + i) % spec.keys.len()].as_str())
-            .collect();
-        let lookup = Lookup::features(spec.features.iter().cloned()).keys(keys);
-        async move {
-            let r = client.get_online_features(&lookup).await?;
-            anyhow::ensure!(r.row_count() == spec.batch, "short answer");
-            Ok::<_, anyhow::Error>(())
-        }
-    };
     let warm_until = Instant::now() + spec.warmup;
-    while Instant::now() < warm_until {
-        call(client.clone()).await?;
-    }
-    let mut hist = Histogram::<u64>::new(3)?;
+    let measure_from = warm_until;
+    let until = measure_from + spec.measure;
     let me = [std::process::id()];
-    let cpu0 = cpu_seconds(&me);
-    let start = Instant::now();
-    let mut calls = 0u64;
-    while start.elapsed() < spec.measure {
-        let t = Instant::now();
-        call(client.clone()).await?;
-        hist.record(u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX))?;
-        calls += 1;
+    let workers = (0..spec.concurrency).map(|w| caller(spec, &client, w, measure_from, until));
+    // CPU is sampled by a timer task at the window's edges, as the callers cross them.
+    let cpu = async {
+        tokio::time::sleep_until(measure_from.into()).await;
+        let cpu0 = cpu_seconds(&me);
+        tokio::time::sleep_until(until.into()).await;
+        cpu_seconds(&me) - cpu0
+    };
+    let (hists, cpu_secs) = tokio::join!(futures::future::try_join_all(workers), cpu);
+    let mut hist = Histogram::<u64>::new(3)?;
+    for h in hists? {
+        hist.add(&h)?;
     }
-    let wall_secs = start.elapsed().as_secs_f64();
-    let cpu_secs = cpu_seconds(&me) - cpu0;
+    let wall_secs = spec.measure.as_secs_f64();
+    let calls = hist.len();
     Ok(LoopResult {
         calls,
         p50_us: hist.value_at_quantile(0.5),
@@ -105,4 +97,33 @@ pub async fn run(spec: &LoopSpec) -> anyhow::Result<LoopResult> {
             0.0
         },
     })
+}
+
+/// One caller: lookups one at a time until `until`, recording those that start at or
+/// after `measure_from`.
+async fn caller(
+    spec: &LoopSpec,
+    client: &Client,
+    worker: usize,
+    measure_from: Instant,
+    until: Instant,
+) -> anyhow::Result<Histogram<u64>> {
+    let mut hist = Histogram::<u64>::new(3)?;
+    let mut next = (worker * 7919) % spec.keys.len();
+    loop {
+        let t = Instant::now();
+        if t >= until {
+            return Ok(hist);
+        }
+        let keys: Vec<&str> = (0..spec.batch)
+            .map(|i| spec.keys[(next + i) % spec.keys.len()].as_str())
+            .collect();
+        next = (next + spec.batch * 7 + 1) % spec.keys.len();
+        let lookup = Lookup::features(spec.features.iter().cloned()).keys(keys);
+        let r = client.get_online_features(&lookup).await?;
+        anyhow::ensure!(r.row_count() == spec.batch, "short answer");
+        if t >= measure_from {
+            hist.record(u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX))?;
+        }
+    }
 }

@@ -67,6 +67,9 @@ enum Command {
         /// Unmeasured time first.
         #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
         warmup: std::time::Duration,
+        /// Callers, each with one lookup in flight.
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
     },
     #[command(hide = true)]
     ServeEcho {
@@ -661,6 +664,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             batch,
             measure,
             warmup,
+            concurrency,
         } => {
             let spec = quiver_bench::client_loop::LoopSpec {
                 seeds,
@@ -669,6 +673,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 batch,
                 warmup,
                 measure,
+                concurrency,
             };
             let r = quiver_bench::client_loop::run(&spec).await?;
             println!("{}", serde_json::to_string(&r)?);

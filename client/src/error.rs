@@ -23,8 +23,9 @@ pub enum ClientError {
         /// Transport message.
         message: String,
     },
-    /// A node answered with an error.
-    #[error("{}: {}", rpc_code_name(.0), .0.message())]
+    /// A node answered with an error, or the connection failed (a TLS handshake refused,
+    /// a reset): then the message ends with the transport's causes.
+    #[error("{}: {}{}", rpc_code_name(.0), .0.message(), transport_causes(.0))]
     Rpc(#[from] tonic::Status),
     /// No replica could answer in time; `last` is the last error seen, if any.
     #[error("deadline of {deadline:?} exceeded{}", last.as_ref().map(|e| format!(" (last error: {e})")).unwrap_or_default())]
@@ -51,6 +52,29 @@ fn rpc_code_name(status: &tonic::Status) -> String {
     }
 }
 
+/// Whether `s` is a failure of the connection itself, not a node's answer: tonic turns
+/// transport errors into statuses that carry their cause; a node's statuses carry none.
+fn is_transport_failure(s: &tonic::Status) -> bool {
+    ErrorCode::from_status(s).is_none() && std::error::Error::source(s).is_some()
+}
+
+/// `": cause: cause…"` for a transport failure (each cause once), else nothing: "transport
+/// error" alone does not say that the node refused the client's certificate.
+fn transport_causes(s: &tonic::Status) -> String {
+    let mut said = s.message().to_owned();
+    let start = said.len();
+    let mut cause = std::error::Error::source(s);
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !said.contains(&text) {
+            said.push_str(": ");
+            said.push_str(&text);
+        }
+        cause = c.source();
+    }
+    said.split_off(start)
+}
+
 impl ClientError {
     /// The quiver error code this error corresponds to, if any.
     pub fn code(&self) -> Option<ErrorCode> {
@@ -62,6 +86,7 @@ impl ClientError {
                 tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => {
                     Some(ErrorCode::Unavailable)
                 }
+                _ if is_transport_failure(s) => Some(ErrorCode::Unavailable),
                 _ => None,
             }),
             ClientError::DeadlineExceeded { last, .. } => last.as_ref().and_then(|e| e.code()),
@@ -133,5 +158,39 @@ mod tests {
         };
         assert_eq!(late.code(), Some(ErrorCode::Behind));
         assert!(late.to_string().contains("last error: behind"), "{late}");
+    }
+
+    #[derive(Debug)]
+    struct Cause(&'static str, Option<Box<Cause>>);
+    impl std::fmt::Display for Cause {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+    impl std::error::Error for Cause {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|c| c as _)
+        }
+    }
+
+    #[test]
+    fn transport_failures_name_their_cause_and_are_unavailable() {
+        let refused = Cause(
+            "transport error",
+            Some(Box::new(Cause(
+                "connection error: received fatal alert: CertificateRequired",
+                None,
+            ))),
+        );
+        let e = ClientError::Rpc(tonic::Status::from_error(Box::new(refused)));
+        assert_eq!(e.code(), Some(ErrorCode::Unavailable));
+        assert_eq!(
+            e.to_string(),
+            "Unknown: transport error: connection error: received fatal alert: CertificateRequired"
+        );
+        // A node's own Unknown answer carries no cause: no code is invented for it.
+        let answered = ClientError::Rpc(tonic::Status::unknown("boom"));
+        assert_eq!(answered.code(), None);
+        assert_eq!(answered.to_string(), "Unknown: boom");
     }
 }

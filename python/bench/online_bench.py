@@ -7,9 +7,11 @@ Starts the Tansu broker and one release `quiver-node` (R = 1), writes ENTITIES r
 float64 features through the SDK, and the same rows into Redis for Feast. Each system is
 driven in a closed loop (one call at a time, one client) for each case (keys × features):
 latency p50/p99, calls/s, and calls per second of *client* CPU (user + system of every
-thread of the calling process — for quiver that includes the client's tokio runtime). The
-Rust client runs as `quiver-bench client-loop` (release). Writes `report.json` and
-`report.md` into --out.
+thread of the calling process — for quiver that includes the client's tokio runtime).
+Then the throughput of one client process serving concurrent callers (--concurrency:
+quiver with threads and with asyncio tasks, the Rust client with tasks, Feast's
+synchronous SDK with threads). The Rust client runs as `quiver-bench client-loop`
+(release). Writes `report.json` and `report.md` into --out.
 
 Needs: release builds of quiver-node and quiver-bench (`cargo build --release -p
 quiver-node -p quiver-bench`), the SDK installed (`pip install ./python`), feast[redis]
@@ -19,6 +21,7 @@ and redis-server (scripts/setup.sh installs both).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import http.client
 import json
 import os
@@ -27,8 +30,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import List
 
 import numpy as np
 import pandas as pd
@@ -68,7 +73,72 @@ def closed_loop(call, batches, warmup: float, measure: float) -> dict:
         call(batches[i % len(batches)])
         lat.append(time.perf_counter() - s)
         i += 1
+    return summary(lat, time.monotonic() - t0, cpu() - c0)
+
+
+def concurrent_loop(call, batches, threads: int, warmup: float, measure: float) -> dict:
+    """``threads`` callers, each calling ``call(keys)`` one at a time (as a threaded
+    server's workers would); throughput and the CPU of the whole process."""
+    stop, measuring = threading.Event(), threading.Event()
+    lat: List[List[float]] = [[] for _ in range(threads)]
+
+    def worker(n: int) -> None:
+        i = n
+        while not stop.is_set():
+            s = time.perf_counter()
+            call(batches[i % len(batches)])
+            if measuring.is_set():
+                lat[n].append(time.perf_counter() - s)
+            i += 1
+
+    pool = [threading.Thread(target=worker, args=(n,), daemon=True) for n in range(threads)]
+    for t in pool:
+        t.start()
+    time.sleep(warmup)  # a benchmark's warm-up, not synchronisation
+    c0, t0 = cpu(), time.monotonic()
+    measuring.set()
+    time.sleep(measure)
+    measuring.clear()
     wall, cpu_s = time.monotonic() - t0, cpu() - c0
+    stop.set()
+    for t in pool:
+        t.join()
+    return summary([x for per in lat for x in per], wall, cpu_s)
+
+
+def async_loop(acall, batches, tasks: int, warmup: float, measure: float) -> dict:
+    """``tasks`` asyncio tasks on one event loop, each awaiting ``acall(keys)`` in turn
+    (as an asyncio server's handlers would)."""
+    lat: List[float] = []
+
+    async def run() -> tuple:
+        state = {"measuring": False, "stop": False}
+
+        async def worker(n: int) -> None:
+            i = n
+            while not state["stop"]:
+                s = time.perf_counter()
+                await acall(batches[i % len(batches)])
+                if state["measuring"]:
+                    lat.append(time.perf_counter() - s)
+                i += 1
+
+        workers = [asyncio.ensure_future(worker(n)) for n in range(tasks)]
+        await asyncio.sleep(warmup)
+        c0, t0 = cpu(), time.monotonic()
+        state["measuring"] = True
+        await asyncio.sleep(measure)
+        state["measuring"] = False
+        wall, cpu_s = time.monotonic() - t0, cpu() - c0
+        state["stop"] = True
+        await asyncio.gather(*workers)
+        return wall, cpu_s
+
+    wall, cpu_s = asyncio.run(run())
+    return summary(lat, wall, cpu_s)
+
+
+def summary(lat: List[float], wall: float, cpu_s: float) -> dict:
     us = np.array(lat) * 1e6
     return {
         "calls": len(lat),
@@ -105,11 +175,12 @@ def load_quiver(client: quiver.Client, keys, vals) -> None:
     client.get_online_features([f"{VIEW}:f0"], keys=keys[:1], min_watermarks=token)
 
 
-def rust_loop(bench_bin: str, seeds, entities: int, batch: int, warmup: float, measure: float) -> dict:
+def rust_loop(bench_bin: str, seeds, entities: int, batch: int, warmup: float, measure: float,
+              concurrency: int = 1) -> dict:
     out = subprocess.run(
         [bench_bin, "client-loop", "--seeds", ",".join(seeds), "--view", VIEW,
          "--features", str(FEATURES), "--entities", str(entities), "--batch", str(batch),
-         "--warmup", f"{warmup}s", "--measure", f"{measure}s"],
+         "--warmup", f"{warmup}s", "--measure", f"{measure}s", "--concurrency", str(concurrency)],
         check=True, capture_output=True, text=True,
     )
     r = json.loads(out.stdout)
@@ -189,6 +260,8 @@ def main() -> None:
     p.add_argument("--cases", default="1,100", help="keys per call, comma separated (50 features each)")
     p.add_argument("--warmup", type=float, default=1.0)
     p.add_argument("--measure", type=float, default=5.0)
+    p.add_argument("--concurrency", type=int, default=32,
+                   help="callers in the concurrent runs (threads, asyncio tasks); 0 skips them")
     p.add_argument("--no-feast", action="store_true")
     a = p.parse_args()
     target = Path(os.environ.get("CARGO_TARGET_DIR", "/var/tmp/quiver-target")) / "release"
@@ -209,22 +282,40 @@ def main() -> None:
         load_quiver(client, keys, vals)
         if not a.no_feast:
             feast = start_feast(work, keys, vals)
+        aclient = quiver.AsyncClient(cluster.seeds(), deadline=5)
         for batch in cases:
             name = f"{batch}x{FEATURES}"
             bs = batches_for(keys, batch)
+
+            def py_call(k):
+                return client.get_online_features(refs, keys=k).to_pandas()
+
+            async def py_acall(k):
+                return (await aclient.get_online_features(refs, keys=k)).to_pandas()
+
             res = {}
-            res["quiver-python"] = closed_loop(
-                lambda k: client.get_online_features(refs, keys=k).to_pandas(), bs, a.warmup, a.measure)
-            got = client.get_online_features(refs, keys=bs[0]).to_pandas()
+            res["quiver-python"] = closed_loop(py_call, bs, a.warmup, a.measure)
+            got = py_call(bs[0])
             row = keys.index(bs[0][0])
             assert abs(got[f"{VIEW}:f3"][0] - vals[row, 3]) == 0, "quiver returned a wrong value"
             res["quiver-rust"] = rust_loop(bench_bin, cluster.seeds(), a.entities, batch, a.warmup, a.measure)
+            feast_sdk = None
             if feast is not None:
                 _, store, _, port = feast
-                res["feast-python-sdk"] = closed_loop(
-                    lambda k: store.get_online_features(features=refs, entity_rows=[{"user_id": x} for x in k]).to_df(),
-                    bs, a.warmup, a.measure)
+
+                def feast_sdk(k):
+                    return store.get_online_features(features=refs, entity_rows=[{"user_id": x} for x in k]).to_df()
+
+                res["feast-python-sdk"] = closed_loop(feast_sdk, bs, a.warmup, a.measure)
                 res["feast-feature-server"] = closed_loop(feast_server_call(port, refs), bs, a.warmup, a.measure)
+            if a.concurrency > 0:
+                c = a.concurrency
+                res[f"quiver-python threads={c}"] = concurrent_loop(py_call, bs, c, a.warmup, a.measure)
+                res[f"quiver-python asyncio={c}"] = async_loop(py_acall, bs, c, a.warmup, a.measure)
+                res[f"quiver-rust tasks={c}"] = rust_loop(bench_bin, cluster.seeds(), a.entities, batch,
+                                                          a.warmup, a.measure, c)
+                if feast_sdk is not None:
+                    res[f"feast-python-sdk threads={c}"] = concurrent_loop(feast_sdk, bs, c, a.warmup, a.measure)
             results[name] = res
             print(name, json.dumps({k: {m: round(v, 1) for m, v in r.items()} for k, r in res.items()}), flush=True)
     finally:
@@ -263,6 +354,26 @@ def report(out: Path, results: dict, a) -> None:
         vs_sdk = f"{py['calls_per_sec'] / sdk['calls_per_sec']:.1f}×" if sdk else "–"
         vs_srv = f"{py['calls_per_sec'] / srv['calls_per_sec']:.1f}×" if srv else "–"
         lines.append(f"| {case} | {per_call} | {vs_sdk} | {vs_srv} |")
+    if a.concurrency > 0:
+        c = a.concurrency
+        lines += ["", f"Throughput of one client process, one call at a time and with {c} callers "
+                      "(threads; asyncio tasks), against Feast's SDK in its best mode (one at a time, or "
+                      f"{c} threads: it is synchronous) — each ratio against Feast's higher number:", "",
+                  "| case | quiver mode | calls/s | calls per client CPU s | Feast SDK best calls/s "
+                  "| best per client CPU s | ratio calls/s | ratio per CPU s |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+        for case, res in results.items():
+            feast_modes = [res[m] for m in ("feast-python-sdk", f"feast-python-sdk threads={c}") if m in res]
+            if not feast_modes:
+                continue
+            best_calls = max(f["calls_per_sec"] for f in feast_modes)
+            best_cpu = max(f["calls_per_cpu_sec"] for f in feast_modes)
+            for mode in ("quiver-python", f"quiver-python threads={c}", f"quiver-python asyncio={c}"):
+                q = res.get(mode)
+                if q is None:
+                    continue
+                lines.append(f"| {case} | {mode} | {q['calls_per_sec']:.0f} | {q['calls_per_cpu_sec']:.0f} "
+                             f"| {best_calls:.0f} | {best_cpu:.0f} | {q['calls_per_sec'] / best_calls:.1f}× "
+                             f"| {q['calls_per_cpu_sec'] / best_cpu:.1f}× |")
     (out / "report.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

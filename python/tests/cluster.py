@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 import quiver
+from pki import Pki
 
 SHARDS = 8
 
@@ -166,9 +167,12 @@ class Cluster:
         replication: int = 2,
         node_bin: Optional[str] = None,
         auth: bool = False,
+        tls: bool = False,
     ) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="quiver-py-"))
         self.replication = replication
+        # With TLS: mutual TLS everywhere, identities from certificates (see pki.py).
+        self.pki: Optional[Pki] = Pki(self.root / "pki") if tls else None
         # With auth: an admin (bootstrap) token file, and the members' shared secret.
         self.admin_token_file: Optional[Path] = None
         self.auth_toml = "[auth]\nenabled = false\n"
@@ -181,6 +185,8 @@ class Cluster:
                 f'[auth]\nenabled = true\nbootstrap_token_file = "{self.admin_token_file}"\n'
                 f'cluster_token_file = "{members}"\n'
             )
+        if self.pki is not None:
+            self.auth_toml = self.pki.node_toml
         self.dead_after_ms = dead_after_ms
         self.node_bin = node_bin or _target_bin("quiver-node", "QUIVER_NODE_BIN")
         self.quiverctl = _target_bin("quiverctl", "QUIVERCTL_BIN")
@@ -216,16 +222,27 @@ class Cluster:
             node.write_config(self, voters)
         for node in self.nodes.values():
             node.start(self.node_bin)
-        probe = wait_until(lambda: quiver.Client(self.seeds(), deadline=10, token_file=self.admin_token_file),
+        probe = wait_until(lambda: quiver.Client(self.seeds(), deadline=10, **self.admin_credentials()),
                            "the cluster map")
         wait_until(lambda: self.all_serving(probe), "every shard to have its Serving replicas")
         defs = self.root / "definitions.toml"
         defs.write_text(definitions)
         self.quiverctl_run("view", "apply", str(defs))
 
+    def admin_credentials(self) -> dict:
+        """The Client keyword arguments of an administrator of this cluster."""
+        if self.pki is not None:
+            return {"tls": self.pki.client_tls("quiver-tool")}
+        return {"token_file": self.admin_token_file}
+
     def quiverctl_run(self, *args: str) -> str:
         """Runs quiverctl against node 1 (as admin when auth is on); returns its stdout."""
-        cmd = [self.quiverctl, "--addr", f"http://{self.nodes[1].addr}"]
+        if self.pki is not None:
+            tls = self.pki.client_tls("quiver-tool")
+            cmd = [self.quiverctl, "--addr", f"https://{self.nodes[1].addr}", "--tls-ca", tls.ca,
+                   "--tls-cert", tls.cert, "--tls-key", tls.key, "--tls-server-name", tls.server_name]
+        else:
+            cmd = [self.quiverctl, "--addr", f"http://{self.nodes[1].addr}"]
         if self.admin_token_file is not None:
             cmd += ["--token-file", str(self.admin_token_file)]
         return subprocess.run([*cmd, *args], check=True, capture_output=True, text=True).stdout
