@@ -9,7 +9,7 @@ object is made per value unless a caller asks for Python values (``to_dict``).
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -99,20 +99,25 @@ def pandas_types(nullable: bool):
     return mapping.get
 
 
-_INDEXES: Dict[tuple, Any] = {}
+_INDEXES: Dict[Any, Any] = {}
 _BLOCK_API: Any = None  # resolved on first use: a frame builder, or False
 
 
-def _column_index(pd, columns: List[str]):
-    """The pandas Index of ``columns``, reused across calls asking for the same features
-    (building one costs more than the rest of a small frame; Indexes are immutable)."""
-    key = tuple(columns)
+def _reused_index(key: Any, make: Callable[[], Any]):
+    """The pandas Index cached under ``key`` (made by ``make`` on a miss): Indexes are
+    immutable, and building one costs more than the rest of a small frame. Bounded: the
+    cache is emptied when it reaches 512 entries."""
     idx = _INDEXES.get(key)
     if idx is None:
-        if len(_INDEXES) >= 256:
+        if len(_INDEXES) >= 512:
             _INDEXES.clear()
-        idx = _INDEXES[key] = pd.Index(columns)
+        idx = _INDEXES[key] = make()
     return idx
+
+
+def _column_index(pd, columns: List[str]):
+    """The pandas Index of ``columns``, reused across calls asking for the same features."""
+    return _reused_index(tuple(columns), lambda: pd.Index(columns))
 
 
 def _internals_builder(pd):
@@ -181,17 +186,9 @@ def _block_api(pd):
     return _BLOCK_API
 
 
-_RANGES: Dict[int, Any] = {}
-
-
 def _range_index(pd, n: int):
-    """``pd.RangeIndex(n)``, reused (immutable) for the row counts seen last."""
-    idx = _RANGES.get(n)
-    if idx is None:
-        if len(_RANGES) >= 256:
-            _RANGES.clear()
-        idx = _RANGES[n] = pd.RangeIndex(n)
-    return idx
+    """``pd.RangeIndex(n)``, reused for the row counts seen."""
+    return _reused_index(n, lambda: pd.RangeIndex(n))
 
 
 def _frame(pd, keys: np.ndarray, matrix: np.ndarray, columns: List[str]):
