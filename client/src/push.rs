@@ -3,7 +3,7 @@
 //! first, by the same circuit breakers as lookups — and retried on another node if that
 //! one is down.
 
-use quiver_proto::NodeId;
+use quiver_proto::{ErrorCode, NodeId};
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -88,6 +88,23 @@ pub struct PushSchema {
     pub max_push_rows: u32,
 }
 
+/// Whether a node's NotFound for `view` is that node's registry being behind the one the
+/// push was validated against (a view applied a moment ago reaches each node's copy of
+/// the registry when that node applies the raft entry): then another node, or the same
+/// one a moment later, takes the push. The schema is read again first, so a view deleted
+/// since is NotFound at once; a schema read from a node further behind than the cached
+/// one is not taken for the truth.
+async fn registry_lags(inner: &Inner, view: &str) -> bool {
+    if !inner.schema.current().has_view(view) {
+        return false;
+    }
+    match inner.schema.refresh_forward(&inner.map).await {
+        Ok(schema) => schema.has_view(view),
+        // No node gave a schema: retry within the deadline rather than guess.
+        Err(_) => true,
+    }
+}
+
 /// Sends a validated push, failing over to other nodes until the deadline.
 pub(crate) async fn push(
     inner: &Inner,
@@ -139,12 +156,14 @@ pub(crate) async fn push(
                 last: None,
             },
         };
+        let registry_behind =
+            err.code() == Some(ErrorCode::NotFound) && registry_lags(inner, view).await;
         match Recovery::of(&err) {
-            Recovery::Fail => return Err(err),
+            Recovery::Fail if !registry_behind => return Err(err),
+            Recovery::Fail | Recovery::OtherReplica | Recovery::RefreshMap(_) => {}
             Recovery::NodeDown => {
                 node.on_failure(inner.config.breaker_failures, inner.config.breaker_cooldown);
             }
-            Recovery::OtherReplica | Recovery::RefreshMap(_) => {}
         }
         if Instant::now() >= deadline {
             return Err(ClientError::DeadlineExceeded {

@@ -42,6 +42,7 @@ struct ViewInfo {
 /// A validated, indexed [`Schema`].
 #[derive(Debug, Clone)]
 pub(crate) struct ClientSchema {
+    registry_version: u64,
     entities: HashMap<String, String>,
     views: HashMap<String, ViewInfo>,
     services: HashMap<String, Vec<String>>,
@@ -51,6 +52,7 @@ pub(crate) struct ClientSchema {
 impl ClientSchema {
     pub(crate) fn new(s: Schema) -> Self {
         ClientSchema {
+            registry_version: s.registry_version,
             entities: s
                 .entities
                 .into_iter()
@@ -97,6 +99,11 @@ impl ClientSchema {
                 max_key_bytes: u32::MAX,
             }),
         }
+    }
+
+    /// Whether the registry this schema was read from has view `name`.
+    pub(crate) fn has_view(&self, name: &str) -> bool {
+        self.views.contains_key(name)
     }
 
     /// What a push to `view` carries: the entity's key type, the fields with their type
@@ -356,6 +363,23 @@ impl SchemaCache {
             Arc::new(ClientSchema::new(raw.clone()));
         self.refreshes.fetch_add(1, Ordering::Release);
         Ok(raw)
+    }
+
+    /// Reads the schema again and caches it unless it is older than the cached one (the
+    /// node that answered has not applied the newest registry entries yet); returns what
+    /// is cached then.
+    pub(crate) async fn refresh_forward(
+        &self,
+        map: &MapCache,
+    ) -> Result<Arc<ClientSchema>, ClientError> {
+        let fresh = fetch(map).await?;
+        let _g = self.lock.lock().await;
+        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        if fresh.registry_version >= current.registry_version {
+            *current = Arc::new(fresh);
+            self.refreshes.fetch_add(1, Ordering::Release);
+        }
+        Ok(current.clone())
     }
 
     /// Runs `check` against the cached schema; on [`Problem::Unknown`] or
