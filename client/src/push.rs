@@ -88,23 +88,6 @@ pub struct PushSchema {
     pub max_push_rows: u32,
 }
 
-/// Whether a node's NotFound for `view` is that node's registry being behind the one the
-/// push was validated against (a view applied a moment ago reaches each node's copy of
-/// the registry when that node applies the raft entry): then another node, or the same
-/// one a moment later, takes the push. The schema is read again first, so a view deleted
-/// since is NotFound at once; a schema read from a node further behind than the cached
-/// one is not taken for the truth.
-async fn registry_lags(inner: &Inner, view: &str) -> bool {
-    if !inner.schema.current().has_view(view) {
-        return false;
-    }
-    match inner.schema.refresh_forward(&inner.map).await {
-        Ok(schema) => schema.has_view(view),
-        // No node gave a schema: retry within the deadline rather than guess.
-        Err(_) => true,
-    }
-}
-
 /// Sends a validated push, failing over to other nodes until the deadline.
 pub(crate) async fn push(
     inner: &Inner,
@@ -156,8 +139,12 @@ pub(crate) async fn push(
                 last: None,
             },
         };
-        let registry_behind =
-            err.code() == Some(ErrorCode::NotFound) && registry_lags(inner, view).await;
+        // A node that has not applied the view yet: another node takes the push.
+        let registry_behind = err.code() == Some(ErrorCode::NotFound)
+            && inner
+                .schema
+                .node_behind(&inner.map, |s| s.has_view(view))
+                .await;
         match Recovery::of(&err) {
             Recovery::Fail if !registry_behind => return Err(err),
             Recovery::Fail | Recovery::OtherReplica | Recovery::RefreshMap(_) => {}
