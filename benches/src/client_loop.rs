@@ -66,8 +66,7 @@ pub async fn run(spec: &LoopSpec) -> anyhow::Result<LoopResult> {
         .deadline(Duration::from_secs(5))
         .build()
         .await?;
-    let warm_until = Instant::now() + spec.warmup;
-    let measure_from = warm_until;
+    let measure_from = Instant::now() + spec.warmup;
     let until = measure_from + spec.measure;
     let me = [std::process::id()];
     let workers = (0..spec.concurrency).map(|w| caller(spec, &client, w, measure_from, until));

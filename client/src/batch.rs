@@ -492,21 +492,12 @@ impl<'a> Call<'a> {
         if round >= MAX_ROUNDS {
             return Err(e);
         }
-        let mut recovery = Recovery::of(&e);
-        if recovery == Recovery::Fail
-            && e.code() == Some(ErrorCode::NotFound)
-            && self
-                .inner
-                .schema
-                .node_behind(&self.inner.map, |s| {
-                    s.has_views_of(self.features, self.feature_service)
-                })
-                .await
-        {
-            // The replica has not applied a view this client already reads: another
-            // replica answers (the budget and deadline apply as for any retry).
-            recovery = Recovery::OtherReplica;
-        }
+        // A replica that has not applied a view this client already reads: another
+        // replica answers (the budget and deadline apply as for any retry).
+        let recovery = Recovery::of_with_registry(&e, &self.inner.schema, &self.inner.map, |s| {
+            s.has_views_of(self.features, self.feature_service)
+        })
+        .await;
         let reason = match recovery {
             Recovery::Fail => return Err(e),
             _ if Instant::now() >= self.deadline => return Err(self.deadline_error(Some(e))),

@@ -3,7 +3,7 @@
 //! first, by the same circuit breakers as lookups — and retried on another node if that
 //! one is down.
 
-use quiver_proto::{ErrorCode, NodeId};
+use quiver_proto::NodeId;
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -140,17 +140,14 @@ pub(crate) async fn push(
             },
         };
         // A node that has not applied the view yet: another node takes the push.
-        let registry_behind = err.code() == Some(ErrorCode::NotFound)
-            && inner
-                .schema
-                .node_behind(&inner.map, |s| s.has_view(view))
-                .await;
-        match Recovery::of(&err) {
-            Recovery::Fail if !registry_behind => return Err(err),
-            Recovery::Fail | Recovery::OtherReplica | Recovery::RefreshMap(_) => {}
+        match Recovery::of_with_registry(&err, &inner.schema, &inner.map, |s| s.has_view(view))
+            .await
+        {
+            Recovery::Fail => return Err(err),
             Recovery::NodeDown => {
                 node.on_failure(inner.config.breaker_failures, inner.config.breaker_cooldown);
             }
+            Recovery::OtherReplica | Recovery::RefreshMap(_) => {}
         }
         if Instant::now() >= deadline {
             return Err(ClientError::DeadlineExceeded {

@@ -4,10 +4,13 @@
 use std::sync::Mutex;
 use std::time::Instant;
 
+use quiver_proto::ErrorCode;
 use quiver_proto::error::Retry;
 
 use crate::config::RetryBudget;
 use crate::error::ClientError;
+use crate::schema::{ClientSchema, SchemaCache};
+use crate::shard_map_cache::MapCache;
 
 /// What to do after a failed sub-request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +43,26 @@ impl Recovery {
             ClientError::InvalidRequest(_)
             | ClientError::NotFound(_)
             | ClientError::BudgetExhausted(_) => Recovery::Fail,
+        }
+    }
+
+    /// [`Recovery::of`] `e`, except for a node's NotFound for names `knows` still finds in
+    /// the client's schema after reading it again ([`SchemaCache::node_behind`]): that
+    /// node's registry has not applied them yet, so another replica (or node) answers.
+    pub(crate) async fn of_with_registry(
+        e: &ClientError,
+        schema: &SchemaCache,
+        map: &MapCache,
+        knows: impl Fn(&ClientSchema) -> bool,
+    ) -> Recovery {
+        match Recovery::of(e) {
+            Recovery::Fail
+                if e.code() == Some(ErrorCode::NotFound)
+                    && schema.node_behind(map, knows).await =>
+            {
+                Recovery::OtherReplica
+            }
+            recovery => recovery,
         }
     }
 }
