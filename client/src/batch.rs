@@ -492,13 +492,7 @@ impl<'a> Call<'a> {
         if round >= MAX_ROUNDS {
             return Err(e);
         }
-        // A replica that has not applied a view this client already reads: another
-        // replica answers (the budget and deadline apply as for any retry).
-        let recovery = Recovery::of_with_registry(&e, &self.inner.schema, &self.inner.map, |s| {
-            s.has_views_of(self.features, self.feature_service)
-        })
-        .await;
-        let reason = match recovery {
+        let reason = match Recovery::of(&e) {
             Recovery::Fail => return Err(e),
             _ if Instant::now() >= self.deadline => return Err(self.deadline_error(Some(e))),
             Recovery::RefreshMap(epoch) => {

@@ -48,7 +48,7 @@ impl Recovery {
 
     /// [`Recovery::of`] `e`, except for a node's NotFound for names `knows` still finds in
     /// the client's schema after reading it again ([`SchemaCache::node_behind`]): that
-    /// node's registry has not applied them yet, so another replica (or node) answers.
+    /// node's registry has not applied them yet, so another node answers (pushes: any node takes them).
     pub(crate) async fn of_with_registry(
         e: &ClientError,
         schema: &SchemaCache,

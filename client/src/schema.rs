@@ -106,15 +106,6 @@ impl ClientSchema {
         self.views.contains_key(name)
     }
 
-    /// Whether it has every view named by `features` (`view:feature`) and the feature
-    /// service (if any).
-    pub(crate) fn has_views_of(&self, features: &[String], service: &str) -> bool {
-        (service.is_empty() || self.services.contains_key(service))
-            && features
-                .iter()
-                .all(|f| f.split_once(':').is_some_and(|(v, _)| self.has_view(v)))
-    }
-
     /// What a push to `view` carries: the entity's key type, the fields with their type
     /// names, and the most rows per push.
     pub(crate) fn push_schema(&self, view: &str) -> Result<crate::push::PushSchema, Problem> {
@@ -612,18 +603,6 @@ mod tests {
         let mut negative = row("k".into(), &[("a", 1.5.into())]);
         negative.event_time_micros = -1;
         assert!(invalid_now(s.check_push("u", &[negative])));
-    }
-
-    #[test]
-    fn views_named_by_a_lookup_are_known_or_not() {
-        let s = schema();
-        let refs = |r: &[&str]| r.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
-        assert!(s.has_views_of(&refs(&["u:a", "c:*"]), ""));
-        assert!(s.has_views_of(&[], "svc"));
-        assert!(!s.has_views_of(&refs(&["u:a", "gone:x"]), ""));
-        assert!(!s.has_views_of(&refs(&["no-colon"]), ""));
-        assert!(!s.has_views_of(&[], "other_svc"));
-        assert!(s.has_view("aggs") && !s.has_view("gone"));
     }
 
     #[test]
