@@ -334,7 +334,7 @@ async fn start_replicas(
             );
             tasks.spawn(
                 "promotion",
-                run_promotion_loop(state.clone(), cancel.clone()),
+                run_promotion_loop(state.clone(), config.version_retention, cancel.clone()),
             );
         }
         Some(c) => {
@@ -365,7 +365,8 @@ fn open_registry(
 ) -> Result<Registry, NodeError> {
     if let Some(c) = control {
         let r = Registry::in_memory();
-        r.replace(c.state().registry.clone())?;
+        let state = c.state();
+        r.replace(state.registry.clone(), state.registry_revision)?;
         return Ok(r);
     }
     let registry = Registry::open(&config.data_dir.join("registry.json"))?;

@@ -314,11 +314,25 @@ pub struct LimitsSection {
 }
 
 /// `[registry]`
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RegistrySection {
     /// Definition files applied at start, in order.
     pub definition_files: Vec<PathBuf>,
+    /// How long a view version that no longer serves (replaced, rolled back from, or its
+    /// view deleted) is kept, its rows current, for a rollback or pinned reads; then every
+    /// replica deletes its rows. In cluster mode the leader's setting decides.
+    #[serde(with = "humantime_serde")]
+    pub version_retention: Duration,
+}
+
+impl Default for RegistrySection {
+    fn default() -> Self {
+        RegistrySection {
+            definition_files: Vec::new(),
+            version_retention: Duration::from_secs(7 * 86_400),
+        }
+    }
 }
 
 /// `[log]`

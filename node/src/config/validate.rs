@@ -73,6 +73,8 @@ pub struct NodeConfig {
     pub limits: Limits,
     /// Definition files applied at start.
     pub definition_files: Vec<PathBuf>,
+    /// `registry.version_retention`.
+    pub version_retention: Duration,
     /// Log format and level.
     pub log: LogSection,
     /// Cluster mode settings; `None` runs a static node.
@@ -137,6 +139,7 @@ impl NodeConfigFile {
             voters: c.voters,
             heartbeat_interval: c.heartbeat_interval,
             dead_after: c.dead_after,
+            version_retention: self.registry.version_retention,
             snapshot_every: c.snapshot_every.max(1),
             // Set from the validated [tls]/[auth] sections by `validate`.
             peer_credentials: Default::default(),
@@ -328,6 +331,7 @@ impl NodeConfigFile {
             },
             security,
             definition_files: self.registry.definition_files.clone(),
+            version_retention: self.registry.version_retention,
             log: self.log.clone(),
             control,
         })

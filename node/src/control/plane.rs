@@ -45,6 +45,8 @@ pub struct ControlConfig {
     pub heartbeat_interval: Duration,
     /// Missing heartbeats for this long makes a node Dead and its replicas re-placed.
     pub dead_after: Duration,
+    /// Retained view versions are dropped this long after they stopped serving.
+    pub version_retention: Duration,
     /// Build a snapshot after this many applied entries, and purge the log behind it
     /// (keeping this many entries for slightly lagging followers).
     pub snapshot_every: u64,

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use quiver_proto::{NodeId, ShardId};
 use serde::{Deserialize, Serialize};
 
-use crate::registry::{DefinitionFile, validate_merge};
+use crate::registry::{DefinitionFile, lifecycle, validate_merge};
 
 /// Cluster-wide settings, fixed when the cluster is initialised.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,6 +103,11 @@ pub struct ClusterState {
     /// Access tokens by id (hashed; revoked ones kept for the record).
     #[serde(default)]
     pub tokens: BTreeMap<String, crate::security::tokens::TokenRecord>,
+    /// Counts registry changes: every member's registry carries it as its revision, and
+    /// lookups answer with it (a client orders view versions by it, not by number: a
+    /// rollback serves a lower one).
+    #[serde(default)]
+    pub registry_revision: u64,
 }
 
 /// A change to the cluster state (the Raft log's payload).
@@ -149,11 +154,58 @@ pub enum Command {
         /// New state.
         state: ReplicaState,
     },
-    /// Makes the pending `version` of `view` the serving one (every replica re-ingested it).
+    /// Makes the pending `version` of `view` the serving one (every replica re-ingested it);
+    /// the version serving until then is retained.
     PromoteView {
         /// View name.
         view: String,
         /// The pending version.
+        version: u32,
+        /// Leader clock, ms since the epoch: when the previous version retired.
+        #[serde(default)]
+        at_ms: i64,
+    },
+    /// Serves a retained version of `view` again (`to`, or the one retired last); the
+    /// serving one is retained. Restores a deleted view.
+    RollbackView {
+        /// View name.
+        view: String,
+        /// The version to serve; `None`: the one retired last.
+        to: Option<u32>,
+        /// Principal.
+        by: String,
+        /// Leader clock, ms since the epoch.
+        at_ms: i64,
+    },
+    /// Deletes a view: it stops serving, its version is retained until the retention
+    /// passes (a rollback restores it meanwhile). Refused while a feature service uses it.
+    DeleteView {
+        /// View name.
+        view: String,
+        /// Principal.
+        by: String,
+        /// Leader clock, ms since the epoch.
+        at_ms: i64,
+    },
+    /// Deletes a feature service.
+    DeleteFeatureService {
+        /// Service name.
+        name: String,
+        /// Principal.
+        by: String,
+    },
+    /// Deletes an entity no view version is keyed by.
+    DeleteEntity {
+        /// Entity name.
+        name: String,
+        /// Principal.
+        by: String,
+    },
+    /// Drops a retained version: every replica deletes its rows.
+    DropViewVersion {
+        /// View name.
+        view: String,
+        /// The retained version.
         version: u32,
     },
     /// Validates and merges registry definitions.
@@ -303,18 +355,46 @@ impl ClusterState {
                 }
                 applied(self, vec![])
             }
-            Command::PromoteView { view, version } => {
-                match crate::registry::promote_definition(&self.registry, view, *version) {
-                    Err(e) => CommandResult::rejected(e.to_string()),
-                    Ok(promoted) => {
-                        self.registry = promoted;
-                        let change = format!("view {view} v{version}: promoted to serving");
-                        if let Some(l) = self.lineage.get_mut(view) {
-                            l.history.push(change.clone());
-                        }
-                        applied(self, vec![change])
-                    }
+            Command::PromoteView {
+                view,
+                version,
+                at_ms,
+            } => {
+                let next = lifecycle::promote(&self.registry, view, *version, *at_ms);
+                let change = format!("view {view} v{version}: promoted to serving");
+                self.change_registry(next, view, change)
+            }
+            Command::RollbackView {
+                view,
+                to,
+                by,
+                at_ms,
+            } => match lifecycle::rollback(&self.registry, view, *to, *at_ms) {
+                Err(e) => registry_rejection(&e),
+                Ok((next, version)) => {
+                    let change = format!("view {view} v{version}: serving again (rollback by {by} at {at_ms})");
+                    self.change_registry(Ok(next), view, change)
                 }
+            },
+            Command::DeleteView { view, by, at_ms } => {
+                let next = lifecycle::delete_view(&self.registry, view, *at_ms);
+                let change = format!("view {view}: deleted by {by} at {at_ms} (retained until its retention passes)");
+                self.change_registry(next, view, change)
+            }
+            Command::DeleteFeatureService { name, by } => {
+                let next = lifecycle::delete_feature_service(&self.registry, name);
+                let change = format!("feature service {name}: deleted by {by}");
+                self.change_registry(next, "", change)
+            }
+            Command::DeleteEntity { name, by } => {
+                let next = lifecycle::delete_entity(&self.registry, name);
+                let change = format!("entity {name}: deleted by {by}");
+                self.change_registry(next, "", change)
+            }
+            Command::DropViewVersion { view, version } => {
+                let next = lifecycle::drop_version(&self.registry, view, *version);
+                let change = format!("view {view} v{version}: dropped (retention passed); replicas delete its rows");
+                self.change_registry(next, view, change)
             }
             Command::ApplyDefinitions {
                 file,
@@ -335,6 +415,7 @@ impl ClusterState {
                 Ok((merged, _, changes)) => {
                     if !changes.is_empty() {
                         self.registry = merged;
+                        self.registry_revision += 1;
                         for v in &file.views {
                             let mine: Vec<String> = changes
                                 .iter()
@@ -372,6 +453,32 @@ impl ClusterState {
         }
     }
 
+    /// Takes a lifecycle step's result: validated as a whole, recorded in the view's
+    /// lineage, counted as a registry change.
+    fn change_registry(
+        &mut self,
+        next: Result<DefinitionFile, crate::registry::RegistryError>,
+        view: &str,
+        change: String,
+    ) -> CommandResult {
+        let next = match next {
+            Ok(n) => n,
+            Err(e) => return registry_rejection(&e),
+        };
+        if let Err(e) = validate_merge(&next, &DefinitionFile::default()) {
+            return registry_rejection(&e);
+        }
+        self.registry = next;
+        self.registry_revision += 1;
+        if let Some(l) = self.lineage.get_mut(view) {
+            l.history.push(change.clone());
+        }
+        CommandResult::Applied {
+            epoch: self.epoch,
+            changes: vec![change],
+        }
+    }
+
     /// Members that may receive new replicas.
     pub fn placeable_members(&self) -> impl Iterator<Item = &Member> {
         self.members
@@ -385,6 +492,14 @@ impl ClusterState {
             .iter()
             .filter_map(|(s, reps)| reps.iter().find(|r| r.node == node).map(|r| (*s, r.state)))
             .collect()
+    }
+}
+
+fn registry_rejection(e: &crate::registry::RegistryError) -> CommandResult {
+    use crate::registry::RegistryError as E;
+    CommandResult::Rejected {
+        invalid: matches!(e, E::Invalid(_) | E::Parse(_)),
+        reason: e.to_string(),
     }
 }
 

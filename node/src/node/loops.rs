@@ -12,7 +12,7 @@ use tracing::{error, info, warn};
 use crate::control::plane::{ControlError, ControlPlane, wall_clock_ms};
 use crate::control::state::Command;
 use crate::metrics as m;
-use crate::registry::{Registry, RegistrySnapshot};
+use crate::registry::{DefinitionFile, Registry, RegistryError, RegistrySnapshot, lifecycle};
 use crate::replica::ShardManager;
 use crate::state::NodeState;
 use crate::storage::StorageEngine;
@@ -51,9 +51,14 @@ fn compaction_ttl(v: &crate::registry::FeatureView) -> Option<Duration> {
     }
 }
 
-/// Static mode: promotes a pending view version once every local replica re-ingested it
-/// (in cluster mode the leader does this for the whole cluster).
-pub(super) async fn run_promotion_loop(state: Arc<NodeState>, cancel: CancellationToken) {
+/// Static mode: promotes a pending view version once every local replica re-ingested it,
+/// and drops retained versions whose retention passed (in cluster mode the leader does
+/// both for the whole cluster).
+pub(super) async fn run_promotion_loop(
+    state: Arc<NodeState>,
+    version_retention: Duration,
+    cancel: CancellationToken,
+) {
     let mut ticker = Ticker::new(Duration::from_millis(200), &cancel);
     while ticker.tick().await {
         let snap = state.registry.snapshot();
@@ -69,15 +74,48 @@ pub(super) async fn run_promotion_loop(state: Arc<NodeState>, cancel: Cancellati
             if !ready {
                 continue;
             }
-            let registry = state.registry.clone();
             let (name, version) = (view.name.clone(), view.version);
-            match tokio::task::spawn_blocking(move || registry.promote(&name, version)).await {
-                Ok(Ok(())) => {
-                    info!(view = %view.name, version = view.version, "new view version re-ingested: promoted to serving")
-                }
-                Ok(Err(e)) => warn!(view = %view.name, error = %e, "promoting view version failed"),
-                Err(e) => warn!(error = %e, "promotion task failed"),
+            let step = move |f: &DefinitionFile| {
+                Ok((lifecycle::promote(f, &name, version, wall_clock_ms())?, ()))
+            };
+            if change_registry(&state, step).await {
+                info!(view = %view.name, version = view.version, "new view version re-ingested: promoted to serving");
             }
+        }
+        let expired = lifecycle::expired(
+            &state.registry.definitions(),
+            version_retention,
+            wall_clock_ms(),
+        );
+        for (name, version) in expired {
+            let step = {
+                let name = name.clone();
+                move |f: &DefinitionFile| Ok((lifecycle::drop_version(f, &name, version)?, ()))
+            };
+            if change_registry(&state, step).await {
+                info!(view = %name, version, "retention passed: view version dropped");
+            }
+        }
+    }
+}
+
+/// Runs a lifecycle step on the static registry off the async workers (it fsyncs).
+async fn change_registry(
+    state: &NodeState,
+    step: impl FnOnce(&DefinitionFile) -> Result<(DefinitionFile, ()), RegistryError>
+    + Send
+    + 'static,
+) -> bool {
+    let registry = state.registry.clone();
+    match tokio::task::spawn_blocking(move || registry.change(step)).await {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            warn!(error = %e, "view version lifecycle step failed");
+            false
+        }
+        Err(e) => {
+            warn!(error = %e, "view version lifecycle task failed");
+            false
         }
     }
 }

@@ -29,6 +29,22 @@ pub struct DefinitionFile {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub pending_views: Vec<ViewDef>,
+    /// Earlier versions kept after another took over (a promotion, a rollback, or the
+    /// view's deletion), so a rollback can serve them again. Written by the node.
+    #[serde(
+        default,
+        rename = "retained_view",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub retained_views: Vec<super::lifecycle::RetainedViewDef>,
+    /// Versions whose rows every replica deletes (retention passed, or replaced while
+    /// being built); their numbers are never used again. Written by the node.
+    #[serde(
+        default,
+        rename = "dropped_view_version",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub dropped_versions: Vec<super::lifecycle::DroppedVersion>,
 }
 
 /// `[[entity]]`

@@ -13,6 +13,7 @@
 
 pub mod aggregation;
 pub mod definition;
+pub mod lifecycle;
 pub mod model;
 mod validate;
 
@@ -65,6 +66,15 @@ pub struct RegistrySnapshot {
     pub pending: BTreeMap<String, Arc<FeatureView>>,
     /// Feature services by name.
     pub feature_services: BTreeMap<String, Arc<FeatureService>>,
+    /// Versions that served before and are kept (rows current) for a rollback or a
+    /// pinned read, by view name and version.
+    pub retained: BTreeMap<String, BTreeMap<u32, lifecycle::RetainedVersion>>,
+    /// Versions whose rows every replica deletes.
+    pub dropped: std::collections::BTreeSet<lifecycle::DroppedVersion>,
+    /// Orders registry changes across the cluster: the replicated state's count of
+    /// registry changes (cluster mode), the generation (static mode). Answers carry it,
+    /// so a client assembling parts from several nodes knows which saw the newer registry.
+    pub revision: u64,
 }
 
 impl RegistrySnapshot {
@@ -82,11 +92,27 @@ impl RegistrySnapshot {
             .views
             .values()
             .chain(self.pending.values())
+            .chain(self.retained_versions())
             .map(|v| v.source.topic.clone())
             .collect();
         t.sort();
         t.dedup();
         t
+    }
+
+    /// Every retained version.
+    pub fn retained_versions(&self) -> impl Iterator<Item = &Arc<FeatureView>> {
+        self.retained
+            .values()
+            .flat_map(|versions| versions.values().map(|r| &r.view))
+    }
+
+    /// Every version whose rows replicas keep current: serving, pending, retained.
+    pub fn live_versions(&self) -> impl Iterator<Item = &Arc<FeatureView>> {
+        self.views
+            .values()
+            .chain(self.pending.values())
+            .chain(self.retained_versions())
     }
 }
 
@@ -157,7 +183,8 @@ impl Registry {
             Ok(bytes) => {
                 let file: DefinitionFile = serde_json::from_slice(&bytes)
                     .map_err(|e| RegistryError::Parse(format!("{}: {e}", path.display())))?;
-                let (snap, _) = validate::apply_to(&RegistrySnapshot::default(), &file)?;
+                let (mut snap, _) = validate::apply_to(&RegistrySnapshot::default(), &file)?;
+                snap.revision = snap.generation;
                 (snap, file)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -203,10 +230,11 @@ impl Registry {
         file: &DefinitionFile,
         dry_run: bool,
     ) -> Result<Vec<String>, RegistryError> {
+        lifecycle::check_user_file(file)?;
         // One writer at a time; readers keep using the old snapshot meanwhile.
         let mut applied = self.inner.applied.lock().unwrap_or_else(|p| p.into_inner());
         let current = self.snapshot();
-        let (next, changes) = validate::apply_to(&current, file)?;
+        let (mut next, changes) = validate::apply_to(&current, file)?;
         if dry_run || changes.is_empty() {
             return Ok(changes);
         }
@@ -214,6 +242,9 @@ impl Registry {
         if let Some(path) = &self.inner.path {
             persist(path, &merged)?;
         }
+        // A replaced pending version is dropped: the snapshot must list it too.
+        next.dropped = merged.dropped_versions.iter().cloned().collect();
+        next.revision = next.generation;
         *applied = merged;
         let generation = next.generation;
         *self
@@ -236,23 +267,55 @@ pub fn validate_merge(
     base: &DefinitionFile,
     update: &DefinitionFile,
 ) -> Result<(DefinitionFile, RegistrySnapshot, Vec<String>), RegistryError> {
+    lifecycle::check_user_file(update)?;
     let (current, _) = validate::apply_to(&RegistrySnapshot::default(), base)?;
-    let (next, changes) = validate::apply_to(&current, update)?;
-    Ok((merge(base, update), next, changes))
+    let (mut next, changes) = validate::apply_to(&current, update)?;
+    let merged = merge(base, update);
+    next.dropped = merged.dropped_versions.iter().cloned().collect();
+    Ok((merged, next, changes))
 }
 
 impl Registry {
-    /// Replaces the whole registry with `file`, as committed by the control plane, and
-    /// publishes it. Not persisted locally: the Raft state is the source of truth.
+    /// Replaces the whole registry with `file`, as committed by the control plane at
+    /// registry `revision`, and publishes it. Not persisted locally: the Raft state is the
+    /// source of truth.
     ///
     /// # Errors
     /// If `file` does not validate (it always does when it came from the state machine).
-    pub fn replace(&self, file: DefinitionFile) -> Result<(), RegistryError> {
+    pub fn replace(&self, file: DefinitionFile, revision: u64) -> Result<(), RegistryError> {
         let mut applied = self.inner.applied.lock().unwrap_or_else(|p| p.into_inner());
         let (mut next, _) = validate::apply_to(&RegistrySnapshot::default(), &file)?;
-        let current = self.snapshot();
-        next.generation = current.generation + 1;
+        next.generation = self.snapshot().generation + 1;
+        next.revision = revision;
         *applied = file;
+        self.publish(next);
+        Ok(())
+    }
+
+    /// Static mode: changes the persisted registry with `change` (a lifecycle step:
+    /// promotion, rollback, deletion, dropping), validates, persists and publishes the
+    /// result. All or nothing.
+    ///
+    /// # Errors
+    /// What `change` returns, a validation error of its result, or an I/O error.
+    pub fn change<T>(
+        &self,
+        change: impl FnOnce(&DefinitionFile) -> Result<(DefinitionFile, T), RegistryError>,
+    ) -> Result<T, RegistryError> {
+        let mut applied = self.inner.applied.lock().unwrap_or_else(|p| p.into_inner());
+        let (file, out) = change(&applied)?;
+        let (mut next, _) = validate::apply_to(&RegistrySnapshot::default(), &file)?;
+        if let Some(path) = &self.inner.path {
+            persist(path, &file)?;
+        }
+        next.generation = self.snapshot().generation + 1;
+        next.revision = next.generation;
+        *applied = file;
+        self.publish(next);
+        Ok(out)
+    }
+
+    fn publish(&self, next: RegistrySnapshot) {
         let generation = next.generation;
         *self
             .inner
@@ -260,7 +323,15 @@ impl Registry {
             .write()
             .unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
         self.inner.changes.send_replace(generation);
-        Ok(())
+    }
+
+    /// The definitions the current snapshot was built from.
+    pub fn definitions(&self) -> DefinitionFile {
+        self.inner
+            .applied
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -288,6 +359,7 @@ fn merge(base: &DefinitionFile, update: &DefinitionFile) -> DefinitionFile {
         newer_version || new_on_consumed_topic
     });
     upsert(&mut out.views, &same, |v| &v.name);
+    lifecycle::drop_replaced_pending(&mut out, base, &newer);
     upsert(&mut out.pending_views, &newer, |v| &v.name);
     upsert(&mut out.pending_views, &update.pending_views, |v| &v.name);
     upsert(&mut out.feature_services, &update.feature_services, |s| {
@@ -296,51 +368,15 @@ fn merge(base: &DefinitionFile, update: &DefinitionFile) -> DefinitionFile {
     out
 }
 
-/// Promotes the pending `version` of view `name` to serving in `file`.
-///
-/// # Errors
-/// [`RegistryError::NotFound`] if no such pending version exists.
-pub fn promote_definition(
-    file: &DefinitionFile,
-    name: &str,
-    version: u32,
-) -> Result<DefinitionFile, RegistryError> {
-    let pos = file
-        .pending_views
-        .iter()
-        .position(|v| v.name == name && v.version.unwrap_or(1) == version)
-        .ok_or_else(|| {
-            RegistryError::NotFound(format!("view {name:?} has no pending version {version}"))
-        })?;
-    let mut out = file.clone();
-    let def = out.pending_views.remove(pos);
-    upsert(&mut out.views, std::slice::from_ref(&def), |v| &v.name);
-    Ok(out)
-}
-
 impl Registry {
     /// Promotes a pending view version to serving (static mode; cluster mode promotes
-    /// through the replicated state) and persists the registry.
+    /// through the replicated state) and persists the registry. The version serving
+    /// until then is retained.
     ///
     /// # Errors
     /// [`RegistryError::NotFound`] if no such pending version exists, or an I/O error.
-    pub fn promote(&self, name: &str, version: u32) -> Result<(), RegistryError> {
-        let mut applied = self.inner.applied.lock().unwrap_or_else(|p| p.into_inner());
-        let promoted = promote_definition(&applied, name, version)?;
-        let (mut next, _) = validate::apply_to(&RegistrySnapshot::default(), &promoted)?;
-        if let Some(path) = &self.inner.path {
-            persist(path, &promoted)?;
-        }
-        next.generation = self.snapshot().generation + 1;
-        *applied = promoted;
-        let generation = next.generation;
-        *self
-            .inner
-            .current
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
-        self.inner.changes.send_replace(generation);
-        Ok(())
+    pub fn promote(&self, name: &str, version: u32, at_ms: i64) -> Result<(), RegistryError> {
+        self.change(|f| Ok((lifecycle::promote(f, name, version, at_ms)?, ())))
     }
 }
 

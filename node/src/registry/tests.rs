@@ -154,7 +154,7 @@ fn compatible_and_incompatible_view_changes() {
         "re-applying the pending version changes nothing"
     );
     expect_err(&r, BASE, "is an incompatible change");
-    r.promote("user_stats", 2).unwrap();
+    r.promote("user_stats", 2, 0).unwrap();
     let snap = r.snapshot();
     assert_eq!(snap.views["user_stats"].version, 2);
     assert!(snap.pending.is_empty());
@@ -162,8 +162,8 @@ fn compatible_and_incompatible_view_changes() {
         snap.views["user_stats"].features[0].value_type,
         FeatureType::String
     );
-    expect_err(&r, BASE, "older than the serving version 2");
-    assert!(r.promote("user_stats", 3).is_err());
+    expect_err(&r, BASE, "version 1 is retained");
+    assert!(r.promote("user_stats", 3, 0).is_err());
 }
 
 #[test]

@@ -402,6 +402,7 @@ pub(crate) fn apply_to(
             )));
         }
         let view = view_from_def(def, &next.entities).map_err(invalid)?;
+        super::lifecycle::check_version_unused(current, &view)?;
         match next.views.get(&view.name) {
             Some(old) if **old == view => {}
             Some(old) if view.version > old.version => {
@@ -459,6 +460,8 @@ pub(crate) fn apply_to(
         next.pending
             .insert(view.name.clone(), std::sync::Arc::new(view));
     }
+    let entities = next.entities.clone();
+    super::lifecycle::load(&mut next, file, |d| view_from_def(d, &entities))?;
 
     let mut names = HashSet::new();
     for def in &file.feature_services {

@@ -31,7 +31,7 @@ pub async fn run_follow_loop(
     loop {
         let state = rx.borrow_and_update().clone();
         if applied_registry.as_ref() != Some(&state.registry) {
-            match registry.replace(state.registry.clone()) {
+            match registry.replace(state.registry.clone(), state.registry_revision) {
                 Ok(()) => applied_registry = Some(state.registry.clone()),
                 Err(e) => error!(error = %e, "committed registry does not validate"),
             }

@@ -23,6 +23,8 @@ pub(crate) enum Why {
     Back,
     /// Every replica re-ingested a pending view version.
     PendingCaughtUp,
+    /// A retained view version's retention passed: its rows go.
+    RetentionPassed,
     /// Placement wants a replica here that does not exist.
     Placed,
     /// A Bootstrapping replica reported caught up (after it was added).
@@ -53,8 +55,12 @@ pub(crate) struct Observed<'a> {
     pub seen: &'a HashMap<NodeId, Seen>,
     /// Now.
     pub now: Instant,
+    /// Now on the wall clock, ms since the epoch (view versions retire and expire by it).
+    pub wall_ms: i64,
     /// A member silent this long is dead.
     pub dead_after: Duration,
+    /// Retained view versions are dropped this long after they stopped serving.
+    pub version_retention: Duration,
 }
 
 impl Observed<'_> {
@@ -123,9 +129,22 @@ pub(crate) fn decide(
             let command = Command::PromoteView {
                 view: def.name.clone(),
                 version,
+                at_ms: obs.wall_ms,
             };
             decide_now(&mut next, command, Why::PendingCaughtUp);
         }
+    }
+    let expired = crate::registry::lifecycle::expired(
+        &state.registry,
+        obs.version_retention,
+        obs.wall_ms,
+    );
+    for (view, version) in expired {
+        decide_now(
+            &mut next,
+            Command::DropViewVersion { view, version },
+            Why::RetentionPassed,
+        );
     }
     steps.extend(placement_steps(&next, obs));
     steps

@@ -65,7 +65,9 @@ impl ControlPlane {
         let observed = decide::Observed {
             seen: &seen,
             now: Instant::now(),
+            wall_ms: crate::control::plane::wall_clock_ms(),
             dead_after: self.config.dead_after,
+            version_retention: self.config.version_retention,
         };
         for Step { command, why } in decide::decide(&state, &observed, &self.config.settings) {
             match why {
@@ -75,7 +77,7 @@ impl ControlPlane {
                         "no heartbeat within the grace period: declaring node dead"
                     )
                 }
-                Why::Back | Why::PendingCaughtUp | Why::Initialize => {
+                Why::Back | Why::PendingCaughtUp | Why::Initialize | Why::RetentionPassed => {
                     info!(?why, ?command, "reconciler")
                 }
                 _ => debug!(?why, ?command, "reconciler"),

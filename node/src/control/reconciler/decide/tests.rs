@@ -62,11 +62,17 @@ fn reports(state: &ClusterState, at: Instant, caught_up: bool) -> HashMap<NodeId
         .collect()
 }
 
+/// The wall clock every decision in these tests sees, ms since the epoch.
+const WALL_MS: i64 = 1_800_000_000_000;
+const RETENTION: Duration = Duration::from_secs(3600);
+
 fn run(state: &ClusterState, seen: &HashMap<NodeId, Seen>, now: Instant) -> Vec<Step> {
     let obs = Observed {
         seen,
         now,
+        wall_ms: WALL_MS,
         dead_after: DEAD_AFTER,
+        version_retention: RETENTION,
     };
     decide(state, &obs, &settings(99, 9))
 }
@@ -351,7 +357,8 @@ fn a_pending_view_is_promoted_only_once_every_replica_re_ingested_it() {
         vec![Step {
             command: Command::PromoteView {
                 view: "v".into(),
-                version: 2
+                version: 2,
+                at_ms: WALL_MS,
             },
             why: Why::PendingCaughtUp
         }]
