@@ -46,20 +46,29 @@ struct Part {
 /// before giving up (a promotion reaches every node within a Raft commit, milliseconds).
 const MAX_VERSION_ROUNDS: u32 = 8;
 
-/// The view versions a lookup's answer must have: the newest any part was read at (a
-/// version only moves forward: a promotion). Parts that read other views (a registry
-/// change of the feature service in flight) compare by length first.
+/// The view versions a lookup's answer must have. Parts that read other views (a registry
+/// change of the feature service in flight) compare by length first. Among the longest:
+/// the versions of the part planned on the newest registry revision (a rollback serves a
+/// lower version number, so numbers alone do not order them); from nodes that predate
+/// revisions, the newest of each view (versions only moved forward then).
 fn newest_versions(parts: &[Part]) -> Vec<u32> {
     let longest = parts
         .iter()
         .map(|p| p.resp.view_versions.len())
         .max()
         .unwrap_or(0);
-    let mut newest = vec![0u32; longest];
-    for p in parts
+    let candidates = parts
         .iter()
-        .filter(|p| p.resp.view_versions.len() == longest)
+        .filter(|p| p.resp.view_versions.len() == longest);
+    if let Some(p) = candidates
+        .clone()
+        .filter(|p| p.resp.registry_revision > 0)
+        .max_by_key(|p| p.resp.registry_revision)
     {
+        return p.resp.view_versions.clone();
+    }
+    let mut newest = vec![0u32; longest];
+    for p in candidates {
         for (n, v) in newest.iter_mut().zip(&p.resp.view_versions) {
             *n = (*n).max(*v);
         }
@@ -165,7 +174,7 @@ impl<'a> Call<'a> {
             }
             if round == MAX_VERSION_ROUNDS || Instant::now() >= self.deadline {
                 return Err(ClientError::Rpc(tonic::Status::unavailable(format!(
-                    "replicas kept answering at different view versions ({:?} and {newest:?}): a view version is being promoted; retry",
+                    "replicas kept answering at different view versions ({:?} and {newest:?}): a view version is being promoted or rolled back; retry",
                     stale[0].resp.view_versions
                 ))));
             }
@@ -551,9 +560,14 @@ mod tests {
     use super::*;
 
     fn part(versions: &[u32]) -> Part {
+        part_at(0, versions)
+    }
+
+    fn part_at(registry_revision: u64, versions: &[u32]) -> Part {
         Part {
             resp: GetOnlineFeaturesResponse {
                 view_versions: versions.to_vec(),
+                registry_revision,
                 ..Default::default()
             },
             keys: Vec::new(),
@@ -573,5 +587,24 @@ mod tests {
         // A node without the field (older) answers no versions: never the target (and
         // its part is not read again: see `fetch_consistent`).
         assert_eq!(newest_versions(&[part(&[]), part(&[4])]), vec![4]);
+    }
+
+    #[test]
+    fn with_registry_revisions_the_newest_registry_decides_even_a_lower_version() {
+        // A rollback from v2 to v1, applied by one node first: v1 is the target.
+        assert_eq!(
+            newest_versions(&[part_at(7, &[2, 5]), part_at(8, &[1, 5])]),
+            vec![1, 5]
+        );
+        // A promotion, the other way round.
+        assert_eq!(
+            newest_versions(&[part_at(9, &[3, 5]), part_at(8, &[1, 5])]),
+            vec![3, 5]
+        );
+        // Longer answers first, as without revisions.
+        assert_eq!(
+            newest_versions(&[part_at(9, &[3]), part_at(8, &[1, 5])]),
+            vec![1, 5]
+        );
     }
 }

@@ -40,6 +40,8 @@ pub const AGG_TILES_WRITTEN: &str = "quiver_aggregation_tiles_written_total";
 /// Counter: day summary states rolled up from finer aggregation tiles (each time an
 /// entity's older tiles are rewritten), by `shard`.
 pub const AGG_ROLLUPS: &str = "quiver_aggregation_rollups_total";
+/// Counter: dropped view versions whose data a replica deleted, by `shard`.
+pub const VERSIONS_DROPPED: &str = "quiver_view_versions_dropped_total";
 /// Counter: row versions written to the history (views with `history`), by `shard`.
 pub const HISTORY_WRITTEN: &str = "quiver_history_versions_written_total";
 /// Counter: entity keys answered as of a past time (from the row history), by `rule`
@@ -221,6 +223,10 @@ pub fn describe() {
     describe_counter!(
         AGG_ROLLUPS,
         "day summary states rolled up from finer aggregation tiles, by shard"
+    );
+    describe_counter!(
+        VERSIONS_DROPPED,
+        "dropped view versions whose data a replica deleted, by shard"
     );
     describe_counter!(
         HISTORY_WRITTEN,

@@ -278,8 +278,9 @@ async fn fetch(
     let prefix = shape.prefix();
     let mut key = Vec::with_capacity(64);
     for (resp, positions) in parts {
-        let (current, _) = shape.note_versions(&resp.view_versions);
+        let (current, _) = shape.note_versions(&resp.view_versions, resp.registry_revision);
         let versions: Arc<[u32]> = resp.view_versions.as_slice().into();
+        let revision = resp.registry_revision;
         let offsets: HashMap<u32, Arc<BTreeMap<String, i64>>> = resp
             .watermarks
             .iter()
@@ -307,6 +308,7 @@ async fn fetch(
                 shard: keys.shard[u],
                 offsets: offsets.get(&keys.shard[u]).cloned().unwrap_or_default(),
                 versions: versions.clone(),
+                revision,
                 layout: layout.clone(),
                 expires: now + expiry(shape.ttl, now_us, &layout, &cols, r),
             });
@@ -351,12 +353,25 @@ fn stale_rows(rows: &[Arc<CachedRow>]) -> Vec<usize> {
         return Vec::new();
     };
     let layout = newest.layout.id;
-    let mut versions: Vec<u32> = newest.versions.to_vec();
-    for r in rows.iter().filter(|r| r.layout.id == layout) {
-        for (v, x) in versions.iter_mut().zip(r.versions.iter()) {
-            *v = (*v).max(*x);
+    // The versions of the newest registry revision; without revisions, the newest of each
+    // view (see `Shape::note_versions`).
+    let same_layout = rows.iter().filter(|r| r.layout.id == layout);
+    let versions: Vec<u32> = match same_layout
+        .clone()
+        .filter(|r| r.revision > 0)
+        .max_by_key(|r| r.revision)
+    {
+        Some(r) => r.versions.to_vec(),
+        None => {
+            let mut versions: Vec<u32> = newest.versions.to_vec();
+            for r in same_layout {
+                for (v, x) in versions.iter_mut().zip(r.versions.iter()) {
+                    *v = (*v).max(*x);
+                }
+            }
+            versions
         }
-    }
+    };
     rows.iter()
         .enumerate()
         .filter(|(_, r)| r.layout.id != layout || *r.versions != versions[..])
@@ -406,8 +421,13 @@ mod tests {
     use super::*;
 
     fn row(layout: u64, versions: &[u32]) -> Arc<CachedRow> {
+        row_at(layout, 0, versions)
+    }
+
+    fn row_at(layout: u64, revision: u64, versions: &[u32]) -> Arc<CachedRow> {
         let mut r = CachedRow::for_test(Vec::new());
         r.versions = versions.into();
+        r.revision = revision;
         r.layout = Arc::new(Layout {
             id: layout,
             names: Vec::new(),
@@ -429,5 +449,10 @@ mod tests {
         assert_eq!(stale_rows(&[row(2, &[1]), row(1, &[5, 5])]), vec![1]);
         // Within a layout, the newest of each view: a row behind on any view is stale.
         assert_eq!(stale_rows(&[row(1, &[2, 1]), row(1, &[1, 2])]), vec![0, 1]);
+        // With revisions, the newest registry's versions, even a rolled-back lower one.
+        assert_eq!(
+            stale_rows(&[row_at(1, 4, &[2, 1]), row_at(1, 5, &[1, 1]), row_at(1, 4, &[2, 1])]),
+            vec![0, 2]
+        );
     }
 }

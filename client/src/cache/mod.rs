@@ -53,6 +53,8 @@ pub(crate) struct CachedRow {
     shard: u32,
     offsets: Arc<BTreeMap<String, i64>>,
     versions: Arc<[u32]>,
+    /// The registry revision the answer was planned on (orders `versions`; 0: unknown).
+    revision: u64,
     layout: Arc<Layout>,
     expires: Instant,
 }
@@ -70,6 +72,7 @@ impl CachedRow {
             shard: 0,
             offsets: Arc::default(),
             versions: Arc::new([]),
+            revision: 0,
             layout: Arc::new(Layout {
                 id: 0,
                 names: Vec::new(),
@@ -105,6 +108,8 @@ struct ShapeState {
     layout: Option<Arc<Layout>>,
     /// The newest view versions seen for this shape.
     versions: Arc<[u32]>,
+    /// The registry revision they were read at (0: from nodes without revisions).
+    revision: u64,
 }
 
 /// A feature list (or service) as looked up, with its cache settings.
@@ -169,13 +174,21 @@ impl Shape {
         l
     }
 
-    /// Records versions an answer was read at; whether they are the newest seen (rows
-    /// read at older versions are returned to their caller but not cached).
-    fn note_versions(&self, versions: &[u32]) -> (bool, Arc<[u32]>) {
+    /// Records versions an answer was read at (planned on registry `revision`); whether
+    /// they are the newest seen (rows read at older versions are returned to their caller
+    /// but not cached). The newest are those of the highest revision — a rollback serves
+    /// a lower version number — or, from nodes without revisions, the highest numbers.
+    fn note_versions(&self, versions: &[u32], revision: u64) -> (bool, Arc<[u32]>) {
         let mut st = self.state();
         if st.versions.len() != versions.len() {
             // First answer, or the shape now reads other views (a service redefined).
             st.versions = versions.into();
+            st.revision = revision;
+        } else if revision > 0 || st.revision > 0 {
+            if revision > st.revision {
+                st.versions = versions.into();
+                st.revision = revision;
+            }
         } else if versions.iter().zip(st.versions.iter()).any(|(a, b)| a > b) {
             st.versions = versions
                 .iter()
@@ -341,23 +354,43 @@ mod tests {
         }
     }
 
+    impl Shape {
+        fn note_versions_old(&self, versions: &[u32]) -> (bool, Arc<[u32]>) {
+            self.note_versions(versions, 0)
+        }
+    }
+
+    #[test]
+    fn with_revisions_the_newest_registry_decides_even_a_lower_version() {
+        let s = shape();
+        assert!(s.note_versions(&[2, 1], 5).0);
+        // Rolled back to v1 at revision 6: current, although a lower number.
+        assert!(s.note_versions(&[1, 1], 6).0);
+        assert!(
+            !s.note_versions(&[2, 1], 5).0,
+            "a replica that has not applied the rollback is not cached"
+        );
+        assert_eq!(&*s.note_versions(&[2, 1], 5).1, &[1, 1]);
+        assert!(s.note_versions(&[1, 1], 6).0);
+    }
+
     #[test]
     fn versions_only_move_forward_and_older_answers_are_not_current() {
         let s = shape();
-        assert!(s.note_versions(&[1, 1]).0);
+        assert!(s.note_versions_old(&[1, 1]).0);
         // One view promoted: the newest seen moves; the old combination is no longer current.
-        assert!(s.note_versions(&[2, 1]).0);
+        assert!(s.note_versions_old(&[2, 1]).0);
         assert!(
-            !s.note_versions(&[1, 1]).0,
+            !s.note_versions_old(&[1, 1]).0,
             "a lagging replica's answer is not cached"
         );
-        assert_eq!(&*s.note_versions(&[1, 1]).1, &[2, 1]);
+        assert_eq!(&*s.note_versions_old(&[1, 1]).1, &[2, 1]);
         // Views moving apart (a replica ahead on one, behind on the other): the newest of
         // each, which neither answer is.
-        assert!(!s.note_versions(&[1, 3]).0);
-        assert_eq!(&*s.note_versions(&[2, 3]).1, &[2, 3]);
-        assert!(s.note_versions(&[2, 3]).0);
+        assert!(!s.note_versions_old(&[1, 3]).0);
+        assert_eq!(&*s.note_versions_old(&[2, 3]).1, &[2, 3]);
+        assert!(s.note_versions_old(&[2, 3]).0);
         // The shape now reads other views (its service was redefined): start over.
-        assert!(s.note_versions(&[1]).0);
+        assert!(s.note_versions_old(&[1]).0);
     }
 }

@@ -27,14 +27,15 @@ use crate::storage::{IngestBatch, ShardStore};
 /// A sequence of offsets of one topic applied to a set of views, with its own resume
 /// position (stored under `key` in the shard's meta column family).
 pub(super) struct Stream {
-    /// The topic name for serving views; `topic#view@version` for a pending version.
+    /// The topic name for serving views; `topic#view@version` for a pending or retained
+    /// version.
     pub(super) key: String,
     pub(super) routes: Vec<Route>,
     /// Next offset this stream applies.
     pub(super) next: i64,
 }
 
-/// The offset-stream key of a pending view version on `topic`.
+/// The offset-stream key of a pending or retained view version on `topic`.
 pub fn pending_stream_key(topic: &str, view: &str, version: u32) -> String {
     format!("{topic}#{view}@{version}")
 }
@@ -140,6 +141,24 @@ impl ShardIngest {
         info!("ingest loop stopped");
     }
 
+    /// Deletes the data of every dropped view version this replica still holds (a range
+    /// deletion each, once). A failure is logged and retried at the next registry change
+    /// or restart; the version is no longer read or written either way.
+    fn drop_versions(&self, snap: &RegistrySnapshot) {
+        for d in &snap.dropped {
+            match self.store.drop_view_version(&d.view, d.version) {
+                Ok(true) => {
+                    info!(view = %d.view, version = d.version, "dropped view version: rows deleted");
+                    counter!(m::VERSIONS_DROPPED, "shard" => self.shard_label.clone()).increment(1);
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    error!(view = %d.view, version = d.version, error = %e, "deleting a dropped view version failed")
+                }
+            }
+        }
+    }
+
     /// Re-reads the registry; when the topics or streams change, reassigns each topic from
     /// the lowest stored offset of its streams (a stream skips records below its own).
     fn refresh_routes(&mut self) {
@@ -148,6 +167,7 @@ impl ShardIngest {
             return;
         }
         self.generation = Some(snap.generation);
+        self.drop_versions(&snap);
         let offsets = self.store.offsets();
         self.streams = build_streams(&snap, &offsets);
         // Every aggregation view's drop counters exist from the start, at 0.
@@ -490,6 +510,21 @@ fn build_streams(
             let key = pending_stream_key(&topic, &view.name, view.version);
             list.push(Stream {
                 next: next(&key),
+                routes: route(view).into_iter().collect(),
+                key,
+            });
+        }
+        // A retained version keeps ingesting on its own stream, in lockstep with the
+        // serving one, so a rollback serves it at once with nothing missing. It served on
+        // the topic's stream until it retired, so it starts there; a record of its own
+        // from an earlier life (as a pending or retained version) is older, never ahead.
+        for view in snap
+            .retained_versions()
+            .filter(|v| v.source.topic == topic)
+        {
+            let key = pending_stream_key(&topic, &view.name, view.version);
+            list.push(Stream {
+                next: next(&key).max(next(&topic)),
                 routes: route(view).into_iter().collect(),
                 key,
             });

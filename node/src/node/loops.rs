@@ -19,17 +19,14 @@ use crate::storage::StorageEngine;
 use crate::tasks::{Tasks, Ticker, sleep_or_cancel};
 
 /// Refreshes what the compaction filters read from the registry: each view version's TTL
-/// and its history retention (pending versions too).
+/// and its history retention (pending and retained versions too).
 pub(super) fn refresh_ttls(engine: &StorageEngine, snap: &RegistrySnapshot) {
     engine.ttls().replace(
-        snap.views
-            .values()
+        snap.live_versions()
             .map(|v| ((v.name.clone(), v.version), compaction_ttl(v))),
     );
     engine.history_retention().replace(
-        snap.views
-            .values()
-            .chain(snap.pending.values())
+        snap.live_versions()
             .map(|v| ((v.name.clone(), v.version), v.history)),
     );
 }

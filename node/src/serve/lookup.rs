@@ -264,6 +264,7 @@ pub fn execute(
         packed_columns: columns.into_iter().map(ColumnBuilder::finish).collect(),
         row_count: n as u32,
         view_versions: compiled.views.iter().map(|v| v.view.version).collect(),
+        registry_revision: compiled.revision,
     })
 }
 

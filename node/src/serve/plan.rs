@@ -50,6 +50,8 @@ pub struct ColumnSpec {
 pub struct CompiledPlan {
     /// Registry generation it was compiled against.
     pub generation: u64,
+    /// That registry's cluster-wide revision (answers carry it).
+    pub revision: u64,
     /// The entity all views are keyed by, and its key type.
     pub entity: String,
     /// Key type of the entity.
@@ -215,6 +217,7 @@ pub fn compile(
     }
     Ok(CompiledPlan {
         generation: registry.generation,
+        revision: registry.revision,
         entity,
         key_type,
         columns,

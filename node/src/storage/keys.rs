@@ -123,6 +123,18 @@ pub fn event_watermark_key(view: &str, version: u32) -> Vec<u8> {
     k
 }
 
+/// Prefix of the meta keys marking view versions this replica dropped.
+pub const DROPPED_VERSION_PREFIX: &[u8] = b"d/";
+
+/// The meta key marking `(view, version)` as dropped on this replica.
+pub fn dropped_version_key(view: &str, version: u32) -> Vec<u8> {
+    let mut k = DROPPED_VERSION_PREFIX.to_vec();
+    k.extend_from_slice(view.as_bytes());
+    k.push(b'@');
+    k.extend_from_slice(version.to_string().as_bytes());
+    k
+}
+
 /// Returns the row key of `(view, version, entity_key)`.
 pub fn row_key(view: &str, version: u32, entity_key: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();

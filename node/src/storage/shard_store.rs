@@ -621,6 +621,7 @@ impl HistoryWriter {
     }
 }
 
+mod drop;
 mod events;
 #[cfg(test)]
 mod tests;
