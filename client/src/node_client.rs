@@ -170,6 +170,65 @@ impl NodeClient {
             .definition_json)
     }
 
+    /// Serves a retained version of `view` again — `to`, or the one retired last — and
+    /// retains the serving one (restores a deleted view). Returns what changed.
+    ///
+    /// # Errors
+    /// [`ClientError::Rpc`]: `NOT_FOUND` when there is no such retained version,
+    /// `INVALID_ARGUMENT` when `to` already serves, `PERMISSION_DENIED` without admin.
+    pub async fn rollback_view(
+        &mut self,
+        view: impl Into<String>,
+        to: Option<u32>,
+    ) -> Result<Vec<String>, ClientError> {
+        Ok(self
+            .admin
+            .rollback_view(quiver_proto::v1::RollbackViewRequest {
+                view: view.into(),
+                to_version: to.unwrap_or(0),
+            })
+            .await?
+            .into_inner()
+            .changes)
+    }
+
+    /// Deletes a registry object: `kind` is `view` (retained until the cluster's version
+    /// retention passes, then its rows are deleted), `feature_service` or `entity`.
+    ///
+    /// # Errors
+    /// [`ClientError::Rpc`]: `NOT_FOUND`, `FAILED_PRECONDITION` while something uses it.
+    pub async fn delete(
+        &mut self,
+        kind: &str,
+        name: impl Into<String>,
+    ) -> Result<Vec<String>, ClientError> {
+        Ok(self
+            .admin
+            .delete(quiver_proto::v1::DeleteRequest {
+                kind: kind.to_owned(),
+                name: name.into(),
+            })
+            .await?
+            .into_inner()
+            .changes)
+    }
+
+    /// Every version of `view` (serving, pending, retained, dropped), newest first.
+    ///
+    /// # Errors
+    /// [`ClientError::Rpc`] (`NOT_FOUND` for an unknown view).
+    pub async fn view_versions(
+        &mut self,
+        view: impl Into<String>,
+    ) -> Result<Vec<quiver_proto::v1::ViewVersionInfo>, ClientError> {
+        Ok(self
+            .admin
+            .list_view_versions(quiver_proto::v1::ListViewVersionsRequest { view: view.into() })
+            .await?
+            .into_inner()
+            .versions)
+    }
+
     /// Returns the cluster map (members, shard → replicas, epoch).
     ///
     /// # Errors

@@ -164,6 +164,7 @@ impl Node {
             plans: Default::default(),
             compress_responses: config.compress_responses,
             draining: Default::default(),
+            version_retention: config.version_retention,
         });
         warn_insecure(&config);
         let shards = Arc::new(ShardManager::new(

@@ -134,12 +134,16 @@ impl Need {
                 "ServerReflectionInfo",
             )
             | ("quiver.v1.FeatureService", "GetOnlineFeatures" | "GetSchema")
-            | ("quiver.v1.AdminService", "ListViews" | "DescribeView" | "GetStatus")
+            | (
+                "quiver.v1.AdminService",
+                "ListViews" | "DescribeView" | "GetStatus" | "ListViewVersions",
+            )
             | ("quiver.v1.ClusterService", "GetClusterMap" | "WatchClusterMap") => Need::Read,
             ("quiver.v1.FeatureService", "Push") => Need::Write,
             (
                 "quiver.v1.AdminService",
-                "ApplyDefinitions" | "CreateToken" | "RevokeToken" | "ListTokens",
+                "ApplyDefinitions" | "CreateToken" | "RevokeToken" | "ListTokens" | "RollbackView"
+                | "Delete",
             )
             | ("quiver.v1.ClusterService", "DrainNode") => Need::Admin,
             ("quiver.v1.RaftService", "AppendEntries" | "Vote" | "InstallSnapshot")
@@ -345,7 +349,7 @@ mod tests {
         for path in [
             "/x.Y/Z",
             "/quiver.v1.FeatureService/Export",
-            "/quiver.v1.AdminService/DeleteView",
+            "/quiver.v1.AdminService/DropEverything",
             "/grpc.health.v1.Health/Shutdown",
             "/quiver.v1.FeatureService",
             "",

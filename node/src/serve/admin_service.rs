@@ -7,9 +7,10 @@ use metrics::{counter, histogram};
 use quiver_proto::v1::admin_service_server::AdminService;
 use quiver_proto::v1::{
     ApplyDefinitionsRequest, ApplyDefinitionsResponse, CreateTokenRequest, CreateTokenResponse,
-    DescribeViewRequest, DescribeViewResponse, GetStatusRequest, GetStatusResponse,
-    ListTokensRequest, ListTokensResponse, ListViewsRequest, ListViewsResponse, PartitionStatus,
-    RevokeTokenRequest, RevokeTokenResponse, ShardStatus, ViewSummary,
+    DeleteRequest, DescribeViewRequest, DescribeViewResponse, GetStatusRequest, GetStatusResponse,
+    ListTokensRequest, ListTokensResponse, ListViewVersionsRequest, ListViewVersionsResponse,
+    ListViewsRequest, ListViewsResponse, PartitionStatus, RegistryChangeResponse,
+    RevokeTokenRequest, RevokeTokenResponse, RollbackViewRequest, ShardStatus, ViewSummary,
 };
 use tonic::{Request, Response, Status};
 use tracing::info;
@@ -36,7 +37,7 @@ impl AdminServiceImpl {
     }
 }
 
-fn registry_error(e: RegistryError) -> ServeError {
+pub(super) fn registry_error(e: RegistryError) -> ServeError {
     match e {
         RegistryError::Parse(m) => {
             ServeError::InvalidArgument(format!("definition file is not valid: {m}"))
@@ -350,6 +351,40 @@ impl AdminService for AdminServiceImpl {
         _request: Request<ListTokensRequest>,
     ) -> Result<Response<ListTokensResponse>, Status> {
         super::tokens::list(&self.state)
+            .map(Response::new)
+            .map_err(Status::from)
+    }
+
+    async fn rollback_view(
+        &self,
+        request: Request<RollbackViewRequest>,
+    ) -> Result<Response<RegistryChangeResponse>, Status> {
+        let started = Instant::now();
+        let principal = principal_of(&request);
+        let result =
+            super::versions::rollback(&self.state, &principal, request.into_inner()).await;
+        record("rollback_view", started, &result);
+        result.map(Response::new).map_err(Status::from)
+    }
+
+    async fn delete(
+        &self,
+        request: Request<DeleteRequest>,
+    ) -> Result<Response<RegistryChangeResponse>, Status> {
+        let started = Instant::now();
+        let principal = principal_of(&request);
+        let result = super::versions::delete(&self.state, &principal, request.into_inner()).await;
+        record("delete", started, &result);
+        result.map(Response::new).map_err(Status::from)
+    }
+
+    async fn list_view_versions(
+        &self,
+        request: Request<ListViewVersionsRequest>,
+    ) -> Result<Response<ListViewVersionsResponse>, Status> {
+        let principal = principal_of(&request);
+        let retention = self.state.version_retention;
+        super::versions::list(&self.state, &principal, retention, request.into_inner())
             .map(Response::new)
             .map_err(Status::from)
     }

@@ -12,6 +12,7 @@ mod push;
 pub mod quota;
 mod schema;
 mod tokens;
+mod versions;
 pub mod validate;
 
 use std::sync::Arc;

@@ -11,6 +11,7 @@ mod harness;
 mod ingest;
 mod lifecycle;
 mod packed;
+mod rollback;
 mod security;
 mod serving;
 mod versions;

@@ -142,7 +142,7 @@ async fn a_new_version_is_reingested_while_the_old_serves_then_promoted() {
         .await
         .unwrap_err();
     assert!(
-        err.message().contains("older than the serving version 2"),
+        err.message().contains("version 1 is retained"),
         "{}",
         err.message()
     );

@@ -91,6 +91,16 @@ enum Command {
         #[command(subcommand)]
         command: ViewCommand,
     },
+    /// Feature services: `service delete NAME`.
+    Service {
+        #[command(subcommand)]
+        command: DeleteCommand,
+    },
+    /// Entities: `entity delete NAME` (refused while a view version is keyed by it).
+    Entity {
+        #[command(subcommand)]
+        command: DeleteCommand,
+    },
     /// Look up features for entity keys.
     Get {
         /// Feature references `view:feature` or `view:*`, comma separated.
@@ -245,10 +255,35 @@ enum ViewCommand {
         /// View name.
         name: String,
     },
-    /// The serving version, a pending one being re-ingested (what changed, and each
-    /// replica's progress).
+    /// Every version: serving, pending (what changed, each replica's progress), retained
+    /// (until when), dropped.
     Versions {
         /// View name.
+        name: String,
+    },
+    /// Serve a retained version again (rows intact and current); the serving one is
+    /// retained. Restores a deleted view.
+    Rollback {
+        /// View name.
+        name: String,
+        /// The version to serve (default: the one that retired last).
+        #[arg(long)]
+        to: Option<u32>,
+    },
+    /// Delete a view: it stops serving now; its rows are kept for the cluster's
+    /// `registry.version_retention` (`view rollback` restores it meanwhile), then deleted.
+    /// Refused while a feature service uses it.
+    Delete {
+        /// View name.
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeleteCommand {
+    /// Delete a registry object.
+    Delete {
+        /// Its name.
         name: String,
     },
 }
@@ -305,6 +340,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut client = NodeClient::connect_with(cli.addr.clone(), &credentials).await?;
     match cli.command {
         Command::Health { .. } => {} // answered above, without a connection first
+        Command::View {
+            command: ViewCommand::Rollback { name, to },
+        } => print_changes(&client.rollback_view(name, to).await?, cli.output)?,
+        Command::View {
+            command: ViewCommand::Delete { name },
+        } => print_changes(&client.delete("view", name).await?, cli.output)?,
+        Command::Service {
+            command: DeleteCommand::Delete { name },
+        } => print_changes(&client.delete("feature_service", name).await?, cli.output)?,
+        Command::Entity {
+            command: DeleteCommand::Delete { name },
+        } => print_changes(&client.delete("entity", name).await?, cli.output)?,
         Command::Token { command } => {
             tokens::run(&mut client, command, cli.output == Output::Json).await?;
         }
@@ -641,4 +688,16 @@ mod tests {
         let err = parse_as_of("yesterday").unwrap_err();
         assert!(err.contains("is not a time"), "{err}");
     }
+}
+
+/// Prints what a registry change did, one line each (or a JSON object).
+fn print_changes(changes: &[String], output: Output) -> anyhow::Result<()> {
+    if output == Output::Json {
+        println!("{}", serde_json::json!({ "changes": changes }));
+    } else {
+        for c in changes {
+            println!("{c}");
+        }
+    }
+    Ok(())
 }

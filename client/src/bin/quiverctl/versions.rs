@@ -1,6 +1,7 @@
-//! `quiverctl view versions VIEW`: the serving version of a view and the one being
-//! re-ingested beside it (if any), what changed between them, and each replica's progress
-//! re-ingesting the new one (its offsets against the serving version's, per shard).
+//! `quiverctl view versions VIEW`: every version of a view — serving, pending (being
+//! re-ingested beside it, with each replica's progress: its offsets against the serving
+//! version's, per shard), retained (since when, and until when) and dropped — and what
+//! each pending or retained one changes against the serving one.
 
 use quiver_client::NodeClient;
 use quiver_proto::transport::Credentials;
@@ -119,6 +120,17 @@ async fn statuses(
     Ok(out)
 }
 
+/// RFC 3339 of a time in ms since the epoch (`-` for none).
+fn time_text(ms: i64) -> String {
+    if ms <= 0 {
+        return "-".into();
+    }
+    humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.unsigned_abs()),
+    )
+    .to_string()
+}
+
 pub(crate) async fn run(
     client: &mut NodeClient,
     credentials: &Credentials,
@@ -126,68 +138,91 @@ pub(crate) async fn run(
     name: &str,
     output: Output,
 ) -> anyhow::Result<()> {
-    let serving: Json = serde_json::from_str(&client.describe_view(name).await?)?;
-    let pending = serving.get("pending").cloned();
-    let version = |v: &Json| v["version"].as_u64().unwrap_or_default();
-    let summary = |v: &Json, state: &str| {
-        json!({
-            "version": version(v),
-            "state": state,
-            "features": v["features"].as_array().map_or(0, Vec::len),
-            "ttl": v["ttl"],
-            "topic": v["source"]["topic"],
-        })
+    let listed = client.view_versions(name).await?;
+    let definition = |v: &quiver_proto::v1::ViewVersionInfo| -> Json {
+        serde_json::from_str(&v.definition_json).unwrap_or(Json::Null)
     };
-    let mut versions = vec![summary(&serving, "serving")];
-    let mut changes = Vec::new();
-    let mut replicas = Vec::new();
-    if let Some(p) = &pending {
-        let mut s = summary(p, "pending");
-        changes = diff(&serving, p);
-        let topic = p["source"]["topic"].as_str().unwrap_or_default();
-        let all = statuses(client, credentials, connect_to).await?;
-        replicas = progress(topic, name, version(p), &all);
-        s["changes"] = json!(changes);
-        s["replicas"] = json!(replicas);
+    let serving = listed
+        .iter()
+        .find(|v| v.state == "serving")
+        .map(definition);
+    let mut statuses_read = None;
+    let mut versions = Vec::new();
+    for v in &listed {
+        let def = definition(v);
+        let mut s = json!({
+            "version": v.version,
+            "state": v.state,
+            "features": def["features"].as_array().map_or(0, Vec::len),
+            "ttl": def["ttl"],
+            "topic": def["source"]["topic"],
+        });
+        if v.state == "retained" {
+            s["retired_at"] = json!(time_text(v.retired_at_ms));
+            s["dropped_after"] = json!(time_text(v.drop_after_ms));
+        }
+        if let (Some(cur), "pending" | "retained") = (&serving, v.state.as_str()) {
+            s["changes"] = json!(diff(cur, &def));
+        }
+        if v.state == "pending" {
+            if statuses_read.is_none() {
+                statuses_read = Some(statuses(client, credentials, connect_to).await?);
+            }
+            let topic = def["source"]["topic"].as_str().unwrap_or_default();
+            let all = statuses_read.as_deref().unwrap_or_default();
+            s["replicas"] = json!(progress(topic, name, u64::from(v.version), all));
+        }
         versions.push(s);
     }
     if output == Output::Json {
         println!("{}", json!({"view": name, "versions": versions}));
         return Ok(());
     }
+    print_table(&versions);
+    Ok(())
+}
+
+fn print_table(versions: &[Json]) {
     println!(
-        "{:>8}  {:<8} {:>8}  {:<10} topic",
-        "version", "state", "features", "ttl"
+        "{:>8}  {:<9} {:>8}  {:<10} {:<24} {:<22} dropped after",
+        "version", "state", "features", "ttl", "topic", "retired at"
     );
-    for v in &versions {
+    let text = |v: &Json| v.as_str().unwrap_or("-").to_owned();
+    for v in versions {
         println!(
-            "{:>8}  {:<8} {:>8}  {:<10} {}",
+            "{:>8}  {:<9} {:>8}  {:<10} {:<24} {:<22} {}",
             v["version"],
-            v["state"].as_str().unwrap_or_default(),
+            text(&v["state"]),
             v["features"],
             v["ttl"].as_str().unwrap_or("none"),
-            v["topic"].as_str().unwrap_or_default()
+            text(&v["topic"]),
+            text(&v["retired_at"]),
+            text(&v["dropped_after"])
         );
     }
-    if let Some(p) = &pending {
-        println!("\nchanges in version {}:", version(p));
-        if changes.is_empty() {
-            println!("  (none in features, TTL, entity or source)");
-        }
-        for c in &changes {
-            println!("  {c}");
-        }
+    for v in versions {
+        let Some(changes) = v["changes"].as_array() else {
+            continue;
+        };
         println!(
-            "\nre-ingest of version {} per replica:\n{:>6} {:>6} {:>12} {:>14} {:>10} {:>6}  caught-up",
-            version(p),
-            "node",
-            "shard",
-            "next offset",
-            "serving next",
-            "behind",
-            "lag"
+            "\nversion {} ({}) against the serving one:",
+            v["version"],
+            text(&v["state"])
         );
-        for r in &replicas {
+        if changes.is_empty() {
+            println!("  (no change in features, TTL, entity or source)");
+        }
+        for c in changes {
+            println!("  {}", c.as_str().unwrap_or_default());
+        }
+        let Some(replicas) = v["replicas"].as_array() else {
+            continue;
+        };
+        println!(
+            "re-ingest per replica:\n{:>6} {:>6} {:>12} {:>14} {:>10} {:>6}  caught-up",
+            "node", "shard", "next offset", "serving next", "behind", "lag"
+        );
+        for r in replicas {
             println!(
                 "{:>6} {:>6} {:>12} {:>14} {:>10} {:>6}  {}",
                 r["node_id"],
@@ -200,7 +235,6 @@ pub(crate) async fn run(
             );
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]

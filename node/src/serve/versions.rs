@@ -1,0 +1,200 @@
+//! The view version lifecycle over the admin RPC: rollback, deletion, and the listing of
+//! a view's versions. Each change is one lifecycle step (`registry::lifecycle`): checked
+//! against this node's registry first (bad input gets its own error code and changes
+//! nothing), then proposed through Raft (cluster mode) or applied to the persisted
+//! registry (static mode).
+
+use std::sync::Arc;
+
+use quiver_proto::v1::{
+    DeleteRequest, ListViewVersionsRequest, ListViewVersionsResponse, RegistryChangeResponse,
+    RollbackViewRequest, ViewVersionInfo,
+};
+
+use super::ServeError;
+use super::admin_service::registry_error;
+use crate::control::plane::{ControlError, wall_clock_ms};
+use crate::control::state::{Command, CommandResult};
+use crate::registry::{DefinitionFile, FeatureView, RegistryError, lifecycle};
+use crate::security::{Principal, audit};
+use crate::state::NodeState;
+
+type Step = Box<dyn FnOnce(&DefinitionFile) -> Result<DefinitionFile, RegistryError> + Send>;
+
+/// Runs one lifecycle step: `step` on this node's definitions as the check, then `command`
+/// through Raft, or `step` on the static registry. Returns the changes (audited).
+async fn change(
+    state: &NodeState,
+    principal: &Principal,
+    action: &'static str,
+    summary: String,
+    command: Command,
+    step: Step,
+) -> Result<Vec<String>, ServeError> {
+    let result = run(state, summary, command, step).await;
+    let (outcome, detail) = match &result {
+        Ok(c) => ("applied", c.join("; ")),
+        Err(e) => ("rejected", e.to_string()),
+    };
+    audit::change(action, &principal.to_string(), outcome, &detail);
+    result
+}
+
+async fn run(
+    state: &NodeState,
+    summary: String,
+    command: Command,
+    step: Step,
+) -> Result<Vec<String>, ServeError> {
+    if let Some(control) = &state.control {
+        step(&control.state().registry).map_err(registry_error)?;
+        return match control.propose(command).await {
+            Ok(CommandResult::Applied { changes, .. }) => Ok(changes),
+            Ok(CommandResult::Rejected { invalid, reason })
+            | Err(ControlError::Rejected { invalid, reason }) => Err(if invalid {
+                ServeError::InvalidArgument(reason)
+            } else {
+                ServeError::FailedPrecondition(reason)
+            }),
+            Err(e) => Err(e.into()),
+        };
+    }
+    // Persisting the registry fsyncs a file: keep it off the async workers.
+    let registry = state.registry.clone();
+    tokio::task::spawn_blocking(move || registry.change(|f| Ok((step(f)?, ()))))
+        .await
+        .map_err(|e| ServeError::Storage(format!("registry change task failed: {e}")))?
+        .map_err(registry_error)?;
+    Ok(vec![summary])
+}
+
+/// `RollbackView`.
+pub(super) async fn rollback(
+    state: &NodeState,
+    principal: &Principal,
+    req: RollbackViewRequest,
+) -> Result<RegistryChangeResponse, ServeError> {
+    let view = req.view;
+    let to = (req.to_version > 0).then_some(req.to_version);
+    let at_ms = wall_clock_ms();
+    // Static mode reports the version the step picked; cluster mode the command's change.
+    let picked = lifecycle::rollback(&state.registry.definitions(), &view, to, at_ms)
+        .map(|(_, v)| v)
+        .ok();
+    let command = Command::RollbackView {
+        view: view.clone(),
+        to,
+        by: principal.to_string(),
+        at_ms,
+    };
+    let summary = format!(
+        "view {view} v{}: serving again (rollback by {principal})",
+        picked.or(to).unwrap_or_default()
+    );
+    let name = view.clone();
+    let step: Step = Box::new(move |f| Ok(lifecycle::rollback(f, &name, to, at_ms)?.0));
+    let changes = change(state, principal, "rollback_view", summary, command, step).await?;
+    Ok(RegistryChangeResponse { changes })
+}
+
+/// `Delete`.
+pub(super) async fn delete(
+    state: &NodeState,
+    principal: &Principal,
+    req: DeleteRequest,
+) -> Result<RegistryChangeResponse, ServeError> {
+    let (name, by, at_ms) = (req.name, principal.to_string(), wall_clock_ms());
+    if name.is_empty() {
+        return Err(ServeError::InvalidArgument(
+            "delete: a name is required".into(),
+        ));
+    }
+    let n = name.clone();
+    let (command, step, summary): (Command, Step, String) = match req.kind.as_str() {
+        "view" => (
+            Command::DeleteView {
+                view: name.clone(),
+                by,
+                at_ms,
+            },
+            Box::new(move |f| lifecycle::delete_view(f, &n, at_ms)),
+            format!("view {name}: deleted (retained until its retention passes)"),
+        ),
+        "feature_service" => (
+            Command::DeleteFeatureService {
+                name: name.clone(),
+                by,
+            },
+            Box::new(move |f| lifecycle::delete_feature_service(f, &n)),
+            format!("feature service {name}: deleted"),
+        ),
+        "entity" => (
+            Command::DeleteEntity {
+                name: name.clone(),
+                by,
+            },
+            Box::new(move |f| lifecycle::delete_entity(f, &n)),
+            format!("entity {name}: deleted"),
+        ),
+        other => {
+            return Err(ServeError::InvalidArgument(format!(
+                "delete: kind {other:?} is not one of \"view\", \"feature_service\", \"entity\""
+            )));
+        }
+    };
+    let changes = change(state, principal, "delete", summary, command, step).await?;
+    Ok(RegistryChangeResponse { changes })
+}
+
+/// `ListViewVersions`: every version of a view, newest first.
+pub(super) fn list(
+    state: &NodeState,
+    principal: &Principal,
+    retention: std::time::Duration,
+    req: ListViewVersionsRequest,
+) -> Result<ListViewVersionsResponse, ServeError> {
+    let name = req.view;
+    principal
+        .check_views([name.as_str()])
+        .map_err(ServeError::PermissionDenied)?;
+    let snap = state.registry.snapshot();
+    let serving = snap.views.get(&name);
+    let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+    let info = |v: &Arc<FeatureView>, s: &str| ViewVersionInfo {
+        version: v.version,
+        state: s.to_owned(),
+        // A model of strings, numbers and maps: serialising it cannot fail.
+        definition_json: serde_json::to_string_pretty(v.as_ref()).unwrap_or_default(),
+        ..Default::default()
+    };
+    let mut out = Vec::new();
+    if let Some(v) = serving {
+        out.push(info(v, "serving"));
+    }
+    if let Some(v) = snap.pending.get(&name) {
+        out.push(info(v, "pending"));
+    }
+    for r in snap.retained.get(&name).into_iter().flat_map(|m| m.values()) {
+        let mut i = info(&r.view, "retained");
+        i.retired_at_ms = r.retired_at_ms;
+        i.drop_after_ms = r.retired_at_ms.saturating_add(retention_ms);
+        out.push(i);
+    }
+    out.extend(
+        snap.dropped
+            .iter()
+            .filter(|d| d.view == name)
+            .map(|d| ViewVersionInfo {
+                version: d.version,
+                state: "dropped".into(),
+                ..Default::default()
+            }),
+    );
+    if out.is_empty() {
+        return Err(ServeError::NotFound(format!(
+            "view {name:?} is not registered"
+        )));
+    }
+    out.sort_by(|a, b| b.version.cmp(&a.version));
+    Ok(ListViewVersionsResponse { versions: out })
+}
