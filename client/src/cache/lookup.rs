@@ -451,7 +451,11 @@ mod tests {
         assert_eq!(stale_rows(&[row(1, &[2, 1]), row(1, &[1, 2])]), vec![0, 1]);
         // With revisions, the newest registry's versions, even a rolled-back lower one.
         assert_eq!(
-            stale_rows(&[row_at(1, 4, &[2, 1]), row_at(1, 5, &[1, 1]), row_at(1, 4, &[2, 1])]),
+            stale_rows(&[
+                row_at(1, 4, &[2, 1]),
+                row_at(1, 5, &[1, 1]),
+                row_at(1, 4, &[2, 1])
+            ]),
             vec![0, 2]
         );
     }

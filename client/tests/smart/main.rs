@@ -18,5 +18,6 @@ mod read_your_writes;
 mod rolling_restart;
 mod routing;
 mod schema_change;
+mod swap;
 mod train_serve;
 mod versions;

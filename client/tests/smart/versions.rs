@@ -182,3 +182,89 @@ async fn a_fan_out_never_mixes_view_versions() {
     na.wait().await.unwrap();
     nb.wait().await.unwrap();
 }
+
+/// A rollback serves a lower version number: the answer's registry revision, not the
+/// number, says which part is current. Node A rolls back to version 1 first; while B
+/// still serves version 2 the fan-out fails naming version 1 as the target (by number it
+/// would have been 2, and A's rolled-back part would have been the one read again); once
+/// B rolls back too, every value comes from version 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_rollback_the_newer_registry_decides_not_the_higher_number() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("t", SHARDS as i32, 1).unwrap();
+    let cancel = CancellationToken::new();
+    let (na, addr_a, _da) = static_node(&mock.bootstrap_servers(), vec![0, 1], &cancel).await;
+    let (nb, addr_b, _db) = static_node(&mock.bootstrap_servers(), vec![2, 3], &cancel).await;
+    let mut a = NodeClient::connect(format!("http://{addr_a}"))
+        .await
+        .unwrap();
+    let mut b = NodeClient::connect(format!("http://{addr_b}"))
+        .await
+        .unwrap();
+    // Version 2 reads another field (`b` = 1000 + `a`), so values say their version.
+    let v2 = views(2).replace("type = \"int64\"", "type = \"int64\"\nsource_field = \"b\"");
+    let keys: Vec<String> = (0..40).map(|i| format!("k{i}")).collect();
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", mock.bootstrap_servers())
+        .set("partitioner", "murmur2_random")
+        .create()
+        .unwrap();
+    for (i, k) in keys.iter().enumerate() {
+        let payload = format!(r#"{{"ts": {}, "a": {i}, "b": {}}}"#, now_ms(), 1000 + i);
+        producer
+            .send(
+                FutureRecord::to("t").key(k).payload(&payload),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+    }
+    for n in [&mut a, &mut b] {
+        n.apply_definitions(views(1), false).await.unwrap();
+        wait_version(n, 1).await;
+        n.apply_definitions(v2.clone(), false).await.unwrap();
+        wait_version(n, 2).await;
+    }
+    let client = Client::builder()
+        .seeds([addr_a.clone(), addr_b.clone()])
+        .deadline(Duration::from_secs(3))
+        .build()
+        .await
+        .unwrap();
+    let read = || Lookup::features(["v:a"]).keys(keys.iter().cloned());
+    let all = |r: &quiver_client::LookupResult, base: i64| {
+        (0..keys.len()).all(|row| r.i64(row, 0) == Some(base + row as i64))
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = client.get_online_features(&read()).await.unwrap();
+        if all(&r, 1000) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "version 2 never served everything"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    a.rollback_view("v", None).await.unwrap();
+    wait_version(&mut a, 1).await;
+    let err = client
+        .get_online_features(&read())
+        .await
+        .expect_err("columns of versions 2 and 1 in one answer");
+    assert_eq!(err.grpc_code(), Some(tonic::Code::Unavailable), "{err}");
+    assert!(
+        err.to_string().contains("([2] and [1])"),
+        "B's version-2 part is the stale one: {err}"
+    );
+
+    b.rollback_view("v", Some(1)).await.unwrap();
+    wait_version(&mut b, 1).await;
+    let r = client.get_online_features(&read()).await.unwrap();
+    assert!(all(&r, 0), "every value from version 1");
+    cancel.cancel();
+    na.wait().await.unwrap();
+    nb.wait().await.unwrap();
+}

@@ -372,13 +372,17 @@ impl ClusterState {
             } => match lifecycle::rollback(&self.registry, view, *to, *at_ms) {
                 Err(e) => registry_rejection(&e),
                 Ok((next, version)) => {
-                    let change = format!("view {view} v{version}: serving again (rollback by {by} at {at_ms})");
+                    let change = format!(
+                        "view {view} v{version}: serving again (rollback by {by} at {at_ms})"
+                    );
                     self.change_registry(Ok(next), view, change)
                 }
             },
             Command::DeleteView { view, by, at_ms } => {
                 let next = lifecycle::delete_view(&self.registry, view, *at_ms);
-                let change = format!("view {view}: deleted by {by} at {at_ms} (retained until its retention passes)");
+                let change = format!(
+                    "view {view}: deleted by {by} at {at_ms} (retained until its retention passes)"
+                );
                 self.change_registry(next, view, change)
             }
             Command::DeleteFeatureService { name, by } => {
@@ -393,7 +397,9 @@ impl ClusterState {
             }
             Command::DropViewVersion { view, version } => {
                 let next = lifecycle::drop_version(&self.registry, view, *version);
-                let change = format!("view {view} v{version}: dropped (retention passed); replicas delete its rows");
+                let change = format!(
+                    "view {view} v{version}: dropped (retention passed); replicas delete its rows"
+                );
                 self.change_registry(next, view, change)
             }
             Command::ApplyDefinitions {

@@ -518,10 +518,7 @@ fn build_streams(
         // serving one, so a rollback serves it at once with nothing missing. It served on
         // the topic's stream until it retired, so it starts there; a record of its own
         // from an earlier life (as a pending or retained version) is older, never ahead.
-        for view in snap
-            .retained_versions()
-            .filter(|v| v.source.topic == topic)
-        {
+        for view in snap.retained_versions().filter(|v| v.source.topic == topic) {
             let key = pending_stream_key(&topic, &view.name, view.version);
             list.push(Stream {
                 next: next(&key).max(next(&topic)),

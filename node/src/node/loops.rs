@@ -99,9 +99,7 @@ pub(super) async fn run_promotion_loop(
 /// Runs a lifecycle step on the static registry off the async workers (it fsyncs).
 async fn change_registry(
     state: &NodeState,
-    step: impl FnOnce(&DefinitionFile) -> Result<(DefinitionFile, ()), RegistryError>
-    + Send
-    + 'static,
+    step: impl FnOnce(&DefinitionFile) -> Result<(DefinitionFile, ()), RegistryError> + Send + 'static,
 ) -> bool {
     let registry = state.registry.clone();
     match tokio::task::spawn_blocking(move || registry.change(step)).await {

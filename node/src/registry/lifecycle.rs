@@ -98,11 +98,7 @@ pub fn rollback(
     to: Option<u32>,
     at_ms: i64,
 ) -> Result<(DefinitionFile, u32), RegistryError> {
-    let serving = file
-        .views
-        .iter()
-        .find(|v| v.name == name)
-        .map(version_of);
+    let serving = file.views.iter().find(|v| v.name == name).map(version_of);
     let retained: Vec<(usize, &RetainedViewDef)> = file
         .retained_views
         .iter()
@@ -371,7 +367,11 @@ pub fn view_name(view_part: &str) -> &str {
 
 /// When `base` has a pending version of a view that `pending` replaces with another
 /// version, the replaced one is dropped (its rows were only ever being built).
-pub(super) fn drop_replaced_pending(out: &mut DefinitionFile, base: &DefinitionFile, pending: &[ViewDef]) {
+pub(super) fn drop_replaced_pending(
+    out: &mut DefinitionFile,
+    base: &DefinitionFile,
+    pending: &[ViewDef],
+) {
     for p in pending {
         if let Some(old) = base
             .pending_views

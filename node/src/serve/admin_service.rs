@@ -361,8 +361,7 @@ impl AdminService for AdminServiceImpl {
     ) -> Result<Response<RegistryChangeResponse>, Status> {
         let started = Instant::now();
         let principal = principal_of(&request);
-        let result =
-            super::versions::rollback(&self.state, &principal, request.into_inner()).await;
+        let result = super::versions::rollback(&self.state, &principal, request.into_inner()).await;
         record("rollback_view", started, &result);
         result.map(Response::new).map_err(Status::from)
     }

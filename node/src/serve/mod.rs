@@ -12,8 +12,8 @@ mod push;
 pub mod quota;
 mod schema;
 mod tokens;
-mod versions;
 pub mod validate;
+mod versions;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -174,7 +174,12 @@ pub(super) fn list(
     if let Some(v) = snap.pending.get(&name) {
         out.push(info(v, "pending"));
     }
-    for r in snap.retained.get(&name).into_iter().flat_map(|m| m.values()) {
+    for r in snap
+        .retained
+        .get(&name)
+        .into_iter()
+        .flat_map(|m| m.values())
+    {
         let mut i = info(&r.view, "retained");
         i.retired_at_ms = r.retired_at_ms;
         i.drop_after_ms = r.retired_at_ms.saturating_add(retention_ms);
@@ -195,6 +200,6 @@ pub(super) fn list(
             "view {name:?} is not registered"
         )));
     }
-    out.sort_by(|a, b| b.version.cmp(&a.version));
+    out.sort_by_key(|v| std::cmp::Reverse(v.version));
     Ok(ListViewVersionsResponse { versions: out })
 }

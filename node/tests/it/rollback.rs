@@ -107,7 +107,12 @@ async fn delete(node: &TestNode, kind: &str, name: &str) -> Result<Vec<String>, 
 async fn levels(node: &TestNode, n: usize) -> Vec<Option<Kind>> {
     let keys = (0..n).map(|i| key(&format!("p{i}"))).collect();
     let mut resp = node.lookup(&["stats:level"], keys).await.unwrap();
-    resp.columns.remove(0).values.into_iter().map(|v| v.kind).collect()
+    resp.columns
+        .remove(0)
+        .values
+        .into_iter()
+        .map(|v| v.kind)
+        .collect()
 }
 
 async fn send(kafka: &Kafka, from: usize, to: usize, t: i64, bump: i64) {
@@ -127,8 +132,7 @@ async fn promoted_to_v2(kafka: &Kafka, node: &TestNode, t: i64) {
     node.wait_consumed("events", 40).await;
     apply(node, V2).await.unwrap();
     eventually(Duration::from_secs(30), "version 2 promoted", || async {
-        (versions(node).await == vec![(2, "serving".into()), (1, "retained".into())])
-            .then_some(())
+        (versions(node).await == vec![(2, "serving".into()), (1, "retained".into())]).then_some(())
     })
     .await;
 }
@@ -152,21 +156,44 @@ async fn a_rollback_serves_the_retained_version_with_every_record_since() {
     send(&kafka, 40, 60, t, 0).await;
     send(&kafka, 0, 1, t, 1000).await;
     node.wait_consumed("events", 61).await;
-    assert_eq!(levels(&node, 1).await, vec![Some(Kind::StringValue("gold-1000".into()))]);
+    assert_eq!(
+        levels(&node, 1).await,
+        vec![Some(Kind::StringValue("gold-1000".into()))]
+    );
 
     // Bad rollbacks: clear errors, nothing changes.
     let err = rollback(&node, 7).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
-    assert!(err.message().contains("no retained version 7 (retained: v1)"), "{}", err.message());
+    assert!(
+        err.message()
+            .contains("no retained version 7 (retained: v1)"),
+        "{}",
+        err.message()
+    );
     let err = rollback(&node, 2).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
-    assert!(err.message().contains("version 2 already serves"), "{}", err.message());
-    assert_eq!(versions(&node).await, vec![(2, "serving".into()), (1, "retained".into())]);
+    assert!(
+        err.message().contains("version 2 already serves"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(
+        versions(&node).await,
+        vec![(2, "serving".into()), (1, "retained".into())]
+    );
 
     // The rollback serves v1 at once, with the records that arrived while it was retained.
     let changes = rollback(&node, 0).await.unwrap();
-    assert!(changes.iter().any(|c| c.contains("stats v1: serving again")), "{changes:?}");
-    assert_eq!(versions(&node).await, vec![(2, "retained".into()), (1, "serving".into())]);
+    assert!(
+        changes
+            .iter()
+            .any(|c| c.contains("stats v1: serving again")),
+        "{changes:?}"
+    );
+    assert_eq!(
+        versions(&node).await,
+        vec![(2, "retained".into()), (1, "serving".into())]
+    );
     let got = levels(&node, 60).await;
     for (i, v) in got.iter().enumerate() {
         let want = if i == 0 { 1000 } else { i as i64 };
@@ -182,7 +209,11 @@ async fn a_rollback_serves_the_retained_version_with_every_record_since() {
     // A version number is used once.
     let err = apply(&node, V1).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
-    assert!(err.message().contains("version 1 is retained"), "{}", err.message());
+    assert!(
+        err.message().contains("version 1 is retained"),
+        "{}",
+        err.message()
+    );
     node.stop().await;
 }
 
@@ -196,18 +227,33 @@ async fn a_deleted_view_stops_serving_and_a_rollback_restores_it() {
 
     let err = delete(&node, "view", "stats").await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
-    assert!(err.message().contains("used by feature service(s) ranker"), "{}", err.message());
+    assert!(
+        err.message().contains("used by feature service(s) ranker"),
+        "{}",
+        err.message()
+    );
     let err = delete(&node, "entity", "player").await.unwrap_err();
-    assert!(err.message().contains("keys view version(s) stats v1"), "{}", err.message());
+    assert!(
+        err.message().contains("keys view version(s) stats v1"),
+        "{}",
+        err.message()
+    );
     let err = delete(&node, "table", "x").await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
     let err = delete(&node, "feature_service", "nope").await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
-    assert_eq!(levels(&node, 1).await, vec![Some(Kind::Int64Value(0))], "unchanged");
+    assert_eq!(
+        levels(&node, 1).await,
+        vec![Some(Kind::Int64Value(0))],
+        "unchanged"
+    );
 
     delete(&node, "feature_service", "ranker").await.unwrap();
     delete(&node, "view", "stats").await.unwrap();
-    let err = node.lookup(&["stats:level"], vec![key("p1")]).await.unwrap_err();
+    let err = node
+        .lookup(&["stats:level"], vec![key("p1")])
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
     assert_eq!(versions(&node).await, vec![(1, "retained".into())]);
     // Still ingesting while deleted: a rollback within the grace period restores it whole.
@@ -227,29 +273,42 @@ async fn retention_drops_a_version_and_every_replica_deletes_its_rows() {
     cfg.version_retention = Duration::from_secs(2);
     let node = TestNode::start(cfg).await;
     let shard = |id: u32| node.node().shard(ShardId(id)).unwrap();
-    let rows = || (0..4).map(|s| shard(s).count_raw_rows().unwrap()).sum::<u64>();
+    let rows = || {
+        (0..4)
+            .map(|s| shard(s).count_raw_rows().unwrap())
+            .sum::<u64>()
+    };
     promoted_to_v2(&kafka, &node, now_ms()).await;
     eventually(Duration::from_secs(20), "version 1 dropped", || async {
         (versions(&node).await == vec![(2, "serving".into()), (1, "dropped".into())]).then_some(())
     })
     .await;
     // Only v2's rows are left, and v1's own offset streams are gone.
-    eventually(Duration::from_secs(10), "version 1's rows deleted", || async {
-        (rows() == 40).then_some(())
-    })
+    eventually(
+        Duration::from_secs(10),
+        "version 1's rows deleted",
+        || async { (rows() == 40).then_some(()) },
+    )
     .await;
     let p0 = Partitioner::Murmur2.shard_for_key(b"p0", 4);
     assert!(
-        shard(p0.0).offsets().keys().all(|k| !k.ends_with("#stats@1")),
+        shard(p0.0)
+            .offsets()
+            .keys()
+            .all(|k| !k.ends_with("#stats@1")),
         "{:?}",
         shard(p0.0).offsets()
     );
-    assert_eq!(levels(&node, 1).await, vec![Some(Kind::StringValue("gold-0".into()))]);
+    assert_eq!(
+        levels(&node, 1).await,
+        vec![Some(Kind::StringValue("gold-0".into()))]
+    );
     let err = rollback(&node, 1).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
     let err = apply(&node, V1).await.unwrap_err();
     assert!(
-        err.message().contains("version 1 was used before; a new definition needs version 3"),
+        err.message()
+            .contains("version 1 was used before; a new definition needs version 3"),
         "{}",
         err.message()
     );
@@ -261,7 +320,13 @@ async fn retention_drops_a_version_and_every_replica_deletes_its_rows() {
     let node = TestNode::start(cfg).await;
     node.wait_consumed("events", 40).await;
     let rows: u64 = (0..4)
-        .map(|s| node.node().shard(ShardId(s)).unwrap().count_raw_rows().unwrap())
+        .map(|s| {
+            node.node()
+                .shard(ShardId(s))
+                .unwrap()
+                .count_raw_rows()
+                .unwrap()
+        })
         .sum();
     assert_eq!(rows, 40);
     node.stop().await;

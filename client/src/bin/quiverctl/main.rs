@@ -342,16 +342,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Health { .. } => {} // answered above, without a connection first
         Command::View {
             command: ViewCommand::Rollback { name, to },
-        } => print_changes(&client.rollback_view(name, to).await?, cli.output)?,
+        } => versions::print_changes(&client.rollback_view(name, to).await?, cli.output)?,
         Command::View {
             command: ViewCommand::Delete { name },
-        } => print_changes(&client.delete("view", name).await?, cli.output)?,
+        } => versions::print_changes(&client.delete("view", name).await?, cli.output)?,
         Command::Service {
             command: DeleteCommand::Delete { name },
-        } => print_changes(&client.delete("feature_service", name).await?, cli.output)?,
+        } => versions::print_changes(&client.delete("feature_service", name).await?, cli.output)?,
         Command::Entity {
             command: DeleteCommand::Delete { name },
-        } => print_changes(&client.delete("entity", name).await?, cli.output)?,
+        } => versions::print_changes(&client.delete("entity", name).await?, cli.output)?,
         Command::Token { command } => {
             tokens::run(&mut client, command, cli.output == Output::Json).await?;
         }
@@ -688,16 +688,4 @@ mod tests {
         let err = parse_as_of("yesterday").unwrap_err();
         assert!(err.contains("is not a time"), "{err}");
     }
-}
-
-/// Prints what a registry change did, one line each (or a JSON object).
-fn print_changes(changes: &[String], output: Output) -> anyhow::Result<()> {
-    if output == Output::Json {
-        println!("{}", serde_json::json!({ "changes": changes }));
-    } else {
-        for c in changes {
-            println!("{c}");
-        }
-    }
-    Ok(())
 }

@@ -142,10 +142,7 @@ pub(crate) async fn run(
     let definition = |v: &quiver_proto::v1::ViewVersionInfo| -> Json {
         serde_json::from_str(&v.definition_json).unwrap_or(Json::Null)
     };
-    let serving = listed
-        .iter()
-        .find(|v| v.state == "serving")
-        .map(definition);
+    let serving = listed.iter().find(|v| v.state == "serving").map(definition);
     let mut statuses_read = None;
     let mut versions = Vec::new();
     for v in &listed {
@@ -235,6 +232,18 @@ fn print_table(versions: &[Json]) {
             );
         }
     }
+}
+
+/// Prints what a registry change did, one line each (or a JSON object).
+pub(crate) fn print_changes(changes: &[String], output: Output) -> anyhow::Result<()> {
+    if output == Output::Json {
+        println!("{}", serde_json::json!({ "changes": changes }));
+    } else {
+        for c in changes {
+            println!("{c}");
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -134,11 +134,8 @@ pub(crate) fn decide(
             decide_now(&mut next, command, Why::PendingCaughtUp);
         }
     }
-    let expired = crate::registry::lifecycle::expired(
-        &state.registry,
-        obs.version_retention,
-        obs.wall_ms,
-    );
+    let expired =
+        crate::registry::lifecycle::expired(&state.registry, obs.version_retention, obs.wall_ms);
     for (view, version) in expired {
         decide_now(
             &mut next,

@@ -96,12 +96,22 @@ fn bad_rollbacks_name_what_is_wrong_and_change_nothing() {
     let before = r.definitions();
     let err = rollback_to(&r, Some(2), T0).unwrap_err();
     assert!(matches!(err, RegistryError::Invalid(_)), "{err}");
-    assert!(err.to_string().contains("version 2 already serves"), "{err}");
+    assert!(
+        err.to_string().contains("version 2 already serves"),
+        "{err}"
+    );
     let err = rollback_to(&r, Some(7), T0).unwrap_err();
     assert!(matches!(err, RegistryError::NotFound(_)), "{err}");
-    assert!(err.to_string().contains("no retained version 7 (retained: v1)"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("no retained version 7 (retained: v1)"),
+        "{err}"
+    );
     let err = r.change(|f| rollback(f, "nope", None, T0)).unwrap_err();
-    assert!(err.to_string().contains("\"nope\" is not registered"), "{err}");
+    assert!(
+        err.to_string().contains("\"nope\" is not registered"),
+        "{err}"
+    );
     assert_eq!(r.definitions(), before);
 
     let fresh = Registry::in_memory();
@@ -109,7 +119,11 @@ fn bad_rollbacks_name_what_is_wrong_and_change_nothing() {
         .apply_toml(&format!("{ENTITY}{}", view(1, "int64")), false)
         .unwrap();
     let err = rollback_to(&fresh, None, T0).unwrap_err();
-    assert!(err.to_string().contains("no retained version to roll back to (v1 serves"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("no retained version to roll back to (v1 serves"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -136,7 +150,11 @@ fn version_numbers_are_never_used_twice() {
         }]
     );
     let err = r.apply_toml(&view(2, "string"), false).unwrap_err();
-    assert!(err.to_string().contains("version 2 was used before; a new definition needs version 3"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("version 2 was used before; a new definition needs version 3"),
+        "{err}"
+    );
     // A new number builds as usual.
     r.apply_toml(&view(3, "string"), false).unwrap();
     assert_eq!(r.snapshot().pending["user_stats"].version, 3);
@@ -155,9 +173,11 @@ fn a_pending_version_replaced_by_another_is_dropped() {
     }));
     // Through the state machine's path as well.
     let base = r.definitions();
-    let (merged, next, _) =
-        crate::registry::validate_merge(&base, &DefinitionFile::from_toml(&view(5, "int64")).unwrap())
-            .unwrap();
+    let (merged, next, _) = crate::registry::validate_merge(
+        &base,
+        &DefinitionFile::from_toml(&view(5, "int64")).unwrap(),
+    )
+    .unwrap();
     assert!(merged.dropped_versions.iter().any(|d| d.version == 4));
     assert!(next.dropped.iter().any(|d| d.version == 4));
 }
@@ -170,7 +190,10 @@ fn deleting_a_view_retains_it_and_a_rollback_restores_it() {
         .change(|f| Ok((delete_view(f, "user_stats", T0 + 5)?, ())))
         .unwrap_err();
     assert!(matches!(err, RegistryError::Incompatible(_)), "{err}");
-    assert!(err.to_string().contains("used by feature service(s) fraud"), "{err}");
+    assert!(
+        err.to_string().contains("used by feature service(s) fraud"),
+        "{err}"
+    );
     assert_eq!(r.definitions(), before);
     r.change(|f| Ok((delete_feature_service(f, "fraud")?, ())))
         .unwrap();
@@ -185,8 +208,14 @@ fn deleting_a_view_retains_it_and_a_rollback_restores_it() {
         .unwrap_err();
     assert!(err.to_string().contains("already deleted"), "{err}");
     // The entity still keys retained versions.
-    let err = r.change(|f| Ok((delete_entity(f, "user")?, ()))).unwrap_err();
-    assert!(err.to_string().contains("keys view version(s) user_stats v1, user_stats v2"), "{err}");
+    let err = r
+        .change(|f| Ok((delete_entity(f, "user")?, ())))
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("keys view version(s) user_stats v1, user_stats v2"),
+        "{err}"
+    );
     // Restored: the version deleted last serves again.
     assert_eq!(rollback_to(&r, None, T0 + 7).unwrap(), 2);
     assert_eq!(serving(&r), (2, FeatureType::Float64));
@@ -229,9 +258,14 @@ fn the_state_machine_counts_registry_changes_and_rejects_bad_steps_unchanged() {
         applied_by: "admin".into(),
         applied_at_ms: T0,
     };
-    assert!(matches!(s.apply(&apply(file)), CommandResult::Applied { .. }));
+    assert!(matches!(
+        s.apply(&apply(file)),
+        CommandResult::Applied { .. }
+    ));
     assert_eq!(s.registry_revision, 1);
-    s.apply(&apply(DefinitionFile::from_toml(&view(2, "float64")).unwrap()));
+    s.apply(&apply(
+        DefinitionFile::from_toml(&view(2, "float64")).unwrap(),
+    ));
     assert_eq!(s.registry_revision, 2);
     s.apply(&Command::PromoteView {
         view: "user_stats".into(),
@@ -246,7 +280,10 @@ fn the_state_machine_counts_registry_changes_and_rejects_bad_steps_unchanged() {
         by: "admin".into(),
         at_ms: T0 + 1,
     });
-    assert!(matches!(r, CommandResult::Rejected { invalid: false, .. }), "{r:?}");
+    assert!(
+        matches!(r, CommandResult::Rejected { invalid: false, .. }),
+        "{r:?}"
+    );
     assert_eq!(s, before);
     let r = s.apply(&Command::RollbackView {
         view: "user_stats".into(),
@@ -257,7 +294,10 @@ fn the_state_machine_counts_registry_changes_and_rejects_bad_steps_unchanged() {
     let CommandResult::Applied { changes, .. } = r else {
         panic!("{r:?}")
     };
-    assert_eq!(changes, vec!["view user_stats v1: serving again (rollback by admin at 1800000000001)".to_string()]);
+    assert_eq!(
+        changes,
+        vec!["view user_stats v1: serving again (rollback by admin at 1800000000001)".to_string()]
+    );
     assert_eq!(s.registry_revision, 4);
     assert_eq!(s.registry.views[0].version, Some(1));
     s.apply(&Command::DropViewVersion {
