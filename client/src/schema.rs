@@ -30,6 +30,7 @@ pub(crate) enum Problem {
 
 #[derive(Debug, Clone)]
 struct ViewInfo {
+    version: u32,
     entity: String,
     /// Feature names in declaration order, with their type names.
     features: Vec<(String, String)>,
@@ -45,8 +46,34 @@ pub(crate) struct ClientSchema {
     registry_version: u64,
     entities: HashMap<String, String>,
     views: HashMap<String, ViewInfo>,
+    /// Retained (earlier) versions a lookup may pin (`view@3:feature`).
+    retained: HashMap<(String, u32), ViewInfo>,
     services: HashMap<String, Vec<String>>,
     limits: RequestLimits,
+}
+
+fn view_info(v: quiver_proto::v1::ViewSchema) -> (String, ViewInfo) {
+    let info = ViewInfo {
+        version: v.version,
+        entity: v.entity,
+        push_fields: if v.push_fields.is_empty() {
+            v.features
+                .iter()
+                .map(|f| (f.name.clone(), f.r#type.clone()))
+                .collect()
+        } else {
+            v.push_fields
+                .into_iter()
+                .map(|f| (f.name, f.r#type))
+                .collect()
+        },
+        features: v.features.into_iter().map(|f| (f.name, f.r#type)).collect(),
+        ttl: u64::try_from(v.ttl_micros)
+            .ok()
+            .filter(|t| *t > 0)
+            .map(std::time::Duration::from_micros),
+    };
+    (v.name, info)
 }
 
 impl ClientSchema {
@@ -58,33 +85,12 @@ impl ClientSchema {
                 .into_iter()
                 .map(|e| (e.name, e.key_type))
                 .collect(),
-            views: s
-                .views
+            views: s.views.into_iter().map(view_info).collect(),
+            retained: s
+                .retained_views
                 .into_iter()
-                .map(|v| {
-                    (
-                        v.name,
-                        ViewInfo {
-                            entity: v.entity,
-                            push_fields: if v.push_fields.is_empty() {
-                                v.features
-                                    .iter()
-                                    .map(|f| (f.name.clone(), f.r#type.clone()))
-                                    .collect()
-                            } else {
-                                v.push_fields
-                                    .into_iter()
-                                    .map(|f| (f.name, f.r#type))
-                                    .collect()
-                            },
-                            features: v.features.into_iter().map(|f| (f.name, f.r#type)).collect(),
-                            ttl: u64::try_from(v.ttl_micros)
-                                .ok()
-                                .filter(|t| *t > 0)
-                                .map(std::time::Duration::from_micros),
-                        },
-                    )
-                })
+                .map(view_info)
+                .map(|(name, v)| ((name, v.version), v))
                 .collect(),
             services: s
                 .feature_services
@@ -117,10 +123,35 @@ impl ClientSchema {
         })
     }
 
+    /// The serving version of view `name`.
     fn view(&self, name: &str) -> Result<&ViewInfo, Problem> {
         self.views
             .get(name)
             .ok_or_else(|| Problem::Unknown(format!("view {name:?} is not registered")))
+    }
+
+    /// The version a lookup's view part names: `view` (serving) or `view@3` (pinned: the
+    /// serving version if it is 3, else a retained one).
+    fn read_view(&self, part: &str) -> Result<&ViewInfo, Problem> {
+        let Some((name, version)) = part.split_once('@') else {
+            return self.view(part);
+        };
+        let version: u32 = version.parse().map_err(|_| {
+            Problem::Invalid(format!(
+                "{part:?}: {version:?} is not a version number (pin a version as \"view@3:feature\")"
+            ))
+        })?;
+        match self.views.get(name) {
+            Some(v) if v.version == version => Ok(v),
+            _ => self
+                .retained
+                .get(&(name.to_owned(), version))
+                .ok_or_else(|| {
+                    Problem::Unknown(format!(
+                        "view {name:?} has no version {version} that serves or is retained"
+                    ))
+                }),
+        }
     }
 
     fn check_keys<'a>(
@@ -217,7 +248,7 @@ impl ClientSchema {
                     "feature reference {r:?} must look like \"view:feature\" or \"view:*\""
                 ));
             };
-            let view = self.view(view_name)?;
+            let view = self.read_view(view_name)?;
             if feature == "*" {
                 columns += view.features.len();
             } else if view.features.iter().any(|(n, _)| n == feature) {
@@ -506,7 +537,43 @@ mod tests {
                 max_push_rows: 2,
                 max_key_bytes: 8,
             }),
+            // u@0 is retained: v1 serves (a rolled-back view).
+            retained_views: vec![ViewSchema {
+                name: "u".into(),
+                version: 0,
+                entity: "user".into(),
+                features: vec![FeatureSchema {
+                    name: "old".into(),
+                    r#type: "int64".into(),
+                }],
+                topic: "t".into(),
+                ttl_micros: 0,
+                push_fields: vec![],
+            }],
         })
+    }
+
+    #[test]
+    fn a_lookup_may_pin_the_serving_or_a_retained_version() {
+        let s = schema();
+        let f = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let keys = [EntityKey::from("k")];
+        assert_eq!(s.check_lookup(&f(&["u@1:a", "u@0:old"]), "", &keys), Ok(()));
+        assert_eq!(s.check_lookup(&f(&["u@0:*"]), "", &keys), Ok(()));
+        assert!(matches!(
+            s.check_lookup(&f(&["u@0:a"]), "", &keys),
+            Err(Problem::Unknown(m)) if m.contains("view \"u@0\" has no feature \"a\"")
+        ));
+        assert!(matches!(
+            s.check_lookup(&f(&["u@7:a"]), "", &keys),
+            Err(Problem::Unknown(m)) if m.contains("no version 7 that serves or is retained")
+        ));
+        assert!(
+            invalid(s.check_lookup(&f(&["u@x:a"]), "", &keys))
+                .contains("\"x\" is not a version number")
+        );
+        // Pushes name the view, never a version.
+        assert!(matches!(s.push_schema("u@0"), Err(Problem::Unknown(_))));
     }
 
     fn invalid(r: Result<(), Problem>) -> String {

@@ -2,7 +2,8 @@
 //! shard (each lookup fans out to several nodes), version 2 is built and promoted, then
 //! rolled back to version 1 and forward again, through Raft. Every lookup succeeds, and
 //! every answer is wholly one version: the two versions read different source fields, so
-//! a mixed answer shows in its values.
+//! a mixed answer shows in its values. A reader pinned to version 1 (`v@1:x`) reads it
+//! throughout, serving or retained.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -142,6 +143,36 @@ async fn promotions_and_rollbacks_under_load_never_fail_or_mix_a_lookup() {
             }
         }));
     }
+    // A reader pinned to version 1: its values, before, during and after every swap.
+    let pinned_ok = Arc::new(AtomicU64::new(0));
+    let pinned = {
+        let (client, tally, stop, keys, ok) = (
+            client.clone(),
+            tally.clone(),
+            stop.clone(),
+            keys.clone(),
+            pinned_ok.clone(),
+        );
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let lookup = Lookup::features(["v@1:x"]).keys(keys.iter().cloned());
+                match client.get_online_features(&lookup).await {
+                    Ok(r) if (0..KEYS).all(|row| r.i64(row, 0) == Some(row as i64)) => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(r) => {
+                        eprintln!("pinned read not version 1: {:?}", r.i64(0, 0));
+                        tally.mixed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        eprintln!("pinned lookup failed: {e}");
+                        tally.failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
     let mut admin = cluster.node_client(1).await;
     admin.apply_definitions(views(2), false).await.unwrap();
     wait_serving(&mut admin, 2).await;
@@ -172,6 +203,8 @@ async fn promotions_and_rollbacks_under_load_never_fail_or_mix_a_lookup() {
     for r in readers {
         r.await.unwrap();
     }
+    pinned.await.unwrap();
+    assert!(pinned_ok.load(Ordering::Relaxed) > 0, "pinned reads ran");
     let (ok, v1, v2) = (
         tally.ok.load(Ordering::Relaxed),
         tally.v1.load(Ordering::Relaxed),

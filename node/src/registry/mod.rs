@@ -129,13 +129,83 @@ pub(crate) fn resolve_reference<'a>(
     let view = views.get(view_name).ok_or_else(|| {
         format!("feature reference {reference:?}: view {view_name:?} is not registered (or is still being built)")
     })?;
+    features_of(view, feature, reference)
+}
+
+fn features_of<'a>(
+    view: &'a Arc<FeatureView>,
+    feature: &str,
+    reference: &str,
+) -> Result<Vec<(&'a Arc<FeatureView>, usize)>, String> {
     if feature == "*" {
         return Ok((0..view.features.len()).map(|i| (view, i)).collect());
     }
     let idx = view.feature_index(feature).ok_or_else(|| {
-        format!("feature reference {reference:?}: view {view_name:?} has no feature {feature:?}")
+        format!(
+            "feature reference {reference:?}: view {:?} version {} has no feature {feature:?}",
+            view.name, view.version
+        )
     })?;
     Ok(vec![(view, idx)])
+}
+
+/// Resolves a lookup's reference, which may pin a version (`view@3:feature`: the serving
+/// version if it is 3, else a retained one). Returns the pairs and whether it was pinned.
+pub(crate) fn resolve_read_reference<'a>(
+    snap: &'a RegistrySnapshot,
+    reference: &str,
+) -> Result<(Vec<(&'a Arc<FeatureView>, usize)>, bool), String> {
+    let pinned = reference
+        .split_once(':')
+        .and_then(|(view, feature)| Some((view.split_once('@')?, feature)));
+    let Some(((name, version), feature)) = pinned else {
+        return resolve_reference(&snap.views, reference).map(|r| (r, false));
+    };
+    let bad = |m: String| format!("feature reference {reference:?}: {m}");
+    let version: u32 = version.parse().map_err(|_| {
+        bad(format!(
+            "{version:?} is not a version number (pin a version as \"view@3:feature\")"
+        ))
+    })?;
+    let view = match snap.views.get(name) {
+        Some(v) if v.version == version => v,
+        serving => match snap.retained.get(name).and_then(|r| r.get(&version)) {
+            Some(r) => &r.view,
+            None => {
+                let dropped = lifecycle::DroppedVersion {
+                    view: name.to_owned(),
+                    version,
+                };
+                return Err(bad(
+                    if snap.pending.get(name).is_some_and(|p| p.version == version) {
+                        format!(
+                            "version {version} of view {name:?} is still being built; it can be read once it serves"
+                        )
+                    } else if snap.dropped.contains(&dropped) {
+                        format!(
+                            "version {version} of view {name:?} was dropped (its retention passed)"
+                        )
+                    } else {
+                        let mut have: Vec<u32> = serving
+                            .map(|v| v.version)
+                            .into_iter()
+                            .chain(
+                                snap.retained
+                                    .get(name)
+                                    .into_iter()
+                                    .flat_map(|r| r.keys().copied()),
+                            )
+                            .collect();
+                        have.sort_unstable();
+                        format!(
+                            "view {name:?} has no version {version} that serves or is retained (readable: {have:?})"
+                        )
+                    },
+                ));
+            }
+        },
+    };
+    features_of(view, feature, reference).map(|r| (r, true))
 }
 
 /// The node's registry handle: cheap to clone, safe to share.

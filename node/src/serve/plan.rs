@@ -84,14 +84,15 @@ pub fn wire_type(t: FeatureType) -> WireType {
     }
 }
 
-/// Resolves the request's `features` or `feature_service`.
+/// Resolves the request's `features` or `feature_service`: each (view version, feature
+/// index, whether the reference pinned the version).
 fn resolve(
     req: &GetOnlineFeaturesRequest,
     registry: &RegistrySnapshot,
     limits: &Limits,
-) -> Result<Vec<(Arc<FeatureView>, usize)>, ServeError> {
+) -> Result<Vec<(Arc<FeatureView>, usize, bool)>, ServeError> {
     let invalid = ServeError::InvalidArgument;
-    let mut wanted: Vec<(Arc<FeatureView>, usize)> = Vec::new();
+    let mut wanted: Vec<(Arc<FeatureView>, usize, bool)> = Vec::new();
     match (req.features.is_empty(), req.feature_service.is_empty()) {
         (true, true) => {
             return Err(invalid(
@@ -117,9 +118,9 @@ fn resolve(
                         "feature reference {r:?} must look like \"view:feature\" or \"view:*\""
                     )));
                 }
-                let resolved = crate::registry::resolve_reference(&registry.views, r)
+                let (resolved, pinned) = crate::registry::resolve_read_reference(registry, r)
                     .map_err(ServeError::NotFound)?;
-                wanted.extend(resolved.into_iter().map(|(v, i)| (v.clone(), i)));
+                wanted.extend(resolved.into_iter().map(|(v, i)| (v.clone(), i, pinned)));
             }
         }
         (true, false) => {
@@ -140,7 +141,7 @@ fn resolve(
                 let idx = view.feature_index(f).ok_or_else(|| {
                     ServeError::NotFound(format!("view {v:?} has no feature {f:?}"))
                 })?;
-                wanted.push((view.clone(), idx));
+                wanted.push((view.clone(), idx, false));
             }
         }
     }
@@ -166,7 +167,7 @@ pub fn compile(
 ) -> Result<CompiledPlan, ServeError> {
     let wanted = resolve(req, registry, limits)?;
     let entity = wanted[0].0.entity.clone();
-    if let Some((v, _)) = wanted.iter().find(|(v, _)| v.entity != entity) {
+    if let Some((v, _, _)) = wanted.iter().find(|(v, _, _)| v.entity != entity) {
         return Err(ServeError::InvalidArgument(format!(
             "all features of one request must share an entity: view {:?} is keyed by {:?}, view {:?} by {:?}",
             wanted[0].0.name, entity, v.name, v.entity
@@ -179,10 +180,14 @@ pub fn compile(
         .ok_or_else(|| ServeError::NotFound(format!("entity {entity:?} is not registered")))?;
     let mut views: Vec<ViewPlan> = Vec::new();
     let mut columns = Vec::with_capacity(wanted.len());
-    for (col, (view, idx)) in wanted.into_iter().enumerate() {
+    for (col, (view, idx, pinned)) in wanted.into_iter().enumerate() {
         let feature = &view.features[idx];
         columns.push(ColumnSpec {
-            name: format!("{}:{}", view.name, feature.name),
+            name: if pinned {
+                format!("{}@{}:{}", view.name, view.version, feature.name)
+            } else {
+                format!("{}:{}", view.name, feature.name)
+            },
             ty: wire_type(feature.value_type),
         });
         let vp = match views.iter().position(|p| Arc::ptr_eq(&p.view, &view)) {

@@ -4,6 +4,7 @@ use quiver_proto::v1::{
     EntitySchema, FeatureSchema, FeatureServiceSchema, RequestLimits, Schema, ViewSchema,
 };
 
+use crate::registry::FeatureView;
 use crate::security::Principal;
 use crate::state::NodeState;
 use crate::storage::keys::MAX_KEY_BYTES;
@@ -18,7 +19,7 @@ pub fn schema(state: &NodeState, principal: &Principal) -> Schema {
     let r = state.registry.snapshot();
     let l = &state.limits;
     Schema {
-        registry_version: r.generation,
+        registry_version: r.revision,
         entities: r
             .entities
             .values()
@@ -31,32 +32,12 @@ pub fn schema(state: &NodeState, principal: &Principal) -> Schema {
             .views
             .values()
             .filter(|v| principal.may_use_view(&v.name))
-            .map(|v| ViewSchema {
-                name: v.name.clone(),
-                version: v.version,
-                entity: v.entity.clone(),
-                features: v
-                    .features
-                    .iter()
-                    .map(|f| FeatureSchema {
-                        name: f.name.clone(),
-                        r#type: f.value_type.as_str().to_owned(),
-                    })
-                    .collect(),
-                topic: v.source.topic.clone(),
-                ttl_micros: v
-                    .ttl
-                    .map_or(0, |t| i64::try_from(t.as_micros()).unwrap_or(i64::MAX)),
-                push_fields: v
-                    .aggregation
-                    .iter()
-                    .flat_map(|a| &a.inputs)
-                    .map(|f| FeatureSchema {
-                        name: f.name.clone(),
-                        r#type: f.value_type.as_str().to_owned(),
-                    })
-                    .collect(),
-            })
+            .map(|v| view_schema(v))
+            .collect(),
+        retained_views: r
+            .retained_versions()
+            .filter(|v| principal.may_use_view(&v.name))
+            .map(|v| view_schema(v))
             .collect(),
         feature_services: r
             .feature_services
@@ -74,5 +55,28 @@ pub fn schema(state: &NodeState, principal: &Principal) -> Schema {
             max_push_rows: clamp(l.max_push_rows),
             max_key_bytes: clamp(l.max_key_bytes.min(MAX_KEY_BYTES)),
         }),
+    }
+}
+
+fn view_schema(v: &FeatureView) -> ViewSchema {
+    let schema = |f: &crate::registry::Feature| FeatureSchema {
+        name: f.name.clone(),
+        r#type: f.value_type.as_str().to_owned(),
+    };
+    ViewSchema {
+        name: v.name.clone(),
+        version: v.version,
+        entity: v.entity.clone(),
+        features: v.features.iter().map(schema).collect(),
+        topic: v.source.topic.clone(),
+        ttl_micros: v
+            .ttl
+            .map_or(0, |t| i64::try_from(t.as_micros()).unwrap_or(i64::MAX)),
+        push_fields: v
+            .aggregation
+            .iter()
+            .flat_map(|a| &a.inputs)
+            .map(schema)
+            .collect(),
     }
 }

@@ -161,6 +161,54 @@ async fn a_rollback_serves_the_retained_version_with_every_record_since() {
         vec![Some(Kind::StringValue("gold-1000".into()))]
     );
 
+    // Pinned reads: version 1 (retained, current) and version 2 (serving) side by side.
+    let resp = node
+        .lookup(
+            &["stats@1:level", "stats:level", "stats@2:level"],
+            vec![key("p0"), key("p59")],
+        )
+        .await
+        .unwrap();
+    let names: Vec<&str> = resp.columns.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["stats@1:level", "stats:level", "stats@2:level"]);
+    let kinds = |c: usize| -> Vec<Option<Kind>> {
+        resp.columns[c]
+            .values
+            .iter()
+            .map(|v| v.kind.clone())
+            .collect()
+    };
+    assert_eq!(
+        kinds(0),
+        vec![Some(Kind::Int64Value(1000)), Some(Kind::Int64Value(59))]
+    );
+    let v2 = vec![
+        Some(Kind::StringValue("gold-1000".into())),
+        Some(Kind::StringValue("gold-59".into())),
+    ];
+    assert_eq!(kinds(1), v2);
+    assert_eq!(kinds(2), v2);
+    let err = node
+        .lookup(&["stats@3:level"], vec![key("p0")])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
+    assert!(
+        err.message()
+            .contains("no version 3 that serves or is retained (readable: [1, 2])"),
+        "{}",
+        err.message()
+    );
+    let err = node
+        .lookup(&["stats@one:level"], vec![key("p0")])
+        .await
+        .unwrap_err();
+    assert!(
+        err.message().contains("is not a version number"),
+        "{}",
+        err.message()
+    );
+
     // Bad rollbacks: clear errors, nothing changes.
     let err = rollback(&node, 7).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
@@ -305,6 +353,16 @@ async fn retention_drops_a_version_and_every_replica_deletes_its_rows() {
     );
     let err = rollback(&node, 1).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
+    let err = node
+        .lookup(&["stats@1:level"], vec![key("p0")])
+        .await
+        .unwrap_err();
+    assert!(
+        err.message()
+            .contains("version 1 of view \"stats\" was dropped"),
+        "{}",
+        err.message()
+    );
     let err = apply(&node, V1).await.unwrap_err();
     assert!(
         err.message()

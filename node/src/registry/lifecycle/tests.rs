@@ -308,3 +308,41 @@ fn the_state_machine_counts_registry_changes_and_rejects_bad_steps_unchanged() {
     assert!(s.registry.retained_views.is_empty());
     assert_eq!(s.registry.dropped_versions.len(), 1);
 }
+
+#[test]
+fn pinned_references_read_the_serving_or_a_retained_version_and_say_why_not() {
+    let r = promoted();
+    r.apply_toml(&view(3, "string"), false).unwrap();
+    let snap = r.snapshot();
+    let read = |reference: &str| {
+        crate::registry::resolve_read_reference(&snap, reference).map(|(pairs, pinned)| {
+            (
+                pairs
+                    .iter()
+                    .map(|(v, i)| (v.version, *i))
+                    .collect::<Vec<_>>(),
+                pinned,
+            )
+        })
+    };
+    assert_eq!(read("user_stats:amount"), Ok((vec![(2, 0)], false)));
+    assert_eq!(read("user_stats@2:amount"), Ok((vec![(2, 0)], true)));
+    assert_eq!(read("user_stats@1:*"), Ok((vec![(1, 0)], true)));
+    let err = read("user_stats@3:amount").unwrap_err();
+    assert!(
+        err.contains("version 3 of view \"user_stats\" is still being built"),
+        "{err}"
+    );
+    let err = read("user_stats@9:amount").unwrap_err();
+    assert!(
+        err.contains("no version 9 that serves or is retained (readable: [1, 2])"),
+        "{err}"
+    );
+    let err = read("user_stats@1:nope").unwrap_err();
+    assert!(err.contains("version 1 has no feature \"nope\""), "{err}");
+    r.change(|f| Ok((drop_version(f, "user_stats", 1)?, ())))
+        .unwrap();
+    let snap = r.snapshot();
+    let err = crate::registry::resolve_read_reference(&snap, "user_stats@1:amount").unwrap_err();
+    assert!(err.contains("was dropped"), "{err}");
+}
