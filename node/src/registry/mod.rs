@@ -116,11 +116,14 @@ impl RegistrySnapshot {
     }
 }
 
+/// `(view version, feature index)` pairs a reference resolves to.
+pub(crate) type Resolved<'a> = Vec<(&'a Arc<FeatureView>, usize)>;
+
 /// Resolves one reference (`view:feature` or `view:*`) to `(view, feature index)` pairs.
 pub(crate) fn resolve_reference<'a>(
     views: &'a BTreeMap<String, Arc<FeatureView>>,
     reference: &str,
-) -> Result<Vec<(&'a Arc<FeatureView>, usize)>, String> {
+) -> Result<Resolved<'a>, String> {
     let Some((view_name, feature)) = reference.split_once(':') else {
         return Err(format!(
             "feature reference {reference:?} must look like \"view:feature\" or \"view:*\""
@@ -136,7 +139,7 @@ fn features_of<'a>(
     view: &'a Arc<FeatureView>,
     feature: &str,
     reference: &str,
-) -> Result<Vec<(&'a Arc<FeatureView>, usize)>, String> {
+) -> Result<Resolved<'a>, String> {
     if feature == "*" {
         return Ok((0..view.features.len()).map(|i| (view, i)).collect());
     }
@@ -154,7 +157,7 @@ fn features_of<'a>(
 pub(crate) fn resolve_read_reference<'a>(
     snap: &'a RegistrySnapshot,
     reference: &str,
-) -> Result<(Vec<(&'a Arc<FeatureView>, usize)>, bool), String> {
+) -> Result<(Resolved<'a>, bool), String> {
     let pinned = reference
         .split_once(':')
         .and_then(|(view, feature)| Some((view.split_once('@')?, feature)));
