@@ -132,6 +132,9 @@ struct NodeArgs {
     /// limits.max_push_rows
     #[arg(long, env = "QUIVER_MAX_PUSH_ROWS")]
     max_push_rows: Option<usize>,
+    /// registry.version_retention
+    #[arg(long, env = "QUIVER_VERSION_RETENTION", value_parser = humantime::parse_duration)]
+    version_retention: Option<Duration>,
     /// registry.definition_files (repeatable; replaces the file's list)
     #[arg(
         long = "definitions",
@@ -282,6 +285,7 @@ fn apply_overrides(f: &mut NodeConfigFile, a: NodeArgs) -> anyhow::Result<()> {
     );
     set(&mut f.limits.max_watermark_wait, a.max_watermark_wait);
     set(&mut f.limits.max_push_rows, a.max_push_rows);
+    set(&mut f.registry.version_retention, a.version_retention);
     if !a.definitions.is_empty() {
         f.registry.definition_files = a.definitions;
     }
