@@ -105,4 +105,28 @@ impl KafkaMetadata {
         }
         Ok(())
     }
+
+    /// The first offset of each partition of `topic` (its log start: above 0 once the
+    /// topic's retention deleted records), by partition. Blocking.
+    ///
+    /// # Errors
+    /// [`TopicCheckError::Unreachable`] if the broker does not answer.
+    pub fn log_starts(
+        &self,
+        topic: &str,
+        shard_count: u32,
+        timeout: Duration,
+    ) -> Result<Vec<i64>, TopicCheckError> {
+        (0..shard_count)
+            .map(|p| {
+                self.consumer
+                    .fetch_watermarks(topic, p as i32, timeout)
+                    .map(|(low, _)| low)
+                    .map_err(|e| TopicCheckError::Unreachable {
+                        topic: topic.to_owned(),
+                        error: e.to_string(),
+                    })
+            })
+            .collect()
+    }
 }

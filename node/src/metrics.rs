@@ -40,6 +40,9 @@ pub const AGG_TILES_WRITTEN: &str = "quiver_aggregation_tiles_written_total";
 /// Counter: day summary states rolled up from finer aggregation tiles (each time an
 /// entity's older tiles are rewritten), by `shard`.
 pub const AGG_ROLLUPS: &str = "quiver_aggregation_rollups_total";
+/// Gauge: offset streams held back because the partition's log no longer starts low
+/// enough for them (the topic's retention deleted records they need), by `shard`.
+pub const INGEST_STREAMS_BLOCKED: &str = "quiver_ingest_streams_blocked";
 /// Counter: dropped view versions whose data a replica deleted, by `shard`.
 pub const VERSIONS_DROPPED: &str = "quiver_view_versions_dropped_total";
 /// Counter: row versions written to the history (views with `history`), by `shard`.
@@ -223,6 +226,10 @@ pub fn describe() {
     describe_counter!(
         AGG_ROLLUPS,
         "day summary states rolled up from finer aggregation tiles, by shard"
+    );
+    describe_gauge!(
+        INGEST_STREAMS_BLOCKED,
+        "offset streams held back: the log no longer holds records they need, by shard"
     );
     describe_counter!(
         VERSIONS_DROPPED,

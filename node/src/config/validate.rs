@@ -305,6 +305,7 @@ impl NodeConfigFile {
                 gap_refetches: self.ingest.gap_refetches,
                 dead_letter_topic,
                 node_id: self.node_id,
+                full_log_required: false,
             },
             storage: crate::storage::StorageConfig {
                 data_dir: self.data_dir.clone(),

@@ -108,6 +108,10 @@ pub struct ClusterState {
     /// rollback serves a lower one).
     #[serde(default)]
     pub registry_revision: u64,
+    /// Shards that have had a Serving replica: a new replica of one must hold what that
+    /// one held, not only what the log still holds (see the ingest's log start check).
+    #[serde(default)]
+    pub served_shards: std::collections::BTreeSet<ShardId>,
 }
 
 /// A change to the cluster state (the Raft log's payload).
@@ -352,6 +356,9 @@ impl ClusterState {
                 if r.state != *state {
                     r.state = *state;
                     self.epoch += 1;
+                }
+                if *state == ReplicaState::Serving {
+                    self.served_shards.insert(*shard);
                 }
                 applied(self, vec![])
             }

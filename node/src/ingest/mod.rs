@@ -17,6 +17,7 @@ pub mod decode;
 pub mod encode;
 mod gap;
 mod handle;
+mod log_start;
 mod shard_ingest;
 mod status;
 
@@ -48,6 +49,10 @@ pub struct IngestConfig {
     pub dead_letter_topic: Option<String>,
     /// Used in the (otherwise unused) consumer `group.id`, which librdkafka requires.
     pub node_id: u64,
+    /// Per replica, set by the replica manager: the shard served before (cluster mode), so
+    /// an empty replica must not be built from a log whose start the retention moved
+    /// (see `log_start.rs`).
+    pub full_log_required: bool,
 }
 
 /// Errors that stop an ingest loop from starting.

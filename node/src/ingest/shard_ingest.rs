@@ -122,6 +122,7 @@ impl ShardIngest {
             m::AGG_TILES_WRITTEN,
             m::AGG_ROLLUPS,
             m::HISTORY_WRITTEN,
+            m::VERSIONS_DROPPED,
         ] {
             counter!(name, "shard" => self.shard_label.clone()).increment(0);
         }
@@ -139,6 +140,48 @@ impl ShardIngest {
             self.maybe_refresh_lag();
         }
         info!("ingest loop stopped");
+    }
+
+    /// Removes from `streams` those that need records the partition no longer holds
+    /// (`log_start.rs`), recording why in the status and the blocked-streams gauge.
+    /// Returns `false` if a partition's log start could not be read.
+    fn hold_streams_below_log_start(&self, streams: &mut HashMap<String, Vec<Stream>>) -> bool {
+        let mut blocked = std::collections::BTreeMap::new();
+        for (topic, list) in streams.iter_mut() {
+            let low = match self.consumer.fetch_watermarks(
+                topic,
+                self.shard.0 as i32,
+                Duration::from_secs(2),
+            ) {
+                Ok((low, _)) => low,
+                Err(e) => {
+                    warn!(topic = %topic, error = %e, "cannot read the partition's log start; not assigning yet");
+                    return false;
+                }
+            };
+            list.retain(|s| {
+                let why = super::log_start::blocked_reason(
+                    &s.key,
+                    s.key == *topic,
+                    s.next,
+                    low,
+                    self.config.full_log_required,
+                );
+                match why {
+                    Some(why) => {
+                        error!(stream = %s.key, next = s.next, log_start = low, "{why}");
+                        blocked.insert(s.key.clone(), why);
+                        false
+                    }
+                    None => true,
+                }
+            });
+        }
+        streams.retain(|_, list| !list.is_empty());
+        gauge!(m::INGEST_STREAMS_BLOCKED, "shard" => self.shard_label.clone())
+            .set(blocked.len() as f64);
+        self.status.set_blocked(blocked);
+        true
     }
 
     /// Deletes the data of every dropped view version this replica still holds (a range
@@ -166,10 +209,16 @@ impl ShardIngest {
         if self.generation == Some(snap.generation) {
             return;
         }
-        self.generation = Some(snap.generation);
         self.drop_versions(&snap);
         let offsets = self.store.offsets();
-        self.streams = build_streams(&snap, &offsets);
+        let mut streams = build_streams(&snap, &offsets);
+        if !self.hold_streams_below_log_start(&mut streams) {
+            // The broker did not say where its partitions start: keep the current
+            // assignment and streams, and try again on the next loop.
+            return;
+        }
+        self.generation = Some(snap.generation);
+        self.streams = streams;
         // Every aggregation view's drop counters exist from the start, at 0.
         for view in snap.views.values().filter(|v| v.aggregation.is_some()) {
             for reason in ["late", "future"] {

@@ -18,6 +18,8 @@ pub struct TopicIngestStatus {
 #[derive(Debug, Default)]
 pub struct IngestStatus {
     topics: Mutex<BTreeMap<String, TopicIngestStatus>>,
+    /// Offset streams held back because the log no longer holds what they need, with why.
+    blocked: Mutex<BTreeMap<String, String>>,
 }
 
 impl IngestStatus {
@@ -31,5 +33,17 @@ impl IngestStatus {
 
     pub(super) fn update(&self, f: impl FnOnce(&mut BTreeMap<String, TopicIngestStatus>)) {
         f(&mut self.topics.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    /// The streams held back (stream key → why), see `log_start.rs`.
+    pub fn blocked(&self) -> BTreeMap<String, String> {
+        self.blocked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub(super) fn set_blocked(&self, blocked: BTreeMap<String, String>) {
+        *self.blocked.lock().unwrap_or_else(|p| p.into_inner()) = blocked;
     }
 }

@@ -141,10 +141,16 @@ impl ShardManager {
                 detail: e.to_string(),
             })??;
         let store = Arc::new(store);
+        let mut config = self.ingest.clone();
+        config.full_log_required = self
+            .state
+            .control
+            .as_ref()
+            .is_some_and(|c| c.state().served_shards.contains(&id));
         let ingest = spawn_shard_ingest(
             store.clone(),
             self.state.registry.clone(),
-            self.ingest.clone(),
+            config,
             self.dead_letters.clone(),
             self.cancel.child_token(),
         )?;

@@ -90,6 +90,7 @@ impl AdminServiceImpl {
                 }
                 Err(e) => return Err(ServeError::FailedPrecondition(e.to_string())),
             }
+            super::versions::check_rebuildable(&self.state, &file).await?;
         }
         if let Some(control) = &self.state.control {
             if req.dry_run {
@@ -202,6 +203,15 @@ impl AdminServiceImpl {
                         0
                     },
                     replica_state,
+                    blocked_streams: local
+                        .status
+                        .get(id)
+                        .map(|s| s.blocked())
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter(|(stream, _)| sees_all || sees_stream(stream))
+                        .map(|(_, why)| why)
+                        .collect(),
                 }
             })
             .collect();

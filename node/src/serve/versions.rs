@@ -203,3 +203,60 @@ pub(super) fn list(
     out.sort_by_key(|v| std::cmp::Reverse(v.version));
     Ok(ListViewVersionsResponse { versions: out })
 }
+
+/// Refuses definitions that would build a view version (a new version, or a new view on a
+/// topic already consumed: both re-read the topic from its start) from a topic whose
+/// retention already deleted records: the version would lack rows the serving one has.
+pub(super) async fn check_rebuildable(
+    state: &NodeState,
+    file: &DefinitionFile,
+) -> Result<(), ServeError> {
+    let Some(kafka) = state.kafka.clone() else {
+        return Ok(());
+    };
+    let base = match &state.control {
+        Some(c) => c.state().registry.clone(),
+        None => state.registry.definitions(),
+    };
+    let before = crate::registry::validate_merge(&base, &DefinitionFile::default())
+        .map_err(registry_error)?
+        .1;
+    let after = crate::registry::validate_merge(&base, file)
+        .map_err(registry_error)?
+        .1;
+    let built: Vec<(String, u32, String)> = after
+        .pending
+        .values()
+        .filter(|v| {
+            before
+                .pending
+                .get(&v.name)
+                .is_none_or(|p| p.version != v.version)
+        })
+        .map(|v| (v.name.clone(), v.version, v.source.topic.clone()))
+        .collect();
+    if built.is_empty() {
+        return Ok(());
+    }
+    let p = state.shard_count;
+    let starts = tokio::task::spawn_blocking(move || {
+        built
+            .into_iter()
+            .map(|(view, version, topic)| {
+                let starts = kafka.log_starts(&topic, p, std::time::Duration::from_secs(5));
+                (view, version, topic, starts)
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .map_err(|e| ServeError::Storage(format!("log start check task failed: {e}")))?;
+    for (view, version, topic, starts) in starts {
+        let starts = starts.map_err(|e| ServeError::Unavailable(e.to_string()))?;
+        if let Some((partition, start)) = starts.iter().enumerate().find(|(_, s)| **s > 0) {
+            return Err(ServeError::FailedPrecondition(format!(
+                "view {view} v{version} would be built by re-reading topic {topic:?} from its start, but partition {partition} now starts at offset {start}: the topic's retention deleted older records, so the version would lack rows the serving one has. Build it from a topic that still holds the whole history (e.g. backfill one with `quiverctl backfill`), or change the view compatibly in place"
+            )));
+        }
+    }
+    Ok(())
+}

@@ -408,3 +408,109 @@ async fn three_node_cluster_replicates_registry_and_serves_from_every_replica() 
         node.stop().await;
     }
 }
+
+/// A replica of a shard that served before is never built from a log whose start the
+/// retention moved: it stays Bootstrapping, says why, and the shard serves from the
+/// replica that has the data. Shards whose logs are whole re-replicate as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_replica_is_not_built_from_a_trimmed_log() {
+    let kafka = Kafka::new(&[("scores", SHARDS as i32)]);
+    let mut cluster = start_cluster(&kafka.bootstrap, 3).await;
+    let all: BTreeSet<u64> = [1, 2, 3].into();
+    let map = wait_placed(&cluster, 2, &all).await;
+    cluster.nodes[&1]
+        .admin
+        .clone()
+        .apply_definitions(ApplyDefinitionsRequest {
+            toml: VIEWS.into(),
+            dry_run: false,
+        })
+        .await
+        .unwrap();
+    let shard_of = |k: &str| Partitioner::Murmur2.shard_for_key(k.as_bytes(), SHARDS).0;
+    let t = now_ms();
+    let mut keys = BTreeMap::new();
+    for i in 0..20 {
+        let k = format!("u{i}");
+        kafka
+            .send_json("scores", &k, json!({"ts": t + i, "score": i}))
+            .await;
+        keys.insert(k, i);
+    }
+    assert_every_replica_serves(&cluster, &map, &keys, Kind::Int64Value).await;
+    // Shard 0's partition past the mock's 5 MB: its log start moves above 0.
+    let pad = "x".repeat(100_000);
+    let mut big = (0..)
+        .map(|i| format!("big{i}"))
+        .filter(|k| shard_of(k) == 0);
+    for k in big.by_ref().take(60) {
+        kafka
+            .send_json("scores", &k, json!({"ts": t, "score": -1, "pad": pad}))
+            .await;
+    }
+    // Stop one holder of shard 0; the node that did not hold it gets a new replica.
+    let holders: Vec<u64> = map
+        .shards
+        .iter()
+        .find(|s| s.shard == 0)
+        .unwrap()
+        .replicas
+        .iter()
+        .map(|r| r.node_id)
+        .collect();
+    let (stopped, kept) = (holders[0], holders[1]);
+    let newcomer = *all.iter().find(|n| !holders.contains(n)).unwrap();
+    cluster.nodes.remove(&stopped).unwrap().stop().await;
+    let why = eventually(
+        Duration::from_secs(60),
+        "the new replica of shard 0 held back",
+        || async {
+            let status = cluster.nodes[&newcomer].status().await;
+            status
+                .shards
+                .iter()
+                .find(|s| s.shard == 0)?
+                .blocked_streams
+                .first()
+                .cloned()
+        },
+    )
+    .await;
+    assert!(
+        why.contains("this replica starts empty (the shard served before) at offset 0"),
+        "{why}"
+    );
+    // Every other shard re-replicates onto the newcomer; shard 0 keeps serving from the
+    // replica that has its data, and the newcomer's stays Bootstrapping.
+    eventually(
+        Duration::from_secs(60),
+        "other shards serving on the newcomer",
+        || async {
+            let map = cluster_map(&cluster.nodes[&kept]).await;
+            let ok = map.shards.iter().all(|s| {
+                let state = |n: u64| s.replicas.iter().find(|r| r.node_id == n).map(|r| r.state);
+                let serving = quiver_proto::v1::ReplicaStateProto::Serving as i32;
+                let bootstrapping = quiver_proto::v1::ReplicaStateProto::Bootstrapping as i32;
+                if s.shard == 0 {
+                    state(kept) == Some(serving) && state(newcomer) == Some(bootstrapping)
+                } else {
+                    s.replicas.iter().all(|r| r.state == serving) && state(newcomer).is_some()
+                }
+            });
+            ok.then_some(())
+        },
+    )
+    .await;
+    let k0 = keys.keys().find(|k| shard_of(k) == 0).unwrap().clone();
+    let resp = cluster.nodes[&kept]
+        .lookup(&["scores:score"], vec![key(&k0)])
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.columns[0].values[0].kind,
+        Some(Kind::Int64Value(keys[&k0]))
+    );
+    for node in std::mem::take(&mut cluster.nodes).into_values() {
+        node.stop().await;
+    }
+}

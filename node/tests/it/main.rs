@@ -11,6 +11,7 @@ mod harness;
 mod ingest;
 mod lifecycle;
 mod packed;
+mod retention;
 mod rollback;
 mod security;
 mod serving;
