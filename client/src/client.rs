@@ -163,6 +163,15 @@ impl Client {
     /// [`ClientError::DeadlineExceeded`] when no replica answered in time (never a stale
     /// answer); [`ClientError::Rpc`] for other node errors.
     pub async fn get_online_features(&self, lookup: &Lookup) -> Result<LookupResult, ClientError> {
+        if lookup.keys_by_entity.is_empty() {
+            self.get_one_entity(lookup).await
+        } else {
+            self.get_across_entities(lookup).await
+        }
+    }
+
+    /// A lookup of one entity's keys.
+    async fn get_one_entity(&self, lookup: &Lookup) -> Result<LookupResult, ClientError> {
         let started = self.begin();
         let r = async {
             self.inner
@@ -182,6 +191,43 @@ impl Client {
         }
         .await;
         self.finish("lookup", started, r)
+    }
+
+    /// A lookup with keys per entity ([`Lookup::entity_keys_of`]): one lookup per entity,
+    /// run concurrently, joined in the requested column order.
+    async fn get_across_entities(&self, lookup: &Lookup) -> Result<LookupResult, ClientError> {
+        let schema = &self.inner.schema;
+        schema
+            .validate(&self.inner.map, |s| {
+                s.entity_refs(&lookup.features, &lookup.feature_service)
+                    .map(|_| ())
+            })
+            .await?;
+        let refs = schema
+            .current()
+            .entity_refs(&lookup.features, &lookup.feature_service)
+            .map_err(|p| match p {
+                crate::schema::Problem::Unknown(m) => ClientError::NotFound(m),
+                crate::schema::Problem::Mismatch(m) | crate::schema::Problem::Invalid(m) => {
+                    ClientError::InvalidRequest(m)
+                }
+            })?;
+        let parts = crate::lookup::entities::split_by_entity(lookup, &refs)?;
+        // Every part checked before any is sent: a bad key of one entity sends nothing.
+        for p in &parts {
+            schema
+                .validate(&self.inner.map, |s| {
+                    s.check_lookup(&p.lookup.features, "", &p.lookup.keys)
+                })
+                .await?;
+        }
+        lookup.check_as_of()?;
+        let answers = futures::future::try_join_all(parts.into_iter().map(|p| async move {
+            let answer = self.get_one_entity(&p.lookup).await?;
+            Ok::<_, ClientError>((answer, p.positions))
+        }))
+        .await?;
+        crate::lookup::entities::join(answers, lookup.rows())
     }
 
     /// What a push to `view` carries (from the cluster's schema, refreshed once if the

@@ -17,6 +17,7 @@ use crate::error::ClientError;
 
 use crate::watermark::Watermarks;
 
+pub(crate) mod entities;
 mod split;
 
 /// A lookup: feature references (or a feature service) and a batch of entity keys.
@@ -30,6 +31,8 @@ pub struct Lookup {
     pub(crate) event_times: bool,
     pub(crate) bypass_cache: bool,
     pub(crate) as_of: Option<AsOfSpec>,
+    /// Keys per entity, for features spanning entities ([`Lookup::entity_keys_of`]).
+    pub(crate) keys_by_entity: Vec<(String, Vec<EntityKey>)>,
 }
 
 /// The time(s) of an as-of lookup ([`Lookup::as_of`]).
@@ -167,11 +170,11 @@ impl Lookup {
     /// Checks the as-of part of the lookup against its keys (before anything is sent).
     pub(crate) fn check_as_of(&self) -> Result<(), ClientError> {
         let Some(a) = &self.as_of else { return Ok(()) };
-        if !a.key_times.is_empty() && a.key_times.len() != self.keys.len() {
+        if !a.key_times.is_empty() && a.key_times.len() != self.rows() {
             return Err(ClientError::InvalidRequest(format!(
                 "as_of_per_key has {} times for {} entity keys: give one per key, in key order",
                 a.key_times.len(),
-                self.keys.len()
+                self.rows()
             )));
         }
         if a.key_times.is_empty() && a.time == 0 {

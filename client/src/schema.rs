@@ -279,6 +279,53 @@ impl ClientSchema {
         self.check_keys(entity, "entity_keys", keys.iter().map(Some))
     }
 
+    /// Each reference of a lookup (a feature service expanded) with the entity its view is
+    /// keyed by and the columns it answers, in request order: how a lookup with keys per
+    /// entity is split.
+    pub(crate) fn entity_refs(
+        &self,
+        features: &[String],
+        service: &str,
+    ) -> Result<Vec<crate::lookup::entities::EntityRef>, Problem> {
+        let refs: Vec<String> = match (features.is_empty(), service.is_empty()) {
+            (true, true) => return Err(Problem::Invalid("the lookup names no features".into())),
+            (false, false) => {
+                return Err(Problem::Invalid(
+                    "set either feature references or a feature service, not both".into(),
+                ));
+            }
+            (false, true) => features.to_vec(),
+            (true, false) => self
+                .services
+                .get(service)
+                .ok_or_else(|| {
+                    Problem::Unknown(format!("feature service {service:?} is not registered"))
+                })?
+                .clone(),
+        };
+        refs.into_iter()
+            .map(|r| {
+                let Some((view_name, feature)) = r.split_once(':') else {
+                    return Err(Problem::Invalid(format!(
+                        "feature reference {r:?} must look like \"view:feature\" or \"view:*\""
+                    )));
+                };
+                let view = self.read_view(view_name)?;
+                let width = if feature == "*" {
+                    view.features.len()
+                } else if view.features.iter().any(|(n, _)| n == feature) {
+                    1
+                } else {
+                    return Err(Problem::Unknown(format!(
+                        "view {view_name:?} has no feature {feature:?}"
+                    )));
+                };
+                let entity = view.entity.clone();
+                Ok((r, entity, width))
+            })
+            .collect()
+    }
+
     /// The views a (validated) lookup reads, in first-use order, with their TTLs; `None`
     /// if it names something this schema does not know.
     pub(crate) fn views_of(

@@ -148,10 +148,29 @@ class _Base:
         if (keys is None) == (entity_rows is None):
             raise InvalidArgument("give keys=[...] or entity_rows=[...] (one of them)")
         entity = self._entity_of(refs, feature_service)
+        per_entity: Optional[Dict[str, list]] = None
         if entity_rows is not None:
-            key_list = _convert.entity_rows_keys(entity_rows, entity)
+            entity_rows = list(entity_rows)
+            several = any(isinstance(r, dict) and len(r) > 1 for r in entity_rows)
+            if several:
+                per_entity = _convert.entity_rows_by_entity(entity_rows)
+            else:
+                key_list = _convert.entity_rows_keys(entity_rows, entity)
+        elif isinstance(keys, dict):
+            per_entity = {str(e): _convert.key_list(k) for e, k in keys.items()}
         else:
             key_list = _convert.key_list(keys)
+        more_keys: List[tuple] = []
+        if per_entity is not None:
+            # Features spanning entities: one key per entity per row (the native client
+            # splits the lookup per entity and joins the answer).
+            if not per_entity:
+                raise InvalidArgument("keys per entity: give at least one entity's keys")
+            (entity, key_list), *rest = per_entity.items()
+            more_keys = rest
+            keys_arg: Any = per_entity
+        else:
+            keys_arg = key_list
         as_of_one, as_of_each = None, None
         if as_of is not None:
             if _convert.is_sequence(as_of):
@@ -162,7 +181,7 @@ class _Base:
             raise InvalidArgument("exclude_late_arrivals needs as_of")
         if min_watermarks is not None and not isinstance(min_watermarks, str):
             raise InvalidArgument("min_watermarks is a token string (from push or a response's .watermark)")
-        args = (refs, feature_service, key_list)
+        args = (refs, feature_service, keys_arg)
         kwargs = dict(
             min_watermark=min_watermarks,
             as_of=as_of_one,
@@ -171,7 +190,7 @@ class _Base:
             event_times=event_times,
             deadline_secs=_seconds(deadline, "deadline"),
         )
-        return args, kwargs, key_list, entity or "key"
+        return args, kwargs, key_list, entity or "key", more_keys
 
     def _entity_of(self, refs: List[str], feature_service: Optional[str]) -> Optional[str]:
         """The lookup's entity, remembered per feature list (a known entity only: unknown
@@ -286,12 +305,12 @@ class Client(_Base):
         Raises :class:`InvalidArgument` / :class:`NotFound` before sending anything for a
         bad request, :class:`DeadlineExceeded` when no replica answered in time.
         """
-        args, kwargs, keys_sent, key_name = self._lookup_args(
+        args, kwargs, keys_sent, key_name, more_keys = self._lookup_args(
             features, feature_service, keys, entity_rows, min_watermarks, as_of,
             exclude_late_arrivals, event_times, deadline,
         )
         native = self._native.get_online_features(*args, **kwargs)
-        return OnlineResponse(native, keys_sent, key_name)
+        return OnlineResponse(native, keys_sent, key_name, more_keys)
 
     def push(
         self,
@@ -392,12 +411,12 @@ class AsyncClient(_Base):
         deadline: Optional[Seconds] = None,
     ) -> OnlineResponse:
         """As :meth:`Client.get_online_features`."""
-        args, kwargs, keys_sent, key_name = self._lookup_args(
+        args, kwargs, keys_sent, key_name, more_keys = self._lookup_args(
             features, feature_service, keys, entity_rows, min_watermarks, as_of,
             exclude_late_arrivals, event_times, deadline,
         )
         native = await self._native.get_online_features_async(*args, **kwargs)
-        return OnlineResponse(native, keys_sent, key_name)
+        return OnlineResponse(native, keys_sent, key_name, more_keys)
 
     async def push(
         self,

@@ -5,7 +5,7 @@ argument raises :class:`quiver.errors.InvalidArgument` naming it."""
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -95,6 +95,25 @@ def entity_rows_keys(rows: Iterable[dict], entity: Optional[str]) -> list:
             )
         keys.append(key)
     return keys
+
+
+def entity_rows_by_entity(rows: Iterable[dict]) -> "Dict[str, list]":
+    """Feast-style entity rows with several join keys (``[{"user": "u1", "merchant": 7}]``,
+    features spanning entities) as ``{entity: [keys, one per row]}``; every row names the
+    same entities."""
+    out: Dict[str, list] = {}
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict) or not row:
+            raise InvalidArgument(f"entity_rows[{i}] must be a dict of join keys, e.g. {{'user': 'u1'}}")
+        if i == 0:
+            out = {name: [] for name in row}
+        elif set(row) != set(out):
+            raise InvalidArgument(
+                f"entity_rows[{i}] has join keys {sorted(row)}; entity_rows[0] has {sorted(out)}: every row names the same entities"
+            )
+        for name, key in row.items():
+            out[name].append(key)
+    return out
 
 
 def feature_list(features: Any) -> List[str]:

@@ -9,7 +9,7 @@ object is made per value unless a caller asks for Python values (``to_dict``).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -214,10 +214,18 @@ class OnlineResponse:
     for the key; ``EXPIRED``: older than the view's TTL) or where the row holds a null.
     """
 
-    def __init__(self, native: Any, keys: Sequence[Any], key_name: str) -> None:
+    def __init__(
+        self,
+        native: Any,
+        keys: Sequence[Any],
+        key_name: str,
+        more_keys: Sequence[Tuple[str, Sequence[Any]]] = (),
+    ) -> None:
         self._native = native
         self._keys = keys
         self._key_name = key_name
+        # Further entities' key columns (features spanning entities), in row order.
+        self._more_keys = list(more_keys)
         self._cols: Optional[List[Dict[str, Any]]] = None
 
     @property
@@ -286,6 +294,9 @@ class OnlineResponse:
         per feature (nulls where missing); optionally ``<feature>__status`` and
         ``<feature>__event_time`` columns."""
         names, arrays = [self._key_name], [self._key_array()]
+        for name, keys in self._more_keys:
+            names.append(name)
+            arrays.append(pa.array(list(keys)))
         for c in self._columns:
             names.append(c["name"])
             arrays.append(arrow_column(c))
@@ -342,7 +353,7 @@ class OnlineResponse:
         """
         import pandas as pd
 
-        if nullable or include_statuses or include_event_times:
+        if nullable or include_statuses or include_event_times or self._more_keys:
             table = self.to_arrow(include_statuses=include_statuses, include_event_times=include_event_times)
             return table.to_pandas(types_mapper=pandas_types(nullable))
         names = self.feature_names

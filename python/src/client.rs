@@ -90,7 +90,19 @@ fn lookup(
         Some(s) => Lookup::feature_service(s),
         None => Lookup::features(features),
     };
-    l = l.keys(values::keys(keys)?).event_times(event_times);
+    // A dict `{entity: [keys]}`: features spanning entities, one key per entity per row.
+    match keys.cast::<PyDict>() {
+        Ok(per_entity) => {
+            for (entity, entity_keys) in per_entity.iter() {
+                let entity: String = entity
+                    .extract()
+                    .map_err(|_| invalid("keys per entity: the dict's keys are entity names"))?;
+                l = l.entity_keys_of(entity, values::keys(&entity_keys)?);
+            }
+        }
+        Err(_) => l = l.keys(values::keys(keys)?),
+    }
+    l = l.event_times(event_times);
     if let Some(token) = min_watermark {
         let wm: Watermarks = token
             .parse()

@@ -1,5 +1,5 @@
 """Fixtures: one shared cluster (3 nodes, R = 2) with a view of every feature type, an
-int-keyed view, a view with history and a feature service."""
+int-keyed view, a view with history, a feature service and one spanning two entities."""
 
 from __future__ import annotations
 
@@ -57,6 +57,10 @@ key_type = "int64"
 [[feature_service]]
 name = "risk_model"
 features = ["profile:score", "profile:visits", "balance:amount"]
+
+[[feature_service]]
+name = "card_risk"
+features = ["card_stats:spend", "profile:score", "card_stats:declines"]
 """
 )
 

@@ -187,6 +187,40 @@ def test_feature_service_and_entity_rows(client, written):
     assert r.to_dict()["profile:visits"] == [2**53 + 1]
 
 
+def test_a_service_spanning_two_entities_takes_several_join_keys(client, written):
+    """card_risk reads a card's and a user's features: Feast-style entity rows with both
+    join keys (or keys per entity); the frame has a column per join key."""
+    wait_until(lambda: client.get_online_features(["card_stats:*"], keys=[1]), "view card_stats to serve")
+    token = client.push("card_stats", [{"card": 901, "spend": 5.5, "declines": 1},
+                                       {"card": 902, "spend": 7.0, "declines": 0}])
+    rows = [{"card": 902, "user": "u-full"}, {"card": 901, "user": "u-never"},
+            {"card": 999, "user": "u-full"}]
+    both = token + "," + written  # tokens join with a comma (the highest offset wins)
+    r = client.get_online_features(feature_service="card_risk", entity_rows=rows, min_watermarks=both)
+    assert r.feature_names == ["card_stats:spend", "profile:score", "card_stats:declines"]
+    d = r.to_dict()
+    assert d["card"] == [902, 901, 999]
+    assert d["user"] == ["u-full", "u-never", "u-full"]
+    assert d["card_stats:spend"] == [7.0, 5.5, None]
+    assert d["profile:score"] == [0.1 + 0.2, None, 0.1 + 0.2]
+    df = r.to_pandas()
+    assert list(df.columns) == ["card", "user", "card_stats:spend", "profile:score", "card_stats:declines"]
+    assert df["card_stats:spend"].iloc[0] == 7.0
+    # The same as keys per entity.
+    r2 = client.get_online_features(feature_service="card_risk",
+                                    keys={"card": [902, 901, 999], "user": ["u-full", "u-never", "u-full"]},
+                                    min_watermarks=both)
+    assert r2.to_dict() == d
+    # Rows naming different entities, one entity's keys only, or a missing entity: refused.
+    with pytest.raises(quiver.InvalidArgument, match="every row names the same entities"):
+        client.get_online_features(feature_service="card_risk",
+                                   entity_rows=[{"card": 1, "user": "u"}, {"card": 2, "merchant": "m"}])
+    with pytest.raises(quiver.InvalidArgument, match="must share an entity"):
+        client.get_online_features(feature_service="card_risk", keys=[901])
+    with pytest.raises(quiver.InvalidArgument, match="entity \"user\", which has no keys"):
+        client.get_online_features(feature_service="card_risk", keys={"card": [901]})
+
+
 def test_int_keys_from_numpy(client):
     wait_until(lambda: client.get_online_features(["card_stats:*"], keys=[1]), "view card_stats to serve")
     df = pd.DataFrame({"card": [10, 11], "spend": [12.5, 99.0], "declines": [0, 3]})

@@ -272,6 +272,7 @@ async fn fetch(
         bypass_cache: true,
         // Cached lookups are never as of a time (`Cache::shape`).
         as_of: None,
+        keys_by_entity: Vec::new(),
     };
     let parts = Call::new(inner, &sub).run_parts().await?;
     let mut out: Vec<Option<Arc<CachedRow>>> = vec![None; which.len()];

@@ -13,20 +13,22 @@ impl Lookup {
     /// as-of times split with their keys; every other setting copied). One lookup if it
     /// already fits, or `max_keys` is 0.
     pub fn split(&self, max_keys: usize) -> Vec<Lookup> {
+        let rows = self.rows();
         let per_key = self.as_of.as_ref().filter(|a| !a.key_times.is_empty());
-        // A count of per-key times that does not match the keys is left whole, for the
-        // client's check to refuse with the real counts.
-        let mismatched = per_key.is_some_and(|a| a.key_times.len() != self.keys.len());
-        if max_keys == 0 || self.keys.len() <= max_keys || mismatched {
+        // A count of per-key times (or of an entity's keys) that does not match the rows
+        // is left whole, for the client's check to refuse with the real counts.
+        let mismatched = per_key.is_some_and(|a| a.key_times.len() != rows)
+            || self.keys_by_entity.iter().any(|(_, k)| k.len() != rows);
+        if max_keys == 0 || rows <= max_keys || mismatched {
             return vec![self.clone()];
         }
-        self.keys
-            .chunks(max_keys)
-            .enumerate()
-            .map(|(i, keys)| {
+        (0..rows)
+            .step_by(max_keys)
+            .map(|start| {
+                let range = start..(start + max_keys).min(rows);
                 let as_of = self.as_of.as_ref().map(|a| AsOfSpec {
                     key_times: match per_key {
-                        Some(_) => a.key_times[i * max_keys..][..keys.len()].to_vec(),
+                        Some(_) => a.key_times[range.clone()].to_vec(),
                         None => Vec::new(),
                     },
                     ..*a
@@ -34,15 +36,27 @@ impl Lookup {
                 Lookup {
                     features: self.features.clone(),
                     feature_service: self.feature_service.clone(),
-                    keys: keys.to_vec(),
+                    keys: self.keys.get(range.clone()).unwrap_or_default().to_vec(),
                     min_watermarks: self.min_watermarks.clone(),
                     deadline: self.deadline,
                     event_times: self.event_times,
                     bypass_cache: self.bypass_cache,
                     as_of,
+                    keys_by_entity: self
+                        .keys_by_entity
+                        .iter()
+                        .map(|(e, k)| (e.clone(), k[range.clone()].to_vec()))
+                        .collect(),
                 }
             })
             .collect()
+    }
+
+    /// Rows the lookup asks for: its keys, or each entity's keys.
+    pub(crate) fn rows(&self) -> usize {
+        self.keys_by_entity
+            .first()
+            .map_or(self.keys.len(), |(_, k)| k.len())
     }
 }
 

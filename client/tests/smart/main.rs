@@ -7,6 +7,7 @@
 
 mod backfill;
 mod cache;
+mod entities;
 mod export;
 mod failover;
 mod fidelity;

@@ -169,7 +169,7 @@ pub fn compile(
     let entity = wanted[0].0.entity.clone();
     if let Some((v, _, _)) = wanted.iter().find(|(v, _, _)| v.entity != entity) {
         return Err(ServeError::InvalidArgument(format!(
-            "all features of one request must share an entity: view {:?} is keyed by {:?}, view {:?} by {:?}",
+            "all features of one request must share an entity: view {:?} is keyed by {:?}, view {:?} by {:?} (the smart client, quiverctl and the Python SDK split such a lookup per entity: keys per entity)",
             wanted[0].0.name, entity, v.name, v.entity
         )));
     }

@@ -60,6 +60,17 @@ enum Output {
     Json,
 }
 
+/// `ENTITY=K1,K2,…` of `get --entity-keys`.
+fn parse_entity_keys(s: &str) -> Result<(String, Vec<String>), String> {
+    match s.split_once('=') {
+        Some((entity, keys)) if !entity.trim().is_empty() && !keys.trim().is_empty() => Ok((
+            entity.trim().to_owned(),
+            keys.split(',').map(|k| k.trim().to_owned()).collect(),
+        )),
+        _ => Err(format!("{s:?} is not ENTITY=K1,K2,… (e.g. user=u1,u2)")),
+    }
+}
+
 /// `ADVERTISED=ADDR` of `--connect-to`.
 fn parse_connect_to(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
@@ -110,8 +121,18 @@ enum Command {
         #[arg(long)]
         service: Option<String>,
         /// Entity keys, comma separated.
-        #[arg(long, value_delimiter = ',', required = true)]
+        #[arg(
+            long,
+            value_delimiter = ',',
+            required_unless_present = "entity_keys",
+            conflicts_with = "entity_keys"
+        )]
         keys: Vec<String>,
+        /// Keys per entity, for features spanning entities (a feature service over user
+        /// and merchant views): `ENTITY=K1,K2,…`, repeated per entity; row i takes the
+        /// i-th key of each. With --int-keys every entity's keys are int64.
+        #[arg(long = "entity-keys", value_parser = parse_entity_keys)]
+        entity_keys: Vec<(String, Vec<String>)>,
         /// The entity's keys are int64.
         #[arg(long)]
         int_keys: bool,
@@ -418,6 +439,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             features,
             service,
             keys,
+            entity_keys: per_entity,
             int_keys,
             min_watermark,
             as_of,
@@ -427,21 +449,41 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(s) => Lookup::feature_service(s),
                 None => Lookup::features(features),
             };
-            let entity_keys: Vec<EntityKey> = if int_keys {
-                keys.iter()
-                    .map(|k| {
-                        k.parse::<i64>()
-                            .map(EntityKey::from)
-                            .with_context(|| format!("key {k:?} is not an int64"))
-                    })
-                    .collect::<anyhow::Result<_>>()?
-            } else {
-                keys.iter().map(|k| EntityKey::from(k.as_str())).collect()
+            let typed = |keys: &[String]| -> anyhow::Result<Vec<EntityKey>> {
+                if int_keys {
+                    keys.iter()
+                        .map(|k| {
+                            k.parse::<i64>()
+                                .map(EntityKey::from)
+                                .with_context(|| format!("key {k:?} is not an int64"))
+                        })
+                        .collect()
+                } else {
+                    Ok(keys.iter().map(|k| EntityKey::from(k.as_str())).collect())
+                }
             };
             // The JSON output shows each value's event time.
-            let mut lookup = lookup
-                .keys(entity_keys)
-                .event_times(cli.output == Output::Json);
+            let mut lookup = lookup.event_times(cli.output == Output::Json);
+            if per_entity.is_empty() {
+                lookup = lookup.keys(typed(&keys)?);
+            }
+            for (entity, keys) in &per_entity {
+                lookup = lookup.entity_keys_of(entity, typed(keys)?);
+            }
+            // Rows are labelled by their keys (one entity's, or each entity's joined).
+            let labels: Vec<String> = if per_entity.is_empty() {
+                keys.clone()
+            } else {
+                (0..per_entity[0].1.len())
+                    .map(|i| {
+                        per_entity
+                            .iter()
+                            .map(|(e, k)| format!("{e}={}", k.get(i).map_or("", String::as_str)))
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    })
+                    .collect()
+            };
             if let Some(token) = min_watermark {
                 let wm: Watermarks = token.parse()?;
                 lookup = lookup.min_watermarks(&wm);
@@ -453,7 +495,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let smart = smart_client(&cli.addr, &credentials, &cli.connect_to).await?;
             let result = smart.get_online_features(&lookup).await?;
-            print_rows(&keys, &result, cli.output)?;
+            print_rows(&labels, &result, cli.output)?;
         }
         Command::Export {
             labels,
