@@ -80,13 +80,13 @@ async fn a_service_over_two_entities_is_read_with_keys_per_entity() {
         ["user_stats:spend", "merchant_stats:risk", "user_stats:txns"]
     );
     assert_eq!(r.row_count(), 30);
-    for i in 0..30 {
+    for (i, merchant) in merchants.iter().enumerate() {
         assert_eq!(r.f64(i, 0), Some(i as f64 * 1.5), "row {i}");
         assert_eq!(r.i64(i, 2), Some(i as i64), "row {i}");
         if i == 29 {
             assert_eq!(r.status(i, 1), FeatureStatus::NotFound);
         } else {
-            assert_eq!(r.f64(i, 1), Some(merchants[i] as f64 / 100.0), "row {i}");
+            assert_eq!(r.f64(i, 1), Some(*merchant as f64 / 100.0), "row {i}");
         }
     }
     // The answer's watermarks cover both entities' shards.
