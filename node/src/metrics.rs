@@ -43,6 +43,16 @@ pub const AGG_ROLLUPS: &str = "quiver_aggregation_rollups_total";
 /// Gauge: offset streams held back because the partition's log no longer starts low
 /// enough for them (the topic's retention deleted records they need), by `shard`.
 pub const INGEST_STREAMS_BLOCKED: &str = "quiver_ingest_streams_blocked";
+/// Counter: new replicas bootstrapped, by `source` (`checkpoint`: copied from a Serving
+/// peer; `log`: replayed from the partitions).
+pub const REPLICA_BOOTSTRAPS: &str = "quiver_replica_bootstraps_total";
+/// Counter: checkpoint copies from a peer that failed (retried with the next peer, or
+/// later).
+pub const REPLICA_BOOTSTRAP_FAILURES: &str = "quiver_replica_bootstrap_failures_total";
+/// Counter: checkpoint bytes received from peers.
+pub const REPLICA_CHECKPOINT_BYTES: &str = "quiver_replica_checkpoint_bytes_total";
+/// Gauge: fraction of a checkpoint copied, by `shard` (1 once done).
+pub const REPLICA_BOOTSTRAP_PROGRESS: &str = "quiver_replica_bootstrap_progress_ratio";
 /// Counter: dropped view versions whose data a replica deleted, by `shard`.
 pub const VERSIONS_DROPPED: &str = "quiver_view_versions_dropped_total";
 /// Counter: row versions written to the history (views with `history`), by `shard`.
@@ -230,6 +240,22 @@ pub fn describe() {
     describe_gauge!(
         INGEST_STREAMS_BLOCKED,
         "offset streams held back: the log no longer holds records they need, by shard"
+    );
+    describe_counter!(
+        REPLICA_BOOTSTRAPS,
+        "new replicas bootstrapped, by source (checkpoint, log)"
+    );
+    describe_counter!(
+        REPLICA_BOOTSTRAP_FAILURES,
+        "checkpoint copies from a peer that failed"
+    );
+    describe_counter!(
+        REPLICA_CHECKPOINT_BYTES,
+        "checkpoint bytes received from peers"
+    );
+    describe_gauge!(
+        REPLICA_BOOTSTRAP_PROGRESS,
+        "fraction of a checkpoint copied, by shard"
     );
     describe_counter!(
         VERSIONS_DROPPED,

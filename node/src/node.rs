@@ -165,6 +165,7 @@ impl Node {
             compress_responses: config.compress_responses,
             draining: Default::default(),
             version_retention: config.version_retention,
+            data_dir: config.data_dir.clone(),
         });
         warn_insecure(&config);
         let shards = Arc::new(ShardManager::new(

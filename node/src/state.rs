@@ -53,6 +53,8 @@ pub struct NodeState {
     /// Set when shutdown begins: readiness turns NOT_SERVING and lookup responses tell
     /// smart clients to prefer other replicas, while the node still answers.
     pub draining: AtomicBool,
+    /// The node's data directory (shard databases, checkpoints for new replicas).
+    pub data_dir: std::path::PathBuf,
     /// `registry.version_retention` (the versions listing shows when each is dropped).
     pub version_retention: std::time::Duration,
 }

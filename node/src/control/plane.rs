@@ -293,6 +293,17 @@ impl ControlPlane {
         }
     }
 
+    /// A channel to the member at `addr`, presenting this node's credentials.
+    ///
+    /// # Errors
+    /// If the address or the credentials cannot make an endpoint.
+    pub fn peer_channel(
+        &self,
+        addr: &str,
+    ) -> Result<AuthChannel, quiver_proto::transport::TransportError> {
+        self.channels.get(addr)
+    }
+
     /// The channel to the leader `leader` at `addr`; one that cannot be made is a leader
     /// this node cannot reach.
     pub(super) fn leader_channel(

@@ -9,6 +9,7 @@
 //! waiting for the lookups and background reads inside to finish — flushes it, and
 //! deletes its directory if it moved away, so the disk space is freed.
 
+pub mod checkpoint;
 mod follow;
 mod reports;
 
@@ -132,6 +133,7 @@ impl ShardManager {
     }
 
     async fn open(&self, id: ShardId) -> Result<Replica, ReplicaError> {
+        self.bootstrap_if_new(id).await?;
         let engine = self.engine.clone();
         let (p, part) = (self.state.shard_count, self.state.partitioner);
         let store = tokio::task::spawn_blocking(move || engine.open_shard(id, p, part))
@@ -155,6 +157,54 @@ impl ShardManager {
             self.cancel.child_token(),
         )?;
         Ok(Replica { store, ingest })
+    }
+
+    /// A new replica (no directory yet) of a shard that served before copies a Serving
+    /// peer's checkpoint rather than replaying the partition, which the topic's retention
+    /// may have trimmed. Without a Serving peer it replays (the ingest's log start check
+    /// holds it back if the log cannot provide everything); a failed copy is retried at
+    /// the next reconcile, unless the log still holds every record of the partition.
+    async fn bootstrap_if_new(&self, id: ShardId) -> Result<(), ReplicaError> {
+        let Some(control) = &self.state.control else {
+            return Ok(());
+        };
+        let dir = self.engine.shard_dir(id);
+        if dir.exists() || !control.state().served_shards.contains(&id) {
+            return Ok(());
+        }
+        match checkpoint::bootstrap_from_peer(control, id, &dir).await {
+            Ok(checkpoint::Bootstrap::FromPeer { node, bytes }) => {
+                info!(shard_id = %id, peer = %node, bytes, "new replica bootstrapped from a peer's checkpoint");
+                Ok(())
+            }
+            Ok(checkpoint::Bootstrap::NoPeer) => {
+                warn!(shard_id = %id, "no Serving peer to copy from: replaying the partition");
+                Ok(())
+            }
+            Err(e) if self.log_is_whole(id).await => {
+                warn!(shard_id = %id, error = %e, "checkpoint copy failed; the log still holds every record: replaying it");
+                Ok(())
+            }
+            Err(detail) => Err(ReplicaError::Bootstrap { shard: id, detail }),
+        }
+    }
+
+    /// Whether every source topic's partition `id` still starts at offset 0.
+    async fn log_is_whole(&self, id: ShardId) -> bool {
+        let Some(kafka) = self.state.kafka.clone() else {
+            return false;
+        };
+        let topics = self.state.registry.snapshot().topics();
+        let p = self.state.shard_count;
+        tokio::task::spawn_blocking(move || {
+            topics.iter().all(|t| {
+                kafka
+                    .log_starts(t, p, Duration::from_secs(2))
+                    .is_ok_and(|starts| starts.get(id.0 as usize) == Some(&0))
+            })
+        })
+        .await
+        .unwrap_or(false)
     }
 
     /// Closes a replica that has left the published local set: its ingest loop stops at
@@ -223,6 +273,16 @@ pub enum ReplicaError {
     /// Its ingest loop could not start.
     #[error(transparent)]
     Ingest(#[from] IngestError),
+    /// No peer's checkpoint could be copied and the log no longer holds everything.
+    #[error(
+        "shard {shard}: bootstrap from a peer's checkpoint failed ({detail}), and the partition's log no longer starts at 0: retrying"
+    )]
+    Bootstrap {
+        /// The shard.
+        shard: ShardId,
+        /// The last peer's failure.
+        detail: String,
+    },
     /// The blocking task opening it failed.
     #[error("shard {shard}: opening task failed: {detail}")]
     Task {

@@ -147,7 +147,10 @@ impl Need {
             )
             | ("quiver.v1.ClusterService", "DrainNode") => Need::Admin,
             ("quiver.v1.RaftService", "AppendEntries" | "Vote" | "InstallSnapshot")
-            | ("quiver.v1.ControlService", "Propose" | "Join" | "Report") => Need::Member,
+            | ("quiver.v1.ControlService", "Propose" | "Join" | "Report")
+            | ("quiver.v1.ReplicaService", "CreateCheckpoint" | "FetchCheckpointFile") => {
+                Need::Member
+            }
             _ => Need::Unlisted,
         }
     }

@@ -324,6 +324,14 @@ pub async fn serve(
                 crate::control::control_service::ControlServiceImpl::new(c.clone()),
             )
         }))
+        .add_optional_service(control.as_ref().map(|_| {
+            quiver_proto::v1::replica_service_server::ReplicaServiceServer::new(
+                crate::replica::checkpoint::serve::ReplicaServiceImpl::new(
+                    state.clone(),
+                    &state.data_dir,
+                ),
+            )
+        }))
         .add_optional_service(control.as_ref().map(|c| {
             quiver_proto::v1::cluster_service_server::ClusterServiceServer::new(
                 cluster_service::ClusterServiceImpl::new(c.clone(), draining.clone()),

@@ -621,6 +621,7 @@ impl HistoryWriter {
     }
 }
 
+mod checkpoint;
 mod drop;
 mod events;
 #[cfg(test)]

@@ -409,11 +409,11 @@ async fn three_node_cluster_replicates_registry_and_serves_from_every_replica() 
     }
 }
 
-/// A replica of a shard that served before is never built from a log whose start the
-/// retention moved: it stays Bootstrapping, says why, and the shard serves from the
-/// replica that has the data. Shards whose logs are whole re-replicate as usual.
+/// A new replica of a shard that served before copies a Serving peer's checkpoint
+/// instead of replaying the partition: it holds the rows whose records the topic's
+/// retention already deleted, and serves them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_new_replica_is_not_built_from_a_trimmed_log() {
+async fn a_new_replica_copies_a_peers_checkpoint_not_the_trimmed_log() {
     let kafka = Kafka::new(&[("scores", SHARDS as i32)]);
     let mut cluster = start_cluster(&kafka.bootstrap, 3).await;
     let all: BTreeSet<u64> = [1, 2, 3].into();
@@ -438,16 +438,26 @@ async fn a_new_replica_is_not_built_from_a_trimmed_log() {
         keys.insert(k, i);
     }
     assert_every_replica_serves(&cluster, &map, &keys, Kind::Int64Value).await;
-    // Shard 0's partition past the mock's 5 MB: its log start moves above 0.
+    // Shard 0's partition past the mock's 5 MB: its first records are deleted.
     let pad = "x".repeat(100_000);
-    let mut big = (0..)
+    let big: Vec<String> = (0..)
         .map(|i| format!("big{i}"))
-        .filter(|k| shard_of(k) == 0);
-    for k in big.by_ref().take(60) {
+        .filter(|k| shard_of(k) == 0)
+        .take(60)
+        .collect();
+    for k in &big {
         kafka
-            .send_json("scores", &k, json!({"ts": t, "score": -1, "pad": pad}))
+            .send_json("scores", k, json!({"ts": t, "score": -1, "pad": pad}))
             .await;
     }
+    let c: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &kafka.bootstrap)
+        .create()
+        .unwrap();
+    let (low, _) =
+        rdkafka::consumer::Consumer::fetch_watermarks(&c, "scores", 0, Duration::from_secs(5))
+            .unwrap();
+    assert!(low > 0, "partition 0 trimmed");
     // Stop one holder of shard 0; the node that did not hold it gets a new replica.
     let holders: Vec<u64> = map
         .shards
@@ -461,55 +471,40 @@ async fn a_new_replica_is_not_built_from_a_trimmed_log() {
     let (stopped, kept) = (holders[0], holders[1]);
     let newcomer = *all.iter().find(|n| !holders.contains(n)).unwrap();
     cluster.nodes.remove(&stopped).unwrap().stop().await;
-    let why = eventually(
-        Duration::from_secs(60),
-        "the new replica of shard 0 held back",
-        || async {
-            let status = cluster.nodes[&newcomer].status().await;
-            status
-                .shards
-                .iter()
-                .find(|s| s.shard == 0)?
-                .blocked_streams
-                .first()
-                .cloned()
-        },
-    )
-    .await;
+    let alive: BTreeSet<u64> = [kept, newcomer].into();
+    let map = wait_placed(&cluster, 2, &alive).await;
+    let status = cluster.nodes[&newcomer].status().await;
+    let shard0 = status.shards.iter().find(|s| s.shard == 0).unwrap();
     assert!(
-        why.contains("this replica starts empty (the shard served before) at offset 0"),
-        "{why}"
+        shard0.blocked_streams.is_empty(),
+        "{:?}",
+        shard0.blocked_streams
     );
-    // Every other shard re-replicates onto the newcomer; shard 0 keeps serving from the
-    // replica that has its data, and the newcomer's stays Bootstrapping.
-    eventually(
-        Duration::from_secs(60),
-        "other shards serving on the newcomer",
-        || async {
-            let map = cluster_map(&cluster.nodes[&kept]).await;
-            let ok = map.shards.iter().all(|s| {
-                let state = |n: u64| s.replicas.iter().find(|r| r.node_id == n).map(|r| r.state);
-                let serving = quiver_proto::v1::ReplicaStateProto::Serving as i32;
-                let bootstrapping = quiver_proto::v1::ReplicaStateProto::Bootstrapping as i32;
-                if s.shard == 0 {
-                    state(kept) == Some(serving) && state(newcomer) == Some(bootstrapping)
-                } else {
-                    s.replicas.iter().all(|r| r.state == serving) && state(newcomer).is_some()
-                }
-            });
-            ok.then_some(())
-        },
-    )
-    .await;
-    let k0 = keys.keys().find(|k| shard_of(k) == 0).unwrap().clone();
-    let resp = cluster.nodes[&kept]
-        .lookup(&["scores:score"], vec![key(&k0)])
-        .await
-        .unwrap();
-    assert_eq!(
-        resp.columns[0].values[0].kind,
-        Some(Kind::Int64Value(keys[&k0]))
-    );
+    // The rows of shard 0 whose records the log no longer holds are on the newcomer.
+    let trimmed: BTreeMap<String, i64> = keys
+        .iter()
+        .filter(|(k, _)| shard_of(k) == 0)
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    assert!(!trimmed.is_empty());
+    for (k, v) in &trimmed {
+        let resp = cluster.nodes[&newcomer]
+            .lookup(&["scores:score"], vec![key(k)])
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.columns[0].values[0].kind,
+            Some(Kind::Int64Value(*v)),
+            "{k}"
+        );
+    }
+    assert_every_replica_serves(&cluster, &map, &keys, Kind::Int64Value).await;
+    // New records after the copy reach it from the checkpoint's offsets on.
+    kafka
+        .send_json("scores", &big[0], json!({"ts": t + 100, "score": 77}))
+        .await;
+    let newest: BTreeMap<String, i64> = [(big[0].clone(), 77)].into();
+    assert_every_replica_serves(&cluster, &map, &newest, Kind::Int64Value).await;
     for node in std::mem::take(&mut cluster.nodes).into_values() {
         node.stop().await;
     }

@@ -1,0 +1,239 @@
+//! The serving side of checkpoint bootstrap (`quiver.v1.ReplicaService`): a checkpoint of
+//! a local Serving replica under `<data_dir>/checkpoints/<shard>-<id>`, its manifest
+//! (files, sizes, SHA-256), and its files streamed in chunks from any offset. A checkpoint
+//! is reused for [`REUSE`] (several new replicas, a resumed copy) and deleted after
+//! [`KEEP`].
+
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures::Stream;
+use quiver_proto::ShardId;
+use quiver_proto::v1::replica_service_server::ReplicaService;
+use quiver_proto::v1::{
+    CheckpointChunk, CheckpointFile, CheckpointManifest, CreateCheckpointRequest,
+    FetchCheckpointFileRequest,
+};
+use tonic::{Request, Response, Status};
+use tracing::{info, warn};
+
+use super::sha256_file;
+use crate::state::NodeState;
+
+/// A checkpoint this young is handed out again instead of making a new one.
+const REUSE: Duration = Duration::from_secs(120);
+/// Checkpoints older than this are deleted (a copy taking longer starts over).
+const KEEP: Duration = Duration::from_secs(30 * 60);
+/// Bytes per streamed chunk.
+const CHUNK: usize = 1 << 20;
+
+/// `quiver.v1.ReplicaService`.
+pub struct ReplicaServiceImpl {
+    state: Arc<NodeState>,
+    root: PathBuf,
+    /// One checkpoint made at a time.
+    making: tokio::sync::Mutex<()>,
+}
+
+impl ReplicaServiceImpl {
+    /// The service, keeping checkpoints under `<data_dir>/checkpoints`.
+    pub fn new(state: Arc<NodeState>, data_dir: &Path) -> Self {
+        ReplicaServiceImpl {
+            state,
+            root: data_dir.join("checkpoints"),
+            making: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// `<shard>-<created ms>` checkpoints of `shard` (all shards if `None`), with their
+    /// age.
+    fn existing(root: &Path, shard: Option<ShardId>) -> Vec<(String, Duration)> {
+        let Ok(entries) = std::fs::read_dir(root) else {
+            return Vec::new();
+        };
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let (s, ms) = name.split_once('-')?;
+                let (s, ms): (u32, u64) = (s.parse().ok()?, ms.parse().ok()?);
+                if shard.is_some_and(|want| want.0 != s) {
+                    return None;
+                }
+                Some((name, now.saturating_sub(Duration::from_millis(ms))))
+            })
+            .collect()
+    }
+
+    fn checked_id(id: &str, shard: u32) -> Result<(), Status> {
+        let ok = id
+            .split_once('-')
+            .is_some_and(|(s, ms)| s.parse() == Ok(shard) && ms.parse::<u64>().is_ok());
+        if ok {
+            Ok(())
+        } else {
+            Err(Status::invalid_argument(format!(
+                "checkpoint id {id:?} is not one of shard {shard}"
+            )))
+        }
+    }
+
+    async fn create(&self, shard: ShardId) -> Result<CheckpointManifest, Status> {
+        let serving = self.state.control.as_ref().is_some_and(|c| {
+            c.state().replicas_on(c.node_id()).get(&shard)
+                == Some(&crate::control::state::ReplicaState::Serving)
+        });
+        let store = self.state.local().stores.get(&shard).cloned();
+        let Some(store) = store.filter(|_| serving) else {
+            return Err(Status::failed_precondition(format!(
+                "node {} holds no Serving replica of shard {shard}",
+                self.state.node_id
+            )));
+        };
+        let _one = self.making.lock().await;
+        let root = self.root.clone();
+        let manifest = tokio::task::spawn_blocking(move || {
+            for (name, age) in Self::existing(&root, None) {
+                if age > KEEP {
+                    let _ = std::fs::remove_dir_all(root.join(&name));
+                }
+            }
+            let reuse = Self::existing(&root, Some(shard))
+                .into_iter()
+                .filter(|(_, age)| *age < REUSE)
+                .min_by_key(|(_, age)| *age);
+            let id = match reuse {
+                Some((name, _)) => name,
+                None => {
+                    std::fs::create_dir_all(&root)?;
+                    let ms = SystemTime::now()
+                        .duration_since(SystemTime::UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .as_millis();
+                    let id = format!("{}-{ms}", shard.0);
+                    store
+                        .checkpoint(&root.join(&id))
+                        .map_err(std::io::Error::other)?;
+                    info!(shard_id = %shard, checkpoint = %id, "checkpoint made for a new replica");
+                    id
+                }
+            };
+            manifest_of(&root.join(&id), &id, shard, &store)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("checkpoint task failed: {e}")))?
+        .map_err(|e| Status::internal(format!("checkpoint of shard {shard}: {e}")))?;
+        Ok(manifest)
+    }
+}
+
+/// The manifest of checkpoint `id` in `dir`.
+fn manifest_of(
+    dir: &Path,
+    id: &str,
+    shard: ShardId,
+    store: &crate::storage::ShardStore,
+) -> std::io::Result<CheckpointManifest> {
+    let mut files = Vec::new();
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        if !e.file_type()?.is_file() {
+            continue;
+        }
+        let name = e.file_name().into_string().map_err(|n| {
+            std::io::Error::other(format!("checkpoint file name {n:?} is not UTF-8"))
+        })?;
+        let path = e.path();
+        files.push(CheckpointFile {
+            size: e.metadata()?.len(),
+            sha256: sha256_file(&path)?,
+            name,
+        });
+    }
+    files.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(CheckpointManifest {
+        id: id.to_owned(),
+        shard: shard.0,
+        files,
+        // What the serving replica holds now; the checkpoint's own are in its `meta`.
+        offsets: store
+            .offsets()
+            .into_iter()
+            .map(|(k, r)| (k, r.next_offset))
+            .collect(),
+    })
+}
+
+type ChunkStream = Pin<Box<dyn Stream<Item = Result<CheckpointChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ReplicaService for ReplicaServiceImpl {
+    async fn create_checkpoint(
+        &self,
+        request: Request<CreateCheckpointRequest>,
+    ) -> Result<Response<CheckpointManifest>, Status> {
+        let shard = ShardId(request.into_inner().shard);
+        self.create(shard).await.map(Response::new)
+    }
+
+    type FetchCheckpointFileStream = ChunkStream;
+
+    async fn fetch_checkpoint_file(
+        &self,
+        request: Request<FetchCheckpointFileRequest>,
+    ) -> Result<Response<ChunkStream>, Status> {
+        let r = request.into_inner();
+        Self::checked_id(&r.id, r.shard)?;
+        if r.name.is_empty() || r.name.contains(['/', '\\']) || r.name.starts_with('.') {
+            return Err(Status::invalid_argument(format!(
+                "{:?} is not a checkpoint file name",
+                r.name
+            )));
+        }
+        let path = self.root.join(&r.id).join(&r.name);
+        let offset = r.offset;
+        let opened = tokio::task::spawn_blocking(move || {
+            use std::io::Seek;
+            let mut f = std::fs::File::open(&path)?;
+            f.seek(std::io::SeekFrom::Start(offset))?;
+            Ok::<_, std::io::Error>(f)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("open task: {e}")))?;
+        let file = opened.map_err(|e| {
+            Status::not_found(format!(
+                "checkpoint {} has no file {:?} (expired? ask for a new checkpoint): {e}",
+                r.id, r.name
+            ))
+        })?;
+        // HTTP/2 flow control paces the stream to the receiver: a chunk is read only when
+        // the previous one was taken. Reads run on the blocking pool.
+        let stream = futures::stream::unfold(Some(file), |file| async move {
+            let file = file?;
+            let read = tokio::task::spawn_blocking(move || {
+                use std::io::Read;
+                let mut file = file;
+                let mut buf = vec![0u8; CHUNK];
+                let n = file.read(&mut buf)?;
+                buf.truncate(n);
+                Ok::<_, std::io::Error>((file, buf))
+            })
+            .await;
+            match read {
+                Ok(Ok((_, buf))) if buf.is_empty() => None,
+                Ok(Ok((file, buf))) => Some((Ok(CheckpointChunk { data: buf }), Some(file))),
+                Ok(Err(e)) => {
+                    warn!(error = %e, "reading a checkpoint file failed");
+                    Some((Err(Status::internal(format!("read: {e}"))), None))
+                }
+                Err(e) => Some((Err(Status::internal(format!("read task: {e}"))), None)),
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
