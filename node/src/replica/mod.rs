@@ -3,12 +3,14 @@
 //! cluster mode — and the reports the control plane and readiness read from them.
 //!
 //! Opening a replica opens (or creates) its RocksDB database (on the blocking pool) and
-//! starts its ingest loop from the stored offsets (from the partitions' beginning for a
-//! new replica). Closing one stops serving it first (it leaves the published local set),
+//! starts its ingest loop from the stored offsets. A new replica of a shard that served
+//! before first copies a Serving peer's checkpoint ([`checkpoint`]); otherwise (the
+//! shard's first build, or no peer) it reads the partitions from their beginning. Closing one stops serving it first (it leaves the published local set),
 //! stops its ingest loop at a batch boundary, closes its [`Gate`](crate::gate::Gate) —
 //! waiting for the lookups and background reads inside to finish — flushes it, and
 //! deletes its directory if it moved away, so the disk space is freed.
 
+mod bootstrap;
 pub mod checkpoint;
 mod follow;
 mod reports;
@@ -49,6 +51,8 @@ pub struct ShardManager {
     state: Arc<NodeState>,
     cancel: CancellationToken,
     replicas: Mutex<HashMap<ShardId, Replica>>,
+    /// Checkpoint copies in progress, by shard (`bootstrap.rs`).
+    copies: std::sync::Mutex<HashMap<ShardId, tokio::task::JoinHandle<()>>>,
 }
 
 impl ShardManager {
@@ -60,6 +64,12 @@ impl ShardManager {
         state: Arc<NodeState>,
         cancel: CancellationToken,
     ) -> Self {
+        // The bootstrap series exist from the start (at 0), for rates and the dashboard.
+        for source in ["checkpoint", "log"] {
+            metrics::counter!(crate::metrics::REPLICA_BOOTSTRAPS, "source" => source).increment(0);
+        }
+        metrics::counter!(crate::metrics::REPLICA_BOOTSTRAP_FAILURES).increment(0);
+        metrics::counter!(crate::metrics::REPLICA_CHECKPOINT_BYTES).increment(0);
         ShardManager {
             engine,
             ingest,
@@ -67,6 +77,7 @@ impl ShardManager {
             state,
             cancel,
             replicas: Mutex::new(HashMap::new()),
+            copies: std::sync::Mutex::default(),
         }
     }
 
@@ -95,7 +106,8 @@ impl ShardManager {
         let mut replicas = self.replicas.lock().await;
         let mut first_error = None;
         for &id in desired {
-            if replicas.contains_key(&id) {
+            if replicas.contains_key(&id) || self.copying(id) {
+                // Open, or its checkpoint is being copied (opened once it is).
                 continue;
             }
             match self.open(id).await {
@@ -109,6 +121,7 @@ impl ShardManager {
                 }
             }
         }
+        self.abort_copies(desired);
         let removed: Vec<ShardId> = replicas
             .keys()
             .filter(|id| !desired.contains(id))
@@ -133,7 +146,8 @@ impl ShardManager {
     }
 
     async fn open(&self, id: ShardId) -> Result<Replica, ReplicaError> {
-        self.bootstrap_if_new(id).await?;
+        // A replica without a directory (not copied from a peer) builds from the log.
+        let fresh = !self.engine.shard_dir(id).exists();
         let engine = self.engine.clone();
         let (p, part) = (self.state.shard_count, self.state.partitioner);
         let store = tokio::task::spawn_blocking(move || engine.open_shard(id, p, part))
@@ -143,6 +157,9 @@ impl ShardManager {
                 detail: e.to_string(),
             })??;
         let store = Arc::new(store);
+        if fresh {
+            metrics::counter!(crate::metrics::REPLICA_BOOTSTRAPS, "source" => "log").increment(1);
+        }
         let mut config = self.ingest.clone();
         config.full_log_required = self
             .state
@@ -157,54 +174,6 @@ impl ShardManager {
             self.cancel.child_token(),
         )?;
         Ok(Replica { store, ingest })
-    }
-
-    /// A new replica (no directory yet) of a shard that served before copies a Serving
-    /// peer's checkpoint rather than replaying the partition, which the topic's retention
-    /// may have trimmed. Without a Serving peer it replays (the ingest's log start check
-    /// holds it back if the log cannot provide everything); a failed copy is retried at
-    /// the next reconcile, unless the log still holds every record of the partition.
-    async fn bootstrap_if_new(&self, id: ShardId) -> Result<(), ReplicaError> {
-        let Some(control) = &self.state.control else {
-            return Ok(());
-        };
-        let dir = self.engine.shard_dir(id);
-        if dir.exists() || !control.state().served_shards.contains(&id) {
-            return Ok(());
-        }
-        match checkpoint::bootstrap_from_peer(control, id, &dir).await {
-            Ok(checkpoint::Bootstrap::FromPeer { node, bytes }) => {
-                info!(shard_id = %id, peer = %node, bytes, "new replica bootstrapped from a peer's checkpoint");
-                Ok(())
-            }
-            Ok(checkpoint::Bootstrap::NoPeer) => {
-                warn!(shard_id = %id, "no Serving peer to copy from: replaying the partition");
-                Ok(())
-            }
-            Err(e) if self.log_is_whole(id).await => {
-                warn!(shard_id = %id, error = %e, "checkpoint copy failed; the log still holds every record: replaying it");
-                Ok(())
-            }
-            Err(detail) => Err(ReplicaError::Bootstrap { shard: id, detail }),
-        }
-    }
-
-    /// Whether every source topic's partition `id` still starts at offset 0.
-    async fn log_is_whole(&self, id: ShardId) -> bool {
-        let Some(kafka) = self.state.kafka.clone() else {
-            return false;
-        };
-        let topics = self.state.registry.snapshot().topics();
-        let p = self.state.shard_count;
-        tokio::task::spawn_blocking(move || {
-            topics.iter().all(|t| {
-                kafka
-                    .log_starts(t, p, Duration::from_secs(2))
-                    .is_ok_and(|starts| starts.get(id.0 as usize) == Some(&0))
-            })
-        })
-        .await
-        .unwrap_or(false)
     }
 
     /// Closes a replica that has left the published local set: its ingest loop stops at
@@ -273,16 +242,6 @@ pub enum ReplicaError {
     /// Its ingest loop could not start.
     #[error(transparent)]
     Ingest(#[from] IngestError),
-    /// No peer's checkpoint could be copied and the log no longer holds everything.
-    #[error(
-        "shard {shard}: bootstrap from a peer's checkpoint failed ({detail}), and the partition's log no longer starts at 0: retrying"
-    )]
-    Bootstrap {
-        /// The shard.
-        shard: ShardId,
-        /// The last peer's failure.
-        detail: String,
-    },
     /// The blocking task opening it failed.
     #[error("shard {shard}: opening task failed: {detail}")]
     Task {

@@ -4,8 +4,8 @@
 //! families `rows` (feature rows, see [`keys`]) and `meta` (resume offsets, counters, the
 //! shard identity). One database per shard (as Venice does per partition) makes the
 //! per-shard operations the design needs cheap and obviously correct: a replica's rows and
-//! offsets live in one directory (a RocksDB checkpoint of it would carry its own offsets;
-//! replicas do not bootstrap from checkpoints yet, they replay their partitions); dropping
+//! offsets live in one directory (a RocksDB checkpoint of it carries its own offsets: a new
+//! replica of a shard that served copies one from a peer, `replica/checkpoint`); dropping
 //! a replica closes it and removes the directory. All shards share one
 //! block cache, one write-buffer budget and RocksDB's background thread pool through
 //! [`StorageEngine`].
