@@ -5,7 +5,10 @@
 //! - **monotonic read**: within one reader, no shard's watermark and no key's value ever
 //!   goes back;
 //! - **phantom**: every value read (during the run or at the end) was written: its `seq`
-//!   was attempted for that key, its event time is that write's and its row is whole.
+//!   was attempted for that key, its event time is that write's and its row is whole;
+//! - **version**: every answer reports one version of the view, and one that served
+//!   while the lookup ran (the version-swap scenario's log of serving versions, within
+//!   [`VERSION_SLACK_US`]: the nemesis learns of a change by polling one node).
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
@@ -24,7 +27,12 @@ pub enum Invariant {
     MonotonicRead,
     /// A value that was never written.
     Phantom,
+    /// An answer at no version, several, or one that did not serve while it ran.
+    Version,
 }
+
+/// How far a read's window is widened when matched against the serving-version log.
+pub const VERSION_SLACK_US: u64 = 2_000_000;
 
 /// One violation, described for a human.
 #[derive(Debug, Clone, Serialize)]
@@ -48,6 +56,8 @@ pub struct Verdict {
     pub final_reads_checked: u64,
     /// Values read during the run checked.
     pub values_checked: u64,
+    /// Successful reads per view version they report.
+    pub reads_by_version: BTreeMap<u32, u64>,
 }
 
 impl Verdict {
@@ -60,6 +70,7 @@ impl Verdict {
             Invariant::LostWrite,
             Invariant::MonotonicRead,
             Invariant::Phantom,
+            Invariant::Version,
         ] {
             v.counts.insert(name(i).to_string(), 0);
         }
@@ -94,12 +105,14 @@ pub fn name(i: Invariant) -> &'static str {
         Invariant::LostWrite => "lost_write",
         Invariant::MonotonicRead => "monotonic_read",
         Invariant::Phantom => "phantom",
+        Invariant::Version => "version",
     }
 }
 
 /// Judges `h`.
 pub fn check(h: &History) -> Verdict {
     let mut v = Verdict::new();
+    check_versions(h, &mut v);
     let attempted: HashSet<(u32, i64)> = h.writes.iter().map(|w| (w.key, w.seq)).collect();
     let mut latest_acked: HashMap<u32, i64> = HashMap::new();
     for w in h.writes.iter().filter(|w| w.acked.is_some()) {
@@ -249,6 +262,54 @@ pub fn check(h: &History) -> Verdict {
     v
 }
 
+/// The versions that served at some time in `[from, to]`, by the swap log (version 1
+/// from the start).
+fn serving_during(swaps: &[(u64, u32)], from: u64, to: u64) -> Vec<u32> {
+    let mut at_from = 1;
+    let mut out = Vec::new();
+    for &(t, version) in swaps {
+        if t <= from {
+            at_from = version;
+        } else if t <= to {
+            out.push(version);
+        }
+    }
+    out.push(at_from);
+    out
+}
+
+/// The version invariant over every successful read that reports versions.
+fn check_versions(h: &History, v: &mut Verdict) {
+    for r in h.reads.iter().filter(|r| r.error.is_none()) {
+        let [version] = r.versions[..] else {
+            if !r.versions.is_empty() {
+                v.flag(Invariant::Version, || {
+                    format!(
+                        "reader {} at {:.3}s: the answer reports versions {:?} of one view",
+                        r.reader,
+                        r.intended_us as f64 / 1e6,
+                        r.versions
+                    )
+                });
+            }
+            continue;
+        };
+        *v.reads_by_version.entry(version).or_default() += 1;
+        let from = r.intended_us.saturating_sub(VERSION_SLACK_US);
+        let to = r.intended_us + r.latency_us + VERSION_SLACK_US;
+        let serving = serving_during(&h.swaps, from, to);
+        if !serving.contains(&version) {
+            v.flag(Invariant::Version, || {
+                format!(
+                    "reader {} at {:.3}s: answered at version {version}, while {serving:?} served",
+                    r.reader,
+                    r.intended_us as f64 / 1e6
+                )
+            });
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,6 +347,7 @@ mod tests {
             error: None,
             rows,
             watermarks: wm,
+            versions: Vec::new(),
         }
     }
 
@@ -321,6 +383,7 @@ mod tests {
                 // The unacknowledged write may be visible.
                 read(1, 30, vec![(1, seen(4))], vec![(1, 9)]),
             ],
+            swaps: Vec::new(),
             final_reads: vec![
                 final_read(1, 1, seen(4)),
                 final_read(2, 1, seen(3)),
@@ -435,5 +498,36 @@ mod tests {
             "{:?}",
             v.examples
         );
+    }
+
+    #[test]
+    fn reads_must_report_one_version_that_served_while_they_ran() {
+        let mut h = healthy();
+        // v2 promoted at 10 s, v1 again at 20 s (rollback).
+        h.swaps = vec![(10_000_000, 2), (20_000_000, 1)];
+        let at = |t: u64, versions: Vec<u32>| Read {
+            versions,
+            ..read(0, t, Vec::new(), Vec::new())
+        };
+        h.reads = vec![
+            at(1_000_000, vec![1]),
+            at(15_000_000, vec![2]),
+            // Within the slack around a swap either side is right.
+            at(9_000_000, vec![2]),
+            at(21_000_000, vec![2]),
+            at(30_000_000, vec![1]),
+            // A node that predates versioned answers reports none: not judged.
+            at(31_000_000, vec![]),
+        ];
+        let v = check(&h);
+        assert!(v.ok(), "{:?}", v.examples);
+        assert_eq!(v.reads_by_version, BTreeMap::from([(1, 2), (2, 3)]));
+        h.reads = vec![
+            at(15_000_000, vec![1]),
+            at(40_000_000, vec![2]),
+            at(5, vec![1, 2]),
+        ];
+        let v = check(&h);
+        assert_eq!(v.count(Invariant::Version), 3, "{:?}", v.examples);
     }
 }

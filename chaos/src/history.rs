@@ -72,6 +72,9 @@ pub struct Read {
     pub rows: Vec<(u32, Option<Seen>)>,
     /// Per shard of the answer: the answering replica's watermark (next offset).
     pub watermarks: Vec<(u32, i64)>,
+    /// The version of each view the answer was read at (one view: the workload's).
+    #[serde(default)]
+    pub versions: Vec<u32>,
 }
 
 /// The final read of one key from one replica, after the cluster healed.
@@ -98,6 +101,10 @@ pub struct History {
     pub reads: Vec<Read>,
     /// Per key and replica, after healing.
     pub final_reads: Vec<FinalRead>,
+    /// The workload view's serving version over time, as the nemesis saw it change
+    /// (µs since the start, version); version 1 serves from the start.
+    #[serde(default)]
+    pub swaps: Vec<(u64, u32)>,
     /// The reader sessions' smart-client counters, summed (how lookups were routed).
     pub readers: ReaderTotals,
 }

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cluster::ChaosCluster;
 use crate::probe;
 use crate::rng::Rng;
-use crate::workload::{Recorder, lock};
+use crate::workload::{Recorder, VIEW, lock};
 
 /// One kind of fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -38,10 +38,13 @@ pub enum Fault {
     RollingRestart,
     /// Add a node, wait until it serves, then drain and remove another one.
     AddRemove,
+    /// Build and promote a new version of the workload's view, roll back to the previous
+    /// one, and forward again, while the workload runs.
+    VersionSwap,
 }
 
 /// Every fault, in catalogue order.
-pub const ALL: [Fault; 7] = [
+pub const ALL: [Fault; 8] = [
     Fault::KillRandom,
     Fault::KillLeader,
     Fault::PauseNode,
@@ -49,6 +52,7 @@ pub const ALL: [Fault; 7] = [
     Fault::BrokerPause,
     Fault::RollingRestart,
     Fault::AddRemove,
+    Fault::VersionSwap,
 ];
 
 impl Fault {
@@ -62,6 +66,7 @@ impl Fault {
             Fault::BrokerPause => "broker-pause",
             Fault::RollingRestart => "rolling-restart",
             Fault::AddRemove => "add-remove",
+            Fault::VersionSwap => "version-swap",
         }
     }
 }
@@ -300,6 +305,12 @@ impl Nemesis {
                 }
                 format!("nodes {up:?}")
             }
+            Fault::VersionSwap => match self.swap_versions().await {
+                Ok(target) => target,
+                Err(e) => {
+                    return Ok(self.record(fault, format!("view {VIEW}"), start, Err(e)));
+                }
+            },
             Fault::AddRemove => {
                 let added = self.blocking(ChaosCluster::add_node).await?;
                 if let Err(e) = self.recover().await {
@@ -322,6 +333,67 @@ impl Nemesis {
             .recovered_us
             .map(|t| t.saturating_sub(r.heal_us) as f64 / 1000.0);
         Ok(r)
+    }
+
+    /// The version swap: a new version of the workload view (identical but for the
+    /// number) is applied, built and promoted; then a rollback serves the previous one
+    /// again and another serves the new one. Each change is recorded when the node asked
+    /// serves it, for the checker to match the versions reads report.
+    async fn swap_versions(&self) -> Result<String, String> {
+        let (endpoints, _) = self.endpoints();
+        let mut admin = None;
+        for e in &endpoints {
+            if let Some(c) = probe::connect(e).await {
+                admin = Some(c);
+                break;
+            }
+        }
+        let mut admin = admin.ok_or("no node answers")?;
+        let listed = admin.view_versions(VIEW).await.map_err(|e| e.to_string())?;
+        let serving = listed
+            .iter()
+            .find(|v| v.state == "serving")
+            .map(|v| v.version)
+            .ok_or_else(|| format!("view {VIEW} has no serving version: {listed:?}"))?;
+        let next = listed.iter().map(|v| v.version).max().unwrap_or(serving) + 1;
+        admin
+            .apply_definitions(crate::workload::view_definition(next), false)
+            .await
+            .map_err(|e| format!("applying v{next}: {e}"))?;
+        self.wait_serving(&mut admin, next).await?;
+        for to in [serving, next] {
+            admin
+                .rollback_view(VIEW, Some(to))
+                .await
+                .map_err(|e| format!("rolling back to v{to}: {e}"))?;
+            self.wait_serving(&mut admin, to).await?;
+        }
+        Ok(format!(
+            "view {VIEW}: v{serving} → v{next} (built, promoted) → v{serving} → v{next} (rollbacks)"
+        ))
+    }
+
+    /// Waits until `admin`'s node serves `version` of the workload view, then records it.
+    async fn wait_serving(
+        &self,
+        admin: &mut quiver_client::NodeClient,
+        version: u32,
+    ) -> Result<(), String> {
+        let deadline = Instant::now() + self.spec.recovery_timeout;
+        loop {
+            if let Ok(listed) = admin.view_versions(VIEW).await
+                && listed
+                    .iter()
+                    .any(|v| v.version == version && v.state == "serving")
+            {
+                self.rec.swapped(version);
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("v{version} of {VIEW} did not serve in time"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Drains `id` and waits until it holds no replica.
@@ -410,6 +482,10 @@ pub fn catalogue() -> BTreeMap<&'static str, &'static str> {
         (
             "add-remove",
             "Add a node (it joins through the seeds and takes replicas), then drain and remove a random other node. Proves: replicas move under load without loss or unavailability.",
+        ),
+        (
+            "version-swap",
+            "Apply a new version of the workload view (identical but for the number): it is rebuilt from the topic and promoted; then roll back to the previous version and forward again. Proves: no lookup fails and every answer is one version that served while it ran (the checker matches the version each read reports against the swap log), with every value correct.",
         ),
         ("mixed", "All of the above in a seeded random order."),
     ])

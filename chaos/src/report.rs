@@ -406,6 +406,19 @@ pub fn markdown(r: &Report) -> String {
         "\n{} keys with acknowledged writes checked on every replica ({} final reads); {} values read during the run checked.",
         r.verdict.keys_checked, r.verdict.final_reads_checked, r.verdict.values_checked
     );
+    if !r.verdict.reads_by_version.is_empty() {
+        let by: Vec<String> = r
+            .verdict
+            .reads_by_version
+            .iter()
+            .map(|(v, n)| format!("v{v}: {n}"))
+            .collect();
+        let _ = writeln!(
+            s,
+            "\nSuccessful reads by the view version they report: {}.",
+            by.join(", ")
+        );
+    }
     for v in &r.verdict.examples {
         let _ = writeln!(s, "- {:?}: {}", v.invariant, v.detail);
     }

@@ -38,21 +38,7 @@ pub fn definitions() -> String {
 [[entity]]
 name = "user"
 key_type = "string"
-
-[[view]]
-name = "{VIEW}"
-entity = "user"
-[view.source]
-topic = "{TOPIC}"
-event_time_field = "ts"
-event_time_unit = "micros"
-[[view.feature]]
-name = "seq"
-type = "int64"
-[[view.feature]]
-name = "check"
-type = "string"
-
+{}
 [[view]]
 name = "{AGG_VIEW}"
 entity = "user"
@@ -75,6 +61,30 @@ name = "seq_sum"
 function = "sum"
 input = "seq"
 window = "lifetime"
+"#,
+        view_definition(1)
+    )
+}
+
+/// The workload view [`VIEW`] at `version`. The version-swap scenario applies new
+/// versions of it, identical but for the number, and rolls between them.
+pub fn view_definition(version: u32) -> String {
+    format!(
+        r#"
+[[view]]
+name = "{VIEW}"
+version = {version}
+entity = "user"
+[view.source]
+topic = "{TOPIC}"
+event_time_field = "ts"
+event_time_unit = "micros"
+[[view.feature]]
+name = "seq"
+type = "int64"
+[[view.feature]]
+name = "check"
+type = "string"
 "#
     )
 }
@@ -115,6 +125,7 @@ pub struct Recorder {
     reads: Mutex<Vec<Read>>,
     acked: Mutex<BTreeMap<u32, i64>>,
     readers: Mutex<ReaderTotals>,
+    swaps: Mutex<Vec<(u64, u32)>>,
 }
 
 impl Recorder {
@@ -131,6 +142,7 @@ impl Recorder {
             reads: Mutex::new(Vec::new()),
             acked: Mutex::new(BTreeMap::new()),
             readers: Mutex::new(ReaderTotals::default()),
+            swaps: Mutex::new(Vec::new()),
         }
     }
 
@@ -168,6 +180,12 @@ impl Recorder {
         self.event_time_base_us + seq
     }
 
+    /// Records that the workload view's serving version became `version` now.
+    pub fn swapped(&self, version: u32) {
+        let at = self.micros(Instant::now());
+        lock(&self.swaps).push((at, version));
+    }
+
     /// Per shard, the offset after the last acknowledged write so far.
     pub fn acked_offsets(&self) -> BTreeMap<u32, i64> {
         lock(&self.acked).clone()
@@ -180,6 +198,7 @@ impl Recorder {
             writes: lock(&self.writes).clone(),
             reads: lock(&self.reads).clone(),
             final_reads: Vec::new(),
+            swaps: lock(&self.swaps).clone(),
             readers: *lock(&self.readers),
         }
     }
@@ -276,6 +295,7 @@ pub async fn reader(
                 )),
                 rows: Vec::new(),
                 watermarks: Vec::new(),
+                versions: Vec::new(),
             });
         } else {
             in_flight.spawn(read_once(id, client.clone(), rec.clone(), keys, due));
@@ -304,6 +324,7 @@ async fn read_once(id: u32, client: Client, rec: Arc<Recorder>, keys: Vec<u32>, 
                 .filter(|(_, topic, _)| *topic == TOPIC)
                 .map(|(s, _, o)| (s, o))
                 .collect(),
+            versions: r.view_versions().to_vec(),
         },
         Err(e) => Read {
             reader: id,
@@ -312,6 +333,7 @@ async fn read_once(id: u32, client: Client, rec: Arc<Recorder>, keys: Vec<u32>, 
             error: Some(error_kind(&e)),
             rows: Vec::new(),
             watermarks: Vec::new(),
+            versions: Vec::new(),
         },
     };
     lock(&rec.reads).push(read);

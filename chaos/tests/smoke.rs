@@ -105,6 +105,34 @@ async fn smoke_set_passes_every_check() {
     assert!(failed.is_empty(), "{failed:#?}");
 }
 
+/// A new version of the workload view is built and promoted, then rolled back and forward
+/// again, under reads and writes: no lookup fails, every answer reports one version that
+/// served while it ran, and both versions answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_swaps_fail_no_lookup_and_mix_no_versions() {
+    let report = run(&spec("version-swap", 104), CancellationToken::new())
+        .await
+        .unwrap_or_else(|e| panic!("version-swap: the harness failed: {e:#}"));
+    println!("{}", markdown(&report));
+    assert_eq!(report.faults.len(), 1, "one swap cycle expected");
+    let fault = &report.faults[0];
+    assert!(
+        fault.error.is_none() && fault.recovery_ms.is_some(),
+        "{fault:?}"
+    );
+    assert_eq!(
+        report.counts.lookups_failed, 0,
+        "{:?}",
+        report.counts.top_errors
+    );
+    let by = &report.verdict.reads_by_version;
+    assert!(
+        by.get(&1).is_some_and(|n| *n > 0) && by.get(&2).is_some_and(|n| *n > 0),
+        "reads of both versions: {by:?}"
+    );
+    assert!(report.passed, "{:?}", report.failures);
+}
+
 /// Readers with a row cache through a node kill: the checker holds the cache to monotonic
 /// reads (per key and per shard watermark) like any read. Few keys and few writes, so the
 /// readers revisit keys faster than their shards' watermarks move and the cache serves.

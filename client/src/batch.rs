@@ -153,6 +153,9 @@ impl<'a> Call<'a> {
     async fn fetch_consistent(&'a self) -> Result<Vec<Part>, ClientError> {
         let shards: Vec<u32> = self.batch.by_shard.keys().copied().collect();
         let mut parts = self.fetch(shards, Excluded::default(), true, 0).await?;
+        for p in &parts {
+            self.inner.schema.note_revision(p.resp.registry_revision);
+        }
         // The common case, checked without allocating: every part at the same versions.
         if parts
             .windows(2)

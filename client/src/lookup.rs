@@ -199,6 +199,8 @@ pub struct LookupResult {
     columns: Vec<PackedColumn>,
     rows: usize,
     watermarks: Watermarks,
+    /// The version each view was read at (see [`LookupResult::view_versions`]).
+    view_versions: Vec<u32>,
 }
 
 /// A node's answer whose columns do not add up (a bug or a corrupted message): refused
@@ -269,13 +271,15 @@ impl LookupResult {
     ///
     /// # Errors
     /// [`ClientError::Rpc`] (`DATA_LOSS`) if the response's columns are inconsistent.
-    pub fn new(resp: GetOnlineFeaturesResponse) -> Result<Self, ClientError> {
+    pub fn new(mut resp: GetOnlineFeaturesResponse) -> Result<Self, ClientError> {
         let watermarks = Watermarks::from_wire(&resp.watermarks);
+        let view_versions = std::mem::take(&mut resp.view_versions);
         let (columns, rows) = packed_columns(resp)?;
         Ok(LookupResult {
             columns,
             rows,
             watermarks,
+            view_versions,
         })
     }
 
@@ -288,6 +292,13 @@ impl LookupResult {
         for p in &parts {
             watermarks.merge_wire(&p.watermarks);
         }
+        // The parts agree on their versions (`batch.rs` re-reads those that do not).
+        let view_versions = parts
+            .iter()
+            .map(|p| &p.view_versions)
+            .find(|v| !v.is_empty())
+            .cloned()
+            .unwrap_or_default();
         let mut parts: Vec<(Vec<PackedColumn>, usize)> = parts
             .into_iter()
             .map(packed_columns)
@@ -304,6 +315,7 @@ impl LookupResult {
                 columns,
                 rows: n,
                 watermarks,
+                view_versions,
             });
         }
         let Some((first, _)) = parts.first() else {
@@ -311,6 +323,7 @@ impl LookupResult {
                 columns: Vec::new(),
                 rows: rows.len(),
                 watermarks,
+                view_versions,
             });
         };
         for (cols, _) in &parts {
@@ -341,6 +354,7 @@ impl LookupResult {
             columns,
             rows: rows.len(),
             watermarks,
+            view_versions,
         })
     }
 
@@ -354,7 +368,22 @@ impl LookupResult {
             columns,
             rows,
             watermarks,
+            view_versions: Vec::new(),
         }
+    }
+
+    /// Sets the versions the answer was read at.
+    pub(crate) fn with_view_versions(mut self, versions: Vec<u32>) -> Self {
+        self.view_versions = versions;
+        self
+    }
+
+    /// The version each view of the lookup was read at, in the order its feature list (or
+    /// feature service) first names the views. One answer is always one version of each
+    /// view, even while a version is promoted or rolled back. Empty from nodes that
+    /// predate versioned answers.
+    pub fn view_versions(&self) -> &[u32] {
+        &self.view_versions
     }
 
     /// Number of entity keys (rows), duplicates included.

@@ -400,6 +400,11 @@ pub(crate) struct SchemaCache {
     current: RwLock<Arc<ClientSchema>>,
     lock: tokio::sync::Mutex<()>,
     refreshes: AtomicU64,
+    /// The highest registry revision a node's answer was planned on.
+    seen_revision: AtomicU64,
+    /// The seen revision the last catch-up refresh was made for (one refresh per
+    /// revision, even if the node asked still has an older registry).
+    caught_up_to: AtomicU64,
 }
 
 async fn fetch(map: &MapCache) -> Result<ClientSchema, ClientError> {
@@ -423,7 +428,25 @@ impl SchemaCache {
             current: RwLock::new(Arc::new(fetch(map).await?)),
             lock: tokio::sync::Mutex::new(()),
             refreshes: AtomicU64::new(0),
+            seen_revision: AtomicU64::new(0),
+            caught_up_to: AtomicU64::new(0),
         })
+    }
+
+    /// Notes the registry revision an answer was planned on: a newer one than the cached
+    /// schema's makes the next validation read the schema first, so a long-lived client
+    /// follows the registry (a retyped feature, a new version) without a refused request.
+    pub(crate) fn note_revision(&self, revision: u64) {
+        self.seen_revision.fetch_max(revision, Ordering::Relaxed);
+    }
+
+    /// Reads the schema again if an answer showed a newer registry (once per revision).
+    async fn catch_up(&self, map: &MapCache, cached: u64) {
+        let seen = self.seen_revision.load(Ordering::Relaxed);
+        if seen > cached && self.caught_up_to.fetch_max(seen, Ordering::AcqRel) < seen {
+            // A failed read leaves the cached schema; validation refreshes on a mismatch.
+            let _ = self.refresh_forward(map).await;
+        }
     }
 
     pub(crate) fn current(&self) -> Arc<ClientSchema> {
@@ -489,6 +512,7 @@ impl SchemaCache {
         map: &MapCache,
         check: impl Fn(&ClientSchema) -> Result<(), Problem>,
     ) -> Result<(), ClientError> {
+        self.catch_up(map, self.current().registry_version).await;
         let seen = self.refreshes.load(Ordering::Acquire);
         match check(&self.current()) {
             Ok(()) => return Ok(()),

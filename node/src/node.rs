@@ -166,6 +166,7 @@ impl Node {
             draining: Default::default(),
             version_retention: config.version_retention,
             data_dir: config.data_dir.clone(),
+            checkpoint_copies: Default::default(),
         });
         warn_insecure(&config);
         let shards = Arc::new(ShardManager::new(

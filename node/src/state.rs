@@ -53,6 +53,9 @@ pub struct NodeState {
     /// Set when shutdown begins: readiness turns NOT_SERVING and lookup responses tell
     /// smart clients to prefer other replicas, while the node still answers.
     pub draining: AtomicBool,
+    /// Checkpoint copies in progress for new replicas: (peer, bytes copied, bytes total).
+    pub checkpoint_copies:
+        std::sync::Mutex<std::collections::BTreeMap<ShardId, (NodeId, u64, u64)>>,
     /// The node's data directory (shard databases, checkpoints for new replicas).
     pub data_dir: std::path::PathBuf,
     /// `registry.version_retention` (the versions listing shows when each is dropped).

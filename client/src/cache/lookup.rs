@@ -410,11 +410,17 @@ fn assemble(
             watermarks.raise_shard(r.shard, &r.offsets);
         }
     }
+    // Rows are served only at the shape's current versions: the first row's are all's.
+    let versions = rows
+        .first()
+        .map(|r| r.versions.to_vec())
+        .unwrap_or_default();
     Ok(LookupResult::from_columns(
         builders.into_iter().map(ColumnBuilder::finish).collect(),
         n,
         watermarks,
-    ))
+    )
+    .with_view_versions(versions))
 }
 
 #[cfg(test)]

@@ -122,6 +122,8 @@ pub(crate) fn join(
     let width: usize = answers.iter().map(|(_, p)| p.len()).sum();
     let mut columns = vec![None; width];
     let mut watermarks = Watermarks::new();
+    // Each entity's views are its own: their versions follow one another.
+    let mut versions = Vec::new();
     for (answer, positions) in answers {
         if answer.columns.len() != positions.len() || answer.rows != rows {
             return Err(super::malformed(format!(
@@ -132,6 +134,7 @@ pub(crate) fn join(
             )));
         }
         watermarks.merge(&answer.watermarks);
+        versions.extend_from_slice(&answer.view_versions);
         for (c, at) in answer.columns.into_iter().zip(positions) {
             columns[at] = Some(c);
         }
@@ -140,7 +143,7 @@ pub(crate) fn join(
         .into_iter()
         .collect::<Option<Vec<_>>>()
         .ok_or_else(|| super::malformed("a multi-entity lookup left a column unanswered"))?;
-    Ok(LookupResult::from_columns(columns, rows, watermarks))
+    Ok(LookupResult::from_columns(columns, rows, watermarks).with_view_versions(versions))
 }
 
 #[cfg(test)]

@@ -106,7 +106,8 @@ impl LookupResult {
             }
             columns.push(b.finish());
         }
-        Ok(LookupResult::from_columns(columns, rows, watermarks))
+        let versions = first.view_versions().to_vec();
+        Ok(LookupResult::from_columns(columns, rows, watermarks).with_view_versions(versions))
     }
 }
 

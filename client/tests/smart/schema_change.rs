@@ -57,7 +57,19 @@ async fn a_running_client_follows_a_retyped_feature() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    // The client's schema still says float64: the push must not be refused by it.
+    // A lookup answered on the new registry: the client's schema follows it before the
+    // next request is checked (no refused request needed to notice).
+    client
+        .get_online_features(&Lookup::features(["profile:score"]).keys(["u1"]))
+        .await
+        .unwrap();
+    let schema = client.push_schema("profile").await.unwrap();
+    assert_eq!(
+        schema.fields,
+        vec![("score".to_string(), "int64".to_string())],
+        "the cached schema followed the registry"
+    );
+    // The client's schema says int64 now: the push goes through.
     let wm = client
         .push("profile", [PushRow::new("u1").set("score", 7i64)])
         .await

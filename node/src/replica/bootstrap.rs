@@ -73,8 +73,16 @@ async fn copy_task(
     cancel: CancellationToken,
 ) {
     let mut pause = Duration::from_secs(1);
+    let progress = |peer, copied, total| {
+        state
+            .checkpoint_copies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, (peer, copied, total));
+    };
+    let _done = Finished(&state, id);
     loop {
-        match bootstrap_from_peer(&control, id, &dir).await {
+        match bootstrap_from_peer(&control, id, &dir, &progress).await {
             Ok(Bootstrap::FromPeer { node, bytes }) => {
                 info!(shard_id = %id, peer = %node, bytes, "new replica bootstrapped from a peer's checkpoint");
                 return;
@@ -96,6 +104,19 @@ async fn copy_task(
             () = tokio::time::sleep(pause) => {}
         }
         pause = (pause * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// Takes the copy out of the status when the task ends, however it ends.
+struct Finished<'a>(&'a NodeState, ShardId);
+
+impl Drop for Finished<'_> {
+    fn drop(&mut self) {
+        self.0
+            .checkpoint_copies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.1);
     }
 }
 

@@ -212,9 +212,27 @@ impl AdminServiceImpl {
                         .filter(|(stream, _)| sees_all || sees_stream(stream))
                         .map(|(_, why)| why)
                         .collect(),
+                    checkpoint_copy: String::new(),
                 }
             })
             .collect();
+        // New replicas still copying a peer's checkpoint (not open yet).
+        let copies = self
+            .state
+            .checkpoint_copies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for (shard, (peer, copied, total)) in copies {
+            if !shards.iter().any(|s| s.shard == shard.0) {
+                shards.push(ShardStatus {
+                    shard: shard.0,
+                    replica_state: "bootstrapping".into(),
+                    checkpoint_copy: format!("from node {peer}: {copied} of {total} bytes"),
+                    ..Default::default()
+                });
+            }
+        }
         shards.sort_by_key(|s| s.shard);
         GetStatusResponse {
             node_id: self.state.node_id.0,

@@ -608,7 +608,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 let shards: Vec<Json> = s
                     .shards
                     .iter()
-                    .map(|sh| json!({"shard": sh.shard, "rows_estimate": sh.row_count_estimate, "replica_state": sh.replica_state, "blocked_streams": sh.blocked_streams, "freshness_seconds": freshness(sh.newest_event_time_micros), "partitions": sh.partitions.iter().map(|p| json!({
+                    .map(|sh| json!({"shard": sh.shard, "rows_estimate": sh.row_count_estimate, "replica_state": sh.replica_state, "blocked_streams": sh.blocked_streams, "checkpoint_copy": sh.checkpoint_copy, "freshness_seconds": freshness(sh.newest_event_time_micros), "partitions": sh.partitions.iter().map(|p| json!({
                         "topic": p.topic, "next_offset": p.next_offset, "high_watermark": p.high_watermark, "lag": p.lag,
                         "consumed": p.records_consumed, "applied": p.records_applied, "malformed": p.records_malformed, "reached_end": p.reached_end
                     })).collect::<Vec<_>>()}))
@@ -656,6 +656,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                     for why in &sh.blocked_streams {
                         println!("{:>5} BLOCKED {why}", sh.shard);
+                    }
+                    if !sh.checkpoint_copy.is_empty() {
+                        println!("{:>5} COPYING checkpoint {}", sh.shard, sh.checkpoint_copy);
                     }
                 }
             }

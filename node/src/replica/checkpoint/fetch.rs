@@ -39,6 +39,7 @@ pub(crate) async fn bootstrap_from_peer(
     control: &ControlPlane,
     shard: ShardId,
     target: &Path,
+    progress: &(dyn Fn(NodeId, u64, u64) + Sync),
 ) -> Result<Bootstrap, String> {
     let state = control.state();
     let me = control.node_id();
@@ -56,7 +57,8 @@ pub(crate) async fn bootstrap_from_peer(
     let shard_label = shard.0.to_string();
     let mut last = String::new();
     for (node, addr) in peers {
-        match copy_from(control, &addr, shard, target, &shard_label).await {
+        let report = |copied: u64, total: u64| progress(node, copied, total);
+        match copy_from(control, &addr, shard, target, &shard_label, &report).await {
             Ok(bytes) => {
                 counter!(m::REPLICA_BOOTSTRAPS, "source" => "checkpoint").increment(1);
                 return Ok(Bootstrap::FromPeer { node, bytes });
@@ -84,6 +86,7 @@ async fn copy_from(
     shard: ShardId,
     target: &Path,
     shard_label: &str,
+    progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<u64, String> {
     let channel = control.peer_channel(addr).map_err(|e| e.to_string())?;
     let mut client = ReplicaServiceClient::new(channel).max_decoding_message_size(8 << 20);
@@ -137,6 +140,7 @@ async fn copy_from(
                 })
                 .await?;
                 have += n;
+                progress(done + have, total);
                 counter!(m::REPLICA_CHECKPOINT_BYTES).increment(n);
                 gauge!(m::REPLICA_BOOTSTRAP_PROGRESS, "shard" => shard_label.to_owned())
                     .set((done + have) as f64 / total.max(1) as f64);
