@@ -114,12 +114,14 @@ async fn version_swaps_fail_no_lookup_and_mix_no_versions() {
         .await
         .unwrap_or_else(|e| panic!("version-swap: the harness failed: {e:#}"));
     println!("{}", markdown(&report));
-    assert_eq!(report.faults.len(), 1, "one swap cycle expected");
-    let fault = &report.faults[0];
-    assert!(
-        fault.error.is_none() && fault.recovery_ms.is_some(),
-        "{fault:?}"
-    );
+    // A cycle holds nothing, so the run fits more than one.
+    assert!(!report.faults.is_empty(), "a swap cycle expected");
+    for fault in &report.faults {
+        assert!(
+            fault.error.is_none() && fault.recovery_ms.is_some(),
+            "{fault:?}"
+        );
+    }
     assert_eq!(
         report.counts.lookups_failed, 0,
         "{:?}",
