@@ -16,6 +16,7 @@ pub mod fixtures;
 pub mod ingest;
 pub mod load;
 pub mod lookup;
+pub mod replicas;
 pub mod report;
 pub mod systems;
 

@@ -4,6 +4,8 @@
 //! quiver-bench lookup   [options]   open-loop lookups: quiver vs Redis, Feast and the floor
 //! quiver-bench ingest   [options]   apply throughput per node and freshness under lookups
 //! quiver-bench capacity [options]   the sizing model from a lookup and an ingest report
+//! quiver-bench export   [options]   training-set export: label rows/s, exporter memory
+//! quiver-bench replicas [options]   checkpoint bootstrap vs log replay; space of a dropped version
 //! quiver-bench all      [options]   the three above into one directory
 //! ```
 //! Each writes JSON, Markdown and SVG plots into `--out`. See `benches/README.md`.
@@ -37,6 +39,9 @@ enum Command {
     Ingest(IngestArgs),
     /// Training-set export: label rows/s and the exporter's peak memory.
     Export(ExportArgs),
+    /// A new replica from a peer's checkpoint against log replay of the same shard, and
+    /// the disk space a dropped view version gives back (3 nodes, P = 1, R = 2).
+    Replicas(ReplicasArgs),
     /// The sizing model and its check, from the reports in `--from`.
     Capacity(CapacityArgs),
     /// lookup, ingest and capacity into one directory.
@@ -141,6 +146,7 @@ impl Common {
             secure: self.secure,
             aggregations: false,
             history: false,
+            version_retention_s: None,
         }
     }
 
@@ -278,6 +284,32 @@ struct ExportArgs {
     /// The `quiverctl` binary (default: beside this one).
     #[arg(long, env = "QUIVERCTL_BIN")]
     quiverctl: Option<PathBuf>,
+}
+
+#[derive(Args, Clone)]
+struct ReplicasArgs {
+    /// Output directory (JSON, Markdown).
+    #[arg(long, env = "QUIVER_BENCH_OUT", default_value = "bench-results")]
+    out: PathBuf,
+    /// Working directory (default: a fresh temporary one, removed afterwards).
+    #[arg(long, env = "QUIVER_BENCH_WORK")]
+    work: Option<PathBuf>,
+    /// Entities: rows of the one shard (3.5 M × 50 features ≈ 1 GB on disk).
+    #[arg(long, default_value_t = 200_000)]
+    entities: u32,
+    /// float64 features per row.
+    #[arg(long, default_value_t = 50)]
+    features: u32,
+    /// Seed of the data.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// `registry.version_retention` of the nodes, seconds: how long version 1 is kept
+    /// after version 2 replaces it.
+    #[arg(long, default_value_t = 5)]
+    retention_s: u64,
+    /// RocksDB block cache per node, MiB.
+    #[arg(long, default_value_t = 256)]
+    block_cache_mib: u32,
 }
 
 #[derive(Args, Clone)]
@@ -569,6 +601,38 @@ async fn run_export(a: &ExportArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn run_replicas(a: &ReplicasArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        a.entities >= 1 && a.features >= 1,
+        "--entities and --features must be positive"
+    );
+    let p = quiver_bench::replicas::ReplicasParams {
+        cluster: ClusterSpec {
+            nodes: 3,
+            shards: 1,
+            replication: 2,
+            block_cache_mib: a.block_cache_mib,
+            secure: false,
+            aggregations: false,
+            history: false,
+            version_retention_s: Some(a.retention_s),
+        },
+        dataset: Dataset {
+            entities: a.entities,
+            seed: a.seed,
+        },
+        features: a.features,
+    };
+    let work = Work::new(a.work.clone())?;
+    let r = quiver_bench::replicas::run(p, &work.path.join("replicas")).await?;
+    std::fs::create_dir_all(&a.out)?;
+    report::write_json(&a.out, "replicas.json", &r)?;
+    let md = quiver_bench::replicas::markdown(&r);
+    std::fs::write(a.out.join("replicas.md"), &md)?;
+    eprintln!("{md}");
+    Ok(())
+}
+
 fn run_capacity(
     from: &std::path::Path,
     out: &std::path::Path,
@@ -636,6 +700,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Lookup(a) => run_lookup(&a).await,
         Command::Ingest(a) => run_ingest(&a.common, &a).await,
         Command::Export(a) => run_export(&a).await,
+        Command::Replicas(a) => run_replicas(&a).await,
         Command::Capacity(a) => {
             let out = a.out.clone().unwrap_or_else(|| a.from.clone());
             run_capacity(&a.from, &out, &a.question)

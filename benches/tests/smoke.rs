@@ -245,6 +245,45 @@ fn all_runs_the_three_into_one_directory() {
     );
 }
 
+/// A new replica of a shard copies its peer's checkpoint (the report has the copy's
+/// bytes and rate); version 2 is replayed from the log and promoted; version 1 is then
+/// dropped on both replicas and their shard directories shrink.
+#[test]
+fn replicas_copies_a_checkpoint_replays_a_version_and_reclaims_the_old_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    bench(&[
+        "replicas",
+        "--out",
+        out.to_str().unwrap(),
+        "--entities",
+        "30000",
+        "--features",
+        "20",
+        "--retention-s",
+        "2",
+    ]);
+    let r = json(&out.join("replicas.json"));
+    check_run_info(&r);
+    assert_eq!(r["schema"], "quiver-bench.replicas.v1");
+    let shard = r["shard_bytes"].as_u64().unwrap();
+    let copied = r["checkpoint"]["bytes"].as_u64().unwrap();
+    assert!(shard > 1_000_000 && copied > 1_000_000, "{r}");
+    assert!(r["checkpoint"]["to_serving_seconds"].as_f64().unwrap() > 0.0);
+    assert_eq!(r["replay"]["records"], 30_000);
+    let space = r["space"].as_array().unwrap();
+    assert_eq!(space.len(), 2);
+    for s in space {
+        let (before, after) = (
+            s["before_bytes"].as_u64().unwrap(),
+            s["after_bytes"].as_u64().unwrap(),
+        );
+        // Two versions of the same rows before, one after (and RocksDB's own files).
+        assert!(after * 10 < before * 8, "{s}");
+    }
+    assert!(out.join("replicas.md").exists());
+}
+
 /// Runs `quiver-bench args` expecting a refusal whose message names `what`.
 fn refused(args: &[&str], what: &str) {
     let out = Command::new(env!("CARGO_BIN_EXE_quiver-bench"))

@@ -224,22 +224,7 @@ impl ClientSchema {
                 self.limits.max_batch_keys
             ));
         }
-        let resolved: Vec<String> = match (features.is_empty(), service.is_empty()) {
-            (true, true) => return invalid("the lookup names no features".into()),
-            (false, false) => {
-                return invalid(
-                    "set either feature references or a feature service, not both".into(),
-                );
-            }
-            (false, true) => features.to_vec(),
-            (true, false) => self
-                .services
-                .get(service)
-                .ok_or_else(|| {
-                    Problem::Unknown(format!("feature service {service:?} is not registered"))
-                })?
-                .clone(),
-        };
+        let resolved = self.references(features, service)?;
         let mut entity: Option<(&str, &str)> = None;
         let mut columns = 0usize;
         for r in &resolved {
@@ -279,6 +264,20 @@ impl ClientSchema {
         self.check_keys(entity, "entity_keys", keys.iter().map(Some))
     }
 
+    /// A lookup's references: its own, or its feature service's.
+    fn references(&self, features: &[String], service: &str) -> Result<Vec<String>, Problem> {
+        match (features.is_empty(), service.is_empty()) {
+            (true, true) => Err(Problem::Invalid("the lookup names no features".into())),
+            (false, false) => Err(Problem::Invalid(
+                "set either feature references or a feature service, not both".into(),
+            )),
+            (false, true) => Ok(features.to_vec()),
+            (true, false) => self.services.get(service).cloned().ok_or_else(|| {
+                Problem::Unknown(format!("feature service {service:?} is not registered"))
+            }),
+        }
+    }
+
     /// Each reference of a lookup (a feature service expanded) with the entity its view is
     /// keyed by and the columns it answers, in request order: how a lookup with keys per
     /// entity is split.
@@ -287,23 +286,8 @@ impl ClientSchema {
         features: &[String],
         service: &str,
     ) -> Result<Vec<crate::lookup::entities::EntityRef>, Problem> {
-        let refs: Vec<String> = match (features.is_empty(), service.is_empty()) {
-            (true, true) => return Err(Problem::Invalid("the lookup names no features".into())),
-            (false, false) => {
-                return Err(Problem::Invalid(
-                    "set either feature references or a feature service, not both".into(),
-                ));
-            }
-            (false, true) => features.to_vec(),
-            (true, false) => self
-                .services
-                .get(service)
-                .ok_or_else(|| {
-                    Problem::Unknown(format!("feature service {service:?} is not registered"))
-                })?
-                .clone(),
-        };
-        refs.into_iter()
+        self.references(features, service)?
+            .into_iter()
             .map(|r| {
                 let Some((view_name, feature)) = r.split_once(':') else {
                     return Err(Problem::Invalid(format!(
@@ -440,13 +424,17 @@ impl SchemaCache {
         self.seen_revision.fetch_max(revision, Ordering::Relaxed);
     }
 
-    /// Reads the schema again if an answer showed a newer registry (once per revision).
-    async fn catch_up(&self, map: &MapCache, cached: u64) {
+    /// Reads the schema again if an answer showed a newer registry than `cached`'s (once
+    /// per revision); returns the schema to check against.
+    async fn catch_up(&self, map: &MapCache, cached: Arc<ClientSchema>) -> Arc<ClientSchema> {
         let seen = self.seen_revision.load(Ordering::Relaxed);
-        if seen > cached && self.caught_up_to.fetch_max(seen, Ordering::AcqRel) < seen {
-            // A failed read leaves the cached schema; validation refreshes on a mismatch.
-            let _ = self.refresh_forward(map).await;
+        if seen <= cached.registry_version
+            || self.caught_up_to.fetch_max(seen, Ordering::AcqRel) >= seen
+        {
+            return cached;
         }
+        // A failed read keeps the cached schema; validation refreshes on a mismatch.
+        self.refresh_forward(map).await.unwrap_or(cached)
     }
 
     pub(crate) fn current(&self) -> Arc<ClientSchema> {
@@ -512,9 +500,9 @@ impl SchemaCache {
         map: &MapCache,
         check: impl Fn(&ClientSchema) -> Result<(), Problem>,
     ) -> Result<(), ClientError> {
-        self.catch_up(map, self.current().registry_version).await;
+        let schema = self.catch_up(map, self.current()).await;
         let seen = self.refreshes.load(Ordering::Acquire);
-        match check(&self.current()) {
+        match check(&schema) {
             Ok(()) => return Ok(()),
             Err(Problem::Invalid(m)) => return Err(ClientError::InvalidRequest(m)),
             Err(Problem::Unknown(_) | Problem::Mismatch(_)) => {}

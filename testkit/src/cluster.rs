@@ -28,6 +28,8 @@ pub struct ClusterSettings {
     /// TOML appended to every node's config: its `[tls]` and `[auth]` sections. The
     /// default disables auth (a rig on loopback that tests something else).
     pub security_toml: String,
+    /// `registry.version_retention` (the node's default, 7 days, when `None`).
+    pub version_retention: Option<Duration>,
 }
 
 impl ClusterSettings {
@@ -43,6 +45,7 @@ impl ClusterSettings {
             block_cache_mib: 16,
             shutdown_delay: Duration::ZERO,
             security_toml: "[auth]\nenabled = false\n".into(),
+            version_retention: None,
         }
     }
 }
@@ -142,7 +145,7 @@ seeds = [{seeds}]
 replication_factor = {r}
 heartbeat_interval = "200ms"
 dead_after = "{dead}ms"
-{security}
+{registry}{security}
 "#,
         id = m.id,
         host = m.host,
@@ -160,6 +163,10 @@ dead_after = "{dead}ms"
         cache = s.block_cache_mib,
         delay = s.shutdown_delay.as_millis(),
         security = s.security_toml,
+        registry = s.version_retention.map_or(String::new(), |r| format!(
+            "[registry]\nversion_retention = \"{}ms\"\n",
+            r.as_millis()
+        )),
     );
     std::fs::write(&m.config, text).expect("write node config");
 }

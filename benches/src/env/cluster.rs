@@ -36,12 +36,14 @@ pub struct ClusterSpec {
     /// Also register, per view, a copy with `history = "7d"` over the same topic
     /// (`Dataset::history_definitions`).
     pub history: bool,
+    /// `registry.version_retention` of the nodes, seconds (their default when `None`).
+    pub version_retention_s: Option<u64>,
 }
 
 /// A running cluster.
 pub struct BenchCluster {
-    // Field order is drop order: nodes before the broker they consume from.
-    nodes: Vec<NodeProcess>,
+    // Field order is drop order: nodes before the broker they consume from. `None`: stopped.
+    nodes: Vec<Option<NodeProcess>>,
     broker: Broker,
     members: Vec<Member>,
     spec: ClusterSpec,
@@ -100,11 +102,12 @@ impl BenchCluster {
                 if let Some(t) = security_toml {
                     settings.security_toml = t;
                 }
+                settings.version_retention = spec.version_retention_s.map(Duration::from_secs);
                 let members =
                     initial_members(&root.join("nodes"), u64::from(spec.nodes), &settings);
-                let nodes: Vec<NodeProcess> = members
+                let nodes: Vec<Option<NodeProcess>> = members
                     .iter()
-                    .map(|m| NodeProcess::start_member(m, 1, None))
+                    .map(|m| Some(NodeProcess::start_member(m, 1, None)))
                     .collect();
                 (broker, members, nodes)
             })
@@ -198,17 +201,49 @@ impl BenchCluster {
         Ok(())
     }
 
-    /// The current cluster map, from the first node.
+    /// The current cluster map, from the first running node.
     ///
     /// # Errors
     /// When the node does not answer.
     pub async fn cluster_map(&self) -> anyhow::Result<ClusterMap> {
-        let mut c = NodeClient::connect_with(
-            self.endpoints()[0].clone(),
+        Ok(self.admin().await?.cluster_map().await?)
+    }
+
+    /// A client of the first running node.
+    ///
+    /// # Errors
+    /// When no node runs or it does not answer.
+    pub async fn admin(&self) -> anyhow::Result<NodeClient> {
+        let i = self
+            .nodes
+            .iter()
+            .position(Option::is_some)
+            .context("no node runs")?;
+        self.node(i).await
+    }
+
+    /// A client of node `i` (0-based).
+    ///
+    /// # Errors
+    /// When the node does not answer.
+    pub async fn node(&self, i: usize) -> anyhow::Result<NodeClient> {
+        Ok(NodeClient::connect_with(
+            self.endpoints()[i].clone(),
             &quiver_testkit::security::credentials(),
         )
-        .await?;
-        Ok(c.cluster_map().await?)
+        .await?)
+    }
+
+    /// Stops node `i` (0-based) with SIGTERM and waits for its exit.
+    ///
+    /// # Errors
+    /// When the node was stopped before.
+    pub async fn stop_node(&mut self, i: usize) -> anyhow::Result<()> {
+        let p = self.nodes[i]
+            .take()
+            .context("the node was stopped before")?;
+        tokio::task::spawn_blocking(move || p.terminate()).await?;
+        Ok(())
     }
 
     /// Produces every entity of `ds` to each view in `features` (full speed), and waits
@@ -394,9 +429,9 @@ impl BenchCluster {
         self.members.iter().map(Member::endpoint).collect()
     }
 
-    /// Process ids of the nodes.
+    /// Process ids of the running nodes.
     pub fn node_pids(&self) -> Vec<u32> {
-        self.nodes.iter().map(NodeProcess::pid).collect()
+        self.nodes.iter().flatten().map(NodeProcess::pid).collect()
     }
 
     /// Process id of the broker.
@@ -404,12 +439,12 @@ impl BenchCluster {
         self.broker.pid()
     }
 
-    /// Node ids with their process ids.
+    /// Node ids of the running nodes with their process ids.
     pub fn node_ids(&self) -> Vec<(u64, u32)> {
         self.members
             .iter()
             .zip(&self.nodes)
-            .map(|(m, p)| (m.id, p.pid()))
+            .filter_map(|(m, p)| Some((m.id, p.as_ref()?.pid())))
             .collect()
     }
 

@@ -86,6 +86,19 @@ impl Dataset {
         s
     }
 
+    /// The F-feature view alone at `version` (same features and topic): a new version
+    /// the replicas build by replaying the topic.
+    pub fn versioned_definitions(features: u32, version: u32) -> String {
+        let mut s = String::from("[[entity]]\nname = \"user\"\nkey_type = \"string\"\n");
+        plain_view(
+            &mut s,
+            &view(features),
+            features,
+            &format!("version = {version}\n"),
+        );
+        s
+    }
+
     /// A view with `history = "7d"` per F-feature view, over the same topic and with the
     /// same features (`history_view`).
     pub fn history_definitions(features: &[u32]) -> String {

@@ -191,7 +191,10 @@ impl ShardIngest {
         for d in &snap.dropped {
             match self.store.drop_view_version(&d.view, d.version) {
                 Ok(true) => {
-                    info!(view = %d.view, version = d.version, "dropped view version: rows deleted");
+                    if let Err(e) = self.store.reclaim_view_version(&d.view, d.version) {
+                        warn!(view = %d.view, version = d.version, error = %e, "compacting a dropped view version failed; its space returns with later compactions");
+                    }
+                    info!(view = %d.view, version = d.version, "dropped view version: rows deleted, space reclaimed");
                     counter!(m::VERSIONS_DROPPED, "shard" => self.shard_label.clone()).increment(1);
                 }
                 Ok(false) => {}

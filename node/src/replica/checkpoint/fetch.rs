@@ -54,11 +54,43 @@ pub(crate) async fn bootstrap_from_peer(
     if peers.is_empty() {
         return Ok(Bootstrap::NoPeer);
     }
+    let peers = peers.into_iter().map(|(node, addr)| {
+        let client = control
+            .peer_channel(&addr)
+            .map(ReplicaServiceClient::new)
+            .map_err(|e| format!("node {node} ({addr}): {e}"));
+        (node, client)
+    });
+    copy_from_any(peers, shard, target, progress).await
+}
+
+/// Copies the checkpoint of `shard` from the first of `peers` that delivers a whole,
+/// verified one. A copy that fails part-way leaves what it verified for the next try,
+/// which resumes it when the next peer hands out the same checkpoint.
+///
+/// # Errors
+/// Why the last peer tried failed.
+pub(crate) async fn copy_from_any<C>(
+    peers: impl IntoIterator<Item = (NodeId, Result<ReplicaServiceClient<C>, String>)>,
+    shard: ShardId,
+    target: &Path,
+    progress: &(dyn Fn(NodeId, u64, u64) + Sync),
+) -> Result<Bootstrap, String>
+where
+    C: tonic::client::GrpcService<tonic::body::Body>,
+    C::Error: Into<tonic::codegen::StdError>,
+    C::ResponseBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
+    <C::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
+{
     let shard_label = shard.0.to_string();
-    let mut last = String::new();
-    for (node, addr) in peers {
+    let mut last = String::from("no peer to copy from");
+    for (node, client) in peers {
         let report = |copied: u64, total: u64| progress(node, copied, total);
-        match copy_from(control, &addr, shard, target, &shard_label, &report).await {
+        let copied = match client {
+            Ok(client) => copy_from(client, shard, target, &shard_label, &report).await,
+            Err(e) => Err(e),
+        };
+        match copied {
             Ok(bytes) => {
                 counter!(m::REPLICA_BOOTSTRAPS, "source" => "checkpoint").increment(1);
                 return Ok(Bootstrap::FromPeer { node, bytes });
@@ -66,7 +98,7 @@ pub(crate) async fn bootstrap_from_peer(
             Err(e) => {
                 counter!(m::REPLICA_BOOTSTRAP_FAILURES).increment(1);
                 warn!(shard_id = %shard, peer = %node, error = %e, "copying a checkpoint failed; trying the next peer");
-                last = format!("node {node} ({addr}): {e}");
+                last = format!("node {node}: {e}");
             }
         }
     }
@@ -80,16 +112,20 @@ fn checked_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-async fn copy_from(
-    control: &ControlPlane,
-    addr: &str,
+async fn copy_from<C>(
+    client: ReplicaServiceClient<C>,
     shard: ShardId,
     target: &Path,
     shard_label: &str,
     progress: &(dyn Fn(u64, u64) + Sync),
-) -> Result<u64, String> {
-    let channel = control.peer_channel(addr).map_err(|e| e.to_string())?;
-    let mut client = ReplicaServiceClient::new(channel).max_decoding_message_size(8 << 20);
+) -> Result<u64, String>
+where
+    C: tonic::client::GrpcService<tonic::body::Body>,
+    C::Error: Into<tonic::codegen::StdError>,
+    C::ResponseBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
+    <C::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
+{
+    let mut client = client.max_decoding_message_size(8 << 20);
     let manifest: CheckpointManifest = client
         .create_checkpoint(CreateCheckpointRequest { shard: shard.0 })
         .await
@@ -132,6 +168,13 @@ async fn copy_from(
                 .map_err(|s| format!("{}: {}", s.code(), s.message()))?
             {
                 let n = chunk.data.len() as u64;
+                if crc32fast::hash(&chunk.data) != chunk.crc32 {
+                    // Not written: the next try resumes from the last good byte.
+                    return Err(format!(
+                        "a chunk of file {} of checkpoint {} at byte {have} failed its CRC-32 check",
+                        f.name, manifest.id
+                    ));
+                }
                 file = blocking(move || {
                     use std::io::Write;
                     let mut file = file;

@@ -7,6 +7,8 @@
 
 mod fetch;
 pub mod serve;
+#[cfg(test)]
+mod tests;
 
 pub(crate) use fetch::{Bootstrap, bootstrap_from_peer};
 

@@ -133,7 +133,7 @@ impl ReplicaServiceImpl {
 }
 
 /// The manifest of checkpoint `id` in `dir`.
-fn manifest_of(
+pub(crate) fn manifest_of(
     dir: &Path,
     id: &str,
     shard: ShardId,
@@ -169,7 +169,7 @@ fn manifest_of(
     })
 }
 
-type ChunkStream = Pin<Box<dyn Stream<Item = Result<CheckpointChunk, Status>> + Send>>;
+pub(crate) type ChunkStream = Pin<Box<dyn Stream<Item = Result<CheckpointChunk, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl ReplicaService for ReplicaServiceImpl {
@@ -196,44 +196,61 @@ impl ReplicaService for ReplicaServiceImpl {
             )));
         }
         let path = self.root.join(&r.id).join(&r.name);
-        let offset = r.offset;
-        let opened = tokio::task::spawn_blocking(move || {
-            use std::io::Seek;
-            let mut f = std::fs::File::open(&path)?;
-            f.seek(std::io::SeekFrom::Start(offset))?;
-            Ok::<_, std::io::Error>(f)
-        })
-        .await
-        .map_err(|e| Status::internal(format!("open task: {e}")))?;
-        let file = opened.map_err(|e| {
+        let stream = file_chunks(path, r.offset).await.map_err(|e| {
             Status::not_found(format!(
                 "checkpoint {} has no file {:?} (expired? ask for a new checkpoint): {e}",
                 r.id, r.name
             ))
         })?;
-        // HTTP/2 flow control paces the stream to the receiver: a chunk is read only when
-        // the previous one was taken. Reads run on the blocking pool.
-        let stream = futures::stream::unfold(Some(file), |file| async move {
-            let file = file?;
-            let read = tokio::task::spawn_blocking(move || {
-                use std::io::Read;
-                let mut file = file;
-                let mut buf = vec![0u8; CHUNK];
-                let n = file.read(&mut buf)?;
-                buf.truncate(n);
-                Ok::<_, std::io::Error>((file, buf))
-            })
-            .await;
-            match read {
-                Ok(Ok((_, buf))) if buf.is_empty() => None,
-                Ok(Ok((file, buf))) => Some((Ok(CheckpointChunk { data: buf }), Some(file))),
-                Ok(Err(e)) => {
-                    warn!(error = %e, "reading a checkpoint file failed");
-                    Some((Err(Status::internal(format!("read: {e}"))), None))
-                }
-                Err(e) => Some((Err(Status::internal(format!("read task: {e}"))), None)),
-            }
-        });
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(stream))
     }
+}
+
+/// The chunks of the file at `path` from byte `offset` on, each with its CRC-32.
+///
+/// # Errors
+/// When the file cannot be opened.
+pub(crate) async fn file_chunks(path: PathBuf, offset: u64) -> std::io::Result<ChunkStream> {
+    let file = tokio::task::spawn_blocking(move || {
+        use std::io::Seek;
+        let mut f = std::fs::File::open(&path)?;
+        f.seek(std::io::SeekFrom::Start(offset))?;
+        Ok::<_, std::io::Error>(f)
+    })
+    .await
+    .map_err(std::io::Error::other)??;
+    // HTTP/2 flow control paces the stream to the receiver: a chunk is read only when the
+    // previous one was taken. Reads run on the blocking pool.
+    let stream = futures::stream::unfold(Some(file), |file| async move {
+        let file = file?;
+        let read = tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            let mut file = file;
+            // One buffer per chunk: it becomes the message's bytes.
+            let mut buf = vec![0u8; CHUNK];
+            let mut n = 0;
+            while n < CHUNK {
+                match file.read(&mut buf[n..])? {
+                    0 => break,
+                    k => n += k,
+                }
+            }
+            buf.truncate(n);
+            Ok::<_, std::io::Error>((file, buf))
+        })
+        .await;
+        match read {
+            Ok(Ok((_, buf))) if buf.is_empty() => None,
+            Ok(Ok((file, buf))) => {
+                let crc32 = crc32fast::hash(&buf);
+                Some((Ok(CheckpointChunk { data: buf, crc32 }), Some(file)))
+            }
+            Ok(Err(e)) => {
+                warn!(error = %e, "reading a checkpoint file failed");
+                Some((Err(Status::internal(format!("read: {e}"))), None))
+            }
+            Err(e) => Some((Err(Status::internal(format!("read task: {e}"))), None)),
+        }
+    });
+    Ok(Box::pin(stream))
 }

@@ -89,6 +89,35 @@ impl ShardStore {
         drop(offsets);
         written.map(|()| true)
     }
+
+    /// Returns the disk space of a dropped `(view, version)`: deletes the SST files that
+    /// hold only its keys and compacts the rest of its ranges, so the range deletions do
+    /// not wait for background compaction to reach them. Blocking: the shard's ingest
+    /// thread runs it once per dropped version, after [`ShardStore::drop_view_version`].
+    ///
+    /// # Errors
+    /// A RocksDB failure (the space then comes back with later compactions).
+    pub fn reclaim_view_version(&self, view: &str, version: u32) -> Result<(), StorageError> {
+        let ranges = [
+            (CF_ROWS, keys::ROW_TAG),
+            (CF_ROWS, keys::TILE_TAG),
+            (CF_ROWS, keys::TILE_BODY_TAG),
+            (CF_HISTORY, keys::HISTORY_TAG),
+        ];
+        // The memtables too (the deleted rows may not have reached an SST yet), which
+        // also lets RocksDB recycle the write-ahead log that holds them.
+        self.flush()?;
+        for (cf, tag) in ranges {
+            let (from, to) = version_range(tag, view, version);
+            let cf = self.cf(cf);
+            // Whole files first (no rewrite), then the files the range shares with others.
+            self.db
+                .delete_file_in_range_cf(cf, &from, &to)
+                .map_err(|e| self.rocks(e))?;
+            self.db.compact_range_cf(cf, Some(&from), Some(&to));
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
