@@ -16,8 +16,8 @@ use tonic::{Request, Response, Status};
 use tracing::info;
 
 use super::ServeError;
-use crate::control::plane::{ControlError, wall_clock_ms};
-use crate::control::state::{Command, CommandResult};
+use crate::control::plane::wall_clock_ms;
+use crate::control::state::Command;
 use crate::kafka_meta::TopicCheckError;
 use crate::metrics as m;
 use crate::registry::{DefinitionFile, RegistryError};
@@ -104,21 +104,11 @@ impl AdminServiceImpl {
                 applied_by: principal.to_string(),
                 applied_at_ms: wall_clock_ms(),
             };
-            return match control.propose(cmd).await {
-                Ok(CommandResult::Applied { changes, .. }) => {
-                    if !changes.is_empty() {
-                        info!(changes = ?changes, "registry changed (replicated)");
-                    }
-                    Ok(ApplyDefinitionsResponse { changes })
-                }
-                Ok(CommandResult::Rejected { invalid, reason })
-                | Err(ControlError::Rejected { invalid, reason }) => Err(if invalid {
-                    ServeError::InvalidArgument(reason)
-                } else {
-                    ServeError::FailedPrecondition(reason)
-                }),
-                Err(e) => Err(e.into()),
-            };
+            let changes = ServeError::changes_of(control.propose(cmd).await)?;
+            if !changes.is_empty() {
+                info!(changes = ?changes, "registry changed (replicated)");
+            }
+            return Ok(ApplyDefinitionsResponse { changes });
         }
         // Persisting the registry fsyncs a file: keep it off the async workers.
         let registry = self.state.registry.clone();

@@ -100,6 +100,20 @@ impl ServeError {
             ServeError::Storage(_) => ErrorCode::Internal,
         }
     }
+
+    /// The changes of a proposed command that was applied; a rejected one as the
+    /// caller's error (invalid input, or a conflict with the state).
+    pub(crate) fn changes_of(
+        proposed: Result<crate::control::state::CommandResult, crate::control::error::ControlError>,
+    ) -> Result<Vec<String>, ServeError> {
+        use crate::control::state::CommandResult;
+        match proposed? {
+            CommandResult::Applied { changes, .. } => Ok(changes),
+            CommandResult::Rejected { invalid, reason } => {
+                Err(crate::control::error::ControlError::Rejected { invalid, reason }.into())
+            }
+        }
+    }
 }
 
 impl From<crate::control::error::ControlError> for ServeError {

@@ -6,8 +6,8 @@ use quiver_proto::v1::{
 };
 
 use super::ServeError;
-use crate::control::plane::{ControlError, ControlPlane, wall_clock_ms};
-use crate::control::state::{Command, CommandResult};
+use crate::control::plane::{ControlPlane, wall_clock_ms};
+use crate::control::state::Command;
 use crate::security::tokens::{TokenRecord, generate};
 use crate::security::{Principal, Role, audit};
 use crate::state::NodeState;
@@ -26,16 +26,7 @@ async fn propose(
     action: &str,
     principal: &Principal,
 ) -> Result<Vec<String>, ServeError> {
-    let result = match plane.propose(cmd).await {
-        Ok(CommandResult::Applied { changes, .. }) => Ok(changes),
-        Ok(CommandResult::Rejected { invalid, reason })
-        | Err(ControlError::Rejected { invalid, reason }) => Err(if invalid {
-            ServeError::InvalidArgument(reason)
-        } else {
-            ServeError::FailedPrecondition(reason)
-        }),
-        Err(e) => Err(e.into()),
-    };
+    let result = ServeError::changes_of(plane.propose(cmd).await);
     match &result {
         Ok(changes) => audit::change(
             action,

@@ -13,8 +13,8 @@ use quiver_proto::v1::{
 
 use super::ServeError;
 use super::admin_service::registry_error;
-use crate::control::plane::{ControlError, wall_clock_ms};
-use crate::control::state::{Command, CommandResult};
+use crate::control::plane::wall_clock_ms;
+use crate::control::state::Command;
 use crate::registry::{DefinitionFile, FeatureView, RegistryError, lifecycle};
 use crate::security::{Principal, audit};
 use crate::state::NodeState;
@@ -48,16 +48,7 @@ async fn run(
 ) -> Result<Vec<String>, ServeError> {
     if let Some(control) = &state.control {
         step(&control.state().registry).map_err(registry_error)?;
-        return match control.propose(command).await {
-            Ok(CommandResult::Applied { changes, .. }) => Ok(changes),
-            Ok(CommandResult::Rejected { invalid, reason })
-            | Err(ControlError::Rejected { invalid, reason }) => Err(if invalid {
-                ServeError::InvalidArgument(reason)
-            } else {
-                ServeError::FailedPrecondition(reason)
-            }),
-            Err(e) => Err(e.into()),
-        };
+        return ServeError::changes_of(control.propose(command).await);
     }
     // Persisting the registry fsyncs a file: keep it off the async workers.
     let registry = state.registry.clone();

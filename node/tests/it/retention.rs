@@ -13,22 +13,7 @@ use serde_json::json;
 
 use crate::harness::{Kafka, TestNode, config, eventually};
 use crate::ingest::now_ms;
-
-const V1: &str = r#"
-[[entity]]
-name = "player"
-key_type = "string"
-[[view]]
-name = "stats"
-entity = "player"
-version = 1
-[view.source]
-topic = "events"
-event_time_field = "ts"
-[[view.feature]]
-name = "level"
-type = "int64"
-"#;
+use crate::versions::V1;
 
 fn v2() -> String {
     V1.replace("version = 1", "version = 2")

@@ -10,7 +10,8 @@ use serde_json::json;
 use crate::harness::{Kafka, TestNode, config, eventually};
 use crate::ingest::{key, now_ms};
 
-const V1: &str = r#"
+/// Version 1 of view `stats` (shared by the version lifecycle tests).
+pub(crate) const V1: &str = r#"
 [[entity]]
 name = "player"
 key_type = "string"
