@@ -2,7 +2,7 @@
 //! directory yet, is not opened until a task has copied a Serving peer's checkpoint into
 //! place (`checkpoint/`). The copy runs beside the reconcile loop — which keeps following
 //! the cluster, the registry and the other replicas meanwhile — and is retried with a
-//! growing pause until it succeeds, the log turns out to hold every record (then the
+//! growing pause (1 s doubling up to 5 s) until it succeeds, the log turns out to hold every record (then the
 //! replica replays it), or the shard moves away (the copy is aborted; what was copied is
 //! resumed if it comes back).
 
@@ -103,7 +103,8 @@ async fn copy_task(
             () = cancel.cancelled() => return,
             () = tokio::time::sleep(pause) => {}
         }
-        pause = (pause * 2).min(Duration::from_secs(30));
+        // Each try is cheap when it fails, and the replica serves nothing until one works.
+        pause = (pause * 2).min(Duration::from_secs(5));
     }
 }
 

@@ -472,7 +472,22 @@ async fn a_new_replica_copies_a_peers_checkpoint_not_the_trimmed_log() {
     let newcomer = *all.iter().find(|n| !holders.contains(n)).unwrap();
     cluster.nodes.remove(&stopped).unwrap().stop().await;
     let alive: BTreeSet<u64> = [kept, newcomer].into();
+    // The nodes' logs go to the test's output, shown if it fails; so does the newcomer's
+    // status if it is not Serving after 45 s (a diagnosis, not a synchronisation).
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_max_level(tracing::Level::INFO)
+        .try_init();
+    let mut admin = cluster.nodes[&newcomer].admin.clone();
+    let diagnosis = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(45)).await;
+        let status = admin
+            .get_status(quiver_proto::v1::GetStatusRequest {})
+            .await;
+        eprintln!("the newcomer after 45 s: {status:?}");
+    });
     let map = wait_placed(&cluster, 2, &alive).await;
+    diagnosis.abort();
     let status = cluster.nodes[&newcomer].status().await;
     let shard0 = status.shards.iter().find(|s| s.shard == 0).unwrap();
     assert!(
