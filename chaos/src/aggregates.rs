@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use quiver_client::{FeatureStatus, Lookup};
 use serde::Serialize;
 
-use crate::probe::{cluster_map, connect, keys_by_shard, watermarks};
+use crate::probe::{cluster_map_by, connect, keys_by_shard, watermarks};
 use crate::workload::{AGG_VIEW, key_name};
 
 /// What the check found.
@@ -49,9 +49,7 @@ pub async fn check(
     timeout: Duration,
 ) -> anyhow::Result<AggregateCheck> {
     let deadline = Instant::now() + timeout;
-    let map = cluster_map(endpoints)
-        .await
-        .ok_or_else(|| anyhow::anyhow!("no node answers GetClusterMap"))?;
+    let map = cluster_map_by(endpoints, deadline).await?;
     let by_shard = keys_by_shard(&map, keys);
     let mut out = AggregateCheck {
         keys_with_events: per_key.len() as u64,

@@ -73,6 +73,24 @@ pub async fn cluster_map(endpoints: &[String]) -> Option<ClusterMap> {
     None
 }
 
+/// The current cluster map, asking until `deadline`: after a fault phase the nodes may be
+/// busy catching up (every retained view version re-applies each record), and one
+/// unanswered round is not a verdict.
+///
+/// # Errors
+/// When no node answers before `deadline`.
+pub async fn cluster_map_by(endpoints: &[String], deadline: Instant) -> anyhow::Result<ClusterMap> {
+    loop {
+        if let Some(map) = cluster_map(endpoints).await {
+            return Ok(map);
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("no node answers GetClusterMap");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// The watermark token requiring `offsets` (shard → next offset) of the topic.
 pub fn watermarks<'a>(offsets: impl IntoIterator<Item = (&'a u32, &'a i64)>) -> Watermarks {
     let token: Vec<String> = offsets
@@ -231,9 +249,7 @@ pub async fn final_reads(
     timeout: Duration,
 ) -> anyhow::Result<Vec<FinalRead>> {
     let deadline = Instant::now() + timeout;
-    let map = cluster_map(endpoints)
-        .await
-        .ok_or_else(|| anyhow::anyhow!("no node answers GetClusterMap"))?;
+    let map = cluster_map_by(endpoints, deadline).await?;
     let by_shard = keys_by_shard(&map, keys);
     let mut out = Vec::new();
     for s in &map.shards {
