@@ -504,7 +504,13 @@ impl<'a> Call<'a> {
         if round >= MAX_ROUNDS {
             return Err(e);
         }
-        let reason = match Recovery::of(&e) {
+        // A node's NotFound for names the client's schema has is that node's registry
+        // behind the raft log (a view applied a moment ago): another replica answers.
+        let recovery = Recovery::of_with_registry(&e, &self.inner.schema, &self.inner.map, |s| {
+            s.knows_refs(self.features, self.feature_service)
+        })
+        .await;
+        let reason = match recovery {
             Recovery::Fail => return Err(e),
             _ if Instant::now() >= self.deadline => return Err(self.deadline_error(Some(e))),
             Recovery::RefreshMap(epoch) => {

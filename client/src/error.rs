@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use quiver_proto::ErrorCode;
-use quiver_proto::error::Retry;
+use quiver_proto::error::{Retry, is_transport_failure};
 
 /// Errors returned by [`crate::Client`] and [`crate::NodeClient`].
 #[derive(Debug, thiserror::Error)]
@@ -50,12 +50,6 @@ fn rpc_code_name(status: &tonic::Status) -> String {
         Some(code) => code.as_str().to_owned(),
         None => format!("{:?}", status.code()),
     }
-}
-
-/// Whether `s` is a failure of the connection itself, not a node's answer: tonic turns
-/// transport errors into statuses that carry their cause; a node's statuses carry none.
-fn is_transport_failure(s: &tonic::Status) -> bool {
-    ErrorCode::from_status(s).is_none() && std::error::Error::source(s).is_some()
 }
 
 /// `": cause: cause…"` for a transport failure (each cause once), else nothing: "transport
@@ -188,6 +182,22 @@ mod tests {
             e.to_string(),
             "Unknown: transport error: connection error: received fatal alert: CertificateRequired"
         );
+        assert!(e.is_retryable());
+        // A stream reset by the GOAWAY of a node shutting down: tonic says Internal, but
+        // the node never processed it — retryable elsewhere, like any transport failure.
+        let mut goaway = tonic::Status::internal(
+            "h2 protocol error: http2 error: connection error received: not a result of an error",
+        );
+        goaway.set_source(std::sync::Arc::new(Cause("not a result of an error", None)));
+        let goaway = ClientError::Rpc(goaway);
+        assert_eq!(goaway.code(), Some(ErrorCode::Unavailable));
+        assert!(goaway.is_retryable());
+        assert_eq!(
+            crate::retry::Recovery::of(&goaway),
+            crate::retry::Recovery::of(&ClientError::Rpc(tonic::Status::unavailable("down")))
+        );
+        // A node's own Internal answer carries no cause: never retried.
+        assert!(!ClientError::Rpc(tonic::Status::internal("bug")).is_retryable());
         // A node's own Unknown answer carries no cause: no code is invented for it.
         let answered = ClientError::Rpc(tonic::Status::unknown("boom"));
         assert_eq!(answered.code(), None);

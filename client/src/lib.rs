@@ -49,7 +49,8 @@
 //! - `retry.rs`: error → recovery decision, and the retry budget; `hedge.rs`: hedge delay.
 //! - [`watermark`]: watermark tokens and the session's monotonic-read floor.
 //! - [`cache`]: the optional client-side row cache (watermark-aware, single flight).
-//! - `schema.rs`: the cached registry schema requests are validated against.
+//! - `schema/`: the registry schema requests are validated against (`mod.rs`) and its
+//!   cache, refreshed on unknown names and newer registry revisions (`cache.rs`).
 //! - [`lookup`], [`push`]: request and result types; [`error`]: [`ClientError`].
 //! - [`metrics`]: metric names; [`NodeClient`]: one node, for operator tools.
 

@@ -58,6 +58,13 @@ pub fn epoch_from_status(status: &tonic::Status) -> Option<u64> {
         .ok()
 }
 
+/// Whether `status` is a failure of the connection itself, not a node's answer: tonic
+/// turns transport (HTTP/2, TLS, socket) errors into statuses that carry their cause as
+/// the status' source; a status a node sent carries none.
+pub fn is_transport_failure(status: &tonic::Status) -> bool {
+    ErrorCode::from_status(status).is_none() && std::error::Error::source(status).is_some()
+}
+
 /// What a caller may do after a failed call: the one definition nodes (Raft peers) and
 /// clients share, so they never disagree on which failures are worth another attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -85,6 +92,10 @@ impl Retry {
     pub fn of_status(status: &tonic::Status) -> Retry {
         match ErrorCode::from_status(status) {
             Some(code) => code.retry(),
+            // A connection failure whatever code tonic gave it: an HTTP/2 stream reset by
+            // a GOAWAY of a node shutting down arrives as `Internal` ("not a result of an
+            // error"), yet that node never processed the request.
+            None if is_transport_failure(status) => Retry::NodeDown,
             None => match status.code() {
                 tonic::Code::Unavailable
                 | tonic::Code::DeadlineExceeded

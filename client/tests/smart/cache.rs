@@ -7,8 +7,9 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use quiver_client::{CacheConfig, Client, FeatureStatus, Lookup, PushRow};
+use quiver_client::{CacheConfig, Client, FeatureStatus, Lookup, PushRow, Watermarks};
 use quiver_proto::Partitioner;
+use quiver_proto::v1::{ShardWatermark, TopicOffset};
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
@@ -56,8 +57,19 @@ fn read(keys: &[String]) -> Lookup {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hits_coalescing_bounds_invalidation_and_view_ttl() {
-    let cluster =
-        InProcessCluster::start(1, 2, 1, "murmur2", &["counter"], &views("ttl = \"3s\"")).await;
+    // Lookups may wait up to 5 s at the node for a token's watermark (the single-flight
+    // step holds its leader there).
+    let cluster = InProcessCluster::start_with(
+        1,
+        2,
+        1,
+        "murmur2",
+        &["counter"],
+        &views("ttl = \"3s\""),
+        |f| f.limits.max_watermark_wait = Duration::from_secs(5),
+    )
+    .await;
+    let shard = |k: &str| Partitioner::Murmur2.shard_for_key(k.as_bytes(), 2).0;
     let cache = CacheConfig {
         max_entries: 64,
         ttl: Duration::from_secs(60),
@@ -131,7 +143,6 @@ async fn hits_coalescing_bounds_invalidation_and_view_ttl() {
     assert_eq!(client.stats().cache_misses - s.cache_misses, 1);
     // Rows read before the push are below the push's offsets, so a row of the pushed
     // key's shard misses even without a token; a row of the other shard still hits.
-    let shard = |k: &str| Partitioner::Murmur2.shard_for_key(k.as_bytes(), 2).0;
     let same = keys
         .iter()
         .find(|k| k.as_str() != "u5" && shard(k) == shard("u5"))
@@ -163,23 +174,74 @@ async fn hits_coalescing_bounds_invalidation_and_view_ttl() {
         (0, 1)
     );
 
-    // Single flight: 40 concurrent lookups of one cold key send one sub-request. (First,
-    // one lookup alone: an answer above may have shown a newer registry revision, and
-    // the first lookup after that reads the schema again before it goes on.)
-    client
-        .get_online_features(&read(std::slice::from_ref(other)))
+    // Single flight: 40 concurrent lookups of one cold key send one sub-request. They
+    // read with a token one record ahead of the key's shard, so the node holds the
+    // leader's sub-request until that record arrives: the record is produced only once
+    // the 39 others follow the flight (however the runtime schedules them — without the
+    // gate, a leader whose round trip completes within its first poll fills the row
+    // before the others are polled, and they hit instead of following).
+    let cold = vec!["cold-key".to_owned()];
+    let cold_shard = shard("cold-key");
+    let now_at = client
+        .get_online_features(&read(&cold).bypass_cache(true))
         .await
         .unwrap();
-    let cold = vec!["cold-key".to_owned()];
+    let ahead: Vec<ShardWatermark> = now_at
+        .watermarks()
+        .iter()
+        .filter(|(s, _, _)| *s == cold_shard)
+        .map(|(s, topic, next)| ShardWatermark {
+            shard: s,
+            offsets: vec![TopicOffset {
+                topic: topic.to_owned(),
+                next_offset: next + 1,
+            }],
+        })
+        .collect();
+    assert_eq!(ahead.len(), 1, "the cold key's shard has a watermark");
+    let ahead = Watermarks::from_wire(&ahead);
+    let filler = (0..)
+        .map(|i| format!("filler{i}"))
+        .find(|k| shard(k) == cold_shard)
+        .unwrap();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", cluster.mock.bootstrap_servers())
+        .set("linger.ms", "0")
+        .create()
+        .unwrap();
     let s = client.stats();
-    let lookups: Vec<Lookup> = (0..40).map(|_| read(&cold)).collect();
-    let results = join_all(lookups.iter().map(|l| client.get_online_features(l))).await;
+    let lookups: Vec<Lookup> = (0..40)
+        .map(|_| read(&cold).min_watermarks(&ahead))
+        .collect();
+    let gate = async {
+        let deadline = Instant::now() + Duration::from_secs(4);
+        while client.stats().cache_coalesced - s.cache_coalesced < 39 {
+            assert!(Instant::now() < deadline, "{:?}", client.stats());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let payload = json!({"ts": now_ms(), "seq": 1, "label": "gate"}).to_string();
+        producer
+            .send(
+                FutureRecord::to("counter")
+                    .partition(cold_shard as i32)
+                    .key(&filler)
+                    .payload(&payload),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+    };
+    let (results, ()) = tokio::join!(
+        join_all(lookups.iter().map(|l| client.get_online_features(l))),
+        gate
+    );
     for r in results {
         assert_eq!(r.unwrap().status(0, 0), FeatureStatus::NotFound);
     }
     let s2 = client.stats();
     assert_eq!(s2.sub_requests - s.sub_requests, 1, "{s2:?}");
     assert_eq!(s2.cache_coalesced - s.cache_coalesced, 39);
+    assert_eq!(s2.cache_misses - s.cache_misses, 40, "{s2:?}");
 
     // Bounds: 500 distinct keys through a cache of 64 rows.
     let many: Vec<String> = (0..500).map(|i| format!("m{i}")).collect();

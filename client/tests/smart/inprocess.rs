@@ -32,6 +32,19 @@ impl InProcessCluster {
         topics: &[&str],
         views: &str,
     ) -> Self {
+        Self::start_with(n, shards, r, partitioner, topics, views, |_| {}).await
+    }
+
+    /// As [`InProcessCluster::start`], with `tweak` applied to every node's config.
+    pub async fn start_with(
+        n: usize,
+        shards: u32,
+        r: u32,
+        partitioner: &str,
+        topics: &[&str],
+        views: &str,
+        tweak: impl Fn(&mut NodeConfigFile),
+    ) -> Self {
         let mock = MockCluster::new(1).unwrap();
         for t in topics {
             mock.create_topic(t, shards as i32, 1).unwrap();
@@ -74,6 +87,7 @@ impl InProcessCluster {
             f.control.initial_voters = voters.clone();
             f.control.replication_factor = r;
             f.control.heartbeat_interval = Duration::from_millis(100);
+            tweak(&mut f);
             let token = cancel.child_token();
             let node = Node::start(
                 f.validate().unwrap(),
