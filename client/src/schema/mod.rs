@@ -331,16 +331,11 @@ impl ClientSchema {
         Some(out)
     }
 
-    /// Whether every view `features` (or `service`) reads is in this schema — a pinned
-    /// `view@N:feature` by its view's name (the version is the node's to resolve).
+    /// Whether this schema resolves every reference of `features` (or `service`): each
+    /// view and feature — a pinned `view@N:feature` only while version N serves or is
+    /// retained. (Only asked after a node refused a lookup: the allocation is no cost.)
     pub(crate) fn knows_refs(&self, features: &[String], service: &str) -> bool {
-        if !service.is_empty() {
-            return self.services.contains_key(service);
-        }
-        features.iter().all(|r| {
-            let view = r.split_once(':').map_or(r.as_str(), |(v, _)| v);
-            self.has_view(view.split_once('@').map_or(view, |(v, _)| v))
-        })
+        self.entity_refs(features, service).is_ok()
     }
 
     /// Validates a push.
@@ -481,10 +476,13 @@ mod tests {
     }
 
     #[test]
-    fn knows_refs_names_views_pinned_or_not_and_services() {
+    fn knows_refs_names_views_readable_versions_and_services() {
         let s = schema();
         let f = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-        assert!(s.knows_refs(&f(&["u:a", "c:x", "u@3:b", "u:*"]), ""));
+        assert!(s.knows_refs(&f(&["u:a", "u@1:b", "u@0:old", "u:*"]), ""));
+        assert!(!s.knows_refs(&f(&["u:nosuch"]), ""));
+        // A pinned version that neither serves nor is retained (pending, dropped).
+        assert!(!s.knows_refs(&f(&["u@3:b"]), ""));
         assert!(!s.knows_refs(&f(&["u:a", "gone:a"]), ""));
         assert!(!s.knows_refs(&f(&["gone@2:a"]), ""));
         assert!(s.knows_refs(&[], "svc"));
