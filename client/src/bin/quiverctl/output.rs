@@ -7,7 +7,7 @@ use quiver_proto::v1::FeatureStatus;
 use quiver_proto::v1::value::Kind;
 use serde_json::{Value as Json, json};
 
-use crate::Output;
+use crate::cli::Output;
 
 /// A float as JSON: the shortest text that parses back to the same bits, or the string
 /// `"NaN"`, `"Infinity"`, `"-Infinity"` (see `quiver_proto::json_number`).

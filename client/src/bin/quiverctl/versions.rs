@@ -8,7 +8,7 @@ use quiver_proto::transport::Credentials;
 use quiver_proto::v1::GetStatusResponse;
 use serde_json::{Value as Json, json};
 
-use crate::Output;
+use crate::cli::Output;
 
 /// What changed from `old` to `new` (view definitions as `DescribeView` returns them).
 pub(crate) fn diff(old: &Json, new: &Json) -> Vec<String> {
