@@ -13,6 +13,10 @@ pub const SERVE_REQUEST_DURATION: &str = "quiver_serve_request_duration_seconds"
 /// Counter: calls refused by the security guard, by `reason` (unauthenticated,
 /// permission_denied, overloaded).
 pub const AUTH_DENIED: &str = "quiver_auth_denied_total";
+/// Counter: token ids a node did not have, judged again after catching up with the
+/// leader (a token created a moment ago through another member), by `outcome` (known,
+/// unknown, failed).
+pub const AUTH_TOKEN_CATCH_UPS: &str = "quiver_auth_token_catch_ups_total";
 /// Counter: requests shed by admission control, by `reason`.
 pub const ADMISSION_SHED: &str = "quiver_admission_shed_total";
 /// Gauge: RPCs in flight on the node.
@@ -146,6 +150,9 @@ pub fn describe() {
     for result in ["queued", "failed"] {
         metrics::counter!(INGEST_DEAD_LETTERS, "result" => result).increment(0);
     }
+    for outcome in ["known", "unknown", "failed"] {
+        metrics::counter!(AUTH_TOKEN_CATCH_UPS, "outcome" => outcome).increment(0);
+    }
     for rule in ["event_time", "arrived_by"] {
         metrics::counter!(AS_OF_KEYS, "rule" => rule).increment(0);
     }
@@ -153,6 +160,10 @@ pub fn describe() {
     describe_counter!(
         AUTH_DENIED,
         "Calls refused by authentication or authorisation, by reason"
+    );
+    describe_counter!(
+        AUTH_TOKEN_CATCH_UPS,
+        "Unknown token ids judged again after catching up with the control-plane leader, by outcome"
     );
     describe_counter!(
         ADMISSION_SHED,

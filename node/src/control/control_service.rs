@@ -36,7 +36,7 @@ fn status(e: ControlError) -> Status {
         }
         e @ ControlError::Storage(_) => Status::internal(e.to_string()),
         // Transient for the caller: another node may lead (a stopped Raft here included).
-        e @ (ControlError::NoLeader(_) | ControlError::Fatal(_)) => {
+        e @ (ControlError::NoLeader(_) | ControlError::Lagging { .. } | ControlError::Fatal(_)) => {
             Status::unavailable(e.to_string())
         }
     }

@@ -23,6 +23,13 @@ pub enum ControlError {
     /// No leader is known yet, or it could not be reached: transient.
     #[error("no reachable control-plane leader: {0}")]
     NoLeader(NoLeader),
+    /// The leader answered a read-index round but this node did not apply up to that
+    /// index in time.
+    #[error("this node did not apply up to the leader's read index {index} in time")]
+    Lagging {
+        /// The leader's read index.
+        index: u64,
+    },
     /// The leader answered a forwarded call with an error retrying cannot change (e.g. it
     /// refused this node's credentials).
     #[error("leader {leader} refused the call: {message}")]
@@ -76,7 +83,10 @@ pub enum NoLeader {
 impl ControlError {
     /// Whether trying again (after a backoff, perhaps at a new leader) may succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(self, ControlError::NoLeader(_))
+        matches!(
+            self,
+            ControlError::NoLeader(_) | ControlError::Lagging { .. }
+        )
     }
 
     /// A failed Raft write (`client_write`, membership changes) by kind: not the leader

@@ -61,17 +61,52 @@ impl ControlPlane {
     }
 
     /// Waits (bounded) until this node has applied log index `index`, then marks its
-    /// state fresh.
-    pub(super) async fn catch_up_to(&self, index: u64) {
+    /// state fresh. Whether it got there.
+    pub(super) async fn catch_up_to(&self, index: u64) -> bool {
         let applied = self
             .raft
             .wait(Some(self.member_rpc_timeout()))
             .applied_index_at_least(Some(index), "control-plane read index")
             .await;
         match applied {
-            Ok(_) => self.set_fresh(true),
-            Err(e) => debug!(index, error = %e, "catching up with the leader's read index"),
+            Ok(_) => {
+                self.set_fresh(true);
+                true
+            }
+            Err(e) => {
+                debug!(index, error = %e, "catching up with the leader's read index");
+                false
+            }
         }
+    }
+
+    /// Makes this node's state include everything the leader had committed at some
+    /// moment after `since`: a read-index round (the leader's commit index, confirmed by
+    /// a quorum), then waiting to apply up to it. For answers that must not be judged on
+    /// a state that lags a moment behind what a client already saw committed — a token
+    /// created an instant ago through another node. Concurrent callers share one round:
+    /// a caller that waited for the lock finds a round that started after its `since`
+    /// and returns at once, so a burst costs one round trip to the leader, not one each.
+    ///
+    /// # Errors
+    /// [`ControlError`] if no leader answered or this node did not apply up to the read
+    /// index within the member RPC timeout.
+    pub async fn catch_up_since(&self, since: Instant) -> Result<(), ControlError> {
+        let mut last = self.last_catch_up.lock().await;
+        if last.is_some_and(|t| t >= since) {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let reports = self.local_reports.borrow().clone();
+        let index = self
+            .heartbeat(reports, true)
+            .await?
+            .ok_or(ControlError::NoLeader(NoLeader::Changing))?;
+        if !self.catch_up_to(index).await {
+            return Err(ControlError::Lagging { index });
+        }
+        *last = Some(started);
+        Ok(())
     }
 
     /// The leader's read index: the log index committed when it last confirmed its

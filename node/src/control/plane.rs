@@ -75,6 +75,9 @@ pub struct ControlPlane {
     pub(super) local_reports: watch::Sender<Vec<ReplicaReport>>,
     /// See [`ControlPlane::is_fresh`].
     pub(super) fresh: watch::Sender<bool>,
+    /// See [`ControlPlane::catch_up_since`]: held while one read-index round runs; holds
+    /// when the last successful round started.
+    pub(super) last_catch_up: tokio::sync::Mutex<Option<Instant>>,
 }
 
 /// How long [`ControlPlane::propose`] keeps trying while no leader can take a command:
@@ -138,6 +141,7 @@ impl ControlPlane {
             seen: Mutex::new(HashMap::new()),
             local_reports,
             fresh: watch::channel(false).0,
+            last_catch_up: tokio::sync::Mutex::new(None),
         });
         // Formation: the first initial voter (lowest id) initialises the group at once;
         // the others only if no leader has reached them after `rank × dead_after` (the

@@ -8,10 +8,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use metrics::{counter, gauge};
 use quiver_proto::ErrorCode;
 use tower::{Layer, Service};
+use tracing::debug;
 
 use super::AuthConfig;
 use super::audit;
@@ -43,7 +45,8 @@ impl Authenticator {
     /// # Errors
     /// [`AuthFailure::Unauthenticated`] naming what was missing or wrong;
     /// [`AuthFailure::StateNotCurrent`] for a token of the replicated token table while
-    /// this node's copy of it is not known to be current.
+    /// this node's copy of it is not known to be current; [`AuthFailure::UnknownToken`]
+    /// for a token id this node's copy does not have (yet).
     pub fn authenticate(
         &self,
         authorization: Option<&[u8]>,
@@ -122,7 +125,9 @@ impl Authenticator {
         }
         let state = self.control.as_ref().map(|c| c.state());
         let Some(rec) = state.as_ref().and_then(|s| s.tokens.get(id)) else {
-            return denied(format!("invalid token: no token with id '{id}'"));
+            return Err(AuthFailure::UnknownToken(format!(
+                "invalid token: no token with id '{id}'"
+            )));
         };
         if !tokens::matches(token, &rec.sha256) {
             return denied(format!("invalid token: wrong secret for token id '{id}'"));
@@ -145,6 +150,21 @@ impl Authenticator {
             ),
         })
     }
+
+    /// Brings this node's copy of the token table up to what the leader had committed
+    /// after `since` (see [`ControlPlane::catch_up_since`]). Whether it got there.
+    async fn catch_up(&self, since: Instant) -> bool {
+        let Some(control) = &self.control else {
+            return true;
+        };
+        match control.catch_up_since(since).await {
+            Ok(()) => true,
+            Err(e) => {
+                debug!(error = %e, "catching up to judge an unknown token id");
+                false
+            }
+        }
+    }
 }
 
 fn malformed() -> AuthFailure {
@@ -161,6 +181,11 @@ pub enum AuthFailure {
     /// The credential is judged by replicated state this node has not caught up with
     /// yet (UNAVAILABLE: another node, or this one a moment later, can answer).
     StateNotCurrent,
+    /// A token id this node's copy of the token table does not have: a wrong token, or
+    /// one created an instant ago through another member whose creation this node has
+    /// not applied yet. The guard judges it again after catching up with the leader, so
+    /// a token works everywhere as soon as its creation returned.
+    UnknownToken(String),
 }
 
 /// Shared state of the guard.
@@ -220,14 +245,29 @@ impl Drop for InFlight {
     }
 }
 
+/// What the guard decided before the handler runs.
+enum Checked {
+    /// Admitted (with the in-flight permit, none for public probes), principal attached.
+    Pass(Option<InFlight>),
+    /// Admitted, but the token's id is not in this node's token table: judge it again
+    /// after catching up with the leader (to a state at least as new as when it was
+    /// found unknown).
+    CatchUpFirst(InFlight, Need, Instant),
+}
+
+/// Why [`Guard::principal`] did not produce a principal.
+enum Refused {
+    /// The answer to send.
+    Status(tonic::Status),
+    /// The token id is unknown here (see [`AuthFailure::UnknownToken`]), with the
+    /// message for the caller should it still be unknown after catching up.
+    UnknownToken(String),
+}
+
 impl Guard {
     /// Authenticates the caller of `req` and checks `need`; borrows the request (the
     /// path and header are read in place, copied only into refusal messages).
-    fn principal<B>(
-        &self,
-        req: &http::Request<B>,
-        need: Need,
-    ) -> Result<Arc<Principal>, tonic::Status> {
+    fn principal<B>(&self, req: &http::Request<B>, need: Need) -> Result<Arc<Principal>, Refused> {
         if !self.auth.enabled() {
             return Ok(self.disabled.clone());
         }
@@ -240,17 +280,11 @@ impl Guard {
         let principal = match self.auth.authenticate(auth, peer) {
             Ok(p) => p,
             Err(AuthFailure::StateNotCurrent) => {
-                counter!(m::AUTH_DENIED, "reason" => "state_not_current").increment(1);
-                return Err(ErrorCode::Unavailable.to_status(format!(
-                    "{path}: this node has not caught up with the control-plane state that judges tokens yet; retry, or use another node"
-                )));
+                return Err(Refused::Status(state_not_current(path)));
             }
+            Err(AuthFailure::UnknownToken(msg)) => return Err(Refused::UnknownToken(msg)),
             Err(AuthFailure::Unauthenticated(msg)) => {
-                counter!(m::AUTH_DENIED, "reason" => "unauthenticated").increment(1);
-                if need == Need::Admin {
-                    audit::denied(path, "unauthenticated caller", &msg);
-                }
-                return Err(ErrorCode::Unauthenticated.to_status(format!("{path}: {msg}")));
+                return Err(Refused::Status(unauthenticated(path, need, &msg)));
             }
         };
         if let Err(msg) = principal.authorize(path, need) {
@@ -258,20 +292,17 @@ impl Guard {
             if need == Need::Admin {
                 audit::denied(path, &principal.to_string(), &msg);
             }
-            return Err(ErrorCode::PermissionDenied.to_status(msg));
+            return Err(Refused::Status(ErrorCode::PermissionDenied.to_status(msg)));
         }
         Ok(Arc::new(principal))
     }
 
     /// Admission, authentication and role check for one call.
-    fn check<B>(
-        self: &Arc<Self>,
-        req: &mut http::Request<B>,
-    ) -> Result<Option<InFlight>, tonic::Status> {
+    fn check<B>(self: &Arc<Self>, req: &mut http::Request<B>) -> Result<Checked, tonic::Status> {
         let need = Need::of_path(req.uri().path());
         if need == Need::Public {
             // Probes must answer even when the node is saturated.
-            return Ok(None);
+            return Ok(Checked::Pass(None));
         }
         let n = self.inflight.fetch_add(1, Ordering::Relaxed) + 1;
         let permit = InFlight(self.clone());
@@ -283,10 +314,66 @@ impl Guard {
                 self.max_inflight
             )));
         }
-        let principal = self.principal(req, need)?;
-        req.extensions_mut().insert(principal);
-        Ok(Some(permit))
+        match self.principal(req, need) {
+            Ok(principal) => {
+                req.extensions_mut().insert(principal);
+                Ok(Checked::Pass(Some(permit)))
+            }
+            Err(Refused::Status(s)) => Err(s),
+            Err(Refused::UnknownToken(_)) => {
+                Ok(Checked::CatchUpFirst(permit, need, Instant::now()))
+            }
+        }
     }
+
+    /// The second judgement of a token whose id was unknown when the call `arrived`:
+    /// after this node has applied everything the leader had committed since, a token
+    /// id still unknown does not exist (UNAUTHENTICATED); one that cannot be judged now
+    /// (no leader) is UNAVAILABLE.
+    async fn check_after_catch_up<B>(
+        &self,
+        req: &mut http::Request<B>,
+        need: Need,
+        arrived: Instant,
+    ) -> Result<(), tonic::Status> {
+        let path = req.uri().path();
+        if !self.auth.catch_up(arrived).await {
+            counter!(m::AUTH_TOKEN_CATCH_UPS, "outcome" => "failed").increment(1);
+            return Err(state_not_current(path));
+        }
+        match self.principal(req, need) {
+            Ok(principal) => {
+                counter!(m::AUTH_TOKEN_CATCH_UPS, "outcome" => "known").increment(1);
+                req.extensions_mut().insert(principal);
+                Ok(())
+            }
+            Err(Refused::Status(s)) => {
+                counter!(m::AUTH_TOKEN_CATCH_UPS, "outcome" => "known").increment(1);
+                Err(s)
+            }
+            Err(Refused::UnknownToken(msg)) => {
+                counter!(m::AUTH_TOKEN_CATCH_UPS, "outcome" => "unknown").increment(1);
+                Err(unauthenticated(req.uri().path(), need, &msg))
+            }
+        }
+    }
+}
+
+/// The refusal of a token judged by a token table this node has not caught up with.
+fn state_not_current(path: &str) -> tonic::Status {
+    counter!(m::AUTH_DENIED, "reason" => "state_not_current").increment(1);
+    ErrorCode::Unavailable.to_status(format!(
+        "{path}: this node has not caught up with the control-plane state that judges tokens yet; retry, or use another node"
+    ))
+}
+
+/// The refusal of a caller without valid credentials (audited for admin calls).
+fn unauthenticated(path: &str, need: Need, msg: &str) -> tonic::Status {
+    counter!(m::AUTH_DENIED, "reason" => "unauthenticated").increment(1);
+    if need == Need::Admin {
+        audit::denied(path, "unauthenticated caller", msg);
+    }
+    ErrorCode::Unauthenticated.to_status(format!("{path}: {msg}"))
 }
 
 impl<S, B> Service<http::Request<B>> for GuardService<S>
@@ -309,11 +396,23 @@ where
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         match self.guard.check(&mut req) {
             Err(status) => Box::pin(async move { Ok(status.into_http()) }),
-            Ok(permit) => {
+            Ok(checked) => {
                 // The clone that was polled ready serves this call (tower's contract).
                 let clone = self.inner.clone();
                 let mut inner = std::mem::replace(&mut self.inner, clone);
+                let guard = self.guard.clone();
                 Box::pin(async move {
+                    let permit = match checked {
+                        Checked::Pass(permit) => permit,
+                        Checked::CatchUpFirst(permit, need, arrived) => {
+                            if let Err(status) =
+                                guard.check_after_catch_up(&mut req, need, arrived).await
+                            {
+                                return Ok(status.into_http());
+                            }
+                            Some(permit)
+                        }
+                    };
                     let res = inner.call(req).await;
                     drop(permit);
                     res

@@ -128,7 +128,9 @@ impl From<crate::control::error::ControlError> for ServeError {
                 reason,
             } => ServeError::InvalidArgument(reason),
             C::Rejected { reason, .. } => ServeError::FailedPrecondition(reason),
-            e @ (C::NoLeader(_) | C::Fatal(_)) => ServeError::Unavailable(e.to_string()),
+            e @ (C::NoLeader(_) | C::Lagging { .. } | C::Fatal(_)) => {
+                ServeError::Unavailable(e.to_string())
+            }
             e @ (C::Refused { .. } | C::Raft(_)) => ServeError::FailedPrecondition(e.to_string()),
             e @ C::Storage(_) => ServeError::Storage(e.to_string()),
         }

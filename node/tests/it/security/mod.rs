@@ -4,6 +4,7 @@
 mod authz;
 mod limits;
 mod quotas;
+mod replicated;
 mod tls;
 
 use std::path::Path;
