@@ -11,7 +11,7 @@ pub const SERVE_REQUESTS: &str = "quiver_serve_requests_total";
 /// Request latency by `rpc` (server side, decode to encode).
 pub const SERVE_REQUEST_DURATION: &str = "quiver_serve_request_duration_seconds";
 /// Counter: calls refused by the security guard, by `reason` (unauthenticated,
-/// permission_denied, overloaded).
+/// permission_denied, state_not_current).
 pub const AUTH_DENIED: &str = "quiver_auth_denied_total";
 /// Counter: token ids a node did not have, judged again after catching up with the
 /// leader (a token created a moment ago through another member), by `outcome` (known,
@@ -149,6 +149,9 @@ pub fn describe() {
     // With or without a dead-letter topic configured: dashboards query the series.
     for result in ["queued", "failed"] {
         metrics::counter!(INGEST_DEAD_LETTERS, "result" => result).increment(0);
+    }
+    for reason in ["unauthenticated", "permission_denied", "state_not_current"] {
+        metrics::counter!(AUTH_DENIED, "reason" => reason).increment(0);
     }
     for outcome in ["known", "unknown", "failed"] {
         metrics::counter!(AUTH_TOKEN_CATCH_UPS, "outcome" => outcome).increment(0);
