@@ -71,15 +71,19 @@ pub async fn check(
                             .min_watermarks(&wm);
                         c.get_online_features(l).await.map_err(|e| e.to_string())
                     };
-                    match tokio::time::timeout(Duration::from_secs(2), attempt).await {
+                    let why = match tokio::time::timeout(Duration::from_secs(2), attempt).await {
                         Ok(Ok(res)) => break res,
-                        _ if Instant::now() > deadline => anyhow::bail!(
-                            "aggregate read of shard {} on node {} did not succeed in time",
+                        Ok(Err(e)) => e,
+                        Err(_) => "no answer within 2 s".to_string(),
+                    };
+                    if Instant::now() > deadline {
+                        anyhow::bail!(
+                            "aggregate read of shard {} on node {} did not succeed in time (last: {why})",
                             s.shard,
                             r.node_id
-                        ),
-                        _ => tokio::time::sleep(Duration::from_millis(200)).await,
+                        );
                     }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
                 };
                 let (ec, sc) = (res.column_index(&events), res.column_index(&sum));
                 for (row, k) in chunk.iter().enumerate() {

@@ -81,13 +81,21 @@ async fn interruptible<T>(
     }
 }
 
+/// One run at a time per process: the harness's client credentials (plaintext, or the
+/// mutual-TLS rig of a secure run) are process-wide, so a secure run starting beside a
+/// plaintext one would switch the other's probes to TLS and every one of its checks
+/// would find "no node answers". Runs wait for each other instead (they share the
+/// machine's cores anyway).
+static ONE_RUN_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Runs `spec`; the cluster is torn down before this returns (also on error or
-/// cancellation).
+/// cancellation). A run started while another runs in this process waits for it.
 ///
 /// # Errors
 /// The harness's own failures (processes that cannot start, interruption); invariant
 /// violations are in the report, not errors.
 pub async fn run(spec: &RunSpec, cancel: CancellationToken) -> anyhow::Result<Report> {
+    let _alone = interruptible(&cancel, ONE_RUN_AT_A_TIME.lock()).await?;
     std::fs::create_dir_all(&spec.out).context("create the run directory")?;
     let cluster_spec = ClusterSpec {
         nodes: spec.nodes,

@@ -1,7 +1,8 @@
 //! The CI smoke set: short runs of kill -9 of a random node, kill -9 of the Raft leader
 //! and a network partition of one node, each against a real cluster (Tansu + three
 //! `quiver-node` processes in network namespaces, R = 2) under reads and writes, with the
-//! full invariant checks. One after another: they share two cores.
+//! full invariant checks. One after another (a run waits for the one before: the harness's
+//! credentials are process-wide, and they share two cores).
 
 use std::path::PathBuf;
 use std::time::Duration;
