@@ -177,6 +177,7 @@ fn ingest(store: &ShardStore, view: &Arc<FeatureView>, first: u64, n: u64, start
                 key: keys::tile_key(&view.name, view.version, &rec.entity_key),
                 event_time_micros: rec.event_time_micros,
                 values: rec.values,
+                history: None,
             });
         }
     }

@@ -19,9 +19,15 @@
 //!   the shard (stored with the offsets). An event more than `allowed_lateness` behind it
 //!   is dropped and counted; a tombstone erases the entity's aggregates.
 //!
+//! - **As of a time.** A view with `history` also keeps every counted event; [`as_of`]
+//!   rebuilds an entity's tiles at a past time from them.
+//!
 //! `docs/AGGREGATIONS.md` is the user-facing rule; `read` answers lookups.
 
 pub mod acc;
+pub mod as_of;
+#[cfg(test)]
+mod as_of_oracle_tests;
 pub mod codec;
 pub mod hll;
 #[cfg(test)]

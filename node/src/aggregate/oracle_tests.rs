@@ -23,12 +23,12 @@ use crate::storage::{
     AggEvent, IngestBatch, ShardStore, StorageConfig, StorageEngine, TopicProgress, keys,
 };
 
-const MIN: i64 = 60_000_000;
-const HOUR: i64 = 60 * MIN;
+pub(super) const MIN: i64 = 60_000_000;
+pub(super) const HOUR: i64 = 60 * MIN;
 /// 2023-11-14T22:13:20Z, a tile boundary of every resolution used here.
-const T0: i64 = 1_700_000_000_000_000 - 1_700_000_000_000_000 % (24 * HOUR);
+pub(super) const T0: i64 = 1_700_000_000_000_000 - 1_700_000_000_000_000 % (24 * HOUR);
 
-const DEFS: &str = r#"
+pub(super) const DEFS: &str = r#"
 [[entity]]
 name = "user"
 key_type = "string"
@@ -140,7 +140,7 @@ window = "lifetime"
 "#;
 
 /// splitmix64: deterministic, seedable.
-struct Rng(u64);
+pub(super) struct Rng(pub(super) u64);
 
 impl Rng {
     fn next(&mut self) -> u64 {
@@ -151,20 +151,20 @@ impl Rng {
         z ^ (z >> 31)
     }
 
-    fn below(&mut self, n: u64) -> u64 {
+    pub(super) fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
 }
 
 #[derive(Clone, Debug)]
-struct Event {
-    entity: String,
-    t: i64,
+pub(super) struct Event {
+    pub(super) entity: String,
+    pub(super) t: i64,
     /// amount, qty, merchant, flag; `None`: tombstone.
-    values: Option<Vec<Option<Kind>>>,
+    pub(super) values: Option<Vec<Option<Kind>>>,
 }
 
-fn random_events(rng: &mut Rng, n: usize) -> Vec<Event> {
+pub(super) fn random_events(rng: &mut Rng, n: usize) -> Vec<Event> {
     let mut out: Vec<Event> = Vec::with_capacity(n);
     let mut clock = T0;
     for _ in 0..n {
@@ -219,17 +219,17 @@ fn random_events(rng: &mut Rng, n: usize) -> Vec<Event> {
 }
 
 /// One counted event: its time and inputs.
-type Counted = (i64, Vec<Option<Kind>>);
+pub(super) type Counted = (i64, Vec<Option<Kind>>);
 
 /// The oracle's state: per entity the counted events in log order, and the watermark.
 #[derive(Default)]
-struct Oracle {
-    events: HashMap<String, Vec<Counted>>,
-    wm: Option<i64>,
+pub(super) struct Oracle {
+    pub(super) events: HashMap<String, Vec<Counted>>,
+    pub(super) wm: Option<i64>,
 }
 
 impl Oracle {
-    fn apply(&mut self, e: &Event, lateness: i64) {
+    pub(super) fn apply(&mut self, e: &Event, lateness: i64) {
         let Some(values) = &e.values else {
             self.events.remove(&e.entity);
             return;
@@ -245,7 +245,13 @@ impl Oracle {
     }
 
     /// The answer of `f` for `entity` at query time `q`: `None` is NOT_FOUND.
-    fn answer(&self, view: &FeatureView, fi: usize, entity: &str, q: i64) -> Option<Answer> {
+    pub(super) fn answer(
+        &self,
+        view: &FeatureView,
+        fi: usize,
+        entity: &str,
+        q: i64,
+    ) -> Option<Answer> {
         let agg = view.aggregation.as_ref().unwrap();
         let f: &AggFeature = &agg.features[fi];
         let mut picked: Vec<(i64, usize, Option<&Kind>)> = Vec::new();
@@ -326,7 +332,7 @@ impl Oracle {
 }
 
 #[derive(Debug)]
-enum Answer {
+pub(super) enum Answer {
     I(i64),
     F(f64),
     K(Option<Kind>),
@@ -334,7 +340,7 @@ enum Answer {
     Approx(i64),
 }
 
-fn check(col: &PackedColumn, row: usize, want: Option<&Answer>, ctx: &str) {
+pub(super) fn check(col: &PackedColumn, row: usize, want: Option<&Answer>, ctx: &str) {
     let Some(want) = want else {
         assert_eq!(
             col.status_at(row),
@@ -451,6 +457,7 @@ fn run_seed(seed: u64, lateness: &str) -> u64 {
                 key: keys::tile_key("txn", 1, e.entity.as_bytes()),
                 event_time_micros: e.t,
                 values: e.values.clone(),
+                history: None,
             });
         }
         rollups += store.apply(&batch).unwrap().rollups;
@@ -545,6 +552,7 @@ fn watermark_and_tiles_survive_reopening() {
         key: keys::tile_key("txn", 1, b"u0"),
         event_time_micros: t,
         values: Some(vec![Some(Kind::Float64Value(1.0)), None, None, None]),
+        history: None,
     };
     let batch = |events: Vec<AggEvent>, next: i64| IngestBatch {
         events,

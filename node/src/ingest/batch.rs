@@ -76,7 +76,7 @@ impl Polled {
                             }
                         }
                         if let Some(agg) = &route.view.aggregation {
-                            self.add_event(idx, route, agg, rec, raw, shard_label);
+                            self.add_event(idx, route, agg, rec, (offset, raw), shard_label);
                             continue;
                         }
                         let value = rec.values.map(|vals| {
@@ -129,7 +129,7 @@ impl Polled {
         route: &super::shard_ingest::Route,
         agg: &crate::registry::aggregation::Aggregation,
         rec: super::decode::DecodedRecord,
-        raw: &RawRecord<'_>,
+        (offset, raw): (i64, &RawRecord<'_>),
         shard_label: &str,
     ) {
         let kafka_micros = raw.timestamp_millis.map(|ms| ms.saturating_mul(1000));
@@ -147,6 +147,10 @@ impl Polled {
             view: route.view.clone(),
             key: keys::tile_key(&route.view.name, route.view.version, &rec.entity_key),
             event_time_micros: rec.event_time_micros,
+            history: route.view.history.map(|_| HistoryMeta {
+                offset,
+                arrival_micros: kafka_micros.unwrap_or(rec.event_time_micros),
+            }),
             values: rec.values,
         });
     }

@@ -74,8 +74,9 @@ pub struct ViewDef {
     /// TTL as a duration such as `"7d"` or `"90m"`; absent or `"0s"` never expires.
     #[serde(default)]
     pub ttl: Option<String>,
-    /// How long past row versions are kept for as-of lookups and training sets, e.g.
-    /// `"30d"`; absent keeps none (see `docs/POINT_IN_TIME.md`).
+    /// How long past row versions (an aggregation view: its events) are kept for as-of
+    /// lookups and training sets, e.g. `"30d"`; absent keeps none (see
+    /// `docs/POINT_IN_TIME.md`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub history: Option<String>,
     /// Owner.

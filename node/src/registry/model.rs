@@ -160,8 +160,8 @@ pub struct FeatureView {
     /// Rows older than this (by event time) are EXPIRED; `None` never expires.
     #[serde(with = "humantime_serde")]
     pub ttl: Option<Duration>,
-    /// How long past row versions are kept (by event time) for as-of lookups; `None`
-    /// keeps none.
+    /// How long past row versions (an aggregation view: its accepted events) are kept
+    /// (by event time) for as-of lookups; `None` keeps none.
     #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
     pub history: Option<Duration>,
     /// Owning team or person.

@@ -231,9 +231,6 @@ fn view_from_def(
             "view {name:?}: [[view.input]] applies only to aggregation views (add a [view.aggregation] table)"
         )),
         None => Ok(view),
-        Some(_) if view.history.is_some() => Err(format!(
-            "view {name:?}: history applies to plain views; an aggregation view keeps its tiles (remove `history`)"
-        )),
         Some(agg) => {
             let mut seen = HashSet::new();
             let mut inputs = Vec::with_capacity(def.inputs.len());

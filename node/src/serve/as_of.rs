@@ -5,9 +5,10 @@ use quiver_proto::packed::ColumnBuilder;
 use quiver_proto::v1::AsOf;
 
 use super::ServeError;
-use super::lookup::{ExecError, fill_row, read_error};
+use super::lookup::{AggregateFill, ExecError, fill_row, read_error};
 use super::plan::{AsOfPlan, LookupPlan, ViewPlan};
-use crate::storage::history::{self, AsOfRule};
+use crate::aggregate::as_of::Replay;
+use crate::storage::history::{self, AsOfRule, HistoryReadError};
 
 /// Plans `as_of` for a request of `n` keys. Changes nothing.
 ///
@@ -70,6 +71,9 @@ pub fn fill_view(
     locate: &[(u32, u32)],
     columns: &mut [ColumnBuilder],
 ) -> Result<(), ExecError> {
+    if let Some(agg) = &vp.view.aggregation {
+        return fill_aggregation(plan, as_of, vp, agg, reads, locate, columns);
+    }
     let mut readers: Vec<_> = reads.iter().map(|(_, _, r)| r.as_of(false)).collect();
     for (row, &(si, _)) in locate.iter().enumerate() {
         let shard = reads[si as usize].0;
@@ -89,6 +93,52 @@ pub fn fill_view(
         };
         fill_row(vp, shard, row, stored, t, columns)?;
     }
+    Ok(())
+}
+
+/// Fills an aggregation view's columns for every row, each entity's tiles rebuilt as of
+/// its row's time from the events its history keeps ([`crate::aggregate::as_of`]).
+fn fill_aggregation(
+    plan: &LookupPlan,
+    as_of: &AsOfPlan,
+    vp: &ViewPlan,
+    agg: &crate::registry::aggregation::Aggregation,
+    reads: &[ShardRead<'_, '_>],
+    locate: &[(u32, u32)],
+    columns: &mut [ColumnBuilder],
+) -> Result<(), ExecError> {
+    let mut readers: Vec<_> = reads.iter().map(|(_, _, r)| r.as_of(false)).collect();
+    let mut replay = Replay::default();
+    // Every row's tiles first (the answerer's states borrow them while it merges).
+    let mut tiles: Vec<Option<Vec<u8>>> = Vec::with_capacity(locate.len());
+    for (row, &(si, _)) in locate.iter().enumerate() {
+        let shard = reads[si as usize].0;
+        let t = as_of.times[row];
+        replay.clear();
+        readers[si as usize]
+            .each_entry(&vp.view.name, vp.view.version, plan.key(row), |e| {
+                replay.offer(e, t, as_of.rule);
+                true
+            })
+            .map_err(|e| match e {
+                HistoryReadError::Read(e) => read_error(shard, e),
+                e @ HistoryReadError::Corrupt => {
+                    ServeError::Storage(format!("shard {shard}: {e}")).into()
+                }
+            })?;
+        let mut blob = Vec::new();
+        let any = replay
+            .encode_tiles(agg, t, &mut blob)
+            .map_err(|e| ServeError::Storage(format!("shard {shard}: {e}")))?;
+        tiles.push(any.then_some(blob));
+    }
+    let mut fill = AggregateFill::new(agg, vp);
+    for (row, blob) in tiles.iter().enumerate() {
+        let t = as_of.times[row];
+        fill.row([None, blob.as_deref()], Some(t), t, columns)
+            .map_err(|e| ServeError::Storage(format!("as of {}: {e}", rfc3339(t))))?;
+    }
+    fill.record_tiles(tiles.len());
     Ok(())
 }
 

@@ -278,7 +278,7 @@ pub(super) fn read_error(shard: ShardId, e: rocksdb::Error) -> ExecError {
 }
 
 /// Answers an aggregation view's features for one entity after another.
-struct AggregateFill<'v, 'a> {
+pub(super) struct AggregateFill<'v, 'a> {
     answerer: crate::aggregate::read::Answerer<'v>,
     states: Vec<crate::aggregate::acc::Acc<'a>>,
     vp: &'v super::plan::ViewPlan,
@@ -289,7 +289,7 @@ struct AggregateFill<'v, 'a> {
 }
 
 impl<'v, 'a> AggregateFill<'v, 'a> {
-    fn new(
+    pub(super) fn new(
         agg: &'v crate::registry::aggregation::Aggregation,
         vp: &'v super::plan::ViewPlan,
     ) -> Self {
@@ -310,7 +310,7 @@ impl<'v, 'a> AggregateFill<'v, 'a> {
     }
 
     /// Records the tiles read per entity (one histogram sample per request and view).
-    fn record_tiles(&self, entities: usize) {
+    pub(super) fn record_tiles(&self, entities: usize) {
         if entities > 0 {
             metrics::histogram!(crate::metrics::AGG_TILES_PER_READ)
                 .record(self.tiles as f64 / entities as f64);
@@ -319,7 +319,7 @@ impl<'v, 'a> AggregateFill<'v, 'a> {
 
     /// Appends one entity's answers (`parts`: its stored older and recent tiles) at
     /// query time `q`.
-    fn row(
+    pub(super) fn row(
         &mut self,
         parts: [Option<&'a [u8]>; 2],
         q: Option<i64>,

@@ -335,20 +335,16 @@ pub struct AsOfPlan {
 
 impl AsOfPlan {
     /// Checks that every view of `compiled` can answer as of every time at wall-clock
-    /// `now_micros`: it keeps history, and the oldest T is within its retention.
+    /// `now_micros`: it keeps history, and the oldest T is within its retention — for an
+    /// aggregation view, the start of every wanted window at the oldest T (a feature
+    /// without a window would need every event ever, so it cannot answer as of a time).
     ///
     /// # Errors
-    /// [`ServeError::InvalidArgument`] naming the view and its retention.
+    /// [`ServeError::InvalidArgument`] naming the view (or feature) and its retention.
     pub fn check(&self, compiled: &CompiledPlan, now_micros: i64) -> Result<(), ServeError> {
         let oldest = self.times.iter().copied().min().unwrap_or(now_micros);
         for vp in &compiled.views {
             let v = &vp.view;
-            if v.aggregation.is_some() {
-                return Err(ServeError::InvalidArgument(format!(
-                    "view {:?} is an aggregation view: as-of lookups read plain views' row history (aggregation views answer at the current time only)",
-                    v.name
-                )));
-            }
             let Some(history) = v.history else {
                 return Err(ServeError::InvalidArgument(format!(
                     "view {:?} keeps no history, so it cannot answer as of a time (set `history` in its definition, e.g. history = \"30d\")",
@@ -356,14 +352,45 @@ impl AsOfPlan {
                 )));
             };
             let retention = i64::try_from(history.as_micros()).unwrap_or(i64::MAX);
-            if oldest < now_micros.saturating_sub(retention) {
-                return Err(ServeError::InvalidArgument(format!(
-                    "as-of time {} is older than the history view {:?} keeps ({}): it can answer as of {} or later",
+            let kept_from = now_micros.saturating_sub(retention);
+            let too_old = |needs_from: i64, what: String| {
+                ServeError::InvalidArgument(format!(
+                    "as-of time {} is older than the history view {:?} keeps ({}){what}: it can answer as of {} or later",
                     crate::serve::as_of::rfc3339(oldest),
                     v.name,
                     humantime::format_duration(history),
-                    crate::serve::as_of::rfc3339(now_micros.saturating_sub(retention)),
-                )));
+                    crate::serve::as_of::rfc3339(
+                        kept_from.saturating_add(oldest.saturating_sub(needs_from))
+                    ),
+                ))
+            };
+            let Some(agg) = &v.aggregation else {
+                if oldest < kept_from {
+                    return Err(too_old(oldest, String::new()));
+                }
+                continue;
+            };
+            for (fi, slot) in vp.slots.iter().enumerate() {
+                let f = &agg.features[fi];
+                if slot.is_none() {
+                    continue;
+                }
+                let Some(w) = f.window_micros else {
+                    return Err(ServeError::InvalidArgument(format!(
+                        "feature {:?} of view {:?} aggregates over its whole lifetime: as of a time it would need every event ever, and the view keeps {} of them (ask for windowed features)",
+                        v.features[fi].name,
+                        v.name,
+                        humantime::format_duration(history),
+                    )));
+                };
+                let needs_from =
+                    crate::aggregate::tiles::tile_start(oldest.saturating_sub(w), f.hop_micros);
+                if needs_from < kept_from {
+                    return Err(too_old(
+                        needs_from,
+                        format!(" for the window of feature {:?}", v.features[fi].name),
+                    ));
+                }
             }
         }
         Ok(())

@@ -117,6 +117,75 @@ impl<'a> AsOfReader<'a> {
     }
 }
 
+/// One history entry as [`AsOfReader::each_entry`] passes it.
+#[derive(Debug, Clone, Copy)]
+pub struct HistoryEntry<'e> {
+    /// Event time of the record, µs.
+    pub event_time_micros: i64,
+    /// Offset of the record in its partition.
+    pub offset: i64,
+    /// When it arrived, µs.
+    pub arrival_micros: i64,
+    /// The encoded row (an aggregation view: the event's inputs, or a tombstone).
+    pub row: &'e [u8],
+}
+
+impl AsOfReader<'_> {
+    /// Passes every entry of `(view, version, entity_key)` to `f`, newest event time
+    /// first, until `f` returns `false`. An aggregation view's answer as of a time replays
+    /// its events; a tombstone of any age counts, so the walk is the whole entity.
+    ///
+    /// # Errors
+    /// The iterator's error; [`HistoryReadError::Corrupt`] for an entry whose value is
+    /// too short to hold its arrival time.
+    pub fn each_entry(
+        &mut self,
+        view: &str,
+        version: u32,
+        entity_key: &[u8],
+        mut f: impl FnMut(HistoryEntry<'_>) -> bool,
+    ) -> Result<(), HistoryReadError> {
+        self.key.clear();
+        keys::encode_history_prefix(view, version, entity_key, &mut self.key);
+        self.iter.seek(&self.key);
+        loop {
+            let Some(k) = self.iter.key() else {
+                return self.iter.status().map_err(HistoryReadError::Read);
+            };
+            if !k.starts_with(&self.key) || k.len() != self.key.len() + 16 {
+                return Ok(());
+            }
+            let parsed = keys::parse_history_key(k).ok_or(HistoryReadError::Corrupt)?;
+            let (arrival, row) = self
+                .iter
+                .value()
+                .and_then(decode_value)
+                .ok_or(HistoryReadError::Corrupt)?;
+            let go_on = f(HistoryEntry {
+                event_time_micros: parsed.event_time_micros,
+                offset: parsed.offset,
+                arrival_micros: arrival,
+                row,
+            });
+            if !go_on {
+                return Ok(());
+            }
+            self.iter.next();
+        }
+    }
+}
+
+/// Why [`AsOfReader::each_entry`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryReadError {
+    /// RocksDB's error (e.g. `Incomplete` for a cache-only read that needs disk).
+    #[error(transparent)]
+    Read(rocksdb::Error),
+    /// An entry that cannot be parsed.
+    #[error("corrupt history entry")]
+    Corrupt,
+}
+
 /// Creates a [`HistoryFilter`] per compaction (the filter keeps state across the keys of
 /// one compaction, which RocksDB passes in order on one thread).
 pub struct HistoryFilterFactory {

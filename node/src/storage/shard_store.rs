@@ -66,6 +66,9 @@ pub struct AggEvent {
     /// Input values in the aggregation's input order, or `None` for a tombstone (which
     /// erases the entity's aggregates).
     pub values: Option<Vec<Option<quiver_proto::v1::value::Kind>>>,
+    /// For a view that keeps history: where the record came from (an accepted event or a
+    /// tombstone is also written to the history, [`super::history`]).
+    pub history: Option<super::history::HistoryMeta>,
 }
 
 /// Everything one ingest step writes, atomically.
@@ -322,7 +325,13 @@ impl ShardStore {
         }
 
         if !batch.events.is_empty() {
-            self.apply_events(&batch.events, &mut wb, &mut per_topic, &mut outcome)?;
+            self.apply_events(
+                &batch.events,
+                &mut wb,
+                &mut history,
+                &mut per_topic,
+                &mut outcome,
+            )?;
         }
 
         let meta = self.cf(CF_META);
@@ -583,7 +592,7 @@ impl<'a> ConsistentRead<'a> {
 
 /// Writes history entries into a batch with reused buffers.
 #[derive(Default)]
-struct HistoryWriter {
+pub(super) struct HistoryWriter {
     key: Vec<u8>,
     row: Vec<u8>,
     value: Vec<u8>,
@@ -600,22 +609,54 @@ impl HistoryWriter {
         let Some(k) = keys::parse_row_key(&w.key) else {
             return;
         };
+        let row = match &w.value {
+            Some(v) => Some(v.as_slice()),
+            None => {
+                row_codec::encode_tombstone(w.event_time_micros, &mut self.row);
+                None
+            }
+        };
+        self.entry(cf, wb, &k, w.event_time_micros, meta, row);
+    }
+
+    /// Writes an aggregation event (its input values, or a tombstone) to the history.
+    fn put_event(
+        &mut self,
+        cf: &ColumnFamily,
+        wb: &mut WriteBatch,
+        ev: &AggEvent,
+        meta: super::history::HistoryMeta,
+    ) {
+        let Some(k) = keys::parse_view_key(&ev.key) else {
+            return;
+        };
+        match &ev.values {
+            Some(v) => row_codec::encode_row(ev.event_time_micros, v, &mut self.row),
+            None => row_codec::encode_tombstone(ev.event_time_micros, &mut self.row),
+        }
+        self.entry(cf, wb, &k, ev.event_time_micros, meta, None);
+    }
+
+    /// Writes one entry: `row`, or when `None` the row encoded into `self.row`.
+    fn entry(
+        &mut self,
+        cf: &ColumnFamily,
+        wb: &mut WriteBatch,
+        k: &keys::RowKey<'_>,
+        event_time_micros: i64,
+        meta: super::history::HistoryMeta,
+        row: Option<&[u8]>,
+    ) {
         self.key.clear();
         keys::encode_history_key(
             k.view,
             k.version,
             k.entity_key,
-            w.event_time_micros,
+            event_time_micros,
             meta.offset,
             &mut self.key,
         );
-        let row = match &w.value {
-            Some(v) => v.as_slice(),
-            None => {
-                row_codec::encode_tombstone(w.event_time_micros, &mut self.row);
-                &self.row
-            }
-        };
+        let row = row.unwrap_or(&self.row);
         super::history::encode_value(meta.arrival_micros, row, &mut self.value);
         wb.put_cf(cf, &self.key, &self.value);
     }

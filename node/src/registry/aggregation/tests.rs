@@ -207,16 +207,18 @@ fn the_documented_example_applies() {
 }
 
 #[test]
-fn history_is_refused_on_aggregation_views() {
+fn history_on_an_aggregation_view_keeps_its_events() {
     let r = Registry::in_memory();
     let text = with_feature("name = \"n\"\nfunction = \"count\"\nwindow = \"1h\"").replace(
         "entity = \"user\"\n",
         "entity = \"user\"\nhistory = \"30d\"\n",
     );
-    let e = r.apply_toml(&text, false).unwrap_err().to_string();
-    assert!(
-        e.contains("history applies to plain views; an aggregation view keeps its tiles"),
-        "{e}"
+    r.apply_toml(&text, false).unwrap();
+    let snap = r.snapshot();
+    let view = snap.views.values().next().expect("the view applied");
+    assert!(view.aggregation.is_some());
+    assert_eq!(
+        view.history,
+        Some(std::time::Duration::from_secs(30 * 86_400))
     );
-    assert!(r.snapshot().views.is_empty(), "nothing changed");
 }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use rocksdb::WriteBatch;
 use tracing::warn;
 
-use super::{AggEvent, ApplyOutcome, CF_META, CF_ROWS, ShardStore};
+use super::{AggEvent, ApplyOutcome, CF_HISTORY, CF_META, CF_ROWS, HistoryWriter, ShardStore};
 use crate::aggregate::split;
 use crate::aggregate::tiles::TileSet;
 use crate::registry::aggregation::Aggregation;
@@ -30,11 +30,14 @@ impl ShardStore {
     /// tiles; an event more than the view's `allowed_lateness` behind the view version's
     /// watermark is dropped (counted late); any other is counted into its tiles and moves
     /// the watermark. Then every touched entity is trimmed and written (or deleted when
-    /// empty), and the watermarks are written. Deterministic in the events alone.
+    /// empty), and the watermarks are written. Deterministic in the events alone. Of a
+    /// view that keeps history, every tombstone and accepted event is also written to the
+    /// history (a late one is not: no lookup ever counted it).
     pub(super) fn apply_events(
         &self,
         events: &[AggEvent],
         wb: &mut WriteBatch,
+        history: &mut HistoryWriter,
         per_topic: &mut [ApplyOutcome],
         outcome: &mut ApplyOutcome,
     ) -> Result<(), StorageError> {
@@ -81,6 +84,15 @@ impl ShardStore {
                 set: decode(agg, stored[slot].as_deref(), &ev.key),
                 joined: false,
             });
+            if let Some(meta) = ev.history
+                && (ev.values.is_none()
+                    || !wm.is_some_and(|w| {
+                        ev.event_time_micros < w.saturating_sub(agg.allowed_lateness_micros)
+                    }))
+            {
+                history.put_event(self.cf(CF_HISTORY), wb, ev, meta);
+                outcome.history_written += 1;
+            }
             let Some(values) = &ev.values else {
                 // A tombstone erases the entity's aggregates, whatever its time: both
                 // values are rewritten (empty: deleted).
