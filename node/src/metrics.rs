@@ -64,6 +64,15 @@ pub const HISTORY_WRITTEN: &str = "quiver_history_versions_written_total";
 /// Counter: entity keys answered as of a past time (from the row history), by `rule`
 /// (`event_time`, `arrived_by`).
 pub const AS_OF_KEYS: &str = "quiver_serve_as_of_keys_total";
+/// Counter: chunks of `ExportFeatures` streams answered, by `outcome` (`ok`, `error`).
+pub const EXPORT_CHUNKS: &str = "quiver_export_chunks_total";
+/// Counter: entity keys (label rows) of `ExportFeatures` chunks this node coordinated.
+pub const EXPORT_ROWS: &str = "quiver_export_rows_total";
+/// Counter: keys of export chunks this node asked of a peer replica.
+pub const EXPORT_FORWARDED_KEYS: &str = "quiver_export_forwarded_keys_total";
+/// Counter: parts of export chunks asked again (a replica failed, lagged or answered at
+/// another view version).
+pub const EXPORT_PART_RETRIES: &str = "quiver_export_part_retries_total";
 /// Histogram: aggregation tiles merged per entity answered by a lookup.
 pub const AGG_TILES_PER_READ: &str = "quiver_aggregation_tiles_per_read";
 /// Malformed records by `shard` and `reason`.
@@ -159,6 +168,12 @@ pub fn describe() {
     for rule in ["event_time", "arrived_by"] {
         metrics::counter!(AS_OF_KEYS, "rule" => rule).increment(0);
     }
+    for outcome in ["ok", "error"] {
+        metrics::counter!(EXPORT_CHUNKS, "outcome" => outcome).increment(0);
+    }
+    metrics::counter!(EXPORT_ROWS).increment(0);
+    metrics::counter!(EXPORT_FORWARDED_KEYS).increment(0);
+    metrics::counter!(EXPORT_PART_RETRIES).increment(0);
     describe_counter!(SERVE_REQUESTS, "gRPC requests by rpc and result code");
     describe_counter!(
         AUTH_DENIED,
@@ -278,6 +293,22 @@ pub fn describe() {
     describe_counter!(
         HISTORY_WRITTEN,
         "row versions written to the history of views with history, by shard"
+    );
+    describe_counter!(
+        EXPORT_CHUNKS,
+        "chunks of ExportFeatures streams answered, by outcome (ok, error)"
+    );
+    describe_counter!(
+        EXPORT_ROWS,
+        "label rows (entity keys) of export chunks this node coordinated"
+    );
+    describe_counter!(
+        EXPORT_FORWARDED_KEYS,
+        "keys of export chunks this node asked of a peer replica"
+    );
+    describe_counter!(
+        EXPORT_PART_RETRIES,
+        "parts of export chunks asked again (a replica failed, lagged or answered at another version)"
     );
     describe_counter!(
         AS_OF_KEYS,

@@ -25,11 +25,14 @@ use serde::de::DeserializeOwned;
 use super::types::TypeConfig;
 
 /// Shared cache of channels by peer address, each presenting this node's credentials
-/// (TLS client certificate and/or cluster token).
+/// (TLS client certificate and/or cluster token); and of channels for requests made on a
+/// caller's behalf (the same TLS, no token of this node's: each request carries the
+/// caller's own `authorization`, so the peer judges the caller, not this node).
 #[derive(Clone, Default)]
 pub struct Channels {
     inner: Arc<Mutex<HashMap<String, AuthChannel>>>,
     credentials: Credentials,
+    forwarding: Arc<Mutex<HashMap<String, AuthChannel>>>,
 }
 
 impl Channels {
@@ -38,26 +41,45 @@ impl Channels {
         Channels {
             inner: Arc::default(),
             credentials,
+            forwarding: Arc::default(),
         }
     }
 
     /// The channel to `addr` (`host:port`), created lazily on first use.
     pub fn get(&self, addr: &str) -> Result<AuthChannel, TransportError> {
-        let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = map.get(addr) {
-            return Ok(c.clone());
-        }
-        let ch = self
-            .credentials
-            .endpoint(addr)?
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(5))
-            .connect_lazy();
-        let ch = self.credentials.wrap(ch)?;
-        map.insert(addr.to_owned(), ch.clone());
-        Ok(ch)
+        cached(&self.inner, addr, &self.credentials)
     }
+
+    /// The channel to `addr` for requests made on a caller's behalf: this node's TLS
+    /// settings, no token (the request carries the caller's).
+    pub fn get_forwarding(&self, addr: &str) -> Result<AuthChannel, TransportError> {
+        let transport_only = Credentials {
+            tls: self.credentials.tls.clone(),
+            token: None,
+        };
+        cached(&self.forwarding, addr, &transport_only)
+    }
+}
+
+/// The channel to `addr` in `map`, made with `credentials` on first use.
+fn cached(
+    map: &Mutex<HashMap<String, AuthChannel>>,
+    addr: &str,
+    credentials: &Credentials,
+) -> Result<AuthChannel, TransportError> {
+    let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(c) = map.get(addr) {
+        return Ok(c.clone());
+    }
+    let ch = credentials
+        .endpoint(addr)?
+        .connect_timeout(Duration::from_secs(1))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .connect_lazy();
+    let ch = credentials.wrap(ch)?;
+    map.insert(addr.to_owned(), ch.clone());
+    Ok(ch)
 }
 
 /// Creates [`PeerConnection`]s.

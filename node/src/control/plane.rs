@@ -308,6 +308,18 @@ impl ControlPlane {
         self.channels.get(addr)
     }
 
+    /// A channel to the member at `addr` for requests made on a caller's behalf: this
+    /// node's TLS, no credentials of its own (each request carries the caller's token).
+    ///
+    /// # Errors
+    /// If the address or the TLS settings cannot make an endpoint.
+    pub fn forwarding_channel(
+        &self,
+        addr: &str,
+    ) -> Result<AuthChannel, quiver_proto::transport::TransportError> {
+        self.channels.get_forwarding(addr)
+    }
+
     /// The channel to the leader `leader` at `addr`; one that cannot be made is a leader
     /// this node cannot reach.
     pub(super) fn leader_channel(

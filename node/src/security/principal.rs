@@ -133,7 +133,7 @@ impl Need {
                 "grpc.reflection.v1.ServerReflection" | "grpc.reflection.v1alpha.ServerReflection",
                 "ServerReflectionInfo",
             )
-            | ("quiver.v1.FeatureService", "GetOnlineFeatures" | "GetSchema")
+            | ("quiver.v1.FeatureService", "GetOnlineFeatures" | "GetSchema" | "ExportFeatures")
             | (
                 "quiver.v1.AdminService",
                 "ListViews" | "DescribeView" | "GetStatus" | "ListViewVersions",

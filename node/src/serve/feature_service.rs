@@ -10,10 +10,11 @@ use quiver_proto::v1::{
     GetOnlineFeaturesRequest, GetOnlineFeaturesResponse, GetSchemaRequest, PushRequest,
     PushResponse, ResponseEncoding, Schema,
 };
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument as _;
 
 use super::ServeError;
+use super::export::{ExportStream, export_stream};
 use super::fair::{FairPermit, Shed};
 use super::lookup::{
     ExecError, ReadMode, Reader, execute, into_cells, replicas_for, watermark_reached,
@@ -25,6 +26,7 @@ use crate::security::guard::principal_of;
 use crate::state::NodeState;
 
 /// The public feature service.
+#[derive(Clone)]
 pub struct FeatureServiceImpl {
     state: Arc<NodeState>,
     metrics: LookupMetrics,
@@ -37,6 +39,26 @@ impl FeatureServiceImpl {
             state,
             metrics: LookupMetrics::new(),
         }
+    }
+
+    /// The node state the service reads.
+    pub(super) fn state(&self) -> &NodeState {
+        &self.state
+    }
+
+    /// Refuses a request larger than `limits.max_request_bytes`.
+    pub(super) fn check_request_size(
+        &self,
+        req: &GetOnlineFeaturesRequest,
+    ) -> Result<(), ServeError> {
+        let size = req.encoded_len();
+        let limit = self.state.limits.max_request_bytes;
+        if size > limit {
+            return Err(ServeError::InvalidArgument(format!(
+                "request of {size} bytes exceeds the limit max_request_bytes = {limit}"
+            )));
+        }
+        Ok(())
     }
 
     /// Waits (bounded) until every shard the plan reads has reached the requested minimum
@@ -118,19 +140,13 @@ impl FeatureServiceImpl {
             })
     }
 
-    async fn get_online_features_inner(
+    pub(super) async fn get_online_features_inner(
         &self,
         principal: &Principal,
         req: GetOnlineFeaturesRequest,
     ) -> Result<GetOnlineFeaturesResponse, ServeError> {
         let limits = &self.state.limits;
-        let size = req.encoded_len();
-        if size > limits.max_request_bytes {
-            return Err(ServeError::InvalidArgument(format!(
-                "request of {size} bytes exceeds the limit max_request_bytes = {}",
-                limits.max_request_bytes
-            )));
-        }
+        self.check_request_size(&req)?;
         let registry = self.state.registry.snapshot();
         let compiled = self.state.plans.plan(&req, &registry, limits)?;
         principal
@@ -225,6 +241,7 @@ const INLINE_MAX_CELLS: usize = 2_500;
 
 /// Metric handles of the lookup RPC, registered once (a `counter!` with labels builds
 /// and hashes its key on every call).
+#[derive(Clone)]
 pub(super) struct LookupMetrics {
     ok: metrics::Counter,
     duration: metrics::Histogram,
@@ -289,6 +306,23 @@ impl FeatureService for FeatureServiceImpl {
             );
         }
         Ok(response)
+    }
+
+    type ExportFeaturesStream = ExportStream;
+
+    async fn export_features(
+        &self,
+        request: Request<Streaming<GetOnlineFeaturesRequest>>,
+    ) -> Result<Response<ExportStream>, Status> {
+        let principal = principal_of(&request);
+        // Vouches for the caller to the peers holding shards this node lacks.
+        let authorization = request.metadata().get("authorization").cloned();
+        Ok(Response::new(export_stream(
+            self.clone(),
+            principal,
+            authorization,
+            request.into_inner(),
+        )))
     }
 
     async fn push(&self, request: Request<PushRequest>) -> Result<Response<PushResponse>, Status> {

@@ -4,6 +4,7 @@
 mod admin_service;
 pub mod as_of;
 pub mod cluster_service;
+mod export;
 pub mod fair;
 mod feature_service;
 pub mod lookup;

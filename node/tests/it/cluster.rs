@@ -14,7 +14,7 @@ use serde_json::json;
 use crate::harness::{Kafka, TestNode, eventually};
 use crate::ingest::{key, now_ms};
 
-const SHARDS: u32 = 4;
+pub(crate) const SHARDS: u32 = 4;
 
 const VIEWS: &str = r#"
 [[entity]]
@@ -31,8 +31,8 @@ name = "score"
 type = "int64"
 "#;
 
-struct Cluster {
-    nodes: BTreeMap<u64, TestNode>,
+pub(crate) struct Cluster {
+    pub(crate) nodes: BTreeMap<u64, TestNode>,
     addrs: BTreeMap<u64, String>,
     dirs: Vec<tempfile::TempDir>,
 }
@@ -72,7 +72,7 @@ fn node_config(
     f.validate().unwrap()
 }
 
-async fn start_cluster(bootstrap: &str, n: u64) -> Cluster {
+pub(crate) async fn start_cluster(bootstrap: &str, n: u64) -> Cluster {
     let mut listeners = BTreeMap::new();
     for id in 1..=n {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -94,7 +94,7 @@ async fn start_cluster(bootstrap: &str, n: u64) -> Cluster {
     Cluster { nodes, addrs, dirs }
 }
 
-async fn cluster_map(node: &TestNode) -> ClusterMap {
+pub(crate) async fn cluster_map(node: &TestNode) -> ClusterMap {
     ClusterServiceClient::new(node.channel.clone())
         .get_cluster_map(GetClusterMapRequest {})
         .await
@@ -103,7 +103,7 @@ async fn cluster_map(node: &TestNode) -> ClusterMap {
 }
 
 /// Every shard has `r` Serving replicas, all on `on`, and the map is the same everywhere.
-async fn wait_placed(cluster: &Cluster, r: usize, on: &BTreeSet<u64>) -> ClusterMap {
+pub(crate) async fn wait_placed(cluster: &Cluster, r: usize, on: &BTreeSet<u64>) -> ClusterMap {
     eventually(
         Duration::from_secs(60),
         "every shard has R serving replicas",
@@ -127,7 +127,7 @@ async fn wait_placed(cluster: &Cluster, r: usize, on: &BTreeSet<u64>) -> Cluster
 }
 
 /// Every replica of each key's shard serves `kind(value)` for it.
-async fn assert_every_replica_serves(
+pub(crate) async fn assert_every_replica_serves(
     cluster: &Cluster,
     map: &ClusterMap,
     keys: &BTreeMap<String, i64>,

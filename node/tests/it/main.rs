@@ -7,6 +7,7 @@
 mod admin;
 mod cluster;
 mod docs_examples;
+mod export;
 mod harness;
 mod ingest;
 mod lifecycle;

@@ -1,7 +1,8 @@
 //! Tokens are replicated state: one created through any member is accepted by every
 //! member as soon as its creation returned — a member that has not applied the creation
 //! yet catches up with the leader before judging an id it does not know — and an id no
-//! member knows is still refused as unauthenticated.
+//! member knows is still refused as unauthenticated. An export through any member reads
+//! every shard within the caller's grants.
 
 use std::time::Duration;
 
@@ -37,9 +38,18 @@ async fn schema(addr: &str, token: &str) -> Result<(), tonic::Status> {
         .map(|_| ())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_token_works_on_every_member_as_soon_as_its_creation_returned() {
-    let kafka = crate::harness::Kafka::new(&[("scores", 2), ("secret", 2)]);
+/// `MEMBERS` secure members (auth on, R = 2) over `kafka`, each in every member's map and
+/// judging tokens (a token it does not know is refused as unauthenticated).
+struct Members {
+    addrs: Vec<String>,
+    nodes: Vec<Node>,
+    cancel: CancellationToken,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+const UNKNOWN: &str = "qvr_0123456789ab_not-a-real-secret";
+
+async fn start_members(kafka: &crate::harness::Kafka) -> Members {
     let mut listeners = Vec::new();
     for _ in 0..MEMBERS {
         listeners.push(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap());
@@ -71,9 +81,6 @@ async fn a_token_works_on_every_member_as_soon_as_its_creation_returned() {
         );
         dirs.push(dir);
     }
-    // Every member in every member's map, and judging tokens (its state known to be
-    // current: a token it does not know is refused as unauthenticated, not unavailable).
-    let unknown = "qvr_0123456789ab_not-a-real-secret";
     for addr in &addrs {
         let ch = channel(addr, BOOTSTRAP);
         eventually(Duration::from_secs(60), "every member in the map", || {
@@ -89,12 +96,34 @@ async fn a_token_works_on_every_member_as_soon_as_its_creation_returned() {
         })
         .await;
         eventually(Duration::from_secs(30), "tokens judged", || async {
-            let e = schema(addr, unknown).await.err()?;
+            let e = schema(addr, UNKNOWN).await.err()?;
             (e.code() == Code::Unauthenticated).then_some(())
         })
         .await;
     }
+    Members {
+        addrs,
+        nodes,
+        cancel,
+        _dirs: dirs,
+    }
+}
 
+impl Members {
+    async fn stop(self) {
+        self.cancel.cancel();
+        for n in self.nodes {
+            n.wait().await.unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_works_on_every_member_as_soon_as_its_creation_returned() {
+    let kafka = crate::harness::Kafka::new(&[("scores", 2), ("secret", 2)]);
+    let members = start_members(&kafka).await;
+    let addrs = &members.addrs;
+    let unknown = UNKNOWN;
     // Each round creates a token through one member and at once uses it on all of them,
     // concurrently: a member that has not applied the creation yet (the leader commits
     // and answers before the followers apply) must not refuse it. Without the catch-up,
@@ -129,7 +158,7 @@ async fn a_token_works_on_every_member_as_soon_as_its_creation_returned() {
             .revoke_token(RevokeTokenRequest { id: created.id })
             .await
             .unwrap();
-        for addr in &addrs {
+        for addr in addrs {
             eventually(
                 Duration::from_secs(10),
                 "the revocation applied",
@@ -144,7 +173,7 @@ async fn a_token_works_on_every_member_as_soon_as_its_creation_returned() {
     }
 
     // An id no member knows: every member refuses it as unauthenticated, naming the id.
-    for addr in &addrs {
+    for addr in addrs {
         let e = schema(addr, unknown).await.unwrap_err();
         assert_eq!(e.code(), Code::Unauthenticated, "{addr}: {}", e.message());
         assert!(
@@ -154,8 +183,108 @@ async fn a_token_works_on_every_member_as_soon_as_its_creation_returned() {
         );
     }
 
-    cancel.cancel();
-    for n in nodes {
-        n.wait().await.unwrap();
+    members.stop().await;
+}
+
+/// An export through any member reads every shard (the ones it lacks as a member, from a
+/// replica elsewhere) with the caller's grants checked once on the member it called: a
+/// reader granted `scores` exports all of it through each member; `secret` is refused
+/// whatever member is asked, and no token is refused before anything is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_through_any_member_reads_every_shard_within_the_callers_grants() {
+    use quiver_proto::v1::{
+        ApplyDefinitionsRequest, AsOf, FeatureStatus, GetOnlineFeaturesRequest,
+    };
+
+    let kafka = crate::harness::Kafka::new(&[("scores", 2), ("secret", 2)]);
+    let members = start_members(&kafka).await;
+    let addrs = &members.addrs;
+    AdminServiceClient::new(channel(&addrs[0], BOOTSTRAP))
+        .apply_definitions(ApplyDefinitionsRequest {
+            toml: super::VIEWS.replace(
+                "name = \"scores\"\nentity = \"user\"",
+                "name = \"scores\"\nentity = \"user\"\nhistory = \"1d\"",
+            ),
+            dry_run: false,
+        })
+        .await
+        .unwrap();
+    let t = crate::ingest::now_ms() - 10_000;
+    const KEYS: i64 = 30;
+    for k in 0..KEYS {
+        kafka
+            .send_json(
+                "scores",
+                &format!("u{k}"),
+                serde_json::json!({"ts": t, "score": k, "tag": "x", "emb": [1.0]}),
+            )
+            .await;
     }
+    let reader = AdminServiceClient::new(channel(&addrs[0], BOOTSTRAP))
+        .create_token(CreateTokenRequest {
+            name: "trainer".into(),
+            role: "reader".into(),
+            views: vec!["scores".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let chunk = |feature: &str| GetOnlineFeaturesRequest {
+        features: vec![feature.into()],
+        entity_keys: (0..KEYS)
+            .map(|k| crate::ingest::key(&format!("u{k}")))
+            .collect(),
+        as_of: Some(AsOf {
+            time_micros: (t + 1) * 1_000,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let export = |addr: String, token: String, feature: &'static str| async move {
+        let mut stream = FeatureServiceClient::new(channel(&addr, &token))
+            .export_features(futures::stream::iter(vec![chunk(feature)]))
+            .await?
+            .into_inner();
+        stream
+            .message()
+            .await
+            .map(|m| m.expect("one answer per chunk"))
+    };
+    for addr in addrs {
+        // Every replica ingests in its own time: poll until this member's export is whole.
+        let answer = eventually(Duration::from_secs(30), "a whole export", || {
+            let (addr, reader) = (addr.clone(), reader.clone());
+            async move {
+                let a = match export(addr.clone(), reader, "scores:score").await {
+                    Ok(a) => a,
+                    Err(e) => {
+                        eprintln!("export through {addr}: {:?} {}", e.code(), e.message());
+                        return None;
+                    }
+                };
+                let col = &a.packed_columns[0];
+                (0..KEYS as usize)
+                    .all(|i| col.status_at(i) == FeatureStatus::Present)
+                    .then_some(a)
+            }
+        })
+        .await;
+        assert_eq!(
+            answer.packed_columns[0].int64s,
+            (0..KEYS).collect::<Vec<_>>()
+        );
+
+        let e = export(addr.clone(), reader.clone(), "secret:ssn")
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{addr}: {}", e.message());
+        assert!(e.message().contains("secret"), "{}", e.message());
+        let e = export(addr.clone(), UNKNOWN.into(), "scores:score")
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated, "{addr}: {}", e.message());
+    }
+    members.stop().await;
 }
