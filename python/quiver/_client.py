@@ -364,6 +364,54 @@ class Client(_Base):
             exclude_late_arrivals, status_columns, nullable, progress,
         )
 
+    def export_training_set(
+        self,
+        labels: str,
+        out: str,
+        features: Optional[Sequence[str]] = None,
+        *,
+        feature_service: Optional[str] = None,
+        key_column: Optional[str] = None,
+        timestamp_column: str = "event_timestamp",
+        time_unit: str = "us",
+        exclude_late_arrivals: bool = False,
+        status_columns: bool = False,
+        chunk_rows: int = 1000,
+        parallel: int = 4,
+        progress: Optional[Callable[[int], None]] = None,
+    ) -> int:
+        """:meth:`get_historical_features` from file to file, for label sets larger than
+        memory: reads the label file ``labels`` (Parquet, or CSV with a header) and writes
+        the training set to the Parquet file ``out`` — the label columns as they are, then
+        one column per feature (``--status-columns`` style ``__status`` columns with
+        ``status_columns=True``). Streamed in chunks of ``chunk_rows`` with ``parallel``
+        chunks in flight, so memory stays at a few chunks whatever the file's size (the
+        same path as ``quiverctl export``). Integer time columns are in ``time_unit``
+        (``s``, ``ms``, ``us``, ``ns``). Returns the rows written; nothing is left at
+        ``out`` after an error.
+        """
+        refs = _refs(features, feature_service)
+        entity = self._entity_of(refs, feature_service)
+        int_keys = entity is not None and self._registry.key_type(entity) == "int64"
+        if chunk_rows < 1 or parallel < 1:
+            raise InvalidArgument(f"chunk_rows ({chunk_rows}) and parallel ({parallel}) must be at least 1")
+        rows, _ = self._native.export(
+            os.fspath(labels),
+            os.fspath(out),
+            refs,
+            feature_service,
+            key_column=key_column or entity or "key",
+            time_column=timestamp_column,
+            time_unit=time_unit,
+            int_keys=int_keys,
+            exclude_late_arrivals=exclude_late_arrivals,
+            status_columns=status_columns,
+            chunk_rows=chunk_rows,
+            parallel=parallel,
+            progress=progress,
+        )
+        return rows
+
     def list_views(self) -> List[Dict[str, Any]]:
         """Registered views: name, version, entity, topic, TTL and ``features`` as
         ``(name, type)`` pairs."""

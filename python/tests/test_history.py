@@ -154,3 +154,48 @@ def test_training_set_bad_input(client, history):
         client.get_historical_features(
             pd.DataFrame({"user": ["h1"], "event_timestamp": pd.to_datetime(["2026-01-01"], utc=True)}),
             ["profile:score"])
+
+
+def test_training_set_file_to_file(client, history, tmp_path):
+    """export_training_set: label file (Parquet and CSV) in, Parquet out, in small chunks
+    so the stream has many; every value equals the oracle; bad input leaves no output."""
+    import pyarrow.parquet as pq
+    import quiver
+
+    versions, token, _ = history
+    client.get_online_features(["balance:amount"], keys=USERS, min_watermarks=token)
+    rows = _label_times(versions, seed=13, n=300)
+    labels = pd.DataFrame({
+        "user": [u for u, _ in rows],
+        "event_timestamp": pd.to_datetime([t for _, t in rows], utc=True),
+        "label": np.arange(len(rows)) % 3,
+    })
+    want = [(oracle(versions, u, t) or {}).get("amount") for u, t in rows]
+    parquet_in = tmp_path / "labels.parquet"
+    labels.to_parquet(parquet_in, index=False)
+    csv_in = tmp_path / "labels.csv"
+    csv_labels = labels.copy()
+    csv_labels["event_timestamp"] = [t.strftime("%Y-%m-%dT%H:%M:%SZ") for t in labels["event_timestamp"]]
+    csv_labels.to_csv(csv_in, index=False)
+    for source in (parquet_in, csv_in):
+        out = tmp_path / f"train-{source.suffix[1:]}.parquet"
+        progress = []
+        n = client.export_training_set(source, out, ["balance:amount"], chunk_rows=37, parallel=3,
+                                       progress=progress.append, status_columns=True)
+        assert n == len(rows) and progress[-1] == len(rows) and len(progress) >= len(rows) // 37
+        train = pq.read_table(out).to_pandas()
+        assert list(train["user"]) == list(labels["user"]) and list(train["label"]) == list(labels["label"])
+        got = [None if pd.isna(x) else x for x in train["balance:amount"]]
+        assert got == want, source
+        assert set(train["balance:amount__status"]) <= {"PRESENT", "NOT_FOUND"}
+
+    bad = tmp_path / "bad.parquet"
+    labels.rename(columns={"user": "who"}).to_parquet(bad, index=False)
+    out = tmp_path / "never.parquet"
+    with pytest.raises(quiver.InvalidArgument, match="user"):
+        client.export_training_set(bad, out, ["balance:amount"])
+    assert not out.exists()
+    with pytest.raises(quiver.InvalidArgument, match="chunk_rows"):
+        client.export_training_set(parquet_in, out, ["balance:amount"], chunk_rows=0)
+    with pytest.raises(quiver.InvalidArgument, match="time_unit"):
+        client.export_training_set(parquet_in, out, ["balance:amount"], time_unit="fortnights")
