@@ -34,6 +34,8 @@ pub struct ExportParams {
     pub chunk_rows: usize,
     /// Lookups in flight.
     pub parallel: usize,
+    /// Through the first node's `ExportFeatures` stream instead of the smart client.
+    pub through_node: bool,
     /// `quiverctl` binary.
     pub quiverctl: PathBuf,
 }
@@ -103,6 +105,9 @@ pub async fn run(p: ExportParams, work: &Path) -> anyhow::Result<ExportReport> {
         .arg(&out)
         .args(["--chunk-rows", &p.chunk_rows.to_string()])
         .args(["--parallel", &p.parallel.to_string()]);
+    if p.through_node {
+        cmd.arg("--through-node");
+    }
     let status = tokio::task::spawn_blocking(move || cmd.status())
         .await?
         .context("run quiverctl export under /usr/bin/time")?;
@@ -184,7 +189,7 @@ fn write_labels(path: &Path, ds: &Dataset, rows: u64) -> anyhow::Result<()> {
 pub fn markdown(r: &ExportReport) -> String {
     let p = &r.params;
     format!(
-        "# quiver-bench export\n\n{}- cluster: {} nodes, P = {}, R = {}; {} entities, each with {} versions over six days in a view of {} float64 features with `history = \"7d\"`\n- label set: {} rows (random entities at random times in those six days), Parquet, {:.1} MB; output {:.1} MB\n- `quiverctl export`, chunks of {} rows, {} in flight, as served (`exclude_late_arrivals`)\n\n| label rows/s | feature values/s | wall time | peak RSS of quiverctl | node cores during the export |\n|---|---|---|---|---|\n| {:.0} | {:.0} | {:.1} s | {:.1} MiB | {:.2} |\n",
+        "# quiver-bench export\n\n{}- cluster: {} nodes, P = {}, R = {}; {} entities, each with {} versions over six days in a view of {} float64 features with `history = \"7d\"`\n- label set: {} rows (random entities at random times in those six days), Parquet, {:.1} MB; output {:.1} MB\n- `quiverctl export`{}, chunks of {} rows, {} in flight, as served (`exclude_late_arrivals`)\n\n| label rows/s | feature values/s | wall time | peak RSS of quiverctl | node cores during the export |\n|---|---|---|---|---|\n| {:.0} | {:.0} | {:.1} s | {:.1} MiB | {:.2} |\n",
         r.run.markdown(),
         p.cluster.nodes,
         p.cluster.shards,
@@ -195,6 +200,11 @@ pub fn markdown(r: &ExportReport) -> String {
         p.label_rows,
         r.label_bytes as f64 / 1e6,
         r.output_bytes as f64 / 1e6,
+        if p.through_node {
+            " through one node (`--through-node`: its ExportFeatures stream)"
+        } else {
+            " (smart client)"
+        },
         p.chunk_rows,
         p.parallel,
         r.rows_per_second,

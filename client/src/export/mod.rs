@@ -17,6 +17,7 @@ mod columns;
 mod labels;
 #[cfg(test)]
 mod tests;
+mod through_node;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -134,6 +135,41 @@ pub async fn export(
     opts: &ExportOptions,
     mut progress: impl FnMut(u64),
 ) -> Result<ExportSummary, ExportError> {
+    check(opts)?;
+    let result = run(Source::Smart(client), labels, out, opts, &mut progress).await;
+    if result.is_err() {
+        let _ = std::fs::remove_file(out);
+    }
+    result
+}
+
+/// As [`export`], through one node's `ExportFeatures` stream (the node at `addr`, with
+/// `credentials`) instead of the smart client: for a machine that reaches one node or a
+/// load balancer, not every node. The node reads each shard it lacks from a replica on
+/// the caller's behalf — one hop more per key than [`export`].
+///
+/// # Errors
+/// As [`export`]; nothing is left at `out` then.
+pub async fn export_through_node(
+    credentials: &quiver_proto::transport::Credentials,
+    addr: &str,
+    labels: &Path,
+    out: &Path,
+    opts: &ExportOptions,
+    mut progress: impl FnMut(u64),
+) -> Result<ExportSummary, ExportError> {
+    check(opts)?;
+    let result = match through_node::NodeStream::open(credentials, addr, opts.parallel).await {
+        Ok(stream) => run(Source::Node(stream), labels, out, opts, &mut progress).await,
+        Err(e) => Err(e),
+    };
+    if result.is_err() {
+        let _ = std::fs::remove_file(out);
+    }
+    result
+}
+
+fn check(opts: &ExportOptions) -> Result<(), ExportError> {
     if opts.features.is_empty() == opts.feature_service.is_none() {
         return Err(ExportError::Invalid(
             "give either features or a feature service".into(),
@@ -144,18 +180,22 @@ pub async fn export(
             "chunk_rows and parallel must be at least 1".into(),
         ));
     }
-    let result = run(client, labels, out, opts, &mut progress).await;
-    if result.is_err() {
-        let _ = std::fs::remove_file(out);
-    }
-    result
+    Ok(())
+}
+
+/// Where chunks are looked up.
+enum Source<'c> {
+    /// The smart client: each shard's keys from a replica of that shard.
+    Smart(&'c Client),
+    /// One node's `ExportFeatures` stream.
+    Node(through_node::NodeStream),
 }
 
 /// One answered chunk, ready to write.
 type Answered = Result<RecordBatch, ExportError>;
 
 async fn run(
-    client: &Client,
+    source: Source<'_>,
     labels: &Path,
     out: &Path,
     opts: &ExportOptions,
@@ -175,7 +215,10 @@ async fn run(
                 Some(chunk) => {
                     let first = next_row;
                     next_row += chunk.batch.num_rows() as u64;
-                    in_flight.push_back(Box::pin(answer(client, chunk, first, opts)));
+                    in_flight.push_back(match &source {
+                        Source::Smart(client) => Box::pin(answer(client, chunk, first, opts)),
+                        Source::Node(stream) => Box::pin(stream.answer(chunk, first, opts)),
+                    });
                 }
                 None => input_done = true,
             }

@@ -10,7 +10,7 @@ use arrow::array::{
     Array, AsArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
 use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, TimeUnit as ArrowUnit};
-use quiver_client::export::{ExportError, ExportOptions, export};
+use quiver_client::export::{ExportError, ExportOptions, export, export_through_node};
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
@@ -315,6 +315,43 @@ async fn export_equals_the_as_of_oracle_for_parquet_and_csv_labels() {
         .await
         .unwrap();
     check(&read_parquet(&out_csv), &rows, &versions, "csv labels");
+
+    // Through one node's ExportFeatures stream (it reads the shards it lacks from their
+    // replicas): the same training set, for every node asked.
+    let none = quiver_proto::transport::Credentials::none();
+    for (i, addr) in cluster.addrs.iter().enumerate() {
+        let out_node = dir.path().join(format!("train-node{i}.parquet"));
+        let mut seen = Vec::new();
+        let summary = export_through_node(&none, addr, &input, &out_node, &opts, |n| seen.push(n))
+            .await
+            .unwrap();
+        assert_eq!((summary.rows, summary.features), (3_000, 3));
+        assert_eq!(seen.last(), Some(&3_000));
+        check(
+            &read_parquet(&out_node),
+            &rows,
+            &versions,
+            &format!("through node {addr}"),
+        );
+    }
+    // A chunk the node refuses ends the export with the node's error; nothing is written.
+    let out_bad = dir.path().join("bad-node.parquet");
+    let e = export_through_node(
+        &none,
+        &cluster.addrs[0],
+        &input,
+        &out_bad,
+        &ExportOptions {
+            features: vec!["profile:nope".into()],
+            ..opts.clone()
+        },
+        |_| {},
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(e, ExportError::Lookup { first: 0, .. }), "{e}");
+    assert!(e.to_string().contains("nope"), "{e}");
+    assert!(!out_bad.exists(), "no partial output");
 
     // Bad label files: the row or column named, nothing left at the output.
     let bad = dir.path().join("bad.csv");

@@ -270,6 +270,10 @@ pub(crate) struct ExportArgs {
     /// Lookups in flight.
     #[arg(long, default_value_t = 4)]
     pub(crate) parallel: usize,
+    /// Export through the first node's ExportFeatures stream (`quiverctl export
+    /// --through-node`) instead of the smart client's routing.
+    #[arg(long)]
+    pub(crate) through_node: bool,
     /// The `quiverctl` binary (default: beside this one).
     #[arg(long, env = "QUIVERCTL_BIN")]
     pub(crate) quiverctl: Option<PathBuf>,

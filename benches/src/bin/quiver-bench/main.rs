@@ -73,6 +73,10 @@ async fn run_ingest(c: &Common, a: &IngestArgs) -> anyhow::Result<()> {
 async fn run_export(a: &ExportArgs) -> anyhow::Result<()> {
     a.common.validate()?;
     anyhow::ensure!(
+        !(a.through_node && a.common.secure),
+        "--through-node with --secure: the bench's clients are known by their certificates, which a node cannot vouch for to its peers (use a token, or the smart client)"
+    );
+    anyhow::ensure!(
         a.features >= 1 && a.label_rows >= 1,
         "--features and --label-rows must be positive"
     );
@@ -100,6 +104,7 @@ async fn run_export(a: &ExportArgs) -> anyhow::Result<()> {
         label_rows: a.label_rows,
         chunk_rows: a.chunk_rows,
         parallel: a.parallel,
+        through_node: a.through_node,
         quiverctl,
     };
     let work = Work::new(a.common.work.clone())?;

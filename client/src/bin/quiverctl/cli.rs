@@ -181,6 +181,12 @@ pub(crate) enum Command {
         /// Lookups in flight.
         #[arg(long, default_value_t = 4)]
         parallel: usize,
+        /// Stream the whole export through the node at --addr (its ExportFeatures RPC,
+        /// which reads the shards it lacks from their replicas) instead of sending each
+        /// shard's keys to its replicas: for a machine that reaches one node or a load
+        /// balancer, not every node.
+        #[arg(long)]
+        through_node: bool,
     },
     /// Backfill a view from a file of historical rows (entity key, event time, features):
     /// every row checked against the view first (nothing is produced if one is wrong),

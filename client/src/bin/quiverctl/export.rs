@@ -5,14 +5,23 @@ use std::path::Path;
 use std::time::Instant;
 
 use quiver_client::Client;
-use quiver_client::export::{ExportOptions, export};
+use quiver_client::export::{ExportOptions, export, export_through_node};
+use quiver_proto::transport::Credentials;
+
+/// How an export reaches the cluster.
+pub enum Via<'a> {
+    /// The smart client: each shard's keys to its replicas.
+    Smart(Client),
+    /// One node's `ExportFeatures` stream (credentials, address).
+    Node(&'a Credentials, &'a str),
+}
 
 /// Exports `labels` to `out`, reporting progress about twice a second and a summary.
 ///
 /// # Errors
 /// The export's error (the row, column or chunk it names).
 pub async fn run(
-    client: &Client,
+    via: Via<'_>,
     labels: &Path,
     out: &Path,
     opts: &ExportOptions,
@@ -20,7 +29,7 @@ pub async fn run(
     let started = Instant::now();
     let mut last = Instant::now();
     let interactive = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let summary = export(client, labels, out, opts, |rows| {
+    let progress = |rows| {
         if last.elapsed().as_millis() >= 500 {
             last = Instant::now();
             let rate = rows as f64 / started.elapsed().as_secs_f64().max(1e-9);
@@ -28,8 +37,13 @@ pub async fn run(
             eprint!("exported {rows} label rows ({rate:.0} rows/s){end}");
             let _ = std::io::stderr().flush();
         }
-    })
-    .await?;
+    };
+    let summary = match via {
+        Via::Smart(client) => export(&client, labels, out, opts, progress).await?,
+        Via::Node(credentials, addr) => {
+            export_through_node(credentials, addr, labels, out, opts, progress).await?
+        }
+    };
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
         "exported {} label rows × {} features to {} in {secs:.1} s ({:.0} rows/s)",

@@ -219,6 +219,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             status_columns,
             chunk_rows,
             parallel,
+            through_node,
         } => {
             let opts = quiver_client::export::ExportOptions {
                 features,
@@ -232,8 +233,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 chunk_rows,
                 parallel,
             };
-            let smart = smart_client(&cli.addr, &credentials, &cli.connect_to).await?;
-            export::run(&smart, &labels, &out, &opts).await?;
+            let via = if through_node {
+                export::Via::Node(&credentials, &cli.addr)
+            } else {
+                export::Via::Smart(smart_client(&cli.addr, &credentials, &cli.connect_to).await?)
+            };
+            export::run(via, &labels, &out, &opts).await?;
         }
         Command::Backfill {
             view,
