@@ -379,6 +379,7 @@ class Client(_Base):
         chunk_rows: int = 1000,
         parallel: int = 4,
         progress: Optional[Callable[[int], None]] = None,
+        through_node: Optional[str] = None,
     ) -> int:
         """:meth:`get_historical_features` from file to file, for label sets larger than
         memory: reads the label file ``labels`` (Parquet, or CSV with a header) and writes
@@ -389,6 +390,11 @@ class Client(_Base):
         same path as ``quiverctl export``). Integer time columns are in ``time_unit``
         (``s``, ``ms``, ``us``, ``ns``). Returns the rows written; nothing is left at
         ``out`` after an error.
+
+        ``through_node="host:port"`` streams the whole export through that one node's
+        ``ExportFeatures`` RPC (the node reads the shards it lacks from their replicas on
+        the caller's behalf) — for a machine that reaches one node or a load balancer but
+        not every node. Same values; one network hop more per key.
         """
         refs = _refs(features, feature_service)
         entity = self._entity_of(refs, feature_service)
@@ -409,6 +415,7 @@ class Client(_Base):
             chunk_rows=chunk_rows,
             parallel=parallel,
             progress=progress,
+            through_node=through_node,
         )
         return rows
 

@@ -9,7 +9,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 use quiver_client::export::{ExportOptions, TimeUnit};
 use quiver_client::{Hedging, Lookup, LookupResult, Watermarks};
-use quiver_proto::transport::{TlsClientSettings, read_token_file};
+use quiver_proto::transport::{Credentials, TlsClientSettings, read_token_file};
 
 use crate::errors::{client_error, export_error, invalid};
 use crate::response::Response;
@@ -66,6 +66,9 @@ fn spawn_block<T: Send + 'static>(
 #[pyclass(module = "quiver._quiver", frozen)]
 pub struct Client {
     inner: quiver_client::Client,
+    /// What the client presents (token, TLS): also what an export through one node
+    /// presents to that node.
+    credentials: Credentials,
 }
 
 /// A lookup's arguments, as `quiver.Client` normalises them.
@@ -213,13 +216,17 @@ impl Client {
             ));
         }
         let mut b = quiver_client::Client::builder().seeds(seeds);
+        let mut credentials = Credentials::none();
         match (token, token_file) {
             (Some(_), Some(_)) => return Err(invalid("give token or token_file, not both")),
-            (Some(t), None) => b = b.token(t),
+            (Some(t), None) => credentials.token = Some(t),
             (None, Some(f)) => {
-                b = b.token(read_token_file(&f).map_err(|e| invalid(e.to_string()))?)
+                credentials.token = Some(read_token_file(&f).map_err(|e| invalid(e.to_string()))?);
             }
             (None, None) => {}
+        }
+        if let Some(t) = &credentials.token {
+            b = b.token(t.clone());
         }
         if tls || tls_ca.is_some() || tls_cert.is_some() || tls_key.is_some() {
             let settings = TlsClientSettings::from_files(
@@ -229,6 +236,7 @@ impl Client {
                 tls_server_name,
             )
             .map_err(|e| invalid(e.to_string()))?;
+            credentials.tls = Some(settings.clone());
             b = b.tls(settings);
         }
         if let Some(d) = deadline_secs {
@@ -241,7 +249,7 @@ impl Client {
             b = b.connect_to(advertised, reachable);
         }
         let inner = block(py, async move { b.build().await }).map_err(client_error)?;
-        Ok(Client { inner })
+        Ok(Client { inner, credentials })
     }
 
     /// Looks up features; blocks (without the GIL) until the answer or the deadline.
@@ -440,8 +448,9 @@ impl Client {
 
     /// Exports the point-in-time training set of the label file `labels` (Parquet or
     /// CSV) to the Parquet file `out`; `progress(rows)` is called after each chunk.
-    /// Returns `(rows, features)`.
-    #[pyo3(signature = (labels, out, features, feature_service, *, key_column, time_column, time_unit="us", int_keys=false, exclude_late_arrivals=true, status_columns=false, chunk_rows=1000, parallel=4, progress=None))]
+    /// Returns `(rows, features)`. With `through_node` (a node's `host:port`), the whole
+    /// export streams through that node's `ExportFeatures` instead of the smart client.
+    #[pyo3(signature = (labels, out, features, feature_service, *, key_column, time_column, time_unit="us", int_keys=false, exclude_late_arrivals=true, status_columns=false, chunk_rows=1000, parallel=4, progress=None, through_node=None))]
     #[allow(clippy::too_many_arguments)]
     fn export(
         &self,
@@ -459,6 +468,7 @@ impl Client {
         chunk_rows: usize,
         parallel: usize,
         progress: Option<Py<PyAny>>,
+        through_node: Option<String>,
     ) -> PyResult<(u64, usize)> {
         same_process()?;
         let time_unit: TimeUnit = time_unit
@@ -476,17 +486,30 @@ impl Client {
             chunk_rows,
             parallel,
         };
-        let client = &self.inner;
+        let (client, credentials) = (&self.inner, &self.credentials);
+        let report = move |rows| {
+            if let Some(cb) = &progress {
+                // A failing callback only loses progress reports, never the export.
+                Python::attach(|py| {
+                    let _ = cb.call1(py, (rows,));
+                });
+            }
+        };
         let summary = block(py, async move {
-            quiver_client::export::export(client, &labels, &out, &opts, |rows| {
-                if let Some(cb) = &progress {
-                    // A failing callback only loses progress reports, never the export.
-                    Python::attach(|py| {
-                        let _ = cb.call1(py, (rows,));
-                    });
+            match &through_node {
+                None => quiver_client::export::export(client, &labels, &out, &opts, report).await,
+                Some(addr) => {
+                    quiver_client::export::export_through_node(
+                        credentials,
+                        addr,
+                        &labels,
+                        &out,
+                        &opts,
+                        report,
+                    )
+                    .await
                 }
-            })
-            .await
+            }
         })
         .map_err(export_error)?;
         Ok((summary.rows, summary.features))

@@ -156,9 +156,10 @@ def test_training_set_bad_input(client, history):
             ["profile:score"])
 
 
-def test_training_set_file_to_file(client, history, tmp_path):
+def test_training_set_file_to_file(cluster, client, history, tmp_path):
     """export_training_set: label file (Parquet and CSV) in, Parquet out, in small chunks
-    so the stream has many; every value equals the oracle; bad input leaves no output."""
+    so the stream has many — through the smart client and through each node's
+    ExportFeatures stream; every value equals the oracle; bad input leaves no output."""
     import pyarrow.parquet as pq
     import quiver
 
@@ -177,16 +178,17 @@ def test_training_set_file_to_file(client, history, tmp_path):
     csv_labels = labels.copy()
     csv_labels["event_timestamp"] = [t.strftime("%Y-%m-%dT%H:%M:%SZ") for t in labels["event_timestamp"]]
     csv_labels.to_csv(csv_in, index=False)
-    for source in (parquet_in, csv_in):
-        out = tmp_path / f"train-{source.suffix[1:]}.parquet"
+    runs = [(parquet_in, None), (csv_in, None)] + [(parquet_in, seed) for seed in cluster.seeds()]
+    for i, (source, node) in enumerate(runs):
+        out = tmp_path / f"train-{i}.parquet"
         progress = []
         n = client.export_training_set(source, out, ["balance:amount"], chunk_rows=37, parallel=3,
-                                       progress=progress.append, status_columns=True)
+                                       progress=progress.append, status_columns=True, through_node=node)
         assert n == len(rows) and progress[-1] == len(rows) and len(progress) >= len(rows) // 37
         train = pq.read_table(out).to_pandas()
         assert list(train["user"]) == list(labels["user"]) and list(train["label"]) == list(labels["label"])
         got = [None if pd.isna(x) else x for x in train["balance:amount"]]
-        assert got == want, source
+        assert got == want, (source, node)
         assert set(train["balance:amount__status"]) <= {"PRESENT", "NOT_FOUND"}
 
     bad = tmp_path / "bad.parquet"
