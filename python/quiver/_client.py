@@ -223,6 +223,12 @@ class _Base:
 
     # ---- training sets ---------------------------------------------------------------
 
+    def _export_file(self, labels: str, out: str, refs: List[str], feature_service: Optional[str],
+                     **options: Any) -> int:
+        """The native export of the label file ``labels`` to ``out``; the rows written."""
+        rows, _ = self._native.export(labels, out, refs, feature_service, **options)
+        return rows
+
     def _historical(
         self,
         entity_df: Any,
@@ -253,17 +259,10 @@ class _Base:
             labels = os.path.join(tmp, "labels.parquet")
             out = os.path.join(tmp, "train.parquet")
             pq.write_table(pa.Table.from_pandas(entity_df, preserve_index=False), labels)
-            self._native.export(
-                labels,
-                out,
-                refs,
-                feature_service,
-                key_column=key_column,
-                time_column=timestamp_column,
-                int_keys=int_keys,
-                exclude_late_arrivals=exclude_late_arrivals,
-                status_columns=status_columns,
-                progress=progress,
+            self._export_file(
+                labels, out, refs, feature_service, key_column=key_column, time_column=timestamp_column,
+                int_keys=int_keys, exclude_late_arrivals=exclude_late_arrivals,
+                status_columns=status_columns, progress=progress,
             )
             table = pq.read_table(out)
         return table.to_pandas(types_mapper=pandas_types(nullable))
@@ -401,23 +400,12 @@ class Client(_Base):
         int_keys = entity is not None and self._registry.key_type(entity) == "int64"
         if chunk_rows < 1 or parallel < 1:
             raise InvalidArgument(f"chunk_rows ({chunk_rows}) and parallel ({parallel}) must be at least 1")
-        rows, _ = self._native.export(
-            os.fspath(labels),
-            os.fspath(out),
-            refs,
-            feature_service,
-            key_column=key_column or entity or "key",
-            time_column=timestamp_column,
-            time_unit=time_unit,
-            int_keys=int_keys,
-            exclude_late_arrivals=exclude_late_arrivals,
-            status_columns=status_columns,
-            chunk_rows=chunk_rows,
-            parallel=parallel,
-            progress=progress,
-            through_node=through_node,
+        return self._export_file(
+            os.fspath(labels), os.fspath(out), refs, feature_service,
+            key_column=key_column or entity or "key", time_column=timestamp_column, time_unit=time_unit,
+            int_keys=int_keys, exclude_late_arrivals=exclude_late_arrivals, status_columns=status_columns,
+            chunk_rows=chunk_rows, parallel=parallel, progress=progress, through_node=through_node,
         )
-        return rows
 
     def list_views(self) -> List[Dict[str, Any]]:
         """Registered views: name, version, entity, topic, TTL and ``features`` as

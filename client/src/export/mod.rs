@@ -136,11 +136,10 @@ pub async fn export(
     mut progress: impl FnMut(u64),
 ) -> Result<ExportSummary, ExportError> {
     check(opts)?;
-    let result = run(Source::Smart(client), labels, out, opts, &mut progress).await;
-    if result.is_err() {
-        let _ = std::fs::remove_file(out);
-    }
-    result
+    removed_on_error(
+        out,
+        run(Source::Smart(client), labels, out, opts, &mut progress).await,
+    )
 }
 
 /// As [`export`], through one node's `ExportFeatures` stream (the node at `addr`, with
@@ -163,6 +162,14 @@ pub async fn export_through_node(
         Ok(stream) => run(Source::Node(stream), labels, out, opts, &mut progress).await,
         Err(e) => Err(e),
     };
+    removed_on_error(out, result)
+}
+
+/// `result`, with the output file removed if it is an error (no partial training set).
+fn removed_on_error(
+    out: &Path,
+    result: Result<ExportSummary, ExportError>,
+) -> Result<ExportSummary, ExportError> {
     if result.is_err() {
         let _ = std::fs::remove_file(out);
     }

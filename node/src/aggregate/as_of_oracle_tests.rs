@@ -18,6 +18,7 @@ use crate::registry::{Registry, RegistrySnapshot};
 use crate::serve::ServeError;
 use crate::serve::lookup::{ExecError, ReadMode, execute, replicas_for};
 use crate::serve::plan::plan_lookup;
+use crate::storage::TestShard;
 use crate::storage::history::{AsOfRule, HistoryMeta};
 use crate::storage::{
     AggEvent, IngestBatch, ShardStore, StorageConfig, StorageEngine, TopicProgress, keys,
@@ -101,13 +102,11 @@ fn oracle_at(log: &[Logged], t: i64, rule: AsOfRule) -> Oracle {
 }
 
 fn run_seed(seed: u64) {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = StorageEngine::new(StorageConfig::for_test(dir.path().to_path_buf())).unwrap();
-    let store = Arc::new(
-        engine
-            .open_shard(ShardId(0), 1, Partitioner::Murmur2)
-            .unwrap(),
-    );
+    let TestShard {
+        store,
+        engine: _engine,
+        dir: _dir,
+    } = TestShard::open();
     let registry = Registry::in_memory();
     registry.apply_toml(&defs("400d"), false).unwrap();
     let snap = registry.snapshot();

@@ -19,6 +19,7 @@ use crate::registry::aggregation::{AggFeature, Function};
 use crate::registry::{FeatureView, Registry};
 use crate::serve::lookup::{ReadMode, execute, replicas_for};
 use crate::serve::plan::plan_lookup;
+use crate::storage::TestShard;
 use crate::storage::{
     AggEvent, IngestBatch, ShardStore, StorageConfig, StorageEngine, TopicProgress, keys,
 };
@@ -419,13 +420,11 @@ fn lookup(
 
 /// Runs one random stream against the oracle; returns the day states rolled up.
 fn run_seed(seed: u64, lateness: &str) -> u64 {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = StorageEngine::new(StorageConfig::for_test(dir.path().to_path_buf())).unwrap();
-    let store = Arc::new(
-        engine
-            .open_shard(ShardId(0), 1, Partitioner::Murmur2)
-            .unwrap(),
-    );
+    let TestShard {
+        store,
+        engine: _engine,
+        dir: _dir,
+    } = TestShard::open();
     let registry = Registry::in_memory();
     registry
         .apply_toml(&DEFS.replace("\"20m\"", &format!("{lateness:?}")), false)

@@ -41,6 +41,37 @@ impl StorageConfig {
     }
 }
 
+/// A test's storage: an engine over a fresh temporary directory and its shard 0 (keys to
+/// shards by murmur2). Fields drop in order: the store, the engine, then the directory.
+#[cfg(test)]
+pub struct TestShard {
+    /// Shard 0.
+    pub store: std::sync::Arc<super::ShardStore>,
+    /// The engine that opened it.
+    pub engine: StorageEngine,
+    /// Its data directory.
+    pub dir: tempfile::TempDir,
+}
+
+#[cfg(test)]
+impl TestShard {
+    /// Opens shard 0 in a fresh directory with [`StorageConfig::for_test`] settings.
+    pub fn open() -> TestShard {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = StorageEngine::new(StorageConfig::for_test(dir.path().to_path_buf())).unwrap();
+        let store = std::sync::Arc::new(
+            engine
+                .open_shard(
+                    quiver_proto::ShardId(0),
+                    1,
+                    quiver_proto::Partitioner::Murmur2,
+                )
+                .unwrap(),
+        );
+        TestShard { store, engine, dir }
+    }
+}
+
 /// TTL per `(view, version)`, read by the compaction filters of every shard.
 ///
 /// Refreshed from the registry whenever it changes. Views missing from the table are

@@ -21,6 +21,8 @@ pub mod keys;
 pub mod row_codec;
 mod shard_store;
 
+#[cfg(test)]
+pub use engine::TestShard;
 pub use engine::{StorageConfig, StorageEngine, TtlTable};
 pub use shard_store::{
     AggEvent, ApplyOutcome, ConsistentRead, IngestBatch, RowWrite, ShardStore, TopicProgress,

@@ -2,7 +2,8 @@
 //! live lookups are recorded at known times; afterwards as-of lookups at those times with
 //! `exclude_late_arrivals` return exactly what was served — across a SIGKILL and restart
 //! of the node in the middle — while as-of by event time differs where late events
-//! arrived (they count from their event time).
+//! arrived (they count from their event time); and a training set of every (key, served
+//! time) pair exported through the `ExportFeatures` stream equals what was served.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -233,5 +234,65 @@ async fn as_of_with_exclude_late_arrivals_returns_what_was_served_across_kill_9(
             );
         }
     }
+    // The training set of every (key, served time) pair, exported through the node's
+    // ExportFeatures stream in chunks (as a label set would be, keys shuffled across
+    // rounds), is exactly what was served.
+    let pairs: Vec<(usize, usize)> = (0..ROUNDS)
+        .flat_map(|r| (0..USERS).map(move |u| (r, u)))
+        .collect();
+    let mut order: Vec<usize> = (0..pairs.len()).collect();
+    let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+    for i in (1..order.len()).rev() {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        order.swap(i, (rng % (i as u64 + 1)) as usize);
+    }
+    const CHUNK: usize = 173;
+    let chunks: Vec<GetOnlineFeaturesRequest> = order
+        .chunks(CHUNK)
+        .map(|c| GetOnlineFeaturesRequest {
+            entity_keys: c.iter().map(|&i| keys()[pairs[i].1].clone()).collect(),
+            as_of: Some(AsOf {
+                key_times_micros: c.iter().map(|&i| served[pairs[i].0].0).collect(),
+                exclude_late_arrivals: true,
+                ..Default::default()
+            }),
+            ..request(&end, None)
+        })
+        .collect();
+    let n_chunks = chunks.len();
+    let mut stream = FeatureServiceClient::connect(node.endpoint())
+        .await
+        .unwrap()
+        .export_features(futures::stream::iter(chunks))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut answered = 0;
+    for (ci, c) in order.chunks(CHUNK).enumerate() {
+        let answer = stream
+            .message()
+            .await
+            .unwrap()
+            .expect("an answer per chunk");
+        for (row, &i) in c.iter().enumerate() {
+            let (r, u) = pairs[i];
+            for (col, live) in answer.packed_columns.iter().zip(&served[r].1) {
+                assert_eq!(
+                    (col.status_at(row), col.value(row), col.event_time_at(row)),
+                    (live.status_at(u), live.value(u), live.event_time_at(u)),
+                    "export chunk {ci} row {row}: u{u:02} as of round {r}, column {}",
+                    col.name
+                );
+            }
+        }
+        answered += 1;
+    }
+    assert_eq!(answered, n_chunks);
+    assert!(
+        stream.message().await.unwrap().is_none(),
+        "no answer beyond the chunks"
+    );
     node.terminate();
 }

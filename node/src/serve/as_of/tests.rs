@@ -17,11 +17,10 @@ use crate::registry::{Registry, RegistrySnapshot};
 use crate::serve::ServeError;
 use crate::serve::lookup::{ExecError, ReadMode, execute, replicas_for};
 use crate::serve::plan::plan_lookup;
+use crate::storage::TestShard;
 use crate::storage::history::HistoryMeta;
 use crate::storage::row_codec::encode_row;
-use crate::storage::{
-    IngestBatch, RowWrite, ShardStore, StorageConfig, StorageEngine, TopicProgress, keys,
-};
+use crate::storage::{IngestBatch, RowWrite, ShardStore, StorageEngine, TopicProgress, keys};
 
 const MIN: i64 = 60_000_000;
 const HOUR: i64 = 60 * MIN;
@@ -124,13 +123,7 @@ fn store_with(
     Arc<ShardStore>,
     Arc<RegistrySnapshot>,
 ) {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = StorageEngine::new(StorageConfig::for_test(dir.path().to_path_buf())).unwrap();
-    let store = Arc::new(
-        engine
-            .open_shard(ShardId(0), 1, Partitioner::Murmur2)
-            .unwrap(),
-    );
+    let TestShard { store, engine, dir } = TestShard::open();
     let registry = Registry::in_memory();
     registry
         .apply_toml(&DEFS.replace("HISTORY", history), false)

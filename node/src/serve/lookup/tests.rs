@@ -1,7 +1,6 @@
 //! Watermarks on the wire: only topic streams, whatever pending streams a replica has.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use quiver_proto::v1::{EntityKey, GetOnlineFeaturesRequest, ShardWatermark, TopicOffset};
 use quiver_proto::{Partitioner, ShardId};
@@ -10,7 +9,8 @@ use super::{ReadMode, execute, replicas_for};
 use crate::config::NodeConfigFile;
 use crate::registry::Registry;
 use crate::serve::plan::plan_lookup;
-use crate::storage::{IngestBatch, StorageConfig, StorageEngine, TopicProgress};
+use crate::storage::TestShard;
+use crate::storage::{IngestBatch, TopicProgress};
 
 const DEFS: &str = r#"
 [[entity]]
@@ -28,13 +28,11 @@ type = "int64"
 
 #[test]
 fn pending_streams_are_neither_reported_nor_waited_on() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = StorageEngine::new(StorageConfig::for_test(dir.path().to_path_buf())).unwrap();
-    let store = Arc::new(
-        engine
-            .open_shard(ShardId(0), 1, Partitioner::Murmur2)
-            .unwrap(),
-    );
+    let TestShard {
+        store,
+        engine: _engine,
+        dir: _dir,
+    } = TestShard::open();
     // The topic's stream and a pending version's own re-ingest of it.
     store
         .apply(&IngestBatch {
