@@ -118,15 +118,26 @@ impl KafkaMetadata {
         timeout: Duration,
     ) -> Result<Vec<i64>, TopicCheckError> {
         (0..shard_count)
-            .map(|p| {
-                self.consumer
-                    .fetch_watermarks(topic, p as i32, timeout)
-                    .map(|(low, _)| low)
-                    .map_err(|e| TopicCheckError::Unreachable {
-                        topic: topic.to_owned(),
-                        error: e.to_string(),
-                    })
-            })
+            .map(|p| self.log_start(topic, p, timeout))
             .collect()
+    }
+
+    /// The first offset of partition `partition` of `topic`. Blocking.
+    ///
+    /// # Errors
+    /// [`TopicCheckError::Unreachable`] if the broker does not answer.
+    pub fn log_start(
+        &self,
+        topic: &str,
+        partition: u32,
+        timeout: Duration,
+    ) -> Result<i64, TopicCheckError> {
+        self.consumer
+            .fetch_watermarks(topic, partition as i32, timeout)
+            .map(|(low, _)| low)
+            .map_err(|e| TopicCheckError::Unreachable {
+                topic: topic.to_owned(),
+                error: e.to_string(),
+            })
     }
 }

@@ -127,12 +127,11 @@ async fn log_is_whole(state: &NodeState, id: ShardId) -> bool {
         return false;
     };
     let topics = state.registry.snapshot().topics();
-    let p = state.shard_count;
     tokio::task::spawn_blocking(move || {
         topics.iter().all(|t| {
             kafka
-                .log_starts(t, p, Duration::from_secs(2))
-                .is_ok_and(|starts| starts.get(id.0 as usize) == Some(&0))
+                .log_start(t, id.0, Duration::from_secs(2))
+                .is_ok_and(|start| start == 0)
         })
     })
     .await

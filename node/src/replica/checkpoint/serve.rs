@@ -4,6 +4,7 @@
 //! is reused for [`REUSE`] (several new replicas, a resumed copy) and deleted after
 //! [`KEEP`].
 
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -33,8 +34,10 @@ const CHUNK: usize = 1 << 20;
 pub struct ReplicaServiceImpl {
     state: Arc<NodeState>,
     root: PathBuf,
-    /// One checkpoint made at a time.
-    making: tokio::sync::Mutex<()>,
+    /// One checkpoint made at a time; the value maps each checkpoint made since this node
+    /// started to its topic streams' offsets read just before it was made (a lower bound
+    /// of the checkpoint's own). Only these are handed out again.
+    making: tokio::sync::Mutex<HashMap<String, BTreeMap<String, i64>>>,
 }
 
 impl ReplicaServiceImpl {
@@ -43,7 +46,7 @@ impl ReplicaServiceImpl {
         ReplicaServiceImpl {
             state,
             root: data_dir.join("checkpoints"),
-            making: tokio::sync::Mutex::new(()),
+            making: tokio::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -95,20 +98,42 @@ impl ReplicaServiceImpl {
                 self.state.node_id
             )));
         };
-        let _one = self.making.lock().await;
+        let mut made = self.making.lock().await;
         let root = self.root.clone();
-        let manifest = tokio::task::spawn_blocking(move || {
+        let (node, state) = (self.state.node_id, self.state.clone());
+        let known = made.clone();
+        let (manifest, fresh) = tokio::task::spawn_blocking(move || {
             for (name, age) in Self::existing(&root, None) {
                 if age > KEEP {
                     let _ = std::fs::remove_dir_all(root.join(&name));
                 }
             }
+            // A copy resumes from the checkpoint's offsets: they must not be below the
+            // partition's log start, or the new replica is held back for records that are
+            // gone (its topic stream could never be assigned).
+            let starts = match log_starts(&state, shard) {
+                Ok(starts) => starts,
+                Err(e) => return Ok(Err(Status::unavailable(format!(
+                    "node {node} cannot read the log start of shard {shard}'s partitions: {e}"
+                )))),
+            };
+            let live = topic_offsets(&store, &starts);
+            if let Some(why) = below_log_start(&live, &starts) {
+                return Ok(Err(Status::unavailable(format!(
+                    "node {node} cannot hand out a checkpoint of shard {shard} yet: {why} (records it has yet to read past; try again shortly)"
+                ))));
+            }
             let reuse = Self::existing(&root, Some(shard))
                 .into_iter()
-                .filter(|(_, age)| *age < REUSE)
+                .filter(|(name, age)| {
+                    *age < REUSE
+                        && known
+                            .get(name)
+                            .is_some_and(|o| below_log_start(o, &starts).is_none())
+                })
                 .min_by_key(|(_, age)| *age);
-            let id = match reuse {
-                Some((name, _)) => name,
+            let (id, fresh) = match reuse {
+                Some((name, _)) => (name, None),
                 None => {
                     std::fs::create_dir_all(&root)?;
                     let ms = SystemTime::now()
@@ -120,16 +145,69 @@ impl ReplicaServiceImpl {
                         .checkpoint(&root.join(&id))
                         .map_err(std::io::Error::other)?;
                     info!(shard_id = %shard, checkpoint = %id, "checkpoint made for a new replica");
-                    id
+                    (id.clone(), Some((id, live)))
                 }
             };
-            manifest_of(&root.join(&id), &id, shard, &store)
+            manifest_of(&root.join(&id), &id, shard, &store).map(|m| Ok((m, fresh)))
         })
         .await
         .map_err(|e| Status::internal(format!("checkpoint task failed: {e}")))?
-        .map_err(|e| Status::internal(format!("checkpoint of shard {shard}: {e}")))?;
+        .map_err(|e| Status::internal(format!("checkpoint of shard {shard}: {e}")))??;
+        if let Some((id, offsets)) = fresh {
+            made.retain(|id, _| self.root.join(id).exists());
+            made.insert(id, offsets);
+        }
         Ok(manifest)
     }
+}
+
+/// The log start of the shard's partition of each serving view's topic (none without a
+/// broker to ask).
+fn log_starts(
+    state: &NodeState,
+    shard: ShardId,
+) -> Result<BTreeMap<String, i64>, crate::kafka_meta::TopicCheckError> {
+    let Some(kafka) = state.kafka.as_ref() else {
+        return Ok(BTreeMap::new());
+    };
+    let snapshot = state.registry.snapshot();
+    let mut starts = BTreeMap::new();
+    for view in snapshot.views.values() {
+        let topic = &view.source.topic;
+        if !starts.contains_key(topic) {
+            let start = kafka.log_start(topic, shard.0, Duration::from_secs(2))?;
+            starts.insert(topic.clone(), start);
+        }
+    }
+    Ok(starts)
+}
+
+/// The store's position in each of `topics` (0 where it has consumed nothing).
+fn topic_offsets(
+    store: &crate::storage::ShardStore,
+    topics: &BTreeMap<String, i64>,
+) -> BTreeMap<String, i64> {
+    let offsets = store.offsets();
+    topics
+        .keys()
+        .map(|t| (t.clone(), offsets.get(t).map_or(0, |r| r.next_offset)))
+        .collect()
+}
+
+/// Why a replica at `offsets` could not resume from the log, if it could not: a topic whose
+/// position is below its partition's log start.
+fn below_log_start(
+    offsets: &BTreeMap<String, i64>,
+    starts: &BTreeMap<String, i64>,
+) -> Option<String> {
+    starts.iter().find_map(|(topic, start)| {
+        let at = offsets.get(topic).copied().unwrap_or(0);
+        (at < *start).then(|| {
+            format!(
+                "it is at offset {at} of topic {topic:?}, below the partition's log start {start}"
+            )
+        })
+    })
 }
 
 /// The manifest of checkpoint `id` in `dir`.
@@ -253,4 +331,34 @@ pub(crate) async fn file_chunks(path: PathBuf, offset: u64) -> std::io::Result<C
         }
     });
     Ok(Box::pin(stream))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::below_log_start;
+
+    fn map(pairs: &[(&str, i64)]) -> BTreeMap<String, i64> {
+        pairs.iter().map(|(t, o)| ((*t).to_owned(), *o)).collect()
+    }
+
+    #[test]
+    fn a_checkpoint_below_a_partitions_log_start_is_not_handed_out() {
+        let starts = map(&[("a", 0), ("b", 14)]);
+        // At or past every log start: a copy resumes from the log.
+        assert_eq!(below_log_start(&map(&[("a", 3), ("b", 14)]), &starts), None);
+        assert_eq!(below_log_start(&map(&[("a", 0), ("b", 90)]), &starts), None);
+        // In a gap the retention made (the peer was at 6 when 6..14 were deleted).
+        let why = below_log_start(&map(&[("a", 3), ("b", 6)]), &starts).unwrap();
+        assert!(
+            why.contains("offset 6 of topic \"b\"") && why.contains("log start 14"),
+            "{why}"
+        );
+        // A topic the replica has not consumed at all counts as offset 0.
+        let why = below_log_start(&map(&[("a", 3)]), &starts).unwrap();
+        assert!(why.contains("offset 0 of topic \"b\""), "{why}");
+        // No broker to ask: nothing to check.
+        assert_eq!(below_log_start(&map(&[]), &map(&[])), None);
+    }
 }
