@@ -10,6 +10,10 @@
 # linux-perf) and inferno (`cargo install inferno`); the release binaries keep line
 # tables (Cargo.toml) so every frame has a name. QUIVER_NODE_BIN picks another node
 # binary (e.g. an older build, for a before/after pair from the same load).
+# QUIVER_BENCH_ARGS adds arguments to the bench (e.g. "--aggregations --history-events 24",
+# which measures plain `quiver` then `quiver-aggs`, each for a step of SECONDS + 30), and
+# QUIVER_PROFILE_SKIP waits that many seconds after the load starts before sampling
+# (e.g. SECONDS + 40 to sample the second system's step instead of the first's).
 set -euo pipefail
 case_=$1 rate=$2 out=$3 secs=${4:-10}
 target=${CARGO_TARGET_DIR:-/var/tmp/quiver-target}
@@ -19,7 +23,7 @@ trap 'kill "$bench_pid" 2>/dev/null || true; wait "$bench_pid" 2>/dev/null || tr
 "$bench" lookup --out "$work/report" --nodes 1 --replication 1 --entities 20000 \
     --cases "$case_" --peers echo --start-rate "$rate" --max-rate "$rate" \
     --step-secs $((secs + 30)) --refine 0 --measure-secs 1 --slo-p99-ms 100000 \
-    >"$work/bench.log" 2>&1 &
+    ${QUIVER_BENCH_ARGS:-} >"$work/bench.log" 2>&1 &
 bench_pid=$!
 # The node is up once it listens; the load has started once its lookup counter moves.
 node_pid=""
@@ -39,7 +43,7 @@ for _ in $(seq 1200); do
     [ "$(lookups)" -gt 1000 ] 2>/dev/null && break
     sleep 0.5
 done
-sleep 3
+sleep $((3 + ${QUIVER_PROFILE_SKIP:-0}))
 perf record -F 499 --call-graph dwarf,32768 -p "$node_pid" -o "$work/perf.data" -- sleep "$secs" \
     >/dev/null 2>&1
 perf script -i "$work/perf.data" 2>/dev/null | inferno-collapse-perf > "$work/stacks.folded"
