@@ -98,6 +98,12 @@ pub const STORAGE_BLOCK_CACHE_HITS: &str = "quiver_storage_block_cache_hits_tota
 pub const STORAGE_BLOCK_CACHE_MISSES: &str = "quiver_storage_block_cache_misses_total";
 /// Bytes in the shared block cache.
 pub const STORAGE_BLOCK_CACHE_USAGE: &str = "quiver_storage_block_cache_usage_bytes";
+/// Row-cache hits summed over shards.
+pub const STORAGE_ROW_CACHE_HITS: &str = "quiver_storage_row_cache_hits_total";
+/// Row-cache misses summed over shards.
+pub const STORAGE_ROW_CACHE_MISSES: &str = "quiver_storage_row_cache_misses_total";
+/// Bytes in the shared row cache.
+pub const STORAGE_ROW_CACHE_USAGE: &str = "quiver_storage_row_cache_usage_bytes";
 /// Estimated rows by `shard`.
 pub const STORAGE_ROWS: &str = "quiver_storage_rows_estimate";
 /// Bytes in memtables, summed over shards.
@@ -357,6 +363,19 @@ pub fn describe() {
         STORAGE_BLOCK_CACHE_USAGE,
         Unit::Bytes,
         "bytes held by the shared block cache"
+    );
+    describe_counter!(
+        STORAGE_ROW_CACHE_HITS,
+        "RocksDB row cache hits (point reads answered without the SST file) over all shards"
+    );
+    describe_counter!(
+        STORAGE_ROW_CACHE_MISSES,
+        "RocksDB row cache misses over all shards"
+    );
+    describe_gauge!(
+        STORAGE_ROW_CACHE_USAGE,
+        Unit::Bytes,
+        "bytes held by the shared row cache"
     );
     describe_gauge!(STORAGE_ROWS, Unit::Count, "estimated stored rows by shard");
     describe_gauge!(

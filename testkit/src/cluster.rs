@@ -22,6 +22,8 @@ pub struct ClusterSettings {
     pub max_watermark_wait: Duration,
     /// RocksDB block cache per node, MiB.
     pub block_cache_mib: u32,
+    /// RocksDB row cache per node, MiB (0: none).
+    pub row_cache_mib: u32,
     /// `server.shutdown_delay`: 0 by default (tests stop nodes often and have no load
     /// balancer to wait for); the drain tests set it.
     pub shutdown_delay: Duration,
@@ -43,6 +45,7 @@ impl ClusterSettings {
             dead_after: Duration::from_secs(3),
             max_watermark_wait: Duration::from_millis(200),
             block_cache_mib: 16,
+            row_cache_mib: 8,
             shutdown_delay: Duration::ZERO,
             security_toml: "[auth]\nenabled = false\n".into(),
             version_retention: None,
@@ -135,6 +138,7 @@ poll_timeout = "50ms"
 lag_refresh_interval = "500ms"
 [storage]
 block_cache_mib = {cache}
+row_cache_mib = {row_cache}
 write_buffer_mib = 16
 [limits]
 max_watermark_wait = "{wait}ms"
@@ -161,6 +165,7 @@ dead_after = "{dead}ms"
         r = s.replication_factor,
         dead = s.dead_after.as_millis(),
         cache = s.block_cache_mib,
+        row_cache = s.row_cache_mib,
         delay = s.shutdown_delay.as_millis(),
         security = s.security_toml,
         registry = s.version_retention.map_or(String::new(), |r| format!(

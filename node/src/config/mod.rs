@@ -264,6 +264,9 @@ pub struct IngestSection {
 pub struct StorageSection {
     /// Shared block cache, MiB.
     pub block_cache_mib: usize,
+    /// Shared row cache (whole values of point reads, so a hot key skips the SST file's
+    /// filter, index and data block), MiB; 0 disables it.
+    pub row_cache_mib: usize,
     /// Shared memtable budget, MiB.
     pub write_buffer_mib: usize,
     /// How long tombstones are kept.
@@ -414,6 +417,7 @@ impl Default for StorageSection {
     fn default() -> Self {
         StorageSection {
             block_cache_mib: 512,
+            row_cache_mib: 128,
             write_buffer_mib: 128,
             tombstone_retention: Duration::from_secs(24 * 3600),
             ttl_sweep_interval: Duration::from_secs(3600),

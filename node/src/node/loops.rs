@@ -242,6 +242,8 @@ fn cluster_ready(control: &ControlPlane, reports: &[quiver_proto::v1::ReplicaRep
 struct StorageStats {
     hits: u64,
     misses: u64,
+    row_hits: u64,
+    row_misses: u64,
     memtable: u64,
     sst: u64,
     pending: u64,
@@ -265,6 +267,9 @@ pub(super) async fn run_storage_metrics_loop(
                 let (h, mi) = store.block_cache_stats();
                 s.hits += h;
                 s.misses += mi;
+                let (h, mi) = store.row_cache_stats();
+                s.row_hits += h;
+                s.row_misses += mi;
                 s.memtable += store.int_property("rocksdb.cur-size-all-mem-tables");
                 s.sst += store.int_property("rocksdb.total-sst-files-size");
                 s.pending += store.int_property("rocksdb.estimate-pending-compaction-bytes");
@@ -281,6 +286,9 @@ pub(super) async fn run_storage_metrics_loop(
         counter!(m::STORAGE_BLOCK_CACHE_HITS).absolute(s.hits);
         counter!(m::STORAGE_BLOCK_CACHE_MISSES).absolute(s.misses);
         gauge!(m::STORAGE_BLOCK_CACHE_USAGE).set(engine.block_cache_usage() as f64);
+        counter!(m::STORAGE_ROW_CACHE_HITS).absolute(s.row_hits);
+        counter!(m::STORAGE_ROW_CACHE_MISSES).absolute(s.row_misses);
+        gauge!(m::STORAGE_ROW_CACHE_USAGE).set(engine.row_cache_usage() as f64);
         gauge!(m::STORAGE_MEMTABLE_BYTES).set(s.memtable as f64);
         gauge!(m::STORAGE_SST_BYTES).set(s.sst as f64);
         gauge!(m::STORAGE_PENDING_COMPACTION_BYTES).set(s.pending as f64);

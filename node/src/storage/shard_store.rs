@@ -471,6 +471,14 @@ impl ShardStore {
         )
     }
 
+    /// Row cache hits and misses of this shard so far.
+    pub fn row_cache_stats(&self) -> (u64, u64) {
+        (
+            self.db_options.get_ticker_count(Ticker::RowCacheHit),
+            self.db_options.get_ticker_count(Ticker::RowCacheMiss),
+        )
+    }
+
     /// Flushes memtables and syncs the WAL; called on graceful shutdown so the next start
     /// does not replay the WAL.
     ///

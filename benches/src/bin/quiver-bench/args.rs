@@ -93,6 +93,9 @@ pub(crate) struct Common {
     /// RocksDB block cache per node, MiB.
     #[arg(long, env = "QUIVER_BENCH_BLOCK_CACHE_MIB", default_value_t = 256)]
     pub(crate) block_cache_mib: u32,
+    /// RocksDB row cache per node, MiB (0: none; the node's default is 128).
+    #[arg(long, env = "QUIVER_BENCH_ROW_CACHE_MIB", default_value_t = 128)]
+    pub(crate) row_cache_mib: u32,
     /// Entities loaded.
     #[arg(long, env = "QUIVER_BENCH_ENTITIES", default_value_t = 50_000)]
     pub(crate) entities: u32,
@@ -132,6 +135,7 @@ impl Common {
             shards: self.shards,
             replication: self.replication,
             block_cache_mib: self.block_cache_mib,
+            row_cache_mib: self.row_cache_mib,
             secure: self.secure,
             aggregations: false,
             history: false,

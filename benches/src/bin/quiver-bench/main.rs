@@ -130,6 +130,7 @@ async fn run_replicas(a: &ReplicasArgs) -> anyhow::Result<()> {
             shards: 1,
             replication: 2,
             block_cache_mib: a.block_cache_mib,
+            row_cache_mib: 128,
             secure: false,
             aggregations: false,
             history: false,
