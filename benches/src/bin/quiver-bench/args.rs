@@ -307,6 +307,9 @@ pub(crate) struct ReplicasArgs {
     /// RocksDB block cache per node, MiB.
     #[arg(long, default_value_t = 256)]
     pub(crate) block_cache_mib: u32,
+    /// RocksDB row cache per node, MiB (0: none; the node's default is 128).
+    #[arg(long, default_value_t = 128)]
+    pub(crate) row_cache_mib: u32,
 }
 
 #[derive(Args, Clone)]

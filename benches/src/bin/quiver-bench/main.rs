@@ -130,7 +130,7 @@ async fn run_replicas(a: &ReplicasArgs) -> anyhow::Result<()> {
             shards: 1,
             replication: 2,
             block_cache_mib: a.block_cache_mib,
-            row_cache_mib: 128,
+            row_cache_mib: a.row_cache_mib,
             secure: false,
             aggregations: false,
             history: false,

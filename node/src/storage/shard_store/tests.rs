@@ -289,3 +289,36 @@ fn a_dropped_version_gives_its_disk_space_back_and_leaves_the_others() {
     let gone = keys::row_key("v", 1, b"k7");
     assert!(matches!(s.get_rows([&gone])[0], Ok(None)));
 }
+
+#[test]
+fn an_interrupted_drop_resumes_and_deletes_every_key_of_the_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path());
+    let s = e.open_shard(ShardId(0), 4, Partitioner::Murmur2).unwrap();
+    let mut writes = wide_rows(1, 0, 3000);
+    writes.extend(wide_rows(2, 0, 300));
+    s.apply(&batch(writes, 3300)).unwrap();
+    s.flush().unwrap();
+    // More of version 1 in the memtable only.
+    s.apply(&batch(wide_rows(1, 3000, 500), 3800)).unwrap();
+    // The process died after the drop's first step: the marker says "dropping".
+    let marker = keys::dropped_version_key("v", 1);
+    s.db.put_cf(s.cf(CF_META), &marker, drop::DROPPING).unwrap();
+    assert!(s.drop_view_version("v", 1).unwrap(), "resumed");
+    let left = |version: u32| {
+        let start = keys::row_prefix("v", version);
+        s.db.prefix_iterator_cf(s.cf(CF_ROWS), &start)
+            .map(Result::unwrap)
+            .take_while(|(k, _)| k.starts_with(&start))
+            .count()
+    };
+    assert_eq!(left(1), 0);
+    assert_eq!(left(2), 300);
+    s.reclaim_view_version("v", 1).unwrap();
+    assert_eq!(left(1), 0);
+    assert_eq!(left(2), 300);
+    // Done: the marker says so and a second drop writes nothing.
+    let done = s.db.get_cf(s.cf(CF_META), &marker).unwrap().unwrap();
+    assert!(done.is_empty());
+    assert!(!s.drop_view_version("v", 1).unwrap());
+}
