@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use metrics::counter;
 use quiver_proto::ErrorCode;
-use quiver_proto::error::behind_shards_from_status;
+use quiver_proto::error::{behind_shards_from_status, opening_shards_from_status};
 use quiver_proto::v1::{EntityKey, GetOnlineFeaturesRequest, GetOnlineFeaturesResponse};
 
 use crate::client::Inner;
@@ -532,7 +532,18 @@ impl<'a> Call<'a> {
                     self.inner.stats.behind.fetch_add(1, Ordering::Relaxed);
                 }
                 let probe = self.inner.lagging.wait_for(g.node.id, &g.shards).is_some();
-                let correction = behind && (round == 0 || probe);
+                // Replicas placed on the node but still opening (it restarted, or they were
+                // just added): the node refused at once without reading, and the map is
+                // right; like WRONG_SHARD, moving those shards is a routing correction, free
+                // (a burst of them after a partition heals spent the whole budget: found by
+                // the chaos smoke set's partition run).
+                let opening = match &e {
+                    ClientError::Rpc(status) if e.code() == Some(ErrorCode::Unavailable) => {
+                        opening_shards_from_status(status)
+                    }
+                    _ => Vec::new(),
+                };
+                let correction = (behind && (round == 0 || probe)) || !opening.is_empty();
                 if !correction && !self.inner.withdraw() {
                     return Err(ClientError::BudgetExhausted(Box::new(e)));
                 }
@@ -543,7 +554,11 @@ impl<'a> Call<'a> {
                     }
                     _ => Vec::new(),
                 };
-                if lagging.is_empty() {
+                if !opening.is_empty() {
+                    for &shard in &opening {
+                        excluded.replica(g.node.id, shard);
+                    }
+                } else if lagging.is_empty() {
                     excluded.node(g.node.id);
                 } else {
                     for shard in lagging {
@@ -553,6 +568,8 @@ impl<'a> Call<'a> {
                 }
                 if recovery == Recovery::NodeDown {
                     "node_down"
+                } else if !opening.is_empty() {
+                    "opening"
                 } else {
                     e.code().map_or("unavailable", |c| c.as_str())
                 }

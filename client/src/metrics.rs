@@ -8,8 +8,9 @@ pub const REQUEST_DURATION: &str = "quiver_client_request_duration_seconds";
 /// Counter: sub-requests sent to nodes (first attempts, retries and hedges), by `result`.
 pub const SUBREQUESTS: &str = "quiver_client_subrequests_total";
 /// Counter: sub-requests retried on another replica, by `reason` (`behind`,
-/// `unavailable`, `node_down`, `wrong_shard`, `version` (answered at an older view version
-/// than the lookup's other parts)).
+/// `unavailable`, `opening` (the node's replicas of those shards are still opening),
+/// `node_down`, `wrong_shard`, `version` (answered at an older view version than the
+/// lookup's other parts)).
 pub const RETRIES: &str = "quiver_client_retries_total";
 /// Counter: hedges sent.
 pub const HEDGES: &str = "quiver_client_hedges_total";

@@ -21,6 +21,12 @@ pub const DRAINING_METADATA_KEY: &str = "quiver-draining";
 /// elsewhere and keeps the others on the node.
 pub const BEHIND_SHARDS_METADATA_KEY: &str = "quiver-behind-shards";
 
+/// Metadata key listing, on `unavailable` errors, the shards of the request whose replicas
+/// are placed on the node but still opening (it just started, or the replica was just
+/// added) (comma-separated ids): the cluster map is right and another replica answers them
+/// at once, so a client moves just those and keeps the others on the node.
+pub const OPENING_SHARDS_METADATA_KEY: &str = "quiver-opening-shards";
+
 /// Metadata key carrying, on `quota_exhausted` errors, how many milliseconds until the
 /// caller's quota holds the request again.
 pub const RETRY_AFTER_MS_METADATA_KEY: &str = "quiver-retry-after-ms";
@@ -39,9 +45,19 @@ pub fn retry_after_from_status(status: &tonic::Status) -> Option<std::time::Dura
 
 /// Reads the lagging shards a node attached to a `behind` error (empty if none).
 pub fn behind_shards_from_status(status: &tonic::Status) -> Vec<u32> {
+    shards_from_metadata(status, BEHIND_SHARDS_METADATA_KEY)
+}
+
+/// Reads the shards a node attached to an `unavailable` error because its replicas of
+/// them are still opening (empty if none).
+pub fn opening_shards_from_status(status: &tonic::Status) -> Vec<u32> {
+    shards_from_metadata(status, OPENING_SHARDS_METADATA_KEY)
+}
+
+fn shards_from_metadata(status: &tonic::Status, key: &str) -> Vec<u32> {
     status
         .metadata()
-        .get(BEHIND_SHARDS_METADATA_KEY)
+        .get(key)
         .and_then(|v| v.to_str().ok())
         .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
         .unwrap_or_default()

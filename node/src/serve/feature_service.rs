@@ -176,10 +176,14 @@ impl FeatureServiceImpl {
         let replicas = match replicas_for(&plan, &self.state.local().stores, self.state.epoch()) {
             // Placed here but not open yet (the node is starting, or the replica was just
             // added): another replica answers; the client's map is right, no refresh.
+            // Every such shard of the request is named, so the client moves only those.
             Err(ServeError::WrongShard { shard, .. }) if self.state.assigned_here(shard) => {
-                return Err(ServeError::Unavailable(format!(
-                    "shard {shard}'s replica on this node is opening"
-                )));
+                let local = self.state.local();
+                let shards = plan
+                    .shards()
+                    .filter(|s| !local.stores.contains_key(s) && self.state.assigned_here(*s))
+                    .collect();
+                return Err(ServeError::Opening { shard, shards });
             }
             r => r?,
         };

@@ -66,6 +66,15 @@ pub enum ServeError {
     /// Overloaded, shutting down, or a dependency (Kafka) is unreachable.
     #[error("{0}")]
     Unavailable(String),
+    /// The node holds replicas of these shards (the cluster map is right) that are not
+    /// open yet: it just started or they were just added. Another replica answers.
+    #[error("shard {shard}'s replica on this node is opening")]
+    Opening {
+        /// The first such shard of the request.
+        shard: ShardId,
+        /// Every such shard of the request.
+        shards: Vec<ShardId>,
+    },
     /// A queue or in-flight limit of this node is full.
     #[error("{0}")]
     ResourceExhausted(String),
@@ -94,7 +103,7 @@ impl ServeError {
             ServeError::FailedPrecondition(_) => ErrorCode::FailedPrecondition,
             ServeError::WrongShard { .. } => ErrorCode::WrongShard,
             ServeError::Behind { .. } => ErrorCode::Behind,
-            ServeError::Unavailable(_) => ErrorCode::Unavailable,
+            ServeError::Unavailable(_) | ServeError::Opening { .. } => ErrorCode::Unavailable,
             ServeError::ResourceExhausted(_) => ErrorCode::ResourceExhausted,
             ServeError::QuotaExhausted { .. } => ErrorCode::QuotaExhausted,
             ServeError::PermissionDenied(_) => ErrorCode::PermissionDenied,
@@ -158,16 +167,30 @@ impl From<ServeError> for tonic::Status {
                 }
             }
             ServeError::Behind { lagging, .. } => {
-                let ids: Vec<String> = lagging.iter().map(|s| s.0.to_string()).collect();
-                if let Ok(v) = ids.join(",").parse() {
-                    status
-                        .metadata_mut()
-                        .insert(quiver_proto::error::BEHIND_SHARDS_METADATA_KEY, v);
-                }
+                insert_shards(
+                    &mut status,
+                    quiver_proto::error::BEHIND_SHARDS_METADATA_KEY,
+                    &lagging,
+                );
+            }
+            ServeError::Opening { shards, .. } => {
+                insert_shards(
+                    &mut status,
+                    quiver_proto::error::OPENING_SHARDS_METADATA_KEY,
+                    &shards,
+                );
             }
             _ => {}
         }
         status
+    }
+}
+
+/// Lists `shards` (comma-separated ids) under metadata `key`.
+fn insert_shards(status: &mut tonic::Status, key: &'static str, shards: &[ShardId]) {
+    let ids: Vec<String> = shards.iter().map(|s| s.0.to_string()).collect();
+    if let Ok(v) = ids.join(",").parse() {
+        status.metadata_mut().insert(key, v);
     }
 }
 
@@ -374,3 +397,32 @@ pub async fn serve(
 /// The gRPC health service name that reports readiness (Kubernetes: `readinessProbe.grpc`
 /// with `service: quiver.v1.Readiness`).
 pub const READINESS_SERVICE: &str = "quiver.v1.Readiness";
+
+#[cfg(test)]
+mod tests {
+    use quiver_proto::ShardId;
+    use quiver_proto::error::{ErrorCode, behind_shards_from_status, opening_shards_from_status};
+
+    use super::ServeError;
+
+    #[test]
+    fn opening_replicas_are_unavailable_and_named_in_the_metadata() {
+        let status = tonic::Status::from(ServeError::Opening {
+            shard: ShardId(3),
+            shards: vec![ShardId(3), ShardId(7)],
+        });
+        assert_eq!(
+            ErrorCode::from_status(&status),
+            Some(ErrorCode::Unavailable)
+        );
+        assert_eq!(
+            status.message(),
+            "shard 3's replica on this node is opening"
+        );
+        assert_eq!(opening_shards_from_status(&status), vec![3, 7]);
+        assert!(behind_shards_from_status(&status).is_empty());
+        // Any other UNAVAILABLE names no shard: the client avoids the whole node.
+        let other = tonic::Status::from(ServeError::Unavailable("shutting down".into()));
+        assert!(opening_shards_from_status(&other).is_empty());
+    }
+}
