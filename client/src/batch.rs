@@ -532,39 +532,33 @@ impl<'a> Call<'a> {
                     self.inner.stats.behind.fetch_add(1, Ordering::Relaxed);
                 }
                 let probe = self.inner.lagging.wait_for(g.node.id, &g.shards).is_some();
-                // Replicas placed on the node but still opening (it restarted, or they were
-                // just added): the node refused at once without reading, and the map is
-                // right; like WRONG_SHARD, moving those shards is a routing correction, free
-                // (a burst of them after a partition heals spent the whole budget: found by
-                // the chaos smoke set's partition run).
-                let opening = match &e {
-                    ClientError::Rpc(status) if e.code() == Some(ErrorCode::Unavailable) => {
-                        opening_shards_from_status(status)
-                    }
-                    _ => Vec::new(),
+                // The shards the node named: lagging (BEHIND), or placed on it but still
+                // opening (UNAVAILABLE: it restarted, or they were just added). Only those
+                // move; the node keeps the others.
+                let (lagging, opening) = match &e {
+                    ClientError::Rpc(status) if recovery == Recovery::OtherReplica => (
+                        behind_shards_from_status(status),
+                        opening_shards_from_status(status),
+                    ),
+                    _ => Default::default(),
                 };
+                // An opening replica refused at once without reading and the map is right:
+                // like WRONG_SHARD, moving its shards is a routing correction, free (a burst
+                // of them after a partition heals spent the whole budget: found by the
+                // chaos smoke set's partition run).
                 let correction = (behind && (round == 0 || probe)) || !opening.is_empty();
                 if !correction && !self.inner.withdraw() {
                     return Err(ClientError::BudgetExhausted(Box::new(e)));
                 }
-                // Behind on some shards: only those move; the node keeps the others.
-                let lagging = match &e {
-                    ClientError::Rpc(status) if recovery == Recovery::OtherReplica => {
-                        behind_shards_from_status(status)
-                    }
-                    _ => Vec::new(),
-                };
-                if !opening.is_empty() {
-                    for &shard in &opening {
-                        excluded.replica(g.node.id, shard);
-                    }
-                } else if lagging.is_empty() {
+                if lagging.is_empty() && opening.is_empty() {
                     excluded.node(g.node.id);
-                } else {
-                    for shard in lagging {
-                        excluded.replica(g.node.id, shard);
-                        self.inner.lagging.note(g.node.id, shard);
-                    }
+                }
+                for &shard in &opening {
+                    excluded.replica(g.node.id, shard);
+                }
+                for shard in lagging {
+                    excluded.replica(g.node.id, shard);
+                    self.inner.lagging.note(g.node.id, shard);
                 }
                 if recovery == Recovery::NodeDown {
                     "node_down"
