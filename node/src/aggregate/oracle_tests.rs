@@ -13,9 +13,9 @@ use quiver_proto::v1::value::Kind;
 use quiver_proto::v1::{EntityKey, FeatureStatus, GetOnlineFeaturesRequest};
 use quiver_proto::{Partitioner, ShardId};
 
-use super::tiles::{TileSet, tile_start};
+use super::tiles::{BodyAt, TileSet, tile_start};
 use crate::config::NodeConfigFile;
-use crate::registry::aggregation::{AggFeature, Function};
+use crate::registry::aggregation::{AggFeature, Aggregation, Function};
 use crate::registry::{FeatureView, Registry};
 use crate::serve::lookup::{ReadMode, execute, replicas_for};
 use crate::serve::plan::plan_lookup;
@@ -418,8 +418,48 @@ fn lookup(
     resp.packed_columns
 }
 
+/// Applies `events` as one ingest batch ending at log offset `offset + len` (and to the
+/// oracle); returns the day states rolled up.
+fn apply_batch(
+    store: &ShardStore,
+    view: &Arc<FeatureView>,
+    oracle: &mut Oracle,
+    events: &[Event],
+    offset: i64,
+) -> u64 {
+    let lateness = view.aggregation.as_ref().unwrap().allowed_lateness_micros;
+    let mut batch = IngestBatch {
+        progress: vec![TopicProgress {
+            topic: "txns".into(),
+            next_offset: offset + events.len() as i64,
+            consumed: events.len() as u64,
+            malformed: 0,
+        }],
+        ..Default::default()
+    };
+    for e in events {
+        oracle.apply(e, lateness);
+        batch.events.push(AggEvent {
+            topic: 0,
+            view: view.clone(),
+            key: keys::tile_key("txn", 1, e.entity.as_bytes()),
+            event_time_micros: e.t,
+            values: e.values.clone(),
+            history: None,
+        });
+    }
+    store.apply(&batch).unwrap().rollups
+}
+
+/// Where the runs found entities' bodies at their ends.
+#[derive(Default)]
+struct BodyShapes {
+    inline: u32,
+    stored: u32,
+}
+
 /// Runs one random stream against the oracle; returns the day states rolled up.
-fn run_seed(seed: u64, lateness: &str) -> u64 {
+fn run_seed(seed: u64, lateness: &str, shapes: &mut BodyShapes) -> u64 {
     let TestShard {
         store,
         engine: _engine,
@@ -439,27 +479,7 @@ fn run_seed(seed: u64, lateness: &str) -> u64 {
     let (mut i, mut rollups) = (0, 0);
     while i < events.len() {
         let n = (1 + rng.below(40) as usize).min(events.len() - i);
-        let mut batch = IngestBatch {
-            progress: vec![TopicProgress {
-                topic: "txns".into(),
-                next_offset: offset + n as i64,
-                consumed: n as u64,
-                malformed: 0,
-            }],
-            ..Default::default()
-        };
-        for e in &events[i..i + n] {
-            oracle.apply(e, agg.allowed_lateness_micros);
-            batch.events.push(AggEvent {
-                topic: 0,
-                view: view.clone(),
-                key: keys::tile_key("txn", 1, e.entity.as_bytes()),
-                event_time_micros: e.t,
-                values: e.values.clone(),
-                history: None,
-            });
-        }
-        rollups += store.apply(&batch).unwrap().rollups;
+        rollups += apply_batch(&store, &view, &mut oracle, &events[i..i + n], offset);
         offset += n as i64;
         i += n;
         // Query now and then while the stream is applied, not only at its end.
@@ -483,17 +503,44 @@ fn run_seed(seed: u64, lateness: &str) -> u64 {
     for now in times {
         compare(&store, &snap, &view, &oracle, now, seed);
     }
-    // Storage stays within the documented bound (recent and older tiles together).
+    // Storage stays within the documented bound (recent and older tiles together), and
+    // the head says truly where the body is.
     let bound = agg.max_tiles_per_entity() as usize;
     for u in 0..4 {
-        let head = keys::tile_key("txn", 1, format!("u{u}").as_bytes());
-        let mut body = head.clone();
-        body[0] = keys::TILE_BODY_TAG;
-        let mut tiles = 0;
-        for key in [head, body] {
-            if let Ok(Some(blob)) = store.get_rows([&key]).remove(0) {
-                tiles += TileSet::decode(&agg, &blob).unwrap().tile_count();
+        let head_key = keys::tile_key("txn", 1, format!("u{u}").as_bytes());
+        let mut body_key = head_key.clone();
+        body_key[0] = keys::TILE_BODY_TAG;
+        let get = |k: &Vec<u8>| store.get_rows([k]).remove(0).unwrap().map(|v| v.to_vec());
+        let (head, body) = (get(&head_key), get(&body_key));
+        let Some(head) = head else {
+            assert!(body.is_none(), "seed {seed}: u{u} has a body and no head");
+            continue;
+        };
+        let set = TileSet::decode(&agg, &head).unwrap();
+        let mut tiles = set.tile_count();
+        match &set.body_at {
+            BodyAt::Inline(inline) => {
+                assert!(
+                    body.is_none(),
+                    "seed {seed}: u{u}'s body is inline and stored"
+                );
+                assert!(inline.len() <= super::split::INLINE_BODY_MAX);
+                tiles += TileSet::decode(&agg, inline).unwrap().tile_count();
+                shapes.inline += 1;
             }
+            BodyAt::Stored => {
+                let body = body.expect("a head saying its body is stored has one");
+                assert!(
+                    body.len() > super::split::INLINE_BODY_MAX,
+                    "seed {seed}: u{u}'s small body is stored apart"
+                );
+                tiles += TileSet::decode(&agg, &body).unwrap().tile_count();
+                shapes.stored += 1;
+            }
+            BodyAt::Absent => assert!(
+                body.is_none(),
+                "seed {seed}: u{u}'s head says it has no body"
+            ),
         }
         assert!(tiles <= bound, "seed {seed}: {tiles} tiles > bound {bound}");
     }
@@ -527,13 +574,20 @@ fn compare(
 #[test]
 fn aggregates_equal_the_brute_force_oracle() {
     let mut rollups = 0;
+    let mut shapes = BodyShapes::default();
     for seed in 1..=8 {
-        rollups += run_seed(seed, "20m");
-        rollups += run_seed(seed + 100, "3d");
+        rollups += run_seed(seed, "20m", &mut shapes);
+        rollups += run_seed(seed + 100, "3d", &mut shapes);
     }
     // The streams span weeks: older tiles were rolled up into day states (and answers
-    // read them, above).
+    // read them, above), and kept both inside heads and in their own values.
     assert!(rollups > 0, "no day summary was rolled up");
+    assert!(
+        shapes.inline > 0 && shapes.stored > 0,
+        "bodies: {} inline, {} stored apart",
+        shapes.inline,
+        shapes.stored
+    );
 }
 
 #[test]
@@ -581,4 +635,94 @@ fn watermark_and_tiles_survive_reopening() {
     let cols = lookup(&store, &snap, &["u0".to_owned()], T0 + 5 * HOUR);
     let n = cols.iter().find(|c| c.name == "txn:n_1h").unwrap();
     assert_eq!(n.value(0), Some(ValueRef::Int64(1)));
+}
+
+/// Where `entity`'s head says its body is, and whether a body value is stored for it.
+fn body_shape(store: &ShardStore, agg: &Aggregation, entity: &str) -> (&'static str, bool) {
+    let head_key = keys::tile_key("txn", 1, entity.as_bytes());
+    let mut body_key = head_key.clone();
+    body_key[0] = keys::TILE_BODY_TAG;
+    let get = |k: &Vec<u8>| store.get_rows([k]).remove(0).unwrap().map(|v| v.to_vec());
+    let stored = get(&body_key).is_some();
+    let Some(head) = get(&head_key) else {
+        return ("no head", stored);
+    };
+    let shape = match TileSet::decode(agg, &head).unwrap().body_at {
+        BodyAt::Inline(_) => "inline",
+        BodyAt::Stored => "stored",
+        BodyAt::Absent => "absent",
+    };
+    (shape, stored)
+}
+
+#[test]
+fn a_body_moves_between_its_head_and_its_own_value_as_it_grows_and_shrinks() {
+    let TestShard {
+        store,
+        engine: _engine,
+        dir: _dir,
+    } = TestShard::open();
+    let registry = Registry::in_memory();
+    registry.apply_toml(DEFS, false).unwrap();
+    let snap = registry.snapshot();
+    let view = snap.views["txn"].clone();
+    let agg = view.aggregation.clone().unwrap();
+    let mut oracle = Oracle::default();
+    let event = |t: i64, m: i64| Event {
+        entity: "u0".into(),
+        t,
+        values: Some(vec![
+            Some(Kind::Float64Value(m as f64 / 4.0)),
+            Some(Kind::Int64Value(m % 17)),
+            Some(Kind::StringValue(format!("m{m}"))),
+            Some(Kind::BoolValue(m % 2 == 0)),
+        ]),
+    };
+    // Six days of an event every 20 minutes, each from another merchant, an hour per
+    // batch: a body of many tiles and sketches, too large for the head.
+    let mut offset = 0;
+    for hour in 0..6 * 24 {
+        let events: Vec<Event> = (0..3)
+            .map(|k| event(T0 + hour * HOUR + k * 20 * MIN, hour * 3 + k))
+            .collect();
+        apply_batch(&store, &view, &mut oracle, &events, offset);
+        offset += 3;
+    }
+    assert_eq!(body_shape(&store, &agg, "u0"), ("stored", true));
+    let wm = oracle.wm.unwrap();
+    for q in [wm, wm + HOUR, wm + 3 * 24 * HOUR] {
+        compare(&store, &snap, &view, &oracle, q, 0);
+    }
+    // A week later only the last two hours of those six days are still in the 7-day
+    // window: the rewritten body is small and moves into the head; its own value goes.
+    let late = T0 + 13 * 24 * HOUR - 2 * HOUR;
+    apply_batch(&store, &view, &mut oracle, &[event(late, 1)], offset);
+    offset += 1;
+    assert_eq!(body_shape(&store, &agg, "u0"), ("inline", false));
+    for q in [late, late + HOUR, late + 5 * HOUR] {
+        compare(&store, &snap, &view, &oracle, q, 0);
+    }
+    // Another dense day and a half: the tiles the boundary passes make the body large
+    // again, and it moves back to its own value.
+    for hour in 1..36 {
+        let events: Vec<Event> = (0..3)
+            .map(|k| event(late + hour * HOUR + k * 20 * MIN, 1000 + hour * 3 + k))
+            .collect();
+        apply_batch(&store, &view, &mut oracle, &events, offset);
+        offset += 3;
+    }
+    assert_eq!(body_shape(&store, &agg, "u0"), ("stored", true));
+    let wm = oracle.wm.unwrap();
+    for q in [wm, wm + 2 * HOUR] {
+        compare(&store, &snap, &view, &oracle, q, 0);
+    }
+    // A tombstone erases head and body alike.
+    let erase = Event {
+        entity: "u0".into(),
+        t: wm,
+        values: None,
+    };
+    apply_batch(&store, &view, &mut oracle, &[erase], offset);
+    assert_eq!(body_shape(&store, &agg, "u0"), ("no head", false));
+    compare(&store, &snap, &view, &oracle, wm + HOUR, 0);
 }

@@ -3,7 +3,10 @@
 //! In-order events land in the head, so ingest reads and rewrites only the small head per
 //! batch; the body is read and rewritten only when the boundary moves past head tiles
 //! (once a day), when a late event lands in it, or when the entity is erased. The head
-//! records where the body ends, per resolution. A lookup reads both with one multi-get.
+//! records where the body ends, per resolution, and where the body is: a body of at most
+//! [`INLINE_BODY_MAX`] bytes rides inside its head (`tiles::BodyAt::Inline`), so a lookup
+//! of such an entity is one point read; a larger one is its own value, read by a second
+//! batch of reads for just the entities whose heads say so.
 //!
 //! The boundary at event-time watermark `wm` is `floor(wm − 2 h, 1 day)`: the head holds
 //! between 2 and 26 hours of tiles. The body is trimmed when it is rewritten, so it may
@@ -16,11 +19,17 @@
 
 use super::acc::AccKind;
 use super::codec::Cursor;
-use super::tiles::{Column, DaySummaries, Group, TileSet, kinds, tile_start};
+use super::tiles::{BodyAt, Column, DaySummaries, Group, TileSet, kinds, tile_start};
 use crate::registry::aggregation::Aggregation;
 
 const HOUR: i64 = 3_600_000_000;
 const DAY: i64 = 24 * HOUR;
+
+/// The largest encoded body kept inside its head. Every head rewrite (once per ingest
+/// batch touching the entity) copies the inline body, so this bounds what ingest pays
+/// for saving a lookup its second point read; an entity with a larger body (dense or
+/// long windows, distinct-count sketches) keeps it in its own value.
+pub const INLINE_BODY_MAX: usize = 2048;
 
 /// The head/body boundary at watermark `wm`.
 pub fn boundary(wm: i64) -> i64 {
@@ -61,6 +70,8 @@ pub fn keep_head(head: &TileSet<'_>) -> bool {
 /// One entity's tiles from its stored body and head (body tiles first).
 pub fn join<'a>(body: TileSet<'a>, head: TileSet<'a>) -> TileSet<'a> {
     let mut out = head;
+    // All the tiles are in one set now; where the body goes is decided when it is written.
+    out.body_at = BodyAt::Absent;
     out.newest = out.newest.max(body.newest);
     for (g, b) in out.groups.iter_mut().zip(body.groups) {
         if b.starts.is_empty() {

@@ -6,7 +6,9 @@
 //! and ingest touches only the bytes of the tile an event lands in:
 //!
 //! ```text
-//! u8 format (0xA3) | u8 flags (0) | i64 LE newest event time (µs) | varint groups |
+//! u8 format (0xA3) | u8 flags | i64 LE newest event time (µs) |
+//! [flags & INLINE_BODY: varint byte length | the entity's body, itself a tile set] |
+//! varint groups |
 //! per group (one per tile resolution): varint byte length |
 //!   i64 LE body end (in a head: the last tile start of the body, i64::MIN if none) |
 //!   u32 LE tiles | tiles × i64 LE start (ascending) |
@@ -18,6 +20,10 @@
 //!
 //! The *days* section is a summary per day of a body's tiles (`super::split`), so a long
 //! window reads whole days as one state each.
+//!
+//! The flags of a head say where the entity's older tiles (its body, `super::split`) are:
+//! `0` in their own value (or, in a head written before the flags existed, possibly
+//! none), [`FLAG_INLINE_BODY`] inside the head, [`FLAG_NO_BODY`] nowhere.
 //!
 //! The fixed header matches a row's, so the TTL compaction filter reads the newest event
 //! time the same way.
@@ -37,6 +43,64 @@ pub const TILES_FORMAT: u8 = 0xA3;
 pub const HEADER_LEN: usize = 10;
 /// The empty variable-width state (`varint n = 0`).
 const EMPTY_STATE: &[u8] = &[0];
+/// Flag of a head carrying its body inline, after the header.
+pub const FLAG_INLINE_BODY: u8 = 0x01;
+/// Flag of a head whose entity has no body.
+pub const FLAG_NO_BODY: u8 = 0x02;
+
+/// Where an entity's older tiles (its body) are, as its head records it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BodyAt<'a> {
+    /// In their own value under the body key (or, for a head written before the flags
+    /// existed, possibly nowhere: reading the body key tells).
+    Stored,
+    /// Inside the head: the body's encoded tile set.
+    Inline(Cow<'a, [u8]>),
+    /// Nowhere: the entity has no older tiles.
+    Absent,
+}
+
+/// Where a stored head says its body is, borrowed from the stored value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyRef<'a> {
+    /// In its own value (or, for a head written before the flags existed, possibly none).
+    Stored,
+    /// Inside the head: the body's encoded tile set.
+    Inline(&'a [u8]),
+    /// The entity has no body.
+    Absent,
+}
+
+impl BodyAt<'_> {
+    fn flags(&self) -> u8 {
+        match self {
+            BodyAt::Stored => 0,
+            BodyAt::Inline(_) => FLAG_INLINE_BODY,
+            BodyAt::Absent => FLAG_NO_BODY,
+        }
+    }
+}
+
+/// Splits an encoded tile set into where its body is and the bytes of its groups.
+///
+/// # Errors
+/// [`AggError`] if the header is not a tile set's or the inline body is truncated.
+pub fn layout(blob: &[u8]) -> Result<(BodyRef<'_>, &[u8]), AggError> {
+    newest(blob)?;
+    let mut c = Cursor {
+        buf: &blob[HEADER_LEN..],
+    };
+    let flags = blob[1];
+    let body = if flags & FLAG_INLINE_BODY != 0 {
+        let len = c.varint()? as usize;
+        BodyRef::Inline(c.bytes(len)?)
+    } else if flags & FLAG_NO_BODY != 0 {
+        BodyRef::Absent
+    } else {
+        BodyRef::Stored
+    };
+    Ok((body, c.buf))
+}
 
 /// One feature's states over a group's tiles, being updated.
 #[derive(Debug, Clone, PartialEq)]
@@ -76,6 +140,8 @@ pub struct TileSet<'a> {
     /// Per group, the day summaries written with it (bodies only; recomputed whenever a
     /// body is written, never decoded for an update).
     pub days: Vec<DaySummaries>,
+    /// In a head: where the body is (`Absent` in a body and in an empty set).
+    pub body_at: BodyAt<'a>,
 }
 
 /// One summary state per feature per day of a group's tiles.
@@ -178,10 +244,8 @@ pub(super) fn stored_groups<'a>(
     mut visit: impl FnMut(usize, StoredGroup<'a>) -> Result<(), AggError>,
     wanted: impl Fn(usize) -> bool,
 ) -> Result<(), AggError> {
-    newest(blob)?;
-    let mut c = Cursor {
-        buf: &blob[HEADER_LEN..],
-    };
+    let (_, groups) = layout(blob)?;
+    let mut c = Cursor { buf: groups };
     if c.varint()? as usize != agg.groups.len() {
         return Err(AggError::Corrupt("tile groups differ from the view's"));
     }
@@ -237,6 +301,7 @@ impl<'a> TileSet<'a> {
             touched: vec![i64::MAX; agg.groups.len()],
             body_ends: vec![i64::MIN; agg.groups.len()],
             days: vec![DaySummaries::default(); agg.groups.len()],
+            body_at: BodyAt::Absent,
             groups: agg
                 .groups
                 .iter()
@@ -277,6 +342,11 @@ impl<'a> TileSet<'a> {
         let kinds: Vec<AccKind> = kinds(agg).collect();
         let mut set = TileSet::empty_of(agg, &kinds);
         set.newest = newest(blob)?;
+        set.body_at = match layout(blob)?.0 {
+            BodyRef::Stored => BodyAt::Stored,
+            BodyRef::Inline(b) => BodyAt::Inline(Cow::Borrowed(b)),
+            BodyRef::Absent => BodyAt::Absent,
+        };
         stored_groups(
             agg,
             blob,
@@ -322,6 +392,11 @@ impl<'a> TileSet<'a> {
             touched: self.touched,
             body_ends: self.body_ends,
             days: self.days,
+            body_at: match self.body_at {
+                BodyAt::Inline(b) => BodyAt::Inline(Cow::Owned(b.into_owned())),
+                BodyAt::Stored => BodyAt::Stored,
+                BodyAt::Absent => BodyAt::Absent,
+            },
             groups: self
                 .groups
                 .into_iter()
@@ -349,8 +424,12 @@ impl<'a> TileSet<'a> {
     pub fn encode(&self, out: &mut Vec<u8>) {
         out.clear();
         out.push(TILES_FORMAT);
-        out.push(0);
+        out.push(self.body_at.flags());
         out.extend_from_slice(&self.newest.to_le_bytes());
+        if let BodyAt::Inline(body) = &self.body_at {
+            put_varint(out, body.len() as u64);
+            out.extend_from_slice(body);
+        }
         put_varint(out, self.groups.len() as u64);
         let mut body = Vec::with_capacity(256);
         for ((g, end), days) in self.groups.iter().zip(&self.body_ends).zip(&self.days) {

@@ -135,7 +135,7 @@ fn fill_aggregation(
     let mut fill = AggregateFill::new(agg, vp);
     for (row, blob) in tiles.iter().enumerate() {
         let t = as_of.times[row];
-        fill.row([None, blob.as_deref()], Some(t), t, columns)
+        fill.row(blob.as_deref(), None, Some(t), t, columns)
             .map_err(|e| ServeError::Storage(format!("as of {}: {e}", rfc3339(t))))?;
     }
     fill.record_tiles(tiles.len());

@@ -190,64 +190,49 @@ pub fn execute(
             super::as_of::fill_view(plan, as_of, vp, &reads, &locate, &mut columns)?;
             continue;
         }
-        let tiles = vp.view.aggregation.is_some();
+        if let Some(agg) = &vp.view.aggregation {
+            let q = reads
+                .iter()
+                .map(|(shard, _, read)| {
+                    read.event_watermark(
+                        &vp.view.name,
+                        vp.view.version,
+                        mode == ReadMode::CachedOnly,
+                    )
+                    .map(|wm| crate::aggregate::read::query_time(agg, now_micros, wm))
+                    .map_err(|e| read_error(*shard, e))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            tiles::fill_view(
+                plan,
+                agg,
+                vp,
+                &reads,
+                &locate,
+                &q,
+                now_micros,
+                mode,
+                &mut columns,
+            )?;
+            continue;
+        }
         // One multi-get per shard; the pinned values stay valid while `reads` lives.
         let mut fetched: Vec<Vec<Result<Option<DBPinnableSlice<'_>>, rocksdb::Error>>> =
             Vec::with_capacity(reads.len());
         for (_, rows, read) in &reads {
             key_buf.clear();
             key_ends.clear();
-            let (name, version) = (&vp.view.name, vp.view.version);
             for &row in rows.iter() {
-                let key = plan.key(row as usize);
-                if tiles {
-                    // An aggregation view's entity is two values: older tiles, then recent.
-                    keys::encode_tile_body_key(name, version, key, &mut key_buf);
-                    key_ends.push(key_buf.len());
-                    keys::encode_tile_key(name, version, key, &mut key_buf);
-                } else {
-                    keys::encode_row_key(name, version, key, &mut key_buf);
-                }
+                keys::encode_row_key(
+                    &vp.view.name,
+                    vp.view.version,
+                    plan.key(row as usize),
+                    &mut key_buf,
+                );
                 key_ends.push(key_buf.len());
             }
-            let mut start = 0;
-            let slices: Vec<&[u8]> = key_ends
-                .iter()
-                .map(|&end| {
-                    let k = &key_buf[start..end];
-                    start = end;
-                    k
-                })
-                .collect();
+            let slices = split_keys(&key_buf, &key_ends);
             fetched.push(read.get_rows(slices.iter(), mode == ReadMode::CachedOnly));
-        }
-        if let Some(agg) = &vp.view.aggregation {
-            let mut q = Vec::with_capacity(reads.len());
-            for (shard, _, read) in &reads {
-                let wm = read
-                    .event_watermark(&vp.view.name, vp.view.version, mode == ReadMode::CachedOnly)
-                    .map_err(|e| read_error(*shard, e))?;
-                q.push(crate::aggregate::read::query_time(agg, now_micros, wm));
-            }
-            let mut fill = AggregateFill::new(agg, vp);
-            for &(si, i) in &locate {
-                let shard = reads[si as usize].0;
-                let part = |j: usize| {
-                    fetched[si as usize][2 * i as usize + j]
-                        .as_ref()
-                        .map(|v| v.as_deref())
-                        .map_err(|e| read_error(shard, e.clone()))
-                };
-                fill.row(
-                    [part(0)?, part(1)?],
-                    q[si as usize],
-                    now_micros,
-                    &mut columns,
-                )
-                .map_err(|e| ServeError::Storage(format!("shard {shard}: {e}")))?;
-            }
-            fill.record_tiles(n);
-            continue;
         }
         for (row, &(si, i)) in locate.iter().enumerate() {
             let shard = reads[si as usize].0;
@@ -268,91 +253,24 @@ pub fn execute(
     })
 }
 
+/// The keys `buf[..ends[0]]`, `buf[ends[0]..ends[1]]`, … as slices.
+pub(super) fn split_keys<'k>(buf: &'k [u8], ends: &[usize]) -> Vec<&'k [u8]> {
+    let mut start = 0;
+    ends.iter()
+        .map(|&end| {
+            let k = &buf[start..end];
+            start = end;
+            k
+        })
+        .collect()
+}
+
 /// A failed read: [`ExecError::NeedsIo`] for a cached-only read that needs the disk.
 pub(super) fn read_error(shard: ShardId, e: rocksdb::Error) -> ExecError {
     if e.kind() == rocksdb::ErrorKind::Incomplete {
         ExecError::NeedsIo
     } else {
         ServeError::Storage(format!("shard {shard}: {e}")).into()
-    }
-}
-
-/// Answers an aggregation view's features for one entity after another.
-pub(super) struct AggregateFill<'v, 'a> {
-    answerer: crate::aggregate::read::Answerer<'v>,
-    states: Vec<crate::aggregate::acc::Acc<'a>>,
-    vp: &'v super::plan::ViewPlan,
-    /// `(feature index, slot)` of each wanted feature.
-    wanted: Vec<(usize, usize)>,
-    /// Tiles read for this request.
-    tiles: u64,
-}
-
-impl<'v, 'a> AggregateFill<'v, 'a> {
-    pub(super) fn new(
-        agg: &'v crate::registry::aggregation::Aggregation,
-        vp: &'v super::plan::ViewPlan,
-    ) -> Self {
-        let wanted: Vec<(usize, usize)> = vp
-            .slots
-            .iter()
-            .enumerate()
-            .filter_map(|(f, s)| s.map(|s| (f, s)))
-            .collect();
-        let answerer = crate::aggregate::read::Answerer::new(agg, wanted.iter().map(|(f, _)| *f));
-        AggregateFill {
-            states: answerer.states(),
-            answerer,
-            vp,
-            wanted,
-            tiles: 0,
-        }
-    }
-
-    /// Records the tiles read per entity (one histogram sample per request and view).
-    pub(super) fn record_tiles(&self, entities: usize) {
-        if entities > 0 {
-            metrics::histogram!(crate::metrics::AGG_TILES_PER_READ)
-                .record(self.tiles as f64 / entities as f64);
-        }
-    }
-
-    /// Appends one entity's answers (`parts`: its stored older and recent tiles) at
-    /// query time `q`.
-    pub(super) fn row(
-        &mut self,
-        parts: [Option<&'a [u8]>; 2],
-        q: Option<i64>,
-        now_micros: i64,
-        columns: &mut [ColumnBuilder],
-    ) -> Result<(), crate::aggregate::AggError> {
-        let (true, Some(q)) = (parts.iter().any(Option::is_some), q) else {
-            self.vp
-                .columns
-                .iter()
-                .for_each(|c| columns[*c].push_missing(FeatureStatus::NotFound, 0));
-            return Ok(());
-        };
-        let (newest, tiles) = self.answerer.merge(parts, q, &mut self.states)?;
-        self.tiles += u64::from(tiles);
-        if self
-            .vp
-            .ttl_micros
-            .is_some_and(|ttl| now_micros.saturating_sub(newest) > ttl)
-        {
-            self.vp
-                .columns
-                .iter()
-                .for_each(|c| columns[*c].push_missing(FeatureStatus::Expired, newest));
-            return Ok(());
-        }
-        for &(f, slot) in &self.wanted {
-            for &c in &self.vp.outputs[slot] {
-                self.answerer
-                    .finish(f, &self.states[f], &mut columns[c], newest);
-            }
-        }
-        Ok(())
     }
 }
 
@@ -436,3 +354,6 @@ pub(super) fn fill_row(
 
 #[cfg(test)]
 mod tests;
+mod tiles;
+
+pub(super) use tiles::AggregateFill;

@@ -1,6 +1,7 @@
 //! Applying aggregation events: read-modify-write of each entity's tile set, with the
 //! view version's event-time watermark, in the ingest batch's `WriteBatch`.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use rocksdb::WriteBatch;
@@ -8,7 +9,7 @@ use tracing::warn;
 
 use super::{AggEvent, ApplyOutcome, CF_HISTORY, CF_META, CF_ROWS, HistoryWriter, ShardStore};
 use crate::aggregate::split;
-use crate::aggregate::tiles::TileSet;
+use crate::aggregate::tiles::{BodyAt, TileSet};
 use crate::registry::aggregation::Aggregation;
 use crate::storage::{StorageError, keys};
 
@@ -80,9 +81,13 @@ impl ShardStore {
                 .get_mut(&(ev.view.name.as_str(), ev.view.version))
                 .expect("seeded above");
             let counter = &mut per_topic[ev.topic];
-            let entity = entities[slot].get_or_insert_with(|| Entity {
-                set: decode(agg, stored[slot].as_deref(), &ev.key),
-                joined: false,
+            let entity = entities[slot].get_or_insert_with(|| {
+                let set = decode(agg, stored[slot].as_deref(), &ev.key);
+                Entity {
+                    stored_body: set.body_at == BodyAt::Stored,
+                    set,
+                    joined: false,
+                }
             });
             if let Some(meta) = ev.history
                 && (ev.values.is_none()
@@ -138,15 +143,7 @@ impl ShardStore {
             if !entity.joined && split::head_crosses(agg, &entity.set, boundary) {
                 self.join_body(agg, &mut entity, &ev.key)?;
             }
-            let mut write = |key: &[u8], set: &TileSet<'_>, keep: bool| {
-                if keep {
-                    set.encode(&mut buf);
-                    wb.put_cf(rows, key, &buf);
-                } else {
-                    wb.delete_cf(rows, key);
-                }
-            };
-            if entity.joined {
+            let head = if entity.joined {
                 let (mut body, mut head) = split::split(agg, entity.set, boundary);
                 body.trim(agg, wm);
                 head.trim(agg, wm);
@@ -159,12 +156,32 @@ impl ShardStore {
                         body.days.iter_mut().for_each(|d| *d = Default::default());
                     }
                 }
-                write(&body_key(&ev.key), &body, !body.is_empty());
-                write(&ev.key, &head, split::keep_head(&head));
+                head.body_at = BodyAt::Absent;
+                if !body.is_empty() {
+                    body.encode(&mut buf);
+                    if buf.len() <= split::INLINE_BODY_MAX {
+                        // A copy: `buf` is reused for the head. Only on a join (a body
+                        // rewrite, about once a day per entity), not per event.
+                        head.body_at = BodyAt::Inline(Cow::Owned(buf.clone()));
+                    } else {
+                        wb.put_cf(rows, body_key(&ev.key), &buf);
+                        head.body_at = BodyAt::Stored;
+                    }
+                }
+                if entity.stored_body && head.body_at != BodyAt::Stored {
+                    wb.delete_cf(rows, body_key(&ev.key));
+                }
+                head
             } else {
                 let mut head = entity.set;
                 head.trim(agg, wm);
-                write(&ev.key, &head, split::keep_head(&head));
+                head
+            };
+            if split::keep_head(&head) {
+                head.encode(&mut buf);
+                wb.put_cf(rows, &ev.key, &buf);
+            } else {
+                wb.delete_cf(rows, &ev.key);
             }
         }
         let meta = self.cf(CF_META);
@@ -183,6 +200,8 @@ impl ShardStore {
 struct Entity<'a> {
     /// The recent tiles, or all of them once `joined`.
     set: TileSet<'a>,
+    /// Whether the entity's body may be stored in its own value (before this batch).
+    stored_body: bool,
     /// The older tiles were read and joined in (or the entity was erased): both values are
     /// written back.
     joined: bool,
@@ -196,20 +215,28 @@ fn body_key(head_key: &[u8]) -> Vec<u8> {
 }
 
 impl ShardStore {
-    /// Reads an entity's older tiles and joins them in front of its recent ones.
-    fn join_body(
+    /// Reads an entity's older tiles (inside its head, or in their own value) and joins
+    /// them in front of its recent ones.
+    fn join_body<'a>(
         &self,
         agg: &Aggregation,
-        entity: &mut Entity<'_>,
+        entity: &mut Entity<'a>,
         key: &[u8],
     ) -> Result<(), StorageError> {
+        let mut head = std::mem::replace(&mut entity.set, TileSet::empty(agg));
         let key = body_key(key);
-        let raw = self
-            .db
-            .get_cf(self.cf(CF_ROWS), &key)
-            .map_err(|e| self.rocks(e))?;
-        let body = decode(agg, raw.as_deref(), &key).into_owned();
-        let head = std::mem::replace(&mut entity.set, TileSet::empty(agg));
+        let body: TileSet<'a> = match std::mem::replace(&mut head.body_at, BodyAt::Absent) {
+            BodyAt::Absent => TileSet::empty(agg),
+            BodyAt::Inline(Cow::Borrowed(b)) => decode(agg, Some(b), &key),
+            BodyAt::Inline(Cow::Owned(b)) => decode(agg, Some(&b), &key).into_owned(),
+            BodyAt::Stored => {
+                let raw = self
+                    .db
+                    .get_cf(self.cf(CF_ROWS), &key)
+                    .map_err(|e| self.rocks(e))?;
+                decode(agg, raw.as_deref(), &key).into_owned()
+            }
+        };
         entity.set = split::join(body, head);
         entity.joined = true;
         Ok(())
