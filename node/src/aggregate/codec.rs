@@ -30,6 +30,15 @@ impl<'a> Cursor<'a> {
         Ok(((v >> 1) as i64) ^ -((v & 1) as i64))
     }
 
+    pub(super) fn u32_le(&mut self) -> Result<u32, AggError> {
+        let (v, rest) = self
+            .buf
+            .split_first_chunk::<4>()
+            .ok_or(AggError::Truncated)?;
+        self.buf = rest;
+        Ok(u32::from_le_bytes(*v))
+    }
+
     pub(super) fn bytes(&mut self, n: usize) -> Result<&'a [u8], AggError> {
         if self.buf.len() < n {
             return Err(AggError::Truncated);

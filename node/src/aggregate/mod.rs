@@ -34,6 +34,7 @@ pub mod hll;
 mod oracle_tests;
 pub mod read;
 pub mod split;
+pub mod stored;
 pub mod tiles;
 
 /// Why stored tiles could not be decoded.

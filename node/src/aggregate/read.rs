@@ -9,7 +9,8 @@ use super::AggError;
 use super::acc::{Acc, AccKind};
 use super::codec::{Cursor, Scalar};
 use super::hll;
-use super::tiles::{newest, stored_groups, tile_start};
+use super::stored::stored_groups;
+use super::tiles::{newest, tile_start};
 use crate::registry::aggregation::{Aggregation, Function, LeadingEdge};
 
 /// Reusable state for answering one view's features over many entities.
@@ -94,12 +95,10 @@ impl<'v> Answerer<'v> {
             |gi, group| {
                 let n = group.len();
                 tiles = tiles.saturating_add(n as u32);
-                for (slot, (&fi, col)) in self.agg.groups[gi]
-                    .features
-                    .iter()
-                    .zip(&group.columns)
-                    .enumerate()
-                {
+                // Each feature's day column beside its tile column (none without days).
+                let mut day_columns = group.day_columns;
+                for (&fi, col) in self.agg.groups[gi].features.iter().zip(group.columns) {
+                    let day_col = day_columns.next();
                     if !self.wanted[fi] {
                         continue;
                     }
@@ -122,10 +121,7 @@ impl<'v> Answerer<'v> {
                     merge_range(kind, col, from, to, n, &mut states[fi])?;
                     let days = group.days();
                     let first_day = group.first_day_from(whole);
-                    let day_col = group
-                        .day_columns
-                        .get(slot)
-                        .ok_or(AggError::Corrupt("day summary column missing"))?;
+                    let day_col = day_col.ok_or(AggError::Corrupt("day summary column missing"))?;
                     merge_range(kind, day_col, first_day, days, days, &mut states[fi])?;
                 }
                 Ok(())

@@ -35,6 +35,7 @@ use quiver_proto::v1::value::Kind;
 use super::AggError;
 use super::acc::AccKind;
 use super::codec::{Cursor, Scalar, put_varint};
+use super::stored::{BodyRef, layout, stored_groups};
 use crate::registry::aggregation::{Aggregation, Constant, Filter};
 
 /// Format byte of an encoded tile set.
@@ -60,17 +61,6 @@ pub enum BodyAt<'a> {
     Absent,
 }
 
-/// Where a stored head says its body is, borrowed from the stored value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BodyRef<'a> {
-    /// In its own value (or, for a head written before the flags existed, possibly none).
-    Stored,
-    /// Inside the head: the body's encoded tile set.
-    Inline(&'a [u8]),
-    /// The entity has no body.
-    Absent,
-}
-
 impl BodyAt<'_> {
     fn flags(&self) -> u8 {
         match self {
@@ -79,27 +69,6 @@ impl BodyAt<'_> {
             BodyAt::Absent => FLAG_NO_BODY,
         }
     }
-}
-
-/// Splits an encoded tile set into where its body is and the bytes of its groups.
-///
-/// # Errors
-/// [`AggError`] if the header is not a tile set's or the inline body is truncated.
-pub fn layout(blob: &[u8]) -> Result<(BodyRef<'_>, &[u8]), AggError> {
-    newest(blob)?;
-    let mut c = Cursor {
-        buf: &blob[HEADER_LEN..],
-    };
-    let flags = blob[1];
-    let body = if flags & FLAG_INLINE_BODY != 0 {
-        let len = c.varint()? as usize;
-        BodyRef::Inline(c.bytes(len)?)
-    } else if flags & FLAG_NO_BODY != 0 {
-        BodyRef::Absent
-    } else {
-        BodyRef::Stored
-    };
-    Ok((body, c.buf))
 }
 
 /// One feature's states over a group's tiles, being updated.
@@ -183,110 +152,6 @@ pub fn tile_start(t: i64, hop: i64) -> i64 {
     }
 }
 
-/// A group as stored: its tile starts and its columns' bytes, borrowed.
-pub(super) struct StoredGroup<'a> {
-    /// In a head, the last tile start of the body.
-    pub(super) body_end: i64,
-    /// `tiles × 8` bytes of starts.
-    pub(super) starts: &'a [u8],
-    /// The columns, in slot order.
-    pub(super) columns: Vec<&'a [u8]>,
-    /// `days × 8` bytes of day starts (empty without day summaries).
-    pub(super) day_starts: &'a [u8],
-    /// The day summaries' columns, in slot order (empty without).
-    pub(super) day_columns: Vec<&'a [u8]>,
-}
-
-impl StoredGroup<'_> {
-    pub(super) fn len(&self) -> usize {
-        self.starts.len() / 8
-    }
-
-    pub(super) fn days(&self) -> usize {
-        self.day_starts.len() / 8
-    }
-
-    /// Index of the first day summary starting at or after `t`.
-    pub(super) fn first_day_from(&self, t: i64) -> usize {
-        first_at_or_after(self.day_starts, t)
-    }
-
-    pub(super) fn start(&self, i: usize) -> i64 {
-        i64::from_le_bytes(self.starts[8 * i..8 * i + 8].try_into().expect("8 bytes"))
-    }
-
-    /// Index of the first tile starting at or after `t`.
-    pub(super) fn first_from(&self, t: i64) -> usize {
-        first_at_or_after(self.starts, t)
-    }
-}
-
-/// Index of the first of the LE i64 `starts` at or after `t` (they ascend).
-fn first_at_or_after(starts: &[u8], t: i64) -> usize {
-    let at = |i: usize| i64::from_le_bytes(starts[8 * i..8 * i + 8].try_into().expect("8 bytes"));
-    let (mut lo, mut hi) = (0, starts.len() / 8);
-    while lo < hi {
-        let mid = (lo + hi) / 2;
-        if at(mid) < t {
-            lo = mid + 1;
-        } else {
-            hi = mid;
-        }
-    }
-    lo
-}
-
-/// Splits the groups of a stored tile set, checking its shape against `agg` (`wanted`:
-/// which groups to split; the others are skipped).
-pub(super) fn stored_groups<'a>(
-    agg: &Aggregation,
-    blob: &'a [u8],
-    mut visit: impl FnMut(usize, StoredGroup<'a>) -> Result<(), AggError>,
-    wanted: impl Fn(usize) -> bool,
-) -> Result<(), AggError> {
-    let (_, groups) = layout(blob)?;
-    let mut c = Cursor { buf: groups };
-    if c.varint()? as usize != agg.groups.len() {
-        return Err(AggError::Corrupt("tile groups differ from the view's"));
-    }
-    for (gi, g) in agg.groups.iter().enumerate() {
-        let len = c.varint()? as usize;
-        let body = c.bytes(len)?;
-        if !wanted(gi) {
-            continue;
-        }
-        let mut b = Cursor { buf: body };
-        let body_end = i64::from_le_bytes(b.bytes(8)?.try_into().expect("8 bytes"));
-        let tiles = u32::from_le_bytes(b.bytes(4)?.try_into().expect("4 bytes")) as usize;
-        let starts = b.bytes(tiles.checked_mul(8).ok_or(AggError::Truncated)?)?;
-        let mut columns = Vec::with_capacity(g.features.len());
-        for _ in &g.features {
-            let n = u32::from_le_bytes(b.bytes(4)?.try_into().expect("4 bytes")) as usize;
-            columns.push(b.bytes(n)?);
-        }
-        let days = u32::from_le_bytes(b.bytes(4)?.try_into().expect("4 bytes")) as usize;
-        let day_starts = b.bytes(days.checked_mul(8).ok_or(AggError::Truncated)?)?;
-        let mut day_columns = Vec::new();
-        if days > 0 {
-            for _ in &g.features {
-                let n = u32::from_le_bytes(b.bytes(4)?.try_into().expect("4 bytes")) as usize;
-                day_columns.push(b.bytes(n)?);
-            }
-        }
-        visit(
-            gi,
-            StoredGroup {
-                body_end,
-                starts,
-                columns,
-                day_starts,
-                day_columns,
-            },
-        )?;
-    }
-    Ok(())
-}
-
 impl<'a> TileSet<'a> {
     /// No tiles.
     pub fn empty(agg: &Aggregation) -> Self {
@@ -358,7 +223,7 @@ impl<'a> TileSet<'a> {
                 for ((col, raw), &f) in group
                     .columns
                     .iter_mut()
-                    .zip(&stored.columns)
+                    .zip(stored.columns)
                     .zip(&agg.groups[gi].features)
                 {
                     match col {

@@ -10,7 +10,7 @@ use rocksdb::DBPinnableSlice;
 
 use super::{ExecError, ReadMode, read_error, split_keys};
 use crate::aggregate::AggError;
-use crate::aggregate::tiles::{BodyRef, layout};
+use crate::aggregate::stored::{BodyRef, layout};
 use crate::registry::aggregation::Aggregation;
 use crate::serve::ServeError;
 use crate::serve::as_of::ShardRead;
