@@ -28,6 +28,8 @@ pub mod acc;
 pub mod as_of;
 #[cfg(test)]
 mod as_of_oracle_tests;
+#[cfg(test)]
+mod body_tests;
 pub mod codec;
 pub mod hll;
 #[cfg(test)]
