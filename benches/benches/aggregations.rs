@@ -24,6 +24,7 @@ use quiver_node::storage::row_codec::encode_row;
 use quiver_node::storage::{
     AggEvent, IngestBatch, RowWrite, ShardStore, StorageConfig, StorageEngine, TopicProgress, keys,
 };
+use quiver_proto::lookup_request::LookupRequest;
 use quiver_proto::v1::{EntityKey, GetOnlineFeaturesRequest};
 use quiver_proto::{Partitioner, ShardId};
 
@@ -228,13 +229,13 @@ fn benches(c: &mut Criterion) {
     let mut g = c.benchmark_group("lookup_100_keys_6_features");
     g.throughput(Throughput::Elements(100));
     for (id, view, store, ..) in &cases {
-        let req = GetOnlineFeaturesRequest {
+        let req = LookupRequest::from(GetOnlineFeaturesRequest {
             features: vec![format!("{}:*", view.name)],
             entity_keys: (0..100)
                 .map(|i| EntityKey::from(user(i * 13).as_str()))
                 .collect(),
             ..Default::default()
-        };
+        });
         let plans = PlanCache::default();
         let local = std::collections::HashMap::from([(ShardId(0), store.clone())]);
         g.bench_function(BenchmarkId::new(id.clone(), 100), |b| {

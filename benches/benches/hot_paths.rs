@@ -20,6 +20,7 @@ use quiver_node::serve::lookup::{ExecError, ReadMode, execute, replicas_for};
 use quiver_node::serve::plan::{PlanCache, plan_keys};
 use quiver_node::storage::row_codec::{decode_row, decode_selected, encode_row};
 use quiver_proto::Partitioner;
+use quiver_proto::lookup_request::LookupRequest;
 use quiver_proto::packed::ColumnBuilder;
 use quiver_proto::v1::value::Kind;
 use quiver_proto::v1::{
@@ -110,18 +111,19 @@ fn lookup(c: &mut Criterion) {
         .as_micros() as i64;
     let mut g = c.benchmark_group("lookup_10_features");
     for n in [1u64, 10, 100, 500] {
-        let req = GetOnlineFeaturesRequest {
+        // As the node decodes it (feature references as bytes).
+        let req = LookupRequest::from(GetOnlineFeaturesRequest {
             features: vec!["stats:*".into()],
             entity_keys: (0..n)
                 .map(|i| EntityKey::from(entity_key(i * 97 % entities)))
                 .collect(),
             ..Default::default()
-        };
+        });
         g.throughput(Throughput::Elements(n));
         // What the handler does: the feature list from the plan cache, the keys planned,
         // the rows read (all in memory here) and decoded into packed columns.
         let plans = PlanCache::default();
-        let lookup = |req: &GetOnlineFeaturesRequest| {
+        let lookup = |req: &LookupRequest| {
             let compiled = plans.plan(req, &snap, &limits).expect("valid");
             let plan =
                 plan_keys(req, compiled, &limits, Partitioner::Murmur2, SHARDS).expect("valid");

@@ -10,7 +10,8 @@ use std::sync::{Arc, OnceLock};
 
 use prost::Message as _;
 use quiver_proto::Partitioner;
-use quiver_proto::v1::{GetOnlineFeaturesRequest, PushRequest};
+use quiver_proto::lookup_request::LookupRequest;
+use quiver_proto::v1::PushRequest;
 
 use crate::config::Limits;
 use crate::ingest::decode::{RawRecord, decode_record};
@@ -182,11 +183,12 @@ pub fn request(data: &[u8]) {
         return;
     };
     if kind % 2 == 0 {
-        let Ok(req) = GetOnlineFeaturesRequest::decode(body) else {
+        // As the node decodes a lookup: references as bytes, UTF-8 checked by the plan.
+        let Ok(req) = LookupRequest::decode(body) else {
             return;
         };
         if let Ok(plan) =
-            crate::serve::plan::plan_lookup(&req, &f.snapshot, &f.limits, Partitioner::Murmur2, 8)
+            crate::serve::plan::plan_lookup(req, &f.snapshot, &f.limits, Partitioner::Murmur2, 8)
         {
             assert!(plan.key_count() <= f.limits.max_batch_keys);
             assert!(plan.shards().all(|s| s.0 < 8));

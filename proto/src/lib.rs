@@ -7,10 +7,13 @@
 //! - [`transport`]: how callers reach a node (TLS, bearer token).
 //! - [`json_number`]: exact numbers in JSON text (ingest, push, `quiverctl`).
 //! - [`packed`]: the PACKED lookup encoding: building and reading typed columns.
+//! - [`lookup_request`]: the lookup request as a node decodes it (feature references
+//!   as bytes, no `String` each).
 
 pub mod error;
 pub mod ids;
 pub mod json_number;
+pub mod lookup_request;
 pub mod packed;
 pub mod partition;
 pub mod transport;

@@ -41,6 +41,22 @@ pub enum TransportError {
     },
 }
 
+/// HTTP/2 flow-control window of each call (stream), in bytes, that every quiver
+/// endpoint and server grants its peer: how much of one response (or request) may be in
+/// flight before the receiver acknowledges it.
+///
+/// h2's default, 65,535 bytes, is smaller than a 100 × 50 lookup's response (46 KB) plus
+/// the next one: with several calls in flight on a connection, the sender stalled for a
+/// WINDOW_UPDATE round trip per ~64 KB. 1 MiB holds any lookup the default limits allow
+/// in one flight; the receiver still reads as fast as it decodes, so this is a bound,
+/// not a buffer that is filled.
+pub const STREAM_WINDOW_BYTES: u32 = 1 << 20;
+
+/// HTTP/2 flow-control window of a whole connection, in bytes (see
+/// [`STREAM_WINDOW_BYTES`]): bounds what all calls on one connection may have in flight
+/// unread, i.e. the memory a slow reader can be made to hold per connection.
+pub const CONNECTION_WINDOW_BYTES: u32 = 8 << 20;
+
 /// TLS settings of a caller (PEM contents, already read).
 #[derive(Clone, Debug, Default)]
 pub struct TlsClientSettings {
@@ -144,7 +160,10 @@ impl Credentials {
             endpoint: uri.clone(),
             message: error_chain(&e),
         };
-        let ep = Endpoint::from_shared(uri.clone()).map_err(err)?;
+        let ep = Endpoint::from_shared(uri.clone())
+            .map_err(err)?
+            .initial_stream_window_size(STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(CONNECTION_WINDOW_BYTES);
         let Some(tls) = &self.tls else {
             return Ok(ep);
         };

@@ -46,7 +46,11 @@ impl EchoService for Service {
 /// # Errors
 /// When the address cannot be bound.
 pub async fn serve(addr: SocketAddr) -> anyhow::Result<()> {
+    // The same transport settings as a quiver node and its clients: the floor must
+    // pay what quiver pays.
     tonic::transport::Server::builder()
+        .initial_stream_window_size(quiver_proto::transport::STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(quiver_proto::transport::CONNECTION_WINDOW_BYTES)
         .add_service(EchoServer::new(Service).max_decoding_message_size(256 << 20))
         .serve(addr)
         .await?;
@@ -79,7 +83,8 @@ impl Echo {
             anyhow::ensure!(Instant::now() < deadline, "the echo server did not listen");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))?
+        let channel = quiver_proto::transport::Credentials::none()
+            .endpoint(&format!("127.0.0.1:{port}"))?
             .tcp_nodelay(true)
             .connect()
             .await?;

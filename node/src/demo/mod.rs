@@ -151,7 +151,8 @@ async fn start_nodes(
                 .await
                 .context("start node")?,
         );
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        let channel = quiver_proto::transport::Credentials::none()
+            .endpoint(&addr.to_string())?
             .tcp_nodelay(true)
             .connect()
             .await?;

@@ -30,6 +30,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures::{Stream, StreamExt, future};
 use metrics::counter;
 use quiver_proto::error::Retry;
+use quiver_proto::lookup_request::LookupRequest;
 use quiver_proto::packed::ColumnBuilder;
 use quiver_proto::v1::feature_service_client::FeatureServiceClient;
 use quiver_proto::v1::{
@@ -132,13 +133,22 @@ impl FeatureServiceImpl {
         let principal = caller.principal;
         let state = self.state();
         let limits = &state.limits;
-        self.check_request_size(&req)?;
+        // The chunk as the lookup path plans it. A copy of the chunk's keys, once per
+        // chunk: small beside reading them; the parts below are cut from `req`.
+        let planned = LookupRequest::from(&req);
+        self.check_request_size(&planned)?;
         let registry = state.registry.snapshot();
-        let compiled = state.plans.plan(&req, &registry, limits)?;
+        let compiled = state.plans.plan(&planned, &registry, limits)?;
         principal
             .check_views(compiled.view_names())
             .map_err(ServeError::PermissionDenied)?;
-        let plan = plan_keys(&req, compiled, limits, state.partitioner, state.shard_count)?;
+        let plan = plan_keys(
+            &planned,
+            compiled,
+            limits,
+            state.partitioner,
+            state.shard_count,
+        )?;
         if let Some(as_of) = &plan.as_of {
             as_of.check(&plan.compiled, now_micros())?;
         }
@@ -298,7 +308,7 @@ impl FeatureServiceImpl {
         let (node, addr) = match target {
             Target::Local => {
                 return Ok(self
-                    .get_online_features_inner(caller.principal, sub)
+                    .get_online_features_inner(caller.principal, sub.into())
                     .await?);
             }
             Target::Peer(node, addr) => (node, addr),

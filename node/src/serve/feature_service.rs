@@ -5,6 +5,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use metrics::{counter, histogram};
 use prost::Message as _;
+use quiver_proto::lookup_request::LookupRequest;
 use quiver_proto::v1::feature_service_server::FeatureService;
 use quiver_proto::v1::{
     GetOnlineFeaturesRequest, GetOnlineFeaturesResponse, GetSchemaRequest, PushRequest,
@@ -47,10 +48,7 @@ impl FeatureServiceImpl {
     }
 
     /// Refuses a request larger than `limits.max_request_bytes`.
-    pub(super) fn check_request_size(
-        &self,
-        req: &GetOnlineFeaturesRequest,
-    ) -> Result<(), ServeError> {
+    pub(super) fn check_request_size(&self, req: &LookupRequest) -> Result<(), ServeError> {
         let size = req.encoded_len();
         let limit = self.state.limits.max_request_bytes;
         if size > limit {
@@ -143,7 +141,7 @@ impl FeatureServiceImpl {
     pub(super) async fn get_online_features_inner(
         &self,
         principal: &Principal,
-        req: GetOnlineFeaturesRequest,
+        req: LookupRequest,
     ) -> Result<GetOnlineFeaturesResponse, ServeError> {
         let limits = &self.state.limits;
         self.check_request_size(&req)?;
@@ -266,11 +264,12 @@ impl LookupMetrics {
     }
 }
 
-#[tonic::async_trait]
-impl FeatureService for FeatureServiceImpl {
-    async fn get_online_features(
+impl FeatureServiceImpl {
+    /// `GetOnlineFeatures`: the request as the node decodes it ([`LookupRequest`], see
+    /// `lookup_route.rs`), answered with the epoch and draining metadata.
+    pub(super) async fn lookup(
         &self,
-        request: Request<GetOnlineFeaturesRequest>,
+        request: Request<LookupRequest>,
     ) -> Result<Response<GetOnlineFeaturesResponse>, Status> {
         let started = Instant::now();
         let principal = principal_of(&request);
@@ -310,6 +309,18 @@ impl FeatureService for FeatureServiceImpl {
             );
         }
         Ok(response)
+    }
+}
+
+#[tonic::async_trait]
+impl FeatureService for FeatureServiceImpl {
+    /// Served by [`super::lookup_route::FeatureRoutes`], which decodes the request as a
+    /// [`LookupRequest`]; this is the same lookup for a caller of the generated server.
+    async fn get_online_features(
+        &self,
+        request: Request<GetOnlineFeaturesRequest>,
+    ) -> Result<Response<GetOnlineFeaturesResponse>, Status> {
+        self.lookup(request.map(LookupRequest::from)).await
     }
 
     type ExportFeaturesStream = ExportStream;

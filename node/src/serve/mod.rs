@@ -8,6 +8,7 @@ mod export;
 pub mod fair;
 mod feature_service;
 pub mod lookup;
+mod lookup_route;
 pub mod plan;
 mod push;
 pub mod quota;
@@ -26,7 +27,6 @@ use quiver_proto::v1::feature_service_server::FeatureServiceServer;
 use quiver_proto::{ErrorCode, ShardId};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::codec::CompressionEncoding;
 use tracing::info;
 
 use crate::security::tls::ReloadingTls;
@@ -292,13 +292,12 @@ pub async fn serve(
         .max_request_bytes
         .saturating_mul(2)
         .max(1 << 20);
-    let mut features = FeatureServiceServer::new(FeatureServiceImpl::new(state.clone()))
-        .max_decoding_message_size(hard_limit)
-        .max_encoding_message_size(256 << 20)
-        .accept_compressed(CompressionEncoding::Zstd);
-    if state.compress_responses {
-        features = features.send_compressed(CompressionEncoding::Zstd);
-    }
+    let features = lookup_route::FeatureRoutes::new(
+        FeatureServiceImpl::new(state.clone()),
+        hard_limit,
+        256 << 20,
+        state.compress_responses,
+    );
     let admin = AdminServiceServer::new(AdminServiceImpl::new(state.clone()))
         .max_decoding_message_size(hard_limit);
     let addr = listener.local_addr().ok();
@@ -342,6 +341,8 @@ pub async fn serve(
     };
     let control = state.control.clone();
     let router = tonic::transport::Server::builder()
+        .initial_stream_window_size(quiver_proto::transport::STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(quiver_proto::transport::CONNECTION_WINDOW_BYTES)
         // Beyond this many calls on one connection, refuse with RESOURCE_EXHAUSTED
         // (load shedding) instead of queueing without bound.
         .concurrency_limit_per_connection(state.limits.max_concurrent_requests_per_connection)

@@ -10,7 +10,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
-use quiver_proto::v1::{FeatureType as WireType, GetOnlineFeaturesRequest};
+use bytes::Bytes;
+use quiver_proto::lookup_request::LookupRequest;
+use quiver_proto::v1::FeatureType as WireType;
 use quiver_proto::{Partitioner, ShardId};
 
 use super::ServeError;
@@ -87,7 +89,7 @@ pub fn wire_type(t: FeatureType) -> WireType {
 /// Resolves the request's `features` or `feature_service`: each (view version, feature
 /// index, whether the reference pinned the version).
 fn resolve(
-    req: &GetOnlineFeaturesRequest,
+    req: &LookupRequest,
     registry: &RegistrySnapshot,
     limits: &Limits,
 ) -> Result<Vec<(Arc<FeatureView>, usize, bool)>, ServeError> {
@@ -112,7 +114,8 @@ fn resolve(
                     limits.max_features_per_request
                 )));
             }
-            for r in &req.features {
+            for i in 0..req.features.len() {
+                let r = req.feature(i).map_err(|e| invalid(e.to_string()))?;
                 if !r.contains(':') {
                     return Err(invalid(format!(
                         "feature reference {r:?} must look like \"view:feature\" or \"view:*\""
@@ -161,7 +164,7 @@ fn resolve(
 /// [`ServeError::InvalidArgument`] for a malformed list or exceeded limit,
 /// [`ServeError::NotFound`] for unknown views, features and feature services.
 pub fn compile(
-    req: &GetOnlineFeaturesRequest,
+    req: &LookupRequest,
     registry: &RegistrySnapshot,
     limits: &Limits,
 ) -> Result<CompiledPlan, ServeError> {
@@ -237,7 +240,11 @@ const PLAN_CACHE_ENTRIES: usize = 4096;
 #[derive(Default)]
 struct CacheInner {
     generation: u64,
-    by_features: HashMap<Vec<String>, Arc<CompiledPlan>>,
+    /// Keyed by the references' bytes as received: a hit needs no UTF-8 check and no
+    /// `String`. foldhash, not SipHash: every hit hashes every reference (50 for a
+    /// 1 × 50 lookup); its per-process random seed keeps crafted collisions impractical,
+    /// and entries are bounded by [`PLAN_CACHE_ENTRIES`] either way.
+    by_features: HashMap<Vec<Bytes>, Arc<CompiledPlan>, foldhash::fast::RandomState>,
     by_service: HashMap<String, Arc<CompiledPlan>>,
 }
 
@@ -255,7 +262,7 @@ impl PlanCache {
     /// As [`compile`].
     pub fn plan(
         &self,
-        req: &GetOnlineFeaturesRequest,
+        req: &LookupRequest,
         registry: &RegistrySnapshot,
         limits: &Limits,
     ) -> Result<Arc<CompiledPlan>, ServeError> {
@@ -285,7 +292,14 @@ impl PlanCache {
             };
         }
         if req.feature_service.is_empty() {
-            c.by_features.insert(req.features.clone(), plan.clone());
+            // Copies, not slices of the request: a slice would keep the whole received
+            // request buffer alive for as long as the entry.
+            let key = req
+                .features
+                .iter()
+                .map(|f| Bytes::copy_from_slice(f))
+                .collect();
+            c.by_features.insert(key, plan.clone());
         } else {
             c.by_service
                 .insert(req.feature_service.clone(), plan.clone());
@@ -425,7 +439,7 @@ impl LookupPlan {
 /// [`ServeError::InvalidArgument`] for an empty or over-limit batch, a key of the wrong
 /// type, an empty or over-long key.
 pub fn plan_keys(
-    req: &GetOnlineFeaturesRequest,
+    req: &LookupRequest,
     compiled: Arc<CompiledPlan>,
     limits: &Limits,
     partitioner: Partitioner,
@@ -506,12 +520,13 @@ pub fn plan_keys(
 /// # Errors
 /// As [`compile`] and [`plan_keys`].
 pub fn plan_lookup(
-    req: &GetOnlineFeaturesRequest,
+    req: impl Into<LookupRequest>,
     registry: &RegistrySnapshot,
     limits: &Limits,
     partitioner: Partitioner,
     shard_count: u32,
 ) -> Result<LookupPlan, ServeError> {
-    let compiled = Arc::new(compile(req, registry, limits)?);
-    plan_keys(req, compiled, limits, partitioner, shard_count)
+    let req = req.into();
+    let compiled = Arc::new(compile(&req, registry, limits)?);
+    plan_keys(&req, compiled, limits, partitioner, shard_count)
 }

@@ -29,6 +29,31 @@ async fn expect_error(node: &TestNode, req: GetOnlineFeaturesRequest, code: Code
     );
 }
 
+/// A lookup whose feature references are arbitrary bytes (a caller's encoder need not
+/// be ours), sent as `GetOnlineFeatures`.
+async fn raw_lookup(
+    node: &TestNode,
+    features: Vec<Vec<u8>>,
+) -> Result<quiver_proto::v1::GetOnlineFeaturesResponse, tonic::Status> {
+    let request = quiver_proto::lookup_request::LookupRequest {
+        features: features.into_iter().map(Into::into).collect(),
+        entity_keys: vec![key("a")],
+        ..Default::default()
+    };
+    let mut grpc = tonic::client::Grpc::new(node.channel.clone());
+    grpc.ready().await.expect("channel ready");
+    let codec = tonic_prost::ProstCodec::<
+        quiver_proto::lookup_request::LookupRequest,
+        quiver_proto::v1::GetOnlineFeaturesResponse,
+    >::default();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+        "/quiver.v1.FeatureService/GetOnlineFeatures",
+    );
+    grpc.unary(tonic::Request::new(request), path, codec)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
 fn req(features: &[&str], keys: Vec<EntityKey>) -> GetOnlineFeaturesRequest {
     GetOnlineFeaturesRequest {
         features: features.iter().map(|s| s.to_string()).collect(),
@@ -142,6 +167,31 @@ async fn limits_and_bad_requests_are_rejected_with_clear_codes() {
         ..req(&["profile:i"], vec![key("a")])
     };
     expect_error(&node, both, Code::InvalidArgument, "not both").await;
+
+    // A reference that is not UTF-8 (the node decodes references as bytes and checks
+    // them when it plans): INVALID_ARGUMENT naming it, like any malformed reference.
+    let raw = raw_lookup(&node, vec![b"profile:i".to_vec(), b"profile:\xff".to_vec()])
+        .await
+        .expect_err("not UTF-8");
+    assert_eq!(raw.code(), Code::InvalidArgument, "{}", raw.message());
+    assert!(
+        raw.message().contains("feature reference 1 is not UTF-8"),
+        "{}",
+        raw.message()
+    );
+    // A zstd-compressed request is decoded like a plain one.
+    let compressed = node
+        .features
+        .clone()
+        .send_compressed(tonic::codec::CompressionEncoding::Zstd)
+        .get_online_features(req(&["profile:i"], vec![key("a")]))
+        .await
+        .expect("a compressed request answers")
+        .into_inner();
+    assert_eq!(
+        compressed.columns[0].values[0].kind,
+        Some(quiver_proto::v1::value::Kind::Int64Value(1))
+    );
 
     // Rejections changed nothing: a valid request still answers.
     let resp = node.lookup(&["profile:i"], vec![key("a")]).await.unwrap();

@@ -1,0 +1,120 @@
+use prost::Message as _;
+
+use super::*;
+use crate::v1::{TopicOffset, entity_key};
+
+fn full_request() -> GetOnlineFeaturesRequest {
+    GetOnlineFeaturesRequest {
+        features: vec![
+            "user_stats:clicks".into(),
+            "user_stats:*".into(),
+            "vues_é:größe".into(),
+            "user_stats@3:clicks".into(),
+        ],
+        feature_service: String::new(),
+        entity_keys: vec![
+            EntityKey {
+                kind: Some(entity_key::Kind::StringValue("u1".into())),
+            },
+            EntityKey {
+                kind: Some(entity_key::Kind::Int64Value(-7)),
+            },
+        ],
+        min_watermarks: vec![ShardWatermark {
+            shard: 3,
+            offsets: vec![TopicOffset {
+                topic: "clicks".into(),
+                next_offset: 42,
+            }],
+        }],
+        watermark_wait_ms: 25,
+        encoding: ResponseEncoding::Cells as i32,
+        include_event_times: true,
+        as_of: Some(AsOf {
+            time_micros: 1_700_000_000_000_000,
+            key_times_micros: vec![1, 2],
+            exclude_late_arrivals: true,
+        }),
+    }
+}
+
+#[test]
+fn the_twin_reads_and_writes_exactly_the_generated_message() {
+    let original = full_request();
+    let wire = original.encode_to_vec();
+    let twin = LookupRequest::decode(wire.as_slice()).expect("twin decodes");
+    let names: Vec<&str> = (0..twin.features.len())
+        .map(|i| twin.feature(i).expect("utf-8"))
+        .collect();
+    assert_eq!(names, original.features);
+    assert_eq!(twin.entity_keys, original.entity_keys);
+    assert_eq!(twin.min_watermarks, original.min_watermarks);
+    assert_eq!(twin.as_of, original.as_of);
+    assert_eq!(twin.watermark_wait_ms, 25);
+    assert_eq!(twin.encoding, ResponseEncoding::Cells as i32);
+    assert!(twin.include_event_times);
+    // Same bytes back: nothing is lost or reordered.
+    assert_eq!(twin.encode_to_vec(), wire);
+    assert_eq!(LookupRequest::from(original.clone()), twin);
+    // A feature service instead of a list.
+    let svc = GetOnlineFeaturesRequest {
+        features: vec![],
+        feature_service: "ranking".into(),
+        ..original
+    };
+    let twin = LookupRequest::decode(svc.encode_to_vec().as_slice()).expect("twin decodes");
+    assert!(twin.features.is_empty());
+    assert_eq!(twin.feature_service, "ranking");
+}
+
+#[test]
+fn a_reference_that_is_not_utf8_is_named_when_read_as_text() {
+    let mut wire = GetOnlineFeaturesRequest {
+        features: vec!["v:a".into(), "v:b".into()],
+        ..Default::default()
+    }
+    .encode_to_vec();
+    // The second reference's "b" becomes 0xff: the generated message refuses the whole
+    // request; the twin keeps it and refuses that reference when it is read as text.
+    let at = wire.iter().rposition(|b| *b == b'b').expect("b");
+    wire[at] = 0xff;
+    assert!(GetOnlineFeaturesRequest::decode(wire.as_slice()).is_err());
+    let twin = LookupRequest::decode(wire.as_slice()).expect("twin decodes");
+    assert_eq!(twin.feature(0), Ok("v:a"));
+    let err = twin.feature(1).expect_err("not utf-8");
+    assert_eq!(err, NotUtf8 { index: 1, len: 3 });
+    assert!(err.to_string().contains("feature reference 1"), "{err}");
+}
+
+#[test]
+fn the_twin_has_every_field_of_the_proto_message() {
+    let set = prost_types::FileDescriptorSet::decode(crate::v1::FILE_DESCRIPTOR_SET)
+        .expect("descriptor set");
+    let message = set
+        .file
+        .iter()
+        .filter(|f| f.package() == "quiver.v1")
+        .flat_map(|f| &f.message_type)
+        .find(|m| m.name() == "GetOnlineFeaturesRequest")
+        .expect("GetOnlineFeaturesRequest in the descriptor set");
+    let fields: Vec<(i32, &str)> = message
+        .field
+        .iter()
+        .map(|f| (f.number(), f.name()))
+        .collect();
+    // The twin's fields, in tag order. A field added to the .proto must be added to
+    // `LookupRequest` (and here), or the node would silently drop it.
+    assert_eq!(
+        fields,
+        [
+            (1, "features"),
+            (2, "feature_service"),
+            (3, "entity_keys"),
+            (4, "min_watermarks"),
+            (5, "watermark_wait_ms"),
+            (6, "encoding"),
+            (7, "include_event_times"),
+            (8, "as_of"),
+        ]
+    );
+}
