@@ -12,7 +12,8 @@ const A_CONNECTIONS: u32 = 16;
 /// Tenant B's modest rate, req/s.
 const B_RATE: u32 = 200;
 const PHASE: Duration = Duration::from_secs(3);
-const ROUNDS: u32 = 2;
+/// Rounds of (B alone, B during A's flood); B's p99 is compared round by round.
+const ROUNDS: u32 = 3;
 
 #[derive(Default)]
 struct Tally {
@@ -116,8 +117,9 @@ fn p99_ms(l: &std::sync::Mutex<Vec<u64>>) -> f64 {
 
 /// Two tenants on one node process: A (a request quota of 100/s) floods from 16
 /// connections at 10× its quota while B reads at 200 req/s. B loses nothing; A gets its
-/// quota and `QUOTA_EXHAUSTED` for the rest; B's p99 stays within 2× of its p99 alone
-/// (and 1 ms, below which a 2-core machine's scheduling noise decides).
+/// quota and `QUOTA_EXHAUSTED` for the rest; B's p99 during the flood stays within 2× of
+/// its p99 alone in the same round (and 1 ms, below which a 2-core machine's scheduling
+/// noise decides), in the median of three rounds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flooding_tenant_gets_its_quota_and_leaves_the_other_alone() {
     let root = tempfile::tempdir().unwrap();
@@ -146,20 +148,28 @@ async fn a_flooding_tenant_gets_its_quota_and_leaves_the_other_alone() {
     let b = FeatureServiceClient::new(channel(&ep, &bearer(&tb)).await.unwrap());
 
     // Rounds of B alone, then B while A floods, so a stretch of background load (other
-    // tests share this machine) lands on both conditions rather than on one.
+    // tests share this machine) lands on both conditions rather than on one. Each round
+    // keeps its own latencies: B's p99 during a flood is compared with its p99 alone in
+    // the same round, and the median round decides, so a burst of another test's load
+    // in one phase does not, while a flood that harms B does in every round.
     let alone = Arc::new(std::sync::Mutex::new(Vec::new()));
     let during = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut ratios = Vec::new();
     let (b_alone, b_during, a_tally) = (
         Arc::new(Tally::default()),
         Arc::new(Tally::default()),
         Arc::new(Tally::default()),
     );
     for _ in 0..ROUNDS {
+        let (round_alone, round_during) = (
+            Arc::new(std::sync::Mutex::new(Vec::new())),
+            Arc::new(std::sync::Mutex::new(Vec::new())),
+        );
         offer(
             b.clone(),
             f64::from(B_RATE),
             b_alone.clone(),
-            Some(alone.clone()),
+            Some(round_alone.clone()),
         )
         .await;
         let flood = flood(ep.clone(), ta.clone(), a_tally.clone()).await;
@@ -167,12 +177,22 @@ async fn a_flooding_tenant_gets_its_quota_and_leaves_the_other_alone() {
             b.clone(),
             f64::from(B_RATE),
             b_during.clone(),
-            Some(during.clone()),
+            Some(round_during.clone()),
         )
         .await;
         tokio::task::spawn_blocking(move || flood.join().unwrap())
             .await
             .unwrap();
+        let (p_alone, p_during) = (p99_ms(&round_alone), p99_ms(&round_during));
+        ratios.push((p_during / p_alone.max(1.0), p_alone, p_during));
+        alone
+            .lock()
+            .unwrap()
+            .extend(round_alone.lock().unwrap().iter());
+        during
+            .lock()
+            .unwrap()
+            .extend(round_during.lock().unwrap().iter());
     }
     assert_eq!(
         b_alone.other.load(Ordering::Relaxed) + b_alone.quota.load(Ordering::Relaxed),
@@ -208,8 +228,10 @@ async fn a_flooding_tenant_gets_its_quota_and_leaves_the_other_alone() {
         (a_ok as f64) <= allowed && a_ok as f64 >= rounds * f64::from(A_QUOTA) * secs * 0.8,
         "tenant A admitted {a_ok} in {PHASE:?} with a quota of {A_QUOTA}/s"
     );
+    ratios.sort_by(|x, y| x.0.total_cmp(&y.0));
+    let (median, _, _) = ratios[ratios.len() / 2];
     assert!(
-        p99_during <= 2.0 * p99_alone.max(1.0),
-        "tenant B's p99 went from {p99_alone:.2} ms to {p99_during:.2} ms while A flooded"
+        median <= 2.0,
+        "tenant B's p99 during A's flood ÷ alone (floor 1 ms), per round (ratio, alone ms, during ms): {ratios:.2?}; the median round is {median:.2}×"
     );
 }
