@@ -339,7 +339,7 @@ impl<'a> Call<'a> {
             .sub_requests
             .fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
-        let mut client = g.node.features();
+        let mut client = g.node.lookups();
         let result = tokio::time::timeout(timeout, client.get_online_features(request)).await;
         let outcome = match result {
             Ok(Ok(resp)) => {

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use quiver_proto::packed::{ColumnBuilder, ValueRef};
+use quiver_proto::packed::{ColumnBuilder, ValueRef, gather};
 use quiver_proto::v1::value::Kind;
 use quiver_proto::v1::{
     EntityKey, FeatureColumn, FeatureStatus, FeatureType, GetOnlineFeaturesRequest,
@@ -331,24 +331,23 @@ impl LookupResult {
                 return Err(malformed("sub-responses have different column counts"));
             }
         }
-        let mut columns = Vec::with_capacity(first.len());
-        for c in 0..first.len() {
-            let mut b = ColumnBuilder::new(
-                first[c].name.clone(),
-                first[c].feature_type(),
-                rows.len(),
-                !first[c].event_times_micros.is_empty(),
-            );
-            for (p, r) in &rows {
-                let (cols, n) = parts
-                    .get(*p as usize)
-                    .ok_or_else(|| malformed("a row maps to no sub-response"))?;
-                if *r as usize >= *n {
-                    return Err(malformed("a row is outside its sub-response"));
-                }
-                b.push_row_of(&cols[c], *r as usize);
+        for (p, r) in &rows {
+            let (_, n) = parts
+                .get(*p as usize)
+                .ok_or_else(|| malformed("a row maps to no sub-response"))?;
+            if *r as usize >= *n {
+                return Err(malformed("a row is outside its sub-response"));
             }
-            columns.push(b.finish());
+        }
+        let mut columns = Vec::with_capacity(first.len());
+        // Column c of every part, refilled per column (one allocation per lookup).
+        let mut of_parts: Vec<&PackedColumn> = Vec::with_capacity(parts.len());
+        for c in 0..first.len() {
+            of_parts.clear();
+            of_parts.extend(parts.iter().map(|(cols, _)| &cols[c]));
+            let column = gather(&of_parts, &rows)
+                .ok_or_else(|| malformed("a row is outside its sub-response"))?;
+            columns.push(column);
         }
         Ok(LookupResult {
             columns,

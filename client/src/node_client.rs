@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use crate::error::ClientError;
 use crate::lookup::{Lookup, LookupResult};
+use quiver_proto::lookup_response::LookupClient;
 use quiver_proto::transport::{AuthChannel, Credentials};
 use quiver_proto::v1::admin_service_client::AdminServiceClient;
 use quiver_proto::v1::cluster_service_client::ClusterServiceClient;
-use quiver_proto::v1::feature_service_client::FeatureServiceClient;
 use quiver_proto::v1::{
     ApplyDefinitionsRequest, DescribeViewRequest, GetStatusRequest, GetStatusResponse,
     ListViewsRequest, ListViewsResponse,
@@ -20,7 +20,7 @@ use quiver_proto::v1::{CreateTokenRequest, ListTokensRequest, RevokeTokenRequest
 /// A connection to one quiver node. Cheap to clone (the channel is shared).
 #[derive(Clone)]
 pub struct NodeClient {
-    features: FeatureServiceClient<AuthChannel>,
+    lookups: LookupClient<AuthChannel>,
     admin: AdminServiceClient<AuthChannel>,
     cluster: ClusterServiceClient<AuthChannel>,
     retry_window: Duration,
@@ -90,8 +90,7 @@ impl NodeClient {
             .wrap(channel)
             .map_err(|e| connect_err(e.to_string()))?;
         Ok(NodeClient {
-            features: FeatureServiceClient::new(channel.clone())
-                .max_decoding_message_size(256 << 20),
+            lookups: LookupClient::new(channel.clone()).max_decoding_message_size(256 << 20),
             admin: AdminServiceClient::new(channel.clone()),
             cluster: ClusterServiceClient::new(channel),
             retry_window: DEFAULT_RETRY_WINDOW,
@@ -115,7 +114,7 @@ impl NodeClient {
         lookup: Lookup,
     ) -> Result<LookupResult, ClientError> {
         let resp = self
-            .features
+            .lookups
             .get_online_features(lookup.into_request())
             .await?;
         LookupResult::new(resp.into_inner())

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use quiver_proto::lookup_response::LookupClient;
 use quiver_proto::transport::{AuthChannel, Credentials};
 use quiver_proto::v1::admin_service_client::AdminServiceClient;
 use quiver_proto::v1::cluster_service_client::ClusterServiceClient;
@@ -101,6 +102,13 @@ impl Drop for InFlight {
 impl NodeHandle {
     pub(crate) fn features(&self) -> FeatureServiceClient<AuthChannel> {
         FeatureServiceClient::new(self.channel.clone())
+            .max_decoding_message_size(MAX_RESPONSE_BYTES)
+            .accept_compressed(CompressionEncoding::Zstd)
+    }
+
+    /// `GetOnlineFeatures` with the client's decoder (`quiver_proto::lookup_response`).
+    pub(crate) fn lookups(&self) -> LookupClient<AuthChannel> {
+        LookupClient::new(self.channel.clone())
             .max_decoding_message_size(MAX_RESPONSE_BYTES)
             .accept_compressed(CompressionEncoding::Zstd)
     }

@@ -4,12 +4,14 @@
 //! choices"), skipping nodes whose circuit breaker is open.
 
 use quiver_proto::NodeId;
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use quiver_proto::v1::EntityKey;
+use quiver_proto::v1::entity_key::Kind;
 
 use crate::error::ClientError;
 use crate::lagging::LaggingReplicas;
@@ -45,6 +47,15 @@ pub(crate) fn key_bytes(key: &EntityKey) -> Vec<u8> {
     key.kind.as_ref().map_or_else(Vec::new, |k| k.kafka_key())
 }
 
+/// [`key_bytes`] without a copy for a string key (the common case).
+fn key_bytes_ref(key: &EntityKey) -> Cow<'_, [u8]> {
+    match &key.kind {
+        Some(Kind::StringValue(s)) => Cow::Borrowed(s.as_bytes()),
+        Some(k) => Cow::Owned(k.kafka_key()),
+        None => Cow::Borrowed(&[]),
+    }
+}
+
 /// A batch split by shard, duplicates removed.
 #[derive(Debug)]
 pub(crate) struct ShardedBatch {
@@ -70,24 +81,17 @@ pub(crate) fn shard_batch_at(
     keys: &[EntityKey],
     times: &[i64],
 ) -> ShardedBatch {
-    let mut index: HashMap<Vec<u8>, u32> = HashMap::with_capacity(keys.len());
+    // A key asked at two times (per-key as-of) is two rows.
+    let mut index: HashMap<(Cow<'_, [u8]>, Option<i64>), u32> = HashMap::with_capacity(keys.len());
     let mut unique = Vec::with_capacity(keys.len());
     let mut unique_times = Vec::with_capacity(times.len());
     let mut row_to_unique = Vec::with_capacity(keys.len());
     let mut by_shard: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
     for (i, k) in keys.iter().enumerate() {
-        let key = key_bytes(k);
-        let len = key.len();
-        let mut ident = key;
-        if let Some(t) = times.get(i) {
-            ident.extend_from_slice(&t.to_le_bytes());
-        }
+        let ident = (key_bytes_ref(k), times.get(i).copied());
         let next = unique.len() as u32;
-        let u = *index.entry(ident).or_insert_with_key(|b| {
-            by_shard
-                .entry(table.shard_of(&b[..len]))
-                .or_default()
-                .push(next);
+        let u = *index.entry(ident).or_insert_with_key(|(b, _)| {
+            by_shard.entry(table.shard_of(b)).or_default().push(next);
             unique.push(k.clone());
             if let Some(t) = times.get(i) {
                 unique_times.push(*t);

@@ -14,6 +14,7 @@ pub mod error;
 pub mod ids;
 pub mod json_number;
 pub mod lookup_request;
+pub mod lookup_response;
 pub mod packed;
 pub mod partition;
 pub mod transport;

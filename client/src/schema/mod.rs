@@ -226,7 +226,7 @@ impl ClientSchema {
         let resolved = self.references(features, service)?;
         let mut entity: Option<(&str, &str)> = None;
         let mut columns = 0usize;
-        for r in &resolved {
+        for r in resolved {
             let Some((view_name, feature)) = r.split_once(':') else {
                 return invalid(format!(
                     "feature reference {r:?} must look like \"view:feature\" or \"view:*\""
@@ -264,16 +264,24 @@ impl ClientSchema {
     }
 
     /// A lookup's references: its own, or its feature service's.
-    fn references(&self, features: &[String], service: &str) -> Result<Vec<String>, Problem> {
+    fn references<'a>(
+        &'a self,
+        features: &'a [String],
+        service: &str,
+    ) -> Result<&'a [String], Problem> {
         match (features.is_empty(), service.is_empty()) {
             (true, true) => Err(Problem::Invalid("the lookup names no features".into())),
             (false, false) => Err(Problem::Invalid(
                 "set either feature references or a feature service, not both".into(),
             )),
-            (false, true) => Ok(features.to_vec()),
-            (true, false) => self.services.get(service).cloned().ok_or_else(|| {
-                Problem::Unknown(format!("feature service {service:?} is not registered"))
-            }),
+            (false, true) => Ok(features),
+            (true, false) => self
+                .services
+                .get(service)
+                .map(Vec::as_slice)
+                .ok_or_else(|| {
+                    Problem::Unknown(format!("feature service {service:?} is not registered"))
+                }),
         }
     }
 
@@ -286,7 +294,7 @@ impl ClientSchema {
         service: &str,
     ) -> Result<Vec<crate::lookup::entities::EntityRef>, Problem> {
         self.references(features, service)?
-            .into_iter()
+            .iter()
             .map(|r| {
                 let Some((view_name, feature)) = r.split_once(':') else {
                     return Err(Problem::Invalid(format!(
@@ -304,7 +312,7 @@ impl ClientSchema {
                     )));
                 };
                 let entity = view.entity.clone();
-                Ok((r, entity, width))
+                Ok((r.clone(), entity, width))
             })
             .collect()
     }

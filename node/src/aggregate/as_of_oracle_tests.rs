@@ -69,7 +69,7 @@ fn as_of_lookup(
     let local = HashMap::from([(ShardId(0), store.clone())]);
     let replicas = replicas_for(&plan, &local, 0).unwrap();
     match execute(&plan, &replicas, now, ReadMode::Full) {
-        Ok(resp) => Ok(resp.packed_columns),
+        Ok(resp) => Ok(resp.into_response().packed_columns),
         Err(ExecError::Serve(e)) => Err(e),
         Err(ExecError::NeedsIo) => panic!("a full read never needs another pass"),
     }

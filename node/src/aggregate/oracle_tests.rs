@@ -415,7 +415,7 @@ fn lookup(
     let replicas = replicas_for(&plan, &local, 0).unwrap();
     let resp =
         execute(&plan, &replicas, now, ReadMode::Full).unwrap_or_else(|_| panic!("lookup failed"));
-    resp.packed_columns
+    resp.into_response().packed_columns
 }
 
 /// Applies `events` as one ingest batch ending at log offset `offset + len` (and to the

@@ -309,7 +309,8 @@ impl FeatureServiceImpl {
             Target::Local => {
                 return Ok(self
                     .get_online_features_inner(caller.principal, sub.into())
-                    .await?);
+                    .await?
+                    .into_response());
             }
             Target::Peer(node, addr) => (node, addr),
         };

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use metrics::{counter, histogram};
 use prost::Message as _;
 use quiver_proto::lookup_request::LookupRequest;
+use quiver_proto::packed::PackedAnswer;
 use quiver_proto::v1::feature_service_server::FeatureService;
 use quiver_proto::v1::{
     GetOnlineFeaturesRequest, GetOnlineFeaturesResponse, GetSchemaRequest, PushRequest,
@@ -142,7 +143,7 @@ impl FeatureServiceImpl {
         &self,
         principal: &Principal,
         req: LookupRequest,
-    ) -> Result<GetOnlineFeaturesResponse, ServeError> {
+    ) -> Result<PackedAnswer, ServeError> {
         let limits = &self.state.limits;
         self.check_request_size(&req)?;
         let registry = self.state.registry.snapshot();
@@ -229,7 +230,7 @@ impl FeatureServiceImpl {
             }
         };
         Ok(if req.encoding == ResponseEncoding::Cells as i32 {
-            into_cells(resp)
+            PackedAnswer::new(into_cells(resp.into_response()), Vec::new())
         } else {
             resp
         })
@@ -270,7 +271,7 @@ impl FeatureServiceImpl {
     pub(super) async fn lookup(
         &self,
         request: Request<LookupRequest>,
-    ) -> Result<Response<GetOnlineFeaturesResponse>, Status> {
+    ) -> Result<Response<PackedAnswer>, Status> {
         let started = Instant::now();
         let principal = principal_of(&request);
         let req = request.into_inner();
@@ -320,7 +321,8 @@ impl FeatureService for FeatureServiceImpl {
         &self,
         request: Request<GetOnlineFeaturesRequest>,
     ) -> Result<Response<GetOnlineFeaturesResponse>, Status> {
-        self.lookup(request.map(LookupRequest::from)).await
+        let answer = self.lookup(request.map(LookupRequest::from)).await?;
+        Ok(answer.map(PackedAnswer::into_response))
     }
 
     type ExportFeaturesStream = ExportStream;

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use quiver_proto::ShardId;
-use quiver_proto::packed::ColumnBuilder;
+use quiver_proto::packed::{ColumnBuilder, PackedAnswer};
 use quiver_proto::v1::{FeatureStatus, GetOnlineFeaturesResponse, ShardWatermark, TopicOffset};
 use rocksdb::DBPinnableSlice;
 
@@ -138,7 +138,7 @@ pub fn execute(
     replicas: &[Reader],
     now_micros: i64,
     mode: ReadMode,
-) -> Result<GetOnlineFeaturesResponse, ExecError> {
+) -> Result<PackedAnswer, ExecError> {
     if replicas.len() != plan.by_shard.len() {
         return Err(ServeError::Storage(format!(
             "internal: {} replicas for a plan over {} shards",
@@ -243,14 +243,16 @@ pub fn execute(
             fill_row(vp, shard, row, value, now_micros, &mut columns)?;
         }
     }
-    Ok(GetOnlineFeaturesResponse {
+    // The builders are encoded where they are (`PackedAnswer`), not finished and moved.
+    let head = GetOnlineFeaturesResponse {
         columns: Vec::new(),
         watermarks,
-        packed_columns: columns.into_iter().map(ColumnBuilder::finish).collect(),
+        packed_columns: Vec::new(),
         row_count: n as u32,
         view_versions: compiled.views.iter().map(|v| v.view.version).collect(),
         registry_revision: compiled.revision,
-    })
+    };
+    Ok(PackedAnswer::new(head, columns))
 }
 
 /// The keys `buf[..ends[0]]`, `buf[ends[0]..ends[1]]`, … as slices.

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use quiver_proto::lookup_request::LookupRequest;
-use quiver_proto::v1::GetOnlineFeaturesResponse;
+use quiver_proto::packed::PackedAnswer;
 use quiver_proto::v1::feature_service_server::FeatureServiceServer;
 use tonic::codec::{CompressionEncoding, EnabledCompressionEncodings};
 use tonic::codegen::{Body, BoxFuture, Service, StdError, http};
@@ -95,12 +95,10 @@ where
             return self.generated.call(req);
         }
         let method = Lookup(self.lookup.clone());
-        let mut grpc = tonic::server::Grpc::new(ProstCodec::<
-            GetOnlineFeaturesResponse,
-            LookupRequest,
-        >::default())
-        .apply_compression_config(self.accept, self.send)
-        .apply_max_message_size_config(Some(self.max_decoding), Some(self.max_encoding));
+        let mut grpc =
+            tonic::server::Grpc::new(ProstCodec::<PackedAnswer, LookupRequest>::default())
+                .apply_compression_config(self.accept, self.send)
+                .apply_max_message_size_config(Some(self.max_decoding), Some(self.max_encoding));
         Box::pin(async move { Ok(grpc.unary(method, req).await) })
     }
 }
@@ -109,8 +107,8 @@ where
 struct Lookup(Arc<FeatureServiceImpl>);
 
 impl tonic::server::UnaryService<LookupRequest> for Lookup {
-    type Response = GetOnlineFeaturesResponse;
-    type Future = BoxFuture<Response<GetOnlineFeaturesResponse>, Status>;
+    type Response = PackedAnswer;
+    type Future = BoxFuture<Response<PackedAnswer>, Status>;
 
     fn call(&mut self, request: Request<LookupRequest>) -> Self::Future {
         let service = self.0.clone();

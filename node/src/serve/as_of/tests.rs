@@ -196,7 +196,7 @@ fn as_of(
     let local = HashMap::from([(ShardId(0), store.clone())]);
     let replicas = replicas_for(&plan, &local, 0)?;
     match execute(&plan, &replicas, now, ReadMode::Full) {
-        Ok(mut r) => {
+        Ok(r) => {
             assert!(
                 matches!(
                     execute(&plan, &replicas, now, ReadMode::CachedOnly),
@@ -204,7 +204,7 @@ fn as_of(
                 ),
                 "as-of reads run off the async workers"
             );
-            Ok(r.packed_columns.remove(0))
+            Ok(r.into_response().packed_columns.remove(0))
         }
         Err(ExecError::Serve(e)) => Err(e),
         Err(ExecError::NeedsIo) => unreachable!("a full read does not ask for I/O"),

@@ -76,6 +76,7 @@ fn pending_streams_are_neither_reported_nor_waited_on() {
     let Ok(resp) = execute(&plan, &replicas, 0, ReadMode::Full) else {
         panic!("lookup failed")
     };
+    let resp = resp.into_response();
     let reported: Vec<&str> = resp.watermarks[0]
         .offsets
         .iter()

@@ -1,0 +1,219 @@
+use bytes::Buf;
+use prost::Message;
+
+use super::*;
+use crate::v1::{FeatureColumn, ShardWatermark, TopicOffset, Value};
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> usize {
+        (self.next() % n) as usize
+    }
+
+    /// A length: often empty, sometimes long enough for several reallocations.
+    fn len(&mut self) -> usize {
+        [0, 0, 1, 2, 7, 100, 300][self.below(7)]
+    }
+
+    /// Any u64, small ones more often (varints of every length).
+    fn wide(&mut self) -> u64 {
+        self.next() >> (self.below(8) * 8)
+    }
+
+    fn vec<T>(&mut self, mut f: impl FnMut(&mut Self) -> T) -> Vec<T> {
+        (0..self.len()).map(|_| f(self)).collect()
+    }
+}
+
+/// A column with arbitrary arrays (the decoder does not validate; it must only agree
+/// with prost), including negative statuses and values beyond u32 that prost truncates.
+fn column(rng: &mut Rng) -> PackedColumn {
+    PackedColumn {
+        name: ["", "v:f", "view_é:🦀"][rng.below(3)].into(),
+        r#type: rng.below(12) as i32 - 1,
+        statuses: rng.vec(|r| r.wide() as i32),
+        null_rows: rng.vec(|r| r.wide() as u32),
+        bools: rng.vec(|r| r.next() & 1 == 1),
+        int64s: rng.vec(|r| r.next() as i64),
+        float64s: rng.vec(|r| f64::from_bits(r.next() & !(0x7ff << 52)) * 1e10),
+        float32s: rng.vec(|r| (r.next() as i32) as f32 / 7.0),
+        blob: rng.vec(|r| r.next() as u8).into(),
+        offsets: rng.vec(|r| r.wide() as u32),
+        list_offsets: rng.vec(|r| r.wide() as u32),
+        dimension: rng.wide() as u32,
+        event_times_micros: rng.vec(|r| r.next() as i64),
+    }
+}
+
+fn response(rng: &mut Rng) -> GetOnlineFeaturesResponse {
+    GetOnlineFeaturesResponse {
+        columns: (0..rng.below(2))
+            .map(|_| FeatureColumn {
+                name: "v:cells".into(),
+                values: vec![Value::default(); rng.below(3)],
+                statuses: rng.vec(|r| r.below(4) as i32),
+                event_times_micros: rng.vec(|r| r.next() as i64),
+            })
+            .collect(),
+        watermarks: (0..rng.below(3))
+            .map(|i| ShardWatermark {
+                shard: i as u32,
+                offsets: (0..rng.below(3))
+                    .map(|t| TopicOffset {
+                        topic: format!("t{t}"),
+                        next_offset: rng.next() as i64,
+                    })
+                    .collect(),
+            })
+            .collect(),
+        packed_columns: (0..rng.below(6)).map(|_| column(rng)).collect(),
+        row_count: rng.wide() as u32,
+        view_versions: rng.vec(|r| r.wide() as u32),
+        registry_revision: rng.wide(),
+    }
+}
+
+/// Both decoders over `buf` split at `split` (a chained, non-contiguous buffer when the
+/// split is inside it).
+fn both(
+    bytes: &[u8],
+    split: usize,
+) -> (
+    Result<GetOnlineFeaturesResponse, DecodeError>,
+    Result<GetOnlineFeaturesResponse, DecodeError>,
+) {
+    let (a, b) = bytes.split_at(split.min(bytes.len()));
+    let generated = GetOnlineFeaturesResponse::decode(a.chain(b));
+    let ours = LookupResponse::decode(a.chain(b)).map(|r| r.0);
+    (generated, ours)
+}
+
+#[test]
+fn decodes_what_prost_decodes_for_arbitrary_responses() {
+    let mut rng = Rng(7);
+    let mut packed_fields = 0;
+    for _ in 0..400 {
+        let resp = response(&mut rng);
+        packed_fields += resp.packed_columns.len();
+        let bytes = resp.encode_to_vec();
+        let ours = LookupResponse::decode(&bytes[..]).expect("decodes").0;
+        assert_eq!(ours, resp);
+        // Non-contiguous: the packed fields that straddle the split go to prost.
+        let split = rng.below(bytes.len() as u64 + 1);
+        let (generated, ours) = both(&bytes, split);
+        assert_eq!(ours.expect("decodes"), generated.expect("decodes"));
+    }
+    assert!(
+        packed_fields > 500,
+        "only {packed_fields} columns generated"
+    );
+}
+
+#[test]
+fn keeps_the_capacity_of_each_array_to_its_length() {
+    let mut rng = Rng(11);
+    for _ in 0..100 {
+        let col = column(&mut rng);
+        let resp = GetOnlineFeaturesResponse {
+            packed_columns: vec![col.clone(), col],
+            ..Default::default()
+        };
+        let ours = LookupResponse::decode(&resp.encode_to_vec()[..])
+            .expect("decodes")
+            .0;
+        for c in &ours.packed_columns {
+            assert_eq!(c.float64s.capacity(), c.float64s.len());
+            assert_eq!(c.statuses.capacity(), c.statuses.len());
+            assert_eq!(c.offsets.capacity(), c.offsets.len());
+            assert_eq!(c.event_times_micros.capacity(), c.event_times_micros.len());
+        }
+    }
+}
+
+/// The same column with every numeric array unpacked (one key per element), which a
+/// protobuf decoder must accept too.
+fn unpacked(col: &PackedColumn) -> Vec<u8> {
+    use prost::encoding::{bool, double, float, int32, sfixed64, string, uint32};
+    let mut b = Vec::new();
+    string::encode(1, &col.name, &mut b);
+    int32::encode(2, &col.r#type, &mut b);
+    int32::encode_repeated(3, &col.statuses, &mut b);
+    uint32::encode_repeated(4, &col.null_rows, &mut b);
+    bool::encode_repeated(5, &col.bools, &mut b);
+    sfixed64::encode_repeated(6, &col.int64s, &mut b);
+    double::encode_repeated(7, &col.float64s, &mut b);
+    float::encode_repeated(8, &col.float32s, &mut b);
+    prost::encoding::bytes::encode(9, &col.blob, &mut b);
+    uint32::encode_repeated(10, &col.offsets, &mut b);
+    uint32::encode_repeated(11, &col.list_offsets, &mut b);
+    sfixed64::encode_repeated(13, &col.event_times_micros, &mut b);
+    b
+}
+
+#[test]
+fn decodes_unpacked_and_split_arrays_as_prost_does() {
+    let mut rng = Rng(3);
+    for _ in 0..200 {
+        let (c1, c2) = (column(&mut rng), column(&mut rng));
+        // An unpacked column, then a packed one whose arrays arrive in two pieces each
+        // (a repeated field may occur more than once; the pieces are concatenated).
+        let mut body = unpacked(&c1);
+        body.extend(c2.encode_to_vec());
+        body.extend(c1.encode_to_vec());
+        let mut bytes = Vec::new();
+        prost::encoding::bytes::encode(PACKED_COLUMNS, &body, &mut bytes);
+        let (generated, ours) = both(&bytes, bytes.len());
+        let generated = generated.expect("decodes");
+        assert_eq!(ours.expect("decodes"), generated);
+        assert_eq!(
+            generated.packed_columns[0].float64s.len(),
+            c1.float64s.len() * 2 + c2.float64s.len()
+        );
+    }
+}
+
+#[test]
+fn accepts_and_refuses_corrupted_responses_exactly_as_prost_does() {
+    let mut rng = Rng(5);
+    let (mut ok, mut refused) = (0, 0);
+    for _ in 0..3000 {
+        let mut bytes = response(&mut rng).encode_to_vec();
+        if bytes.is_empty() {
+            continue;
+        }
+        for _ in 0..1 + rng.below(3) {
+            let i = rng.below(bytes.len() as u64);
+            match rng.below(4) {
+                0 => bytes[i] = rng.next() as u8,
+                1 => bytes[i] ^= 0x80,
+                2 => bytes.truncate(i),
+                _ => bytes.insert(i, [0x80, 0xff, 0x01, 0x0a][rng.below(4)]),
+            }
+            if bytes.is_empty() {
+                break;
+            }
+        }
+        let split = rng.below(bytes.len() as u64 + 1);
+        match both(&bytes, split) {
+            (Ok(g), Ok(o)) => {
+                assert_eq!(o, g);
+                ok += 1;
+            }
+            (Err(_), Err(_)) => refused += 1,
+            (g, o) => panic!("prost {g:?}, ours {o:?} for {bytes:?}"),
+        }
+    }
+    assert!(
+        ok > 100 && refused > 100,
+        "{ok} accepted, {refused} refused"
+    );
+}
