@@ -21,11 +21,12 @@ use quiver_node::serve::plan::{PlanCache, plan_keys};
 use quiver_node::storage::row_codec::{decode_row, decode_selected, encode_row};
 use quiver_proto::Partitioner;
 use quiver_proto::lookup_request::LookupRequest;
-use quiver_proto::packed::ColumnBuilder;
+use quiver_proto::lookup_response::LookupResponse;
+use quiver_proto::packed::{ColumnBuilder, gather};
 use quiver_proto::v1::value::Kind;
 use quiver_proto::v1::{
     ClusterMap, EntityKey, FeatureColumn, FeatureStatus, FeatureType, GetOnlineFeaturesRequest,
-    GetOnlineFeaturesResponse, ReplicaInfo, ShardReplicas, Value,
+    GetOnlineFeaturesResponse, PackedColumn, ReplicaInfo, ShardReplicas, Value,
 };
 
 fn partitioner(c: &mut Criterion) {
@@ -140,14 +141,35 @@ fn lookup(c: &mut Criterion) {
             &req,
             |b, req| b.iter(|| lookup(req)),
         );
-        let resp = lookup(&req);
-        let mut out = Vec::with_capacity(resp.encoded_len());
-        g.bench_with_input(BenchmarkId::new("response_encode", n), &resp, |b, resp| {
-            b.iter(|| {
-                out.clear();
-                resp.encode(&mut out).expect("buffer has capacity");
-            })
+        // Encoding straight from the builders (what the node sends) against finishing
+        // them into the generated message first (what it did before `PackedAnswer`).
+        let mut out = Vec::with_capacity(lookup(&req).encoded_len());
+        g.bench_with_input(BenchmarkId::new("response_encode", n), &req, |b, req| {
+            b.iter_batched(
+                || lookup(req),
+                |resp| {
+                    out.clear();
+                    resp.encode(&mut out).expect("buffer has capacity");
+                },
+                criterion::BatchSize::SmallInput,
+            )
         });
+        g.bench_with_input(
+            BenchmarkId::new("response_finish_then_encode", n),
+            &req,
+            |b, req| {
+                b.iter_batched(
+                    || lookup(req),
+                    |resp| {
+                        out.clear();
+                        resp.into_response()
+                            .encode(&mut out)
+                            .expect("buffer has capacity");
+                    },
+                    criterion::BatchSize::SmallInput,
+                )
+            },
+        );
     }
     g.finish();
 }
@@ -231,6 +253,18 @@ fn wire_decode(c: &mut Criterion) {
                     GetOnlineFeaturesResponse::decode(black_box(bytes.as_slice())).expect("valid")
                 })
             });
+            if name == "packed" {
+                // The smart client's decoder of the same bytes.
+                g.bench_with_input(
+                    BenchmarkId::new("packed_one_pass", n),
+                    &bytes,
+                    |b, bytes| {
+                        b.iter(|| {
+                            LookupResponse::decode(black_box(bytes.as_slice())).expect("valid")
+                        })
+                    },
+                );
+            }
         }
     }
     g.finish();
@@ -260,6 +294,42 @@ fn client_route_merge(c: &mut Criterion) {
                 criterion::BatchSize::SmallInput,
             )
         });
+        // The columns alone, typed gather against the row-by-row builder it replaced.
+        let order = split.row_order();
+        let first: Vec<&PackedColumn> = parts.iter().map(|p| &p.packed_columns[0]).collect();
+        g.bench_with_input(
+            BenchmarkId::new("gather_50_columns", n),
+            &order,
+            |b, order| {
+                b.iter(|| {
+                    (0..50)
+                        .map(|_| gather(&first, order).expect("in range"))
+                        .collect::<Vec<_>>()
+                })
+            },
+        );
+        g.bench_with_input(
+            BenchmarkId::new("row_by_row_50_columns", n),
+            &order,
+            |b, order| {
+                b.iter(|| {
+                    (0..50)
+                        .map(|_| {
+                            let mut c = ColumnBuilder::new(
+                                first[0].name.clone(),
+                                FeatureType::Float64,
+                                order.len(),
+                                false,
+                            );
+                            for &(p, r) in order {
+                                c.push_row_of(first[p as usize], r as usize);
+                            }
+                            c.finish()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            },
+        );
     }
     g.finish();
 }

@@ -49,6 +49,21 @@ impl Split {
             .collect()
     }
 
+    /// Request row → (part, row in part), parts in [`Split::shard_keys`] order.
+    pub fn row_order(&self) -> Vec<(u32, u32)> {
+        let mut loc = vec![(u32::MAX, 0u32); self.0.unique.len()];
+        for (p, idx) in self.0.by_shard.values().enumerate() {
+            for (row, u) in idx.iter().enumerate() {
+                loc[*u as usize] = (p as u32, row as u32);
+            }
+        }
+        self.0
+            .row_to_unique
+            .iter()
+            .map(|u| loc[*u as usize])
+            .collect()
+    }
+
     /// Merges one answer per shard (in [`Split::shard_keys`] order, rows in its key order)
     /// into the request-ordered result, as a lookup does after its fan-out.
     ///
@@ -58,18 +73,6 @@ impl Split {
         &self,
         parts: Vec<GetOnlineFeaturesResponse>,
     ) -> Result<LookupResult, ClientError> {
-        let mut loc = vec![(u32::MAX, 0u32); self.0.unique.len()];
-        for (p, idx) in self.0.by_shard.values().enumerate() {
-            for (row, u) in idx.iter().enumerate() {
-                loc[*u as usize] = (p as u32, row as u32);
-            }
-        }
-        let rows = self
-            .0
-            .row_to_unique
-            .iter()
-            .map(|u| loc[*u as usize])
-            .collect();
-        LookupResult::assemble(parts, rows)
+        LookupResult::assemble(parts, self.row_order())
     }
 }
