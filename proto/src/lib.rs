@@ -19,6 +19,9 @@ pub mod packed;
 pub mod partition;
 pub mod transport;
 
+#[cfg(test)]
+mod test_rng;
+
 /// Generated code for package `quiver.v1`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod v1 {

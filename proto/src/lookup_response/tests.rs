@@ -2,23 +2,17 @@ use bytes::Buf;
 use prost::Message;
 
 use super::*;
+use crate::test_rng::Rng;
 use crate::v1::{FeatureColumn, ShardWatermark, TopicOffset, Value};
 
-struct Rng(u64);
+/// Lengths and values shaped for the decoder tests.
+trait Draw {
+    fn len(&mut self) -> usize;
+    fn wide(&mut self) -> u64;
+    fn vec<T>(&mut self, f: impl FnMut(&mut Self) -> T) -> Vec<T>;
+}
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> usize {
-        (self.next() % n) as usize
-    }
-
+impl Draw for Rng {
     /// A length: often empty, sometimes long enough for several reallocations.
     fn len(&mut self) -> usize {
         [0, 0, 1, 2, 7, 100, 300][self.below(7)]
