@@ -10,18 +10,15 @@
 # (the smart client plus the load generator) and for the nodes summed (idle threads
 # included). Alternate two builds' binaries, several times, to compare them.
 set -u
+. "$(dirname "$0")/lib.sh"
 bench=$1 node=$2 case_=$3 rate=$4 nodes=${5:-3}
 extra=""; [ "$nodes" = 1 ] && extra="--nodes 1 --replication 1"
 work=$(mktemp -d)
 QUIVER_NODE_BIN=$node $bench lookup --out $work/r --entities 20000 --cases $case_ --peers echo $extra \
   --start-rate $rate --max-rate $rate --step-secs 40 --refine 0 --measure-secs 1 --slo-p99-ms 100000 > $work/log 2>&1 &
 bp=$!
-for _ in $(seq 1200); do n=$(pgrep -x quiver-node | wc -l); [ "$n" -ge "$nodes" ] && break; sleep 0.5; done
-sleep 1
-np=$(pgrep -x quiver-node | head -1)
-lookups() { for port in $(ss -ltnpH 2>/dev/null | grep "pid=$np," | awk '{print $4}' | sed 's/.*://'); do
-  curl -s --max-time 1 "http://127.0.0.1:$port/metrics" 2>/dev/null | awk '/^quiver_serve_requests_total\{.*get_online_features/ {s += $2} END {print s + 0}'; done | sort -n | tail -1; }
-for _ in $(seq 1200); do [ "$(lookups)" -gt 300 ] 2>/dev/null && break; sleep 0.5; done
+np=$(await_nodes "$bp" "$work/log" "$nodes") || exit 1
+await_lookups "$bp" "$work/log" "$np" 300
 sleep 4
 cpu() { awk '{print $14+$15}' /proc/$1/stat; }
 pids="$(pgrep -x quiver-node)"

@@ -15,6 +15,7 @@
 # QUIVER_PROFILE_SKIP waits that many seconds after the load starts before sampling
 # (e.g. SECONDS + 40 to sample the second system's step instead of the first's).
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 case_=$1 rate=$2 out=$3 secs=${4:-10}
 target=${CARGO_TARGET_DIR:-/var/tmp/quiver-target}
 bench=${QUIVER_BENCH_BIN:-$target/release/quiver-bench}
@@ -26,23 +27,8 @@ trap 'kill "$bench_pid" 2>/dev/null || true; wait "$bench_pid" 2>/dev/null || tr
     ${QUIVER_BENCH_ARGS:-} >"$work/bench.log" 2>&1 &
 bench_pid=$!
 # The node is up once it listens; the load has started once its lookup counter moves.
-node_pid=""
-for _ in $(seq 600); do
-    node_pid=$(pgrep -n -x quiver-node || true)
-    [ -n "$node_pid" ] && break
-    sleep 0.5
-done
-[ -n "$node_pid" ] || { echo "no quiver-node started" >&2; cat "$work/bench.log" >&2; exit 1; }
-lookups() {
-    for port in $(ss -ltnpH 2>/dev/null | grep "pid=$node_pid," | awk '{print $4}' | sed 's/.*://'); do
-        curl -s --max-time 1 "http://127.0.0.1:$port/metrics" 2>/dev/null |
-            awk '/^quiver_serve_requests_total\{.*get_online_features/ {s += $2} END {print s + 0}'
-    done | sort -n | tail -1
-}
-for _ in $(seq 1200); do
-    [ "$(lookups)" -gt 1000 ] 2>/dev/null && break
-    sleep 0.5
-done
+node_pid=$(await_nodes "$bench_pid" "$work/bench.log" 1) || exit 1
+await_lookups "$bench_pid" "$work/bench.log" "$node_pid" 1000
 sleep $((3 + ${QUIVER_PROFILE_SKIP:-0}))
 perf record -F 499 --call-graph dwarf,32768 -p "$node_pid" -o "$work/perf.data" -- sleep "$secs" \
     >/dev/null 2>&1

@@ -10,6 +10,7 @@
 # (inferno-flamegraph < X.folded > X.svg). QUIVER_BENCH_BIN and QUIVER_NODE_BIN pick
 # the binaries.
 set -eu
+. "$(dirname "$0")/lib.sh"
 case_=$1 rate=$2 out=$3 secs=${4:-8}
 target=${CARGO_TARGET_DIR:-/var/tmp/quiver-target}
 bench=${QUIVER_BENCH_BIN:-$target/release/quiver-bench}
@@ -19,13 +20,8 @@ work=$(mktemp -d)
     --cases "$case_" --peers echo --start-rate "$rate" --max-rate "$rate" \
     --step-secs $((secs + 30)) --refine 0 --measure-secs 1 --slo-p99-ms 100000 >"$work/bench.log" 2>&1 &
 bench_pid=$!
-for _ in $(seq 1200); do
-  n=$(pgrep -x quiver-node | wc -l || true); [ "$n" -ge 3 ] && break; sleep 0.5; done
-sleep 1
-node=$(pgrep -x quiver-node | head -1)
-lookups() { for port in $(ss -ltnpH 2>/dev/null | grep "pid=$node," | awk '{print $4}' | sed 's/.*://'); do
-  curl -s --max-time 1 "http://127.0.0.1:$port/metrics" 2>/dev/null | awk '/^quiver_serve_requests_total\{.*get_online_features/ {s += $2} END {print s + 0}'; done | sort -n | tail -1; }
-for _ in $(seq 1200); do [ "$(lookups)" -gt 500 ] 2>/dev/null && break; sleep 0.5; done
+node=$(await_nodes "$bench_pid" "$work/bench.log" 3) || exit 1
+await_lookups "$bench_pid" "$work/bench.log" "$node" 500
 sleep 3
 pids=$(pgrep -x quiver-node | paste -sd,)
 perf record -F 299 --call-graph dwarf,16384 -p "$pids" -o "$work/perf.data" -- sleep "$secs" >/dev/null 2>&1 &

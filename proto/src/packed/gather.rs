@@ -54,51 +54,41 @@ pub fn gather(parts: &[&PackedColumn], rows: &[(u32, u32)]) -> Option<PackedColu
         statuses: Vec::with_capacity(rows.len()),
         ..Default::default()
     };
+    let n = rows.len();
+    let d = first.dimension as usize;
+    match ty {
+        FeatureType::Bool => out.bools.reserve_exact(n),
+        FeatureType::Int64 => out.int64s.reserve_exact(n),
+        FeatureType::Float64 => out.float64s.reserve_exact(n),
+        _ => {
+            out.dimension = first.dimension;
+            out.float32s = vec![0.0; n * d];
+        }
+    }
     if event_times {
-        out.event_times_micros = rows
-            .iter()
-            .map(|&(p, r)| parts[p as usize].event_time_at(r as usize))
-            .collect();
+        out.event_times_micros.reserve_exact(n);
     }
     for (i, &(p, r)) in rows.iter().enumerate() {
-        let c = parts[p as usize];
-        let status = c.status_at(r as usize);
+        let (c, r) = (parts[p as usize], r as usize);
+        let status = c.status_at(r);
         out.statuses.push(status as i32);
-        if status == FeatureStatus::Present && c.is_null(r as usize) {
+        let null = status == FeatureStatus::Present && c.is_null(r);
+        if null {
             out.null_rows.push(i as u32);
         }
-    }
-    // A row without a value (missing, or null) is zero, as the builder pads it.
-    let value = |p: u32, r: u32| has_value(parts[p as usize], r).then_some(r as usize);
-    match ty {
-        FeatureType::Bool => {
-            out.bools = rows
-                .iter()
-                .map(|&(p, r)| value(p, r).is_some_and(|r| parts[p as usize].bools[r]))
-                .collect();
+        if event_times {
+            out.event_times_micros.push(c.event_time_at(r));
         }
-        FeatureType::Int64 => {
-            out.int64s = rows
-                .iter()
-                .map(|&(p, r)| value(p, r).map_or(0, |r| parts[p as usize].int64s[r]))
-                .collect();
-        }
-        FeatureType::Float64 => {
-            out.float64s = rows
-                .iter()
-                .map(|&(p, r)| value(p, r).map_or(0.0, |r| parts[p as usize].float64s[r]))
-                .collect();
-        }
-        _ => {
-            let d = first.dimension as usize;
-            out.dimension = first.dimension;
-            out.float32s = vec![0.0; rows.len() * d];
-            for (i, &(p, r)) in rows.iter().enumerate() {
-                if let Some(r) = value(p, r) {
-                    out.float32s[i * d..(i + 1) * d]
-                        .copy_from_slice(&parts[p as usize].float32s[r * d..(r + 1) * d]);
-                }
+        // A row without a value (missing, or null) is zero, as the builder pads it.
+        let has = status == FeatureStatus::Present && !null;
+        match ty {
+            FeatureType::Bool => out.bools.push(has && c.bools[r]),
+            FeatureType::Int64 => out.int64s.push(if has { c.int64s[r] } else { 0 }),
+            FeatureType::Float64 => out.float64s.push(if has { c.float64s[r] } else { 0.0 }),
+            _ if has => {
+                out.float32s[i * d..(i + 1) * d].copy_from_slice(&c.float32s[r * d..(r + 1) * d])
             }
+            _ => {}
         }
     }
     Some(out)
