@@ -40,3 +40,20 @@ await_lookups() {
     cat "$log" >&2
     exit 1
 }
+
+# await_busy BENCH_PID LOG PID: waits until process PID uses CPU (over 0.2 s in a second),
+# i.e. until the bench's load has reached it (the echo server, which has no metrics).
+await_busy() {
+    local bench_pid=$1 log=$2 pid=$3 c0 c1
+    c0=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+    for _ in $(seq 1200); do
+        sleep 1
+        c1=$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null) || break
+        [ $((c1 - c0)) -gt $(($(getconf CLK_TCK) / 5)) ] && return 0
+        c0=$c1
+        kill -0 "$bench_pid" 2>/dev/null || break
+    done
+    echo "no load reached process $pid:" >&2
+    cat "$log" >&2
+    exit 1
+}

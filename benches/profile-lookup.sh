@@ -14,6 +14,9 @@
 # which measures plain `quiver` then `quiver-aggs`, each for a step of SECONDS + 30), and
 # QUIVER_PROFILE_SKIP waits that many seconds after the load starts before sampling
 # (e.g. SECONDS + 40 to sample the second system's step instead of the first's).
+# QUIVER_PROFILE_ECHO=1 samples the echo server instead, during its own step at the same
+# rate (quiver's step runs first): the transport's floor, profiled at equal load, for a
+# side-by-side reading with benches/folded-diff.py.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 case_=$1 rate=$2 out=$3 secs=${4:-10}
@@ -29,11 +32,17 @@ bench_pid=$!
 # The node is up once it listens; the load has started once its lookup counter moves.
 node_pid=$(await_nodes "$bench_pid" "$work/bench.log" 1) || exit 1
 await_lookups "$bench_pid" "$work/bench.log" "$node_pid" 1000
+target_pid=$node_pid
+if [ -n "${QUIVER_PROFILE_ECHO:-}" ]; then
+    target_pid=$(pgrep -n -f "quiver-bench serve-echo")
+    await_busy "$bench_pid" "$work/bench.log" "$target_pid"
+fi
 sleep $((3 + ${QUIVER_PROFILE_SKIP:-0}))
-perf record -F 499 --call-graph dwarf,32768 -p "$node_pid" -o "$work/perf.data" -- sleep "$secs" \
+perf record -F 499 --call-graph dwarf,32768 -p "$target_pid" -o "$work/perf.data" -- sleep "$secs" \
     >/dev/null 2>&1
 perf script -i "$work/perf.data" 2>/dev/null | inferno-collapse-perf > "$work/stacks.folded"
-inferno-flamegraph --title "quiver-node, $case_ lookups at $rate req/s" \
+what=quiver-node; [ -n "${QUIVER_PROFILE_ECHO:-}" ] && what="the echo floor"
+inferno-flamegraph --title "$what, $case_ lookups at $rate req/s" \
     < "$work/stacks.folded" > "$out"
 cp "$work/stacks.folded" "${out%.svg}.folded"
-echo "wrote $out (node pid $node_pid, $(wc -l < "$work/stacks.folded") distinct stacks)"
+echo "wrote $out ($what, pid $target_pid, $(wc -l < "$work/stacks.folded") distinct stacks)"

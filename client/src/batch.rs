@@ -14,6 +14,7 @@ use futures::future::join_all;
 use metrics::counter;
 use quiver_proto::ErrorCode;
 use quiver_proto::error::{behind_shards_from_status, opening_shards_from_status};
+use quiver_proto::lookup_request::OutgoingLookup;
 use quiver_proto::v1::{EntityKey, GetOnlineFeaturesRequest, GetOnlineFeaturesResponse};
 
 use crate::client::Inner;
@@ -82,6 +83,8 @@ type PartsFuture<'a> = Pin<Box<dyn Future<Output = Result<Vec<Part>, ClientError
 pub(crate) struct Call<'a> {
     inner: &'a Inner,
     features: &'a [String],
+    /// `features` encoded once for all the lookup's sub-requests.
+    references: prost::bytes::Bytes,
     feature_service: &'a str,
     batch: ShardedBatch,
     extra: &'a Watermarks,
@@ -101,6 +104,7 @@ impl<'a> Call<'a> {
         Call {
             inner,
             features: &lookup.features,
+            references: OutgoingLookup::encode_references(&lookup.features),
             feature_service: &lookup.feature_service,
             batch: shard_batch_at(
                 &table,
@@ -286,7 +290,7 @@ impl<'a> Call<'a> {
         }
     }
 
-    fn request_for(&self, g: &Group) -> (GetOnlineFeaturesRequest, Vec<u32>) {
+    fn request_for(&self, g: &Group) -> (OutgoingLookup, Vec<u32>) {
         let keys: Vec<u32> = g
             .shards
             .iter()
@@ -296,8 +300,8 @@ impl<'a> Call<'a> {
             .iter()
             .map(|&u| self.batch.unique[u as usize].clone())
             .collect();
-        let req = GetOnlineFeaturesRequest {
-            features: self.features.to_vec(),
+        let rest = GetOnlineFeaturesRequest {
+            features: Vec::new(),
             feature_service: self.feature_service.to_owned(),
             entity_keys,
             min_watermarks: self.inner.session.minimums(&g.shards, self.extra),
@@ -318,6 +322,10 @@ impl<'a> Call<'a> {
                 a.to_wire(times)
             }),
             ..Default::default()
+        };
+        let req = OutgoingLookup {
+            references: self.references.clone(),
+            rest,
         };
         (req, keys)
     }
@@ -340,7 +348,7 @@ impl<'a> Call<'a> {
             .fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
         let mut client = g.node.lookups();
-        let result = tokio::time::timeout(timeout, client.get_online_features(request)).await;
+        let result = tokio::time::timeout(timeout, client.send(request)).await;
         let outcome = match result {
             Ok(Ok(resp)) => {
                 if let Some(epoch) = resp

@@ -100,5 +100,68 @@ impl From<&GetOnlineFeaturesRequest> for LookupRequest {
     }
 }
 
+/// `quiver.v1.GetOnlineFeaturesRequest` as a client sends it: the feature references
+/// encoded once per lookup (`references`, field 1 as prost writes it) and shared by
+/// reference count among the lookup's sub-requests, retries and hedges; `rest` carries
+/// every other field (its own `features` must be empty). Encode-only: the bytes are
+/// exactly the generated message's with those references
+/// (`tests::an_outgoing_lookup_encodes_as_the_generated_request`).
+///
+/// Cloning the references into each sub-request's generated message was 50
+/// allocations per node per 50-feature lookup in the smart client.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OutgoingLookup {
+    /// Field 1 of the encoded message: [`OutgoingLookup::encode_references`].
+    pub references: Bytes,
+    /// The other fields.
+    pub rest: GetOnlineFeaturesRequest,
+}
+
+impl OutgoingLookup {
+    /// `features` encoded as field 1 of the message, in order.
+    pub fn encode_references(features: &[String]) -> Bytes {
+        let len: usize = features
+            .iter()
+            .map(|f| prost::encoding::string::encoded_len(1, f))
+            .sum();
+        let mut buf = Vec::with_capacity(len);
+        for f in features {
+            prost::encoding::string::encode(1, f, &mut buf);
+        }
+        buf.into()
+    }
+}
+
+impl prost::Message for OutgoingLookup {
+    fn encode_raw(&self, buf: &mut impl bytes::BufMut) {
+        debug_assert!(
+            self.rest.features.is_empty(),
+            "references go in `references`"
+        );
+        // Field 1 first, as prost orders fields by tag.
+        buf.put_slice(&self.references);
+        self.rest.encode_raw(buf);
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: prost::encoding::WireType,
+        buf: &mut impl bytes::Buf,
+        ctx: prost::encoding::DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        prost::encoding::skip_field(wire_type, tag, buf, ctx)
+    }
+
+    fn encoded_len(&self) -> usize {
+        self.references.len() + self.rest.encoded_len()
+    }
+
+    fn clear(&mut self) {
+        self.references = Bytes::new();
+        self.rest.clear();
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -205,13 +205,28 @@ where
         &mut self,
         request: impl tonic::IntoRequest<GetOnlineFeaturesRequest>,
     ) -> Result<tonic::Response<GetOnlineFeaturesResponse>, tonic::Status> {
+        self.send(request.into_request()).await
+    }
+
+    /// Looks features up with a request encoded as `GetOnlineFeaturesRequest` by another
+    /// message type (e.g. [`crate::lookup_request::OutgoingLookup`]).
+    ///
+    /// # Errors
+    /// The node's status, or a transport or decode error as a status.
+    pub async fn send<M>(
+        &mut self,
+        request: tonic::Request<M>,
+    ) -> Result<tonic::Response<GetOnlineFeaturesResponse>, tonic::Status>
+    where
+        M: prost::Message + Send + Sync + 'static,
+    {
         self.inner
             .ready()
             .await
             .map_err(|e| tonic::Status::unknown(format!("Service was not ready: {}", e.into())))?;
-        let codec = tonic_prost::ProstCodec::<GetOnlineFeaturesRequest, LookupResponse>::default();
+        let codec = tonic_prost::ProstCodec::<M, LookupResponse>::default();
         let path = PathAndQuery::from_static("/quiver.v1.FeatureService/GetOnlineFeatures");
-        let mut req = request.into_request();
+        let mut req = request;
         req.extensions_mut().insert(GrpcMethod::new(
             "quiver.v1.FeatureService",
             "GetOnlineFeatures",

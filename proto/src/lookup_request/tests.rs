@@ -118,3 +118,37 @@ fn the_twin_has_every_field_of_the_proto_message() {
         ]
     );
 }
+
+#[test]
+fn an_outgoing_lookup_encodes_as_the_generated_request() {
+    let cases = [
+        full_request(),
+        GetOnlineFeaturesRequest::default(),
+        GetOnlineFeaturesRequest {
+            features: vec![String::new(), "v:".into(), "x".repeat(300)],
+            ..Default::default()
+        },
+        GetOnlineFeaturesRequest {
+            features: vec![],
+            feature_service: "ranking".into(),
+            ..full_request()
+        },
+    ];
+    for want in cases {
+        let out = OutgoingLookup {
+            references: OutgoingLookup::encode_references(&want.features),
+            rest: GetOnlineFeaturesRequest {
+                features: Vec::new(),
+                ..want.clone()
+            },
+        };
+        let bytes = out.encode_to_vec();
+        assert_eq!(bytes, want.encode_to_vec());
+        assert_eq!(out.encoded_len(), bytes.len());
+        // What the node decodes is what was meant.
+        assert_eq!(
+            GetOnlineFeaturesRequest::decode(bytes.as_slice()).expect("decodes"),
+            want
+        );
+    }
+}

@@ -12,6 +12,15 @@
 
 mod args;
 
+/// mimalloc, as in `quiver-node`. This one process is the load generator, every system's
+/// client (the smart client, Redis's, Feast's) and, as `serve-echo`, the gRPC floor. On
+/// this 2-core box its CPU is taken from the servers under test: with glibc's malloc
+/// its allocator alone cost ~50 µs per 1 × 50 quiver lookup (a quarter of the process,
+/// `malloc_consolidate` and `unlink_chunk` included), and the echo floor allocated
+/// with another allocator than the node it is the floor of.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 
 use anyhow::Context;
