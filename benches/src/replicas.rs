@@ -42,7 +42,9 @@ pub struct ReplicasParams {
 pub struct CheckpointFigures {
     /// Bytes of the checkpoint.
     pub bytes: u64,
-    /// Seconds between the first and the last progress seen while bytes were copied.
+    /// Seconds between the first and the last progress seen while bytes were copied
+    /// (when the copy fell between two polls: from the assignment to serving, a bound,
+    /// and `bytes` is the shard's size on the peer).
     pub transfer_seconds: f64,
     /// Transfer rate over those seconds, MB/s (10⁶ bytes).
     pub transfer_mb_per_s: f64,
@@ -146,7 +148,7 @@ pub async fn run(p: ReplicasParams, work: &Path) -> anyhow::Result<ReplicasRepor
     let shard_bytes = dir_bytes(&shard_dir(&c, idx(peer)));
     eprintln!("shard 0: {shard_bytes} bytes on node {peer}; stopping node {stopped}");
 
-    let checkpoint = bootstrap(&mut c, idx(stopped), peer, newcomer).await?;
+    let checkpoint = bootstrap(&mut c, idx(stopped), peer, newcomer, shard_bytes).await?;
     eprintln!("{checkpoint:?}");
     // Every record on the new replica too.
     c.wait_applied(Duration::from_secs(600)).await?;
@@ -214,6 +216,7 @@ async fn bootstrap(
     stop: usize,
     peer: u64,
     newcomer: u64,
+    shard_bytes: u64,
 ) -> anyhow::Result<CheckpointFigures> {
     let pids: Vec<u32> = c
         .node_ids()
@@ -261,15 +264,32 @@ async fn bootstrap(
     }
     let serving = Instant::now();
     let node_cpu_seconds = cpu_seconds(&pids) - cpu0;
-    let ((t1, x1), (t2, x2, total)) = first.zip(last).context(
-        "the new replica never showed checkpoint progress (did it replay the log instead?)",
-    )?;
-    // The last poll may not see the end; count what was seen.
-    let transfer_seconds = (t2 - t1).as_secs_f64();
+    let (bytes, copied, transfer_seconds) = match first.zip(last) {
+        // The last poll may not see the end; count what was seen.
+        Some(((t1, x1), (t2, x2, total))) => (total, x2 - x1, (t2 - t1).as_secs_f64()),
+        None => {
+            // The copy began and ended between two polls (a small shard on a fast disk):
+            // the new node's progress gauge for the shard says whether it copied a
+            // checkpoint at all; the shard's size on the peer stands for the bytes, and
+            // the time from the assignment to serving bounds the transfer.
+            let progress = c.metric_sum_with(
+                (newcomer - 1) as usize,
+                "quiver_replica_bootstrap_progress_ratio",
+                "shard=\"0\"",
+            )?;
+            anyhow::ensure!(
+                progress >= 1.0,
+                "the new replica never showed checkpoint progress and did not finish \
+                 copying one (progress {progress}; did it replay the log instead?)"
+            );
+            let bound = (serving - assigned.unwrap_or(serving)).as_secs_f64();
+            (shard_bytes, shard_bytes, bound)
+        }
+    };
     Ok(CheckpointFigures {
-        bytes: total,
+        bytes,
         transfer_seconds,
-        transfer_mb_per_s: (x2 - x1) as f64 / 1e6 / transfer_seconds.max(1e-3),
+        transfer_mb_per_s: copied as f64 / 1e6 / transfer_seconds.max(1e-3),
         to_serving_seconds: (serving - assigned.unwrap_or(serving)).as_secs_f64(),
         node_cpu_seconds,
     })

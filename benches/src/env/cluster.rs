@@ -466,15 +466,17 @@ impl BenchCluster {
     /// # Errors
     /// When the node's exporter does not answer.
     pub fn metric_sum(&self, i: usize, name: &str) -> anyhow::Result<f64> {
+        self.metric_sum_with(i, name, "")
+    }
+
+    /// [`Self::metric_sum`] over the samples whose labels contain `label` (e.g.
+    /// `shard="0"`; empty: every sample).
+    ///
+    /// # Errors
+    /// When the node's exporter does not answer.
+    pub fn metric_sum_with(&self, i: usize, name: &str, label: &str) -> anyhow::Result<f64> {
         let m = &self.members[i];
         let text = super::http_get(&m.host, m.metrics, "/metrics")?;
-        Ok(text
-            .lines()
-            .filter(|l| {
-                l.strip_prefix(name)
-                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum())
+        Ok(super::prom::sum_samples(&text, name, label))
     }
 }

@@ -5,6 +5,7 @@ pub mod cluster;
 pub mod dataset;
 pub mod machine;
 pub mod progress;
+mod prom;
 
 pub use cluster::{BenchCluster, ClusterSpec};
 pub use dataset::{Dataset, KeyChoice};
