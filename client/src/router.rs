@@ -44,7 +44,7 @@ impl Rng {
 
 /// The bytes an entity key is hashed as: what producers use as the Kafka key.
 pub(crate) fn key_bytes(key: &EntityKey) -> Vec<u8> {
-    key.kind.as_ref().map_or_else(Vec::new, |k| k.kafka_key())
+    key_bytes_ref(key).into_owned()
 }
 
 /// [`key_bytes`] without a copy for a string key (the common case).
