@@ -104,6 +104,14 @@ pub const STORAGE_ROW_CACHE_HITS: &str = "quiver_storage_row_cache_hits_total";
 pub const STORAGE_ROW_CACHE_MISSES: &str = "quiver_storage_row_cache_misses_total";
 /// Bytes in the shared row cache.
 pub const STORAGE_ROW_CACHE_USAGE: &str = "quiver_storage_row_cache_usage_bytes";
+/// Lookup-cache hits: rows of plain views answered from quiver's own cache.
+pub const STORAGE_LOOKUP_CACHE_HITS: &str = "quiver_storage_lookup_cache_hits_total";
+/// Lookup-cache misses: rows read from RocksDB (and then cached if found).
+pub const STORAGE_LOOKUP_CACHE_MISSES: &str = "quiver_storage_lookup_cache_misses_total";
+/// Lookup-cache entries evicted to make room.
+pub const STORAGE_LOOKUP_CACHE_EVICTIONS: &str = "quiver_storage_lookup_cache_evictions_total";
+/// Bytes charged to the lookup cache's entries.
+pub const STORAGE_LOOKUP_CACHE_USAGE: &str = "quiver_storage_lookup_cache_usage_bytes";
 /// Estimated rows by `shard`.
 pub const STORAGE_ROWS: &str = "quiver_storage_rows_estimate";
 /// Bytes in memtables, summed over shards.
@@ -376,6 +384,23 @@ pub fn describe() {
         STORAGE_ROW_CACHE_USAGE,
         Unit::Bytes,
         "bytes held by the shared row cache"
+    );
+    describe_counter!(
+        STORAGE_LOOKUP_CACHE_HITS,
+        "rows of plain views answered from the node's lookup cache"
+    );
+    describe_counter!(
+        STORAGE_LOOKUP_CACHE_MISSES,
+        "rows of plain views not in the lookup cache (read from RocksDB)"
+    );
+    describe_counter!(
+        STORAGE_LOOKUP_CACHE_EVICTIONS,
+        "lookup cache entries evicted to make room"
+    );
+    describe_gauge!(
+        STORAGE_LOOKUP_CACHE_USAGE,
+        Unit::Bytes,
+        "bytes charged to the lookup cache's entries"
     );
     describe_gauge!(STORAGE_ROWS, Unit::Count, "estimated stored rows by shard");
     describe_gauge!(

@@ -24,6 +24,8 @@ pub struct ClusterSettings {
     pub block_cache_mib: u32,
     /// RocksDB row cache per node, MiB (0: none).
     pub row_cache_mib: u32,
+    /// quiver's lookup cache per node, MiB (0: none).
+    pub lookup_cache_mib: u32,
     /// `server.shutdown_delay`: 0 by default (tests stop nodes often and have no load
     /// balancer to wait for); the drain tests set it.
     pub shutdown_delay: Duration,
@@ -46,6 +48,7 @@ impl ClusterSettings {
             max_watermark_wait: Duration::from_millis(200),
             block_cache_mib: 16,
             row_cache_mib: 8,
+            lookup_cache_mib: 8,
             shutdown_delay: Duration::ZERO,
             security_toml: "[auth]\nenabled = false\n".into(),
             version_retention: None,
@@ -139,6 +142,7 @@ lag_refresh_interval = "500ms"
 [storage]
 block_cache_mib = {cache}
 row_cache_mib = {row_cache}
+lookup_cache_mib = {lookup_cache}
 write_buffer_mib = 16
 [limits]
 max_watermark_wait = "{wait}ms"
@@ -166,6 +170,7 @@ dead_after = "{dead}ms"
         dead = s.dead_after.as_millis(),
         cache = s.block_cache_mib,
         row_cache = s.row_cache_mib,
+        lookup_cache = s.lookup_cache_mib,
         delay = s.shutdown_delay.as_millis(),
         security = s.security_toml,
         registry = s.version_retention.map_or(String::new(), |r| format!(

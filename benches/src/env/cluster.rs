@@ -30,6 +30,8 @@ pub struct ClusterSpec {
     pub block_cache_mib: u32,
     /// RocksDB row cache per node, MiB (0: none).
     pub row_cache_mib: u32,
+    /// quiver's lookup cache per node, MiB (0: none).
+    pub lookup_cache_mib: u32,
     /// Mutual TLS everywhere and auth by certificate (a throw-away CA under the work dir).
     pub secure: bool,
     /// Also register, per view, an aggregation view of six windowed features over the
@@ -102,6 +104,7 @@ impl BenchCluster {
                 settings.max_watermark_wait = Duration::from_secs(10);
                 settings.block_cache_mib = spec.block_cache_mib;
                 settings.row_cache_mib = spec.row_cache_mib;
+                settings.lookup_cache_mib = spec.lookup_cache_mib;
                 if let Some(t) = security_toml {
                     settings.security_toml = t;
                 }

@@ -119,12 +119,13 @@ pub fn markdown(r: &LookupReport) -> String {
     s.push_str(&r.run.markdown());
     let _ = writeln!(
         s,
-        "- cluster: {} nodes, P = {}, R = {}, block cache {} MiB and row cache {} MiB per node{}; {} entities, keys `{}`, seed {}",
+        "- cluster: {} nodes, P = {}, R = {}, block cache {} MiB, row cache {} MiB and lookup cache {} MiB per node{}; {} entities, keys `{}`, seed {}",
         p.cluster.nodes,
         p.cluster.shards,
         p.cluster.replication,
         p.cluster.block_cache_mib,
         p.cluster.row_cache_mib,
+        p.cluster.lookup_cache_mib,
         if p.cluster.secure {
             ", mutual TLS + auth"
         } else {

@@ -267,6 +267,9 @@ pub struct StorageSection {
     /// Shared row cache (whole values of point reads, so a hot key skips the SST file's
     /// filter, index and data block), MiB; 0 disables it.
     pub row_cache_mib: usize,
+    /// quiver's lookup cache (the latest rows of hot keys of plain views, in front of
+    /// RocksDB), MiB; 0 disables it.
+    pub lookup_cache_mib: usize,
     /// Shared memtable budget, MiB.
     pub write_buffer_mib: usize,
     /// How long tombstones are kept.
@@ -418,6 +421,7 @@ impl Default for StorageSection {
         StorageSection {
             block_cache_mib: 512,
             row_cache_mib: 128,
+            lookup_cache_mib: 256,
             write_buffer_mib: 128,
             tombstone_retention: Duration::from_secs(24 * 3600),
             ttl_sweep_interval: Duration::from_secs(3600),

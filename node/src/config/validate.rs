@@ -311,6 +311,7 @@ impl NodeConfigFile {
                 data_dir: self.data_dir.clone(),
                 block_cache_bytes: self.storage.block_cache_mib << 20,
                 row_cache_bytes: self.storage.row_cache_mib << 20,
+                lookup_cache_bytes: self.storage.lookup_cache_mib << 20,
                 write_buffer_bytes: self.storage.write_buffer_mib << 20,
                 tombstone_retention: self.storage.tombstone_retention,
             },

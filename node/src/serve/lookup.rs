@@ -1,6 +1,7 @@
 //! Executing a planned lookup, independent of gRPC: the replicas it reads resolved once
 //! ([`replicas_for`]), then per shard one RocksDB snapshot (rows
-//! and watermark consistent), per (shard, view) one batched multi-get, then every row
+//! and watermark consistent), per (shard, view) one batched read through the lookup cache
+//! (`storage/lookup_cache.rs`; its misses from RocksDB), then every row
 //! decoded in request order straight into typed packed columns
 //! ([`quiver_proto::packed`]): each value is copied once, from the stored row into its
 //! response column, with no message or allocation per value.
@@ -16,13 +17,12 @@ use std::sync::Arc;
 use quiver_proto::ShardId;
 use quiver_proto::packed::{ColumnBuilder, PackedAnswer};
 use quiver_proto::v1::{FeatureStatus, GetOnlineFeaturesResponse, ShardWatermark, TopicOffset};
-use rocksdb::DBPinnableSlice;
 
 use super::ServeError;
 use super::plan::LookupPlan;
 use crate::gate::{Gate, GateGuard};
 use crate::storage::row_codec::{FieldRef, visit_selected};
-use crate::storage::{ShardStore, keys, row_codec};
+use crate::storage::{RowBytes, ShardStore, keys, row_codec};
 
 /// Where a lookup may read from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -216,8 +216,8 @@ pub fn execute(
             )?;
             continue;
         }
-        // One multi-get per shard; the pinned values stay valid while `reads` lives.
-        let mut fetched: Vec<Vec<Result<Option<DBPinnableSlice<'_>>, rocksdb::Error>>> =
+        // One batched read per shard; pinned values stay valid while `reads` lives.
+        let mut fetched: Vec<Vec<Result<Option<RowBytes<'_>>, rocksdb::Error>>> =
             Vec::with_capacity(reads.len());
         for (_, rows, read) in &reads {
             key_buf.clear();
@@ -232,7 +232,7 @@ pub fn execute(
                 key_ends.push(key_buf.len());
             }
             let slices = split_keys(&key_buf, &key_ends);
-            fetched.push(read.get_rows(slices.iter(), mode == ReadMode::CachedOnly));
+            fetched.push(read.get_latest_rows(&slices, mode == ReadMode::CachedOnly));
         }
         for (row, &(si, i)) in locate.iter().enumerate() {
             let shard = reads[si as usize].0;

@@ -12,6 +12,7 @@ use rocksdb::{
     BlockBasedOptions, Cache, DBCompressionType, DataBlockIndexType, Options, WriteBufferManager,
 };
 
+use super::lookup_cache::LookupCache;
 use super::shard_store::ShardStore;
 use super::{ShardIdentity, StorageError, keys, row_codec};
 
@@ -25,6 +26,9 @@ pub struct StorageConfig {
     /// Row cache shared by all shards (0: none): the values of point reads, so a read of
     /// a hot key skips the SST file's filter, index and data block search.
     pub row_cache_bytes: usize,
+    /// quiver's lookup cache (0: none): the latest rows of hot keys of plain views, in
+    /// front of RocksDB ([`super::lookup_cache`]).
+    pub lookup_cache_bytes: usize,
     /// Memtable budget shared by all shards (charged to the block cache).
     pub write_buffer_bytes: usize,
     /// How long a tombstone marker is kept so out-of-order older events cannot resurrect a
@@ -40,6 +44,7 @@ impl StorageConfig {
             block_cache_bytes: 16 << 20,
             // On in tests so that every read path runs through it.
             row_cache_bytes: 4 << 20,
+            lookup_cache_bytes: 4 << 20,
             write_buffer_bytes: 16 << 20,
             tombstone_retention: Duration::from_secs(3600),
         }
@@ -157,6 +162,7 @@ pub struct StorageEngine {
     config: StorageConfig,
     cache: Cache,
     row_cache: Option<Cache>,
+    lookup_cache: Option<Arc<LookupCache>>,
     write_buffers: WriteBufferManager,
     ttls: TtlTable,
     history: TtlTable,
@@ -178,10 +184,13 @@ impl StorageEngine {
         );
         let row_cache =
             (config.row_cache_bytes > 0).then(|| Cache::new_lru_cache(config.row_cache_bytes));
+        let lookup_cache = (config.lookup_cache_bytes > 0)
+            .then(|| Arc::new(LookupCache::new(config.lookup_cache_bytes)));
         Ok(StorageEngine {
             config,
             cache,
             row_cache,
+            lookup_cache,
             write_buffers,
             ttls: TtlTable::default(),
             history: TtlTable::default(),
@@ -207,6 +216,16 @@ impl StorageEngine {
     /// Bytes currently held by the shared row cache (0 without one).
     pub fn row_cache_usage(&self) -> usize {
         self.row_cache.as_ref().map_or(0, Cache::get_usage)
+    }
+
+    /// Bytes charged to the lookup cache's entries (0 without one).
+    pub fn lookup_cache_usage(&self) -> usize {
+        self.lookup_cache.as_ref().map_or(0, |c| c.usage())
+    }
+
+    /// The lookup cache every shard of this engine shares, if configured.
+    pub(super) fn lookup_cache(&self) -> Option<Arc<LookupCache>> {
+        self.lookup_cache.clone()
     }
 
     /// Directory of `shard`.

@@ -18,6 +18,7 @@
 mod engine;
 pub mod history;
 pub mod keys;
+pub mod lookup_cache;
 pub mod row_codec;
 mod shard_store;
 
@@ -25,8 +26,8 @@ mod shard_store;
 pub use engine::TestShard;
 pub use engine::{StorageConfig, StorageEngine, TtlTable};
 pub use shard_store::{
-    AggEvent, ApplyOutcome, ConsistentRead, IngestBatch, RowWrite, ShardStore, TopicProgress,
-    Watermark,
+    AggEvent, ApplyOutcome, ConsistentRead, IngestBatch, RowBytes, RowWrite, ShardStore,
+    TopicProgress, Watermark,
 };
 
 use quiver_proto::{Partitioner, ShardId};

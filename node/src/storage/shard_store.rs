@@ -14,6 +14,7 @@ use rocksdb::{
 use tokio::sync::watch;
 
 use super::engine::StorageEngine;
+use super::lookup_cache::{self, LookupCache};
 use super::{OffsetRecord, ShardIdentity, StorageError, keys, row_codec};
 
 const CF_ROWS: &str = "rows";
@@ -111,6 +112,11 @@ pub struct ShardStore {
     newest_event_micros: std::sync::atomic::AtomicI64,
     /// Odd while a write is in flight (see [`ShardStore::consistent_read`]).
     write_seq: AtomicU64,
+    /// The node's lookup cache, if configured ([`super::lookup_cache`]).
+    lookup_cache: Option<Arc<LookupCache>>,
+    /// This replica's generation in the lookup cache: fresh at open and after any change
+    /// of its rows outside [`ShardStore::apply`], so no older entry is read again.
+    generation: AtomicU64,
     /// Lookups and background reads enter it; closing the replica waits for them.
     gate: crate::gate::Gate,
 }
@@ -151,6 +157,8 @@ impl ShardStore {
             watermark: watch::channel(Arc::new(BTreeMap::new())).0,
             newest_event_micros: std::sync::atomic::AtomicI64::new(0),
             write_seq: AtomicU64::new(0),
+            lookup_cache: engine.lookup_cache(),
+            generation: AtomicU64::new(lookup_cache::fresh_generation()),
             gate: crate::gate::Gate::default(),
         };
         store.check_identity(&identity)?;
@@ -296,6 +304,8 @@ impl ShardStore {
         let mut tombstone = Vec::new();
         let mut newest = i64::MIN;
         let mut history = HistoryWriter::default();
+        // Rows written, for the lookup cache (only when there is one).
+        let mut won: Vec<&RowWrite> = Vec::new();
         for w in &batch.writes {
             if let Some(meta) = w.history {
                 // Every version, won or not: an older event arriving late is still the
@@ -308,6 +318,9 @@ impl ShardStore {
             let counter = &mut per_topic[w.topic];
             if wins {
                 *slot = Some(w.event_time_micros);
+                if self.lookup_cache.is_some() {
+                    won.push(w);
+                }
                 match &w.value {
                     Some(v) => wb.put_cf(rows, &w.key, v),
                     None => {
@@ -353,6 +366,14 @@ impl ShardStore {
         self.write_seq.fetch_add(1, Ordering::AcqRel);
         let written = self.db.write(wb).map_err(|e| self.rocks(e));
         if written.is_ok() {
+            // Still odd: cached rows change before readers can pair them with this
+            // write's watermark (see `lookup_cache`).
+            if let Some(cache) = &self.lookup_cache {
+                let generation = self.generation.load(Ordering::Acquire);
+                for w in won {
+                    cache.update_if_present(generation, &w.key, w.value.as_deref());
+                }
+            }
             let wm: BTreeMap<String, i64> = next
                 .iter()
                 .map(|(t, r)| (t.clone(), r.next_offset))
@@ -389,10 +410,12 @@ impl ShardStore {
         let snapshot = self.db.snapshot();
         let published = self.watermark.borrow().clone();
         let after = self.write_seq.load(Ordering::Acquire);
+        let between_writes = before == after && before.is_multiple_of(2);
         ConsistentRead {
             store: self,
             snapshot,
-            known: (before == after && before.is_multiple_of(2)).then_some(published),
+            known: between_writes.then_some(published),
+            seq: between_writes.then_some(before),
         }
     }
 
@@ -404,6 +427,20 @@ impl ShardStore {
             self.db
                 .compact_range_cf(self.cf(cf), None::<&[u8]>, None::<&[u8]>);
         }
+        // The sweep removed rows without a write: cached copies of them must go too.
+        let offsets = self.offsets.lock().unwrap_or_else(|p| p.into_inner());
+        self.write_seq.fetch_add(1, Ordering::AcqRel);
+        self.forget_cached_rows();
+        self.write_seq.fetch_add(1, Ordering::Release);
+        drop(offsets);
+    }
+
+    /// Makes every lookup-cache entry of this replica unreachable (a fresh generation).
+    /// Call with the write sequence odd, so no reader pairs an old entry with a newer
+    /// watermark and no fill from an older snapshot lands.
+    pub(super) fn forget_cached_rows(&self) {
+        self.generation
+            .store(lookup_cache::fresh_generation(), Ordering::Release);
     }
 
     /// Counts stored history entries (every kept row version). For tests and tools; it
@@ -504,6 +541,9 @@ pub struct ConsistentRead<'a> {
     snapshot: SnapshotWithThreadMode<'a, DB>,
     /// The snapshot's watermark, when it was known without reading (no write raced it).
     known: Option<Watermark>,
+    /// The (even) write sequence the snapshot was taken at, when no write raced it: the
+    /// lookup cache may answer for it ([`ConsistentRead::get_latest_rows`]).
+    seq: Option<u64>,
 }
 
 impl<'a> ConsistentRead<'a> {
@@ -596,6 +636,84 @@ impl<'a> ConsistentRead<'a> {
             .db
             .batched_multi_get_cf_opt(rows, keys, false, &o)
     }
+
+    /// The latest rows of plain views by storage key as of the snapshot, in `keys` order:
+    /// [`Self::get_rows`] behind the node's lookup cache. Rows read from RocksDB are
+    /// cached if no write has begun since the snapshot.
+    ///
+    /// The cache answers only when the snapshot was taken between writes and still no
+    /// write has begun after the probes (the write sequence unchanged): then every entry
+    /// is the row as of the snapshot. Otherwise everything is read from the snapshot.
+    pub fn get_latest_rows(
+        &self,
+        keys: &[&[u8]],
+        cached_only: bool,
+    ) -> Vec<Result<Option<RowBytes<'a>>, rocksdb::Error>> {
+        let pinned = |r: Result<Option<DBPinnableSlice<'a>>, rocksdb::Error>| {
+            r.map(|v| v.map(RowBytes::Pinned))
+        };
+        let store = self.store;
+        let (Some(cache), Some(seq)) = (&store.lookup_cache, self.seq) else {
+            return self
+                .get_rows(keys, cached_only)
+                .into_iter()
+                .map(pinned)
+                .collect();
+        };
+        let generation = store.generation.load(Ordering::Acquire);
+        let mut out = Vec::with_capacity(keys.len());
+        let mut missed: Vec<usize> = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            match cache.get(generation, key) {
+                Some(row) => out.push(Ok(Some(RowBytes::Cached(row)))),
+                None => {
+                    missed.push(i);
+                    out.push(Ok(None));
+                }
+            }
+        }
+        // The probes happen before this load (a seqlock's read side).
+        std::sync::atomic::fence(Ordering::Acquire);
+        if store.write_seq.load(Ordering::Acquire) != seq {
+            // A write began: some entry may be newer than the snapshot.
+            return self
+                .get_rows(keys, cached_only)
+                .into_iter()
+                .map(pinned)
+                .collect();
+        }
+        cache.record(keys.len() - missed.len(), missed.len());
+        if missed.is_empty() {
+            return out;
+        }
+        let read = self.get_rows(missed.iter().map(|&i| &keys[i]), cached_only);
+        for (&i, row) in missed.iter().zip(read) {
+            if let Ok(Some(bytes)) = &row {
+                cache.insert_if_unchanged(generation, keys[i], bytes, &store.write_seq, seq);
+            }
+            out[i] = pinned(row);
+        }
+        out
+    }
+}
+
+/// A stored row's bytes: pinned in RocksDB, or shared with the lookup cache.
+pub enum RowBytes<'a> {
+    /// Read through the snapshot.
+    Pinned(DBPinnableSlice<'a>),
+    /// From the lookup cache.
+    Cached(Arc<[u8]>),
+}
+
+impl std::ops::Deref for RowBytes<'_> {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            RowBytes::Pinned(p) => p,
+            RowBytes::Cached(c) => c,
+        }
+    }
 }
 
 /// Writes history entries into a batch with reused buffers.
@@ -673,5 +791,7 @@ impl HistoryWriter {
 mod checkpoint;
 mod drop;
 mod events;
+#[cfg(test)]
+mod lookup_cache_tests;
 #[cfg(test)]
 mod tests;

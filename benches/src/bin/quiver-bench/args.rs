@@ -96,6 +96,9 @@ pub(crate) struct Common {
     /// RocksDB row cache per node, MiB (0: none; the node's default is 128).
     #[arg(long, env = "QUIVER_BENCH_ROW_CACHE_MIB", default_value_t = 128)]
     pub(crate) row_cache_mib: u32,
+    /// quiver's lookup cache per node, MiB (0: none; the node's default is 256).
+    #[arg(long, env = "QUIVER_BENCH_LOOKUP_CACHE_MIB", default_value_t = 256)]
+    pub(crate) lookup_cache_mib: u32,
     /// Entities loaded.
     #[arg(long, env = "QUIVER_BENCH_ENTITIES", default_value_t = 50_000)]
     pub(crate) entities: u32,
@@ -136,6 +139,7 @@ impl Common {
             replication: self.replication,
             block_cache_mib: self.block_cache_mib,
             row_cache_mib: self.row_cache_mib,
+            lookup_cache_mib: self.lookup_cache_mib,
             secure: self.secure,
             aggregations: false,
             history: false,
@@ -310,6 +314,9 @@ pub(crate) struct ReplicasArgs {
     /// RocksDB row cache per node, MiB (0: none; the node's default is 128).
     #[arg(long, default_value_t = 128)]
     pub(crate) row_cache_mib: u32,
+    /// quiver's lookup cache per node, MiB (0: none; the node's default is 256).
+    #[arg(long, default_value_t = 256)]
+    pub(crate) lookup_cache_mib: u32,
 }
 
 #[derive(Args, Clone)]

@@ -140,6 +140,7 @@ async fn run_replicas(a: &ReplicasArgs) -> anyhow::Result<()> {
             replication: 2,
             block_cache_mib: a.block_cache_mib,
             row_cache_mib: a.row_cache_mib,
+            lookup_cache_mib: a.lookup_cache_mib,
             secure: false,
             aggregations: false,
             history: false,

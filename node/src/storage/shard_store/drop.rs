@@ -112,6 +112,8 @@ impl ShardStore {
         self.write_seq.fetch_add(1, Ordering::AcqRel);
         let written = self.db.write(wb).map_err(|e| self.rocks(e));
         if written.is_ok() {
+            // The version's rows are about to go (below, outside the sequence).
+            self.forget_cached_rows();
             for s in &streams {
                 offsets.remove(s);
             }

@@ -1,0 +1,281 @@
+//! The lookup cache: the latest stored row of hot keys, in front of RocksDB.
+//!
+//! A lookup of a plain view reads one row per key. Through RocksDB that is a memtable
+//! probe, then per SST file a probe of RocksDB's row cache (a mutex, a hash chain, its LRU
+//! list) or the file's filter, index and data block: ~1.5–2 µs per key even when every
+//! byte is in memory. This cache answers a hot key with one hash probe under a shared
+//! lock and a reference count.
+//!
+//! It is node-wide, bounded in bytes, and split into segments by key hash, each a hash
+//! table with CLOCK eviction (a hit sets the entry's reference bit under the shared lock;
+//! the insert that needs room clears bits until it finds an entry not used since the
+//! hand last passed). Entries are keyed by a store *generation* and the row's storage
+//! key: a replica gets a fresh generation when it opens and whenever its rows change
+//! outside the ingest path (a version dropped, a sweep), so older entries are never read
+//! again and age out.
+//!
+//! **Consistency** (see [`super::ConsistentRead`]): a store's write sequence is odd while
+//! a write is in flight. An ingest write replaces the entries of the keys it wrote while
+//! its sequence is odd, under the segment's lock; a reader that filled its answer from
+//! disk inserts it only if the sequence is still the even one its snapshot was taken at,
+//! checked under that same lock ([`LookupCache::insert_if_unchanged`]). So an entry is
+//! always the row as of the last completed write, and a reader that saw the same even
+//! sequence before and after its probes read exactly the state its watermark names.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+
+use hashbrown::HashTable;
+
+/// Segments (a power of two): enough that the ingest and lookup threads of a node rarely
+/// meet on one lock.
+const SEGMENTS: usize = 16;
+
+/// Bytes charged per entry beyond its key and value: the slot, the table's index entry,
+/// the allocations' headers.
+const ENTRY_OVERHEAD: usize = 96;
+
+/// A fresh store generation (never reused within the process).
+pub fn fresh_generation() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// The node's lookup cache (see the module documentation).
+pub struct LookupCache {
+    segments: Box<[RwLock<Segment>]>,
+    /// Bytes each segment may hold.
+    segment_budget: usize,
+    hasher: foldhash::fast::FixedState,
+    hits: metrics::Counter,
+    misses: metrics::Counter,
+    evictions: metrics::Counter,
+    bytes: AtomicUsize,
+}
+
+#[derive(Default)]
+struct Segment {
+    /// Indices into `slots`.
+    table: HashTable<u32>,
+    slots: Vec<Slot>,
+    /// Slots whose entry was removed, for reuse.
+    free: Vec<u32>,
+    /// The CLOCK hand: the next slot eviction looks at.
+    hand: usize,
+    bytes: usize,
+}
+
+struct Slot {
+    hash: u64,
+    generation: u64,
+    key: Box<[u8]>,
+    /// `None`: a free slot.
+    value: Option<Arc<[u8]>>,
+    referenced: AtomicBool,
+}
+
+impl Slot {
+    fn charge(&self) -> usize {
+        self.value
+            .as_ref()
+            .map_or(0, |v| charge(self.key.len(), v.len()))
+    }
+}
+
+fn charge(key: usize, value: usize) -> usize {
+    key + value + ENTRY_OVERHEAD
+}
+
+impl LookupCache {
+    /// A cache holding at most about `budget_bytes`.
+    pub fn new(budget_bytes: usize) -> Self {
+        LookupCache {
+            segments: (0..SEGMENTS).map(|_| RwLock::default()).collect(),
+            segment_budget: budget_bytes / SEGMENTS,
+            hasher: foldhash::fast::FixedState::with_seed(0x5157_4956_4552),
+            hits: metrics::counter!(crate::metrics::STORAGE_LOOKUP_CACHE_HITS),
+            misses: metrics::counter!(crate::metrics::STORAGE_LOOKUP_CACHE_MISSES),
+            evictions: metrics::counter!(crate::metrics::STORAGE_LOOKUP_CACHE_EVICTIONS),
+            bytes: AtomicUsize::new(0),
+        }
+    }
+
+    /// Bytes charged to entries now.
+    pub fn usage(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Counts one read's hits and misses (once per read, not per key).
+    pub fn record(&self, hits: usize, misses: usize) {
+        self.hits.increment(hits as u64);
+        self.misses.increment(misses as u64);
+    }
+
+    fn hash(&self, generation: u64, key: &[u8]) -> u64 {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one((generation, key))
+    }
+
+    fn segment(&self, hash: u64) -> &RwLock<Segment> {
+        // The table uses the hash's low bits; the segment takes high ones.
+        &self.segments[(hash >> 58) as usize % SEGMENTS]
+    }
+
+    /// The cached row of `key` in store generation `generation`.
+    pub fn get(&self, generation: u64, key: &[u8]) -> Option<Arc<[u8]>> {
+        let hash = self.hash(generation, key);
+        let seg = self.segment(hash).read().unwrap_or_else(|p| p.into_inner());
+        let slot = seg.find(hash, generation, key)?;
+        let slot = &seg.slots[slot as usize];
+        slot.referenced.store(true, Ordering::Relaxed);
+        slot.value.clone()
+    }
+
+    /// Caches `value` for `key` if `seq` still reads `expect`: the row was read from a
+    /// snapshot taken at write sequence `expect`, and no write has begun since (checked
+    /// under the segment's lock, which ingest writes take to replace entries).
+    pub fn insert_if_unchanged(
+        &self,
+        generation: u64,
+        key: &[u8],
+        value: &[u8],
+        seq: &AtomicU64,
+        expect: u64,
+    ) {
+        let need = charge(key.len(), value.len());
+        if need > self.segment_budget {
+            return;
+        }
+        let hash = self.hash(generation, key);
+        let mut seg = self
+            .segment(hash)
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        if seq.load(Ordering::Acquire) != expect {
+            return;
+        }
+        if let Some(i) = seg.find(hash, generation, key) {
+            // Another reader filled it first, from the same state.
+            seg.slots[i as usize]
+                .referenced
+                .store(true, Ordering::Relaxed);
+            return;
+        }
+        let evicted = seg.make_room(need, self.segment_budget);
+        self.evictions.increment(evicted.count as u64);
+        seg.insert(hash, generation, key, Arc::from(value));
+        self.bytes.fetch_add(need, Ordering::Relaxed);
+        self.bytes.fetch_sub(evicted.bytes, Ordering::Relaxed);
+    }
+
+    /// A write of `key` in generation `generation` (called while the store's write
+    /// sequence is odd): replaces the cached row with `value`, or forgets it (`None`:
+    /// a tombstone). A key not cached stays out: ingest does not fill the cache.
+    pub fn update_if_present(&self, generation: u64, key: &[u8], value: Option<&[u8]>) {
+        let hash = self.hash(generation, key);
+        let mut seg = self
+            .segment(hash)
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        let Some(i) = seg.find(hash, generation, key) else {
+            return;
+        };
+        let old = seg.slots[i as usize].charge();
+        match value {
+            Some(v) if charge(key.len(), v.len()) <= self.segment_budget => {
+                // One copy per written row of a cached key: the entry must own its bytes.
+                seg.slots[i as usize].value = Some(Arc::from(v));
+                let new = seg.slots[i as usize].charge();
+                seg.bytes = seg.bytes + new - old;
+                self.bytes.fetch_add(new, Ordering::Relaxed);
+            }
+            _ => seg.remove(i),
+        }
+        self.bytes.fetch_sub(old, Ordering::Relaxed);
+    }
+}
+
+/// What making room evicted.
+struct Evicted {
+    count: usize,
+    bytes: usize,
+}
+
+impl Segment {
+    fn find(&self, hash: u64, generation: u64, key: &[u8]) -> Option<u32> {
+        let slots = &self.slots;
+        self.table
+            .find(hash, |&i| {
+                let s = &slots[i as usize];
+                s.generation == generation && *s.key == *key
+            })
+            .copied()
+    }
+
+    fn insert(&mut self, hash: u64, generation: u64, key: &[u8], value: Arc<[u8]>) {
+        let slot = Slot {
+            hash,
+            generation,
+            key: key.into(),
+            value: Some(value),
+            // New entries start unreferenced: one hit keeps them past the next sweep.
+            referenced: AtomicBool::new(false),
+        };
+        self.bytes += slot.charge();
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.slots[i as usize] = slot;
+                i
+            }
+            None => {
+                self.slots.push(slot);
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let slots = &self.slots;
+        self.table
+            .insert_unique(hash, i, |&j| slots[j as usize].hash);
+    }
+
+    /// Removes slot `i`'s entry (it must hold one).
+    fn remove(&mut self, i: u32) {
+        let hash = self.slots[i as usize].hash;
+        if let Ok(entry) = self.table.find_entry(hash, |&j| j == i) {
+            entry.remove();
+        }
+        let slot = &mut self.slots[i as usize];
+        self.bytes -= slot.charge();
+        slot.value = None;
+        slot.key = Box::default();
+        self.free.push(i);
+    }
+
+    /// Evicts entries (CLOCK) until `need` more bytes fit in `budget`.
+    fn make_room(&mut self, need: usize, budget: usize) -> Evicted {
+        let mut evicted = Evicted { count: 0, bytes: 0 };
+        // Two full turns: the first may only clear reference bits.
+        let mut steps = 2 * self.slots.len();
+        while self.bytes + need > budget && steps > 0 {
+            steps -= 1;
+            if self.hand >= self.slots.len() {
+                self.hand = 0;
+            }
+            let i = self.hand;
+            self.hand += 1;
+            let slot = &self.slots[i];
+            if slot.value.is_none() {
+                continue;
+            }
+            if slot.referenced.swap(false, Ordering::Relaxed) {
+                continue;
+            }
+            evicted.count += 1;
+            evicted.bytes += slot.charge();
+            self.remove(i as u32);
+        }
+        evicted
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,154 @@
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::{LookupCache, SEGMENTS, charge, fresh_generation};
+
+fn key(i: u32) -> Vec<u8> {
+    format!("row-key-{i:08}").into_bytes()
+}
+
+fn row(i: u32, version: u32) -> Vec<u8> {
+    let mut v = vec![1u8; 40];
+    v[..4].copy_from_slice(&i.to_le_bytes());
+    v[4..8].copy_from_slice(&version.to_le_bytes());
+    v
+}
+
+#[test]
+fn answers_only_its_generation_and_key() {
+    let cache = LookupCache::new(1 << 20);
+    let seq = AtomicU64::new(4);
+    let (g, other) = (fresh_generation(), fresh_generation());
+    cache.insert_if_unchanged(g, b"a", b"row a", &seq, 4);
+    assert_eq!(cache.get(g, b"a").as_deref(), Some(&b"row a"[..]));
+    assert!(cache.get(other, b"a").is_none(), "another generation");
+    assert!(cache.get(g, b"b").is_none(), "another key");
+    assert_eq!(cache.usage(), charge(1, 5));
+}
+
+#[test]
+fn a_fill_from_an_older_snapshot_does_not_land() {
+    let cache = LookupCache::new(1 << 20);
+    let g = fresh_generation();
+    // A write began (odd) or ended (the next even) after the snapshot at 4.
+    for now in [5, 6] {
+        let seq = AtomicU64::new(now);
+        cache.insert_if_unchanged(g, b"a", b"old", &seq, 4);
+        assert!(cache.get(g, b"a").is_none(), "sequence {now}");
+    }
+    assert_eq!(cache.usage(), 0);
+}
+
+#[test]
+fn writes_replace_or_forget_cached_rows_and_never_fill() {
+    let cache = LookupCache::new(1 << 20);
+    let seq = AtomicU64::new(0);
+    let g = fresh_generation();
+    cache.update_if_present(g, b"a", Some(b"new"));
+    assert!(cache.get(g, b"a").is_none(), "ingest does not fill");
+    cache.insert_if_unchanged(g, b"a", b"v1", &seq, 0);
+    cache.update_if_present(g, b"a", Some(b"v2, longer"));
+    assert_eq!(cache.get(g, b"a").as_deref(), Some(&b"v2, longer"[..]));
+    assert_eq!(cache.usage(), charge(1, 10));
+    cache.update_if_present(g, b"a", None);
+    assert!(cache.get(g, b"a").is_none(), "a tombstone forgets");
+    assert_eq!(cache.usage(), 0);
+    // The freed slot is reused.
+    cache.insert_if_unchanged(g, b"b", b"vb", &seq, 0);
+    assert_eq!(cache.get(g, b"b").as_deref(), Some(&b"vb"[..]));
+}
+
+/// Random fills, writes, tombstones and reads against a map of the latest rows: a read
+/// answers the latest row or nothing (evicted), never an older one, and the cache stays
+/// within its budget.
+#[test]
+fn never_answers_a_stale_row_and_stays_within_budget() {
+    let budget = 64 << 10;
+    let cache = LookupCache::new(budget);
+    let seq = AtomicU64::new(0);
+    let g = fresh_generation();
+    let mut latest: HashMap<u32, Option<Vec<u8>>> = HashMap::new();
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    let (mut hits, mut evicted_somewhere) = (0, false);
+    for step in 0..60_000u32 {
+        let k = next(2_000) as u32;
+        match next(10) {
+            0..=2 => {
+                // An ingest write: odd, update, even.
+                seq.fetch_add(1, Ordering::AcqRel);
+                let v = (next(5) > 0).then(|| row(k, step));
+                cache.update_if_present(g, &key(k), v.as_deref());
+                latest.insert(k, v);
+                seq.fetch_add(1, Ordering::Release);
+            }
+            3..=5 => {
+                // A reader's fill from the current state.
+                let now = seq.load(Ordering::Acquire);
+                if let Some(Some(v)) = latest.get(&k) {
+                    cache.insert_if_unchanged(g, &key(k), v, &seq, now);
+                }
+            }
+            _ => {
+                if let Some(got) = cache.get(g, &key(k)) {
+                    hits += 1;
+                    assert_eq!(
+                        Some(&got[..]),
+                        latest.get(&k).and_then(|v| v.as_deref()),
+                        "key {k} at step {step}"
+                    );
+                } else if matches!(latest.get(&k), Some(Some(_))) {
+                    evicted_somewhere = true;
+                }
+            }
+        }
+        assert!(
+            cache.usage() <= budget,
+            "usage {} at step {step}",
+            cache.usage()
+        );
+    }
+    assert!(hits > 1_000, "the cache answered ({hits} hits)");
+    assert!(evicted_somewhere, "the budget made it evict");
+}
+
+/// CLOCK: a row read between inserts keeps its place while cold rows come and go.
+#[test]
+fn a_hot_row_survives_a_stream_of_cold_ones() {
+    let budget = SEGMENTS * charge(16, 40) * 8;
+    let cache = LookupCache::new(budget);
+    let seq = AtomicU64::new(0);
+    let g = fresh_generation();
+    let hot = key(0);
+    cache.insert_if_unchanged(g, &hot, &row(0, 0), &seq, 0);
+    for i in 1..5_000 {
+        assert!(cache.get(g, &hot).is_some(), "evicted after {i} cold rows");
+        cache.insert_if_unchanged(g, &key(i), &row(i, 0), &seq, 0);
+    }
+    // Most cold rows were evicted: the cache holds about eight per segment.
+    let kept = (1..5_000)
+        .filter(|&i| cache.get(g, &key(i)).is_some())
+        .count();
+    assert!(kept <= 8 * SEGMENTS, "{kept} cold rows kept");
+}
+
+#[test]
+fn a_row_larger_than_a_segment_is_not_cached() {
+    let cache = LookupCache::new(SEGMENTS * 1_000);
+    let seq = AtomicU64::new(0);
+    let g = fresh_generation();
+    cache.insert_if_unchanged(g, b"big", &[7u8; 2_000], &seq, 0);
+    assert!(cache.get(g, b"big").is_none());
+    cache.insert_if_unchanged(g, b"small", &[7u8; 100], &seq, 0);
+    cache.update_if_present(g, b"small", Some(&[8u8; 2_000]));
+    assert!(
+        cache.get(g, b"small").is_none(),
+        "grown past the segment: forgotten"
+    );
+    assert_eq!(cache.usage(), 0);
+}

@@ -1,0 +1,191 @@
+//! The lookup cache behind [`ConsistentRead::get_latest_rows`]: every answer is the row
+//! as of the read's snapshot, whether it came from the cache or from RocksDB.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use quiver_proto::v1::value::Kind;
+use quiver_proto::{Partitioner, ShardId};
+
+use super::*;
+use crate::storage::{StorageConfig, StorageEngine};
+
+fn engine(dir: &std::path::Path) -> StorageEngine {
+    StorageEngine::new(StorageConfig::for_test(dir.to_path_buf())).unwrap()
+}
+
+fn key(entity: &str) -> Vec<u8> {
+    keys::row_key("v", 1, entity.as_bytes())
+}
+
+fn write(entity: &str, et: i64, v: Option<i64>) -> RowWrite {
+    let value = v.map(|x| {
+        let mut buf = Vec::new();
+        row_codec::encode_row(et, &[Some(Kind::Int64Value(x))], &mut buf);
+        buf
+    });
+    RowWrite {
+        topic: 0,
+        key: key(entity),
+        event_time_micros: et,
+        value,
+        history: None,
+    }
+}
+
+fn apply(s: &ShardStore, writes: Vec<RowWrite>, next_offset: i64) {
+    s.apply(&IngestBatch {
+        writes,
+        events: Vec::new(),
+        progress: vec![TopicProgress {
+            topic: "t".into(),
+            next_offset,
+            consumed: 1,
+            malformed: 0,
+        }],
+    })
+    .unwrap();
+}
+
+/// One key's answer: (where it came from, its value or `None` for a tombstone); `None`
+/// without a row.
+fn latest(read: &ConsistentRead<'_>, entity: &str) -> Option<(&'static str, Option<i64>)> {
+    let k = key(entity);
+    let got = read.get_latest_rows(&[&k], false).remove(0).unwrap()?;
+    let from = match got {
+        RowBytes::Pinned(_) => "rocksdb",
+        RowBytes::Cached(_) => "cache",
+    };
+    let row = row_codec::decode_row(&got).unwrap();
+    let value = (!row.header.tombstone).then(|| match row.values[0] {
+        Some(Kind::Int64Value(x)) => x,
+        ref other => panic!("{other:?}"),
+    });
+    Some((from, value))
+}
+
+#[test]
+fn answers_are_the_snapshot_s_rows_from_the_cache_or_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path());
+    let s = e.open_shard(ShardId(0), 4, Partitioner::Murmur2).unwrap();
+    apply(&s, vec![write("a", 10, Some(1))], 1);
+    let r1 = s.consistent_read();
+    assert_eq!(latest(&r1, "a"), Some(("rocksdb", Some(1))), "a miss fills");
+    assert_eq!(latest(&r1, "a"), Some(("cache", Some(1))));
+    assert_eq!(latest(&r1, "nobody"), None);
+    assert_eq!(latest(&r1, "nobody"), None, "absent rows are not cached");
+
+    // A write replaces the cached row; the older snapshot still answers its own row.
+    apply(&s, vec![write("a", 20, Some(2))], 2);
+    assert_eq!(latest(&r1, "a"), Some(("rocksdb", Some(1))));
+    let r2 = s.consistent_read();
+    assert_eq!(latest(&r2, "a"), Some(("cache", Some(2))));
+    // The old snapshot's miss did not put its row back.
+    assert_eq!(latest(&s.consistent_read(), "a"), Some(("cache", Some(2))));
+
+    // An older event loses, and leaves the cache alone.
+    apply(&s, vec![write("a", 15, Some(9))], 3);
+    assert_eq!(latest(&s.consistent_read(), "a"), Some(("cache", Some(2))));
+
+    // A delete forgets the row; the tombstone is then read and cached like a row.
+    apply(&s, vec![write("a", 30, None)], 4);
+    assert_eq!(latest(&s.consistent_read(), "a"), Some(("rocksdb", None)));
+    assert_eq!(latest(&s.consistent_read(), "a"), Some(("cache", None)));
+    assert_eq!(latest(&r2, "a"), Some(("rocksdb", Some(2))));
+}
+
+#[test]
+fn a_sweep_and_a_dropped_version_forget_cached_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path());
+    let s = e.open_shard(ShardId(0), 4, Partitioner::Murmur2).unwrap();
+    apply(&s, vec![write("a", 10, Some(1))], 1);
+    assert_eq!(
+        latest(&s.consistent_read(), "a"),
+        Some(("rocksdb", Some(1)))
+    );
+    assert_eq!(latest(&s.consistent_read(), "a"), Some(("cache", Some(1))));
+    s.compact_rows();
+    assert_eq!(
+        latest(&s.consistent_read(), "a"),
+        Some(("rocksdb", Some(1)))
+    );
+    assert_eq!(latest(&s.consistent_read(), "a"), Some(("cache", Some(1))));
+    assert!(s.drop_view_version("v", 1).unwrap());
+    assert_eq!(
+        latest(&s.consistent_read(), "a"),
+        None,
+        "the version's rows are gone"
+    );
+}
+
+#[test]
+fn without_a_cache_rows_come_from_rocksdb() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = StorageConfig::for_test(dir.path().to_path_buf());
+    config.lookup_cache_bytes = 0;
+    let e = StorageEngine::new(config).unwrap();
+    let s = e.open_shard(ShardId(0), 4, Partitioner::Murmur2).unwrap();
+    apply(&s, vec![write("a", 10, Some(1))], 1);
+    for _ in 0..2 {
+        assert_eq!(
+            latest(&s.consistent_read(), "a"),
+            Some(("rocksdb", Some(1)))
+        );
+    }
+    assert_eq!(e.lookup_cache_usage(), 0);
+}
+
+/// A writer applies batches without pause while readers compare, on one snapshot, the
+/// cached read with a plain RocksDB read of the same keys: they must agree byte for
+/// byte, and the cache must have answered some of them.
+#[test]
+fn under_concurrent_writes_the_cache_agrees_with_the_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path());
+    let s = Arc::new(e.open_shard(ShardId(0), 4, Partitioner::Murmur2).unwrap());
+    let entities: Vec<String> = (0..64).map(|i| format!("e{i}")).collect();
+    let keys: Vec<Vec<u8>> = entities.iter().map(|e| key(e)).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (s, stop, entities) = (s.clone(), stop.clone(), entities.clone());
+        std::thread::spawn(move || {
+            let mut offset = 0;
+            while !stop.load(Ordering::Relaxed) {
+                offset += 1;
+                // Eight keys per batch; every fifth write a tombstone.
+                let writes = (0..8)
+                    .map(|j| {
+                        let e = &entities[((offset * 8 + j) % 64) as usize];
+                        write(e, offset, (j % 5 != 0).then_some(offset))
+                    })
+                    .collect();
+                apply(&s, writes, offset);
+            }
+            offset
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    let (mut reads, mut from_cache) = (0u64, 0u64);
+    while std::time::Instant::now() < deadline {
+        let read = s.consistent_read();
+        let slices: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        let cached = read.get_latest_rows(&slices, false);
+        let plain = read.get_rows(keys.iter(), false);
+        for (i, (c, p)) in cached.iter().zip(&plain).enumerate() {
+            let c = c.as_ref().unwrap();
+            let p = p.as_ref().unwrap();
+            assert_eq!(c.as_deref(), p.as_deref(), "key {i} of read {reads}");
+            from_cache += u64::from(matches!(c, Some(RowBytes::Cached(_))));
+        }
+        reads += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let batches = writer.join().unwrap();
+    assert!(batches > 10, "the writer ran ({batches} batches)");
+    assert!(
+        reads > 10 && from_cache > 0,
+        "{reads} reads, {from_cache} rows from the cache"
+    );
+}
