@@ -117,8 +117,9 @@ impl LookupCache {
     }
 
     fn segment(&self, hash: u64) -> &RwLock<Segment> {
-        // The table uses the hash's low bits; the segment takes high ones.
-        &self.segments[(hash >> 58) as usize % SEGMENTS]
+        // hashbrown indexes buckets by the low bits and tags them with the top seven;
+        // the segment takes bits from the middle, so neither loses entropy within one.
+        &self.segments[(hash >> 40) as usize % SEGMENTS]
     }
 
     /// The cached row of `key` in store generation `generation`.
