@@ -68,18 +68,48 @@ struct Segment {
 struct Slot {
     hash: u64,
     generation: u64,
-    key: Box<[u8]>,
+    /// The key's length: `entry` is the key then the row, one allocation, so comparing
+    /// the key touches the memory the reader of the row reads next.
+    key_len: usize,
     /// `None`: a free slot.
-    value: Option<Arc<[u8]>>,
+    entry: Option<Arc<[u8]>>,
     referenced: AtomicBool,
 }
 
 impl Slot {
     fn charge(&self) -> usize {
-        self.value
+        self.entry
             .as_ref()
-            .map_or(0, |v| charge(self.key.len(), v.len()))
+            .map_or(0, |e| charge(self.key_len, e.len() - self.key_len))
     }
+
+    fn row(&self) -> Option<CachedRow> {
+        self.entry.as_ref().map(|e| CachedRow {
+            entry: e.clone(),
+            start: self.key_len,
+        })
+    }
+}
+
+/// A cached row, shared with the cache.
+#[derive(Clone)]
+pub struct CachedRow {
+    entry: Arc<[u8]>,
+    start: usize,
+}
+
+impl std::ops::Deref for CachedRow {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.entry[self.start..]
+    }
+}
+
+fn entry(key: &[u8], value: &[u8]) -> Arc<[u8]> {
+    // One allocation per cached row (the cache must own its bytes): the chain has an
+    // exact length, so `collect` allocates the `Arc` once and copies into it.
+    key.iter().chain(value).copied().collect()
 }
 
 fn charge(key: usize, value: usize) -> usize {
@@ -123,13 +153,13 @@ impl LookupCache {
     }
 
     /// The cached row of `key` in store generation `generation`.
-    pub fn get(&self, generation: u64, key: &[u8]) -> Option<Arc<[u8]>> {
+    pub fn get(&self, generation: u64, key: &[u8]) -> Option<CachedRow> {
         let hash = self.hash(generation, key);
         let seg = self.segment(hash).read().unwrap_or_else(|p| p.into_inner());
         let slot = seg.find(hash, generation, key)?;
         let slot = &seg.slots[slot as usize];
         slot.referenced.store(true, Ordering::Relaxed);
-        slot.value.clone()
+        slot.row()
     }
 
     /// Caches `value` for `key` if `seq` still reads `expect`: the row was read from a
@@ -164,7 +194,7 @@ impl LookupCache {
         }
         let evicted = seg.make_room(need, self.segment_budget);
         self.evictions.increment(evicted.count as u64);
-        seg.insert(hash, generation, key, Arc::from(value));
+        seg.insert(hash, generation, key.len(), entry(key, value));
         self.bytes.fetch_add(need, Ordering::Relaxed);
         self.bytes.fetch_sub(evicted.bytes, Ordering::Relaxed);
     }
@@ -184,8 +214,7 @@ impl LookupCache {
         let old = seg.slots[i as usize].charge();
         match value {
             Some(v) if charge(key.len(), v.len()) <= self.segment_budget => {
-                // One copy per written row of a cached key: the entry must own its bytes.
-                seg.slots[i as usize].value = Some(Arc::from(v));
+                seg.slots[i as usize].entry = Some(entry(key, v));
                 let new = seg.slots[i as usize].charge();
                 seg.bytes = seg.bytes + new - old;
                 self.bytes.fetch_add(new, Ordering::Relaxed);
@@ -208,17 +237,19 @@ impl Segment {
         self.table
             .find(hash, |&i| {
                 let s = &slots[i as usize];
-                s.generation == generation && *s.key == *key
+                s.generation == generation
+                    && s.key_len == key.len()
+                    && s.entry.as_ref().is_some_and(|e| e[..s.key_len] == *key)
             })
             .copied()
     }
 
-    fn insert(&mut self, hash: u64, generation: u64, key: &[u8], value: Arc<[u8]>) {
+    fn insert(&mut self, hash: u64, generation: u64, key_len: usize, entry: Arc<[u8]>) {
         let slot = Slot {
             hash,
             generation,
-            key: key.into(),
-            value: Some(value),
+            key_len,
+            entry: Some(entry),
             // New entries start unreferenced: one hit keeps them past the next sweep.
             referenced: AtomicBool::new(false),
         };
@@ -246,8 +277,7 @@ impl Segment {
         }
         let slot = &mut self.slots[i as usize];
         self.bytes -= slot.charge();
-        slot.value = None;
-        slot.key = Box::default();
+        slot.entry = None;
         self.free.push(i);
     }
 
@@ -264,7 +294,7 @@ impl Segment {
             let i = self.hand;
             self.hand += 1;
             let slot = &self.slots[i];
-            if slot.value.is_none() {
+            if slot.entry.is_none() {
                 continue;
             }
             if slot.referenced.swap(false, Ordering::Relaxed) {

@@ -702,7 +702,7 @@ pub enum RowBytes<'a> {
     /// Read through the snapshot.
     Pinned(DBPinnableSlice<'a>),
     /// From the lookup cache.
-    Cached(Arc<[u8]>),
+    Cached(lookup_cache::CachedRow),
 }
 
 impl std::ops::Deref for RowBytes<'_> {
