@@ -7,30 +7,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use quiver_proto::v1::value::Kind;
 use quiver_proto::{Partitioner, ShardId};
 
+use super::tests::{engine, write};
 use super::*;
 use crate::storage::{StorageConfig, StorageEngine};
 
-fn engine(dir: &std::path::Path) -> StorageEngine {
-    StorageEngine::new(StorageConfig::for_test(dir.to_path_buf())).unwrap()
-}
-
 fn key(entity: &str) -> Vec<u8> {
     keys::row_key("v", 1, entity.as_bytes())
-}
-
-fn write(entity: &str, et: i64, v: Option<i64>) -> RowWrite {
-    let value = v.map(|x| {
-        let mut buf = Vec::new();
-        row_codec::encode_row(et, &[Some(Kind::Int64Value(x))], &mut buf);
-        buf
-    });
-    RowWrite {
-        topic: 0,
-        key: key(entity),
-        event_time_micros: et,
-        value,
-        history: None,
-    }
 }
 
 fn apply(s: &ShardStore, writes: Vec<RowWrite>, next_offset: i64) {

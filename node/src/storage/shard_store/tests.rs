@@ -6,11 +6,12 @@ use quiver_proto::{Partitioner, ShardId};
 use super::*;
 use crate::storage::{StorageConfig, StorageEngine};
 
-fn engine(dir: &std::path::Path) -> StorageEngine {
+pub(super) fn engine(dir: &std::path::Path) -> StorageEngine {
     StorageEngine::new(StorageConfig::for_test(dir.to_path_buf())).unwrap()
 }
 
-fn write(key: &str, et: i64, v: Option<i64>) -> RowWrite {
+/// A write of view `v` version 1, entity `key`, one int64 feature (`None`: a delete).
+pub(super) fn write(key: &str, et: i64, v: Option<i64>) -> RowWrite {
     let value = v.map(|x| {
         let mut buf = Vec::new();
         row_codec::encode_row(et, &[Some(Kind::Int64Value(x))], &mut buf);
