@@ -90,13 +90,17 @@ impl SecureNode {
             .ok()
         })
         .await;
-        // Every shard placed here and readable.
+        // Every shard placed here and every view readable.
         eventually(Duration::from_secs(30), "shards serve lookups", || async {
             let mut c = quiver_proto::v1::feature_service_client::FeatureServiceClient::new(
                 n.channel(&admin),
             );
             c.get_online_features(quiver_proto::v1::GetOnlineFeaturesRequest {
-                features: vec!["scores:score".into(), "scores:tag".into()],
+                features: vec![
+                    "scores:score".into(),
+                    "scores:tag".into(),
+                    "secret:*".into(),
+                ],
                 entity_keys: vec!["a".into(), "b".into(), "c".into(), "d".into()],
                 ..Default::default()
             })
