@@ -5,14 +5,16 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
+use quiver_proto::lookup_request::LookupRequest;
 use quiver_proto::{NodeId, Partitioner, ShardId};
 
 use crate::config::Limits;
 use crate::ingest::IngestStatus;
 use crate::kafka_meta::KafkaMetadata;
 use crate::registry::Registry;
-use crate::serve::plan;
+use crate::serve::{ServeError, plan};
 use crate::storage::ShardStore;
 
 /// What the gRPC services, the replica manager and the node's loops share.
@@ -86,6 +88,38 @@ impl NodeState {
                 .get(&shard)
                 .is_some_and(|reps| reps.iter().any(|r| r.node == self.node_id))
         })
+    }
+
+    /// The compiled plan of `req`'s feature list, from the plan cache.
+    ///
+    /// A name this node does not know may have been registered an instant ago through
+    /// another member, and this node not have applied it yet. So, in cluster mode,
+    /// before answering NOT_FOUND the node catches up with the leader (one read-index
+    /// round, shared by concurrent callers), waits until its registry holds the committed
+    /// revision, and plans once more: a view or feature service can be read on every
+    /// node as soon as `ApplyDefinitions` returned. Only the error path pays for it.
+    ///
+    /// # Errors
+    /// As [`plan::compile`], judged by the caught-up registry where there is one.
+    pub async fn compiled_plan(
+        &self,
+        req: &LookupRequest,
+    ) -> Result<Arc<plan::CompiledPlan>, ServeError> {
+        let first = self
+            .plans
+            .plan(req, &self.registry.snapshot(), &self.limits);
+        let (Err(ServeError::NotFound(_)), Some(control)) = (&first, &self.control) else {
+            return first;
+        };
+        // If the leader cannot be reached the answer stays what this node knows.
+        if control.catch_up_since(Instant::now()).await.is_ok() {
+            let revision = control.state().registry_revision;
+            self.registry
+                .wait_for_revision(revision, control.member_rpc_timeout())
+                .await;
+        }
+        self.plans
+            .plan(req, &self.registry.snapshot(), &self.limits)
     }
 
     /// Whether shutdown has begun (see [`NodeState::draining`]).

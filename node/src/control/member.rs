@@ -190,7 +190,7 @@ impl ControlPlane {
     /// gets its heartbeats (two heartbeat intervals timed out healthy calls under CI
     /// load and kept a scale-out from settling), and a dead one is left in time for at
     /// least two attempts at its successor within the grace period.
-    pub(super) fn member_rpc_timeout(&self) -> Duration {
+    pub(crate) fn member_rpc_timeout(&self) -> Duration {
         (self.config.dead_after / 3)
             .max(self.config.heartbeat_interval * 2)
             .max(Duration::from_millis(100))

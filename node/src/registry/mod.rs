@@ -282,6 +282,27 @@ impl Registry {
         self.inner.changes.subscribe()
     }
 
+    /// Waits (at most `timeout`) until the published snapshot's revision is at least
+    /// `revision`. Whether it got there.
+    pub async fn wait_for_revision(&self, revision: u64, timeout: std::time::Duration) -> bool {
+        // Subscribed before the check: a publish between the check and the wait still
+        // wakes it.
+        let mut changes = self.inner.changes.subscribe();
+        let reached = async {
+            loop {
+                if self.snapshot().revision >= revision {
+                    return true;
+                }
+                if changes.changed().await.is_err() {
+                    return false;
+                }
+            }
+        };
+        tokio::time::timeout(timeout, reached)
+            .await
+            .unwrap_or(false)
+    }
+
     /// Parses TOML definitions and applies them (see [`Registry::apply`]).
     ///
     /// # Errors

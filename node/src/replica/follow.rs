@@ -30,9 +30,16 @@ pub async fn run_follow_loop(
     let mut published = BTreeSet::new();
     loop {
         let state = rx.borrow_and_update().clone();
-        if applied_registry.as_ref() != Some(&state.registry) {
+        // By content and revision: lookups that catch up with the leader wait for the
+        // registry to reach the committed revision (`NodeState::compiled_plan`).
+        let stale = applied_registry.as_ref().is_none_or(|(revision, file)| {
+            *revision != state.registry_revision || *file != state.registry
+        });
+        if stale {
             match registry.replace(state.registry.clone(), state.registry_revision) {
-                Ok(()) => applied_registry = Some(state.registry.clone()),
+                Ok(()) => {
+                    applied_registry = Some((state.registry_revision, state.registry.clone()));
+                }
                 Err(e) => error!(error = %e, "committed registry does not validate"),
             }
         }

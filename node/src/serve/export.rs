@@ -137,8 +137,7 @@ impl FeatureServiceImpl {
         // chunk: small beside reading them; the parts below are cut from `req`.
         let planned = LookupRequest::from(&req);
         self.check_request_size(&planned)?;
-        let registry = state.registry.snapshot();
-        let compiled = state.plans.plan(&planned, &registry, limits)?;
+        let compiled = state.compiled_plan(&planned).await?;
         principal
             .check_views(compiled.view_names())
             .map_err(ServeError::PermissionDenied)?;

@@ -146,8 +146,7 @@ impl FeatureServiceImpl {
     ) -> Result<PackedAnswer, ServeError> {
         let limits = &self.state.limits;
         self.check_request_size(&req)?;
-        let registry = self.state.registry.snapshot();
-        let compiled = self.state.plans.plan(&req, &registry, limits)?;
+        let compiled = self.state.compiled_plan(&req).await?;
         principal
             .check_views(compiled.view_names())
             .map_err(ServeError::PermissionDenied)?;

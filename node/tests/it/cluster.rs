@@ -94,6 +94,26 @@ pub(crate) async fn start_cluster(bootstrap: &str, n: u64) -> Cluster {
     Cluster { nodes, addrs, dirs }
 }
 
+/// Starts member `id` of a cluster from `start_cluster` again (after it was stopped and
+/// removed from `nodes`), on its address and data directory.
+pub(crate) async fn start_again(cluster: &mut Cluster, bootstrap: &str, id: u64) {
+    let addr = cluster.addrs[&id].clone();
+    let voters: Vec<String> = cluster
+        .addrs
+        .iter()
+        .map(|(id, a)| format!("{id}@{a}"))
+        .collect();
+    let listener = eventually(Duration::from_secs(10), "the address is free again", || {
+        let addr = addr.clone();
+        async move { tokio::net::TcpListener::bind(&addr).await.ok() }
+    })
+    .await;
+    let dir = cluster.dirs[(id - 1) as usize].path();
+    let config = node_config(id, &addr, dir, bootstrap, &voters, &[]);
+    let node = TestNode::start_with_listener(config, listener).await;
+    cluster.nodes.insert(id, node);
+}
+
 pub(crate) async fn cluster_map(node: &TestNode) -> ClusterMap {
     ClusterServiceClient::new(node.channel.clone())
         .get_cluster_map(GetClusterMapRequest {})

@@ -12,6 +12,7 @@ mod harness;
 mod ingest;
 mod lifecycle;
 mod packed;
+mod registry_reads;
 mod retention;
 mod rollback;
 mod security;
