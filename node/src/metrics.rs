@@ -146,6 +146,12 @@ pub const NODE_DRAINING: &str = "quiver_node_draining";
 /// Lookups executed, by `where`: `inline` (on the async worker, every row in memory) or
 /// `blocking_pool` (large, or some row needed disk I/O).
 pub const SERVE_LOOKUP_EXECUTIONS: &str = "quiver_serve_lookup_executions_total";
+/// Histogram: time a lookup spent waiting before or outside its own work, by `stage`:
+/// `watermark` (a replica here catching up to the client's watermark token; recorded only
+/// for lookups that carry one), `admission` (an execution slot, `serve/fair.rs`) and
+/// `blocking_pool` (from the hand-off until a blocking-pool thread starts the lookup, for
+/// lookups not run inline).
+pub const SERVE_LOOKUP_WAIT: &str = "quiver_serve_lookup_wait_seconds";
 /// Storage sampling passes completed (the storage gauges are refreshed once per pass):
 /// a reader that needs figures from after some moment waits for this to move.
 pub const STORAGE_SAMPLES: &str = "quiver_storage_samples_total";
@@ -246,6 +252,11 @@ pub fn describe() {
     describe_counter!(
         SERVE_LOOKUP_EXECUTIONS,
         "lookups executed inline (rows in memory) or on the blocking pool"
+    );
+    describe_histogram!(
+        SERVE_LOOKUP_WAIT,
+        Unit::Seconds,
+        "lookup time spent waiting, by stage: watermark, admission, blocking_pool"
     );
     describe_counter!(
         STORAGE_SAMPLES,

@@ -185,10 +185,16 @@ impl FeatureServiceImpl {
             }
             r => r?,
         };
-        self.await_watermarks(&plan, &replicas, req.watermark_wait_ms)
-            .await?;
+        if !plan.min_watermarks.is_empty() {
+            let waiting = Instant::now();
+            self.await_watermarks(&plan, &replicas, req.watermark_wait_ms)
+                .await?;
+            self.metrics.watermark_wait.record(waiting.elapsed());
+        }
         self.metrics.keys.increment(plan.key_count() as u64);
+        let waiting = Instant::now();
         let permit = self.lookup_permit(principal).await?;
+        self.metrics.admission_wait.record(waiting.elapsed());
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or(Duration::ZERO)
@@ -214,7 +220,9 @@ impl FeatureServiceImpl {
             }
             None => {
                 self.metrics.blocking.increment(1);
+                let (queued, handed_off) = (self.metrics.blocking_wait.clone(), Instant::now());
                 tokio::task::spawn_blocking(move || {
+                    queued.record(handed_off.elapsed());
                     let _permit = permit;
                     match execute(&plan, &replicas, now, ReadMode::Full) {
                         Ok(r) => Ok(r),
@@ -253,6 +261,9 @@ pub(super) struct LookupMetrics {
     keys: metrics::Counter,
     inline: metrics::Counter,
     blocking: metrics::Counter,
+    watermark_wait: metrics::Histogram,
+    admission_wait: metrics::Histogram,
+    blocking_wait: metrics::Histogram,
 }
 
 impl LookupMetrics {
@@ -263,6 +274,9 @@ impl LookupMetrics {
             keys: counter!(m::SERVE_KEYS),
             inline: counter!(m::SERVE_LOOKUP_EXECUTIONS, "where" => "inline"),
             blocking: counter!(m::SERVE_LOOKUP_EXECUTIONS, "where" => "blocking_pool"),
+            watermark_wait: histogram!(m::SERVE_LOOKUP_WAIT, "stage" => "watermark"),
+            admission_wait: histogram!(m::SERVE_LOOKUP_WAIT, "stage" => "admission"),
+            blocking_wait: histogram!(m::SERVE_LOOKUP_WAIT, "stage" => "blocking_pool"),
         }
     }
 }

@@ -372,6 +372,20 @@ async fn prometheus_scrapes_the_series_the_dashboard_and_alerts_use() {
         t,
     );
     assert!(ok >= 21.0);
+    // Every executed lookup was admitted first, and its admission wait recorded: the
+    // waits' count is the executions' (inline or on the blocking pool).
+    let executed = wait_query(
+        prom_port,
+        "sum(quiver_serve_lookup_executions_total)",
+        |v| v >= 21.0,
+        t,
+    );
+    wait_query(
+        prom_port,
+        r#"sum(quiver_serve_lookup_wait_seconds_count{stage="admission"})"#,
+        |v| v == executed,
+        t,
+    );
     // Lag per shard: one series per shard, each caught up.
     wait_query(
         prom_port,
