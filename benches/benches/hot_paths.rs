@@ -1,13 +1,14 @@
-//! Micro-benchmarks of quiver's hot paths: partitioner, record decode, row codec, lookup
-//! (RocksDB multi-get + response assembly), response encoding, and the smart client's
-//! routing (split a batch by shard) and merge (answers back into request order).
+//! Micro-benchmarks of quiver's hot paths: partitioner, record decode, row codec, ingest's
+//! write batch, lookup (RocksDB multi-get + response assembly), response encoding, and the
+//! smart client's routing (split a batch by shard) and merge (answers back into request
+//! order).
 //!
 //! Run: `cargo bench -p quiver-bench --bench hot_paths` (see docs/PERFORMANCE.md).
 
 use std::hint::black_box;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use prost::Message as _;
 use quiver_bench::{
     SHARDS, entity_key, filled_stores, json_record, protobuf_record, registry, values,
@@ -19,7 +20,9 @@ use quiver_node::registry::KeyType;
 use quiver_node::serve::lookup::{ExecError, ReadMode, execute, replicas_for};
 use quiver_node::serve::plan::{PlanCache, plan_keys};
 use quiver_node::storage::row_codec::{decode_row, decode_selected, encode_row};
-use quiver_proto::Partitioner;
+use quiver_node::storage::{
+    IngestBatch, RowWrite, StorageConfig, StorageEngine, TopicProgress, keys,
+};
 use quiver_proto::lookup_request::LookupRequest;
 use quiver_proto::lookup_response::LookupResponse;
 use quiver_proto::packed::{ColumnBuilder, gather};
@@ -28,6 +31,7 @@ use quiver_proto::v1::{
     ClusterMap, EntityKey, FeatureColumn, FeatureStatus, FeatureType, GetOnlineFeaturesRequest,
     GetOnlineFeaturesResponse, PackedColumn, ReplicaInfo, ShardReplicas, Value,
 };
+use quiver_proto::{Partitioner, ShardId};
 
 fn partitioner(c: &mut Criterion) {
     let mut g = c.benchmark_group("partitioner");
@@ -95,6 +99,68 @@ fn row_codec(c: &mut Criterion) {
         b.iter(|| decode_selected(black_box(&encoded), &slots, &mut out).expect("valid"))
     });
     g.finish();
+}
+
+/// One shard's ingest write: 500 rows of new entities in one batch (rows, offsets, the
+/// lookup cache), with the lookup cache filled by ingest or only replaced by it.
+fn ingest_apply(c: &mut Criterion) {
+    let mut g = c.benchmark_group("ingest_apply_500_rows");
+    g.throughput(Throughput::Elements(500));
+    for fill in [true, false] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = StorageConfig::for_test(dir.path().to_path_buf());
+        config.lookup_cache_fill_on_ingest = fill;
+        let engine = StorageEngine::new(config).expect("engine");
+        let store = engine
+            .open_shard(ShardId(0), 1, Partitioner::Murmur2)
+            .expect("open");
+        let mut next = 0u64;
+        let name = if fill {
+            "lookup_cache_filled"
+        } else {
+            "lookup_cache_replaced_only"
+        };
+        g.bench_function(name, |b| {
+            b.iter_batched(
+                || {
+                    // New entities every batch: the lookup cache inserts (and, once
+                    // full, evicts) rather than replaces.
+                    let batch = apply_batch(next, 500);
+                    next += 500;
+                    batch
+                },
+                |batch| store.apply(&batch).expect("apply"),
+                BatchSize::LargeInput,
+            )
+        });
+    }
+    g.finish();
+}
+
+fn apply_batch(first: u64, rows: u64) -> IngestBatch {
+    let mut buf = Vec::new();
+    let writes = (first..first + rows)
+        .map(|i| {
+            encode_row(1_760_000_000_000_000, &values(i), &mut buf);
+            RowWrite {
+                topic: 0,
+                key: keys::row_key("stats", 1, entity_key(i).as_bytes()),
+                event_time_micros: 1_760_000_000_000_000,
+                value: Some(buf.clone()),
+                history: None,
+            }
+        })
+        .collect();
+    IngestBatch {
+        writes,
+        events: Vec::new(),
+        progress: vec![TopicProgress {
+            topic: "stats".into(),
+            next_offset: (first + rows) as i64,
+            consumed: rows,
+            malformed: 0,
+        }],
+    }
 }
 
 fn lookup(c: &mut Criterion) {
@@ -337,6 +403,6 @@ fn client_route_merge(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(30).measurement_time(std::time::Duration::from_secs(3));
-    targets = partitioner, record_decode, row_codec, lookup, client_route_merge, wire_decode
+    targets = partitioner, record_decode, row_codec, ingest_apply, lookup, client_route_merge, wire_decode
 }
 criterion_main!(benches);

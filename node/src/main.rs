@@ -111,6 +111,9 @@ struct NodeArgs {
     /// storage.lookup_cache_mib (0: no lookup cache)
     #[arg(long, env = "QUIVER_LOOKUP_CACHE_MIB")]
     lookup_cache_mib: Option<usize>,
+    /// storage.lookup_cache_fill_on_ingest (true | false)
+    #[arg(long, env = "QUIVER_LOOKUP_CACHE_FILL_ON_INGEST")]
+    lookup_cache_fill_on_ingest: Option<bool>,
     /// storage.write_buffer_mib
     #[arg(long, env = "QUIVER_WRITE_BUFFER_MIB")]
     write_buffer_mib: Option<usize>,
@@ -278,6 +281,10 @@ fn apply_overrides(f: &mut NodeConfigFile, a: NodeArgs) -> anyhow::Result<()> {
     set(&mut f.storage.block_cache_mib, a.block_cache_mib);
     set(&mut f.storage.row_cache_mib, a.row_cache_mib);
     set(&mut f.storage.lookup_cache_mib, a.lookup_cache_mib);
+    set(
+        &mut f.storage.lookup_cache_fill_on_ingest,
+        a.lookup_cache_fill_on_ingest,
+    );
     set(&mut f.storage.write_buffer_mib, a.write_buffer_mib);
     set(&mut f.storage.tombstone_retention, a.tombstone_retention);
     set(&mut f.storage.ttl_sweep_interval, a.ttl_sweep_interval);

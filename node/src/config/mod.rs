@@ -270,6 +270,9 @@ pub struct StorageSection {
     /// quiver's lookup cache (the latest rows of hot keys of plain views, in front of
     /// RocksDB), MiB; 0 disables it.
     pub lookup_cache_mib: usize,
+    /// Whether ingest caches the rows it writes in the lookup cache (by default it does;
+    /// without, only rows lookups read from RocksDB are cached).
+    pub lookup_cache_fill_on_ingest: bool,
     /// Shared memtable budget, MiB.
     pub write_buffer_mib: usize,
     /// How long tombstones are kept.
@@ -422,6 +425,7 @@ impl Default for StorageSection {
             block_cache_mib: 512,
             row_cache_mib: 128,
             lookup_cache_mib: 256,
+            lookup_cache_fill_on_ingest: true,
             write_buffer_mib: 128,
             tombstone_retention: Duration::from_secs(24 * 3600),
             ttl_sweep_interval: Duration::from_secs(3600),

@@ -83,6 +83,9 @@ max_batch_records = 10
 poll_timeout = "50ms"
 [limits]
 max_batch_keys = 5
+[storage]
+lookup_cache_mib = 64
+lookup_cache_fill_on_ingest = false
 [registry]
 definition_files = ["a.toml"]
 "#;
@@ -94,6 +97,16 @@ definition_files = ["a.toml"]
     assert_eq!(c.metrics_addr, None);
     assert_eq!(c.ingest.dead_letter_topic.as_deref(), Some("dlq"));
     assert_eq!(c.limits.max_batch_keys, 5);
+    assert_eq!(c.storage.lookup_cache_bytes, 64 << 20);
+    assert!(!c.storage.lookup_cache_fill_on_ingest);
+    assert!(
+        NodeConfigFile::default()
+            .validate()
+            .unwrap()
+            .storage
+            .lookup_cache_fill_on_ingest,
+        "ingest fills the lookup cache by default"
+    );
     assert_eq!(
         c.limits.max_features_per_request, 1000,
         "unset keys keep defaults"

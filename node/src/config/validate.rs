@@ -312,6 +312,7 @@ impl NodeConfigFile {
                 block_cache_bytes: self.storage.block_cache_mib << 20,
                 row_cache_bytes: self.storage.row_cache_mib << 20,
                 lookup_cache_bytes: self.storage.lookup_cache_mib << 20,
+                lookup_cache_fill_on_ingest: self.storage.lookup_cache_fill_on_ingest,
                 write_buffer_bytes: self.storage.write_buffer_mib << 20,
                 tombstone_retention: self.storage.tombstone_retention,
             },

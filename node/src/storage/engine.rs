@@ -29,6 +29,9 @@ pub struct StorageConfig {
     /// quiver's lookup cache (0: none): the latest rows of hot keys of plain views, in
     /// front of RocksDB ([`super::lookup_cache`]).
     pub lookup_cache_bytes: usize,
+    /// Whether ingest caches the rows it writes in the lookup cache (not only replaces
+    /// cached ones).
+    pub lookup_cache_fill_on_ingest: bool,
     /// Memtable budget shared by all shards (charged to the block cache).
     pub write_buffer_bytes: usize,
     /// How long a tombstone marker is kept so out-of-order older events cannot resurrect a
@@ -45,6 +48,7 @@ impl StorageConfig {
             // On in tests so that every read path runs through it.
             row_cache_bytes: 4 << 20,
             lookup_cache_bytes: 4 << 20,
+            lookup_cache_fill_on_ingest: true,
             write_buffer_bytes: 16 << 20,
             tombstone_retention: Duration::from_secs(3600),
         }
@@ -184,8 +188,12 @@ impl StorageEngine {
         );
         let row_cache =
             (config.row_cache_bytes > 0).then(|| Cache::new_lru_cache(config.row_cache_bytes));
-        let lookup_cache = (config.lookup_cache_bytes > 0)
-            .then(|| Arc::new(LookupCache::new(config.lookup_cache_bytes)));
+        let lookup_cache = (config.lookup_cache_bytes > 0).then(|| {
+            Arc::new(LookupCache::new(
+                config.lookup_cache_bytes,
+                config.lookup_cache_fill_on_ingest,
+            ))
+        });
         Ok(StorageEngine {
             config,
             cache,

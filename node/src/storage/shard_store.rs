@@ -371,7 +371,7 @@ impl ShardStore {
             if let Some(cache) = &self.lookup_cache {
                 let generation = self.generation.load(Ordering::Acquire);
                 for w in won {
-                    cache.update_if_present(generation, &w.key, w.value.as_deref());
+                    cache.written(generation, &w.key, w.value.as_deref());
                 }
             }
             let wm: BTreeMap<String, i64> = next

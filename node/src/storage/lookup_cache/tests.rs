@@ -16,7 +16,7 @@ fn row(i: u32, version: u32) -> Vec<u8> {
 
 #[test]
 fn answers_only_its_generation_and_key() {
-    let cache = LookupCache::new(1 << 20);
+    let cache = LookupCache::new(1 << 20, false);
     let seq = AtomicU64::new(4);
     let (g, other) = (fresh_generation(), fresh_generation());
     cache.insert_if_unchanged(g, b"a", b"row a", &seq, 4);
@@ -28,7 +28,7 @@ fn answers_only_its_generation_and_key() {
 
 #[test]
 fn a_fill_from_an_older_snapshot_does_not_land() {
-    let cache = LookupCache::new(1 << 20);
+    let cache = LookupCache::new(1 << 20, false);
     let g = fresh_generation();
     // A write began (odd) or ended (the next even) after the snapshot at 4.
     for now in [5, 6] {
@@ -40,22 +40,31 @@ fn a_fill_from_an_older_snapshot_does_not_land() {
 }
 
 #[test]
-fn writes_replace_or_forget_cached_rows_and_never_fill() {
-    let cache = LookupCache::new(1 << 20);
+fn writes_replace_or_forget_cached_rows_and_fill_only_if_asked() {
+    let cache = LookupCache::new(1 << 20, false);
     let seq = AtomicU64::new(0);
     let g = fresh_generation();
-    cache.update_if_present(g, b"a", Some(b"new"));
+    cache.written(g, b"a", Some(b"new"));
     assert!(cache.get(g, b"a").is_none(), "ingest does not fill");
     cache.insert_if_unchanged(g, b"a", b"v1", &seq, 0);
-    cache.update_if_present(g, b"a", Some(b"v2, longer"));
+    cache.written(g, b"a", Some(b"v2, longer"));
     assert_eq!(cache.get(g, b"a").as_deref(), Some(&b"v2, longer"[..]));
     assert_eq!(cache.usage(), charge(1, 10));
-    cache.update_if_present(g, b"a", None);
+    cache.written(g, b"a", None);
     assert!(cache.get(g, b"a").is_none(), "a tombstone forgets");
     assert_eq!(cache.usage(), 0);
     // The freed slot is reused.
     cache.insert_if_unchanged(g, b"b", b"vb", &seq, 0);
     assert_eq!(cache.get(g, b"b").as_deref(), Some(&b"vb"[..]));
+
+    let filled = LookupCache::new(1 << 20, true);
+    filled.written(g, b"a", Some(b"new"));
+    assert_eq!(filled.get(g, b"a").as_deref(), Some(&b"new"[..]), "filled");
+    filled.written(g, b"t", None);
+    assert!(filled.get(g, b"t").is_none(), "a tombstone is not cached");
+    filled.written(g, b"a", None);
+    assert!(filled.get(g, b"a").is_none());
+    assert_eq!(filled.usage(), 0);
 }
 
 /// Random fills, writes, tombstones and reads against a map of the latest rows: a read
@@ -63,8 +72,18 @@ fn writes_replace_or_forget_cached_rows_and_never_fill() {
 /// within its budget.
 #[test]
 fn never_answers_a_stale_row_and_stays_within_budget() {
+    never_stale_within_budget(false);
+}
+
+/// The same, with every write cached.
+#[test]
+fn filled_by_ingest_never_answers_a_stale_row_and_stays_within_budget() {
+    never_stale_within_budget(true);
+}
+
+fn never_stale_within_budget(fill_on_ingest: bool) {
     let budget = 64 << 10;
-    let cache = LookupCache::new(budget);
+    let cache = LookupCache::new(budget, fill_on_ingest);
     let seq = AtomicU64::new(0);
     let g = fresh_generation();
     let mut latest: HashMap<u32, Option<Vec<u8>>> = HashMap::new();
@@ -83,7 +102,7 @@ fn never_answers_a_stale_row_and_stays_within_budget() {
                 // An ingest write: odd, update, even.
                 seq.fetch_add(1, Ordering::AcqRel);
                 let v = (next(5) > 0).then(|| row(k, step));
-                cache.update_if_present(g, &key(k), v.as_deref());
+                cache.written(g, &key(k), v.as_deref());
                 latest.insert(k, v);
                 seq.fetch_add(1, Ordering::Release);
             }
@@ -117,11 +136,34 @@ fn never_answers_a_stale_row_and_stays_within_budget() {
     assert!(evicted_somewhere, "the budget made it evict");
 }
 
+/// Ingest fills: a row read between writes keeps its place while written rows nobody
+/// reads come and go.
+#[test]
+fn a_hot_row_survives_a_stream_of_written_ones() {
+    let budget = SEGMENTS * charge(16, 40) * 8;
+    let cache = LookupCache::new(budget, true);
+    let g = fresh_generation();
+    let hot = key(0);
+    cache.written(g, &hot, Some(&row(0, 0)));
+    for i in 1..5_000 {
+        assert!(
+            cache.get(g, &hot).is_some(),
+            "evicted after {i} written rows"
+        );
+        cache.written(g, &key(i), Some(&row(i, 0)));
+    }
+    let kept = (1..5_000)
+        .filter(|&i| cache.get(g, &key(i)).is_some())
+        .count();
+    assert!(kept > 0 && kept <= 8 * SEGMENTS, "{kept} written rows kept");
+    assert!(cache.usage() <= budget);
+}
+
 /// CLOCK: a row read between inserts keeps its place while cold rows come and go.
 #[test]
 fn a_hot_row_survives_a_stream_of_cold_ones() {
     let budget = SEGMENTS * charge(16, 40) * 8;
-    let cache = LookupCache::new(budget);
+    let cache = LookupCache::new(budget, false);
     let seq = AtomicU64::new(0);
     let g = fresh_generation();
     let hot = key(0);
@@ -139,13 +181,13 @@ fn a_hot_row_survives_a_stream_of_cold_ones() {
 
 #[test]
 fn a_row_larger_than_a_segment_is_not_cached() {
-    let cache = LookupCache::new(SEGMENTS * 1_000);
+    let cache = LookupCache::new(SEGMENTS * 1_000, false);
     let seq = AtomicU64::new(0);
     let g = fresh_generation();
     cache.insert_if_unchanged(g, b"big", &[7u8; 2_000], &seq, 0);
     assert!(cache.get(g, b"big").is_none());
     cache.insert_if_unchanged(g, b"small", &[7u8; 100], &seq, 0);
-    cache.update_if_present(g, b"small", Some(&[8u8; 2_000]));
+    cache.written(g, b"small", Some(&[8u8; 2_000]));
     assert!(
         cache.get(g, b"small").is_none(),
         "grown past the segment: forgotten"

@@ -7,9 +7,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use quiver_proto::v1::value::Kind;
 use quiver_proto::{Partitioner, ShardId};
 
-use super::tests::{engine, write};
+use super::tests::write;
 use super::*;
 use crate::storage::{StorageConfig, StorageEngine};
+
+/// An engine whose lookup cache ingest fills (`fill`) or only lookups fill.
+fn engine_filled_by(dir: &std::path::Path, fill_on_ingest: bool) -> StorageEngine {
+    let mut config = StorageConfig::for_test(dir.to_path_buf());
+    config.lookup_cache_fill_on_ingest = fill_on_ingest;
+    StorageEngine::new(config).unwrap()
+}
 
 fn key(entity: &str) -> Vec<u8> {
     keys::row_key("v", 1, entity.as_bytes())
@@ -49,7 +56,7 @@ fn latest(read: &ConsistentRead<'_>, entity: &str) -> Option<(&'static str, Opti
 #[test]
 fn answers_are_the_snapshot_s_rows_from_the_cache_or_not() {
     let dir = tempfile::tempdir().unwrap();
-    let e = engine(dir.path());
+    let e = engine_filled_by(dir.path(), false);
     let s = e.open_shard(ShardId(0), 4, Partitioner::Murmur2).unwrap();
     apply(&s, vec![write("a", 10, Some(1))], 1);
     let r1 = s.consistent_read();
@@ -80,7 +87,7 @@ fn answers_are_the_snapshot_s_rows_from_the_cache_or_not() {
 #[test]
 fn a_sweep_and_a_dropped_version_forget_cached_rows() {
     let dir = tempfile::tempdir().unwrap();
-    let e = engine(dir.path());
+    let e = engine_filled_by(dir.path(), false);
     let s = e.open_shard(ShardId(0), 4, Partitioner::Murmur2).unwrap();
     apply(&s, vec![write("a", 10, Some(1))], 1);
     assert_eq!(
@@ -99,6 +106,55 @@ fn a_sweep_and_a_dropped_version_forget_cached_rows() {
         latest(&s.consistent_read(), "a"),
         None,
         "the version's rows are gone"
+    );
+}
+
+/// Filled by ingest: a written row is answered from the cache at once, and a snapshot
+/// taken before the write still answers its own row (from RocksDB).
+#[test]
+fn ingest_fills_the_cache_and_older_snapshots_keep_their_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine_filled_by(dir.path(), true);
+    let s = e.open_shard(ShardId(0), 4, Partitioner::Murmur2).unwrap();
+    let r0 = s.consistent_read();
+    apply(
+        &s,
+        vec![write("a", 10, Some(1)), write("b", 10, Some(5))],
+        1,
+    );
+    let r1 = s.consistent_read();
+    assert_eq!(
+        latest(&r1, "a"),
+        Some(("cache", Some(1))),
+        "written: cached"
+    );
+    assert_eq!(latest(&r1, "b"), Some(("cache", Some(5))));
+    assert_eq!(latest(&r0, "a"), None, "before the write: no row");
+
+    // Two writes of one key in a batch: the later event is cached.
+    apply(
+        &s,
+        vec![write("a", 20, Some(2)), write("a", 25, Some(3))],
+        2,
+    );
+    assert_eq!(latest(&s.consistent_read(), "a"), Some(("cache", Some(3))));
+    assert_eq!(latest(&r1, "a"), Some(("rocksdb", Some(1))), "r1's own row");
+
+    // An older event loses and leaves the cache alone.
+    apply(&s, vec![write("a", 15, Some(9))], 3);
+    assert_eq!(latest(&s.consistent_read(), "a"), Some(("cache", Some(3))));
+
+    // A delete forgets the row rather than caching the tombstone.
+    apply(&s, vec![write("b", 30, None)], 4);
+    assert_eq!(latest(&s.consistent_read(), "b"), Some(("rocksdb", None)));
+
+    // A replica opened again starts with a new generation: nothing cached is read.
+    drop((r0, r1));
+    drop(s);
+    let s = e.open_shard(ShardId(0), 4, Partitioner::Murmur2).unwrap();
+    assert_eq!(
+        latest(&s.consistent_read(), "a"),
+        Some(("rocksdb", Some(3)))
     );
 }
 
@@ -124,8 +180,17 @@ fn without_a_cache_rows_come_from_rocksdb() {
 /// byte, and the cache must have answered some of them.
 #[test]
 fn under_concurrent_writes_the_cache_agrees_with_the_snapshot() {
+    agree_under_concurrent_writes(false);
+}
+
+#[test]
+fn under_concurrent_writes_the_ingest_filled_cache_agrees_with_the_snapshot() {
+    agree_under_concurrent_writes(true);
+}
+
+fn agree_under_concurrent_writes(fill_on_ingest: bool) {
     let dir = tempfile::tempdir().unwrap();
-    let e = engine(dir.path());
+    let e = engine_filled_by(dir.path(), fill_on_ingest);
     let s = Arc::new(e.open_shard(ShardId(0), 4, Partitioner::Murmur2).unwrap());
     let entities: Vec<String> = (0..64).map(|i| format!("e{i}")).collect();
     let keys: Vec<Vec<u8>> = entities.iter().map(|e| key(e)).collect();
