@@ -110,6 +110,8 @@ pub const STORAGE_LOOKUP_CACHE_HITS: &str = "quiver_storage_lookup_cache_hits_to
 pub const STORAGE_LOOKUP_CACHE_MISSES: &str = "quiver_storage_lookup_cache_misses_total";
 /// Lookup-cache entries evicted to make room.
 pub const STORAGE_LOOKUP_CACHE_EVICTIONS: &str = "quiver_storage_lookup_cache_evictions_total";
+/// Rows cached by warming replicas as they open.
+pub const STORAGE_LOOKUP_CACHE_WARMED_ROWS: &str = "quiver_storage_lookup_cache_warmed_rows_total";
 /// Bytes charged to the lookup cache's entries.
 pub const STORAGE_LOOKUP_CACHE_USAGE: &str = "quiver_storage_lookup_cache_usage_bytes";
 /// Estimated rows by `shard`.
@@ -407,6 +409,10 @@ pub fn describe() {
     describe_counter!(
         STORAGE_LOOKUP_CACHE_EVICTIONS,
         "lookup cache entries evicted to make room"
+    );
+    describe_counter!(
+        STORAGE_LOOKUP_CACHE_WARMED_ROWS,
+        "rows cached by warming replicas as they open (their stored rows, until the cache is nine tenths full)"
     );
     describe_gauge!(
         STORAGE_LOOKUP_CACHE_USAGE,

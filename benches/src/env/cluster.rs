@@ -53,6 +53,8 @@ pub struct BenchCluster {
     spec: ClusterSpec,
     /// Next offset per (topic, partition) after everything produced so far.
     produced: BTreeMap<(String, u32), i64>,
+    /// Runs of the nodes so far (a restart starts the next; it names their logs).
+    runs: u32,
 }
 
 /// The producer settings of the tool: acknowledged by the broker, batched a little.
@@ -125,6 +127,7 @@ impl BenchCluster {
             members,
             spec: spec.clone(),
             produced: BTreeMap::new(),
+            runs: 1,
         };
         c.wait_map(Duration::from_secs(60)).await?;
         let mut admin = NodeClient::connect_with(
@@ -250,6 +253,30 @@ impl BenchCluster {
             .context("the node was stopped before")?;
         tokio::task::spawn_blocking(move || p.terminate()).await?;
         Ok(())
+    }
+
+    /// Restarts every node: all stopped (SIGTERM, each waited for), then all started on
+    /// their data; waits until every shard is served again and every replica has applied
+    /// everything produced.
+    ///
+    /// # Errors
+    /// When a node was stopped before, or the cluster does not come back within a minute.
+    pub async fn restart_all(&mut self) -> anyhow::Result<()> {
+        for i in 0..self.nodes.len() {
+            self.stop_node(i).await?;
+        }
+        self.runs += 1;
+        let (members, run) = (self.members.clone(), self.runs);
+        let started = tokio::task::spawn_blocking(move || {
+            members
+                .iter()
+                .map(|m| Some(NodeProcess::start_member(m, run, None)))
+                .collect::<Vec<_>>()
+        })
+        .await?;
+        self.nodes = started;
+        self.wait_map(Duration::from_secs(60)).await?;
+        self.wait_applied(Duration::from_secs(60)).await
     }
 
     /// Produces every entity of `ds` to each view in `features` (full speed), and waits

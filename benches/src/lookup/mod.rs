@@ -77,6 +77,8 @@ pub struct LookupParams {
     /// Older records per entity loaded before the newest one (event times spread over six
     /// days): windows and histories hold more than one record.
     pub history_events: u32,
+    /// Restart every node after the load, before measuring.
+    pub restart_after_load: bool,
 }
 
 /// The row cache of the `quiver-cached` system.
@@ -319,6 +321,10 @@ pub async fn run(p: LookupParams, work: &Path) -> anyhow::Result<LookupReport> {
         .load(&p.dataset, &features)
         .await
         .context("load the cluster")?;
+    if p.restart_after_load {
+        eprintln!("restarting every node on its data");
+        cluster.restart_all().await.context("restart the cluster")?;
+    }
     let storage = storage_facts(&cluster, &p, &features).await;
     let sys = start_systems(&p, &cluster, work, &features).await?;
     let sample: Vec<u32> = (0..20)

@@ -2,8 +2,9 @@
 //! a desired set — fixed by configuration in static mode, the committed assignment in
 //! cluster mode — and the reports the control plane and readiness read from them.
 //!
-//! Opening a replica opens (or creates) its RocksDB database (on the blocking pool) and
-//! starts its ingest loop from the stored offsets. A new replica of a shard that served
+//! Opening a replica opens (or creates) its RocksDB database (on the blocking pool),
+//! starts its ingest loop from the stored offsets, and warms the lookup cache with its
+//! stored rows on a blocking thread. A new replica of a shard that served
 //! before first copies a Serving peer's checkpoint ([`checkpoint`]); otherwise (the
 //! shard's first build, or no peer) it reads the partitions from their beginning. Closing one stops serving it first (it leaves the published local set),
 //! stops its ingest loop at a batch boundary, closes its [`Gate`](crate::gate::Gate) —
@@ -39,6 +40,40 @@ const MOVED_READS_WAIT: Duration = Duration::from_secs(30);
 struct Replica {
     store: Arc<ShardStore>,
     ingest: IngestHandle,
+    warming: Warming,
+}
+
+/// A replica's lookup-cache warming ([`ShardStore::warm_lookup_cache`]) on a blocking
+/// thread: started when it opens, stopped (between chunks) and awaited when it closes.
+struct Warming {
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Warming {
+    fn start(id: ShardId, store: Arc<ShardStore>, cancel: CancellationToken) -> Warming {
+        let stop = cancel.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            match store.warm_lookup_cache(|| stop.is_cancelled()) {
+                Ok(w) => {
+                    metrics::counter!(crate::metrics::STORAGE_LOOKUP_CACHE_WARMED_ROWS)
+                        .increment(w.rows);
+                    info!(shard_id = %id, rows = w.rows, bytes = w.bytes, complete = w.complete,
+                        elapsed_ms = started.elapsed().as_millis() as u64, "lookup cache warmed");
+                }
+                Err(e) => warn!(shard_id = %id, error = %e, "warming the lookup cache failed"),
+            }
+        });
+        Warming { cancel, task }
+    }
+
+    async fn stop(self, id: ShardId) {
+        self.cancel.cancel();
+        if let Err(e) = self.task.await {
+            error!(shard_id = %id, error = %e, "lookup cache warming task failed");
+        }
+    }
 }
 
 /// Owns the local shard replicas.
@@ -70,6 +105,7 @@ impl ShardManager {
         }
         metrics::counter!(crate::metrics::REPLICA_BOOTSTRAP_FAILURES).increment(0);
         metrics::counter!(crate::metrics::REPLICA_CHECKPOINT_BYTES).increment(0);
+        metrics::counter!(crate::metrics::STORAGE_LOOKUP_CACHE_WARMED_ROWS).increment(0);
         ShardManager {
             engine,
             ingest,
@@ -173,13 +209,19 @@ impl ShardManager {
             self.dead_letters.clone(),
             self.cancel.child_token(),
         )?;
-        Ok(Replica { store, ingest })
+        let warming = Warming::start(id, store.clone(), self.cancel.child_token());
+        Ok(Replica {
+            store,
+            ingest,
+            warming,
+        })
     }
 
     /// Closes a replica that has left the published local set: its ingest loop stops at
     /// a batch boundary, its gate closes (waiting at most `wait` for the reads inside),
     /// then it is flushed and dropped on the blocking pool, and deleted if `delete`.
     async fn close(&self, id: ShardId, r: Replica, delete: bool, wait: Duration) {
+        r.warming.stop(id).await;
         r.ingest.join().await;
         let store = r.store;
         if tokio::time::timeout(wait, store.gate().close())

@@ -180,7 +180,9 @@ impl LookupCache {
 
     /// Caches `value` for `key` if `seq` still reads `expect`: the row was read from a
     /// snapshot taken at write sequence `expect`, and no write has begun since (checked
-    /// under the segment's lock, which ingest writes take to replace entries).
+    /// under the segment's lock, which ingest writes take to replace entries). Returns
+    /// whether the sequence still read `expect` (`false`: nothing cached, and no later
+    /// row of that snapshot will be either).
     pub fn insert_if_unchanged(
         &self,
         generation: u64,
@@ -188,10 +190,10 @@ impl LookupCache {
         value: &[u8],
         seq: &AtomicU64,
         expect: u64,
-    ) {
+    ) -> bool {
         let need = charge(key.len(), value.len());
         if need > self.segment_budget {
-            return;
+            return seq.load(Ordering::Acquire) == expect;
         }
         let hash = self.hash(generation, key);
         let mut seg = self
@@ -199,20 +201,28 @@ impl LookupCache {
             .write()
             .unwrap_or_else(|p| p.into_inner());
         if seq.load(Ordering::Acquire) != expect {
-            return;
+            return false;
         }
         if let Some(i) = seg.find(hash, generation, key) {
             // Another reader filled it first, from the same state.
             seg.slots[i as usize]
                 .referenced
                 .store(true, Ordering::Relaxed);
-            return;
+            return true;
         }
         let evicted = seg.make_room(need, self.segment_budget);
         self.evictions.increment(evicted.count as u64);
         seg.insert(hash, generation, key.len(), entry(key, value));
         self.bytes.fetch_add(need, Ordering::Relaxed);
         self.bytes.fetch_sub(evicted.bytes, Ordering::Relaxed);
+        true
+    }
+
+    /// Whether warming a replica ([`super::ShardStore::warm_lookup_cache`]) may add
+    /// rows: the cache is under nine tenths of its budget, so warming never evicts what
+    /// lookups and ingest put there.
+    pub fn has_room_to_warm(&self) -> bool {
+        self.usage() < self.segment_budget * SEGMENTS / 10 * 9
     }
 
     /// A write of `key` in generation `generation` (called while the store's write

@@ -27,7 +27,7 @@ pub use engine::TestShard;
 pub use engine::{StorageConfig, StorageEngine, TtlTable};
 pub use shard_store::{
     AggEvent, ApplyOutcome, ConsistentRead, IngestBatch, RowBytes, RowWrite, ShardStore,
-    TopicProgress, Watermark,
+    TopicProgress, Warmed, Watermark,
 };
 
 use quiver_proto::{Partitioner, ShardId};

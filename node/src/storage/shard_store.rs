@@ -610,8 +610,10 @@ impl HistoryWriter {
 mod checkpoint;
 mod drop;
 mod read;
+mod warm;
 
 pub use read::{ConsistentRead, RowBytes};
+pub use warm::Warmed;
 mod events;
 #[cfg(test)]
 mod lookup_cache_tests;

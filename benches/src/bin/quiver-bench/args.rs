@@ -229,6 +229,11 @@ pub(crate) struct LookupArgs {
     /// histories hold more than one version.
     #[arg(long, default_value_t = 0)]
     pub(crate) history_events: u32,
+    /// Restart every quiver node after the load (all stopped, then all started on their
+    /// data), so the first step measures replicas that just opened: what a node restart
+    /// or a rolling upgrade leaves.
+    #[arg(long)]
+    pub(crate) restart_after_load: bool,
 }
 
 #[derive(Args, Clone)]
@@ -495,6 +500,7 @@ pub(crate) fn lookup_params(a: &LookupArgs) -> anyhow::Result<LookupParams> {
             }),
         aggregates: a.aggregations,
         history_events: a.history_events,
+        restart_after_load: a.restart_after_load,
     })
 }
 

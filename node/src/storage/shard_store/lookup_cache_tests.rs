@@ -9,7 +9,7 @@ use quiver_proto::{Partitioner, ShardId};
 
 use super::tests::write;
 use super::*;
-use crate::storage::{StorageConfig, StorageEngine};
+use crate::storage::{StorageConfig, StorageEngine, Warmed};
 
 /// An engine whose lookup cache ingest fills (`fill`) or only lookups fill.
 fn engine_filled_by(dir: &std::path::Path, fill_on_ingest: bool) -> StorageEngine {
@@ -158,6 +158,67 @@ fn ingest_fills_the_cache_and_older_snapshots_keep_their_rows() {
     );
 }
 
+/// A replica opened again warms the cache with its stored rows: each then answers from
+/// the cache with its stored value (a deleted row's tombstone too).
+#[test]
+fn warming_a_reopened_replica_caches_its_stored_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine_filled_by(dir.path(), false);
+    let s = e.open_shard(ShardId(0), 4, Partitioner::Murmur2).unwrap();
+    let writes = (0..1_500)
+        .map(|i| write(&format!("e{i}"), 10, (i % 100 != 7).then_some(i)))
+        .collect();
+    apply(&s, writes, 1);
+    s.flush().unwrap();
+    drop(s);
+    let s = e.open_shard(ShardId(0), 4, Partitioner::Murmur2).unwrap();
+    assert_eq!(
+        latest(&s.consistent_read(), "e3"),
+        Some(("rocksdb", Some(3)))
+    );
+    assert_eq!(
+        s.warm_lookup_cache(|| true).unwrap(),
+        Warmed::default(),
+        "stopped before the first chunk"
+    );
+    let warmed = s.warm_lookup_cache(|| false).unwrap();
+    assert!(warmed.complete, "{warmed:?}");
+    assert_eq!(warmed.rows, 1_500);
+    let read = s.consistent_read();
+    for i in (0..1_500).step_by(7) {
+        let want = (i % 100 != 7).then_some(i);
+        assert_eq!(
+            latest(&read, &format!("e{i}")),
+            Some(("cache", want)),
+            "e{i}"
+        );
+    }
+    assert_eq!(latest(&read, "nobody"), None);
+}
+
+/// Warming stops when the cache is nine tenths full: it never pushes out more than a
+/// chunk's worth of what was cached before.
+#[test]
+fn warming_stops_at_the_cache_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = StorageConfig::for_test(dir.path().to_path_buf());
+    config.lookup_cache_bytes = 256 << 10;
+    config.lookup_cache_fill_on_ingest = false;
+    let e = StorageEngine::new(config).unwrap();
+    let s = e.open_shard(ShardId(0), 4, Partitioner::Murmur2).unwrap();
+    let writes = (0..20_000)
+        .map(|i| write(&format!("e{i}"), 10, Some(i)))
+        .collect();
+    apply(&s, writes, 1);
+    let warmed = s.warm_lookup_cache(|| false).unwrap();
+    assert!(!warmed.complete, "{warmed:?}");
+    assert!(
+        warmed.rows > 1_000 && warmed.rows < 20_000,
+        "{warmed:?} for a 256 KiB cache"
+    );
+    assert!(e.lookup_cache_usage() <= 256 << 10);
+}
+
 #[test]
 fn without_a_cache_rows_come_from_rocksdb() {
     let dir = tempfile::tempdir().unwrap();
@@ -195,6 +256,20 @@ fn agree_under_concurrent_writes(fill_on_ingest: bool) {
     let entities: Vec<String> = (0..64).map(|i| format!("e{i}")).collect();
     let keys: Vec<Vec<u8>> = entities.iter().map(|e| key(e)).collect();
     let stop = Arc::new(AtomicBool::new(false));
+    // A replica warming the cache again and again meanwhile (what opening one does once).
+    let warmer = {
+        let (s, stop) = (s.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut rows = 0;
+            while !stop.load(Ordering::Relaxed) {
+                rows += s
+                    .warm_lookup_cache(|| stop.load(Ordering::Relaxed))
+                    .unwrap()
+                    .rows;
+            }
+            rows
+        })
+    };
     let writer = {
         let (s, stop, entities) = (s.clone(), stop.clone(), entities.clone());
         std::thread::spawn(move || {
@@ -231,6 +306,8 @@ fn agree_under_concurrent_writes(fill_on_ingest: bool) {
     stop.store(true, Ordering::Relaxed);
     let batches = writer.join().unwrap();
     assert!(batches > 10, "the writer ran ({batches} batches)");
+    let warmed = warmer.join().unwrap();
+    assert!(warmed > 0, "the warmer cached rows");
     assert!(
         reads > 10 && from_cache > 0,
         "{reads} reads, {from_cache} rows from the cache"
