@@ -46,8 +46,10 @@ impl ShardStore {
         while !stop() && cache.has_room_to_warm() {
             let read = self.consistent_read();
             let Some(seq) = read.seq else {
-                // A write is in flight: take the next snapshot after it.
-                std::thread::yield_now();
+                // A write is in flight (it takes about a millisecond): take the next
+                // snapshot after it rather than spin beside it.
+                drop(read);
+                std::thread::sleep(std::time::Duration::from_millis(1));
                 continue;
             };
             let generation = self.generation.load(Ordering::Acquire);
