@@ -210,12 +210,19 @@ impl LookupCache {
                 .store(true, Ordering::Relaxed);
             return true;
         }
+        self.add(&mut seg, hash, generation, key, value);
+        true
+    }
+
+    /// Adds an entry not in `seg`, evicting (CLOCK) to make room; the caller checked that
+    /// it fits a segment.
+    fn add(&self, seg: &mut Segment, hash: u64, generation: u64, key: &[u8], value: &[u8]) {
+        let need = charge(key.len(), value.len());
         let evicted = seg.make_room(need, self.segment_budget);
         self.evictions.increment(evicted.count as u64);
         seg.insert(hash, generation, key.len(), entry(key, value));
         self.bytes.fetch_add(need, Ordering::Relaxed);
         self.bytes.fetch_sub(evicted.bytes, Ordering::Relaxed);
-        true
     }
 
     /// Whether warming a replica ([`super::ShardStore::warm_lookup_cache`]) may add
@@ -251,14 +258,7 @@ impl LookupCache {
                     .fetch_sub(seg.slots[i as usize].charge(), Ordering::Relaxed);
                 seg.remove(i);
             }
-            (None, Some(v)) if self.fill_on_ingest => {
-                let need = charge(key.len(), v.len());
-                let evicted = seg.make_room(need, self.segment_budget);
-                self.evictions.increment(evicted.count as u64);
-                seg.insert(hash, generation, key.len(), entry(key, v));
-                self.bytes.fetch_add(need, Ordering::Relaxed);
-                self.bytes.fetch_sub(evicted.bytes, Ordering::Relaxed);
-            }
+            (None, Some(v)) if self.fill_on_ingest => self.add(&mut seg, hash, generation, key, v),
             (None, _) => {}
         }
     }
