@@ -1,7 +1,9 @@
 //! Executing a planned lookup, independent of gRPC: the replicas it reads resolved once
-//! ([`replicas_for`]), then per shard one RocksDB snapshot (rows
-//! and watermark consistent), per (shard, view) one batched read through the lookup cache
-//! (`storage/lookup_cache.rs`; its misses from RocksDB), then every row
+//! ([`replicas_for`]), then per shard its rows and watermark from one state — from the
+//! lookup cache alone when a request of plain views finds every row of the shard there
+//! ([`ShardStore::latest_rows_in_memory`]), else through one RocksDB snapshot with, per
+//! view, one batched read through the lookup cache (`storage/lookup_cache.rs`; its misses
+//! from RocksDB) — then every row
 //! decoded in request order straight into typed packed columns
 //! ([`quiver_proto::packed`]): each value is copied once, from the stored row into its
 //! response column, with no message or allocation per value.
@@ -21,6 +23,7 @@ use quiver_proto::v1::{FeatureStatus, GetOnlineFeaturesResponse, ShardWatermark,
 use super::ServeError;
 use super::plan::LookupPlan;
 use crate::gate::{Gate, GateGuard};
+use crate::storage::lookup_cache::CachedRow;
 use crate::storage::row_codec::{FieldRef, visit_selected};
 use crate::storage::{RowBytes, ShardStore, keys, row_codec};
 
@@ -161,33 +164,18 @@ pub fn execute(
         };
         metrics::counter!(crate::metrics::AS_OF_KEYS, "rule" => rule).increment(n as u64);
     }
-    let mut reads = Vec::with_capacity(plan.by_shard.len());
-    let mut watermarks = Vec::with_capacity(plan.by_shard.len());
-    // Request row → (shard position, index within the shard's multi-get).
-    let mut locate = vec![(0u32, 0u32); n];
-    for (si, ((shard, rows), store)) in plan.by_shard.iter().zip(replicas).enumerate() {
-        // Rows and watermark from one snapshot: the watermark reported is exactly the
-        // state the rows reflect, so a client demanding it elsewhere never reads older.
-        let read = store.consistent_read();
-        let wm = read
-            .watermark()
-            .map_err(|e| ServeError::Storage(e.to_string()))?;
-        watermarks.push(wire_watermark(*shard, &wm));
-        for (i, &row) in rows.iter().enumerate() {
-            locate[row as usize] = (si as u32, i as u32);
-        }
-        reads.push((*shard, rows, read));
-    }
+    let mut sources = ShardSources::open(plan, replicas)?;
+    // Unnamed: the answer names its columns from the plan's shared list.
     let mut columns: Vec<ColumnBuilder> = compiled
         .columns
         .iter()
-        .map(|c| ColumnBuilder::new(c.name.clone(), c.ty, n, plan.event_times))
+        .map(|c| ColumnBuilder::new(String::new(), c.ty, n, plan.event_times))
         .collect();
-    let mut key_buf: Vec<u8> = Vec::new();
-    let mut key_ends: Vec<usize> = Vec::new();
-    for vp in &compiled.views {
+    let reads = &sources.reads;
+    let locate = &sources.locate;
+    for (v, vp) in compiled.views.iter().enumerate() {
         if let Some(as_of) = &plan.as_of {
-            super::as_of::fill_view(plan, as_of, vp, &reads, &locate, &mut columns)?;
+            super::as_of::fill_view(plan, as_of, vp, reads, locate, &mut columns)?;
             continue;
         }
         if let Some(agg) = &vp.view.aggregation {
@@ -207,8 +195,8 @@ pub fn execute(
                 plan,
                 agg,
                 vp,
-                &reads,
-                &locate,
+                reads,
+                locate,
                 &q,
                 now_micros,
                 mode,
@@ -216,43 +204,138 @@ pub fn execute(
             )?;
             continue;
         }
-        // One batched read per shard; pinned values stay valid while `reads` lives.
-        let mut fetched: Vec<Vec<Result<Option<RowBytes<'_>>, rocksdb::Error>>> =
-            Vec::with_capacity(reads.len());
-        for (_, rows, read) in &reads {
-            key_buf.clear();
-            key_ends.clear();
-            for &row in rows.iter() {
-                keys::encode_row_key(
-                    &vp.view.name,
-                    vp.view.version,
-                    plan.key(row as usize),
-                    &mut key_buf,
-                );
-                key_ends.push(key_buf.len());
-            }
-            let slices = split_keys(&key_buf, &key_ends);
-            fetched.push(read.get_latest_rows(&slices, mode == ReadMode::CachedOnly));
-        }
-        for (row, &(si, i)) in locate.iter().enumerate() {
-            let shard = reads[si as usize].0;
-            let value = match &fetched[si as usize][i as usize] {
-                Ok(v) => v.as_deref(),
-                Err(e) => return Err(read_error(shard, e.clone())),
-            };
-            fill_row(vp, shard, row, value, now_micros, &mut columns)?;
-        }
+        sources.fill_plain_view(plan, v, now_micros, mode, &mut columns)?;
     }
     // The builders are encoded where they are (`PackedAnswer`), not finished and moved.
     let head = GetOnlineFeaturesResponse {
         columns: Vec::new(),
-        watermarks,
         packed_columns: Vec::new(),
         row_count: n as u32,
         view_versions: compiled.views.iter().map(|v| v.view.version).collect(),
         registry_revision: compiled.revision,
+        watermarks: std::mem::take(&mut sources.watermarks),
     };
-    Ok(PackedAnswer::new(head, columns))
+    Ok(PackedAnswer::named(head, columns, compiled.names.clone()))
+}
+
+/// Where each shard of a lookup reads its rows from, in the plan's shard order.
+struct ShardSources<'a, 'r> {
+    /// The shards read through a snapshot (all of them unless the request reads plain
+    /// views only), in shard order.
+    reads: Vec<super::as_of::ShardRead<'a, 'r>>,
+    /// Per shard: its rows from the lookup cache alone (row `i` of view `v` at
+    /// `v * rows + i`), or `None` for a shard in `reads`.
+    memory: Vec<Option<Vec<CachedRow>>>,
+    /// Per shard: (shard, its row count, its index in `reads`).
+    shards: Vec<(ShardId, usize, usize)>,
+    /// Per shard: the watermark its rows reflect.
+    watermarks: Vec<ShardWatermark>,
+    /// Request row → (shard position, index among the shard's rows).
+    locate: Vec<(u32, u32)>,
+}
+
+impl<'a, 'r> ShardSources<'a, 'r> {
+    /// Each shard's rows and watermark from one state. For a request of plain views
+    /// only, a shard whose rows are all in the lookup cache is answered from it without a
+    /// snapshot ([`ShardStore::latest_rows_in_memory`]); aggregations and as-of reads
+    /// need one.
+    fn open(plan: &'r LookupPlan, replicas: &'a [Reader]) -> Result<Self, ExecError> {
+        let compiled = &plan.compiled;
+        let plain =
+            plan.as_of.is_none() && compiled.views.iter().all(|v| v.view.aggregation.is_none());
+        let count = plan.by_shard.len();
+        let mut out = ShardSources {
+            reads: Vec::with_capacity(count),
+            memory: Vec::with_capacity(count),
+            shards: Vec::with_capacity(count),
+            watermarks: Vec::with_capacity(count),
+            locate: vec![(0u32, 0u32); plan.key_count()],
+        };
+        let (mut key_buf, mut key_ends) = (Vec::new(), Vec::new());
+        for (si, ((shard, rows), store)) in plan.by_shard.iter().zip(replicas).enumerate() {
+            for (i, &row) in rows.iter().enumerate() {
+                out.locate[row as usize] = (si as u32, i as u32);
+            }
+            out.shards.push((*shard, rows.len(), out.reads.len()));
+            if plain {
+                key_buf.clear();
+                key_ends.clear();
+                for vp in &compiled.views {
+                    row_keys(plan, vp, rows, &mut key_buf, &mut key_ends);
+                }
+                if let Some((wm, cached)) =
+                    store.latest_rows_in_memory(&split_keys(&key_buf, &key_ends))
+                {
+                    out.watermarks.push(wire_watermark(*shard, &wm));
+                    out.memory.push(Some(cached));
+                    continue;
+                }
+            }
+            // Rows and watermark from one snapshot: the watermark reported is exactly the
+            // state the rows reflect, so a client demanding it elsewhere never reads older.
+            let read = store.consistent_read();
+            let wm = read
+                .watermark()
+                .map_err(|e| ServeError::Storage(e.to_string()))?;
+            out.watermarks.push(wire_watermark(*shard, &wm));
+            out.memory.push(None);
+            out.reads.push((*shard, rows, read));
+        }
+        Ok(out)
+    }
+
+    /// Appends plain view `v`'s answer for every request row to `columns`: rows from
+    /// memory as they are, the others by one batched read per shard read through a
+    /// snapshot.
+    fn fill_plain_view(
+        &self,
+        plan: &LookupPlan,
+        v: usize,
+        now_micros: i64,
+        mode: ReadMode,
+        columns: &mut [ColumnBuilder],
+    ) -> Result<(), ExecError> {
+        let vp = &plan.compiled.views[v];
+        let (mut key_buf, mut key_ends) = (Vec::new(), Vec::new());
+        // Pinned values stay valid while `self.reads` lives.
+        let mut fetched: Vec<Vec<Result<Option<RowBytes<'_>>, rocksdb::Error>>> =
+            Vec::with_capacity(self.reads.len());
+        for (_, rows, read) in &self.reads {
+            key_buf.clear();
+            key_ends.clear();
+            row_keys(plan, vp, rows, &mut key_buf, &mut key_ends);
+            let slices = split_keys(&key_buf, &key_ends);
+            fetched.push(read.get_latest_rows(&slices, mode == ReadMode::CachedOnly));
+        }
+        for (row, &(si, i)) in self.locate.iter().enumerate() {
+            let (si, i) = (si as usize, i as usize);
+            let (shard, shard_rows, read) = self.shards[si];
+            let value = match &self.memory[si] {
+                Some(cached) => Some(&*cached[v * shard_rows + i]),
+                None => match &fetched[read][i] {
+                    Ok(v) => v.as_deref(),
+                    Err(e) => return Err(read_error(shard, e.clone())),
+                },
+            };
+            fill_row(vp, shard, row, value, now_micros, columns)?;
+        }
+        Ok(())
+    }
+}
+
+/// Appends the storage keys of `rows` (request rows of one shard) in view `vp` to `buf`,
+/// each one's end to `ends`.
+fn row_keys(
+    plan: &LookupPlan,
+    vp: &super::plan::ViewPlan,
+    rows: &[u32],
+    buf: &mut Vec<u8>,
+    ends: &mut Vec<usize>,
+) {
+    for &row in rows {
+        keys::encode_row_key(&vp.view.name, vp.view.version, plan.key(row as usize), buf);
+        ends.push(buf.len());
+    }
 }
 
 /// The keys `buf[..ends[0]]`, `buf[ends[0]..ends[1]]`, … as slices.

@@ -60,6 +60,9 @@ pub struct CompiledPlan {
     pub key_type: KeyType,
     /// Response columns in request order.
     pub columns: Vec<ColumnSpec>,
+    /// The columns' names, shared by every answer of the plan (a response names its
+    /// columns from this list instead of cloning a `String` per column per request).
+    pub names: Arc<[String]>,
     /// Views read, in first-use order.
     pub views: Vec<ViewPlan>,
 }
@@ -228,6 +231,7 @@ pub fn compile(
         revision: registry.revision,
         entity,
         key_type,
+        names: columns.iter().map(|c| c.name.clone()).collect(),
         columns,
         views,
     })

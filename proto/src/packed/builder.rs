@@ -50,6 +50,17 @@ impl ColumnBuilder {
         }
     }
 
+    /// The column's name as built (empty for a column of a [`super::PackedAnswer`] that
+    /// names its columns from a shared list).
+    pub fn name(&self) -> &str {
+        &self.col.name
+    }
+
+    /// Names the column.
+    pub fn set_name(&mut self, name: String) {
+        self.col.name = name;
+    }
+
     /// The column's type.
     pub fn feature_type(&self) -> FeatureType {
         self.col.feature_type()
@@ -254,19 +265,22 @@ impl ColumnBuilder {
         }
     }
 
-    /// Bytes of [`Self::encode_raw`].
-    pub(super) fn encoded_len(&self) -> usize {
-        use prost::encoding::{bool, bytes, double, float, int32, sfixed64, string, uint32};
+    /// Bytes of [`Self::encode_raw`] with the column named `name`.
+    pub(super) fn encoded_len(&self, name: &str) -> usize {
+        use prost::encoding::{bool, bytes, double, float, int32, sfixed64, uint32};
         let c = &self.col;
         let blob = if self.blob.is_empty() {
             0
         } else {
             bytes::encoded_len(9, &self.blob)
         };
-        (if c.name.is_empty() {
+        (if name.is_empty() {
             0
         } else {
-            string::encoded_len(1, &c.name)
+            // A string field: tag, length, UTF-8 bytes.
+            prost::encoding::key_len(1)
+                + prost::encoding::encoded_len_varint(name.len() as u64)
+                + name.len()
         }) + (if c.r#type == 0 {
             0
         } else {
@@ -288,13 +302,15 @@ impl ColumnBuilder {
             + sfixed64::encoded_len_packed(13, &c.event_times_micros)
     }
 
-    /// The fields of the sealed column, byte for byte what prost encodes for
-    /// `self.finish()`, without moving the column out of the builder.
-    pub(super) fn encode_raw(&self, buf: &mut impl bytes::BufMut) {
-        use prost::encoding::{bool, bytes, double, float, int32, sfixed64, string, uint32};
+    /// The fields of the sealed column named `name`, byte for byte what prost encodes
+    /// for `self.finish()` with that name, without moving the column out of the builder.
+    pub(super) fn encode_raw(&self, name: &str, buf: &mut impl bytes::BufMut) {
+        use prost::encoding::{bool, bytes, double, float, int32, sfixed64, uint32};
         let c = &self.col;
-        if !c.name.is_empty() {
-            string::encode(1, &c.name, buf);
+        if !name.is_empty() {
+            prost::encoding::encode_key(1, prost::encoding::WireType::LengthDelimited, buf);
+            prost::encoding::encode_varint(name.len() as u64, buf);
+            buf.put_slice(name.as_bytes());
         }
         if c.r#type != 0 {
             int32::encode(2, &c.r#type, buf);

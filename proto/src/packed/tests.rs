@@ -321,11 +321,14 @@ fn an_answer_encodes_as_its_response() {
                 (ty, random_cells(&mut rng, ty, rows, dim))
             })
             .collect();
-        let builders = || -> Vec<ColumnBuilder> {
+        let name = |i: usize| format!("v:f{round}_{i}");
+        let builders = |named: bool| -> Vec<ColumnBuilder> {
             specs
                 .iter()
-                .map(|(ty, cells)| {
-                    let mut b = ColumnBuilder::new(format!("v:f{round}"), *ty, rows, event_times);
+                .enumerate()
+                .map(|(i, (ty, cells))| {
+                    let n = if named { name(i) } else { String::new() };
+                    let mut b = ColumnBuilder::new(n, *ty, rows, event_times);
                     for (status, value, t) in cells {
                         match status {
                             FeatureStatus::Present => b.push_kind(value.as_ref(), *t),
@@ -352,17 +355,27 @@ fn an_answer_encodes_as_its_response() {
             ..Default::default()
         };
         let want = GetOnlineFeaturesResponse {
-            packed_columns: builders().into_iter().map(ColumnBuilder::finish).collect(),
+            packed_columns: builders(true)
+                .into_iter()
+                .map(ColumnBuilder::finish)
+                .collect(),
             ..head.clone()
         };
-        let answer = PackedAnswer::new(head, builders());
-        let bytes = answer.encode_to_vec();
-        assert_eq!(answer.encoded_len(), bytes.len(), "round {round}");
-        assert_eq!(bytes, want.encode_to_vec(), "round {round}");
-        assert!(
-            same_column_set(&answer.into_response(), &want),
-            "round {round}"
-        );
+        // Names in the builders, or unnamed builders named from one shared list (as a
+        // node answers): the same bytes, and the same finished response.
+        let names: std::sync::Arc<[String]> = (0..specs.len()).map(name).collect();
+        for answer in [
+            PackedAnswer::new(head.clone(), builders(true)),
+            PackedAnswer::named(head.clone(), builders(false), names),
+        ] {
+            let bytes = answer.encode_to_vec();
+            assert_eq!(answer.encoded_len(), bytes.len(), "round {round}");
+            assert_eq!(bytes, want.encode_to_vec(), "round {round}");
+            assert!(
+                same_column_set(&answer.into_response(), &want),
+                "round {round}"
+            );
+        }
     }
 }
 

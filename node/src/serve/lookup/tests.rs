@@ -88,3 +88,166 @@ fn pending_streams_are_neither_reported_nor_waited_on() {
         "only the topic's stream is a client's floor"
     );
 }
+
+const TWO_VIEWS: &str = r#"
+[[entity]]
+name = "user"
+key_type = "string"
+[[view]]
+name = "v"
+entity = "user"
+[view.source]
+topic = "t"
+[[view.feature]]
+name = "x"
+type = "int64"
+[[view]]
+name = "w"
+entity = "user"
+ttl = "1h"
+[view.source]
+topic = "t"
+[[view.feature]]
+name = "s"
+type = "string"
+[[view.feature]]
+name = "f"
+type = "float64"
+"#;
+
+/// Four shards of an engine with (`cache`) or without a lookup cache, holding the same
+/// rows: for `u0`..`u39`, a `v` row, a `w` row (every fifth older than its TTL, every
+/// sixth a tombstone, every seventh without its string).
+fn four_shards(
+    dir: &std::path::Path,
+    cache: bool,
+) -> (
+    crate::storage::StorageEngine,
+    HashMap<ShardId, std::sync::Arc<crate::storage::ShardStore>>,
+) {
+    use crate::storage::row_codec::encode_row;
+    use crate::storage::{RowWrite, StorageConfig, StorageEngine, keys};
+    use quiver_proto::v1::value::Kind;
+    let mut config = StorageConfig::for_test(dir.to_path_buf());
+    if !cache {
+        config.lookup_cache_bytes = 0;
+    }
+    let engine = StorageEngine::new(config).unwrap();
+    let now = 1_800_000_000_000_000i64;
+    let mut writes: HashMap<ShardId, Vec<RowWrite>> = HashMap::new();
+    for i in 0..40i64 {
+        let user = format!("u{i}");
+        let shard = Partitioner::Murmur2.shard_for_key(user.as_bytes(), 4);
+        let row = |et: i64, values: &[Option<Kind>], tombstone: bool| -> Option<Vec<u8>> {
+            (!tombstone).then(|| {
+                let mut buf = Vec::new();
+                encode_row(et, values, &mut buf);
+                buf
+            })
+        };
+        let et = if i % 5 == 0 {
+            now - 7_200_000_000
+        } else {
+            now - i
+        };
+        let w_values = [
+            (i % 7 != 0).then(|| Kind::StringValue(format!("s{i}"))),
+            Some(Kind::Float64Value(i as f64 / 3.0)),
+        ];
+        for (view, value) in [
+            ("v", row(now - i, &[Some(Kind::Int64Value(i * 11))], false)),
+            ("w", row(et, &w_values, i % 6 == 0)),
+        ] {
+            writes.entry(shard).or_default().push(RowWrite {
+                topic: 0,
+                key: keys::row_key(view, 1, user.as_bytes()),
+                event_time_micros: et,
+                value,
+                history: None,
+            });
+        }
+    }
+    let mut stores = HashMap::new();
+    for s in 0..4 {
+        let store = std::sync::Arc::new(
+            engine
+                .open_shard(ShardId(s), 4, Partitioner::Murmur2)
+                .unwrap(),
+        );
+        store
+            .apply(&IngestBatch {
+                writes: writes.remove(&ShardId(s)).unwrap_or_default(),
+                events: Vec::new(),
+                progress: vec![TopicProgress {
+                    topic: "t".into(),
+                    next_offset: 100 + i64::from(s),
+                    consumed: 1,
+                    malformed: 0,
+                }],
+            })
+            .unwrap();
+        stores.insert(ShardId(s), store);
+    }
+    (engine, stores)
+}
+
+/// A lookup whose shards' rows are all in the lookup cache is answered without a
+/// snapshot; its answer (columns, statuses, event times, watermarks) is byte for byte
+/// the one a node without the cache gives, and so is a lookup mixing such shards with
+/// shards that need a snapshot (a key never written, a tombstone, a row not cached).
+#[test]
+fn answers_from_memory_equal_answers_through_snapshots() {
+    let registry = Registry::in_memory();
+    registry.apply_toml(TWO_VIEWS, false).unwrap();
+    let limits = NodeConfigFile::default().validate().unwrap().limits;
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (_cached_engine, cached) = four_shards(dir_a.path(), true);
+    let (_plain_engine, plain) = four_shards(dir_b.path(), false);
+    let now = 1_800_000_000_000_000i64;
+    let answer = |stores: &HashMap<ShardId, _>, users: &[String]| {
+        let req = GetOnlineFeaturesRequest {
+            // Two views, a feature named twice, a whole view.
+            features: vec!["v:x".into(), "w:*".into(), "v:x".into()],
+            entity_keys: users.iter().map(|u| EntityKey::from(u.as_str())).collect(),
+            include_event_times: true,
+            ..Default::default()
+        };
+        let plan =
+            plan_lookup(&req, &registry.snapshot(), &limits, Partitioner::Murmur2, 4).unwrap();
+        let replicas = replicas_for(&plan, stores, 0).unwrap();
+        let Ok(resp) = execute(&plan, &replicas, now, ReadMode::Full) else {
+            panic!("lookup failed")
+        };
+        prost::Message::encode_to_vec(&resp)
+    };
+    // Rows in every shard, none a tombstone (those are not cached): every shard from
+    // memory.
+    let present: Vec<String> = (0..40)
+        .filter(|i| i % 6 != 0)
+        .map(|i| format!("u{i}"))
+        .chain(["u1".into()]) // a key asked twice
+        .collect();
+    let slices = |users: &[String], s: u32| -> Vec<Vec<u8>> {
+        users
+            .iter()
+            .filter(|u| Partitioner::Murmur2.shard_for_key(u.as_bytes(), 4) == ShardId(s))
+            .flat_map(|u| ["v", "w"].map(|v| crate::storage::keys::row_key(v, 1, u.as_bytes())))
+            .collect()
+    };
+    for s in 0..4 {
+        let keys = slices(&present, s);
+        let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        assert!(
+            cached[&ShardId(s)].latest_rows_in_memory(&keys).is_some(),
+            "shard {s}: every row cached"
+        );
+    }
+    assert_eq!(answer(&cached, &present), answer(&plain, &present));
+    // A key never written and the tombstones: their shards read through a snapshot.
+    let mixed: Vec<String> = (0..40)
+        .map(|i| format!("u{i}"))
+        .chain(["nobody".into()])
+        .collect();
+    assert_eq!(answer(&cached, &mixed), answer(&plain, &mixed));
+    assert_eq!(answer(&cached, &present), answer(&plain, &present));
+}

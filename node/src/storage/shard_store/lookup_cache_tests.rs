@@ -270,24 +270,7 @@ fn agree_under_concurrent_writes(fill_on_ingest: bool) {
             rows
         })
     };
-    let writer = {
-        let (s, stop, entities) = (s.clone(), stop.clone(), entities.clone());
-        std::thread::spawn(move || {
-            let mut offset = 0;
-            while !stop.load(Ordering::Relaxed) {
-                offset += 1;
-                // Eight keys per batch; every fifth write a tombstone.
-                let writes = (0..8)
-                    .map(|j| {
-                        let e = &entities[((offset * 8 + j) % 64) as usize];
-                        write(e, offset, (j % 5 != 0).then_some(offset))
-                    })
-                    .collect();
-                apply(&s, writes, offset);
-            }
-            offset
-        })
-    };
+    let writer = spawn_writer(&s, &stop, &entities);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
     let (mut reads, mut from_cache) = (0u64, 0u64);
     while std::time::Instant::now() < deadline {
@@ -311,5 +294,93 @@ fn agree_under_concurrent_writes(fill_on_ingest: bool) {
     assert!(
         reads > 10 && from_cache > 0,
         "{reads} reads, {from_cache} rows from the cache"
+    );
+}
+
+/// Rows answered from the cache alone ([`ShardStore::latest_rows_in_memory`], no
+/// snapshot) come with the watermark of the state they are: under a writer that never
+/// pauses, every such answer is what replaying the writes up to that watermark gives.
+#[test]
+fn rows_from_memory_alone_are_those_of_their_watermark() {
+    for fill_on_ingest in [false, true] {
+        rows_from_memory_match_their_watermark(fill_on_ingest);
+    }
+}
+
+/// A writer that applies batches `1, 2, …` without pause until `stop`: batch `o`
+/// writes entities `(8·o + j) mod 64` for `j` in `0..8`, value `o` (every fifth write,
+/// `j mod 5 = 0`, a tombstone), and sets topic `t`'s offset to `o`. Returns the last batch.
+fn spawn_writer(
+    s: &Arc<ShardStore>,
+    stop: &Arc<AtomicBool>,
+    entities: &[String],
+) -> std::thread::JoinHandle<i64> {
+    let (s, stop, entities) = (s.clone(), stop.clone(), entities.to_vec());
+    std::thread::spawn(move || {
+        let mut offset = 0;
+        while !stop.load(Ordering::Relaxed) {
+            offset += 1;
+            let writes = (0..8)
+                .map(|j| {
+                    let e = &entities[((offset * 8 + j) % 64) as usize];
+                    write(e, offset, (j % 5 != 0).then_some(offset))
+                })
+                .collect();
+            apply(&s, writes, offset);
+        }
+        offset
+    })
+}
+
+/// Entity `idx`'s value once [`spawn_writer`] applied batches `1..=applied`: `None`
+/// without a row, `Some(None)` for a tombstone.
+fn replayed(idx: usize, applied: i64) -> Option<Option<i64>> {
+    (1..=applied).rev().find_map(|o| {
+        (0..8)
+            .find(|j| ((o * 8 + j) % 64) as usize == idx)
+            .map(|j| (j % 5 != 0).then_some(o))
+    })
+}
+
+fn rows_from_memory_match_their_watermark(fill_on_ingest: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine_filled_by(dir.path(), fill_on_ingest);
+    let s = Arc::new(e.open_shard(ShardId(0), 4, Partitioner::Murmur2).unwrap());
+    let entities: Vec<String> = (0..64).map(|i| format!("e{i}")).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = spawn_writer(&s, &stop, &entities);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    let (mut tries, mut answered) = (0usize, 0u64);
+    while std::time::Instant::now() < deadline {
+        tries += 1;
+        let picked = [(tries * 7) % 64, (tries * 13 + 1) % 64];
+        let keys: Vec<Vec<u8>> = picked.iter().map(|&i| key(&entities[i])).collect();
+        let slices: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        let Some((wm, rows)) = s.latest_rows_in_memory(&slices) else {
+            // Not all cached (or a write raced): a lookup through a snapshot fills it.
+            s.consistent_read().get_latest_rows(&slices, false);
+            continue;
+        };
+        let applied = wm.get("t").copied().unwrap_or(0);
+        for (&idx, row) in picked.iter().zip(&rows) {
+            let row = row_codec::decode_row(row).unwrap();
+            let got = (!row.header.tombstone).then(|| match row.values[0] {
+                Some(Kind::Int64Value(x)) => x,
+                ref other => panic!("{other:?}"),
+            });
+            assert_eq!(
+                Some(got),
+                replayed(idx, applied),
+                "entity e{idx} at watermark {applied} (fill on ingest: {fill_on_ingest})"
+            );
+        }
+        answered += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let batches = writer.join().unwrap();
+    assert!(batches > 10, "the writer ran ({batches} batches)");
+    assert!(
+        answered > 10,
+        "{answered} of {tries} reads answered from memory (fill on ingest: {fill_on_ingest})"
     );
 }
