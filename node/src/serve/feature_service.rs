@@ -199,7 +199,7 @@ impl FeatureServiceImpl {
             .duration_since(UNIX_EPOCH)
             .unwrap_or(Duration::ZERO)
             .as_micros() as i64;
-        let cells = plan.key_count() * plan.compiled.columns.len();
+        let cells = plan.key_count() * plan.compiled.types.len();
         // Small lookups whose rows are all in memory run here: no thread hand-off, and
         // `CachedOnly` reads can never wait on the disk. Anything larger, or a row that
         // is not in memory, runs on the blocking pool.

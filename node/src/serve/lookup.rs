@@ -167,9 +167,9 @@ pub fn execute(
     let mut sources = ShardSources::open(plan, replicas)?;
     // Unnamed: the answer names its columns from the plan's shared list.
     let mut columns: Vec<ColumnBuilder> = compiled
-        .columns
+        .types
         .iter()
-        .map(|c| ColumnBuilder::new(String::new(), c.ty, n, plan.event_times))
+        .map(|&ty| ColumnBuilder::new(String::new(), ty, n, plan.event_times))
         .collect();
     let reads = &sources.reads;
     let locate = &sources.locate;
@@ -226,12 +226,30 @@ struct ShardSources<'a, 'r> {
     /// Per shard: its rows from the lookup cache alone (row `i` of view `v` at
     /// `v * rows + i`), or `None` for a shard in `reads`.
     memory: Vec<Option<Vec<CachedRow>>>,
-    /// Per shard: (shard, its row count, its index in `reads`).
-    shards: Vec<(ShardId, usize, usize)>,
+    /// Per shard: where it is read from and where its keys are.
+    shards: Vec<ShardSource>,
     /// Per shard: the watermark its rows reflect.
     watermarks: Vec<ShardWatermark>,
     /// Request row → (shard position, index among the shard's rows).
     locate: Vec<(u32, u32)>,
+    /// Without an as-of time: the storage keys of every (shard, view, row), shard by
+    /// shard, then view by view, encoded once for the memory attempt and the reads (an
+    /// aggregation view's are unused: its tiles have keys of their own).
+    keys: Vec<u8>,
+    /// `keys` split: key `j` ends at `key_ends[j]`.
+    key_ends: Vec<usize>,
+}
+
+/// One shard of a lookup.
+#[derive(Clone, Copy)]
+struct ShardSource {
+    shard: ShardId,
+    /// Its request rows.
+    rows: usize,
+    /// Its index in [`ShardSources::reads`], if read through a snapshot.
+    read: usize,
+    /// The index in `key_ends` of its first key (view 0, row 0).
+    first_key: usize,
 }
 
 impl<'a, 'r> ShardSources<'a, 'r> {
@@ -250,22 +268,28 @@ impl<'a, 'r> ShardSources<'a, 'r> {
             shards: Vec::with_capacity(count),
             watermarks: Vec::with_capacity(count),
             locate: vec![(0u32, 0u32); plan.key_count()],
+            keys: Vec::new(),
+            key_ends: Vec::new(),
         };
-        let (mut key_buf, mut key_ends) = (Vec::new(), Vec::new());
         for (si, ((shard, rows), store)) in plan.by_shard.iter().zip(replicas).enumerate() {
             for (i, &row) in rows.iter().enumerate() {
                 out.locate[row as usize] = (si as u32, i as u32);
             }
-            out.shards.push((*shard, rows.len(), out.reads.len()));
-            if plain {
-                key_buf.clear();
-                key_ends.clear();
+            let first_key = out.key_ends.len();
+            if plan.as_of.is_none() {
                 for vp in &compiled.views {
-                    row_keys(plan, vp, rows, &mut key_buf, &mut key_ends);
+                    row_keys(plan, vp, rows, &mut out.keys, &mut out.key_ends);
                 }
-                if let Some((wm, cached)) =
-                    store.latest_rows_in_memory(&split_keys(&key_buf, &key_ends))
-                {
+            }
+            out.shards.push(ShardSource {
+                shard: *shard,
+                rows: rows.len(),
+                read: out.reads.len(),
+                first_key,
+            });
+            if plain {
+                let all = out.keys_between(first_key, out.key_ends.len());
+                if let Some((wm, cached)) = store.latest_rows_in_memory(&all) {
                     out.watermarks.push(wire_watermark(*shard, &wm));
                     out.memory.push(Some(cached));
                     continue;
@@ -284,6 +308,16 @@ impl<'a, 'r> ShardSources<'a, 'r> {
         Ok(out)
     }
 
+    /// Keys `from..to` of `self.keys`.
+    fn keys_between(&self, from: usize, to: usize) -> Vec<&[u8]> {
+        let start = if from == 0 {
+            0
+        } else {
+            self.key_ends[from - 1]
+        };
+        split_keys(&self.keys, start, &self.key_ends[from..to])
+    }
+
     /// Appends plain view `v`'s answer for every request row to `columns`: rows from
     /// memory as they are, the others by one batched read per shard read through a
     /// snapshot.
@@ -296,28 +330,30 @@ impl<'a, 'r> ShardSources<'a, 'r> {
         columns: &mut [ColumnBuilder],
     ) -> Result<(), ExecError> {
         let vp = &plan.compiled.views[v];
-        let (mut key_buf, mut key_ends) = (Vec::new(), Vec::new());
         // Pinned values stay valid while `self.reads` lives.
-        let mut fetched: Vec<Vec<Result<Option<RowBytes<'_>>, rocksdb::Error>>> =
-            Vec::with_capacity(self.reads.len());
-        for (_, rows, read) in &self.reads {
-            key_buf.clear();
-            key_ends.clear();
-            row_keys(plan, vp, rows, &mut key_buf, &mut key_ends);
-            let slices = split_keys(&key_buf, &key_ends);
-            fetched.push(read.get_latest_rows(&slices, mode == ReadMode::CachedOnly));
-        }
+        let fetched: Vec<Vec<Result<Option<RowBytes<'_>>, rocksdb::Error>>> = self
+            .shards
+            .iter()
+            .zip(&self.memory)
+            .filter(|(_, m)| m.is_none())
+            .map(|(s, _)| {
+                let (_, _, read) = &self.reads[s.read];
+                let from = s.first_key + v * s.rows;
+                let keys = self.keys_between(from, from + s.rows);
+                read.get_latest_rows(&keys, mode == ReadMode::CachedOnly)
+            })
+            .collect();
         for (row, &(si, i)) in self.locate.iter().enumerate() {
             let (si, i) = (si as usize, i as usize);
-            let (shard, shard_rows, read) = self.shards[si];
+            let s = self.shards[si];
             let value = match &self.memory[si] {
-                Some(cached) => Some(&*cached[v * shard_rows + i]),
-                None => match &fetched[read][i] {
+                Some(cached) => Some(&*cached[v * s.rows + i]),
+                None => match &fetched[s.read][i] {
                     Ok(v) => v.as_deref(),
-                    Err(e) => return Err(read_error(shard, e.clone())),
+                    Err(e) => return Err(read_error(s.shard, e.clone())),
                 },
             };
-            fill_row(vp, shard, row, value, now_micros, columns)?;
+            fill_row(vp, s.shard, row, value, now_micros, columns)?;
         }
         Ok(())
     }
@@ -338,9 +374,8 @@ fn row_keys(
     }
 }
 
-/// The keys `buf[..ends[0]]`, `buf[ends[0]..ends[1]]`, … as slices.
-pub(super) fn split_keys<'k>(buf: &'k [u8], ends: &[usize]) -> Vec<&'k [u8]> {
-    let mut start = 0;
+/// The keys `buf[start..ends[0]]`, `buf[ends[0]..ends[1]]`, … as slices.
+pub(super) fn split_keys<'k>(buf: &'k [u8], mut start: usize, ends: &[usize]) -> Vec<&'k [u8]> {
     ends.iter()
         .map(|&end| {
             let k = &buf[start..end];

@@ -38,15 +38,6 @@ pub struct ViewPlan {
     pub ttl_micros: Option<i64>,
 }
 
-/// A response column.
-#[derive(Debug)]
-pub struct ColumnSpec {
-    /// `view:feature`.
-    pub name: String,
-    /// Its type.
-    pub ty: WireType,
-}
-
 /// A resolved feature list: what every request naming it reads.
 #[derive(Debug)]
 pub struct CompiledPlan {
@@ -58,9 +49,10 @@ pub struct CompiledPlan {
     pub entity: String,
     /// Key type of the entity.
     pub key_type: KeyType,
-    /// Response columns in request order.
-    pub columns: Vec<ColumnSpec>,
-    /// The columns' names, shared by every answer of the plan (a response names its
+    /// Response columns' types, in request order.
+    pub types: Vec<WireType>,
+    /// Response columns' names (`view:feature`, or `view@version:feature` when pinned),
+    /// in request order, shared by every answer of the plan (a response names its
     /// columns from this list instead of cloning a `String` per column per request).
     pub names: Arc<[String]>,
     /// Views read, in first-use order.
@@ -185,17 +177,16 @@ pub fn compile(
         .map(|e| e.key_type)
         .ok_or_else(|| ServeError::NotFound(format!("entity {entity:?} is not registered")))?;
     let mut views: Vec<ViewPlan> = Vec::new();
-    let mut columns = Vec::with_capacity(wanted.len());
+    let mut types = Vec::with_capacity(wanted.len());
+    let mut names = Vec::with_capacity(wanted.len());
     for (col, (view, idx, pinned)) in wanted.into_iter().enumerate() {
         let feature = &view.features[idx];
-        columns.push(ColumnSpec {
-            name: if pinned {
-                format!("{}@{}:{}", view.name, view.version, feature.name)
-            } else {
-                format!("{}:{}", view.name, feature.name)
-            },
-            ty: wire_type(feature.value_type),
+        names.push(if pinned {
+            format!("{}@{}:{}", view.name, view.version, feature.name)
+        } else {
+            format!("{}:{}", view.name, feature.name)
         });
+        types.push(wire_type(feature.value_type));
         let vp = match views.iter().position(|p| Arc::ptr_eq(&p.view, &view)) {
             Some(i) => &mut views[i],
             None => {
@@ -231,8 +222,8 @@ pub fn compile(
         revision: registry.revision,
         entity,
         key_type,
-        names: columns.iter().map(|c| c.name.clone()).collect(),
-        columns,
+        types,
+        names: names.into(),
         views,
     })
 }

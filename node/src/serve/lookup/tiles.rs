@@ -52,7 +52,7 @@ pub(super) fn fill_view(
             keys::encode_tile_key(name, version, plan.key(row as usize), &mut key_buf);
             key_ends.push(key_buf.len());
         }
-        let got = read.get_rows(split_keys(&key_buf, &key_ends).iter(), cached_only);
+        let got = read.get_rows(split_keys(&key_buf, 0, &key_ends).iter(), cached_only);
         key_buf.clear();
         key_ends.clear();
         let mut apart = Vec::new();
@@ -69,7 +69,7 @@ pub(super) fn fill_view(
         let got_bodies = if apart.is_empty() {
             Vec::new()
         } else {
-            read.get_rows(split_keys(&key_buf, &key_ends).iter(), cached_only)
+            read.get_rows(split_keys(&key_buf, 0, &key_ends).iter(), cached_only)
         };
         heads.push(got);
         bodies.push((apart, got_bodies));
