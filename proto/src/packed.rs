@@ -292,6 +292,7 @@ impl PackedColumn {
 mod answer;
 mod builder;
 mod gather;
+mod wire;
 
 pub use answer::PackedAnswer;
 pub use builder::ColumnBuilder;

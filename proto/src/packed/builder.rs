@@ -1,13 +1,22 @@
 //! [`ColumnBuilder`]: a packed column built row by row.
 
-use super::ValueRef;
+use super::{ValueRef, wire};
 use crate::v1::value::Kind;
 use crate::v1::{FeatureStatus, FeatureType, PackedColumn};
 
 /// Builds one packed column row by row (rows must be pushed in order, each once).
+///
+/// It keeps the column's type and its statuses apart from the `PackedColumn` it fills:
+/// the type is read per pushed value (prost's getter converts the `i32` each time), and a
+/// status is one byte (every `FeatureStatus` is below 128, so its varint is that byte),
+/// which lets the encoder write a column's statuses with one copy instead of a varint
+/// per row.
 #[derive(Debug)]
 pub struct ColumnBuilder {
     col: PackedColumn,
+    ty: FeatureType,
+    /// One `FeatureStatus` per row, as a byte.
+    statuses: Vec<u8>,
     blob: Vec<u8>,
     event_times: bool,
 }
@@ -19,7 +28,6 @@ impl ColumnBuilder {
         let mut col = PackedColumn {
             name,
             r#type: ty as i32,
-            statuses: Vec::with_capacity(rows),
             ..Default::default()
         };
         match ty {
@@ -45,6 +53,8 @@ impl ColumnBuilder {
         }
         ColumnBuilder {
             col,
+            ty,
+            statuses: Vec::with_capacity(rows),
             blob: Vec::new(),
             event_times,
         }
@@ -63,18 +73,18 @@ impl ColumnBuilder {
 
     /// The column's type.
     pub fn feature_type(&self) -> FeatureType {
-        self.col.feature_type()
+        self.ty
     }
 
     /// Rows pushed so far.
     pub fn rows(&self) -> usize {
-        self.col.statuses.len()
+        self.statuses.len()
     }
 
     /// Pads the value arrays for a row without a value.
     fn pad(&mut self) {
         let c = &mut self.col;
-        match c.feature_type() {
+        match self.ty {
             FeatureType::Bool => c.bools.push(false),
             FeatureType::Int64 => c.int64s.push(0),
             FeatureType::Float64 => c.float64s.push(0.0),
@@ -90,6 +100,7 @@ impl ColumnBuilder {
         }
     }
 
+    #[inline]
     fn time(&mut self, event_time_micros: i64) {
         if self.event_times {
             self.col.event_times_micros.push(event_time_micros);
@@ -98,7 +109,7 @@ impl ColumnBuilder {
 
     /// A row without a value: `status` NOT_FOUND or EXPIRED.
     pub fn push_missing(&mut self, status: FeatureStatus, event_time_micros: i64) {
-        self.col.statuses.push(status as i32);
+        self.statuses.push(status as u8);
         self.pad();
         self.time(event_time_micros);
     }
@@ -107,37 +118,42 @@ impl ColumnBuilder {
     pub fn push_null(&mut self, event_time_micros: i64) {
         let row = self.rows() as u32;
         self.col.null_rows.push(row);
-        self.col.statuses.push(FeatureStatus::Present as i32);
+        self.statuses.push(FeatureStatus::Present as u8);
         self.pad();
         self.time(event_time_micros);
     }
 
     /// Starts a PRESENT row with a value; the caller pushes exactly the value's payload
     /// with one of the `value_*` methods.
+    #[inline]
     fn present(&mut self, event_time_micros: i64) {
-        self.col.statuses.push(FeatureStatus::Present as i32);
+        self.statuses.push(FeatureStatus::Present as u8);
         self.time(event_time_micros);
     }
 
     /// A PRESENT bool.
+    #[inline]
     pub fn push_bool(&mut self, v: bool, event_time_micros: i64) {
         self.present(event_time_micros);
         self.col.bools.push(v);
     }
 
     /// A PRESENT int64.
+    #[inline]
     pub fn push_i64(&mut self, v: i64, event_time_micros: i64) {
         self.present(event_time_micros);
         self.col.int64s.push(v);
     }
 
     /// A PRESENT float64.
+    #[inline]
     pub fn push_f64(&mut self, v: f64, event_time_micros: i64) {
         self.present(event_time_micros);
         self.col.float64s.push(v);
     }
 
     /// A PRESENT string or bytes value.
+    #[inline]
     pub fn push_blob(&mut self, v: &[u8], event_time_micros: i64) {
         self.present(event_time_micros);
         self.blob.extend_from_slice(v);
@@ -247,12 +263,13 @@ impl ColumnBuilder {
     /// `d` is laid out as a rows × `d` matrix (`dimension = d`; rows without a value are
     /// zeros).
     pub fn finish(mut self) -> PackedColumn {
+        if self.ty == FeatureType::Float32Vector {
+            densify_vectors(&mut self.col, &self.statuses);
+        }
         let mut col = std::mem::take(&mut self.col);
+        col.statuses = self.statuses.iter().map(|&s| i32::from(s)).collect();
         if !self.blob.is_empty() || !col.offsets.is_empty() {
             col.blob = self.blob.into();
-        }
-        if col.feature_type() == FeatureType::Float32Vector {
-            densify_vectors(&mut col);
         }
         col
     }
@@ -260,14 +277,14 @@ impl ColumnBuilder {
     /// Lays a float32-vector column out as [`Self::finish`] would (a no-op for other
     /// types); after this the builder only encodes.
     pub(super) fn seal(&mut self) {
-        if self.col.feature_type() == FeatureType::Float32Vector {
-            densify_vectors(&mut self.col);
+        if self.ty == FeatureType::Float32Vector {
+            densify_vectors(&mut self.col, &self.statuses);
         }
     }
 
     /// Bytes of [`Self::encode_raw`] with the column named `name`.
     pub(super) fn encoded_len(&self, name: &str) -> usize {
-        use prost::encoding::{bool, bytes, double, float, int32, sfixed64, uint32};
+        use prost::encoding::{bytes, int32, uint32};
         let c = &self.col;
         let blob = if self.blob.is_empty() {
             0
@@ -285,12 +302,12 @@ impl ColumnBuilder {
             0
         } else {
             int32::encoded_len(2, &c.r#type)
-        }) + int32::encoded_len_packed(3, &c.statuses)
+        }) + wire::bytes_len(3, self.statuses.len())
             + uint32::encoded_len_packed(4, &c.null_rows)
-            + bool::encoded_len_packed(5, &c.bools)
-            + sfixed64::encoded_len_packed(6, &c.int64s)
-            + double::encoded_len_packed(7, &c.float64s)
-            + float::encoded_len_packed(8, &c.float32s)
+            + wire::bytes_len(5, c.bools.len())
+            + wire::bytes_len(6, 8 * c.int64s.len())
+            + wire::bytes_len(7, 8 * c.float64s.len())
+            + wire::bytes_len(8, 4 * c.float32s.len())
             + blob
             + uint32::encoded_len_packed(10, &c.offsets)
             + uint32::encoded_len_packed(11, &c.list_offsets)
@@ -299,13 +316,15 @@ impl ColumnBuilder {
             } else {
                 uint32::encoded_len(12, &c.dimension)
             })
-            + sfixed64::encoded_len_packed(13, &c.event_times_micros)
+            + wire::bytes_len(13, 8 * c.event_times_micros.len())
     }
 
     /// The fields of the sealed column named `name`, byte for byte what prost encodes
     /// for `self.finish()` with that name, without moving the column out of the builder.
+    /// Fixed-width arrays and the one-byte statuses go out as whole slices, not a
+    /// `BufMut` call per element as prost's packed encoders make.
     pub(super) fn encode_raw(&self, name: &str, buf: &mut impl bytes::BufMut) {
-        use prost::encoding::{bool, bytes, double, float, int32, sfixed64, uint32};
+        use prost::encoding::{bytes, int32, uint32};
         let c = &self.col;
         if !name.is_empty() {
             prost::encoding::encode_key(1, prost::encoding::WireType::LengthDelimited, buf);
@@ -315,12 +334,12 @@ impl ColumnBuilder {
         if c.r#type != 0 {
             int32::encode(2, &c.r#type, buf);
         }
-        int32::encode_packed(3, &c.statuses, buf);
+        wire::put_bytes(3, &self.statuses, buf);
         uint32::encode_packed(4, &c.null_rows, buf);
-        bool::encode_packed(5, &c.bools, buf);
-        sfixed64::encode_packed(6, &c.int64s, buf);
-        double::encode_packed(7, &c.float64s, buf);
-        float::encode_packed(8, &c.float32s, buf);
+        wire::put_fixed(5, &c.bools, |b| [u8::from(*b)], buf);
+        wire::put_fixed(6, &c.int64s, |v| v.to_le_bytes(), buf);
+        wire::put_fixed(7, &c.float64s, |v| v.to_le_bytes(), buf);
+        wire::put_fixed(8, &c.float32s, |v| v.to_le_bytes(), buf);
         if !self.blob.is_empty() {
             bytes::encode(9, &self.blob, buf);
         }
@@ -329,22 +348,22 @@ impl ColumnBuilder {
         if c.dimension != 0 {
             uint32::encode(12, &c.dimension, buf);
         }
-        sfixed64::encode_packed(13, &c.event_times_micros, buf);
+        wire::put_fixed(13, &c.event_times_micros, |v| v.to_le_bytes(), buf);
     }
 }
 
 /// Lays out a float32-vector column as a matrix when every present vector has the same
 /// non-zero length.
-fn densify_vectors(col: &mut PackedColumn) {
+fn densify_vectors(col: &mut PackedColumn, statuses: &[u8]) {
     if col.dimension != 0 {
         // Laid out already (a sealed builder being finished).
         return;
     }
-    let rows = col.statuses.len();
+    let rows = statuses.len();
     let mut dim = None;
-    for r in 0..rows {
+    for (r, &status) in statuses.iter().enumerate() {
         let len = col.list_offsets[r + 1] - col.list_offsets[r];
-        let has_value = col.statuses[r] == FeatureStatus::Present as i32
+        let has_value = status == FeatureStatus::Present as u8
             && col.null_rows.binary_search(&(r as u32)).is_err();
         if !has_value {
             continue;

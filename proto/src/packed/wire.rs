@@ -1,0 +1,99 @@
+//! Packed repeated fields written as whole slices: what prost's packed encoders write,
+//! without their `BufMut` call (and capacity check) per element.
+
+use bytes::BufMut;
+use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+
+/// Bytes a packed field `tag` of `payload` bytes takes (nothing when empty, as prost).
+pub(super) fn bytes_len(tag: u32, payload: usize) -> usize {
+    if payload == 0 {
+        0
+    } else {
+        key_len(tag) + encoded_len_varint(payload as u64) + payload
+    }
+}
+
+/// A packed field `tag` whose elements are one byte each, given as those bytes.
+pub(super) fn put_bytes(tag: u32, payload: &[u8], buf: &mut impl BufMut) {
+    if payload.is_empty() {
+        return;
+    }
+    encode_key(tag, WireType::LengthDelimited, buf);
+    encode_varint(payload.len() as u64, buf);
+    buf.put_slice(payload);
+}
+
+/// A packed field `tag` of fixed-width elements, each written as `le(element)` (its
+/// little-endian bytes), through a stack buffer: one `put_slice` per 4 KiB.
+pub(super) fn put_fixed<T, const W: usize>(
+    tag: u32,
+    values: &[T],
+    le: impl Fn(&T) -> [u8; W],
+    buf: &mut impl BufMut,
+) {
+    if values.is_empty() {
+        return;
+    }
+    encode_key(tag, WireType::LengthDelimited, buf);
+    encode_varint((W * values.len()) as u64, buf);
+    let mut chunk = [0u8; 4096];
+    for part in values.chunks(4096 / W) {
+        for (out, v) in chunk.chunks_exact_mut(W).zip(part) {
+            out.copy_from_slice(&le(v));
+        }
+        buf.put_slice(&chunk[..W * part.len()]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::encoding::{bool, double, float, int32, sfixed64};
+
+    use super::*;
+
+    /// Byte for byte prost's packed encodings, and their lengths, across chunk edges.
+    #[test]
+    fn slices_encode_as_prost_packs_them() {
+        for n in [0usize, 1, 2, 511, 512, 513, 1024, 1500, 4097] {
+            let f64s: Vec<f64> = (0..n).map(|i| i as f64 * -1.5 + 0.25).collect();
+            let i64s: Vec<i64> = (0..n).map(|i| (i as i64 - 700) * 1_000_003).collect();
+            let f32s: Vec<f32> = (0..n).map(|i| i as f32 / 3.0).collect();
+            let bools: Vec<bool> = (0..n).map(|i| i % 3 == 0).collect();
+            let small: Vec<i32> = (0..n).map(|i| (i % 4) as i32).collect();
+            let small_bytes: Vec<u8> = small.iter().map(|&s| s as u8).collect();
+
+            let (mut want, mut got) = (Vec::new(), Vec::new());
+            double::encode_packed(7, &f64s, &mut want);
+            put_fixed(7, &f64s, |v| v.to_le_bytes(), &mut got);
+            assert_eq!(got, want, "double, {n}");
+            assert_eq!(bytes_len(7, 8 * n), double::encoded_len_packed(7, &f64s));
+
+            let (mut want, mut got) = (Vec::new(), Vec::new());
+            sfixed64::encode_packed(13, &i64s, &mut want);
+            put_fixed(13, &i64s, |v| v.to_le_bytes(), &mut got);
+            assert_eq!(got, want, "sfixed64, {n}");
+            assert_eq!(
+                bytes_len(13, 8 * n),
+                sfixed64::encoded_len_packed(13, &i64s)
+            );
+
+            let (mut want, mut got) = (Vec::new(), Vec::new());
+            float::encode_packed(8, &f32s, &mut want);
+            put_fixed(8, &f32s, |v| v.to_le_bytes(), &mut got);
+            assert_eq!(got, want, "float, {n}");
+            assert_eq!(bytes_len(8, 4 * n), float::encoded_len_packed(8, &f32s));
+
+            let (mut want, mut got) = (Vec::new(), Vec::new());
+            bool::encode_packed(5, &bools, &mut want);
+            put_fixed(5, &bools, |b| [u8::from(*b)], &mut got);
+            assert_eq!(got, want, "bool, {n}");
+            assert_eq!(bytes_len(5, n), bool::encoded_len_packed(5, &bools));
+
+            let (mut want, mut got) = (Vec::new(), Vec::new());
+            int32::encode_packed(3, &small, &mut want);
+            put_bytes(3, &small_bytes, &mut got);
+            assert_eq!(got, want, "statuses, {n}");
+            assert_eq!(bytes_len(3, n), int32::encoded_len_packed(3, &small));
+        }
+    }
+}
