@@ -91,7 +91,7 @@ pub fn fill_view(
             ),
             None => None,
         };
-        fill_row(vp, shard, row, stored, t, columns)?;
+        fill_row(vp, shard, stored, t, columns)?;
     }
     Ok(())
 }

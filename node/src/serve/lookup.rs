@@ -24,7 +24,7 @@ use super::ServeError;
 use super::plan::LookupPlan;
 use crate::gate::{Gate, GateGuard};
 use crate::storage::lookup_cache::CachedRow;
-use crate::storage::row_codec::{FieldRef, visit_selected};
+use crate::storage::row_codec::{FieldRef, RowFields};
 use crate::storage::{RowBytes, ShardStore, keys, row_codec};
 
 /// Where a lookup may read from.
@@ -343,7 +343,7 @@ impl<'a, 'r> ShardSources<'a, 'r> {
                 read.get_latest_rows(&keys, mode == ReadMode::CachedOnly)
             })
             .collect();
-        for (row, &(si, i)) in self.locate.iter().enumerate() {
+        for &(si, i) in &self.locate {
             let (si, i) = (si as usize, i as usize);
             let s = self.shards[si];
             let value = match &self.memory[si] {
@@ -353,7 +353,7 @@ impl<'a, 'r> ShardSources<'a, 'r> {
                     Err(e) => return Err(read_error(s.shard, e.clone())),
                 },
             };
-            fill_row(vp, s.shard, row, value, now_micros, columns)?;
+            fill_row(vp, s.shard, value, now_micros, columns)?;
         }
         Ok(())
     }
@@ -404,8 +404,8 @@ pub fn into_cells(mut resp: GetOnlineFeaturesResponse) -> GetOnlineFeaturesRespo
     resp
 }
 
-/// Appends row `row`'s answer for `vp` from its stored row `value` (`None`: no row) to
-/// the view's columns, its TTL judged at `at_micros` (now, or the as-of time).
+/// Appends one row's answer for `vp` from its stored row `value` (`None`: no row) to the
+/// view's columns, its TTL judged at `at_micros` (now, or the as-of time).
 ///
 /// # Errors
 /// [`ServeError::Storage`] for a corrupt row or a stored type that is not the declared
@@ -413,29 +413,24 @@ pub fn into_cells(mut resp: GetOnlineFeaturesResponse) -> GetOnlineFeaturesRespo
 pub(super) fn fill_row(
     vp: &super::plan::ViewPlan,
     shard: ShardId,
-    row: usize,
     value: Option<&[u8]>,
     at_micros: i64,
     columns: &mut [ColumnBuilder],
 ) -> Result<(), ExecError> {
-    let outputs = &vp.columns;
-    let header = match value {
-        Some(bytes) => Some(
-            row_codec::decode_header(bytes)
-                .map_err(|e| ServeError::Storage(format!("shard {shard}: corrupt row: {e}")))?,
-        ),
-        None => None,
-    };
-    let (Some(bytes), Some(header)) = (value, header) else {
-        outputs
+    let corrupt =
+        |e: row_codec::CodecError| ServeError::Storage(format!("shard {shard}: corrupt row: {e}"));
+    let missing = |columns: &mut [ColumnBuilder], status, t| {
+        vp.columns
             .iter()
-            .for_each(|c| columns[*c].push_missing(FeatureStatus::NotFound, 0));
+            .for_each(|c| columns[*c].push_missing(status, t));
+    };
+    let Some(bytes) = value else {
+        missing(columns, FeatureStatus::NotFound, 0);
         return Ok(());
     };
+    let (header, mut fields) = RowFields::open(bytes).map_err(corrupt)?;
     if header.tombstone {
-        outputs
-            .iter()
-            .for_each(|c| columns[*c].push_missing(FeatureStatus::NotFound, 0));
+        missing(columns, FeatureStatus::NotFound, 0);
         return Ok(());
     }
     let t = header.event_time_micros;
@@ -443,18 +438,23 @@ pub(super) fn fill_row(
         .ttl_micros
         .is_some_and(|ttl| at_micros.saturating_sub(t) > ttl)
     {
-        outputs
-            .iter()
-            .for_each(|c| columns[*c].push_missing(FeatureStatus::Expired, t));
+        missing(columns, FeatureStatus::Expired, t);
         return Ok(());
     }
     let mut mismatch = false;
-    visit_selected(bytes, &vp.slots, |slot, field| {
-        for &c in &vp.outputs[slot] {
-            mismatch |= !push_field(&mut columns[c], field, t);
-        }
-    })
-    .map_err(|e| ServeError::Storage(format!("shard {shard}: corrupt row: {e}")))?;
+    // The last feature read: a feature named twice has adjacent steps and is read once.
+    let mut last: Option<(usize, FieldRef<'_>)> = None;
+    for step in &vp.steps {
+        let field = match last {
+            Some((feature, field)) if feature == step.feature => field,
+            _ => {
+                let field = fields.read(step.feature).map_err(corrupt)?;
+                last = Some((step.feature, field));
+                field
+            }
+        };
+        mismatch |= !push_field(&mut columns[step.column], field, t);
+    }
     if mismatch {
         return Err(ServeError::Storage(format!(
             "shard {shard}: a stored value of view {} does not have its declared type",
@@ -462,16 +462,11 @@ pub(super) fn fill_row(
         ))
         .into());
     }
-    // A feature the row predates (appended to the view later) is PRESENT and null: the
-    // row exists and says "no value".
-    for &c in outputs {
-        if columns[c].rows() == row {
-            columns[c].push_null(t);
-        }
-    }
     Ok(())
 }
 
+#[cfg(test)]
+mod fill_tests;
 #[cfg(test)]
 mod tests;
 mod tiles;

@@ -26,16 +26,26 @@ use crate::storage::keys;
 pub struct ViewPlan {
     /// The view (its serving version at compile time).
     pub view: Arc<FeatureView>,
-    /// `slots[feature index]`: the decode slot of each wanted feature.
-    pub slots: Vec<Option<usize>>,
-    /// `outputs[slot]`: the response columns the slot's value goes to (a feature named
-    /// twice has two).
-    pub outputs: Vec<Vec<usize>>,
-    /// Every response column this view fills (`outputs` flattened), for rows that are
-    /// missing, expired, or predate a feature.
+    /// `wanted[feature index]`: whether the plan reads the feature.
+    pub wanted: Vec<bool>,
+    /// Every response column this view fills, in request order, for rows that are missing
+    /// or expired.
     pub columns: Vec<usize>,
+    /// What a present row's decode does, in ascending feature order: read feature
+    /// `feature`, push it into column `column` (a feature named twice has two steps, next
+    /// to each other, and is read once). Flat, so a row's decode walks one slice.
+    pub steps: Vec<DecodeStep>,
     /// The view's TTL in µs.
     pub ttl_micros: Option<i64>,
+}
+
+/// One column's value from one stored feature (see [`ViewPlan::steps`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeStep {
+    /// Position of the feature in the view's rows.
+    pub feature: usize,
+    /// Response column the value goes to.
+    pub column: usize,
 }
 
 /// A resolved feature list: what every request naming it reads.
@@ -196,26 +206,25 @@ pub fn compile(
                     .map(|t| i64::try_from(t.as_micros()).unwrap_or(i64::MAX));
                 views.push(ViewPlan {
                     view,
-                    slots: vec![None; n],
-                    outputs: Vec::new(),
+                    wanted: vec![false; n],
                     columns: Vec::new(),
+                    steps: Vec::new(),
                     ttl_micros,
                 });
                 views.last_mut().expect("just pushed")
             }
         };
-        // A feature named twice is decoded once and written into each of its columns.
-        let slot = match vp.slots[idx] {
-            Some(s) => s,
-            None => {
-                let s = vp.outputs.len();
-                vp.slots[idx] = Some(s);
-                vp.outputs.push(Vec::new());
-                s
-            }
-        };
-        vp.outputs[slot].push(col);
+        vp.wanted[idx] = true;
+        vp.steps.push(DecodeStep {
+            feature: idx,
+            column: col,
+        });
         vp.columns.push(col);
+    }
+    // Feature order; the sort is stable, so a feature named twice keeps its columns in
+    // request order, next to each other.
+    for vp in &mut views {
+        vp.steps.sort_by_key(|s| s.feature);
     }
     Ok(CompiledPlan {
         generation: registry.generation,
@@ -379,9 +388,9 @@ impl AsOfPlan {
                 }
                 continue;
             };
-            for (fi, slot) in vp.slots.iter().enumerate() {
+            for (fi, &wanted) in vp.wanted.iter().enumerate() {
                 let f = &agg.features[fi];
-                if slot.is_none() {
+                if !wanted {
                     continue;
                 }
                 let Some(w) = f.window_micros else {

@@ -21,7 +21,7 @@ mod fields;
 use quiver_proto::v1::value::Kind;
 use quiver_proto::v1::{DoubleList, FloatVector, Int64List, StringList};
 
-pub use fields::{FieldRef, visit_selected};
+pub use fields::{FieldRef, RowFields};
 
 /// Current row format version.
 pub const ROW_FORMAT_V1: u8 = 1;
@@ -176,6 +176,7 @@ fn encode_value(v: Option<&Kind>, out: &mut Vec<u8>) {
 }
 
 /// A cursor over an encoded row.
+#[derive(Debug)]
 struct Reader<'a> {
     buf: &'a [u8],
 }

@@ -51,6 +51,18 @@ mod tests {
 
     use super::*;
 
+    fn bytes(encode: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+        let mut b = Vec::new();
+        encode(&mut b);
+        b
+    }
+
+    /// `got` (bytes, length) is prost's `want`.
+    fn same(what: &str, n: usize, want: (Vec<u8>, usize), got: Vec<u8>, got_len: usize) {
+        assert_eq!(got, want.0, "{what}, {n}");
+        assert_eq!(got_len, want.1, "{what} length, {n}");
+    }
+
     /// Byte for byte prost's packed encodings, and their lengths, across chunk edges.
     #[test]
     fn slices_encode_as_prost_packs_them() {
@@ -62,38 +74,61 @@ mod tests {
             let small: Vec<i32> = (0..n).map(|i| (i % 4) as i32).collect();
             let small_bytes: Vec<u8> = small.iter().map(|&s| s as u8).collect();
 
-            let (mut want, mut got) = (Vec::new(), Vec::new());
-            double::encode_packed(7, &f64s, &mut want);
-            put_fixed(7, &f64s, |v| v.to_le_bytes(), &mut got);
-            assert_eq!(got, want, "double, {n}");
-            assert_eq!(bytes_len(7, 8 * n), double::encoded_len_packed(7, &f64s));
-
-            let (mut want, mut got) = (Vec::new(), Vec::new());
-            sfixed64::encode_packed(13, &i64s, &mut want);
-            put_fixed(13, &i64s, |v| v.to_le_bytes(), &mut got);
-            assert_eq!(got, want, "sfixed64, {n}");
-            assert_eq!(
-                bytes_len(13, 8 * n),
-                sfixed64::encoded_len_packed(13, &i64s)
+            let double = (
+                bytes(|b| double::encode_packed(7, &f64s, b)),
+                double::encoded_len_packed(7, &f64s),
             );
-
-            let (mut want, mut got) = (Vec::new(), Vec::new());
-            float::encode_packed(8, &f32s, &mut want);
-            put_fixed(8, &f32s, |v| v.to_le_bytes(), &mut got);
-            assert_eq!(got, want, "float, {n}");
-            assert_eq!(bytes_len(8, 4 * n), float::encoded_len_packed(8, &f32s));
-
-            let (mut want, mut got) = (Vec::new(), Vec::new());
-            bool::encode_packed(5, &bools, &mut want);
-            put_fixed(5, &bools, |b| [u8::from(*b)], &mut got);
-            assert_eq!(got, want, "bool, {n}");
-            assert_eq!(bytes_len(5, n), bool::encoded_len_packed(5, &bools));
-
-            let (mut want, mut got) = (Vec::new(), Vec::new());
-            int32::encode_packed(3, &small, &mut want);
-            put_bytes(3, &small_bytes, &mut got);
-            assert_eq!(got, want, "statuses, {n}");
-            assert_eq!(bytes_len(3, n), int32::encoded_len_packed(3, &small));
+            same(
+                "double",
+                n,
+                double,
+                bytes(|b| put_fixed(7, &f64s, |v| v.to_le_bytes(), b)),
+                bytes_len(7, 8 * n),
+            );
+            let fixed = (
+                bytes(|b| sfixed64::encode_packed(13, &i64s, b)),
+                sfixed64::encoded_len_packed(13, &i64s),
+            );
+            same(
+                "sfixed64",
+                n,
+                fixed,
+                bytes(|b| put_fixed(13, &i64s, |v| v.to_le_bytes(), b)),
+                bytes_len(13, 8 * n),
+            );
+            let float = (
+                bytes(|b| float::encode_packed(8, &f32s, b)),
+                float::encoded_len_packed(8, &f32s),
+            );
+            same(
+                "float",
+                n,
+                float,
+                bytes(|b| put_fixed(8, &f32s, |v| v.to_le_bytes(), b)),
+                bytes_len(8, 4 * n),
+            );
+            let bools_ = (
+                bytes(|b| bool::encode_packed(5, &bools, b)),
+                bool::encoded_len_packed(5, &bools),
+            );
+            same(
+                "bool",
+                n,
+                bools_,
+                bytes(|b| put_fixed(5, &bools, |v| [u8::from(*v)], b)),
+                bytes_len(5, n),
+            );
+            let statuses = (
+                bytes(|b| int32::encode_packed(3, &small, b)),
+                int32::encoded_len_packed(3, &small),
+            );
+            same(
+                "statuses",
+                n,
+                statuses,
+                bytes(|b| put_bytes(3, &small_bytes, b)),
+                bytes_len(3, n),
+            );
         }
     }
 }

@@ -106,8 +106,6 @@ pub(in crate::serve) struct AggregateFill<'v, 'a> {
     answerer: crate::aggregate::read::Answerer<'v>,
     states: Vec<crate::aggregate::acc::Acc<'a>>,
     vp: &'v ViewPlan,
-    /// `(feature index, slot)` of each wanted feature.
-    wanted: Vec<(usize, usize)>,
     /// Tiles read for this request.
     tiles: u64,
 }
@@ -117,18 +115,12 @@ impl<'v, 'a> AggregateFill<'v, 'a> {
         agg: &'v crate::registry::aggregation::Aggregation,
         vp: &'v ViewPlan,
     ) -> Self {
-        let wanted: Vec<(usize, usize)> = vp
-            .slots
-            .iter()
-            .enumerate()
-            .filter_map(|(f, s)| s.map(|s| (f, s)))
-            .collect();
-        let answerer = crate::aggregate::read::Answerer::new(agg, wanted.iter().map(|(f, _)| *f));
+        let wanted = (vp.wanted.iter().enumerate()).filter_map(|(f, &w)| w.then_some(f));
+        let answerer = crate::aggregate::read::Answerer::new(agg, wanted);
         AggregateFill {
             states: answerer.states(),
             answerer,
             vp,
-            wanted,
             tiles: 0,
         }
     }
@@ -178,11 +170,13 @@ impl<'v, 'a> AggregateFill<'v, 'a> {
                 .for_each(|c| columns[*c].push_missing(FeatureStatus::Expired, newest));
             return Ok(());
         }
-        for &(f, slot) in &self.wanted {
-            for &c in &self.vp.outputs[slot] {
-                self.answerer
-                    .finish(f, &self.states[f], &mut columns[c], newest);
-            }
+        for step in &self.vp.steps {
+            self.answerer.finish(
+                step.feature,
+                &self.states[step.feature],
+                &mut columns[step.column],
+                newest,
+            );
         }
         Ok(())
     }

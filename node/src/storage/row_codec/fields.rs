@@ -104,32 +104,58 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Calls `visit(slot, field)` for each feature of `value` whose position has a slot in
-/// `slots` (`slots[feature] = Some(slot)`), in feature order; features the row predates
-/// are not visited. Stops after the last wanted feature.
-///
-/// # Errors
-/// Any [`CodecError`] on corrupt input.
-pub fn visit_selected<'a>(
-    value: &'a [u8],
-    slots: &[Option<usize>],
-    mut visit: impl FnMut(usize, FieldRef<'a>),
-) -> Result<RowHeader, CodecError> {
-    let header = decode_header(value)?;
-    let mut r = Reader {
-        buf: &value[HEADER_LEN..],
-    };
-    let n = r.len(1)?;
-    let Some(last_wanted) = slots.iter().rposition(Option::is_some) else {
-        return Ok(header);
-    };
-    for slot in slots.iter().take(n.min(last_wanted + 1)) {
-        match slot {
-            Some(s) => visit(*s, r.field()?),
-            None => r.skip_value()?,
-        }
+/// A row's features read in ascending feature order, each wanted one borrowed and the
+/// ones between skipped without decoding; the header is read once, by [`RowFields::open`].
+#[derive(Debug)]
+pub struct RowFields<'a> {
+    r: Reader<'a>,
+    /// Index of the feature the cursor is before.
+    next: usize,
+    /// Features the row holds.
+    count: usize,
+}
+
+impl<'a> RowFields<'a> {
+    /// The header of `value` and a cursor before its first feature (a tombstone holds
+    /// none).
+    ///
+    /// # Errors
+    /// Any [`CodecError`] of the header or the feature count.
+    pub fn open(value: &'a [u8]) -> Result<(RowHeader, RowFields<'a>), CodecError> {
+        let header = decode_header(value)?;
+        let mut r = Reader {
+            buf: &value[HEADER_LEN..],
+        };
+        let count = if header.tombstone { 0 } else { r.len(1)? };
+        Ok((header, RowFields { r, next: 0, count }))
     }
-    Ok(header)
+
+    /// Feature `index`, skipping the features between the cursor and it. A feature the
+    /// row predates (appended to the view after the row was written) is
+    /// [`FieldRef::Null`]: the row exists and says "no value".
+    ///
+    /// `index` must not be before the cursor (a feature already read or skipped); reading
+    /// the wanted features in ascending order, each once, keeps to that.
+    ///
+    /// # Errors
+    /// Any [`CodecError`] of the features up to `index`.
+    #[inline]
+    pub fn read(&mut self, index: usize) -> Result<FieldRef<'a>, CodecError> {
+        debug_assert!(
+            index >= self.next,
+            "feature {index} read after {}",
+            self.next
+        );
+        if index >= self.count {
+            return Ok(FieldRef::Null);
+        }
+        while self.next < index {
+            self.r.skip_value()?;
+            self.next += 1;
+        }
+        self.next += 1;
+        self.r.field()
+    }
 }
 
 #[cfg(test)]
@@ -163,54 +189,60 @@ mod tests {
         ];
         let mut row = Vec::new();
         encode_row(42, &values, &mut row);
-        let slots: Vec<Option<usize>> = (0..values.len()).map(Some).collect();
+        let every: Vec<Option<usize>> = (0..values.len()).map(Some).collect();
         let mut owned = vec![None; values.len()];
-        decode_selected(&row, &slots, &mut owned).unwrap();
-        let mut seen = 0;
-        let h = visit_selected(&row, &slots, |slot, f| {
-            seen += 1;
-            let as_kind = match f {
-                FieldRef::Null => None,
-                FieldRef::Bool(b) => Some(Kind::BoolValue(b)),
-                FieldRef::Int64(i) => Some(Kind::Int64Value(i)),
-                FieldRef::Float64(x) => Some(Kind::Float64Value(x)),
-                FieldRef::Str(s) => Some(Kind::StringValue(s.to_owned())),
-                FieldRef::Bytes(b) => Some(Kind::BytesValue(b.to_vec())),
-                FieldRef::Float32s(raw) => Some(Kind::Float32Vector(FloatVector {
-                    values: FieldRef::f32s(raw).collect(),
-                })),
-                FieldRef::Int64s(n, raw) => Some(Kind::Int64List(Int64List {
-                    values: FieldRef::i64s(n, raw).collect(),
-                })),
-                FieldRef::Float64s(raw) => Some(Kind::Float64List(DoubleList {
-                    values: FieldRef::f64s(raw).collect(),
-                })),
-                FieldRef::Strs(n, raw) => Some(Kind::StringList(StringList {
-                    values: FieldRef::strs(n, raw)
-                        .map(|b| String::from_utf8(b.to_vec()).unwrap())
-                        .collect(),
-                })),
-            };
-            assert_eq!(as_kind, owned[slot], "slot {slot}");
-        })
-        .unwrap();
-        assert_eq!((seen, h.event_time_micros), (values.len(), 42));
-        // Only the wanted positions are visited, into their slots.
-        let mut got = Vec::new();
-        visit_selected(&row, &[None, Some(0), None, None, Some(1)], |s, f| {
-            got.push((s, f))
-        })
-        .unwrap();
-        assert_eq!(
-            got,
-            [
-                (0, FieldRef::Int64(i64::MIN)),
-                (1, FieldRef::Str("héllo 🦀"))
-            ]
-        );
-        // Corrupt bytes are an error, never a panic.
+        decode_selected(&row, &every, &mut owned).unwrap();
+        // Every subset of the features (and two the row predates), read in ascending
+        // order: each read says what the allocating decoder says, and the features in
+        // between are skipped, not returned.
+        let wanted_sets = 1u32 << (values.len() + 2);
+        for set in 0..wanted_sets {
+            let (h, mut fields) = RowFields::open(&row).unwrap();
+            assert_eq!(h.event_time_micros, 42);
+            for index in (0..values.len() + 2).filter(|i| set & (1 << i) != 0) {
+                let got = as_kind(fields.read(index).unwrap());
+                let want = owned.get(index).cloned().flatten();
+                assert_eq!(got, want, "feature {index} of set {set:b}");
+            }
+        }
+        // A tombstone holds no features.
+        let mut tomb = Vec::new();
+        super::super::encode_tombstone(7, &mut tomb);
+        let (h, mut fields) = RowFields::open(&tomb).unwrap();
+        assert!(h.tombstone);
+        assert_eq!(fields.read(0).unwrap(), FieldRef::Null);
+        // Corrupt bytes are an error, never a panic; a row cut inside the features is an
+        // error for the feature it cuts.
         for cut in 0..row.len() {
-            let _ = visit_selected(&row[..cut], &slots, |_, _| {});
+            let read_all = RowFields::open(&row[..cut]).and_then(|(_, mut fields)| {
+                (0..values.len()).try_for_each(|i| fields.read(i).map(drop))
+            });
+            assert!(read_all.is_err(), "a row cut to {cut} bytes read whole");
+        }
+    }
+
+    fn as_kind(f: FieldRef<'_>) -> Option<Kind> {
+        match f {
+            FieldRef::Null => None,
+            FieldRef::Bool(b) => Some(Kind::BoolValue(b)),
+            FieldRef::Int64(i) => Some(Kind::Int64Value(i)),
+            FieldRef::Float64(x) => Some(Kind::Float64Value(x)),
+            FieldRef::Str(s) => Some(Kind::StringValue(s.to_owned())),
+            FieldRef::Bytes(b) => Some(Kind::BytesValue(b.to_vec())),
+            FieldRef::Float32s(raw) => Some(Kind::Float32Vector(FloatVector {
+                values: FieldRef::f32s(raw).collect(),
+            })),
+            FieldRef::Int64s(n, raw) => Some(Kind::Int64List(Int64List {
+                values: FieldRef::i64s(n, raw).collect(),
+            })),
+            FieldRef::Float64s(raw) => Some(Kind::Float64List(DoubleList {
+                values: FieldRef::f64s(raw).collect(),
+            })),
+            FieldRef::Strs(n, raw) => Some(Kind::StringList(StringList {
+                values: FieldRef::strs(n, raw)
+                    .map(|b| String::from_utf8(b.to_vec()).unwrap())
+                    .collect(),
+            })),
         }
     }
 }

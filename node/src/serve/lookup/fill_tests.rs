@@ -1,0 +1,189 @@
+//! A row's answer ([`super::fill_row`]) against an oracle that decodes the whole row with
+//! the allocating decoder and pushes each wanted column's value by the documented rule.
+
+use quiver_proto::ShardId;
+use quiver_proto::lookup_request::LookupRequest;
+use quiver_proto::packed::ColumnBuilder;
+use quiver_proto::v1::value::Kind;
+use quiver_proto::v1::{FeatureStatus, GetOnlineFeaturesRequest};
+use quiver_testkit::values::{FEATURE_TYPES, ValueGen};
+
+use super::{ExecError, fill_row};
+use crate::config::NodeConfigFile;
+use crate::registry::Registry;
+use crate::serve::plan::{CompiledPlan, compile};
+use crate::storage::row_codec::{decode_row, encode_row, encode_tombstone};
+
+const TTL_MICROS: i64 = 3_600_000_000;
+const NOW: i64 = 1_000 * TTL_MICROS;
+
+fn defs() -> String {
+    let mut t = String::from(
+        "[[entity]]\nname = \"user\"\nkey_type = \"string\"\n[[view]]\nname = \"v\"\nentity = \"user\"\nttl = \"1h\"\n[view.source]\ntopic = \"t\"\n",
+    );
+    for (i, ty) in FEATURE_TYPES.iter().enumerate() {
+        t.push_str(&format!(
+            "[[view.feature]]\nname = \"f{i}\"\ntype = \"{ty}\"\n"
+        ));
+    }
+    t
+}
+
+/// Random rows and choices from a fixed seed: the same cases every run.
+struct Rng(ValueGen);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0.bits() % n
+    }
+
+    /// A value of feature `f`'s type (edge values included), or null.
+    fn value(&mut self, f: usize) -> Option<Kind> {
+        (self.below(6) != 0).then(|| self.0.value(FEATURE_TYPES[f]))
+    }
+
+    /// A stored row: absent, a tombstone, expired, or present with a prefix of the
+    /// features (a row written before the later ones were appended).
+    fn row(&mut self) -> Option<Vec<u8>> {
+        let mut out = Vec::new();
+        match self.below(8) {
+            0 => return None,
+            1 => encode_tombstone(NOW - 5, &mut out),
+            kind => {
+                let held = if self.below(3) == 0 {
+                    self.below(FEATURE_TYPES.len() as u64 + 1) as usize
+                } else {
+                    FEATURE_TYPES.len()
+                };
+                let values: Vec<Option<Kind>> = (0..held).map(|f| self.value(f)).collect();
+                let age = if kind == 2 {
+                    TTL_MICROS + 1
+                } else {
+                    TTL_MICROS
+                };
+                encode_row(NOW - age, &values, &mut out);
+            }
+        }
+        Some(out)
+    }
+}
+
+/// The answer by the rule: no row or a tombstone is NOT_FOUND (time 0); a row older than
+/// the TTL is EXPIRED (its time); otherwise each column's feature, null when the row is
+/// null there or predates it.
+fn oracle(
+    plan: &CompiledPlan,
+    features: &[usize],
+    row: Option<&[u8]>,
+    columns: &mut [ColumnBuilder],
+) {
+    let decoded = row.map(|r| decode_row(r).unwrap());
+    for (c, &f) in features.iter().enumerate() {
+        match &decoded {
+            None => columns[c].push_missing(FeatureStatus::NotFound, 0),
+            Some(d) if d.header.tombstone => columns[c].push_missing(FeatureStatus::NotFound, 0),
+            Some(d) if NOW - d.header.event_time_micros > TTL_MICROS => {
+                columns[c].push_missing(FeatureStatus::Expired, d.header.event_time_micros);
+            }
+            Some(d) => columns[c].push_kind(
+                d.values.get(f).and_then(Option::as_ref),
+                d.header.event_time_micros,
+            ),
+        }
+    }
+    assert_eq!(plan.types.len(), features.len());
+}
+
+fn builders(plan: &CompiledPlan, rows: usize) -> Vec<ColumnBuilder> {
+    plan.types
+        .iter()
+        .map(|&ty| ColumnBuilder::new(String::new(), ty, rows, true))
+        .collect()
+}
+
+/// Random feature lists (repeats, any order, `v:*`) over random rows of every kind:
+/// every column equals the oracle's, statuses, values, nulls and event times.
+#[test]
+fn a_rows_answer_is_its_decoded_values_by_the_rule() {
+    let registry = Registry::in_memory();
+    registry.apply_toml(&defs(), false).unwrap();
+    let snapshot = registry.snapshot();
+    let limits = NodeConfigFile::default().validate().unwrap().limits;
+    let mut seeded = ValueGen::new(0x5eed_f111);
+    // NaN is not equal to itself: the columns are compared with `==`.
+    seeded.non_finite = false;
+    let mut rng = Rng(seeded);
+    for case in 0..200 {
+        let features: Vec<usize> = if case % 10 == 0 {
+            (0..FEATURE_TYPES.len()).collect()
+        } else {
+            (0..1 + rng.below(12))
+                .map(|_| rng.below(FEATURE_TYPES.len() as u64) as usize)
+                .collect()
+        };
+        let refs = if case % 10 == 0 {
+            vec!["v:*".to_owned()]
+        } else {
+            features.iter().map(|f| format!("v:f{f}")).collect()
+        };
+        let req = LookupRequest::from(GetOnlineFeaturesRequest {
+            features: refs,
+            ..Default::default()
+        });
+        let plan = compile(&req, &snapshot, &limits).unwrap();
+        let vp = &plan.views[0];
+        let rows: Vec<Option<Vec<u8>>> = (0..20).map(|_| rng.row()).collect();
+        let mut got = builders(&plan, rows.len());
+        let mut want = builders(&plan, rows.len());
+        for row in &rows {
+            fill_row(vp, ShardId(0), row.as_deref(), NOW, &mut got)
+                .unwrap_or_else(|_| panic!("case {case}: row {row:?} failed"));
+            oracle(&plan, &features, row.as_deref(), &mut want);
+        }
+        for (c, (g, w)) in got.into_iter().zip(want).enumerate() {
+            assert_eq!(
+                g.finish(),
+                w.finish(),
+                "case {case} ({features:?}), column {c}"
+            );
+        }
+    }
+}
+
+/// A stored value of another type than the declared one, or a corrupt row, is an error
+/// that names the shard, never a value.
+#[test]
+fn a_mistyped_or_corrupt_row_is_an_error() {
+    let registry = Registry::in_memory();
+    registry.apply_toml(&defs(), false).unwrap();
+    let limits = NodeConfigFile::default().validate().unwrap().limits;
+    let req = LookupRequest::from(GetOnlineFeaturesRequest {
+        features: vec!["v:f1".into(), "v:f3".into()],
+        ..Default::default()
+    });
+    let plan = compile(&req, &registry.snapshot(), &limits).unwrap();
+    let mut row = Vec::new();
+    // f1 is int64; a string stored there is not an int64.
+    encode_row(NOW, &[None, Some(Kind::StringValue("x".into()))], &mut row);
+    let mut columns = builders(&plan, 1);
+    let err = fill_row(&plan.views[0], ShardId(3), Some(&row), NOW, &mut columns);
+    let Err(ExecError::Serve(e)) = err else {
+        panic!("a mistyped value was answered")
+    };
+    assert!(e.to_string().contains("shard 3"), "{e}");
+    // A row cut inside f3's bytes.
+    let values = vec![
+        Some(Kind::BoolValue(true)),
+        Some(Kind::Int64Value(-7)),
+        None,
+        Some(Kind::StringValue("héllo".into())),
+    ];
+    encode_row(NOW, &values, &mut row);
+    let cut = &row[..row.len() - 2];
+    let mut columns = builders(&plan, 1);
+    let err = fill_row(&plan.views[0], ShardId(3), Some(cut), NOW, &mut columns);
+    assert!(
+        matches!(err, Err(ExecError::Serve(ref e)) if e.to_string().contains("corrupt row")),
+        "a cut row was answered"
+    );
+}
