@@ -292,11 +292,13 @@ impl PackedColumn {
 mod answer;
 mod builder;
 mod gather;
+mod pool;
 mod wire;
 
 pub use answer::PackedAnswer;
 pub use builder::ColumnBuilder;
 pub use gather::gather;
+pub use pool::{ColumnPool, PoolBudget};
 
 #[cfg(test)]
 mod tests;

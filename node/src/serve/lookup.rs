@@ -166,11 +166,8 @@ pub fn execute(
     }
     let mut sources = ShardSources::open(plan, replicas)?;
     // Unnamed: the answer names its columns from the plan's shared list.
-    let mut columns: Vec<ColumnBuilder> = compiled
-        .types
-        .iter()
-        .map(|&ty| ColumnBuilder::new(String::new(), ty, n, plan.event_times))
-        .collect();
+    // Reused from an earlier answer of the plan when one was given back.
+    let mut columns = compiled.builders.take(&compiled.types, n, plan.event_times);
     let reads = &sources.reads;
     let locate = &sources.locate;
     for (v, vp) in compiled.views.iter().enumerate() {
@@ -215,7 +212,8 @@ pub fn execute(
         registry_revision: compiled.revision,
         watermarks: std::mem::take(&mut sources.watermarks),
     };
-    Ok(PackedAnswer::named(head, columns, compiled.names.clone()))
+    Ok(PackedAnswer::named(head, columns, compiled.names.clone())
+        .recycled_to(compiled.builders.clone()))
 }
 
 /// Where each shard of a lookup reads its rows from, in the plan's shard order.

@@ -12,6 +12,7 @@ use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 use quiver_proto::lookup_request::LookupRequest;
+use quiver_proto::packed::{ColumnPool, PoolBudget};
 use quiver_proto::v1::FeatureType as WireType;
 use quiver_proto::{Partitioner, ShardId};
 
@@ -67,6 +68,9 @@ pub struct CompiledPlan {
     pub names: Arc<[String]>,
     /// Views read, in first-use order.
     pub views: Vec<ViewPlan>,
+    /// Column builders of this plan's answers, kept for the next request (budgeted by
+    /// the [`PlanCache`]; a plan compiled outside it keeps none).
+    pub builders: Arc<ColumnPool>,
 }
 
 impl CompiledPlan {
@@ -234,6 +238,7 @@ pub fn compile(
         types,
         names: names.into(),
         views,
+        builders: Arc::default(),
     })
 }
 
@@ -252,10 +257,24 @@ struct CacheInner {
     by_service: HashMap<String, Arc<CompiledPlan>>,
 }
 
+/// Bytes all plans' [`ColumnPool`]s may keep together: room for ~800 sets of 1 × 50
+/// builders, far more than the requests in flight on a node.
+const BUILDER_POOL_BYTES: usize = 16 << 20;
+
 /// Compiled plans by (registry generation, feature list or feature service).
-#[derive(Default)]
 pub struct PlanCache {
     inner: RwLock<CacheInner>,
+    /// Shared by the builder pools of the cached plans.
+    builder_budget: Arc<PoolBudget>,
+}
+
+impl Default for PlanCache {
+    fn default() -> Self {
+        PlanCache {
+            inner: RwLock::default(),
+            builder_budget: Arc::new(PoolBudget::new(BUILDER_POOL_BYTES)),
+        }
+    }
 }
 
 impl PlanCache {
@@ -285,7 +304,9 @@ impl PlanCache {
                 }
             }
         }
-        let plan = Arc::new(compile(req, registry, limits)?);
+        let mut compiled = compile(req, registry, limits)?;
+        compiled.builders = Arc::new(ColumnPool::new(self.builder_budget.clone()));
+        let plan = Arc::new(compiled);
         let mut c = self.inner.write().unwrap_or_else(|p| p.into_inner());
         if c.generation != registry.generation
             || c.by_features.len() + c.by_service.len() >= PLAN_CACHE_ENTRIES

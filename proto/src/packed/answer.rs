@@ -10,14 +10,15 @@
 //!
 //! A node's answer takes its column names from the compiled plan ([`PackedAnswer::named`],
 //! one shared list per feature list) rather than from a `String` cloned into each
-//! builder: at 1 × 50 those were 50 allocations and frees per request.
+//! builder: at 1 × 50 those were 50 allocations and frees per request. Its builders go
+//! back to the plan's [`ColumnPool`] when it is dropped ([`PackedAnswer::recycled_to`]).
 
 use std::sync::Arc;
 
 use bytes::BufMut;
 use prost::encoding::{DecodeContext, WireType, encode_varint, encoded_len_varint, key_len};
 
-use super::ColumnBuilder;
+use super::{ColumnBuilder, ColumnPool};
 use crate::v1::GetOnlineFeaturesResponse;
 
 /// `GetOnlineFeaturesResponse.packed_columns`.
@@ -32,6 +33,16 @@ pub struct PackedAnswer {
     columns: Vec<ColumnBuilder>,
     /// Column `i`'s name, when the builders were made unnamed.
     names: Option<Arc<[String]>>,
+    /// Where the builders go when the answer is dropped.
+    recycle: Option<Arc<ColumnPool>>,
+}
+
+impl Drop for PackedAnswer {
+    fn drop(&mut self) {
+        if let Some(pool) = self.recycle.take() {
+            pool.give(std::mem::take(&mut self.columns));
+        }
+    }
 }
 
 impl PackedAnswer {
@@ -46,6 +57,7 @@ impl PackedAnswer {
             head,
             columns,
             names: None,
+            recycle: None,
         }
     }
 
@@ -58,10 +70,16 @@ impl PackedAnswer {
         names: Arc<[String]>,
     ) -> Self {
         debug_assert_eq!(names.len(), columns.len(), "one name per column");
-        PackedAnswer {
-            names: Some(names),
-            ..Self::new(head, columns)
-        }
+        let mut answer = Self::new(head, columns);
+        answer.names = Some(names);
+        answer
+    }
+
+    /// The answer, its builders given to `pool` when it is dropped (after it has been
+    /// encoded) for a later request to reuse.
+    pub fn recycled_to(mut self, pool: Arc<ColumnPool>) -> Self {
+        self.recycle = Some(pool);
+        self
     }
 
     /// Column `i`'s name on the wire.
@@ -74,11 +92,10 @@ impl PackedAnswer {
 
     /// The generated message (the columns finished): for a CELLS answer, an export
     /// chunk or a test.
-    pub fn into_response(self) -> GetOnlineFeaturesResponse {
-        let mut resp = self.head;
-        let names = self.names;
-        resp.packed_columns = self
-            .columns
+    pub fn into_response(mut self) -> GetOnlineFeaturesResponse {
+        let mut resp = std::mem::take(&mut self.head);
+        let names = self.names.take();
+        resp.packed_columns = std::mem::take(&mut self.columns)
             .into_iter()
             .enumerate()
             .map(|(i, mut c)| {

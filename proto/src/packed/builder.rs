@@ -25,39 +25,100 @@ impl ColumnBuilder {
     /// A builder for a column of `ty` named `name` with room for `rows` rows; event times
     /// are kept only with `event_times`.
     pub fn new(name: String, ty: FeatureType, rows: usize, event_times: bool) -> Self {
-        let mut col = PackedColumn {
-            name,
-            r#type: ty as i32,
-            ..Default::default()
+        let mut b = ColumnBuilder {
+            col: PackedColumn::default(),
+            ty,
+            statuses: Vec::new(),
+            blob: Vec::new(),
+            event_times,
         };
+        b.reset(ty, rows, event_times);
+        b.col.name = name;
+        b
+    }
+
+    /// Empties the builder for a new unnamed column of `ty` with room for `rows` rows,
+    /// keeping the capacity of its arrays (a reused builder allocates nothing for a
+    /// column no longer than its previous ones).
+    pub fn reset(&mut self, ty: FeatureType, rows: usize, event_times: bool) {
+        let PackedColumn {
+            name,
+            r#type,
+            statuses,
+            null_rows,
+            bools,
+            int64s,
+            float64s,
+            float32s,
+            blob,
+            offsets,
+            list_offsets,
+            dimension,
+            event_times_micros,
+        } = &mut self.col;
+        name.clear();
+        *r#type = ty as i32;
+        statuses.clear();
+        null_rows.clear();
+        bools.clear();
+        int64s.clear();
+        float64s.clear();
+        float32s.clear();
+        offsets.clear();
+        list_offsets.clear();
+        *dimension = 0;
+        event_times_micros.clear();
+        if !blob.is_empty() {
+            *blob = bytes::Bytes::new();
+        }
         match ty {
-            FeatureType::Bool => col.bools.reserve(rows),
-            FeatureType::Int64 => col.int64s.reserve(rows),
-            FeatureType::Float64 => col.float64s.reserve(rows),
+            FeatureType::Bool => bools.reserve(rows),
+            FeatureType::Int64 => int64s.reserve(rows),
+            FeatureType::Float64 => float64s.reserve(rows),
             FeatureType::String | FeatureType::Bytes => {
-                col.offsets.reserve(rows + 1);
-                col.offsets.push(0);
+                offsets.reserve(rows + 1);
+                offsets.push(0);
             }
             FeatureType::StringList => {
-                col.offsets.push(0);
-                col.list_offsets.reserve(rows + 1);
-                col.list_offsets.push(0);
+                offsets.push(0);
+                list_offsets.reserve(rows + 1);
+                list_offsets.push(0);
             }
             _ => {
-                col.list_offsets.reserve(rows + 1);
-                col.list_offsets.push(0);
+                list_offsets.reserve(rows + 1);
+                list_offsets.push(0);
             }
         }
         if event_times {
-            col.event_times_micros.reserve(rows);
+            event_times_micros.reserve(rows);
         }
-        ColumnBuilder {
-            col,
-            ty,
-            statuses: Vec::with_capacity(rows),
-            blob: Vec::new(),
-            event_times,
+        self.ty = ty;
+        self.statuses.clear();
+        self.statuses.reserve(rows);
+        self.blob.clear();
+        self.event_times = event_times;
+    }
+
+    /// Heap bytes the builder holds (its arrays' capacities), what keeping it for reuse
+    /// costs.
+    pub fn retained_bytes(&self) -> usize {
+        fn cap<T>(v: &Vec<T>) -> usize {
+            v.capacity() * std::mem::size_of::<T>()
         }
+        let c = &self.col;
+        c.name.capacity()
+            + cap(&c.statuses)
+            + cap(&c.null_rows)
+            + cap(&c.bools)
+            + cap(&c.int64s)
+            + cap(&c.float64s)
+            + cap(&c.float32s)
+            + c.blob.len()
+            + cap(&c.offsets)
+            + cap(&c.list_offsets)
+            + cap(&c.event_times_micros)
+            + cap(&self.statuses)
+            + cap(&self.blob)
     }
 
     /// The column's name as built (empty for a column of a [`super::PackedAnswer`] that

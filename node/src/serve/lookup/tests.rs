@@ -251,3 +251,69 @@ fn answers_from_memory_equal_answers_through_snapshots() {
     assert_eq!(answer(&cached, &mixed), answer(&plain, &mixed));
     assert_eq!(answer(&cached, &present), answer(&plain, &present));
 }
+
+/// One cached plan answering request after request reuses its answers' builders (given
+/// back when an answer is dropped): every answer, of any size and with or without event
+/// times, is byte for byte the one a plan compiled afresh gives.
+#[test]
+fn answers_built_with_reused_builders_equal_fresh_ones() {
+    let registry = Registry::in_memory();
+    registry.apply_toml(TWO_VIEWS, false).unwrap();
+    let limits = NodeConfigFile::default().validate().unwrap().limits;
+    let dir = tempfile::tempdir().unwrap();
+    let (_engine, stores) = four_shards(dir.path(), true);
+    let now = 1_800_000_000_000_000i64;
+    let cache = crate::serve::plan::PlanCache::default();
+    let request = |users: &[usize], times: bool| {
+        quiver_proto::lookup_request::LookupRequest::from(GetOnlineFeaturesRequest {
+            features: vec!["w:*".into(), "v:x".into(), "w:s".into()],
+            entity_keys: users
+                .iter()
+                .map(|i| EntityKey::from(format!("u{i}").as_str()))
+                .collect(),
+            include_event_times: times,
+            ..Default::default()
+        })
+    };
+    let answer = |req: &quiver_proto::lookup_request::LookupRequest, compiled| {
+        let plan =
+            crate::serve::plan::plan_keys(req, compiled, &limits, Partitioner::Murmur2, 4).unwrap();
+        let replicas = replicas_for(&plan, &stores, 0).unwrap();
+        let Ok(resp) = execute(&plan, &replicas, now, ReadMode::Full) else {
+            panic!("lookup failed")
+        };
+        prost::Message::encode_to_vec(&resp)
+    };
+    let batches: [&[usize]; 6] = [
+        &[
+            0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19,
+        ],
+        &[7],
+        &[35, 5, 21, 14, 99, 6],
+        &[
+            39, 38, 37, 36, 35, 34, 33, 32, 31, 30, 29, 28, 27, 26, 25, 24,
+        ],
+        &[12, 12],
+        &[3],
+    ];
+    let mut plans = Vec::new();
+    for (i, users) in batches.iter().enumerate() {
+        let req = request(users, i % 2 == 0);
+        let cached = cache.plan(&req, &registry.snapshot(), &limits).unwrap();
+        let fresh = std::sync::Arc::new(
+            crate::serve::plan::compile(&req, &registry.snapshot(), &limits).unwrap(),
+        );
+        assert_eq!(
+            answer(&req, cached.clone()),
+            answer(&req, fresh),
+            "batch {i}"
+        );
+        // The first answer's builders were kept and are the ones the later ones reuse.
+        assert_eq!(cached.builders.kept(), 1, "batch {i}");
+        plans.push(cached);
+    }
+    assert!(
+        plans.iter().all(|p| std::sync::Arc::ptr_eq(p, &plans[0])),
+        "one cached plan"
+    );
+}
