@@ -114,6 +114,8 @@ pub const STORAGE_LOOKUP_CACHE_EVICTIONS: &str = "quiver_storage_lookup_cache_ev
 pub const STORAGE_LOOKUP_CACHE_WARMED_ROWS: &str = "quiver_storage_lookup_cache_warmed_rows_total";
 /// Bytes charged to the lookup cache's entries.
 pub const STORAGE_LOOKUP_CACHE_USAGE: &str = "quiver_storage_lookup_cache_usage_bytes";
+/// Gauge: bytes the compiled plans keep in column builders for reuse (bounded).
+pub const SERVE_BUILDER_POOL_BYTES: &str = "quiver_serve_builder_pool_bytes";
 /// Estimated rows by `shard`.
 pub const STORAGE_ROWS: &str = "quiver_storage_rows_estimate";
 /// Bytes in memtables, summed over shards.
@@ -418,6 +420,11 @@ pub fn describe() {
         STORAGE_LOOKUP_CACHE_USAGE,
         Unit::Bytes,
         "bytes charged to the lookup cache's entries"
+    );
+    describe_gauge!(
+        SERVE_BUILDER_POOL_BYTES,
+        Unit::Bytes,
+        "bytes held by column builders kept for reuse by the compiled plans (at most 16 MiB)"
     );
     describe_gauge!(STORAGE_ROWS, Unit::Count, "estimated stored rows by shard");
     describe_gauge!(

@@ -290,6 +290,7 @@ pub(super) async fn run_storage_metrics_loop(
         counter!(m::STORAGE_ROW_CACHE_MISSES).absolute(s.row_misses);
         gauge!(m::STORAGE_ROW_CACHE_USAGE).set(engine.row_cache_usage() as f64);
         gauge!(m::STORAGE_LOOKUP_CACHE_USAGE).set(engine.lookup_cache_usage() as f64);
+        gauge!(m::SERVE_BUILDER_POOL_BYTES).set(state.plans.builder_pool_bytes() as f64);
         gauge!(m::STORAGE_MEMTABLE_BYTES).set(s.memtable as f64);
         gauge!(m::STORAGE_SST_BYTES).set(s.sst as f64);
         gauge!(m::STORAGE_PENDING_COMPACTION_BYTES).set(s.pending as f64);

@@ -338,6 +338,11 @@ impl PlanCache {
         c.by_features.len() + c.by_service.len()
     }
 
+    /// Bytes the cached plans' builder pools keep now.
+    pub fn builder_pool_bytes(&self) -> usize {
+        self.builder_budget.used()
+    }
+
     /// Whether the cache is empty.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
