@@ -99,22 +99,16 @@ impl ColumnPool {
             }
             None => None,
         };
+        let fresh = |&ty: &FeatureType| ColumnBuilder::new(String::new(), ty, rows, event_times);
         let Some(mut set) = kept else {
-            return types
-                .iter()
-                .map(|&ty| ColumnBuilder::new(String::new(), ty, rows, event_times))
-                .collect();
+            return types.iter().map(fresh).collect();
         };
         set.truncate(types.len());
         for (b, &ty) in set.iter_mut().zip(types) {
             b.reset(ty, rows, event_times);
         }
         let have = set.len();
-        set.extend(
-            types[have..]
-                .iter()
-                .map(|&ty| ColumnBuilder::new(String::new(), ty, rows, event_times)),
-        );
+        set.extend(types[have..].iter().map(fresh));
         set
     }
 
