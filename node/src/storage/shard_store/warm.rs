@@ -18,7 +18,9 @@ const CHUNK: usize = 512;
 /// What warming cached.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Warmed {
-    /// Rows cached (or found cached already).
+    /// Rows cached (or found cached already). RocksDB's compaction filter drops expired
+    /// rows and old tombstones even under a snapshot, so a compaction between two chunks
+    /// leaves the later ones fewer rows: the count is of what each chunk found.
     pub rows: u64,
     /// Their keys' and values' bytes.
     pub bytes: u64,
