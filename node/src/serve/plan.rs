@@ -10,8 +10,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
-use bytes::Bytes;
-use quiver_proto::lookup_request::LookupRequest;
+use quiver_proto::lookup_request::{LookupRequest, reference_text};
 use quiver_proto::packed::{ColumnPool, PoolBudget};
 use quiver_proto::v1::FeatureType as WireType;
 use quiver_proto::{Partitioner, ShardId};
@@ -123,8 +122,8 @@ fn resolve(
                     limits.max_features_per_request
                 )));
             }
-            for i in 0..req.features.len() {
-                let r = req.feature(i).map_err(|e| invalid(e.to_string()))?;
+            for (i, r) in req.features.iter().enumerate() {
+                let r = reference_text(i, r).map_err(|e| invalid(e.to_string()))?;
                 if !r.contains(':') {
                     return Err(invalid(format!(
                         "feature reference {r:?} must look like \"view:feature\" or \"view:*\""
@@ -249,11 +248,12 @@ const PLAN_CACHE_ENTRIES: usize = 4096;
 #[derive(Default)]
 struct CacheInner {
     generation: u64,
-    /// Keyed by the references' bytes as received: a hit needs no UTF-8 check and no
-    /// `String`. foldhash, not SipHash: every hit hashes every reference (50 for a
-    /// 1 × 50 lookup); its per-process random seed keeps crafted collisions impractical,
-    /// and entries are bounded by [`PLAN_CACHE_ENTRIES`] either way.
-    by_features: HashMap<Vec<Bytes>, Arc<CompiledPlan>, foldhash::fast::RandomState>,
+    /// Keyed by the references as field 1 encodes them ([`quiver_proto::lookup_request::FeatureRefs::encoded`], one
+    /// slice): a hit hashes and compares those bytes, with no UTF-8 check and no
+    /// `String`. foldhash, not SipHash: every hit hashes the whole list (~600 bytes for
+    /// a 1 × 50 lookup); its per-process random seed keeps crafted collisions
+    /// impractical, and entries are bounded by [`PLAN_CACHE_ENTRIES`] either way.
+    by_features: HashMap<Box<[u8]>, Arc<CompiledPlan>, foldhash::fast::RandomState>,
     by_service: HashMap<String, Arc<CompiledPlan>>,
 }
 
@@ -293,7 +293,7 @@ impl PlanCache {
             let c = self.inner.read().unwrap_or_else(|p| p.into_inner());
             if c.generation == registry.generation {
                 let hit = if req.feature_service.is_empty() {
-                    c.by_features.get(req.features.as_slice())
+                    c.by_features.get(req.features.encoded())
                 } else if req.features.is_empty() {
                     c.by_service.get(&req.feature_service)
                 } else {
@@ -317,14 +317,8 @@ impl PlanCache {
             };
         }
         if req.feature_service.is_empty() {
-            // Copies, not slices of the request: a slice would keep the whole received
-            // request buffer alive for as long as the entry.
-            let key = req
-                .features
-                .iter()
-                .map(|f| Bytes::copy_from_slice(f))
-                .collect();
-            c.by_features.insert(key, plan.clone());
+            c.by_features
+                .insert(req.features.encoded().into(), plan.clone());
         } else {
             c.by_service
                 .insert(req.feature_service.clone(), plan.clone());

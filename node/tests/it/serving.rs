@@ -36,7 +36,7 @@ async fn raw_lookup(
     features: Vec<Vec<u8>>,
 ) -> Result<quiver_proto::v1::GetOnlineFeaturesResponse, tonic::Status> {
     let request = quiver_proto::lookup_request::LookupRequest {
-        features: features.into_iter().map(Into::into).collect(),
+        features: features.into_iter().collect(),
         entity_keys: vec![key("a")],
         ..Default::default()
     };

@@ -1,7 +1,7 @@
 use prost::Message as _;
 
 use super::*;
-use crate::v1::{TopicOffset, entity_key};
+use crate::v1::{ResponseEncoding, TopicOffset, entity_key};
 
 fn full_request() -> GetOnlineFeaturesRequest {
     GetOnlineFeaturesRequest {
@@ -150,5 +150,84 @@ fn an_outgoing_lookup_encodes_as_the_generated_request() {
             GetOnlineFeaturesRequest::decode(bytes.as_slice()).expect("decodes"),
             want
         );
+    }
+}
+
+/// A message with field 1 entries between other fields (any protobuf writer may do
+/// that), a non-shortest length varint and an unknown field: the twin reads what the
+/// generated message reads, and its references in canonical form.
+#[test]
+fn references_between_other_fields_and_odd_lengths_decode_as_generated() {
+    let mut wire = Vec::new();
+    prost::encoding::string::encode(1, &"v:a".to_string(), &mut wire);
+    prost::encoding::string::encode(2, &"svc".to_string(), &mut wire);
+    // Field 1, "v:b" with its length 3 written in two bytes (0x83 0x00).
+    wire.extend_from_slice(&[0x0a, 0x83, 0x00, b'v', b':', b'b']);
+    // Unknown field 99, a varint.
+    prost::encoding::uint64::encode(99, &7, &mut wire);
+    prost::encoding::uint32::encode(5, &9, &mut wire);
+    prost::encoding::string::encode(1, &"w:*".to_string(), &mut wire);
+    let generated = GetOnlineFeaturesRequest::decode(wire.as_slice()).expect("generated");
+    let twin = LookupRequest::decode(wire.as_slice()).expect("twin");
+    assert_eq!(twin, LookupRequest::from(generated.clone()));
+    assert_eq!(generated.features, ["v:a", "v:b", "w:*"]);
+    assert_eq!(
+        twin.features.encoded(),
+        &OutgoingLookup::encode_references(&generated.features)[..]
+    );
+    assert_eq!(twin.encode_to_vec(), generated.encode_to_vec());
+    assert_eq!(twin.encoded_len(), generated.encoded_len());
+}
+
+/// A reference whose length runs past the end, or a field 1 that is not
+/// length-delimited, is refused as the generated message refuses it.
+#[test]
+fn a_truncated_or_mistyped_reference_is_refused() {
+    let mut wire = GetOnlineFeaturesRequest {
+        features: vec!["v:a".into(), "v:bcd".into()],
+        ..Default::default()
+    }
+    .encode_to_vec();
+    wire.truncate(wire.len() - 2);
+    assert!(GetOnlineFeaturesRequest::decode(wire.as_slice()).is_err());
+    let err = LookupRequest::decode(wire.as_slice()).expect_err("truncated");
+    assert!(err.to_string().contains("features"), "{err}");
+    // Field 1 as a varint.
+    let wire = [0x08, 0x01];
+    assert!(GetOnlineFeaturesRequest::decode(&wire[..]).is_err());
+    assert!(LookupRequest::decode(&wire[..]).is_err());
+}
+
+/// Random requests (seeded): the twin decodes the generated message's bytes to the same
+/// request, encodes them back to the same bytes, and a request of the same references
+/// holds the same `FeatureRefs` bytes however they were built.
+#[test]
+fn random_requests_decode_and_encode_as_the_generated_message() {
+    let mut rng = crate::test_rng::Rng(0x0010_00c0);
+    for _ in 0..500 {
+        let features: Vec<String> = (0..rng.below(60))
+            .map(|_| {
+                let long = rng.below(10) == 0;
+                let len = rng.below(if long { 300 } else { 20 });
+                (0..len)
+                    .map(|_| char::from(b'a' + rng.below(26) as u8))
+                    .collect()
+            })
+            .collect();
+        let mut want = full_request();
+        want.features = features;
+        if rng.below(3) == 0 {
+            want.as_of = None;
+        }
+        want.entity_keys.truncate(rng.below(3));
+        let wire = want.encode_to_vec();
+        let twin = LookupRequest::decode(wire.as_slice()).expect("twin decodes");
+        assert_eq!(twin, LookupRequest::from(want.clone()));
+        assert_eq!(twin.features.len(), want.features.len());
+        assert_eq!(twin.encode_to_vec(), wire);
+        assert_eq!(twin.encoded_len(), wire.len());
+        let texts: Vec<&[u8]> = twin.features.iter().collect();
+        let wanted: Vec<&[u8]> = want.features.iter().map(|f| f.as_bytes()).collect();
+        assert_eq!(texts, wanted);
     }
 }
