@@ -67,6 +67,28 @@ impl FeatureRefs {
         }
     }
 
+    /// Appends the field-1 entries that follow in `buf`'s current chunk, whole, up to the
+    /// first other field (or incomplete entry), and consumes them: what decoding them one
+    /// by one would append, without a `Buf` call per key, length and copy. (tonic hands
+    /// the decoder the whole message as one chunk, and clients write a request's
+    /// references one after another.)
+    pub(super) fn push_run(&mut self, buf: &mut impl bytes::Buf) {
+        let chunk = buf.chunk();
+        let mut at = 0;
+        while chunk.get(at) == Some(&FIELD_1_KEY) {
+            let mut rest = &chunk[at + 1..];
+            let Ok(len) = prost::encoding::decode_varint(&mut rest) else {
+                break;
+            };
+            let Some(reference) = usize::try_from(len).ok().and_then(|l| rest.get(..l)) else {
+                break;
+            };
+            self.push(reference);
+            at = chunk.len() - rest.len() + reference.len();
+        }
+        buf.advance(at);
+    }
+
     /// How many references.
     pub fn len(&self) -> usize {
         self.count

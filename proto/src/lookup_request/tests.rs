@@ -231,3 +231,19 @@ fn random_requests_decode_and_encode_as_the_generated_message() {
         assert_eq!(texts, wanted);
     }
 }
+
+/// The references decode the same however the message is split into chunks (a run of
+/// references is read from one chunk; a reference may straddle two).
+#[test]
+fn references_decode_the_same_across_chunk_boundaries() {
+    use bytes::Buf as _;
+    let want = full_request();
+    let wire = want.encode_to_vec();
+    let whole = LookupRequest::decode(wire.as_slice()).expect("whole");
+    assert_eq!(whole, LookupRequest::from(want));
+    for cut in 0..=wire.len() {
+        let split = (&wire[..cut]).chain(&wire[cut..]);
+        let twin = LookupRequest::decode(split).expect("split");
+        assert_eq!(twin, whole, "cut at {cut}");
+    }
+}

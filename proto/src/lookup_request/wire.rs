@@ -95,8 +95,8 @@ impl Message for LookupRequest {
     }
 }
 
-/// One field-1 entry: a length-delimited reference, copied into the request's
-/// [`super::FeatureRefs`] (not checked as UTF-8, see there).
+/// One field-1 entry, and the ones right after it: length-delimited references, copied
+/// into the request's [`super::FeatureRefs`] (not checked as UTF-8, see there).
 fn merge_reference(
     req: &mut LookupRequest,
     wire_type: WireType,
@@ -111,5 +111,6 @@ fn merge_reference(
         return Err(DecodeError::new("buffer underflow"));
     }
     req.features.push_from(buf, len as usize);
+    req.features.push_run(buf);
     Ok(())
 }

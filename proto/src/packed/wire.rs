@@ -24,7 +24,9 @@ pub(super) fn put_bytes(tag: u32, payload: &[u8], buf: &mut impl BufMut) {
 }
 
 /// A packed field `tag` of fixed-width elements, each written as `le(element)` (its
-/// little-endian bytes), through a stack buffer: one `put_slice` per 4 KiB.
+/// little-endian bytes), through a stack buffer: one `put_slice` per 4 KiB. A short
+/// field (most columns of a one-key answer hold one value) goes through a 64-byte buffer
+/// instead: zeroing 4 KiB per column was 1.75 µs of a 1 × 50 answer's encoding.
 pub(super) fn put_fixed<T, const W: usize>(
     tag: u32,
     values: &[T],
@@ -36,8 +38,21 @@ pub(super) fn put_fixed<T, const W: usize>(
     }
     encode_key(tag, WireType::LengthDelimited, buf);
     encode_varint((W * values.len()) as u64, buf);
-    let mut chunk = [0u8; 4096];
-    for part in values.chunks(4096 / W) {
+    if W * values.len() <= 64 {
+        put_chunks::<T, W, 64>(values, le, buf);
+    } else {
+        put_chunks::<T, W, 4096>(values, le, buf);
+    }
+}
+
+/// `values` as `le(element)` bytes, through a stack buffer of `C` bytes.
+fn put_chunks<T, const W: usize, const C: usize>(
+    values: &[T],
+    le: impl Fn(&T) -> [u8; W],
+    buf: &mut impl BufMut,
+) {
+    let mut chunk = [0u8; C];
+    for part in values.chunks(C / W) {
         for (out, v) in chunk.chunks_exact_mut(W).zip(part) {
             out.copy_from_slice(&le(v));
         }
@@ -66,7 +81,7 @@ mod tests {
     /// Byte for byte prost's packed encodings, and their lengths, across chunk edges.
     #[test]
     fn slices_encode_as_prost_packs_them() {
-        for n in [0usize, 1, 2, 511, 512, 513, 1024, 1500, 4097] {
+        for n in [0usize, 1, 2, 7, 8, 9, 16, 17, 64, 65, 511, 512, 513, 1024, 1500, 4097] {
             let f64s: Vec<f64> = (0..n).map(|i| i as f64 * -1.5 + 0.25).collect();
             let i64s: Vec<i64> = (0..n).map(|i| (i as i64 - 700) * 1_000_003).collect();
             let f32s: Vec<f32> = (0..n).map(|i| i as f32 / 3.0).collect();
