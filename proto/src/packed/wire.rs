@@ -81,7 +81,9 @@ mod tests {
     /// Byte for byte prost's packed encodings, and their lengths, across chunk edges.
     #[test]
     fn slices_encode_as_prost_packs_them() {
-        for n in [0usize, 1, 2, 7, 8, 9, 16, 17, 64, 65, 511, 512, 513, 1024, 1500, 4097] {
+        for n in [
+            0usize, 1, 2, 7, 8, 9, 16, 17, 64, 65, 511, 512, 513, 1024, 1500, 4097,
+        ] {
             let f64s: Vec<f64> = (0..n).map(|i| i as f64 * -1.5 + 0.25).collect();
             let i64s: Vec<i64> = (0..n).map(|i| (i as i64 - 700) * 1_000_003).collect();
             let f32s: Vec<f32> = (0..n).map(|i| i as f32 / 3.0).collect();
