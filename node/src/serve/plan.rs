@@ -248,9 +248,9 @@ const PLAN_CACHE_ENTRIES: usize = 4096;
 #[derive(Default)]
 struct CacheInner {
     generation: u64,
-    /// Keyed by the references as field 1 encodes them ([`quiver_proto::lookup_request::FeatureRefs::encoded`], one
-    /// slice): a hit hashes and compares those bytes, with no UTF-8 check and no
-    /// `String`. foldhash, not SipHash: every hit hashes the whole list (~600 bytes for
+    /// Keyed by the references as field 1 encodes them, one slice
+    /// ([`quiver_proto::lookup_request::FeatureRefs::encoded`]): a hit hashes and
+    /// compares those bytes, with no UTF-8 check and no `String`. foldhash, not SipHash: every hit hashes the whole list (~600 bytes for
     /// a 1 × 50 lookup); its per-process random seed keeps crafted collisions
     /// impractical, and entries are bounded by [`PLAN_CACHE_ENTRIES`] either way.
     by_features: HashMap<Box<[u8]>, Arc<CompiledPlan>, foldhash::fast::RandomState>,

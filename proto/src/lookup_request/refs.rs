@@ -51,10 +51,12 @@ impl FeatureRefs {
 
     /// Appends the next `len` bytes of `buf` as one reference (decoding field 1); the
     /// caller checked that `buf` holds them. The first one reserves what is left of the
-    /// message, so a request's references take one allocation.
+    /// message, so a request's references take one allocation: the canonical form is
+    /// never longer than what was received, and the first reference's key and length,
+    /// consumed already, take at most 11 bytes.
     pub(super) fn push_from(&mut self, buf: &mut impl bytes::Buf, len: usize) {
         if self.encoded.capacity() == 0 {
-            self.encoded.reserve(buf.remaining() + 16);
+            self.encoded.reserve(buf.remaining() + 11);
         }
         self.begin(len);
         let mut left = len;

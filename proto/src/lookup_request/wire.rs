@@ -38,8 +38,7 @@ impl Message for LookupRequest {
         buf: &mut impl Buf,
         ctx: DecodeContext,
     ) -> Result<(), DecodeError> {
-        let field = |e: DecodeError, name| {
-            let mut e = e;
+        let field = |mut e: DecodeError, name| {
             e.push("GetOnlineFeaturesRequest", name);
             e
         };
