@@ -293,12 +293,14 @@ mod answer;
 mod builder;
 mod gather;
 mod pool;
+mod watermark;
 mod wire;
 
 pub use answer::PackedAnswer;
 pub use builder::ColumnBuilder;
 pub use gather::gather;
 pub use pool::{ColumnPool, PoolBudget};
+pub use watermark::EncodedWatermark;
 
 #[cfg(test)]
 mod tests;

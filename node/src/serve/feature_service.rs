@@ -10,7 +10,7 @@ use quiver_proto::packed::PackedAnswer;
 use quiver_proto::v1::feature_service_server::FeatureService;
 use quiver_proto::v1::{
     GetOnlineFeaturesRequest, GetOnlineFeaturesResponse, GetSchemaRequest, PushRequest,
-    PushResponse, ResponseEncoding, Schema,
+    PushResponse, ResponseEncoding, Schema, ShardWatermark,
 };
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument as _;
@@ -19,7 +19,7 @@ use super::ServeError;
 use super::export::{ExportStream, export_stream};
 use super::fair::{FairPermit, Shed};
 use super::lookup::{
-    ExecError, ReadMode, Reader, execute, into_cells, replicas_for, watermark_reached,
+    ExecError, ReadMode, Reader, binding_floors, execute, floors_reached, into_cells, replicas_for,
 };
 use super::plan::{LookupPlan, plan_keys};
 use crate::metrics as m;
@@ -68,6 +68,7 @@ impl FeatureServiceImpl {
         &self,
         plan: &LookupPlan,
         replicas: &[Reader],
+        floors: &[ShardWatermark],
         requested_ms: u32,
     ) -> Result<(), ServeError> {
         let limit = self.state.limits.max_watermark_wait;
@@ -77,13 +78,13 @@ impl FeatureServiceImpl {
         };
         let deadline = tokio::time::Instant::now() + max_wait;
         for (shard, store) in plan.shards().zip(replicas) {
-            let Some(want) = plan.min_watermarks.get(&shard) else {
+            if binding_floors(floors, shard).next().is_none() {
                 continue;
-            };
+            }
             let mut rx = store.subscribe_watermark();
             let reached = tokio::time::timeout_at(
                 deadline,
-                rx.wait_for(|have| watermark_reached(have, want)),
+                rx.wait_for(|have| floors_reached(floors, shard, have)),
             )
             .await;
             match reached {
@@ -98,9 +99,7 @@ impl FeatureServiceImpl {
                         .shards()
                         .zip(replicas)
                         .filter(|(s, st)| {
-                            plan.min_watermarks.get(s).is_some_and(|want| {
-                                !watermark_reached(&st.subscribe_watermark().borrow(), want)
-                            })
+                            !floors_reached(floors, *s, &st.subscribe_watermark().borrow())
                         })
                         .map(|(s, _)| s)
                         .collect();
@@ -185,9 +184,9 @@ impl FeatureServiceImpl {
             }
             r => r?,
         };
-        if !plan.min_watermarks.is_empty() {
+        if !req.min_watermarks.is_empty() {
             let waiting = Instant::now();
-            self.await_watermarks(&plan, &replicas, req.watermark_wait_ms)
+            self.await_watermarks(&plan, &replicas, &req.min_watermarks, req.watermark_wait_ms)
                 .await?;
             self.metrics.watermark_wait.record(waiting.elapsed());
         }

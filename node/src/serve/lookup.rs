@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use quiver_proto::ShardId;
-use quiver_proto::packed::{ColumnBuilder, PackedAnswer};
+use quiver_proto::packed::{ColumnBuilder, EncodedWatermark, PackedAnswer};
 use quiver_proto::v1::{FeatureStatus, GetOnlineFeaturesResponse, ShardWatermark, TopicOffset};
 
 use super::ServeError;
@@ -25,7 +25,7 @@ use super::plan::LookupPlan;
 use crate::gate::{Gate, GateGuard};
 use crate::storage::lookup_cache::CachedRow;
 use crate::storage::row_codec::{FieldRef, RowFields};
-use crate::storage::{RowBytes, ShardStore, keys, row_codec};
+use crate::storage::{RowBytes, ShardStore, is_topic_stream, keys, row_codec};
 
 /// Where a lookup may read from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,33 +52,29 @@ impl From<ServeError> for ExecError {
     }
 }
 
-/// Whether an offset stream is a topic's (what clients wait on), not a pending view
-/// version's own re-ingest (`topic#view@version`): those exist on a replica only until the
-/// version is promoted, so a client holding one as a floor would find every replica
-/// that already promoted "behind" it forever.
-pub fn is_topic_stream(stream: &str) -> bool {
-    !stream.contains('#')
+/// Whether `have` has reached every floor of `shard` among a request's minimum
+/// watermarks `floors` (streams it does not know count as 0). Floors on pending streams
+/// are ignored ([`is_topic_stream`]): a client holding one from an older node would find
+/// every replica that already promoted the version "behind" it forever. A shard named
+/// twice must reach both.
+pub fn floors_reached(
+    floors: &[ShardWatermark],
+    shard: ShardId,
+    have: &BTreeMap<String, i64>,
+) -> bool {
+    binding_floors(floors, shard).all(|o| have.get(&o.topic).copied().unwrap_or(0) >= o.next_offset)
 }
 
-/// A watermark on the wire: the topic streams' offsets.
-fn wire_watermark(shard: ShardId, wm: &BTreeMap<String, i64>) -> ShardWatermark {
-    ShardWatermark {
-        shard: shard.0,
-        offsets: wm
-            .iter()
-            .filter(|(t, _)| is_topic_stream(t))
-            .map(|(t, o)| TopicOffset {
-                topic: t.clone(),
-                next_offset: *o,
-            })
-            .collect(),
-    }
-}
-
-/// Whether `have` has reached every offset in `want` (topics it does not know count as 0).
-pub fn watermark_reached(have: &BTreeMap<String, i64>, want: &BTreeMap<String, i64>) -> bool {
-    want.iter()
-        .all(|(t, o)| have.get(t).copied().unwrap_or(0) >= *o)
+/// The floors of `shard` a replica must reach: its topic streams'.
+pub fn binding_floors(
+    floors: &[ShardWatermark],
+    shard: ShardId,
+) -> impl Iterator<Item = &TopicOffset> {
+    floors
+        .iter()
+        .filter(move |w| w.shard == shard.0)
+        .flat_map(|w| &w.offsets)
+        .filter(|o| is_topic_stream(&o.topic))
 }
 
 /// Appends a stored field to a column. A stored type that is not the column's (a corrupt
@@ -210,9 +206,10 @@ pub fn execute(
         row_count: n as u32,
         view_versions: compiled.views.iter().map(|v| v.view.version).collect(),
         registry_revision: compiled.revision,
-        watermarks: std::mem::take(&mut sources.watermarks),
+        watermarks: Vec::new(),
     };
     Ok(PackedAnswer::named(head, columns, compiled.names.clone())
+        .with_watermarks(std::mem::take(&mut sources.watermarks))
         .recycled_to(compiled.builders.clone()))
 }
 
@@ -226,8 +223,8 @@ struct ShardSources<'a, 'r> {
     memory: Vec<Option<Vec<CachedRow>>>,
     /// Per shard: where it is read from and where its keys are.
     shards: Vec<ShardSource>,
-    /// Per shard: the watermark its rows reflect.
-    watermarks: Vec<ShardWatermark>,
+    /// Per shard: the watermark its rows reflect (the replica's wire form, shared).
+    watermarks: Vec<EncodedWatermark>,
     /// Request row → (shard position, index among the shard's rows).
     locate: Vec<(u32, u32)>,
     /// Without an as-of time: the storage keys of every (shard, view, row), shard by
@@ -288,7 +285,7 @@ impl<'a, 'r> ShardSources<'a, 'r> {
             if plain {
                 let all = out.keys_between(first_key, out.key_ends.len());
                 if let Some((wm, cached)) = store.latest_rows_in_memory(&all) {
-                    out.watermarks.push(wire_watermark(*shard, &wm));
+                    out.watermarks.push(wm.to_wire(shard.0));
                     out.memory.push(Some(cached));
                     continue;
                 }
@@ -299,7 +296,7 @@ impl<'a, 'r> ShardSources<'a, 'r> {
             let wm = read
                 .watermark()
                 .map_err(|e| ServeError::Storage(e.to_string()))?;
-            out.watermarks.push(wire_watermark(*shard, &wm));
+            out.watermarks.push(wm.to_wire(shard.0));
             out.memory.push(None);
             out.reads.push((*shard, rows, read));
         }

@@ -354,8 +354,6 @@ pub struct LookupPlan {
     key_ends: Vec<u32>,
     /// Row indexes per shard, in request order.
     pub by_shard: BTreeMap<ShardId, Vec<u32>>,
-    /// Requested minimum watermarks of the shards this request reads.
-    pub min_watermarks: BTreeMap<ShardId, BTreeMap<String, i64>>,
     /// Whether the response carries event times.
     pub event_times: bool,
     /// Set for an as-of lookup.
@@ -512,27 +510,11 @@ pub fn plan_keys(
         .as_ref()
         .map(|a| super::as_of::plan(a, n))
         .transpose()?;
-    let mut min_watermarks = BTreeMap::new();
-    for wm in &req.min_watermarks {
-        let shard = ShardId(wm.shard);
-        if by_shard.contains_key(&shard) {
-            // Pending streams are not read-your-writes targets (see `is_topic_stream`):
-            // a floor on one, held by a client from an older node, is ignored.
-            let offsets: BTreeMap<String, i64> = wm
-                .offsets
-                .iter()
-                .filter(|o| super::lookup::is_topic_stream(&o.topic))
-                .map(|o| (o.topic.clone(), o.next_offset))
-                .collect();
-            min_watermarks.insert(shard, offsets);
-        }
-    }
     Ok(LookupPlan {
         compiled,
         key_bytes,
         key_ends,
         by_shard,
-        min_watermarks,
         event_times: req.include_event_times
             || req.encoding == quiver_proto::v1::ResponseEncoding::Cells as i32,
         as_of,

@@ -21,14 +21,16 @@ pub mod keys;
 pub mod lookup_cache;
 pub mod row_codec;
 mod shard_store;
+mod watermark;
 
 #[cfg(test)]
 pub use engine::TestShard;
 pub use engine::{StorageConfig, StorageEngine, TtlTable};
 pub use shard_store::{
     AggEvent, ApplyOutcome, ConsistentRead, IngestBatch, RowBytes, RowWrite, ShardStore,
-    TopicProgress, Warmed, Watermark,
+    TopicProgress, Warmed,
 };
+pub use watermark::{Offsets, Watermark, is_topic_stream};
 
 use quiver_proto::{Partitioner, ShardId};
 

@@ -21,8 +21,7 @@ const CF_ROWS: &str = "rows";
 const CF_META: &str = "meta";
 const CF_HISTORY: &str = "history";
 
-/// Applied offsets of a shard: source topic → next offset to apply.
-pub type Watermark = Arc<BTreeMap<String, i64>>;
+pub use super::watermark::Watermark;
 
 /// One row change decoded from a record.
 #[derive(Debug, Clone)]
@@ -154,7 +153,7 @@ impl ShardStore {
             db,
             db_options,
             offsets: Mutex::new(BTreeMap::new()),
-            watermark: watch::channel(Arc::new(BTreeMap::new())).0,
+            watermark: watch::channel(Watermark::default()).0,
             newest_event_micros: std::sync::atomic::AtomicI64::new(0),
             write_seq: AtomicU64::new(0),
             lookup_cache: engine.lookup_cache(),
@@ -374,7 +373,7 @@ impl ShardStore {
                     cache.written(generation, &w.key, w.value.as_deref());
                 }
             }
-            let wm: BTreeMap<String, i64> = next
+            let wm: super::Offsets = next
                 .iter()
                 .map(|(t, r)| (t.clone(), r.next_offset))
                 .collect();

@@ -18,19 +18,21 @@ use std::sync::Arc;
 use bytes::BufMut;
 use prost::encoding::{DecodeContext, WireType, encode_varint, encoded_len_varint, key_len};
 
-use super::{ColumnBuilder, ColumnPool};
+use super::{ColumnBuilder, ColumnPool, EncodedWatermark};
 use crate::v1::GetOnlineFeaturesResponse;
 
 /// `GetOnlineFeaturesResponse.packed_columns`.
 const PACKED_COLUMNS: u32 = 3;
 
 /// A PACKED lookup response: every field of `head` but its (empty) `packed_columns`,
-/// then `columns`. Encode-only: decoding one yields an empty answer (decode the
+/// with `watermarks` after the head's own, then `columns`. Encode-only: decoding one yields an empty answer (decode the
 /// generated `GetOnlineFeaturesResponse` instead).
 #[derive(Debug, Default)]
 pub struct PackedAnswer {
     head: GetOnlineFeaturesResponse,
     columns: Vec<ColumnBuilder>,
+    /// Watermarks encoded ahead ([`Self::with_watermarks`]), after `head.watermarks`.
+    watermarks: Vec<EncodedWatermark>,
     /// Column `i`'s name, when the builders were made unnamed.
     names: Option<Arc<[String]>>,
     /// Where the builders go when the answer is dropped.
@@ -56,6 +58,7 @@ impl PackedAnswer {
         PackedAnswer {
             head,
             columns,
+            watermarks: Vec::new(),
             names: None,
             recycle: None,
         }
@@ -73,6 +76,12 @@ impl PackedAnswer {
         let mut answer = Self::new(head, columns);
         answer.names = Some(names);
         answer
+    }
+
+    /// The answer reporting `watermarks` too (after its head's own).
+    pub fn with_watermarks(mut self, watermarks: Vec<EncodedWatermark>) -> Self {
+        self.watermarks = watermarks;
+        self
     }
 
     /// The answer, its builders given to `pool` when it is dropped (after it has been
@@ -94,6 +103,8 @@ impl PackedAnswer {
     /// chunk or a test.
     pub fn into_response(mut self) -> GetOnlineFeaturesResponse {
         let mut resp = std::mem::take(&mut self.head);
+        resp.watermarks
+            .extend(self.watermarks.iter().map(EncodedWatermark::to_message));
         let names = self.names.take();
         resp.packed_columns = std::mem::take(&mut self.columns)
             .into_iter()
@@ -108,9 +119,14 @@ impl PackedAnswer {
         resp
     }
 
-    /// Everything but the columns.
+    /// Everything but the columns and the watermarks encoded ahead.
     pub fn head(&self) -> &GetOnlineFeaturesResponse {
         &self.head
+    }
+
+    /// The watermarks encoded ahead.
+    pub fn watermarks(&self) -> &[EncodedWatermark] {
+        &self.watermarks
     }
 }
 
@@ -123,6 +139,9 @@ impl prost::Message for PackedAnswer {
         }
         for w in &h.watermarks {
             message::encode(2, w, buf);
+        }
+        for w in &self.watermarks {
+            w.encode_field(buf);
         }
         for (i, c) in self.columns.iter().enumerate() {
             let name = self.name(i);
@@ -159,13 +178,19 @@ impl prost::Message for PackedAnswer {
                 key_len(PACKED_COLUMNS) + encoded_len_varint(len as u64) + len
             })
             .sum();
+        let watermarks: usize = self
+            .watermarks
+            .iter()
+            .map(EncodedWatermark::field_len)
+            .sum();
         // The head's own fields, packed_columns being empty.
-        self.head.encoded_len() + columns
+        self.head.encoded_len() + watermarks + columns
     }
 
     fn clear(&mut self) {
         self.head.clear();
         self.columns.clear();
+        self.watermarks.clear();
         self.names = None;
     }
 }

@@ -19,6 +19,10 @@ pub struct ColumnBuilder {
     statuses: Vec<u8>,
     blob: Vec<u8>,
     event_times: bool,
+    /// Once sealed: the bytes of every field but the name ([`Self::encoded_len`] is
+    /// asked twice per column, for the size check and for the length prefix, and walked
+    /// its offsets and null rows each time).
+    sealed_len: Option<usize>,
 }
 
 impl ColumnBuilder {
@@ -31,6 +35,7 @@ impl ColumnBuilder {
             statuses: Vec::new(),
             blob: Vec::new(),
             event_times,
+            sealed_len: None,
         };
         b.reset(ty, rows, event_times);
         b.col.name = name;
@@ -97,6 +102,7 @@ impl ColumnBuilder {
         self.statuses.reserve(rows);
         self.blob.clear();
         self.event_times = event_times;
+        self.sealed_len = None;
     }
 
     /// Heap bytes the builder holds (its arrays' capacities), what keeping it for reuse
@@ -341,10 +347,31 @@ impl ColumnBuilder {
         if self.ty == FeatureType::Float32Vector {
             densify_vectors(&mut self.col, &self.statuses);
         }
+        self.sealed_len = Some(self.unnamed_len());
     }
 
     /// Bytes of [`Self::encode_raw`] with the column named `name`.
     pub(super) fn encoded_len(&self, name: &str) -> usize {
+        let named = if name.is_empty() {
+            0
+        } else {
+            // A string field: tag, length, UTF-8 bytes.
+            prost::encoding::key_len(1)
+                + prost::encoding::encoded_len_varint(name.len() as u64)
+                + name.len()
+        };
+        let rest = match self.sealed_len {
+            Some(len) => {
+                debug_assert_eq!(len, self.unnamed_len(), "a sealed column changed");
+                len
+            }
+            None => self.unnamed_len(),
+        };
+        named + rest
+    }
+
+    /// Bytes of every field of [`Self::encode_raw`] but the name.
+    fn unnamed_len(&self) -> usize {
         use prost::encoding::{bytes, int32, uint32};
         let c = &self.col;
         let blob = if self.blob.is_empty() {
@@ -352,14 +379,7 @@ impl ColumnBuilder {
         } else {
             bytes::encoded_len(9, &self.blob)
         };
-        (if name.is_empty() {
-            0
-        } else {
-            // A string field: tag, length, UTF-8 bytes.
-            prost::encoding::key_len(1)
-                + prost::encoding::encoded_len_varint(name.len() as u64)
-                + name.len()
-        }) + (if c.r#type == 0 {
+        (if c.r#type == 0 {
             0
         } else {
             int32::encoded_len(2, &c.r#type)

@@ -343,10 +343,12 @@ fn an_answer_encodes_as_its_response() {
             watermarks: (0..rng.below(3))
                 .map(|s| ShardWatermark {
                     shard: s as u32,
-                    offsets: vec![TopicOffset {
-                        topic: "t".into(),
-                        next_offset: rng.next() as i64 >> 1,
-                    }],
+                    offsets: (0..rng.below(3))
+                        .map(|t| TopicOffset {
+                            topic: format!("t{t}"),
+                            next_offset: rng.next() as i64 >> 1,
+                        })
+                        .collect(),
                 })
                 .collect(),
             row_count: rows as u32,
@@ -364,9 +366,25 @@ fn an_answer_encodes_as_its_response() {
         // Names in the builders, or unnamed builders named from one shared list (as a
         // node answers): the same bytes, and the same finished response.
         let names: std::sync::Arc<[String]> = (0..specs.len()).map(name).collect();
+        // Some watermarks encoded ahead (as a node reports its replicas'), the rest in
+        // the head.
+        let ahead = rng.below(head.watermarks.len() as u64 + 1);
+        let mut split = head.clone();
+        let encoded = split
+            .watermarks
+            .split_off(head.watermarks.len() - ahead)
+            .iter()
+            .map(|w| crate::packed::EncodedWatermark {
+                shard: w.shard,
+                offsets: crate::packed::EncodedWatermark::offsets_field(
+                    w.offsets.iter().map(|o| (o.topic.as_str(), o.next_offset)),
+                ),
+            })
+            .collect();
         for answer in [
             PackedAnswer::new(head.clone(), builders(true)),
-            PackedAnswer::named(head.clone(), builders(false), names),
+            PackedAnswer::named(head.clone(), builders(false), names.clone()),
+            PackedAnswer::named(split, builders(false), names).with_watermarks(encoded),
         ] {
             let bytes = answer.encode_to_vec();
             assert_eq!(answer.encoded_len(), bytes.len(), "round {round}");

@@ -1,11 +1,11 @@
 //! Watermarks on the wire: only topic streams, whatever pending streams a replica has.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use quiver_proto::v1::{EntityKey, GetOnlineFeaturesRequest, ShardWatermark, TopicOffset};
 use quiver_proto::{Partitioner, ShardId};
 
-use super::{ReadMode, execute, replicas_for};
+use super::{ReadMode, binding_floors, execute, floors_reached, replicas_for};
 use crate::config::NodeConfigFile;
 use crate::registry::Registry;
 use crate::serve::plan::plan_lookup;
@@ -67,10 +67,25 @@ fn pending_streams_are_neither_reported_nor_waited_on() {
         ..Default::default()
     };
     let plan = plan_lookup(&req, &registry.snapshot(), &limits, Partitioner::Murmur2, 1).unwrap();
-    assert_eq!(
-        plan.min_watermarks[&ShardId(0)],
-        [("t".to_owned(), 4)].into_iter().collect()
+    let floors = &req.min_watermarks;
+    let binding: Vec<_> = binding_floors(floors, ShardId(0))
+        .map(|o| (o.topic.as_str(), o.next_offset))
+        .collect();
+    assert_eq!(binding, [("t", 4)]);
+    assert!(floors_reached(floors, ShardId(0), &store.watermark()));
+    let behind: BTreeMap<String, i64> = [("t".to_owned(), 3), ("t#v@3".to_owned(), 100)].into();
+    assert!(
+        !floors_reached(floors, ShardId(0), &behind),
+        "t is at 3, below 4"
     );
+    assert!(
+        floors_reached(floors, ShardId(1), &behind),
+        "no floor on shard 1"
+    );
+    // A shard named twice must reach both floors.
+    let twice = [floor("t", 2), floor("t", 4)];
+    assert!(!floors_reached(&twice, ShardId(0), &behind));
+    assert!(floors_reached(&twice[..1], ShardId(0), &behind));
     let local = HashMap::from([(ShardId(0), store.clone())]);
     let replicas = replicas_for(&plan, &local, 0).unwrap();
     let Ok(resp) = execute(&plan, &replicas, 0, ReadMode::Full) else {

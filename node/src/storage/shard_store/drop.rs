@@ -117,7 +117,7 @@ impl ShardStore {
             for s in &streams {
                 offsets.remove(s);
             }
-            let wm = offsets
+            let wm: crate::storage::Offsets = offsets
                 .iter()
                 .map(|(t, r)| (t.clone(), r.next_offset))
                 .collect();
