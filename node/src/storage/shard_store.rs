@@ -21,7 +21,7 @@ const CF_ROWS: &str = "rows";
 const CF_META: &str = "meta";
 const CF_HISTORY: &str = "history";
 
-pub use super::watermark::Watermark;
+use super::watermark::Watermark;
 
 /// One row change decoded from a record.
 #[derive(Debug, Clone)]
