@@ -16,7 +16,9 @@
 # (e.g. SECONDS + 40 to sample the second system's step instead of the first's).
 # QUIVER_PROFILE_ECHO=1 samples the echo server instead, during its own step at the same
 # rate (quiver's step runs first): the transport's floor, profiled at equal load, for a
-# side-by-side reading with benches/folded-diff.py.
+# side-by-side reading with benches/folded-diff.py. QUIVER_PROFILE_BENCH=1 samples the
+# bench process instead (the load generator and quiver's smart client; with
+# QUIVER_PROFILE_ECHO=1 as well, during the echo's step: its plain tonic client).
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 case_=$1 rate=$2 out=$3 secs=${4:-10}
@@ -37,11 +39,16 @@ if [ -n "${QUIVER_PROFILE_ECHO:-}" ]; then
     target_pid=$(pgrep -n -f "quiver-bench serve-echo")
     await_busy "$bench_pid" "$work/bench.log" "$target_pid"
 fi
+[ -n "${QUIVER_PROFILE_BENCH:-}" ] && target_pid=$bench_pid
 sleep $((3 + ${QUIVER_PROFILE_SKIP:-0}))
 perf record -F 499 --call-graph dwarf,32768 -p "$target_pid" -o "$work/perf.data" -- sleep "$secs" \
     >/dev/null 2>&1
 perf script -i "$work/perf.data" 2>/dev/null | inferno-collapse-perf > "$work/stacks.folded"
 what=quiver-node; [ -n "${QUIVER_PROFILE_ECHO:-}" ] && what="the echo floor"
+if [ -n "${QUIVER_PROFILE_BENCH:-}" ]; then
+    what="the bench process (quiver's smart client)"
+    [ -n "${QUIVER_PROFILE_ECHO:-}" ] && what="the bench process (the echo's client)"
+fi
 inferno-flamegraph --title "$what, $case_ lookups at $rate req/s" \
     < "$work/stacks.folded" > "$out"
 cp "$work/stacks.folded" "${out%.svg}.folded"

@@ -348,20 +348,44 @@ fn client_route_merge(c: &mut Criterion) {
             b.iter(|| router.split(black_box(keys)))
         });
         let split = router.split(&keys);
+        let order = split.row_order();
         let parts: Vec<GetOnlineFeaturesResponse> = split
             .shard_keys()
             .iter()
             .map(|(_, k)| shard_answer(k.len(), 50))
             .collect();
-        g.bench_with_input(BenchmarkId::new("merge", n), &parts, |b, parts| {
-            b.iter_batched(
-                || parts.clone(),
-                |p| split.merge(p),
-                criterion::BatchSize::SmallInput,
-            )
+        // From the wire: each answer decoded as the client receives it, then merged
+        // (fixed-width columns read in place), against decoding every answer's columns
+        // first and merging those (the client until 2026-12-05).
+        let wire: Vec<prost::bytes::Bytes> =
+            parts.iter().map(|p| p.encode_to_vec().into()).collect();
+        g.bench_with_input(BenchmarkId::new("merge", n), &wire, |b, wire| {
+            b.iter(|| split.merge(black_box(wire)).expect("consistent parts"))
+        });
+        g.bench_with_input(BenchmarkId::new("merge_decoded", n), &wire, |b, wire| {
+            b.iter(|| {
+                let decoded: Vec<GetOnlineFeaturesResponse> = wire
+                    .iter()
+                    .map(|w| {
+                        let resp = LookupResponse::decode(black_box(w.clone()))
+                            .expect("valid")
+                            .0;
+                        for c in &resp.packed_columns {
+                            c.validate(resp.row_count as usize).expect("consistent");
+                        }
+                        resp
+                    })
+                    .collect();
+                (0..decoded[0].packed_columns.len())
+                    .map(|c| {
+                        let of: Vec<&PackedColumn> =
+                            decoded.iter().map(|p| &p.packed_columns[c]).collect();
+                        gather(&of, &order).expect("in range")
+                    })
+                    .collect::<Vec<_>>()
+            })
         });
         // The columns alone, typed gather against the row-by-row builder it replaced.
-        let order = split.row_order();
         let first: Vec<&PackedColumn> = parts.iter().map(|p| &p.packed_columns[0]).collect();
         g.bench_with_input(
             BenchmarkId::new("gather_50_columns", n),

@@ -15,6 +15,7 @@ use metrics::counter;
 use quiver_proto::ErrorCode;
 use quiver_proto::error::{behind_shards_from_status, opening_shards_from_status};
 use quiver_proto::lookup_request::OutgoingLookup;
+use quiver_proto::lookup_response::RawLookupResponse;
 use quiver_proto::v1::{EntityKey, GetOnlineFeaturesRequest, GetOnlineFeaturesResponse};
 
 use crate::client::Inner;
@@ -35,7 +36,9 @@ const MAX_ROUNDS: u32 = 32;
 
 /// A node's answer for some of the unique keys.
 struct Part {
-    resp: GetOnlineFeaturesResponse,
+    /// The columns as the node sent them: merged in place with the other parts'
+    /// (`LookupResult::assemble`), never decoded on their own.
+    resp: RawLookupResponse,
     /// Unique-key indexes, in the order of the response's rows.
     keys: Vec<u32>,
     /// The node that answered, and the shards it answered for.
@@ -55,22 +58,22 @@ const MAX_VERSION_ROUNDS: u32 = 8;
 fn newest_versions(parts: &[Part]) -> Vec<u32> {
     let longest = parts
         .iter()
-        .map(|p| p.resp.view_versions.len())
+        .map(|p| p.resp.head.view_versions.len())
         .max()
         .unwrap_or(0);
     let candidates = parts
         .iter()
-        .filter(|p| p.resp.view_versions.len() == longest);
+        .filter(|p| p.resp.head.view_versions.len() == longest);
     if let Some(p) = candidates
         .clone()
-        .filter(|p| p.resp.registry_revision > 0)
-        .max_by_key(|p| p.resp.registry_revision)
+        .filter(|p| p.resp.head.registry_revision > 0)
+        .max_by_key(|p| p.resp.head.registry_revision)
     {
-        return p.resp.view_versions.clone();
+        return p.resp.head.view_versions.clone();
     }
     let mut newest = vec![0u32; longest];
     for p in candidates {
-        for (n, v) in newest.iter_mut().zip(&p.resp.view_versions) {
+        for (n, v) in newest.iter_mut().zip(&p.resp.head.view_versions) {
             *n = (*n).max(*v);
         }
     }
@@ -145,7 +148,13 @@ impl<'a> Call<'a> {
         self,
     ) -> Result<Vec<(GetOnlineFeaturesResponse, Vec<u32>)>, ClientError> {
         let parts = self.fetch_consistent().await?;
-        Ok(parts.into_iter().map(|p| (p.resp, p.keys)).collect())
+        parts
+            .into_iter()
+            .map(|p| {
+                let resp = p.resp.into_response().map_err(crate::lookup::malformed)?;
+                Ok((resp, p.keys))
+            })
+            .collect()
     }
 
     /// Every shard's part, all read at the same view versions: a lookup fanned out while a
@@ -158,12 +167,14 @@ impl<'a> Call<'a> {
         let shards: Vec<u32> = self.batch.by_shard.keys().copied().collect();
         let mut parts = self.fetch(shards, Excluded::default(), true, 0).await?;
         for p in &parts {
-            self.inner.schema.note_revision(p.resp.registry_revision);
+            self.inner
+                .schema
+                .note_revision(p.resp.head.registry_revision);
         }
         // The common case, checked without allocating: every part at the same versions.
         if parts
             .windows(2)
-            .all(|w| w[0].resp.view_versions == w[1].resp.view_versions)
+            .all(|w| w[0].resp.head.view_versions == w[1].resp.head.view_versions)
         {
             return Ok(parts);
         }
@@ -174,7 +185,9 @@ impl<'a> Call<'a> {
                 .into_iter()
                 // A node older than `view_versions` answers none: its version is unknown,
                 // so its part is taken as it is (a rolling upgrade must not fail lookups).
-                .partition(|p| !p.resp.view_versions.is_empty() && p.resp.view_versions != newest);
+                .partition(|p| {
+                    !p.resp.head.view_versions.is_empty() && p.resp.head.view_versions != newest
+                });
             parts = fresh;
             if stale.is_empty() {
                 return Ok(parts);
@@ -182,7 +195,7 @@ impl<'a> Call<'a> {
             if round == MAX_VERSION_ROUNDS || Instant::now() >= self.deadline {
                 return Err(ClientError::Rpc(tonic::Status::unavailable(format!(
                     "replicas kept answering at different view versions ({:?} and {newest:?}): a view version is being promoted or rolled back; retry",
-                    stale[0].resp.view_versions
+                    stale[0].resp.head.view_versions
                 ))));
             }
             self.inner
@@ -348,7 +361,7 @@ impl<'a> Call<'a> {
             .fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
         let mut client = g.node.lookups();
-        let result = tokio::time::timeout(timeout, client.send(request)).await;
+        let result = tokio::time::timeout(timeout, client.send_raw(request)).await;
         let outcome = match result {
             Ok(Ok(resp)) => {
                 if let Some(epoch) = resp
@@ -363,6 +376,7 @@ impl<'a> Call<'a> {
                     .contains_key(quiver_proto::error::DRAINING_METADATA_KEY);
                 let resp = resp.into_inner();
                 let well_formed = resp
+                    .head
                     .columns
                     .iter()
                     .all(|c| c.values.len() == keys.len() && c.statuses.len() == keys.len());
@@ -372,7 +386,7 @@ impl<'a> Call<'a> {
                         g.node.on_draining(DRAINING_AVOID);
                     }
                     self.inner.hedge.record(keys.len(), started.elapsed());
-                    self.inner.session.observe(&resp.watermarks);
+                    self.inner.session.observe(&resp.head.watermarks);
                     self.inner.lagging.served(g.node.id, &g.shards);
                     Ok(Part {
                         resp,
@@ -593,10 +607,13 @@ mod tests {
 
     fn part_at(registry_revision: u64, versions: &[u32]) -> Part {
         Part {
-            resp: GetOnlineFeaturesResponse {
-                view_versions: versions.to_vec(),
-                registry_revision,
-                ..Default::default()
+            resp: RawLookupResponse {
+                head: GetOnlineFeaturesResponse {
+                    view_versions: versions.to_vec(),
+                    registry_revision,
+                    ..Default::default()
+                },
+                packed_columns: Vec::new(),
             },
             keys: Vec::new(),
             node: quiver_proto::NodeId(1),

@@ -2,7 +2,9 @@
 //! (routing a batch to shards; merging per-shard answers back into request order).
 //! Hidden from the documentation: not a stable API.
 
-use quiver_proto::v1::{ClusterMap, EntityKey, GetOnlineFeaturesResponse};
+use prost::Message as _;
+use quiver_proto::lookup_response::RawLookupResponse;
+use quiver_proto::v1::{ClusterMap, EntityKey};
 
 use crate::error::ClientError;
 use crate::lookup::LookupResult;
@@ -64,15 +66,18 @@ impl Split {
             .collect()
     }
 
-    /// Merges one answer per shard (in [`Split::shard_keys`] order, rows in its key order)
-    /// into the request-ordered result, as a lookup does after its fan-out.
+    /// Merges one encoded answer per shard (in [`Split::shard_keys`] order, rows in its
+    /// key order) into the request-ordered result, as a lookup does after its fan-out:
+    /// each answer decoded as the client receives it, then merged.
     ///
     /// # Errors
-    /// When the parts are inconsistent (as [`crate::Client::get_online_features`]).
-    pub fn merge(
-        &self,
-        parts: Vec<GetOnlineFeaturesResponse>,
-    ) -> Result<LookupResult, ClientError> {
+    /// When an answer does not decode or the parts are inconsistent (as
+    /// [`crate::Client::get_online_features`]).
+    pub fn merge(&self, parts: &[prost::bytes::Bytes]) -> Result<LookupResult, ClientError> {
+        let parts = parts
+            .iter()
+            .map(|b| RawLookupResponse::decode(b.clone()).map_err(crate::lookup::malformed))
+            .collect::<Result<_, _>>()?;
         LookupResult::assemble(parts, self.row_order())
     }
 }

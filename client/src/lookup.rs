@@ -6,19 +6,22 @@
 
 use std::time::Duration;
 
-use quiver_proto::packed::{ColumnBuilder, ValueRef, gather};
+use quiver_proto::packed::ValueRef;
 use quiver_proto::v1::value::Kind;
 use quiver_proto::v1::{
-    EntityKey, FeatureColumn, FeatureStatus, FeatureType, GetOnlineFeaturesRequest,
-    GetOnlineFeaturesResponse, PackedColumn,
+    EntityKey, FeatureStatus, FeatureType, GetOnlineFeaturesRequest, GetOnlineFeaturesResponse,
+    PackedColumn,
 };
 
 use crate::error::ClientError;
 
 use crate::watermark::Watermarks;
 
+mod assemble;
 pub(crate) mod entities;
 mod split;
+
+pub(crate) use assemble::{malformed, packed_columns};
 
 /// A lookup: feature references (or a feature service) and a batch of entity keys.
 #[derive(Debug, Clone, Default)]
@@ -203,160 +206,7 @@ pub struct LookupResult {
     view_versions: Vec<u32>,
 }
 
-/// A node's answer whose columns do not add up (a bug or a corrupted message): refused
-/// rather than read out of bounds.
-fn malformed(e: impl std::fmt::Display) -> ClientError {
-    ClientError::Rpc(tonic::Status::data_loss(format!(
-        "malformed lookup response: {e}"
-    )))
-}
-
-/// The PACKED columns of a response: as sent, or built from a CELLS response (a node that
-/// predates the PACKED encoding answers CELLS whatever the request asks).
-pub(crate) fn packed_columns(
-    mut resp: GetOnlineFeaturesResponse,
-) -> Result<(Vec<PackedColumn>, usize), ClientError> {
-    if resp.packed_columns.is_empty() && !resp.columns.is_empty() {
-        let rows = resp.columns[0].statuses.len();
-        let cols = resp
-            .columns
-            .iter()
-            .map(|c| cells_to_packed(c, rows))
-            .collect::<Result<_, _>>()?;
-        return Ok((cols, rows));
-    }
-    let rows = resp.row_count as usize;
-    for c in &resp.packed_columns {
-        c.validate(rows).map_err(malformed)?;
-    }
-    Ok((std::mem::take(&mut resp.packed_columns), rows))
-}
-
-fn cells_to_packed(c: &FeatureColumn, rows: usize) -> Result<PackedColumn, ClientError> {
-    if c.values.len() != rows || c.statuses.len() != rows || c.event_times_micros.len() != rows {
-        return Err(malformed(format!("column {:?} has ragged cells", c.name)));
-    }
-    let ty = c
-        .values
-        .iter()
-        .find_map(|v| v.kind.as_ref())
-        .map_or(FeatureType::Unspecified, kind_type);
-    let mut b = ColumnBuilder::new(c.name.clone(), ty, rows, true);
-    for r in 0..rows {
-        let t = c.event_times_micros[r];
-        match FeatureStatus::try_from(c.statuses[r]).unwrap_or(FeatureStatus::Unspecified) {
-            FeatureStatus::Present => b.push_kind(c.values[r].kind.as_ref(), t),
-            other => b.push_missing(other, t),
-        }
-    }
-    Ok(b.finish())
-}
-
-fn kind_type(k: &Kind) -> FeatureType {
-    match k {
-        Kind::BoolValue(_) => FeatureType::Bool,
-        Kind::Int64Value(_) => FeatureType::Int64,
-        Kind::Float64Value(_) => FeatureType::Float64,
-        Kind::StringValue(_) => FeatureType::String,
-        Kind::BytesValue(_) => FeatureType::Bytes,
-        Kind::Float32Vector(_) => FeatureType::Float32Vector,
-        Kind::Int64List(_) => FeatureType::Int64List,
-        Kind::Float64List(_) => FeatureType::Float64List,
-        Kind::StringList(_) => FeatureType::StringList,
-    }
-}
-
 impl LookupResult {
-    /// Wraps one node's response covering every row in order.
-    ///
-    /// # Errors
-    /// [`ClientError::Rpc`] (`DATA_LOSS`) if the response's columns are inconsistent.
-    pub fn new(mut resp: GetOnlineFeaturesResponse) -> Result<Self, ClientError> {
-        let watermarks = Watermarks::from_wire(&resp.watermarks);
-        let view_versions = std::mem::take(&mut resp.view_versions);
-        let (columns, rows) = packed_columns(resp)?;
-        Ok(LookupResult {
-            columns,
-            rows,
-            watermarks,
-            view_versions,
-        })
-    }
-
-    /// Assembles sub-responses; `rows[i]` locates request row `i` as (part, row in part).
-    pub(crate) fn assemble(
-        parts: Vec<GetOnlineFeaturesResponse>,
-        rows: Vec<(u32, u32)>,
-    ) -> Result<Self, ClientError> {
-        let mut watermarks = Watermarks::new();
-        for p in &parts {
-            watermarks.merge_wire(&p.watermarks);
-        }
-        // The parts agree on their versions (`batch.rs` re-reads those that do not).
-        let view_versions = parts
-            .iter()
-            .map(|p| &p.view_versions)
-            .find(|v| !v.is_empty())
-            .cloned()
-            .unwrap_or_default();
-        let mut parts: Vec<(Vec<PackedColumn>, usize)> = parts
-            .into_iter()
-            .map(packed_columns)
-            .collect::<Result<_, _>>()?;
-        let identity = parts.len() == 1
-            && parts[0].1 == rows.len()
-            && rows
-                .iter()
-                .enumerate()
-                .all(|(i, (p, r))| *p == 0 && *r as usize == i);
-        if identity {
-            let (columns, n) = parts.pop().expect("one part");
-            return Ok(LookupResult {
-                columns,
-                rows: n,
-                watermarks,
-                view_versions,
-            });
-        }
-        let Some((first, _)) = parts.first() else {
-            return Ok(LookupResult {
-                columns: Vec::new(),
-                rows: rows.len(),
-                watermarks,
-                view_versions,
-            });
-        };
-        for (cols, _) in &parts {
-            if cols.len() != first.len() {
-                return Err(malformed("sub-responses have different column counts"));
-            }
-        }
-        for (p, r) in &rows {
-            let (_, n) = parts
-                .get(*p as usize)
-                .ok_or_else(|| malformed("a row maps to no sub-response"))?;
-            if *r as usize >= *n {
-                return Err(malformed("a row is outside its sub-response"));
-            }
-        }
-        let mut columns = Vec::with_capacity(first.len());
-        // Column c of every part, refilled per column (one allocation per lookup).
-        let mut of_parts: Vec<&PackedColumn> = Vec::with_capacity(parts.len());
-        for c in 0..first.len() {
-            of_parts.clear();
-            of_parts.extend(parts.iter().map(|(cols, _)| &cols[c]));
-            let column = gather(&of_parts, &rows)
-                .ok_or_else(|| malformed("a row is outside its sub-response"))?;
-            columns.push(column);
-        }
-        Ok(LookupResult {
-            columns,
-            rows: rows.len(),
-            watermarks,
-            view_versions,
-        })
-    }
-
     /// A result of finished columns.
     pub(crate) fn from_columns(
         columns: Vec<PackedColumn>,

@@ -74,7 +74,16 @@ fn merge_column(
     if len > remaining as u64 {
         return Err(malformed());
     }
-    let limit = remaining - len as usize;
+    merge_column_fields(col, buf, remaining - len as usize, ctx)
+}
+
+/// Decodes the fields of a column from `buf` until `limit` bytes remain.
+fn merge_column_fields(
+    col: &mut PackedColumn,
+    buf: &mut impl Buf,
+    limit: usize,
+    ctx: DecodeContext,
+) -> Result<(), DecodeError> {
     while buf.remaining() > limit {
         let (tag, wire_type) = decode_key(buf)?;
         if wire_type == WireType::LengthDelimited && merge_packed(col, tag, buf)? {
@@ -220,21 +229,51 @@ where
     where
         M: prost::Message + Send + Sync + 'static,
     {
+        let resp = self.call::<M, LookupResponse>(request).await?;
+        Ok(resp.map(|r| r.0))
+    }
+
+    /// Like [`Self::send`], keeping the packed columns as the bytes the node sent (see
+    /// [`RawLookupResponse`]): for a caller that merges several nodes' answers.
+    ///
+    /// # Errors
+    /// The node's status, or a transport or decode error as a status.
+    pub async fn send_raw<M>(
+        &mut self,
+        request: tonic::Request<M>,
+    ) -> Result<tonic::Response<RawLookupResponse>, tonic::Status>
+    where
+        M: prost::Message + Send + Sync + 'static,
+    {
+        self.call::<M, RawLookupResponse>(request).await
+    }
+
+    async fn call<M, R>(
+        &mut self,
+        request: tonic::Request<M>,
+    ) -> Result<tonic::Response<R>, tonic::Status>
+    where
+        M: prost::Message + Send + Sync + 'static,
+        R: prost::Message + Default + Send + Sync + 'static,
+    {
         self.inner
             .ready()
             .await
             .map_err(|e| tonic::Status::unknown(format!("Service was not ready: {}", e.into())))?;
-        let codec = tonic_prost::ProstCodec::<M, LookupResponse>::default();
+        let codec = tonic_prost::ProstCodec::<M, R>::default();
         let path = PathAndQuery::from_static("/quiver.v1.FeatureService/GetOnlineFeatures");
         let mut req = request;
         req.extensions_mut().insert(GrpcMethod::new(
             "quiver.v1.FeatureService",
             "GetOnlineFeatures",
         ));
-        let resp = self.inner.unary(req, path, codec).await?;
-        Ok(resp.map(|r| r.0))
+        self.inner.unary(req, path, codec).await
     }
 }
+
+mod raw;
+
+pub use raw::RawLookupResponse;
 
 #[cfg(test)]
 mod tests;

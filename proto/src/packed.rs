@@ -293,6 +293,7 @@ mod answer;
 mod builder;
 mod gather;
 mod pool;
+mod view;
 mod watermark;
 mod wire;
 
@@ -300,7 +301,10 @@ pub use answer::PackedAnswer;
 pub use builder::ColumnBuilder;
 pub use gather::gather;
 pub use pool::{ColumnPool, PoolBudget};
+pub use view::{ColumnView, gather_views};
 pub use watermark::EncodedWatermark;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod view_tests;

@@ -16,7 +16,7 @@ use super::{CachedRow, Layout, RowCache, Shape, row};
 use crate::batch::Call;
 use crate::client::Inner;
 use crate::error::ClientError;
-use crate::lookup::{Lookup, LookupResult, packed_columns};
+use crate::lookup::{Lookup, LookupResult, malformed, packed_columns};
 use crate::metrics as m;
 use crate::router::{ShardedBatch, key_bytes, shard_batch};
 use crate::shard_map_cache::RoutingTable;
@@ -49,12 +49,6 @@ impl Keys {
             shard,
         }
     }
-}
-
-fn malformed(m: &str) -> ClientError {
-    ClientError::Rpc(tonic::Status::data_loss(format!(
-        "malformed lookup response: {m}"
-    )))
 }
 
 fn wall_micros() -> i64 {

@@ -211,3 +211,83 @@ fn accepts_and_refuses_corrupted_responses_exactly_as_prost_does() {
         "{ok} accepted, {refused} refused"
     );
 }
+
+/// A raw response decoded, then its columns: what prost decodes, for the same bytes.
+fn raw_then_columns(bytes: &[u8], split: usize) -> Result<GetOnlineFeaturesResponse, DecodeError> {
+    let (a, b) = bytes.split_at(split.min(bytes.len()));
+    RawLookupResponse::decode(a.chain(b))?.into_response()
+}
+
+#[test]
+fn a_raw_response_keeps_the_received_bytes_and_decodes_as_prost_does() {
+    let mut rng = Rng(13);
+    let mut columns = 0;
+    for _ in 0..400 {
+        let resp = response(&mut rng);
+        let bytes = bytes::Bytes::from(resp.encode_to_vec());
+        let raw = RawLookupResponse::decode(bytes.clone()).expect("decodes");
+        columns += raw.packed_columns.len();
+        assert!(raw.head.packed_columns.is_empty());
+        // Each column is a slice of the received buffer, not a copy.
+        let whole = bytes.as_ptr_range();
+        for c in &raw.packed_columns {
+            let r = c.as_ptr_range();
+            assert!(c.is_empty() || (whole.start <= r.start && r.end <= whole.end));
+        }
+        // It encodes as the response (fields in another order) and decodes to it.
+        assert_eq!(raw.encoded_len(), bytes.len());
+        let again = GetOnlineFeaturesResponse::decode(&raw.encode_to_vec()[..]).expect("decodes");
+        assert_eq!(again, resp);
+        for i in 0..raw.packed_columns.len() {
+            assert_eq!(
+                raw.decode_column(i).expect("decodes"),
+                resp.packed_columns[i]
+            );
+        }
+        assert_eq!(raw.into_response().expect("decodes"), resp);
+        // From a non-contiguous buffer (the columns are then copied).
+        let split = rng.below(bytes.len() as u64 + 1);
+        assert_eq!(raw_then_columns(&bytes, split).expect("decodes"), resp);
+    }
+    assert!(columns > 500, "only {columns} columns generated");
+}
+
+#[test]
+fn a_raw_response_and_its_columns_refuse_what_prost_refuses() {
+    let mut rng = Rng(19);
+    let (mut ok, mut refused) = (0, 0);
+    for _ in 0..3000 {
+        let mut bytes = response(&mut rng).encode_to_vec();
+        if bytes.is_empty() {
+            continue;
+        }
+        for _ in 0..1 + rng.below(3) {
+            let i = rng.below(bytes.len() as u64);
+            match rng.below(4) {
+                0 => bytes[i] = rng.next() as u8,
+                1 => bytes[i] ^= 0x80,
+                2 => bytes.truncate(i),
+                _ => bytes.insert(i, [0x80, 0xff, 0x01, 0x0a][rng.below(4)]),
+            }
+            if bytes.is_empty() {
+                break;
+            }
+        }
+        let split = rng.below(bytes.len() as u64 + 1);
+        match (
+            GetOnlineFeaturesResponse::decode(&bytes[..]),
+            raw_then_columns(&bytes, split),
+        ) {
+            (Ok(g), Ok(o)) => {
+                assert_eq!(o, g);
+                ok += 1;
+            }
+            (Err(_), Err(_)) => refused += 1,
+            (g, o) => panic!("prost {g:?}, raw {o:?} for {bytes:?}"),
+        }
+    }
+    assert!(
+        ok > 100 && refused > 100,
+        "{ok} accepted, {refused} refused"
+    );
+}

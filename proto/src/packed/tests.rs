@@ -1,7 +1,7 @@
 use super::*;
 use crate::test_rng::Rng;
 
-const TYPES: [FeatureType; 9] = [
+pub(super) const TYPES: [FeatureType; 9] = [
     FeatureType::Bool,
     FeatureType::Int64,
     FeatureType::Float64,
@@ -68,9 +68,14 @@ fn same(a: &Kind, b: &Kind) -> bool {
 }
 
 /// A row of the oracle: status, value, event time.
-type Cell = (FeatureStatus, Option<Kind>, i64);
+pub(super) type Cell = (FeatureStatus, Option<Kind>, i64);
 
-fn random_cells(rng: &mut Rng, ty: FeatureType, rows: usize, dim: Option<usize>) -> Vec<Cell> {
+pub(super) fn random_cells(
+    rng: &mut Rng,
+    ty: FeatureType,
+    rows: usize,
+    dim: Option<usize>,
+) -> Vec<Cell> {
     (0..rows)
         .map(|r| {
             let t = 1_000 + r as i64;
@@ -84,7 +89,7 @@ fn random_cells(rng: &mut Rng, ty: FeatureType, rows: usize, dim: Option<usize>)
         .collect()
 }
 
-fn build(ty: FeatureType, cells: &[Cell], event_times: bool) -> PackedColumn {
+pub(super) fn build(ty: FeatureType, cells: &[Cell], event_times: bool) -> PackedColumn {
     let mut b = ColumnBuilder::new("v:f".into(), ty, cells.len(), event_times);
     for (status, value, t) in cells {
         match status {
@@ -242,7 +247,7 @@ fn merge_row_by_row(parts: &[&PackedColumn], rows: &[(u32, u32)]) -> PackedColum
 }
 
 /// Bit-exact column equality (NaNs compare by their bits).
-fn same_column(a: &PackedColumn, b: &PackedColumn) -> bool {
+pub(super) fn same_column(a: &PackedColumn, b: &PackedColumn) -> bool {
     use prost::Message as _;
     a.encode_to_vec() == b.encode_to_vec()
 }
