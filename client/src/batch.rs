@@ -16,7 +16,7 @@ use quiver_proto::ErrorCode;
 use quiver_proto::error::{behind_shards_from_status, opening_shards_from_status};
 use quiver_proto::lookup_request::OutgoingLookup;
 use quiver_proto::lookup_response::RawLookupResponse;
-use quiver_proto::v1::{EntityKey, GetOnlineFeaturesRequest, GetOnlineFeaturesResponse};
+use quiver_proto::v1::{GetOnlineFeaturesRequest, GetOnlineFeaturesResponse};
 
 use crate::client::Inner;
 use crate::error::ClientError;
@@ -86,10 +86,10 @@ type PartsFuture<'a> = Pin<Box<dyn Future<Output = Result<Vec<Part>, ClientError
 pub(crate) struct Call<'a> {
     inner: &'a Inner,
     features: &'a [String],
-    /// `features` encoded once for all the lookup's sub-requests.
-    references: prost::bytes::Bytes,
+    /// `features` and the feature service encoded once for all the lookup's sub-requests.
+    head: prost::bytes::Bytes,
     feature_service: &'a str,
-    batch: ShardedBatch,
+    batch: ShardedBatch<'a>,
     extra: &'a Watermarks,
     event_times: bool,
     as_of: Option<&'a crate::lookup::AsOfSpec>,
@@ -107,7 +107,7 @@ impl<'a> Call<'a> {
         Call {
             inner,
             features: &lookup.features,
-            references: OutgoingLookup::encode_references(&lookup.features),
+            head: OutgoingLookup::encode_head(&lookup.features, &lookup.feature_service),
             feature_service: &lookup.feature_service,
             batch: shard_batch_at(
                 &table,
@@ -309,14 +309,7 @@ impl<'a> Call<'a> {
             .iter()
             .flat_map(|s| self.batch.by_shard[s].iter().copied())
             .collect();
-        let entity_keys: Vec<EntityKey> = keys
-            .iter()
-            .map(|&u| self.batch.unique[u as usize].clone())
-            .collect();
         let rest = GetOnlineFeaturesRequest {
-            features: Vec::new(),
-            feature_service: self.feature_service.to_owned(),
-            entity_keys,
             min_watermarks: self.inner.session.minimums(&g.shards, self.extra),
             watermark_wait_ms: self
                 .inner
@@ -337,7 +330,8 @@ impl<'a> Call<'a> {
             ..Default::default()
         };
         let req = OutgoingLookup {
-            references: self.references.clone(),
+            head: self.head.clone(),
+            keys: OutgoingLookup::encode_keys(keys.iter().map(|&u| self.batch.unique[u as usize])),
             rest,
         };
         (req, keys)

@@ -17,7 +17,7 @@ pub struct Router(RoutingTable);
 
 /// A batch split by shard.
 #[derive(Debug)]
-pub struct Split(ShardedBatch);
+pub struct Split<'k>(ShardedBatch<'k>);
 
 impl Router {
     /// Builds the table the client would route with.
@@ -29,12 +29,12 @@ impl Router {
     }
 
     /// Splits `keys` by shard, duplicates removed (what every lookup does first).
-    pub fn split(&self, keys: &[EntityKey]) -> Split {
+    pub fn split<'k>(&self, keys: &'k [EntityKey]) -> Split<'k> {
         Split(shard_batch(&self.0, keys))
     }
 }
 
-impl Split {
+impl Split<'_> {
     /// Shards touched, with their distinct keys in the order a sub-request sends them.
     pub fn shard_keys(&self) -> Vec<(u32, Vec<EntityKey>)> {
         self.0
@@ -44,7 +44,7 @@ impl Split {
                 (
                     *s,
                     idx.iter()
-                        .map(|u| self.0.unique[*u as usize].clone())
+                        .map(|u| (*self.0.unique[*u as usize]).clone())
                         .collect(),
                 )
             })

@@ -56,11 +56,11 @@ fn key_bytes_ref(key: &EntityKey) -> Cow<'_, [u8]> {
     }
 }
 
-/// A batch split by shard, duplicates removed.
+/// A batch split by shard, duplicates removed; it borrows the lookup's keys.
 #[derive(Debug)]
-pub(crate) struct ShardedBatch {
+pub(crate) struct ShardedBatch<'k> {
     /// Distinct keys in first-seen order.
-    pub(crate) unique: Vec<EntityKey>,
+    pub(crate) unique: Vec<&'k EntityKey>,
     /// Request row → index into `unique`.
     pub(crate) row_to_unique: Vec<u32>,
     /// Shard → indexes into `unique`.
@@ -70,19 +70,24 @@ pub(crate) struct ShardedBatch {
 }
 
 /// Splits `keys` by shard under `table`.
-pub(crate) fn shard_batch(table: &RoutingTable, keys: &[EntityKey]) -> ShardedBatch {
+pub(crate) fn shard_batch<'k>(table: &RoutingTable, keys: &'k [EntityKey]) -> ShardedBatch<'k> {
     shard_batch_at(table, keys, &[])
 }
 
+/// A key's bytes and, with per-key as-of times, its time: one row of a lookup.
+type KeyAt<'k> = (Cow<'k, [u8]>, Option<i64>);
+
 /// Splits `keys` by shard under `table`; with `times` (one per key: per-key as-of times),
 /// a key asked at two times is two rows.
-pub(crate) fn shard_batch_at(
+pub(crate) fn shard_batch_at<'k>(
     table: &RoutingTable,
-    keys: &[EntityKey],
+    keys: &'k [EntityKey],
     times: &[i64],
-) -> ShardedBatch {
-    // A key asked at two times (per-key as-of) is two rows.
-    let mut index: HashMap<(Cow<'_, [u8]>, Option<i64>), u32> = HashMap::with_capacity(keys.len());
+) -> ShardedBatch<'k> {
+    // A key asked at two times (per-key as-of) is two rows. foldhash, not SipHash: a
+    // lookup hashes every key (seeded per process, so a caller cannot aim collisions).
+    let mut index: HashMap<KeyAt<'k>, u32, foldhash::fast::RandomState> =
+        HashMap::with_capacity_and_hasher(keys.len(), foldhash::fast::RandomState::default());
     let mut unique = Vec::with_capacity(keys.len());
     let mut unique_times = Vec::with_capacity(times.len());
     let mut row_to_unique = Vec::with_capacity(keys.len());
@@ -92,7 +97,7 @@ pub(crate) fn shard_batch_at(
         let next = unique.len() as u32;
         let u = *index.entry(ident).or_insert_with_key(|(b, _)| {
             by_shard.entry(table.shard_of(b)).or_default().push(next);
-            unique.push(k.clone());
+            unique.push(k);
             if let Some(t) = times.get(i) {
                 unique_times.push(*t);
             }

@@ -24,18 +24,18 @@ use crate::watermark::Watermarks;
 
 /// The distinct keys of a lookup, split by shard as any lookup is (`shard_batch`), with
 /// each key's bytes (its cache key) and shard.
-struct Keys {
-    batch: ShardedBatch,
+struct Keys<'k> {
+    batch: ShardedBatch<'k>,
     bytes: Vec<Vec<u8>>,
     shard: Vec<u32>,
     /// The distinct shards, ascending.
     shards: Vec<u32>,
 }
 
-impl Keys {
-    fn new(table: &RoutingTable, lookup: &Lookup) -> Keys {
+impl Keys<'_> {
+    fn new<'k>(table: &RoutingTable, lookup: &'k Lookup) -> Keys<'k> {
         let batch = shard_batch(table, &lookup.keys);
-        let bytes = batch.unique.iter().map(key_bytes).collect();
+        let bytes = batch.unique.iter().map(|k| key_bytes(k)).collect();
         let mut shard = vec![0; batch.unique.len()];
         for (s, us) in &batch.by_shard {
             for &u in us {
@@ -172,7 +172,7 @@ fn probe(
     inner: &Inner,
     cache: &RowCache,
     shape: &Shape,
-    keys: &Keys,
+    keys: &Keys<'_>,
     floor: &Watermarks,
     rows: &mut [Option<Arc<CachedRow>>],
     candidates: impl Iterator<Item = usize>,
@@ -237,7 +237,7 @@ async fn fetch(
     cache: &RowCache,
     lookup: &Lookup,
     shape: &Shape,
-    keys: &Keys,
+    keys: &Keys<'_>,
     which: &[usize],
     deadline: Instant,
     fill: bool,
@@ -377,7 +377,7 @@ fn stale_rows(rows: &[Arc<CachedRow>]) -> Vec<usize> {
 /// The result in request order from one row per distinct key.
 fn assemble(
     rows: &[Arc<CachedRow>],
-    keys: &Keys,
+    keys: &Keys<'_>,
     event_times: bool,
 ) -> Result<LookupResult, ClientError> {
     let n = keys.batch.row_to_unique.len();

@@ -40,7 +40,7 @@ fn batches_split_by_the_kafka_partitioner_and_dedupe() {
     assert_eq!(b.row_to_unique, vec![0, 1, 0, 2]);
     for (shard, us) in &b.by_shard {
         for u in us {
-            let k = key_bytes(&b.unique[*u as usize]);
+            let k = key_bytes(b.unique[*u as usize]);
             assert_eq!(Partitioner::Murmur2.shard_for_key(&k, 4).0, *shard);
         }
     }
@@ -60,7 +60,7 @@ fn per_key_as_of_times_keep_a_key_asked_at_two_times_as_two_rows() {
     assert_eq!(
         b.by_shard[&shard_of_a]
             .iter()
-            .filter(|u| key_bytes(&b.unique[**u as usize]) == b"a")
+            .filter(|u| key_bytes(b.unique[**u as usize]) == b"a")
             .count(),
         2
     );

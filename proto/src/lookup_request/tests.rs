@@ -133,12 +133,26 @@ fn an_outgoing_lookup_encodes_as_the_generated_request() {
             feature_service: "ranking".into(),
             ..full_request()
         },
+        // A key without a kind is an empty message, still written.
+        GetOnlineFeaturesRequest {
+            feature_service: "s".repeat(200),
+            entity_keys: vec![
+                EntityKey::default(),
+                EntityKey {
+                    kind: Some(entity_key::Kind::StringValue("é".repeat(100))),
+                },
+            ],
+            ..Default::default()
+        },
     ];
     for want in cases {
         let out = OutgoingLookup {
-            references: OutgoingLookup::encode_references(&want.features),
+            head: OutgoingLookup::encode_head(&want.features, &want.feature_service),
+            keys: OutgoingLookup::encode_keys(want.entity_keys.iter()),
             rest: GetOnlineFeaturesRequest {
                 features: Vec::new(),
+                feature_service: String::new(),
+                entity_keys: Vec::new(),
                 ..want.clone()
             },
         };
