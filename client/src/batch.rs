@@ -37,7 +37,8 @@ const MAX_ROUNDS: u32 = 32;
 /// A node's answer for some of the unique keys.
 struct Part {
     /// The columns as the node sent them: merged in place with the other parts'
-    /// (`LookupResult::assemble`), never decoded on their own.
+    /// (`LookupResult::assemble`); decoded on their own only when this part alone
+    /// answers the lookup in order, or for the row cache (`run_parts`).
     resp: RawLookupResponse,
     /// Unique-key indexes, in the order of the response's rows.
     keys: Vec<u32>,
