@@ -175,27 +175,36 @@ fn decodes_unpacked_and_split_arrays_as_prost_does() {
     }
 }
 
+/// A random response's bytes with one to three bytes changed, removed, inserted or cut
+/// off; `None` when nothing is left to corrupt.
+fn corrupted(rng: &mut Rng) -> Option<Vec<u8>> {
+    let mut bytes = response(rng).encode_to_vec();
+    if bytes.is_empty() {
+        return None;
+    }
+    for _ in 0..1 + rng.below(3) {
+        let i = rng.below(bytes.len() as u64);
+        match rng.below(4) {
+            0 => bytes[i] = rng.next() as u8,
+            1 => bytes[i] ^= 0x80,
+            2 => bytes.truncate(i),
+            _ => bytes.insert(i, [0x80, 0xff, 0x01, 0x0a][rng.below(4)]),
+        }
+        if bytes.is_empty() {
+            break;
+        }
+    }
+    Some(bytes)
+}
+
 #[test]
 fn accepts_and_refuses_corrupted_responses_exactly_as_prost_does() {
     let mut rng = Rng(5);
     let (mut ok, mut refused) = (0, 0);
     for _ in 0..3000 {
-        let mut bytes = response(&mut rng).encode_to_vec();
-        if bytes.is_empty() {
+        let Some(bytes) = corrupted(&mut rng) else {
             continue;
-        }
-        for _ in 0..1 + rng.below(3) {
-            let i = rng.below(bytes.len() as u64);
-            match rng.below(4) {
-                0 => bytes[i] = rng.next() as u8,
-                1 => bytes[i] ^= 0x80,
-                2 => bytes.truncate(i),
-                _ => bytes.insert(i, [0x80, 0xff, 0x01, 0x0a][rng.below(4)]),
-            }
-            if bytes.is_empty() {
-                break;
-            }
-        }
+        };
         let split = rng.below(bytes.len() as u64 + 1);
         match both(&bytes, split) {
             (Ok(g), Ok(o)) => {
@@ -257,22 +266,9 @@ fn a_raw_response_and_its_columns_refuse_what_prost_refuses() {
     let mut rng = Rng(19);
     let (mut ok, mut refused) = (0, 0);
     for _ in 0..3000 {
-        let mut bytes = response(&mut rng).encode_to_vec();
-        if bytes.is_empty() {
+        let Some(bytes) = corrupted(&mut rng) else {
             continue;
-        }
-        for _ in 0..1 + rng.below(3) {
-            let i = rng.below(bytes.len() as u64);
-            match rng.below(4) {
-                0 => bytes[i] = rng.next() as u8,
-                1 => bytes[i] ^= 0x80,
-                2 => bytes.truncate(i),
-                _ => bytes.insert(i, [0x80, 0xff, 0x01, 0x0a][rng.below(4)]),
-            }
-            if bytes.is_empty() {
-                break;
-            }
-        }
+        };
         let split = rng.below(bytes.len() as u64 + 1);
         match (
             GetOnlineFeaturesResponse::decode(&bytes[..]),
