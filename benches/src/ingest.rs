@@ -203,6 +203,7 @@ pub async fn run(p: IngestParams, work: &Path) -> anyhow::Result<IngestReport> {
             max_in_flight: 256,
             give_up: None,
             pacing: crate::load::Pacing::Thread,
+            keep_latencies: false,
         };
         (load, move |i: u64| {
             q.lookup(f, &keys.batch(&ds, base + i, b))

@@ -36,6 +36,9 @@ pub struct OpenLoop {
     pub give_up: Option<Duration>,
     /// How send times are kept.
     pub pacing: Pacing,
+    /// Keep every request's latency in the summary ([`LoadSummary::latencies`]), to see
+    /// when in the run the slow ones were.
+    pub keep_latencies: bool,
 }
 
 /// How the schedule is kept.
@@ -147,6 +150,9 @@ pub struct LoadSummary {
     /// Completed requests per second over the run (from the first intended send to the
     /// last completion).
     pub achieved_rate: f64,
+    /// With [`OpenLoop::keep_latencies`]: `(request index, latency µs)` of every request
+    /// issued, by index (request `i` was due `i / rate` s after the start); else empty.
+    pub latencies: Vec<(u64, u64)>,
 }
 
 /// Largest latency the histogram records (longer ones are clamped to it): 10 minutes.
@@ -183,9 +189,10 @@ impl OpenLoop {
             self.rate > 0.0 && self.max_in_flight > 0,
             "bad load shape {self:?}"
         );
-        let hist = Arc::new(Mutex::new(
-            Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid bounds"),
-        ));
+        let hist = Arc::new(Mutex::new(Recorded {
+            hist: Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid bounds"),
+            latencies: self.keep_latencies.then(Vec::new),
+        }));
         let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let slots = Arc::new(Semaphore::new(self.max_in_flight));
         let interval = Duration::from_secs_f64(1.0 / self.rate);
@@ -218,18 +225,24 @@ impl OpenLoop {
                     errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
                 let us = (latency.as_micros() as u64).clamp(1, MAX_LATENCY_US);
-                hist.lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .record(us)
-                    .expect("clamped into bounds");
+                let mut r = hist
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                r.hist.record(us).expect("clamped into bounds");
+                if let Some(l) = &mut r.latencies {
+                    l.push((i, us));
+                }
             });
         }
         drop(schedule);
         while tasks.join_next().await.is_some() {}
         let elapsed = start.elapsed().as_secs_f64();
-        let h = hist
+        let mut r = hist
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut latencies = r.latencies.take().unwrap_or_default();
+        latencies.sort_unstable();
+        let h = &r.hist;
         LoadSummary {
             requests: sent,
             overloaded,
@@ -243,8 +256,15 @@ impl OpenLoop {
             } else {
                 0.0
             },
+            latencies,
         }
     }
+}
+
+/// What the request tasks record into, under one lock.
+struct Recorded {
+    hist: Histogram<u64>,
+    latencies: Option<Vec<(u64, u64)>>,
 }
 
 #[cfg(test)]
@@ -286,6 +306,7 @@ mod tests {
             max_in_flight: 10_000,
             give_up: None,
             pacing: Pacing::Runtime,
+            keep_latencies: true,
         };
         let server = Synthetic {
             t0: Instant::now(),
@@ -302,6 +323,24 @@ mod tests {
         // closed loop would have sent one request during the stall and reported p99 ≈ 1 ms.
         assert!(s.p99_us >= 150_000, "p99 {} µs hides the stall", s.p99_us);
         assert!((195_000..=205_000).contains(&s.max_us), "max {}", s.max_us);
+        // Kept latencies say when: every request once, by index, and the slow ones are
+        // exactly those due during the stall (or whose service overlapped its start).
+        assert_eq!(s.latencies.len(), 2000);
+        assert!(
+            s.latencies
+                .iter()
+                .enumerate()
+                .all(|(n, (i, _))| *i == n as u64)
+        );
+        let slow: Vec<u64> = s
+            .latencies
+            .iter()
+            .filter(|(_, us)| *us > 1_500)
+            .map(|(i, _)| *i)
+            .collect();
+        assert_eq!(slow.first(), Some(&1000), "{slow:?}");
+        assert_eq!(slow.last(), Some(&1199), "{slow:?}");
+        assert_eq!(slow.len(), 200);
     }
 
     #[tokio::test(start_paused = true)]
@@ -314,6 +353,7 @@ mod tests {
             max_in_flight: 1,
             give_up: None,
             pacing: Pacing::Runtime,
+            keep_latencies: false,
         };
         let s = load
             .run(|_| async {
@@ -339,6 +379,7 @@ mod tests {
             max_in_flight: 100,
             give_up: None,
             pacing: Pacing::Runtime,
+            keep_latencies: false,
         };
         let s = load
             .run(|i| async move { if i % 2 == 0 { Ok(()) } else { Err("no") } })
@@ -356,6 +397,7 @@ mod tests {
             max_in_flight: 10,
             give_up: Some(Duration::from_secs(1)),
             pacing: Pacing::Runtime,
+            keep_latencies: false,
         };
         let s = load
             .run(|_| async {
@@ -378,6 +420,7 @@ mod tests {
             max_in_flight: 10_000,
             give_up: None,
             pacing: Pacing::Thread,
+            keep_latencies: false,
         };
         let server = Synthetic {
             t0: Instant::now(),

@@ -74,20 +74,79 @@ const QUICK: &[&str] = &[
     "50",
 ];
 
+/// Every step of every system (the search's and the one at quiver's load) left one
+/// latency log with a line per request it issued, in request order.
+fn check_latency_logs(lookup: &Value, dir: &Path) {
+    let mut expected = 0;
+    for c in lookup["cases"].as_array().expect("cases") {
+        for s in c["systems"].as_array().expect("systems") {
+            let steps = s["search"]["steps"].as_array().expect("steps").iter();
+            for st in steps.chain(
+                s["at_quiver_load"]
+                    .as_object()
+                    .map(|_| &s["at_quiver_load"]),
+            ) {
+                let name = format!(
+                    "{}x{}-{}-{}-",
+                    c["case"]["batch"],
+                    c["case"]["features"],
+                    s["system"].as_str().expect("system"),
+                    st["offered_rate"].as_f64().expect("offered_rate").round()
+                );
+                let logs: Vec<_> = std::fs::read_dir(dir)
+                    .expect("latency log directory")
+                    .map(|e| e.expect("directory entry").path())
+                    .filter(|p| {
+                        let f = p.file_name().and_then(|f| f.to_str()).expect("file name");
+                        f.starts_with(&name)
+                    })
+                    .collect();
+                assert!(!logs.is_empty(), "no latency log {name}*");
+                let requests = st["requests"].as_u64().expect("requests") as usize;
+                let matching = logs.iter().any(|p| {
+                    let text = std::fs::read_to_string(p).expect("latency log");
+                    let lines: Vec<&str> = text.lines().collect();
+                    lines[0] == "request,due_ms,latency_us"
+                        && lines.len() == requests + 1
+                        && lines[1..].iter().enumerate().all(|(n, l)| {
+                            let f: Vec<&str> = l.split(',').collect();
+                            f.len() == 3
+                                && f[0] == n.to_string()
+                                && f[2].parse::<u64>().is_ok_and(|us| us > 0)
+                        })
+                });
+                assert!(matching, "no log of {name}* has {requests} requests");
+                expected += 1;
+            }
+        }
+    }
+    assert_eq!(
+        std::fs::read_dir(dir)
+            .expect("latency log directory")
+            .count(),
+        expected
+    );
+}
+
 #[test]
 fn lookup_ingest_and_capacity_produce_well_formed_reports() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let out_s = out.to_str().unwrap();
 
+    let lat = dir.path().join("latencies");
     let mut args = vec!["lookup", "--out", out_s, "--cases", "10x10,1x20"];
     args.extend_from_slice(SMALL);
     args.extend_from_slice(QUICK);
     args.extend_from_slice(&["--peers", "echo,rocksdb,redis,feast"]);
+    args.extend_from_slice(&["--latency-log", lat.to_str().unwrap()]);
     bench(&args);
     let lookup = json(&out.join("lookup.json"));
     assert_eq!(lookup["schema"], "quiver-bench.lookup.v1");
     check_run_info(&lookup);
+    // Lookup runs start their nodes idling as deployed ones do, and say so.
+    assert_eq!(lookup["params"]["cluster"]["quiet_idle"], true);
+    check_latency_logs(&lookup, &lat);
     let cases = lookup["cases"].as_array().unwrap();
     assert_eq!(cases.len(), 2);
     for c in cases {

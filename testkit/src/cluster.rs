@@ -34,6 +34,14 @@ pub struct ClusterSettings {
     pub security_toml: String,
     /// `registry.version_retention` (the node's default, 7 days, when `None`).
     pub version_retention: Option<Duration>,
+    /// `ingest.poll_timeout`: 50 ms by default (tests stop nodes often).
+    pub poll_timeout: Duration,
+    /// `ingest.lag_refresh_interval`: 500 ms by default (tests wait for lag figures).
+    pub lag_refresh_interval: Duration,
+    /// `control.heartbeat_interval`: 200 ms by default (tests wait for the map).
+    pub heartbeat_interval: Duration,
+    /// `kafka.properties`: extra librdkafka properties of the nodes' Kafka clients.
+    pub kafka_properties: Vec<(String, String)>,
 }
 
 impl ClusterSettings {
@@ -52,6 +60,10 @@ impl ClusterSettings {
             shutdown_delay: Duration::ZERO,
             security_toml: "[auth]\nenabled = false\n".into(),
             version_retention: None,
+            poll_timeout: Duration::from_millis(50),
+            lag_refresh_interval: Duration::from_millis(500),
+            heartbeat_interval: Duration::from_millis(200),
+            kafka_properties: Vec::new(),
         }
     }
 }
@@ -99,6 +111,19 @@ fn toml_list(items: &[String]) -> String {
         .join(", ")
 }
 
+/// `properties = { "k" = "v", ... }` and a newline, or nothing when there are none.
+/// Keys and values are ASCII librdkafka settings: Rust's quoting of them is TOML's.
+fn kafka_properties_toml(props: &[(String, String)]) -> String {
+    if props.is_empty() {
+        return String::new();
+    }
+    let pairs: Vec<String> = props
+        .iter()
+        .map(|(k, v)| format!("{k:?} = {v:?}"))
+        .collect();
+    format!("properties = {{ {} }}\n", pairs.join(", "))
+}
+
 /// Allocates loopback ports and a directory under `root` for member `id`.
 pub fn allocate(root: &Path, id: u64) -> Member {
     allocate_on(root, id, "127.0.0.1")
@@ -136,9 +161,9 @@ shard_count = {p}
 partitioner = "{partitioner}"
 [kafka]
 bootstrap_servers = "{bootstrap}"
-[ingest]
-poll_timeout = "50ms"
-lag_refresh_interval = "500ms"
+{kafka_properties}[ingest]
+poll_timeout = "{poll}ms"
+lag_refresh_interval = "{lag}ms"
 [storage]
 block_cache_mib = {cache}
 row_cache_mib = {row_cache}
@@ -151,7 +176,7 @@ enabled = true
 initial_voters = [{voters}]
 seeds = [{seeds}]
 replication_factor = {r}
-heartbeat_interval = "200ms"
+heartbeat_interval = "{heartbeat}ms"
 dead_after = "{dead}ms"
 {registry}{security}
 "#,
@@ -172,6 +197,10 @@ dead_after = "{dead}ms"
         row_cache = s.row_cache_mib,
         lookup_cache = s.lookup_cache_mib,
         delay = s.shutdown_delay.as_millis(),
+        poll = s.poll_timeout.as_millis(),
+        lag = s.lag_refresh_interval.as_millis(),
+        heartbeat = s.heartbeat_interval.as_millis(),
+        kafka_properties = kafka_properties_toml(&s.kafka_properties),
         security = s.security_toml,
         registry = s.version_retention.map_or(String::new(), |r| format!(
             "[registry]\nversion_retention = \"{}ms\"\n",
@@ -209,4 +238,45 @@ pub fn all_serving_on(
                     .iter()
                     .all(|x| x.state == ReplicaStateProto::Serving as i32 && on(x.node_id))
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configs_carry_the_intervals_and_kafka_properties_they_are_given() {
+        let root = std::env::temp_dir().join(format!("testkit-cluster-{}", std::process::id()));
+        let m = allocate(&root, 1);
+        let mut s = ClusterSettings::new("127.0.0.1:9092");
+        write_config(&m, &s, &[m.voter()], &[]);
+        let rig = std::fs::read_to_string(&m.config).unwrap();
+        assert!(rig.contains("poll_timeout = \"50ms\""), "{rig}");
+        assert!(rig.contains("lag_refresh_interval = \"500ms\""), "{rig}");
+        assert!(rig.contains("heartbeat_interval = \"200ms\""), "{rig}");
+        assert!(!rig.contains("properties"), "{rig}");
+
+        s.poll_timeout = Duration::from_millis(100);
+        s.lag_refresh_interval = Duration::from_secs(5);
+        s.heartbeat_interval = Duration::from_millis(500);
+        s.kafka_properties = vec![
+            ("fetch.wait.max.ms".into(), "500".into()),
+            ("client.rack".into(), "a\"b".into()),
+        ];
+        write_config(&m, &s, &[m.voter()], &[]);
+        let quiet = std::fs::read_to_string(&m.config).unwrap();
+        assert!(quiet.contains("poll_timeout = \"100ms\""), "{quiet}");
+        assert!(
+            quiet.contains("lag_refresh_interval = \"5000ms\""),
+            "{quiet}"
+        );
+        assert!(quiet.contains("heartbeat_interval = \"500ms\""), "{quiet}");
+        assert!(
+            quiet.contains(
+                "[kafka]\nbootstrap_servers = \"127.0.0.1:9092\"\nproperties = { \"fetch.wait.max.ms\" = \"500\", \"client.rack\" = \"a\\\"b\" }\n[ingest]"
+            ),
+            "{quiet}"
+        );
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 }

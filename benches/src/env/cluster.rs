@@ -42,7 +42,20 @@ pub struct ClusterSpec {
     pub history: bool,
     /// `registry.version_retention` of the nodes, seconds (their default when `None`).
     pub version_retention_s: Option<u64>,
+    /// The nodes idle as deployed ones do rather than as the test rig's: their default
+    /// poll, lag-refresh and heartbeat intervals (the rig's are 2–10× shorter so tests
+    /// settle fast), and consumers that wait [`QUIET_FETCH_WAIT_MS`] for records. Lookup
+    /// runs set it: records arrive only before their steps, and on two shared cores the
+    /// broker answering 20 ms fetch polls of every shard replica (the node default,
+    /// for brokers that do not answer a waiting fetch when records arrive) is load beside
+    /// the lookups that no peer has to share.
+    pub quiet_idle: bool,
 }
+
+/// `fetch.wait.max.ms` of the nodes' consumers in a quiet-idle cluster: librdkafka's
+/// default, what deployments on Kafka use (a Kafka broker answers a waiting fetch as
+/// soon as records arrive, so the wait costs no freshness there).
+pub const QUIET_FETCH_WAIT_MS: u32 = 500;
 
 /// A running cluster.
 pub struct BenchCluster {
@@ -111,6 +124,13 @@ impl BenchCluster {
                     settings.security_toml = t;
                 }
                 settings.version_retention = spec.version_retention_s.map(Duration::from_secs);
+                if spec.quiet_idle {
+                    settings.poll_timeout = Duration::from_millis(100);
+                    settings.lag_refresh_interval = Duration::from_secs(5);
+                    settings.heartbeat_interval = Duration::from_millis(500);
+                    settings.kafka_properties =
+                        vec![("fetch.wait.max.ms".into(), QUIET_FETCH_WAIT_MS.to_string())];
+                }
                 let members =
                     initial_members(&root.join("nodes"), u64::from(spec.nodes), &settings);
                 let nodes: Vec<Option<NodeProcess>> = members

@@ -79,6 +79,9 @@ pub struct LookupParams {
     pub history_events: u32,
     /// Restart every node after the load, before measuring.
     pub restart_after_load: bool,
+    /// Each step writes its requests' latencies to a CSV file here (when in the step the
+    /// slow ones were); `None`: none are kept.
+    pub latency_log: Option<PathBuf>,
 }
 
 /// The row cache of the `quiver-cached` system.
@@ -367,6 +370,7 @@ pub async fn run(p: LookupParams, work: &Path) -> anyhow::Result<LookupReport> {
             batch: case.batch,
             features: case.features,
             next_request: Arc::new(AtomicU64::new(0)),
+            latency_log: p.latency_log.clone(),
         };
         let mut results = Vec::new();
         let mut quiver_half = None;

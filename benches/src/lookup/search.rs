@@ -1,6 +1,8 @@
 //! One measurement step (an open-loop run at a fixed rate, with the server CPU it cost)
 //! and the search for the highest rate at which the p99 SLO holds.
 
+use std::fmt::Write as _;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -97,6 +99,8 @@ pub struct Workload {
     pub features: u32,
     /// Request numbers already used (each step draws fresh keys).
     pub next_request: Arc<AtomicU64>,
+    /// Where each step writes its requests' latencies, if anywhere (`--latency-log`).
+    pub latency_log: Option<PathBuf>,
 }
 
 /// Runs `system` at `rate` for `secs` and judges the step.
@@ -115,6 +119,7 @@ pub async fn measure(
         max_in_flight,
         give_up: Some(Duration::from_secs(1)),
         pacing: crate::load::Pacing::Thread,
+        keep_latencies: w.latency_log.is_some(),
     };
     let planned = (secs * rate).ceil() as u64;
     let base = w.next_request.fetch_add(planned + 1, Ordering::Relaxed);
@@ -141,6 +146,21 @@ pub async fn measure(
         .await
     };
     let wall = t0.elapsed().as_secs_f64();
+    if let Some(dir) = &w.latency_log {
+        let name = format!(
+            "{}x{}-{}-{}-{base}.csv",
+            w.batch,
+            w.features,
+            system.name(),
+            rate.round()
+        );
+        let path = dir.join(name);
+        let csv = latency_csv(&summary.latencies, rate);
+        let written = tokio::task::spawn_blocking(move || std::fs::write(&path, csv)).await;
+        if let Err(e) = written.map_err(std::io::Error::other).and_then(|r| r) {
+            eprintln!("latency log not written: {e}");
+        }
+    }
     let server_cores =
         (!pids.is_empty()).then(|| ((cpu_seconds(&pids) - cpu0) / wall - idle_cores).max(0.0));
     let ms = |us: u64| us as f64 / 1000.0;
@@ -171,6 +191,17 @@ pub async fn measure(
         passed,
         first_error,
     }
+}
+
+/// `request,due_ms,latency_us`, one line per request: request `i` was due `i / rate` s
+/// after the step started.
+fn latency_csv(latencies: &[(u64, u64)], rate: f64) -> String {
+    let mut csv = String::with_capacity(24 * (latencies.len() + 1));
+    csv.push_str("request,due_ms,latency_us\n");
+    for (i, us) in latencies {
+        let _ = writeln!(csv, "{i},{:.3},{us}", *i as f64 * 1000.0 / rate);
+    }
+    csv
 }
 
 /// CPU cores `system`'s server processes use with no load (background work: a node's

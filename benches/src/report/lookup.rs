@@ -135,6 +135,13 @@ pub fn markdown(r: &LookupReport) -> String {
         p.key_choice,
         p.dataset.seed
     );
+    if p.cluster.quiet_idle {
+        let _ = writeln!(
+            s,
+            "- nodes idle as deployed: default poll, lag-refresh and heartbeat intervals, consumers' `fetch.wait.max.ms` {} (the node default, 20, is for brokers that do not answer a waiting fetch when records arrive)",
+            crate::env::cluster::QUIET_FETCH_WAIT_MS
+        );
+    }
     let _ = writeln!(
         s,
         "- open loop (latency from each request's intended send time); SLO p99 ≤ {slo} ms with ≤ {:.1} % errors; steps of {} s from {} req/s doubling, {} bisections, then {} s at half the rate found; ≤ {} requests in flight\n",

@@ -144,6 +144,7 @@ impl Common {
             aggregations: false,
             history: false,
             version_retention_s: None,
+            quiet_idle: false,
         }
     }
 
@@ -234,6 +235,10 @@ pub(crate) struct LookupArgs {
     /// or a rolling upgrade leaves.
     #[arg(long)]
     pub(crate) restart_after_load: bool,
+    /// Write each step's request latencies to `DIR/<case>-<system>-<rate>-<first
+    /// request>.csv` (`request,due_ms,latency_us`): when in the step the slow ones were.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) latency_log: Option<PathBuf>,
 }
 
 #[derive(Args, Clone)]
@@ -470,6 +475,7 @@ pub(crate) fn lookup_params(a: &LookupArgs) -> anyhow::Result<LookupParams> {
         cluster: ClusterSpec {
             aggregations: a.aggregations,
             history: a.history,
+            quiet_idle: true,
             ..a.common.cluster()
         },
         dataset: a.common.dataset(),
@@ -501,6 +507,7 @@ pub(crate) fn lookup_params(a: &LookupArgs) -> anyhow::Result<LookupParams> {
         aggregates: a.aggregations,
         history_events: a.history_events,
         restart_after_load: a.restart_after_load,
+        latency_log: a.latency_log.clone(),
     })
 }
 

@@ -61,6 +61,9 @@ impl Drop for Work {
 
 async fn run_lookup(a: &LookupArgs) -> anyhow::Result<()> {
     let p = lookup_params(a)?;
+    if let Some(dir) = &p.latency_log {
+        std::fs::create_dir_all(dir).with_context(|| format!("--latency-log {}", dir.display()))?;
+    }
     let work = Work::new(a.common.work.clone())?;
     let r = lookup::run(p, &work.path.join("lookup")).await?;
     report::write_json(&a.common.out, "lookup.json", &r)?;
@@ -145,6 +148,7 @@ async fn run_replicas(a: &ReplicasArgs) -> anyhow::Result<()> {
             aggregations: false,
             history: false,
             version_retention_s: Some(a.retention_s),
+            quiet_idle: false,
         },
         dataset: Dataset {
             entities: a.entities,
