@@ -346,6 +346,16 @@ pub async fn serve(
         // Beyond this many calls on one connection, refuse with RESOURCE_EXHAUSTED
         // (load shedding) instead of queueing without bound.
         .concurrency_limit_per_connection(state.limits.max_concurrent_requests_per_connection)
+        // Calls a client cancels before the server has taken them up (a hedging client
+        // cancels the slower copy of each hedged call; deadlines cancel slow calls) may
+        // number as many as the calls a connection may have in flight. h2's default, 20,
+        // is the rapid-reset (CVE-2023-44487) guard: under load, when calls wait to be
+        // taken up, a hedging client passed it and the node sent GOAWAY
+        // (ENHANCE_YOUR_CALM, "too_many_resets"), failing every call on the connection.
+        // Bounded by the same limit, the guard still stops a client that resets more.
+        .http2_max_pending_accept_reset_streams(Some(
+            state.limits.max_concurrent_requests_per_connection,
+        ))
         .load_shed(true)
         .layer(guard)
         .add_service(health_service)

@@ -17,4 +17,5 @@ mod retention;
 mod rollback;
 mod security;
 mod serving;
+mod transport;
 mod versions;
