@@ -146,6 +146,9 @@ pub async fn measure(
         .await
     };
     let wall = t0.elapsed().as_secs_f64();
+    let server_cores =
+        (!pids.is_empty()).then(|| ((cpu_seconds(&pids) - cpu0) / wall - idle_cores).max(0.0));
+    // After the servers' CPU is read: writing the log is not part of the step.
     if let Some(dir) = &w.latency_log {
         let name = format!(
             "{}x{}-{}-{}-{base}.csv",
@@ -161,8 +164,6 @@ pub async fn measure(
             eprintln!("latency log not written: {e}");
         }
     }
-    let server_cores =
-        (!pids.is_empty()).then(|| ((cpu_seconds(&pids) - cpu0) / wall - idle_cores).max(0.0));
     let ms = |us: u64| us as f64 / 1000.0;
     let completed = summary.requests.saturating_sub(summary.errors);
     let keys_per_s = summary.achieved_rate * f64::from(w.batch) * completed as f64
