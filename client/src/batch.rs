@@ -16,7 +16,7 @@ use quiver_proto::ErrorCode;
 use quiver_proto::error::{behind_shards_from_status, opening_shards_from_status};
 use quiver_proto::lookup_request::OutgoingLookup;
 use quiver_proto::lookup_response::RawLookupResponse;
-use quiver_proto::v1::{GetOnlineFeaturesRequest, GetOnlineFeaturesResponse};
+use quiver_proto::v1::GetOnlineFeaturesResponse;
 
 use crate::client::Inner;
 use crate::error::ClientError;
@@ -138,7 +138,13 @@ impl<'a> Call<'a> {
             .row_to_unique
             .iter()
             .map(|&u| loc[u as usize])
-            .collect();
+            .collect::<Vec<_>>();
+        if !crate::lookup::in_request_order(parts.len(), &rows) {
+            self.inner
+                .stats
+                .merged_lookups
+                .fetch_add(1, Ordering::Relaxed);
+        }
         LookupResult::assemble(parts.into_iter().map(|p| p.resp).collect(), rows)
     }
 
@@ -304,205 +310,6 @@ impl<'a> Call<'a> {
         }
     }
 
-    fn request_for(&self, g: &Group) -> (OutgoingLookup, Vec<u32>) {
-        let keys: Vec<u32> = g
-            .shards
-            .iter()
-            .flat_map(|s| self.batch.by_shard[s].iter().copied())
-            .collect();
-        let rest = GetOnlineFeaturesRequest {
-            min_watermarks: self.inner.session.minimums(&g.shards, self.extra),
-            watermark_wait_ms: self
-                .inner
-                .lagging
-                .wait_for(g.node.id, &g.shards)
-                .map_or(0, |d| d.as_millis().max(1) as u32),
-            include_event_times: self.event_times,
-            as_of: self.as_of.map(|a| {
-                let times = if self.batch.unique_times.is_empty() {
-                    Vec::new()
-                } else {
-                    keys.iter()
-                        .map(|&u| self.batch.unique_times[u as usize])
-                        .collect()
-                };
-                a.to_wire(times)
-            }),
-            ..Default::default()
-        };
-        let req = OutgoingLookup {
-            head: self.head.clone(),
-            keys: OutgoingLookup::encode_keys(keys.iter().map(|&u| self.batch.unique[u as usize])),
-            rest,
-        };
-        (req, keys)
-    }
-
-    /// One sub-request to one node, bounded by the attempt timeout and the deadline.
-    async fn send(&self, g: &Group) -> Result<Part, ClientError> {
-        let remaining = self.deadline.saturating_duration_since(Instant::now());
-        if remaining.is_zero() {
-            return Err(self.deadline_error(None));
-        }
-        let timeout = remaining.min(self.inner.config.attempt_timeout);
-        let (req, keys) = self.request_for(g);
-        let mut request = tonic::Request::new(req);
-        // Propagated as grpc-timeout: the node stops waiting for watermarks in time.
-        request.set_timeout(timeout);
-        let _in_flight = g.node.begin();
-        self.inner
-            .stats
-            .sub_requests
-            .fetch_add(1, Ordering::Relaxed);
-        let started = Instant::now();
-        let mut client = g.node.lookups();
-        let result = tokio::time::timeout(timeout, client.send_raw(request)).await;
-        let outcome = match result {
-            Ok(Ok(resp)) => {
-                if let Some(epoch) = resp
-                    .metadata()
-                    .get(quiver_proto::error::EPOCH_METADATA_KEY)
-                    .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-                {
-                    self.inner.map.notice_epoch(epoch);
-                }
-                let draining = resp
-                    .metadata()
-                    .contains_key(quiver_proto::error::DRAINING_METADATA_KEY);
-                let resp = resp.into_inner();
-                let well_formed = resp
-                    .head
-                    .columns
-                    .iter()
-                    .all(|c| c.values.len() == keys.len() && c.statuses.len() == keys.len());
-                if well_formed {
-                    g.node.on_success(self.inner.config.breaker_cooldown);
-                    if draining {
-                        g.node.on_draining(DRAINING_AVOID);
-                    }
-                    self.inner.hedge.record(keys.len(), started.elapsed());
-                    self.inner.session.observe(&resp.head.watermarks);
-                    self.inner.lagging.served(g.node.id, &g.shards);
-                    Ok(Part {
-                        resp,
-                        keys,
-                        node: g.node.id,
-                        shards: g.shards.clone(),
-                    })
-                } else {
-                    Err(ClientError::Rpc(tonic::Status::internal(format!(
-                        "node {} answered {} keys with a malformed response",
-                        g.node.addr,
-                        keys.len()
-                    ))))
-                }
-            }
-            Ok(Err(status)) => Err(ClientError::Rpc(status)),
-            Err(_) => Err(ClientError::DeadlineExceeded {
-                deadline: timeout,
-                last: None,
-            }),
-        };
-        let label = match &outcome {
-            Ok(_) => "ok",
-            Err(e) => e.code().map_or("error", |c| c.as_str()),
-        };
-        counter!(m::SUBREQUESTS, "result" => label).increment(1);
-        outcome
-    }
-
-    /// Sends `g`, hedging it if it is slow, and recovers from a failure.
-    async fn fetch_group(
-        &'a self,
-        g: Group,
-        excluded: Excluded,
-        may_hedge: bool,
-        round: u32,
-    ) -> Result<Vec<Part>, ClientError> {
-        let keys: usize = g.shards.iter().map(|s| self.batch.by_shard[s].len()).sum();
-        let delay = if may_hedge {
-            self.inner.hedge.delay(keys)
-        } else {
-            None
-        };
-        let result = {
-            let primary = self.send(&g);
-            tokio::pin!(primary);
-            match delay {
-                None => primary.await.map(|p| vec![p]),
-                Some(delay) => {
-                    tokio::select! {
-                        r = &mut primary => r.map(|p| vec![p]),
-                        () = tokio::time::sleep(delay) => {
-                            match self.hedge(&g, &excluded, round) {
-                                None => primary.await.map(|p| vec![p]),
-                                Some(hedge) => {
-                                    tokio::pin!(hedge);
-                                    tokio::select! {
-                                        r = &mut primary => match r {
-                                            Ok(p) => Ok(vec![p]),
-                                            Err(e) => {
-                                                self.note_failure(&g, &e);
-                                                hedge.await
-                                            }
-                                        },
-                                        r = &mut hedge => match r {
-                                            Ok(parts) => {
-                                                self.inner.stats.hedge_wins.fetch_add(1, Ordering::Relaxed);
-                                                counter!(m::HEDGE_WINS).increment(1);
-                                                Ok(parts)
-                                            }
-                                            Err(_) => primary.await.map(|p| vec![p]),
-                                        },
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        };
-        match result {
-            Ok(parts) => Ok(parts),
-            Err(e) => self.recover(g, e, excluded, may_hedge, round).await,
-        }
-    }
-
-    /// Starts a hedge of `g` on other replicas if every shard has one and the budget
-    /// allows; hedges do not hedge again.
-    fn hedge(&'a self, g: &Group, excluded: &Excluded, round: u32) -> Option<PartsFuture<'a>> {
-        let mut others = excluded.clone();
-        others.node(g.node.id);
-        let table = self.inner.map.current();
-        let has_alternative = g.shards.iter().all(|s| {
-            table.shards.get(*s as usize).is_some_and(|rs| {
-                rs.iter()
-                    .any(|r| r.servable && !others.contains(r.node, *s))
-            })
-        });
-        if !has_alternative {
-            return None;
-        }
-        if !self.inner.withdraw() {
-            return None;
-        }
-        self.inner.stats.hedges.fetch_add(1, Ordering::Relaxed);
-        counter!(m::HEDGES).increment(1);
-        Some(self.fetch(g.shards.clone(), others, false, round + 1))
-    }
-
-    /// Counts a transport failure against the node's breaker.
-    fn note_failure(&self, g: &Group, e: &ClientError) {
-        if Recovery::of(e) == Recovery::NodeDown
-            && g.node.on_failure(
-                self.inner.config.breaker_failures,
-                self.inner.config.breaker_cooldown,
-            )
-        {
-            counter!(m::BREAKER_OPENED).increment(1);
-        }
-    }
-
     /// After `g` failed with `e`: refresh the map and re-route, or retry on another
     /// replica within the deadline and budget, or give up.
     async fn recover(
@@ -591,6 +398,8 @@ impl<'a> Call<'a> {
         self.fetch(g.shards, excluded, may_hedge, round + 1).await
     }
 }
+
+mod attempt;
 
 #[cfg(test)]
 mod tests {

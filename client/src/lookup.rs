@@ -21,7 +21,7 @@ mod assemble;
 pub(crate) mod entities;
 mod split;
 
-pub(crate) use assemble::{malformed, packed_columns};
+pub(crate) use assemble::{in_request_order, malformed, packed_columns};
 
 /// A lookup: feature references (or a feature service) and a batch of entity keys.
 #[derive(Debug, Clone, Default)]

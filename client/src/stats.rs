@@ -20,6 +20,7 @@ pub(crate) struct Stats {
     pub(crate) cache_misses: AtomicU64,
     pub(crate) cache_coalesced: AtomicU64,
     pub(crate) version_retries: AtomicU64,
+    pub(crate) merged_lookups: AtomicU64,
 }
 
 /// A snapshot of a client's counters since it was built.
@@ -54,6 +55,10 @@ pub struct ClientStats {
     pub cache_coalesced: u64,
     /// Parts of a lookup read again because another part was read at a newer view version.
     pub version_retries: u64,
+    /// Lookups whose rows were merged into request order from the nodes' answers: a
+    /// lookup fanned out over several nodes, or one asking for a key twice. A lookup one
+    /// node answers in full, of distinct keys, is taken as that node sent it.
+    pub merged_lookups: u64,
 }
 
 impl Stats {
@@ -74,6 +79,7 @@ impl Stats {
             cache_misses: g(&self.cache_misses),
             cache_coalesced: g(&self.cache_coalesced),
             version_retries: g(&self.version_retries),
+            merged_lookups: g(&self.merged_lookups),
         }
     }
 }

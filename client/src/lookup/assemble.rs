@@ -82,6 +82,16 @@ fn kind_type(k: &Kind) -> FeatureType {
     }
 }
 
+/// Whether request row `i` is row `i` of the only part, for every `i` (`rows[i]`: the
+/// row's (part, row in part)): the answer needs no merge.
+pub(crate) fn in_request_order(parts: usize, rows: &[(u32, u32)]) -> bool {
+    parts == 1
+        && rows
+            .iter()
+            .enumerate()
+            .all(|(i, &(p, r))| p == 0 && r as usize == i)
+}
+
 /// Rows of a sub-response: its row count, or for a CELLS answer its columns' length.
 fn part_rows(p: &RawLookupResponse) -> usize {
     match p.head.columns.first() {
@@ -123,12 +133,7 @@ impl LookupResult {
             .find(|v| !v.is_empty())
             .cloned()
             .unwrap_or_default();
-        let identity = parts.len() == 1
-            && part_rows(&parts[0]) == rows.len()
-            && rows
-                .iter()
-                .enumerate()
-                .all(|(i, (p, r))| *p == 0 && *r as usize == i);
+        let identity = in_request_order(parts.len(), &rows) && part_rows(&parts[0]) == rows.len();
         let cells = parts
             .iter()
             .any(|p| p.packed_columns.is_empty() && !p.head.columns.is_empty());
@@ -192,13 +197,7 @@ impl LookupResult {
             .into_iter()
             .map(packed_columns)
             .collect::<Result<_, _>>()?;
-        let identity = parts.len() == 1
-            && parts[0].1 == rows.len()
-            && rows
-                .iter()
-                .enumerate()
-                .all(|(i, (p, r))| *p == 0 && *r as usize == i);
-        if identity {
+        if in_request_order(parts.len(), &rows) && parts[0].1 == rows.len() {
             let (columns, n) = parts.pop().expect("one part");
             return Ok(LookupResult {
                 columns,

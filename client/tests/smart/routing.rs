@@ -32,9 +32,9 @@ name = "n"
 type = "int64"
 "#;
 
-async fn routing_agrees(partitioner: Partitioner) {
-    let cluster =
-        InProcessCluster::start(3, SHARDS, 1, partitioner.as_str(), &["items"], VIEWS).await;
+/// Produces `items` rows `item-0` .. `item-{KEYS - 1}` (feature `n` = the key's number)
+/// through a real librdkafka producer, which picks each record's partition.
+async fn produce_items(cluster: &InProcessCluster, partitioner: Partitioner) {
     // librdkafka picks the partition: no explicit partition on any record.
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", cluster.mock.bootstrap_servers())
@@ -57,9 +57,11 @@ async fn routing_agrees(partitioner: Partitioner) {
         partitions_used.insert(delivery.partition);
     }
     assert_eq!(partitions_used.len(), SHARDS as usize);
+}
 
-    let client = cluster.client().await;
-    let keys: Vec<String> = (0..KEYS).map(|i| format!("item-{i}")).collect();
+/// Looks up `keys` in chunks of 500 until every one is found, checking each value
+/// found against the key's number.
+async fn await_items(client: &quiver_client::Client, keys: &[String], what: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let mut missing = 0;
@@ -79,22 +81,75 @@ async fn routing_agrees(partitioner: Partitioner) {
             }
         }
         if missing == 0 {
-            break;
+            return;
         }
         assert!(
             Instant::now() < deadline,
-            "{missing} keys not found through the client ({partitioner})"
+            "{missing} keys not found through the client ({what})"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+async fn routing_agrees(partitioner: Partitioner) {
+    let cluster =
+        InProcessCluster::start(3, SHARDS, 1, partitioner.as_str(), &["items"], VIEWS).await;
+    produce_items(&cluster, partitioner).await;
+    let client = cluster.client().await;
+    let keys: Vec<String> = (0..KEYS).map(|i| format!("item-{i}")).collect();
+    await_items(&client, &keys, partitioner.as_str()).await;
     let stats = client.stats();
     assert_eq!(
         stats.wrong_shard, 0,
         "the client routed a key to the wrong node"
     );
     assert_eq!(stats.failed_requests, 0);
-    // Each lookup fans out to all three nodes (each holds a third of the shards).
+    // Each lookup fans out to all three nodes (each holds a third of the shards), and
+    // their answers are merged into request order.
     assert!(stats.sub_requests >= 3 * stats.requests, "{stats:?}");
+    assert_eq!(stats.merged_lookups, stats.requests, "{stats:?}");
+    cluster.stop().await;
+}
+
+/// A node answers rows in the order the keys were sent: a lookup one node answers in
+/// full goes to it in the lookup's order, and its answer is taken as sent; a key asked
+/// twice is merged from the one row the node sent for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_node_answers_in_request_order() {
+    let cluster = InProcessCluster::start(1, SHARDS, 1, "murmur2", &["items"], VIEWS).await;
+    produce_items(&cluster, Partitioner::Murmur2).await;
+    let client = cluster.client().await;
+    // Every shard, in an order that is not the shards' (a stride through the keys).
+    let keys: Vec<String> = (0..KEYS)
+        .map(|i| format!("item-{}", (i * 7) % KEYS))
+        .collect();
+    await_items(&client, &keys, "one node").await;
+    let stats = client.stats();
+    assert_eq!(stats.sub_requests, stats.requests, "{stats:?}");
+    assert_eq!(stats.merged_lookups, 0, "{stats:?}");
+
+    // Distinct keys of several shards, then the same with one key asked twice and one
+    // never written: values by row, exactly.
+    let mut keys: Vec<String> = (0..40).map(|i| format!("item-{}", 1499 - i * 37)).collect();
+    let rows =
+        |keys: &[String]| Lookup::features(["items:n"]).keys(keys.iter().map(String::as_str));
+    let check = |r: &quiver_client::LookupResult, keys: &[String]| {
+        for (row, k) in keys.iter().enumerate() {
+            let want = k["item-".len()..]
+                .parse::<i64>()
+                .ok()
+                .filter(|n| *n < KEYS as i64);
+            assert_eq!(r.i64(row, 0), want, "row {row}: {k}");
+        }
+    };
+    let r = client.get_online_features(&rows(&keys)).await.unwrap();
+    check(&r, &keys);
+    assert_eq!(client.stats().merged_lookups, 0);
+    keys.insert(5, keys[30].clone());
+    keys.push("item-99999".to_owned());
+    let r = client.get_online_features(&rows(&keys)).await.unwrap();
+    check(&r, &keys);
+    assert_eq!(client.stats().merged_lookups, 1);
     cluster.stop().await;
 }
 
