@@ -24,7 +24,7 @@ use super::ServeError;
 use super::plan::LookupPlan;
 use crate::gate::{Gate, GateGuard};
 use crate::storage::lookup_cache::CachedRow;
-use crate::storage::row_codec::{FieldRef, RowFields};
+use crate::storage::row_codec::{FieldRef, FixedLayout, RowFields};
 use crate::storage::{RowBytes, ShardStore, is_topic_stream, keys, row_codec};
 
 /// Where a lookup may read from.
@@ -338,7 +338,7 @@ impl<'a, 'r> ShardSources<'a, 'r> {
                 read.get_latest_rows(&keys, mode == ReadMode::CachedOnly)
             })
             .collect();
-        for &(si, i) in &self.locate {
+        let rows = self.locate.iter().map(|&(si, i)| {
             let (si, i) = (si as usize, i as usize);
             let s = self.shards[si];
             let value = match &self.memory[si] {
@@ -348,9 +348,76 @@ impl<'a, 'r> ShardSources<'a, 'r> {
                     Err(e) => return Err(read_error(s.shard, e.clone())),
                 },
             };
-            fill_row(vp, s.shard, value, now_micros, columns)?;
+            Ok((s.shard, value))
+        });
+        fill_rows(vp, rows, now_micros, columns)
+    }
+}
+
+/// Appends view `vp`'s answer for `rows` (each request row's shard and stored row, in
+/// request order) to its columns. For a view whose features are all fixed-width
+/// ([`FixedLayout`]), consecutive rows of that layout are decoded column by column
+/// ([`fill_run`]); every other row by [`fill_row`].
+///
+/// # Errors
+/// The first error of `rows`, or of [`fill_row`].
+pub(super) fn fill_rows<'r>(
+    vp: &super::plan::ViewPlan,
+    rows: impl ExactSizeIterator<Item = Result<(ShardId, Option<&'r [u8]>), ExecError>>,
+    now_micros: i64,
+    columns: &mut [ColumnBuilder],
+) -> Result<(), ExecError> {
+    let Some(layout) = &vp.fixed else {
+        for row in rows {
+            let (shard, value) = row?;
+            fill_row(vp, shard, value, now_micros, columns)?;
         }
-        Ok(())
+        return Ok(());
+    };
+    // One allocation per view of a lookup: the run's rows and event times.
+    let mut run: Vec<(&[u8], i64)> = Vec::with_capacity(rows.len());
+    for row in rows {
+        let (shard, value) = row?;
+        let live = value.and_then(|v| Some((v, layout.header(v)?.event_time_micros)));
+        match live {
+            Some((v, t))
+                if vp
+                    .ttl_micros
+                    .is_none_or(|ttl| now_micros.saturating_sub(t) <= ttl) =>
+            {
+                run.push((v, t));
+            }
+            _ => {
+                fill_run(vp, layout, &run, columns);
+                run.clear();
+                fill_row(vp, shard, value, now_micros, columns)?;
+            }
+        }
+    }
+    fill_run(vp, layout, &run, columns);
+    Ok(())
+}
+
+/// Appends `run` (rows [`FixedLayout::header`] accepted, unexpired, with their event
+/// times) to the view's columns, column by column: each value read at its offset, each
+/// column's builder taken up once per run rather than once per row.
+fn fill_run(
+    vp: &super::plan::ViewPlan,
+    layout: &FixedLayout,
+    run: &[(&[u8], i64)],
+    columns: &mut [ColumnBuilder],
+) {
+    for step in &vp.steps {
+        let b = &mut columns[step.column];
+        if layout.is_f64(step.feature) {
+            for &(row, t) in run {
+                b.push_f64(layout.f64(row, step.feature), t);
+            }
+        } else {
+            for &(row, t) in run {
+                b.push_bool(layout.bool(row, step.feature), t);
+            }
+        }
     }
 }
 

@@ -20,6 +20,7 @@ use crate::config::Limits;
 use crate::registry::model::FeatureType;
 use crate::registry::{FeatureView, KeyType, RegistrySnapshot};
 use crate::storage::keys;
+use crate::storage::row_codec::FixedLayout;
 
 /// The features of one view a plan reads.
 #[derive(Debug)]
@@ -37,6 +38,9 @@ pub struct ViewPlan {
     pub steps: Vec<DecodeStep>,
     /// The view's TTL in µs.
     pub ttl_micros: Option<i64>,
+    /// Where each feature of the view's rows sits when every feature is present, if all
+    /// are fixed-width (bool, float64): such rows are read at offsets, column by column.
+    pub fixed: Option<FixedLayout>,
 }
 
 /// One column's value from one stored feature (see [`ViewPlan::steps`]).
@@ -207,12 +211,14 @@ pub fn compile(
                 let ttl_micros = view
                     .ttl
                     .map(|t| i64::try_from(t.as_micros()).unwrap_or(i64::MAX));
+                let fixed = FixedLayout::of(view.features.iter().map(|f| f.value_type));
                 views.push(ViewPlan {
                     view,
                     wanted: vec![false; n],
                     columns: Vec::new(),
                     steps: Vec::new(),
                     ttl_micros,
+                    fixed,
                 });
                 views.last_mut().expect("just pushed")
             }

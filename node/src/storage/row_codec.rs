@@ -17,11 +17,13 @@
 //! on corrupt bytes; it returns [`CodecError`].
 
 mod fields;
+mod fixed;
 
 use quiver_proto::v1::value::Kind;
 use quiver_proto::v1::{DoubleList, FloatVector, Int64List, StringList};
 
 pub use fields::{FieldRef, RowFields};
+pub use fixed::FixedLayout;
 
 /// Current row format version.
 pub const ROW_FORMAT_V1: u8 = 1;
