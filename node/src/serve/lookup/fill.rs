@@ -57,11 +57,7 @@ pub(super) fn fill_rows<'r>(
         let (shard, value) = row?;
         let live = value.and_then(|v| Some((v, layout.header(v)?.event_time_micros)));
         match live {
-            Some((v, t))
-                if vp
-                    .ttl_micros
-                    .is_none_or(|ttl| now_micros.saturating_sub(t) <= ttl) =>
-            {
+            Some((v, t)) if !expired(vp, t, now_micros) => {
                 run.push((v, t));
             }
             _ => {
@@ -98,6 +94,12 @@ fn fill_run(
     }
 }
 
+/// Whether a row written at `t` is past the view's TTL at `at_micros`.
+fn expired(vp: &ViewPlan, t: i64, at_micros: i64) -> bool {
+    vp.ttl_micros
+        .is_some_and(|ttl| at_micros.saturating_sub(t) > ttl)
+}
+
 /// Appends one row's answer for `vp` from its stored row `value` (`None`: no row) to the
 /// view's columns, its TTL judged at `at_micros` (now, or the as-of time).
 ///
@@ -128,10 +130,7 @@ pub(in crate::serve) fn fill_row(
         return Ok(());
     }
     let t = header.event_time_micros;
-    if vp
-        .ttl_micros
-        .is_some_and(|ttl| at_micros.saturating_sub(t) > ttl)
-    {
+    if expired(vp, t, at_micros) {
         missing(columns, FeatureStatus::Expired, t);
         return Ok(());
     }

@@ -10,8 +10,8 @@ use quiver_proto::v1::{FeatureStatus, GetOnlineFeaturesRequest};
 use quiver_testkit::values::{FEATURE_TYPES, ValueGen};
 
 use super::{ExecError, fill_row, fill_rows};
-use crate::config::NodeConfigFile;
-use crate::registry::Registry;
+use crate::config::{Limits, NodeConfigFile};
+use crate::registry::{Registry, RegistrySnapshot};
 use crate::serve::plan::{CompiledPlan, compile};
 use crate::storage::row_codec::{decode_row, encode_row, encode_tombstone};
 
@@ -19,15 +19,51 @@ const TTL_MICROS: i64 = 3_600_000_000;
 const NOW: i64 = 1_000 * TTL_MICROS;
 
 fn defs() -> String {
-    let mut t = String::from(
-        "[[entity]]\nname = \"user\"\nkey_type = \"string\"\n[[view]]\nname = \"v\"\nentity = \"user\"\nttl = \"1h\"\n[view.source]\ntopic = \"t\"\n",
+    view_defs("v", &FEATURE_TYPES)
+}
+
+/// Entity `user` and view `view` (TTL 1 h) with features `f0..` of `types`.
+fn view_defs(view: &str, types: &[&str]) -> String {
+    let mut t = format!(
+        "[[entity]]\nname = \"user\"\nkey_type = \"string\"\n[[view]]\nname = \"{view}\"\nentity = \"user\"\nttl = \"1h\"\n[view.source]\ntopic = \"t\"\n",
     );
-    for (i, ty) in FEATURE_TYPES.iter().enumerate() {
+    for (i, ty) in types.iter().enumerate() {
         t.push_str(&format!(
             "[[view.feature]]\nname = \"f{i}\"\ntype = \"{ty}\"\n"
         ));
     }
     t
+}
+
+/// Case `case`'s feature list over view `view` of `types` features and its compiled plan:
+/// every tenth case `view:*`, the others 1 to `most` random features (repeats, any order).
+fn random_plan(
+    rng: &mut Rng,
+    snapshot: &RegistrySnapshot,
+    limits: &Limits,
+    view: &str,
+    types: usize,
+    most: u64,
+    case: usize,
+) -> (Vec<usize>, CompiledPlan) {
+    let features: Vec<usize> = if case.is_multiple_of(10) {
+        (0..types).collect()
+    } else {
+        (0..1 + rng.below(most))
+            .map(|_| rng.below(types as u64) as usize)
+            .collect()
+    };
+    let refs = if case.is_multiple_of(10) {
+        vec![format!("{view}:*")]
+    } else {
+        features.iter().map(|f| format!("{view}:f{f}")).collect()
+    };
+    let req = LookupRequest::from(GetOnlineFeaturesRequest {
+        features: refs,
+        ..Default::default()
+    });
+    let plan = compile(&req, snapshot, limits).unwrap();
+    (features, plan)
 }
 
 /// Random rows and choices from a fixed seed: the same cases every run.
@@ -115,23 +151,15 @@ fn a_rows_answer_is_its_decoded_values_by_the_rule() {
     seeded.non_finite = false;
     let mut rng = Rng(seeded);
     for case in 0..200 {
-        let features: Vec<usize> = if case % 10 == 0 {
-            (0..FEATURE_TYPES.len()).collect()
-        } else {
-            (0..1 + rng.below(12))
-                .map(|_| rng.below(FEATURE_TYPES.len() as u64) as usize)
-                .collect()
-        };
-        let refs = if case % 10 == 0 {
-            vec!["v:*".to_owned()]
-        } else {
-            features.iter().map(|f| format!("v:f{f}")).collect()
-        };
-        let req = LookupRequest::from(GetOnlineFeaturesRequest {
-            features: refs,
-            ..Default::default()
-        });
-        let plan = compile(&req, &snapshot, &limits).unwrap();
+        let (features, plan) = random_plan(
+            &mut rng,
+            &snapshot,
+            &limits,
+            "v",
+            FEATURE_TYPES.len(),
+            12,
+            case,
+        );
         let vp = &plan.views[0];
         let rows: Vec<Option<Vec<u8>>> = (0..20).map(|_| rng.row()).collect();
         let mut got = builders(&plan, rows.len());
@@ -200,38 +228,24 @@ const FIXED_TYPES: [&str; 6] = ["float64", "bool", "float64", "float64", "bool",
 /// the TTL's edge); NaN payloads and signed zeros included.
 #[test]
 fn runs_of_fixed_layout_rows_answer_what_the_oracle_does() {
-    let mut defs = String::from(
-        "[[entity]]\nname = \"user\"\nkey_type = \"string\"\n[[view]]\nname = \"w\"\nentity = \"user\"\nttl = \"1h\"\n[view.source]\ntopic = \"t\"\n",
-    );
-    for (i, ty) in FIXED_TYPES.iter().enumerate() {
-        defs.push_str(&format!(
-            "[[view.feature]]\nname = \"f{i}\"\ntype = \"{ty}\"\n"
-        ));
-    }
     let registry = Registry::in_memory();
-    registry.apply_toml(&defs, false).unwrap();
+    registry
+        .apply_toml(&view_defs("w", &FIXED_TYPES), false)
+        .unwrap();
     let snapshot = registry.snapshot();
     let limits = NodeConfigFile::default().validate().unwrap().limits;
     let mut rng = Rng(ValueGen::new(0xf1ed_0ff5));
     let mut runs = 0;
     for case in 0..300 {
-        let features: Vec<usize> = if case % 10 == 0 {
-            (0..FIXED_TYPES.len()).collect()
-        } else {
-            (0..1 + rng.below(10))
-                .map(|_| rng.below(FIXED_TYPES.len() as u64) as usize)
-                .collect()
-        };
-        let refs = if case % 10 == 0 {
-            vec!["w:*".to_owned()]
-        } else {
-            features.iter().map(|f| format!("w:f{f}")).collect()
-        };
-        let req = LookupRequest::from(GetOnlineFeaturesRequest {
-            features: refs,
-            ..Default::default()
-        });
-        let plan = compile(&req, &snapshot, &limits).unwrap();
+        let (features, plan) = random_plan(
+            &mut rng,
+            &snapshot,
+            &limits,
+            "w",
+            FIXED_TYPES.len(),
+            10,
+            case,
+        );
         let vp = &plan.views[0];
         assert!(
             vp.fixed.is_some(),
