@@ -19,6 +19,7 @@ use quiver_node::ingest::decode::{RawRecord, decode_record};
 use quiver_node::registry::KeyType;
 use quiver_node::serve::lookup::{ExecError, ReadMode, execute, replicas_for};
 use quiver_node::serve::plan::{PlanCache, plan_keys};
+use quiver_node::storage::lookup_cache::LookupCache;
 use quiver_node::storage::row_codec::{decode_row, decode_selected, encode_row};
 use quiver_node::storage::{
     IngestBatch, RowWrite, StorageConfig, StorageEngine, TopicProgress, keys,
@@ -134,6 +135,55 @@ fn ingest_apply(c: &mut Criterion) {
             )
         });
     }
+    g.finish();
+}
+
+/// The lookup cache's hits: 100 keys of 200,000 cached rows of 470 bytes (a 50-feature
+/// row; ~110 MB, more than the CPU's caches hold, as a node's cache is), probed one key
+/// at a time (`get`) or as a batch (`get_many`). Each iteration draws its keys at random
+/// (fixed seed), so few of their entries are still in the CPU's caches.
+fn lookup_cache_probe(c: &mut Criterion) {
+    const ENTRIES: u64 = 200_000;
+    let cache = LookupCache::new(1 << 30, true);
+    let row = vec![7u8; 470];
+    let keys: Vec<Vec<u8>> = (0..ENTRIES)
+        .map(|i| keys::row_key("stats", 1, entity_key(i).as_bytes()))
+        .collect();
+    for key in &keys {
+        cache.written(1, key, Some(&row));
+    }
+    let mut state = 0x5eed_u64;
+    let mut draw = move |batch: &mut Vec<&'static [u8]>, keys: &'static [Vec<u8>]| {
+        batch.clear();
+        batch.extend((0..100).map(|_| {
+            // splitmix64
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            keys[((z ^ (z >> 31)) % ENTRIES) as usize].as_slice()
+        }));
+    };
+    let keys: &'static [Vec<u8>] = keys.leak();
+    let mut g = c.benchmark_group("lookup_cache_100_hits");
+    g.throughput(Throughput::Elements(100));
+    let (mut batch, mut out) = (Vec::with_capacity(100), Vec::with_capacity(100));
+    g.bench_function("get", |b| {
+        b.iter(|| {
+            draw(&mut batch, keys);
+            out.clear();
+            out.extend(batch.iter().map(|k| cache.get(1, k)));
+            assert!(out.iter().all(Option::is_some));
+        })
+    });
+    g.bench_function("get_many", |b| {
+        b.iter(|| {
+            draw(&mut batch, keys);
+            out.clear();
+            cache.get_many(1, &batch, &mut out);
+            assert!(out.iter().all(Option::is_some));
+        })
+    });
     g.finish();
 }
 
@@ -427,6 +477,6 @@ fn client_route_merge(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(30).measurement_time(std::time::Duration::from_secs(3));
-    targets = partitioner, record_decode, row_codec, ingest_apply, lookup, client_route_merge, wire_decode
+    targets = partitioner, record_decode, row_codec, ingest_apply, lookup_cache_probe, lookup, client_route_merge, wire_decode
 }
 criterion_main!(benches);

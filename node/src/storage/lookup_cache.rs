@@ -15,6 +15,12 @@
 //! first be read from SST files the block cache has never held (a compaction's output is
 //! not in it), while a row nobody reads is the first to be evicted.
 //!
+//! A lookup probes its keys as a batch ([`LookupCache::get_many`]): each segment's lock
+//! once per chunk of keys, every key's probe before any reference count is touched, then
+//! one read of every cache line of the rows found, so the CPU overlaps the cache misses
+//! of many keys instead of paying them one after another (a probe is a chain of
+//! dependent misses, ~400 ns per key when the rows are not in the CPU's caches).
+//!
 //! Entries are keyed by a store *generation* and the row's storage key: a replica gets a
 //! fresh generation when it opens and whenever its rows change outside the ingest path
 //! (a version dropped, a sweep), so older entries are never read again and age out.
@@ -29,13 +35,17 @@
 //! names.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use hashbrown::HashTable;
 
 /// Segments (a power of two): enough that the ingest and lookup threads of a node rarely
 /// meet on one lock.
 const SEGMENTS: usize = 16;
+const _: () = assert!(
+    SEGMENTS <= 32,
+    "get_many keeps the segments it needs in a u32"
+);
 
 /// Bytes charged per entry beyond its key and value: the slot, the table's index entry,
 /// the allocations' headers.
@@ -91,11 +101,17 @@ impl Slot {
             .map_or(0, |e| charge(self.key_len, e.len() - self.key_len))
     }
 
-    fn row(&self) -> Option<CachedRow> {
-        self.entry.as_ref().map(|e| CachedRow {
-            entry: e.clone(),
+    /// A lookup's hit: marks the slot referenced (a store only when the bit was clear,
+    /// so a hot slot's cache line is not written on every hit) and shares its row.
+    fn hit(&self) -> CachedRow {
+        if !self.referenced.load(Ordering::Relaxed) {
+            self.referenced.store(true, Ordering::Relaxed);
+        }
+        let entry = self.entry.as_ref().expect("a found slot holds an entry");
+        CachedRow {
+            entry: entry.clone(),
             start: self.key_len,
-        })
+        }
     }
 }
 
@@ -123,6 +139,32 @@ fn entry(key: &[u8], value: &[u8]) -> Arc<[u8]> {
     bytes[..key.len()].copy_from_slice(key);
     bytes[key.len()..].copy_from_slice(value);
     e
+}
+
+/// Bytes of a found entry [`touch`] reads: a row of 100 float64 features.
+const TOUCH_BYTES: usize = 1024;
+
+/// Reads one byte of every cache line of the found entries (up to [`TOUCH_BYTES`] each),
+/// with nothing depending on one read before the next: the CPU fetches their lines
+/// together, rather than one miss after another as the caller decodes row after row (a
+/// software prefetch, in safe code). The probe brought in each entry's first line.
+fn touch<'s>(found: impl Iterator<Item = &'s Slot>) {
+    let mut x = 0u8;
+    for slot in found {
+        if let Some(e) = &slot.entry {
+            for line in e.chunks(64).take(TOUCH_BYTES / 64).skip(1) {
+                x ^= line[0];
+            }
+        }
+    }
+    std::hint::black_box(x);
+}
+
+/// The segment of a key's hash. hashbrown indexes buckets by the low bits and tags them
+/// with the top seven; the segment takes bits from the middle, so neither loses entropy
+/// within one.
+fn segment_index(hash: u64) -> usize {
+    (hash >> 40) as usize % SEGMENTS
 }
 
 fn charge(key: usize, value: usize) -> usize {
@@ -163,9 +205,7 @@ impl LookupCache {
     }
 
     fn segment(&self, hash: u64) -> &RwLock<Segment> {
-        // hashbrown indexes buckets by the low bits and tags them with the top seven;
-        // the segment takes bits from the middle, so neither loses entropy within one.
-        &self.segments[(hash >> 40) as usize % SEGMENTS]
+        &self.segments[segment_index(hash)]
     }
 
     /// The cached row of `key` in store generation `generation`.
@@ -173,9 +213,49 @@ impl LookupCache {
         let hash = self.hash(generation, key);
         let seg = self.segment(hash).read().unwrap_or_else(|p| p.into_inner());
         let slot = seg.find(hash, generation, key)?;
-        let slot = &seg.slots[slot as usize];
-        slot.referenced.store(true, Ordering::Relaxed);
-        slot.row()
+        Some(seg.slots[slot as usize].hit())
+    }
+
+    /// The cached rows of `keys` in store generation `generation`, in order (`None`: not
+    /// cached), appended to `out`: what [`LookupCache::get`] answers for each, probed
+    /// as a batch.
+    ///
+    /// A probe is a chain of dependent cache misses (the table's control bytes, its
+    /// slot index, the slot, the entry's key); what one key costs is their latency. Per
+    /// chunk of keys, this takes each segment's lock once and probes every key before
+    /// touching any reference count or lock word, so no atomic read-modify-write (a full
+    /// barrier on x86) stands between two keys' probes and the CPU overlaps their misses.
+    pub fn get_many(&self, generation: u64, keys: &[&[u8]], out: &mut Vec<Option<CachedRow>>) {
+        /// Keys per chunk: the probes' state lives on the stack.
+        const CHUNK: usize = 16;
+        if let [key] = keys {
+            out.push(self.get(generation, key));
+            return;
+        }
+        out.reserve(keys.len());
+        for chunk in keys.chunks(CHUNK) {
+            let mut hashes = [0u64; CHUNK];
+            let mut needed = 0u32;
+            for (h, key) in hashes.iter_mut().zip(chunk) {
+                *h = self.hash(generation, key);
+                needed |= 1 << segment_index(*h);
+            }
+            // Each needed segment's lock once, in index order: a writer holds one
+            // segment's lock at a time, so readers taking several in order cannot
+            // deadlock with writers or with each other.
+            let guards: [Option<RwLockReadGuard<'_, Segment>>; SEGMENTS] =
+                std::array::from_fn(|s| {
+                    (needed & (1 << s) != 0)
+                        .then(|| self.segments[s].read().unwrap_or_else(|p| p.into_inner()))
+                });
+            let mut found: [Option<&Slot>; CHUNK] = [None; CHUNK];
+            for ((f, &h), key) in found.iter_mut().zip(&hashes).zip(chunk) {
+                let seg = guards[segment_index(h)].as_ref().expect("locked above");
+                *f = seg.find(h, generation, key).map(|i| &seg.slots[i as usize]);
+            }
+            touch(found.iter().flatten().copied());
+            out.extend(found[..chunk.len()].iter().map(|f| f.map(Slot::hit)));
+        }
     }
 
     /// Caches `value` for `key` if `seq` still reads `expect`: the row was read from a

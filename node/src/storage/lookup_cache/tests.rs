@@ -14,6 +14,16 @@ fn row(i: u32, version: u32) -> Vec<u8> {
     v
 }
 
+/// Deterministic draws below `n` (xorshift64 from `seed`).
+fn draws(mut seed: u64) -> impl FnMut(u64) -> u64 {
+    move |n| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    }
+}
+
 #[test]
 fn answers_only_its_generation_and_key() {
     let cache = LookupCache::new(1 << 20, false);
@@ -87,13 +97,7 @@ fn never_stale_within_budget(fill_on_ingest: bool) {
     let seq = AtomicU64::new(0);
     let g = fresh_generation();
     let mut latest: HashMap<u32, Option<Vec<u8>>> = HashMap::new();
-    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = |n: u64| {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng % n
-    };
+    let mut next = draws(0x9e37_79b9_7f4a_7c15u64);
     let (mut hits, mut evicted_somewhere) = (0, false);
     for step in 0..60_000u32 {
         let k = next(2_000) as u32;
@@ -193,4 +197,106 @@ fn a_row_larger_than_a_segment_is_not_cached() {
         "grown past the segment: forgotten"
     );
     assert_eq!(cache.usage(), 0);
+}
+
+/// A batch probe answers, key by key, what the cache holds: hits, misses, another
+/// generation's rows, keys asked twice, batches of one and across several chunks.
+#[test]
+fn a_batch_probe_answers_what_the_cache_holds() {
+    let cache = LookupCache::new(64 << 20, false);
+    let seq = AtomicU64::new(0);
+    let (g, other) = (fresh_generation(), fresh_generation());
+    let mut held: HashMap<(u64, u32), Vec<u8>> = HashMap::new();
+    for i in 0..600u32 {
+        // Every third key is not cached; every fifth is cached in another generation.
+        let generation = if i % 5 == 0 { other } else { g };
+        if i % 3 != 0 {
+            cache.insert_if_unchanged(generation, &key(i), &row(i, 1), &seq, 0);
+            held.insert((generation, i), row(i, 1));
+        }
+    }
+    let mut next = draws(0x2545_f491_4f6c_dd1du64);
+    let (mut hits, mut misses) = (0, 0);
+    for round in 0..400 {
+        let len = match round % 4 {
+            0 => 1,
+            1 => 16,
+            2 => 17,
+            _ => next(70) as usize,
+        };
+        let ids: Vec<u32> = (0..len).map(|_| next(700) as u32).collect();
+        let keys: Vec<Vec<u8>> = ids.iter().map(|&i| key(i)).collect();
+        let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        let mut out = vec![None];
+        cache.get_many(g, &refs, &mut out);
+        assert!(out.remove(0).is_none(), "appends to what out held");
+        assert_eq!(out.len(), ids.len(), "round {round}");
+        for (&i, got) in ids.iter().zip(&out) {
+            let want = held.get(&(g, i));
+            assert_eq!(
+                got.as_deref(),
+                want.map(Vec::as_slice),
+                "key {i}, round {round}"
+            );
+            if want.is_some() {
+                hits += 1
+            } else {
+                misses += 1
+            }
+        }
+    }
+    assert!(
+        hits > 1_000 && misses > 1_000,
+        "{hits} hits, {misses} misses"
+    );
+}
+
+/// Batch probes, which hold several segments' locks at once, next to writers taking
+/// one at a time: every answer is a row some write left, and nobody deadlocks.
+#[test]
+fn batch_probes_beside_writers_finish_and_answer_written_rows() {
+    let cache = std::sync::Arc::new(LookupCache::new(1 << 20, true));
+    let g = fresh_generation();
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let cache = cache.clone();
+            std::thread::spawn(move || {
+                let mut next = draws(0x9e37_79b9_7f4a_7c15u64 ^ (t + 1));
+                let mut out = Vec::new();
+                for step in 0..20_000u32 {
+                    if t < 2 {
+                        let k = next(500) as u32;
+                        cache.written(g, &key(k), Some(&row(k, step)));
+                    } else {
+                        let keys: Vec<Vec<u8>> =
+                            (0..next(40)).map(|_| key(next(500) as u32)).collect();
+                        let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+                        out.clear();
+                        cache.get_many(g, &refs, &mut out);
+                        for (k, got) in keys.iter().zip(&out) {
+                            if let Some(got) = got {
+                                // row(i, _) starts with i: the row is the key's.
+                                assert_eq!(&got[..4], &key_id(k).to_le_bytes()[..]);
+                            }
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !threads.iter().all(|t| t.is_finished()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a probe or a write never finished"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    for t in threads {
+        t.join().expect("no thread panicked");
+    }
+}
+
+fn key_id(key: &[u8]) -> u32 {
+    std::str::from_utf8(&key[8..]).unwrap().parse().unwrap()
 }

@@ -135,16 +135,15 @@ impl<'a> ConsistentRead<'a> {
                 .collect();
         };
         let generation = store.generation.load(Ordering::Acquire);
-        let mut out = Vec::with_capacity(keys.len());
+        let mut cached = Vec::with_capacity(keys.len());
+        cache.get_many(generation, keys, &mut cached);
         let mut missed: Vec<usize> = Vec::new();
-        for (i, key) in keys.iter().enumerate() {
-            match cache.get(generation, key) {
-                Some(row) => out.push(Ok(Some(RowBytes::Cached(row)))),
-                None => {
-                    missed.push(i);
-                    out.push(Ok(None));
-                }
+        let mut out = Vec::with_capacity(keys.len());
+        for (i, row) in cached.into_iter().enumerate() {
+            if row.is_none() {
+                missed.push(i);
             }
+            out.push(Ok(row.map(RowBytes::Cached)));
         }
         // The probes happen before this load (a seqlock's read side).
         std::sync::atomic::fence(Ordering::Acquire);
@@ -194,10 +193,9 @@ impl ShardStore {
         }
         let published = self.watermark.borrow().clone();
         let generation = self.generation.load(Ordering::Acquire);
-        let mut rows = Vec::with_capacity(keys.len());
-        for key in keys {
-            rows.push(cache.get(generation, key)?);
-        }
+        let mut probed = Vec::with_capacity(keys.len());
+        cache.get_many(generation, keys, &mut probed);
+        let rows: Vec<_> = probed.into_iter().collect::<Option<_>>()?;
         // The probes happen before this load (a seqlock's read side).
         std::sync::atomic::fence(Ordering::Acquire);
         if self.write_seq.load(Ordering::Acquire) != before {
